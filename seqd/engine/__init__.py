@@ -1,0 +1,1 @@
+"""The sending side: templates, timing, the dispatcher."""

@@ -1,0 +1,73 @@
+"""Domain exceptions. The API turns each into one problem+json response (api/errors.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """One bad input: `path` in JSONPath-like form without the `$.` (`steps[0].body`)."""
+
+    path: str
+    message: str
+
+
+class SeqdError(Exception):
+    status = 500
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self, detail: str = "", **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+
+class BadRequest(SeqdError):
+    status, code, title = 400, "bad_request", "Malformed request"
+
+
+class Unauthorized(SeqdError):
+    status, code, title = 401, "unauthorized", "Missing or invalid API key"
+
+
+class Forbidden(SeqdError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(SeqdError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class MethodNotAllowed(SeqdError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class Conflict(SeqdError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(SeqdError):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+
+
+class UnsupportedMediaType(SeqdError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class Invalid(SeqdError):
+    status, code, title = 422, "validation_error", "Invalid request"
+
+    def __init__(self, errors: list[FieldError], detail: str = "") -> None:
+        super().__init__(detail or "; ".join(f"{e.path}: {e.message}" for e in errors))
+        self.errors = errors
+
+    @classmethod
+    def field(cls, path: str, message: str) -> Invalid:
+        return cls([FieldError(path, message)])
+
+
+class Unavailable(SeqdError):
+    status, code, title = 503, "unavailable", "The store is unavailable"

@@ -1,0 +1,77 @@
+"""Prefixed, time-sortable ids, and the shard an id lives in.
+
+An id is `<prefix>_` + 10 Crockford base32 characters of milliseconds since the epoch
++ 12 characters (60 bits) of randomness. Ids sort by creation time as strings, which the
+listing indexes rely on (lexical ranges). The shard of a contact or an enrollment is the
+random part modulo the shard count: an enrollment's random part is chosen to fall in its
+contact's shard, so any id names its shard without a lookup.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DECODE = {c: i for i, c in enumerate(ALPHABET)}
+TIME_CHARS = 10
+RANDOM_CHARS = 12
+RANDOM_BITS = RANDOM_CHARS * 5
+
+SEQUENCE = "seq"
+CONTACT = "con"
+ENROLLMENT = "enr"
+MESSAGE = "msg"
+WEBHOOK = "whe"
+API_KEY = "key"
+DELIVERY = "dlv"
+
+
+def _encode(value: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        out.append(ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def _decode(text: str) -> int:
+    value = 0
+    for ch in text:
+        value = (value << 5) | _DECODE[ch]
+    return value
+
+
+def new(prefix: str, now_ms: int | None = None, random_part: int | None = None) -> str:
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rnd = secrets.randbits(RANDOM_BITS) if random_part is None else random_part
+    return f"{prefix}_{_encode(ms, TIME_CHARS)}{_encode(rnd, RANDOM_CHARS)}"
+
+
+def new_in_shard(prefix: str, shard: int, shards: int, now_ms: int | None = None) -> str:
+    """A new id whose shard is `shard`: the random part is moved to the right residue."""
+    rnd = secrets.randbits(RANDOM_BITS)
+    rnd = rnd - (rnd % shards) + shard
+    if rnd >= 1 << RANDOM_BITS:
+        rnd -= shards
+    return new(prefix, now_ms, rnd)
+
+
+def is_valid(value: str, prefix: str) -> bool:
+    head, _, body = value.partition("_")
+    return (
+        head == prefix
+        and len(body) == TIME_CHARS + RANDOM_CHARS
+        and all(c in _DECODE for c in body)
+    )
+
+
+def shard_of(value: str, shards: int) -> int:
+    """The shard of a valid contact or enrollment id (callers validate first)."""
+    return _decode(value[-RANDOM_CHARS:]) % shards
+
+
+def time_of(value: str) -> int:
+    """Milliseconds encoded in a valid id."""
+    body = value.partition("_")[2]
+    return _decode(body[:TIME_CHARS])

@@ -1,0 +1,324 @@
+"""The API's shapes as msgspec Structs, and the validation rules msgspec cannot express.
+
+Inputs forbid unknown fields; outputs are what the store codec builds. Constraints are
+named `Annotated` aliases so the OpenAPI document carries them too.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from enum import StrEnum
+from functools import cache
+from typing import Annotated, Any, Literal
+
+import email_validator
+import msgspec
+import phonenumbers
+from msgspec import UNSET, Meta, UnsetType
+
+from seqd.engine import render
+from seqd.errors import FieldError, Invalid
+from seqd.sms import segments
+
+
+class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every request body: an unknown field is a 422, never silently dropped."""
+
+
+class Output(msgspec.Struct, kw_only=True):
+    """Base of every response body."""
+
+
+# -- constraints ---------------------------------------------------------------------
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+ShortText = Annotated[str, Meta(max_length=200)]
+LongText = Annotated[str, Meta(max_length=2000)]
+Body = Annotated[str, Meta(min_length=1, max_length=10_000)]
+Subject = Annotated[str, Meta(min_length=1, max_length=500)]
+WaitMinutes = Annotated[int, Meta(ge=0, le=5_256_000, description="minutes; at most 10 years")]
+AttrKey = Annotated[str, Meta(min_length=1, max_length=100)]
+AttrValue = Annotated[str, Meta(max_length=2000)] | int | float | bool
+Attributes = Annotated[dict[AttrKey, AttrValue], Meta(max_length=100)]
+Metadata = Annotated[dict[str, Any], Meta(max_length=100)]
+Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with milliseconds")]
+Id = Annotated[str, Meta(min_length=1, max_length=64)]
+
+METADATA_MAX_BYTES = 16 * 1024
+
+
+class EnrollmentStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({EnrollmentStatus.COMPLETED, EnrollmentStatus.CANCELLED})
+# Statuses in which an enrollment still counts as "in the sequence" (idempotent enroll).
+LIVE = frozenset({EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED})
+
+
+class SequenceStatus(StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ARCHIVED = "archived"
+
+
+class PausedReason(StrEnum):
+    MANUAL = "manual"
+    REPLY_RECEIVED = "reply_received"
+    MISSING_VARIABLE = "missing_variable"
+    DELIVERY_UNKNOWN = "delivery_unknown"
+
+
+class CancelReason(StrEnum):
+    MANUAL = "manual"
+    OPTED_OUT = "opted_out"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+    SEQUENCE_ARCHIVED = "sequence_archived"
+    CONTACT_DELETED = "contact_deleted"
+
+
+# -- contacts --------------------------------------------------------------------------
+class ContactCreate(Input, kw_only=True):
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    phone: Annotated[str, Meta(max_length=64)] | None = None
+    email: Annotated[str, Meta(max_length=320)] | None = None
+    timezone: Annotated[str, Meta(max_length=64)] | None = None
+    external_id: ShortText | None = None
+    attributes: Attributes = msgspec.field(default_factory=dict)
+
+
+class ContactPatch(Input, kw_only=True):
+    """Only the fields present change; `null` clears a field."""
+
+    first_name: ShortText | None | UnsetType = UNSET
+    last_name: ShortText | None | UnsetType = UNSET
+    phone: Annotated[str, Meta(max_length=64)] | None | UnsetType = UNSET
+    email: Annotated[str, Meta(max_length=320)] | None | UnsetType = UNSET
+    timezone: Annotated[str, Meta(max_length=64)] | None | UnsetType = UNSET
+    external_id: ShortText | None | UnsetType = UNSET
+    attributes: Attributes | UnsetType = UNSET
+
+
+class Contact(Output, kw_only=True):
+    id: str
+    first_name: str | None = None
+    last_name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    timezone: str | None = None
+    external_id: str | None = None
+    attributes: dict[str, AttrValue] = msgspec.field(default_factory=dict)
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class ContactEnvelope(Output, kw_only=True):
+    contact: Contact
+
+
+def normalize_phone(value: str, region: str | None) -> str:
+    """E.164 form of `value`; ValueError with the reason when it is not a phone number."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not a phone number ({exc._msg})") from None
+    if not phonenumbers.is_possible_number(number):
+        raise ValueError("not a possible phone number (wrong length for its country)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_email(value: str) -> str:
+    """The address with its domain lower-cased; ValueError when it is not one."""
+    try:
+        result = email_validator.validate_email(value, check_deliverability=False)
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return str(result.normalized)
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_timezone(value: str) -> str:
+    if value not in _zones():
+        raise ValueError("not an IANA time zone name (like Europe/Paris)")
+    return value
+
+
+def normalize_contact_fields(fields: dict[str, Any], region: str | None) -> list[FieldError]:
+    """Normalise phone/email/timezone in place; return the errors found."""
+    errors = []
+    checks = {"phone": lambda v: normalize_phone(v, region), "email": normalize_email}
+    checks["timezone"] = check_timezone
+    for name, check in checks.items():
+        value = fields.get(name)
+        if isinstance(value, str):
+            try:
+                fields[name] = check(value)
+            except ValueError as exc:
+                errors.append(FieldError(name, str(exc)))
+    return errors
+
+
+# -- sequences -------------------------------------------------------------------------
+class StepIn(Input, kw_only=True):
+    kind: Literal["sms", "email"]
+    wait_minutes: WaitMinutes = 0
+    body: Body
+    subject: Subject | None = None
+    # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
+    thread: bool = True
+
+
+class Step(Output, kw_only=True):
+    kind: Literal["sms", "email"]
+    wait_minutes: int
+    body: str
+    subject: str | None = None
+    thread: bool = True
+    segments: int | None = None
+    encoding: Literal["gsm7", "ucs2"] | None = None
+
+
+Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
+
+
+class SequenceCreate(Input, kw_only=True):
+    name: Name
+    description: LongText = ""
+    status: Literal["draft", "active"] = "draft"
+    steps: Steps
+    on_reply: Literal["pause", "complete"] = "pause"
+
+
+class SequencePatch(Input, kw_only=True):
+    name: Name | UnsetType = UNSET
+    description: LongText | UnsetType = UNSET
+    steps: Steps | UnsetType = UNSET
+    status: Literal["draft", "active"] | UnsetType = UNSET
+    on_reply: Literal["pause", "complete"] | UnsetType = UNSET
+
+
+class SequenceStats(Output, kw_only=True):
+    active: int = 0
+    paused: int = 0
+    completed: int = 0
+    cancelled: int = 0
+
+
+class Sequence(Output, kw_only=True):
+    id: str
+    name: str
+    description: str = ""
+    status: SequenceStatus
+    steps: list[Step]
+    on_reply: Literal["pause", "complete"] = "pause"
+    created_at: Timestamp
+    updated_at: Timestamp
+    stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
+
+
+class SequenceEnvelope(Output, kw_only=True):
+    sequence: Sequence
+
+
+def build_steps(steps: list[StepIn]) -> list[Step]:
+    """Validate step rules and templates; compute SMS segments."""
+    errors = []
+    out = []
+    for i, step in enumerate(steps):
+        if step.kind == "email" and step.subject is None:
+            errors.append(FieldError(f"steps[{i}].subject", "required for email steps"))
+        if step.kind == "sms" and step.subject is not None:
+            errors.append(FieldError(f"steps[{i}].subject", "only email steps take a subject"))
+        for field in ("body", "subject"):
+            text = getattr(step, field)
+            if text is None:
+                continue
+            try:
+                render.parse(text)
+            except render.TemplateError as exc:
+                errors.append(FieldError(f"steps[{i}].{field}", f"template error: {exc}"))
+        seg, enc = segments(step.body) if step.kind == "sms" else (None, None)
+        out.append(
+            Step(
+                kind=step.kind,
+                wait_minutes=step.wait_minutes,
+                body=step.body,
+                subject=step.subject,
+                thread=step.thread,
+                segments=seg,
+                encoding=enc,
+            )
+        )
+    if errors:
+        raise Invalid(errors)
+    return out
+
+
+# -- enrollments -----------------------------------------------------------------------
+class EnrollmentCreate(Input, kw_only=True):
+    contact_id: Id
+    metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+class Enrollment(Output, omit_defaults=True, kw_only=True):
+    id: str
+    sequence_id: str
+    contact_id: str
+    current_step: int
+    status: EnrollmentStatus
+    next_run_at: Timestamp | None
+    enrolled_at: Timestamp
+    metadata: dict[str, Any]
+    paused_reason: str | None = None
+    cancel_reason: str | None = None
+    completed_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+
+
+class EnrollmentEnvelope(Output, kw_only=True):
+    enrollment: Enrollment
+    idempotent: bool = False
+
+
+class EnrollmentOnly(Output, kw_only=True):
+    enrollment: Enrollment
+
+
+class CancelBody(Input, kw_only=True):
+    reason: Literal["manual"] = "manual"
+
+
+# -- lists -------------------------------------------------------------------------------
+class Page(Output, kw_only=True):
+    next_page_token: str | None
+    total: int
+
+
+class ContactList(Page, kw_only=True):
+    data: list[Contact]
+
+
+class SequenceList(Page, kw_only=True):
+    data: list[Sequence]
+
+
+class EnrollmentList(Page, kw_only=True):
+    data: list[Enrollment]
+
+
+# -- API keys ----------------------------------------------------------------------------
+class ApiKey(Output, kw_only=True):
+    id: str
+    tenant: str
+    label: str = ""
+    prefix: str
+    created_at: Timestamp

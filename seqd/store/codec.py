@@ -1,0 +1,91 @@
+"""Conversion between Redis hashes (storage field names, ms integers) and API Structs.
+
+Enrollment hashes use one- and two-letter field names: they are the one record per
+active enrollment, and every byte there is multiplied by the number of enrollments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from seqd import models
+from seqd.times import to_rfc3339
+
+# Storage field -> meaning, for enrollment hashes (documented in docs/architecture.md).
+ENROLLMENT_FIELDS = {
+    "t": "tenant",
+    "s": "sequence_id",
+    "c": "contact_id",
+    "st": "status",
+    "i": "current_step",
+    "n": "next_run_at (ms)",
+    "ea": "enrolled_at (ms)",
+    "ua": "updated_at (ms)",
+    "md": "metadata (JSON), absent when empty",
+    "pr": "paused_reason",
+    "cr": "cancel_reason",
+    "ca": "completed_at (ms)",
+    "k": "fencing token, bumped by every claim and transition",
+    "a": "send attempts of the current step",
+}
+
+CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")
+
+_json_decode = msgspec.json.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
+
+
+def pairs(flat: list[Any]) -> dict[str, str]:
+    """A flat HGETALL reply from a script as a dict."""
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
+    status = models.EnrollmentStatus(h["st"])
+    md = h.get("md")
+    return models.Enrollment(
+        id=eid,
+        sequence_id=h["s"],
+        contact_id=h["c"],
+        current_step=int(h["i"]),
+        status=status,
+        next_run_at=to_rfc3339(int(h["n"])) if status == models.EnrollmentStatus.ACTIVE else None,
+        enrolled_at=to_rfc3339(int(h["ea"])),
+        metadata=_json_decode(md) if md else {},
+        paused_reason=h.get("pr"),
+        cancel_reason=h.get("cr"),
+        completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
+        updated_at=to_rfc3339(int(h["ua"])) if "ua" in h else None,
+    )
+
+
+def contact(cid: str, h: dict[str, str]) -> models.Contact:
+    attrs = h.get("attributes")
+    return models.Contact(
+        id=cid,
+        attributes=_json_decode(attrs) if attrs else {},
+        created_at=to_rfc3339(int(h["created_at"])),
+        updated_at=to_rfc3339(int(h["updated_at"])),
+        **{f: h.get(f) for f in CONTACT_TEXT_FIELDS},
+    )
+
+
+def contact_values(fields: dict[str, Any]) -> list[str]:
+    """Field/value pairs for putContact; None clears a field ("\\0")."""
+    out: list[str] = []
+    for name, value in fields.items():
+        if name == "attributes":
+            out += [name, _json_encode(value).decode() if value else "\0"]
+        else:
+            out += [name, "\0" if value is None else str(value)]
+    return out
+
+
+def encode_json(value: Any) -> str:
+    return _json_encode(value).decode()
+
+
+def decode_json(text: str | bytes) -> Any:
+    return _json_decode(text)

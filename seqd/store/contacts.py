@@ -1,0 +1,149 @@
+"""Contacts: a hash in the contact's shard, plus per-tenant lookup indexes.
+
+Phone, email and external_id are unique per tenant. The lookup indexes live under the
+tenant's tag and the contact under its shard's, so a create is two script calls; the
+indexes are written first, and an entry left pointing at a contact that never came to be
+(a crash between the two) is recognised as stale and overwritten.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from seqd import ids, models
+from seqd.errors import Conflict, NotFound
+from seqd.store import codec
+from seqd.store.scripts import ScriptError
+from seqd.times import now_ms
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+LOOKUP_FIELDS = ("phone", "email", "external_id")
+
+
+class Contacts:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+
+    def _shard(self, cid: str) -> int:
+        return ids.shard_of(cid, self.keys.shards)
+
+    async def _raw(self, tenant: str, cid: str) -> dict[str, str] | None:
+        if not ids.is_valid(cid, ids.CONTACT):
+            return None
+        h: dict[str, str] = await self.store.client.hgetall(
+            self.keys.contact(self._shard(cid), cid)
+        )
+        return h if h.get("tenant") == tenant else None
+
+    async def get(self, tenant: str, cid: str, *, field: str = "id") -> models.Contact:
+        h = await self._raw(tenant, cid)
+        if h is None:
+            raise NotFound(f"no contact {cid}", field=field)
+        return codec.contact(cid, h)
+
+    async def exists(self, tenant: str, cid: str) -> bool:
+        return await self._raw(tenant, cid) is not None
+
+    async def _link(
+        self, tenant: str, cid: str, new: dict[str, Any], old: dict[str, Any]
+    ) -> None:
+        lookup_keys = [self.keys.contact_lookup(tenant, f) for f in LOOKUP_FIELDS]
+        stale: list[str] = []
+        while True:
+            args = [cid, " ".join(stale)]
+            args += [new.get(f) or "" for f in LOOKUP_FIELDS]
+            args += [old.get(f) or "" for f in LOOKUP_FIELDS]
+            conflict = await self.store.runner.call("linkContact", lookup_keys, args)
+            if not conflict:
+                return
+            field, owner = conflict
+            if owner in stale or await self.exists(tenant, owner):
+                raise Conflict(
+                    f"{field} already belongs to contact {owner}", field=field, contact_id=owner
+                )
+            stale.append(owner)
+
+    async def create(self, tenant: str, fields: dict[str, Any]) -> models.Contact:
+        cid = ids.new(ids.CONTACT)
+        shard = self._shard(cid)
+        await self._link(tenant, cid, fields, {})
+        flat = await self.store.runner.call(
+            "putContact",
+            [self.keys.contact(shard, cid)],
+            [self.keys.shard_tag(shard), now_ms(), tenant, cid, "create",
+             *codec.contact_values(fields)],
+            tag=self.keys.shard_tag(shard),
+        )
+        return codec.contact(cid, codec.pairs(flat))
+
+    async def update(self, tenant: str, cid: str, changes: dict[str, Any]) -> models.Contact:
+        current = await self._raw(tenant, cid)
+        if current is None:
+            raise NotFound(f"no contact {cid}", field="id")
+        linked = {f: changes[f] for f in LOOKUP_FIELDS if f in changes}
+        if linked:
+            old = {f: current.get(f) for f in linked}
+            await self._link(tenant, cid, linked, old)
+        shard = self._shard(cid)
+        try:
+            flat = await self.store.runner.call(
+                "putContact",
+                [self.keys.contact(shard, cid)],
+                [self.keys.shard_tag(shard), now_ms(), tenant, cid, "update",
+                 *codec.contact_values(changes)],
+                tag=self.keys.shard_tag(shard),
+            )
+        except ScriptError as exc:
+            if exc.code == "NOT_FOUND":  # deleted meanwhile
+                raise NotFound(f"no contact {cid}", field="id") from None
+            raise
+        return codec.contact(cid, codec.pairs(flat))
+
+    async def delete(self, tenant: str, cid: str) -> None:
+        if not ids.is_valid(cid, ids.CONTACT):
+            raise NotFound(f"no contact {cid}", field="id")
+        shard = self._shard(cid)
+        try:
+            flat = await self.store.runner.call(
+                "deleteContact",
+                [self.keys.due(shard), self.keys.outbox(shard)],
+                [self.keys.shard_tag(shard), now_ms(), tenant, cid],
+                tag=self.keys.shard_tag(shard),
+            )
+        except ScriptError as exc:
+            if exc.code == "NOT_FOUND":
+                raise NotFound(f"no contact {cid}", field="id") from None
+            raise
+        old = codec.pairs(flat)
+        await self._link(tenant, cid, {}, {f: old.get(f) for f in LOOKUP_FIELDS})
+
+    async def find(self, tenant: str, field: str, value: str) -> str | None:
+        """The contact id holding `value` in a lookup field, if it (still) exists."""
+        cid = await self.store.client.hget(self.keys.contact_lookup(tenant, field), value)
+        if cid and await self.exists(tenant, cid):
+            return str(cid)
+        return None
+
+    async def list(
+        self, tenant: str, *, limit: int, after: str | None, filters: dict[str, str]
+    ) -> tuple[list[models.Contact], str | None, int]:
+        if filters:
+            found: set[str | None] = set()
+            for field, value in filters.items():
+                found.add(await self.find(tenant, field, value))
+            cid = found.pop() if len(found) == 1 else None
+            if cid is None or (after is not None and cid <= after):
+                return [], None, 0 if cid is None else 1
+            return [await self.get(tenant, cid)], None, 1
+        index = [self.keys.tenant_contacts(s, tenant) for s in range(self.keys.shards)]
+        page, more = await self.store.merged_range(index, after, limit)
+        pipe = self.store.client.pipeline(transaction=False)
+        for cid in page:
+            pipe.hgetall(self.keys.contact(self._shard(cid), cid))
+        rows = await pipe.execute()
+        data = [codec.contact(cid, h) for cid, h in zip(page, rows, strict=True) if h]
+        total = await self.store.total(index)
+        return data, (page[-1] if more and page else None), total

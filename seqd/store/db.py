@@ -1,0 +1,80 @@
+"""The Store: one Redis client, the deployment's key builder, and a facade per resource."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from seqd.store.keys import Keys
+from seqd.store.scripts import Runner
+
+
+def connect(url: str, *, socket_timeout: float = 5.0, max_connections: int = 64) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        max_connections=max_connections,
+        health_check_interval=30,
+    )
+
+
+async def init_meta(client: aioredis.Redis, prefix: str, default_shards: int) -> int:
+    """Fix the shard count on first use of a store; later starts read it back."""
+    meta = Keys(prefix, 1).meta()
+    await client.hsetnx(meta, "shards", default_shards)
+    await client.hsetnx(meta, "schema", 1)
+    return int(await client.hget(meta, "shards") or default_shards)
+
+
+class Store:
+    """Facade over Redis; construct with `await Store.open(...)`."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        from seqd.store.contacts import Contacts
+        from seqd.store.enrollments import Enrollments
+        from seqd.store.sequences import Sequences
+        from seqd.store.tenants import Tenants
+
+        self.client = client
+        self.keys = keys
+        self.shards = keys.shards
+        self.runner = Runner(client)
+        self.tenants = Tenants(self)
+        self.contacts = Contacts(self)
+        self.sequences = Sequences(self)
+        self.enrollments = Enrollments(self)
+
+    @classmethod
+    async def open(cls, client: aioredis.Redis, prefix: str, default_shards: int) -> Store:
+        shards = await init_meta(client, prefix, default_shards)
+        store = cls(client, Keys(prefix, shards))
+        await store.runner.load_all()
+        return store
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def merged_range(
+        self, index_keys: Sequence[str], after: str | None, limit: int
+    ) -> tuple[list[str], bool]:
+        """Ids from several lex-ordered ZSETs (scores all 0), merged, after a cursor.
+
+        Returns up to `limit` ids and whether more follow.
+        """
+        start = f"({after}" if after else "-"
+        pipe = self.client.pipeline(transaction=False)
+        for key in index_keys:
+            pipe.zrange(key, start, "+", bylex=True, offset=0, num=limit + 1)
+        ranges: list[list[str]] = await pipe.execute()
+        merged = list(heapq.merge(*ranges))
+        return merged[:limit], len(merged) > limit
+
+    async def total(self, index_keys: Sequence[str]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for key in index_keys:
+            pipe.zcard(key)
+        return sum(await pipe.execute())

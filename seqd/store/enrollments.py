@@ -1,0 +1,148 @@
+"""Enrollments: created by the `enroll` script, changed by `transition`, listed per sequence."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from seqd import ids, models
+from seqd.errors import Conflict, NotFound
+from seqd.store import codec
+from seqd.store.scripts import ScriptError
+from seqd.times import now_ms
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+# Items one enroll call takes at most: bounds how long it holds Redis.
+ENROLL_BATCH = 500
+
+_encode = msgspec.json.Encoder().encode
+
+
+class EnrollItem(msgspec.Struct, frozen=True):
+    contact_id: str
+    metadata: dict[str, Any]
+
+
+class EnrollResult(msgspec.Struct, frozen=True):
+    """Either an enrollment (with `idempotent`) or an error `code` with its `detail`."""
+
+    enrollment: models.Enrollment | None = None
+    idempotent: bool = False
+    code: str | None = None
+    detail: str = ""
+
+
+class Enrollments:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+
+    def _shard(self, eid: str) -> int:
+        return ids.shard_of(eid, self.keys.shards)
+
+    async def enroll(
+        self, tenant: str, seq: models.Sequence, items: list[EnrollItem]
+    ) -> list[EnrollResult]:
+        """Enroll many contacts in one sequence: one script call per shard and batch."""
+        now = now_ms()
+        wait_ms = seq.steps[0].wait_minutes * 60_000
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        results: list[EnrollResult | None] = [None] * len(items)
+        for i, item in enumerate(items):
+            if not ids.is_valid(item.contact_id, ids.CONTACT):
+                results[i] = EnrollResult(code="CONTACT_NOT_FOUND", detail=item.contact_id)
+                continue
+            by_shard[ids.shard_of(item.contact_id, self.keys.shards)].append(i)
+        calls = []
+        batches: list[list[int]] = []
+        for shard, positions in by_shard.items():
+            tag = self.keys.shard_tag(shard)
+            for start in range(0, len(positions), ENROLL_BATCH):
+                batch = positions[start : start + ENROLL_BATCH]
+                args: list[Any] = [tag, now, tenant]
+                for i in batch:
+                    item = items[i]
+                    eid = ids.new_in_shard(ids.ENROLLMENT, shard, self.keys.shards, now)
+                    md = _encode(item.metadata).decode() if item.metadata else ""
+                    args += [eid, seq.id, item.contact_id, wait_ms, md]
+                keys = [
+                    self.keys.due(shard),
+                    self.keys.outbox(shard),
+                    self.keys.shard_sequences(shard),
+                ]
+                calls.append(("enroll", keys, args, tag))
+                batches.append(batch)
+        replies = await self.store.runner.call_many(calls) if calls else []
+        for batch, reply in zip(batches, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for i, row in zip(batch, reply, strict=True):
+                if row[0] == 1:
+                    results[i] = EnrollResult(
+                        enrollment=codec.enrollment(row[1], codec.pairs(row[3])),
+                        idempotent=bool(row[2]),
+                    )
+                else:
+                    results[i] = EnrollResult(code=row[1], detail=row[2])
+        return [r for r in results if r is not None]
+
+    async def get(self, tenant: str, eid: str) -> models.Enrollment:
+        if ids.is_valid(eid, ids.ENROLLMENT):
+            h = await self.store.client.hgetall(self.keys.enrollment(self._shard(eid), eid))
+            if h.get("t") == tenant:
+                return codec.enrollment(eid, h)
+        raise NotFound(f"no enrollment {eid}", field="id")
+
+    async def transition(
+        self, tenant: str, eid: str, action: str, reason: str = ""
+    ) -> models.Enrollment:
+        if not ids.is_valid(eid, ids.ENROLLMENT):
+            raise NotFound(f"no enrollment {eid}", field="id")
+        shard = self._shard(eid)
+        try:
+            flat = await self.store.runner.call(
+                "transition",
+                [self.keys.due(shard), self.keys.outbox(shard)],
+                [self.keys.shard_tag(shard), now_ms(), tenant, eid, action, reason],
+                tag=self.keys.shard_tag(shard),
+            )
+        except ScriptError as exc:
+            if exc.code == "NOT_FOUND":
+                raise NotFound(f"no enrollment {eid}", field="id") from None
+            if exc.code == "INVALID_TRANSITION":
+                raise Conflict(
+                    f"cannot {action} an enrollment that is {exc.detail}", status=exc.detail
+                ) from None
+            raise
+        return codec.enrollment(eid, codec.pairs(flat))
+
+    async def list(
+        self,
+        tenant: str,
+        sid: str,
+        *,
+        limit: int,
+        after: str | None,
+        statuses: list[str],
+    ) -> tuple[list[models.Enrollment], str | None, int]:
+        index = [
+            self.keys.status_index(shard, sid, status)
+            for shard in range(self.keys.shards)
+            for status in statuses
+        ]
+        page, more = await self.store.merged_range(index, after, limit)
+        pipe = self.store.client.pipeline(transaction=False)
+        for eid in page:
+            pipe.hgetall(self.keys.enrollment(self._shard(eid), eid))
+        rows = await pipe.execute()
+        data = [
+            codec.enrollment(eid, h)
+            for eid, h in zip(page, rows, strict=True)
+            if h.get("t") == tenant
+        ]
+        total = await self.store.total(index)
+        return data, (page[-1] if more and page else None), total

@@ -1,0 +1,31 @@
+--[[ Delete a contact, cancelling its active and paused enrollments first.
+
+  KEYS[1] due     ZSET
+  KEYS[2] outbox  STREAM
+  ARGV[1] tag
+  ARGV[2] now       ms
+  ARGV[3] tenant
+  ARGV[4] contact_id
+
+  Returns the deleted contact hash (flat), so the caller can drop its lookup entries.
+  Errors: NOT_FOUND
+]]
+local rcall = redis.call
+local due_key, outbox_key = KEYS[1], KEYS[2]
+local tag, now, tenant, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- @include enrollment
+
+local ckey = k_contact(tag, cid)
+local flat = rcall('HGETALL', ckey)
+local c = to_table(flat)
+if c['tenant'] ~= tenant then return redis.error_reply('NOT_FOUND') end
+for field, id in pairs(c) do
+  if string.sub(field, 1, 2) == 'e:' then
+    local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
+    if e['st'] then finish(id, e, 'cancelled', 'contact_deleted', now, due_key) end
+  end
+end
+rcall('DEL', ckey)
+rcall('ZREM', k_tenant_contacts(tag, tenant), cid)
+emit('contact.deleted', tenant, now, {id = cid})
+return flat

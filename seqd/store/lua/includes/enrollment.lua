@@ -1,0 +1,73 @@
+-- Shared by every script that changes an enrollment: status moves keep the listing
+-- indexes, the per-sequence counters and the contact's active-enrollment field in step,
+-- and each change appends its event to the shard's outbox in the same script.
+-- Expects: rcall, tag (the shard's hash tag), outbox_key, and the generated k_* helpers.
+
+local TERMINAL = {completed = true, cancelled = true}
+
+local function to_table(flat)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+local function emit(etype, tenant, now, data)
+  return rcall('XADD', outbox_key, '*', 'type', etype, 'tenant', tenant, 'at', now,
+    'data', cjson.encode(data))
+end
+
+-- Move enrollment `id` (hash already read into `e`) from its status to `new_status`.
+local function move_status(id, e, new_status, now)
+  local seq = e['s']
+  local old = e['st']
+  if old then
+    rcall('ZREM', k_status_index(tag, seq, old), id)
+    rcall('HINCRBY', k_counts(tag, seq), old, -1)
+  end
+  rcall('ZADD', k_status_index(tag, seq, new_status), 0, id)
+  rcall('HINCRBY', k_counts(tag, seq), new_status, 1)
+  e['st'] = new_status
+  e['ua'] = now
+  rcall('HSET', k_enrollment(tag, id), 'st', new_status, 'ua', now)
+  if TERMINAL[new_status] then
+    local ckey = k_contact(tag, e['c'])
+    if rcall('HGET', ckey, 'e:' .. seq) == id then rcall('HDEL', ckey, 'e:' .. seq) end
+  end
+end
+
+-- Take an enrollment out of the time index (due or parked) and fence any in-flight claim.
+local function unschedule(id, e, due_key)
+  rcall('ZREM', due_key, id)
+  rcall('ZREM', k_parked(tag, e['s']), id)
+  e['k'] = tostring(rcall('HINCRBY', k_enrollment(tag, id), 'k', 1))
+end
+
+local function enrollment_event(etype, id, e, now, extra)
+  local data = {id = id, fields = e}
+  if extra then for k, v in pairs(extra) do data[k] = v end end
+  emit(etype, e['t'], now, data)
+end
+
+-- Terminal or pause transition shared by transition, syncSequence and deleteContact.
+-- Returns nil on success, else the current status.
+local function finish(id, e, new_status, reason, now, due_key)
+  local st = e['st']
+  if TERMINAL[st] or (new_status == 'paused' and st ~= 'active') then return st end
+  unschedule(id, e, due_key)
+  local ekey = k_enrollment(tag, id)
+  if new_status == 'cancelled' then
+    rcall('HSET', ekey, 'cr', reason); e['cr'] = reason
+    rcall('HDEL', ekey, 'pr'); e['pr'] = nil
+  elseif new_status == 'completed' then
+    rcall('HSET', ekey, 'ca', now); e['ca'] = now
+    rcall('HDEL', ekey, 'pr'); e['pr'] = nil
+  elseif new_status == 'paused' then
+    rcall('HSET', ekey, 'pr', reason); e['pr'] = reason
+  end
+  move_status(id, e, new_status, now)
+  local extra = nil
+  if new_status == 'cancelled' then extra = {cancel_reason = reason}
+  elseif new_status == 'paused' then extra = {paused_reason = reason} end
+  enrollment_event('sequence.enrollment.' .. new_status, id, e, now, extra)
+  return nil
+end

@@ -1,0 +1,161 @@
+"""Loads the Lua scripts and calls each through one typed wrapper.
+
+A script file is `<verbNoun>-<numKeys>.lua`; its header lists KEYS and ARGV, and the
+wrapper here builds them in that order. `-- @include name` pulls in `includes/name.lua`,
+and every script is prefixed with `k_<family>(tag, ...)` helpers generated from
+`keys.SHARD_TEMPLATES`, so key names are spelled in one place for Python and Lua alike.
+Script errors (`redis.error_reply('CODE:detail')`) surface as one `ScriptError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+
+from seqd.store import keys as keymod
+
+LUA = resources.files("seqd.store") / "lua"
+_INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+_FIELD = re.compile(r"\{(\w+)\}")
+
+# Tests set this so a call whose keys span two cluster slots fails on its first run.
+CHECK_SLOTS = os.environ.get("SEQD_CHECK_SLOTS") == "1"
+
+
+class ScriptError(Exception):
+    """A script refused the change: `code` is its error code, `detail` what followed it."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}:{detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+class CrossSlotError(AssertionError):
+    pass
+
+
+def _key_helpers() -> str:
+    out = []
+    for family, template in keymod.SHARD_TEMPLATES.items():
+        params = [p for p in _FIELD.findall(template) if p != "tag"]
+        body = " .. ".join(
+            p if i % 2 else repr(p) if p else ""
+            for i, p in enumerate(re.split(r"\{(\w+)\}", template))
+            if p
+        )
+        out.append(f"local function k_{family}({', '.join(['tag', *params])}) return {body} end")
+    return "\n".join(out) + "\n"
+
+
+def _expand(source: str) -> str:
+    def include(match: re.Match[str]) -> str:
+        return (LUA / "includes" / f"{match.group(1)}.lua").read_text()
+
+    return _INCLUDE.sub(include, source)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    num_keys: int
+    source: str
+    sha: str
+
+
+def load_scripts() -> dict[str, Script]:
+    helpers = _key_helpers()
+    scripts = {}
+    for entry in LUA.iterdir():
+        match = re.fullmatch(r"(\w+)-(\d+)\.lua", entry.name)
+        if not match:
+            continue
+        text = _expand(entry.read_text())
+        # Helpers go after the header comment and the `local rcall` line would not matter:
+        # they are plain functions, so prefixing the whole file is enough.
+        source = helpers + text
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        scripts[match.group(1)] = Script(match.group(1), int(match.group(2)), source, sha)
+    return scripts
+
+
+SCRIPTS = load_scripts()
+
+
+def _parse_error(exc: ResponseError) -> ScriptError | None:
+    text = str(exc)
+    match = re.match(r"^(?:ERR )?([A-Z_]+)(?::(.*))?$", text.split("\n")[0].strip())
+    if not match:
+        return None
+    return ScriptError(match.group(1), match.group(2) or "")
+
+
+def _check_slots(name: str, keys: Sequence[str], tag: str | None) -> None:
+    probe = list(keys) + ([f"{tag}:probe"] if tag else [])
+    if not keymod.same_slot(probe):
+        raise CrossSlotError(f"script {name} called with keys in several slots: {probe}")
+
+
+class Runner:
+    """Calls scripts by name with EVALSHA, loading them on NOSCRIPT."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def load_all(self) -> None:
+        for script in SCRIPTS.values():
+            await self.client.script_load(script.source)
+
+    async def call(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, tag: str | None = None
+    ) -> Any:
+        script = SCRIPTS[name]
+        if len(keys) != script.num_keys:
+            raise TypeError(f"{name} takes {script.num_keys} keys, got {len(keys)}")
+        if CHECK_SLOTS:
+            _check_slots(name, keys, tag)
+        try:
+            try:
+                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await self.client.eval(script.source, len(keys), *keys, *args)
+        except ResponseError as exc:
+            parsed = _parse_error(exc)
+            if parsed is None:
+                raise
+            raise parsed from None
+
+    async def call_many(
+        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any], str | None]]
+    ) -> list[Any]:
+        """Run several script calls in one round trip; each result or its ScriptError."""
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args, tag in calls:
+            script = SCRIPTS[name]
+            if CHECK_SLOTS:
+                _check_slots(name, keys, tag)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                name, keys, args, tag = calls[i]
+                try:
+                    results[i] = await self.call(name, keys, args, tag=tag)
+                except ScriptError as exc:
+                    results[i] = exc
+            elif isinstance(result, ResponseError):
+                parsed = _parse_error(result)
+                if parsed is None:
+                    raise result
+                results[i] = parsed
+            elif isinstance(result, Exception):
+                raise result
+        return results

@@ -1,0 +1,110 @@
+"""Tenants and their API keys. Keys are stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import string
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from seqd import ids
+from seqd.models import ApiKey
+from seqd.times import now_ms, to_rfc3339
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_ALPHABET = string.ascii_letters + string.digits
+# 32 base62 characters: about 190 bits.
+SECRET_CHARS = 32
+DEFAULT_TENANT = "default"
+
+
+class KeyRecord(msgspec.Struct):
+    id: str
+    tenant: str
+    label: str
+    prefix: str
+    created_at: int
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(KeyRecord).decode
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def valid_tenant(name: str) -> bool:
+    return bool(TENANT_RE.match(name))
+
+
+class Tenants:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+        self.client = store.client
+
+    async def ensure(self, tenant: str) -> None:
+        await self.client.sadd(self.keys.tenants(), tenant)
+
+    async def exists(self, tenant: str) -> bool:
+        return bool(await self.client.sismember(self.keys.tenants(), tenant))
+
+    async def create_key(self, tenant: str, label: str = "", *, test: bool = False) -> tuple[ApiKey, str]:
+        """A new key for `tenant`; the secret is returned once and never stored."""
+        secret = ("sk_test_" if test else "sk_live_") + "".join(
+            secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS)
+        )
+        record = KeyRecord(
+            id=ids.new(ids.API_KEY), tenant=tenant, label=label, prefix=secret[:12],
+            created_at=now_ms(),
+        )
+        digest = hash_key(secret)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(self.keys.tenants(), tenant)
+        pipe.hset(self.keys.api_keys(), digest, _encode(record))
+        pipe.hset(self.keys.api_key_ids(), record.id, digest)
+        await pipe.execute()
+        return self._public(record), secret
+
+    async def authenticate(self, secret: str) -> str | None:
+        """The tenant a key belongs to. The lookup is by hash, so timing reveals nothing of it."""
+        raw = await self.client.hget(self.keys.api_keys(), hash_key(secret))
+        return _decode(raw).tenant if raw else None
+
+    async def list_keys(self, tenant: str) -> list[ApiKey]:
+        raw = await self.client.hgetall(self.keys.api_keys())
+        records = [_decode(v) for v in raw.values()]
+        return sorted(
+            (self._public(r) for r in records if r.tenant == tenant), key=lambda k: k.id
+        )
+
+    async def revoke(self, key_id: str) -> bool:
+        digest = await self.client.hget(self.keys.api_key_ids(), key_id)
+        if digest is None:
+            return False
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.keys.api_keys(), digest)
+        pipe.hdel(self.keys.api_key_ids(), key_id)
+        await pipe.execute()
+        return True
+
+    async def bootstrap(self) -> str | None:
+        """On a store's first start: tenant `default` and one key, returned once."""
+        if not await self.client.hsetnx(self.keys.meta(), "bootstrapped", now_ms()):
+            return None
+        _, secret = await self.create_key(DEFAULT_TENANT, "created on first start")
+        return secret
+
+    @staticmethod
+    def _public(record: KeyRecord) -> ApiKey:
+        return ApiKey(
+            id=record.id, tenant=record.tenant, label=record.label, prefix=record.prefix,
+            created_at=to_rfc3339(record.created_at),
+        )

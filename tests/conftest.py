@@ -1,0 +1,119 @@
+"""Shared fixtures: private valkey-servers on free ports, a fresh key prefix per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+os.environ["SEQD_CHECK_SLOTS"] = "1"
+
+from seqd.embedded import find_binary  # noqa: E402
+from seqd.store import scripts  # noqa: E402
+from seqd.store.db import Store, connect  # noqa: E402
+
+scripts.CHECK_SLOTS = True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ValkeyProcess:
+    """A valkey-server of our own on a free loopback port, data in `directory`."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                find_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+                "--logfile", str(self.directory / "valkey.log"), *self.extra,
+            ]
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        client.close()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyProcess]:
+    server = ValkeyProcess(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def valkey_factory(tmp_path: Path) -> Iterator[type[ValkeyProcess]]:
+    started: list[ValkeyProcess] = []
+
+    class Factory(ValkeyProcess):
+        def __init__(self, *extra: str) -> None:
+            super().__init__(tmp_path / f"valkey-{len(started)}", *extra)
+            started.append(self)
+
+    yield Factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def store(valkey: ValkeyProcess, prefix: str) -> AsyncIterator[Store]:
+    s = await Store.open(connect(valkey.url), prefix, 4)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def fake_store(prefix: str) -> AsyncIterator[Store]:
+    import fakeredis
+
+    client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    s = await Store.open(client, prefix, 4)
+    yield s
+    await s.close()
