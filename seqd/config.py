@@ -167,7 +167,8 @@ def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict
         if not name.startswith(ENV_PREFIX) or name == "SEQD_CONFIG":
             continue
         parts = name[len(ENV_PREFIX) :].lower()
-        target, cls = out, Config
+        target: dict[str, Any] = out
+        cls: type[Section] = Config
         while True:
             fields = _section_fields(cls)
             match = next(
@@ -254,9 +255,7 @@ def masked(config: Config) -> dict[str, Any]:
 
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
-            return {
-                k: ("***" if secret.search(k) and v else walk(v)) for k, v in value.items()
-            }
+            return {k: ("***" if secret.search(k) and v else walk(v)) for k, v in value.items()}
         return value
 
     data: dict[str, Any] = walk(msgspec.to_builtins(config))

@@ -97,7 +97,7 @@ class EmbeddedServer:
         return self._lock is not None
 
     def _try_lock(self) -> bool:
-        handle = open(self.data_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held for the lifetime
+        handle = open(self.data_dir / LOCK_NAME, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -132,20 +132,31 @@ class EmbeddedServer:
             self.socket.unlink()
         args = [
             binary,
-            "--dir", str(self.data_dir),
-            "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700",
-            "--port", str(self.config.port),
-            "--bind", "127.0.0.1",
-            "--protected-mode", "yes",
-            "--appendonly", "yes",
-            "--appendfsync", self.config.appendfsync,
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "valkey.log"),
+            "--dir",
+            str(self.data_dir),
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--port",
+            str(self.config.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.config.appendfsync,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "valkey.log"),
         ]
         # Its own session: a Ctrl-C in seqd's terminal must not kill the store under it.
-        self._process = subprocess.Popen(args, start_new_session=True)
+        self._process = subprocess.Popen(args, start_new_session=True)  # noqa: ASYNC220 - returns at once
         deadline = time.monotonic() + START_TIMEOUT
         while not await _ping(self.url):
             if self._process.poll() is not None:

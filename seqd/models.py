@@ -95,12 +95,12 @@ class ContactCreate(Input, kw_only=True):
 class ContactPatch(Input, kw_only=True):
     """Only the fields present change; `null` clears a field."""
 
-    first_name: ShortText | None | UnsetType = UNSET
-    last_name: ShortText | None | UnsetType = UNSET
-    phone: Annotated[str, Meta(max_length=64)] | None | UnsetType = UNSET
-    email: Annotated[str, Meta(max_length=320)] | None | UnsetType = UNSET
-    timezone: Annotated[str, Meta(max_length=64)] | None | UnsetType = UNSET
-    external_id: ShortText | None | UnsetType = UNSET
+    first_name: ShortText | UnsetType | None = UNSET
+    last_name: ShortText | UnsetType | None = UNSET
+    phone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
+    email: Annotated[str, Meta(max_length=320)] | UnsetType | None = UNSET
+    timezone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
+    external_id: ShortText | UnsetType | None = UNSET
     attributes: Attributes | UnsetType = UNSET
 
 

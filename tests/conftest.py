@@ -15,9 +15,9 @@ import redis
 
 os.environ["SEQD_CHECK_SLOTS"] = "1"
 
-from seqd.embedded import find_binary  # noqa: E402
-from seqd.store import scripts  # noqa: E402
-from seqd.store.db import Store, connect  # noqa: E402
+from seqd.embedded import find_binary
+from seqd.store import scripts
+from seqd.store.db import Store, connect
 
 scripts.CHECK_SLOTS = True
 
@@ -45,9 +45,20 @@ class ValkeyProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                find_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-                "--logfile", str(self.directory / "valkey.log"), *self.extra,
+                find_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--logfile",
+                str(self.directory / "valkey.log"),
+                *self.extra,
             ]
         )
         client = redis.Redis(port=self.port)

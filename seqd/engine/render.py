@@ -12,9 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-CONTACT_FIELDS = frozenset(
-    {"first_name", "last_name", "phone", "email", "timezone", "external_id"}
-)
+CONTACT_FIELDS = frozenset({"first_name", "last_name", "phone", "email", "timezone", "external_id"})
 NESTED_ROOTS = frozenset({"attributes", "metadata"})
 _TOKEN = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*$")

@@ -33,7 +33,7 @@ class Contacts:
     async def _raw(self, tenant: str, cid: str) -> dict[str, str] | None:
         if not ids.is_valid(cid, ids.CONTACT):
             return None
-        h: dict[str, str] = await self.store.client.hgetall(
+        h: dict[str, str] = await self.store.client.hgetall(  # type: ignore[assignment]
             self.keys.contact(self._shard(cid), cid)
         )
         return h if h.get("tenant") == tenant else None
@@ -47,9 +47,7 @@ class Contacts:
     async def exists(self, tenant: str, cid: str) -> bool:
         return await self._raw(tenant, cid) is not None
 
-    async def _link(
-        self, tenant: str, cid: str, new: dict[str, Any], old: dict[str, Any]
-    ) -> None:
+    async def _link(self, tenant: str, cid: str, new: dict[str, Any], old: dict[str, Any]) -> None:
         lookup_keys = [self.keys.contact_lookup(tenant, f) for f in LOOKUP_FIELDS]
         stale: list[str] = []
         while True:
@@ -73,8 +71,14 @@ class Contacts:
         flat = await self.store.runner.call(
             "putContact",
             [self.keys.contact(shard, cid)],
-            [self.keys.shard_tag(shard), now_ms(), tenant, cid, "create",
-             *codec.contact_values(fields)],
+            [
+                self.keys.shard_tag(shard),
+                now_ms(),
+                tenant,
+                cid,
+                "create",
+                *codec.contact_values(fields),
+            ],
             tag=self.keys.shard_tag(shard),
         )
         return codec.contact(cid, codec.pairs(flat))
@@ -92,8 +96,14 @@ class Contacts:
             flat = await self.store.runner.call(
                 "putContact",
                 [self.keys.contact(shard, cid)],
-                [self.keys.shard_tag(shard), now_ms(), tenant, cid, "update",
-                 *codec.contact_values(changes)],
+                [
+                    self.keys.shard_tag(shard),
+                    now_ms(),
+                    tenant,
+                    cid,
+                    "update",
+                    *codec.contact_values(changes),
+                ],
                 tag=self.keys.shard_tag(shard),
             )
         except ScriptError as exc:
@@ -123,7 +133,7 @@ class Contacts:
     async def find(self, tenant: str, field: str, value: str) -> str | None:
         """The contact id holding `value` in a lookup field, if it (still) exists."""
         cid = await self.store.client.hget(self.keys.contact_lookup(tenant, field), value)
-        if cid and await self.exists(tenant, cid):
+        if isinstance(cid, str) and await self.exists(tenant, cid):
             return str(cid)
         return None
 

@@ -92,7 +92,8 @@ class Enrollments:
 
     async def get(self, tenant: str, eid: str) -> models.Enrollment:
         if ids.is_valid(eid, ids.ENROLLMENT):
-            h = await self.store.client.hgetall(self.keys.enrollment(self._shard(eid), eid))
+            key = self.keys.enrollment(self._shard(eid), eid)
+            h: dict[str, str] = await self.store.client.hgetall(key)  # type: ignore[assignment]
             if h.get("t") == tenant:
                 return codec.enrollment(eid, h)
         raise NotFound(f"no enrollment {eid}", field="id")

@@ -15,7 +15,6 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.models import SequenceStatus
-
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
 
@@ -41,7 +40,7 @@ class Sequences:
         doc, version = await self.store.client.hmget(self.keys.sequence(tenant, sid), "doc", "v")
         if doc is None:
             raise NotFound(f"no sequence {sid}", field="id")
-        return _decode_seq(doc), int(version)
+        return _decode_seq(doc), int(str(version))
 
     async def get(self, tenant: str, sid: str, *, with_stats: bool = True) -> models.Sequence:
         seq, _ = await self._read(tenant, sid)
@@ -64,7 +63,9 @@ class Sequences:
             for row in rows[i * self.keys.shards : (i + 1) * self.keys.shards]:
                 for status, count in row.items():
                     totals[status] = totals.get(status, 0) + int(count)
-            out[sid] = models.SequenceStats(**{s.value: totals.get(s.value, 0) for s in models.EnrollmentStatus})
+            out[sid] = models.SequenceStats(
+                **{s.value: totals.get(s.value, 0) for s in models.EnrollmentStatus}
+            )
         return out
 
     async def create(self, tenant: str, body: models.SequenceCreate) -> models.Sequence:
@@ -172,8 +173,15 @@ class Sequences:
                             self.keys.outbox(shard),
                             self.keys.shard_sequences(shard),
                         ],
-                        [self.keys.shard_tag(shard), now_ms(), seq.id, mirror, sweep,
-                         SWEEP_BATCH, cursor],
+                        [
+                            self.keys.shard_tag(shard),
+                            now_ms(),
+                            seq.id,
+                            mirror,
+                            sweep,
+                            SWEEP_BATCH,
+                            cursor,
+                        ],
                         self.keys.shard_tag(shard),
                     )
                     for shard, cursor in cursors.items()
@@ -193,7 +201,7 @@ class Sequences:
     ) -> tuple[list[models.Sequence], str | None, int]:
         key = self.keys.sequences(tenant)
         client = self.store.client
-        all_ids: list[str] = await client.zrange(key, "-", "+", bylex=True)
+        all_ids = [str(s) for s in await client.zrange(key, "-", "+", bylex=True)]
         if status is not None:
             pipe = client.pipeline(transaction=False)
             for sid in all_ids:
@@ -217,6 +225,3 @@ class Sequences:
 
 def step_wait_ms(seq: models.Sequence, index: int) -> int:
     return seq.steps[index].wait_minutes * 60_000
-
-
-

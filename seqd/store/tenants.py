@@ -56,13 +56,18 @@ class Tenants:
     async def exists(self, tenant: str) -> bool:
         return bool(await self.client.sismember(self.keys.tenants(), tenant))
 
-    async def create_key(self, tenant: str, label: str = "", *, test: bool = False) -> tuple[ApiKey, str]:
+    async def create_key(
+        self, tenant: str, label: str = "", *, test: bool = False
+    ) -> tuple[ApiKey, str]:
         """A new key for `tenant`; the secret is returned once and never stored."""
         secret = ("sk_test_" if test else "sk_live_") + "".join(
             secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS)
         )
         record = KeyRecord(
-            id=ids.new(ids.API_KEY), tenant=tenant, label=label, prefix=secret[:12],
+            id=ids.new(ids.API_KEY),
+            tenant=tenant,
+            label=label,
+            prefix=secret[:12],
             created_at=now_ms(),
         )
         digest = hash_key(secret)
@@ -81,9 +86,7 @@ class Tenants:
     async def list_keys(self, tenant: str) -> list[ApiKey]:
         raw = await self.client.hgetall(self.keys.api_keys())
         records = [_decode(v) for v in raw.values()]
-        return sorted(
-            (self._public(r) for r in records if r.tenant == tenant), key=lambda k: k.id
-        )
+        return sorted((self._public(r) for r in records if r.tenant == tenant), key=lambda k: k.id)
 
     async def revoke(self, key_id: str) -> bool:
         digest = await self.client.hget(self.keys.api_key_ids(), key_id)
@@ -105,6 +108,9 @@ class Tenants:
     @staticmethod
     def _public(record: KeyRecord) -> ApiKey:
         return ApiKey(
-            id=record.id, tenant=record.tenant, label=record.label, prefix=record.prefix,
+            id=record.id,
+            tenant=record.tenant,
+            label=record.label,
+            prefix=record.prefix,
             created_at=to_rfc3339(record.created_at),
         )

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<name>` prints figures and records them in RESULTS.md."""

@@ -1,0 +1,5 @@
+import sys
+
+from seqd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""API key authentication: `Authorization: Bearer <key>` or `X-Api-Key: <key>`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from seqd.api.appkeys import STORE, TENANT
+from seqd.api.routing import Handler, requires_auth
+from seqd.errors import Unauthorized
+
+
+def presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = request.headers.get("X-Api-Key", "").strip()
+    return key or None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match_info = request.match_info
+    target = getattr(match_info, "handler", None)
+    if match_info.http_exception is not None or not requires_auth(target):
+        return await handler(request)
+    key = presented_key(request)
+    if key is None:
+        raise Unauthorized("send the API key as 'Authorization: Bearer <key>' or 'X-Api-Key'")
+    tenant = await request.app[STORE].tenants.authenticate(key)
+    if tenant is None:
+        raise Unauthorized("the API key is not valid (revoked or mistyped)")
+    request[TENANT] = tenant
+    return await handler(request)
+
+
+def tenant_of(request: web.Request) -> str:
+    return str(request[TENANT])

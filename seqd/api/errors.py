@@ -1,0 +1,58 @@
+"""One middleware turns every failure into problem+json; no input yields a bare 500."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.exceptions
+import structlog
+from aiohttp import web
+
+from seqd.api.appkeys import MAX_BODY
+from seqd.api.problems import problem
+from seqd.api.routing import Handler
+from seqd.errors import Invalid, SeqdError
+
+log = structlog.get_logger(__name__)
+
+_HTTP_CODES = {
+    400: ("bad_request", "Malformed request"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SeqdError as exc:
+        extra = dict(exc.extra)
+        if isinstance(exc, Invalid):
+            extra["errors"] = exc.errors
+        return problem(exc.status, exc.code, exc.title, exc.detail, **extra)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, title = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
+        if exc.status == 413:
+            detail = f"the body exceeds {request.app[MAX_BODY]} bytes"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem(exc.status, code, title, detail, headers=headers)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        log.warning("store.unavailable", error=type(exc).__name__)
+        return problem(
+            503,
+            "unavailable",
+            "The store is unavailable",
+            "try again shortly",
+            headers={"Retry-After": "1"},
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("http.unhandled", method=request.method, path=request.path)
+        return problem(500, "internal_error", "Internal error", "the error was logged")

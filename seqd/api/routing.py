@@ -1,0 +1,73 @@
+"""The route table: each handler declares method, path, body, query and responses once.
+
+The app is built from this table and so is the OpenAPI document, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type | None = None
+    query: type | None = None
+    # status -> response Struct (None: no body)
+    responses: dict[int, type | None] = field(default_factory=dict)
+    # error statuses this route can answer besides 401/422/500
+    errors: tuple[int, ...] = ()
+    auth: bool = True
+    body_content_type: str = "application/json"
+
+
+ROUTES: list[Route] = []
+
+
+def route(
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    tag: str,
+    responses: dict[int, type | None],
+    body: type | None = None,
+    query: type | None = None,
+    errors: tuple[int, ...] = (),
+    auth: bool = True,
+    body_content_type: str = "application/json",
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ROUTES.append(
+            Route(
+                method,
+                path,
+                handler,
+                summary,
+                tag,
+                body,
+                query,
+                responses,
+                errors,
+                auth,
+                body_content_type,
+            )
+        )
+        handler.seqd_auth = auth  # type: ignore[attr-defined]
+        return handler
+
+    return register
+
+
+def requires_auth(handler: Any) -> bool:
+    return bool(getattr(handler, "seqd_auth", True))

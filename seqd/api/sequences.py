@@ -1,0 +1,135 @@
+"""Sequences: /sequences."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+
+from seqd import models
+from seqd.api.appkeys import STORE
+from seqd.api.auth import tenant_of
+from seqd.api.pagination import ListQuery, decode_token, encode_token
+from seqd.api.routing import route
+from seqd.api.wire import read_body, read_query, respond
+from seqd.models import SequenceStatus
+
+TAG = "sequences"
+
+
+class SequenceListQuery(ListQuery, kw_only=True):
+    status: Literal["draft", "active", "paused", "archived"] | None = None
+
+
+@route(
+    "POST",
+    "/sequences",
+    summary="Create a sequence",
+    tag=TAG,
+    body=models.SequenceCreate,
+    responses={201: models.SequenceEnvelope},
+)
+async def create_sequence(request: web.Request) -> web.Response:
+    body = await read_body(request, models.SequenceCreate)
+    seq = await request.app[STORE].sequences.create(tenant_of(request), body)
+    return respond(models.SequenceEnvelope(sequence=seq), 201)
+
+
+@route(
+    "GET",
+    "/sequences",
+    summary="List sequences",
+    tag=TAG,
+    query=SequenceListQuery,
+    responses={200: models.SequenceList},
+)
+async def list_sequences(request: web.Request) -> web.Response:
+    query = read_query(request, SequenceListQuery)
+    data, after, total = await request.app[STORE].sequences.list(
+        tenant_of(request),
+        limit=query.limit,
+        after=decode_token(query.page_token),
+        status=query.status,
+    )
+    return respond(models.SequenceList(data=data, next_page_token=encode_token(after), total=total))
+
+
+@route(
+    "GET",
+    "/sequences/{id}",
+    summary="Get a sequence",
+    tag=TAG,
+    responses={200: models.SequenceEnvelope},
+    errors=(404,),
+)
+async def get_sequence(request: web.Request) -> web.Response:
+    seq = await request.app[STORE].sequences.get(tenant_of(request), request.match_info["id"])
+    return respond(models.SequenceEnvelope(sequence=seq))
+
+
+@route(
+    "PATCH",
+    "/sequences/{id}",
+    summary="Change a sequence",
+    tag=TAG,
+    body=models.SequencePatch,
+    responses={200: models.SequenceEnvelope},
+    errors=(404, 409),
+)
+async def patch_sequence(request: web.Request) -> web.Response:
+    body = await read_body(request, models.SequencePatch)
+    seq = await request.app[STORE].sequences.change(
+        tenant_of(request), request.match_info["id"], patch=body
+    )
+    return respond(models.SequenceEnvelope(sequence=seq))
+
+
+@route(
+    "POST",
+    "/sequences/{id}/pause",
+    summary="Pause a sequence: no step of it is sent",
+    tag=TAG,
+    responses={200: models.SequenceEnvelope},
+    errors=(404, 409),
+)
+async def pause_sequence(request: web.Request) -> web.Response:
+    seq = await request.app[STORE].sequences.change(
+        tenant_of(request),
+        request.match_info["id"],
+        status=SequenceStatus.PAUSED,
+        allowed_from=frozenset({SequenceStatus.ACTIVE}),
+    )
+    return respond(models.SequenceEnvelope(sequence=seq))
+
+
+@route(
+    "POST",
+    "/sequences/{id}/resume",
+    summary="Resume a paused sequence: overdue steps go out at once, in due order",
+    tag=TAG,
+    responses={200: models.SequenceEnvelope},
+    errors=(404, 409),
+)
+async def resume_sequence(request: web.Request) -> web.Response:
+    seq = await request.app[STORE].sequences.change(
+        tenant_of(request),
+        request.match_info["id"],
+        status=SequenceStatus.ACTIVE,
+        allowed_from=frozenset({SequenceStatus.PAUSED}),
+    )
+    return respond(models.SequenceEnvelope(sequence=seq))
+
+
+@route(
+    "DELETE",
+    "/sequences/{id}",
+    summary="Archive a sequence; its active and paused enrollments are cancelled",
+    tag=TAG,
+    responses={200: models.SequenceEnvelope},
+    errors=(404,),
+)
+async def delete_sequence(request: web.Request) -> web.Response:
+    seq = await request.app[STORE].sequences.change(
+        tenant_of(request), request.match_info["id"], status=SequenceStatus.ARCHIVED
+    )
+    return respond(models.SequenceEnvelope(sequence=seq))

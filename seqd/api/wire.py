@@ -1,0 +1,72 @@
+"""Request bodies and query strings in, JSON out, with msgspec at the edge.
+
+Decoding errors become `Invalid` (422) with the path of the bad field, or `BadRequest`
+(400) for JSON that does not parse.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from seqd.errors import BadRequest, FieldError, Invalid, UnsupportedMediaType
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def field_error(exc: msgspec.ValidationError, root: str = "") -> FieldError:
+    """msgspec's "Expected `int`, got `str` - at `$.steps[0].wait_minutes`" as a FieldError."""
+    message = str(exc)
+    match = _PATH.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    reason = _PATH.sub("", message)
+    missing = re.match(r"Object missing required field `([^`]+)`", reason)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
+    if missing or unknown:
+        name = (missing or unknown).group(1)  # type: ignore[union-attr]
+        path = f"{path}.{name}" if path else name
+        reason = "required" if missing else "unknown field"
+    if root:
+        path = f"{root}.{path}" if path else root
+    return FieldError(path or "body", reason)
+
+
+async def read_body(request: web.Request, kind: type[T]) -> T:
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        if not request.content_type.endswith("+json"):
+            raise UnsupportedMediaType(f"send application/json, not {request.content_type}")
+    raw = await request.read()
+    if not raw.strip():
+        raw = b"{}"
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise Invalid([field_error(exc)]) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def read_query(request: web.Request, kind: type[T]) -> T:
+    values: dict[str, Any] = {}
+    for key in request.query:
+        found = request.query.getall(key)
+        values[key] = found[0] if len(found) == 1 else found
+    try:
+        return msgspec.convert(values, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        err = field_error(exc)
+        raise Invalid([FieldError(f"query.{err.path}", err.message)]) from None
+
+
+def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(value),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )

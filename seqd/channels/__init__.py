@@ -1,0 +1,1 @@
+"""Senders: one module per provider behind the small protocol in `base.py`."""

@@ -1,0 +1,107 @@
+"""The `seqd` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+
+from seqd import config as configmod
+from seqd import logs
+from seqd.config import Config, ConfigError
+from seqd.embedded import EmbeddedError
+from seqd.service import open_store, serve
+from seqd.store.tenants import valid_tenant
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.run(coro)
+
+
+async def _keys(args: argparse.Namespace, config: Config) -> int:
+    async with open_store(config) as store:
+        if args.keys_command == "create":
+            key, secret = await store.tenants.create_key(args.tenant, args.label, test=args.test)
+            print(f"created key {key.id} for tenant {key.tenant}; it is shown only now:")
+            print(secret)
+        elif args.keys_command == "list":
+            for key in await store.tenants.list_keys(args.tenant):
+                print(f"{key.id}\t{key.prefix}…\t{key.created_at}\t{key.label}")
+        else:
+            if not await store.tenants.revoke(args.key_id):
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    return 0
+
+
+def _tenant(value: str) -> str:
+    if not valid_tenant(value):
+        raise argparse.ArgumentTypeError(
+            "a tenant name is 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter "
+            "or digit"
+        )
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seqd", description="Self-hosted sequence engine")
+    p.add_argument("--config", "-c", help="TOML config file (default: $SEQD_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API and the dispatcher")
+    s.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
+
+    k = sub.add_parser("keys", help="manage API keys")
+    k.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    kc = ks.add_parser("create", help="create a key; printed on the last line")
+    kc.add_argument("--tenant", required=True, type=_tenant)
+    kc.add_argument("--label", default="")
+    kc.add_argument("--test", action="store_true", help="a test key (prefix sk_test_)")
+    kl = ks.add_parser("list", help="list a tenant's keys")
+    kl.add_argument("--tenant", required=True, type=_tenant)
+    kr = ks.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("key_id")
+
+    cc = sub.add_parser("check-config", help="validate a config and print the effective settings")
+    cc.add_argument("file", nargs="?")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    path = getattr(args, "config_sub", None) or args.config
+    if args.command == "check-config":
+        path = args.file or path
+    try:
+        config = configmod.load(path)
+    except ConfigError as exc:
+        print(f"seqd: bad config: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.log)
+    try:
+        if args.command == "serve":
+            return _run(serve(config))
+        if args.command == "keys":
+            return _run(_keys(args, config))
+        if args.command == "check-config":
+            print(msgspec.json.format(msgspec.json.encode(configmod.masked(config))).decode())
+            return 0
+    except EmbeddedError as exc:
+        print(f"seqd: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

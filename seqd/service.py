@@ -1,0 +1,113 @@
+"""Wiring of the daemon: the store (embedded or not), the HTTP app, background loops, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+import structlog
+from aiohttp import web
+
+from seqd.api.app import create_app
+from seqd.config import Config
+from seqd.embedded import EmbeddedServer
+from seqd.store.db import Store, connect
+
+log = structlog.get_logger(__name__)
+
+# Background parts of the daemon (dispatcher, webhook deliverer, intake consumer), each an
+# aiohttp cleanup_ctx factory taking the config: start on enter, stop and await on exit.
+BackgroundPart = Callable[
+    [Config], Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
+]
+BACKGROUND: list[BackgroundPart] = []
+
+
+@contextlib.asynccontextmanager
+async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Store]:
+    """The configured store; with no redis.url, the embedded one (started if needed)."""
+    embedded = None
+    url = config.redis.url
+    if url is None:
+        embedded = EmbeddedServer(config.embedded)
+        url = await embedded.start(own=own)
+    client = connect(
+        url,
+        socket_timeout=config.redis.socket_timeout,
+        max_connections=config.redis.max_connections,
+    )
+    try:
+        store = await Store.open(client, config.redis.prefix, config.redis.shards)
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+def build_app(config: Config, store: Store) -> web.Application:
+    app = create_app(config, store)
+    for part in BACKGROUND:
+        app.cleanup_ctx.append(part(config))
+    return app
+
+
+def _banner(secret: str, config: Config, out: TextIO) -> None:
+    base = f"http://{config.http.host}:{config.http.port}{config.http.base_path}"
+    out.write(
+        "\nseqd: created tenant 'default' with this API key (shown once, stored only as a hash):\n"
+        f"\n    {secret}\n\n"
+        f"    curl -H 'Authorization: Bearer {secret}' {base}/sequences\n\n"
+    )
+    out.flush()
+
+
+async def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("service.exit_now")
+            os._exit(1)
+        log.info("service.stopping")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with open_store(config, own=True) as store:
+            secret = await store.tenants.bootstrap()
+            if secret:
+                _banner(secret, config, out)
+            runner = web.AppRunner(build_app(config, store), access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, config.http.host, config.http.port)
+            try:
+                await site.start()
+                log.info(
+                    "service.listening",
+                    host=config.http.host,
+                    port=config.http.port,
+                    base_path=config.http.base_path,
+                )
+                out.write(f"seqd listening on http://{config.http.host}:{config.http.port}\n")
+                out.flush()
+                await stop.wait()
+            finally:
+                await runner.cleanup()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("service.stopped")
+    return 0
