@@ -6,6 +6,7 @@ literal of its own. Loading validates the whole tree at once and names the bad s
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -134,6 +135,12 @@ class ChannelsConfig(Section, kw_only=True):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
 
 
+class TenantConfig(Section, kw_only=True):
+    """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
+
+    channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
+
+
 class Config(Section, kw_only=True):
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
@@ -142,6 +149,14 @@ class Config(Section, kw_only=True):
     contacts: ContactsConfig = msgspec.field(default_factory=ContactsConfig)
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
+    # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
+    # from address); whatever it does not set comes from [channels].
+    tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
+
+    def channels_for(self, tenant: str) -> ChannelsConfig:
+        """The channel settings that apply to `tenant`."""
+        own = self.tenants.get(tenant)
+        return own.channels if own is not None else self.channels
 
 
 class ConfigError(Exception):
@@ -234,6 +249,13 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _merge(raw, _credentials(env))
     _merge(raw, _env_overrides(env))
+    tenants = raw.get("tenants")
+    if isinstance(tenants, dict):
+        for name, section in tenants.items():
+            if isinstance(section, dict):
+                defaults = copy.deepcopy(raw.get("channels", {}))
+                section["channels"] = _merge(defaults, section.get("channels", {}))
+                tenants[name] = section
     try:
         return msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:

@@ -79,6 +79,10 @@ class Keys:
         """ZSET of the tenant's sequence ids, all scores 0 (id order)."""
         return f"{self.tenant_tag(tenant)}:seqs"
 
+    def suppressions(self, tenant: str, channel: str) -> str:
+        """HASH normalised phone (sms) or email (email) -> JSON {reason, created_at}."""
+        return f"{self.tenant_tag(tenant)}:sup:{channel}"
+
     def contact_lookup(self, tenant: str, field: str) -> str:
         """HASH normalised value -> contact id; field is phone, email or external_id."""
         return f"{self.tenant_tag(tenant)}:lk:{field}"
