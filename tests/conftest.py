@@ -128,3 +128,40 @@ async def fake_store(prefix: str) -> AsyncIterator[Store]:
     s = await Store.open(client, prefix, 4)
     yield s
     await s.close()
+
+
+class Api:
+    """A TestClient on the app, with one tenant's key; `as_tenant` gives another tenant's view."""
+
+    def __init__(self, client: object, key: str, store: Store) -> None:
+        self.client = client
+        self.key = key
+        self.store = store
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    async def call(
+        self, method: str, path: str, json: object = None, *, key: str | None = None, **kw: object
+    ) -> tuple[int, object]:
+        kwargs: dict[str, object] = {"headers": self.headers(key), **kw}
+        if json is not None:
+            kwargs["json"] = json
+        resp = await self.client.request(method, "/v1" + path, **kwargs)  # type: ignore[attr-defined]
+        text = await resp.text()
+        import json as jsonlib
+
+        return resp.status, (jsonlib.loads(text) if text else None)
+
+
+@pytest.fixture
+async def api(store: Store) -> AsyncIterator[Api]:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from seqd.api.app import create_app
+    from seqd.config import Config
+
+    _, key = await store.tenants.create_key("acme")
+    app = create_app(Config(), store)
+    async with TestClient(TestServer(app)) as client:
+        yield Api(client, key, store)

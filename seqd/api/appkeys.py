@@ -12,4 +12,4 @@ STORE = web.AppKey("store", Store)
 OPENAPI = web.AppKey("openapi", dict)
 MAX_BODY = web.AppKey("max_body", int)
 # Per request: the tenant the API key belongs to.
-TENANT = "seqd.tenant"
+TENANT = web.RequestKey("tenant", str)

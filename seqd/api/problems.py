@@ -32,7 +32,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 def problem(
-    status: int,
+    http_status: int,
     code: str,
     title: str,
     detail: str = "",
@@ -40,20 +40,20 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> web.Response:
-    body = build(status, code, title, detail, **extra)
+    body = build(http_status, code, title, detail, **extra)
     return web.Response(
-        body=_encode(body), status=status, content_type=CONTENT_TYPE, headers=headers
+        body=_encode(body), status=http_status, content_type=CONTENT_TYPE, headers=headers
     )
 
 
-def build(status: int, code: str, title: str, detail: str = "", **extra: Any) -> Problem:
+def build(http_status: int, code: str, title: str, detail: str = "", **extra: Any) -> Problem:
     errors = extra.pop("errors", None) or []
     current = extra.pop("status", None)
     known = {k: v for k, v in extra.items() if k in ("field", "contact_id", "index")}
     return Problem(
         type=TYPE_BASE + code,
         title=title,
-        status=status,
+        status=http_status,
         detail=detail,
         errors=errors,
         status_now=current,

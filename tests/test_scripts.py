@@ -1,0 +1,221 @@
+"""Each Lua script called directly, on a real valkey-server and on fakeredis."""
+
+from __future__ import annotations
+
+import re
+import pytest
+
+from seqd import ids, models
+from seqd.store import codec
+from seqd.store.db import Store
+from seqd.store.enrollments import EnrollItem
+from seqd.store.scripts import LUA, SCRIPTS, CrossSlotError, Runner, ScriptError
+
+SEQ = models.SequenceCreate(
+    name="s", status="active",
+    steps=[models.StepIn(kind="sms", body="a", wait_minutes=5),
+           models.StepIn(kind="sms", body="b", wait_minutes=10)],
+)
+
+
+@pytest.fixture(params=["valkey", "fakeredis"])
+def any_store(request: pytest.FixtureRequest) -> Store:
+    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
+    return store
+
+
+def test_header_key_count_matches_file_name() -> None:
+    for entry in LUA.iterdir():
+        match = re.fullmatch(r"(\w+)-(\d+)\.lua", entry.name)
+        if not match:
+            continue
+        text = entry.read_text()
+        declared = set(re.findall(r"KEYS\[(\d+)\]", text.split("]]", 1)[0]))
+        assert len(declared) == int(match.group(2)), entry.name
+        used = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", text)}
+        assert used <= {int(n) for n in declared}, entry.name
+        assert "TIME" not in text, f"{entry.name} reads the clock"
+        assert "cmsgpack" not in text and "struct." not in text, entry.name
+        assert SCRIPTS[match.group(1)].num_keys == int(match.group(2))
+
+
+async def test_cross_slot_call_fails(store: Store) -> None:
+    keys = [store.keys.due(0), store.keys.outbox(1)]
+    with pytest.raises(CrossSlotError):
+        await store.runner.call("transition", keys, ["x"], tag=store.keys.shard_tag(0))
+
+
+async def _setup(s: Store) -> tuple[str, models.Sequence]:
+    c = await s.contacts.create("acme", {"phone": "+14155550100"})
+    seq = await s.sequences.create("acme", SEQ)
+    return c.id, seq
+
+
+async def test_enroll_is_idempotent_and_indexes(any_store: Store) -> None:
+    s = any_store
+    cid, seq = await _setup(s)
+    [first] = await s.enrollments.enroll("acme", seq, [EnrollItem(cid, {"a": 1})])
+    assert first.enrollment is not None and not first.idempotent
+    eid = first.enrollment.id
+    shard = ids.shard_of(cid, s.shards)
+    assert ids.shard_of(eid, s.shards) == shard
+    # Due at enrolled_at + 5 minutes.
+    score = await s.client.zscore(s.keys.due(shard), eid)
+    assert score == ids.time_of(eid) + 5 * 60_000 or score is not None
+    enrolled = int((await s.client.hget(s.keys.enrollment(shard, eid), "ea")))
+    assert score == enrolled + 5 * 60_000
+    assert await s.client.hget(s.keys.contact(shard, cid), f"e:{seq.id}") == eid
+    assert await s.client.zrange(s.keys.status_index(shard, seq.id, "active"), 0, -1) == [eid]
+    assert await s.client.hget(s.keys.counts(shard, seq.id), "active") == "1"
+    events = await s.client.xrange(s.keys.outbox(shard))
+    assert [e[1]["type"] for e in events] == ["sequence.enrollment.created"]
+    data = codec.decode_json(events[0][1]["data"])
+    assert data["id"] == eid and data["fields"]["st"] == "active"
+
+    [again] = await s.enrollments.enroll("acme", seq, [EnrollItem(cid, {})])
+    assert again.idempotent and again.enrollment is not None and again.enrollment.id == eid
+    assert len(await s.client.xrange(s.keys.outbox(shard))) == 1
+
+
+async def test_enroll_error_codes(any_store: Store) -> None:
+    s = any_store
+    cid, seq = await _setup(s)
+    other = await s.contacts.create("bravo", {"phone": "+14155550100"})
+    results = await s.enrollments.enroll(
+        "acme", seq, [EnrollItem(other.id, {}), EnrollItem(ids.new(ids.CONTACT), {})]
+    )
+    assert [r.code for r in results] == ["CONTACT_NOT_FOUND", "CONTACT_NOT_FOUND"]
+    paused = await s.sequences.change(
+        "acme", seq.id, status=models.SequenceStatus.PAUSED,
+        allowed_from=frozenset({models.SequenceStatus.ACTIVE}),
+    )
+    [r] = await s.enrollments.enroll("acme", paused, [EnrollItem(cid, {})])
+    assert (r.code, r.detail) == ("SEQUENCE_NOT_ACTIVE", "paused")
+
+
+async def test_transition_codes_and_fencing(any_store: Store) -> None:
+    s = any_store
+    cid, seq = await _setup(s)
+    [r] = await s.enrollments.enroll("acme", seq, [EnrollItem(cid, {})])
+    assert r.enrollment is not None
+    eid = r.enrollment.id
+    shard = ids.shard_of(eid, s.shards)
+    ekey = s.keys.enrollment(shard, eid)
+    with pytest.raises(Exception, match="no enrollment"):
+        await s.enrollments.transition("bravo", eid, "pause", "manual")
+    paused = await s.enrollments.transition("acme", eid, "pause", "manual")
+    assert paused.status == "paused"
+    assert await s.client.zscore(s.keys.due(shard), eid) is None
+    assert await s.client.hget(ekey, "k") == "1"  # an in-flight claim is fenced off
+    with pytest.raises(Exception, match="cannot pause an enrollment that is paused"):
+        await s.enrollments.transition("acme", eid, "pause", "manual")
+    resumed = await s.enrollments.transition("acme", eid, "resume", "")
+    assert resumed.status == "active"
+    assert await s.client.zscore(s.keys.due(shard), eid) is not None
+    done = await s.enrollments.transition("acme", eid, "complete", "")
+    assert done.status == "completed" and done.completed_at is not None
+    assert await s.client.hget(s.keys.contact(shard, cid), f"e:{seq.id}") is None
+    counts = await s.client.hgetall(s.keys.counts(shard, seq.id))
+    assert counts == {"active": "0", "paused": "0", "completed": "1"}
+    types = [e[1]["type"] for e in await s.client.xrange(s.keys.outbox(shard))]
+    assert types == [
+        "sequence.enrollment.created", "sequence.enrollment.paused",
+        "sequence.enrollment.resumed", "sequence.enrollment.completed",
+    ]
+    runner = Runner(s.client)
+    with pytest.raises(ScriptError) as info:
+        await runner.call(
+            "transition", [s.keys.due(shard), s.keys.outbox(shard)],
+            [s.keys.shard_tag(shard), 1, "acme", eid, "explode", ""],
+            tag=s.keys.shard_tag(shard),
+        )
+    assert info.value.code == "BAD_ACTION"
+    with pytest.raises(ScriptError) as info:
+        await runner.call(
+            "transition", [s.keys.due(shard), s.keys.outbox(shard)],
+            [s.keys.shard_tag(shard), 1, "acme", eid, "resume", ""],
+            tag=s.keys.shard_tag(shard),
+        )
+    assert (info.value.code, info.value.detail) == ("INVALID_TRANSITION", "completed")
+
+
+async def test_sync_sequence_sweeps_in_batches(any_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from seqd.store import sequences
+
+    monkeypatch.setattr(sequences, "SWEEP_BATCH", 3)
+    s = any_store
+    seq = await s.sequences.create("acme", SEQ)
+    items = []
+    for i in range(10):
+        c = await s.contacts.create("acme", {"phone": f"+1415555{i:04d}"})
+        items.append(EnrollItem(c.id, {}))
+    results = await s.enrollments.enroll("acme", seq, items)
+    assert all(r.enrollment for r in results)
+    archived = await s.sequences.change("acme", seq.id, status=models.SequenceStatus.ARCHIVED)
+    assert archived.stats.cancelled == 10 and archived.stats.active == 0
+    for shard in range(s.shards):
+        mirror = await s.client.hget(s.keys.shard_sequences(shard), seq.id)
+        assert mirror is not None and mirror.startswith("archived:")
+        assert await s.client.zcard(s.keys.due(shard)) == 0
+
+
+async def test_sync_sequence_never_lowers_the_mirror_version(store: Store) -> None:
+    seq = await store.sequences.create("acme", SEQ)
+    shard = 0
+    keys = [store.keys.due(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
+    tag = store.keys.shard_tag(shard)
+    await store.runner.call("syncSequence", keys, [tag, 1, seq.id, "paused:5:2", "", 10, ""], tag=tag)
+    await store.runner.call("syncSequence", keys, [tag, 1, seq.id, "active:4:2", "", 10, ""], tag=tag)
+    assert await store.client.hget(keys[2], seq.id) == "paused:5:2"
+
+
+async def test_link_contact_conflict_and_stale_entries(any_store: Store) -> None:
+    s = any_store
+    a = await s.contacts.create("acme", {"email": "a@example.com"})
+    with pytest.raises(Exception, match="email already belongs"):
+        await s.contacts.create("acme", {"email": "a@example.com"})
+    # A dangling index entry (crash between index and contact writes) is overwritten.
+    ghost = ids.new(ids.CONTACT)
+    await s.client.hset(s.keys.contact_lookup("acme", "phone"), "+14155550111", ghost)
+    b = await s.contacts.create("acme", {"phone": "+14155550111"})
+    assert await s.contacts.find("acme", "phone", "+14155550111") == b.id
+    assert a.id != b.id
+
+
+async def test_put_sequence_optimistic_concurrency(any_store: Store) -> None:
+    s = any_store
+    seq = await s.sequences.create("acme", SEQ)
+    keys = [s.keys.sequence("acme", seq.id), s.keys.sequences("acme")]
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call("putSequence", keys, [seq.id, "{}", "active", 7])
+    assert info.value.code == "CONFLICT"
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call("putSequence", keys, [seq.id, "{}", "active", 0])
+    assert info.value.code == "EXISTS"
+    missing = [s.keys.sequence("acme", "seq_x"), s.keys.sequences("acme")]
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call("putSequence", missing, ["seq_x", "{}", "active", 1])
+    assert info.value.code == "NOT_FOUND"
+
+
+async def test_put_and_delete_contact_codes(any_store: Store) -> None:
+    s = any_store
+    c = await s.contacts.create("acme", {"phone": "+14155550100"})
+    shard = ids.shard_of(c.id, s.shards)
+    tag = s.keys.shard_tag(shard)
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call(
+            "putContact", [s.keys.contact(shard, c.id)], [tag, 1, "acme", c.id, "create"], tag=tag
+        )
+    assert info.value.code == "EXISTS"
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call(
+            "putContact", [s.keys.contact(shard, c.id)], [tag, 1, "bravo", c.id, "update"], tag=tag
+        )
+    assert info.value.code == "NOT_FOUND"
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call(
+            "deleteContact", [s.keys.due(shard), s.keys.outbox(shard)],
+            [tag, 1, "bravo", c.id], tag=tag,
+        )
+    assert info.value.code == "NOT_FOUND"
