@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from seqd.redact import mask_tree
+
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[int, Meta(gt=0)]
 NonNegative = Annotated[int, Meta(ge=0)]
@@ -60,6 +62,15 @@ class LogConfig(Section, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: JSON lines when stderr is not a terminal, readable console output when it is.
     format: Literal["auto", "json", "console"] = "auto"
+    # A file to append log lines to instead of stderr; reopened on SIGHUP (logrotate).
+    file: str | None = None
+
+
+class MetricsConfig(Section, kw_only=True):
+    # Serve GET /metrics (Prometheus text format, no auth) at all.
+    enabled: bool = True
+    # Unset: /metrics is served by the API listener. "host:port": only on that listener.
+    listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s]+):\d{1,5}$")] | None = None
 
 
 class ContactsConfig(Section, kw_only=True):
@@ -135,10 +146,42 @@ class ChannelsConfig(Section, kw_only=True):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
 
 
+class LifecycleConfig(Section, kw_only=True):
+    """Replies, opt-outs and bounces (seqd/lifecycle/)."""
+
+    # HMAC-SHA256 key of unsubscribe links. Unset: generated on first start and kept in the
+    # store's meta key, so every process sharing the store signs and verifies alike.
+    unsubscribe_secret: Annotated[str, Meta(min_length=16)] | None = None
+    # Address of the `mailto:` List-Unsubscribe target (its mail must reach `seqd
+    # ingest-email`); unset: the tenant's SMTP from_address.
+    unsubscribe_mailto: str | None = None
+    # Inbound SMS whose whole text (trimmed, case-folded, spaces collapsed) is one of these.
+    opt_out_keywords: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT",
+            "opt out", "stop all", "please stop",
+        ]  # fmt: skip
+    )
+    opt_in_keywords: list[str] = msgspec.field(default_factory=lambda: ["START", "UNSTOP", "YES"])
+    # Answered by the provider; seqd changes nothing (not even a pause).
+    help_keywords: list[str] = msgspec.field(default_factory=lambda: ["HELP", "INFO"])
+    # Subjects (regular expressions, case-insensitive, searched) of automatic email replies.
+    auto_reply_subjects: list[str] = msgspec.field(
+        default_factory=lambda: [
+            r"out of (the )?office", r"automatic reply", r"auto[- ]?reply", r"autoreply",
+            r"auto[- ]?response", r"away from (the )?office", r"on vacation", r"on leave",
+            r"abwesenheit", r"r[ée]ponse automatique", r"absence",
+        ]  # fmt: skip
+    )
+
+
 class TenantConfig(Section, kw_only=True):
     """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
 
     channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
+    # Secret of this tenant's inbound email URL, POST {base_path}/inbound/email/<secret>
+    # (for inbound-parse services that cannot send an API key).
+    inbound_email_secret: Annotated[str, Meta(min_length=16)] | None = None
 
 
 class Config(Section, kw_only=True):
@@ -146,9 +189,11 @@ class Config(Section, kw_only=True):
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     contacts: ContactsConfig = msgspec.field(default_factory=ContactsConfig)
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
+    lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
@@ -272,16 +317,6 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
 
 
 def masked(config: Config) -> dict[str, Any]:
-    """The effective settings as plain data, secrets replaced by `***`."""
-    secret = re.compile(r"(token|password|secret|header_value)$")
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: ("***" if secret.search(k) and v else walk(v)) for k, v in value.items()}
-        return value
-
-    data: dict[str, Any] = walk(msgspec.to_builtins(config))
-    url = data["redis"].get("url")
-    if url:
-        data["redis"]["url"] = re.sub(r"//([^@/]*):([^@/]*)@", r"//\1:***@", url)
+    """The effective settings as plain data, secrets (and passwords in URLs) replaced by `***`."""
+    data: dict[str, Any] = mask_tree(msgspec.to_builtins(config))
     return data

@@ -1,18 +1,81 @@
-"""structlog setup: JSON lines for journald and shippers, readable output on a terminal."""
+"""structlog setup: JSON lines for journald and shippers, readable output on a terminal.
+
+Every line, seqd's own and the libraries' (stdlib `logging`), goes through one processor
+chain ending in the same renderer, after `redact.log_processor` has hidden credentials
+and message content. With `log.file` set, lines go to that file; SIGHUP calls `reopen()`
+(after logrotate moved it) and `set_level()` (the level re-read from the config file).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from typing import IO, Any
 
+import msgspec
 import structlog
 
 from seqd.config import LogConfig
+from seqd.redact import log_processor
 
 
-def setup(config: LogConfig, stream: object = None) -> None:
-    out = stream or sys.stderr
-    level = getattr(logging, config.level.upper())
+class LogFile:
+    """A file appended to line by line that can be reopened under the same path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fh = self._open()
+
+    def _open(self) -> IO[str]:
+        return open(self.path, "a", buffering=1, encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return self._fh.write(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._fh.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def reopen(self) -> None:
+        fresh = self._open()
+        with self._lock:
+            old, self._fh = self._fh, fresh
+        old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+
+class _State:
+    config: LogConfig | None = None
+    out: Any = None
+    file: LogFile | None = None
+
+
+_state = _State()
+
+
+def _level(name: str) -> int:
+    return int(getattr(logging, name.upper()))
+
+
+def _shared_processors() -> list[structlog.types.Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        log_processor,
+    ]
+
+
+def _configure(config: LogConfig, out: Any) -> None:
     as_json = config.format == "json" or (
         config.format == "auto" and not getattr(out, "isatty", lambda: False)()
     )
@@ -23,13 +86,59 @@ def setup(config: LogConfig, stream: object = None) -> None:
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *_shared_processors(),
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
+        wrapper_class=structlog.make_filtering_bound_logger(_level(config.level)),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through stdlib logging: same chain, same renderer, same destination.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "seqd", False)]:
+        root.removeHandler(old)
+    handler.seqd = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(max(_level(config.level), logging.INFO))
+
+
+def setup(config: LogConfig, stream: object = None) -> None:
+    """Configure logging; `stream` (tests) wins over `log.file`, which wins over stderr."""
+    if _state.file is not None and stream is None and config.file == _state.file.path:
+        out: Any = _state.file
+    else:
+        if _state.file is not None:
+            _state.file.close()
+            _state.file = None
+        if stream is not None:
+            out = stream
+        elif config.file:
+            out = _state.file = LogFile(config.file)
+        else:
+            out = sys.stderr
+    _state.config = config
+    _state.out = out
+    _configure(config, out)
+
+
+def reopen() -> None:
+    """Reopen `log.file` (after logrotate moved it away); no-op when logging elsewhere."""
+    if _state.file is not None:
+        _state.file.reopen()
+
+
+def set_level(level: str) -> None:
+    """Change the level at run time; loggers already handed out follow (they are not cached)."""
+    if _state.config is None:
+        return
+    config = msgspec.structs.replace(_state.config, level=level)
+    _state.config = config
+    _configure(config, _state.out)

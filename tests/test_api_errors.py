@@ -22,8 +22,11 @@ async def _raw(api: Api, method: str, path: str, **kw: object) -> tuple[int, str
 
 async def test_malformed_json_is_400(api: Api) -> None:
     status, ctype, body = await _raw(
-        api, "POST", "/contacts", data=b'{"phone": ', headers={
-            **api.headers(), "Content-Type": "application/json"}
+        api,
+        "POST",
+        "/contacts",
+        data=b'{"phone": ',
+        headers={**api.headers(), "Content-Type": "application/json"},
     )
     assert status == 400 and ctype == "application/problem+json"
     assert body["type"] == "urn:seqd:problem:bad_request" and body["status"] == 400
@@ -31,8 +34,12 @@ async def test_malformed_json_is_400(api: Api) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer sk_live_nope"}, {"X-Api-Key": "nope"},
-     {"Authorization": "Basic abc"}],
+    [
+        {},
+        {"Authorization": "Bearer sk_live_nope"},
+        {"X-Api-Key": "nope"},
+        {"Authorization": "Basic abc"},
+    ],
 )
 async def test_missing_or_wrong_key_is_401(api: Api, headers: dict[str, str]) -> None:
     status, ctype, body = await _raw(api, "GET", "/contacts", headers=headers)
@@ -61,7 +68,10 @@ async def test_unknown_route_404_and_wrong_method_405(api: Api) -> None:
 async def test_body_over_limit_is_413(api: Api) -> None:
     big = b'{"first_name": "' + b"x" * (1024 * 1024) + b'"}'
     status, ctype, body = await _raw(
-        api, "POST", "/contacts", data=io.BytesIO(big),
+        api,
+        "POST",
+        "/contacts",
+        data=io.BytesIO(big),
         headers={**api.headers(), "Content-Type": "application/json"},
     )
     assert status == 413 and ctype == "application/problem+json"
@@ -69,8 +79,11 @@ async def test_body_over_limit_is_413(api: Api) -> None:
 
 async def test_wrong_media_type_is_415(api: Api) -> None:
     status, _, body = await _raw(
-        api, "POST", "/contacts", data="phone=1", headers={
-            **api.headers(), "Content-Type": "application/x-www-form-urlencoded"}
+        api,
+        "POST",
+        "/contacts",
+        data="phone=1",
+        headers={**api.headers(), "Content-Type": "application/x-www-form-urlencoded"},
     )
     assert status == 415
 
@@ -91,17 +104,34 @@ async def test_wrong_media_type_is_415(api: Api) -> None:
         ("/sequences", {"name": "n", "steps": []}, "steps"),
         ("/sequences", {"name": "n", "steps": [{"kind": "sms", "body": "x"}] * 51}, "steps"),
         ("/sequences", {"name": "n", "steps": [{"kind": "fax", "body": "x"}]}, "steps[0].kind"),
-        ("/sequences", {"name": "n", "steps": [{"kind": "sms", "body": "x", "wait_minutes": -1}]},
-         "steps[0].wait_minutes"),
-        ("/sequences", {"name": "n", "steps": [{"kind": "email", "body": "x"}]},
-         "steps[0].subject"),
-        ("/sequences", {"name": "n", "steps": [{"kind": "sms", "body": "{{ first_name"}]},
-         "steps[0].body"),
-        ("/sequences", {"name": "n", "steps": [{"kind": "sms", "body": "ok"},
-                                               {"kind": "sms", "body": "{{oops}}"}]},
-         "steps[1].body"),
-        ("/sequences", {"name": "n", "status": "archived",
-                        "steps": [{"kind": "sms", "body": "x"}]}, "status"),
+        (
+            "/sequences",
+            {"name": "n", "steps": [{"kind": "sms", "body": "x", "wait_minutes": -1}]},
+            "steps[0].wait_minutes",
+        ),
+        (
+            "/sequences",
+            {"name": "n", "steps": [{"kind": "email", "body": "x"}]},
+            "steps[0].subject",
+        ),
+        (
+            "/sequences",
+            {"name": "n", "steps": [{"kind": "sms", "body": "{{ first_name"}]},
+            "steps[0].body",
+        ),
+        (
+            "/sequences",
+            {
+                "name": "n",
+                "steps": [{"kind": "sms", "body": "ok"}, {"kind": "sms", "body": "{{oops}}"}],
+            },
+            "steps[1].body",
+        ),
+        (
+            "/sequences",
+            {"name": "n", "status": "archived", "steps": [{"kind": "sms", "body": "x"}]},
+            "status",
+        ),
     ],
 )
 async def test_bad_fields_are_422_with_their_path(
@@ -114,9 +144,13 @@ async def test_bad_fields_are_422_with_their_path(
 
 
 async def test_bad_query_is_422(api: Api) -> None:
-    for query, field in [("limit=0", "query.limit"), ("limit=201", "query.limit"),
-                         ("limit=abc", "query.limit"), ("page_token=zzz", "query.page_token"),
-                         ("colour=red", "query.colour")]:
+    for query, field in [
+        ("limit=0", "query.limit"),
+        ("limit=201", "query.limit"),
+        ("limit=abc", "query.limit"),
+        ("page_token=zzz", "query.page_token"),
+        ("colour=red", "query.colour"),
+    ]:
         status, body = await api.call("GET", f"/contacts?{query}")
         assert status == 422, (query, body)
         assert body["errors"][0]["path"] == field  # type: ignore[index]
@@ -128,14 +162,19 @@ async def test_metadata_over_limit_is_422(api: Api) -> None:
     _, c = await api.call("POST", "/contacts", {"phone": "+14155550100"})
     _, s = await api.call("POST", "/sequences", SEQ)
     status, body = await api.call(
-        "POST", f"/sequences/{s['sequence']['id']}/enrollments",  # type: ignore[index]
+        "POST",
+        f"/sequences/{s['sequence']['id']}/enrollments",  # type: ignore[index]
         {"contact_id": c["contact"]["id"], "metadata": {"blob": "x" * 20_000}},  # type: ignore[index]
     )
     assert status == 422 and body["errors"][0]["path"] == "metadata"  # type: ignore[index]
 
 
 # -- tenant isolation -------------------------------------------------------------------
-_KIND_BY_PREFIX = {"/contacts/": "contact", "/sequences/": "sequence", "/enrollments/": "enrollment"}
+_KIND_BY_PREFIX = {
+    "/contacts/": "contact",
+    "/sequences/": "sequence",
+    "/enrollments/": "enrollment",
+}
 _MISSING = {
     "contact": ids.new(ids.CONTACT),
     "sequence": ids.new(ids.SEQUENCE),
@@ -165,12 +204,8 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         kind = _kind(r.path)
         assert kind is not None, f"tenant isolation test does not cover {r.method} {r.path}"
         body = _SAMPLE_BODIES.get(r.body.__name__, {}) if r.body is not None else None
-        theirs = await api.call(
-            r.method, r.path.replace("{id}", owned[kind]), body, key=other
-        )
-        missing = await api.call(
-            r.method, r.path.replace("{id}", _MISSING[kind]), body, key=other
-        )
+        theirs = await api.call(r.method, r.path.replace("{id}", owned[kind]), body, key=other)
+        missing = await api.call(r.method, r.path.replace("{id}", _MISSING[kind]), body, key=other)
         assert theirs[0] == 404, (r.method, r.path, theirs)
         scrub = lambda b: re.sub(r"(con|seq|enr)_\w+", "<id>", str(b))  # noqa: E731
         assert scrub(theirs[1]) == scrub(missing[1]), (r.method, r.path)

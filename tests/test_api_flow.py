@@ -24,10 +24,16 @@ async def _contact(api: Api, **fields: object) -> str:
 
 async def test_seed_flow(api: Api) -> None:
     status, body = await api.call(
-        "POST", "/contacts",
-        {"first_name": "Ada", "phone": "+1 (415) 555-0100", "email": "Ada@Example.COM",
-         "timezone": "America/Los_Angeles", "external_id": "crm-1",
-         "attributes": {"company": "Acme", "score": 3, "vip": True}},
+        "POST",
+        "/contacts",
+        {
+            "first_name": "Ada",
+            "phone": "+1 (415) 555-0100",
+            "email": "Ada@Example.COM",
+            "timezone": "America/Los_Angeles",
+            "external_id": "crm-1",
+            "attributes": {"company": "Acme", "score": 3, "vip": True},
+        },
     )
     assert status == 201, body
     contact = body["contact"]  # type: ignore[index]
@@ -70,7 +76,10 @@ async def test_seed_flow(api: Api) -> None:
 
     status, body = await api.call("GET", f"/sequences/{seq['id']}")
     assert body["sequence"]["stats"] == {  # type: ignore[index]
-        "active": 1, "paused": 0, "completed": 0, "cancelled": 0
+        "active": 1,
+        "paused": 0,
+        "completed": 0,
+        "cancelled": 0,
     }
 
     status, body = await api.call("POST", f"/enrollments/{enr['id']}/cancel")
@@ -98,10 +107,7 @@ async def test_fifty_concurrent_enrolls_make_one_enrollment(api: Api) -> None:
     _, body = await api.call("POST", "/sequences", SEQUENCE)
     sid = body["sequence"]["id"]  # type: ignore[index]
     results = await asyncio.gather(
-        *(
-            api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
-            for _ in range(50)
-        )
+        *(api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid}) for _ in range(50))
     )
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * 49 + [201]
@@ -166,7 +172,9 @@ async def test_shorter_step_list_completes_enrollments_past_the_end(api: Api) ->
     shard = ids.shard_of(eid, store.shards)
     await store.client.hset(store.keys.enrollment(shard, eid), "i", 1)
     status, body = await api.call(
-        "PATCH", f"/sequences/{sid}", {"steps": [SEQUENCE["steps"][0]]}  # type: ignore[index]
+        "PATCH",
+        f"/sequences/{sid}",
+        {"steps": [SEQUENCE["steps"][0]]},  # type: ignore[index]
     )
     assert status == 200 and len(body["sequence"]["steps"]) == 1  # type: ignore[index]
     _, e = await api.call("GET", f"/enrollments/{eid}")

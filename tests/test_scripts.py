@@ -12,9 +12,12 @@ from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import LUA, SCRIPTS, CrossSlotError, Runner, ScriptError
 
 SEQ = models.SequenceCreate(
-    name="s", status="active",
-    steps=[models.StepIn(kind="sms", body="a", wait_minutes=5),
-           models.StepIn(kind="sms", body="b", wait_minutes=10)],
+    name="s",
+    status="active",
+    steps=[
+        models.StepIn(kind="sms", body="a", wait_minutes=5),
+        models.StepIn(kind="sms", body="b", wait_minutes=10),
+    ],
 )
 
 
@@ -86,7 +89,9 @@ async def test_enroll_error_codes(any_store: Store) -> None:
     )
     assert [r.code for r in results] == ["CONTACT_NOT_FOUND", "CONTACT_NOT_FOUND"]
     paused = await s.sequences.change(
-        "acme", seq.id, status=models.SequenceStatus.PAUSED,
+        "acme",
+        seq.id,
+        status=models.SequenceStatus.PAUSED,
         allowed_from=frozenset({models.SequenceStatus.ACTIVE}),
     )
     [r] = await s.enrollments.enroll("acme", paused, [EnrollItem(cid, {})])
@@ -119,27 +124,33 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     assert counts == {"active": "0", "paused": "0", "completed": "1"}
     types = [e[1]["type"] for e in await s.client.xrange(s.keys.outbox(shard))]
     assert types == [
-        "sequence.enrollment.created", "sequence.enrollment.paused",
-        "sequence.enrollment.resumed", "sequence.enrollment.completed",
+        "sequence.enrollment.created",
+        "sequence.enrollment.paused",
+        "sequence.enrollment.resumed",
+        "sequence.enrollment.completed",
     ]
     runner = Runner(s.client)
     with pytest.raises(ScriptError) as info:
         await runner.call(
-            "transition", [s.keys.due(shard), s.keys.outbox(shard)],
+            "transition",
+            [s.keys.due(shard), s.keys.outbox(shard)],
             [s.keys.shard_tag(shard), 1, "acme", eid, "explode", ""],
             tag=s.keys.shard_tag(shard),
         )
     assert info.value.code == "BAD_ACTION"
     with pytest.raises(ScriptError) as info:
         await runner.call(
-            "transition", [s.keys.due(shard), s.keys.outbox(shard)],
+            "transition",
+            [s.keys.due(shard), s.keys.outbox(shard)],
             [s.keys.shard_tag(shard), 1, "acme", eid, "resume", ""],
             tag=s.keys.shard_tag(shard),
         )
     assert (info.value.code, info.value.detail) == ("INVALID_TRANSITION", "completed")
 
 
-async def test_sync_sequence_sweeps_in_batches(any_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sync_sequence_sweeps_in_batches(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from seqd.store import sequences
 
     monkeypatch.setattr(sequences, "SWEEP_BATCH", 3)
@@ -164,8 +175,12 @@ async def test_sync_sequence_never_lowers_the_mirror_version(store: Store) -> No
     shard = 0
     keys = [store.keys.due(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
     tag = store.keys.shard_tag(shard)
-    await store.runner.call("syncSequence", keys, [tag, 1, seq.id, "paused:5:2", "", 10, ""], tag=tag)
-    await store.runner.call("syncSequence", keys, [tag, 1, seq.id, "active:4:2", "", 10, ""], tag=tag)
+    await store.runner.call(
+        "syncSequence", keys, [tag, 1, seq.id, "paused:5:2", "", 10, ""], tag=tag
+    )
+    await store.runner.call(
+        "syncSequence", keys, [tag, 1, seq.id, "active:4:2", "", 10, ""], tag=tag
+    )
     assert await store.client.hget(keys[2], seq.id) == "paused:5:2"
 
 
@@ -215,7 +230,9 @@ async def test_put_and_delete_contact_codes(any_store: Store) -> None:
     assert info.value.code == "NOT_FOUND"
     with pytest.raises(ScriptError) as info:
         await s.runner.call(
-            "deleteContact", [s.keys.due(shard), s.keys.outbox(shard)],
-            [tag, 1, "bravo", c.id], tag=tag,
+            "deleteContact",
+            [s.keys.due(shard), s.keys.outbox(shard)],
+            [tag, 1, "bravo", c.id],
+            tag=tag,
         )
     assert info.value.code == "NOT_FOUND"

@@ -68,6 +68,14 @@ class Keys:
     def intake(self) -> str:
         return f"{self.prefix}:intake"
 
+    def sends(self, bucket: int) -> str:
+        """HASH "<channel>:<outcome>" -> steps, for one 10-second bucket (epoch s // 10).
+
+        Written by every process's dispatcher (`metrics.RateRecorder`), read by `seqd status`;
+        each bucket expires a few minutes after it closes.
+        """
+        return f"{self.global_tag}:sends:{bucket}"
+
     # -- tenant ---------------------------------------------------------------
     def tenant_tag(self, tenant: str) -> str:
         return "{" + f"{self.prefix}:t:{tenant}" + "}"

@@ -1,0 +1,88 @@
+"""Pure functions: ids, templates, SMS segments, time format, phone/email normalisation."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqd import ids, models
+from seqd.engine import render
+from seqd.sms import segments
+from seqd.times import from_rfc3339, to_rfc3339
+
+
+def test_ids_sort_by_time_and_name_their_shard() -> None:
+    a = ids.new(ids.CONTACT, now_ms=1_000)
+    b = ids.new(ids.CONTACT, now_ms=2_000)
+    assert a < b and ids.is_valid(a, ids.CONTACT) and not ids.is_valid(a, ids.SEQUENCE)
+    assert ids.time_of(b) == 2_000
+    for shards in (1, 7, 16, 1024):
+        for shard in range(min(shards, 20)):
+            eid = ids.new_in_shard(ids.ENROLLMENT, shard, shards)
+            assert ids.is_valid(eid, ids.ENROLLMENT) and ids.shard_of(eid, shards) == shard
+    for bad in ("con_", "con_!!!!!!!!!!!!!!!!!!!!!!", "con_01M87ZG1G13N6E3KRCQQ6", "x", ""):
+        assert not ids.is_valid(bad, ids.CONTACT)
+
+
+def test_render_variables_fallbacks_and_missing() -> None:
+    ctx = {
+        "first_name": "Ada",
+        "attributes": {"company": "Acme", "n": 3.0, "vip": True},
+        "metadata": {"source": "call"},
+        "last_name": "",
+    }
+    text = "Hi {{first_name}} of {{ attributes.company }} ({{metadata.source}}) {{attributes.n}}"
+    assert render.render(text, ctx) == "Hi Ada of Acme (call) 3"
+    assert render.render("{{attributes.vip}}", ctx) == "true"
+    assert render.render("Hi {{last_name|there}}", ctx) == "Hi there"
+    assert render.render("Hi {{email | friend}}!", ctx) == "Hi friend!"
+    with pytest.raises(render.MissingVariable) as info:
+        render.render("Hi {{attributes.missing}}", ctx)
+    assert info.value.variable == "attributes.missing"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "{{",
+        "}}",
+        "{{ }}",
+        "{{nope}}",
+        "{{attributes}}",
+        "{{first_name.x}}",
+        "a {{b c}}",
+        "{{first_name}} }}",
+    ],
+)
+def test_template_syntax_errors(bad: str) -> None:
+    with pytest.raises(render.TemplateError):
+        render.parse(bad)
+
+
+def test_sms_segments() -> None:
+    assert segments("a" * 160) == (1, "gsm7")
+    assert segments("a" * 161) == (2, "gsm7")
+    assert segments("[" * 80) == (1, "gsm7")  # extension characters count twice
+    assert segments("[" * 81) == (2, "gsm7")
+    assert segments("é" * 10) == (1, "gsm7")
+    assert segments("ç" * 70) == (1, "ucs2")
+    assert segments("ç" * 71) == (2, "ucs2")
+    assert segments("😀" * 35) == (1, "ucs2")  # surrogate pairs count two units
+    assert segments("😀" * 36) == (2, "ucs2")
+
+
+def test_rfc3339_round_trip() -> None:
+    assert to_rfc3339(1_777_339_800_000) == "2026-04-28T01:30:00.000Z"
+    assert from_rfc3339("2026-04-28T01:30:00.000Z") == 1_777_339_800_000
+    assert from_rfc3339("2026-04-28T03:30:00.000+02:00") == 1_777_339_800_000
+    with pytest.raises(ValueError):
+        from_rfc3339("2026-04-28T01:30:00")
+
+
+def test_normalisers() -> None:
+    assert models.normalize_phone("+44 20 7946 0958", None) == "+442079460958"
+    assert models.normalize_phone("(415) 555-0100", "US") == "+14155550100"
+    with pytest.raises(ValueError):
+        models.normalize_phone("(415) 555-0100", None)
+    assert models.normalize_email("Ada@EXAMPLE.com") == "Ada@example.com"
+    with pytest.raises(ValueError):
+        models.normalize_email("ada@")
