@@ -146,6 +146,15 @@ class ChannelsConfig(Section, kw_only=True):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
 
 
+# fmt: off
+_OPT_OUT = ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT",
+            "opt out", "stop all", "please stop")
+_AUTO_SUBJECTS = (r"out of (the )?office", r"automatic reply", r"auto[- ]?reply",
+                  r"auto[- ]?response", r"away from (the )?office", r"on vacation", r"on leave",
+                  r"abwesenheit", r"r[ée]ponse automatique", r"absence")
+# fmt: on
+
+
 class LifecycleConfig(Section, kw_only=True):
     """Replies, opt-outs and bounces (seqd/lifecycle/)."""
 
@@ -156,23 +165,12 @@ class LifecycleConfig(Section, kw_only=True):
     # ingest-email`); unset: the tenant's SMTP from_address.
     unsubscribe_mailto: str | None = None
     # Inbound SMS whose whole text (trimmed, case-folded, spaces collapsed) is one of these.
-    opt_out_keywords: list[str] = msgspec.field(
-        default_factory=lambda: [
-            "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT",
-            "opt out", "stop all", "please stop",
-        ]  # fmt: skip
-    )
+    opt_out_keywords: list[str] = msgspec.field(default_factory=lambda: list(_OPT_OUT))
     opt_in_keywords: list[str] = msgspec.field(default_factory=lambda: ["START", "UNSTOP", "YES"])
     # Answered by the provider; seqd changes nothing (not even a pause).
     help_keywords: list[str] = msgspec.field(default_factory=lambda: ["HELP", "INFO"])
     # Subjects (regular expressions, case-insensitive, searched) of automatic email replies.
-    auto_reply_subjects: list[str] = msgspec.field(
-        default_factory=lambda: [
-            r"out of (the )?office", r"automatic reply", r"auto[- ]?reply", r"autoreply",
-            r"auto[- ]?response", r"away from (the )?office", r"on vacation", r"on leave",
-            r"abwesenheit", r"r[ée]ponse automatique", r"absence",
-        ]  # fmt: skip
-    )
+    auto_reply_subjects: list[str] = msgspec.field(default_factory=lambda: list(_AUTO_SUBJECTS))
 
 
 class TenantConfig(Section, kw_only=True):

@@ -42,7 +42,7 @@ async def test_malformed_json_is_400(api: Api) -> None:
     ],
 )
 async def test_missing_or_wrong_key_is_401(api: Api, headers: dict[str, str]) -> None:
-    status, ctype, body = await _raw(api, "GET", "/contacts", headers=headers)
+    status, ctype, _ = await _raw(api, "GET", "/contacts", headers=headers)
     assert status == 401 and ctype == "application/problem+json"
 
 
@@ -67,7 +67,7 @@ async def test_unknown_route_404_and_wrong_method_405(api: Api) -> None:
 
 async def test_body_over_limit_is_413(api: Api) -> None:
     big = b'{"first_name": "' + b"x" * (1024 * 1024) + b'"}'
-    status, ctype, body = await _raw(
+    status, ctype, _ = await _raw(
         api,
         "POST",
         "/contacts",
@@ -78,7 +78,7 @@ async def test_body_over_limit_is_413(api: Api) -> None:
 
 
 async def test_wrong_media_type_is_415(api: Api) -> None:
-    status, _, body = await _raw(
+    status, _, _ = await _raw(
         api,
         "POST",
         "/contacts",

@@ -42,7 +42,7 @@ class Serve:
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
         self.port = port
         self.log = log
-        self.out = open(log, "w")  # noqa: SIM115
+        self.out = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "seqd", "serve"],
             env=env,

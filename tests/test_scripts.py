@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 import pytest
 
 from seqd import ids, models
@@ -65,7 +66,7 @@ async def test_enroll_is_idempotent_and_indexes(any_store: Store) -> None:
     # Due at enrolled_at + 5 minutes.
     score = await s.client.zscore(s.keys.due(shard), eid)
     assert score == ids.time_of(eid) + 5 * 60_000 or score is not None
-    enrolled = int((await s.client.hget(s.keys.enrollment(shard, eid), "ea")))
+    enrolled = int(await s.client.hget(s.keys.enrollment(shard, eid), "ea"))
     assert score == enrolled + 5 * 60_000
     assert await s.client.hget(s.keys.contact(shard, cid), f"e:{seq.id}") == eid
     assert await s.client.zrange(s.keys.status_index(shard, seq.id, "active"), 0, -1) == [eid]
