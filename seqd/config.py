@@ -56,6 +56,10 @@ class HttpConfig(Section, kw_only=True):
     max_body_bytes: Positive = 1024 * 1024
     # The URL the world reaches seqd at (signed webhooks, unsubscribe links).
     public_url: str = "http://127.0.0.1:8080"
+    # How long a POST's response is kept for replay under its Idempotency-Key.
+    idempotency_ttl_seconds: Positive = 86_400
+    # A request still running after this long (its process died) no longer holds its key.
+    idempotency_lock_seconds: Positive = 60
 
 
 class LogConfig(Section, kw_only=True):
@@ -71,6 +75,10 @@ class MetricsConfig(Section, kw_only=True):
     enabled: bool = True
     # Unset: /metrics is served by the API listener. "host:port": only on that listener.
     listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s]+):\d{1,5}$")] | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen is not None and not 0 < int(self.listen.rpartition(":")[2]) <= 65535:
+            raise ValueError("listen: the port must be 1-65535")
 
 
 class ContactsConfig(Section, kw_only=True):
@@ -172,6 +180,13 @@ class LifecycleConfig(Section, kw_only=True):
     # Subjects (regular expressions, case-insensitive, searched) of automatic email replies.
     auto_reply_subjects: list[str] = msgspec.field(default_factory=lambda: list(_AUTO_SUBJECTS))
 
+    def __post_init__(self) -> None:
+        for pattern in self.auto_reply_subjects:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"auto_reply_subjects: bad pattern {pattern!r}: {exc}") from None
+
 
 class TenantConfig(Section, kw_only=True):
     """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
@@ -180,6 +195,27 @@ class TenantConfig(Section, kw_only=True):
     # Secret of this tenant's inbound email URL, POST {base_path}/inbound/email/<secret>
     # (for inbound-parse services that cannot send an API key).
     inbound_email_secret: Annotated[str, Meta(min_length=16)] | None = None
+
+
+class IntakeConfig(Section, kw_only=True):
+    """The Redis intake stream consumer (docs/redis-intake.md)."""
+
+    enabled: bool = True
+    # Consumer group shared by every seqd process reading the stream.
+    group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "seqd"
+    # Entries read per XREADGROUP; they are enrolled with one script call per shard.
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    # How long one XREADGROUP waits for new entries.
+    block_ms: Positive = 1000
+    # An entry delivered to a consumer that has not acknowledged it within this long (the
+    # process died) is claimed by another; a batch must finish well within it.
+    lease_seconds: PositiveFloat = 30.0
+    # Deliveries after which an entry that keeps failing is moved to the rejected stream.
+    max_deliveries: Positive = 5
+    # How long the outcome of an entry with a request_id is kept (retries within it are no-ops).
+    request_ttl_seconds: Positive = 86_400
+    # Approximate cap of the rejected stream (MAXLEN ~).
+    rejected_max_len: Positive = 100_000
 
 
 class Config(Section, kw_only=True):
@@ -192,6 +228,7 @@ class Config(Section, kw_only=True):
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
     lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
+    intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
@@ -249,10 +286,13 @@ def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict
                 continue
             if parts != match:
                 raise ConfigError(f"{name}: no such setting")
+            target[match] = value
             if value.startswith("["):
-                target[match] = msgspec.json.decode(value)
-            else:
-                target[match] = value
+                # A JSON list ("[30, 120]"); anything else in brackets ("[::1]:9100") is text.
+                try:
+                    target[match] = msgspec.json.decode(value)
+                except msgspec.DecodeError:
+                    pass
             break
     return out
 

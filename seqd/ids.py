@@ -25,6 +25,7 @@ MESSAGE = "msg"
 WEBHOOK = "whe"
 API_KEY = "key"
 DELIVERY = "dlv"
+EVENT = "evt"
 
 
 def _encode(value: int, width: int) -> str:
@@ -48,9 +49,19 @@ def new(prefix: str, now_ms: int | None = None, random_part: int | None = None) 
     return f"{prefix}_{_encode(ms, TIME_CHARS)}{_encode(rnd, RANDOM_CHARS)}"
 
 
-def new_in_shard(prefix: str, shard: int, shards: int, now_ms: int | None = None) -> str:
-    """A new id whose shard is `shard`: the random part is moved to the right residue."""
-    rnd = secrets.randbits(RANDOM_BITS)
+def new_in_shard(
+    prefix: str,
+    shard: int,
+    shards: int,
+    now_ms: int | None = None,
+    random_part: int | None = None,
+) -> str:
+    """A new id whose shard is `shard`: the random part is moved to the right residue.
+
+    `random_part` (< 2**60) makes the id a function of its inputs (derived ids, such as an
+    event's from its outbox entry): the same inputs always give the same id.
+    """
+    rnd = secrets.randbits(RANDOM_BITS) if random_part is None else random_part
     rnd = rnd - (rnd % shards) + shard
     if rnd >= 1 << RANDOM_BITS:
         rnd -= shards

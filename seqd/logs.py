@@ -108,6 +108,8 @@ def _configure(config: LogConfig, out: Any) -> None:
     handler.seqd = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(max(_level(config.level), logging.INFO))
+    # seqd's access middleware logs each request once; aiohttp's own access log would repeat it.
+    logging.getLogger("aiohttp.access").disabled = True
 
 
 def setup(config: LogConfig, stream: object = None) -> None:

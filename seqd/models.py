@@ -167,6 +167,21 @@ def normalize_contact_fields(fields: dict[str, Any], region: str | None) -> list
     return errors
 
 
+def new_contact_fields(body: ContactCreate, region: str | None, root: str = "") -> dict[str, Any]:
+    """The validated, normalised fields of a contact to create (or upsert); Invalid names
+    each bad field under `root` (`contact.`, `items[3].contact.`)."""
+    fields = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+    errors = normalize_contact_fields(fields, region)
+    if not fields.get("phone") and not fields.get("email"):
+        errors += [
+            FieldError("phone", "a contact needs a phone or an email"),
+            FieldError("email", "a contact needs a phone or an email"),
+        ]
+    if errors:
+        raise Invalid([FieldError(f"{root}{e.path}", e.message) for e in errors])
+    return fields
+
+
 # -- sequences -------------------------------------------------------------------------
 class StepIn(Input, kw_only=True):
     kind: Literal["sms", "email"]
@@ -265,8 +280,19 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
 
 # -- enrollments -----------------------------------------------------------------------
 class EnrollmentCreate(Input, kw_only=True):
-    contact_id: Id
+    """Exactly one of `contact_id` (an existing contact) or `contact` (upserted: matched by
+    external_id, then phone, then email; created when none matches)."""
+
+    contact_id: Id | None = None
+    contact: ContactCreate | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+BATCH_MAX_ITEMS = 1000
+
+
+class EnrollmentBatch(Input, kw_only=True):
+    items: Annotated[list[EnrollmentCreate], Meta(min_length=1, max_length=BATCH_MAX_ITEMS)]
 
 
 class Enrollment(Output, omit_defaults=True, kw_only=True):
@@ -313,6 +339,38 @@ class SequenceList(Page, kw_only=True):
 
 class EnrollmentList(Page, kw_only=True):
     data: list[Enrollment]
+
+
+# -- suppressions --------------------------------------------------------------------------
+Channel = Literal["sms", "email"]
+
+
+class SuppressionReason(StrEnum):
+    MANUAL = "manual"
+    OPTED_OUT = "opted_out"
+    BOUNCED = "bounced"
+
+
+class SuppressionCreate(Input, kw_only=True):
+    channel: Channel
+    # A phone number (normalised to E.164) for sms, an address for email.
+    value: Annotated[str, Meta(min_length=1, max_length=320)]
+    reason: SuppressionReason = SuppressionReason.MANUAL
+
+
+class Suppression(Output, kw_only=True):
+    channel: Channel
+    value: str
+    reason: str
+    created_at: Timestamp
+
+
+class SuppressionEnvelope(Output, kw_only=True):
+    suppression: Suppression
+
+
+class SuppressionList(Page, kw_only=True):
+    data: list[Suppression]
 
 
 # -- API keys ----------------------------------------------------------------------------

@@ -5,25 +5,34 @@ from __future__ import annotations
 from aiohttp import web
 
 # Importing a resource module registers its routes.
-from seqd.api import contacts, enrollments, openapi, sequences  # noqa: F401
-from seqd.api.appkeys import CONFIG, MAX_BODY, OPENAPI, STORE
+from seqd.api import contacts, enrollments, openapi, ops, sequences  # noqa: F401
+from seqd.api.access import access_middleware
+from seqd.api.appkeys import CONFIG, LIVENESS, MAX_BODY, METRICS, OPENAPI, STORE
 from seqd.api.auth import auth_middleware
 from seqd.api.errors import problems_middleware
 from seqd.api.routing import ROUTES
 from seqd.config import Config
+from seqd.health import Liveness
+from seqd.metrics import Metrics
 from seqd.store.db import Store
 
 
 def create_app(config: Config, store: Store) -> web.Application:
     app = web.Application(
         client_max_size=config.http.max_body_bytes,
-        middlewares=[problems_middleware, auth_middleware],
+        # access first: the outermost, so it logs and counts every request once.
+        middlewares=[access_middleware, problems_middleware, auth_middleware],
     )
     app[CONFIG] = config
     app[STORE] = store
     app[MAX_BODY] = config.http.max_body_bytes
+    app[METRICS] = Metrics()
+    app[LIVENESS] = Liveness()
     base = config.http.base_path
-    for r in ROUTES:
-        app.router.add_route(r.method, base + r.path, r.handler)
-    app[OPENAPI] = openapi.build(base)
+    routes = [r for r in ROUTES if r.served(config)]
+    for r in routes:
+        app.router.add_route(r.method, r.full_path(base), r.handler)
+    app[OPENAPI] = openapi.build(base, routes)
+    if config.metrics.enabled and config.metrics.listen is not None:
+        app.cleanup_ctx.append(ops.metrics_listener)
     return app

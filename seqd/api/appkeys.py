@@ -5,11 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from seqd.config import Config
+from seqd.health import Liveness
+from seqd.metrics import Metrics
 from seqd.store.db import Store
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 OPENAPI = web.AppKey("openapi", dict)
 MAX_BODY = web.AppKey("max_body", int)
+# Counters and gauges of this app (seqd.metrics) and the heartbeats of its loops.
+METRICS = web.AppKey("metrics", Metrics)
+LIVENESS = web.AppKey("liveness", Liveness)
 # Per request: the tenant the API key belongs to.
 TENANT = web.RequestKey("tenant", str)

@@ -35,16 +35,8 @@ def _normalized(request: web.Request, fields: dict[str, Any], root: str = "") ->
 def contact_fields(
     request: web.Request, body: models.ContactCreate, root: str = ""
 ) -> dict[str, Any]:
-    """Validated, normalised fields of a new contact (shared with inline-contact enrollment)."""
-    fields = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
-    if not fields.get("phone") and not fields.get("email"):
-        raise Invalid(
-            [
-                FieldError(f"{root}phone", "a contact needs a phone or an email"),
-                FieldError(f"{root}email", "a contact needs a phone or an email"),
-            ]
-        )
-    return _normalized(request, fields, root)
+    """Validated, normalised fields of a new contact."""
+    return models.new_contact_fields(body, request.app[CONFIG].contacts.default_region, root)
 
 
 @route(

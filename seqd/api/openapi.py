@@ -52,9 +52,11 @@ def _query_parameters(kind: type, components: dict[str, Any]) -> list[dict[str, 
     ]
 
 
-def build(base_path: str) -> dict[str, Any]:
+def build(base_path: str, routes: list[Route] | None = None) -> dict[str, Any]:
+    """The document of `routes` (default: every declared route)."""
+    routes = ROUTES if routes is None else routes
     types: set[type] = {Problem}
-    for r in ROUTES:
+    for r in routes:
         if r.body is not None:
             types.add(r.body)
         types.update(t for t in r.responses.values() if t is not None)
@@ -63,8 +65,8 @@ def build(base_path: str) -> dict[str, Any]:
     ref_of = dict(zip(ordered, refs, strict=True))
 
     paths: dict[str, dict[str, Any]] = {}
-    for r in ROUTES:
-        paths.setdefault(base_path + r.path, {})[r.method.lower()] = _operation(
+    for r in routes:
+        paths.setdefault(r.full_path(base_path), {})[r.method.lower()] = _operation(
             r, ref_of, components
         )
     return {

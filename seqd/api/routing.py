@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from seqd.config import Config
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -29,6 +31,16 @@ class Route:
     errors: tuple[int, ...] = ()
     auth: bool = True
     body_content_type: str = "application/json"
+    # Mounted at the server root, not under http.base_path (health, metrics).
+    root: bool = False
+    # Served only when this says so for the config (e.g. /metrics not on a separate listener).
+    when: Callable[[Config], bool] | None = None
+
+    def full_path(self, base_path: str) -> str:
+        return self.path if self.root else base_path + self.path
+
+    def served(self, config: Config) -> bool:
+        return self.when is None or self.when(config)
 
 
 ROUTES: list[Route] = []
@@ -46,6 +58,8 @@ def route(
     errors: tuple[int, ...] = (),
     auth: bool = True,
     body_content_type: str = "application/json",
+    root: bool = False,
+    when: Callable[[Config], bool] | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         ROUTES.append(
@@ -61,6 +75,8 @@ def route(
                 errors,
                 auth,
                 body_content_type,
+                root,
+                when,
             )
         )
         handler.seqd_auth = auth  # type: ignore[attr-defined]

@@ -65,5 +65,3 @@ def from_exception(provider: str, exc: BaseException) -> SendResult:
     return SendResult(
         outcome="unknown", error=f"{provider}: connection lost: {type(exc).__name__}: {exc}"
     )
-
-

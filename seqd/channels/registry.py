@@ -93,7 +93,7 @@ def _check_channels(where: str, channels: ChannelsConfig) -> None:
         at = f"{where}.twilio"
         for field in ("account_sid", "auth_token"):
             if not getattr(twilio, field):
-                raise ConfigError(f"{at}.{field}: required when {where}.sms = \"twilio\"")
+                raise ConfigError(f'{at}.{field}: required when {where}.sms = "twilio"')
         if not twilio.from_number and not twilio.messaging_service_sid:
             raise ConfigError(
                 f"{at}.from_number: required (or {at}.messaging_service_sid) "

@@ -10,6 +10,7 @@ outcome can reach the recipient twice; that is the at-least-once the dispatcher 
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -50,7 +51,8 @@ class TwilioSender:
         if config.status_callback:
             public = http.public_url.rstrip("/")
             self._callback = f"{public}{http.base_path}/inbound/twilio/status"
-        self._auth = aiohttp.BasicAuth(config.account_sid, config.auth_token)
+        credentials = f"{config.account_sid}:{config.auth_token}".encode()
+        self._authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
@@ -59,9 +61,8 @@ class TwilioSender:
             # No connection cap here: dispatch.concurrency bounds in-flight sends per channel.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
-                auth=self._auth,
                 timeout=self._timeout,
-                headers={"User-Agent": "seqd"},
+                headers={"Authorization": self._authorization, "User-Agent": "seqd"},
             )
         return self._session
 

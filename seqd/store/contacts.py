@@ -66,21 +66,25 @@ class Contacts:
 
     async def create(self, tenant: str, fields: dict[str, Any]) -> models.Contact:
         cid = ids.new(ids.CONTACT)
-        shard = self._shard(cid)
         await self._link(tenant, cid, fields, {})
-        flat = await self.store.runner.call(
-            "putContact",
-            [self.keys.contact(shard, cid)],
-            [
-                self.keys.shard_tag(shard),
-                now_ms(),
-                tenant,
-                cid,
-                "create",
-                *codec.contact_values(fields),
-            ],
-            tag=self.keys.shard_tag(shard),
-        )
+        return await self._put(tenant, cid, "create", fields)
+
+    async def _put(
+        self, tenant: str, cid: str, mode: str, fields: dict[str, Any]
+    ) -> models.Contact:
+        shard = self._shard(cid)
+        tag = self.keys.shard_tag(shard)
+        try:
+            flat = await self.store.runner.call(
+                "putContact",
+                [self.keys.contact(shard, cid)],
+                [tag, now_ms(), tenant, cid, mode, *codec.contact_values(fields)],
+                tag=tag,
+            )
+        except ScriptError as exc:
+            if exc.code == "NOT_FOUND":  # deleted meanwhile
+                raise NotFound(f"no contact {cid}", field="id") from None
+            raise
         return codec.contact(cid, codec.pairs(flat))
 
     async def update(self, tenant: str, cid: str, changes: dict[str, Any]) -> models.Contact:
@@ -91,26 +95,7 @@ class Contacts:
         if linked:
             old = {f: current.get(f) for f in linked}
             await self._link(tenant, cid, linked, old)
-        shard = self._shard(cid)
-        try:
-            flat = await self.store.runner.call(
-                "putContact",
-                [self.keys.contact(shard, cid)],
-                [
-                    self.keys.shard_tag(shard),
-                    now_ms(),
-                    tenant,
-                    cid,
-                    "update",
-                    *codec.contact_values(changes),
-                ],
-                tag=self.keys.shard_tag(shard),
-            )
-        except ScriptError as exc:
-            if exc.code == "NOT_FOUND":  # deleted meanwhile
-                raise NotFound(f"no contact {cid}", field="id") from None
-            raise
-        return codec.contact(cid, codec.pairs(flat))
+        return await self._put(tenant, cid, "update", changes)
 
     async def delete(self, tenant: str, cid: str) -> None:
         if not ids.is_valid(cid, ids.CONTACT):

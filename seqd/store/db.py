@@ -36,7 +36,9 @@ class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         from seqd.store.contacts import Contacts
         from seqd.store.enrollments import Enrollments
+        from seqd.store.lifecycle import Lifecycle
         from seqd.store.sequences import Sequences
+        from seqd.store.suppressions import Suppressions
         from seqd.store.tenants import Tenants
 
         self.client = client
@@ -47,6 +49,8 @@ class Store:
         self.contacts = Contacts(self)
         self.sequences = Sequences(self)
         self.enrollments = Enrollments(self)
+        self.suppressions = Suppressions(self)
+        self.lifecycle = Lifecycle(self)
 
     @classmethod
     async def open(cls, client: aioredis.Redis, prefix: str, default_shards: int) -> Store:

@@ -2,7 +2,12 @@
 
 Three hash tags, so that each Lua script touches one slot (Redis Cluster safe):
 
-- `{<prefix>}`           global: meta, API keys, tenants, intake stream.
+- `{<prefix>}`           global: meta, API keys, tenants.
+- `<prefix>:intake`      the intake stream other services XADD to, named without braces so
+                          writers type a plain name; its companions (rejected stream, request
+                          results) carry the tag `{<prefix>:intake}`, whose slot is by the
+                          hash-tag rule the slot of the plain name, so seqd acks an entry and
+                          stores its outcome in one MULTI, on Redis Cluster too.
 - `{<prefix>:t:<tenant>}` a tenant's own data: sequences, contact lookup indexes.
 - `{<prefix>:<shard>}`    a shard of per-contact data: contacts, enrollments, due index,
                           listing indexes, counters, outbox.
@@ -33,11 +38,21 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "tenant_contacts": "{tag}:cx:{tenant}",
     # STRING: the enrollment id a provider message id (sid, Message-ID) belongs to.
     "message": "{tag}:m:{message_id}",
+    # HASH: one webhook delivery (event body, attempts, last result), seqd/events/deliverer.py.
+    "delivery": "{tag}:wd:{delivery_id}",
+    # ZSET delivery id -> due ms: an endpoint's pending deliveries of events of this shard.
+    "delivery_queue": "{tag}:wq:{endpoint_id}",
+    # ZSET of an endpoint's failed (dead-lettered) deliveries; all scores 0, id order.
+    "failed_deliveries": "{tag}:wf:{endpoint_id}",
 }
 # Fixed per-shard keys.
 SHARD_DUE = "{tag}:due"
 SHARD_OUTBOX = "{tag}:outbox"
 SHARD_SEQUENCES = "{tag}:sq"
+# ZSET endpoint id -> earliest score in its `delivery_queue`: what the deliverer polls.
+SHARD_DELIVERY_DUE = "{tag}:wdue"
+# ZSET of every failed delivery of the shard (all endpoints), scores 0: trimmed by age.
+SHARD_FAILED_DELIVERIES = "{tag}:wfail"
 
 
 class Keys:
@@ -66,7 +81,20 @@ class Keys:
         return f"{self.global_tag}:apikey_ids"
 
     def intake(self) -> str:
+        """STREAM other services XADD enrollment requests to (docs/redis-intake.md)."""
         return f"{self.prefix}:intake"
+
+    def intake_tag(self) -> str:
+        """`{<prefix>:intake}`: hashes to the slot of `intake()` (the tag is its whole name)."""
+        return "{" + self.intake() + "}"
+
+    def intake_rejected(self) -> str:
+        """STREAM of intake entries that could not be enrolled: original fields + reason."""
+        return f"{self.intake_tag()}:rejected"
+
+    def intake_result(self, tenant: str, request_id: str) -> str:
+        """STRING (JSON, with a TTL): the outcome of the intake entry with this request_id."""
+        return f"{self.intake_tag()}:rq:{tenant}:{request_id}"
 
     def sends(self, bucket: int) -> str:
         """HASH "<channel>:<outcome>" -> steps, for one 10-second bucket (epoch s // 10).
@@ -91,9 +119,30 @@ class Keys:
         """HASH normalised phone (sms) or email (email) -> JSON {reason, created_at}."""
         return f"{self.tenant_tag(tenant)}:sup:{channel}"
 
+    def suppression_index(self, tenant: str, channel: str) -> str:
+        """ZSET of the values in `suppressions(tenant, channel)`, all scores 0 (listing order)."""
+        return f"{self.tenant_tag(tenant)}:supix:{channel}"
+
+    def idempotency(self, tenant: str, key_digest: str) -> str:
+        """STRING (JSON): a POST's fingerprint and stored response, by sha256 of its
+        Idempotency-Key; short-lived while the request runs, then kept for the replay window."""
+        return f"{self.tenant_tag(tenant)}:idem:{key_digest}"
+
     def contact_lookup(self, tenant: str, field: str) -> str:
         """HASH normalised value -> contact id; field is phone, email or external_id."""
         return f"{self.tenant_tag(tenant)}:lk:{field}"
+
+    def webhook_endpoints(self, tenant: str) -> str:
+        """HASH endpoint id -> endpoint record (JSON, with its signing secrets)."""
+        return f"{self.tenant_tag(tenant)}:whe"
+
+    def events(self, tenant: str) -> str:
+        """STREAM: the tenant's event log (id, type, refs per entry), trimmed by age."""
+        return f"{self.tenant_tag(tenant)}:events"
+
+    def event(self, tenant: str, event_id: str) -> str:
+        """STRING: one event's payload (JSON) with a TTL of the log's retention."""
+        return f"{self.tenant_tag(tenant)}:ev:{event_id}"
 
     # -- shard ----------------------------------------------------------------
     def shard_tag(self, shard: int) -> str:
@@ -133,6 +182,27 @@ class Keys:
 
     def message(self, shard: int, message_id: str) -> str:
         return SHARD_TEMPLATES["message"].format(tag=self.shard_tag(shard), message_id=message_id)
+
+    def delivery_due(self, shard: int) -> str:
+        return SHARD_DELIVERY_DUE.format(tag=self.shard_tag(shard))
+
+    def failed_all(self, shard: int) -> str:
+        return SHARD_FAILED_DELIVERIES.format(tag=self.shard_tag(shard))
+
+    def delivery(self, shard: int, delivery_id: str) -> str:
+        return SHARD_TEMPLATES["delivery"].format(
+            tag=self.shard_tag(shard), delivery_id=delivery_id
+        )
+
+    def delivery_queue(self, shard: int, endpoint_id: str) -> str:
+        return SHARD_TEMPLATES["delivery_queue"].format(
+            tag=self.shard_tag(shard), endpoint_id=endpoint_id
+        )
+
+    def failed_deliveries(self, shard: int, endpoint_id: str) -> str:
+        return SHARD_TEMPLATES["failed_deliveries"].format(
+            tag=self.shard_tag(shard), endpoint_id=endpoint_id
+        )
 
 
 def same_slot(keys: list[str]) -> bool:

@@ -48,9 +48,10 @@ local function enrollment_event(etype, id, e, now, extra)
   emit(etype, e['t'], now, data)
 end
 
--- Terminal or pause transition shared by transition, syncSequence and deleteContact.
+-- Terminal or pause transition shared by transition, syncSequence, deleteContact and the
+-- dispatch scripts; `more` (optional) adds fields to the event (the error, the variable).
 -- Returns nil on success, else the current status.
-local function finish(id, e, new_status, reason, now, due_key)
+local function finish(id, e, new_status, reason, now, due_key, more)
   local st = e['st']
   if TERMINAL[st] or (new_status == 'paused' and st ~= 'active') then return st end
   unschedule(id, e, due_key)
@@ -68,6 +69,10 @@ local function finish(id, e, new_status, reason, now, due_key)
   local extra = nil
   if new_status == 'cancelled' then extra = {cancel_reason = reason}
   elseif new_status == 'paused' then extra = {paused_reason = reason} end
+  if more then
+    extra = extra or {}
+    for k, v in pairs(more) do extra[k] = v end
+  end
   enrollment_event('sequence.enrollment.' .. new_status, id, e, now, extra)
   return nil
 end

@@ -1,0 +1,108 @@
+"""Operator endpoints at the server root, without auth: /healthz, /readyz, /metrics.
+
+They sit outside `http.base_path` because probes and scrapers are configured once per
+deployment, not per API version. /metrics moves to its own listener when
+`metrics.listen` is set (`metrics_listener`), and is then absent from the API's port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from seqd import health
+from seqd.api.appkeys import CONFIG, LIVENESS, METRICS, STORE
+from seqd.api.problems import problem
+from seqd.api.routing import route
+from seqd.api.wire import respond
+from seqd.config import Config
+from seqd.metrics import CONTENT_TYPE
+
+log = structlog.get_logger(__name__)
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+
+
+class Ready(msgspec.Struct, kw_only=True):
+    status: str
+    # check name (store, scripts, each running loop) -> "ok"
+    checks: dict[str, str]
+
+
+@route(
+    "GET",
+    "/healthz",
+    summary="The process answers (no store access)",
+    tag="operations",
+    responses={200: Health},
+    auth=False,
+    root=True,
+)
+async def healthz(request: web.Request) -> web.Response:
+    return respond(Health(status="ok"))
+
+
+@route(
+    "GET",
+    "/readyz",
+    summary="Redis answers, the scripts are loaded, every running loop beats in time",
+    tag="operations",
+    responses={200: Ready},
+    auth=False,
+    root=True,
+)
+async def readyz(request: web.Request) -> web.Response:
+    result = await health.check(request.app[STORE], request.app[LIVENESS])
+    if result.ready:
+        return respond(Ready(status="ready", checks=result.checks))
+    failing = "; ".join(f"{k}: {v}" for k, v in result.checks.items() if v != "ok")
+    return problem(503, "not_ready", "Not ready", failing, headers={"Retry-After": "1"})
+
+
+def _on_api_port(config: Config) -> bool:
+    return config.metrics.enabled and config.metrics.listen is None
+
+
+@route(
+    "GET",
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    tag="operations",
+    responses={200: None},
+    auth=False,
+    root=True,
+    when=_on_api_port,
+)
+async def metrics_page(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    await metrics.refresh(request.app[STORE])
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: /metrics alone on `metrics.listen` (e.g. 127.0.0.1:9100)."""
+    config = app[CONFIG]
+    assert config.metrics.listen is not None
+    host, port = split_listen(config.metrics.listen)
+    side = web.Application()
+    side[METRICS] = app[METRICS]
+    side[STORE] = app[STORE]
+    side.router.add_get("/metrics", metrics_page)
+    runner = web.AppRunner(side, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("metrics.listening", host=host, port=port)
+        yield
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,85 @@
+"""Readiness: the store answers, the scripts are loaded, every running loop is alive.
+
+Background loops (dispatcher, webhook deliverer, intake consumer) call
+`liveness.beat(name, deadline)` on every turn, with the longest time a healthy turn can
+take, and `liveness.stopped(name)` when they stop. A loop that has never beaten is not
+required (the dispatcher may be disabled in this process); one whose last beat is older
+than its deadline makes the process not ready, so an orchestrator stops sending it work
+and systemd/docker can restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+from redis.exceptions import RedisError
+
+from seqd.store.db import Store
+from seqd.store.scripts import SCRIPTS
+
+# /readyz answers within this, even when Redis hangs (an orchestrator's probe times out).
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+class Liveness:
+    """Last beat of each background loop, on the monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._beats: dict[str, tuple[float, float]] = {}
+
+    def beat(self, name: str, deadline_seconds: float) -> None:
+        self._beats[name] = (self.clock(), deadline_seconds)
+
+    def stopped(self, name: str) -> None:
+        self._beats.pop(name, None)
+
+    def late(self) -> dict[str, float]:
+        """Loops past their deadline -> seconds since their last beat."""
+        now = self.clock()
+        return {
+            name: now - at for name, (at, deadline) in self._beats.items() if now - at > deadline
+        }
+
+    def running(self) -> list[str]:
+        return sorted(self._beats)
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    ready: bool
+    # check name -> "ok" or what is wrong
+    checks: dict[str, str]
+
+
+async def _store_checks(store: Store) -> dict[str, str]:
+    checks = {}
+    try:
+        await store.client.ping()
+        checks["store"] = "ok"
+    except (RedisError, OSError) as exc:
+        return {"store": f"unreachable ({type(exc).__name__})", "scripts": "unknown"}
+    try:
+        shas = [s.sha for s in SCRIPTS.values()]
+        loaded = await store.client.script_exists(*shas)
+        if not all(loaded):
+            # A restarted Redis lost its script cache: load them again (idempotent).
+            await store.runner.load_all()
+        checks["scripts"] = "ok"
+    except (RedisError, OSError) as exc:
+        checks["scripts"] = f"not loaded ({type(exc).__name__})"
+    return checks
+
+
+async def check(store: Store, liveness: Liveness) -> Readiness:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            checks = await _store_checks(store)
+    except TimeoutError:
+        checks = {"store": f"no answer within {CHECK_TIMEOUT_SECONDS:g} s", "scripts": "unknown"}
+    late = liveness.late()
+    for name in liveness.running():
+        checks[name] = f"no heartbeat for {late[name]:.1f} s" if name in late else "ok"
+    return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)

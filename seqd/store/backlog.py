@@ -1,0 +1,106 @@
+"""Backlogs as Redis sees them: due steps per shard and what the streams' readers owe.
+
+Read straight from the keys (not from a process's memory), so `/metrics` of any process
+and `seqd status` agree, whichever process does the work. One pipeline per read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from redis.exceptions import ResponseError
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+
+class ShardDue(msgspec.Struct, kw_only=True):
+    shard: int
+    # Every item of the due index: waiting for its time, due, or claimed (lease pending).
+    scheduled: int
+    # Items whose time has come (score <= now) and that no process holds.
+    due: int
+    # Due time of the earliest of those, if any.
+    oldest_due_ms: int | None = None
+
+
+class StreamBacklog(msgspec.Struct, kw_only=True):
+    """What the slowest consumer group of a stream (or several, summed) has not done yet."""
+
+    length: int = 0
+    # Entries not yet read by the group plus those read and not acknowledged; with no
+    # group at all, every entry (nothing consumes the stream yet).
+    backlog: int = 0
+    groups: int = 0
+
+    def __add__(self, other: StreamBacklog) -> StreamBacklog:
+        return StreamBacklog(
+            length=self.length + other.length,
+            backlog=self.backlog + other.backlog,
+            groups=max(self.groups, other.groups),
+        )
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    at_ms: int
+    shards: list[ShardDue]
+    intake: StreamBacklog
+    # The outbox streams of all shards, as the event readers (webhooks) see them.
+    outbox: StreamBacklog
+
+    @property
+    def scheduled(self) -> int:
+        return sum(s.scheduled for s in self.shards)
+
+    @property
+    def due(self) -> int:
+        return sum(s.due for s in self.shards)
+
+    @property
+    def oldest_overdue_seconds(self) -> float:
+        """Age of the oldest step that is due and unclaimed: how late the dispatcher runs."""
+        oldest = [s.oldest_due_ms for s in self.shards if s.oldest_due_ms is not None]
+        return max(0.0, (self.at_ms - min(oldest)) / 1000) if oldest else 0.0
+
+
+def stream_backlog(length: Any, groups: Any) -> StreamBacklog:
+    """From XLEN and XINFO GROUPS (an error when the stream does not exist)."""
+    size = int(length) if isinstance(length, int) else 0
+    if isinstance(groups, Exception) or not groups:
+        return StreamBacklog(length=size, backlog=size, groups=0)
+    worst = 0
+    for group in groups:
+        lag = group.get("lag")
+        # Redis gives no lag when it cannot tell (entries deleted mid-stream): assume all.
+        unread = size if lag is None else int(lag)
+        worst = max(worst, unread + int(group.get("pending") or 0))
+    return StreamBacklog(length=size, backlog=worst, groups=len(groups))
+
+
+async def read(store: Store, now_ms: int) -> Snapshot:
+    keys = store.keys
+    pipe = store.client.pipeline(transaction=False)
+    for shard in range(store.shards):
+        due = keys.due(shard)
+        pipe.zcard(due)
+        pipe.zcount(due, "-inf", now_ms)
+        pipe.zrange(due, 0, 0, withscores=True)
+    for stream in [keys.intake(), *(keys.outbox(s) for s in range(store.shards))]:
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+    rows: list[Any] = await pipe.execute(raise_on_error=False)
+    for row in rows:
+        if isinstance(row, Exception) and not isinstance(row, ResponseError):
+            raise row
+    shards = []
+    for shard in range(store.shards):
+        scheduled, due, first = rows[shard * 3 : shard * 3 + 3]
+        oldest = int(first[0][1]) if first and int(due) > 0 else None
+        shards.append(ShardDue(shard=shard, scheduled=scheduled, due=due, oldest_due_ms=oldest))
+    streams = rows[store.shards * 3 :]
+    intake = stream_backlog(streams[0], streams[1])
+    outbox = StreamBacklog()
+    for i in range(2, len(streams), 2):
+        outbox = outbox + stream_backlog(streams[i], streams[i + 1])
+    return Snapshot(at_ms=now_ms, shards=shards, intake=intake, outbox=outbox)

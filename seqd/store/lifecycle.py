@@ -1,0 +1,246 @@
+"""Replies, opt-outs, bounces and delivery reports as changes to a contact's enrollments.
+
+The scripts run in the contact's shard but need each sequence's step kinds and `on_reply`,
+which live under the tenant's tag: they are read here and passed in with the version they
+were read at; a script that finds the shard's mirror at another version answers STALE and
+the call is repeated with fresh documents, so a decision never rests on old steps.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from seqd import ids, models
+from seqd.errors import NotFound
+from seqd.store.scripts import ScriptError
+from seqd.times import now_ms
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+_encode = msgspec.json.Encoder().encode
+# A sequence changing under one call this many times in a row is a bug, not a race.
+_STALE_RETRIES = 5
+# Reads the ids of the sequences a call is about (again, after a STALE answer).
+SequenceIds = Callable[[], Awaitable[set[str]]]
+
+
+def kinds(seq: models.Sequence) -> str:
+    """One letter per step, as the lifecycle scripts read them."""
+    return "".join("s" if step.kind == "sms" else "e" for step in seq.steps)
+
+
+def _fixed(sids: set[str]) -> SequenceIds:
+    async def read() -> set[str]:
+        return sids
+
+    return read
+
+
+class Reaction(msgspec.Struct, frozen=True):
+    """What a reply did to one enrollment: paused | completed | not_active | not_sent."""
+
+    enrollment_id: str
+    outcome: str
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    recorded: bool
+    previous: str | None
+
+
+class Lifecycle:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+
+    def shard_of_value(self, value: str) -> int:
+        """Where events about a phone or address that no contact holds go."""
+        return zlib.crc32(value.encode()) % self.keys.shards
+
+    def _shard_keys(self, shard: int) -> list[str]:
+        return [self.keys.due(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
+
+    async def _sequence_args(
+        self, tenant: str, sids: set[str], *, on_reply: bool
+    ) -> list[str | int]:
+        args: list[str | int] = []
+        for sid in sorted(sids):
+            try:
+                seq, version = await self.store.sequences.get_versioned(tenant, sid)
+            except NotFound:
+                continue  # deleted meanwhile: its enrollments are being cancelled
+            args += [sid, version, kinds(seq)]
+            if on_reply:
+                args.append(seq.on_reply)
+        return args
+
+    def _live_sequences(self, shard: int, cid: str) -> SequenceIds:
+        async def read() -> set[str]:
+            fields = await self.store.client.hkeys(self.keys.contact(shard, cid))
+            return {f[2:] for f in fields if f.startswith("e:")}
+
+        return read
+
+    async def _call_fresh(
+        self,
+        name: str,
+        shard: int,
+        head: list[Any],
+        tenant: str,
+        sequences: SequenceIds,
+        *,
+        on_reply: bool,
+    ) -> Any:
+        for _ in range(_STALE_RETRIES):
+            sids = await sequences()
+            args = head + await self._sequence_args(tenant, sids, on_reply=on_reply)
+            try:
+                return await self.store.runner.call(
+                    name, self._shard_keys(shard), args, tag=self.keys.shard_tag(shard)
+                )
+            except ScriptError as exc:
+                if exc.code != "STALE":
+                    raise
+        raise RuntimeError(f"{name}: sequence kept changing under the call")
+
+    async def reply(
+        self,
+        tenant: str,
+        channel: str,
+        *,
+        contact_id: str | None = None,
+        enrollment_id: str | None = None,
+    ) -> list[Reaction]:
+        """Pause (or complete, per `on_reply`) what a reply from a contact is about."""
+        if enrollment_id is not None:
+            if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
+                return []
+            shard = ids.shard_of(enrollment_id, self.keys.shards)
+            sid = await self.store.client.hget(self.keys.enrollment(shard, enrollment_id), "s")
+            if sid is None:
+                return []
+            target, cid = enrollment_id, ""
+            sequences = _fixed({str(sid)})
+        else:
+            if contact_id is None or not ids.is_valid(contact_id, ids.CONTACT):
+                return []
+            shard = ids.shard_of(contact_id, self.keys.shards)
+            target, cid = "", contact_id
+            sequences = self._live_sequences(shard, contact_id)
+        head = [self.keys.shard_tag(shard), now_ms(), tenant, cid, target, channel]
+        flat = await self._call_fresh("replyContact", shard, head, tenant, sequences, on_reply=True)
+        return [Reaction(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def stop_channel(
+        self,
+        tenant: str,
+        channel: str,
+        value: str,
+        contact_id: str | None,
+        *,
+        cancel_reason: str,
+        event_type: str,
+        event: dict[str, Any],
+    ) -> list[str]:
+        """Cancel the contact's enrollments with only `channel` steps left; write the event.
+
+        With no contact (a value nobody holds), only the event is written, in the shard
+        `shard_of_value` picks.
+        """
+        if contact_id is not None and ids.is_valid(contact_id, ids.CONTACT):
+            shard, cid = ids.shard_of(contact_id, self.keys.shards), contact_id
+            sequences = self._live_sequences(shard, cid)
+        else:
+            shard, cid, sequences = self.shard_of_value(value), "", _fixed(set())
+        data = {"id": cid or None, "contact_id": cid or None, "channel": channel, "value": value}
+        data |= event
+        head = [
+            self.keys.shard_tag(shard),
+            now_ms(),
+            tenant,
+            cid,
+            channel,
+            cancel_reason,
+            event_type,
+            _encode(data).decode(),
+        ]
+        cancelled = await self._call_fresh(
+            "stopChannel", shard, head, tenant, sequences, on_reply=False
+        )
+        return list(cancelled)
+
+    async def emit(
+        self,
+        tenant: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        contact_id: str | None,
+        value: str = "",
+    ) -> None:
+        """An event that changes nothing, in the contact's shard (or the value's)."""
+        if contact_id is not None and ids.is_valid(contact_id, ids.CONTACT):
+            shard = ids.shard_of(contact_id, self.keys.shards)
+        else:
+            shard = self.shard_of_value(value)
+        await self.store.runner.call(
+            "emitEvent",
+            [self.keys.outbox(shard)],
+            [now_ms(), tenant, event_type, _encode(data).decode()],
+            tag=self.keys.shard_tag(shard),
+        )
+
+    async def record_delivery(
+        self,
+        tenant: str,
+        enrollment_id: str,
+        step: int,
+        status: str,
+        rank: int,
+        error_code: str,
+        *,
+        event_type: str,
+        event: dict[str, Any],
+    ) -> Delivery:
+        """Store a step's delivery status unless a later one is stored; NotFound if no such
+        enrollment of `tenant`."""
+        if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
+            raise NotFound(f"no enrollment {enrollment_id}", field="e")
+        shard = ids.shard_of(enrollment_id, self.keys.shards)
+        try:
+            recorded, previous = await self.store.runner.call(
+                "recordDelivery",
+                [self.keys.outbox(shard)],
+                [
+                    self.keys.shard_tag(shard),
+                    now_ms(),
+                    tenant,
+                    enrollment_id,
+                    step,
+                    status,
+                    rank,
+                    error_code,
+                    event_type,
+                    _encode(event).decode(),
+                ],
+                tag=self.keys.shard_tag(shard),
+            )
+        except ScriptError as exc:
+            if exc.code == "NOT_FOUND":
+                raise NotFound(f"no enrollment {enrollment_id}", field="e") from None
+            raise
+        return Delivery(bool(recorded), previous or None)
+
+    async def enrollment_owner(self, enrollment_id: str) -> tuple[str, str] | None:
+        """(tenant, contact id) of an enrollment, or None: whose auth token signs its
+        status callbacks."""
+        if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
+            return None
+        shard = ids.shard_of(enrollment_id, self.keys.shards)
+        t, c = await self.store.client.hmget(self.keys.enrollment(shard, enrollment_id), "t", "c")
+        return (str(t), str(c)) if t and c else None

@@ -1,0 +1,134 @@
+--[[ Settle a batch of claimed steps of one shard: what each send did to its enrollment.
+
+  An item applies only when its token is the enrollment's current fencing token `k`:
+  every claim and every transition bumps `k`, so a worker whose lease ran out (and whose
+  step someone else claimed) or whose enrollment was paused or cancelled meanwhile cannot
+  move it. One exception keeps the record true: a step that WAS sent while a transition
+  happened (a reply paused the enrollment mid-send) is still recorded on the enrollment,
+  which stays where the transition put it.
+
+  KEYS[1] due     ZSET
+  KEYS[2] outbox  STREAM
+  ARGV[1] tag
+  ARGV[2] now           ms
+  ARGV[3] max_attempts
+  ARGV[4] items         JSON array of objects, each:
+    id, token, step, kind ("sms"|"email"), at (ms the send ended), outcome, and by outcome:
+    sent      provider_id (optional), wait: ms from `at` to the next step, -1 after the last
+    skipped   reason, wait (as for sent): the step is passed over without a send
+    retry     error, delay: ms until the next attempt
+    failed    error                      -> cancelled, cancel_reason failed
+    pause     reason, variable (optional), error (optional)
+    cancel    reason (opted_out, bounced, ...), error (optional)
+    complete  (the step is past the sequence's end)
+    release   started (bool): due again now; `cl` (unsettled claim) is kept when the send
+              had started, since the provider may then have the message
+
+  Returns {applied, late, {stale id, ...}}: late = sent steps recorded on an enrollment a
+  transition had taken over; stale = items ignored.
+  Errors: BAD_ITEMS:<which> (a malformed item; nothing is written)
+]]
+local rcall = redis.call
+local due_key, outbox_key = KEYS[1], KEYS[2]
+local tag, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- @include enrollment
+-- @include dispatch
+
+-- Every item is checked before anything is written: a script error does not roll back.
+local ok, items = pcall(cjson.decode, ARGV[4])
+if not ok or type(items) ~= 'table' then
+  return redis.error_reply('BAD_ITEMS:not a JSON array')
+end
+local NEEDS = {sent = 'wait', skipped = 'wait', retry = 'delay', failed = false,
+               pause = 'reason', cancel = 'reason', complete = false, release = false}
+for n, it in ipairs(items) do
+  if type(it) ~= 'table' then return redis.error_reply('BAD_ITEMS:item ' .. n) end
+  local need = NEEDS[it.outcome]
+  if type(it.id) ~= 'string' or type(it.token) ~= 'string' or type(it.step) ~= 'number'
+    or type(it.at) ~= 'number' or need == nil or (need and it[need] == nil) then
+    return redis.error_reply('BAD_ITEMS:item ' .. n)
+  end
+end
+
+-- The step was sent (or skipped): move the enrollment past it, with its event.
+-- Returns the next step's due time, or nil after the last step.
+local function pass_step(id, e, it, ekey)
+  local step = it.step
+  e['i'] = tostring(step + 1); e['a'] = '0'; e['ua'] = now
+  rcall('HSET', ekey, 'i', step + 1, 'a', 0, 'ua', now)
+  if it.outcome == 'sent' then
+    if it.provider_id then
+      e['p' .. step] = it.provider_id
+      rcall('HSET', ekey, 'p' .. step, it.provider_id)
+    end
+    if it.kind == 'sms' and not e['sm'] then
+      e['sm'] = '1'
+      rcall('HSET', ekey, 'sm', 1)
+    end
+    enrollment_event('sequence.step.sent', id, e, now,
+      {step = step, kind = it.kind, provider_id = it.provider_id, sent_at = it.at})
+  else
+    enrollment_event('sequence.step.skipped', id, e, now,
+      {step = step, kind = it.kind, reason = it.reason})
+  end
+  if it.wait >= 0 then
+    local due_at = it.at + it.wait
+    e['n'] = tostring(due_at)
+    rcall('HSET', ekey, 'n', due_at)
+    return due_at
+  end
+  return nil
+end
+
+local applied, late, stale = 0, 0, {}
+for _, it in ipairs(items) do
+  local id = it.id
+  local ekey = k_enrollment(tag, id)
+  local e = to_table(rcall('HGETALL', ekey))
+  local outcome = it.outcome
+  if e['k'] ~= it.token then
+    if outcome == 'sent' and e['st'] and e['st'] ~= 'active' and tonumber(e['i']) == it.step
+    then
+      rcall('HDEL', ekey, 'cl'); e['cl'] = nil
+      pass_step(id, e, it, ekey)
+      late = late + 1
+    else
+      stale[#stale + 1] = id
+    end
+  else
+    applied = applied + 1
+    if outcome ~= 'release' or not it.started then
+      rcall('HDEL', ekey, 'cl'); e['cl'] = nil
+    end
+    if outcome == 'sent' or outcome == 'skipped' then
+      local due_at = pass_step(id, e, it, ekey)
+      if due_at then rcall('ZADD', due_key, due_at, id)
+      else finish(id, e, 'completed', '', now, due_key) end
+    elseif outcome == 'retry' then
+      local attempts = rcall('HINCRBY', ekey, 'a', 1)
+      e['a'] = tostring(attempts)
+      if attempts >= max_attempts then
+        fail_step(id, e, it.step, it.kind, it.error, now, due_key)
+      else
+        local due_at = tonumber(now) + it.delay
+        rcall('ZADD', due_key, due_at, id)
+        enrollment_event('sequence.step.failed', id, e, now,
+          {step = it.step, kind = it.kind, error = it.error, retrying = true,
+           attempts = attempts, retry_at = due_at})
+      end
+    elseif outcome == 'failed' then
+      fail_step(id, e, it.step, it.kind, it.error, now, due_key)
+    elseif outcome == 'pause' then
+      finish(id, e, 'paused', it.reason, now, due_key,
+        {step = it.step, variable = it.variable, error = it.error})
+    elseif outcome == 'cancel' then
+      finish(id, e, 'cancelled', it.reason, now, due_key, {step = it.step, error = it.error})
+    elseif outcome == 'complete' then
+      finish(id, e, 'completed', '', now, due_key)
+    elseif outcome == 'release' then
+      rcall('ZADD', due_key, now, id)
+      e['k'] = tostring(rcall('HINCRBY', ekey, 'k', 1))
+    end
+  end
+end
+return {applied, late, stale}

@@ -1,0 +1,100 @@
+--[[ Claim a shard's due steps for sending: one bounded batch, earliest first.
+
+  Each claimed enrollment's due score moves to now + lease, so it comes back by itself
+  if the claiming worker dies; its fencing token `k` is bumped (only the holder of the
+  newest token may advance it) and `cl` marks the claim as unsettled until `advance`.
+  Members that must not be sent now are settled here instead:
+  - enrollment gone or not active: a stale member, dropped from the due index;
+  - sequence paused or draft (or its mirror missing): parked in park:<seq> with the
+    original due score, which syncSequence's "unpark" sweep restores on resume;
+  - sequence archived: cancelled (sequence_archived);
+  - current step past the last one (the sequence lost steps): completed;
+  - `cl` still set (the previous claim's worker died mid-send, so the provider may or may
+    not have the message): on_unknown = hold pauses it (delivery_unknown); resend counts
+    an attempt and sends again, or cancels it (failed) when attempts are used up.
+
+  KEYS[1] due       ZSET   the shard's time index
+  KEYS[2] outbox    STREAM the shard's events
+  KEYS[3] sequences HASH   sequence id -> "<status>:<version>:<steps>"
+  ARGV[1] tag
+  ARGV[2] now           ms
+  ARGV[3] lease         ms
+  ARGV[4] limit         members looked at, at most
+  ARGV[5] on_unknown    resend | hold
+  ARGV[6] max_attempts
+
+  Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [[id, {enrollment
+  hash}, {contact hash}], ...]}; seen = members looked at (= limit: more may be due).
+]]
+local rcall = redis.call
+local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local tag, now, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local hold, max_attempts = ARGV[5] == 'hold', tonumber(ARGV[6])
+-- @include enrollment
+-- @include dispatch
+
+local leased_until = tonumber(now) + lease
+local members = rcall('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+
+local mirrors, states = {}, {}
+local function sequence_state(seq)
+  local s = states[seq]
+  if s == nil then
+    local m = rcall('HGET', seqs_key, seq)
+    local status, steps = string.match(m or '', '^([^:]+):%d+:(%d+)$')
+    s = {mirror = m, status = status or 'missing', steps = tonumber(steps) or 0}
+    states[seq] = s
+  end
+  return s
+end
+
+local parts = {}
+for j = 1, #members, 2 do
+  local id, score = members[j], members[j + 1]
+  local ekey = k_enrollment(tag, id)
+  local e = to_table(rcall('HGETALL', ekey))
+  if e['st'] ~= 'active' then
+    rcall('ZREM', due_key, id)
+  else
+    local seq = e['s']
+    local state = sequence_state(seq)
+    local step = tonumber(e['i'])
+    if state.status == 'archived' then
+      finish(id, e, 'cancelled', 'sequence_archived', now, due_key)
+    elseif state.status ~= 'active' then
+      rcall('ZREM', due_key, id)
+      rcall('ZADD', k_parked(tag, seq), score, id)
+    elseif step >= state.steps then
+      finish(id, e, 'completed', '', now, due_key)
+    else
+      local send = true
+      if e['cl'] then
+        if hold then
+          finish(id, e, 'paused', 'delivery_unknown', now, due_key, {step = step})
+          send = false
+        else
+          e['a'] = tostring(rcall('HINCRBY', ekey, 'a', 1))
+          if tonumber(e['a']) >= max_attempts then
+            fail_step(id, e, step, '', 'worker lost during send; attempts exhausted', now,
+              due_key)
+            send = false
+          end
+        end
+      end
+      if send then
+        rcall('ZADD', due_key, leased_until, id)
+        e['k'] = tostring(rcall('HINCRBY', ekey, 'k', 1))
+        if not e['cl'] then
+          rcall('HSET', ekey, 'cl', 1)
+          e['cl'] = '1'
+        end
+        mirrors[seq] = state.mirror
+        local c = to_table(rcall('HGETALL', k_contact(tag, e['c'])))
+        parts[#parts + 1] = cjson.encode({id, e, c})
+      end
+    end
+  end
+end
+
+return '{"seen":' .. (#members / 2) .. ',"m":' .. cjson.encode(mirrors) .. ',"items":['
+  .. table.concat(parts, ',') .. ']}'

@@ -1,0 +1,62 @@
+--[[ A contact answered: pause (or complete) the enrollments the answer is about.
+
+  With an enrollment id (an email reply whose In-Reply-To/References names the message
+  seqd sent), only that enrollment. Without one, every active enrollment of the contact
+  whose sequence has already sent it a message on `channel` (an SMS reply names no
+  message, so it is about every conversation held on that channel).
+
+  KEYS[1] due        ZSET   the shard's time index
+  KEYS[2] outbox     STREAM the shard's events
+  KEYS[3] sequences  HASH   the shard's sequence mirror
+  ARGV[1] tag
+  ARGV[2] now            ms
+  ARGV[3] tenant
+  ARGV[4] contact_id     "" when enrollment_id is given
+  ARGV[5] enrollment_id  "" for all of the contact's
+  ARGV[6] channel        sms | email
+  ARGV[7..] per sequence, 4 values: sequence_id, version, kinds (one letter per step,
+            s|e), on_reply (pause | complete)
+
+  Returns a flat list: enrollment_id, outcome (paused | completed | not_active |
+  not_sent), for each enrollment considered.
+  Errors: STALE:<sequence_id> (the mirror moved past the version given: re-read, retry)
+]]
+local rcall = redis.call
+local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local tag, now, tenant, cid, eid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+-- @include enrollment
+-- @include lifecycle
+
+local seqs, stale = read_sequences(7, 4)
+if stale then return redis.error_reply('STALE:' .. stale) end
+
+local targets = {}
+if eid ~= '' then
+  targets[#targets + 1] = eid
+else
+  for id in pairs(live_enrollments(cid)) do targets[#targets + 1] = id end
+  table.sort(targets)
+end
+
+local out = {}
+for _, id in ipairs(targets) do
+  local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
+  local seq = seqs[e['s']]
+  if e['t'] == tenant and seq then
+    local outcome
+    if e['st'] ~= 'active' then
+      outcome = 'not_active'
+    elseif eid == '' and not sent_on(e, seq.kinds, channel) then
+      outcome = 'not_sent'
+    elseif seq.extra[1] == 'complete' then
+      finish(id, e, 'completed', '', now, due_key)
+      outcome = 'completed'
+    else
+      finish(id, e, 'paused', 'reply_received', now, due_key)
+      outcome = 'paused'
+    end
+    out[#out + 1] = id
+    out[#out + 1] = outcome
+  end
+end
+return out

@@ -1,0 +1,48 @@
+--[[ A contact's phone or address may no longer be used (opt-out, unsubscribe, bounce):
+  cancel its live enrollments that have only steps of that channel left, and record the
+  event. Mixed enrollments stay: the dispatcher skips their suppressed steps at send time.
+
+  KEYS[1] due        ZSET
+  KEYS[2] outbox     STREAM
+  KEYS[3] sequences  HASH   the shard's sequence mirror
+  ARGV[1] tag
+  ARGV[2] now            ms
+  ARGV[3] tenant
+  ARGV[4] contact_id     "" when no contact holds the value (only the event is written)
+  ARGV[5] channel        sms | email
+  ARGV[6] cancel_reason  opted_out | bounced
+  ARGV[7] event_type     contact.opted_out | contact.bounced
+  ARGV[8] event_data     JSON object; `cancelled` (the ids, if any) is added to it
+  ARGV[9..] per sequence, 3 values: sequence_id, version, kinds
+
+  Returns the ids of the enrollments cancelled.
+  Errors: STALE:<sequence_id>
+]]
+local rcall = redis.call
+local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local tag, now, tenant, cid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local reason, etype, edata = ARGV[6], ARGV[7], cjson.decode(ARGV[8])
+-- @include enrollment
+-- @include lifecycle
+
+local seqs, stale = read_sequences(9, 3)
+if stale then return redis.error_reply('STALE:' .. stale) end
+
+local cancelled = {}
+if cid ~= '' then
+  local ids = {}
+  for id in pairs(live_enrollments(cid)) do ids[#ids + 1] = id end
+  table.sort(ids)
+  for _, id in ipairs(ids) do
+    local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
+    local seq = seqs[e['s']]
+    if e['t'] == tenant and seq and only_left(e, seq.kinds, channel)
+        and finish(id, e, 'cancelled', reason, now, due_key) == nil then
+      cancelled[#cancelled + 1] = id
+    end
+  end
+end
+-- An empty Lua table would encode as {}: the field is left out when nothing was cancelled.
+if #cancelled > 0 then edata['cancelled'] = cancelled end
+emit(etype, tenant, now, edata)
+return cancelled
