@@ -6,14 +6,17 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from seqd import config as configmod
-from seqd import logs
+from seqd import importer, logs
+from seqd.channels import registry as channel_registry
 from seqd.config import Config, ConfigError
 from seqd.embedded import EmbeddedError
+from seqd.lifecycle import ingest_cli
 from seqd.service import open_store, serve
 from seqd.store.tenants import valid_tenant
 
@@ -42,6 +45,26 @@ async def _keys(args: argparse.Namespace, config: Config) -> int:
                 return 1
             print(f"revoked {args.key_id}")
     return 0
+
+
+async def _status(config: Config, watch: float | None) -> int:
+    from rich.console import Console
+
+    from seqd import status
+
+    async with open_store(config) as store:
+        await status.show(store, Console(), watch)
+    return 0
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError("SECONDS is a number from 0.1 to 3600")
+    return seconds
 
 
 def _tenant(value: str) -> str:
@@ -75,6 +98,25 @@ def parser() -> argparse.ArgumentParser:
 
     cc = sub.add_parser("check-config", help="validate a config and print the effective settings")
     cc.add_argument("file", nargs="?")
+
+    st = sub.add_parser("status", help="one screen: backlogs, lateness, send rates, sequences")
+    st.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
+    st.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
+
+    ingest_cli.add_parser(sub, _tenant)
+
+    im = sub.add_parser("import", help="upsert contacts from a CSV file, optionally enroll them")
+    im.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
+    im.add_argument("file", type=Path, help="CSV with a header row; rejects: FILE.rejected.csv")
+    im.add_argument("--tenant", required=True, type=_tenant)
+    im.add_argument("--sequence", help="enroll every imported contact in this sequence")
     return p
 
 
@@ -85,15 +127,27 @@ def main(argv: list[str] | None = None) -> int:
         path = args.file or path
     try:
         config = configmod.load(path)
+        if args.command in ("serve", "check-config"):
+            # What each chosen provider needs (credentials, from number), before anything starts.
+            channel_registry.check(config)
     except ConfigError as exc:
         print(f"seqd: bad config: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log)
     try:
         if args.command == "serve":
-            return _run(serve(config))
+            return _run(serve(config, config_path=path))
         if args.command == "keys":
             return _run(_keys(args, config))
+        if args.command == "status":
+            try:
+                return _run(_status(config, args.watch))
+            except KeyboardInterrupt:  # Ctrl-C ends --watch
+                return 0
+        if args.command == "import":
+            return _run(importer.main(config, args.file, args.tenant, args.sequence))
+        if args.command == "ingest-email":
+            return ingest_cli.run(args, config, _run)
         if args.command == "check-config":
             print(msgspec.json.format(msgspec.json.encode(configmod.masked(config))).decode())
             return 0

@@ -218,6 +218,47 @@ class IntakeConfig(Section, kw_only=True):
     rejected_max_len: Positive = 100_000
 
 
+class WebhooksConfig(Section, kw_only=True):
+    """The event log, the outbox reader and the webhook deliverer (seqd/events/)."""
+
+    # Run the outbox reader and the deliverer in this process.
+    enabled: bool = True
+    # Wait before each attempt, in seconds; its length is the number of attempts. The first
+    # wait counts from the event, each later one from the previous failure.
+    retry_schedule_seconds: Annotated[list[NonNegative], Meta(min_length=1, max_length=50)] = (
+        msgspec.field(default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000])
+    )
+    # Each wait is drawn uniformly within +/- this fraction of it (thundering herds).
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    # One HTTP request, connect to last byte of the answer's head.
+    timeout_seconds: PositiveFloat = 10.0
+    # Requests in flight per endpoint per process: a slow receiver holds only its own slots.
+    concurrency_per_endpoint: Annotated[int, Meta(ge=1, le=1000)] = 8
+    # Requests in flight per process, all endpoints together.
+    max_in_flight: Annotated[int, Meta(ge=1, le=100_000)] = 512
+    # A claimed delivery (or outbox entry) not finished within this long is claimed again
+    # (its process died); must exceed timeout_seconds.
+    lease_seconds: PositiveFloat = 60.0
+    # Longest sleep between polls of the outbox and the delivery schedule.
+    idle_poll_ms: Positive = 200
+    # Outbox entries read per shard per poll.
+    batch_size: Annotated[int, Meta(ge=1, le=5000)] = 200
+    # GET /v1/events keeps events this long.
+    events_retention_hours: Positive = 168
+    # Failed (dead-lettered) deliveries are kept this long after their event, for retries.
+    failed_retention_hours: Positive = 720
+    # After rotate-secret the previous secret still signs (second signature) this long.
+    secret_overlap_hours: NonNegative = 24
+    max_endpoints_per_tenant: Annotated[int, Meta(ge=1, le=1000)] = 50
+    # Allow endpoints on loopback, private, link-local, multicast or unspecified addresses
+    # (an SSRF guard: off in production unless receivers live on your network).
+    allow_private_targets: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= self.timeout_seconds:
+            raise ValueError("lease_seconds must exceed timeout_seconds")
+
+
 class Config(Section, kw_only=True):
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
@@ -229,6 +270,7 @@ class Config(Section, kw_only=True):
     channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
     lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
     intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)

@@ -16,7 +16,7 @@ from typing import IO, Any
 import msgspec
 import structlog
 
-from seqd.config import LogConfig
+from seqd.config import ConfigError, LogConfig, load
 from seqd.redact import log_processor
 
 
@@ -60,6 +60,7 @@ class _State:
 
 
 _state = _State()
+_log = structlog.get_logger(__name__)
 
 
 def _level(name: str) -> int:
@@ -144,3 +145,19 @@ def set_level(level: str) -> None:
     config = msgspec.structs.replace(_state.config, level=level)
     _state.config = config
     _configure(config, _state.out)
+
+
+def reload(config_path: str | None) -> None:
+    """SIGHUP: reopen `log.file` and take `log.level` from the config file as it is now.
+
+    Only the level is reloaded; every other setting needs a restart. A config that no
+    longer loads keeps the running level, with a warning naming the bad setting.
+    """
+    reopen()
+    try:
+        level = load(config_path).log.level
+    except ConfigError as exc:
+        _log.warning("log.reload_failed", error=str(exc))
+        return
+    set_level(level)
+    _log.info("log.reloaded", level=level, file=_state.file.path if _state.file else None)

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from seqd.store import backlog
 from seqd.store.db import Store
-from seqd.store.rates import SendRates
+from seqd.store.rates import WEBHOOK_CHANNEL, SendRates
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
@@ -116,6 +116,7 @@ class Metrics:
 
     def webhook_delivery(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()
+        self.rates.add(WEBHOOK_CHANNEL, outcome, 1)
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

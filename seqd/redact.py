@@ -88,6 +88,9 @@ def log_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dic
     """structlog processor: no credential or message content leaves the process in a log line."""
     for key, value in event_dict.items():
         if key == "event":
+            # A library's formatted message may carry a URL with its password.
+            if isinstance(value, str):
+                event_dict[key] = mask_url(value)
             continue
         if is_secret_name(key) or is_content_name(key):
             if value not in (None, ""):

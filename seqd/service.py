@@ -7,15 +7,19 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 import structlog
 from aiohttp import web
 
+from seqd import intake, logs, metrics, systemd
 from seqd.api.app import create_app
+from seqd.api.appkeys import METRICS, STORE
 from seqd.config import Config
 from seqd.embedded import EmbeddedServer
+from seqd.engine import dispatcher
 from seqd.store.db import Store, connect
 
 log = structlog.get_logger(__name__)
@@ -26,6 +30,9 @@ BackgroundPart = Callable[
     [Config], Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
 ]
 BACKGROUND: list[BackgroundPart] = []
+# The dispatcher (a no-op part when dispatch.enabled is false).
+BACKGROUND.append(dispatcher.background)
+BACKGROUND.append(intake.part)
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +61,7 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
 
 def build_app(config: Config, store: Store) -> web.Application:
     app = create_app(config, store)
+    app.cleanup_ctx.append(lambda app: metrics.recording(app[METRICS], app[STORE]))
     for part in BACKGROUND:
         app.cleanup_ctx.append(part(config))
     return app
@@ -69,9 +77,12 @@ def _banner(secret: str, config: Config, out: TextIO) -> None:
     out.flush()
 
 
-async def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
+async def serve(
+    config: Config, *, out: TextIO = sys.stdout, config_path: str | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    notifier = systemd.Notifier.from_environ()
     signals = 0
 
     def on_signal() -> None:
@@ -85,12 +96,14 @@ async def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, logs.reload, config_path)
     try:
         async with open_store(config, own=True) as store:
             secret = await store.tenants.bootstrap()
             if secret:
                 _banner(secret, config, out)
-            runner = web.AppRunner(build_app(config, store), access_log=None, handle_signals=False)
+            app = build_app(config, store)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             site = web.TCPSite(runner, config.http.host, config.http.port)
             try:
@@ -103,11 +116,17 @@ async def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
                 )
                 out.write(f"seqd listening on http://{config.http.host}:{config.http.port}\n")
                 out.flush()
-                await stop.wait()
+                # Store answered, scripts loaded, background parts started, port open.
+                notifier.ready("ready")
+                rate = systemd.SendRate(lambda: app[METRICS].sent_total, time.monotonic)
+                async with systemd.heartbeat(notifier, rate):
+                    await stop.wait()
             finally:
+                notifier.stopping()
                 await runner.cleanup()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        notifier.close()
     log.info("service.stopped")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from seqd import cli
 from seqd.channels import registry
 from seqd.channels.base import OutboundMessage
 from seqd.channels.http_sms import HttpSmsSender
@@ -107,7 +108,8 @@ def test_check_accepts_a_complete_config(tmp_path: Path) -> None:
             "channels.twilio.auth_token",
         ),
         (
-            '[channels]\nsms = "twilio"\n[channels.twilio]\naccount_sid = "AC1"\nauth_token = "t"\n',
+            '[channels]\nsms = "twilio"\n[channels.twilio]\naccount_sid = "AC1"\n'
+            'auth_token = "t"\n',
             "channels.twilio.from_number",
         ),
         (
@@ -147,3 +149,14 @@ def test_messaging_service_replaces_from_number(tmp_path: Path) -> None:
             'auth_token = "t"\nmessaging_service_sid = "MG1"\n',
         )
     )
+
+
+def test_check_config_command_names_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # conftest's switch for the slot checker is not a setting of the command.
+    monkeypatch.delenv("SEQD_CHECK_SLOTS", raising=False)
+    path = tmp_path / "seqd.toml"
+    path.write_text('[channels]\nsms = "http"\n')
+    assert cli.main(["check-config", str(path)]) == 2
+    assert "channels.http.url: required" in capsys.readouterr().err

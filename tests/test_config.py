@@ -118,10 +118,12 @@ def test_tenant_channels_merge_over_defaults(tmp_path: Path) -> None:
 def test_masked_hides_secrets() -> None:
     cfg = config.load(
         environ={
-            "SEQD_CHANNELS_TWILIO_AUTH_TOKEN": "tok",
-            "SEQD_CHANNELS_SMTP_PASSWORD": "pw",
-            "SEQD_REDIS_URL": "redis://user:hunter2@host:6379/0",
+            "SEQD_CHANNELS_TWILIO_AUTH_TOKEN": "secret-token-1",
+            "SEQD_CHANNELS_SMTP_PASSWORD": "secret-password-2",
+            "SEQD_CHANNELS_HTTP_HEADER_VALUE": "secret-header-3",
+            "SEQD_REDIS_URL": "redis://user:secret-url-4@host:6379/0",
         }
     )
     text = str(config.masked(cfg))
-    assert "tok" not in text and "pw'" not in text and "hunter2" not in text
+    assert "secret-" not in text
+    assert "user:***@host" in text

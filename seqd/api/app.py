@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 # Importing a resource module registers its routes.
-from seqd.api import contacts, enrollments, openapi, ops, sequences  # noqa: F401
+from seqd.api import contacts, enrollment_batch, enrollments, openapi, ops, sequences  # noqa: F401
+from seqd.api import inbound, suppressions, unsubscribe  # noqa: F401
 from seqd.api.access import access_middleware
 from seqd.api.appkeys import CONFIG, LIVENESS, MAX_BODY, METRICS, OPENAPI, STORE
 from seqd.api.auth import auth_middleware
 from seqd.api.errors import problems_middleware
+from seqd.api.idempotency import idempotency_middleware
 from seqd.api.routing import ROUTES
 from seqd.config import Config
 from seqd.health import Liveness
@@ -21,7 +23,12 @@ def create_app(config: Config, store: Store) -> web.Application:
     app = web.Application(
         client_max_size=config.http.max_body_bytes,
         # access first: the outermost, so it logs and counts every request once.
-        middlewares=[access_middleware, problems_middleware, auth_middleware],
+        middlewares=[
+            access_middleware,
+            problems_middleware,
+            auth_middleware,
+            idempotency_middleware,
+        ],
     )
     app[CONFIG] = config
     app[STORE] = store

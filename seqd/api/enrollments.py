@@ -6,16 +6,13 @@ from typing import Literal
 
 from aiohttp import web
 
-from seqd import models
-from seqd.api.appkeys import STORE
+from seqd import bulk, models
+from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
-from seqd.errors import Conflict, Invalid, NotFound
-from seqd.models import EnrollmentStatus, SequenceStatus
-from seqd.store.codec import encode_json
-from seqd.store.enrollments import EnrollItem, EnrollResult
+from seqd.models import EnrollmentStatus
 
 TAG = "enrollments"
 
@@ -24,45 +21,25 @@ class EnrollmentListQuery(ListQuery, kw_only=True):
     status: Literal["active", "paused", "completed", "cancelled"] | None = None
 
 
-def check_metadata(metadata: dict[str, object], path: str = "metadata") -> None:
-    if len(encode_json(metadata)) > models.METADATA_MAX_BYTES:
-        raise Invalid.field(path, f"larger than {models.METADATA_MAX_BYTES} bytes as JSON")
-
-
-def raise_for(result: EnrollResult, seq: models.Sequence) -> None:
-    """Turn a failed enroll result into the API's error."""
-    if result.code == "CONTACT_NOT_FOUND":
-        raise NotFound(f"no contact {result.detail}", field="contact_id")
-    if result.code == "SEQUENCE_NOT_ACTIVE":
-        raise Conflict(f"sequence {seq.id} is {result.detail}, not active", status=result.detail)
-    raise Conflict(f"{result.code}: {result.detail}")
-
-
 async def enroll_one(
-    request: web.Request, seq_id: str, item: EnrollItem
+    request: web.Request, seq_id: str, body: models.EnrollmentCreate
 ) -> tuple[models.Enrollment, bool]:
+    """Enroll one contact (by id or inline) through the bulk path; its error is raised."""
     store = request.app[STORE]
     tenant = tenant_of(request)
-    seq, version = await store.sequences.get_versioned(tenant, seq_id)
-    if seq.status != SequenceStatus.ACTIVE:
-        raise Conflict(
-            f"sequence {seq.id} is {seq.status.value}, not active", status=seq.status.value
-        )
-    [result] = await store.enrollments.enroll(tenant, seq, [item])
-    if result.code == "SEQUENCE_NOT_ACTIVE" and result.detail == "missing":
-        # The shard mirror was never written (a crash right after the sequence was saved).
-        await store.sequences.sync(seq, version, [])
-        [result] = await store.enrollments.enroll(tenant, seq, [item])
-    if result.enrollment is None:
-        raise_for(result, seq)
-    assert result.enrollment is not None
-    return result.enrollment, result.idempotent
+    item = bulk.prepare(body, request.app[CONFIG].contacts.default_region)
+    seq, version = await bulk.active_sequence(store, tenant, seq_id)
+    [outcome] = await bulk.enroll(store, tenant, seq, version, [item])
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.enrollment is not None
+    return outcome.enrollment, outcome.idempotent
 
 
 @route(
     "POST",
     "/sequences/{id}/enrollments",
-    summary="Enroll a contact (idempotent)",
+    summary="Enroll a contact, by id or inline (upserted); idempotent",
     tag=TAG,
     body=models.EnrollmentCreate,
     responses={201: models.EnrollmentEnvelope, 200: models.EnrollmentEnvelope},
@@ -70,10 +47,7 @@ async def enroll_one(
 )
 async def create_enrollment(request: web.Request) -> web.Response:
     body = await read_body(request, models.EnrollmentCreate)
-    check_metadata(body.metadata)
-    enrollment, idempotent = await enroll_one(
-        request, request.match_info["id"], EnrollItem(body.contact_id, body.metadata)
-    )
+    enrollment, idempotent = await enroll_one(request, request.match_info["id"], body)
     return respond(
         models.EnrollmentEnvelope(enrollment=enrollment, idempotent=idempotent),
         200 if idempotent else 201,

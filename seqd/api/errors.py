@@ -24,15 +24,20 @@ _HTTP_CODES = {
 }
 
 
+def problem_for(exc: SeqdError) -> web.Response:
+    """The problem+json response of a domain error."""
+    extra = dict(exc.extra)
+    if isinstance(exc, Invalid):
+        extra["errors"] = exc.errors
+    return problem(exc.status, exc.code, exc.title, exc.detail, **extra)
+
+
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except SeqdError as exc:
-        extra = dict(exc.extra)
-        if isinstance(exc, Invalid):
-            extra["errors"] = exc.errors
-        return problem(exc.status, exc.code, exc.title, exc.detail, **extra)
+        return problem_for(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -61,7 +61,8 @@ def build(message: OutboundMessage, from_address: str, from_name: str | None) ->
     try:
         msg["From"] = Address(display_name=from_name or "", addr_spec=from_address)
         msg["To"] = _clean("To", message.to)
-        msg["Subject"] = _subject(message)
+        # As composed: the engine decides the "Re: " of a threaded step.
+        msg["Subject"] = _clean("Subject", message.subject or "")
         msg["Date"] = format_datetime(datetime.now(UTC))
         msg["Message-ID"] = message_id(message.key, domain)
         if message.thread_root:
@@ -83,14 +84,6 @@ def build(message: OutboundMessage, from_address: str, from_name: str | None) ->
         # The email package's own checks (an unparsable address, a bad header): permanent.
         raise Refused(f"message not valid: {exc}") from None
     return msg
-
-
-def _subject(message: OutboundMessage) -> str:
-    subject = _clean("Subject", message.subject or "")
-    # A threaded follow-up reads as a reply in every client.
-    if message.thread_root and not subject.lower().startswith("re:"):
-        subject = f"Re: {subject}" if subject else "Re:"
-    return subject
 
 
 def to_bytes(msg: EmailMessage) -> bytes:

@@ -49,7 +49,9 @@ class SmtpSender:
 
     def __init__(self, config: SmtpConfig) -> None:
         self._config = config
-        self._idle: asyncio.Queue[_Session] = asyncio.Queue()
+        # Last in, first out: light traffic keeps reusing one warm session instead of
+        # opening all pool_size of them; the rest connect only when sends overlap.
+        self._idle: asyncio.LifoQueue[_Session] = asyncio.LifoQueue()
         for _ in range(config.pool_size):
             self._idle.put_nowait(_Session())
         self._local_hostname: str | None = None

@@ -35,11 +35,15 @@ class Store:
 
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         from seqd.store.contacts import Contacts
+        from seqd.store.deliveries import Deliveries
         from seqd.store.enrollments import Enrollments
+        from seqd.store.events import Events
         from seqd.store.lifecycle import Lifecycle
+        from seqd.store.outbox import Outbox
         from seqd.store.sequences import Sequences
         from seqd.store.suppressions import Suppressions
         from seqd.store.tenants import Tenants
+        from seqd.store.webhooks import Webhooks
 
         self.client = client
         self.keys = keys
@@ -51,6 +55,10 @@ class Store:
         self.enrollments = Enrollments(self)
         self.suppressions = Suppressions(self)
         self.lifecycle = Lifecycle(self)
+        self.events = Events(self)
+        self.outbox = Outbox(self)
+        self.webhooks = Webhooks(self)
+        self.deliveries = Deliveries(self)
 
     @classmethod
     async def open(cls, client: aioredis.Redis, prefix: str, default_shards: int) -> Store:

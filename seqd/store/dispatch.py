@@ -8,19 +8,15 @@ turned into Python lists item by item.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from seqd.store.scripts import ScriptError
-
 if TYPE_CHECKING:
     from seqd.store.db import Store
 
-Outcome = Literal[
-    "sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release"
-]
+Outcome = Literal["sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release"]
 
 
 class Claimed(msgspec.Struct, array_like=True, frozen=True):
@@ -92,48 +88,34 @@ class Dispatch:
 
     async def claim(
         self,
-        shards: Iterable[int],
+        shard: int,
         *,
         now: int,
         lease_ms: int,
         limit: int,
         on_unknown: str,
         max_attempts: int,
-    ) -> dict[int, ClaimBatch]:
-        """One `claimDue` call per shard, all in one round trip."""
-        order = list(shards)
-        calls = []
-        for shard in order:
-            tag = self.keys.shard_tag(shard)
-            keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
-            args = [tag, now, lease_ms, limit, on_unknown, max_attempts]
-            calls.append(("claimDue", keys, args, tag))
-        replies = await self.store.runner.call_many(calls) if calls else []
-        out = {}
-        for shard, reply in zip(order, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            out[shard] = _decode_claim(reply)
-        return out
+    ) -> ClaimBatch:
+        """One `claimDue` call: up to `limit` due steps of `shard`, leased until now + lease."""
+        tag = self.keys.shard_tag(shard)
+        keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
+        reply = await self.store.runner.call(
+            "claimDue", keys, [tag, now, lease_ms, limit, on_unknown, max_attempts], tag=tag
+        )
+        return _decode_claim(reply)
 
     async def advance(
-        self, batches: Mapping[int, Sequence[Settle]], *, now: int, max_attempts: int
-    ) -> dict[int, Advanced]:
-        """One `advance` call per shard, all in one round trip."""
-        order = [shard for shard, items in batches.items() if items]
-        calls = []
-        for shard in order:
-            tag = self.keys.shard_tag(shard)
-            args = [tag, now, max_attempts, _encode(batches[shard]).decode()]
-            calls.append(("advance", self._shard_keys(shard), args, tag))
-        replies = await self.store.runner.call_many(calls) if calls else []
-        out = {}
-        for shard, reply in zip(order, replies, strict=True):
-            if isinstance(reply, ScriptError | Exception):
-                raise reply
-            applied, late, stale = reply
-            out[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
-        return out
+        self, shard: int, items: Sequence[Settle], *, now: int, max_attempts: int
+    ) -> Advanced:
+        """One `advance` call settling `items` (all of `shard`)."""
+        if not items:
+            return Advanced(0, 0, [])
+        tag = self.keys.shard_tag(shard)
+        args = [tag, now, max_attempts, _encode(items).decode()]
+        applied, late, stale = await self.store.runner.call(
+            "advance", self._shard_keys(shard), args, tag=tag
+        )
+        return Advanced(int(applied), int(late), [str(s) for s in stale])
 
     async def suppressions(
         self, lookups: Mapping[tuple[str, str], Sequence[str]]

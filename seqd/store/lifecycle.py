@@ -81,7 +81,9 @@ class Lifecycle:
 
     def _live_sequences(self, shard: int, cid: str) -> SequenceIds:
         async def read() -> set[str]:
-            fields = await self.store.client.hkeys(self.keys.contact(shard, cid))
+            fields: list[str] = await self.store.client.hkeys(  # type: ignore[assignment]
+                self.keys.contact(shard, cid)
+            )
             return {f[2:] for f in fields if f.startswith("e:")}
 
         return read

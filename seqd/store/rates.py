@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from seqd.store.db import Store
 
 BUCKET_SECONDS = 10
+# Webhook delivery attempts are counted in the same buckets under this channel name.
+WEBHOOK_CHANNEL = "webhook"
 # A bucket outlives the longest window read (60 s) with room for clock skew between hosts.
 KEEP_SECONDS = 300
 

@@ -73,7 +73,7 @@ class Suppressions:
 
     async def get(self, tenant: str, channel: str, value: str) -> models.Suppression | None:
         raw = await self.store.client.hget(self.keys.suppressions(tenant, channel), value)
-        return _public(channel, value, raw) if raw else None
+        return _public(channel, value, str(raw)) if raw else None
 
     async def suppressed(self, tenant: str, values: dict[str, str]) -> set[str]:
         """Which of {channel: value} are suppressed (one round trip)."""

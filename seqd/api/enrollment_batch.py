@@ -1,0 +1,91 @@
+"""POST /sequences/{id}/enrollments/batch: up to 1,000 enrollments in one request.
+
+Each item is decoded and validated on its own, so one bad item is a problem object in its
+place (with its `index` and field paths under `items[i].`) and the others go through; all
+the good ones are enrolled together by `bulk.enroll`. The answer is 200 with one result
+per item, in order, each tagged `"outcome": "enrolled" | "problem"`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+from msgspec import Meta
+
+from seqd import bulk, models
+from seqd.api.appkeys import CONFIG, STORE
+from seqd.api.auth import tenant_of
+from seqd.api.problems import Problem, build
+from seqd.api.routing import route
+from seqd.api.wire import field_error, read_body, respond
+from seqd.errors import Invalid, SeqdError
+
+TAG = "enrollments"
+
+
+class BatchEnrolled(models.EnrollmentEnvelope, tag_field="outcome", tag="enrolled"):
+    """An item enrolled (`idempotent`: it already was)."""
+
+
+class BatchProblem(Problem, tag_field="outcome", tag="problem"):
+    """An item that was not enrolled: a problem object with the item's `index`."""
+
+
+class EnrollmentBatchResult(models.Output, kw_only=True):
+    results: list[BatchEnrolled | BatchProblem]
+
+
+class _RawBatch(models.Input, kw_only=True):
+    """The body as the handler reads it: items left raw, to be decoded one by one."""
+
+    items: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=models.BATCH_MAX_ITEMS)]
+
+
+_decode_item = msgspec.json.Decoder(models.EnrollmentCreate).decode
+
+
+def item_problem(error: SeqdError, index: int) -> BatchProblem:
+    """The problem object of item `index`; `error`'s field paths are already rooted."""
+    extra = dict(error.extra)
+    if isinstance(error, Invalid):
+        extra["errors"] = error.errors
+    p = build(error.status, error.code, error.title, error.detail, index=index, **extra)
+    return BatchProblem(**msgspec.structs.asdict(p))
+
+
+@route(
+    "POST",
+    "/sequences/{id}/enrollments/batch",
+    summary="Enroll up to 1,000 contacts (by id or inline); one result per item, in order",
+    tag=TAG,
+    body=models.EnrollmentBatch,
+    responses={200: EnrollmentBatchResult},
+    errors=(404, 409),
+)
+async def create_enrollment_batch(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    tenant = tenant_of(request)
+    region = request.app[CONFIG].contacts.default_region
+    # The sequence first: another tenant's id is the same 404 whatever the body.
+    seq, version = await bulk.active_sequence(store, tenant, request.match_info["id"])
+    raw = await read_body(request, _RawBatch)
+    results: list[BatchEnrolled | BatchProblem | None] = [None] * len(raw.items)
+    good: list[int] = []
+    items: list[bulk.Item] = []
+    for i, text in enumerate(raw.items):
+        try:
+            items.append(bulk.prepare(_decode_item(text), region))
+            good.append(i)
+        except msgspec.ValidationError as exc:
+            results[i] = item_problem(Invalid([field_error(exc, f"items[{i}]")]), i)
+        except SeqdError as exc:
+            results[i] = item_problem(bulk.under(exc, f"items[{i}]."), i)
+    outcomes = await bulk.enroll(store, tenant, seq, version, items) if items else []
+    for i, outcome in zip(good, outcomes, strict=True):
+        if outcome.enrollment is not None:
+            results[i] = BatchEnrolled(enrollment=outcome.enrollment, idempotent=outcome.idempotent)
+        elif outcome.error is not None:
+            results[i] = item_problem(bulk.under(outcome.error, f"items[{i}]."), i)
+    return respond(EnrollmentBatchResult(results=[r for r in results if r is not None]))

@@ -1,0 +1,159 @@
+"""Enrolling many contacts in one sequence: the one path behind the single and batch
+enrollment endpoints, the intake stream and the CSV import.
+
+A group of items costs a fixed number of round trips whatever its size: the sequence,
+the upsert of inline contacts (`store.upserts`), the suppression screen
+(`store.screening`), and one `enroll` script call per shard and 500 items. An item that
+cannot be enrolled gets its own error, the same domain exception the single endpoint
+raises, with field paths relative to the item (`contact.phone`, `contact_id`); callers
+put them under their own root (`items[3].`). A failure of the whole group (the sequence
+is unknown or not active) is raised instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from seqd import models
+from seqd.errors import Conflict, FieldError, Invalid, NotFound, SeqdError
+from seqd.models import SequenceStatus
+from seqd.store import screening, upserts
+from seqd.store.codec import encode_json
+from seqd.store.db import Store
+from seqd.store.enrollments import EnrollItem, EnrollResult
+
+
+class Item(msgspec.Struct, frozen=True):
+    """One contact to enroll: an existing contact's id, or the fields of one to upsert."""
+
+    contact_id: str | None = None
+    contact: dict[str, Any] | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """An item's result: an enrollment (maybe one that existed), or an error with its
+    machine-readable `reason` (the intake stream and the import report it)."""
+
+    enrollment: models.Enrollment | None = None
+    idempotent: bool = False
+    contact_id: str | None = None
+    # Inline contacts: what the upsert did (created | updated | unchanged).
+    change: str | None = None
+    error: SeqdError | None = None
+    reason: str = ""
+
+    def fail(self, reason: str, error: SeqdError) -> None:
+        self.reason, self.error = reason, error
+
+
+def check_metadata(metadata: dict[str, Any], path: str = "metadata") -> None:
+    if len(encode_json(metadata)) > models.METADATA_MAX_BYTES:
+        raise Invalid.field(path, f"larger than {models.METADATA_MAX_BYTES} bytes as JSON")
+
+
+def prepare(body: models.EnrollmentCreate, region: str | None) -> Item:
+    """Validate one enrollment request; Invalid names each bad field relative to it."""
+    if (body.contact_id is None) == (body.contact is None):
+        message = "give exactly one of contact_id and contact"
+        raise Invalid([FieldError("contact_id", message), FieldError("contact", message)])
+    check_metadata(body.metadata)
+    fields = None
+    if body.contact is not None:
+        fields = models.new_contact_fields(body.contact, region, "contact.")
+    return Item(body.contact_id, fields, body.metadata)
+
+
+async def active_sequence(store: Store, tenant: str, sid: str) -> tuple[models.Sequence, int]:
+    """The sequence and its version; NotFound, or Conflict when it is not active."""
+    seq, version = await store.sequences.get_versioned(tenant, sid)
+    if seq.status != SequenceStatus.ACTIVE:
+        raise Conflict(
+            f"sequence {seq.id} is {seq.status.value}, not active", status=seq.status.value
+        )
+    return seq, version
+
+
+def under(error: SeqdError, root: str) -> SeqdError:
+    """The same error with its field paths put under `root` (`contact.`, `items[3].`)."""
+    if isinstance(error, Invalid):
+        return Invalid([FieldError(root + e.path, e.message) for e in error.errors])
+    extra = dict(error.extra)
+    if extra.get("field"):
+        extra["field"] = root + extra["field"]
+    return type(error)(error.detail, **extra)
+
+
+def _failure(result: EnrollResult, seq: models.Sequence) -> tuple[str, SeqdError]:
+    if result.code == "CONTACT_NOT_FOUND":
+        return "contact_not_found", NotFound(f"no contact {result.detail}", field="contact_id")
+    if result.code == "SEQUENCE_NOT_ACTIVE":
+        return "sequence_not_active", Conflict(
+            f"sequence {seq.id} is {result.detail}, not active", status=result.detail
+        )
+    return "failed", Conflict(f"{result.code}: {result.detail}")
+
+
+async def enroll(
+    store: Store, tenant: str, seq: models.Sequence, version: int, items: list[Item]
+) -> list[Outcome]:
+    """Enroll each item in `seq` (from `active_sequence`); one Outcome per item, in order."""
+    outcomes = [Outcome(contact_id=item.contact_id) for item in items]
+    known: dict[str, models.Contact] = {}
+    inline = [i for i, item in enumerate(items) if item.contact is not None]
+    if inline:
+        rows = [items[i].contact for i in inline]
+        upserted = await upserts.upsert_many(store, tenant, rows)  # type: ignore[arg-type]
+        for i, result in zip(inline, upserted, strict=True):
+            if isinstance(result, SeqdError):
+                outcomes[i].fail("conflict", under(result, "contact."))
+            else:
+                outcomes[i].contact_id = result.contact.id
+                outcomes[i].change = result.change
+                known[result.contact.id] = result.contact
+
+    todo = [i for i, o in enumerate(outcomes) if o.error is None and o.contact_id]
+    blocked = await screening.suppressed(
+        store, tenant, seq, [outcomes[i].contact_id or "" for i in todo], known
+    )
+    if blocked:
+        for i in todo:
+            cid = outcomes[i].contact_id
+            if cid in blocked:
+                outcomes[i].fail(
+                    "suppressed",
+                    Conflict(
+                        f"contact {cid} is suppressed on every channel sequence {seq.id} uses",
+                        field="contact_id" if items[i].contact is None else "contact",
+                        contact_id=cid,
+                    ),
+                )
+        todo = [i for i in todo if outcomes[i].error is None]
+
+    def enroll_items(positions: list[int]) -> list[EnrollItem]:
+        return [EnrollItem(outcomes[i].contact_id or "", items[i].metadata) for i in positions]
+
+    results = await store.enrollments.enroll(tenant, seq, enroll_items(todo))
+    missing = [
+        k
+        for k, r in enumerate(results)
+        if r.code == "SEQUENCE_NOT_ACTIVE" and r.detail == "missing"
+    ]
+    if missing:
+        # A shard never got the sequence's mirror (a crash right after it was saved).
+        await store.sequences.sync(seq, version, [])
+        retried = enroll_items([todo[k] for k in missing])
+        again = await store.enrollments.enroll(tenant, seq, retried)
+        for k, retry in zip(missing, again, strict=True):
+            results[k] = retry
+    for i, enrolled in zip(todo, results, strict=True):
+        if enrolled.enrollment is not None:
+            outcomes[i].enrollment = enrolled.enrollment
+            outcomes[i].idempotent = enrolled.idempotent
+        else:
+            outcomes[i].fail(*_failure(enrolled, seq))
+    return outcomes

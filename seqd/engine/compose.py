@@ -1,0 +1,135 @@
+"""From a claimed step to the message to send, or to why it is not sent.
+
+Pure functions of what `claimDue` returned (the enrollment and contact hashes), the
+sequence's plan and the contact's suppressions: no I/O, so the rules are tested without
+a store and the dispatcher's hot loop stays a dict lookup and a template render per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from seqd.channels.base import OutboundMessage, SendResult, message_key
+from seqd.engine import render
+from seqd.engine.plans import Plan
+from seqd.models import CancelReason, PausedReason
+from seqd.store.dispatch import Claimed, Settle, SuppressionRecord
+
+# The contact field a channel sends to, which is also the suppression list's key.
+ADDRESS_FIELD = {"sms": "phone", "email": "email"}
+# A contact whose every remaining step is suppressed is cancelled with this reason, unless
+# the suppression record names one of the cancel reasons itself.
+SUPPRESSED_REASON = {"sms": CancelReason.OPTED_OUT.value, "email": CancelReason.BOUNCED.value}
+_CANCEL_REASONS = frozenset(r.value for r in CancelReason)
+
+_decode = msgspec.json.Decoder().decode
+
+
+@dataclass(slots=True)
+class Job:
+    """A step to send, then what came of it."""
+
+    id: str
+    token: str
+    step: int
+    kind: Literal["sms", "email"]
+    # next_run_at of the step (ms), for lateness.
+    due: int
+    # Attempts already made at this step.
+    attempts: int
+    message: OutboundMessage
+    started: bool = False
+    result: SendResult | None = None
+    # ms when the send ended.
+    at: int = 0
+
+
+def _settle(item: Claimed, step: int, kind: str, now: int, **fields: Any) -> Settle:
+    return Settle(id=item.id, token=item.e["k"], step=step, kind=kind, at=now, **fields)
+
+
+def suppressed_reason(record: SuppressionRecord, kind: str) -> str:
+    reason = record.reason
+    return reason if reason in _CANCEL_REASONS else SUPPRESSED_REASON[kind]
+
+
+def compose(
+    item: Claimed, plan: Plan, suppressed: Mapping[str, SuppressionRecord], now: int
+) -> Job | Settle:
+    """The Job for `item`'s current step, or the Settle that ends it without a send.
+
+    `suppressed` maps a channel to the suppression record of this contact's address on it.
+    """
+    e, c = item.e, item.c
+    step = int(e["i"])
+    if step >= len(plan.steps):
+        return _settle(item, step, "", now, outcome="complete")
+    sp = plan.steps[step]
+    kind = sp.kind
+    if c.get("tenant") != e["t"]:
+        return _settle(item, step, kind, now, outcome="failed", error="contact not found")
+    if kind in suppressed:
+        if any(later.kind not in suppressed for later in plan.steps[step + 1 :]):
+            return _settle(
+                item, step, kind, now, outcome="skipped", reason="suppressed",
+                wait=plan.wait_after(step),
+            )  # fmt: skip
+        reason = suppressed_reason(suppressed[kind], kind)
+        return _settle(item, step, kind, now, outcome="cancel", reason=reason)
+    field = ADDRESS_FIELD[kind]
+    to = c.get(field)
+    if not to:
+        return _pause_missing(item, step, kind, now, field)
+    context: Mapping[str, Any] = c
+    if sp.needs_attributes or sp.needs_metadata:
+        ctx = dict(c)
+        if sp.needs_attributes:
+            ctx["attributes"] = _decode(c.get("attributes") or "{}")
+        if sp.needs_metadata:
+            ctx["metadata"] = _decode(e.get("md") or "{}")
+        context = ctx
+    try:
+        body = render.render(sp.body, context)
+        subject = None if sp.subject is None else render.render(sp.subject, context)
+    except render.MissingVariable as exc:
+        return _pause_missing(item, step, kind, now, exc.variable)
+    if subject is not None:
+        if sp.reply_subject and not subject[:3].lower() == "re:":
+            subject = "Re: " + subject
+        if "\r" in subject or "\n" in subject:
+            return _settle(
+                item, step, kind, now, outcome="failed",
+                error="subject: contains a line break (CR or LF); refused as a header value",
+            )  # fmt: skip
+    message = OutboundMessage(
+        tenant=e["t"],
+        enrollment_id=item.id,
+        contact_id=e["c"],
+        sequence_id=e["s"],
+        step=step,
+        kind=kind,  # type: ignore[arg-type]
+        to=to,
+        body=body,
+        subject=subject,
+        thread_root=None if sp.thread_root is None else message_key(item.id, sp.thread_root),
+    )
+    return Job(
+        id=item.id,
+        token=e["k"],
+        step=step,
+        kind=kind,  # type: ignore[arg-type]
+        due=int(e["n"]),
+        attempts=int(e.get("a") or 0),
+        message=message,
+    )
+
+
+def _pause_missing(item: Claimed, step: int, kind: str, now: int, variable: str) -> Settle:
+    return _settle(
+        item, step, kind, now, outcome="pause",
+        reason=PausedReason.MISSING_VARIABLE.value, variable=variable,
+    )  # fmt: skip

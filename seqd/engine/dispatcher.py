@@ -1,0 +1,527 @@
+"""The dispatcher: claim due steps, render, send, advance; one class, one loop.
+
+A round (`run_once`) polls every shard's earliest due score in one pipeline, then works
+the due shards concurrently, each as claim (one `claimDue` call) → compose (render,
+suppressions) → send (bounded concurrency per channel) → advance (one `advance` call).
+Shards run side by side so that Python composes one shard's batch while Redis runs
+another's script: the two share the machine, and neither waits for the other.
+
+Between rounds the loop sleeps until the earliest due time, at most `idle_poll_ms`
+(jittered, so several processes do not poll in step); `stop()` wakes it at once. A step
+fires a few ms after its due time when the loop knew of it in advance, and within one
+idle poll when it was enrolled due immediately.
+
+Delivery promise: at least once. A claim leases the step (its due score moves to now +
+lease) and bumps its fencing token; a worker that dies leaves the step to come back when
+the lease passes, and a late worker's advance is ignored (stale token). So a step is sent
+twice at most per crash that hits it between its send and its advance.
+
+Shutdown (`stop()`): no new claims; the batch in flight may finish its sends for up to
+`drain_timeout_seconds`; what has not been sent by then is released (due again at once,
+token bumped) and what has been sent is advanced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import structlog
+from aiohttp import web
+
+from seqd import models
+from seqd.channels.base import Sender, SendResult
+from seqd.config import Config, DispatchConfig
+from seqd.engine.compose import ADDRESS_FIELD, Job, compose, suppressed_reason
+from seqd.engine.plans import Plan, Plans, mirror_version
+from seqd.errors import NotFound
+from seqd.store.db import Store
+from seqd.store.dispatch import (
+    ClaimBatch,
+    Claimed,
+    Dispatch,
+    Outcome,
+    Settle,
+    SuppressionRecord,
+)
+from seqd.times import now_ms
+
+log = structlog.get_logger(__name__)
+
+NAME = "dispatcher"
+_NO_SUPPRESSIONS: Mapping[str, SuppressionRecord] = {}
+
+
+class SenderSource(Protocol):
+    """Who sends a tenant's SMS and email (`channels.registry.Senders`)."""
+
+    def get(self, tenant: str, kind: Literal["sms", "email"]) -> Sender: ...
+
+    async def close(self) -> None: ...
+
+
+class Observer(Protocol):
+    """What the dispatcher reports as it goes (`metrics.Metrics` implements it)."""
+
+    def step_sent(self, channel: str, outcome: str, n: int = 1) -> None: ...
+
+    def lateness(self, seconds: float) -> None: ...
+
+    def claimed(self, n: int) -> None: ...
+
+    def settled(self, n: int) -> None: ...
+
+
+class Heart(Protocol):
+    """A liveness monitor (`health.Liveness`)."""
+
+    def beat(self, name: str, deadline_seconds: float) -> None: ...
+
+    def stopped(self, name: str) -> None: ...
+
+
+class _Quiet:
+    def step_sent(self, channel: str, outcome: str, n: int = 1) -> None:
+        pass
+
+    def lateness(self, seconds: float) -> None:
+        pass
+
+    def claimed(self, n: int) -> None:
+        pass
+
+    def settled(self, n: int) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Round:
+    """What one `run_once` did."""
+
+    # Steps claimed, and of those: handed to a sender, settled by `advance`, found stale.
+    claimed: int = 0
+    sent: int = 0
+    settled: int = 0
+    stale: int = 0
+    # Some shard had a full batch: more may be due right now.
+    more: bool = False
+    # The earliest due time of the shards that were not due (ms), if any.
+    next_due: int | None = None
+
+
+@dataclass(slots=True)
+class _Shard:
+    claimed: int
+    sent: int
+    settled: int
+    stale: int
+    more: bool
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        config: DispatchConfig,
+        senders: SenderSource,
+        *,
+        clock: Callable[[], int] = now_ms,
+        observer: Observer | None = None,
+        liveness: Heart | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.senders = senders
+        self.clock = clock
+        self.observer: Observer = observer or _Quiet()
+        self.liveness = liveness
+        self.dispatch = Dispatch(store)
+        self.plans = Plans(store)
+        self._lease_ms = int(config.lease_seconds * 1000)
+        self._backoff_ms = [s * 1000 for s in config.retry_backoff_seconds] or [0]
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        # Set when the drain timeout passes: sends in flight are given up and released.
+        self._abort: asyncio.Future[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stopping.clear()
+        self._abort = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name=NAME)
+
+    async def stop(self) -> None:
+        """Stop claiming, let the batch in flight finish (bounded), release the rest."""
+        self._stopping.set()
+        task = self._task
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.config.drain_timeout_seconds)
+        except TimeoutError:
+            log.warning("dispatch.drain_timeout", seconds=self.config.drain_timeout_seconds)
+            if self._abort is not None and not self._abort.done():
+                self._abort.set_result(None)
+            # Releasing is one script call per shard; it gets the same time again at most.
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.config.drain_timeout_seconds)
+            except TimeoutError:
+                task.cancel()
+                await asyncio.wait({task})
+        finally:
+            self._task = None
+            if self.liveness is not None:
+                self.liveness.stopped(NAME)
+
+    async def _run(self) -> None:
+        idle_s = self.config.idle_poll_ms / 1000
+        # A turn may legitimately take the drain timeout (slow provider) plus a few polls.
+        deadline = self.config.drain_timeout_seconds + 10 * idle_s + 30
+        log.info("dispatch.started", batch_size=self.config.batch_size)
+        while not self._stopping.is_set():
+            if self.liveness is not None:
+                self.liveness.beat(NAME, deadline)
+            now = self.clock()
+            try:
+                done = await self.run_once(now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis away, a bug in one batch: claimed steps come back after their
+                # lease, so the loop only has to survive and try again shortly.
+                log.exception("dispatch.round_failed")
+                await self._sleep(idle_s)
+                continue
+            if done.more or done.claimed:
+                continue
+            # Jitter only the idle cap: a known due time is slept to exactly.
+            cap = idle_s * (0.75 + 0.25 * random.random())
+            wait = cap
+            if done.next_due is not None:
+                wait = min(cap, max(0.0, (done.next_due - self.clock()) / 1000))
+            await self._sleep(wait)
+        log.info("dispatch.stopped")
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- one round ------------------------------------------------------------------------
+    async def run_once(self, now: int) -> Round:
+        """Poll, then claim → send → advance every due shard, concurrently."""
+        earliest = await self.dispatch.earliest()
+        due = [s for s, at in enumerate(earliest) if at is not None and at <= now]
+        later = [at for at in earliest if at is not None and at > now]
+        result = Round(next_due=min(later) if later else None)
+        if not due or self._stopping.is_set():
+            return result
+        outcomes = await asyncio.gather(
+            *(self._shard(shard, now) for shard in due), return_exceptions=True
+        )
+        failure: BaseException | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                continue
+            result.claimed += outcome.claimed
+            result.sent += outcome.sent
+            result.settled += outcome.settled
+            result.stale += outcome.stale
+            result.more = result.more or outcome.more
+        if failure is not None:
+            raise failure
+        return result
+
+    async def _shard(self, shard: int, now: int) -> _Shard:
+        config = self.config
+        batch = await self.dispatch.claim(
+            shard,
+            now=now,
+            lease_ms=self._lease_ms,
+            limit=config.batch_size,
+            on_unknown=config.on_unknown,
+            max_attempts=config.max_attempts,
+        )
+        more = batch.seen >= config.batch_size
+        items = batch.items
+        if not items:
+            return _Shard(0, 0, 0, 0, more)
+        self.observer.claimed(len(items))
+        plans = await self._plans(batch)
+        suppressed = await self._suppressions(items, plans)
+        settles: list[Settle] = []
+        jobs: list[Job] = []
+        for item in items:
+            plan = plans.get(item.e["s"])
+            if plan is None:
+                settles.append(self._unavailable(item, now))
+                continue
+            composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
+            if isinstance(composed, Job):
+                jobs.append(composed)
+            else:
+                settles.append(composed)
+        if jobs:
+            await self._send(jobs)
+            for job in jobs:
+                settles.append(self._settle(job, plans[job.message.sequence_id], suppressed))
+        # The sends happened: recording them must not be interrupted by a cancellation.
+        advanced = await asyncio.shield(
+            self.dispatch.advance(
+                shard, settles, now=self.clock(), max_attempts=config.max_attempts
+            )
+        )
+        self.observer.settled(len(settles))
+        if advanced.stale:
+            log.info("dispatch.stale", shard=shard, count=len(advanced.stale))
+        await self._report_opt_outs(jobs)
+        sent = sum(1 for job in jobs if job.started)
+        return _Shard(len(items), sent, advanced.applied + advanced.late, len(advanced.stale), more)
+
+    async def _plans(self, batch: ClaimBatch) -> dict[str, Plan]:
+        """The plan of each sequence in the batch, at least at its mirror's version."""
+        out: dict[str, Plan] = {}
+        missing: dict[str, tuple[str, int]] = {}
+        tenants = {item.e["s"]: item.e["t"] for item in batch.items}
+        for sid, mirror in batch.m.items():
+            version = mirror_version(mirror)
+            plan = self.plans.cached(sid, version)
+            if plan is not None:
+                out[sid] = plan
+            else:
+                missing[sid] = (tenants[sid], version)
+        if missing:
+            loaded = await asyncio.gather(
+                *(self.plans.load(t, sid, v) for sid, (t, v) in missing.items()),
+                return_exceptions=True,
+            )
+            for sid, got in zip(missing, loaded, strict=True):
+                if isinstance(got, NotFound):
+                    log.error("dispatch.sequence_missing", sequence_id=sid)
+                elif isinstance(got, BaseException):
+                    raise got
+                else:
+                    out[sid] = got
+        return out
+
+    async def _suppressions(
+        self, items: list[Claimed], plans: Mapping[str, Plan]
+    ) -> dict[str, dict[str, SuppressionRecord]]:
+        """item id -> {channel: record} for each channel a remaining step uses."""
+        lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for item in items:
+            plan = plans.get(item.e["s"])
+            if plan is None:
+                continue
+            step = int(item.e["i"])
+            for kind in plan.kinds_from(step):
+                value = item.c.get(ADDRESS_FIELD[kind])
+                if value:
+                    lookups[(item.e["t"], kind)].append(value)
+        found = await self.dispatch.suppressions(lookups)
+        if not found:
+            return {}
+        out: dict[str, dict[str, SuppressionRecord]] = {}
+        for item in items:
+            tenant = item.e["t"]
+            for kind in ("sms", "email"):
+                hits = found.get((tenant, kind))
+                value = item.c.get(ADDRESS_FIELD[kind])
+                if hits and value and value in hits:
+                    out.setdefault(item.id, {})[kind] = hits[value]
+        return out
+
+    def _unavailable(self, item: Claimed, now: int) -> Settle:
+        # The mirror says the sequence exists but its document cannot be read: retry, so a
+        # transient fault heals and a permanent one ends as failed after max_attempts.
+        return Settle(
+            id=item.id,
+            token=item.e["k"],
+            step=int(item.e["i"]),
+            kind="",
+            at=now,
+            outcome="retry",
+            error="sequence document not found",
+            delay=self._delay(int(item.e.get("a") or 0), None),
+        )
+
+    # -- sending --------------------------------------------------------------------------
+    def _limit(self, kind: str) -> asyncio.Semaphore:
+        sem = self._limits.get(kind)
+        if sem is None:
+            sem = self._limits[kind] = asyncio.Semaphore(self.config.concurrency)
+        return sem
+
+    async def _send(self, jobs: list[Job]) -> None:
+        """Send every job; on abort (drain timeout), give up on those still in flight."""
+        sending = asyncio.ensure_future(self._send_all(jobs))
+        abort = self._abort
+        if abort is None:
+            await sending
+            return
+        try:
+            await asyncio.wait({sending, abort}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            sending.cancel()
+            raise
+        if sending.done():
+            sending.result()
+            return
+        sending.cancel()
+        await asyncio.wait({sending})
+
+    async def _send_all(self, jobs: list[Job]) -> None:
+        """Workers pull jobs in order; a new worker starts only while the others wait on
+        a send, so a sender that never suspends runs the batch in one task, and a slow
+        one gets up to `concurrency` sends in flight."""
+        count = len(jobs)
+        position = 0
+
+        async def worker() -> None:
+            nonlocal position
+            while position < count:
+                job = jobs[position]
+                position += 1
+                await self._send_one(job)
+
+        workers: list[asyncio.Task[None]] = []
+        try:
+            while position < count and len(workers) < self.config.concurrency:
+                workers.append(asyncio.ensure_future(worker()))
+                await asyncio.sleep(0)
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            if workers:
+                await asyncio.wait(workers)
+            raise
+
+    async def _send_one(self, job: Job) -> None:
+        message = job.message
+        async with self._limit(job.kind):
+            start = self.clock()
+            job.started = True
+            self.observer.lateness((start - job.due) / 1000)
+            name: str = job.kind
+            try:
+                sender = self.senders.get(message.tenant, job.kind)
+                name = sender.name
+                result = await sender.send(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Senders answer for the provider and raise only for a bug: the message may
+                # or may not have gone out.
+                log.exception("dispatch.sender_error", enrollment_id=job.id, step=job.step)
+                result = SendResult(outcome="unknown", error=f"{type(exc).__name__}: {exc}")
+            job.result = result
+            job.at = self.clock()
+            self.observer.step_sent(name, result.outcome)
+
+    # -- settling -------------------------------------------------------------------------
+    def _delay(self, attempts: int, retry_after: float | None) -> int:
+        base = self._backoff_ms[min(attempts, len(self._backoff_ms) - 1)]
+        delay = int(base * (0.9 + 0.2 * random.random()))
+        if retry_after is not None:
+            delay = max(delay, int(retry_after * 1000))
+        return delay
+
+    def _settle(
+        self, job: Job, plan: Plan, suppressed: Mapping[str, Mapping[str, SuppressionRecord]]
+    ) -> Settle:
+        result = job.result
+        if result is None:
+            return _of(job, self.clock(), "release", started=job.started)
+        at = job.at
+        outcome = result.outcome
+        if outcome == "sent":
+            return _of(
+                job, at, "sent", provider_id=result.provider_id, wait=plan.wait_after(job.step)
+            )
+        if result.suppress:
+            # The provider says the recipient unsubscribed: this step is not sent, and the
+            # enrollment goes on as it would with the address suppressed before the send.
+            now_suppressed = dict(suppressed.get(job.id, _NO_SUPPRESSIONS))
+            now_suppressed[job.kind] = SuppressionRecord(reason=models.CancelReason.OPTED_OUT.value)
+            if any(s.kind not in now_suppressed for s in plan.steps[job.step + 1 :]):
+                return _of(job, at, "skipped", reason="suppressed", wait=plan.wait_after(job.step))
+            reason = suppressed_reason(now_suppressed[job.kind], job.kind)
+            return _of(job, at, "cancel", reason=reason, error=result.error)
+        if outcome == "failed":
+            return _of(job, at, "failed", error=result.error or "failed")
+        if outcome == "unknown" and self.config.on_unknown == "hold":
+            reason = models.PausedReason.DELIVERY_UNKNOWN.value
+            return _of(job, at, "pause", reason=reason, error=result.error)
+        delay = self._delay(job.attempts, result.retry_after)
+        return _of(job, at, "retry", error=result.error or outcome, delay=delay)
+
+    async def _report_opt_outs(self, jobs: list[Job]) -> None:
+        """A provider's "recipient unsubscribed" is an opt-out like a STOP keyword."""
+        for job in jobs:
+            result = job.result
+            if result is None or not result.suppress:
+                continue
+            from seqd.lifecycle import optout
+
+            message = job.message
+            try:
+                await optout.opt_out(
+                    self.store,
+                    message.tenant,
+                    job.kind,
+                    message.to,
+                    source="provider",
+                    contact_id=message.contact_id,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch.opt_out_failed", enrollment_id=job.id)
+
+
+def _of(job: Job, at: int, outcome: Outcome, **fields: Any) -> Settle:
+    return Settle(
+        id=job.id, token=job.token, step=job.step, kind=job.kind, at=at, outcome=outcome, **fields
+    )
+
+
+def background(
+    config: Config,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """The dispatcher as an aiohttp cleanup_ctx part of `seqd serve`."""
+
+    @contextlib.asynccontextmanager
+    async def part(app: web.Application) -> AsyncIterator[None]:
+        if not config.dispatch.enabled:
+            yield
+            return
+        from seqd.api.appkeys import LIVENESS, METRICS, STORE
+        from seqd.channels import registry
+
+        senders = registry.build(config)
+        dispatcher = Dispatcher(
+            app[STORE],
+            config.dispatch,
+            senders,
+            observer=app.get(METRICS),
+            liveness=app.get(LIVENESS),
+        )
+        dispatcher.start()
+        try:
+            yield
+        finally:
+            try:
+                await dispatcher.stop()
+            finally:
+                await senders.close()
+
+    return part

@@ -1,0 +1,154 @@
+"""Sequences as the dispatcher sends them: prepared once per (sequence, version), cached.
+
+A claim reply carries each item's sequence mirror (`<status>:<version>:<steps>`); the
+document itself lives under the tenant's tag and is read only when the mirror names a
+version newer than the cached one. The cache is bounded and keyed by sequence id, so a
+long-running process holds one plan per live sequence, not one per version ever seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from seqd import models
+from seqd.engine import render
+from seqd.store.db import Store
+
+# Plans kept at most; the oldest loaded is dropped past this.
+CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    kind: str
+    body: str
+    # The subject sent (email): own, or "Re: " + the first email's when threaded.
+    subject: str | None
+    # True when `subject` is the first email step's subject to be prefixed with "Re: ".
+    reply_subject: bool
+    # Index of the first email step when this one threads under it.
+    thread_root: int | None
+    # ms from the previous step's send (or the enrollment) to this step.
+    wait_ms: int
+    # Roots the templates read beyond plain contact fields: decode only what is needed.
+    needs_attributes: bool
+    needs_metadata: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    sequence_id: str
+    version: int
+    steps: tuple[StepPlan, ...]
+    # Per step index: the channels of that step and the ones after it (suppression reads).
+    kinds_left: tuple[tuple[str, ...], ...]
+
+    def kinds_from(self, step: int) -> tuple[str, ...]:
+        return self.kinds_left[step] if step < len(self.kinds_left) else ()
+
+    def wait_after(self, step: int) -> int:
+        """ms from step `step`'s send to the next one; -1 when it is the last."""
+        nxt = step + 1
+        return self.steps[nxt].wait_ms if nxt < len(self.steps) else -1
+
+
+def _roots(*templates: str | None) -> set[str]:
+    out: set[str] = set()
+    for template in templates:
+        if template:
+            for part in render.parse(template):
+                if not isinstance(part, str):
+                    out.add(part[0][0])
+    return out
+
+
+def build(seq: models.Sequence, version: int) -> Plan:
+    first_email = next((i for i, s in enumerate(seq.steps) if s.kind == "email"), None)
+    steps = []
+    for i, step in enumerate(seq.steps):
+        threaded = (
+            step.kind == "email" and first_email is not None and i > first_email and step.thread
+        )
+        subject = step.subject
+        if threaded and first_email is not None:
+            subject = seq.steps[first_email].subject
+        roots = _roots(step.body, subject)
+        steps.append(
+            StepPlan(
+                kind=step.kind,
+                body=step.body,
+                subject=subject,
+                reply_subject=threaded,
+                thread_root=first_email if threaded else None,
+                wait_ms=step.wait_minutes * 60_000,
+                needs_attributes="attributes" in roots,
+                needs_metadata="metadata" in roots,
+            )
+        )
+    kinds_left = tuple(
+        tuple(sorted({s.kind for s in seq.steps[i:]})) for i in range(len(seq.steps))
+    )
+    return Plan(seq.id, version, tuple(steps), kinds_left)
+
+
+def mirror_version(mirror: str) -> int:
+    """The version in a shard mirror value "<status>:<version>:<steps>" (-1 if malformed)."""
+    parts = mirror.split(":")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+
+
+class Plans:
+    """Plans by sequence id, refreshed when a mirror shows a newer version."""
+
+    def __init__(self, store: Store, size: int = CACHE_SIZE) -> None:
+        self.store = store
+        self.size = size
+        self._plans: OrderedDict[str, Plan] = OrderedDict()
+        # Reads in flight, so concurrent shard batches fetch a document once.
+        self._loading: dict[str, asyncio.Future[Plan]] = {}
+
+    def cached(self, sequence_id: str, version: int) -> Plan | None:
+        plan = self._plans.get(sequence_id)
+        if plan is None or plan.version < version:
+            return None
+        return plan
+
+    async def load(self, tenant: str, sequence_id: str, version: int) -> Plan:
+        """The plan at `version` or newer; NotFound when the document is gone."""
+        plan = self.cached(sequence_id, version)
+        if plan is not None:
+            return plan
+        pending = self._loading.get(sequence_id)
+        if pending is not None:
+            try:
+                plan = await asyncio.shield(pending)
+                if plan.version >= version:
+                    return plan
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # we were cancelled, not the other reader
+            except Exception:
+                pass
+        future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
+        self._loading[sequence_id] = future
+        try:
+            seq, current = await self.store.sequences.get_versioned(tenant, sequence_id)
+            plan = build(seq, current)
+            future.set_result(plan)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: nobody else may be waiting
+            raise
+        finally:
+            if self._loading.get(sequence_id) is future:
+                del self._loading[sequence_id]
+        self._plans[sequence_id] = plan
+        self._plans.move_to_end(sequence_id)
+        while len(self._plans) > self.size:
+            self._plans.popitem(last=False)
+        return plan

@@ -1,0 +1,345 @@
+"""The intake consumer: enrolls what other services XADD to `<prefix>:intake`.
+
+Each seqd process runs one consumer in a shared consumer group. A batch of entries is
+grouped by (tenant, sequence) and each group enrolled through `bulk.enroll`, the path of
+the HTTP API, so idempotency, inline-contact upserts, suppressions and events are the
+same. An entry is acknowledged (and deleted) only in the MULTI that stores its outcome:
+a process that dies mid-batch leaves its entries pending, another consumer takes them
+over once they have been idle for the lease (XAUTOCLAIM), and enrolling them again finds
+the enrollments already made. An entry that cannot be enrolled is moved to the rejected
+stream with its reason, never dropped. The protocol is in docs/redis-intake.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from seqd import bulk, models
+from seqd.api.appkeys import STORE
+from seqd.api.wire import field_error
+from seqd.config import Config
+from seqd.errors import Conflict, Invalid, NotFound, SeqdError
+from seqd.store.codec import encode_json
+from seqd.store.db import Store
+from seqd.store.intake import Entry, Finished, IntakeStream, has_bad_bytes
+from seqd.store.tenants import valid_tenant
+
+log = structlog.get_logger(__name__)
+
+FIELDS = frozenset({"tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id"})
+REQUEST_ID_MAX = 200
+
+_decode_contact = msgspec.json.Decoder(models.ContactCreate).decode
+_decode_metadata = msgspec.json.Decoder(models.Metadata).decode
+
+
+class Rejected(Exception):
+    """An entry that cannot be enrolled: `reason` is the machine-readable code."""
+
+    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.field = reason, detail, field
+
+
+def rejection_of(reason: str, error: SeqdError) -> Rejected:
+    path = error.errors[0].path if isinstance(error, Invalid) and error.errors else None
+    return Rejected(reason, error.detail, path or error.extra.get("field"))
+
+
+@dataclass(slots=True)
+class Parsed:
+    entry_id: str
+    fields: dict[str, str]
+    tenant: str = ""
+    sequence_id: str = ""
+    item: bulk.Item | None = None
+    result_key: str | None = None
+    rejected: Rejected | None = None
+    # Entries of this batch with the same request_id: finished along with this one.
+    followers: list[str] = field(default_factory=list)
+
+
+def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | None) -> Parsed:
+    p = Parsed(entry_id, fields)
+    try:
+        for name, value in fields.items():
+            if has_bad_bytes(name) or has_bad_bytes(value):
+                raise Rejected("invalid", "not UTF-8 text", name if name in FIELDS else None)
+        tenant = fields.get("tenant", "")
+        if valid_tenant(tenant):
+            p.tenant = tenant
+            request_id = fields.get("request_id")
+            if request_id is not None and 0 < len(request_id) <= REQUEST_ID_MAX:
+                p.result_key = store.keys.intake_result(tenant, request_id)
+        unknown = sorted(set(fields) - FIELDS)
+        if unknown:
+            raise Rejected("invalid", "unknown field", unknown[0])
+        if "request_id" in fields and p.result_key is None and p.tenant:
+            raise Rejected("invalid", f"1 to {REQUEST_ID_MAX} characters", "request_id")
+        if not tenant:
+            raise Rejected("invalid", "required", "tenant")
+        if not p.tenant:
+            raise Rejected("unknown_tenant", f"no tenant {tenant}", "tenant")
+        p.sequence_id = fields.get("sequence_id", "")
+        if not p.sequence_id:
+            raise Rejected("invalid", "required", "sequence_id")
+        contact = None
+        if "contact" in fields:
+            try:
+                contact = _decode_contact(fields["contact"])
+            except msgspec.ValidationError as exc:
+                raise Rejected("invalid", str(exc), field_error(exc, "contact").path) from None
+            except msgspec.DecodeError:
+                raise Rejected("invalid", "not a JSON object", "contact") from None
+        metadata = {}
+        if fields.get("metadata"):
+            try:
+                metadata = _decode_metadata(fields["metadata"])
+            except msgspec.ValidationError as exc:
+                raise Rejected("invalid", str(exc), field_error(exc, "metadata").path) from None
+            except msgspec.DecodeError:
+                raise Rejected("invalid", "not a JSON object", "metadata") from None
+        body = models.EnrollmentCreate(
+            contact_id=fields.get("contact_id") or None, contact=contact, metadata=metadata
+        )
+        p.item = bulk.prepare(body, region)
+    except Rejected as exc:
+        p.rejected = exc
+    except Invalid as exc:
+        p.rejected = rejection_of("invalid", exc)
+    return p
+
+
+def result_text(p: Parsed, outcome: bulk.Outcome | None) -> str:
+    """What the request_id key holds: the enrollment made, or why there is none."""
+    if outcome is not None and outcome.enrollment is not None:
+        return encode_json(
+            {
+                "status": "enrolled",
+                "enrollment_id": outcome.enrollment.id,
+                "contact_id": outcome.enrollment.contact_id,
+                "idempotent": outcome.idempotent,
+                "intake_id": p.entry_id,
+            }
+        )
+    r = p.rejected
+    assert r is not None
+    data = {"status": "rejected", "reason": r.reason, "detail": r.detail, "intake_id": p.entry_id}
+    if r.field:
+        data["field"] = r.field
+    return encode_json(data)
+
+
+def finished(p: Parsed, outcome: bulk.Outcome | None = None) -> list[Finished]:
+    rejected = None
+    if p.rejected is not None:
+        rejected = {**p.fields, "reason": p.rejected.reason, "detail": p.rejected.detail}
+        if p.rejected.field:
+            rejected["field"] = p.rejected.field
+        rejected["intake_id"] = p.entry_id
+    text = result_text(p, outcome) if p.result_key else ""
+    return [Finished(p.entry_id, p.result_key, text, rejected)] + [
+        Finished(eid) for eid in p.followers
+    ]
+
+
+class Intake:
+    """One consumer of the intake group; `run_once` reads and finishes one batch."""
+
+    def __init__(self, config: Config, store: Store, *, consumer: str | None = None) -> None:
+        self.config = config.intake
+        self.region = config.contacts.default_region
+        self.store = store
+        self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._cursor = "0-0"
+        self._next_reclaim = 0.0
+        self._stopping = False
+        self._reading = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.stream.ensure_group()
+        self._task = asyncio.create_task(self._run(), name="seqd.intake")
+        log.info("intake.started", consumer=self.consumer, stream=self.stream.name)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, stop reading; entries read but not finished stay
+        pending and are taken over after the lease."""
+        self._stopping = True
+        if self._task is not None:
+            if self._reading:
+                self._task.cancel()
+            await asyncio.wait([self._task])
+        with contextlib.suppress(Exception):
+            await self.stream.drop_consumer(self.consumer)
+        await self.stream.close()
+        log.info("intake.stopped", consumer=self.consumer)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                await self.run_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("intake.batch_failed", consumer=self.consumer)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def run_once(self, block_ms: int | None = None) -> int:
+        """Take over abandoned entries when due, read one batch, finish it; the number of
+        entries finished. `block_ms` None waits the configured time, 0 not at all."""
+        done = 0
+        if time.monotonic() >= self._next_reclaim:
+            done += await self.reclaim()
+        block = self.config.block_ms if block_ms is None else block_ms
+        self._reading = True
+        try:
+            entries = await self.stream.read(self.consumer, self.config.batch_size, block or None)
+        finally:
+            self._reading = False
+        if entries:
+            done += await self.process(entries)
+        return done
+
+    async def reclaim(self) -> int:
+        """Entries idle past the lease (their consumer died) become ours; one that keeps
+        failing is rejected after `max_deliveries`."""
+        lease_ms = int(self.config.lease_seconds * 1000)
+        cursor, entries = await self.stream.reclaim(
+            self.consumer, lease_ms, self.config.batch_size, self._cursor
+        )
+        self._cursor = cursor
+        if cursor == "0-0":  # scanned the whole pending list: look again in half a lease
+            self._next_reclaim = time.monotonic() + self.config.lease_seconds / 2
+        if not entries:
+            return 0
+        log.info("intake.reclaimed", consumer=self.consumer, entries=len(entries))
+        counts = await self.stream.deliveries([eid for eid, _ in entries])
+        worn = [e for e in entries if counts.get(e[0], 0) > self.config.max_deliveries]
+        fresh = [e for e in entries if counts.get(e[0], 0) <= self.config.max_deliveries]
+        forced = []
+        for eid, fields in worn:
+            p = parse(self.store, eid, fields, self.region)
+            p.rejected = Rejected("failed", f"not enrolled after {counts[eid]} deliveries")
+            forced.append(p)
+        return await self.process(fresh, forced)
+
+    async def process(self, entries: list[Entry], forced: list[Parsed] | None = None) -> int:
+        """Enroll a batch; returns how many entries were finished (acknowledged)."""
+        parsed = [parse(self.store, eid, f, self.region) for eid, f in entries]
+        parsed += forced or []
+        done: list[Finished] = []
+        live = await self._new_requests(parsed, done)
+        tenants = sorted({p.tenant for p in live if p.rejected is None})
+        exists = await asyncio.gather(*(self.store.tenants.exists(t) for t in tenants))
+        unknown = {t for t, ok in zip(tenants, exists, strict=True) if not ok}
+        groups: dict[tuple[str, str], list[Parsed]] = defaultdict(list)
+        for p in live:
+            if p.rejected is None and p.tenant in unknown:
+                p.rejected = Rejected("unknown_tenant", f"no tenant {p.tenant}", "tenant")
+            if p.rejected is not None:
+                done += finished(p)
+            else:
+                groups[(p.tenant, p.sequence_id)].append(p)
+        enrolled = await asyncio.gather(*(self._enroll(*k, ps) for k, ps in groups.items()))
+        for part in enrolled:
+            done += part
+        await self.stream.finish(
+            done,
+            result_ttl_ms=self.config.request_ttl_seconds * 1000,
+            rejected_max_len=self.config.rejected_max_len,
+        )
+        rejected = sum(1 for d in done if d.rejected is not None)
+        if rejected:
+            log.info("intake.rejected", entries=rejected)
+        return len(done)
+
+    async def _new_requests(self, parsed: list[Parsed], done: list[Finished]) -> list[Parsed]:
+        """Entries to handle: not a request_id already answered (those are only
+        acknowledged), and one per request_id in this batch (the rest follow it)."""
+        keyed = [p for p in parsed if p.result_key]
+        answered = await self.stream.known_results([p.result_key or "" for p in keyed])
+        first: dict[str, Parsed] = {}
+        skip: set[str] = set()
+        for p, known in zip(keyed, answered, strict=True):
+            key = p.result_key or ""
+            if known is not None:
+                done.append(Finished(p.entry_id))
+                skip.add(p.entry_id)
+            elif key in first:
+                first[key].followers.append(p.entry_id)
+                skip.add(p.entry_id)
+            else:
+                first[key] = p
+        return [p for p in parsed if p.entry_id not in skip]
+
+    async def _enroll(self, tenant: str, sid: str, group: list[Parsed]) -> list[Finished]:
+        """One (tenant, sequence) group; on an unexpected error its entries stay pending."""
+        try:
+            try:
+                seq, version = await bulk.active_sequence(self.store, tenant, sid)
+            except NotFound as exc:
+                return self._reject_all(group, rejection_of("unknown_sequence", exc))
+            except Conflict as exc:
+                return self._reject_all(group, rejection_of("sequence_not_active", exc))
+            items = [p.item for p in group if p.item is not None]
+            outcomes = await bulk.enroll(self.store, tenant, seq, version, items)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("intake.group_failed", tenant=tenant, sequence_id=sid, entries=len(group))
+            return []
+        out: list[Finished] = []
+        for p, outcome in zip(group, outcomes, strict=True):
+            if outcome.error is not None:
+                p.rejected = rejection_of(outcome.reason, outcome.error)
+            out += finished(p, outcome)
+        return out
+
+    @staticmethod
+    def _reject_all(group: list[Parsed], rejection: Rejected) -> list[Finished]:
+        rejection.field = "sequence_id"
+        out: list[Finished] = []
+        for p in group:
+            p.rejected = rejection
+            out += finished(p)
+        return out
+
+    async def backlog(self) -> int:
+        return await self.stream.backlog()
+
+
+def part(
+    config: Config,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """The consumer as a background part of `seqd serve` (service.BACKGROUND)."""
+
+    @contextlib.asynccontextmanager
+    async def running(app: web.Application) -> AsyncIterator[None]:
+        if not config.intake.enabled:
+            yield
+            return
+        intake = Intake(config, app[STORE])
+        await intake.start()
+        try:
+            yield
+        finally:
+            await intake.stop()
+
+    return running

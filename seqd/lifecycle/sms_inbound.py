@@ -1,0 +1,159 @@
+"""Inbound SMS and delivery status callbacks in Twilio's format.
+
+A number may send for several tenants (a tenant that sets no `from_number` of its own
+inherits [channels.twilio]'s), so an inbound message belongs to every tenant whose sender
+matches `To` (or `MessagingServiceSid`) AND whose auth token verifies the signature.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+import structlog
+
+from seqd import models
+from seqd.config import Config
+from seqd.errors import NotFound
+from seqd.lifecycle import keywords, optout
+from seqd.store.db import Store
+from seqd.store.lifecycle import Delivery
+from seqd.store.tenants import DEFAULT_TENANT
+
+log = structlog.get_logger(__name__)
+
+# https://www.twilio.com/docs/api/errors/21610: the recipient has replied STOP to the sender.
+UNSUBSCRIBED: Final = "21610"
+
+# Message statuses by progress. A stored status is replaced only by a higher rank: finals
+# (3) are never replaced, not even by another final.
+STATUS_RANK: Final[dict[str, int]] = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 0,
+    "sending": 1,
+    "sent": 2,
+    "delivered": 3,
+    "undelivered": 3,
+    "failed": 3,
+    "canceled": 3,
+}
+# The event a final status writes.
+FINAL_EVENT: Final[dict[str, str]] = {
+    "delivered": "message.delivered",
+    "undelivered": "message.undelivered",
+    "failed": "message.undelivered",
+    "canceled": "message.undelivered",
+}
+
+
+def tenants(config: Config) -> list[str]:
+    """Every configured tenant, `default` (the top-level [channels]) included."""
+    names = list(config.tenants)
+    if DEFAULT_TENANT not in names:
+        names.append(DEFAULT_TENANT)
+    return names
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return models.normalize_phone(a, None) == models.normalize_phone(b, None)
+    except ValueError:
+        return a == b
+
+
+def tenants_for_sender(config: Config, to: str, messaging_service_sid: str) -> list[str]:
+    """Tenants whose Twilio sender is `To` (or the messaging service) and that can verify."""
+    found = []
+    for tenant in tenants(config):
+        twilio = config.channels_for(tenant).twilio
+        if not twilio.auth_token:
+            continue
+        by_service = bool(messaging_service_sid) and (
+            twilio.messaging_service_sid == messaging_service_sid
+        )
+        by_number = (
+            bool(to) and bool(twilio.from_number) and _same_number(str(twilio.from_number), to)
+        )
+        if by_service or by_number:
+            found.append(tenant)
+    return found
+
+
+class SmsOutcome(msgspec.Struct, frozen=True):
+    tenant: str
+    action: Literal["opted_out", "opted_in", "help", "reply"]
+    contact_id: str | None = None
+    enrollments: list[str] = msgspec.field(default_factory=list)
+
+
+async def handle_sms(
+    config: Config, store: Store, tenant: str, phone: str, body: str
+) -> SmsOutcome:
+    """An SMS from `phone` (E.164) to one of `tenant`'s senders."""
+    keyword = keywords.classify(body, config.lifecycle)
+    if keyword == "opt_out":
+        stopped = await optout.opt_out(store, tenant, "sms", phone, source="sms_keyword")
+        return SmsOutcome(tenant, "opted_out", stopped.contact_id, stopped.cancelled)
+    if keyword == "opt_in":
+        await optout.opt_in(store, tenant, "sms", phone, source="sms_keyword")
+        return SmsOutcome(tenant, "opted_in")
+    if keyword == "help":
+        return SmsOutcome(tenant, "help")
+    cid = await store.contacts.find(tenant, "phone", phone)
+    if cid is None:
+        log.info("sms.reply.unknown_contact", tenant=tenant)
+        return SmsOutcome(tenant, "reply")
+    reactions = await store.lifecycle.reply(tenant, "sms", contact_id=cid)
+    changed = [r.enrollment_id for r in reactions if r.outcome in ("paused", "completed")]
+    log.info("sms.reply", tenant=tenant, contact_id=cid, changed=changed)
+    return SmsOutcome(tenant, "reply", cid, changed)
+
+
+async def handle_status(
+    store: Store,
+    tenant: str,
+    contact_id: str,
+    enrollment_id: str,
+    step: int,
+    status: str,
+    *,
+    message_sid: str,
+    error_code: str,
+    to: str,
+) -> Delivery | None:
+    """Record a status callback; a 21610 error also opts the phone out. None: a status
+    seqd does not track (read, receiving, ...)."""
+    rank = STATUS_RANK.get(status)
+    if rank is None:
+        return None
+    event = {"status": status, "message_sid": message_sid, "error_code": error_code or None}
+    delivery = await store.lifecycle.record_delivery(
+        tenant,
+        enrollment_id,
+        step,
+        status,
+        rank,
+        error_code,
+        event_type=FINAL_EVENT.get(status, ""),
+        event=event,
+    )
+    if delivery.recorded and error_code == UNSUBSCRIBED:
+        phone = await _phone(store, tenant, contact_id, to)
+        if phone is not None:
+            await optout.opt_out(
+                store, tenant, "sms", phone, source="twilio_21610", contact_id=None
+            )
+    return delivery
+
+
+async def _phone(store: Store, tenant: str, contact_id: str, to: str) -> str | None:
+    """The number the message went to: the callback's `To`, else the contact's phone."""
+    try:
+        return models.normalize_phone(to, None)
+    except ValueError:
+        pass
+    try:
+        return (await store.contacts.get(tenant, contact_id)).phone
+    except NotFound:  # deleted meanwhile: nothing to suppress
+        return None

@@ -1,0 +1,109 @@
+"""One-click unsubscribe (RFC 8058): the signed token, the email headers, the effect.
+
+A token names the tenant, the contact and the address the message went to:
+`base64url(JSON [tenant, contact_id, email]) "." base64url(HMAC-SHA256(secret,
+"unsubscribe." + first part)[:16])`. 128 bits of MAC: it cannot be forged or altered
+without the secret. The secret is `[lifecycle] unsubscribe_secret`, or, when unset, one
+generated on the store's first use and kept in its meta key (so every process sharing the
+store agrees, and links keep working across restarts); `ensure_secret` fills it into the
+running config. Tokens do not expire: an unsubscribe link must work as long as the mail
+that carries it can be read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from urllib.parse import quote
+
+import msgspec
+
+from seqd.config import Config
+from seqd.lifecycle import optout
+from seqd.store.db import Store
+
+META_FIELD = "unsubscribe_secret"
+_MAC_BYTES = 16
+_DOMAIN = b"unsubscribe."
+_decode_claims = msgspec.json.Decoder(tuple[str, str, str]).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class Claims(msgspec.Struct, frozen=True):
+    tenant: str
+    contact_id: str
+    email: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: str, payload: str) -> str:
+    digest = hmac.new(secret.encode(), _DOMAIN + payload.encode(), hashlib.sha256).digest()
+    return _b64(digest[:_MAC_BYTES])
+
+
+def sign(secret: str, tenant: str, contact_id: str, email: str) -> str:
+    payload = _b64(_encode((tenant, contact_id, email)))
+    return f"{payload}.{_mac(secret, payload)}"
+
+
+def verify(secret: str, token: str) -> Claims | None:
+    """The claims of a token this secret signed, else None (never raises on bad input)."""
+    payload, dot, mac = token.partition(".")
+    if not dot or not payload.isascii() or not mac.isascii():
+        return None
+    if not hmac.compare_digest(_mac(secret, payload), mac):
+        return None
+    try:
+        tenant, contact_id, email = _decode_claims(_unb64(payload))
+    except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return Claims(tenant, contact_id, email)
+
+
+async def ensure_secret(config: Config, store: Store) -> str:
+    """The signing secret; generated once per store when the config has none."""
+    secret = config.lifecycle.unsubscribe_secret
+    if secret:
+        return secret
+    meta = store.keys.meta()
+    await store.client.hsetnx(meta, META_FIELD, secrets.token_urlsafe(32))
+    secret = str(await store.client.hget(meta, META_FIELD))
+    config.lifecycle.unsubscribe_secret = secret
+    return secret
+
+
+def url(config: Config, token: str) -> str:
+    return f"{config.http.public_url.rstrip('/')}{config.http.base_path}/unsubscribe/{token}"
+
+
+def unsubscribe_headers(config: Config, tenant: str, contact_id: str, email: str) -> dict[str, str]:
+    """`List-Unsubscribe` (https one-click URL and mailto) and `List-Unsubscribe-Post`.
+
+    Needs the secret in the config: `ensure_secret` runs when the service starts.
+    """
+    secret = config.lifecycle.unsubscribe_secret
+    if not secret:
+        raise RuntimeError("lifecycle.unsubscribe_secret is not loaded: await ensure_secret()")
+    token = sign(secret, tenant, contact_id, email)
+    mailbox = config.lifecycle.unsubscribe_mailto or config.channels_for(tenant).smtp.from_address
+    mailto = f"mailto:{mailbox}?subject={quote('unsubscribe ' + token)}"
+    return {
+        "List-Unsubscribe": f"<{url(config, token)}>, <{mailto}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+async def apply(store: Store, claims: Claims, *, source: str) -> optout.Stopped:
+    """The address joins the tenant's email suppression list; enrollments with only email
+    steps left are cancelled (`opted_out`); event `contact.opted_out`."""
+    return await optout.opt_out(store, claims.tenant, "email", claims.email, source=source)

@@ -1,0 +1,227 @@
+"""Webhook deliveries: per shard, one HASH per (event, endpoint) and a queue per endpoint.
+
+A delivery lives in its event's shard: the outbox reader schedules it in the same script
+that acknowledges the outbox entry (`fanoutEvents`). Each endpoint has a queue ZSET
+(delivery -> due ms) and the shard's `delivery_due` index holds each endpoint's earliest
+score, so the deliverer polls S keys however many endpoints there are and claims per
+endpoint (`claimWebhooks`), within that endpoint's free slots. Failed deliveries (every
+attempt used) stay in the endpoint's failed list until retried or past retention.
+
+Delivery hash fields: `t` tenant, `w` endpoint, `v` event id, `y` event type, `b` body
+(the exact bytes signed), `a` attempts made, `st` pending|failed, `n` next attempt (ms),
+`ca` created (ms), `la` last attempt (ms), `lc` last HTTP status, `le` last error,
+`fa` failed at (ms), `k` fencing token (bumped by every claim and manual retry).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from seqd import ids
+from seqd.errors import Conflict, NotFound
+from seqd.events.models import WebhookDelivery
+from seqd.store import codec
+from seqd.store.scripts import ScriptError
+from seqd.times import to_rfc3339
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+# Deliveries one purge or trim call deletes at most: bounds how long it holds Redis.
+SWEEP_BATCH = 500
+
+Outcome = Literal["delivered", "retry", "failed", "drop"]
+
+
+class Claimed(msgspec.Struct, kw_only=True):
+    """A delivery claimed for sending, with the token that lets its claimer finish it."""
+
+    id: str
+    shard: int
+    token: str
+    tenant: str
+    endpoint_id: str
+    event_id: str
+    type: str
+    body: bytes
+    attempts: int
+
+
+def delivery(did: str, h: dict[str, str]) -> WebhookDelivery:
+    def when(field: str) -> str | None:
+        value = h.get(field)
+        return to_rfc3339(int(value)) if value else None
+
+    status = "failed" if h.get("st") == "failed" else "pending"
+    lc = h.get("lc")
+    return WebhookDelivery(
+        id=did,
+        endpoint_id=h["w"],
+        event_id=h["v"],
+        event_type=h["y"],
+        status=status,
+        attempts=int(h.get("a", 0)),
+        next_attempt_at=when("n") if status == "pending" else None,
+        last_attempt_at=when("la"),
+        last_status=int(lc) if lc else None,
+        last_error=h.get("le") or None,
+        created_at=to_rfc3339(int(h["ca"])),
+        failed_at=when("fa"),
+    )
+
+
+class Deliveries:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+
+    def _shard(self, did: str) -> int:
+        return ids.shard_of(did, self.keys.shards)
+
+    async def claim(
+        self,
+        shard: int,
+        *,
+        now: int,
+        lease_ms: int,
+        limit: int,
+        per_endpoint: int,
+        free: dict[str, int],
+    ) -> list[Claimed]:
+        """Due deliveries of one shard; `free` caps endpoints that already have some in flight."""
+        tag = self.keys.shard_tag(shard)
+        args: list[str | int] = [tag, now, lease_ms, limit, per_endpoint]
+        for endpoint, slots in free.items():
+            args += [endpoint, slots]
+        rows = await self.store.runner.call(
+            "claimWebhooks", [self.keys.delivery_due(shard)], args, tag=tag
+        )
+        out = []
+        for did, token, flat in rows:
+            h = codec.pairs(flat)
+            out.append(
+                Claimed(
+                    id=did,
+                    shard=shard,
+                    token=str(token),
+                    tenant=h["t"],
+                    endpoint_id=h["w"],
+                    event_id=h["v"],
+                    type=h["y"],
+                    body=h["b"].encode(),
+                    attempts=int(h.get("a", 0)),
+                )
+            )
+        return out
+
+    async def finish(
+        self,
+        item: Claimed,
+        outcome: Outcome,
+        *,
+        now: int,
+        due_at: int = 0,
+        attempted: bool = True,
+        status: int | None = None,
+        error: str = "",
+    ) -> bool:
+        """Record an attempt's outcome; False when the claim was taken over meanwhile."""
+        tag = self.keys.shard_tag(item.shard)
+        done = await self.store.runner.call(
+            "finishWebhook",
+            [self.keys.delivery_due(item.shard), self.keys.failed_all(item.shard)],
+            [
+                tag,
+                now,
+                item.id,
+                item.token,
+                outcome,
+                due_at,
+                1 if attempted else 0,
+                "" if status is None else status,
+                error,
+            ],
+            tag=tag,
+        )
+        return bool(done)
+
+    async def retry(self, tenant: str, endpoint_id: str, did: str, now: int) -> WebhookDelivery:
+        """Put a failed delivery back in its queue, due now, with a fresh schedule."""
+        if not ids.is_valid(did, ids.DELIVERY):
+            raise NotFound(f"no failed delivery {did}", field="delivery_id")
+        shard = self._shard(did)
+        tag = self.keys.shard_tag(shard)
+        try:
+            flat = await self.store.runner.call(
+                "retryWebhook",
+                [self.keys.delivery_due(shard), self.keys.failed_all(shard)],
+                [tag, now, tenant, endpoint_id, did],
+                tag=tag,
+            )
+        except ScriptError as exc:
+            if exc.code == "NOT_FOUND":
+                raise NotFound(f"no failed delivery {did}", field="delivery_id") from None
+            if exc.code == "NOT_FAILED":
+                raise Conflict(
+                    f"delivery {did} is {exc.detail}, not failed", status=exc.detail
+                ) from None
+            raise
+        return delivery(did, codec.pairs(flat))
+
+    async def list_failed(
+        self, tenant: str, endpoint_id: str, *, limit: int, after: str | None
+    ) -> tuple[list[WebhookDelivery], str | None, int]:
+        index = [self.keys.failed_deliveries(s, endpoint_id) for s in range(self.keys.shards)]
+        page, more = await self.store.merged_range(index, after, limit)
+        pipe = self.store.client.pipeline(transaction=False)
+        for did in page:
+            pipe.hgetall(self.keys.delivery(self._shard(did), did))
+        rows = await pipe.execute()
+        data = [
+            delivery(did, h)
+            for did, h in zip(page, rows, strict=True)
+            if h.get("t") == tenant and h.get("w") == endpoint_id
+        ]
+        total = await self.store.total(index)
+        return data, (page[-1] if more and page else None), total
+
+    async def purge(self, endpoint_id: str) -> None:
+        """Delete every delivery of a deleted endpoint, shard by shard, in bounded batches."""
+        for shard in range(self.keys.shards):
+            tag = self.keys.shard_tag(shard)
+            keys = [self.keys.delivery_due(shard), self.keys.failed_all(shard)]
+            while await self.store.runner.call(
+                "purgeWebhooks", keys, [tag, endpoint_id, SWEEP_BATCH], tag=tag
+            ):
+                pass
+
+    async def trim(self, before_ms: int) -> int:
+        """Delete failed deliveries of events older than `before_ms`; returns how many."""
+        bound = ids.new(ids.DELIVERY, before_ms, 0)
+        removed = 0
+        for shard in range(self.keys.shards):
+            tag = self.keys.shard_tag(shard)
+            while True:
+                n = int(
+                    await self.store.runner.call(
+                        "trimWebhooks",
+                        [self.keys.failed_all(shard)],
+                        [tag, bound, SWEEP_BATCH],
+                        tag=tag,
+                    )
+                )
+                removed += n
+                if n < SWEEP_BATCH:
+                    break
+        return removed
+
+    async def next_due(self) -> int | None:
+        """The earliest due score over every shard (ms), None when nothing is scheduled."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.zrange(self.keys.delivery_due(shard), 0, 0, withscores=True)
+        heads = await pipe.execute()
+        scores = [int(row[0][1]) for row in heads if row]
+        return min(scores) if scores else None

@@ -1,0 +1,171 @@
+"""The tenant's event log behind GET /v1/events.
+
+Per tenant a STREAM of small entries (event id, type, time, enrollment and contact ids) in
+the order the reader recorded them, trimmed by age (XTRIM MINID), and per event a STRING
+with the payload, expiring after the retention. Filters scan the stream in bounded steps,
+so a page costs at most `SCAN_MAX` entries read however selective the filter is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from seqd import ids
+from seqd.errors import Invalid, NotFound
+from seqd.events.models import Event
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+# Entries read per XRANGE while filtering, and at most per page.
+SCAN_CHUNK = 500
+SCAN_MAX = 5000
+# `since` compares an event's time (the clock of the process that made it) with stream
+# ids (the store's clock): the scan starts this much earlier so skew loses nothing.
+CLOCK_SLACK_MS = 300_000
+# Log entries one trim deletes per tenant at most (approximate: whole stream nodes).
+TRIM_LIMIT = 10_000
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+_decode_event = msgspec.json.Decoder(Event).decode
+
+
+class LogItem(msgspec.Struct, frozen=True):
+    tenant: str
+    event_id: str
+    type: str
+    created_at: int
+    enrollment_id: str
+    contact_id: str
+    payload: bytes
+
+
+class EventFilter(msgspec.Struct, frozen=True):
+    types: frozenset[str] | None = None
+    enrollment_id: str | None = None
+    contact_id: str | None = None
+    since: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == EventFilter()
+
+    def admits(self, f: dict[str, str]) -> bool:
+        return (
+            (self.types is None or f.get("y") in self.types)
+            and (self.enrollment_id is None or f.get("e") == self.enrollment_id)
+            and (self.contact_id is None or f.get("c") == self.contact_id)
+            and (self.since is None or int(f.get("at", 0)) >= self.since)
+        )
+
+
+def _next_id(stream_id: str) -> str:
+    ms, _, seq = stream_id.partition("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def check_position(after: str) -> str:
+    """A page token's stream position, or a 422 naming the page token."""
+    if not STREAM_ID.match(after):
+        raise Invalid.field("query.page_token", "not a page token from this API")
+    return after
+
+
+class Events:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+
+    async def record(self, items: list[LogItem], *, now: int, retention_ms: int) -> int:
+        """Append events to their tenants' logs (each at most once); returns how many were new."""
+        if not items:
+            return 0
+        min_id = f"{max(now - retention_ms, 0)}-0"
+        calls = [
+            (
+                "recordEvent",
+                [self.keys.events(it.tenant), self.keys.event(it.tenant, it.event_id)],
+                [
+                    it.event_id,
+                    it.type,
+                    it.created_at,
+                    it.enrollment_id,
+                    it.contact_id,
+                    it.payload,
+                    retention_ms,
+                    min_id,
+                ],
+                self.keys.tenant_tag(it.tenant),
+            )
+            for it in items
+        ]
+        results = await self.store.runner.call_many(calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return sum(int(r) for r in results)
+
+    async def get(self, tenant: str, event_id: str) -> Event:
+        raw = None
+        if ids.is_valid(event_id, ids.EVENT):
+            raw = await self.store.client.get(self.keys.event(tenant, event_id))
+        if raw is None:
+            raise NotFound(f"no event {event_id}", field="id")
+        return _decode_event(raw)
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        after: str | None,
+        flt: EventFilter,
+        now: int,
+        retention_ms: int,
+    ) -> tuple[list[Event], str | None, int | None]:
+        """A page of the log in recorded order; returns (events, position to go on, total)."""
+        key = self.keys.events(tenant)
+        if after is not None:
+            start = _next_id(check_position(after))
+        else:
+            lower = now - retention_ms
+            if flt.since is not None:
+                lower = max(lower, flt.since - CLOCK_SLACK_MS)
+            start = f"{max(lower, 0)}-0"
+        found: list[str] = []
+        scanned, last, exhausted = 0, None, False
+        while len(found) < limit and scanned < SCAN_MAX:
+            rows = await self.store.client.xrange(key, min=start, max="+", count=SCAN_CHUNK)
+            if not rows:
+                exhausted = True
+                break
+            for sid, fields in rows:
+                scanned += 1
+                last = sid
+                if flt.admits(fields):
+                    found.append(fields["v"])
+                    if len(found) == limit:
+                        break
+            else:
+                if len(rows) < SCAN_CHUNK:
+                    exhausted = True
+                    break
+            start = _next_id(str(last))
+        events = []
+        if found:
+            bodies = await self.store.client.mget([self.keys.event(tenant, e) for e in found])
+            events = [_decode_event(b) for b in bodies if b is not None]
+        total = None if not flt.empty else int(await self.store.client.xlen(key))
+        return events, (None if exhausted else last), total
+
+    async def trim(self, tenants: Iterable[str], *, now: int, retention_ms: int) -> None:
+        """Drop log entries past retention (the payloads expire by themselves)."""
+        min_id = f"{max(now - retention_ms, 0)}-0"
+        pipe = self.store.client.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.xtrim(self.keys.events(tenant), minid=min_id, approximate=True, limit=TRIM_LIMIT)
+        await pipe.execute()

@@ -1,0 +1,158 @@
+"""The intake stream's Redis side: the consumer group, reads, reclaims, and finishing
+entries (store the outcome, move a rejected entry, acknowledge) in one MULTI.
+
+The stream is a queue: a finished entry is acknowledged and deleted in the same MULTI as
+its outcome is written, so `XLEN <prefix>:intake` is the backlog, and an entry is either
+still to do (in the stream, maybe pending with a consumer) or done with its outcome
+stored. Its companions share its slot (see `keys.py`), which is what lets one MULTI
+touch them all on Redis Cluster.
+
+Writers may put any bytes in a field. This module's client decodes with
+`surrogateescape`, so a field that is not UTF-8 reaches the caller as text it can reject
+(`has_bad_bytes`) and is written back to the rejected stream byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+Entry = tuple[str, dict[str, str]]
+
+
+def has_bad_bytes(text: str) -> bool:
+    """True when `text` came from bytes that are not UTF-8 (surrogate escapes)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What to write for one entry: its outcome under its request_id, and if it was
+    rejected, the fields to append to the rejected stream."""
+
+    entry_id: str
+    result_key: str | None = None
+    result: str = ""
+    rejected: dict[str, str] | None = None
+
+
+class IntakeStream:
+    def __init__(self, store: Store, group: str, *, block_ms: int) -> None:
+        self.keys = store.keys
+        self.group = group
+        self.name = store.keys.intake()
+        pool = store.client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        kwargs["encoding_errors"] = "surrogateescape"
+        # A blocked read must not trip the socket timeout.
+        timeout = kwargs.get("socket_timeout") or 5.0
+        kwargs["socket_timeout"] = timeout + block_ms / 1000
+        self.client: aioredis.Redis = aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool(
+                connection_class=pool.connection_class, max_connections=8, **kwargs
+            )
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ensure_group(self) -> None:
+        """Create the group at the start of the stream: entries written before any seqd
+        ever ran are enrolled too."""
+        try:
+            await self.client.xgroup_create(self.name, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply: Any = await self.client.xreadgroup(
+            self.group, consumer, {self.name: ">"}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        # RESP2 gives [[stream, entries]], RESP3 {stream: [entries]}.
+        streams = reply.items() if isinstance(reply, dict) else reply
+        return [(eid, fields or {}) for _, entries in streams for eid, fields in entries]
+
+    async def reclaim(
+        self, consumer: str, min_idle_ms: int, count: int, start: str
+    ) -> tuple[str, list[Entry]]:
+        """Entries idle longer than the lease (their consumer died), now ours; and the
+        cursor to continue from ("0-0" once the whole pending list was scanned)."""
+        reply = await self.client.xautoclaim(
+            self.name, self.group, consumer, min_idle_ms, start_id=start, count=count
+        )
+        cursor, entries = str(reply[0]), list(reply[1])
+        # An entry deleted from the stream while pending comes back as (id, None).
+        return cursor, [(str(e[0]), dict(e[1])) for e in entries if e[1] is not None]
+
+    async def deliveries(self, entry_ids: Sequence[str]) -> dict[str, int]:
+        """How many times each of these pending entries has been delivered."""
+        if not entry_ids:
+            return {}
+        ordered = sorted(entry_ids, key=_id_key)
+        rows = await self.client.xpending_range(
+            self.name, self.group, ordered[0], ordered[-1], len(ordered) * 4
+        )
+        wanted = set(entry_ids)
+        return {
+            str(r["message_id"]): int(r["times_delivered"])
+            for r in rows
+            if r["message_id"] in wanted
+        }
+
+    async def known_results(self, keys: Sequence[str]) -> list[str | None]:
+        if not keys:
+            return []
+        found: list[Any] = await self.client.mget(list(keys))
+        return [None if v is None else str(v) for v in found]
+
+    async def finish(
+        self, done: Sequence[Finished], *, result_ttl_ms: int, rejected_max_len: int
+    ) -> None:
+        """Store outcomes, append rejections, acknowledge and delete: all or nothing."""
+        if not done:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for item in done:
+            if item.result_key:
+                # NX: the first outcome stands (a retried entry finds the same enrollment).
+                pipe.set(item.result_key, item.result, nx=True, px=result_ttl_ms)
+            if item.rejected is not None:
+                pipe.xadd(
+                    self.keys.intake_rejected(),
+                    dict(item.rejected),  # type: ignore[arg-type]
+                    maxlen=rejected_max_len,
+                    approximate=True,
+                )
+        ids = [item.entry_id for item in done]
+        pipe.xack(self.name, self.group, *ids)
+        pipe.xdel(self.name, *ids)
+        await pipe.execute()
+
+    async def pending_of(self, consumer: str) -> int:
+        rows = await self.client.xpending_range(
+            self.name, self.group, "-", "+", 1, consumername=consumer
+        )
+        return len(rows)
+
+    async def drop_consumer(self, consumer: str) -> None:
+        """Forget a consumer that holds nothing (a clean stop), so the group's list stays short."""
+        if await self.pending_of(consumer) == 0:
+            await self.client.xgroup_delconsumer(self.name, self.group, consumer)
+
+    async def backlog(self) -> int:
+        return int(await self.client.xlen(self.name))
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,46 @@
+--[[ Acknowledge outbox entries and schedule their webhook deliveries in one step.
+
+  Acknowledging and scheduling in one script means a crash can neither lose the
+  deliveries of an acknowledged entry nor write them twice: an entry whose XACK finds
+  nothing pending (another reader got there first) schedules nothing, and a delivery
+  whose id (derived from event and endpoint) exists already is left alone. An
+  acknowledged entry is deleted: the outbox holds only what is still to be handled.
+
+  KEYS[1] outbox  STREAM the shard's outbox
+  KEYS[2] due     ZSET   endpoint id -> earliest due delivery of the shard
+  ARGV[1] tag
+  ARGV[2] group   the readers' consumer group
+  ARGV[3] now     ms
+  ARGV[4..] per entry: entry_id, tenant, event_id, type, body, due (ms), count, then
+            count pairs (delivery_id, endpoint_id)
+
+  Returns the number of deliveries written.
+]]
+local rcall = redis.call
+local outbox_key, due_key = KEYS[1], KEYS[2]
+local tag, group, now = ARGV[1], ARGV[2], ARGV[3]
+-- @include webhooks
+
+local written = 0
+local i = 4
+while i <= #ARGV do
+  local entry, tenant, event_id, etype, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    ARGV[i + 4]
+  local due, count = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  local pending = rcall('XACK', outbox_key, group, entry)
+  rcall('XDEL', outbox_key, entry)
+  for j = 0, count - 1 do
+    local id, endpoint = ARGV[i + 7 + 2 * j], ARGV[i + 8 + 2 * j]
+    local dkey = k_delivery(tag, id)
+    if pending == 1 and rcall('EXISTS', dkey) == 0 then
+      rcall('HSET', dkey, 't', tenant, 'w', endpoint, 'v', event_id, 'y', etype, 'b', body,
+        'a', 0, 'st', 'pending', 'n', due, 'ca', now, 'k', 0)
+      rcall('ZADD', k_delivery_queue(tag, endpoint), due, id)
+      local score = rcall('ZSCORE', due_key, endpoint)
+      if not score or tonumber(score) > due then rcall('ZADD', due_key, due, endpoint) end
+      written = written + 1
+    end
+  end
+  i = i + 7 + 2 * count
+end
+return written

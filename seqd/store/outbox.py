@@ -1,0 +1,138 @@
+"""The shards' outbox streams, read by one consumer group shared by every seqd process.
+
+Scripts append events to their shard's `outbox`; readers take entries with XREADGROUP,
+take over entries a dead reader left pending with XAUTOCLAIM (after the lease), and
+acknowledge each entry in the same script that schedules its webhook deliveries
+(`fanoutEvents`), which also deletes it: the stream holds only unhandled events, so its
+length is the reader's backlog.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from redis.exceptions import ResponseError
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+GROUP = "seqd-events"
+# Outbox entries one fanout call handles at most: bounds its ARGV and how long it runs.
+FANOUT_BATCH = 100
+
+
+class Entry(msgspec.Struct, frozen=True):
+    shard: int
+    id: str
+    fields: dict[str, str]
+
+
+class Fanout(msgspec.Struct, frozen=True):
+    """One outbox entry to acknowledge, with the deliveries to schedule for it."""
+
+    entry_id: str
+    tenant: str
+    event_id: str
+    type: str
+    body: bytes
+    due: int
+    # (delivery id, endpoint id)
+    deliveries: list[tuple[str, str]]
+
+
+def _stream_rows(reply: Any) -> list[tuple[str, dict[str, str] | None]]:
+    """Entries of a one-stream XREADGROUP reply (RESP2 list or RESP3 dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        rows = next(iter(reply.values()))
+        return list(rows[0] if rows and isinstance(rows[0], list) else rows)
+    return list(reply[0][1])
+
+
+class Outbox:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+
+    async def ensure_group(self) -> None:
+        """Create the readers' group on every shard's outbox (from the start: nothing skipped)."""
+        for shard in range(self.keys.shards):
+            try:
+                await self.store.client.xgroup_create(
+                    self.keys.outbox(shard), GROUP, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, consumer: str, count: int) -> list[Entry]:
+        """New entries of every shard, up to `count` per shard."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.xreadgroup(GROUP, consumer, {self.keys.outbox(shard): ">"}, count=count)
+        replies = await pipe.execute(raise_on_error=False)
+        out = []
+        missing = False
+        for shard, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if "NOGROUP" not in str(reply):
+                    raise reply
+                missing = True
+                continue
+            for eid, fields in _stream_rows(reply):
+                if fields is not None:
+                    out.append(Entry(shard, eid, fields))
+        if missing:
+            # The stream was deleted (FLUSHDB, a restore): recreate the group for next time.
+            await self.ensure_group()
+        return out
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Entries another reader took more than `min_idle_ms` ago and never acknowledged."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.xautoclaim(
+                self.keys.outbox(shard), GROUP, consumer, min_idle_ms, "0-0", count=count
+            )
+        replies = await pipe.execute(raise_on_error=False)
+        out = []
+        for shard, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if "NOGROUP" not in str(reply):
+                    raise reply
+                continue
+            for eid, fields in reply[1]:
+                if fields is not None:
+                    out.append(Entry(shard, eid, fields))
+        return out
+
+    async def fanout(self, shard: int, items: list[Fanout], now: int) -> int:
+        """Acknowledge entries of one shard and schedule their deliveries; returns how many."""
+        tag = self.keys.shard_tag(shard)
+        keys = [self.keys.outbox(shard), self.keys.delivery_due(shard)]
+        written = 0
+        for start in range(0, len(items), FANOUT_BATCH):
+            args: list[str | int | bytes] = [tag, GROUP, now]
+            for item in items[start : start + FANOUT_BATCH]:
+                args += [
+                    item.entry_id,
+                    item.tenant,
+                    item.event_id,
+                    item.type,
+                    item.body,
+                    item.due,
+                    len(item.deliveries),
+                ]
+                for delivery_id, endpoint_id in item.deliveries:
+                    args += [delivery_id, endpoint_id]
+            written += int(await self.store.runner.call("fanoutEvents", keys, args, tag=tag))
+        return written
+
+    async def backlog(self) -> int:
+        """Entries not yet handled, over every shard."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.xlen(self.keys.outbox(shard))
+        return int(sum(await pipe.execute()))

@@ -1,0 +1,62 @@
+"""Who may not be enrolled in a sequence: a contact suppressed on every channel the
+sequence uses (its phone on the tenant's SMS list and its email on the email list, for a
+sequence of SMS and email steps). Read in bulk for the enroll paths; the lists themselves
+(`keys.suppressions`) are written by the opt-out, bounce and suppression paths.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from seqd import ids, models
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+# The contact field a channel's suppression list is keyed by.
+ADDRESS = {"sms": "phone", "email": "email"}
+
+
+async def suppressed(
+    store: Store,
+    tenant: str,
+    seq: models.Sequence,
+    contact_ids: list[str],
+    known: dict[str, models.Contact],
+) -> set[str]:
+    """The ids among `contact_ids` suppressed on every channel `seq` uses.
+
+    `known` holds contacts already read (upserted ones); the others are read here. A
+    channel with no suppression at all lets everyone through, which settles the usual
+    case in one round trip.
+    """
+    channels = sorted({step.kind for step in seq.steps})
+    if not contact_ids or any(ch not in ADDRESS for ch in channels):
+        return set()
+    keys = store.keys
+    pipe = store.client.pipeline(transaction=False)
+    for ch in channels:
+        pipe.exists(keys.suppressions(tenant, ch))
+    if not all(await pipe.execute()):
+        return set()
+    fields = [ADDRESS[ch] for ch in channels]
+    addresses: dict[str, list[str | None]] = {}
+    unread = sorted({c for c in contact_ids if c not in known and ids.is_valid(c, ids.CONTACT)})
+    pipe = store.client.pipeline(transaction=False)
+    for cid in unread:
+        pipe.hmget(keys.contact(ids.shard_of(cid, keys.shards), cid), fields)
+    for cid, values in zip(unread, await pipe.execute() if unread else [], strict=True):
+        addresses[cid] = list(values)
+    for cid, contact in known.items():
+        addresses[cid] = [getattr(contact, f) for f in fields]
+    pipe = store.client.pipeline(transaction=False)
+    asked: list[str] = [c for c in dict.fromkeys(contact_ids) if c in addresses]
+    for k, ch in enumerate(channels):
+        values = [addresses[c][k] or "" for c in asked]
+        pipe.hmget(keys.suppressions(tenant, ch), values)
+    per_channel = await pipe.execute() if asked else []
+    return {
+        cid
+        for j, cid in enumerate(asked)
+        if all(addresses[cid][k] and per_channel[k][j] is not None for k in range(len(channels)))
+    }

@@ -1,0 +1,194 @@
+"""Contacts by their fields rather than their id: match by external_id, then phone, then
+email; update the match with what differs, or create a contact when nothing matches.
+
+Every path that takes inline contacts uses this (enrollments with `contact`, the intake
+stream, the CSV import), a batch at a time in a fixed number of round trips: the lookups
+in one pipeline, the matched contacts in another, then one pipeline of `linkContact` and
+one of `putContact` for the new ones. A row that loses a race for one of its values (to
+another writer, or to an earlier row of the same batch) falls back to the one-row path,
+which then finds the contact that won. A row equal to its match writes nothing, so
+running the same rows twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from seqd import ids, models
+from seqd.errors import Conflict, NotFound
+from seqd.store import codec
+from seqd.store.contacts import LOOKUP_FIELDS
+from seqd.times import now_ms
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+# The order in which a row's values pick its contact.
+MATCH_ORDER = ("external_id", "phone", "email")
+# linkContact's KEYS and ARGV order (the contacts module's LOOKUP_FIELDS).
+_LINK_ORDER = LOOKUP_FIELDS
+Change = Literal["created", "updated", "unchanged"]
+# One-row fallbacks a row may go through when its values keep being taken meanwhile.
+_RETRIES = 3
+
+
+class Upserted(msgspec.Struct, frozen=True):
+    contact: models.Contact
+    change: Change
+
+
+def changes(row: dict[str, Any], current: dict[str, str]) -> dict[str, Any]:
+    """What `row` would change in the stored contact `current`; attributes are merged."""
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if name == "attributes":
+            stored = codec.decode_json(current["attributes"]) if current.get("attributes") else {}
+            merged = {**stored, **value}
+            if merged != stored:
+                out[name] = merged
+        elif current.get(name) != str(value):
+            out[name] = value
+    return out
+
+
+async def _matches(
+    store: Store, tenant: str, rows: list[dict[str, Any]]
+) -> list[tuple[str, dict[str, str]] | None]:
+    """Each row's existing contact (id and stored hash), if one matches."""
+    keys = store.keys
+    probes: list[tuple[int, str]] = []
+    pipe = store.client.pipeline(transaction=False)
+    for i, row in enumerate(rows):
+        for name in MATCH_ORDER:
+            if row.get(name):
+                probes.append((i, name))
+                pipe.hget(keys.contact_lookup(tenant, name), row[name])
+    found: list[str | None] = await pipe.execute() if probes else []
+    candidates = sorted({c for c in found if c and ids.is_valid(c, ids.CONTACT)})
+    pipe = store.client.pipeline(transaction=False)
+    for cid in candidates:
+        pipe.hgetall(keys.contact(ids.shard_of(cid, keys.shards), cid))
+    hashes = dict(zip(candidates, await pipe.execute() if candidates else [], strict=True))
+    out: list[tuple[str, dict[str, str]] | None] = [None] * len(rows)
+    # Probes are in MATCH_ORDER within a row, so the first live one wins; an index entry
+    # left pointing at a deleted contact is skipped.
+    for (i, _), owner in zip(probes, found, strict=True):
+        if out[i] is None and owner in hashes and hashes[owner].get("tenant") == tenant:
+            out[i] = (owner, hashes[owner])
+    return out
+
+
+async def _create_many(
+    store: Store, tenant: str, rows: list[dict[str, Any]]
+) -> list[models.Contact | None]:
+    """New contacts for rows that matched none; None where a value was taken meanwhile."""
+    keys = store.keys
+    new_ids = [ids.new(ids.CONTACT) for _ in rows]
+    links = await store.runner.call_many(
+        [
+            (
+                "linkContact",
+                [keys.contact_lookup(tenant, f) for f in _LINK_ORDER],
+                # ARGV: id, no stale ids, new phone/email/external_id, no old values.
+                [cid, "", *(row.get(f) or "" for f in _LINK_ORDER), "", "", ""],
+                None,
+            )
+            for cid, row in zip(new_ids, rows, strict=True)
+        ]
+    )
+    now = now_ms()
+    linked = [i for i, reply in enumerate(links) if reply == []]
+    puts = await store.runner.call_many(
+        [
+            (
+                "putContact",
+                [keys.contact(ids.shard_of(new_ids[i], keys.shards), new_ids[i])],
+                [
+                    keys.shard_tag(ids.shard_of(new_ids[i], keys.shards)),
+                    now,
+                    tenant,
+                    new_ids[i],
+                    "create",
+                    *codec.contact_values(rows[i]),
+                ],
+                keys.shard_tag(ids.shard_of(new_ids[i], keys.shards)),
+            )
+            for i in linked
+        ]
+    )
+    out: list[models.Contact | None] = [None] * len(rows)
+    for i, flat in zip(linked, puts, strict=True):
+        if isinstance(flat, Exception):
+            raise flat
+        out[i] = codec.contact(new_ids[i], codec.pairs(flat))
+    return out
+
+
+async def _update(
+    store: Store, tenant: str, cid: str, diff: dict[str, Any]
+) -> Upserted | Conflict | None:
+    try:
+        return Upserted(await store.contacts.update(tenant, cid, diff), "updated")
+    except Conflict as exc:
+        return exc
+    except NotFound:  # deleted since it was matched: the one-row path decides again
+        return None
+
+
+async def upsert_one(store: Store, tenant: str, row: dict[str, Any]) -> Upserted | Conflict:
+    """One row, retried while its values are being taken by concurrent writers."""
+    last = Conflict("the contact kept changing while it was being upserted; try again")
+    for _ in range(_RETRIES):
+        [match] = await _matches(store, tenant, [row])
+        if match is not None:
+            cid, current = match
+            diff = changes(row, current)
+            if not diff:
+                return Upserted(codec.contact(cid, current), "unchanged")
+            result = await _update(store, tenant, cid, diff)
+            if result is not None:
+                return result
+            continue
+        try:
+            return Upserted(await store.contacts.create(tenant, row), "created")
+        except Conflict as exc:
+            last = exc  # created by someone else since the lookup: match it next time
+    return last
+
+
+async def upsert_many(
+    store: Store, tenant: str, rows: list[dict[str, Any]]
+) -> list[Upserted | Conflict]:
+    """Upsert each row (validated, normalised contact fields); a Conflict names the field
+    whose value belongs to another contact than the one the row matched."""
+    out: list[Upserted | Conflict | None] = [None] * len(rows)
+    matches = await _matches(store, tenant, rows)
+    fresh: list[int] = []
+    updates: list[tuple[int, str, dict[str, Any]]] = []
+    for i, (row, match) in enumerate(zip(rows, matches, strict=True)):
+        if match is None:
+            fresh.append(i)
+            continue
+        cid, current = match
+        diff = changes(row, current)
+        if diff:
+            updates.append((i, cid, diff))
+        else:
+            out[i] = Upserted(codec.contact(cid, current), "unchanged")
+    if fresh:
+        created = await _create_many(store, tenant, [rows[i] for i in fresh])
+        for i, contact in zip(fresh, created, strict=True):
+            if contact is not None:
+                out[i] = Upserted(contact, "created")
+    if updates:
+        done = await asyncio.gather(*(_update(store, tenant, c, d) for _, c, d in updates))
+        for (i, _, _), result in zip(updates, done, strict=True):
+            out[i] = result
+    # Rows that lost a race, in order, so a later duplicate finds what an earlier one made.
+    for i, result in enumerate(out):
+        if result is None:
+            out[i] = await upsert_one(store, tenant, rows[i])
+    return [r for r in out if r is not None]

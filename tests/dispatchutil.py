@@ -1,0 +1,141 @@
+"""Helpers of the dispatcher tests: seeding, a recording sender, an injected clock, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from seqd import models
+from seqd.channels.base import OutboundMessage, SendResult
+from seqd.config import DispatchConfig
+from seqd.engine.dispatcher import Dispatcher
+from seqd.store.db import Store
+from seqd.store.enrollments import EnrollItem
+from seqd.times import now_ms
+
+TENANT = "acme"
+
+
+def sms(body: str = "Hi {{first_name|there}}", wait: int = 0) -> models.StepIn:
+    return models.StepIn(kind="sms", body=body, wait_minutes=wait)
+
+
+def email(
+    subject: str = "Hello {{first_name|there}}", body: str = "Body", wait: int = 0, **kw: Any
+) -> models.StepIn:
+    return models.StepIn(kind="email", subject=subject, body=body, wait_minutes=wait, **kw)
+
+
+async def sequence(store: Store, *steps: models.StepIn, status: str = "active") -> models.Sequence:
+    body = models.SequenceCreate(name="s", status=status, steps=list(steps))  # type: ignore[arg-type]
+    return await store.sequences.create(TENANT, body)
+
+
+async def contacts(store: Store, n: int, **fields: Any) -> list[str]:
+    out = []
+    for i in range(n):
+        values = {
+            "first_name": f"n{i}",
+            "phone": f"+1415555{i:04d}",
+            "email": f"p{i}@example.com",
+            **fields,
+        }
+        out.append((await store.contacts.create(TENANT, values)).id)
+    return out
+
+
+async def enroll(
+    store: Store, seq: models.Sequence, cids: list[str], metadata: dict[str, Any] | None = None
+) -> list[models.Enrollment]:
+    results = await store.enrollments.enroll(
+        TENANT, seq, [EnrollItem(c, metadata or {}) for c in cids]
+    )
+    out = [r.enrollment for r in results]
+    assert all(e is not None for e in out), results
+    return out  # type: ignore[return-value]
+
+
+class Clock:
+    """ms, moved by the test."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at = now_ms() if at is None else at
+
+    def __call__(self) -> int:
+        return self.at
+
+    def advance(self, ms: int) -> int:
+        self.at += ms
+        return self.at
+
+
+class Recorder:
+    """A sender that records every message and answers what `answer` says (default sent)."""
+
+    def __init__(
+        self,
+        name: str = "recorder",
+        answer: Callable[[OutboundMessage], SendResult] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.messages: list[OutboundMessage] = []
+        self.answer = answer
+        self.delay = delay
+        self.closed = False
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        self.messages.append(message)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.answer is not None:
+            return self.answer(message)
+        return SendResult(outcome="sent", provider_id=f"pid-{message.key}")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class OneSender:
+    """A SenderSource handing out one sender for every tenant and kind."""
+
+    def __init__(self, sender: Recorder) -> None:
+        self.sender = sender
+
+    def get(self, tenant: str, kind: str) -> Recorder:
+        return self.sender
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+
+def dispatcher(
+    store: Store, sender: Recorder, clock: Clock, **config: Any
+) -> Dispatcher:
+    return Dispatcher(store, DispatchConfig(**config), OneSender(sender), clock=clock)
+
+
+async def events(store: Store, shard: int | None = None) -> list[dict[str, Any]]:
+    """Every outbox event of the store (all shards), in each shard's order."""
+    shards = range(store.shards) if shard is None else [shard]
+    out = []
+    for s in shards:
+        for _, fields in await store.client.xrange(store.keys.outbox(s)):
+            out.append({"type": fields["type"], **json.loads(fields["data"])})
+    return out
+
+
+async def raw(store: Store, eid: str) -> dict[str, str]:
+    from seqd import ids
+
+    shard = ids.shard_of(eid, store.shards)
+    return await store.client.hgetall(store.keys.enrollment(shard, eid))  # type: ignore[no-any-return]
+
+
+async def due_score(store: Store, eid: str) -> float | None:
+    from seqd import ids
+
+    shard = ids.shard_of(eid, store.shards)
+    return await store.client.zscore(store.keys.due(shard), eid)  # type: ignore[no-any-return]

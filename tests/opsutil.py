@@ -1,0 +1,95 @@
+"""A real `seqd serve` in a subprocess, for the operations tests (signals, sd_notify, logs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import free_port
+
+READY_TIMEOUT = 30.0
+
+
+class Daemon:
+    """`python -m seqd serve` on a free port against the test valkey, with a fresh prefix."""
+
+    def __init__(self, redis_url: str, prefix: str, workdir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        # Nothing of the outer environment's seqd or systemd settings leaks in.
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SEQD_", "NOTIFY_", "WATCHDOG_"))
+        }
+        self.env = {
+            **inherited,
+            "SEQD_REDIS_URL": redis_url,
+            "SEQD_REDIS_PREFIX": prefix,
+            "SEQD_HTTP_PORT": str(self.port),
+            "SEQD_LOG_FORMAT": "json",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stderr_path = workdir / "stderr.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *args: str) -> Daemon:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "seqd", *args, "serve"],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        return self
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"seqd exited {self.process.returncode}: {self.stderr()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"seqd did not answer in time: {self.stderr()}")
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

@@ -1,0 +1,102 @@
+"""Signals on a real `seqd serve`: SIGTERM/SIGINT drain and exit 0, a second one exits at
+once, SIGHUP reopens the log file and reloads the level."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ValkeyProcess
+from tests.opsutil import Daemon
+
+
+@pytest.fixture
+def daemon(valkey: ValkeyProcess, prefix: str, tmp_path: Path) -> object:
+    started: list[Daemon] = []
+
+    def make(**env: str) -> Daemon:
+        d = Daemon(valkey.url, prefix, tmp_path / f"d{len(started)}", **env)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_one_signal_drains_and_exits_zero(daemon: object, sig: signal.Signals) -> None:
+    d = daemon()  # type: ignore[operator]
+    d.start()
+    d.wait_healthy()
+    d.signal(sig)
+    assert d.wait() == 0, d.stderr()
+    events = [json.loads(line)["event"] for line in d.stderr().splitlines() if line.startswith("{")]
+    assert events.index("service.stopping") < events.index("service.stopped")
+
+
+def test_second_signal_exits_at_once(daemon: object) -> None:
+    d = daemon()  # type: ignore[operator]
+    d.start()
+    d.wait_healthy()
+    # Back to back: the second arrives while the first one's drain is under way.
+    d.signal(signal.SIGTERM)
+    d.signal(signal.SIGINT)
+    assert d.wait() == 1, d.stderr()
+    assert '"service.exit_now"' in d.stderr()
+    assert '"service.stopped"' not in d.stderr()
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_sighup_reopens_log_file_and_reloads_level(daemon: object, tmp_path: Path) -> None:
+    log_file = tmp_path / "seqd.log"
+    config = tmp_path / "seqd.toml"
+    config.write_text('[log]\nlevel = "info"\n')
+    d = daemon(SEQD_LOG_FILE=str(log_file), SEQD_CONFIG=str(config))  # type: ignore[operator]
+    d.start()
+    d.wait_healthy()
+    assert any(e["event"] == "service.listening" for e in _lines(log_file))
+
+    # logrotate moves the file away, then sends SIGHUP.
+    rotated = tmp_path / "seqd.log.1"
+    log_file.rename(rotated)
+    d.signal(signal.SIGHUP)
+    _wait_for(lambda: log_file.exists() and any(e["event"] == "log.reloaded" for e in _lines(log_file)))
+    d.get("/healthz")
+    _wait_for(lambda: any(e["event"] == "http.request" for e in _lines(log_file)))
+    before = len(_lines(rotated))
+
+    # The level comes from the file as it is now: warning hides the access log.
+    config.write_text('[log]\nlevel = "warning"\n')
+    d.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    count = len([e for e in _lines(log_file) if e["event"] == "http.request"])
+    d.get("/healthz")
+    d.get("/healthz")
+    time.sleep(0.3)
+    assert len([e for e in _lines(log_file) if e["event"] == "http.request"]) == count
+    assert len(_lines(rotated)) == before  # nothing written to the moved file after the reopen
+
+    # A config that no longer loads keeps the level and says why.
+    config.write_text('[log]\nlevel = "loud"\n')
+    d.signal(signal.SIGHUP)
+    _wait_for(lambda: any(e["event"] == "log.reload_failed" for e in _lines(log_file)))
+    failed = next(e for e in _lines(log_file) if e["event"] == "log.reload_failed")
+    assert "log.level" in str(failed["error"])
+
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
