@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:  # Ctrl-C ends --watch
                 return 0
         if args.command == "import":
-            return _run(importer.main(config, args.file, args.tenant, args.sequence))
+            return importer.main(config, args.file, args.tenant, args.sequence, _run)
         if args.command == "ingest-email":
             return ingest_cli.run(args, config, _run)
         if args.command == "check-config":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,7 @@ class Summary:
         c = self.contacts
         out = [
             f"rows: {self.rows}",
-            f"contacts: {c['created']} created, {c['updated']} updated, "
-            f"{c['unchanged']} unchanged",
+            f"contacts: {c['created']} created, {c['updated']} updated, {c['unchanged']} unchanged",
         ]
         if self.enrolled or self.already_enrolled:
             out.append(f"enrolled: {self.enrolled} new, {self.already_enrolled} already enrolled")
@@ -211,13 +210,23 @@ async def _chunk(
             summary.enrolled += 1
 
 
-async def main(config: Config, source: Path, tenant: str, sequence_id: str | None) -> int:
+def main(
+    config: Config,
+    source: Path,
+    tenant: str,
+    sequence_id: str | None,
+    run_async: Callable[[Coroutine[Any, Any, int]], int],
+) -> int:
     """The CLI command: exit 0 when every row was imported, 1 when some were rejected
     (their file is named in the summary), 2 when nothing could start."""
-    console = Console(stderr=True)
     if not source.is_file():
-        console.print(f"seqd import: no file {source}")
+        Console(stderr=True).print(f"seqd import: no file {source}")
         return 2
+    return run_async(_main(config, source, tenant, sequence_id))
+
+
+async def _main(config: Config, source: Path, tenant: str, sequence_id: str | None) -> int:
+    console = Console(stderr=True)
     async with open_store(config) as store:
         if not await store.tenants.exists(tenant):
             console.print(

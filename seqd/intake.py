@@ -27,16 +27,19 @@ import structlog
 from aiohttp import web
 
 from seqd import bulk, models
-from seqd.api.appkeys import STORE
+from seqd.api.appkeys import LIVENESS, STORE
 from seqd.api.wire import field_error
 from seqd.config import Config
 from seqd.errors import Conflict, Invalid, NotFound, SeqdError
+from seqd.health import Liveness
 from seqd.store.codec import encode_json
 from seqd.store.db import Store
 from seqd.store.intake import Entry, Finished, IntakeStream, has_bad_bytes
 from seqd.store.tenants import valid_tenant
 
 log = structlog.get_logger(__name__)
+# This loop's name in /readyz.
+LIVENESS_NAME = "intake"
 
 FIELDS = frozenset({"tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id"})
 REQUEST_ID_MAX = 200
@@ -158,8 +161,17 @@ def finished(p: Parsed, outcome: bulk.Outcome | None = None) -> list[Finished]:
 class Intake:
     """One consumer of the intake group; `run_once` reads and finishes one batch."""
 
-    def __init__(self, config: Config, store: Store, *, consumer: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        consumer: str | None = None,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.config = config.intake
+        # /readyz: each turn beats; a turn is a blocking read plus one batch's enrollments.
+        self.liveness = liveness
         self.region = config.contacts.default_region
         self.store = store
         self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
@@ -183,6 +195,8 @@ class Intake:
             if self._reading:
                 self._task.cancel()
             await asyncio.wait([self._task])
+        if self.liveness is not None:
+            self.liveness.stopped(LIVENESS_NAME)
         with contextlib.suppress(Exception):
             await self.stream.drop_consumer(self.consumer)
         await self.stream.close()
@@ -190,7 +204,10 @@ class Intake:
 
     async def _run(self) -> None:
         backoff = 0.1
+        deadline = self.config.block_ms / 1000 + self.config.lease_seconds + 30
         while not self._stopping:
+            if self.liveness is not None:
+                self.liveness.beat(LIVENESS_NAME, deadline)
             try:
                 await self.run_once()
                 backoff = 0.1
@@ -335,7 +352,7 @@ def part(
         if not config.intake.enabled:
             yield
             return
-        intake = Intake(config, app[STORE])
+        intake = Intake(config, app[STORE], liveness=app.get(LIVENESS))
         await intake.start()
         try:
             yield

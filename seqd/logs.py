@@ -53,6 +53,19 @@ class LogFile:
             self._fh.close()
 
 
+class _Stderr:
+    """sys.stderr as it is at each write, not as it was at setup (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 class _State:
     config: LogConfig | None = None
     out: Any = None
@@ -61,6 +74,14 @@ class _State:
 
 _state = _State()
 _log = structlog.get_logger(__name__)
+
+
+_encode_json = msgspec.json.Encoder(enc_hook=repr).encode
+
+
+def _json(obj: Any, **_: Any) -> str:
+    # msgspec: several times faster than json.dumps on the access log's hot path.
+    return _encode_json(obj).decode()
 
 
 def _level(name: str) -> int:
@@ -81,7 +102,7 @@ def _configure(config: LogConfig, out: Any) -> None:
         config.format == "auto" and not getattr(out, "isatty", lambda: False)()
     )
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json)
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -126,7 +147,7 @@ def setup(config: LogConfig, stream: object = None) -> None:
         elif config.file:
             out = _state.file = LogFile(config.file)
         else:
-            out = sys.stderr
+            out = _Stderr()
     _state.config = config
     _state.out = out
     _configure(config, out)

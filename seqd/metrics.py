@@ -61,7 +61,10 @@ class Metrics:
             "seqd_dispatch_in_flight", "Steps this process claimed and has not advanced", registry=r
         )
         self.webhooks = Counter(
-            "seqd_webhook_deliveries", "Webhook delivery attempts by outcome", ["outcome"], registry=r
+            "seqd_webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            ["outcome"],
+            registry=r,
         )
         self.http_requests = Counter(
             "seqd_http_requests",
@@ -79,7 +82,10 @@ class Metrics:
         # Read from Redis at scrape time.
         self.store_up = Gauge("seqd_store_up", "1 when Redis answered the last scrape", registry=r)
         self.due_scheduled = Gauge(
-            "seqd_due_scheduled", "Items in the due index (waiting, due or claimed)", ["shard"], registry=r
+            "seqd_due_scheduled",
+            "Items in the due index (waiting, due or claimed)",
+            ["shard"],
+            registry=r,
         )
         self.due_backlog = Gauge(
             "seqd_due_backlog", "Steps due now and not claimed", ["shard"], registry=r
@@ -92,10 +98,26 @@ class Metrics:
         self.intake_backlog = Gauge(
             "seqd_intake_backlog", "Intake stream entries not yet enrolled", registry=r
         )
+        self.intake_rejected = Gauge(
+            "seqd_intake_rejected", "Intake entries kept in the rejected stream", registry=r
+        )
+        self.outbox_backlog = Gauge(
+            "seqd_outbox_backlog",
+            "Outbox events not yet read into the event log and webhook queues",
+            registry=r,
+        )
         self.webhook_backlog = Gauge(
-            "seqd_webhook_backlog", "Outbox events the webhook deliverer has not handled", registry=r
+            "seqd_webhook_backlog",
+            "Webhook deliveries queued (first attempt or a retry)",
+            registry=r,
+        )
+        self.webhook_failed = Gauge(
+            "seqd_webhook_failed",
+            "Webhook deliveries that used every attempt (dead letters kept for a retry)",
+            registry=r,
         )
         self.rates = RateRecorder()
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._sent_total = 0
 
     # -- called by the parts of seqd ----------------------------------------------------
@@ -119,8 +141,16 @@ class Metrics:
         self.rates.add(WEBHOOK_CHANNEL, outcome, 1)
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_seconds.labels(method, route).observe(seconds)
+        # Children cached per label set: labels() costs more than the increment itself.
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_seconds.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     @property
     def sent_total(self) -> int:
@@ -142,7 +172,10 @@ class Metrics:
             self.due_backlog.labels(str(s.shard)).set(s.due)
         self.oldest_overdue.set(snap.oldest_overdue_seconds)
         self.intake_backlog.set(snap.intake.backlog)
-        self.webhook_backlog.set(snap.outbox.backlog)
+        self.intake_rejected.set(snap.intake_rejected)
+        self.outbox_backlog.set(snap.outbox.backlog)
+        self.webhook_backlog.set(snap.webhooks.queued)
+        self.webhook_failed.set(snap.webhooks.failed)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

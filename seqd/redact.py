@@ -9,7 +9,9 @@ Message bodies are not secrets but must not reach logs either; `log_processor` h
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 MASK = "***"
@@ -46,14 +48,16 @@ def _words(name: str) -> list[str]:
     return [w for w in _SPLIT.split(name.lower()) if w]
 
 
+@lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """True for setting, header and log field names that hold credentials."""
     words = _words(name)
     if any(w in _SECRET_WORDS for w in words):
         return True
-    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False))
+    return any(pair in _SECRET_PAIRS for pair in pairwise(words))
 
 
+@lru_cache(maxsize=4096)
 def is_content_name(name: str) -> bool:
     return any(w in _CONTENT_WORDS for w in _words(name))
 
@@ -75,7 +79,9 @@ def mask_tree(value: Any, *, content: bool = False) -> Any:
         for key, item in value.items():
             name = str(key)
             hidden = is_secret_name(name) or (content and is_content_name(name))
-            out[key] = MASK if hidden and item not in (None, "") else mask_tree(item, content=content)
+            out[key] = (
+                MASK if hidden and item not in (None, "") else mask_tree(item, content=content)
+            )
         return out
     if isinstance(value, list | tuple):
         return type(value)(mask_tree(v, content=content) for v in value)
@@ -84,17 +90,30 @@ def mask_tree(value: Any, *, content: bool = False) -> Any:
     return value
 
 
-def log_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: no credential or message content leaves the process in a log line."""
+@lru_cache(maxsize=4096)
+def _hidden_in_logs(name: str) -> bool:
+    return is_secret_name(name) or is_content_name(name)
+
+
+def log_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no credential or message content leaves the process in a log line.
+
+    On every line (the access log's included), so the common case is kept cheap: names are
+    classified once (cached), and a string without "://" or "=" is returned as it is.
+    """
     for key, value in event_dict.items():
         if key == "event":
             # A library's formatted message may carry a URL with its password.
             if isinstance(value, str):
                 event_dict[key] = mask_url(value)
             continue
-        if is_secret_name(key) or is_content_name(key):
+        if _hidden_in_logs(key):
             if value not in (None, ""):
                 event_dict[key] = MASK
-        elif isinstance(value, str | Mapping | list | tuple):
+        elif isinstance(value, str):
+            event_dict[key] = mask_url(value)
+        elif isinstance(value, dict | list | tuple | Mapping):
             event_dict[key] = mask_tree(value, content=True)
     return event_dict

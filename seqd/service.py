@@ -20,6 +20,7 @@ from seqd.api.appkeys import METRICS, STORE
 from seqd.config import Config
 from seqd.embedded import EmbeddedServer
 from seqd.engine import dispatcher
+from seqd.events import background as webhooks
 from seqd.store.db import Store, connect
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,8 @@ BACKGROUND: list[BackgroundPart] = []
 # The dispatcher (a no-op part when dispatch.enabled is false).
 BACKGROUND.append(dispatcher.background)
 BACKGROUND.append(intake.part)
+# The outbox reader and the webhook deliverer (no-op when webhooks.enabled is false).
+BACKGROUND.append(webhooks.part)
 
 
 @contextlib.asynccontextmanager
@@ -77,9 +80,7 @@ def _banner(secret: str, config: Config, out: TextIO) -> None:
     out.flush()
 
 
-async def serve(
-    config: Config, *, out: TextIO = sys.stdout, config_path: str | None = None
-) -> int:
+async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     notifier = systemd.Notifier.from_environ()

@@ -12,6 +12,7 @@ import asyncio
 
 import msgspec
 from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -143,14 +144,17 @@ def _queues(status: Status) -> Panel:
     snap = status.backlog
     hooks = status.sends.counts.get(WEBHOOK_CHANNEL, {})
     delivered = hooks.get("delivered", 0)
-    failed = sum(n for o, n in hooks.items() if o != "delivered")
+    # A retry is an attempt that failed too; "dropped" (endpoint deleted) is no failure.
+    failed = hooks.get("retry", 0) + hooks.get("failed", 0)
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("webhook backlog", f"{snap.outbox.backlog:,}")
+    table.add_row("webhooks queued", f"{snap.webhooks.queued:,}")
+    table.add_row("webhooks failed (dead letters)", f"{snap.webhooks.failed:,}")
     table.add_row("webhooks delivered / failed (1 min)", f"{delivered:,} / {failed:,}")
+    table.add_row("outbox events not yet read", f"{snap.outbox.backlog:,}")
     table.add_row("intake backlog", f"{snap.intake.backlog:,}")
-    table.add_row("intake stream length", f"{snap.intake.length:,}")
+    table.add_row("intake rejected", f"{snap.intake_rejected:,}")
     return Panel(table, title="Queues", border_style="cyan")
 
 
@@ -201,8 +205,12 @@ async def show(store: Store, console: Console, watch: float | None = None) -> No
     if watch is None:
         console.print(render(await collect(store)))
         return
-    from rich.live import Live
-
+    if not console.is_terminal:
+        # Piped or logged: one full screen after the other, nothing redrawn in place.
+        while True:
+            console.print(render(await collect(store)))
+            console.print()
+            await asyncio.sleep(watch)
     with Live(console=console, auto_refresh=False, screen=False) as live:
         while True:
             live.update(render(await collect(store)), refresh=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -33,15 +34,21 @@ async def sequence(store: Store, *steps: models.StepIn, status: str = "active") 
     return await store.sequences.create(TENANT, body)
 
 
+_numbers = itertools.count()
+
+
 async def contacts(store: Store, n: int, **fields: Any) -> list[str]:
+    """`n` contacts with distinct phones and addresses; `fields` overrides (None clears)."""
     out = []
     for i in range(n):
+        number = next(_numbers) % 10_000
         values = {
             "first_name": f"n{i}",
-            "phone": f"+1415555{i:04d}",
-            "email": f"p{i}@example.com",
+            "phone": f"+1415555{number:04d}",
+            "email": f"p{number}@example.com",
             **fields,
         }
+        values = {k: v for k, v in values.items() if v is not None}
         out.append((await store.contacts.create(TENANT, values)).id)
     return out
 
@@ -111,9 +118,7 @@ class OneSender:
         await self.sender.close()
 
 
-def dispatcher(
-    store: Store, sender: Recorder, clock: Clock, **config: Any
-) -> Dispatcher:
+def dispatcher(store: Store, sender: Recorder, clock: Clock, **config: Any) -> Dispatcher:
     return Dispatcher(store, DispatchConfig(**config), OneSender(sender), clock=clock)
 
 

@@ -166,7 +166,7 @@ def test_redaction_processor(captured: io.StringIO) -> None:
     assert line["count"] == 2
     assert line["empty_token"] == ""
     text = captured.getvalue()
-    for leaked in ("sk_live", "tok\"", "pw\"", "whsec", "Hello Ada", "invoice", "pw2", "t0k"):
+    for leaked in ("sk_live", 'tok"', 'pw"', "whsec", "Hello Ada", "invoice", "pw2", "t0k"):
         assert leaked not in text, leaked
 
 
@@ -201,7 +201,9 @@ def test_log_file_level_and_reopen(tmp_path: Path) -> None:
         log.debug("three")
         logs.set_level("error")
         log.warning("hidden.too")
-        assert [json.loads(x)["event"] for x in (tmp_path / "seqd.log.1").read_text().splitlines()] == ["one"]
+        assert [
+            json.loads(x)["event"] for x in (tmp_path / "seqd.log.1").read_text().splitlines()
+        ] == ["one"]
         assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["two", "three"]
     finally:
         logs.setup(LogConfig(), stream=io.StringIO())

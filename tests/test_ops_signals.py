@@ -75,7 +75,9 @@ def test_sighup_reopens_log_file_and_reloads_level(daemon: object, tmp_path: Pat
     rotated = tmp_path / "seqd.log.1"
     log_file.rename(rotated)
     d.signal(signal.SIGHUP)
-    _wait_for(lambda: log_file.exists() and any(e["event"] == "log.reloaded" for e in _lines(log_file)))
+    _wait_for(
+        lambda: log_file.exists() and any(e["event"] == "log.reloaded" for e in _lines(log_file))
+    )
     d.get("/healthz")
     _wait_for(lambda: any(e["event"] == "http.request" for e in _lines(log_file)))
     before = len(_lines(rotated))

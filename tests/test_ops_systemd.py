@@ -201,8 +201,6 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
         timeout=60,
     )
     problems = [
-        line
-        for line in result.stderr.splitlines()
-        if str(copy) in line or "seqd.service" in line
+        line for line in result.stderr.splitlines() if str(copy) in line or "seqd.service" in line
     ]
     assert not problems, result.stderr

@@ -5,8 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 # Importing a resource module registers its routes.
-from seqd.api import contacts, enrollment_batch, enrollments, openapi, ops, sequences  # noqa: F401
-from seqd.api import inbound, suppressions, unsubscribe  # noqa: F401
+from seqd.api import (  # noqa: F401  # noqa: F401  # noqa: F401
+    contacts,
+    enrollment_batch,
+    enrollments,
+    events,
+    inbound,
+    openapi,
+    ops,
+    sequences,
+    suppressions,
+    unsubscribe,
+    webhooks,
+)
 from seqd.api.access import access_middleware
 from seqd.api.appkeys import CONFIG, LIVENESS, MAX_BODY, METRICS, OPENAPI, STORE
 from seqd.api.auth import auth_middleware

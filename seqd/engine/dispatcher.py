@@ -35,7 +35,7 @@ import structlog
 from aiohttp import web
 
 from seqd import models
-from seqd.channels.base import Sender, SendResult
+from seqd.channels.base import OutboundMessage, Sender, SendResult
 from seqd.config import Config, DispatchConfig
 from seqd.engine.compose import ADDRESS_FIELD, Job, compose, suppressed_reason
 from seqd.engine.plans import Plan, Plans, mirror_version
@@ -133,8 +133,11 @@ class Dispatcher:
         clock: Callable[[], int] = now_ms,
         observer: Observer | None = None,
         liveness: Heart | None = None,
+        email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
     ) -> None:
         self.store = store
+        # Headers added to every email (List-Unsubscribe: lifecycle.unsubscribe).
+        self.email_headers = email_headers
         self.config = config
         self.senders = senders
         self.clock = clock
@@ -266,6 +269,8 @@ class Dispatcher:
                 continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
+                if composed.kind == "email" and self.email_headers is not None:
+                    composed.message.headers.update(self.email_headers(composed.message))
                 jobs.append(composed)
             else:
                 settles.append(composed)
@@ -411,10 +416,8 @@ class Dispatcher:
             start = self.clock()
             job.started = True
             self.observer.lateness((start - job.due) / 1000)
-            name: str = job.kind
             try:
                 sender = self.senders.get(message.tenant, job.kind)
-                name = sender.name
                 result = await sender.send(message)
             except asyncio.CancelledError:
                 raise
@@ -425,7 +428,8 @@ class Dispatcher:
                 result = SendResult(outcome="unknown", error=f"{type(exc).__name__}: {exc}")
             job.result = result
             job.at = self.clock()
-            self.observer.step_sent(name, result.outcome)
+            # By channel (sms, email), whichever provider sends it: what operators watch.
+            self.observer.step_sent(job.kind, result.outcome)
 
     # -- settling -------------------------------------------------------------------------
     def _delay(self, attempts: int, retry_after: float | None) -> int:
@@ -506,7 +510,9 @@ def background(
             return
         from seqd.api.appkeys import LIVENESS, METRICS, STORE
         from seqd.channels import registry
+        from seqd.lifecycle import unsubscribe
 
+        await unsubscribe.ensure_secret(config, app[STORE])
         senders = registry.build(config)
         dispatcher = Dispatcher(
             app[STORE],
@@ -514,6 +520,7 @@ def background(
             senders,
             observer=app.get(METRICS),
             liveness=app.get(LIVENESS),
+            email_headers=unsubscribe.message_headers(config),
         )
         dispatcher.start()
         try:

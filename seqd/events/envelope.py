@@ -36,10 +36,8 @@ class Converted(msgspec.Struct, frozen=True):
     payload: bytes
     enrollment_id: str
     contact_id: str
-
-    @property
-    def created_ms(self) -> int:
-        return ids.time_of(self.event.id)
+    # ms, the time the change was made (the event's created_at)
+    created: int
 
 
 def event_id(shard: int, entry_id: str, shards: int) -> str:
@@ -92,4 +90,5 @@ def convert(entry: Entry, shards: int) -> Converted | None:
         payload=_encode(event),
         enrollment_id=enrollment_id,
         contact_id=contact_id,
+        created=created,
     )

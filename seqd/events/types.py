@@ -36,6 +36,8 @@ TYPES: tuple[str, ...] = (
     "contact.opted_out",
     "contact.opted_in",
     "contact.bounced",
+    "contact.soft_bounced",
+    "contact.auto_replied",
     "contact.deleted",
 )
 KNOWN = frozenset(TYPES)

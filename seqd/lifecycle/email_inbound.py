@@ -217,7 +217,8 @@ def parse(raw: bytes, auto_reply_subjects: list[str]) -> Parsed:
         return Parsed(kind, sender, subject, original, recipients)
     match = _UNSUBSCRIBE_SUBJECT.match(subject)
     if match:
-        return Parsed(Kind.UNSUBSCRIBE, sender, subject, token=match.group(1))
+        # Kept as a reply (references and all) should the token not verify.
+        return Parsed(Kind.UNSUBSCRIBE, sender, subject, _referenced(msg), token=match.group(1))
     why = _automatic(msg, sender, tuple(auto_reply_subjects))
     if why is not None:
         return Parsed(Kind.AUTO_REPLY, sender, subject, _referenced(msg), why=why)
@@ -336,11 +337,13 @@ async def _auto_reply(store: Store, tenant: str, parsed: Parsed) -> IngestResult
 
 async def _reply(store: Store, tenant: str, parsed: Parsed) -> IngestResult:
     reactions = []
+    cid = None
     for eid in parsed.enrollments:
         reactions = await store.lifecycle.reply(tenant, "email", enrollment_id=eid)
         if reactions:
+            owner = await store.lifecycle.enrollment_owner(eid)
+            cid = owner[1] if owner else None
             break
-    cid = None
     if not reactions and parsed.sender:
         cid = await store.contacts.find(tenant, "email", parsed.sender)
         if cid is not None:

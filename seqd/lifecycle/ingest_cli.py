@@ -54,14 +54,14 @@ def run(
     config: Config,
     runner: Runner,
     stdin: BinaryIO | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     raw = (stdin or sys.stdin.buffer).read()
     if not raw.strip():
         print("seqd: no message on stdin", file=sys.stderr)
         return EX_DATAERR
     try:
-        return runner(_ingest(config, raw, args.tenant, out))
+        return runner(_ingest(config, raw, args.tenant, out or sys.stdout))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         print(f"seqd: store unavailable, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL

@@ -17,10 +17,12 @@ import binascii
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from urllib.parse import quote
 
 import msgspec
 
+from seqd.channels.base import OutboundMessage
 from seqd.config import Config
 from seqd.lifecycle import optout
 from seqd.store.db import Store
@@ -101,6 +103,15 @@ def unsubscribe_headers(config: Config, tenant: str, contact_id: str, email: str
         "List-Unsubscribe": f"<{url(config, token)}>, <{mailto}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
+
+
+def message_headers(config: Config) -> Callable[[OutboundMessage], dict[str, str]]:
+    """The dispatcher's hook: the unsubscribe headers of an email about to be sent."""
+
+    def headers(message: OutboundMessage) -> dict[str, str]:
+        return unsubscribe_headers(config, message.tenant, message.contact_id, message.to)
+
+    return headers
 
 
 async def apply(store: Store, claims: Claims, *, source: str) -> optout.Stopped:

@@ -42,12 +42,22 @@ class StreamBacklog(msgspec.Struct, kw_only=True):
         )
 
 
+class Webhooks(msgspec.Struct, kw_only=True):
+    # Deliveries waiting for their first attempt or a retry (in flight ones included).
+    queued: int = 0
+    # Deliveries that used every attempt and wait for a manual retry (dead letters).
+    failed: int = 0
+
+
 class Snapshot(msgspec.Struct, kw_only=True):
     at_ms: int
     shards: list[ShardDue]
     intake: StreamBacklog
-    # The outbox streams of all shards, as the event readers (webhooks) see them.
+    # Intake entries that could not be enrolled, kept with their reason.
+    intake_rejected: int = 0
+    # The outbox streams of all shards, as the outbox reader (events, webhooks) sees them.
     outbox: StreamBacklog
+    webhooks: Webhooks = msgspec.field(default_factory=Webhooks)
 
     @property
     def scheduled(self) -> int:
@@ -78,29 +88,58 @@ def stream_backlog(length: Any, groups: Any) -> StreamBacklog:
     return StreamBacklog(length=size, backlog=worst, groups=len(groups))
 
 
-async def read(store: Store, now_ms: int) -> Snapshot:
-    keys = store.keys
-    pipe = store.client.pipeline(transaction=False)
-    for shard in range(store.shards):
-        due = keys.due(shard)
-        pipe.zcard(due)
-        pipe.zcount(due, "-inf", now_ms)
-        pipe.zrange(due, 0, 0, withscores=True)
-    for stream in [keys.intake(), *(keys.outbox(s) for s in range(store.shards))]:
-        pipe.xlen(stream)
-        pipe.xinfo_groups(stream)
+async def _execute(pipe: Any) -> list[Any]:
+    """Results of a pipeline; a missing stream's XINFO error is a value, others raise."""
     rows: list[Any] = await pipe.execute(raise_on_error=False)
     for row in rows:
         if isinstance(row, Exception) and not isinstance(row, ResponseError):
             raise row
+    return rows
+
+
+async def read(store: Store, now_ms: int) -> Snapshot:
+    """Two round trips: everything countable directly, then each endpoint queue's size."""
+    keys = store.keys
+    n = store.shards
+    pipe = store.client.pipeline(transaction=False)
+    for shard in range(n):
+        due = keys.due(shard)
+        pipe.zcard(due)
+        pipe.zcount(due, "-inf", now_ms)
+        pipe.zrange(due, 0, 0, withscores=True)
+        # Endpoints with queued deliveries in this shard, and its dead letters.
+        pipe.zrange(keys.delivery_due(shard), 0, -1)
+        pipe.zcard(keys.failed_all(shard))
+    for stream in [keys.intake(), *(keys.outbox(s) for s in range(n))]:
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+    pipe.xlen(keys.intake_rejected())
+    rows = await _execute(pipe)
     shards = []
-    for shard in range(store.shards):
-        scheduled, due, first = rows[shard * 3 : shard * 3 + 3]
+    queues = []
+    failed = 0
+    for shard in range(n):
+        scheduled, due, first, endpoints, dead = rows[shard * 5 : shard * 5 + 5]
         oldest = int(first[0][1]) if first and int(due) > 0 else None
         shards.append(ShardDue(shard=shard, scheduled=scheduled, due=due, oldest_due_ms=oldest))
-    streams = rows[store.shards * 3 :]
+        queues += [keys.delivery_queue(shard, str(e)) for e in endpoints]
+        failed += int(dead)
+    streams = rows[n * 5 : -1]
     intake = stream_backlog(streams[0], streams[1])
     outbox = StreamBacklog()
     for i in range(2, len(streams), 2):
         outbox = outbox + stream_backlog(streams[i], streams[i + 1])
-    return Snapshot(at_ms=now_ms, shards=shards, intake=intake, outbox=outbox)
+    queued = 0
+    if queues:
+        pipe = store.client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zcard(queue)
+        queued = sum(int(c) for c in await _execute(pipe))
+    return Snapshot(
+        at_ms=now_ms,
+        shards=shards,
+        intake=intake,
+        intake_rejected=int(rows[-1]),
+        outbox=outbox,
+        webhooks=Webhooks(queued=queued, failed=failed),
+    )

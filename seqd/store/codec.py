@@ -29,6 +29,10 @@ ENROLLMENT_FIELDS = {
     "ca": "completed_at (ms)",
     "k": "fencing token, bumped by every claim and transition",
     "a": "send attempts of the current step",
+    "cl": "set while a dispatcher claim is unsettled (the step may be at the provider)",
+    "sm": "set once an SMS step was sent to the contact",
+    "p<step>": "the provider's message id of a sent step",
+    "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
 }
 
 CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")

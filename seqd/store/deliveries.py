@@ -54,7 +54,7 @@ def delivery(did: str, h: dict[str, str]) -> WebhookDelivery:
         value = h.get(field)
         return to_rfc3339(int(value)) if value else None
 
-    status = "failed" if h.get("st") == "failed" else "pending"
+    status: Literal["pending", "failed"] = "failed" if h.get("st") == "failed" else "pending"
     lc = h.get("lc")
     return WebhookDelivery(
         id=did,
@@ -217,11 +217,16 @@ class Deliveries:
                     break
         return removed
 
-    async def next_due(self) -> int | None:
-        """The earliest due score over every shard (ms), None when nothing is scheduled."""
+    async def heads(self) -> list[int | None]:
+        """Per shard, the earliest score of its delivery index (ms; claimed ones count at
+        their lease end), None when the shard has nothing scheduled."""
         pipe = self.store.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.zrange(self.keys.delivery_due(shard), 0, 0, withscores=True)
-        heads = await pipe.execute()
-        scores = [int(row[0][1]) for row in heads if row]
+        rows = await pipe.execute()
+        return [int(row[0][1]) if row else None for row in rows]
+
+    async def next_due(self) -> int | None:
+        """The earliest score over every shard, None when nothing is scheduled."""
+        scores = [h for h in await self.heads() if h is not None]
         return min(scores) if scores else None

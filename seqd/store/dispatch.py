@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 Outcome = Literal["sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release"]
 
 
-class Claimed(msgspec.Struct, array_like=True, frozen=True):
+class Claimed(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One claimed step: enrollment id, its hash (storage field names), its contact's hash."""
 
     id: str
@@ -27,7 +27,7 @@ class Claimed(msgspec.Struct, array_like=True, frozen=True):
     c: dict[str, str]
 
 
-class ClaimBatch(msgspec.Struct, frozen=True):
+class ClaimBatch(msgspec.Struct, frozen=True, gc=False):
     # Due members looked at; equal to the limit when more may be due.
     seen: int
     # Sequence id -> its shard mirror "<status>:<version>:<steps>" for the items' sequences.

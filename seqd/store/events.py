@@ -9,7 +9,6 @@ so a page costs at most `SCAN_MAX` entries read however selective the filter is.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -27,8 +26,6 @@ SCAN_MAX = 5000
 # `since` compares an event's time (the clock of the process that made it) with stream
 # ids (the store's clock): the scan starts this much earlier so skew loses nothing.
 CLOCK_SLACK_MS = 300_000
-# Log entries one trim deletes per tenant at most (approximate: whole stream nodes).
-TRIM_LIMIT = 10_000
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 _decode_event = msgspec.json.Decoder(Event).decode
@@ -137,9 +134,12 @@ class Events:
                 lower = max(lower, flt.since - CLOCK_SLACK_MS)
             start = f"{max(lower, 0)}-0"
         found: list[str] = []
-        scanned, last, exhausted = 0, None, False
+        scanned, exhausted = 0, False
+        last: str | None = None
         while len(found) < limit and scanned < SCAN_MAX:
-            rows = await self.store.client.xrange(key, min=start, max="+", count=SCAN_CHUNK)
+            rows: list[tuple[str, dict[str, str]]] = await self.store.client.xrange(
+                key, min=start, max="+", count=SCAN_CHUNK
+            )  # type: ignore[assignment]
             if not rows:
                 exhausted = True
                 break
@@ -162,10 +162,15 @@ class Events:
         total = None if not flt.empty else int(await self.store.client.xlen(key))
         return events, (None if exhausted else last), total
 
-    async def trim(self, tenants: Iterable[str], *, now: int, retention_ms: int) -> None:
-        """Drop log entries past retention (the payloads expire by themselves)."""
+    async def trim(self, *, now: int, retention_ms: int) -> None:
+        """Drop log entries past retention in every tenant's log (payloads expire by TTL).
+
+        Exact trimming: run every minute it removes about a minute of entries per tenant.
+        (`recordEvent` trims approximately, whole stream nodes only, so a node's older
+        entries wait for this.)"""
+        tenants: set[str] = await self.store.client.smembers(self.keys.tenants())  # type: ignore[assignment]
         min_id = f"{max(now - retention_ms, 0)}-0"
         pipe = self.store.client.pipeline(transaction=False)
-        for tenant in tenants:
-            pipe.xtrim(self.keys.events(tenant), minid=min_id, approximate=True, limit=TRIM_LIMIT)
+        for tenant in sorted(tenants):
+            pipe.xtrim(self.keys.events(tenant), minid=min_id, approximate=False)
         await pipe.execute()

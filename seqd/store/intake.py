@@ -14,6 +14,7 @@ Writers may put any bytes in a field. This module's client decodes with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,12 @@ if TYPE_CHECKING:
 Entry = tuple[str, dict[str, str]]
 
 
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
 def has_bad_bytes(text: str) -> bool:
     """True when `text` came from bytes that are not UTF-8 (surrogate escapes)."""
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    return not text.isascii() and _ESCAPED.search(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +58,9 @@ class IntakeStream:
         # A blocked read must not trip the socket timeout.
         timeout = kwargs.get("socket_timeout") or 5.0
         kwargs["socket_timeout"] = timeout + block_ms / 1000
-        self.client: aioredis.Redis = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool(
+        # from_pool: the client owns its pool and closes it on aclose().
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(
+            aioredis.ConnectionPool(
                 connection_class=pool.connection_class, max_connections=8, **kwargs
             )
         )
@@ -122,7 +127,8 @@ class IntakeStream:
         if not done:
             return
         pipe = self.client.pipeline(transaction=True)
-        for item in done:
+        # In stream order, so rejected entries keep the order they were written in.
+        for item in sorted(done, key=lambda d: _id_key(d.entry_id)):
             if item.result_key:
                 # NX: the first outcome stands (a retried entry finds the same enrollment).
                 pipe.set(item.result_key, item.result, nx=True, px=result_ttl_ms)

@@ -8,9 +8,10 @@ Three hash tags, so that each Lua script touches one slot (Redis Cluster safe):
                           results) carry the tag `{<prefix>:intake}`, whose slot is by the
                           hash-tag rule the slot of the plain name, so seqd acks an entry and
                           stores its outcome in one MULTI, on Redis Cluster too.
-- `{<prefix>:t:<tenant>}` a tenant's own data: sequences, contact lookup indexes.
+- `{<prefix>:t:<tenant>}` a tenant's own data: sequences, contact lookup indexes,
+                          webhook endpoints, the event log.
 - `{<prefix>:<shard>}`    a shard of per-contact data: contacts, enrollments, due index,
-                          listing indexes, counters, outbox.
+                          listing indexes, counters, outbox, webhook deliveries.
 
 Keys that depend on ids read inside a script (an enrollment claimed from the due index,
 say) are built in Lua from the shard tag by helpers that `scripts.py` generates from

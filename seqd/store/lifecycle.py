@@ -8,6 +8,7 @@ the call is repeated with fresh documents, so a decision never rests on old step
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -68,12 +69,16 @@ class Lifecycle:
     async def _sequence_args(
         self, tenant: str, sids: set[str], *, on_reply: bool
     ) -> list[str | int]:
+        order = sorted(sids)
+        read = self.store.sequences.get_versioned
+        docs = await asyncio.gather(*(read(tenant, sid) for sid in order), return_exceptions=True)
         args: list[str | int] = []
-        for sid in sorted(sids):
-            try:
-                seq, version = await self.store.sequences.get_versioned(tenant, sid)
-            except NotFound:
+        for sid, doc in zip(order, docs, strict=True):
+            if isinstance(doc, NotFound):
                 continue  # deleted meanwhile: its enrollments are being cancelled
+            if isinstance(doc, BaseException):
+                raise doc
+            seq, version = doc
             args += [sid, version, kinds(seq)]
             if on_reply:
                 args.append(seq.on_reply)

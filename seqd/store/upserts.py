@@ -1,5 +1,7 @@
 """Contacts by their fields rather than their id: match by external_id, then phone, then
-email; update the match with what differs, or create a contact when nothing matches.
+email; update the match with what differs, or create a contact when nothing matches. A
+row matched by phone or email to a contact with another external_id is a conflict, not a
+takeover of that contact.
 
 Every path that takes inline contacts uses this (enrollments with `contact`, the intake
 stream, the CSV import), a batch at a time in a fixed number of round trips: the lookups
@@ -35,6 +37,10 @@ Change = Literal["created", "updated", "unchanged"]
 _RETRIES = 3
 
 
+# An existing contact a row matched: id, stored hash, and the field it matched by.
+Match = tuple[str, dict[str, str], str]
+
+
 class Upserted(msgspec.Struct, frozen=True):
     contact: models.Contact
     change: Change
@@ -54,10 +60,20 @@ def changes(row: dict[str, Any], current: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-async def _matches(
-    store: Store, tenant: str, rows: list[dict[str, Any]]
-) -> list[tuple[str, dict[str, str]] | None]:
-    """Each row's existing contact (id and stored hash), if one matches."""
+def mismatch(row: dict[str, Any], match: Match) -> Conflict | None:
+    """A row matched by phone or email to a contact with another external_id: two records
+    of the caller's system for one person, which is for a person to sort out."""
+    cid, current, by = match
+    theirs, ours = current.get("external_id"), row.get("external_id")
+    if by == "external_id" or not theirs or not ours or theirs == ours:
+        return None
+    return Conflict(
+        f"{by} already belongs to contact {cid} (external_id {theirs})", field=by, contact_id=cid
+    )
+
+
+async def _matches(store: Store, tenant: str, rows: list[dict[str, Any]]) -> list[Match | None]:
+    """Each row's existing contact (id, stored hash, field matched by), if one matches."""
     keys = store.keys
     probes: list[tuple[int, str]] = []
     pipe = store.client.pipeline(transaction=False)
@@ -72,12 +88,12 @@ async def _matches(
     for cid in candidates:
         pipe.hgetall(keys.contact(ids.shard_of(cid, keys.shards), cid))
     hashes = dict(zip(candidates, await pipe.execute() if candidates else [], strict=True))
-    out: list[tuple[str, dict[str, str]] | None] = [None] * len(rows)
+    out: list[Match | None] = [None] * len(rows)
     # Probes are in MATCH_ORDER within a row, so the first live one wins; an index entry
     # left pointing at a deleted contact is skipped.
-    for (i, _), owner in zip(probes, found, strict=True):
+    for (i, by), owner in zip(probes, found, strict=True):
         if out[i] is None and owner in hashes and hashes[owner].get("tenant") == tenant:
-            out[i] = (owner, hashes[owner])
+            out[i] = (owner, hashes[owner], by)
     return out
 
 
@@ -144,7 +160,10 @@ async def upsert_one(store: Store, tenant: str, row: dict[str, Any]) -> Upserted
     for _ in range(_RETRIES):
         [match] = await _matches(store, tenant, [row])
         if match is not None:
-            cid, current = match
+            cid, current, _ = match
+            clash = mismatch(row, match)
+            if clash is not None:
+                return clash
             diff = changes(row, current)
             if not diff:
                 return Upserted(codec.contact(cid, current), "unchanged")
@@ -172,9 +191,12 @@ async def upsert_many(
         if match is None:
             fresh.append(i)
             continue
-        cid, current = match
+        cid, current, _ = match
+        clash = mismatch(row, match)
         diff = changes(row, current)
-        if diff:
+        if clash is not None:
+            out[i] = clash
+        elif diff:
             updates.append((i, cid, diff))
         else:
             out[i] = Upserted(codec.contact(cid, current), "unchanged")

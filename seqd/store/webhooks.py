@@ -129,7 +129,7 @@ class Webhooks:
     async def get(self, tenant: str, eid: str) -> EndpointRecord:
         return _decode(await self._raw(tenant, eid))
 
-    async def list(self, tenant: str) -> list[EndpointRecord]:
+    async def all(self, tenant: str) -> list[EndpointRecord]:
         raw = await self.store.client.hvals(self.keys.webhook_endpoints(tenant))
         return sorted((_decode(r) for r in raw), key=lambda r: r.id)
 

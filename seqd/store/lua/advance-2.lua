@@ -36,18 +36,22 @@ local tag, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 -- Every item is checked before anything is written: a script error does not roll back.
 local ok, items = pcall(cjson.decode, ARGV[4])
-if not ok or type(items) ~= 'table' then
+if not ok or type(items) ~= 'table' or (#items == 0 and next(items) ~= nil) then
   return redis.error_reply('BAD_ITEMS:not a JSON array')
 end
-local NEEDS = {sent = 'wait', skipped = 'wait', retry = 'delay', failed = false,
-               pause = 'reason', cancel = 'reason', complete = false, release = false}
+-- outcome -> the field it needs and that field's type
+local NEEDS = {sent = {'wait', 'number'}, skipped = {'wait', 'number'},
+               retry = {'delay', 'number'}, failed = {}, pause = {'reason', 'string'},
+               cancel = {'reason', 'string'}, complete = {}, release = {}}
 for n, it in ipairs(items) do
   if type(it) ~= 'table' then return redis.error_reply('BAD_ITEMS:item ' .. n) end
   local need = NEEDS[it.outcome]
   if type(it.id) ~= 'string' or type(it.token) ~= 'string' or type(it.step) ~= 'number'
-    or type(it.at) ~= 'number' or need == nil or (need and it[need] == nil) then
+    or type(it.at) ~= 'number' or need == nil or (need[1] and type(it[need[1]]) ~= need[2])
+  then
     return redis.error_reply('BAD_ITEMS:item ' .. n)
   end
+  if type(it.provider_id) ~= 'string' then it.provider_id = nil end
 end
 
 -- The step was sent (or skipped): move the enrollment past it, with its event.
@@ -55,29 +59,33 @@ end
 local function pass_step(id, e, it, ekey)
   local step = it.step
   e['i'] = tostring(step + 1); e['a'] = '0'; e['ua'] = now
-  rcall('HSET', ekey, 'i', step + 1, 'a', 0, 'ua', now)
+  -- One HSET for every field that changes (this is the hot path).
+  local fields = {'i', step + 1, 'a', 0, 'ua', now}
+  local due_at = nil
+  if it.wait >= 0 then
+    due_at = it.at + it.wait
+    e['n'] = tostring(due_at)
+    fields[#fields + 1] = 'n'; fields[#fields + 1] = due_at
+  end
   if it.outcome == 'sent' then
     if it.provider_id then
       e['p' .. step] = it.provider_id
-      rcall('HSET', ekey, 'p' .. step, it.provider_id)
+      fields[#fields + 1] = 'p' .. step; fields[#fields + 1] = it.provider_id
     end
     if it.kind == 'sms' and not e['sm'] then
       e['sm'] = '1'
-      rcall('HSET', ekey, 'sm', 1)
+      fields[#fields + 1] = 'sm'; fields[#fields + 1] = 1
     end
+  end
+  rcall('HSET', ekey, unpack(fields))
+  if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
       {step = step, kind = it.kind, provider_id = it.provider_id, sent_at = it.at})
   else
     enrollment_event('sequence.step.skipped', id, e, now,
       {step = step, kind = it.kind, reason = it.reason})
   end
-  if it.wait >= 0 then
-    local due_at = it.at + it.wait
-    e['n'] = tostring(due_at)
-    rcall('HSET', ekey, 'n', due_at)
-    return due_at
-  end
-  return nil
+  return due_at
 end
 
 local applied, late, stale = 0, 0, {}

@@ -23,8 +23,9 @@
   ARGV[5] on_unknown    resend | hold
   ARGV[6] max_attempts
 
-  Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [[id, {enrollment
-  hash}, {contact hash}], ...]}; seen = members looked at (= limit: more may be due).
+  Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]}, each
+  item an array [id, {enrollment hash}, {contact hash}]; seen = members looked at (equal
+  to the limit: more may be due).
 ]]
 local rcall = redis.call
 local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
@@ -46,6 +47,12 @@ local function sequence_state(seq)
     states[seq] = s
   end
   return s
+end
+
+-- An empty table is "[]" to some cjson builds and "{}" to others: objects are spelled here.
+local function object(t)
+  if next(t) == nil then return '{}' end
+  return cjson.encode(t)
 end
 
 local parts = {}
@@ -83,18 +90,17 @@ for j = 1, #members, 2 do
       end
       if send then
         rcall('ZADD', due_key, leased_until, id)
-        e['k'] = tostring(rcall('HINCRBY', ekey, 'k', 1))
-        if not e['cl'] then
-          rcall('HSET', ekey, 'cl', 1)
-          e['cl'] = '1'
-        end
+        -- The token and the claim mark in one write (this is the hot path).
+        e['k'] = tostring((tonumber(e['k']) or 0) + 1)
+        e['cl'] = '1'
+        rcall('HSET', ekey, 'k', e['k'], 'cl', 1)
         mirrors[seq] = state.mirror
         local c = to_table(rcall('HGETALL', k_contact(tag, e['c'])))
-        parts[#parts + 1] = cjson.encode({id, e, c})
+        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. object(c) .. ']'
       end
     end
   end
 end
 
-return '{"seen":' .. (#members / 2) .. ',"m":' .. cjson.encode(mirrors) .. ',"items":['
+return '{"seen":' .. (#members / 2) .. ',"m":' .. object(mirrors) .. ',"items":['
   .. table.concat(parts, ',') .. ']}'

@@ -15,12 +15,16 @@
   delivered and drop delete the delivery; retry puts it back in its endpoint's queue;
   failed moves it to the endpoint's failed (dead-letter) list.
   Returns 1, or 0 when the token is stale or the delivery is gone.
+  Errors: BAD_OUTCOME:<outcome>
 ]]
 local rcall = redis.call
 local due_key, failed_key = KEYS[1], KEYS[2]
 local tag, now, id, token, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local due_at, attempted, status, err = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 -- @include webhooks
+
+local OUTCOMES = {delivered = true, retry = true, failed = true, drop = true}
+if not OUTCOMES[outcome] then return redis.error_reply('BAD_OUTCOME:' .. outcome) end
 
 local dkey = k_delivery(tag, id)
 local endpoint, current = unpack(rcall('HMGET', dkey, 'w', 'k'))
@@ -40,14 +44,12 @@ if outcome == 'delivered' or outcome == 'drop' then
 elseif outcome == 'retry' then
   rcall('HSET', dkey, 'n', due_at)
   rcall('ZADD', queue, due_at, id)
-elseif outcome == 'failed' then
+else
   rcall('ZREM', queue, id)
   rcall('HSET', dkey, 'st', 'failed', 'fa', now)
   rcall('HDEL', dkey, 'n')
   rcall('ZADD', k_failed_deliveries(tag, endpoint), 0, id)
   rcall('ZADD', failed_key, 0, id)
-else
-  return redis.error_reply('BAD_OUTCOME:' .. outcome)
 end
 refresh_endpoint(endpoint)
 return 1

@@ -1,0 +1,461 @@
+"""The dispatcher's speed and cost: steps/s, lateness, Redis memory and commands per step,
+and arq draining the same burst in the same run.
+
+    python -m benchmarks.dispatch [--n 10000] [--rate 4000] [--seconds 5] [--profile]
+
+A dedicated valkey-server with AOF on (appendfsync everysec) on a free port. N contacts
+are enrolled through the real `enroll` script, all due at once, and the real dispatcher
+(`Dispatcher.start()`, the loop `seqd serve` runs) drains them:
+
+- into a no-op sink (the dispatcher's own cost), and into the `twilio` channel against a
+  local server speaking the Messages API wire format (in a subprocess);
+- lateness (send time - next_run_at) at a steady load below saturation: enrollments due
+  one second after they are made, at `--rate` per second for `--seconds`;
+- Redis memory per active enrollment (`used_memory` delta over the enroll, every index
+  included) and Redis commands per step (INFO commandstats delta over the no-op burst,
+  commands run inside scripts included);
+- arq: N deferred jobs of a no-op function, drained by an arq worker in burst mode.
+
+`--profile` runs the no-op burst under cProfile and prints the top of the Python side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from benchmarks.results import percentile, record
+from seqd import ids, models
+from seqd.channels.base import OutboundMessage, SendResult
+from seqd.config import ChannelsConfig, Config, DispatchConfig, TwilioConfig
+from seqd.embedded import find_binary
+from seqd.engine.dispatcher import Dispatcher
+from seqd.store.db import Store, connect
+
+TENANT = "bench"
+PREFIX = "bench"
+SHARDS = 16
+TARGET_STEPS = 50_000
+TARGET_P99_MS = 100
+TARGET_BYTES = 400
+_SENT = SendResult(outcome="sent", provider_id="noop")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_valkey(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            find_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            str(directory / "valkey.log"),
+        ]  # fmt: skip
+    )
+    deadline = time.monotonic() + 10
+    import redis
+
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+# -- senders ---------------------------------------------------------------------------------
+class NoopSender:
+    name = "noop"
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        return _SENT
+
+    async def close(self) -> None:
+        pass
+
+
+class LatenessSender:
+    """Records send time - next_run_at per message (due times known from the enroll)."""
+
+    name = "lateness"
+
+    def __init__(self, due: dict[str, int]) -> None:
+        self.due = due
+        self.late_ms: list[float] = []
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        self.late_ms.append(time.time() * 1000 - self.due[message.enrollment_id])
+        return _SENT
+
+    async def close(self) -> None:
+        pass
+
+
+class One:
+    def __init__(self, sender: Any) -> None:
+        self.sender = sender
+
+    def get(self, tenant: str, kind: str) -> Any:
+        return self.sender
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+
+class Counting:
+    """An observer that says when `target` steps have been settled."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def step_sent(self, channel: str, outcome: str, n: int = 1) -> None:
+        pass
+
+    def lateness(self, seconds: float) -> None:
+        pass
+
+    def claimed(self, n: int) -> None:
+        pass
+
+    def settled(self, n: int) -> None:
+        self.count += n
+        if self.count >= self.target:
+            self.done.set()
+
+
+# -- seeding ---------------------------------------------------------------------------------
+async def make_contacts(store: Store, n: int) -> list[str]:
+    """Contacts written straight with putContact (lookup indexes are not what is measured)."""
+    out: list[str] = []
+    now = int(time.time() * 1000)
+    for start in range(0, n, 1000):
+        calls = []
+        for i in range(start, min(n, start + 1000)):
+            cid = ids.new(ids.CONTACT)
+            shard = ids.shard_of(cid, store.shards)
+            tag = store.keys.shard_tag(shard)
+            fields = ["first_name", f"c{i}", "phone", f"+1415{i:07d}"]
+            calls.append(
+                ("putContact", [store.keys.contact(shard, cid)],
+                 [tag, now, TENANT, cid, "create", *fields], tag)
+            )  # fmt: skip
+            out.append(cid)
+        for result in await store.runner.call_many(calls):
+            if isinstance(result, Exception):
+                raise result
+    return out
+
+
+async def enroll_direct(
+    store: Store, seq_id: str, cids: list[str], wait_ms: int, now: int
+) -> dict[str, int]:
+    """The real `enroll` script with a first wait in ms (the API's unit is minutes)."""
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for cid in cids:
+        by_shard[ids.shard_of(cid, store.shards)].append(cid)
+    calls = []
+    for shard, members in by_shard.items():
+        tag = store.keys.shard_tag(shard)
+        keys = [store.keys.due(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
+        for start in range(0, len(members), 500):
+            args: list[Any] = [tag, now, TENANT]
+            for cid in members[start : start + 500]:
+                eid = ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now)
+                args += [eid, seq_id, cid, wait_ms, ""]
+            calls.append(("enroll", keys, args, tag))
+    due = {}
+    for reply in await store.runner.call_many(calls):
+        if isinstance(reply, Exception):
+            raise reply
+        for row in reply:
+            if row[0] == 1 and row[2] == 0:
+                due[row[1]] = now + wait_ms
+    return due
+
+
+async def new_sequence(store: Store, name: str, steps: int = 2) -> models.Sequence:
+    body = models.SequenceCreate(
+        name=name,
+        status="active",
+        steps=[
+            models.StepIn(kind="sms", body="Hi {{first_name|there}}, step %d" % i,
+                          wait_minutes=0 if i == 0 else 1440)
+            for i in range(steps)
+        ],
+    )  # fmt: skip
+    return await store.sequences.create(TENANT, body)
+
+
+async def used_memory(client: aioredis.Redis) -> int:
+    info = await client.info("memory")
+    return int(info["used_memory"])
+
+
+async def command_calls(client: aioredis.Redis) -> dict[str, int]:
+    stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+# -- measurements ----------------------------------------------------------------------------
+async def burst(store: Store, senders: Any, n: int, config: DispatchConfig) -> float:
+    """Steps/s for the real dispatcher loop to send and settle `n` due steps."""
+    counting = Counting(n)
+    dispatcher = Dispatcher(store, config, senders, observer=counting)
+    started = time.perf_counter()
+    dispatcher.start()
+    await asyncio.wait_for(counting.done.wait(), 600)
+    elapsed = time.perf_counter() - started
+    await dispatcher.stop()
+    return n / elapsed
+
+
+async def steady(
+    store: Store, cids: list[str], rate: int, seconds: float, config: DispatchConfig
+) -> list[float]:
+    """Lateness (ms) of steps due 1 s after enrollment, enrolled at `rate` per second."""
+    seq = await new_sequence(store, "steady", steps=1)
+    due: dict[str, int] = {}
+    sender = LatenessSender(due)
+    dispatcher = Dispatcher(store, config, One(sender))
+    dispatcher.start()
+    tick = 0.02
+    per_tick = max(1, int(rate * tick))
+    started = time.perf_counter()
+    position = 0
+    ticks = int(seconds / tick)
+    for k in range(ticks):
+        batch = [cids[(position + j) % len(cids)] for j in range(per_tick)]
+        position += per_tick
+        due.update(await enroll_direct(store, seq.id, batch, 1000, int(time.time() * 1000)))
+        pause = started + (k + 1) * tick - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)
+    await asyncio.sleep(1.5)
+    await dispatcher.stop()
+    return sender.late_ms
+
+
+def twilio_server(port: int) -> None:
+    """A local server speaking Twilio's Messages API (runs in its own process)."""
+    import itertools
+
+    from aiohttp import web
+
+    counter = itertools.count()
+
+    async def messages(request: web.Request) -> web.Response:
+        form = await request.post()
+        if "To" not in form or "Body" not in form or not request.headers.get("Authorization"):
+            return web.json_response({"code": 21604, "message": "bad request"}, status=400)
+        sid = f"SM{next(counter):032x}"
+        return web.json_response(
+            {"sid": sid, "status": "queued", "to": form["To"], "body": form["Body"]}, status=201
+        )
+
+    app = web.Application()
+    app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", messages)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def arq_noop(ctx: dict[str, Any]) -> None:
+    """arq's job: nothing, like the no-op sink."""
+
+
+async def arq_drain(url: str, n: int, max_jobs: int) -> float:
+    """Jobs/s for an arq worker (burst mode) to drain `n` deferred no-op jobs."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.worker import Worker
+
+    settings = RedisSettings.from_dsn(url.rsplit("/", 1)[0] + "/1")
+    pool = await create_pool(settings)
+    await pool.flushdb()
+    now = time.time()
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(now, tz=UTC)
+    for _ in range(n):
+        await pool.enqueue_job("arq_noop", _defer_until=when)
+    worker = Worker(
+        functions=[arq_noop],  # type: ignore[list-item]
+        redis_settings=settings,
+        burst=True,
+        max_jobs=max_jobs,
+        handle_signals=False,
+    )
+    started = time.perf_counter()
+    await worker.async_run()
+    elapsed = time.perf_counter() - started
+    done = worker.jobs_complete
+    await worker.close()
+    await pool.aclose()
+    return done / elapsed
+
+
+async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-dispatch-"))
+    proc, url = start_valkey(workdir)
+    twilio_port = free_port()
+    twilio = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.dispatch", "--twilio-server", str(twilio_port)]
+    )
+    try:
+        client = connect(url, max_connections=256)
+        store = await Store.open(client, PREFIX, SHARDS)
+        config = DispatchConfig()
+        cids = await make_contacts(store, n)
+
+        # Memory per active enrollment: everything the enroll wrote, indexes included.
+        seq = await new_sequence(store, "burst")
+        before = await used_memory(client)
+        now = int(time.time() * 1000)
+        await enroll_direct(store, seq.id, cids, 0, now)
+        after = await used_memory(client)
+        outbox = 0
+        for shard in range(SHARDS):
+            outbox += int(await client.memory_usage(store.keys.outbox(shard)) or 0)
+        per_enrollment = (after - before) / n
+        outbox_share = outbox / n
+        # The outbox is trimmed once delivered (webhooks): the lasting cost is the rest.
+        for shard in range(SHARDS):
+            await client.delete(store.keys.outbox(shard))
+        lasting = (await used_memory(client) - before) / n
+
+        await client.config_resetstat()
+        before_calls = await command_calls(client)
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
+        noop_rate = await burst(store, One(NoopSender()), n, config)
+        if profiler is not None:
+            profiler.disable()
+        calls = await command_calls(client)
+        delta = {k: v - before_calls.get(k, 0) for k, v in calls.items()}
+        delta = {k: v for k, v in delta.items() if v > 0}
+        per_step = sum(delta.values()) / n
+        round_trips = (delta.get("evalsha", 0) + delta.get("zrange", 0) + delta.get("hmget", 0)) / n
+
+        from benchmarks.enroll import wait_port
+
+        wait_port(twilio_port, twilio)
+        seq2 = await new_sequence(store, "twilio")
+        await enroll_direct(store, seq2.id, cids, 0, int(time.time() * 1000))
+        from seqd.channels import registry
+
+        twilio_config = Config(
+            channels=ChannelsConfig(
+                sms="twilio",
+                twilio=TwilioConfig(
+                    account_sid="AC" + "0" * 32,
+                    auth_token="secret",
+                    from_number="+14155550100",
+                    base_url=f"http://127.0.0.1:{twilio_port}",
+                ),
+            )
+        )
+        senders = registry.build(twilio_config)
+        try:
+            twilio_rate = await burst(store, senders, n, config)
+        finally:
+            await senders.close()
+
+        late = await steady(store, cids, rate, seconds, config)
+        arq_rate = await arq_drain(url, arq_n, config.concurrency)
+        await store.close()
+    finally:
+        twilio.terminate()
+        twilio.wait()
+        proc.terminate()
+        proc.wait()
+
+    p50, p99 = percentile(late, 50), percentile(late, 99)
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    top = sorted(delta.items(), key=lambda kv: -kv[1])[:8]
+    body = f"""
+N = {n:,} enrollments due at once, {SHARDS} shards, batch_size {config.batch_size},
+concurrency {config.concurrency}; a dedicated valkey-server with AOF on (everysec) and the
+benchmark process on this 2-core machine (shared with other work); one run.
+
+| figure | value | target |
+| --- | --- | --- |
+| steps/s, no-op sink | {noop_rate:,.0f} | {TARGET_STEPS:,} ({mark(noop_rate >= TARGET_STEPS)}) |
+| steps/s, `twilio` channel against a local Messages API server | {twilio_rate:,.0f} | |
+| lateness p50 / p99 at {rate:,} steps/s steady ({len(late):,} steps) | {p50:.1f} ms / {p99:.1f} ms | p99 < {TARGET_P99_MS} ms ({mark(p99 < TARGET_P99_MS)}) |
+| Redis memory per active enrollment, lasting (outbox trimmed) | {lasting:.0f} B | {TARGET_BYTES} B ({mark(lasting <= TARGET_BYTES)}) |
+| Redis memory per enrollment right after enroll, outbox event included | {per_enrollment:.0f} B (outbox {outbox_share:.0f} B) | |
+| Redis commands per step (inside scripts included) | {per_step:.1f} | |
+| Redis round trips per step (EVALSHA, ZRANGE, HMGET) | {round_trips:.3f} | |
+| arq: {arq_n:,} deferred no-op jobs drained (max_jobs {config.concurrency}) | {arq_rate:,.0f} jobs/s | |
+| ratio seqd no-op / arq | {noop_rate / arq_rate:.1f}x | |
+
+Commands in the no-op burst, most called: {", ".join(f"`{k}` {v / n:.2f}/step" for k, v in top)}.
+"""  # noqa: E501
+    record("dispatch", body)
+    if profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        print(out.getvalue())
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--rate", type=int, default=4_000, help="steady load, steps/s")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--arq-n", type=int, default=None, help="arq jobs (default: --n)")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--twilio-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.twilio_server:
+        twilio_server(args.twilio_server)
+        return
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    runner(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,281 @@
+"""Enrollments per second through each way in: single POSTs, the batch endpoint, the intake
+stream; each beside a peer measured in the same run on the same valkey-server.
+
+    python -m benchmarks.enroll [--n 4000] [--repeat 3] [--clients 32]
+
+A private valkey-server (no persistence) and a real `seqd serve` subprocess (dispatcher and
+intake consumer off, so only enrolling runs) on free ports; the HTTP clients run in this
+process. The intake figure is the consumer draining a stream filled beforehand (the
+writer's own rate, raw pipelined XADD, is its peer). Medians of `--repeat` runs, each with
+a fresh sequence so every enrollment is really created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from benchmarks.results import median, record
+from seqd import models
+from seqd.config import Config, IntakeConfig
+from seqd.embedded import find_binary
+from seqd.intake import Intake
+from seqd.store import upserts
+from seqd.store.db import Store, connect
+
+TENANT = "bench"
+PREFIX = "bench"
+SEQUENCE = models.SequenceCreate(
+    name="Bench",
+    status="active",
+    steps=[models.StepIn(kind="sms", wait_minutes=1440, body="Hi {{first_name|there}}")],
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def timed(n: int, work: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await work()
+    return n / (time.perf_counter() - started)
+
+
+async def make_contacts(store: Store, n: int) -> list[str]:
+    out: list[str] = []
+    for start in range(0, n, 500):
+        rows = [{"phone": f"+1415{i:07d}"} for i in range(start, min(n, start + 500))]
+        for result in await upserts.upsert_many(store, TENANT, rows):
+            assert isinstance(result, upserts.Upserted)
+            out.append(result.contact.id)
+    return out
+
+
+async def single_posts(
+    base: str, headers: dict[str, str], sid: str, contacts: list[str], clients: int
+) -> float:
+    url = f"{base}/sequences/{sid}/enrollments"
+    queue = list(contacts)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while queue:
+            cid = queue.pop()
+            async with session.post(url, json={"contact_id": cid}, headers=headers) as resp:
+                assert resp.status == 201, await resp.text()
+                await resp.read()
+
+    async def run() -> None:
+        connector = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(*(client(session) for _ in range(clients)))
+
+    return await timed(len(contacts), run)
+
+
+async def authed_gets(base: str, headers: dict[str, str], eid: str, n: int, clients: int) -> float:
+    """The peer of single POSTs: the cheapest authenticated request (one key, one HGETALL)."""
+    url = f"{base}/enrollments/{eid}"
+    left = [n]
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            async with session.get(url, headers=headers) as resp:
+                assert resp.status == 200
+                await resp.read()
+
+    async def run() -> None:
+        connector = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(*(client(session) for _ in range(clients)))
+
+    return await timed(n, run)
+
+
+async def batches(
+    base: str, headers: dict[str, str], sid: str, contacts: list[str], clients: int = 2
+) -> float:
+    url = f"{base}/sequences/{sid}/enrollments/batch"
+    chunks = [contacts[i : i + 1000] for i in range(0, len(contacts), 1000)]
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while chunks:
+            items = [{"contact_id": c} for c in chunks.pop()]
+            async with session.post(url, json={"items": items}, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                body = await resp.json()
+                assert all(r["outcome"] == "enrolled" for r in body["results"])
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(client(session) for _ in range(clients)))
+
+    return await timed(len(contacts), run)
+
+
+async def plain_hset(client: aioredis.Redis, n: int) -> float:
+    """The peer of the batch endpoint: what a BullMQ-like bulk add costs with no logic —
+    one HSET of a small hash and one ZADD per job, pipelined 1,000 at a time."""
+
+    async def run() -> None:
+        for start in range(0, n, 1000):
+            pipe = client.pipeline(transaction=False)
+            for i in range(start, min(n, start + 1000)):
+                key = f"{PREFIX}:peer:job:{i}"
+                pipe.hset(key, mapping={"t": TENANT, "s": "seq", "c": "con", "st": "active"})
+                pipe.zadd(f"{PREFIX}:peer:due", {key: i})
+            await pipe.execute()
+
+    rate = await timed(n, run)
+    await client.delete(f"{PREFIX}:peer:due", *[f"{PREFIX}:peer:job:{i}" for i in range(n)])
+    return rate
+
+
+async def fill_intake(client: aioredis.Redis, stream: str, sid: str, contacts: list[str]) -> float:
+    """Raw redis-py XADD, pipelined 1,000 at a time: what a writer can push (the peer)."""
+
+    async def run() -> None:
+        for start in range(0, len(contacts), 1000):
+            pipe = client.pipeline(transaction=False)
+            for cid in contacts[start : start + 1000]:
+                pipe.xadd(stream, {"tenant": TENANT, "sequence_id": sid, "contact_id": cid})
+            await pipe.execute()
+
+    return await timed(len(contacts), run)
+
+
+async def drain_intake(config: Config, store: Store, n: int, consumers: int) -> float:
+    """`consumers` consumers of the group in this process (as several seqd processes would
+    be): while one waits for Redis, another parses its batch."""
+    group = [Intake(config, store, consumer=f"bench-{i}") for i in range(consumers)]
+    await group[0].stream.ensure_group()
+    done = [0]
+
+    async def consume(consumer: Intake) -> None:
+        while done[0] < n:
+            done[0] += await consumer.run_once(block_ms=0)
+
+    async def run() -> None:
+        await asyncio.gather(*(consume(c) for c in group))
+
+    try:
+        return await timed(n, run)
+    finally:
+        for c in group:
+            await c.stream.close()
+
+
+async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="seqd-bench-"))
+    rport, hport = free_port(), free_port()
+    valkey = subprocess.Popen(
+        [find_binary(), "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp), "--logfile", str(tmp / "valkey.log")]
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{rport}/0"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SEQD_")
+    } | {
+        "SEQD_REDIS_URL": url,
+        "SEQD_REDIS_PREFIX": PREFIX,
+        "SEQD_HTTP_PORT": str(hport),
+        "SEQD_DISPATCH_ENABLED": "false",
+        "SEQD_INTAKE_ENABLED": "false",
+        "SEQD_LOG_LEVEL": "warning",
+    }  # fmt: skip
+    server = None
+    try:
+        wait_port(rport, valkey)
+        store = await Store.open(connect(url), PREFIX, 16)
+        _, secret = await store.tenants.create_key(TENANT)
+        server = subprocess.Popen([sys.executable, "-m", "seqd", "serve"], env=env)
+        wait_port(hport, server)
+        base = f"http://127.0.0.1:{hport}/v1"
+        headers = {"Authorization": f"Bearer {secret}"}
+        contacts = await make_contacts(store, n)
+        config = Config(intake=IntakeConfig(batch_size=1000))
+        single, gets, batch, peer_hset, intake, xadd = [], [], [], [], [], []
+        for _ in range(repeat):
+            small = contacts[: max(1, n // 4)]
+            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+            single.append(await single_posts(base, headers, sid, small, clients))
+            eid = (await store.enrollments.list(TENANT, sid, limit=1, after=None,
+                                                statuses=["active"]))[0][0].id  # fmt: skip
+            gets.append(await authed_gets(base, headers, eid, len(small), clients))
+            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+            batch.append(await batches(base, headers, sid, contacts))
+            peer_hset.append(await plain_hset(store.client, n))
+            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+            xadd.append(await fill_intake(store.client, store.keys.intake(), sid, contacts))
+            intake.append(await drain_intake(config, store, n, consumers))
+            stats = (await store.sequences.stats([sid]))[sid]
+            assert stats.active == n, stats
+        await store.close()
+    finally:
+        for proc in (server, valkey):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+
+    def row(name: str, rates: list[float], target: int, peer: str, peer_rates: list[float]) -> str:
+        m, p = median(rates), median(peer_rates)
+        verdict = "met" if m >= target else "**not met**"
+        return (
+            f"| {name} | {m:,.0f}/s | {target:,}/s ({verdict}) | {peer} | {p:,.0f}/s "
+            f"| {m / p:.2f} |"
+        )
+
+    body = "\n".join(
+        [
+            f"N = {n:,} enrollments per run ({max(1, n // 4):,} for single POSTs, "
+            f"{clients} concurrent clients), {repeat} runs, medians; valkey and `seqd serve` "
+            f"on this machine ({os.cpu_count()} cores, shared), clients in the benchmark "
+            "process.",
+            "",
+            "| way in | rate | target | peer (same run) | peer rate | ratio |",
+            "| --- | --- | --- | --- | --- | --- |",
+            row("single POST", single, 3000, "authenticated GET of one enrollment", gets),
+            row("batch endpoint (1,000/request, 2 clients)", batch, 30000,
+                "pipelined HSET+ZADD per job (BullMQ-like bulk add, no logic)", peer_hset),
+            row(f"intake stream ({consumers} consumers draining)", intake, 50000,
+                "raw redis-py XADD, pipelined (the writer)", xadd),
+        ]
+    )  # fmt: skip
+    record("enroll", body)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=4000, help="enrollments per run")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=32, help="concurrent single-POST clients")
+    parser.add_argument("--consumers", type=int, default=2, help="intake consumers")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.repeat, args.clients, args.consumers))

@@ -1,0 +1,172 @@
+"""The outbox reader: every event into its tenant's log and its endpoints' delivery queues.
+
+For a batch of outbox entries (new ones, and ones a dead reader left pending past the
+lease), the reader
+  1. turns each into its event (`envelope.convert`: the id is derived from the entry),
+  2. appends it to the tenant's log (`recordEvent`, once per event id),
+  3. acknowledges it and schedules one delivery per matching enabled endpoint in one
+     shard script (`fanoutEvents`).
+Steps 2 and 3 are in different slots (tenant, shard). A crash between them leaves the
+entry pending: the next reader repeats step 2 (a no-op) and does step 3. Step 3 is atomic
+and skips an entry already acknowledged, so deliveries are written exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections import defaultdict
+from collections.abc import Callable
+
+import structlog
+
+from seqd.config import WebhooksConfig
+from seqd.events import envelope
+from seqd.events.deliverer import Heart
+from seqd.events.envelope import Converted
+from seqd.store.db import Store
+from seqd.store.events import LogItem
+from seqd.store.outbox import Entry, Fanout
+from seqd.times import now_ms
+
+log = structlog.get_logger(__name__)
+
+NAME = "events.reader"
+# Housekeeping (trimming the tenants' logs) runs this often, in ms.
+MAINTENANCE_MS = 60_000
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Reader:
+    """Moves outbox entries into the event log and the delivery schedule."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: WebhooksConfig,
+        *,
+        consumer: str | None = None,
+        clock: Callable[[], int] = now_ms,
+        liveness: Heart | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.consumer = consumer or consumer_name()
+        self.clock = clock
+        self.liveness = liveness
+        self.lease_ms = int(config.lease_seconds * 1000)
+        self.retention_ms = config.events_retention_hours * 3_600_000
+        self._next_reclaim = 0
+        self._next_maintenance = 0
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._group_ready = False
+
+    async def run_once(self, now: int | None = None) -> int:
+        """Handle one batch per shard; returns the number of entries handled."""
+        now = self.clock() if now is None else now
+        if not self._group_ready:
+            await self.store.outbox.ensure_group()
+            self._group_ready = True
+        entries: list[Entry] = []
+        if now >= self._next_reclaim:
+            # Idle time is measured by the store: entries pending longer than the lease.
+            entries += await self.store.outbox.reclaim(
+                self.consumer, self.lease_ms, self.config.batch_size
+            )
+            self._next_reclaim = now + self.lease_ms // 4
+        entries += await self.store.outbox.read(self.consumer, self.config.batch_size)
+        if entries:
+            await self.handle(entries, now)
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + MAINTENANCE_MS
+            await self.store.events.trim(now=now, retention_ms=self.retention_ms)
+        return len(entries)
+
+    async def handle(self, entries: list[Entry], now: int) -> None:
+        shards = self.store.shards
+        converted: list[Converted] = []
+        by_shard: dict[int, list[Fanout]] = defaultdict(list)
+        for entry in entries:
+            event = envelope.convert(entry, shards)
+            if event is None:
+                # Nobody can receive it: acknowledged (and deleted) with nothing scheduled.
+                by_shard[entry.shard].append(Fanout(entry.id, "", "", "", b"", now, []))
+            else:
+                converted.append(event)
+        await self.store.events.record(
+            [
+                LogItem(
+                    tenant=c.tenant,
+                    event_id=c.event.id,
+                    type=c.event.type,
+                    created_at=c.created,
+                    enrollment_id=c.enrollment_id,
+                    contact_id=c.contact_id,
+                    payload=c.payload,
+                )
+                for c in converted
+            ],
+            now=now,
+            retention_ms=self.retention_ms,
+        )
+        endpoints = await self.store.webhooks.of_tenants(c.tenant for c in converted)
+        due = now + self.config.retry_schedule_seconds[0] * 1000
+        for c in converted:
+            deliveries = [
+                (envelope.delivery_id(c.event.id, ep.id, shards), ep.id)
+                for ep in endpoints.get(c.tenant, [])
+                if ep.wants(c.event.type)
+            ]
+            by_shard[c.entry.shard].append(
+                Fanout(c.entry.id, c.tenant, c.event.id, c.event.type, c.payload, due, deliveries)
+            )
+        written = 0
+        for shard, items in by_shard.items():
+            written += await self.store.outbox.fanout(shard, items, now)
+        log.debug("events.handled", entries=len(entries), deliveries=written)
+
+    # -- the loop -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=NAME)
+
+    async def stop(self) -> None:
+        """Stop reading; what was read and not handled comes back to a reader after the lease."""
+        self._stopping.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.config.timeout_seconds)
+            except TimeoutError:
+                task.cancel()
+                await asyncio.wait({task})
+        if self.liveness is not None:
+            self.liveness.stopped(NAME)
+
+    async def _run(self) -> None:
+        idle_s = self.config.idle_poll_ms / 1000
+        deadline = self.config.lease_seconds + 10 * idle_s + 30
+        while not self._stopping.is_set():
+            if self.liveness is not None:
+                self.liveness.beat(NAME, deadline)
+            try:
+                handled = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis away or a bad batch: unacknowledged entries stay pending and come
+                # back after the lease, so surviving and retrying is enough.
+                log.exception("events.read_failed")
+                handled = 0
+            if handled < self.config.batch_size:
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), idle_s)
+                except TimeoutError:
+                    pass

@@ -1,0 +1,161 @@
+"""A real `seqd serve` killed with SIGKILL mid-run loses no step and sends none three times.
+
+The provider is the `log` channel writing to a named pipe that this test reads: every
+line that enters the pipe has reached the provider (lines are written whole, one write(2)
+each, shorter than PIPE_BUF). Holding the reader mid-run fills the pipe, so the daemon
+blocks in the middle of a batch: some of its lines have gone out, none of its claims is
+settled. That is the moment of the kill, every time, not by luck of timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from seqd.store.db import Store, connect
+from tests.conftest import ValkeyProcess
+from tests.dispatchutil import TENANT, enroll, sequence, sms
+from tests.opsutil import Daemon
+
+ENROLLMENTS = 2000
+STEPS = 3
+
+
+class PipeProvider(threading.Thread):
+    """Reads whole lines from a FIFO, writer after writer, until closed; `hold` pauses it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        os.mkfifo(path)
+        self.path = path
+        self.lines: list[dict[str, object]] = []
+        self.hold = threading.Event()
+        self.closed = False
+
+    def run(self) -> None:
+        while not self.closed:
+            with open(self.path, "rb") as pipe:  # blocks until a writer opens the FIFO
+                for line in pipe:
+                    self.lines.append(json.loads(line))
+                    while self.hold.is_set() and not self.closed:
+                        time.sleep(0.001)
+
+    def close(self) -> None:
+        self.closed = True
+        self.hold.clear()
+        deadline = time.monotonic() + 5
+        while self.is_alive() and time.monotonic() < deadline:
+            # A reader blocked in open() waits for a writer: be one, briefly.
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: the reader is not in open() right now
+                pass
+            self.join(0.05)
+
+
+async def _seed(store: Store) -> tuple[str, list[str]]:
+    seq = await sequence(store, *(sms(f"step {i} for {{{{first_name}}}}") for i in range(STEPS)))
+    cids: list[str] = []
+    for start in range(0, ENROLLMENTS, 50):
+        batch = await asyncio.gather(
+            *(
+                store.contacts.create(TENANT, {"first_name": f"c{i}", "phone": f"+1415{i:07d}"})
+                for i in range(start, start + 50)
+            )
+        )
+        cids += [c.id for c in batch]
+    enrolled = await enroll(store, seq, cids)
+    return seq.id, [e.id for e in enrolled]
+
+
+async def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
+    valkey_factory: type[ValkeyProcess], prefix: str, tmp_path: Path
+) -> None:
+    server = valkey_factory()
+    server.start()
+    store = await Store.open(connect(server.url), prefix, 4)
+    provider = PipeProvider(tmp_path / "provider.pipe")
+    provider.start()
+    try:
+        sid, eids = await _seed(store)
+        total = ENROLLMENTS * STEPS
+        env = {
+            "SEQD_CHANNELS_LOG_PATH": str(provider.path),
+            "SEQD_DISPATCH_LEASE_SECONDS": "1",
+            "SEQD_DISPATCH_BATCH_SIZE": "100",
+        }
+        first = Daemon(server.url, prefix, tmp_path / "first", **env).start()
+        try:
+
+            async def a_third_sent() -> bool:
+                assert first.process is not None
+                assert first.process.poll() is None, first.stderr()
+                return len(provider.lines) >= total // 3
+
+            await _wait_for(a_third_sent, 30, "the first process to send a third of the steps")
+            provider.hold.set()
+            await asyncio.sleep(0.5)  # the pipe fills; the daemon blocks mid-batch
+            first.signal(signal.SIGKILL)
+            first.wait()
+        finally:
+            first.stop()
+        # Claims the dead process never settled: these steps come back after the lease.
+        pipe = store.client.pipeline(transaction=False)
+        for eid in eids:
+            pipe.hget(store.keys.enrollment(_shard(store, eid), eid), "cl")
+        assert any(flag is not None for flag in await pipe.execute())
+        provider.hold.clear()
+
+        second = Daemon(server.url, prefix, tmp_path / "second", **env).start()
+        try:
+
+            async def all_done() -> bool:
+                stats = (await store.sequences.stats([sid]))[sid]
+                return stats.completed == ENROLLMENTS
+
+            await _wait_for(all_done, 60, "every enrollment to complete")
+            second.signal(signal.SIGTERM)
+            assert second.wait() == 0, second.stderr()
+        finally:
+            second.stop()
+        provider.close()
+
+        sent = Counter((line["enrollment_id"], line["step"]) for line in provider.lines)
+        expected = {(eid, step) for eid in eids for step in range(STEPS)}
+        assert set(sent) == expected  # every step reached the provider at least once
+        assert max(sent.values()) <= 2  # and at most twice
+        # The kill did hit steps between their send and their advance: sent twice.
+        assert Counter(sent.values())[2] > 0
+        stats = (await store.sequences.stats([sid]))[sid]
+        assert (stats.completed, stats.active, stats.paused, stats.cancelled) == (
+            ENROLLMENTS,
+            0,
+            0,
+            0,
+        )
+        # Nothing is left scheduled or parked.
+        for shard in range(store.shards):
+            assert await store.client.zcard(store.keys.due(shard)) == 0
+    finally:
+        provider.close()
+        await store.close()
+
+
+def _shard(store: Store, eid: str) -> int:
+    from seqd import ids
+
+    return ids.shard_of(eid, store.shards)

@@ -1,0 +1,428 @@
+"""The dispatcher's rules, driven through `run_once` with an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from seqd import ids, models
+from seqd.channels.base import OutboundMessage, SendResult
+from seqd.config import DispatchConfig
+from seqd.engine.dispatcher import Dispatcher
+from seqd.models import SequenceStatus
+from seqd.store.db import Store, connect
+from seqd.times import now_ms
+from tests.conftest import ValkeyProcess
+from tests.dispatchutil import (
+    TENANT,
+    Clock,
+    OneSender,
+    Recorder,
+    contacts,
+    dispatcher,
+    due_score,
+    email,
+    enroll,
+    events,
+    raw,
+    sequence,
+    sms,
+)
+
+MINUTE = 60_000
+
+
+@pytest.fixture
+async def one_shard(valkey: ValkeyProcess, prefix: str) -> AsyncIterator[Store]:
+    """A store with a single shard: one claim sees every enrollment, in due order."""
+    s = await Store.open(connect(valkey.url), prefix, 1)
+    yield s
+    await s.close()
+
+
+async def test_first_step_fires_at_enrollment_plus_wait_later_ones_after_the_send(
+    store: Store,
+) -> None:
+    seq = await sequence(store, sms("one", wait=2), sms("two", wait=3), sms("three"))
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    enrolled = int((await raw(store, e.id))["ea"])
+    clock = Clock(enrolled)
+    sender = Recorder()
+    d = dispatcher(store, sender, clock)
+
+    clock.at = enrolled + 2 * MINUTE - 1
+    assert (await d.run_once(clock.at)).claimed == 0
+    assert sender.messages == []
+    clock.at = enrolled + 2 * MINUTE
+    done = await d.run_once(clock.at)
+    assert (done.claimed, done.sent, done.settled) == (1, 1, 1)
+    assert [m.body for m in sender.messages] == ["one"]
+    sent_at = clock.at
+    assert int((await raw(store, e.id))["n"]) == sent_at + 3 * MINUTE
+
+    clock.at = sent_at + 3 * MINUTE - 1
+    assert (await d.run_once(clock.at)).claimed == 0
+    clock.at = (
+        sent_at + 3 * MINUTE + 40
+    )  # the send itself takes 40 ms: the next wait counts from it
+    await d.run_once(sent_at + 3 * MINUTE)
+    assert [m.body for m in sender.messages] == ["one", "two"]
+    h = await raw(store, e.id)
+    assert int(h["n"]) == clock.at  # "three" waits 0 minutes after "two"'s send
+    await d.run_once(clock.at)
+    h = await raw(store, e.id)
+    assert h["st"] == "completed" and int(h["ca"]) == clock.at
+    types = [ev["type"] for ev in await events(store) if ev["id"] == e.id]
+    assert types == [
+        "sequence.enrollment.created",
+        "sequence.step.sent",
+        "sequence.step.sent",
+        "sequence.step.sent",
+        "sequence.enrollment.completed",
+    ]
+    enrollment = await store.enrollments.get(TENANT, e.id)
+    assert enrollment.status == models.EnrollmentStatus.COMPLETED
+    assert enrollment.completed_at is not None
+
+
+async def test_round_reports_the_next_due_time(store: Store) -> None:
+    seq = await sequence(store, sms(wait=5))
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    due = int((await raw(store, e.id))["n"])
+    d = dispatcher(store, Recorder(), Clock(due - 1000))
+    done = await d.run_once(due - 1000)
+    assert done.claimed == 0 and done.next_due == due
+
+
+async def test_paused_sequence_parks_and_resume_fires_overdue_steps_in_due_order(
+    one_shard: Store,
+) -> None:
+    store = one_shard
+    seq = await sequence(store, sms("{{first_name}}"), sms("second", wait=1))
+    cids = await contacts(store, 5)
+    for cid in cids:  # distinct due times, in this order
+        await enroll(store, seq, [cid])
+        await asyncio.sleep(0.002)
+    await store.sequences.change(TENANT, seq.id, status=SequenceStatus.PAUSED)
+    clock = Clock()
+    clock.advance(10 * MINUTE)
+    sender = Recorder()
+    d = dispatcher(store, sender, clock)
+    assert (await d.run_once(clock.at)).sent == 0
+    assert await store.client.zcard(store.keys.parked(0, seq.id)) == 5
+    assert await store.client.zcard(store.keys.due(0)) == 0
+
+    await store.sequences.change(TENANT, seq.id, status=SequenceStatus.ACTIVE)
+    done = await d.run_once(clock.at)
+    assert done.sent == 5
+    assert [m.body for m in sender.messages] == [f"n{i}" for i in range(5)]
+    # The second step waits a minute after these (late) sends, not after the original time.
+    assert {int((await raw(store, eid))["n"]) for eid in await _ids(store, seq)} == {
+        clock.at + MINUTE
+    }
+
+
+async def _ids(store: Store, seq: models.Sequence) -> list[str]:
+    rows, _, _ = await store.enrollments.list(
+        TENANT, seq.id, limit=100, after=None, statuses=["active"]
+    )
+    return [e.id for e in rows]
+
+
+async def test_archived_sequence_cancels_instead_of_sending(store: Store) -> None:
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    shard = ids.shard_of(e.id, store.shards)
+    await store.client.hset(store.keys.shard_sequences(shard), seq.id, "archived:99:1")
+    sender = Recorder()
+    clock = Clock()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    assert sender.messages == []
+    h = await raw(store, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "sequence_archived"
+
+
+async def test_a_newer_sequence_version_is_read_before_sending(store: Store) -> None:
+    seq = await sequence(store, sms("old text"))
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    clock = Clock()
+    sender = Recorder()
+    d = dispatcher(store, sender, clock)
+    patch = models.SequencePatch(steps=[models.StepIn(kind="sms", body="new text")])
+    await store.sequences.change(TENANT, seq.id, patch=patch)
+    await d.run_once(clock.at)
+    assert [m.body for m in sender.messages] == ["new text"]
+
+
+async def test_missing_variable_pauses_and_names_it(store: Store) -> None:
+    seq = await sequence(store, sms("Hi {{first_name}} from {{attributes.company}}"))
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    sender = Recorder()
+    clock = Clock()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    assert sender.messages == []
+    h = await raw(store, e.id)
+    assert h["st"] == "paused" and h["pr"] == "missing_variable"
+    ev = (await events(store))[-1]
+    assert ev["type"] == "sequence.enrollment.paused" and ev["variable"] == "attributes.company"
+
+
+async def test_attributes_metadata_and_fallbacks_render(store: Store) -> None:
+    seq = await sequence(
+        store,
+        sms("{{first_name}} at {{attributes.company}} via {{metadata.source}} {{last_name|x}}"),
+    )
+    cids = await contacts(store, 1, attributes={"company": "Acme"})
+    await enroll(store, seq, cids, {"source": "web"})
+    sender = Recorder()
+    clock = Clock()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    assert [m.body for m in sender.messages] == ["n0 at Acme via web x"]
+
+
+async def test_no_phone_pauses_with_the_field_as_the_missing_variable(store: Store) -> None:
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1, phone=None))
+    clock = Clock()
+    await dispatcher(store, Recorder(), clock).run_once(clock.at)
+    assert (await raw(store, e.id))["pr"] == "missing_variable"
+    assert (await events(store))[-1]["variable"] == "phone"
+
+
+async def test_retry_backs_off_and_cancels_failed_when_attempts_run_out(store: Store) -> None:
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    sender = Recorder(answer=lambda m: SendResult(outcome="retry", error="twilio 503"))
+    clock = Clock()
+    d = dispatcher(store, sender, clock, max_attempts=3, retry_backoff_seconds=[10, 100])
+    await d.run_once(clock.at)
+    first = await due_score(store, e.id)
+    assert first is not None and 9_000 <= first - clock.at <= 11_000
+    clock.at = int(first)
+    await d.run_once(clock.at)
+    second = await due_score(store, e.id)
+    assert second is not None and 90_000 <= second - clock.at <= 110_000
+    clock.at = int(second)
+    await d.run_once(clock.at)
+    assert len(sender.messages) == 3
+    h = await raw(store, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    assert await due_score(store, e.id) is None
+    evs = [ev for ev in await events(store) if ev["id"] == e.id]
+    assert [ev.get("retrying") for ev in evs if ev["type"] == "sequence.step.failed"] == [
+        True,
+        True,
+        False,
+    ]
+    assert evs[-1]["cancel_reason"] == "failed" and evs[-1]["error"] == "twilio 503"
+
+
+async def test_retry_after_from_the_provider_is_honoured(store: Store) -> None:
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    sender = Recorder(answer=lambda m: SendResult(outcome="retry", retry_after=3600))
+    clock = Clock()
+    await dispatcher(store, sender, clock, retry_backoff_seconds=[1]).run_once(clock.at)
+    assert await due_score(store, e.id) == clock.at + 3_600_000
+
+
+async def test_permanent_failure_cancels_with_the_error(store: Store) -> None:
+    seq = await sequence(store, sms(), sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    sender = Recorder(answer=lambda m: SendResult(outcome="failed", error="twilio 400 code 21211"))
+    clock = Clock()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    h = await raw(store, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    assert (await events(store))[-1]["error"] == "twilio 400 code 21211"
+
+
+async def test_unknown_outcome_resends_or_holds(store: Store) -> None:
+    seq = await sequence(store, sms())
+    a, b = await enroll(store, seq, await contacts(store, 2))
+    sender = Recorder(answer=lambda m: SendResult(outcome="unknown", error="no answer in time"))
+    clock = Clock()
+    await dispatcher(store, sender, clock, retry_backoff_seconds=[5]).run_once(clock.at)
+    for e in (a, b):
+        h = await raw(store, e.id)
+        assert h["st"] == "active" and h["a"] == "1"
+    clock.advance(6_000)
+    await dispatcher(store, sender, clock, on_unknown="hold").run_once(clock.at)
+    for e in (a, b):
+        h = await raw(store, e.id)
+        assert h["st"] == "paused" and h["pr"] == "delivery_unknown"
+
+
+async def test_a_sender_that_raises_is_an_unknown_outcome(store: Store) -> None:
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+
+    def boom(message: OutboundMessage) -> SendResult:
+        raise RuntimeError("bug")
+
+    clock = Clock()
+    await dispatcher(store, Recorder(answer=boom), clock).run_once(clock.at)
+    h = await raw(store, e.id)
+    assert h["st"] == "active" and h["a"] == "1" and "cl" not in h
+
+
+async def _suppress(store: Store, channel: str, value: str, reason: str | None) -> None:
+    record = {"created_at": 1} | ({"reason": reason} if reason else {})
+    await store.client.hset(store.keys.suppressions(TENANT, channel), value, json.dumps(record))
+
+
+async def test_suppressed_step_is_skipped_when_another_channel_remains(store: Store) -> None:
+    seq = await sequence(store, sms("text"), email(wait=1), sms("later"))
+    (cid,) = await contacts(store, 1)
+    contact = await store.contacts.get(TENANT, cid)
+    assert contact.phone is not None
+    await _suppress(store, "sms", contact.phone, "opted_out")
+    (e,) = await enroll(store, seq, [cid])
+    sender = Recorder()
+    clock = Clock()
+    d = dispatcher(store, sender, clock)
+    await d.run_once(clock.at)
+    assert sender.messages == []
+    h = await raw(store, e.id)
+    assert h["i"] == "1" and h["st"] == "active"
+    assert await due_score(store, e.id) == clock.at + MINUTE
+    assert (await events(store))[-1]["type"] == "sequence.step.skipped"
+    clock.advance(MINUTE)
+    await d.run_once(clock.at)
+    assert [m.kind for m in sender.messages] == ["email"]
+    # Only suppressed SMS is left: cancelled as opted out.
+    await d.run_once(clock.at)
+    h = await raw(store, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "opted_out"
+
+
+@pytest.mark.parametrize(
+    ("channel", "reason", "expected"),
+    [("sms", None, "opted_out"), ("email", None, "bounced"), ("email", "manual", "manual")],
+)
+async def test_all_remaining_steps_suppressed_cancels(
+    store: Store, channel: str, reason: str | None, expected: str
+) -> None:
+    step = sms() if channel == "sms" else email()
+    seq = await sequence(store, step, step)
+    (cid,) = await contacts(store, 1)
+    contact = await store.contacts.get(TENANT, cid)
+    await _suppress(store, channel, contact.phone if channel == "sms" else contact.email, reason)  # type: ignore[arg-type]
+    (e,) = await enroll(store, seq, [cid])
+    sender = Recorder()
+    clock = Clock()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    assert sender.messages == []
+    h = await raw(store, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == expected
+
+
+async def test_email_threading_and_header_injection(store: Store) -> None:
+    seq = await sequence(
+        store,
+        sms(),
+        email(subject="Intro for {{first_name}}"),
+        email(subject="ignored when threaded"),
+        email(subject="Fresh start", thread=False),
+    )
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    sender = Recorder()
+    clock = Clock()
+    d = dispatcher(store, sender, clock)
+    for _ in range(4):
+        await d.run_once(clock.at)
+    sent = [(m.step, m.subject, m.thread_root) for m in sender.messages]
+    assert sent == [
+        (0, None, None),
+        (1, "Intro for n0", None),
+        (2, "Re: Intro for n0", f"{e.id}.1"),
+        (3, "Fresh start", None),
+    ]
+
+    seq = await sequence(store, email(subject="Hi {{attributes.x}}"))
+    (e,) = await enroll(store, seq, await contacts(store, 1, attributes={"x": "a\r\nBcc: all"}))
+    sender = Recorder()
+    clock.at = now_ms()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    assert sender.messages == []
+    h = await raw(store, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    assert "subject" in (await events(store))[-1]["error"]
+
+
+async def test_provider_unsubscribed_answer_suppresses_and_skips(store: Store) -> None:
+    seq = await sequence(store, sms(), email())
+    (cid,) = await contacts(store, 1)
+    (e,) = await enroll(store, seq, [cid])
+    sender = Recorder(
+        answer=lambda m: SendResult(outcome="failed", error="twilio 400 code 21610", suppress=True)
+    )
+    clock = Clock()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    h = await raw(store, e.id)
+    assert h["i"] == "1" and h["st"] == "active"
+    phone = (await store.contacts.get(TENANT, cid)).phone
+    assert await store.client.hexists(store.keys.suppressions(TENANT, "sms"), phone)
+
+
+async def test_a_stale_worker_cannot_advance_twice(store: Store) -> None:
+    seq = await sequence(store, sms(), sms(wait=60))
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    gate = asyncio.Event()
+
+    class Slow(Recorder):
+        async def send(self, message: OutboundMessage) -> SendResult:
+            self.messages.append(message)
+            await gate.wait()
+            return SendResult(outcome="sent", provider_id="slow")
+
+    clock = Clock()
+    slow, fast = Slow(), Recorder()
+    first = dispatcher(store, slow, clock, lease_seconds=1)
+    stuck = asyncio.create_task(first.run_once(clock.at))
+    while not slow.messages:
+        await asyncio.sleep(0.001)
+    clock.advance(1000)  # the lease passes; another worker claims and sends the step
+    await dispatcher(store, fast, clock, lease_seconds=1).run_once(clock.at)
+    gate.set()
+    done = await stuck
+    assert done.stale == 1 and done.settled == 0
+    h = await raw(store, e.id)
+    assert h["i"] == "1" and h["p0"] == "pid-" + f"{e.id}.0"
+    assert [ev["type"] for ev in await events(store)].count("sequence.step.sent") == 1
+
+
+async def test_stop_drains_the_batch_in_flight(store: Store) -> None:
+    seq = await sequence(store, sms(), sms(wait=60))
+    enrolled = await enroll(store, seq, await contacts(store, 3))
+    sender = Recorder(delay=0.05)
+    d = Dispatcher(store, DispatchConfig(drain_timeout_seconds=5), OneSender(sender))
+    d.start()
+    while len(sender.messages) < 3:
+        await asyncio.sleep(0.005)
+    await d.stop()
+    for e in enrolled:
+        h = await raw(store, e.id)
+        assert h["i"] == "1" and "cl" not in h
+
+
+async def test_stop_releases_sends_that_outlast_the_drain_timeout(store: Store) -> None:
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    sender = Recorder(delay=60)
+    d = Dispatcher(store, DispatchConfig(drain_timeout_seconds=0.1), OneSender(sender))
+    d.start()
+    while not sender.messages:
+        await asyncio.sleep(0.005)
+    token = (await raw(store, e.id))["k"]
+    before = now_ms()
+    await d.stop()
+    h = await raw(store, e.id)
+    assert h["i"] == "0" and h["st"] == "active"
+    assert int(h["k"]) == int(token) + 1
+    assert h["cl"] == "1"  # the send had started: the provider may have it
+    score = await due_score(store, e.id)
+    assert score is not None and before <= score <= now_ms()

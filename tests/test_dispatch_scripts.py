@@ -1,0 +1,342 @@
+"""claimDue and advance called directly (through their facade), on valkey and on fakeredis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seqd import ids
+from seqd.store.db import Store
+from seqd.store.dispatch import Dispatch, Settle
+from seqd.store.scripts import ScriptError
+from tests.dispatchutil import (
+    TENANT,
+    contacts,
+    due_score,
+    email,
+    enroll,
+    events,
+    raw,
+    sequence,
+    sms,
+)
+
+LEASE = 60_000
+
+
+@pytest.fixture(params=["valkey", "fakeredis"])
+def any_store(request: pytest.FixtureRequest) -> Store:
+    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
+    return store
+
+
+def shard(store: Store, eid: str) -> int:
+    return ids.shard_of(eid, store.shards)
+
+
+async def claim(store: Store, sh: int, now: int, limit: int = 100, **kw: object):  # type: ignore[no-untyped-def]
+    args = {"lease_ms": LEASE, "limit": limit, "on_unknown": "resend", "max_attempts": 3} | kw
+    return await Dispatch(store).claim(sh, now=now, **args)  # type: ignore[arg-type]
+
+
+async def advance(store: Store, sh: int, now: int, *items: Settle):  # type: ignore[no-untyped-def]
+    return await Dispatch(store).advance(sh, list(items), now=now, max_attempts=3)
+
+
+def settle(eid: str, token: str, step: int, at: int, outcome: str, **kw: object) -> Settle:
+    return Settle(id=eid, token=token, step=step, kind="sms", at=at, outcome=outcome, **kw)  # type: ignore[arg-type]
+
+
+async def one(store: Store, *steps, **contact):  # type: ignore[no-untyped-def]
+    seq = await sequence(store, *(steps or (sms(), sms(wait=10))))
+    cid = (await contacts(store, 1, **contact))[0]
+    (e,) = await enroll(store, seq, [cid], {"source": "test"})
+    return seq, e, shard(store, e.id), int((await raw(store, e.id))["n"])
+
+
+async def test_claim_leases_bumps_token_and_returns_what_the_sender_needs(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    assert (await claim(s, sh, due - 1)).items == []
+    batch = await claim(s, sh, due)
+    assert batch.seen == 1
+    (item,) = batch.items
+    assert item.id == e.id
+    assert item.e["k"] == "1" and item.e["cl"] == "1" and item.e["i"] == "0"
+    assert item.e["md"] == '{"source":"test"}'
+    assert item.c["first_name"] == "n0" and item.c["phone"].startswith("+1415555")
+    assert batch.m == {seq.id: f"active:1:{len(seq.steps)}"}
+    assert await due_score(s, e.id) == due + LEASE
+    # Leased: not claimable again before the lease passes, claimable after.
+    assert (await claim(s, sh, due + 1)).items == []
+    again = await claim(s, sh, due + LEASE)
+    assert again.items[0].e["k"] == "2"
+
+
+async def test_claim_takes_earliest_first_up_to_the_limit(any_store: Store) -> None:
+    s = any_store
+    seq = await sequence(s, sms())
+    enrolled = await enroll(s, seq, await contacts(s, 12))
+    by_shard: dict[int, list[str]] = {}
+    for e in enrolled:
+        by_shard.setdefault(shard(s, e.id), []).append(e.id)
+    sh, mine = max(by_shard.items(), key=lambda kv: len(kv[1]))
+    assert len(mine) >= 3
+    # Distinct due times, in the reverse of id order.
+    for n, eid in enumerate(reversed(mine)):
+        await s.client.zadd(s.keys.due(sh), {eid: 1000 + n})
+    batch = await claim(s, sh, 5000, limit=2)
+    assert batch.seen == 2
+    assert [i.id for i in batch.items] == [mine[-1], mine[-2]]
+
+
+async def test_claim_parks_items_of_a_paused_sequence_and_unpark_restores_them(
+    any_store: Store,
+) -> None:
+    from seqd.models import SequenceStatus
+
+    s = any_store
+    seq, e, sh, due = await one(s)
+    await s.sequences.change(TENANT, seq.id, status=SequenceStatus.PAUSED)
+    assert (await claim(s, sh, due)).items == []
+    assert await due_score(s, e.id) is None
+    assert await s.client.zscore(s.keys.parked(sh, seq.id), e.id) == due
+    await s.sequences.change(TENANT, seq.id, status=SequenceStatus.ACTIVE)
+    assert await due_score(s, e.id) == due
+    assert (await claim(s, sh, due)).items[0].id == e.id
+
+
+async def test_claim_cancels_when_the_sequence_is_archived(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    # The mirror alone says archived (the sweep has not reached this enrollment yet).
+    await s.client.hset(s.keys.shard_sequences(sh), seq.id, "archived:9:2")
+    assert (await claim(s, sh, due)).items == []
+    h = await raw(s, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "sequence_archived"
+    assert await due_score(s, e.id) is None
+    assert await s.client.hget(s.keys.counts(sh, seq.id), "cancelled") == "1"
+
+
+async def test_claim_completes_an_enrollment_past_the_last_step(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    await s.client.hset(s.keys.enrollment(sh, e.id), "i", 2)
+    assert (await claim(s, sh, due)).items == []
+    h = await raw(s, e.id)
+    assert h["st"] == "completed" and "ca" in h
+
+
+async def test_claim_drops_a_stale_member(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    await s.enrollments.transition(TENANT, e.id, "cancel", "manual")
+    await s.client.zadd(s.keys.due(sh), {e.id: due})
+    batch = await claim(s, sh, due)
+    assert batch.items == [] and batch.seen == 1
+    assert await due_score(s, e.id) is None
+
+
+async def test_reclaim_after_a_lost_worker_counts_attempts_then_fails(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    now = due
+    for attempt in (1, 2, 3):
+        batch = await claim(s, sh, now)
+        assert batch.items[0].e["a"] == str(attempt - 1)
+        now += LEASE  # the worker died: the lease passes
+    # Three attempts lost (max_attempts = 3): the next claim ends it.
+    assert (await claim(s, sh, now)).items == []
+    h = await raw(s, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    types = [ev["type"] for ev in await events(s, sh)]
+    assert types[-2:] == ["sequence.step.failed", "sequence.enrollment.cancelled"]
+
+
+async def test_reclaim_with_on_unknown_hold_pauses(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    await claim(s, sh, due, on_unknown="hold")
+    assert (await claim(s, sh, due + LEASE, on_unknown="hold")).items == []
+    h = await raw(s, e.id)
+    assert h["st"] == "paused" and h["pr"] == "delivery_unknown"
+    last = (await events(s, sh))[-1]
+    assert last["type"] == "sequence.enrollment.paused" and last["step"] == 0
+
+
+async def test_advance_sent_schedules_the_next_step_then_completes(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    item = (await claim(s, sh, due)).items[0]
+    at = due + 150
+    done = await advance(
+        s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id="SM1", wait=600_000)
+    )
+    assert (done.applied, done.late, done.stale) == (1, 0, [])
+    h = await raw(s, e.id)
+    assert h["i"] == "1" and h["p0"] == "SM1" and h["sm"] == "1" and "cl" not in h
+    assert h["n"] == str(at + 600_000) and h["a"] == "0"
+    assert await due_score(s, e.id) == at + 600_000
+    sent = (await events(s, sh))[-1]
+    assert sent["type"] == "sequence.step.sent"
+    assert sent["step"] == 0 and sent["provider_id"] == "SM1" and sent["sent_at"] == at
+    item = (await claim(s, sh, at + 600_000)).items[0]
+    end = at + 600_100
+    await advance(s, sh, end, settle(e.id, item.e["k"], 1, end, "sent", provider_id="SM2", wait=-1))
+    h = await raw(s, e.id)
+    assert h["st"] == "completed" and h["ca"] == str(end) and h["p1"] == "SM2"
+    assert await due_score(s, e.id) is None
+    types = [ev["type"] for ev in await events(s, sh)]
+    assert types[-2:] == ["sequence.step.sent", "sequence.enrollment.completed"]
+    counts = await s.client.hgetall(s.keys.counts(sh, seq.id))
+    assert counts == {"active": "0", "completed": "1"}
+    assert await s.client.zcard(s.keys.status_index(sh, seq.id, "active")) == 0
+    assert await s.client.hget(s.keys.contact(sh, e.contact_id), f"e:{seq.id}") is None
+
+
+async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    first = (await claim(s, sh, due)).items[0]
+    second = (await claim(s, sh, due + LEASE)).items[0]  # the first worker's lease passed
+    done = await advance(s, sh, due + LEASE, settle(e.id, first.e["k"], 0, due, "sent", wait=5))
+    assert (done.applied, done.stale) == (0, [e.id])
+    assert (await raw(s, e.id))["i"] == "0"
+    done = await advance(
+        s, sh, due + LEASE, settle(e.id, second.e["k"], 0, due + LEASE, "sent", wait=5)
+    )
+    assert done.applied == 1
+    assert (await raw(s, e.id))["i"] == "1"
+
+
+async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    item = (await claim(s, sh, due)).items[0]
+    await s.enrollments.transition(TENANT, e.id, "pause", "reply_received")
+    done = await advance(
+        s,
+        sh,
+        due + 5,
+        settle(e.id, item.e["k"], 0, due + 5, "sent", provider_id="SM9", wait=600_000),
+    )
+    assert (done.applied, done.late, done.stale) == (0, 1, [])
+    h = await raw(s, e.id)
+    assert h["st"] == "paused" and h["i"] == "1" and h["p0"] == "SM9" and h["sm"] == "1"
+    assert await due_score(s, e.id) is None
+    # A retry outcome racing the pause changes nothing.
+    done = await advance(s, sh, due + 5, settle(e.id, item.e["k"], 1, due + 5, "retry", delay=1))
+    assert done.stale == [e.id]
+
+
+async def test_advance_retry_backs_off_then_fails_when_attempts_run_out(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    now = due
+    for attempt in (1, 2):
+        item = (await claim(s, sh, now)).items[0]
+        await advance(
+            s, sh, now, settle(e.id, item.e["k"], 0, now, "retry", error="503", delay=30_000)
+        )
+        assert (await raw(s, e.id))["a"] == str(attempt)
+        assert await due_score(s, e.id) == now + 30_000
+        ev = (await events(s, sh))[-1]
+        assert ev["type"] == "sequence.step.failed" and ev["retrying"] is True
+        assert ev["attempts"] == attempt and ev["error"] == "503"
+        now += 30_000
+    item = (await claim(s, sh, now)).items[0]
+    await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "retry", error="503", delay=30_000))
+    h = await raw(s, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    failed, cancelled = (await events(s, sh))[-2:]
+    assert failed["type"] == "sequence.step.failed" and failed["retrying"] is False
+    assert cancelled["cancel_reason"] == "failed" and cancelled["error"] == "503"
+
+
+async def test_advance_permanent_failure_cancels(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    item = (await claim(s, sh, due)).items[0]
+    await advance(
+        s, sh, due, settle(e.id, item.e["k"], 0, due, "failed", error="twilio 400 code 21211")
+    )
+    h = await raw(s, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    assert await due_score(s, e.id) is None
+    assert (await events(s, sh))[-1]["error"] == "twilio 400 code 21211"
+
+
+async def test_advance_pause_names_the_missing_variable(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    item = (await claim(s, sh, due)).items[0]
+    await advance(
+        s, sh, due,
+        settle(e.id, item.e["k"], 0, due, "pause", reason="missing_variable", variable="first_name"),
+    )  # fmt: skip
+    h = await raw(s, e.id)
+    assert h["st"] == "paused" and h["pr"] == "missing_variable"
+    ev = (await events(s, sh))[-1]
+    assert ev["type"] == "sequence.enrollment.paused"
+    assert ev["paused_reason"] == "missing_variable" and ev["variable"] == "first_name"
+
+
+async def test_advance_skip_cancel_complete(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s, sms(), email(wait=3))
+    item = (await claim(s, sh, due)).items[0]
+    await advance(
+        s, sh, due, settle(e.id, item.e["k"], 0, due, "skipped", reason="suppressed", wait=180_000)
+    )
+    h = await raw(s, e.id)
+    assert h["i"] == "1" and "sm" not in h and "p0" not in h
+    assert await due_score(s, e.id) == due + 180_000
+    assert (await events(s, sh))[-1]["type"] == "sequence.step.skipped"
+    item = (await claim(s, sh, due + 180_000)).items[0]
+    await advance(s, sh, due, settle(e.id, item.e["k"], 1, due, "cancel", reason="bounced"))
+    h = await raw(s, e.id)
+    assert h["st"] == "cancelled" and h["cr"] == "bounced"
+
+    seq, e, sh, due = await one(s, sms())
+    item = (await claim(s, sh, due)).items[0]
+    await advance(s, sh, due, settle(e.id, item.e["k"], 0, due, "complete"))
+    assert (await raw(s, e.id))["st"] == "completed"
+
+
+async def test_advance_release_makes_the_step_due_now(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    item = (await claim(s, sh, due)).items[0]
+    now = due + 10
+    await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "release", started=False))
+    h = await raw(s, e.id)
+    assert h["k"] == "2" and "cl" not in h and h["st"] == "active" and h["i"] == "0"
+    assert await due_score(s, e.id) == now
+    item = (await claim(s, sh, now)).items[0]
+    await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "release", started=True))
+    # A started send may have reached the provider: the claim stays unsettled.
+    assert (await raw(s, e.id))["cl"] == "1"
+
+
+async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Store) -> None:
+    s = any_store
+    seq, e, sh, due = await one(s)
+    item = (await claim(s, sh, due)).items[0]
+    keys = [s.keys.due(sh), s.keys.outbox(sh)]
+    tag = s.keys.shard_tag(sh)
+    good = {"id": e.id, "token": item.e["k"], "step": 0, "kind": "sms", "at": due,
+            "outcome": "sent", "wait": 5}  # fmt: skip
+    bad = [
+        "not json",
+        json.dumps({"id": e.id}),
+        json.dumps([good, {**good, "outcome": "exploded"}]),
+        json.dumps([good, {**good, "wait": None}]),
+        json.dumps([good, 7]),
+    ]
+    for text in bad:
+        with pytest.raises(ScriptError) as info:
+            await s.runner.call("advance", keys, [tag, due, 3, text], tag=tag)
+        assert info.value.code == "BAD_ITEMS"
+    assert (await raw(s, e.id))["i"] == "0"
+    assert await due_score(s, e.id) == due + LEASE

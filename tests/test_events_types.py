@@ -1,0 +1,174 @@
+"""Event shapes, derived ids, subscriptions, signing and the SSRF address rules (no store)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from seqd import ids
+from seqd.events import envelope, signing, ssrf, types
+from seqd.store.outbox import Entry
+from seqd.times import to_rfc3339
+
+AT = 1_800_000_000_000
+FIELDS = {
+    "t": "acme",
+    "s": "seq_1",
+    "c": "con_1",
+    "st": "paused",
+    "i": "1",
+    "n": str(AT),
+    "ea": str(AT - 5),
+    "ua": str(AT),
+    "pr": "manual",
+    "k": "3",
+    "a": "0",
+    "p0": "SM1",
+}
+
+
+def _entry(etype: str, data: object, *, shard: int = 1, entry: str = f"{AT}-0") -> Entry:
+    fields = {"type": etype, "tenant": "acme", "at": str(AT), "data": json.dumps(data)}
+    return Entry(shard, entry, fields)
+
+
+def test_enrollment_event_data_is_the_enrollment() -> None:
+    eid = ids.new_in_shard(ids.ENROLLMENT, 1, 4)
+    raw = {"id": eid, "fields": FIELDS, "paused_reason": "manual"}
+    data = types.shape("sequence.enrollment.paused", raw)
+    assert data["id"] == eid and data["status"] == "paused" and data["paused_reason"] == "manual"
+    assert data["sequence_id"] == "seq_1" and data["contact_id"] == "con_1"
+    assert data["next_run_at"] is None and data["updated_at"] == to_rfc3339(AT)
+    assert "fields" not in data and "t" not in data
+    assert types.refs(raw) == (eid, "con_1")
+
+
+def test_step_event_nests_the_enrollment_and_converts_times() -> None:
+    eid = ids.new_in_shard(ids.ENROLLMENT, 1, 4)
+    raw = {
+        "id": eid,
+        "fields": {**FIELDS, "st": "active"},
+        "step": 0,
+        "kind": "sms",
+        "provider_id": "SM1",
+        "sent_at": AT,
+    }
+    data = types.shape("sequence.step.sent", raw)
+    assert data["step"] == 0 and data["kind"] == "sms" and data["sent_at"] == to_rfc3339(AT)
+    assert data["enrollment_id"] == eid and data["contact_id"] == "con_1"
+    assert data["enrollment"]["status"] == "active"
+    assert data["enrollment"]["next_run_at"] == to_rfc3339(AT)
+
+
+def test_unknown_type_passes_through_with_generic_conversion() -> None:
+    eid = ids.new_in_shard(ids.ENROLLMENT, 1, 4)
+    enrollment_shaped = types.shape("sequence.something.new", {"id": eid, "fields": FIELDS})
+    assert enrollment_shaped["enrollment"]["id"] == eid
+    plain = types.shape("brand.new", {"a": 1, "seen_at": AT, "label_at": "x"})
+    assert plain == {"a": 1, "seen_at": to_rfc3339(AT), "label_at": "x"}
+    # Enrollment-looking data that cannot be read goes out as stored.
+    broken = {"id": eid, "fields": {"st": "nonsense"}}
+    assert types.shape("sequence.enrollment.created", broken) == broken
+
+
+def test_contact_events_and_their_refs() -> None:
+    assert types.shape("contact.deleted", {"id": "con_9"}) == {"id": "con_9"}
+    assert types.refs({"id": "con_9"}) == ("", "con_9")
+    assert types.refs({"contact_id": "con_2", "cancelled": ["enr_x"]}) == ("", "con_2")
+    assert types.refs({"id": "enr_1", "enrollment_id": "enr_1", "contact_id": "con_3"}) == (
+        "enr_1",
+        "con_3",
+    )
+
+
+def test_convert_never_raises_on_bad_entries() -> None:
+    assert envelope.convert(Entry(0, f"{AT}-0", {"type": "x"}), 4) is None
+    assert envelope.convert(Entry(0, f"{AT}-0", {"tenant": "acme"}), 4) is None
+    bad = envelope.convert(Entry(0, f"{AT}-0", {"type": "x", "tenant": "a", "data": "{"}), 4)
+    assert bad is not None and bad.event.data == {}
+    listed = envelope.convert(_entry("x", [1, 2]), 4)
+    assert listed is not None and listed.event.data == {}
+    no_time = envelope.convert(Entry(2, f"{AT}-1", {"type": "x", "tenant": "a"}), 4)
+    assert no_time is not None and no_time.event.created_at == to_rfc3339(AT)
+
+
+def test_event_ids_are_stable_unique_sorted_and_name_their_shard() -> None:
+    one = envelope.event_id(3, f"{AT}-0", 4)
+    assert one == envelope.event_id(3, f"{AT}-0", 4)
+    assert ids.is_valid(one, ids.EVENT) and ids.shard_of(one, 4) == 3 and ids.time_of(one) == AT
+    seen = {envelope.event_id(s, f"{AT}-{n}", 4) for s in range(4) for n in range(50)}
+    assert len(seen) == 200
+    assert envelope.event_id(0, f"{AT}-9", 4) < envelope.event_id(0, f"{AT + 1}-0", 4)
+    assert envelope.event_id(0, f"{AT}-1", 4) < envelope.event_id(0, f"{AT}-2", 4)
+    # Odd shard counts keep the residue too.
+    assert ids.shard_of(envelope.event_id(6, f"{AT}-12345", 7), 7) == 6
+
+
+def test_delivery_ids_derive_from_event_and_endpoint() -> None:
+    evt = envelope.event_id(2, f"{AT}-5", 4)
+    a = envelope.delivery_id(evt, "whe_a", 4)
+    assert a == envelope.delivery_id(evt, "whe_a", 4)
+    assert a != envelope.delivery_id(evt, "whe_b", 4)
+    assert ids.is_valid(a, ids.DELIVERY) and ids.shard_of(a, 4) == 2 and ids.time_of(a) == AT
+
+
+def test_converted_payload_is_the_event() -> None:
+    converted = envelope.convert(_entry("contact.opted_in", {"contact_id": "con_1"}), 4)
+    assert converted is not None
+    body = json.loads(converted.payload)
+    assert list(body) == ["id", "type", "created_at", "data"]
+    assert body["id"] == converted.event.id and body["created_at"] == to_rfc3339(AT)
+    assert converted.contact_id == "con_1" and converted.created == AT
+
+
+def test_subscription_rules() -> None:
+    assert types.check_subscription(["*"]) == []
+    assert types.check_subscription(list(types.TYPES)) == []
+    [err] = types.check_subscription(["sequence.enrollment.created", "nope"])
+    assert err.path == "events[1]"
+    assert types.check_subscription(["*", "contact.bounced"])[0].path == "events"
+    assert types.matches(["*"], "anything.at.all")
+    assert not types.matches(["contact.bounced"], "contact.opted_out")
+
+
+def test_signature_header_verifies_with_each_secret() -> None:
+    old, new = signing.new_secret(), signing.new_secret()
+    assert old.startswith("whsec_") and old != new
+    body = b'{"id":"evt_1"}'
+    import time
+
+    ts = int(time.time())
+    header = signing.header([new, old], "evt_1", ts, body)
+    headers = {"webhook-id": "evt_1", "webhook-timestamp": str(ts), "webhook-signature": header}
+    for secret in (old, new):
+        Webhook(secret).verify(body, headers)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "224.0.0.1",
+        "100.64.0.1",
+        "::1",
+        "fe80::1%eth0",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "::",
+        "ff02::1",
+    ],
+)
+def test_non_public_addresses_are_forbidden(address: str) -> None:
+    assert ssrf.forbidden(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert not ssrf.forbidden(address)

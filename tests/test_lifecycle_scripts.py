@@ -1,0 +1,124 @@
+"""The lifecycle scripts called directly, error codes included, on valkey and fakeredis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seqd import ids
+from seqd.errors import NotFound
+from seqd.store.db import Store
+from seqd.store.lifecycle import kinds
+from seqd.store.scripts import ScriptError
+from tests.dispatchutil import Clock, email, enroll, events, raw, sequence, sms
+from tests.lifecycleutil import PHONE, contact, send_due
+
+
+@pytest.fixture(params=["valkey", "fakeredis"])
+def any_store(request: pytest.FixtureRequest) -> Store:
+    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
+    return store
+
+
+async def test_reply_contact_refuses_a_stale_sequence_version(any_store: Store) -> None:
+    s = any_store
+    seq = await sequence(s, sms(), sms(wait=10))
+    cid = await contact(s)
+    (e,) = await enroll(s, seq, [cid])
+    shard = ids.shard_of(cid, s.shards)
+    tag = s.keys.shard_tag(shard)
+    keys = [s.keys.due(shard), s.keys.outbox(shard), s.keys.shard_sequences(shard)]
+    args = [tag, 1, "acme", cid, "", "sms", seq.id, 99, kinds(seq), "pause"]
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call("replyContact", keys, args, tag=tag)
+    assert (info.value.code, info.value.detail) == ("STALE", seq.id)
+    assert (await raw(s, e.id))["st"] == "active"
+    # At the mirror's version: not sent yet, so nothing happens.
+    args[7] = 1
+    assert await s.runner.call("replyContact", keys, args, tag=tag) == [e.id, "not_sent"]
+
+
+async def test_reply_for_another_tenant_touches_nothing(any_store: Store) -> None:
+    s = any_store
+    seq = await sequence(s, sms(), sms(wait=10))
+    (e,) = await enroll(s, seq, [await contact(s)])
+    await send_due(s, Clock())
+    assert await s.lifecycle.reply("beta", "sms", enrollment_id=e.id) == []
+    assert await s.lifecycle.reply("acme", "sms", enrollment_id="enr_bogus") == []
+    assert await s.lifecycle.reply("acme", "sms", contact_id="con_bogus") == []
+    (reaction,) = await s.lifecycle.reply("acme", "sms", enrollment_id=e.id)
+    assert reaction.outcome == "paused"
+    (again,) = await s.lifecycle.reply("acme", "sms", enrollment_id=e.id)
+    assert again.outcome == "not_active"
+
+
+async def test_stop_channel_cancels_only_single_channel_enrollments(any_store: Store) -> None:
+    s = any_store
+    cid = await contact(s)
+    texts = await sequence(s, sms(), sms(wait=10))
+    mixed = await sequence(s, sms(), email(wait=10))
+    tail = await sequence(s, email(), sms(wait=10))  # after its email step: only SMS left
+    a, b, c = [(await enroll(s, q, [cid]))[0] for q in (texts, mixed, tail)]
+    await send_due(s, Clock())
+    cancelled = await s.lifecycle.stop_channel(
+        "acme", "sms", PHONE, cid, cancel_reason="opted_out", event_type="contact.opted_out",
+        event={"source": "test"},
+    )  # fmt: skip
+    assert sorted(cancelled) == sorted([a.id, c.id])
+    assert (await raw(s, b.id))["st"] == "active"
+    stats = await s.sequences.stats([texts.id])
+    assert (stats[texts.id].active, stats[texts.id].cancelled) == (0, 1)
+    contact_hash = await s.client.hgetall(s.keys.contact(ids.shard_of(cid, s.shards), cid))
+    assert f"e:{texts.id}" not in contact_hash and f"e:{mixed.id}" in contact_hash
+
+
+async def test_stop_channel_without_a_contact_writes_only_the_event(any_store: Store) -> None:
+    s = any_store
+    cancelled = await s.lifecycle.stop_channel(
+        "acme", "email", "x@example.com", None, cancel_reason="bounced",
+        event_type="contact.bounced", event={"status": "5.1.1"},
+    )  # fmt: skip
+    assert cancelled == []
+    (event,) = await events(s, s.lifecycle.shard_of_value("x@example.com"))
+    assert event["type"] == "contact.bounced" and event["contact_id"] is None
+    assert "cancelled" not in event
+
+
+async def test_record_delivery_ranks_and_not_found(any_store: Store) -> None:
+    s = any_store
+    seq = await sequence(s, sms())
+    (e,) = await enroll(s, seq, [await contact(s)])
+    record = s.lifecycle.record_delivery
+    got = await record("acme", e.id, 0, "sent", 2, "", event_type="", event={})
+    assert (got.recorded, got.previous) == (True, None)
+    got = await record("acme", e.id, 0, "queued", 0, "", event_type="", event={})
+    assert (got.recorded, got.previous) == (False, "sent")
+    got = await record(
+        "acme", e.id, 0, "undelivered", 3, "30003", event_type="message.undelivered",
+        event={"status": "undelivered"},
+    )  # fmt: skip
+    assert (got.recorded, got.previous) == (True, "sent")
+    assert (await raw(s, e.id))["d0"] == "3:undelivered:30003"
+    with pytest.raises(NotFound):
+        await record("beta", e.id, 0, "sent", 2, "", event_type="", event={})
+    with pytest.raises(NotFound):
+        await record("acme", "nope", 0, "sent", 2, "", event_type="", event={})
+
+
+async def test_suppress_and_emit(any_store: Store) -> None:
+    s = any_store
+    keys = [s.keys.suppressions("acme", "sms"), s.keys.suppression_index("acme", "sms")]
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call("suppress", keys, ["replace", PHONE, "{}", ""])
+    assert info.value.code == "BAD_ACTION"
+    record = json.dumps({"reason": "manual", "created_at": 1})
+    assert await s.runner.call("suppress", keys, ["add", PHONE, record, ""]) == [1, record]
+    assert await s.runner.call("suppress", keys, ["remove", PHONE, "", "manual"]) == [0, record]
+    assert await s.runner.call("suppress", keys, ["remove", PHONE, "", ""]) == [1, record]
+    assert await s.runner.call("suppress", keys, ["remove", PHONE, "", ""]) == [0, ""]
+    await s.lifecycle.emit(
+        "acme", "contact.opted_in", {"value": PHONE}, contact_id=None, value=PHONE
+    )
+    (event,) = await events(s)
+    assert event == {"type": "contact.opted_in", "value": PHONE}
