@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import cProfile
 import io
-import os
 import pstats
 import subprocess
 import sys
@@ -81,7 +80,7 @@ def start_valkey(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
             "everysec",
             "--logfile",
             str(directory / "valkey.log"),
-        ]  # fmt: skip
+        ]
     )
     deadline = time.monotonic() + 10
     import redis
@@ -214,7 +213,7 @@ async def new_sequence(store: Store, name: str, steps: int = 2) -> models.Sequen
         name=name,
         status="active",
         steps=[
-            models.StepIn(kind="sms", body="Hi {{first_name|there}}, step %d" % i,
+            models.StepIn(kind="sms", body=f"Hi {{{{first_name|there}}}}, step {i}",
                           wait_minutes=0 if i == 0 else 1440)
             for i in range(steps)
         ],
@@ -332,7 +331,7 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
     workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-dispatch-"))
     proc, url = start_valkey(workdir)
     twilio_port = free_port()
-    twilio = subprocess.Popen(
+    twilio = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
         [sys.executable, "-m", "benchmarks.dispatch", "--twilio-server", str(twilio_port)]
     )
     try:
@@ -448,13 +447,9 @@ def cli() -> None:
     if args.twilio_server:
         twilio_server(args.twilio_server)
         return
-    try:
-        import uvloop
+    import uvloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    runner(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n))
+    uvloop.run(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n))
 
 
 if __name__ == "__main__":

@@ -286,6 +286,9 @@ class ConfigError(Exception):
 
 
 ENV_PREFIX = "SEQD_"
+# SEQD_ variables that are not settings: the config file's path, and the test-only switch
+# that makes every script call check its keys' cluster slots (store/scripts.py).
+NOT_SETTINGS = frozenset({"SEQD_CONFIG", "SEQD_CHECK_SLOTS"})
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 
 
@@ -301,7 +304,7 @@ def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict
     """
     out: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "SEQD_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         parts = name[len(ENV_PREFIX) :].lower()
         target: dict[str, Any] = out

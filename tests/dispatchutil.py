@@ -144,3 +144,10 @@ async def due_score(store: Store, eid: str) -> float | None:
 
     shard = ids.shard_of(eid, store.shards)
     return await store.client.zscore(store.keys.due(shard), eid)  # type: ignore[no-any-return]
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait for `condition` (checked every ms), failing after `seconds`."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - polling a plain condition
+            await asyncio.sleep(0.001)

@@ -74,8 +74,8 @@ async def _seed(store: Store) -> tuple[str, list[str]]:
     return seq.id, [e.id for e in enrolled]
 
 
-async def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def _wait_for(predicate, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
     while not await predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -85,7 +85,7 @@ async def _wait_for(predicate, timeout: float, what: str) -> None:  # type: igno
 async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
     valkey_factory: type[ValkeyProcess], prefix: str, tmp_path: Path
 ) -> None:
-    server = valkey_factory()
+    server = valkey_factory()  # type: ignore[call-arg]
     server.start()
     store = await Store.open(connect(server.url), prefix, 4)
     provider = PipeProvider(tmp_path / "provider.pipe")

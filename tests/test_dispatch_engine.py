@@ -30,6 +30,7 @@ from tests.dispatchutil import (
     raw,
     sequence,
     sms,
+    until,
 )
 
 MINUTE = 60_000
@@ -147,7 +148,7 @@ async def test_archived_sequence_cancels_instead_of_sending(store: Store) -> Non
 
 async def test_a_newer_sequence_version_is_read_before_sending(store: Store) -> None:
     seq = await sequence(store, sms("old text"))
-    (e,) = await enroll(store, seq, await contacts(store, 1))
+    (_e,) = await enroll(store, seq, await contacts(store, 1))
     clock = Clock()
     sender = Recorder()
     d = dispatcher(store, sender, clock)
@@ -383,8 +384,7 @@ async def test_a_stale_worker_cannot_advance_twice(store: Store) -> None:
     slow, fast = Slow(), Recorder()
     first = dispatcher(store, slow, clock, lease_seconds=1)
     stuck = asyncio.create_task(first.run_once(clock.at))
-    while not slow.messages:
-        await asyncio.sleep(0.001)
+    await until(lambda: bool(slow.messages))
     clock.advance(1000)  # the lease passes; another worker claims and sends the step
     await dispatcher(store, fast, clock, lease_seconds=1).run_once(clock.at)
     gate.set()
@@ -401,8 +401,7 @@ async def test_stop_drains_the_batch_in_flight(store: Store) -> None:
     sender = Recorder(delay=0.05)
     d = Dispatcher(store, DispatchConfig(drain_timeout_seconds=5), OneSender(sender))
     d.start()
-    while len(sender.messages) < 3:
-        await asyncio.sleep(0.005)
+    await until(lambda: len(sender.messages) >= 3)
     await d.stop()
     for e in enrolled:
         h = await raw(store, e.id)
@@ -415,8 +414,7 @@ async def test_stop_releases_sends_that_outlast_the_drain_timeout(store: Store) 
     sender = Recorder(delay=60)
     d = Dispatcher(store, DispatchConfig(drain_timeout_seconds=0.1), OneSender(sender))
     d.start()
-    while not sender.messages:
-        await asyncio.sleep(0.005)
+    await until(lambda: bool(sender.messages))
     token = (await raw(store, e.id))["k"]
     before = now_ms()
     await d.stop()

@@ -121,7 +121,7 @@ async def test_claim_cancels_when_the_sequence_is_archived(any_store: Store) -> 
 
 async def test_claim_completes_an_enrollment_past_the_last_step(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     await s.client.hset(s.keys.enrollment(sh, e.id), "i", 2)
     assert (await claim(s, sh, due)).items == []
     h = await raw(s, e.id)
@@ -130,7 +130,7 @@ async def test_claim_completes_an_enrollment_past_the_last_step(any_store: Store
 
 async def test_claim_drops_a_stale_member(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     await s.enrollments.transition(TENANT, e.id, "cancel", "manual")
     await s.client.zadd(s.keys.due(sh), {e.id: due})
     batch = await claim(s, sh, due)
@@ -140,7 +140,7 @@ async def test_claim_drops_a_stale_member(any_store: Store) -> None:
 
 async def test_reclaim_after_a_lost_worker_counts_attempts_then_fails(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     now = due
     for attempt in (1, 2, 3):
         batch = await claim(s, sh, now)
@@ -156,7 +156,7 @@ async def test_reclaim_after_a_lost_worker_counts_attempts_then_fails(any_store:
 
 async def test_reclaim_with_on_unknown_hold_pauses(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     await claim(s, sh, due, on_unknown="hold")
     assert (await claim(s, sh, due + LEASE, on_unknown="hold")).items == []
     h = await raw(s, e.id)
@@ -197,7 +197,7 @@ async def test_advance_sent_schedules_the_next_step_then_completes(any_store: St
 
 async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     first = (await claim(s, sh, due)).items[0]
     second = (await claim(s, sh, due + LEASE)).items[0]  # the first worker's lease passed
     done = await advance(s, sh, due + LEASE, settle(e.id, first.e["k"], 0, due, "sent", wait=5))
@@ -212,7 +212,7 @@ async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) ->
 
 async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     await s.enrollments.transition(TENANT, e.id, "pause", "reply_received")
     done = await advance(
@@ -232,7 +232,7 @@ async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store) -> 
 
 async def test_advance_retry_backs_off_then_fails_when_attempts_run_out(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     now = due
     for attempt in (1, 2):
         item = (await claim(s, sh, now)).items[0]
@@ -256,7 +256,7 @@ async def test_advance_retry_backs_off_then_fails_when_attempts_run_out(any_stor
 
 async def test_advance_permanent_failure_cancels(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     await advance(
         s, sh, due, settle(e.id, item.e["k"], 0, due, "failed", error="twilio 400 code 21211")
@@ -269,11 +269,13 @@ async def test_advance_permanent_failure_cancels(any_store: Store) -> None:
 
 async def test_advance_pause_names_the_missing_variable(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     await advance(
         s, sh, due,
-        settle(e.id, item.e["k"], 0, due, "pause", reason="missing_variable", variable="first_name"),
+        settle(
+            e.id, item.e["k"], 0, due, "pause", reason="missing_variable", variable="first_name"
+        ),
     )  # fmt: skip
     h = await raw(s, e.id)
     assert h["st"] == "paused" and h["pr"] == "missing_variable"
@@ -284,7 +286,7 @@ async def test_advance_pause_names_the_missing_variable(any_store: Store) -> Non
 
 async def test_advance_skip_cancel_complete(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s, sms(), email(wait=3))
+    _, e, sh, due = await one(s, sms(), email(wait=3))
     item = (await claim(s, sh, due)).items[0]
     await advance(
         s, sh, due, settle(e.id, item.e["k"], 0, due, "skipped", reason="suppressed", wait=180_000)
@@ -298,7 +300,7 @@ async def test_advance_skip_cancel_complete(any_store: Store) -> None:
     h = await raw(s, e.id)
     assert h["st"] == "cancelled" and h["cr"] == "bounced"
 
-    seq, e, sh, due = await one(s, sms())
+    _seq, e, sh, due = await one(s, sms())
     item = (await claim(s, sh, due)).items[0]
     await advance(s, sh, due, settle(e.id, item.e["k"], 0, due, "complete"))
     assert (await raw(s, e.id))["st"] == "completed"
@@ -306,7 +308,7 @@ async def test_advance_skip_cancel_complete(any_store: Store) -> None:
 
 async def test_advance_release_makes_the_step_due_now(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     now = due + 10
     await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "release", started=False))
@@ -321,7 +323,7 @@ async def test_advance_release_makes_the_step_due_now(any_store: Store) -> None:
 
 async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Store) -> None:
     s = any_store
-    seq, e, sh, due = await one(s)
+    _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     keys = [s.keys.due(sh), s.keys.outbox(sh)]
     tag = s.keys.shard_tag(sh)

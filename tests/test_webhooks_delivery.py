@@ -211,7 +211,8 @@ async def test_a_crashed_deliverer_claim_is_taken_over_after_the_lease(store: St
         clock.advance(5)
         assert await p.step() == 1
         # The dead claim's late finish is refused (fenced).
-        assert not await store.deliveries.finish(claimed[0], "delivered", now=clock.now)
+        recorded, _ = await store.deliveries.finish(claimed[0], "delivered", now=clock.now)
+        assert not recorded
 
 
 async def test_two_processes_deliver_each_event_once(store: Store) -> None:

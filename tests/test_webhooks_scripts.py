@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from seqd import ids
@@ -18,6 +20,11 @@ NOW = 1_800_000_000_000
 def any_store(request: pytest.FixtureRequest) -> Store:
     store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
     return store
+
+
+async def _done(s: Store, *args: Any, **kw: Any) -> bool:
+    recorded, _ = await s.deliveries.finish(*args, **kw)
+    return recorded
 
 
 async def _schedule(
@@ -103,19 +110,19 @@ async def test_finish_outcomes_and_fencing(any_store: Store) -> None:
         )
     }
     one, two, three, four = (got[i] for i in ids_)
-    assert await s.deliveries.finish(one, "delivered", now=NOW + 20, status=200)
+    assert await _done(s, one, "delivered", now=NOW + 20, status=200)
     assert not await s.client.exists(s.keys.delivery(0, one.id))
-    assert await s.deliveries.finish(
-        two, "retry", now=NOW + 20, due_at=NOW + 5000, status=503, error="HTTP 503"
+    assert await _done(
+        s, two, "retry", now=NOW + 20, due_at=NOW + 5000, status=503, error="HTTP 503"
     )
     h = await s.client.hgetall(s.keys.delivery(0, two.id))
     assert h["a"] == "1" and h["n"] == str(NOW + 5000) and h["lc"] == "503" and h["la"]
-    assert await s.deliveries.finish(three, "failed", now=NOW + 20, error="timeout")
+    assert await _done(s, three, "failed", now=NOW + 20, error="timeout")
     h = await s.client.hgetall(s.keys.delivery(0, three.id))
     assert h["st"] == "failed" and h["le"] == "timeout" and "lc" not in h and "n" not in h
     assert await s.client.zrange(s.keys.failed_deliveries(0, "whe_a"), 0, -1) == [three.id]
     assert await s.client.zrange(s.keys.failed_all(0), 0, -1) == [three.id]
-    assert await s.deliveries.finish(four, "drop", now=NOW + 20, attempted=False)
+    assert await _done(s, four, "drop", now=NOW + 20, attempted=False)
     # Only `two` is left: the index holds its retry time.
     assert await s.client.zrange(s.keys.delivery_due(0), 0, -1, withscores=True) == [
         ("whe_a", NOW + 5000)
@@ -124,13 +131,39 @@ async def test_finish_outcomes_and_fencing(any_store: Store) -> None:
     [retaken] = await s.deliveries.claim(
         0, now=NOW + 5000, lease_ms=1000, limit=10, per_endpoint=10, free={}
     )
-    assert not await s.deliveries.finish(two, "delivered", now=NOW + 5001)
+    assert not await _done(s, two, "delivered", now=NOW + 5001)
     assert await s.client.exists(s.keys.delivery(0, two.id))
     with pytest.raises(ScriptError) as err:
         await s.deliveries.finish(retaken, "bogus", now=NOW + 5001)  # type: ignore[arg-type]
     assert err.value.code == "BAD_OUTCOME"
-    assert await s.deliveries.finish(retaken, "delivered", now=NOW + 5001)
+    assert await _done(s, retaken, "delivered", now=NOW + 5001)
     assert await s.client.zcard(s.keys.delivery_due(0)) == 0
+
+
+async def test_finish_hands_the_slot_the_next_due_delivery(any_store: Store) -> None:
+    s = any_store
+    first, second, third = await _schedule(s, "whe_a", 3)
+    [claimed] = await s.deliveries.claim(
+        0, now=NOW + 10, lease_ms=1000, limit=1, per_endpoint=1, free={}
+    )
+    recorded, nxt = await s.deliveries.finish(
+        claimed, "delivered", now=NOW + 20, chain_lease_ms=1000
+    )
+    assert recorded and nxt is not None and nxt.id == second and nxt.token == "1"
+    assert await s.client.zscore(s.keys.delivery_queue(0, "whe_a"), second) == NOW + 1020
+    assert await s.client.zscore(s.keys.delivery_due(0), "whe_a") == NOW + 2
+    # Only after a success, and only what is due.
+    recorded, after_retry = await s.deliveries.finish(
+        nxt, "retry", now=NOW + 30, due_at=NOW + 9000, chain_lease_ms=1000
+    )
+    assert recorded and after_retry is None
+    [again] = await s.deliveries.claim(
+        0, now=NOW + 10, lease_ms=1000, limit=1, per_endpoint=1, free={}
+    )
+    assert again.id == third
+    _, none_due = await s.deliveries.finish(again, "delivered", now=NOW + 40, chain_lease_ms=1000)
+    assert none_due is None
+    assert first not in await s.client.zrange(s.keys.delivery_queue(0, "whe_a"), 0, -1)
 
 
 async def test_retry_codes(any_store: Store) -> None:
@@ -158,7 +191,7 @@ async def test_retry_codes(any_store: Store) -> None:
     assert await s.client.zcard(s.keys.failed_all(0)) == 0
     assert await s.client.zscore(s.keys.delivery_due(0), "whe_a") == NOW + 50
     # The manual retry fences the old claim.
-    assert not await s.deliveries.finish(claimed, "delivered", now=NOW + 60)
+    assert not await _done(s, claimed, "delivered", now=NOW + 60)
 
 
 async def test_purge_and_trim(any_store: Store) -> None:

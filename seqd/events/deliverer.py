@@ -43,6 +43,8 @@ QUOTE_CHARS = 200
 # Housekeeping (trimming failed deliveries past retention) runs this often, in ms.
 MAINTENANCE_MS = 60_000
 GONE = 410
+# A chain of deliveries on one slot re-reads its endpoint record after this long.
+ENDPOINT_REFRESH_SECONDS = 1.0
 
 
 class Observer(Protocol):
@@ -173,14 +175,24 @@ class Deliverer:
     async def _deliver(
         self, item: Claimed, endpoint: EndpointRecord | None, now: int, started: float
     ) -> None:
+        """Send `item`, then whatever its endpoint's slot is handed next (a chain)."""
+        fetched = time.monotonic()
+        current: Claimed | None = item
         try:
-            await self._attempt(item, endpoint, now, started)
+            while current is not None:
+                current, now = await self._attempt(current, endpoint, now, started)
+                started = time.monotonic()
+                if current is not None and started - fetched > ENDPOINT_REFRESH_SECONDS:
+                    # A long chain re-reads its endpoint: a PATCH or rotation applies soon.
+                    pair = (current.tenant, current.endpoint_id)
+                    endpoint = (await self.store.webhooks.lookup([pair]))[pair]
+                    fetched = started
         except asyncio.CancelledError:
             raise
         except Exception:
             # The store failed to record the outcome: the claim's lease runs out and the
             # delivery is sent again (at least once).
-            log.exception("webhook.finish_failed", delivery=item.id)
+            log.exception("webhook.finish_failed", delivery=(current or item).id)
         finally:
             left = self.in_flight.get(item.endpoint_id, 1) - 1
             if left > 0:
@@ -191,20 +203,21 @@ class Deliverer:
 
     async def _attempt(
         self, item: Claimed, endpoint: EndpointRecord | None, now: int, started: float
-    ) -> None:
+    ) -> tuple[Claimed | None, int]:
+        """One delivery; returns the next one claimed for this slot (if any) and the time."""
         finish = self.store.deliveries.finish
         if endpoint is None:
             # Deleted since the event: its deliveries go with it.
             await finish(item, "drop", now=now, attempted=False)
             self.observer.webhook_delivery("dropped")
-            return
+            return None, now
         if not endpoint.enabled:
             reason = endpoint.disabled_reason or "disabled"
             await finish(
                 item, "failed", now=now, attempted=False, error=f"endpoint disabled ({reason})"
             )
             self.observer.webhook_delivery("failed")
-            return
+            return None, now
         result = await self.post(endpoint, item, now)
         # The outcome's time: the round's clock plus the request's own duration.
         at = now + int((time.monotonic() - started) * 1000)
@@ -222,8 +235,14 @@ class Deliverer:
             outcome = "retry"
             wait = self.config.retry_schedule_seconds[attempts]
             due_at = at + int(jittered(wait, self.config.jitter, self.rng) * 1000)
-        recorded = await finish(
-            item, outcome, now=at, due_at=due_at, status=result.status, error=result.error
+        recorded, nxt = await finish(
+            item,
+            outcome,
+            now=at,
+            due_at=due_at,
+            status=result.status,
+            error=result.error,
+            chain_lease_ms=0 if self._stopping.is_set() else self.lease_ms,
         )
         self.observer.webhook_delivery(outcome)
         (log.debug if result.ok else log.info)(
@@ -239,6 +258,7 @@ class Deliverer:
         if not recorded:
             # Its lease ran out and another claim took over: that claimer records the end.
             log.warning("webhook.stale_claim", delivery=item.id)
+        return nxt, at
 
     async def post(self, endpoint: EndpointRecord, item: Claimed, now: int) -> Attempt:
         """One signed POST of the delivery's body. Never raises for the receiver's faults."""

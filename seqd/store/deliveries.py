@@ -15,7 +15,7 @@ Delivery hash fields: `t` tenant, `w` endpoint, `v` event id, `y` event type, `b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -72,6 +72,22 @@ def delivery(did: str, h: dict[str, str]) -> WebhookDelivery:
     )
 
 
+def _claimed(shard: int, row: list[Any]) -> Claimed:
+    did, token, flat = row
+    h = codec.pairs(flat)
+    return Claimed(
+        id=did,
+        shard=shard,
+        token=str(token),
+        tenant=h["t"],
+        endpoint_id=h["w"],
+        event_id=h["v"],
+        type=h["y"],
+        body=h["b"].encode(),
+        attempts=int(h.get("a", 0)),
+    )
+
+
 class Deliveries:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -98,23 +114,7 @@ class Deliveries:
         rows = await self.store.runner.call(
             "claimWebhooks", [self.keys.delivery_due(shard)], args, tag=tag
         )
-        out = []
-        for did, token, flat in rows:
-            h = codec.pairs(flat)
-            out.append(
-                Claimed(
-                    id=did,
-                    shard=shard,
-                    token=str(token),
-                    tenant=h["t"],
-                    endpoint_id=h["w"],
-                    event_id=h["v"],
-                    type=h["y"],
-                    body=h["b"].encode(),
-                    attempts=int(h.get("a", 0)),
-                )
-            )
-        return out
+        return [_claimed(shard, row) for row in rows]
 
     async def finish(
         self,
@@ -126,10 +126,15 @@ class Deliveries:
         attempted: bool = True,
         status: int | None = None,
         error: str = "",
-    ) -> bool:
-        """Record an attempt's outcome; False when the claim was taken over meanwhile."""
+        chain_lease_ms: int = 0,
+    ) -> tuple[bool, Claimed | None]:
+        """Record an attempt's outcome: False when the claim was taken over meanwhile.
+
+        With `chain_lease_ms`, a delivered outcome also claims the endpoint's next due
+        delivery in the same shard (returned), so a busy endpoint's slot goes on at the
+        cost of this one call."""
         tag = self.keys.shard_tag(item.shard)
-        done = await self.store.runner.call(
+        reply = await self.store.runner.call(
             "finishWebhook",
             [self.keys.delivery_due(item.shard), self.keys.failed_all(item.shard)],
             [
@@ -142,10 +147,12 @@ class Deliveries:
                 1 if attempted else 0,
                 "" if status is None else status,
                 error,
+                chain_lease_ms,
             ],
             tag=tag,
         )
-        return bool(done)
+        nxt = _claimed(item.shard, reply[1]) if len(reply) > 1 else None
+        return bool(reply[0]), nxt
 
     async def retry(self, tenant: str, endpoint_id: str, did: str, now: int) -> WebhookDelivery:
         """Put a failed delivery back in its queue, due now, with a fresh schedule."""

@@ -36,13 +36,9 @@ for _, endpoint in ipairs(endpoints) do
   if slots > 0 then
     local queue = k_delivery_queue(tag, endpoint)
     for _, id in ipairs(rcall('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', 0, slots)) do
-      local dkey = k_delivery(tag, id)
-      if rcall('EXISTS', dkey) == 0 then
-        rcall('ZREM', queue, id)
-      else
-        rcall('ZADD', queue, now + lease, id)
-        local token = rcall('HINCRBY', dkey, 'k', 1)
-        out[#out + 1] = {id, token, rcall('HGETALL', dkey)}
+      local claimed = claim_one(queue, id, now, lease)
+      if claimed then
+        out[#out + 1] = claimed
         remaining = remaining - 1
       end
     end

@@ -10,3 +10,16 @@ local function refresh_endpoint(endpoint)
     rcall('ZADD', due_key, head[2], endpoint)
   end
 end
+
+-- Claim delivery `id` of `queue`: its score moves to the end of the lease and its fencing
+-- token is bumped. Returns {id, token, flat hash}, or nil (and drops it) when it is gone.
+local function claim_one(queue, id, now, lease)
+  local dkey = k_delivery(tag, id)
+  if rcall('EXISTS', dkey) == 0 then
+    rcall('ZREM', queue, id)
+    return nil
+  end
+  rcall('ZADD', queue, now + lease, id)
+  local token = rcall('HINCRBY', dkey, 'k', 1)
+  return {id, token, rcall('HGETALL', dkey)}
+end
