@@ -221,6 +221,16 @@ async def new_sequence(store: Store, name: str, steps: int = 2) -> models.Sequen
     return await store.sequences.create(TENANT, body)
 
 
+def contact_key(store: Store, cid: str) -> str:
+    return store.keys.contact(ids.shard_of(cid, SHARDS), cid)
+
+
+async def memory_of(client: aioredis.Redis, keys: list[str]) -> float:
+    """Mean MEMORY USAGE of `keys` (bytes)."""
+    sizes = [int(await client.memory_usage(k, samples=0) or 0) for k in keys]
+    return sum(sizes) / len(sizes)
+
+
 async def used_memory(client: aioredis.Redis) -> int:
     info = await client.info("memory")
     return int(info["used_memory"])
@@ -342,10 +352,33 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
 
         # Memory per active enrollment: everything the enroll wrote, indexes included.
         seq = await new_sequence(store, "burst")
+        sample = cids[:200]
+        contacts_before = await memory_of(client, [contact_key(store, c) for c in sample])
         before = await used_memory(client)
         now = int(time.time() * 1000)
-        await enroll_direct(store, seq.id, cids, 0, now)
+        enrolled = list(await enroll_direct(store, seq.id, cids, 0, now))
         after = await used_memory(client)
+        parts = {
+            "enrollment hash": await memory_of(
+                client,
+                [store.keys.enrollment(ids.shard_of(e, SHARDS), e) for e in enrolled[:200]],
+            ),
+            "`due` ZSET entry": sum(
+                [await memory_of(client, [store.keys.due(s)]) for s in range(SHARDS)]
+            )
+            / n,
+            "`ix:<seq>:active` ZSET entry": sum(
+                [
+                    await memory_of(client, [store.keys.status_index(s, seq.id, "active")])
+                    for s in range(SHARDS)
+                ]
+            )
+            / n,
+            "contact's `e:<seq>` field": await memory_of(
+                client, [contact_key(store, c) for c in sample]
+            )
+            - contacts_before,
+        }
         outbox = 0
         for shard in range(SHARDS):
             outbox += int(await client.memory_usage(store.keys.outbox(shard)) or 0)
@@ -409,6 +442,7 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
         return "met" if ok else "**not met**"
 
     top = sorted(delta.items(), key=lambda kv: -kv[1])[:8]
+    breakdown = ", ".join(f"{name} {size:.0f} B" for name, size in parts.items())
     body = f"""
 N = {n:,} enrollments due at once, {SHARDS} shards, batch_size {config.batch_size},
 concurrency {config.concurrency}; a dedicated valkey-server with AOF on (everysec) and the
@@ -425,6 +459,8 @@ benchmark process on this 2-core machine (shared with other work); one run.
 | Redis round trips per step (EVALSHA, ZRANGE, HMGET) | {round_trips:.3f} | |
 | arq: {arq_n:,} deferred no-op jobs drained (max_jobs {config.concurrency}) | {arq_rate:,.0f} jobs/s | |
 | ratio seqd no-op / arq | {noop_rate / arq_rate:.1f}x | |
+
+Memory per active enrollment by structure (MEMORY USAGE): {breakdown}.
 
 Commands in the no-op burst, most called: {", ".join(f"`{k}` {v / n:.2f}/step" for k, v in top)}.
 """  # noqa: E501

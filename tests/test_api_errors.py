@@ -9,6 +9,8 @@ import pytest
 
 from seqd import ids
 from seqd.api.routing import ROUTES
+from seqd.config import WebhooksConfig
+from seqd.events.reader import Reader
 from tests.conftest import Api
 
 SEQ = {"name": "S", "status": "active", "steps": [{"kind": "sms", "body": "hi"}]}
@@ -174,11 +176,15 @@ _KIND_BY_PREFIX = {
     "/contacts/": "contact",
     "/sequences/": "sequence",
     "/enrollments/": "enrollment",
+    "/events/": "event",
+    "/webhook-endpoints/": "webhook_endpoint",
 }
 _MISSING = {
     "contact": ids.new(ids.CONTACT),
     "sequence": ids.new(ids.SEQUENCE),
     "enrollment": ids.new(ids.ENROLLMENT),
+    "event": ids.new(ids.EVENT),
+    "webhook_endpoint": ids.new(ids.WEBHOOK),
 }
 
 
@@ -196,6 +202,15 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
     cid, sid = c["contact"]["id"], s["sequence"]["id"]  # type: ignore[index]
     _, e = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
     owned = {"contact": cid, "sequence": sid, "enrollment": e["enrollment"]["id"]}  # type: ignore[index]
+    # An event in the log (the enrollment's) and a webhook endpoint (a public IP literal:
+    # nothing is resolved, nothing is sent).
+    await Reader(api.store, WebhooksConfig()).run_once()
+    _, events = await api.call("GET", "/events")
+    owned["event"] = events["data"][0]["id"]  # type: ignore[index]
+    _, w = await api.call(
+        "POST", "/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]}
+    )
+    owned["webhook_endpoint"] = w["webhook_endpoint"]["id"]  # type: ignore[index]
     _, other = await api.store.tenants.create_key("bravo")
 
     routes = [r for r in ROUTES if "{id}" in r.path and r.auth]
@@ -207,11 +222,17 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         theirs = await api.call(r.method, r.path.replace("{id}", owned[kind]), body, key=other)
         missing = await api.call(r.method, r.path.replace("{id}", _MISSING[kind]), body, key=other)
         assert theirs[0] == 404, (r.method, r.path, theirs)
-        scrub = lambda b: re.sub(r"(con|seq|enr)_\w+", "<id>", str(b))  # noqa: E731
+        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe)_\w+", "<id>", str(b))  # noqa: E731
         assert scrub(theirs[1]) == scrub(missing[1]), (r.method, r.path)
 
     # Lists of the other tenant show nothing of the first.
-    for path in ("/contacts", "/sequences", f"/contacts?phone={cid and '%2B14155550100'}"):
+    for path in (
+        "/contacts",
+        "/sequences",
+        f"/contacts?phone={cid and '%2B14155550100'}",
+        "/events",
+        "/webhook-endpoints",
+    ):
         status, listing = await api.call("GET", path, key=other)
         assert status == 200 and listing["total"] == 0, path  # type: ignore[index]
     # The first tenant's objects are untouched by all of the above.

@@ -1,10 +1,12 @@
 """The dispatcher: claim due steps, render, send, advance; one class, one loop.
 
 A round (`run_once`) polls every shard's earliest due score in one pipeline, then works
-the due shards concurrently, each as claim (one `claimDue` call) → compose (render,
-suppressions) → send (bounded concurrency per channel) → advance (one `advance` call).
-Shards run side by side so that Python composes one shard's batch while Redis runs
-another's script: the two share the machine, and neither waits for the other.
+the due shards in `lanes` concurrent groups, each as claim (one `claimDue` call per shard,
+pipelined) → compose (render, suppressions) → send (bounded concurrency per channel) →
+advance (one `advance` call per shard, pipelined). Lanes run side by side so that Python
+composes one lane's batch while Redis runs another's scripts; grouping shards keeps a
+round to a few round trips when little is due (redis-py's cost per call is what a
+lightly loaded round spends its time on).
 
 Between rounds the loop sleeps until the earliest due time, at most `idle_poll_ms`
 (jittered, so several processes do not poll in step); `stop()` wakes it at once. A step
@@ -42,7 +44,6 @@ from seqd.engine.plans import Plan, Plans, mirror_version
 from seqd.errors import NotFound
 from seqd.store.db import Store
 from seqd.store.dispatch import (
-    ClaimBatch,
     Claimed,
     Dispatch,
     Outcome,
@@ -115,7 +116,7 @@ class Round:
 
 
 @dataclass(slots=True)
-class _Shard:
+class _Lane:
     claimed: int
     sent: int
     settled: int
@@ -219,15 +220,16 @@ class Dispatcher:
 
     # -- one round ------------------------------------------------------------------------
     async def run_once(self, now: int) -> Round:
-        """Poll, then claim → send → advance every due shard, concurrently."""
+        """Poll, then claim → send → advance every due shard, in `lanes` concurrent groups."""
         earliest = await self.dispatch.earliest()
         due = [s for s, at in enumerate(earliest) if at is not None and at <= now]
         later = [at for at in earliest if at is not None and at > now]
         result = Round(next_due=min(later) if later else None)
         if not due or self._stopping.is_set():
             return result
+        lanes = [due[i :: self.config.lanes] for i in range(min(self.config.lanes, len(due)))]
         outcomes = await asyncio.gather(
-            *(self._shard(shard, now) for shard in due), return_exceptions=True
+            *(self._lane(shards, now) for shards in lanes), return_exceptions=True
         )
         failure: BaseException | None = None
         for outcome in outcomes:
@@ -243,60 +245,69 @@ class Dispatcher:
             raise failure
         return result
 
-    async def _shard(self, shard: int, now: int) -> _Shard:
+    async def _lane(self, shards: list[int], now: int) -> _Lane:
+        """Claim from `shards` (one pipeline), compose, send, advance (one pipeline)."""
         config = self.config
-        batch = await self.dispatch.claim(
-            shard,
+        batches = await self.dispatch.claim_many(
+            shards,
             now=now,
             lease_ms=self._lease_ms,
             limit=config.batch_size,
             on_unknown=config.on_unknown,
             max_attempts=config.max_attempts,
         )
-        more = batch.seen >= config.batch_size
-        items = batch.items
+        more = any(batch.seen >= config.batch_size for batch in batches.values())
+        items: list[Claimed] = []
+        shard_of: dict[str, int] = {}
+        mirrors: dict[str, str] = {}
+        for shard, batch in batches.items():
+            items += batch.items
+            for item in batch.items:
+                shard_of[item.id] = shard
+            for sid, mirror in batch.m.items():
+                if mirror_version(mirror) > mirror_version(mirrors.get(sid, "")):
+                    mirrors[sid] = mirror
         if not items:
-            return _Shard(0, 0, 0, 0, more)
+            return _Lane(0, 0, 0, 0, more)
         self.observer.claimed(len(items))
-        plans = await self._plans(batch)
+        plans = await self._plans(items, mirrors)
         suppressed = await self._suppressions(items, plans)
-        settles: list[Settle] = []
+        settles: dict[int, list[Settle]] = defaultdict(list)
         jobs: list[Job] = []
         for item in items:
             plan = plans.get(item.e["s"])
             if plan is None:
-                settles.append(self._unavailable(item, now))
+                settles[shard_of[item.id]].append(self._unavailable(item, now))
                 continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
-                if composed.kind == "email" and self.email_headers is not None:
-                    composed.message.headers.update(self.email_headers(composed.message))
                 jobs.append(composed)
             else:
-                settles.append(composed)
+                settles[shard_of[item.id]].append(composed)
         if jobs:
             await self._send(jobs)
             for job in jobs:
-                settles.append(self._settle(job, plans[job.message.sequence_id], suppressed))
+                plan = plans[job.message.sequence_id]
+                settles[shard_of[job.id]].append(self._settle(job, plan, suppressed))
         # The sends happened: recording them must not be interrupted by a cancellation.
         advanced = await asyncio.shield(
-            self.dispatch.advance(
-                shard, settles, now=self.clock(), max_attempts=config.max_attempts
-            )
+            self.dispatch.advance_many(settles, now=self.clock(), max_attempts=config.max_attempts)
         )
-        self.observer.settled(len(settles))
-        if advanced.stale:
-            log.info("dispatch.stale", shard=shard, count=len(advanced.stale))
+        self.observer.settled(len(items))
+        stale = sum(len(a.stale) for a in advanced.values())
+        if stale:
+            log.info("dispatch.stale", shards=shards, count=stale)
         await self._report_opt_outs(jobs)
         sent = sum(1 for job in jobs if job.started)
-        return _Shard(len(items), sent, advanced.applied + advanced.late, len(advanced.stale), more)
+        settled = sum(a.applied + a.late for a in advanced.values())
+        return _Lane(len(items), sent, settled, stale, more)
 
-    async def _plans(self, batch: ClaimBatch) -> dict[str, Plan]:
+    async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:
         """The plan of each sequence in the batch, at least at its mirror's version."""
         out: dict[str, Plan] = {}
         missing: dict[str, tuple[str, int]] = {}
-        tenants = {item.e["s"]: item.e["t"] for item in batch.items}
-        for sid, mirror in batch.m.items():
+        tenants = {item.e["s"]: item.e["t"] for item in items}
+        for sid, mirror in mirrors.items():
             version = mirror_version(mirror)
             plan = self.plans.cached(sid, version)
             if plan is not None:

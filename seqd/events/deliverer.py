@@ -157,7 +157,13 @@ class Deliverer:
             claimed += got
         if not claimed:
             return 0
-        endpoints = await self.store.webhooks.lookup((c.tenant, c.endpoint_id) for c in claimed)
+        try:
+            endpoints = await self.store.webhooks.lookup((c.tenant, c.endpoint_id) for c in claimed)
+        except BaseException:
+            # Nothing will be sent: free the slots (the claims come back after the lease).
+            for item in claimed:
+                self._release(item.endpoint_id)
+            raise
         started = time.monotonic()
         for item in claimed:
             task = asyncio.create_task(
@@ -194,12 +200,15 @@ class Deliverer:
             # delivery is sent again (at least once).
             log.exception("webhook.finish_failed", delivery=(current or item).id)
         finally:
-            left = self.in_flight.get(item.endpoint_id, 1) - 1
-            if left > 0:
-                self.in_flight[item.endpoint_id] = left
-            else:
-                self.in_flight.pop(item.endpoint_id, None)
+            self._release(item.endpoint_id)
             self._wake.set()
+
+    def _release(self, endpoint_id: str) -> None:
+        left = self.in_flight.get(endpoint_id, 1) - 1
+        if left > 0:
+            self.in_flight[endpoint_id] = left
+        else:
+            self.in_flight.pop(endpoint_id, None)
 
     async def _attempt(
         self, item: Claimed, endpoint: EndpointRecord | None, now: int, started: float

@@ -50,7 +50,12 @@ _TIME_SUFFIX = "_at"
 def _times(extra: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in extra.items():
-        if key.endswith(_TIME_SUFFIX) and isinstance(value, int | float) and value > 0:
+        if (
+            key.endswith(_TIME_SUFFIX)
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > 0
+        ):
             value = to_rfc3339(int(value))
         out[key] = value
     return out

@@ -104,6 +104,50 @@ class Dispatch:
         )
         return _decode_claim(reply)
 
+    async def claim_many(
+        self,
+        shards: Sequence[int],
+        *,
+        now: int,
+        lease_ms: int,
+        limit: int,
+        on_unknown: str,
+        max_attempts: int,
+    ) -> dict[int, ClaimBatch]:
+        """`claim` for several shards in one round trip (one script call per shard)."""
+        calls = []
+        for shard in shards:
+            tag = self.keys.shard_tag(shard)
+            keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
+            args = [tag, now, lease_ms, limit, on_unknown, max_attempts]
+            calls.append(("claimDue", keys, args, tag))
+        replies = await self.store.runner.call_many(calls)
+        out = {}
+        for shard, reply in zip(shards, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            out[shard] = _decode_claim(reply)
+        return out
+
+    async def advance_many(
+        self, batches: Mapping[int, Sequence[Settle]], *, now: int, max_attempts: int
+    ) -> dict[int, Advanced]:
+        """`advance` for several shards in one round trip (one script call per shard)."""
+        order = [shard for shard, items in batches.items() if items]
+        calls = []
+        for shard in order:
+            tag = self.keys.shard_tag(shard)
+            args = [tag, now, max_attempts, _encode(batches[shard]).decode()]
+            calls.append(("advance", self._shard_keys(shard), args, tag))
+        replies = await self.store.runner.call_many(calls) if calls else []
+        out = {}
+        for shard, reply in zip(order, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            applied, late, stale = reply
+            out[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
+        return out
+
     async def advance(
         self, shard: int, items: Sequence[Settle], *, now: int, max_attempts: int
     ) -> Advanced:
