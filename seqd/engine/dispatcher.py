@@ -281,6 +281,8 @@ class Dispatcher:
                 continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
+                if composed.kind == "email" and self.email_headers is not None:
+                    composed.message.headers.update(self.email_headers(composed.message))
                 jobs.append(composed)
             else:
                 settles[shard_of[item.id]].append(composed)
