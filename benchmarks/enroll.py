@@ -62,6 +62,23 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def start_valkey(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [find_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "log")]
+    )  # fmt: skip
+
+
+def start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`seqd serve`, its banner and logs out of the figures' way."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "seqd", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def timed(n: int, work: Callable[[], Awaitable[object]]) -> float:
     started = time.perf_counter()
     await work()
@@ -180,7 +197,8 @@ async def drain_intake(config: Config, store: Store, n: int, consumers: int) -> 
 
     async def consume(consumer: Intake) -> None:
         while done[0] < n:
-            done[0] += await consumer.run_once(block_ms=0)
+            finished = await consumer.run_once(block_ms=0)
+            done[0] += finished  # after the await: `done[0] += await ...` loses updates
 
     async def run() -> None:
         await asyncio.gather(*(consume(c) for c in group))
@@ -195,10 +213,7 @@ async def drain_intake(config: Config, store: Store, n: int, consumers: int) -> 
 async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="seqd-bench-"))
     rport, hport = free_port(), free_port()
-    valkey = subprocess.Popen(
-        [find_binary(), "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp), "--logfile", str(tmp / "valkey.log")]
-    )  # fmt: skip
+    valkey = start_valkey(rport, tmp)
     url = f"redis://127.0.0.1:{rport}/0"
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("SEQD_")
@@ -215,7 +230,7 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
         wait_port(rport, valkey)
         store = await Store.open(connect(url), PREFIX, 16)
         _, secret = await store.tenants.create_key(TENANT)
-        server = subprocess.Popen([sys.executable, "-m", "seqd", "serve"], env=env)
+        server = start_server(env)
         wait_port(hport, server)
         base = f"http://127.0.0.1:{hport}/v1"
         headers = {"Authorization": f"Bearer {secret}"}

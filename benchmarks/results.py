@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
-HEADER = "# Benchmark results\n\nEach section is rewritten by its benchmark; medians of repeated runs.\n"
+HEADER = (
+    "# Benchmark results\n\nEach section is rewritten by its benchmark; medians of repeated runs.\n"
+)
 
 
 def median(values: Sequence[float]) -> float:

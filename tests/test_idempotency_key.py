@@ -76,7 +76,7 @@ async def test_same_key_and_body_replays_the_first_response(
     assert again[0] == 201 and again[1]["Idempotent-Replayed"] == "true"
     assert again[2] == first[2]
     assert again[1]["Content-Type"].startswith("application/json")
-    status, _, listing = await _post_get(c, headers)
+    _, _, listing = await _post_get(c, headers)
     assert listing["total"] == 1  # type: ignore[index]
     # Without the header, or with another key, the POST runs again.
     assert (await _post(c, "/sequences", headers, SEQUENCE, None))[0] == 201
@@ -153,7 +153,7 @@ async def test_two_concurrent_requests_with_one_key_run_once(
 async def test_a_5xx_frees_the_key_for_a_retry(
     client: tuple[TestClient, dict[str, str], Gate],
 ) -> None:
-    c, headers, gate = client
+    c, headers, _ = client
     first = await _post(c, "/test-flaky", headers, {}, "k-5xx")
     assert first[0] == 503
     retry = await _post(c, "/test-flaky", headers, {}, "k-5xx")

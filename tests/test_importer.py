@@ -77,7 +77,9 @@ async def test_import_upserts_enrolls_and_rejects_then_changes_nothing(
     assert rejected[1]["reason"].startswith("phone: a contact needs a phone or an email")
     assert rejected[2]["reason"].startswith("timezone: ")
     assert rejected[3]["reason"].startswith("contact.phone: ")  # belongs to crm-2
-    ada = await store.contacts.get("acme", await store.contacts.find("acme", "external_id", "crm-1") or "")
+    ada = await store.contacts.get(
+        "acme", await store.contacts.find("acme", "external_id", "crm-1") or ""
+    )
     assert ada.last_name == "Lovelace"  # row 8 completed row 2's contact
     assert ada.attributes == {"company": "Acme", "plan": "pro"}
     assert ada.timezone == "Europe/London"
@@ -104,9 +106,9 @@ async def test_import_refuses_an_inactive_sequence_before_writing(
     store: Store, tmp_path: Path
 ) -> None:
     await store.tenants.create_key("acme")
-    draft = await store.sequences.create("acme", models.SequenceCreate(
-        name="Draft", steps=[models.StepIn(kind="sms", body="Hi")]
-    ))
+    draft = await store.sequences.create(
+        "acme", models.SequenceCreate(name="Draft", steps=[models.StepIn(kind="sms", body="Hi")])
+    )
     with pytest.raises(Exception, match="not active"):
         await importer.run(store, Config(), _write(tmp_path), "acme", draft.id)
     assert await store.contacts.find("acme", "external_id", "crm-1") is None

@@ -69,8 +69,8 @@ async def _drain(consumer: Intake, rounds: int = 50) -> None:
     raise AssertionError("the intake stream was not drained")
 
 
-async def _eventually(check: Any, timeout: float = 5.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _eventually(check: Any, within: float = 5.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         value = await check()
         if value:
@@ -145,8 +145,16 @@ async def test_inline_contact_is_upserted_by_external_id_then_phone_then_email(
     writer.xadd(key, _entry(tenant, seq, contact={"external_id": "crm-7", "phone": "+14155550100"}))
     writer.xadd(
         key,
-        _entry(tenant, seq, contact={"external_id": "crm-7", "phone": "+14155550100",
-                                     "first_name": "Ada", "attributes": {"plan": "pro"}}),
+        _entry(
+            tenant,
+            seq,
+            contact={
+                "external_id": "crm-7",
+                "phone": "+14155550100",
+                "first_name": "Ada",
+                "attributes": {"plan": "pro"},
+            },
+        ),
     )
     writer.xadd(key, _entry(tenant, seq, contact={"phone": "+1 415 555 0100"}))
     writer.xadd(key, _entry(tenant, seq, contact={"email": "old@EXAMPLE.com", "last_name": "X"}))
@@ -207,19 +215,28 @@ async def test_entries_that_cannot_be_enrolled_land_in_rejected_with_a_reason(
         (_entry(tenant, "seq_nope", contact_id=cid), "unknown_sequence", "sequence_id"),
         (_entry(tenant, paused, contact_id=cid), "sequence_not_active", "sequence_id"),
         (_entry(tenant, seq), "invalid", "contact_id"),
-        (_entry(tenant, seq, contact_id=cid, contact={"phone": "+14155550199"}), "invalid",
-         "contact_id"),
+        (
+            _entry(tenant, seq, contact_id=cid, contact={"phone": "+14155550199"}),
+            "invalid",
+            "contact_id",
+        ),
         (_entry(tenant, seq, contact={"phone": "12"}), "invalid", "contact.phone"),
         (_entry(tenant, seq, contact={"phone": 5}), "invalid", "contact.phone"),
         (_entry(tenant, seq, contact="{not json"), "invalid", "contact"),
         (_entry(tenant, seq, contact={}), "invalid", "contact.phone"),
-        (_entry(tenant, seq, contact_id="con_0000000000000000000000"), "contact_not_found",
-         "contact_id"),
+        (
+            _entry(tenant, seq, contact_id="con_0000000000000000000000"),
+            "contact_not_found",
+            "contact_id",
+        ),
         (_entry(tenant, seq, contact_id=cid, metadata="[1, 2]"), "invalid", "metadata"),
         (_entry(tenant, seq, contact_id=cid, colour="blue"), "invalid", "colour"),
         (_entry(tenant, seq, contact_id=b"\xff\xfe"), "invalid", "contact_id"),
-        (_entry(tenant, seq, contact_id=blocked, request_id="r-blocked"), "suppressed",
-         "contact_id"),
+        (
+            _entry(tenant, seq, contact_id=blocked, request_id="r-blocked"),
+            "suppressed",
+            "contact_id",
+        ),
     ]
     for fields, _, _ in cases:
         writer.xadd(key, fields)
@@ -233,7 +250,9 @@ async def test_entries_that_cannot_be_enrolled_land_in_rejected_with_a_reason(
     for r, (fields, _, _) in zip(rejected, cases, strict=True):
         assert r["detail"] and r["intake_id"]
         for name, value in fields.items():  # the original entry, byte for byte
-            assert r[name] == (value.decode(errors="replace") if isinstance(value, bytes) else value)
+            assert r[name] == (
+                value.decode(errors="replace") if isinstance(value, bytes) else value
+            )
     raw = writer.xrange(store.keys.intake_rejected())
     assert raw[14][1][b"contact_id"] == b"\xff\xfe"
     outcome = json.loads(writer.get(store.keys.intake_result(tenant, "r-blocked")))
