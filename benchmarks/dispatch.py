@@ -1,7 +1,7 @@
 """The dispatcher's speed and cost: steps/s, lateness, Redis memory and commands per step,
 and arq draining the same burst in the same run.
 
-    python -m benchmarks.dispatch [--n 10000] [--rate 4000] [--seconds 5] [--profile]
+    python -m benchmarks.dispatch [--n 10000] [--rate 4000] [--seconds 5] [--runs 3] [--profile]
 
 A dedicated valkey-server with AOF on (appendfsync everysec) on a free port. N contacts
 are enrolled through the real `enroll` script, all due at once, and the real dispatcher
@@ -9,8 +9,12 @@ are enrolled through the real `enroll` script, all due at once, and the real dis
 
 - into a no-op sink (the dispatcher's own cost), and into the `twilio` channel against a
   local server speaking the Messages API wire format (in a subprocess);
-- lateness (send time - next_run_at) at a steady load below saturation: enrollments due
-  one second after they are made, at `--rate` per second for `--seconds`;
+- lateness (send time - next_run_at) at a steady load below saturation: steps due at
+  `--rate` per second (and half that) for `--seconds`, enrolled beforehand with their due
+  times spread (the dispatcher's own lateness); and enrollments due one second after this
+  same process makes them at `--rate` per second (the load generator competes with the
+  dispatcher for the process and for Redis);
+- Redis time in scripts per step (INFO commandstats `usec` of EVALSHA over the burst);
 - Redis memory per active enrollment (`used_memory` delta over the enroll, every index
   included) and Redis commands per step (INFO commandstats delta over the no-op burst,
   commands run inside scripts included);
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import subprocess
 import sys
@@ -36,7 +41,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from benchmarks.results import percentile, record
+from benchmarks.results import median, percentile, record
 from seqd import ids, models
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import ChannelsConfig, Config, DispatchConfig, TwilioConfig
@@ -193,10 +198,10 @@ async def enroll_direct(
         tag = store.keys.shard_tag(shard)
         keys = [store.keys.due(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
         for start in range(0, len(members), 500):
-            args: list[Any] = [tag, now, TENANT]
+            args: list[Any] = [tag, now, TENANT, seq_id, wait_ms]
             for cid in members[start : start + 500]:
                 eid = ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now)
-                args += [eid, seq_id, cid, wait_ms, ""]
+                args += [eid, cid, ""]
             calls.append(("enroll", keys, args, tag))
     due = {}
     for reply in await store.runner.call_many(calls):
@@ -241,6 +246,12 @@ async def command_calls(client: aioredis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
+async def script_usec(client: aioredis.Redis) -> int:
+    """Redis time spent in EVALSHA so far (µs), the scripts' inner commands included."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
+
+
 # -- measurements ----------------------------------------------------------------------------
 async def burst(store: Store, senders: Any, n: int, config: DispatchConfig) -> float:
     """Steps/s for the real dispatcher loop to send and settle `n` due steps."""
@@ -254,11 +265,51 @@ async def burst(store: Store, senders: Any, n: int, config: DispatchConfig) -> f
     return n / elapsed
 
 
-async def steady(
+async def seeded(
     store: Store, cids: list[str], rate: int, seconds: float, config: DispatchConfig
 ) -> list[float]:
-    """Lateness (ms) of steps due 1 s after enrollment, enrolled at `rate` per second."""
-    seq = await new_sequence(store, "steady", steps=1)
+    """Lateness (ms) of steps due at `rate` per second for `seconds`, enrolled beforehand.
+
+    The dispatcher's own lateness: due times are spread as they are in production (each
+    step due a wait after the last), and no enrollment competes with it for the process
+    or for Redis while it is measured (`steady` measures that case).
+    """
+    seq = await new_sequence(store, f"seeded-{rate}", steps=1)
+    tick = 5
+    per_tick = max(1, int(rate * tick / 1000))
+    ticks = int(seconds * 1000 / tick)
+    count = min(len(cids), per_tick * ticks)
+    start = int(time.time() * 1000) + 1500 + count // 20  # seeding takes ~1 s per 20,000
+    due: dict[str, int] = {}
+    for first in range(0, count, per_tick * 50):
+        parts = [
+            enroll_direct(store, seq.id, cids[k : k + per_tick], 0, start + (k // per_tick) * tick)
+            for k in range(first, min(count, first + per_tick * 50), per_tick)
+        ]
+        for got in await asyncio.gather(*parts):
+            due.update(got)
+    if time.time() * 1000 > start:
+        print(f"seeding ran past the first due time by {time.time() * 1000 - start:.0f} ms")
+    sender = LatenessSender(due)
+    dispatcher = Dispatcher(store, config, One(sender))
+    dispatcher.start()
+    await asyncio.sleep(max(0.0, start / 1000 - time.time()) + seconds + 1.0)
+    await dispatcher.stop()
+    return sender.late_ms
+
+
+async def steady(
+    store: Store,
+    cids: list[str],
+    rate: int,
+    seconds: float,
+    config: DispatchConfig,
+    lead_ms: int = 1000,
+) -> list[float]:
+    """Lateness (ms) of steps due `lead_ms` after enrollment, enrolled at `rate` per second
+    by this same process while the dispatcher runs (0: due at once, like a first step
+    with no wait, which the loop learns of only at its next poll)."""
+    seq = await new_sequence(store, f"steady-{lead_ms}", steps=1)
     due: dict[str, int] = {}
     sender = LatenessSender(due)
     dispatcher = Dispatcher(store, config, One(sender))
@@ -271,7 +322,7 @@ async def steady(
     for k in range(ticks):
         batch = [cids[(position + j) % len(cids)] for j in range(per_tick)]
         position += per_tick
-        due.update(await enroll_direct(store, seq.id, batch, 1000, int(time.time() * 1000)))
+        due.update(await enroll_direct(store, seq.id, batch, lead_ms, int(time.time() * 1000)))
         pause = started + (k + 1) * tick - time.perf_counter()
         if pause > 0:
             await asyncio.sleep(pause)
@@ -337,7 +388,10 @@ async def arq_drain(url: str, n: int, max_jobs: int) -> float:
     return done / elapsed
 
 
-async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> None:
+async def once(
+    n: int, rate: int, seconds: float, profiler: cProfile.Profile | None, arq_n: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    """One run of every measurement: (figures, memory by structure, commands in the burst)."""
     workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-dispatch-"))
     proc, url = start_valkey(workdir)
     twilio_port = free_port()
@@ -348,6 +402,7 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
         client = connect(url, max_connections=256)
         store = await Store.open(client, PREFIX, SHARDS)
         config = DispatchConfig()
+        low = max(1, rate // 2)
         cids = await make_contacts(store, n)
 
         # Memory per active enrollment: everything the enroll wrote, indexes included.
@@ -391,17 +446,21 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
 
         await client.config_resetstat()
         before_calls = await command_calls(client)
-        profiler = cProfile.Profile() if profile else None
+        before_usec = await script_usec(client)
         if profiler is not None:
             profiler.enable()
+        redis_cpu, python_cpu = cpu_seconds(proc.pid), time.process_time()
         noop_rate = await burst(store, One(NoopSender()), n, config)
+        redis_cpu, python_cpu = cpu_seconds(proc.pid) - redis_cpu, time.process_time() - python_cpu
         if profiler is not None:
             profiler.disable()
         calls = await command_calls(client)
+        lua_us = (await script_usec(client) - before_usec) / n
         delta = {k: v - before_calls.get(k, 0) for k, v in calls.items()}
         delta = {k: v for k, v in delta.items() if v > 0}
         per_step = sum(delta.values()) / n
-        round_trips = (delta.get("evalsha", 0) + delta.get("zrange", 0) + delta.get("hmget", 0)) / n
+        # Commands the process sends itself (HMGET also runs inside claimDue: not counted).
+        round_trips = sum(delta.get(c, 0) for c in ("evalsha", "zrange", "zcount")) / n
 
         from benchmarks.enroll import wait_port
 
@@ -427,7 +486,10 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
         finally:
             await senders.close()
 
+        late_low = await seeded(store, cids, low, seconds, config)
+        late_seeded = await seeded(store, cids, rate, seconds, config)
         late = await steady(store, cids, rate, seconds, config)
+        late_now = await steady(store, cids, low, seconds, config, lead_ms=0)
         arq_rate = await arq_drain(url, arq_n, config.concurrency)
         await store.close()
     finally:
@@ -436,7 +498,54 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
         proc.terminate()
         proc.wait()
 
-    p50, p99 = percentile(late, 50), percentile(late, 99)
+    low = max(1, rate // 2)
+    figures = {
+        "noop": noop_rate,
+        "twilio": twilio_rate,
+        "low_p50": percentile(late_low, 50),
+        "low_p99": percentile(late_low, 99),
+        "rate_p50": percentile(late_seeded, 50),
+        "rate_p99": percentile(late_seeded, 99),
+        "live_p50": percentile(late, 50),
+        "live_p99": percentile(late, 99),
+        "now_p50": percentile(late_now, 50),
+        "now_p99": percentile(late_now, 99),
+        "lasting": lasting,
+        "per_enrollment": per_enrollment,
+        "outbox": outbox_share,
+        "per_step": per_step,
+        "lua_us": lua_us,
+        "redis_cpu_us": redis_cpu / n * 1e6,
+        "python_cpu_us": python_cpu / n * 1e6,
+        "round_trips": round_trips,
+        "arq": arq_rate,
+        "ratio": noop_rate / arq_rate,
+    }
+    return figures, parts, delta
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int, runs: int) -> None:
+    profiler = cProfile.Profile() if profile else None
+    results = []
+    for k in range(runs):
+        results.append(await once(n, rate, seconds, profiler if k == 0 else None, arq_n))
+        print(
+            f"run {k + 1}/{runs}: " + ", ".join(f"{a} {b:,.1f}" for a, b in results[-1][0].items())
+        )
+    f = {key: median([r[0][key] for r in results]) for key in results[0][0]}
+    parts = {key: median([r[1][key] for r in results]) for key in results[0][1]}
+    delta = results[0][2]
+    config = DispatchConfig()
+    low = max(1, rate // 2)
+    rn = f"{runs} runs, medians (the arq ratio is the median of each run's own ratio)"
+    if runs == 1:
+        rn = "one run"
 
     def mark(ok: bool) -> str:
         return "met" if ok else "**not met**"
@@ -445,24 +554,31 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int) -> 
     breakdown = ", ".join(f"{name} {size:.0f} B" for name, size in parts.items())
     body = f"""
 N = {n:,} enrollments due at once, {SHARDS} shards, batch_size {config.batch_size},
-concurrency {config.concurrency}; a dedicated valkey-server with AOF on (everysec) and the
-benchmark process on this 2-core machine (shared with other work); one run.
+concurrency {config.concurrency}, lanes {config.lanes}; a dedicated valkey-server with AOF
+on (everysec) and the benchmark process on this 2-core machine (shared with other work);
+{rn}. Lateness "spread" = steps enrolled beforehand with due times spread at that rate
+(the dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatches.
 
 | figure | value | target |
 | --- | --- | --- |
-| steps/s, no-op sink | {noop_rate:,.0f} | {TARGET_STEPS:,} ({mark(noop_rate >= TARGET_STEPS)}) |
-| steps/s, `twilio` channel against a local Messages API server | {twilio_rate:,.0f} | |
-| lateness p50 / p99 at {rate:,} steps/s steady ({len(late):,} steps) | {p50:.1f} ms / {p99:.1f} ms | p99 < {TARGET_P99_MS} ms ({mark(p99 < TARGET_P99_MS)}) |
-| Redis memory per active enrollment, lasting (outbox trimmed) | {lasting:.0f} B | {TARGET_BYTES} B ({mark(lasting <= TARGET_BYTES)}) |
-| Redis memory per enrollment right after enroll, outbox event included | {per_enrollment:.0f} B (outbox {outbox_share:.0f} B) | |
-| Redis commands per step (inside scripts included) | {per_step:.1f} | |
-| Redis round trips per step (EVALSHA, ZRANGE, HMGET) | {round_trips:.3f} | |
-| arq: {arq_n:,} deferred no-op jobs drained (max_jobs {config.concurrency}) | {arq_rate:,.0f} jobs/s | |
-| ratio seqd no-op / arq | {noop_rate / arq_rate:.1f}x | |
+| steps/s, no-op sink | {f["noop"]:,.0f} | {TARGET_STEPS:,} ({mark(f["noop"] >= TARGET_STEPS)}) |
+| steps/s, `twilio` channel against a local Messages API server | {f["twilio"]:,.0f} | |
+| lateness p50 / p99, due times spread at {low:,} steps/s | {f["low_p50"]:.1f} ms / {f["low_p99"]:.1f} ms | p99 < {TARGET_P99_MS} ms ({mark(f["low_p99"] < TARGET_P99_MS)}) |
+| lateness p50 / p99, due times spread at {rate:,} steps/s | {f["rate_p50"]:.1f} ms / {f["rate_p99"]:.1f} ms | p99 < {TARGET_P99_MS} ms ({mark(f["rate_p99"] < TARGET_P99_MS)}) |
+| lateness p50 / p99 at {rate:,} steps/s, due 1 s after enrollment, enrolled meanwhile | {f["live_p50"]:.1f} ms / {f["live_p99"]:.1f} ms | |
+| lateness p50 / p99 at {low:,} steps/s, due at enrollment (no wait), enrolled meanwhile (`idle_poll_ms` {config.idle_poll_ms}) | {f["now_p50"]:.1f} ms / {f["now_p99"]:.1f} ms | |
+| Redis memory per active enrollment, lasting (outbox trimmed) | {f["lasting"]:.0f} B | {TARGET_BYTES} B ({mark(f["lasting"] <= TARGET_BYTES)}) |
+| Redis memory per enrollment right after enroll, outbox event included | {f["per_enrollment"]:.0f} B (outbox {f["outbox"]:.0f} B) | |
+| Redis commands per step (inside scripts included) | {f["per_step"]:.1f} | |
+| Redis time in scripts per step (EVALSHA usec, claim + advance) | {f["lua_us"]:.1f} µs | |
+| CPU per step in the no-op burst: valkey-server / benchmark process | {f["redis_cpu_us"]:.1f} µs / {f["python_cpu_us"]:.1f} µs | |
+| Redis commands the process sends per step (EVALSHA, the poll's ZRANGE + ZCOUNT) | {f["round_trips"]:.3f} | |
+| arq: {arq_n:,} deferred no-op jobs drained (max_jobs {config.concurrency}) | {f["arq"]:,.0f} jobs/s | |
+| ratio seqd no-op / arq | {f["ratio"]:.1f}x | |
 
 Memory per active enrollment by structure (MEMORY USAGE): {breakdown}.
 
-Commands in the no-op burst, most called: {", ".join(f"`{k}` {v / n:.2f}/step" for k, v in top)}.
+Commands in the no-op burst (first run), most called: {", ".join(f"`{k}` {v / n:.2f}/step" for k, v in top)}.
 """  # noqa: E501
     record("dispatch", body)
     if profiler is not None:
@@ -477,7 +593,8 @@ def cli() -> None:
     parser.add_argument("--rate", type=int, default=4_000, help="steady load, steps/s")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--arq-n", type=int, default=None, help="arq jobs (default: --n)")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--runs", type=int, default=3, help="whole runs; medians are reported")
+    parser.add_argument("--profile", action="store_true", help="cProfile the first no-op burst")
     parser.add_argument("--twilio-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.twilio_server:
@@ -485,7 +602,7 @@ def cli() -> None:
         return
     import uvloop
 
-    uvloop.run(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n))
+    uvloop.run(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n, args.runs))
 
 
 if __name__ == "__main__":

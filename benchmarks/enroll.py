@@ -8,12 +8,17 @@ intake consumer off, so only enrolling runs) on free ports; the HTTP clients run
 process. The intake figure is the consumer draining a stream filled beforehand (the
 writer's own rate, raw pipelined XADD, is its peer). Medians of `--repeat` runs, each with
 a fresh sequence so every enrollment is really created.
+
+Where the time goes, per enrolled item: the CPU time of valkey-server and of the seqd
+process (the `seqd serve` subprocess for the HTTP ways, this process for the intake
+consumers), from /proc, and the `enroll` script's own time from INFO commandstats.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import socket
 import subprocess
@@ -83,6 +88,42 @@ async def timed(n: int, work: Callable[[], Awaitable[object]]) -> float:
     started = time.perf_counter()
     await work()
     return n / (time.perf_counter() - started)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Costs:
+    """µs per item of valkey CPU, seqd CPU, this process's CPU (the HTTP clients) and the
+    scripts' time (INFO commandstats), around one way in."""
+
+    def __init__(self, client: aioredis.Redis, valkey: int, seqd: int) -> None:
+        self.client, self.valkey, self.seqd = client, valkey, seqd
+        self.rows: dict[str, list[tuple[float, ...]]] = {}
+
+    async def measure(
+        self, name: str, n: int, work: Awaitable[float], *, seqd: int | None = None
+    ) -> float:
+        """`seqd`: the pid doing seqd's part when not `seqd serve` (then no clients)."""
+        await self.client.config_resetstat()
+        pids = (self.valkey, seqd or self.seqd, os.getpid())
+        before = [cpu_seconds(pid) for pid in pids]
+        rate = await work
+        after = [cpu_seconds(pid) for pid in pids]
+        stats = await self.client.info("commandstats")
+        script = stats.get("cmdstat_evalsha", {}).get("usec", 0)
+        per = [1e6 * (a - b) / n for a, b in zip(after, before, strict=True)]
+        if seqd is not None:
+            per[2] = math.nan
+        self.rows.setdefault(name, []).append((*per, script / n))
+        return rate
+
+    def cells(self, name: str) -> str:
+        values = [median([r[k] for r in self.rows[name]]) for k in range(4)]
+        return " | ".join("–" if math.isnan(v) else f"{v:.1f}" for v in values)
 
 
 async def make_contacts(store: Store, n: int) -> list[str]:
@@ -237,19 +278,24 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
         contacts = await make_contacts(store, n)
         config = Config(intake=IntakeConfig(batch_size=1000))
         single, gets, batch, peer_hset, intake, xadd = [], [], [], [], [], []
+        costs = Costs(store.client, valkey.pid, server.pid)
         for _ in range(repeat):
             small = contacts[: max(1, n // 4)]
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
-            single.append(await single_posts(base, headers, sid, small, clients))
+            work = single_posts(base, headers, sid, small, clients)
+            single.append(await costs.measure("single", len(small), work))
             eid = (await store.enrollments.list(TENANT, sid, limit=1, after=None,
                                                 statuses=["active"]))[0][0].id  # fmt: skip
-            gets.append(await authed_gets(base, headers, eid, len(small), clients))
+            work = authed_gets(base, headers, eid, len(small), clients)
+            gets.append(await costs.measure("gets", len(small), work))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
-            batch.append(await batches(base, headers, sid, contacts))
+            batch.append(await costs.measure("batch", n, batches(base, headers, sid, contacts)))
             peer_hset.append(await plain_hset(store.client, n))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
             xadd.append(await fill_intake(store.client, store.keys.intake(), sid, contacts))
-            intake.append(await drain_intake(config, store, n, consumers))
+            drained = drain_intake(config, store, n, consumers)
+            # The intake consumers run in this process.
+            intake.append(await costs.measure("intake", n, drained, seqd=os.getpid()))
             stats = (await store.sequences.stats([sid]))[sid]
             assert stats.active == n, stats
         await store.close()
@@ -259,12 +305,14 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
                 proc.terminate()
                 proc.wait(10)
 
-    def row(name: str, rates: list[float], target: int, peer: str, peer_rates: list[float]) -> str:
+    def row(
+        name: str, rates: list[float], target: int, peer: str, peer_rates: list[float], way: str
+    ) -> str:
         m, p = median(rates), median(peer_rates)
         verdict = "met" if m >= target else "**not met**"
         return (
             f"| {name} | {m:,.0f}/s | {target:,}/s ({verdict}) | {peer} | {p:,.0f}/s "
-            f"| {m / p:.2f} |"
+            f"| {m / p:.2f} | {costs.cells(way)} |"
         )
 
     body = "\n".join(
@@ -274,13 +322,31 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             f"on this machine ({os.cpu_count()} cores, shared), clients in the benchmark "
             "process.",
             "",
-            "| way in | rate | target | peer (same run) | peer rate | ratio |",
-            "| --- | --- | --- | --- | --- | --- |",
-            row("single POST", single, 3000, "authenticated GET of one enrollment", gets),
+            "| way in | rate | target | peer (same run) | peer rate | ratio "
+            "| valkey CPU µs/item | seqd CPU µs/item | clients CPU µs/item "
+            "| scripts µs/item |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            row("single POST", single, 3000, "authenticated GET of one enrollment", gets,
+                "single"),
             row("batch endpoint (1,000/request, 2 clients)", batch, 30000,
-                "pipelined HSET+ZADD per job (BullMQ-like bulk add, no logic)", peer_hset),
+                "pipelined HSET+ZADD per job (BullMQ-like bulk add, no logic)", peer_hset,
+                "batch"),
             row(f"intake stream ({consumers} consumers draining)", intake, 50000,
-                "raw redis-py XADD, pipelined (the writer)", xadd),
+                "raw redis-py XADD, pipelined (the writer)", xadd, "intake"),
+            "",
+            "The single POST's peer, per GET: valkey, seqd, clients CPU and scripts µs "
+            f"{costs.cells('gets').replace(' | ', ', ')}.",
+            "",
+            "CPU µs/item: user + system time over the run (10 ms ticks) per item of "
+            "valkey-server, of the seqd process (`seqd serve` for the HTTP ways, with its "
+            "outbox reader turning each `created` event into the tenant's event log; the "
+            "consumers' process for the intake, while `seqd serve` still reads the outbox: "
+            "its CPU is left out, its Redis time is in valkey's), and of the benchmark's HTTP "
+            "clients. Scripts: EVALSHA time from INFO commandstats (the `enroll` script, plus "
+            "the rate limiter's and the outbox reader's scripts; wall time inside valkey, so "
+            "it grows when valkey is descheduled). On 2 cores a way in cannot exceed about "
+            "1e6 / max(valkey, seqd) items/s (each is one thread) nor "
+            "2e6 / (valkey + seqd + clients).",
         ]
     )  # fmt: skip
     record("enroll", body)

@@ -32,6 +32,8 @@ class Item(msgspec.Struct, frozen=True):
     contact_id: str | None = None
     contact: dict[str, Any] | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # `metadata` as JSON when `prepare` already encoded it ("" when empty): not twice.
+    metadata_json: str | None = None
 
 
 @dataclass(slots=True)
@@ -40,6 +42,8 @@ class Outcome:
     machine-readable `reason` (the intake stream and the import report it)."""
 
     enrollment: models.Enrollment | None = None
+    # Set when enrolled (also without `full`, when `enrollment` is not built).
+    enrollment_id: str | None = None
     idempotent: bool = False
     contact_id: str | None = None
     # Inline contacts: what the upsert did (created | updated | unchanged).
@@ -51,9 +55,14 @@ class Outcome:
         self.reason, self.error = reason, error
 
 
-def check_metadata(metadata: dict[str, Any], path: str = "metadata") -> None:
-    if len(encode_json(metadata)) > models.METADATA_MAX_BYTES:
+def check_metadata(metadata: dict[str, Any], path: str = "metadata") -> str:
+    """`metadata` as JSON ("" when empty); Invalid when it is too large."""
+    if not metadata:
+        return ""
+    text = encode_json(metadata)
+    if len(text) > models.METADATA_MAX_BYTES:
         raise Invalid.field(path, f"larger than {models.METADATA_MAX_BYTES} bytes as JSON")
+    return text
 
 
 def prepare(body: models.EnrollmentCreate, region: str | None) -> Item:
@@ -61,21 +70,46 @@ def prepare(body: models.EnrollmentCreate, region: str | None) -> Item:
     if (body.contact_id is None) == (body.contact is None):
         message = "give exactly one of contact_id and contact"
         raise Invalid([FieldError("contact_id", message), FieldError("contact", message)])
-    check_metadata(body.metadata)
+    md = check_metadata(body.metadata)
     fields = None
     if body.contact is not None:
         fields = models.new_contact_fields(body.contact, region, "contact.")
-    return Item(body.contact_id, fields, body.metadata)
+    return Item(body.contact_id, fields, body.metadata, md)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a group of items is enrolled into: the sequence, its version, and the channels
+    the tenant has any suppression on (for the screen)."""
+
+    seq: models.Sequence
+    version: int
+    listed: frozenset[str] | None = None
+
+
+def _active(seq: models.Sequence) -> None:
+    if seq.status != SequenceStatus.ACTIVE:
+        raise Conflict(
+            f"sequence {seq.id} is {seq.status.value}, not active", status=seq.status.value
+        )
 
 
 async def active_sequence(store: Store, tenant: str, sid: str) -> tuple[models.Sequence, int]:
     """The sequence and its version; NotFound, or Conflict when it is not active."""
     seq, version = await store.sequences.get_versioned(tenant, sid)
-    if seq.status != SequenceStatus.ACTIVE:
-        raise Conflict(
-            f"sequence {seq.id} is {seq.status.value}, not active", status=seq.status.value
-        )
+    _active(seq)
     return seq, version
+
+
+async def target(store: Store, tenant: str, sid: str) -> Target:
+    """`active_sequence` and the suppression lists' presence in one round trip."""
+    pipe = store.client.pipeline(transaction=False)
+    store.sequences.read_in(pipe, tenant, sid)
+    screening.listed_in(pipe, store, tenant)
+    replies = await pipe.execute()
+    seq, version = store.sequences.parse_read(sid, replies[0])
+    _active(seq)
+    return Target(seq, version, screening.listed_from(replies[1:]))
 
 
 def under(error: SeqdError, root: str) -> SeqdError:
@@ -99,9 +133,18 @@ def _failure(result: EnrollResult, seq: models.Sequence) -> tuple[str, SeqdError
 
 
 async def enroll(
-    store: Store, tenant: str, seq: models.Sequence, version: int, items: list[Item]
+    store: Store,
+    tenant: str,
+    seq: models.Sequence,
+    version: int,
+    items: list[Item],
+    *,
+    full: bool = True,
+    listed: frozenset[str] | None = None,
 ) -> list[Outcome]:
-    """Enroll each item in `seq` (from `active_sequence`); one Outcome per item, in order."""
+    """Enroll each item in `seq` (from `active_sequence` or `target`); one Outcome per
+    item, in order. `full` False leaves `Outcome.enrollment` unset (only
+    `enrollment_id`); `listed` is `Target.listed` (None: read here)."""
     outcomes = [Outcome(contact_id=item.contact_id) for item in items]
     known: dict[str, models.Contact] = {}
     inline = [i for i, item in enumerate(items) if item.contact is not None]
@@ -118,7 +161,7 @@ async def enroll(
 
     todo = [i for i, o in enumerate(outcomes) if o.error is None and o.contact_id]
     blocked = await screening.suppressed(
-        store, tenant, seq, [outcomes[i].contact_id or "" for i in todo], known
+        store, tenant, seq, [outcomes[i].contact_id or "" for i in todo], known, listed
     )
     if blocked:
         for i in todo:
@@ -135,9 +178,12 @@ async def enroll(
         todo = [i for i in todo if outcomes[i].error is None]
 
     def enroll_items(positions: list[int]) -> list[EnrollItem]:
-        return [EnrollItem(outcomes[i].contact_id or "", items[i].metadata) for i in positions]
+        return [
+            EnrollItem(outcomes[i].contact_id or "", items[i].metadata, items[i].metadata_json)
+            for i in positions
+        ]
 
-    results = await store.enrollments.enroll(tenant, seq, enroll_items(todo))
+    results = await store.enrollments.enroll(tenant, seq, enroll_items(todo), full=full)
     missing = [
         k
         for k, r in enumerate(results)
@@ -147,12 +193,13 @@ async def enroll(
         # A shard never got the sequence's mirror (a crash right after it was saved).
         await store.sequences.sync(seq, version, [])
         retried = enroll_items([todo[k] for k in missing])
-        again = await store.enrollments.enroll(tenant, seq, retried)
+        again = await store.enrollments.enroll(tenant, seq, retried, full=full)
         for k, retry in zip(missing, again, strict=True):
             results[k] = retry
     for i, enrolled in zip(todo, results, strict=True):
-        if enrolled.enrollment is not None:
+        if enrolled.id is not None:
             outcomes[i].enrollment = enrolled.enrollment
+            outcomes[i].enrollment_id = enrolled.id
             outcomes[i].idempotent = enrolled.idempotent
         else:
             outcomes[i].fail(*_failure(enrolled, seq))

@@ -92,8 +92,9 @@ class DispatchConfig(Section, kw_only=True):
     batch_size: Annotated[int, Meta(ge=1, le=5000)] = 500
     # A claimed step not advanced within the lease is claimable again (crashed worker).
     lease_seconds: PositiveFloat = 60.0
-    # Upper bound of the sleep between polls when nothing is due soon.
-    idle_poll_ms: Positive = 200
+    # Upper bound of the sleep between polls when nothing is due soon: a step enrolled due
+    # at once waits up to this (an idle poll is one pipeline of 2 commands per shard).
+    idle_poll_ms: Positive = 50
     # In-flight sends per channel.
     concurrency: Positive = 256
     # Groups of due shards worked side by side in a round, each with one pipelined claim
@@ -192,10 +193,28 @@ class LifecycleConfig(Section, kw_only=True):
                 raise ValueError(f"auto_reply_subjects: bad pattern {pattern!r}: {exc}") from None
 
 
+class RateLimitConfig(Section, kw_only=True):
+    """Requests per API key (GCRA in Redis, shared by every seqd process; seqd/api/ratelimit.py)."""
+
+    enabled: bool = True
+    # `limit` requests per `period_seconds` per key; a key idle for a period has them all.
+    limit: Annotated[int, Meta(ge=1, le=100_000_000)] = 100_000
+    period_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 300
+
+
+class TenantRateLimit(Section, kw_only=True):
+    """[tenants.<name>.ratelimit]: what it leaves out comes from [ratelimit]."""
+
+    enabled: bool | None = None
+    limit: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None
+    period_seconds: Annotated[int, Meta(ge=1, le=86_400)] | None = None
+
+
 class TenantConfig(Section, kw_only=True):
     """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
 
     channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
+    ratelimit: TenantRateLimit = msgspec.field(default_factory=TenantRateLimit)
     # Secret of this tenant's inbound email URL, POST {base_path}/inbound/email/<secret>
     # (for inbound-parse services that cannot send an API key).
     inbound_email_secret: Annotated[str, Meta(min_length=16)] | None = None
@@ -275,6 +294,7 @@ class Config(Section, kw_only=True):
     lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
     intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
+    ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)

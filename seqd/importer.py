@@ -197,7 +197,7 @@ async def _chunk(
                 summary.contacts[result.change] += 1
         return
     items = [bulk.Item(contact=fields) for _, _, fields in good]
-    outcomes = await bulk.enroll(store, tenant, seq[0], seq[1], items)
+    outcomes = await bulk.enroll(store, tenant, seq[0], seq[1], items, full=False)
     for (line, row, _), outcome in zip(good, outcomes, strict=True):
         if outcome.change:
             summary.contacts[outcome.change] += 1

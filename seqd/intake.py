@@ -104,7 +104,7 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
                 contact = _decode_contact(fields["contact"])
             except msgspec.ValidationError as exc:
                 raise Rejected("invalid", str(exc), field_error(exc, "contact").path) from None
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # nested too deeply: RecursionError
                 raise Rejected("invalid", "not a JSON object", "contact") from None
         metadata = {}
         if fields.get("metadata"):
@@ -112,7 +112,7 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
                 metadata = _decode_metadata(fields["metadata"])
             except msgspec.ValidationError as exc:
                 raise Rejected("invalid", str(exc), field_error(exc, "metadata").path) from None
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # nested too deeply: RecursionError
                 raise Rejected("invalid", "not a JSON object", "metadata") from None
         body = models.EnrollmentCreate(
             contact_id=fields.get("contact_id") or None, contact=contact, metadata=metadata
@@ -127,12 +127,12 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
 
 def result_text(p: Parsed, outcome: bulk.Outcome | None) -> str:
     """What the request_id key holds: the enrollment made, or why there is none."""
-    if outcome is not None and outcome.enrollment is not None:
+    if outcome is not None and outcome.enrollment_id is not None:
         return encode_json(
             {
                 "status": "enrolled",
-                "enrollment_id": outcome.enrollment.id,
-                "contact_id": outcome.enrollment.contact_id,
+                "enrollment_id": outcome.enrollment_id,
+                "contact_id": outcome.contact_id,
                 "idempotent": outcome.idempotent,
                 "intake_id": p.entry_id,
             }
@@ -310,13 +310,15 @@ class Intake:
         """One (tenant, sequence) group; on an unexpected error its entries stay pending."""
         try:
             try:
-                seq, version = await bulk.active_sequence(self.store, tenant, sid)
+                into = await bulk.target(self.store, tenant, sid)
             except NotFound as exc:
                 return self._reject_all(group, rejection_of("unknown_sequence", exc))
             except Conflict as exc:
                 return self._reject_all(group, rejection_of("sequence_not_active", exc))
             items = [p.item for p in group if p.item is not None]
-            outcomes = await bulk.enroll(self.store, tenant, seq, version, items)
+            outcomes = await bulk.enroll(
+                self.store, tenant, into.seq, into.version, items, full=False, listed=into.listed
+            )
         except asyncio.CancelledError:
             raise
         except Exception:

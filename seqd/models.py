@@ -129,7 +129,19 @@ def normalize_phone(value: str, region: str | None) -> str:
         raise ValueError(f"not a phone number ({exc._msg})") from None
     if not phonenumbers.is_possible_number(number):
         raise ValueError("not a possible phone number (wrong length for its country)")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    # Some impossible-in-practice numbers lose a digit each time round (+310000000 ->
+    # +31000000 -> +3100000: a national prefix read again); one stored form must map to
+    # itself, or lookups and suppressions would miss it (tests/test_properties.py).
+    try:
+        again = phonenumbers.format_number(
+            phonenumbers.parse(e164, None), phonenumbers.PhoneNumberFormat.E164
+        )
+    except phonenumbers.NumberParseException:
+        again = None
+    if again != e164:
+        raise ValueError("not a phone number (no stable E.164 form)")
+    return e164
 
 
 def normalize_email(value: str) -> str:

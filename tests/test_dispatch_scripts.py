@@ -144,7 +144,8 @@ async def test_reclaim_after_a_lost_worker_counts_attempts_then_fails(any_store:
     now = due
     for attempt in (1, 2, 3):
         batch = await claim(s, sh, now)
-        assert batch.items[0].e["a"] == str(attempt - 1)
+        # An absent `a` means no attempt yet (enroll does not write it).
+        assert batch.items[0].e.get("a", "0") == str(attempt - 1)
         now += LEASE  # the worker died: the lease passes
     # Three attempts lost (max_attempts = 3): the next claim ends it.
     assert (await claim(s, sh, now)).items == []
@@ -176,7 +177,7 @@ async def test_advance_sent_schedules_the_next_step_then_completes(any_store: St
     assert (done.applied, done.late, done.stale) == (1, 0, [])
     h = await raw(s, e.id)
     assert h["i"] == "1" and h["p0"] == "SM1" and h["sm"] == "1" and "cl" not in h
-    assert h["n"] == str(at + 600_000) and h["a"] == "0"
+    assert h["n"] == str(at + 600_000) and h.get("a", "0") == "0"
     assert await due_score(s, e.id) == at + 600_000
     sent = (await events(s, sh))[-1]
     assert sent["type"] == "sequence.step.sent"
@@ -342,3 +343,51 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
         assert info.value.code == "BAD_ITEMS"
     assert (await raw(s, e.id))["i"] == "0"
     assert await due_score(s, e.id) == due + LEASE
+
+
+async def test_enrollment_without_token_attempts_or_updated_at_reads_as_their_defaults(
+    any_store: Store,
+) -> None:
+    # `k`, `a` and `ua` cost memory on every active enrollment: absent, they read as 0, 0
+    # and `ea`, and the dispatch scripts write `a` back only where a retry left some.
+    s = any_store
+    _seq, e, sh, due = await one(s, sms(), sms(wait=10), sms(wait=10))
+    await s.client.hdel(s.keys.enrollment(sh, e.id), "k", "a", "ua")
+    item = (await claim(s, sh, due)).items[0]
+    assert item.e["k"] == "1" and "a" not in item.e
+    at = due + 5
+    await advance(s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", wait=600_000))
+    h = await raw(s, e.id)
+    assert h["i"] == "1" and "a" not in h and h["ua"] == str(at)
+    sent = (await events(s, sh))[-1]
+    assert sent["type"] == "sequence.step.sent" and "a" not in sent["fields"]
+    # A retry counts an attempt; the next step's send resets it to 0.
+    at += 600_000
+    item = (await claim(s, sh, at)).items[0]
+    await advance(s, sh, at, settle(e.id, item.e["k"], 1, at, "retry", error="503", delay=5))
+    assert (await raw(s, e.id))["a"] == "1"
+    item = (await claim(s, sh, at + 5)).items[0]
+    await advance(s, sh, at + 5, settle(e.id, item.e["k"], 1, at + 5, "sent", wait=0))
+    assert (await raw(s, e.id))["a"] == "0"
+    # A step that fails for good reports its attempts even when none were counted.
+    _seq, e, sh, due = await one(s)
+    await s.client.hdel(s.keys.enrollment(sh, e.id), "k", "a", "ua")
+    item = (await claim(s, sh, due)).items[0]
+    await advance(s, sh, due, settle(e.id, item.e["k"], 0, due, "failed", error="bad number"))
+    failed = [ev for ev in await events(s, sh) if ev["type"] == "sequence.step.failed"]
+    assert failed[-1]["attempts"] == 0 and failed[-1]["retrying"] is False
+    assert (await s.enrollments.get(TENANT, e.id)).updated_at is not None
+
+
+async def test_claim_reads_only_the_contact_fields_a_message_can_use(any_store: Store) -> None:
+    from seqd.engine import render
+    from seqd.store.dispatch import CONTACT_READ
+
+    assert render.CONTACT_FIELDS | {"tenant", "attributes"} == set(CONTACT_READ)
+    s = any_store
+    _seq, _e, sh, due = await one(s, last_name=None)
+    item = (await claim(s, sh, due)).items[0]
+    assert item.c["tenant"] == TENANT and item.c["first_name"] == "n0"
+    # Unset fields are absent, and the contact's bookkeeping fields are not read.
+    assert "last_name" not in item.c and not any(f.startswith("e:") for f in item.c)
+    assert "created_at" not in item.c

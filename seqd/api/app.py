@@ -23,6 +23,7 @@ from seqd.api.appkeys import CONFIG, LIVENESS, MAX_BODY, METRICS, OPENAPI, STORE
 from seqd.api.auth import auth_middleware
 from seqd.api.errors import problems_middleware
 from seqd.api.idempotency import idempotency_middleware
+from seqd.api.ratelimit import add_headers, ratelimit_middleware
 from seqd.api.routing import ROUTES
 from seqd.config import Config
 from seqd.health import Liveness
@@ -38,9 +39,11 @@ def create_app(config: Config, store: Store) -> web.Application:
             access_middleware,
             problems_middleware,
             auth_middleware,
+            ratelimit_middleware,
             idempotency_middleware,
         ],
     )
+    app.on_response_prepare.append(add_headers)
     app[CONFIG] = config
     app[STORE] = store
     app[MAX_BODY] = config.http.max_body_bytes

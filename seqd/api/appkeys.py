@@ -18,3 +18,7 @@ METRICS = web.AppKey("metrics", Metrics)
 LIVENESS = web.AppKey("liveness", Liveness)
 # Per request: the tenant the API key belongs to.
 TENANT = web.RequestKey("tenant", str)
+# Per request: sha256 of the API key presented (what the rate limit counts by).
+KEY_DIGEST = web.RequestKey("key_digest", str)
+# Per request: the RateLimit-* headers every answer to it carries (seqd/api/ratelimit.py).
+RATE_HEADERS = web.RequestKey("rate_headers", dict)

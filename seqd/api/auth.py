@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from seqd.api.appkeys import STORE, TENANT
+from seqd.api.appkeys import KEY_DIGEST, STORE, TENANT
 from seqd.api.routing import Handler, requires_auth
 from seqd.errors import Unauthorized
+from seqd.store.tenants import hash_key
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -31,6 +32,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if tenant is None:
         raise Unauthorized("the API key is not valid (revoked or mistyped)")
     request[TENANT] = tenant
+    request[KEY_DIGEST] = hash_key(key)
     return await handler(request)
 
 

@@ -44,6 +44,25 @@ class _RawBatch(models.Input, kw_only=True):
 
 
 _decode_item = msgspec.json.Decoder(models.EnrollmentCreate).decode
+_decode_batch = msgspec.json.Decoder(models.EnrollmentBatch).decode
+
+
+async def _decoded(request: web.Request) -> list[models.EnrollmentCreate | BatchProblem]:
+    """Each item decoded, or its problem. The whole body in one typed decode when it is all
+    good (the usual case); item by item otherwise, so each bad one gets its own problem."""
+    if request.content_type == "application/json":
+        try:
+            return list(_decode_batch(await request.read()).items)
+        except (msgspec.DecodeError, RecursionError):  # ValidationError included
+            pass  # read_body below answers 400 for a body nested too deeply
+    raw = await read_body(request, _RawBatch)
+    out: list[models.EnrollmentCreate | BatchProblem] = []
+    for i, text in enumerate(raw.items):
+        try:
+            out.append(_decode_item(text))
+        except msgspec.ValidationError as exc:
+            out.append(item_problem(Invalid([field_error(exc, f"items[{i}]")]), i))
+    return out
 
 
 def item_problem(error: SeqdError, index: int) -> BatchProblem:
@@ -69,20 +88,25 @@ async def create_enrollment_batch(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     region = request.app[CONFIG].contacts.default_region
     # The sequence first: another tenant's id is the same 404 whatever the body.
-    seq, version = await bulk.active_sequence(store, tenant, request.match_info["id"])
-    raw = await read_body(request, _RawBatch)
-    results: list[BatchEnrolled | BatchProblem | None] = [None] * len(raw.items)
+    into = await bulk.target(store, tenant, request.match_info["id"])
+    bodies = await _decoded(request)
+    results: list[BatchEnrolled | BatchProblem | None] = [None] * len(bodies)
     good: list[int] = []
     items: list[bulk.Item] = []
-    for i, text in enumerate(raw.items):
+    for i, body in enumerate(bodies):
+        if isinstance(body, BatchProblem):
+            results[i] = body
+            continue
         try:
-            items.append(bulk.prepare(_decode_item(text), region))
+            items.append(bulk.prepare(body, region))
             good.append(i)
-        except msgspec.ValidationError as exc:
-            results[i] = item_problem(Invalid([field_error(exc, f"items[{i}]")]), i)
         except SeqdError as exc:
             results[i] = item_problem(bulk.under(exc, f"items[{i}]."), i)
-    outcomes = await bulk.enroll(store, tenant, seq, version, items) if items else []
+    outcomes = (
+        await bulk.enroll(store, tenant, into.seq, into.version, items, listed=into.listed)
+        if items
+        else []
+    )
     for i, outcome in zip(good, outcomes, strict=True):
         if outcome.enrollment is not None:
             results[i] = BatchEnrolled(enrollment=outcome.enrollment, idempotent=outcome.idempotent)

@@ -28,8 +28,10 @@ async def enroll_one(
     store = request.app[STORE]
     tenant = tenant_of(request)
     item = bulk.prepare(body, request.app[CONFIG].contacts.default_region)
-    seq, version = await bulk.active_sequence(store, tenant, seq_id)
-    [outcome] = await bulk.enroll(store, tenant, seq, version, [item])
+    # Round trips: the sequence with the suppression lists' presence, then the script
+    # (the API key's tenant is usually known already: Tenants.authenticate).
+    into = await bulk.target(store, tenant, seq_id)
+    [outcome] = await bulk.enroll(store, tenant, into.seq, into.version, [item], listed=into.listed)
     if outcome.error is not None:
         raise outcome.error
     assert outcome.enrollment is not None

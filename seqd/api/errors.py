@@ -8,6 +8,7 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
+from seqd.api.access import route_of
 from seqd.api.appkeys import MAX_BODY
 from seqd.api.problems import problem
 from seqd.api.routing import Handler
@@ -59,5 +60,6 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("http.unhandled", method=request.method, path=request.path)
+        # The route template, not the path: a path can carry a secret (/inbound/email/<secret>).
+        log.exception("http.unhandled", method=request.method, route=route_of(request))
         return problem(500, "internal_error", "Internal error", "the error was logged")

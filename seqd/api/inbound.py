@@ -96,6 +96,7 @@ def _forbidden() -> Forbidden:
     responses={200: None},
     errors=(403,),
     auth=False,
+    media={200: "text/xml"},
 )
 async def twilio_sms(request: web.Request) -> web.Response:
     config, store = request.app[CONFIG], request.app[STORE]

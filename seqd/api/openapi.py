@@ -18,7 +18,7 @@ from seqd.api.wire import respond
 _REF = "#/components/schemas/{name}"
 _PARAM = re.compile(r"\{(\w+)\}")
 _ERROR_TEXT = {
-    400: "Malformed JSON",
+    400: "Malformed JSON; or, in text/plain, a request line or header the HTTP parser refuses",
     401: "Missing or invalid API key",
     403: "Forbidden",
     404: "Not found (also for another tenant's objects)",
@@ -111,11 +111,13 @@ def _operation(r: Route, ref_of: dict[type, Any], components: dict[str, Any]) ->
         if kind is not None:
             response["content"] = {"application/json": {"schema": ref_of[kind]}}
         op["responses"][str(status)] = response
-    errors = set(r.errors) | {500}
+    # 400 on every route: the HTTP parser refuses a request line or header field over 8190
+    # bytes before any handler runs, in text/plain.
+    errors = set(r.errors) | {400, 500}
     if r.body is not None or r.query is not None:
-        errors |= {400, 413, 415, 422}
+        errors |= {413, 415, 422}
     if r.auth:
-        errors.add(401)
+        errors |= {401, 429}
         op["security"] = [{"bearer": []}, {"apiKey": []}]
     else:
         op["security"] = []
@@ -125,6 +127,10 @@ def _operation(r: Route, ref_of: dict[type, Any], components: dict[str, Any]) ->
             "description": _ERROR_TEXT.get(status, "Error"),
             "content": {PROBLEM_TYPE: {"schema": ref_of[Problem]}},
         }
+    op["responses"]["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    for status, media in r.media.items():
+        response = op["responses"].setdefault(str(status), {"description": r.summary})
+        response["content"] = {media: {"schema": {"type": "string"}}}
     return op
 
 

@@ -77,6 +77,7 @@ def _on_api_port(config: Config) -> bool:
     auth=False,
     root=True,
     when=_on_api_port,
+    media={200: "text/plain"},
 )
 async def metrics_page(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]

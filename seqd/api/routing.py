@@ -35,6 +35,9 @@ class Route:
     root: bool = False
     # Served only when this says so for the config (e.g. /metrics not on a separate listener).
     when: Callable[[Config], bool] | None = None
+    # Statuses answered with a text body instead of JSON or problem+json: status -> media
+    # type (the unsubscribe pages' text/html, the metrics' text/plain).
+    media: dict[int, str] = field(default_factory=dict)
 
     def full_path(self, base_path: str) -> str:
         return self.path if self.root else base_path + self.path
@@ -60,6 +63,7 @@ def route(
     body_content_type: str = "application/json",
     root: bool = False,
     when: Callable[[Config], bool] | None = None,
+    media: dict[int, str] | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         ROUTES.append(
@@ -77,6 +81,7 @@ def route(
                 body_content_type,
                 root,
                 when,
+                media or {},
             )
         )
         handler.seqd_auth = auth  # type: ignore[attr-defined]

@@ -55,6 +55,7 @@ async def _claims(request: web.Request) -> unsubscribe.Claims | None:
     responses={200: None},
     errors=(404,),
     auth=False,
+    media={200: "text/html", 404: "text/html"},
 )
 async def unsubscribe_page(request: web.Request) -> web.Response:
     claims = await _claims(request)
@@ -78,6 +79,7 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
     responses={200: None},
     errors=(404,),
     auth=False,
+    media={200: "text/html"},
 )
 async def unsubscribe_one_click(request: web.Request) -> web.Response:
     claims = await _claims(request)

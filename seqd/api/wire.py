@@ -16,7 +16,7 @@ from seqd.errors import BadRequest, FieldError, Invalid, UnsupportedMediaType
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
-_PATH = re.compile(r" - at `\$(.*)`$")
+_PATH = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
 
 
 def field_error(exc: msgspec.ValidationError, root: str = "") -> FieldError:
@@ -49,6 +49,9 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
         raise Invalid([field_error(exc)]) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec's decoder stops at its nesting limit (about 1000 levels) this way.
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
 def read_query(request: web.Request, kind: type[T]) -> T:

@@ -105,7 +105,7 @@ class SmtpSender:
         except mime.Refused as exc:
             return SendResult(outcome="failed", error=f"smtp: {exc}")
         data = mime.to_bytes(msg)
-        message_id = msg["Message-ID"]
+        message_id = str(msg["Message-ID"])  # a header object (str subclass) does not encode
         utf8 = mime.needs_utf8(c.from_address, message.to)
         session = await self._idle.get()
         try:

@@ -1,11 +1,12 @@
 """The dispatcher: claim due steps, render, send, advance; one class, one loop.
 
-A round (`run_once`) polls every shard's earliest due score in one pipeline, then works
-the due shards in `lanes` concurrent groups, each as claim (one `claimDue` call per shard,
-pipelined) → compose (render, suppressions) → send (bounded concurrency per channel) →
-advance (one `advance` call per shard, pipelined). Lanes run side by side so that Python
-composes one lane's batch while Redis runs another's scripts; grouping shards keeps a
-round to a few round trips when little is due (redis-py's cost per call is what a
+A round (`run_once`) polls every shard's earliest due score and due count in one
+pipeline, cuts the due shards into pieces of about one batch each, and `lanes` workers
+take the pieces in turn, each as claim (one `claimDue` call per shard, pipelined) →
+compose (render, suppressions) → send (bounded concurrency per channel) → advance (one
+`advance` call per shard, pipelined). Workers interleave so that Python composes one
+piece while Redis runs another's scripts; when little is due every due shard is in one
+piece, which keeps a round to a few round trips (redis-py's cost per call is what a
 lightly loaded round spends its time on).
 
 Between rounds the loop sleeps until the earliest due time, at most `idle_poll_ms`
@@ -37,6 +38,7 @@ import structlog
 from aiohttp import web
 
 from seqd import models
+from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage, Sender, SendResult
 from seqd.config import Config, DispatchConfig
 from seqd.engine.compose import ADDRESS_FIELD, Job, compose, suppressed_reason
@@ -188,6 +190,7 @@ class Dispatcher:
         # A turn may legitimately take the drain timeout (slow provider) plus a few polls.
         deadline = self.config.drain_timeout_seconds + 10 * idle_s + 30
         log.info("dispatch.started", batch_size=self.config.batch_size)
+        backoff = Backoff(idle_s)
         while not self._stopping.is_set():
             if self.liveness is not None:
                 self.liveness.beat(NAME, deadline)
@@ -200,8 +203,9 @@ class Dispatcher:
                 # Redis away, a bug in one batch: claimed steps come back after their
                 # lease, so the loop only has to survive and try again shortly.
                 log.exception("dispatch.round_failed")
-                await self._sleep(idle_s)
+                await self._sleep(backoff.failed())
                 continue
+            backoff.reset()
             if done.more or done.claimed:
                 continue
             # Jitter only the idle cap: a known due time is slept to exactly.
@@ -220,29 +224,33 @@ class Dispatcher:
 
     # -- one round ------------------------------------------------------------------------
     async def run_once(self, now: int) -> Round:
-        """Poll, then claim → send → advance every due shard, in `lanes` concurrent groups."""
-        earliest = await self.dispatch.earliest()
-        due = [s for s, at in enumerate(earliest) if at is not None and at <= now]
-        later = [at for at in earliest if at is not None and at > now]
+        """Poll, then claim → send → advance every due shard, in batch-sized pieces worked
+        by `lanes` concurrent workers."""
+        heads = await self.dispatch.heads(now)
+        due = [(s, n) for s, (at, n) in enumerate(heads) if at is not None and at <= now]
+        later = [at for at, _ in heads if at is not None and at > now]
         result = Round(next_due=min(later) if later else None)
         if not due or self._stopping.is_set():
             return result
-        lanes = [due[i :: self.config.lanes] for i in range(min(self.config.lanes, len(due)))]
-        outcomes = await asyncio.gather(
-            *(self._lane(shards, now) for shards in lanes), return_exceptions=True
-        )
-        failure: BaseException | None = None
+        pieces = _pieces(due, self.config.batch_size)
+        done: list[_Lane] = []
+
+        async def worker() -> None:
+            # Pieces are taken in turn, so one worker composes while another waits on Redis.
+            while pieces and not self._stopping.is_set():
+                done.append(await self._lane(pieces.pop(), now))
+
+        workers = min(self.config.lanes, len(pieces))
+        outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
+        for lane in done:
+            result.claimed += lane.claimed
+            result.sent += lane.sent
+            result.settled += lane.settled
+            result.stale += lane.stale
+            result.more = result.more or lane.more
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
-                failure = failure or outcome
-                continue
-            result.claimed += outcome.claimed
-            result.sent += outcome.sent
-            result.settled += outcome.settled
-            result.stale += outcome.stale
-            result.more = result.more or outcome.more
-        if failure is not None:
-            raise failure
+                raise outcome
         return result
 
     async def _lane(self, shards: list[int], now: int) -> _Lane:
@@ -503,6 +511,30 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("dispatch.opt_out_failed", enrollment_id=job.id)
+
+
+def _pieces(due: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Due shards (with their due counts) cut into groups of about one batch each, the
+    first group last (workers pop from the end).
+
+    When little is due, every due shard is in one group: one claim pipeline and one advance
+    pipeline per round, so a round stays a few round trips. Under load, each group is about
+    one script call's worth, so workers interleave: one composes while Redis runs another's
+    claim, instead of every lane waiting on Redis at the same time.
+    """
+    out: list[list[int]] = []
+    group: list[int] = []
+    size = 0
+    for shard, count in due:
+        group.append(shard)
+        size += min(count, batch_size)
+        if size >= batch_size:
+            out.append(group)
+            group, size = [], 0
+    if group:
+        out.append(group)
+    out.reverse()
+    return out
 
 
 def _of(job: Job, at: int, outcome: Outcome, **fields: Any) -> Settle:

@@ -26,6 +26,7 @@ import msgspec
 import structlog
 
 import seqd
+from seqd.backoff import Backoff
 from seqd.config import WebhooksConfig
 from seqd.events import signing, ssrf
 from seqd.store.db import Store
@@ -346,6 +347,7 @@ class Deliverer:
     async def _run(self) -> None:
         idle_ms = self.config.idle_poll_ms
         deadline = self.config.timeout_seconds + 10 * idle_ms / 1000 + 30
+        backoff = Backoff(idle_ms / 1000)
         while not self._stopping.is_set():
             if self.liveness is not None:
                 self.liveness.beat(NAME, deadline)
@@ -361,11 +363,13 @@ class Deliverer:
                     now = self.clock()
                     if nxt is not None and nxt > now:
                         sleep_ms = min(idle_ms, nxt - now)
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # Redis away: claims come back after their lease; survive and retry shortly.
                 log.exception("webhook.round_failed")
+                sleep_ms = int(backoff.failed() * 1000)
             if sleep_ms > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), sleep_ms / 1000)

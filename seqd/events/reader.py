@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import structlog
 
+from seqd.backoff import Backoff
 from seqd.config import WebhooksConfig
 from seqd.events import envelope
 from seqd.events.deliverer import Heart
@@ -153,20 +154,23 @@ class Reader:
     async def _run(self) -> None:
         idle_s = self.config.idle_poll_ms / 1000
         deadline = self.config.lease_seconds + 10 * idle_s + 30
+        backoff = Backoff(idle_s)
         while not self._stopping.is_set():
             if self.liveness is not None:
                 self.liveness.beat(NAME, deadline)
+            pause = idle_s
             try:
                 handled = await self.run_once()
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # Redis away or a bad batch: unacknowledged entries stay pending and come
                 # back after the lease, so surviving and retrying is enough.
                 log.exception("events.read_failed")
-                handled = 0
+                handled, pause = 0, backoff.failed()
             if handled < self.config.batch_size:
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), idle_s)
+                    await asyncio.wait_for(self._stopping.wait(), pause)
                 except TimeoutError:
                     pass

@@ -22,13 +22,13 @@ ENROLLMENT_FIELDS = {
     "i": "current_step",
     "n": "next_run_at (ms)",
     "ea": "enrolled_at (ms)",
-    "ua": "updated_at (ms)",
+    "ua": "updated_at (ms); absent until the first change after enrolling: `ea`",
     "md": "metadata (JSON), absent when empty",
     "pr": "paused_reason",
     "cr": "cancel_reason",
     "ca": "completed_at (ms)",
-    "k": "fencing token, bumped by every claim and transition",
-    "a": "send attempts of the current step",
+    "k": "fencing token, bumped by every claim and transition; absent (0) until the first",
+    "a": "send attempts of the current step; absent means 0",
     "cl": "set while a dispatcher claim is unsettled (the step may be at the provider)",
     "sm": "set once an SMS step was sent to the contact",
     "p<step>": "the provider's message id of a sent step",
@@ -61,7 +61,8 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         paused_reason=h.get("pr"),
         cancel_reason=h.get("cr"),
         completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
-        updated_at=to_rfc3339(int(h["ua"])) if "ua" in h else None,
+        # `enroll` does not write `ua`: until the first change it is the enrollment time.
+        updated_at=to_rfc3339(int(h.get("ua") or h["ea"])),
     )
 
 

@@ -40,6 +40,7 @@ class Store:
         from seqd.store.events import Events
         from seqd.store.lifecycle import Lifecycle
         from seqd.store.outbox import Outbox
+        from seqd.store.ratelimits import RateLimits
         from seqd.store.sequences import Sequences
         from seqd.store.suppressions import Suppressions
         from seqd.store.tenants import Tenants
@@ -58,6 +59,7 @@ class Store:
         self.events = Events(self)
         self.outbox = Outbox(self)
         self.webhooks = Webhooks(self)
+        self.ratelimits = RateLimits(self)
         self.deliveries = Deliveries(self)
 
     @classmethod

@@ -9,9 +9,11 @@ turned into Python lists item by item.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+
+from seqd.store.codec import CONTACT_TEXT_FIELDS
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
@@ -19,8 +21,14 @@ if TYPE_CHECKING:
 Outcome = Literal["sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release"]
 
 
+# The contact fields a claim reads: its owner and what a message can use (templates name
+# only the text fields and attributes.<key>: engine/render.py).
+CONTACT_READ = ("tenant", *CONTACT_TEXT_FIELDS, "attributes")
+
+
 class Claimed(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """One claimed step: enrollment id, its hash (storage field names), its contact's hash."""
+    """One claimed step: enrollment id, its hash (storage field names), its contact's
+    fields of CONTACT_READ that are set."""
 
     id: str
     e: dict[str, str]
@@ -33,6 +41,19 @@ class ClaimBatch(msgspec.Struct, frozen=True, gc=False):
     # Sequence id -> its shard mirror "<status>:<version>:<steps>" for the items' sequences.
     m: dict[str, str]
     items: list[Claimed]
+
+
+class _Item(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    id: str
+    e: dict[str, str]
+    # HMGET of CONTACT_READ: false where a field is not set.
+    c: list[str | bool]
+
+
+class _Batch(msgspec.Struct, frozen=True, gc=False):
+    seen: int
+    m: dict[str, str]
+    items: list[_Item]
 
 
 class Settle(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -65,7 +86,22 @@ class SuppressionRecord(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-_decode_claim = msgspec.json.Decoder(ClaimBatch).decode
+_decode_batch = msgspec.json.Decoder(_Batch).decode
+
+
+def _decode_claim(reply: str) -> ClaimBatch:
+    raw = _decode_batch(reply)
+    items = [
+        Claimed(
+            item.id,
+            item.e,
+            {f: v for f, v in zip(CONTACT_READ, item.c, strict=True) if isinstance(v, str)},
+        )
+        for item in raw.items
+    ]
+    return ClaimBatch(raw.seen, raw.m, items)
+
+
 _encode = msgspec.json.Encoder().encode
 _decode_record = msgspec.json.Decoder(SuppressionRecord).decode
 
@@ -86,6 +122,22 @@ class Dispatch:
         rows: list[list[tuple[str, float]]] = await pipe.execute()
         return [int(row[0][1]) if row else None for row in rows]
 
+    async def heads(self, now: int) -> list[tuple[int | None, int]]:
+        """Per shard, (earliest due score or None, members due at `now`): one round trip.
+
+        The counts let the dispatcher cut the due shards into batch-sized pieces of work.
+        """
+        pipe = self.store.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            key = self.keys.due(shard)
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.zcount(key, "-inf", now)
+        rows: list[Any] = await pipe.execute()
+        return [
+            (int(head[0][1]) if head else None, int(count))
+            for head, count in zip(rows[::2], rows[1::2], strict=True)
+        ]
+
     async def claim(
         self,
         shard: int,
@@ -100,7 +152,10 @@ class Dispatch:
         tag = self.keys.shard_tag(shard)
         keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
         reply = await self.store.runner.call(
-            "claimDue", keys, [tag, now, lease_ms, limit, on_unknown, max_attempts], tag=tag
+            "claimDue",
+            keys,
+            [tag, now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ],
+            tag=tag,
         )
         return _decode_claim(reply)
 
@@ -119,7 +174,7 @@ class Dispatch:
         for shard in shards:
             tag = self.keys.shard_tag(shard)
             keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
-            args = [tag, now, lease_ms, limit, on_unknown, max_attempts]
+            args = [tag, now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ]
             calls.append(("claimDue", keys, args, tag))
         replies = await self.store.runner.call_many(calls)
         out = {}

@@ -11,7 +11,7 @@ from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import codec
 from seqd.store.scripts import ScriptError
-from seqd.times import now_ms
+from seqd.times import now_ms, to_rfc3339
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
@@ -25,11 +25,15 @@ _encode = msgspec.json.Encoder().encode
 class EnrollItem(msgspec.Struct, frozen=True):
     contact_id: str
     metadata: dict[str, Any]
+    # `metadata` already encoded ("" for none), or None to encode it here.
+    metadata_json: str | None = None
 
 
 class EnrollResult(msgspec.Struct, frozen=True):
-    """Either an enrollment (with `idempotent`) or an error `code` with its `detail`."""
+    """Either an enrollment `id` (with `idempotent`, and the `enrollment` itself when asked
+    for) or an error `code` with its `detail`."""
 
+    id: str | None = None
     enrollment: models.Enrollment | None = None
     idempotent: bool = False
     code: str | None = None
@@ -45,49 +49,77 @@ class Enrollments:
         return ids.shard_of(eid, self.keys.shards)
 
     async def enroll(
-        self, tenant: str, seq: models.Sequence, items: list[EnrollItem]
+        self, tenant: str, seq: models.Sequence, items: list[EnrollItem], *, full: bool = True
     ) -> list[EnrollResult]:
-        """Enroll many contacts in one sequence: one script call per shard and batch."""
+        """Enroll many contacts in one sequence: one script call per shard and batch.
+
+        `full`: each result carries its Enrollment (a new one is built here from the values
+        passed to the script, which answers only its id); False gives ids only, for callers
+        that report nothing more (the intake, the import).
+        """
         now = now_ms()
         wait_ms = seq.steps[0].wait_minutes * 60_000
+        shards = self.keys.shards
         by_shard: dict[int, list[int]] = defaultdict(list)
         results: list[EnrollResult | None] = [None] * len(items)
         for i, item in enumerate(items):
             if not ids.is_valid(item.contact_id, ids.CONTACT):
                 results[i] = EnrollResult(code="CONTACT_NOT_FOUND", detail=item.contact_id)
                 continue
-            by_shard[ids.shard_of(item.contact_id, self.keys.shards)].append(i)
+            by_shard[ids.shard_of(item.contact_id, shards)].append(i)
         calls = []
         batches: list[list[int]] = []
         for shard, positions in by_shard.items():
             tag = self.keys.shard_tag(shard)
+            keys = [self.keys.due(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
             for start in range(0, len(positions), ENROLL_BATCH):
                 batch = positions[start : start + ENROLL_BATCH]
-                args: list[Any] = [tag, now, tenant]
+                args: list[Any] = [tag, now, tenant, seq.id, wait_ms]
                 for i in batch:
                     item = items[i]
-                    eid = ids.new_in_shard(ids.ENROLLMENT, shard, self.keys.shards, now)
-                    md = _encode(item.metadata).decode() if item.metadata else ""
-                    args += [eid, seq.id, item.contact_id, wait_ms, md]
-                keys = [
-                    self.keys.due(shard),
-                    self.keys.outbox(shard),
-                    self.keys.shard_sequences(shard),
-                ]
+                    eid = ids.new_in_shard(ids.ENROLLMENT, shard, shards, now)
+                    md = item.metadata_json
+                    if md is None:
+                        md = _encode(item.metadata).decode() if item.metadata else ""
+                    args += [eid, item.contact_id, md]
                 calls.append(("enroll", keys, args, tag))
                 batches.append(batch)
-        replies = await self.store.runner.call_many(calls) if calls else []
+        if len(calls) == 1:  # the single enrollment: no pipeline to build
+            name, keys, args, tag = calls[0]
+            try:
+                replies = [await self.store.runner.call(name, keys, args, tag=tag)]
+            except ScriptError as exc:
+                replies = [exc]
+        else:
+            replies = await self.store.runner.call_many(calls) if calls else []
+        # What every enrollment created by this call has in common.
+        enrolled_at = to_rfc3339(now)
+        next_run_at = to_rfc3339(now + wait_ms)
         for batch, reply in zip(batches, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
             for i, row in zip(batch, reply, strict=True):
-                if row[0] == 1:
-                    results[i] = EnrollResult(
-                        enrollment=codec.enrollment(row[1], codec.pairs(row[3])),
-                        idempotent=bool(row[2]),
-                    )
-                else:
+                if row[0] != 1:
                     results[i] = EnrollResult(code=row[1], detail=row[2])
+                elif row[2]:
+                    enrollment = codec.enrollment(row[1], codec.pairs(row[3])) if full else None
+                    results[i] = EnrollResult(id=row[1], enrollment=enrollment, idempotent=True)
+                elif full:
+                    item = items[i]
+                    new = models.Enrollment(
+                        id=row[1],
+                        sequence_id=seq.id,
+                        contact_id=item.contact_id,
+                        current_step=0,
+                        status=models.EnrollmentStatus.ACTIVE,
+                        next_run_at=next_run_at,
+                        enrolled_at=enrolled_at,
+                        metadata=item.metadata,
+                        updated_at=enrolled_at,
+                    )
+                    results[i] = EnrollResult(id=row[1], enrollment=new)
+                else:
+                    results[i] = EnrollResult(id=row[1])
         return [r for r in results if r is not None]
 
     async def get(self, tenant: str, eid: str) -> models.Enrollment:

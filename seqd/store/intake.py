@@ -127,8 +127,9 @@ class IntakeStream:
         if not done:
             return
         pipe = self.client.pipeline(transaction=True)
+        writes = [d for d in done if d.result_key or d.rejected is not None]
         # In stream order, so rejected entries keep the order they were written in.
-        for item in sorted(done, key=lambda d: _id_key(d.entry_id)):
+        for item in sorted(writes, key=lambda d: _id_key(d.entry_id)):
             if item.result_key:
                 # NX: the first outcome stands (a retried entry finds the same enrollment).
                 pipe.set(item.result_key, item.result, nx=True, px=result_ttl_ms)

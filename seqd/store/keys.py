@@ -105,6 +105,13 @@ class Keys:
         """
         return f"{self.global_tag}:sends:{bucket}"
 
+    def rate_limit(self, key_digest: str) -> str:
+        """STRING: the GCRA theoretical arrival time (ms) of one API key, by sha256 of the key.
+
+        Its own hash tag, so on Redis Cluster the keys' limits spread over the slots.
+        """
+        return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
+
     # -- tenant ---------------------------------------------------------------
     def tenant_tag(self, tenant: str) -> str:
         return "{" + f"{self.prefix}:t:{tenant}" + "}"

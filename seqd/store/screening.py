@@ -11,10 +11,24 @@ from typing import TYPE_CHECKING
 from seqd import ids, models
 
 if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
     from seqd.store.db import Store
 
 # The contact field a channel's suppression list is keyed by.
 ADDRESS = {"sms": "phone", "email": "email"}
+
+
+def listed_in(pipe: Pipeline, store: Store, tenant: str) -> None:
+    """Queue on `pipe` the check of which channels the tenant has suppressions on (one
+    reply per channel of ADDRESS; `listed_from` reads them), so it rides along the
+    sequence read of the enroll paths."""
+    for ch in ADDRESS:
+        pipe.exists(store.keys.suppressions(tenant, ch))
+
+
+def listed_from(replies: list[int]) -> frozenset[str]:
+    return frozenset(ch for ch, n in zip(ADDRESS, replies, strict=True) if n)
 
 
 async def suppressed(
@@ -23,21 +37,24 @@ async def suppressed(
     seq: models.Sequence,
     contact_ids: list[str],
     known: dict[str, models.Contact],
+    listed: frozenset[str] | None = None,
 ) -> set[str]:
     """The ids among `contact_ids` suppressed on every channel `seq` uses.
 
-    `known` holds contacts already read (upserted ones); the others are read here. A
+    `known` holds contacts already read (upserted ones); the others are read here.
+    `listed`: the channels with any suppression (`listed_in`), read here when None. A
     channel with no suppression at all lets everyone through, which settles the usual
-    case in one round trip.
+    case without reading a contact.
     """
     channels = sorted({step.kind for step in seq.steps})
     if not contact_ids or any(ch not in ADDRESS for ch in channels):
         return set()
     keys = store.keys
-    pipe = store.client.pipeline(transaction=False)
-    for ch in channels:
-        pipe.exists(keys.suppressions(tenant, ch))
-    if not all(await pipe.execute()):
+    if listed is None:
+        pipe = store.client.pipeline(transaction=False)
+        listed_in(pipe, store, tenant)
+        listed = listed_from(await pipe.execute())
+    if not all(ch in listed for ch in channels):
         return set()
     fields = [ADDRESS[ch] for ch in channels]
     addresses: dict[str, list[str | None]] = {}

@@ -19,6 +19,8 @@ from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
 
 if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
     from seqd.store.db import Store
 
 # Enrollments one syncSequence call handles: bounds how long it holds Redis (~1 ms/100).
@@ -37,10 +39,22 @@ class Sequences:
     async def _read(self, tenant: str, sid: str) -> tuple[models.Sequence, int]:
         if not ids.is_valid(sid, ids.SEQUENCE):
             raise NotFound(f"no sequence {sid}", field="id")
-        doc, version = await self.store.client.hmget(self.keys.sequence(tenant, sid), "doc", "v")
-        if doc is None:
+        reply = await self.store.client.hmget(self.keys.sequence(tenant, sid), "doc", "v")
+        return self.parse_read(sid, reply)
+
+    def read_in(self, pipe: Pipeline, tenant: str, sid: str) -> None:
+        """Queue the read of a sequence on `pipe` (others' reads ride along the same round
+        trip); `parse_read` turns its reply into what `get_versioned` returns."""
+        if ids.is_valid(sid, ids.SEQUENCE):
+            pipe.hmget(self.keys.sequence(tenant, sid), "doc", "v")
+        else:
+            pipe.echo("")  # keeps the replies in step; parse_read answers NotFound
+
+    @staticmethod
+    def parse_read(sid: str, reply: Any) -> tuple[models.Sequence, int]:
+        if not ids.is_valid(sid, ids.SEQUENCE) or reply[0] is None:
             raise NotFound(f"no sequence {sid}", field="id")
-        return _decode_seq(doc), int(str(version))
+        return _decode_seq(reply[0]), int(reply[1])
 
     async def get(self, tenant: str, sid: str, *, with_stats: bool = True) -> models.Sequence:
         seq, _ = await self._read(tenant, sid)

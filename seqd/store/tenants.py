@@ -6,6 +6,7 @@ import hashlib
 import re
 import secrets
 import string
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,6 +23,12 @@ _ALPHABET = string.ascii_letters + string.digits
 # 32 base62 characters: about 190 bits.
 SECRET_CHARS = 32
 DEFAULT_TENANT = "default"
+# How long a process trusts a key -> tenant answer it read: authenticating is then no round
+# trip for a busy key, and a key revoked elsewhere (another process, the CLI) stops
+# working within this time (at once in the process that revoked it).
+AUTH_CACHE_SECONDS = 1.0
+# Keys remembered at most; the cache starts over when full.
+AUTH_CACHE_MAX = 10_000
 
 
 class KeyRecord(msgspec.Struct):
@@ -49,6 +56,8 @@ class Tenants:
         self.store = store
         self.keys = store.keys
         self.client = store.client
+        # digest -> (tenant, monotonic time until which it may be used); valid keys only.
+        self._known: dict[str, tuple[str, float]] = {}
 
     async def ensure(self, tenant: str) -> None:
         await self.client.sadd(self.keys.tenants(), tenant)
@@ -79,9 +88,22 @@ class Tenants:
         return self._public(record), secret
 
     async def authenticate(self, secret: str) -> str | None:
-        """The tenant a key belongs to. The lookup is by hash, so timing reveals nothing of it."""
-        raw = await self.client.hget(self.keys.api_keys(), hash_key(secret))
-        return _decode(raw).tenant if raw else None
+        """The tenant a key belongs to. The lookup is by hash, so timing reveals nothing of it.
+        A valid key's answer is reused for AUTH_CACHE_SECONDS."""
+        digest = hash_key(secret)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
+        raw = await self.client.hget(self.keys.api_keys(), digest)
+        if not raw:
+            self._known.pop(digest, None)
+            return None
+        tenant = _decode(raw).tenant
+        if len(self._known) >= AUTH_CACHE_MAX:
+            self._known.clear()
+        self._known[digest] = (tenant, now + AUTH_CACHE_SECONDS)
+        return tenant
 
     async def list_keys(self, tenant: str) -> list[ApiKey]:
         raw = await self.client.hgetall(self.keys.api_keys())
@@ -96,6 +118,7 @@ class Tenants:
         pipe.hdel(self.keys.api_keys(), digest)
         pipe.hdel(self.keys.api_key_ids(), key_id)
         await pipe.execute()
+        self._known.pop(str(digest), None)
         return True
 
     async def bootstrap(self) -> str | None:

@@ -58,9 +58,14 @@ end
 -- Returns the next step's due time, or nil after the last step.
 local function pass_step(id, e, it, ekey)
   local step = it.step
-  e['i'] = tostring(step + 1); e['a'] = '0'; e['ua'] = now
-  -- One HSET for every field that changes (this is the hot path).
-  local fields = {'i', step + 1, 'a', 0, 'ua', now}
+  e['i'] = tostring(step + 1); e['ua'] = now
+  -- One HSET for every field that changes (this is the hot path). Attempts are reset
+  -- only where a retry left some: an absent `a` reads as 0 and costs no memory.
+  local fields = {'i', step + 1, 'ua', now}
+  if e['a'] and e['a'] ~= '0' then
+    e['a'] = '0'
+    fields[#fields + 1] = 'a'; fields[#fields + 1] = 0
+  end
   local due_at = nil
   if it.wait >= 0 then
     due_at = it.at + it.wait

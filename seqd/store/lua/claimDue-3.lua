@@ -22,15 +22,19 @@
   ARGV[4] limit         members looked at, at most
   ARGV[5] on_unknown    resend | hold
   ARGV[6] max_attempts
+  ARGV[7..] contact fields to read: the owner and what a message can use (not the whole
+            hash, which also holds one `e:<seq>` field per sequence the contact is in)
 
   Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]}, each
-  item an array [id, {enrollment hash}, {contact hash}]; seen = members looked at (equal
-  to the limit: more may be due).
+  item an array [id, {enrollment hash}, contact values]: the contact values are an array
+  in the order of ARGV[7..] (false where unset); seen = members looked at (equal to the
+  limit: more may be due).
 ]]
 local rcall = redis.call
 local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hold, max_attempts = ARGV[5] == 'hold', tonumber(ARGV[6])
+local contact_fields = {unpack(ARGV, 7)}
 -- @include enrollment
 -- @include dispatch
 
@@ -95,8 +99,9 @@ for j = 1, #members, 2 do
         e['cl'] = '1'
         rcall('HSET', ekey, 'k', e['k'], 'cl', 1)
         mirrors[seq] = state.mirror
-        local c = to_table(rcall('HGETALL', k_contact(tag, e['c'])))
-        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. object(c) .. ']'
+        local c = rcall('HMGET', k_contact(tag, e['c']), unpack(contact_fields))
+        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ','
+          .. cjson.encode(c) .. ']'
       end
     end
   end

@@ -5,6 +5,6 @@
 -- is cancelled with cancel_reason "failed" and the error in both events.
 local function fail_step(id, e, step, kind, err, now, due_key)
   enrollment_event('sequence.step.failed', id, e, now,
-    {step = step, kind = kind, error = err, retrying = false, attempts = tonumber(e['a'])})
+    {step = step, kind = kind, error = err, retrying = false, attempts = tonumber(e['a']) or 0})
   finish(id, e, 'cancelled', 'failed', now, due_key, {step = step, error = err})
 end

@@ -1,0 +1,32 @@
+"""Per-API-key request limits: the one `limitRate` call (GCRA, seqd/store/lua/limitRate-1.lua)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """One request's answer from the limiter; times in ms."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after_ms: int
+    reset_ms: int
+
+
+class RateLimits:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def take(self, key_digest: str, *, limit: int, period_ms: int, now: int) -> Verdict:
+        """Count one request of the key whose sha256 is `key_digest`: one EVALSHA."""
+        allowed, remaining, retry_after, reset = await self.store.runner.call(
+            "limitRate", [self.store.keys.rate_limit(key_digest)], [now, limit, period_ms]
+        )
+        return Verdict(bool(allowed), limit, int(remaining), int(retry_after), int(reset))

@@ -1,0 +1,130 @@
+"""Tenant isolation beyond single objects: tenant B lists nothing of tenant A's on every
+list route (filters naming A's values included), cannot reach A's sequence's enrollments,
+cannot enroll A's contact, and B's writes with A's ids change nothing A sees."""
+
+from __future__ import annotations
+
+from seqd.api.routing import ROUTES
+from seqd.config import WebhooksConfig
+from seqd.events.reader import Reader
+from tests.conftest import Api
+
+PHONE = "+14155550100"
+EMAIL = "ann@example.com"
+
+
+async def _tenant_a(api: Api) -> dict[str, str]:
+    _, c = await api.call("POST", "/contacts", {"phone": PHONE, "email": EMAIL})
+    seq = {"name": "S", "status": "active", "steps": [{"kind": "sms", "body": "hi"}]}
+    _, s = await api.call("POST", "/sequences", seq)
+    cid, sid = c["contact"]["id"], s["sequence"]["id"]  # type: ignore[index]
+    _, e = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
+    await api.call("POST", "/suppressions", {"channel": "sms", "value": "+14155550199"})
+    await api.call("POST", "/suppressions", {"channel": "email", "value": "gone@example.com"})
+    _, w = await api.call(
+        "POST", "/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]}
+    )
+    await Reader(api.store, WebhooksConfig()).run_once()
+    return {
+        "contact": cid,
+        "sequence": sid,
+        "enrollment": e["enrollment"]["id"],  # type: ignore[index]
+        "endpoint": w["webhook_endpoint"]["id"],  # type: ignore[index]
+    }
+
+
+async def _view(api: Api, owned: dict[str, str]) -> list[object]:
+    """Everything tenant A can read about its objects."""
+    paths = [
+        f"/contacts/{owned['contact']}",
+        f"/sequences/{owned['sequence']}",
+        f"/enrollments/{owned['enrollment']}",
+        f"/webhook-endpoints/{owned['endpoint']}",
+        f"/sequences/{owned['sequence']}/enrollments",
+        "/contacts",
+        "/sequences",
+        "/suppressions",
+        "/webhook-endpoints",
+        "/events",
+    ]
+    return [await api.call("GET", p) for p in paths]
+
+
+async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
+    owned = await _tenant_a(api)
+    _, bravo = await api.store.tenants.create_key("bravo")
+    lists = {r.path for r in ROUTES if r.method == "GET" and r.auth and "{" not in r.path}
+    assert lists == {"/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints"}
+    queries = [
+        *sorted(lists),
+        "/contacts?phone=%2B14155550100",
+        f"/contacts?email={EMAIL}",
+        "/suppressions?channel=sms",
+        "/suppressions?channel=email&value=gone@example.com",
+        f"/events?enrollment_id={owned['enrollment']}",
+        f"/events?contact_id={owned['contact']}",
+        "/events?type=sequence.enrollment.created",
+        "/sequences?status=active",
+    ]
+    # A really has something on each of them.
+    for path in queries:
+        status, listing = await api.call("GET", path)
+        assert status == 200 and listing["data"], path  # type: ignore[index]
+    for path in queries:
+        status, listing = await api.call("GET", path, key=bravo)
+        assert status == 200, (path, listing)
+        assert listing["data"] == [] and listing["total"] in (0, None), path  # type: ignore[index]
+    # The enrollments of A's sequence: the same 404 as a sequence that does not exist.
+    status, body = await api.call("GET", f"/sequences/{owned['sequence']}/enrollments", key=bravo)
+    assert status == 404 and body["type"] == "urn:seqd:problem:not_found"  # type: ignore[index]
+
+
+async def test_other_tenants_writes_with_my_ids_change_nothing(api: Api) -> None:
+    owned = await _tenant_a(api)
+    before = await _view(api, owned)
+    _, bravo = await api.store.tenants.create_key("bravo")
+    _, own_seq = await api.call(
+        "POST",
+        "/sequences",
+        {"name": "B", "status": "active", "steps": [{"kind": "sms", "body": "x"}]},
+        key=bravo,
+    )
+    b_seq = own_seq["sequence"]["id"]  # type: ignore[index]
+    writes: list[tuple[str, str, object]] = [
+        ("PATCH", f"/contacts/{owned['contact']}", {"first_name": "Mallory"}),
+        ("DELETE", f"/contacts/{owned['contact']}", None),
+        ("PATCH", f"/sequences/{owned['sequence']}", {"name": "taken"}),
+        ("POST", f"/sequences/{owned['sequence']}/pause", None),
+        ("DELETE", f"/sequences/{owned['sequence']}", None),
+        ("POST", f"/enrollments/{owned['enrollment']}/pause", None),
+        ("POST", f"/enrollments/{owned['enrollment']}/cancel", None),
+        ("PATCH", f"/webhook-endpoints/{owned['endpoint']}", {"enabled": False}),
+        ("POST", f"/webhook-endpoints/{owned['endpoint']}/rotate-secret", None),
+        ("DELETE", f"/webhook-endpoints/{owned['endpoint']}", None),
+        # A's contact enrolled in B's own sequence, by id: not B's contact.
+        ("POST", f"/sequences/{b_seq}/enrollments", {"contact_id": owned["contact"]}),
+        (
+            "POST",
+            f"/sequences/{b_seq}/enrollments/batch",
+            {"items": [{"contact_id": owned["contact"]}]},
+        ),
+        # B's contact into A's sequence.
+        (
+            "POST",
+            f"/sequences/{owned['sequence']}/enrollments",
+            {"contact": {"phone": "+14155550123"}},
+        ),
+    ]
+    for method, path, body in writes:
+        status, answer = await api.call(method, path, body, key=bravo)
+        if path.endswith("/batch"):
+            assert status == 200, answer
+            (item,) = answer["results"]  # type: ignore[index]
+            assert item["outcome"] == "problem" and item["status"] == 404, item
+        else:
+            assert status == 404, (method, path, answer)
+    # B's suppressions of A's addresses go to B's own list, not A's.
+    await api.call("POST", "/suppressions", {"channel": "sms", "value": PHONE}, key=bravo)
+    await api.call("DELETE", "/suppressions?channel=sms&value=%2B14155550199", None, key=bravo)
+    await Reader(api.store, WebhooksConfig()).run_once()
+    assert await _view(api, owned) == before
