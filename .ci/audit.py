@@ -12,47 +12,53 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
+
+COMMAND = [
+    sys.executable,
+    "-m",
+    "pip_audit",
+    "--local",
+    "--skip-editable",
+    "--progress-spinner",
+    "off",
+    "--format",
+    "json",
+    "--timeout",
+    "10",
+]
 
 
-def main() -> int:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip_audit",
-            "--local",
-            "--skip-editable",
-            "--progress-spinner",
-            "off",
-            "--format",
-            "json",
-            "--timeout",
-            "10",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    try:
-        report = json.loads(run.stdout)
-    except ValueError:
-        print(f"pip-audit: did not run to the end (offline?), not audited:\n{run.stderr[-2000:]}")
-        return 0
+def verdict(report: dict[str, Any]) -> tuple[int, list[str]]:
+    """The exit status and the lines to print for pip-audit's JSON report."""
     deps = report.get("dependencies", [])
+    lines = []
     vulnerable = [d for d in deps if d.get("vulns")]
     skipped = [d for d in deps if "skip_reason" in d]
     for dep in vulnerable:
         for vuln in dep["vulns"]:
             fixes = ", ".join(vuln.get("fix_versions", [])) or "no fix yet"
-            print(f"VULNERABLE {dep['name']} {dep.get('version')}: {vuln['id']} (fixed in {fixes})")
+            lines.append(
+                f"VULNERABLE {dep['name']} {dep.get('version')}: {vuln['id']} (fixed in {fixes})"
+            )
     audited = len(deps) - len(skipped)
     if vulnerable:
-        return 1
+        return 1, lines
     if deps and not audited:
-        print(f"pip-audit: vulnerability database not reachable; {len(deps)} packages NOT audited")
+        return 0, [f"pip-audit: vulnerability database not reachable; {len(deps)} NOT audited"]
+    return 0, [f"pip-audit: {audited} audited, no known vulnerability; {len(skipped)} skipped"]
+
+
+def main() -> int:
+    run = subprocess.run(COMMAND, capture_output=True, text=True, check=False)
+    try:
+        report = json.loads(run.stdout)
+    except ValueError:
+        print(f"pip-audit: did not run to the end (offline?), not audited:\n{run.stderr[-2000:]}")
         return 0
-    print(f"pip-audit: {audited} packages audited, no known vulnerability; {len(skipped)} skipped")
-    return 0
+    status, lines = verdict(report)
+    print("\n".join(lines))
+    return status
 
 
 if __name__ == "__main__":

@@ -119,11 +119,17 @@ class LatenessSender:
 
     def __init__(self, due: dict[str, int]) -> None:
         self.due = due
-        self.late_ms: list[float] = []
+        # Send times by enrollment: a step due at once may be sent before the enroll call
+        # that made it has returned its due time.
+        self.sent: dict[str, float] = {}
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        self.late_ms.append(time.time() * 1000 - self.due[message.enrollment_id])
+        self.sent.setdefault(message.enrollment_id, time.time() * 1000)
         return _SENT
+
+    @property
+    def late_ms(self) -> list[float]:
+        return [at - self.due[eid] for eid, at in self.sent.items()]
 
     async def close(self) -> None:
         pass
