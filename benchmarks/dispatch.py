@@ -549,7 +549,7 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int, run
     delta = results[0][2]
     config = DispatchConfig()
     low = max(1, rate // 2)
-    rn = f"{runs} runs, medians (the arq ratio is the median of each run's own ratio)"
+    rn = f"{runs} runs, medians (the arq ratio: the median of each run's own)"
     if runs == 1:
         rn = "one run"
 
@@ -561,9 +561,10 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int, run
     body = f"""
 N = {n:,} enrollments due at once, {SHARDS} shards, batch_size {config.batch_size},
 concurrency {config.concurrency}, lanes {config.lanes}; a dedicated valkey-server with AOF
-on (everysec) and the benchmark process on this 2-core machine (shared with other work);
-{rn}. Lateness "spread" = steps enrolled beforehand with due times spread at that rate
-(the dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatches.
+on (everysec) and the benchmark process on this 2-core machine (shared with other work).
+{rn}.
+Lateness "spread" = steps enrolled beforehand with due times spread at that rate (the
+dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatches.
 
 | figure | value | target |
 | --- | --- | --- |
