@@ -41,16 +41,8 @@ class NotFound(SeqdError):
     status, code, title = 404, "not_found", "Not found"
 
 
-class MethodNotAllowed(SeqdError):
-    status, code, title = 405, "method_not_allowed", "Method not allowed"
-
-
 class Conflict(SeqdError):
     status, code, title = 409, "conflict", "Conflict"
-
-
-class PayloadTooLarge(SeqdError):
-    status, code, title = 413, "payload_too_large", "Request body too large"
 
 
 class UnsupportedMediaType(SeqdError):
@@ -67,7 +59,3 @@ class Invalid(SeqdError):
     @classmethod
     def field(cls, path: str, message: str) -> Invalid:
         return cls([FieldError(path, message)])
-
-
-class Unavailable(SeqdError):
-    status, code, title = 503, "unavailable", "The store is unavailable"

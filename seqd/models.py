@@ -331,10 +331,6 @@ class EnrollmentOnly(Output, kw_only=True):
     enrollment: Enrollment
 
 
-class CancelBody(Input, kw_only=True):
-    reason: Literal["manual"] = "manual"
-
-
 # -- lists -------------------------------------------------------------------------------
 class Page(Output, kw_only=True):
     next_page_token: str | None

@@ -114,14 +114,6 @@ class Dispatch:
     def _shard_keys(self, shard: int) -> list[str]:
         return [self.keys.due(shard), self.keys.outbox(shard)]
 
-    async def earliest(self) -> list[int | None]:
-        """Per shard, the earliest due score (ms), or None when nothing is scheduled."""
-        pipe = self.store.client.pipeline(transaction=False)
-        for shard in range(self.keys.shards):
-            pipe.zrange(self.keys.due(shard), 0, 0, withscores=True)
-        rows: list[list[tuple[str, float]]] = await pipe.execute()
-        return [int(row[0][1]) if row else None for row in rows]
-
     async def heads(self, now: int) -> list[tuple[int | None, int]]:
         """Per shard, (earliest due score or None, members due at `now`): one round trip.
 

@@ -235,7 +235,3 @@ class Sequences:
             seq.stats = stats[seq.id]
         more = start + limit < total
         return seqs, (page[-1] if more and page else None), total
-
-
-def step_wait_ms(seq: models.Sequence, index: int) -> int:
-    return seq.steps[index].wait_minutes * 60_000
