@@ -111,6 +111,10 @@ class DispatchConfig(Section, kw_only=True):
     on_unknown: Literal["resend", "hold"] = "resend"
     # On SIGTERM, how long in-flight sends may take before they are released.
     drain_timeout_seconds: PositiveFloat = 10.0
+    # How long a round waits for its sends. Sends still running then (a provider that
+    # hangs) finish in the background and are recorded by a later round, so a slow SMS
+    # provider does not hold up email. Keep it well under lease_seconds.
+    send_wait_seconds: PositiveFloat = 2.0
 
 
 class LogChannelConfig(Section, kw_only=True):

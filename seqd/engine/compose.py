@@ -29,7 +29,7 @@ _CANCEL_REASONS = frozenset(r.value for r in CancelReason)
 _decode = msgspec.json.Decoder().decode
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Job:
     """A step to send, then what came of it."""
 

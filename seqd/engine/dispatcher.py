@@ -57,6 +57,8 @@ from seqd.times import now_ms
 log = structlog.get_logger(__name__)
 
 NAME = "dispatcher"
+# A step of a channel whose every slot is busy is put back this long (no attempt counted).
+DEFER_MS = 1000
 _NO_SUPPRESSIONS: Mapping[str, SuppressionRecord] = {}
 
 
@@ -155,6 +157,11 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         # Set when the drain timeout passes: sends in flight are given up and released.
         self._abort: asyncio.Future[None] | None = None
+        # Sends a round stopped waiting for (send_wait_seconds): their outcomes, per shard,
+        # wait here for the next round's advance; `_busy` counts them per channel.
+        self._late: dict[int, list[Settle]] = defaultdict(list)
+        self._stragglers: set[asyncio.Task[None]] = set()
+        self._busy: dict[str, int] = defaultdict(int)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -214,7 +221,34 @@ class Dispatcher:
             if done.next_due is not None:
                 wait = min(cap, max(0.0, (done.next_due - self.clock()) / 1000))
             await self._sleep(wait)
+        await self._drain_stragglers()
         log.info("dispatch.stopped")
+
+    async def _drain_stragglers(self) -> None:
+        """On stop: let background sends finish until the drain times out, then give up on
+        the rest (released, the claim kept when a send had started), and record them all."""
+        if self._stragglers:
+            waiting = asyncio.gather(*self._stragglers, return_exceptions=True)
+            watch: set[asyncio.Future[Any]] = {waiting}
+            if self._abort is not None:
+                watch.add(self._abort)
+            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+            for task in self._stragglers:
+                task.cancel()
+            await asyncio.wait(self._stragglers)
+        await self._flush_late()
+
+    async def _flush_late(self) -> None:
+        """Advance the outcomes of background sends that have finished since the last round."""
+        if not self._late:
+            return
+        late, self._late = self._late, defaultdict(list)
+        await asyncio.shield(
+            self.dispatch.advance_many(
+                late, now=self.clock(), max_attempts=self.config.max_attempts
+            )
+        )
+        self.observer.settled(sum(len(items) for items in late.values()))
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -226,6 +260,7 @@ class Dispatcher:
     async def run_once(self, now: int) -> Round:
         """Poll, then claim → send → advance every due shard, in batch-sized pieces worked
         by `lanes` concurrent workers."""
+        await self._flush_late()
         heads = await self.dispatch.heads(now)
         due = [(s, n) for s, (at, n) in enumerate(heads) if at is not None and at <= now]
         later = [at for at, _ in heads if at is not None and at > now]
@@ -295,10 +330,17 @@ class Dispatcher:
             else:
                 settles[shard_of[item.id]].append(composed)
         if jobs:
-            await self._send(jobs)
+            jobs, deferred = self._admit(jobs)
+            for job in deferred:
+                settles[shard_of[job.id]].append(_of(job, now, "release", delay=DEFER_MS))
+            running, task = await self._send(jobs)
             for job in jobs:
+                if job in running:
+                    continue
                 plan = plans[job.message.sequence_id]
                 settles[shard_of[job.id]].append(self._settle(job, plan, suppressed))
+            if task is not None:
+                self._leave_running(task, running, plans, suppressed, shard_of)
         # The sends happened: recording them must not be interrupted by a cancellation.
         advanced = await asyncio.shield(
             self.dispatch.advance_many(settles, now=self.clock(), max_attempts=config.max_attempts)
@@ -386,23 +428,75 @@ class Dispatcher:
             sem = self._limits[kind] = asyncio.Semaphore(self.config.concurrency)
         return sem
 
-    async def _send(self, jobs: list[Job]) -> None:
-        """Send every job; on abort (drain timeout), give up on those still in flight."""
+    def _admit(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+        """Jobs to send now, and those of a channel whose every slot is taken by sends still
+        running from earlier rounds: they are put back for a moment rather than queued
+        behind a provider that hangs (where their lease could run out)."""
+        full = {kind for kind, n in self._busy.items() if n >= self.config.concurrency}
+        if not full:
+            return jobs, []
+        return [j for j in jobs if j.kind not in full], [j for j in jobs if j.kind in full]
+
+    async def _send(self, jobs: list[Job]) -> tuple[set[Job], asyncio.Task[None] | None]:
+        """Send every job, waiting at most `send_wait_seconds`; returns the jobs whose send
+        is still running then (they go on in the background, awaited by the task returned
+        with them). On abort (drain timeout), gives up on those in flight."""
+        if not jobs:
+            return set(), None
         sending = asyncio.ensure_future(self._send_all(jobs))
-        abort = self._abort
-        if abort is None:
-            await sending
-            return
+        watch: set[asyncio.Future[Any]] = {sending}
+        if self._abort is not None:
+            watch.add(self._abort)
         try:
-            await asyncio.wait({sending, abort}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                watch, timeout=self.config.send_wait_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         except asyncio.CancelledError:
             sending.cancel()
             raise
         if sending.done():
             sending.result()
-            return
-        sending.cancel()
-        await asyncio.wait({sending})
+            return set(), None
+        if self._abort is not None and self._abort.done():
+            sending.cancel()
+            await asyncio.wait({sending})
+            return set(), None
+        running = {job for job in jobs if job.result is None}
+        task = asyncio.ensure_future(self._finish_later(sending))
+        self._stragglers.add(task)
+        return running, task
+
+    async def _finish_later(self, sending: asyncio.Future[None]) -> None:
+        """Await a round's remaining sends; cancelled on abort, which cancels the sends."""
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            sending.cancel()
+            await asyncio.wait({sending})
+            raise
+        except Exception:
+            log.exception("dispatch.background_send_failed")
+
+    def _leave_running(
+        self,
+        task: asyncio.Task[None],
+        running: set[Job],
+        plans: Mapping[str, Plan],
+        suppressed: Mapping[str, Mapping[str, SuppressionRecord]],
+        shard_of: Mapping[str, int],
+    ) -> None:
+        """Record `running` jobs when their sends end (or are given up), in a later round."""
+        for job in running:
+            self._busy[job.kind] += 1
+
+        def done(_: asyncio.Future[None]) -> None:
+            self._stragglers.discard(task)
+            for job in running:
+                self._busy[job.kind] -= 1
+                plan = plans[job.message.sequence_id]
+                self._late[shard_of[job.id]].append(self._settle(job, plan, suppressed))
+
+        task.add_done_callback(done)
 
     async def _send_all(self, jobs: list[Job]) -> None:
         """Workers pull jobs in order; a new worker starts only while the others wait on

@@ -21,7 +21,8 @@
     pause     reason, variable (optional), error (optional)
     cancel    reason (opted_out, bounced, ...), error (optional)
     complete  (the step is past the sequence's end)
-    release   started (bool): due again now; `cl` (unsettled claim) is kept when the send
+    release   started (bool), delay (optional ms): due again after `delay` (now when
+              absent), no attempt counted; `cl` (unsettled claim) is kept when the send
               had started, since the provider may then have the message
 
   Returns {applied, late, {stale id, ...}}: late = sent steps recorded on an enrollment a
@@ -139,7 +140,7 @@ for _, it in ipairs(items) do
     elseif outcome == 'complete' then
       finish(id, e, 'completed', '', now, due_key)
     elseif outcome == 'release' then
-      rcall('ZADD', due_key, now, id)
+      rcall('ZADD', due_key, tonumber(now) + (tonumber(it.delay) or 0), id)
       e['k'] = tostring(rcall('HINCRBY', ekey, 'k', 1))
     end
   end
