@@ -19,9 +19,14 @@ lease) and bumps its fencing token; a worker that dies leaves the step to come b
 the lease passes, and a late worker's advance is ignored (stale token). So a step is sent
 twice at most per crash that hits it between its send and its advance.
 
-Shutdown (`stop()`): no new claims; the batch in flight may finish its sends for up to
-`drain_timeout_seconds`; what has not been sent by then is released (due again at once,
-token bumped) and what has been sent is advanced.
+A round waits at most `send_wait_seconds` for its sends: slower ones (a provider that
+hangs) finish in the background and a later round advances them, and a channel whose
+slots are all held that way gets its due steps put back for a moment, so one slow
+provider holds up only its own channel.
+
+Shutdown (`stop()`): no new claims; the batch in flight and the background sends may
+finish for up to `drain_timeout_seconds`; what has not been sent by then is released
+(due again at once, token bumped) and what has been sent is advanced.
 """
 
 from __future__ import annotations
@@ -31,18 +36,19 @@ import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from seqd import models
 from seqd.backoff import Backoff
-from seqd.channels.base import OutboundMessage, Sender, SendResult
+from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import Config, DispatchConfig
 from seqd.engine.compose import ADDRESS_FIELD, Job, compose, suppressed_reason
 from seqd.engine.plans import Plan, Plans, mirror_version
+from seqd.engine.ports import Heart, Observer, Quiet, SenderSource
+from seqd.engine.rounds import Lane, Round, cut_pieces
 from seqd.errors import NotFound
 from seqd.store.db import Store
 from seqd.store.dispatch import (
@@ -60,72 +66,6 @@ NAME = "dispatcher"
 # A step of a channel whose every slot is busy is put back this long (no attempt counted).
 DEFER_MS = 1000
 _NO_SUPPRESSIONS: Mapping[str, SuppressionRecord] = {}
-
-
-class SenderSource(Protocol):
-    """Who sends a tenant's SMS and email (`channels.registry.Senders`)."""
-
-    def get(self, tenant: str, kind: Literal["sms", "email"]) -> Sender: ...
-
-    async def close(self) -> None: ...
-
-
-class Observer(Protocol):
-    """What the dispatcher reports as it goes (`metrics.Metrics` implements it)."""
-
-    def step_sent(self, channel: str, outcome: str, n: int = 1) -> None: ...
-
-    def lateness(self, seconds: float) -> None: ...
-
-    def claimed(self, n: int) -> None: ...
-
-    def settled(self, n: int) -> None: ...
-
-
-class Heart(Protocol):
-    """A liveness monitor (`health.Liveness`)."""
-
-    def beat(self, name: str, deadline_seconds: float) -> None: ...
-
-    def stopped(self, name: str) -> None: ...
-
-
-class _Quiet:
-    def step_sent(self, channel: str, outcome: str, n: int = 1) -> None:
-        pass
-
-    def lateness(self, seconds: float) -> None:
-        pass
-
-    def claimed(self, n: int) -> None:
-        pass
-
-    def settled(self, n: int) -> None:
-        pass
-
-
-@dataclass(slots=True)
-class Round:
-    """What one `run_once` did."""
-
-    # Steps claimed, and of those: handed to a sender, settled by `advance`, found stale.
-    claimed: int = 0
-    sent: int = 0
-    settled: int = 0
-    stale: int = 0
-    # Some shard had a full batch: more may be due right now.
-    more: bool = False
-    # The earliest due time of the shards that were not due (ms), if any.
-    next_due: int | None = None
-
-
-@dataclass(slots=True)
-class _Lane:
-    claimed: int
-    sent: int
-    settled: int
-    stale: int
-    more: bool
 
 
 class Dispatcher:
@@ -146,7 +86,7 @@ class Dispatcher:
         self.config = config
         self.senders = senders
         self.clock = clock
-        self.observer: Observer = observer or _Quiet()
+        self.observer: Observer = observer or Quiet()
         self.liveness = liveness
         self.dispatch = Dispatch(store)
         self.plans = Plans(store)
@@ -267,8 +207,8 @@ class Dispatcher:
         result = Round(next_due=min(later) if later else None)
         if not due or self._stopping.is_set():
             return result
-        pieces = _pieces(due, self.config.batch_size)
-        done: list[_Lane] = []
+        pieces = cut_pieces(due, self.config.batch_size)
+        done: list[Lane] = []
 
         async def worker() -> None:
             # Pieces are taken in turn, so one worker composes while another waits on Redis.
@@ -288,7 +228,7 @@ class Dispatcher:
                 raise outcome
         return result
 
-    async def _lane(self, shards: list[int], now: int) -> _Lane:
+    async def _lane(self, shards: list[int], now: int) -> Lane:
         """Claim from `shards` (one pipeline), compose, send, advance (one pipeline)."""
         config = self.config
         batches = await self.dispatch.claim_many(
@@ -311,7 +251,7 @@ class Dispatcher:
                 if mirror_version(mirror) > mirror_version(mirrors.get(sid, "")):
                     mirrors[sid] = mirror
         if not items:
-            return _Lane(0, 0, 0, 0, more)
+            return Lane(0, 0, 0, 0, more)
         self.observer.claimed(len(items))
         plans = await self._plans(items, mirrors)
         suppressed = await self._suppressions(items, plans)
@@ -352,7 +292,7 @@ class Dispatcher:
         await self._report_opt_outs(jobs)
         sent = sum(1 for job in jobs if job.started)
         settled = sum(a.applied + a.late for a in advanced.values())
-        return _Lane(len(items), sent, settled, stale, more)
+        return Lane(len(items), sent, settled, stale, more)
 
     async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:
         """The plan of each sequence in the batch, at least at its mirror's version."""
@@ -605,30 +545,6 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("dispatch.opt_out_failed", enrollment_id=job.id)
-
-
-def _pieces(due: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Due shards (with their due counts) cut into groups of about one batch each, the
-    first group last (workers pop from the end).
-
-    When little is due, every due shard is in one group: one claim pipeline and one advance
-    pipeline per round, so a round stays a few round trips. Under load, each group is about
-    one script call's worth, so workers interleave: one composes while Redis runs another's
-    claim, instead of every lane waiting on Redis at the same time.
-    """
-    out: list[list[int]] = []
-    group: list[int] = []
-    size = 0
-    for shard, count in due:
-        group.append(shard)
-        size += min(count, batch_size)
-        if size >= batch_size:
-            out.append(group)
-            group, size = [], 0
-    if group:
-        out.append(group)
-    out.reverse()
-    return out
 
 
 def _of(job: Job, at: int, outcome: Outcome, **fields: Any) -> Settle:
