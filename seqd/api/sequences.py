@@ -93,13 +93,7 @@ async def patch_sequence(request: web.Request) -> web.Response:
     errors=(404, 409),
 )
 async def pause_sequence(request: web.Request) -> web.Response:
-    seq = await request.app[STORE].sequences.change(
-        tenant_of(request),
-        request.match_info["id"],
-        status=SequenceStatus.PAUSED,
-        allowed_from=frozenset({SequenceStatus.ACTIVE}),
-    )
-    return respond(models.SequenceEnvelope(sequence=seq))
+    return await _set_status(request, SequenceStatus.PAUSED, {SequenceStatus.ACTIVE})
 
 
 @route(
@@ -111,13 +105,7 @@ async def pause_sequence(request: web.Request) -> web.Response:
     errors=(404, 409),
 )
 async def resume_sequence(request: web.Request) -> web.Response:
-    seq = await request.app[STORE].sequences.change(
-        tenant_of(request),
-        request.match_info["id"],
-        status=SequenceStatus.ACTIVE,
-        allowed_from=frozenset({SequenceStatus.PAUSED}),
-    )
-    return respond(models.SequenceEnvelope(sequence=seq))
+    return await _set_status(request, SequenceStatus.ACTIVE, {SequenceStatus.PAUSED})
 
 
 @route(
@@ -129,7 +117,16 @@ async def resume_sequence(request: web.Request) -> web.Response:
     errors=(404,),
 )
 async def delete_sequence(request: web.Request) -> web.Response:
+    return await _set_status(request, SequenceStatus.ARCHIVED, None)
+
+
+async def _set_status(
+    request: web.Request, status: SequenceStatus, allowed_from: set[SequenceStatus] | None
+) -> web.Response:
     seq = await request.app[STORE].sequences.change(
-        tenant_of(request), request.match_info["id"], status=SequenceStatus.ARCHIVED
+        tenant_of(request),
+        request.match_info["id"],
+        status=status,
+        allowed_from=None if allowed_from is None else frozenset(allowed_from),
     )
     return respond(models.SequenceEnvelope(sequence=seq))
