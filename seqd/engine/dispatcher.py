@@ -65,6 +65,9 @@ log = structlog.get_logger(__name__)
 NAME = "dispatcher"
 # A step of a channel whose every slot is busy is put back this long (no attempt counted).
 DEFER_MS = 1000
+# Steps composed or sent between two yields to the event loop (about 1-2 ms of work), so
+# HTTP requests served by the same loop wait that long at most, not a whole batch.
+YIELD_EVERY = 64
 _NO_SUPPRESSIONS: Mapping[str, SuppressionRecord] = {}
 
 
@@ -257,7 +260,10 @@ class Dispatcher:
         suppressed = await self._suppressions(items, plans)
         settles: dict[int, list[Settle]] = defaultdict(list)
         jobs: list[Job] = []
-        for item in items:
+        for n, item in enumerate(items, 1):
+            if n % YIELD_EVERY == 0:
+                # The API shares this event loop: let its requests in between compositions.
+                await asyncio.sleep(0)
             plan = plans.get(item.e["s"])
             if plan is None:
                 settles[shard_of[item.id]].append(self._unavailable(item, now))
@@ -451,6 +457,8 @@ class Dispatcher:
                 job = jobs[position]
                 position += 1
                 await self._send_one(job)
+                if position % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a sender that never suspends: let the API in
 
         workers: list[asyncio.Task[None]] = []
         try:
