@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 from redis.exceptions import RedisError
@@ -22,6 +23,14 @@ from seqd.store.scripts import SCRIPTS
 
 # /readyz answers within this, even when Redis hangs (an orchestrator's probe times out).
 CHECK_TIMEOUT_SECONDS = 2.0
+
+
+class Heart(Protocol):
+    """What a background loop reports to (`Liveness`, or nothing in tests)."""
+
+    def beat(self, name: str, deadline_seconds: float) -> None: ...
+
+    def stopped(self, name: str) -> None: ...
 
 
 class Liveness:

@@ -47,9 +47,10 @@ from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import Config, DispatchConfig
 from seqd.engine.compose import ADDRESS_FIELD, Job, compose, suppressed_reason
 from seqd.engine.plans import Plan, Plans, mirror_version
-from seqd.engine.ports import Heart, Observer, Quiet, SenderSource
+from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.rounds import Lane, Round, cut_pieces
 from seqd.errors import NotFound
+from seqd.health import Heart
 from seqd.store.db import Store
 from seqd.store.dispatch import (
     Claimed,

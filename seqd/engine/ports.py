@@ -27,14 +27,6 @@ class Observer(Protocol):
     def settled(self, n: int) -> None: ...
 
 
-class Heart(Protocol):
-    """A liveness monitor (`health.Liveness`)."""
-
-    def beat(self, name: str, deadline_seconds: float) -> None: ...
-
-    def stopped(self, name: str) -> None: ...
-
-
 class Quiet:
     """The observer when nobody listens."""
 

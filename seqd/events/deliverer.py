@@ -29,6 +29,7 @@ import seqd
 from seqd.backoff import Backoff
 from seqd.config import WebhooksConfig
 from seqd.events import signing, ssrf
+from seqd.health import Heart
 from seqd.store.db import Store
 from seqd.store.deliveries import Claimed, Outcome
 from seqd.store.webhooks import EndpointRecord
@@ -55,12 +56,6 @@ class Observer(Protocol):
 class _Quiet:
     def webhook_delivery(self, outcome: str) -> None:
         pass
-
-
-class Heart(Protocol):
-    def beat(self, name: str, deadline_seconds: float) -> None: ...
-
-    def stopped(self, name: str) -> None: ...
 
 
 class Attempt(msgspec.Struct, frozen=True):

@@ -25,8 +25,8 @@ import structlog
 from seqd.backoff import Backoff
 from seqd.config import WebhooksConfig
 from seqd.events import envelope
-from seqd.events.deliverer import Heart
 from seqd.events.envelope import Converted
+from seqd.health import Heart
 from seqd.store.db import Store
 from seqd.store.events import LogItem
 from seqd.store.outbox import Entry, Fanout
