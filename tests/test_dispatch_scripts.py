@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from seqd import ids
+from seqd.events import types
+from seqd.store import codec
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch, Settle
 from seqd.store.scripts import ScriptError
+from seqd.times import to_rfc3339
 from tests.dispatchutil import (
     TENANT,
     contacts,
@@ -194,6 +198,45 @@ async def test_advance_sent_schedules_the_next_step_then_completes(any_store: St
     assert counts == {"active": "0", "completed": "1"}
     assert await s.client.zcard(s.keys.status_index(sh, seq.id, "active")) == 0
     assert await s.client.hget(s.keys.contact(sh, e.contact_id), f"e:{seq.id}") is None
+
+
+async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> None:
+    # Sent and skipped steps with a step after them take advance's fast path, which spells
+    # the event out by hand: each must read back as the enrollment the API shows.
+    s = any_store
+    _seq, e, sh, due = await one(s, sms(), sms(wait=10), email(wait=10), sms(wait=10))
+
+    async def check(at: int, **extra: object) -> dict[str, object]:
+        ev = (await events(s, sh))[-1]
+        data = {k: v for k, v in ev.items() if k != "type"}
+        assert set(data["fields"]) <= {"s", "c", "st", "i", "n", "ea", "ua", "md", "pr", "cr"}
+        shaped = types.shape(ev["type"], data)
+        stored = codec.enrollment(e.id, await raw(s, e.id))
+        assert shaped["enrollment"] == msgspec.to_builtins(stored)
+        for key, value in extra.items():
+            assert shaped[key] == value, key
+        return shaped
+
+    item = (await claim(s, sh, due)).items[0]
+    assert set(item.e) == {"t", "s", "c", "st", "i", "n", "k", "cl", "md"}
+    at = due + 5
+    odd = 'SM"1\\é'
+    await advance(s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id=odd, wait=10))
+    await check(at, provider_id=odd, step=0, kind="sms", sent_at=to_rfc3339(at))
+    item = (await claim(s, sh, at + 10)).items[0]
+    at += 10
+    await advance(s, sh, at, settle(e.id, item.e["k"], 1, at, "sent", wait=10))
+    await check(at, provider_id=None, step=1)
+    item = (await claim(s, sh, at + 10)).items[0]
+    at += 10
+    skip = Settle(id=e.id, token=item.e["k"], step=2, kind="email", at=at, outcome="skipped",
+                  reason="suppressed", wait=10)  # fmt: skip
+    await advance(s, sh, at, skip)
+    shaped = await check(at, reason="suppressed", step=2, kind="email")
+    assert (await events(s, sh))[-1]["type"] == "sequence.step.skipped"
+    assert shaped["enrollment"]["current_step"] == 3 and shaped["enrollment"]["metadata"] == {
+        "source": "test"
+    }
 
 
 async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) -> None:

@@ -1,11 +1,11 @@
 """Event types and the shape of each type's `data`: the one place for both.
 
 Scripts write an outbox entry's `data` in storage form: an enrollment event carries
-`{"id": <enrollment id>, "fields": {<stored hash>}, ...extras}`, other events a plain
-object. `shape` turns it into the API form every consumer sees (webhooks and
-`GET /v1/events` alike). A type added by a script but not listed here still passes
-through: its data is converted by the generic rule, so a new event never blocks the
-outbox and never needs this module to change first.
+`{"id": <enrollment id>, "fields": {<hash fields>}, ...extras}` (the stored fields the API
+enrollment is made of), other events a plain object. `shape` turns it into the API form
+every consumer sees (webhooks and `GET /v1/events` alike). A type added by a script but
+not listed here still passes through: its data is converted by the generic rule, so a new
+event never blocks the outbox and never needs this module to change first.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@
             hash, which also holds one `e:<seq>` field per sequence the contact is in)
 
   Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]}, each
-  item an array [id, {enrollment hash}, contact values]: the contact values are an array
+  item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
+  the dispatcher reads (t s c st i n k cl, and a md where set; the whole hash on the rare
+  path of an unsettled claim sent again), the contact values an array
   in the order of ARGV[7..] (false where unset); seen = members looked at (equal to the
   limit: more may be due).
 ]]
@@ -59,17 +61,32 @@ local function object(t)
   return cjson.encode(t)
 end
 
+-- What the dispatcher reads of a claimed enrollment (engine/compose.py), spelled out as
+-- JSON rather than built by cjson: this is the hot path.
+local READ = {'st', 's', 'i', 'cl', 'k', 'a', 't', 'c', 'n', 'md'}
+
 local parts = {}
 for j = 1, #members, 2 do
   local id, score = members[j], members[j + 1]
   local ekey = k_enrollment(tag, id)
-  local e = to_table(rcall('HGETALL', ekey))
-  if e['st'] ~= 'active' then
+  local h = rcall('HMGET', ekey, unpack(READ))
+  local st, seq, step = h[1], h[2], tonumber(h[3])
+  local state = st == 'active' and sequence_state(seq)
+  if state and state.status == 'active' and step < state.steps and not h[4] then
+    -- The hot path: an active step, no unsettled claim.
+    rcall('ZADD', due_key, leased_until, id)
+    local k = string.format('%d', (tonumber(h[5]) or 0) + 1)
+    rcall('HSET', ekey, 'k', k, 'cl', 1)
+    mirrors[seq] = state.mirror
+    local c = rcall('HMGET', k_contact(tag, h[8]), unpack(contact_fields))
+    parts[#parts + 1] = '["' .. id .. '",{"t":' .. cjson.encode(h[7]) .. ',"s":"' .. seq
+      .. '","c":"' .. h[8] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[9]
+      .. '","k":"' .. k .. '","cl":"1"' .. (h[6] and (',"a":"' .. h[6] .. '"') or '')
+      .. (h[10] and (',"md":' .. cjson.encode(h[10])) or '') .. '},' .. cjson.encode(c) .. ']'
+  elseif st ~= 'active' then
     rcall('ZREM', due_key, id)
   else
-    local seq = e['s']
-    local state = sequence_state(seq)
-    local step = tonumber(e['i'])
+    local e = to_table(rcall('HGETALL', ekey))
     if state.status == 'archived' then
       finish(id, e, 'cancelled', 'sequence_archived', now, due_key)
     elseif state.status ~= 'active' then
@@ -78,23 +95,21 @@ for j = 1, #members, 2 do
     elseif step >= state.steps then
       finish(id, e, 'completed', '', now, due_key)
     else
+      -- `cl` still set: the previous claim's worker died mid-send.
       local send = true
-      if e['cl'] then
-        if hold then
-          finish(id, e, 'paused', 'delivery_unknown', now, due_key, {step = step})
+      if hold then
+        finish(id, e, 'paused', 'delivery_unknown', now, due_key, {step = step})
+        send = false
+      else
+        e['a'] = tostring(rcall('HINCRBY', ekey, 'a', 1))
+        if tonumber(e['a']) >= max_attempts then
+          fail_step(id, e, step, '', 'worker lost during send; attempts exhausted', now,
+            due_key)
           send = false
-        else
-          e['a'] = tostring(rcall('HINCRBY', ekey, 'a', 1))
-          if tonumber(e['a']) >= max_attempts then
-            fail_step(id, e, step, '', 'worker lost during send; attempts exhausted', now,
-              due_key)
-            send = false
-          end
         end
       end
       if send then
         rcall('ZADD', due_key, leased_until, id)
-        -- The token and the claim mark in one write (this is the hot path).
         e['k'] = tostring((tonumber(e['k']) or 0) + 1)
         e['cl'] = '1'
         rcall('HSET', ekey, 'k', e['k'], 'cl', 1)

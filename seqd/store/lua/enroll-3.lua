@@ -35,10 +35,10 @@ local due_at = tonumber(now) + tonumber(wait)
 local due_text = string.format('%d', due_at)
 local active = seq_status == 'active'
 local field = 'e:' .. seq
--- The `created` event's data, {"id": id, "fields": {the stored hash}} like every
+-- The `created` event's data, {"id": id, "fields": {the event fields}} like every
 -- enrollment event's. Ids need no JSON escaping: the sequence and the contact are seqd's
 -- own (the mirror and the contact exist), and so is the new id (ids.new: [0-9A-Za-z_]).
-local head = '","fields":{"t":' .. cjson.encode(tenant) .. ',"s":"' .. seq .. '","c":"'
+local head = '","fields":{"s":"' .. seq .. '","c":"'
 local tail = '","st":"active","i":"0","ea":"' .. now .. '","n":"' .. due_text .. '"'
 
 local out, created, due = {}, {}, {}

@@ -42,8 +42,14 @@ local function unschedule(id, e, due_key)
   e['k'] = tostring(rcall('HINCRBY', k_enrollment(tag, id), 'k', 1))
 end
 
+-- The hash fields an event carries: those the API's enrollment is made of (events/types.py
+-- turns them into one); the dispatcher's own (k, cl, a, p<step>, ...) stay out.
+local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ea', 'ua', 'md', 'pr', 'cr', 'ca'}
+
 local function enrollment_event(etype, id, e, now, extra)
-  local data = {id = id, fields = e}
+  local fields = {}
+  for _, f in ipairs(EVENT_FIELDS) do fields[f] = e[f] end
+  local data = {id = id, fields = fields}
   if extra then for k, v in pairs(extra) do data[k] = v end end
   emit(etype, e['t'], now, data)
 end
