@@ -134,3 +134,75 @@ async def test_two_app_instances_share_one_limit(store: Store) -> None:
         # The limit is per key, not per tenant: the tenant's other key is untouched.
         resp = await two.get("/v1/contacts", headers={"Authorization": f"Bearer {other}"})
         assert resp.status == 200 and resp.headers["RateLimit-Remaining"] == "3"
+
+
+async def test_script_takes_several_requests_all_or_none(any_store: Store) -> None:
+    take = any_store.ratelimits.take
+    first = await take("n", limit=5, period_ms=10_000, now=NOW, cost=3)
+    assert first.allowed and first.remaining == 2
+    refused = await take("n", limit=5, period_ms=10_000, now=NOW, cost=3)
+    assert not refused.allowed and refused.retry_after_ms == 2_000
+    # Nothing was taken by the refusal: the two left are still there.
+    rest = await take("n", limit=5, period_ms=10_000, now=NOW, cost=2)
+    assert rest.allowed and rest.remaining == 0
+
+
+async def _evalsha_calls(store: Store) -> int:
+    stats = await store.client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_busy_key_takes_requests_ahead_and_never_exceeds_the_limit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """600 per 60 s: a process takes up to 10 requests (one second of quota) per round trip;
+    two processes together still allow no more than 600 (the clock stands still, so
+    none comes back meanwhile)."""
+    monkeypatch.setattr("seqd.api.ratelimit.now_ms", lambda: NOW)
+    _, key = await store.tenants.create_key("acme")
+    auth = {"Authorization": f"Bearer {key}"}
+    async with (
+        TestClient(TestServer(create_app(_config_period(600, 60), store))) as one,
+        TestClient(TestServer(create_app(_config_period(600, 60), store))) as two,
+    ):
+        before = await _evalsha_calls(store)
+        statuses = []
+        for n in range(700):
+            resp = await (one if n % 2 else two).get("/v1/contacts", headers=auth)
+            statuses.append(resp.status)
+        calls = await _evalsha_calls(store) - before
+    allowed = statuses.count(200)
+    assert statuses.count(200) + statuses.count(429) == 700
+    # Requests held unspent by each process at the end are the only ones lost.
+    assert 600 - 2 * 10 <= allowed <= 600
+    # Far fewer round trips than requests while the quota lasts; one per request after.
+    assert calls < 600 / 5 + (700 - allowed) + 4
+
+
+async def test_a_key_used_now_and_then_is_counted_request_by_request(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests more than a second apart never grow a lease: each is taken on its own, so
+    nothing is charged ahead for a key that would not use it."""
+    clock = [NOW]
+    monkeypatch.setattr("seqd.api.ratelimit.now_ms", lambda: clock[0])
+    _, key = await store.tenants.create_key("acme")
+    auth = {"Authorization": f"Bearer {key}"}
+    async with TestClient(TestServer(create_app(_config_period(600, 60), store))) as client:
+        before = await _evalsha_calls(store)
+        remaining = []
+        for _ in range(5):
+            resp = await client.get("/v1/contacts", headers=auth)
+            remaining.append(resp.headers["RateLimit-Remaining"])
+            clock[0] += 1_500
+        assert await _evalsha_calls(store) - before == 5
+    # 1.5 s gives back 15 requests: the quota is whole again before each.
+    assert remaining == ["599"] * 5
+
+
+def _config_period(limit: int, period: int) -> Config:
+    return Config(
+        tenants={
+            "acme": TenantConfig(ratelimit=TenantRateLimit(limit=limit, period_seconds=period))
+        }
+    )

@@ -19,7 +19,7 @@ from seqd.api import (  # noqa: F401  # noqa: F401  # noqa: F401
     webhooks,
 )
 from seqd.api.access import access_middleware
-from seqd.api.appkeys import CONFIG, LIVENESS, MAX_BODY, METRICS, OPENAPI, STORE
+from seqd.api.appkeys import CONFIG, LIVENESS, MAX_BODY, METRICS, OPENAPI, RATE_LEASES, STORE
 from seqd.api.auth import auth_middleware
 from seqd.api.errors import problems_middleware
 from seqd.api.idempotency import idempotency_middleware
@@ -49,6 +49,7 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[MAX_BODY] = config.http.max_body_bytes
     app[METRICS] = Metrics()
     app[LIVENESS] = Liveness()
+    app[RATE_LEASES] = {}
     base = config.http.base_path
     routes = [r for r in ROUTES if r.served(config)]
     for r in routes:

@@ -16,6 +16,8 @@ MAX_BODY = web.AppKey("max_body", int)
 # Counters and gauges of this app (seqd.metrics) and the heartbeats of its loops.
 METRICS = web.AppKey("metrics", Metrics)
 LIVENESS = web.AppKey("liveness", Liveness)
+# Requests this process took ahead of use from each API key's limit (seqd/api/ratelimit.py).
+RATE_LEASES = web.AppKey("rate_leases", dict)
 # Per request: the tenant the API key belongs to.
 TENANT = web.RequestKey("tenant", str)
 # Per request: sha256 of the API key presented (what the rate limit counts by).

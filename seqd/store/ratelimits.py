@@ -24,9 +24,12 @@ class RateLimits:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def take(self, key_digest: str, *, limit: int, period_ms: int, now: int) -> Verdict:
-        """Count one request of the key whose sha256 is `key_digest`: one EVALSHA."""
+    async def take(
+        self, key_digest: str, *, limit: int, period_ms: int, now: int, cost: int = 1
+    ) -> Verdict:
+        """Count `cost` requests of the key whose sha256 is `key_digest` (all or none): one
+        EVALSHA."""
         allowed, remaining, retry_after, reset = await self.store.runner.call(
-            "limitRate", [self.store.keys.rate_limit(key_digest)], [now, limit, period_ms]
+            "limitRate", [self.store.keys.rate_limit(key_digest)], [now, limit, period_ms, cost]
         )
         return Verdict(bool(allowed), limit, int(remaining), int(retry_after), int(reset))

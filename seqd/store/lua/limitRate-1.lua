@@ -8,6 +8,8 @@
   ARGV[1] now       ms
   ARGV[2] limit     L, requests per period
   ARGV[3] period    P, ms
+  ARGV[4] cost      requests taken at once (optional, 1): a process takes a few ahead of
+                    use (seqd/api/ratelimit.py), all or none
 
   Returns {allowed 1|0, remaining, retry_after_ms, reset_ms}: remaining requests now,
   the wait before the next allowed one (0 when allowed), and the time until the quota is
@@ -16,13 +18,14 @@
 local rcall = redis.call
 local key = KEYS[1]
 local now, limit, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost = tonumber(ARGV[4] or '1') or 1
 local interval = period / limit
 
 local tat = tonumber(rcall('GET', key) or '0') or 0
 if tat < now then
   tat = now
 end
-local new_tat = tat + interval
+local new_tat = tat + interval * cost
 local allow_at = new_tat - period
 if now < allow_at then
   return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
