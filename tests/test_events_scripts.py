@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from seqd.events.reader import Reader
+from seqd.store import events as events_mod
 from seqd.store.db import Store
-from seqd.store.events import EventFilter, LogItem
+from seqd.store.events import RECORD_BATCH, EventFilter, LogItem
 from seqd.store.outbox import GROUP
 from tests.webhookutil import TENANT, Clock, emit, endpoint, settings
 
@@ -23,9 +25,8 @@ def any_store(request: pytest.FixtureRequest) -> Store:
 
 
 def _item(n: int, etype: str = "contact.opted_in", **kw: str) -> LogItem:
-    values = {"enrollment_id": "", "contact_id": "", **kw}
+    values = {"tenant": TENANT, "enrollment_id": "", "contact_id": "", **kw}
     return LogItem(
-        tenant=TENANT,
         event_id=f"evt_{n:022d}",
         type=etype,
         created_at=NOW,
@@ -58,6 +59,136 @@ async def test_record_event_trims_by_age(any_store: Store) -> None:
     await s.events.record([_item(7)], now=now, retention_ms=DAY)
     await s.events.trim(now=now, retention_ms=DAY)
     assert [r[1]["v"] for r in await s.client.xrange(log)] == [_item(7).event_id]
+
+
+async def _logged(s: Store, tenant: str) -> list[str]:
+    return [r[1]["v"] for r in await s.client.xrange(s.keys.events(tenant))]
+
+
+def _spy_calls(s: Store, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], str]]:
+    """Records (script, keys, tag) of every call_many call of the store's runner."""
+    seen: list[tuple[str, list[str], str]] = []
+    call_many = s.runner.call_many
+
+    async def spy(calls: Any) -> list[Any]:
+        seen.extend((name, list(keys), tag) for name, keys, _, tag in calls)
+        return await call_many(calls)
+
+    monkeypatch.setattr(s.runner, "call_many", spy)
+    return seen
+
+
+async def test_record_batches_per_tenant_and_appends_each_event_once(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = any_store
+    now = await _server_now(s)
+    calls = _spy_calls(s, monkeypatch)
+    a, b, c = TENANT, "other", "third"
+    first = [
+        _item(1, tenant=a, contact_id="con_1"),
+        _item(2, tenant=b, enrollment_id="enr_2"),
+        _item(3, tenant=a),
+        _item(1, tenant=a, contact_id="con_1"),  # twice in one call
+        _item(4, tenant=c, etype="contact.bounced"),
+        _item(3, tenant=a),
+        _item(5, tenant=b),
+    ]
+    assert await s.events.record(first, now=now, retention_ms=DAY) == 5
+    # One script call per tenant, each on its tenant's slot only.
+    assert [(name, tag) for name, _, tag in calls] == [
+        ("recordEvents", s.keys.tenant_tag(t)) for t in (a, b, c)
+    ]
+    assert [keys for _, keys, _ in calls] == [[s.keys.events(t)] for t in (a, b, c)]
+    ids = {n: _item(n).event_id for n in range(1, 8)}
+    assert await _logged(s, a) == [ids[1], ids[3]]
+    assert await _logged(s, b) == [ids[2], ids[5]]
+    assert await _logged(s, c) == [ids[4]]
+    [(_, one), (_, three)] = await s.client.xrange(s.keys.events(a))
+    assert one == {"v": ids[1], "y": "contact.opted_in", "at": str(NOW), "c": "con_1"}
+    assert three == {"v": ids[3], "y": "contact.opted_in", "at": str(NOW)}
+    [(_, two), _] = await s.client.xrange(s.keys.events(b))
+    assert two["e"] == "enr_2" and "c" not in two
+    for tenant, n in [(a, 1), (a, 3), (b, 2), (b, 5), (c, 4)]:
+        key = s.keys.event(tenant, ids[n])
+        [payload] = {it.payload for it in first if it.event_id == ids[n] and it.tenant == tenant}
+        assert await s.client.get(key) == payload.decode()
+        assert 0 < await s.client.pttl(key) <= DAY
+    # The same event id under another tenant is that tenant's own event.
+    assert not await s.client.exists(s.keys.event(b, ids[1]))
+
+    # Across calls: what is logged already appends nothing, new ones do.
+    again = [_item(3, tenant=a), _item(2, tenant=b), _item(6, tenant=a), _item(4, tenant=c)]
+    assert await s.events.record(again, now=now, retention_ms=DAY) == 1
+    assert await s.events.record(again, now=now, retention_ms=DAY) == 0
+    assert await _logged(s, a) == [ids[1], ids[3], ids[6]]
+    assert await _logged(s, b) == [ids[2], ids[5]]
+    assert await _logged(s, c) == [ids[4]]
+
+
+async def test_record_splits_a_large_group_and_keeps_its_order(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = any_store
+    now = await _server_now(s)
+    calls = _spy_calls(s, monkeypatch)
+    n = 2 * RECORD_BATCH + 1
+    items = [_item(i) for i in range(n)] + [_item(0, tenant="other")]
+    # Duplicates of events in the first chunk, landing in the last one.
+    items[-2] = _item(5)
+    assert await s.events.record(items, now=now, retention_ms=DAY) == n
+    assert [(name, tag) for name, _, tag in calls] == [
+        ("recordEvents", s.keys.tenant_tag(TENANT)),
+        ("recordEvents", s.keys.tenant_tag(TENANT)),
+        ("recordEvents", s.keys.tenant_tag(TENANT)),
+        ("recordEvents", s.keys.tenant_tag("other")),
+    ]
+    assert await _logged(s, TENANT) == [_item(i).event_id for i in range(n - 1)]
+    assert await _logged(s, "other") == [_item(0).event_id]
+
+
+async def test_record_batch_size_bounds_each_call(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = any_store
+    now = await _server_now(s)
+    monkeypatch.setattr(events_mod, "RECORD_BATCH", 2)
+    calls = _spy_calls(s, monkeypatch)
+    items = [_item(1), _item(2), _item(1), _item(3), _item(2)]
+    assert await s.events.record(items, now=now, retention_ms=DAY) == 3
+    assert len(calls) == 3
+    assert await _logged(s, TENANT) == [_item(n).event_id for n in (1, 2, 3)]
+
+
+async def test_record_trims_the_log_once_per_call(any_store: Store) -> None:
+    s = any_store
+    log = s.keys.events(TENANT)
+    now = await _server_now(s)
+    # Past retention: enough entries to fill whole stream nodes (100 entries each by
+    # default), which approximate trimming frees without Events.trim.
+    pipe = s.client.pipeline(transaction=False)
+    for i in range(250):
+        pipe.xadd(log, {"v": f"old{i}"}, id=f"{now - 2 * DAY}-{i + 1}")
+    await pipe.execute()
+    new = [_item(i) for i in range(10)]
+    assert await s.events.record(new, now=now, retention_ms=DAY) == 10
+    logged = await _logged(s, TENANT)
+    assert logged[-10:] == [it.event_id for it in new]
+    assert len(logged) - 10 < 100, "the full nodes of old entries are gone"
+
+
+async def test_record_calls_xtrim_once_per_script_call(store: Store) -> None:
+    s = store
+    now = await _server_now(s)
+
+    async def xtrims() -> int:
+        stats = await s.client.info("commandstats")
+        return int(stats.get("cmdstat_xtrim", {}).get("calls", 0))
+
+    before = await xtrims()
+    items = [_item(i, tenant=t) for t in (TENANT, "other") for i in range(20)]
+    assert await s.events.record(items, now=now, retention_ms=DAY) == 40
+    assert await xtrims() - before == 2
 
 
 async def _server_now(s: Store) -> int:

@@ -3,7 +3,7 @@
 For a batch of outbox entries (new ones, and ones a dead reader left pending past the
 lease), the reader
   1. turns each into its event (`envelope.convert`: the id is derived from the entry),
-  2. appends it to the tenant's log (`recordEvent`, once per event id),
+  2. appends it to the tenant's log (`recordEvents`, once per event id),
   3. acknowledges it and schedules one delivery per matching enabled endpoint in one
      shard script (`fanoutEvents`).
 Steps 2 and 3 are in different slots (tenant, shard). A crash between them leaves the

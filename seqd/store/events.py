@@ -27,6 +27,9 @@ SCAN_MAX = 5000
 # ids (the store's clock): the scan starts this much earlier so skew loses nothing.
 CLOCK_SLACK_MS = 300_000
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# Events per `recordEvents` call at most, so a call holds the server for a few ms at most
+# (about 13 us of server time per event on a 2-core test machine: ~2.6 ms per call).
+RECORD_BATCH = 200
 
 _decode_event = msgspec.json.Decoder(Event).decode
 
@@ -78,28 +81,32 @@ class Events:
         self.keys = store.keys
 
     async def record(self, items: list[LogItem], *, now: int, retention_ms: int) -> int:
-        """Append events to their tenants' logs (each at most once); returns how many were new."""
+        """Append events to their tenants' logs (each at most once); returns how many were new.
+
+        One `recordEvents` call per tenant and up to `RECORD_BATCH` events, all in one round
+        trip; a tenant's events keep their order in its log."""
         if not items:
             return 0
         min_id = f"{max(now - retention_ms, 0)}-0"
-        calls = [
-            (
-                "recordEvent",
-                [self.keys.events(it.tenant), self.keys.event(it.tenant, it.event_id)],
-                [
-                    it.event_id,
-                    it.type,
-                    it.created_at,
-                    it.enrollment_id,
-                    it.contact_id,
-                    it.payload,
-                    retention_ms,
-                    min_id,
-                ],
-                self.keys.tenant_tag(it.tenant),
-            )
-            for it in items
-        ]
+        by_tenant: dict[str, list[LogItem]] = {}
+        for it in items:
+            by_tenant.setdefault(it.tenant, []).append(it)
+        calls: list[tuple[str, list[str], list[str | int | bytes], str | None]] = []
+        for tenant, group in by_tenant.items():
+            tag = self.keys.tenant_tag(tenant)
+            log_key = self.keys.events(tenant)
+            for start in range(0, len(group), RECORD_BATCH):
+                args: list[str | int | bytes] = [tag, retention_ms, min_id]
+                for it in group[start : start + RECORD_BATCH]:
+                    args += (
+                        it.event_id,
+                        it.type,
+                        it.created_at,
+                        it.enrollment_id,
+                        it.contact_id,
+                        it.payload,
+                    )
+                calls.append(("recordEvents", [log_key], args, tag))
         results = await self.store.runner.call_many(calls)
         for result in results:
             if isinstance(result, Exception):
@@ -166,7 +173,7 @@ class Events:
         """Drop log entries past retention in every tenant's log (payloads expire by TTL).
 
         Exact trimming: run every minute it removes about a minute of entries per tenant.
-        (`recordEvent` trims approximately, whole stream nodes only, so a node's older
+        (`recordEvents` trims approximately, whole stream nodes only, so a node's older
         entries wait for this.)"""
         tenants: set[str] = await self.store.client.smembers(self.keys.tenants())  # type: ignore[assignment]
         min_id = f"{max(now - retention_ms, 0)}-0"

@@ -14,8 +14,9 @@ Three hash tags, so that each Lua script touches one slot (Redis Cluster safe):
                           listing indexes, counters, outbox, webhook deliveries.
 
 Keys that depend on ids read inside a script (an enrollment claimed from the due index,
-say) are built in Lua from the shard tag by helpers that `scripts.py` generates from
-`SHARD_TEMPLATES` below, so a key name is still spelled only here.
+say, or an event's payload in a batch appended to the log) are built in Lua from the
+shard or tenant tag by helpers that `scripts.py` generates from `SHARD_TEMPLATES` and
+`TENANT_TEMPLATES` below, so a key name is still spelled only here.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "delivery_queue": "{tag}:wq:{endpoint_id}",
     # ZSET of an endpoint's failed (dead-lettered) deliveries; all scores 0, id order.
     "failed_deliveries": "{tag}:wf:{endpoint_id}",
+}
+# Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
+TENANT_TEMPLATES: Final[Mapping[str, str]] = {
+    # STRING: one event's payload (JSON) with a TTL of the log's retention.
+    "event": "{tag}:ev:{event_id}",
 }
 # Fixed per-shard keys.
 SHARD_DUE = "{tag}:due"
@@ -150,7 +156,7 @@ class Keys:
 
     def event(self, tenant: str, event_id: str) -> str:
         """STRING: one event's payload (JSON) with a TTL of the log's retention."""
-        return f"{self.tenant_tag(tenant)}:ev:{event_id}"
+        return TENANT_TEMPLATES["event"].format(tag=self.tenant_tag(tenant), event_id=event_id)
 
     # -- shard ----------------------------------------------------------------
     def shard_tag(self, shard: int) -> str:

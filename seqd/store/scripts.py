@@ -3,7 +3,8 @@
 A script file is `<verbNoun>-<numKeys>.lua`; its header lists KEYS and ARGV, and the
 wrapper here builds them in that order. `-- @include name` pulls in `includes/name.lua`,
 and every script is prefixed with `k_<family>(tag, ...)` helpers generated from
-`keys.SHARD_TEMPLATES`, so key names are spelled in one place for Python and Lua alike.
+`keys.SHARD_TEMPLATES` and `keys.TENANT_TEMPLATES`, so key names are spelled in one place
+for Python and Lua alike.
 Script errors (`redis.error_reply('CODE:detail')`) surface as one `ScriptError`.
 """
 
@@ -45,7 +46,10 @@ class CrossSlotError(AssertionError):
 
 def _key_helpers() -> str:
     out = []
-    for family, template in keymod.SHARD_TEMPLATES.items():
+    templates = {**keymod.SHARD_TEMPLATES, **keymod.TENANT_TEMPLATES}
+    if len(templates) != len(keymod.SHARD_TEMPLATES) + len(keymod.TENANT_TEMPLATES):
+        raise ValueError("a key family is both a shard and a tenant template")
+    for family, template in templates.items():
         params = [p for p in _FIELD.findall(template) if p != "tag"]
         body = " .. ".join(
             p if i % 2 else repr(p) if p else ""
