@@ -72,6 +72,10 @@ def test_sms_segments() -> None:
 
 def test_rfc3339_round_trip() -> None:
     assert to_rfc3339(1_777_339_800_000) == "2026-04-28T01:30:00.000Z"
+    # Seconds are formatted once and reused: the milliseconds still change across them.
+    assert to_rfc3339(1_777_339_800_999) == "2026-04-28T01:30:00.999Z"
+    assert to_rfc3339(1_777_339_801_007) == "2026-04-28T01:30:01.007Z"
+    assert to_rfc3339(-1) == "1969-12-31T23:59:59.999Z"
     assert from_rfc3339("2026-04-28T01:30:00.000Z") == 1_777_339_800_000
     assert from_rfc3339("2026-04-28T03:30:00.000+02:00") == 1_777_339_800_000
     with pytest.raises(ValueError):
