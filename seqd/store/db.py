@@ -5,14 +5,59 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection as Connection
+from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import DataError
+from redis.typing import EncodableT
 
 from seqd.store.keys import Keys
 from seqd.store.scripts import Runner
 
 
+class _HiredisPacking(Connection):
+    """Commands packed by hiredis (C) instead of redis-py's asyncio packer, which re-joins
+    its growing buffer once per argument: a script call with thousands of arguments (a
+    batch of enrollments, of claimed steps, of events) cost milliseconds of Python to
+    pack, now a tenth of that. Same bytes. A connection whose encoder is not strict UTF-8
+    (the intake's reader escapes bad bytes as surrogates) packs the redis-py way."""
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        encoder = self.encoder
+        if encoder.encoding_errors != "strict" or encoder.encoding.lower() not in UTF8:
+            return super().pack_command(*args)
+        first = args[0]
+        # As redis-py does: "CONFIG GET" is two arguments.
+        if isinstance(first, str):
+            if " " in first:
+                args = (*first.split(), *args[1:])
+        elif isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        # (hiredis's stub types the argument as a 1-tuple: any length is accepted.)
+        try:
+            return [hiredis.pack_command(args)]  # type: ignore[arg-type]
+        except TypeError:
+            packed = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
+            try:
+                return [hiredis.pack_command(packed)]  # type: ignore[arg-type]
+            except TypeError as exc:
+                raise DataError(str(exc)) from exc
+
+
+UTF8 = frozenset({"utf-8", "utf8"})
+_PACKING: dict[type[Connection], type[Connection]] = {}
+
+
+def _hiredis_packing(base: type[Connection]) -> type[Connection]:
+    made = _PACKING.get(base)
+    if made is None:
+        made = _PACKING[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    return made
+
+
 def connect(url: str, *, socket_timeout: float = 5.0, max_connections: int = 64) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    pool = ConnectionPool.from_url(
         url,
         decode_responses=True,
         socket_timeout=socket_timeout,
@@ -20,6 +65,9 @@ def connect(url: str, *, socket_timeout: float = 5.0, max_connections: int = 64)
         max_connections=max_connections,
         health_check_interval=30,
     )
+    # TCP, TLS or unix socket, as the URL says: the same class, packing with hiredis.
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return aioredis.Redis.from_pool(pool)
 
 
 async def init_meta(client: aioredis.Redis, prefix: str, default_shards: int) -> int:
