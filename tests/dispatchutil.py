@@ -146,6 +146,13 @@ async def due_score(store: Store, eid: str) -> float | None:
     return await store.client.zscore(store.keys.due(shard), eid)  # type: ignore[no-any-return]
 
 
+async def unsettled(store: Store, eid: str) -> bool:
+    """Whether the enrollment's due member is a claim not settled yet (a lease score)."""
+    from seqd.store.dispatch import is_unsettled
+
+    return is_unsettled(await due_score(store, eid))
+
+
 async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     """Wait for `condition` (checked every ms), failing after `seconds`."""
     async with asyncio.timeout(seconds):

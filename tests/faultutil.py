@@ -12,6 +12,7 @@ from pathlib import Path
 
 from seqd import ids, models
 from seqd.store.db import Store
+from seqd.store.dispatch import is_unsettled
 from tests.dispatchutil import TENANT, enroll, sequence
 
 
@@ -79,13 +80,19 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], seconds: float, wha
 
 
 async def unsettled(store: Store, eids: list[str]) -> set[tuple[str, int]]:
-    """(enrollment, step) of every claim left unsettled (`cl` set): the steps a crash may
-    have sent without recording it."""
+    """(enrollment, step) of every claim left unsettled (a lease score in the due index):
+    the steps a crash may have sent without recording it."""
     pipe = store.client.pipeline(transaction=False)
     for eid in eids:
-        pipe.hmget(store.keys.enrollment(ids.shard_of(eid, store.shards), eid), "cl", "i")
+        shard = ids.shard_of(eid, store.shards)
+        pipe.zscore(store.keys.due(shard), eid)
+        pipe.hget(store.keys.enrollment(shard, eid), "i")
     rows = await pipe.execute()
-    return {(eid, int(step)) for eid, (cl, step) in zip(eids, rows, strict=True) if cl}
+    return {
+        (eid, int(step))
+        for eid, score, step in zip(eids, rows[::2], rows[1::2], strict=True)
+        if is_unsettled(score)
+    }
 
 
 async def counter_mismatches(store: Store, sid: str) -> list[str]:

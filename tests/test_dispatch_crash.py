@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from seqd.store.db import Store, connect
+from seqd.store.dispatch import is_unsettled
 from tests.conftest import ValkeyProcess
 from tests.dispatchutil import TENANT, enroll, sequence, sms
 from tests.opsutil import Daemon
@@ -116,8 +117,8 @@ async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
         # Claims the dead process never settled: these steps come back after the lease.
         pipe = store.client.pipeline(transaction=False)
         for eid in eids:
-            pipe.hget(store.keys.enrollment(_shard(store, eid), eid), "cl")
-        assert any(flag is not None for flag in await pipe.execute())
+            pipe.zscore(store.keys.due(_shard(store, eid)), eid)
+        assert any(is_unsettled(score) for score in await pipe.execute())
         provider.hold.clear()
 
         second = Daemon(server.url, prefix, tmp_path / "second", **env).start()

@@ -59,23 +59,29 @@ async def one(store: Store, *steps, **contact):  # type: ignore[no-untyped-def]
     return seq, e, shard(store, e.id), int((await raw(store, e.id))["n"])
 
 
-async def test_claim_leases_bumps_token_and_returns_what_the_sender_needs(any_store: Store) -> None:
+async def test_claim_leases_with_a_token_and_returns_what_the_sender_needs(
+    any_store: Store,
+) -> None:
     s = any_store
     seq, e, sh, due = await one(s)
+    before = await raw(s, e.id)
     assert (await claim(s, sh, due - 1)).items == []
     batch = await claim(s, sh, due)
     assert batch.seen == 1
     (item,) = batch.items
     assert item.id == e.id
-    assert item.e["k"] == "1" and item.e["cl"] == "1" and item.e["i"] == "0"
+    # The token is the lease: due again half a ms before now + lease (the half marks an
+    # unsettled claim); the enrollment hash itself is not written.
+    assert item.e["k"] == f"{due + LEASE - 1}.5" and item.e["i"] == "0"
+    assert await due_score(s, e.id) == due + LEASE - 0.5
+    assert await raw(s, e.id) == before
     assert item.e["md"] == '{"source":"test"}'
     assert item.c["first_name"] == "n0" and item.c["phone"].startswith("+1415555")
     assert batch.m == {seq.id: f"active:1:{len(seq.steps)}"}
-    assert await due_score(s, e.id) == due + LEASE
     # Leased: not claimable again before the lease passes, claimable after.
-    assert (await claim(s, sh, due + 1)).items == []
+    assert (await claim(s, sh, due + LEASE - 1)).items == []
     again = await claim(s, sh, due + LEASE)
-    assert again.items[0].e["k"] == "2"
+    assert again.items[0].e["k"] == f"{due + 2 * LEASE - 1}.5"
 
 
 async def test_claim_takes_earliest_first_up_to_the_limit(any_store: Store) -> None:
@@ -180,7 +186,7 @@ async def test_advance_sent_schedules_the_next_step_then_completes(any_store: St
     )
     assert (done.applied, done.late, done.stale) == (1, 0, [])
     h = await raw(s, e.id)
-    assert h["i"] == "1" and h["p0"] == "SM1" and h["sm"] == "1" and "cl" not in h
+    assert h["i"] == "1" and h["p0"] == "SM1" and h["sm"] == "1"
     assert h["n"] == str(at + 600_000) and h.get("a", "0") == "0"
     assert await due_score(s, e.id) == at + 600_000
     sent = (await events(s, sh))[-1]
@@ -218,7 +224,7 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> N
         return shaped
 
     item = (await claim(s, sh, due)).items[0]
-    assert set(item.e) == {"t", "s", "c", "st", "i", "n", "k", "cl", "md"}
+    assert set(item.e) == {"t", "s", "c", "st", "i", "n", "k", "md"}
     at = due + 5
     odd = 'SM"1\\é'
     await advance(s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id=odd, wait=10))
@@ -357,12 +363,19 @@ async def test_advance_release_makes_the_step_due_now(any_store: Store) -> None:
     now = due + 10
     await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "release", started=False))
     h = await raw(s, e.id)
-    assert h["k"] == "2" and "cl" not in h and h["st"] == "active" and h["i"] == "0"
+    assert h["st"] == "active" and h["i"] == "0" and h.get("a", "0") == "0"
     assert await due_score(s, e.id) == now
+    # Released and not started: claimed again as a fresh step, no attempt counted.
     item = (await claim(s, sh, now)).items[0]
+    assert item.e.get("a", "0") == "0"
     await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "release", started=True))
-    # A started send may have reached the provider: the claim stays unsettled.
-    assert (await raw(s, e.id))["cl"] == "1"
+    # A started send may have reached the provider: due now, still an unsettled claim,
+    # so the next claim counts it as an attempt (resend) or holds it.
+    assert await due_score(s, e.id) == now - 0.5
+    assert (await claim(s, sh, now + 1)).items[0].e["a"] == "1"
+    # The released claim's token no longer applies.
+    done = await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "sent", wait=5))
+    assert done.stale == [e.id]
 
 
 async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Store) -> None:
@@ -385,7 +398,7 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
             await s.runner.call("advance", keys, [tag, due, 3, text], tag=tag)
         assert info.value.code == "BAD_ITEMS"
     assert (await raw(s, e.id))["i"] == "0"
-    assert await due_score(s, e.id) == due + LEASE
+    assert await due_score(s, e.id) == due + LEASE - 0.5
 
 
 async def test_enrollment_without_token_attempts_or_updated_at_reads_as_their_defaults(
@@ -397,7 +410,7 @@ async def test_enrollment_without_token_attempts_or_updated_at_reads_as_their_de
     _seq, e, sh, due = await one(s, sms(), sms(wait=10), sms(wait=10))
     await s.client.hdel(s.keys.enrollment(sh, e.id), "k", "a", "ua")
     item = (await claim(s, sh, due)).items[0]
-    assert item.e["k"] == "1" and "a" not in item.e
+    assert "a" not in item.e
     at = due + 5
     await advance(s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", wait=600_000))
     h = await raw(s, e.id)

@@ -8,7 +8,18 @@ from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import DispatchConfig
 from seqd.engine.dispatcher import Dispatcher
 from seqd.store.db import Store
-from tests.dispatchutil import Clock, Recorder, contacts, email, enroll, raw, sequence, sms
+from tests.dispatchutil import (
+    Clock,
+    Recorder,
+    contacts,
+    due_score,
+    email,
+    enroll,
+    raw,
+    sequence,
+    sms,
+    unsettled,
+)
 
 
 class HangingSms:
@@ -70,7 +81,7 @@ async def test_hanging_sms_does_not_hold_up_email_and_loses_nothing(store: Store
     )
     for e in sms_enrollments:
         h = await raw(store, e.id)
-        assert h["st"] == "completed" and "cl" not in h
+        assert h["st"] == "completed" and await due_score(store, e.id) is None
 
 
 async def test_stop_records_background_sends_or_releases_them(store: Store) -> None:
@@ -89,5 +100,5 @@ async def test_stop_records_background_sends_or_releases_them(store: Store) -> N
         assert h["st"] == "active"
         # The provider may have the message: the claim stays marked as unsettled, so the
         # next claim applies dispatch.on_unknown.
-        assert h.get("cl") is not None
+        assert await unsettled(store, e.id)
     assert not d._stragglers

@@ -9,6 +9,7 @@ import pytest
 from seqd import ids, models
 from seqd.store import codec
 from seqd.store.db import Store
+from seqd.store.dispatch import Dispatch, Settle
 from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import LUA, SCRIPTS, CrossSlotError, Runner, ScriptError
 
@@ -109,10 +110,22 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     ekey = s.keys.enrollment(shard, eid)
     with pytest.raises(Exception, match="no enrollment"):
         await s.enrollments.transition("bravo", eid, "pause", "manual")
+    # A claim in flight while the enrollment is paused is fenced off: its token (the lease
+    # score) is gone with the due member, so its outcome is stale.
+    far = 10**13
+    dispatch = Dispatch(s)
+    [claimed] = (
+        await dispatch.claim(
+            shard, now=far, lease_ms=60_000, limit=10, on_unknown="resend", max_attempts=3
+        )
+    ).items
     paused = await s.enrollments.transition("acme", eid, "pause", "manual")
     assert paused.status == "paused"
     assert await s.client.zscore(s.keys.due(shard), eid) is None
-    assert await s.client.hget(ekey, "k") == "1"  # an in-flight claim is fenced off
+    retry = Settle(id=eid, token=claimed.e["k"], step=0, kind="sms", at=far, outcome="retry",
+                   delay=5)  # fmt: skip
+    assert (await dispatch.advance(shard, [retry], now=far, max_attempts=3)).stale == [eid]
+    assert (await s.client.hgetall(ekey)).get("a") is None
     with pytest.raises(Exception, match="cannot pause an enrollment that is paused"):
         await s.enrollments.transition("acme", eid, "pause", "manual")
     resumed = await s.enrollments.transition("acme", eid, "resume", "")

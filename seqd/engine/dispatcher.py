@@ -15,9 +15,10 @@ fires a few ms after its due time when the loop knew of it in advance, and withi
 idle poll when it was enrolled due immediately.
 
 Delivery promise: at least once. A claim leases the step (its due score moves to now +
-lease) and bumps its fencing token; a worker that dies leaves the step to come back when
-the lease passes, and a late worker's advance is ignored (stale token). So a step is sent
-twice at most per crash that hits it between its send and its advance.
+lease - 0.5 ms, which is also the claim's fencing token); a worker that dies leaves the
+step to come back when the lease passes, and a late worker's advance is ignored (stale
+token). So a step is sent twice at most per crash that hits it between its send and its
+advance.
 
 A round waits at most `send_wait_seconds` for its sends: slower ones (a provider that
 hangs) finish in the background and a later round advances them, and a channel whose

@@ -89,6 +89,12 @@ class SuppressionRecord(msgspec.Struct, frozen=True):
 _decode_batch = msgspec.json.Decoder(_Batch).decode
 
 
+def is_unsettled(due_score: float | None) -> bool:
+    """Whether a due score is a claim's lease not settled yet: leases end half a ms before
+    a whole one (enrollment.lua `lease_token`), due times are whole ms."""
+    return due_score is not None and not float(due_score).is_integer()
+
+
 def _decode_claim(reply: str) -> ClaimBatch:
     raw = _decode_batch(reply)
     items = [

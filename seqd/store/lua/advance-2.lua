@@ -1,9 +1,10 @@
 --[[ Settle a batch of claimed steps of one shard: what each send did to its enrollment.
 
-  An item applies only when its token is the enrollment's current fencing token `k`:
-  every claim and every transition bumps `k`, so a worker whose lease ran out (and whose
-  step someone else claimed) or whose enrollment was paused or cancelled meanwhile cannot
-  move it. One exception keeps the record true: a step that WAS sent while a transition
+  An item applies only while its token (the lease score claimDue gave the member) is
+  still the member's due score: a later claim, the next step, a retry and every
+  transition give it another score or take it out, so a worker whose lease ran out (and
+  whose step someone else claimed) or whose enrollment was paused or cancelled meanwhile
+  cannot move it. One exception keeps the record true: a step that WAS sent while a transition
   happened (a reply paused the enrollment mid-send) is still recorded on the enrollment,
   which stays where the transition put it.
 
@@ -22,8 +23,8 @@
     cancel    reason (opted_out, bounced, ...), error (optional)
     complete  (the step is past the sequence's end)
     release   started (bool), delay (optional ms): due again after `delay` (now when
-              absent), no attempt counted; `cl` (unsettled claim) is kept when the send
-              had started, since the provider may then have the message
+              absent), no attempt counted; due again as an unsettled claim (a lease
+              score) when the send had started, since the provider may then have it
 
   Returns {applied, late, {stale id, ...}}: late = sent steps recorded on an enrollment a
   transition had taken over; stale = items ignored.
@@ -100,15 +101,19 @@ local applied, late, stale = 0, 0, {}
 -- else has touched since the claim. One read of the fields it needs, one write of each
 -- structure, and the event's JSON spelled out (its `fields` are those the API's
 -- enrollment is made of). Returns false (nothing written) when the token is not current.
+local function holds(id, it)
+  local score = rcall('ZSCORE', due_key, id)
+  return score and tonumber(score) == tonumber(it.token)
+end
+
 local function pass_fast(id, ekey, it)
-  local h = rcall('HMGET', ekey, 'k', 'a', 'sm', 't', 's', 'c', 'ea', 'md')
-  if h[1] ~= it.token then return false end
+  if not holds(id, it) then return false end
+  local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'ea', 'md')
   local step = it.step
   local due_at = string.format('%d', it.at + it.wait)
   local next_step = string.format('%d', step + 1)
-  rcall('HDEL', ekey, 'cl')
   local fields = {'i', next_step, 'ua', now, 'n', due_at}
-  if h[2] and h[2] ~= '0' then
+  if h[1] and h[1] ~= '0' then
     fields[#fields + 1] = 'a'; fields[#fields + 1] = 0
   end
   local sent = it.outcome == 'sent'
@@ -121,7 +126,7 @@ local function pass_fast(id, ekey, it)
     else
       pid = 'null'
     end
-    if it.kind == 'sms' and not h[3] then
+    if it.kind == 'sms' and not h[2] then
       fields[#fields + 1] = 'sm'; fields[#fields + 1] = 1
     end
     tail = ',"provider_id":' .. pid .. ',"sent_at":' .. string.format('%d', it.at)
@@ -130,11 +135,11 @@ local function pass_fast(id, ekey, it)
   end
   rcall('HSET', ekey, unpack(fields))
   rcall('ZADD', due_key, due_at, id)
-  local md = h[8] and (',"md":' .. cjson.encode(h[8])) or ''
+  local md = h[7] and (',"md":' .. cjson.encode(h[7])) or ''
   rcall('XADD', outbox_key, '*', 'type', sent and 'sequence.step.sent' or 'sequence.step.skipped',
-    'tenant', h[4], 'at', now, 'data',
-    '{"id":"' .. id .. '","fields":{"s":"' .. h[5] .. '","c":"' .. h[6]
-    .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at .. '","ea":"' .. h[7]
+    'tenant', h[3], 'at', now, 'data',
+    '{"id":"' .. id .. '","fields":{"s":"' .. h[4] .. '","c":"' .. h[5]
+    .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at .. '","ea":"' .. h[6]
     .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step .. ',"kind":' .. cjson.encode(it.kind)
     .. tail .. '}')
   return true
@@ -144,10 +149,9 @@ end
 local function settle(id, ekey, it)
   local e = to_table(rcall('HGETALL', ekey))
   local outcome = it.outcome
-  if e['k'] ~= it.token then
+  if not holds(id, it) then
     if outcome == 'sent' and e['st'] and e['st'] ~= 'active' and tonumber(e['i']) == it.step
     then
-      rcall('HDEL', ekey, 'cl'); e['cl'] = nil
       pass_step(id, e, it, ekey)
       late = late + 1
     else
@@ -155,9 +159,6 @@ local function settle(id, ekey, it)
     end
   else
     applied = applied + 1
-    if outcome ~= 'release' or not it.started then
-      rcall('HDEL', ekey, 'cl'); e['cl'] = nil
-    end
     if outcome == 'sent' or outcome == 'skipped' then
       local due_at = pass_step(id, e, it, ekey)
       if due_at then rcall('ZADD', due_key, due_at, id)
@@ -184,8 +185,8 @@ local function settle(id, ekey, it)
     elseif outcome == 'complete' then
       finish(id, e, 'completed', '', now, due_key)
     elseif outcome == 'release' then
-      rcall('ZADD', due_key, tonumber(now) + (tonumber(it.delay) or 0), id)
-      e['k'] = tostring(rcall('HINCRBY', ekey, 'k', 1))
+      local at = tonumber(now) + (tonumber(it.delay) or 0)
+      rcall('ZADD', due_key, it.started and lease_token(at) or at, id)
     end
   end
 end

@@ -1,17 +1,19 @@
 --[[ Claim a shard's due steps for sending: one bounded batch, earliest first.
 
-  Each claimed enrollment's due score moves to now + lease, so it comes back by itself
-  if the claiming worker dies; its fencing token `k` is bumped (only the holder of the
-  newest token may advance it) and `cl` marks the claim as unsettled until `advance`.
-  Members that must not be sent now are settled here instead:
+  Each claimed enrollment's due score moves to the lease token, now + lease - 0.5 ms
+  (enrollment.lua `lease_token`), so it comes back by itself if the claiming worker dies;
+  the half marks it as claimed and unsettled, and only the holder of that score may
+  advance it. Nothing else is written per member. Members that must not be sent now are
+  settled here instead:
   - enrollment gone or not active: a stale member, dropped from the due index;
   - sequence paused or draft (or its mirror missing): parked in park:<seq> with the
     original due score, which syncSequence's "unpark" sweep restores on resume;
   - sequence archived: cancelled (sequence_archived);
   - current step past the last one (the sequence lost steps): completed;
-  - `cl` still set (the previous claim's worker died mid-send, so the provider may or may
-    not have the message): on_unknown = hold pauses it (delivery_unknown); resend counts
-    an attempt and sends again, or cancels it (failed) when attempts are used up.
+  - a lease that ran out (its score has the half: the previous claim's worker died
+    mid-send, so the provider may or may not have the message): on_unknown = hold pauses
+    it (delivery_unknown); resend counts an attempt and sends again, or cancels it
+    (failed) when attempts are used up.
 
   KEYS[1] due       ZSET   the shard's time index
   KEYS[2] outbox    STREAM the shard's events
@@ -27,8 +29,8 @@
 
   Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]}, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
-  the dispatcher reads (t s c st i n k cl, and a md where set; the whole hash on the rare
-  path of an unsettled claim sent again), the contact values an array
+  the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
+  of an unsettled claim sent again) with `k` = the lease token, the contact values an array
   in the order of ARGV[7..] (false where unset); seen = members looked at (equal to the
   limit: more may be due).
 ]]
@@ -40,7 +42,7 @@ local contact_fields = {unpack(ARGV, 7)}
 -- @include enrollment
 -- @include dispatch
 
-local leased_until = tonumber(now) + lease
+local token = lease_token(tonumber(now) + lease)
 local members = rcall('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 
 local mirrors, states = {}, {}
@@ -63,7 +65,7 @@ end
 
 -- What the dispatcher reads of a claimed enrollment (engine/compose.py), spelled out as
 -- JSON rather than built by cjson: this is the hot path.
-local READ = {'st', 's', 'i', 'cl', 'k', 'a', 't', 'c', 'n', 'md'}
+local READ = {'st', 's', 'i', 'a', 't', 'c', 'n', 'md'}
 
 local parts = {}
 for j = 1, #members, 2 do
@@ -72,17 +74,15 @@ for j = 1, #members, 2 do
   local h = rcall('HMGET', ekey, unpack(READ))
   local st, seq, step = h[1], h[2], tonumber(h[3])
   local state = st == 'active' and sequence_state(seq)
-  if state and state.status == 'active' and step < state.steps and not h[4] then
-    -- The hot path: an active step, no unsettled claim.
-    rcall('ZADD', due_key, leased_until, id)
-    local k = string.format('%d', (tonumber(h[5]) or 0) + 1)
-    rcall('HSET', ekey, 'k', k, 'cl', 1)
+  if state and state.status == 'active' and step < state.steps and not is_leased(score) then
+    -- The hot path: an active step due, not a lease run out.
+    rcall('ZADD', due_key, token, id)
     mirrors[seq] = state.mirror
-    local c = rcall('HMGET', k_contact(tag, h[8]), unpack(contact_fields))
-    parts[#parts + 1] = '["' .. id .. '",{"t":' .. cjson.encode(h[7]) .. ',"s":"' .. seq
-      .. '","c":"' .. h[8] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[9]
-      .. '","k":"' .. k .. '","cl":"1"' .. (h[6] and (',"a":"' .. h[6] .. '"') or '')
-      .. (h[10] and (',"md":' .. cjson.encode(h[10])) or '') .. '},' .. cjson.encode(c) .. ']'
+    local c = rcall('HMGET', k_contact(tag, h[6]), unpack(contact_fields))
+    parts[#parts + 1] = '["' .. id .. '",{"t":' .. cjson.encode(h[5]) .. ',"s":"' .. seq
+      .. '","c":"' .. h[6] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[7]
+      .. '","k":"' .. token .. '"' .. (h[4] and (',"a":"' .. h[4] .. '"') or '')
+      .. (h[8] and (',"md":' .. cjson.encode(h[8])) or '') .. '},' .. cjson.encode(c) .. ']'
   elseif st ~= 'active' then
     rcall('ZREM', due_key, id)
   else
@@ -95,7 +95,7 @@ for j = 1, #members, 2 do
     elseif step >= state.steps then
       finish(id, e, 'completed', '', now, due_key)
     else
-      -- `cl` still set: the previous claim's worker died mid-send.
+      -- A lease ran out unsettled: the previous claim's worker died mid-send.
       local send = true
       if hold then
         finish(id, e, 'paused', 'delivery_unknown', now, due_key, {step = step})
@@ -109,10 +109,8 @@ for j = 1, #members, 2 do
         end
       end
       if send then
-        rcall('ZADD', due_key, leased_until, id)
-        e['k'] = tostring((tonumber(e['k']) or 0) + 1)
-        e['cl'] = '1'
-        rcall('HSET', ekey, 'k', e['k'], 'cl', 1)
+        rcall('ZADD', due_key, token, id)
+        e['k'] = token
         mirrors[seq] = state.mirror
         local c = rcall('HMGET', k_contact(tag, e['c']), unpack(contact_fields))
         parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ','

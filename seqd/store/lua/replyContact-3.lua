@@ -46,7 +46,8 @@ for _, id in ipairs(targets) do
     local outcome
     if e['st'] ~= 'active' then
       outcome = 'not_active'
-    elseif eid == '' and not sent_on(e, seq.kinds, channel) then
+    elseif eid == '' and not sent_on(e, seq.kinds, channel,
+        is_leased(rcall('ZSCORE', due_key, id))) then
       outcome = 'not_sent'
     elseif seq.extra[1] == 'complete' then
       finish(id, e, 'completed', '', now, due_key)

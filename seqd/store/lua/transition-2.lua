@@ -26,7 +26,6 @@ if action == 'resume' then
   local due_at = math.max(tonumber(e['n']), tonumber(now))
   rcall('HDEL', ekey, 'pr'); e['pr'] = nil
   rcall('HSET', ekey, 'n', due_at); e['n'] = tostring(due_at)
-  e['k'] = tostring(rcall('HINCRBY', ekey, 'k', 1))
   move_status(id, e, 'active', now)
   rcall('ZADD', due_key, due_at, id)
   enrollment_event('sequence.enrollment.resumed', id, e, now, nil)

@@ -35,15 +35,29 @@ local function move_status(id, e, new_status, now)
   end
 end
 
--- Take an enrollment out of the time index (due or parked) and fence any in-flight claim.
+-- A claim leases a due member by moving its score to half a ms before the lease ends
+-- (due again at `at`). Due times are whole ms, so the half marks the member as claimed
+-- and not settled yet (when it comes due again, its worker died mid-send), and the score
+-- is the claim's fencing token: `advance` applies a claim's outcome only while the member
+-- still has that score. Every other write of the member (the next step, a retry, a
+-- transition) gives it another score or takes it out.
+local function lease_token(at)
+  return string.format('%d.5', at - 1)
+end
+
+local function is_leased(score)
+  return score ~= nil and score ~= false and string.find(score, '.', 1, true) ~= nil
+end
+
+-- Take an enrollment out of the time index (due or parked): this also fences any claim
+-- in flight, whose lease score is gone.
 local function unschedule(id, e, due_key)
   rcall('ZREM', due_key, id)
   rcall('ZREM', k_parked(tag, e['s']), id)
-  e['k'] = tostring(rcall('HINCRBY', k_enrollment(tag, id), 'k', 1))
 end
 
 -- The hash fields an event carries: those the API's enrollment is made of (events/types.py
--- turns them into one); the dispatcher's own (k, cl, a, p<step>, ...) stay out.
+-- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
 local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ea', 'ua', 'md', 'pr', 'cr', 'ca'}
 
 local function enrollment_event(etype, id, e, now, extra)

@@ -27,13 +27,13 @@ end
 
 -- Has the sequence sent the contact a message on this channel? A step counts once the
 -- dispatcher recorded it sent (`advance` stores its provider id as `p<step>`, and sets
--- `sm` on the first SMS), or while it is being sent (claimed: `cl`, not yet advanced),
--- since the message may already be on the contact's phone. Skipped steps (suppressed)
--- have no provider id and do not count.
-local function sent_on(e, kinds, channel)
+-- `sm` on the first SMS), or while it is being sent (`claimed`: its due member is leased,
+-- not yet advanced), since the message may already be on the contact's phone. Skipped
+-- steps (suppressed) have no provider id and do not count.
+local function sent_on(e, kinds, channel, claimed)
   local letter = LETTER[channel]
   local current = tonumber(e['i']) or 0
-  if e['cl'] and string.sub(kinds, current + 1, current + 1) == letter then return true end
+  if claimed and string.sub(kinds, current + 1, current + 1) == letter then return true end
   if channel == 'sms' and e['sm'] then return true end
   for j = 1, math.min(current, #kinds) do
     if string.sub(kinds, j, j) == letter and e['p' .. (j - 1)] then return true end
