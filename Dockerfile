@@ -20,8 +20,13 @@ RUN pip wheel --wheel-dir /wheels .
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# libjemalloc2: the embedded valkey-server (a build on the C library's malloc) runs with it
+# preloaded, about a third less CPU per dispatched step (seqd/embedded.py).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels seqd \
+    apt-get update \
+ && apt-get install --yes --no-install-recommends libjemalloc2 \
+ && rm -rf /var/lib/apt/lists/* \
+ && pip install --no-index --find-links /wheels seqd \
  && groupadd --system --gid 10001 seqd \
  && useradd --system --uid 10001 --gid seqd --home-dir /var/lib/seqd --shell /usr/sbin/nologin seqd \
  && mkdir -p /var/lib/seqd /etc/seqd \

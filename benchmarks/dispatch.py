@@ -45,7 +45,7 @@ from benchmarks.results import median, percentile, record
 from seqd import ids, models
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import ChannelsConfig, Config, DispatchConfig, TwilioConfig
-from seqd.embedded import find_binary
+from seqd.embedded import find_binary, server_env
 from seqd.engine.dispatcher import Dispatcher
 from seqd.store.db import Store, connect
 
@@ -66,8 +66,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_valkey(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_valkey(directory: Path, jemalloc: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    """The server `seqd serve` would start: the same binary, allocator preload included."""
     port = free_port()
+    env, _ = server_env(find_binary(), jemalloc)
     proc = subprocess.Popen(
         [
             find_binary(),
@@ -85,7 +87,8 @@ def start_valkey(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
             "everysec",
             "--logfile",
             str(directory / "valkey.log"),
-        ]
+        ],
+        env=env,
     )
     deadline = time.monotonic() + 10
     import redis
@@ -394,6 +397,26 @@ async def arq_drain(url: str, n: int, max_jobs: int) -> float:
     return done / elapsed
 
 
+async def system_malloc_burst(n: int, config: DispatchConfig) -> tuple[float, float]:
+    """The no-op burst on the server as the wheel builds it (the C library's malloc, no
+    jemalloc preload): (steps/s, valkey CPU µs per step), the allocator's share."""
+    workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-libc-"))
+    proc, url = start_valkey(workdir, jemalloc=False)
+    try:
+        store = await Store.open(connect(url, max_connections=256), PREFIX, SHARDS)
+        cids = await make_contacts(store, n)
+        seq = await new_sequence(store, "burst")
+        await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
+        before = cpu_seconds(proc.pid)
+        rate = await burst(store, One(NoopSender()), n, config)
+        cpu = (cpu_seconds(proc.pid) - before) / n * 1e6
+        await store.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+    return rate, cpu
+
+
 async def once(
     n: int, rate: int, seconds: float, profiler: cProfile.Profile | None, arq_n: int
 ) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
@@ -468,6 +491,8 @@ async def once(
         # Commands the process sends itself (HMGET also runs inside claimDue: not counted).
         round_trips = sum(delta.get(c, 0) for c in ("evalsha", "zrange", "zcount")) / n
 
+        libc_rate, libc_cpu = await system_malloc_burst(n, config)
+
         from benchmarks.enroll import wait_port
 
         wait_port(twilio_port, twilio)
@@ -507,6 +532,8 @@ async def once(
     low = max(1, rate // 2)
     figures = {
         "noop": noop_rate,
+        "noop_libc": libc_rate,
+        "redis_cpu_libc_us": libc_cpu,
         "twilio": twilio_rate,
         "low_p50": percentile(late_low, 50),
         "low_p99": percentile(late_low, 99),
@@ -557,11 +584,13 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int, run
         return "met" if ok else "**not met**"
 
     top = sorted(delta.items(), key=lambda kv: -kv[1])[:8]
+    _, allocator = server_env(find_binary())
     breakdown = ", ".join(f"{name} {size:.0f} B" for name, size in parts.items())
     body = f"""
 N = {n:,} enrollments due at once, {SHARDS} shards, batch_size {config.batch_size},
 concurrency {config.concurrency}, lanes {config.lanes}; a dedicated valkey-server with AOF
-on (everysec) and the benchmark process on this 2-core machine (shared with other work).
+on (everysec), started as `seqd serve` starts its embedded one (allocator: {allocator}),
+and the benchmark process on this 2-core machine (shared with other work).
 {rn}.
 Lateness "spread" = steps enrolled beforehand with due times spread at that rate (the
 dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatches.
@@ -569,6 +598,7 @@ dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatch
 | figure | value | target |
 | --- | --- | --- |
 | steps/s, no-op sink | {f["noop"]:,.0f} | {TARGET_STEPS:,} ({mark(f["noop"] >= TARGET_STEPS)}) |
+| steps/s, no-op sink, the same server on the C library's malloc (no preload) | {f["noop_libc"]:,.0f} (valkey CPU {f["redis_cpu_libc_us"]:.1f} µs/step) | |
 | steps/s, `twilio` channel against a local Messages API server | {f["twilio"]:,.0f} | |
 | lateness p50 / p99, due times spread at {low:,} steps/s | {f["low_p50"]:.1f} ms / {f["low_p99"]:.1f} ms | p99 < {TARGET_P99_MS} ms ({mark(f["low_p99"] < TARGET_P99_MS)}) |
 | lateness p50 / p99, due times spread at {rate:,} steps/s | {f["rate_p50"]:.1f} ms / {f["rate_p99"]:.1f} ms | p99 < {TARGET_P99_MS} ms ({mark(f["rate_p99"] < TARGET_P99_MS)}) |

@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from benchmarks.results import median, record
 from seqd import models
 from seqd.config import Config, IntakeConfig
-from seqd.embedded import find_binary
+from seqd.embedded import find_binary, server_env
 from seqd.intake import Intake
 from seqd.store import upserts
 from seqd.store.db import Store, connect
@@ -68,9 +68,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 
 
 def start_valkey(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """The server `seqd serve` would start (allocator preload included), without AOF."""
     return subprocess.Popen(
         [find_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "log")]
+         "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "log")],
+        env=server_env(find_binary())[0],
     )  # fmt: skip
 
 
@@ -318,9 +320,9 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
     body = "\n".join(
         [
             f"N = {n:,} enrollments per run ({max(1, n // 4):,} for single POSTs, "
-            f"{clients} concurrent clients), {repeat} runs, medians; valkey and `seqd serve` "
-            f"on this machine ({os.cpu_count()} cores, shared), clients in the benchmark "
-            "process.",
+            f"{clients} concurrent clients), {repeat} runs, medians; valkey (AOF off, "
+            f"allocator: {server_env(find_binary())[1]}) and `seqd serve` on this machine "
+            f"({os.cpu_count()} cores, shared), clients in the benchmark process.",
             "",
             "| way in | rate | target | peer (same run) | peer rate | ratio "
             "| valkey CPU µs/item | seqd CPU µs/item | clients CPU µs/item "

