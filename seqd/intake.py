@@ -32,6 +32,7 @@ from seqd.api.wire import field_error
 from seqd.config import Config
 from seqd.errors import Conflict, Invalid, NotFound, SeqdError
 from seqd.health import Liveness
+from seqd.store import groups
 from seqd.store.codec import encode_json
 from seqd.store.db import Store
 from seqd.store.intake import Entry, Finished, IntakeStream, has_bad_bytes
@@ -178,6 +179,7 @@ class Intake:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._cursor = "0-0"
         self._next_reclaim = 0.0
+        self._next_prune = 0.0
         self._stopping = False
         self._reading = False
         self._task: asyncio.Task[None] | None = None
@@ -244,6 +246,11 @@ class Intake:
         self._cursor = cursor
         if cursor == "0-0":  # scanned the whole pending list: look again in half a lease
             self._next_reclaim = time.monotonic() + self.config.lease_seconds / 2
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + groups.PRUNE_EVERY_MS / 1000
+                gone = await self.stream.prune(groups.dead_after_ms(lease_ms))
+                if gone:
+                    log.info("intake.consumers_pruned", consumers=gone)
         if not entries:
             return 0
         log.info("intake.reclaimed", consumer=self.consumer, entries=len(entries))

@@ -14,6 +14,7 @@ and skips an entry already acknowledged, so deliveries are written exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -27,6 +28,7 @@ from seqd.config import WebhooksConfig
 from seqd.events import envelope
 from seqd.events.envelope import Converted
 from seqd.health import Heart
+from seqd.store import groups
 from seqd.store.db import Store
 from seqd.store.events import LogItem
 from seqd.store.outbox import Entry, Fanout
@@ -35,7 +37,7 @@ from seqd.times import now_ms
 log = structlog.get_logger(__name__)
 
 NAME = "events.reader"
-# Housekeeping (trimming the tenants' logs) runs this often, in ms.
+# Housekeeping (trimming the tenants' logs, forgetting dead consumers) runs this often, in ms.
 MAINTENANCE_MS = 60_000
 
 
@@ -88,6 +90,9 @@ class Reader:
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_MS
             await self.store.events.trim(now=now, retention_ms=self.retention_ms)
+            gone = await self.store.outbox.prune(groups.dead_after_ms(self.lease_ms))
+            if gone:
+                log.info("events.consumers_pruned", consumers=gone)
         return len(entries)
 
     async def handle(self, entries: list[Entry], now: int) -> None:
@@ -150,6 +155,8 @@ class Reader:
                 await asyncio.wait({task})
         if self.liveness is not None:
             self.liveness.stopped(NAME)
+        with contextlib.suppress(Exception):
+            await self.store.outbox.drop(self.consumer)
 
     async def _run(self) -> None:
         idle_s = self.config.idle_poll_ms / 1000

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from seqd.store import groups
+
 if TYPE_CHECKING:
     from seqd.store.db import Store
 
@@ -145,16 +147,13 @@ class IntakeStream:
         pipe.xdel(self.name, *ids)
         await pipe.execute()
 
-    async def pending_of(self, consumer: str) -> int:
-        rows = await self.client.xpending_range(
-            self.name, self.group, "-", "+", 1, consumername=consumer
-        )
-        return len(rows)
-
     async def drop_consumer(self, consumer: str) -> None:
         """Forget a consumer that holds nothing (a clean stop), so the group's list stays short."""
-        if await self.pending_of(consumer) == 0:
-            await self.client.xgroup_delconsumer(self.name, self.group, consumer)
+        await groups.drop(self.client, self.name, self.group, consumer)
+
+    async def prune(self, idle_ms: int) -> list[str]:
+        """Forget consumers of processes that are gone (store/groups.py)."""
+        return await groups.prune(self.client, self.name, self.group, idle_ms)
 
     async def backlog(self) -> int:
         return int(await self.client.xlen(self.name))

@@ -9,10 +9,13 @@ length is the reader's backlog.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.exceptions import ResponseError
+
+from seqd.store import groups
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
@@ -66,6 +69,19 @@ class Outbox:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+    async def prune(self, idle_ms: int) -> list[str]:
+        """Forget consumers of processes that are gone, on every shard (store/groups.py)."""
+        gone: list[str] = []
+        for shard in range(self.keys.shards):
+            gone += await groups.prune(self.store.client, self.keys.outbox(shard), GROUP, idle_ms)
+        return sorted(set(gone))
+
+    async def drop(self, consumer: str) -> None:
+        """Remove this reader from every shard's group where it holds nothing (clean stop)."""
+        for shard in range(self.keys.shards):
+            with contextlib.suppress(ResponseError):
+                await groups.drop(self.store.client, self.keys.outbox(shard), GROUP, consumer)
 
     async def read(self, consumer: str, count: int) -> list[Entry]:
         """New entries of every shard, up to `count` per shard."""
