@@ -245,6 +245,20 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> N
     }
 
 
+async def test_advance_of_an_enrollment_whose_hash_is_gone_writes_nothing(
+    any_store: Store,
+) -> None:
+    """A hash deleted by hand under a claim: reported stale, not recreated, no script error."""
+    s = any_store
+    _seq, e, sh, due = await one(s)
+    item = (await claim(s, sh, due)).items[0]
+    await s.client.delete(s.keys.enrollment(sh, e.id))
+    for outcome, extra in (("sent", {"wait": 5}), ("retry", {"delay": 5, "error": "503"})):
+        done = await advance(s, sh, due, settle(e.id, item.e["k"], 0, due, outcome, **extra))
+        assert done.stale == [e.id]
+    assert await raw(s, e.id) == {}
+
+
 async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) -> None:
     s = any_store
     _seq, e, sh, due = await one(s)

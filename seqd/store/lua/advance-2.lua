@@ -97,18 +97,19 @@ end
 
 local applied, late, stale = 0, 0, {}
 
--- The hot path: a sent or skipped step with a step after it, on an enrollment nothing
--- else has touched since the claim. One read of the fields it needs, one write of each
--- structure, and the event's JSON spelled out (its `fields` are those the API's
--- enrollment is made of). Returns false (nothing written) when the token is not current.
+-- Whether the claim that gave `it` its token still holds the member.
 local function holds(id, it)
   local score = rcall('ZSCORE', due_key, id)
-  return score and tonumber(score) == tonumber(it.token)
+  return score ~= false and tonumber(score) == tonumber(it.token)
 end
 
+-- The hot path: a sent or skipped step with a step after it, on an enrollment whose claim
+-- still holds. One read of the fields it needs, one write of each structure, and the
+-- event's JSON spelled out (its `fields` are those the API's enrollment is made of).
+-- Returns false, having written nothing, when the hash is gone (the general path decides).
 local function pass_fast(id, ekey, it)
-  if not holds(id, it) then return false end
   local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'ea', 'md')
+  if not (h[3] and h[4] and h[5] and h[6]) then return false end
   local step = it.step
   local due_at = string.format('%d', it.at + it.wait)
   local next_step = string.format('%d', step + 1)
@@ -145,11 +146,11 @@ local function pass_fast(id, ekey, it)
   return true
 end
 
--- Every other item: the whole hash read, each outcome's rules.
-local function settle(id, ekey, it)
+-- Every other item: the whole hash read, each outcome's rules; `current` = holds().
+local function settle(id, ekey, it, current)
   local e = to_table(rcall('HGETALL', ekey))
   local outcome = it.outcome
-  if not holds(id, it) then
+  if not current or not e['st'] then  -- (a hash deleted by hand: nothing to settle)
     if outcome == 'sent' and e['st'] and e['st'] ~= 'active' and tonumber(e['i']) == it.step
     then
       pass_step(id, e, it, ekey)
@@ -195,10 +196,12 @@ for _, it in ipairs(items) do
   local id = it.id
   local ekey = k_enrollment(tag, id)
   local outcome = it.outcome
-  if (outcome == 'sent' or outcome == 'skipped') and it.wait >= 0 and pass_fast(id, ekey, it) then
+  local current = holds(id, it)
+  if current and (outcome == 'sent' or outcome == 'skipped') and it.wait >= 0
+    and pass_fast(id, ekey, it) then
     applied = applied + 1
   else
-    settle(id, ekey, it)
+    settle(id, ekey, it, current)
   end
 end
 return {applied, late, stale}
