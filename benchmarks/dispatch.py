@@ -474,6 +474,11 @@ async def once(
         lasting = (await used_memory(client) - before) / n
 
         await client.config_resetstat()
+        # Every call over 1 ms goes to the slow log: the longest one is how long a script
+        # held Redis.
+        await client.config_set("slowlog-log-slower-than", 1000)
+        await client.config_set("slowlog-max-len", 100_000)
+        await client.slowlog_reset()
         before_calls = await command_calls(client)
         before_usec = await script_usec(client)
         if profiler is not None:
@@ -484,6 +489,7 @@ async def once(
         if profiler is not None:
             profiler.disable()
         calls = await command_calls(client)
+        slow = [int(row["duration"]) for row in await client.slowlog_get(100_000)]
         lua_us = (await script_usec(client) - before_usec) / n
         delta = {k: v - before_calls.get(k, 0) for k, v in calls.items()}
         delta = {k: v for k, v in delta.items() if v > 0}
@@ -551,6 +557,7 @@ async def once(
         "redis_cpu_us": redis_cpu / n * 1e6,
         "python_cpu_us": python_cpu / n * 1e6,
         "round_trips": round_trips,
+        "longest_ms": max(slow, default=0) / 1000,
         "arq": arq_rate,
         "ratio": noop_rate / arq_rate,
     }
@@ -609,6 +616,7 @@ dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatch
 | Redis commands per step (inside scripts included) | {f["per_step"]:.1f} | |
 | Redis time in scripts per step (EVALSHA usec, claim + advance) | {f["lua_us"]:.1f} µs | |
 | CPU per step in the no-op burst: valkey-server / benchmark process | {f["redis_cpu_us"]:.1f} µs / {f["python_cpu_us"]:.1f} µs | |
+| longest script call in the no-op burst (SLOWLOG) | {f["longest_ms"]:.1f} ms | a few ms |
 | Redis commands the process sends per step (EVALSHA, the poll's ZRANGE + ZCOUNT) | {f["round_trips"]:.3f} | |
 | arq: {arq_n:,} deferred no-op jobs drained (max_jobs {config.concurrency}) | {f["arq"]:,.0f} jobs/s | |
 | ratio seqd no-op / arq | {f["ratio"]:.1f}x | |

@@ -91,8 +91,9 @@ class ContactsConfig(Section, kw_only=True):
 
 class DispatchConfig(Section, kw_only=True):
     enabled: bool = True
-    # Enrollments claimed per shard per script call: bounds how long one script holds Redis.
-    batch_size: Annotated[int, Meta(ge=1, le=5000)] = 500
+    # Enrollments claimed per shard per script call: bounds how long one script holds Redis
+    # (200: about 3 ms for an advance; 500 held it 7-9 ms, for the same steps/s).
+    batch_size: Annotated[int, Meta(ge=1, le=5000)] = 200
     # A claimed step not advanced within the lease is claimable again (crashed worker).
     lease_seconds: PositiveFloat = 60.0
     # Upper bound of the sleep between polls when nothing is due soon: a step enrolled due
