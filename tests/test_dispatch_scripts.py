@@ -84,6 +84,15 @@ async def test_claim_leases_with_a_token_and_returns_what_the_sender_needs(
     assert again.items[0].e["k"] == f"{due + 2 * LEASE - 1}.5"
 
 
+async def test_heads_report_a_lease_due_from_the_ms_it_can_be_claimed(any_store: Store) -> None:
+    s = any_store
+    _seq, e, sh, due = await one(s)
+    await claim(s, sh, due)
+    head, count = (await Dispatch(s).heads(due + LEASE))[sh]
+    assert (head, count) == (due + LEASE, 1)
+    assert (await claim(s, sh, head)).items[0].id == e.id
+
+
 async def test_claim_takes_earliest_first_up_to_the_limit(any_store: Store) -> None:
     s = any_store
     seq = await sequence(s, sms())

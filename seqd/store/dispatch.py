@@ -8,6 +8,7 @@ turned into Python lists item by item.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -131,8 +132,9 @@ class Dispatch:
             pipe.zrange(key, 0, 0, withscores=True)
             pipe.zcount(key, "-inf", now)
         rows: list[Any] = await pipe.execute()
+        # A lease score (half a ms before its due time) is claimable from the next whole ms.
         return [
-            (int(head[0][1]) if head else None, int(count))
+            (math.ceil(float(head[0][1])) if head else None, int(count))
             for head, count in zip(rows[::2], rows[1::2], strict=True)
         ]
 
