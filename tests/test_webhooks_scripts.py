@@ -69,6 +69,29 @@ async def test_fanout_acks_deletes_and_writes_each_delivery_once(any_store: Stor
     ]
 
 
+async def test_fanout_acknowledges_entries_no_endpoint_wants_together(any_store: Store) -> None:
+    """Most events go to no endpoint: they are acknowledged and deleted in one XACK and one
+    XDEL beside the entries that do schedule deliveries, in the same call."""
+    s = any_store
+    await s.outbox.ensure_group()
+    key = s.keys.outbox(0)
+    for _ in range(5):
+        await s.client.xadd(key, {"type": "t", "tenant": TENANT, "at": NOW})
+    entries = await s.outbox.read("c1", 10)
+    items = []
+    for n, entry in enumerate(entries):
+        evt = envelope.event_id(0, entry.id, s.shards)
+        wanted = [(envelope.delivery_id(evt, "whe_a", s.shards), "whe_a")] if n == 2 else []
+        items.append(Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, wanted))
+    assert await s.outbox.fanout(0, items, NOW) == 1
+    assert await s.client.xlen(key) == 0
+    assert (await s.client.xpending(key, GROUP))["pending"] == 0
+    assert await s.client.zcard(s.keys.delivery_queue(0, "whe_a")) == 1
+    # Handled again (a second reader after the lease): nothing more happens.
+    assert await s.outbox.fanout(0, items, NOW) == 0
+    assert await s.client.zcard(s.keys.delivery_queue(0, "whe_a")) == 1
+
+
 async def test_fanout_keeps_the_earliest_due_per_endpoint(any_store: Store) -> None:
     s = any_store
     await _schedule(s, "whe_a", 3, due=NOW + 1000)

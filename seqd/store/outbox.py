@@ -132,6 +132,10 @@ class Outbox:
         for start in range(0, len(items), FANOUT_BATCH):
             args: list[str | int | bytes] = [tag, GROUP, now]
             for item in items[start : start + FANOUT_BATCH]:
+                if not item.deliveries:
+                    # Only acknowledged: what a delivery would carry is not sent.
+                    args += [item.entry_id, "", "", "", "", 0, 0]
+                    continue
                 args += [
                     item.entry_id,
                     item.tenant,

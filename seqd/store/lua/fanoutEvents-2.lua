@@ -12,7 +12,9 @@
   ARGV[2] group   the readers' consumer group
   ARGV[3] now     ms
   ARGV[4..] per entry: entry_id, tenant, event_id, type, body, due (ms), count, then
-            count pairs (delivery_id, endpoint_id)
+            count pairs (delivery_id, endpoint_id); an entry with count 0 (no endpoint
+            wants it) is only acknowledged, together with the others like it, and its
+            other values are not read
 
   Returns the number of deliveries written.
 ]]
@@ -22,13 +24,20 @@ local tag, group, now = ARGV[1], ARGV[2], ARGV[3]
 -- @include webhooks
 
 local written = 0
+-- Entries that schedule nothing: acknowledged and deleted in one XACK and one XDEL.
+local plain = {}
 local i = 4
 while i <= #ARGV do
   local entry, tenant, event_id, etype, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
     ARGV[i + 4]
   local due, count = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
-  local pending = rcall('XACK', outbox_key, group, entry)
-  rcall('XDEL', outbox_key, entry)
+  local pending = 0
+  if count == 0 then
+    plain[#plain + 1] = entry
+  else
+    pending = rcall('XACK', outbox_key, group, entry)
+    rcall('XDEL', outbox_key, entry)
+  end
   for j = 0, count - 1 do
     local id, endpoint = ARGV[i + 7 + 2 * j], ARGV[i + 8 + 2 * j]
     local dkey = k_delivery(tag, id)
@@ -42,5 +51,10 @@ while i <= #ARGV do
     end
   end
   i = i + 7 + 2 * count
+end
+for j = 1, #plain, 1000 do
+  local ids = {unpack(plain, j, math.min(j + 999, #plain))}
+  rcall('XACK', outbox_key, group, unpack(ids))
+  rcall('XDEL', outbox_key, unpack(ids))
 end
 return written

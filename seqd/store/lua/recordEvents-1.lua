@@ -28,9 +28,8 @@ if (#ARGV - 3) % 6 ~= 0 then return redis.error_reply('BAD_ITEMS:not whole event
 local appended = 0
 for i = 4, #ARGV, 6 do
   local id, etype, at, eid, cid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local event_key = k_event(tag, id)
-  if rcall('EXISTS', event_key) == 0 then
-    rcall('SET', event_key, ARGV[i + 5], 'PX', retention)
+  -- NX: the payload key is also the "recorded already" mark.
+  if rcall('SET', k_event(tag, id), ARGV[i + 5], 'PX', retention, 'NX') then
     local fields = {'v', id, 'y', etype, 'at', at}
     if eid ~= '' then fields[#fields + 1] = 'e'; fields[#fields + 1] = eid end
     if cid ~= '' then fields[#fields + 1] = 'c'; fields[#fields + 1] = cid end
