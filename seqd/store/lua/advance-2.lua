@@ -56,41 +56,43 @@ for n, it in ipairs(items) do
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
 end
 
--- The step was sent (or skipped): move the enrollment past it, with its event.
--- Returns the next step's due time, or nil after the last step.
-local function pass_step(id, e, it, ekey)
+-- The hash writes of a passed step (sent or skipped), as one HSET's field list, and the
+-- next step's due time (text; nil after the last step). Attempts are reset only where a
+-- retry left some: an absent `a` reads as 0 and costs no memory.
+local function step_writes(it, attempts, sms_sent)
   local step = it.step
-  e['i'] = tostring(step + 1); e['ua'] = now
-  -- One HSET for every field that changes (this is the hot path). Attempts are reset
-  -- only where a retry left some: an absent `a` reads as 0 and costs no memory.
-  local fields = {'i', step + 1, 'ua', now}
-  if e['a'] and e['a'] ~= '0' then
-    e['a'] = '0'
-    fields[#fields + 1] = 'a'; fields[#fields + 1] = 0
+  local fields = {'i', string.format('%d', step + 1), 'ua', now}
+  if attempts and attempts ~= '0' then
+    fields[#fields + 1] = 'a'; fields[#fields + 1] = '0'
   end
   local due_at = nil
   if it.wait >= 0 then
-    due_at = it.at + it.wait
-    e['n'] = tostring(due_at)
+    due_at = string.format('%d', it.at + it.wait)
     fields[#fields + 1] = 'n'; fields[#fields + 1] = due_at
   end
   if it.outcome == 'sent' then
     if it.provider_id then
-      e['p' .. step] = it.provider_id
       fields[#fields + 1] = 'p' .. step; fields[#fields + 1] = it.provider_id
     end
-    if it.kind == 'sms' and not e['sm'] then
-      e['sm'] = '1'
-      fields[#fields + 1] = 'sm'; fields[#fields + 1] = 1
+    if it.kind == 'sms' and not sms_sent then
+      fields[#fields + 1] = 'sm'; fields[#fields + 1] = '1'
     end
   end
+  return fields, due_at
+end
+
+-- The step was sent (or skipped): move the enrollment past it, with its event.
+-- Returns the next step's due time, or nil after the last step.
+local function pass_step(id, e, it, ekey)
+  local fields, due_at = step_writes(it, e['a'], e['sm'])
   rcall('HSET', ekey, unpack(fields))
+  for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
-      {step = step, kind = it.kind, provider_id = it.provider_id, sent_at = it.at})
+      {step = it.step, kind = it.kind, provider_id = it.provider_id, sent_at = it.at})
   else
     enrollment_event('sequence.step.skipped', id, e, now,
-      {step = step, kind = it.kind, reason = it.reason})
+      {step = it.step, kind = it.kind, reason = it.reason})
   end
   return due_at
 end
@@ -110,26 +112,12 @@ end
 local function pass_fast(id, ekey, it)
   local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'ea', 'md')
   if not (h[3] and h[4] and h[5] and h[6]) then return false end
-  local step = it.step
-  local due_at = string.format('%d', it.at + it.wait)
-  local next_step = string.format('%d', step + 1)
-  local fields = {'i', next_step, 'ua', now, 'n', due_at}
-  if h[1] and h[1] ~= '0' then
-    fields[#fields + 1] = 'a'; fields[#fields + 1] = 0
-  end
+  local fields, due_at = step_writes(it, h[1], h[2])
+  local step, next_step = it.step, fields[2]
   local sent = it.outcome == 'sent'
   local tail
   if sent then
-    local pid = it.provider_id
-    if pid then
-      fields[#fields + 1] = 'p' .. step; fields[#fields + 1] = pid
-      pid = cjson.encode(pid)
-    else
-      pid = 'null'
-    end
-    if it.kind == 'sms' and not h[2] then
-      fields[#fields + 1] = 'sm'; fields[#fields + 1] = 1
-    end
+    local pid = it.provider_id and cjson.encode(it.provider_id) or 'null'
     tail = ',"provider_id":' .. pid .. ',"sent_at":' .. string.format('%d', it.at)
   else
     tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''

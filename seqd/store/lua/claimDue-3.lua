@@ -68,6 +68,15 @@ end
 local READ = {'st', 's', 'i', 'a', 't', 'c', 'n', 'md'}
 
 local parts = {}
+
+-- Lease a member for sending: its score becomes the token, its sequence's mirror goes in
+-- the reply; returns its contact's values as JSON.
+local function lease(id, seq, state, cid)
+  rcall('ZADD', due_key, token, id)
+  mirrors[seq] = state.mirror
+  return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(contact_fields)))
+end
+
 for j = 1, #members, 2 do
   local id, score = members[j], members[j + 1]
   local ekey = k_enrollment(tag, id)
@@ -76,13 +85,11 @@ for j = 1, #members, 2 do
   local state = st == 'active' and sequence_state(seq)
   if state and state.status == 'active' and step < state.steps and not is_leased(score) then
     -- The hot path: an active step due, not a lease run out.
-    rcall('ZADD', due_key, token, id)
-    mirrors[seq] = state.mirror
-    local c = rcall('HMGET', k_contact(tag, h[6]), unpack(contact_fields))
+    local c = lease(id, seq, state, h[6])
     parts[#parts + 1] = '["' .. id .. '",{"t":' .. cjson.encode(h[5]) .. ',"s":"' .. seq
       .. '","c":"' .. h[6] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[7]
       .. '","k":"' .. token .. '"' .. (h[4] and (',"a":"' .. h[4] .. '"') or '')
-      .. (h[8] and (',"md":' .. cjson.encode(h[8])) or '') .. '},' .. cjson.encode(c) .. ']'
+      .. (h[8] and (',"md":' .. cjson.encode(h[8])) or '') .. '},' .. c .. ']'
   elseif st ~= 'active' then
     rcall('ZREM', due_key, id)
   else
@@ -109,12 +116,9 @@ for j = 1, #members, 2 do
         end
       end
       if send then
-        rcall('ZADD', due_key, token, id)
+        local c = lease(id, seq, state, e['c'])
         e['k'] = token
-        mirrors[seq] = state.mirror
-        local c = rcall('HMGET', k_contact(tag, e['c']), unpack(contact_fields))
-        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ','
-          .. cjson.encode(c) .. ']'
+        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
       end
     end
   end
