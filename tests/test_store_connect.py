@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
 from seqd.store.db import Store, connect
+from tests.conftest import ValkeyProcess
 
 ARGS = [
     ("SET", "k", "é😀", b"\x00\xff", 7, -3, 2.5, 0.1, 1795571562893.0),
@@ -53,3 +56,51 @@ def test_a_connection_escaping_bad_bytes_packs_them_back() -> None:
     ours = cls(encoding_errors="surrogateescape")
     text = b"caf\xe9".decode("utf-8", "surrogateescape")
     assert b"$4\r\ncaf\xe9\r\n" in b"".join(ours.pack_command("XADD", "s", "*", "f", text))
+
+
+async def test_a_command_after_a_redis_restart_succeeds_first_time(
+    valkey_factory: type[ValkeyProcess], prefix: str
+) -> None:
+    """Connections pooled before Redis restarted are stale: the first command on one is sent
+    again on a fresh connection rather than failing the request that made it."""
+    server = valkey_factory("--appendonly", "yes")  # type: ignore[arg-type]
+    server.start()
+    store = await Store.open(connect(server.url), prefix, 4)
+    try:
+        await store.client.set("seqd-test:k", "before")
+        server.kill()
+        server.start()  # same port and files
+        assert await store.client.get("seqd-test:k") == "before"
+        pipe = store.client.pipeline(transaction=False)
+        pipe.set("seqd-test:k", "after")
+        pipe.get("seqd-test:k")
+        assert await pipe.execute() == [True, "after"]
+    finally:
+        await store.close()
+
+
+def test_a_connection_reset_under_uvloop_is_a_connection_error_and_retried(
+    valkey_factory: type[ValkeyProcess], prefix: str
+) -> None:
+    """`seqd serve` runs on uvloop, where writing to a socket the server reset raises
+    RuntimeError: the store client makes it the ConnectionError it is, so the command is
+    sent again on a new connection (it failed requests with a 500 before)."""
+    import uvloop
+
+    server = valkey_factory()
+    server.start()
+
+    async def scenario() -> str | None:
+        store = await Store.open(connect(server.url), prefix, 4)
+        try:
+            await store.client.set("seqd-test:k", "kept")
+            pool = store.client.connection_pool
+            conn = await pool.get_connection()
+            conn._writer.transport.abort()  # type: ignore[attr-defined]  # as a reset does
+            await asyncio.sleep(0.01)
+            await pool.release(conn)
+            return await store.client.get("seqd-test:k")  # type: ignore[no-any-return]
+        finally:
+            await store.close()
+
+    assert uvloop.run(scenario()) == "kept"
