@@ -155,6 +155,9 @@ def test_cli_watch_until_interrupted(valkey: ValkeyProcess, prefix: str, tmp_pat
             env=_env(valkey, prefix),
             stdout=sink,
             stderr=subprocess.STDOUT,
+            # A shell's background job starts with SIGINT ignored, and so would the child
+            # (Python then raises no KeyboardInterrupt): as in a terminal, it is default.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         deadline = time.monotonic() + 30
