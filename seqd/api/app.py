@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 # Importing a resource module registers its routes.
-from seqd.api import (  # noqa: F401  # noqa: F401  # noqa: F401
+from seqd.api import (  # noqa: F401
     contacts,
     enrollment_batch,
     enrollments,
@@ -19,8 +19,18 @@ from seqd.api import (  # noqa: F401  # noqa: F401  # noqa: F401
     webhooks,
 )
 from seqd.api.access import access_middleware
-from seqd.api.appkeys import CONFIG, LIVENESS, MAX_BODY, METRICS, OPENAPI, RATE_LEASES, STORE
+from seqd.api.appkeys import (
+    COALESCER,
+    CONFIG,
+    LIVENESS,
+    MAX_BODY,
+    METRICS,
+    OPENAPI,
+    RATE_LEASES,
+    STORE,
+)
 from seqd.api.auth import auth_middleware
+from seqd.api.coalesce import Coalescer
 from seqd.api.errors import problems_middleware
 from seqd.api.idempotency import idempotency_middleware
 from seqd.api.ratelimit import add_headers, ratelimit_middleware
@@ -29,6 +39,10 @@ from seqd.config import Config
 from seqd.health import Liveness
 from seqd.metrics import Metrics
 from seqd.store.db import Store
+
+
+async def _drain(app: web.Application) -> None:
+    await app[COALESCER].drain()
 
 
 def create_app(config: Config, store: Store) -> web.Application:
@@ -50,6 +64,8 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[METRICS] = Metrics()
     app[LIVENESS] = Liveness()
     app[RATE_LEASES] = {}
+    app[COALESCER] = Coalescer(store)
+    app.on_cleanup.append(_drain)
     base = config.http.base_path
     routes = [r for r in ROUTES if r.served(config)]
     for r in routes:

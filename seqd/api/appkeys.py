@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from seqd.api.coalesce import Coalescer
 from seqd.config import Config
 from seqd.health import Liveness
 from seqd.metrics import Metrics
@@ -18,6 +19,8 @@ METRICS = web.AppKey("metrics", Metrics)
 LIVENESS = web.AppKey("liveness", Liveness)
 # Requests this process took ahead of use from each API key's limit (seqd/api/ratelimit.py).
 RATE_LEASES = web.AppKey("rate_leases", dict)
+# Single enrollment requests grouped per sequence and turn of the loop (seqd/api/coalesce.py).
+COALESCER = web.AppKey("coalescer", Coalescer)
 # Per request: the tenant the API key belongs to.
 TENANT = web.RequestKey("tenant", str)
 # Per request: sha256 of the API key presented (what the rate limit counts by).

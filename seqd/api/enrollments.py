@@ -7,7 +7,7 @@ from typing import Literal
 from aiohttp import web
 
 from seqd import bulk, models
-from seqd.api.appkeys import CONFIG, STORE
+from seqd.api.appkeys import COALESCER, CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
@@ -25,13 +25,10 @@ async def enroll_one(
     request: web.Request, seq_id: str, body: models.EnrollmentCreate
 ) -> tuple[models.Enrollment, bool]:
     """Enroll one contact (by id or inline) through the bulk path; its error is raised."""
-    store = request.app[STORE]
-    tenant = tenant_of(request)
     item = bulk.prepare(body, request.app[CONFIG].contacts.default_region)
-    # Round trips: the sequence with the suppression lists' presence, then the script
-    # (the API key's tenant is usually known already: Tenants.authenticate).
-    into = await bulk.target(store, tenant, seq_id)
-    [outcome] = await bulk.enroll(store, tenant, into.seq, into.version, [item], listed=into.listed)
+    # With the other requests for this sequence in this turn of the loop: two round
+    # trips for the group (the sequence and the suppression lists, then the script).
+    outcome = await request.app[COALESCER].enroll(tenant_of(request), seq_id, item)
     if outcome.error is not None:
         raise outcome.error
     assert outcome.enrollment is not None
