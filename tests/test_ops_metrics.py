@@ -264,7 +264,9 @@ async def test_a_running_daemon_counts_what_it_sends(
         while time.monotonic() < deadline:
             text = d.get("/metrics")[1].decode()
             if ("seqd_steps_total", (("channel", "sms"), ("outcome", "sent"))) in samples(text):
-                if value(text, "seqd_steps_total", channel="sms", outcome="sent") == 2:
+                # Counted when sent; out of flight once the batch is settled, just after.
+                sent = value(text, "seqd_steps_total", channel="sms", outcome="sent")
+                if sent == 2 and value(text, "seqd_dispatch_in_flight") == 0:
                     break
             await asyncio.sleep(0.05)
         assert value(text, "seqd_steps_total", channel="sms", outcome="sent") == 2, text
