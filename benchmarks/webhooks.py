@@ -33,7 +33,7 @@ from aiohttp import web
 
 from benchmarks.dispatch import free_port, start_valkey
 from benchmarks.results import record
-from seqd import logs
+from seqd import collector, logs
 from seqd.config import LogConfig, WebhooksConfig
 from seqd.events.deliverer import Deliverer, session
 from seqd.events.reader import Reader
@@ -203,6 +203,8 @@ async def main(n: int, levels: list[int]) -> None:
 
 
 if __name__ == "__main__":
+    # The collector schedule `seqd` sets at start: seqd's code in this process runs as in seqd.
+    collector.tune()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
+from seqd import collector, importer, logs
 from seqd import config as configmod
-from seqd import importer, logs
 from seqd.channels import registry as channel_registry
 from seqd.config import Config, ConfigError
 from seqd.embedded import EmbeddedError
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seqd: bad config: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log)
+    collector.tune()
     try:
         if args.command == "serve":
             return _run(serve(config, config_path=path))

@@ -14,7 +14,7 @@ from typing import TextIO
 import structlog
 from aiohttp import web
 
-from seqd import intake, logs, metrics, systemd
+from seqd import collector, intake, logs, metrics, systemd
 from seqd.api.app import create_app
 from seqd.api.appkeys import METRICS, STORE
 from seqd.config import Config
@@ -118,6 +118,7 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
                 out.write(f"seqd listening on http://{config.http.host}:{config.http.port}\n")
                 out.flush()
                 # Store answered, scripts loaded, background parts started, port open.
+                collector.freeze()
                 notifier.ready("ready")
                 rate = systemd.SendRate(lambda: app[METRICS].sent_total, time.monotonic)
                 async with systemd.heartbeat(notifier, rate):
