@@ -23,6 +23,32 @@ def test_ids_sort_by_time_and_name_their_shard() -> None:
         assert not ids.is_valid(bad, ids.CONTACT)
 
 
+def test_ids_random_parts_round_trip_and_do_not_repeat() -> None:
+    for value in (0, 1, 2**ids.RANDOM_BITS - 1, 0x0ABCDEF012345678, 0x5555555555555):
+        text = ids.new(ids.EVENT, now_ms=5, random_part=value)
+        assert text.endswith(ids._encode(value, ids.RANDOM_CHARS))
+        assert ids._decode(text[-ids.RANDOM_CHARS :]) == value
+    # Many more than one block of OS randomness, all in one millisecond: no repeats.
+    made = {ids.new(ids.ENROLLMENT, now_ms=7) for _ in range(5_000)}
+    assert len(made) == 5_000
+
+
+def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
+    import os
+
+    ids.new(ids.CONTACT)  # a block of randomness is in hand
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, " ".join(ids.new(ids.CONTACT, now_ms=9) for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    child = set(os.read(read, 1 << 16).decode().split())
+    os.waitpid(pid, 0)
+    parent = {ids.new(ids.CONTACT, now_ms=9) for _ in range(50)}
+    assert len(child) == 50 and not child & parent
+
+
 def test_render_variables_fallbacks_and_missing() -> None:
     ctx = {
         "first_name": "Ada",
