@@ -16,9 +16,11 @@ def _second(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
+@lru_cache(maxsize=8192)
 def to_rfc3339(ms: int) -> str:
-    # Every response and event spells several times, mostly of the same few seconds:
-    # strftime once per second, not once per value.
+    # Every response and event spells several times, mostly of the same few seconds (the
+    # events of one script call share their times): strftime once per second, and each
+    # value formatted once while it is in use.
     seconds, millis = divmod(ms, 1000)
     return f"{_second(seconds)}{millis:03d}Z"
 

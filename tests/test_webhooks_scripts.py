@@ -8,6 +8,7 @@ import pytest
 
 from seqd import ids
 from seqd.events import envelope
+from seqd.store import outbox
 from seqd.store.db import Store
 from seqd.store.outbox import GROUP, Fanout
 from seqd.store.scripts import ScriptError
@@ -90,6 +91,37 @@ async def test_fanout_acknowledges_entries_no_endpoint_wants_together(any_store:
     # Handled again (a second reader after the lease): nothing more happens.
     assert await s.outbox.fanout(0, items, NOW) == 0
     assert await s.client.zcard(s.keys.delivery_queue(0, "whe_a")) == 1
+
+
+async def test_fanout_of_several_shards_goes_in_one_round_trip(any_store: Store) -> None:
+    """The reader hands every shard's entries over at once: each shard's are acknowledged
+    in its own outbox, in calls of at most FANOUT_BATCH entries, in one pipeline."""
+    s = any_store
+    await s.outbox.ensure_group()
+    per_shard = {0: outbox.FANOUT_BATCH + 3, 1: 2}
+    for shard, n in per_shard.items():
+        for _ in range(n):
+            await s.client.xadd(s.keys.outbox(shard), {"type": "t", "tenant": TENANT, "at": NOW})
+    entries = await s.outbox.read("c1", 500)
+    by_shard: dict[int, list[Fanout]] = {0: [], 1: []}
+    for entry in entries:
+        evt = envelope.event_id(entry.shard, entry.id, s.shards)
+        wanted = [(envelope.delivery_id(evt, "whe_a", s.shards), "whe_a")]
+        by_shard[entry.shard].append(Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, wanted))
+    round_trips = []
+    real = s.runner.call_many
+
+    async def counted(calls: Any) -> list[Any]:
+        round_trips.append(len(calls))
+        return await real(calls)
+
+    s.runner.call_many = counted  # type: ignore[method-assign]
+    assert await s.outbox.fanout_many(by_shard, NOW) == sum(per_shard.values())
+    assert round_trips == [3]  # shard 0 in two calls, shard 1 in one
+    for shard in per_shard:
+        assert await s.client.xlen(s.keys.outbox(shard)) == 0
+        assert (await s.client.xpending(s.keys.outbox(shard), GROUP))["pending"] == 0
+        assert await s.client.zcard(s.keys.delivery_queue(shard, "whe_a")) == per_shard[shard]
 
 
 async def test_fanout_keeps_the_earliest_due_per_endpoint(any_store: Store) -> None:

@@ -133,9 +133,7 @@ class Reader:
             by_shard[c.entry.shard].append(
                 Fanout(c.entry.id, c.tenant, c.event.id, c.event.type, c.payload, due, deliveries)
             )
-        written = 0
-        for shard, items in by_shard.items():
-            written += await self.store.outbox.fanout(shard, items, now)
+        written = await self.store.outbox.fanout_many(by_shard, now)
         log.debug("events.handled", entries=len(entries), deliveries=written)
 
     # -- the loop -------------------------------------------------------------------------
