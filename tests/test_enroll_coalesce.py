@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from seqd import bulk, ids, models
@@ -29,6 +30,7 @@ class CountingTarget:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, hold_first: bool = False) -> None:
         self.calls = 0
+        self.log_context: dict[str, Any] = {}
         self.real = bulk.target
         self.gate = asyncio.Event()
         if not hold_first:
@@ -37,6 +39,7 @@ class CountingTarget:
 
     async def __call__(self, store: Store, tenant: str, sid: str) -> bulk.Target:
         self.calls += 1
+        self.log_context = structlog.contextvars.get_contextvars()
         if self.calls == 1:
             await self.gate.wait()
         return await self.real(store, tenant, sid)
@@ -205,3 +208,20 @@ async def test_redis_going_away_fails_every_waiting_request(
         assert not group._running  # nothing left behind
     finally:
         await store.close()
+
+
+async def test_a_group_logs_under_no_request_s_id(
+    store: Store, monkeypatch: pytest.MonkeyPatch, sequence_create: models.SequenceCreate
+) -> None:
+    sid = (await store.sequences.create("acme", sequence_create)).id
+    [cid] = await _contacts(store, 1)
+    target = CountingTarget(monkeypatch)
+    group = Coalescer(store)
+
+    async def request() -> bulk.Outcome:
+        structlog.contextvars.bind_contextvars(request_id="first-request")
+        return await group.enroll("acme", sid, bulk.Item(contact_id=cid))
+
+    outcome = await asyncio.create_task(request())
+    assert outcome.enrollment_id is not None
+    assert target.calls == 1 and "request_id" not in target.log_context

@@ -16,6 +16,7 @@ it, as with one read per request.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 from seqd import bulk
 from seqd.store.db import Store
@@ -62,7 +63,10 @@ class Coalescer:
             return  # it went already (it filled up, or was scheduled twice)
         del self._groups[key]
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._run(key, group))
+        # In a context of its own: not the request id (logs) of whichever request came first.
+        task = asyncio.get_running_loop().create_task(
+            self._run(key, group), context=contextvars.Context()
+        )
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
