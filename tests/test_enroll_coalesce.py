@@ -225,3 +225,25 @@ async def test_a_group_logs_under_no_request_s_id(
     outcome = await asyncio.create_task(request())
     assert outcome.enrollment_id is not None
     assert target.calls == 1 and "request_id" not in target.log_context
+
+
+async def test_a_fault_while_answering_still_answers_every_request(
+    store: Store, monkeypatch: pytest.MonkeyPatch, sequence_create: models.SequenceCreate
+) -> None:
+    """A bug past the scripts (here: one outcome short) fails the requests it leaves
+    unanswered; none is left waiting forever."""
+    sid = (await store.sequences.create("acme", sequence_create)).id
+    c = await _contacts(store, 3)
+    real = bulk.enroll
+
+    async def one_short(*args: Any, **kwargs: Any) -> list[bulk.Outcome]:
+        return (await real(*args, **kwargs))[:-1]
+
+    monkeypatch.setattr(bulk, "enroll", one_short)
+    group = Coalescer(store)
+    futures = [group.enroll("acme", sid, bulk.Item(contact_id=cid)) for cid in c]
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
+    # The items answered before the fault keep their outcomes; the rest get the error.
+    assert isinstance(results[-1], ValueError), results
+    assert all(isinstance(r, bulk.Outcome | ValueError) for r in results), results
+    assert not group._in_flight  # the next group of this sequence is not held back

@@ -86,20 +86,20 @@ class Coalescer:
                 self.store, tenant, into.seq, into.version, [item for item, _ in group],
                 listed=into.listed,
             )  # fmt: skip
+            for (_, future), outcome in zip(group, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
         except Exception as exc:
+            # Whatever went wrong, every request still waiting gets an answer.
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc)
-            return
         except BaseException:
             for _, future in group:
                 future.cancel()
             raise
         finally:
             self._finished(key)
-        for (_, future), outcome in zip(group, outcomes, strict=True):
-            if not future.done():
-                future.set_result(outcome)
 
     async def drain(self) -> None:
         """Wait for the groups being enrolled (on shutdown)."""
