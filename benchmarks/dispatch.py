@@ -47,6 +47,7 @@ from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import ChannelsConfig, Config, DispatchConfig, TwilioConfig
 from seqd.embedded import find_binary, server_env
 from seqd.engine.dispatcher import Dispatcher
+from seqd.engine.ports import Quiet
 from seqd.store.db import Store, connect
 
 TENANT = "bench"
@@ -149,22 +150,13 @@ class One:
         await self.sender.close()
 
 
-class Counting:
+class Counting(Quiet):
     """An observer that says when `target` steps have been settled."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.count = 0
         self.done = asyncio.Event()
-
-    def step_sent(self, channel: str, outcome: str, n: int = 1) -> None:
-        pass
-
-    def lateness(self, seconds: float) -> None:
-        pass
-
-    def claimed(self, n: int) -> None:
-        pass
 
     def settled(self, n: int) -> None:
         self.count += n
