@@ -159,6 +159,11 @@ def finished(p: Parsed, outcome: bulk.Outcome | None = None) -> list[Finished]:
     ]
 
 
+def consumer_name() -> str:
+    """This process's name in the group: host, pid and a random part (a pid is reused)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class Intake:
     """One consumer of the intake group; `run_once` reads and finishes one batch."""
 
@@ -169,14 +174,16 @@ class Intake:
         *,
         consumer: str | None = None,
         liveness: Liveness | None = None,
+        liveness_name: str = LIVENESS_NAME,
     ) -> None:
         self.config = config.intake
         # /readyz: each turn beats; a turn is a blocking read plus one batch's enrollments.
         self.liveness = liveness
+        self.liveness_name = liveness_name
         self.region = config.contacts.default_region
         self.store = store
         self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.consumer = consumer or consumer_name()
         self._cursor = "0-0"
         self._next_reclaim = 0.0
         self._next_prune = 0.0
@@ -198,7 +205,7 @@ class Intake:
                 self._task.cancel()
             await asyncio.wait([self._task])
         if self.liveness is not None:
-            self.liveness.stopped(LIVENESS_NAME)
+            self.liveness.stopped(self.liveness_name)
         with contextlib.suppress(Exception):
             await self.stream.drop_consumer(self.consumer)
         await self.stream.close()
@@ -209,7 +216,7 @@ class Intake:
         deadline = self.config.block_ms / 1000 + self.config.lease_seconds + 30
         while not self._stopping:
             if self.liveness is not None:
-                self.liveness.beat(LIVENESS_NAME, deadline)
+                self.liveness.beat(self.liveness_name, deadline)
             try:
                 await self.run_once()
                 backoff = 0.1
@@ -354,18 +361,31 @@ class Intake:
 def part(
     config: Config,
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """The consumer as a background part of `seqd serve` (service.BACKGROUND)."""
+    """The consumers (`intake.consumers`) as a background part of `seqd serve`
+    (service.BACKGROUND): each its own consumer of the group, `intake-1`, `intake-2`, ... in
+    /readyz."""
 
     @contextlib.asynccontextmanager
     async def running(app: web.Application) -> AsyncIterator[None]:
         if not config.intake.enabled:
             yield
             return
-        intake = Intake(config, app[STORE], liveness=app.get(LIVENESS))
-        await intake.start()
+        base = consumer_name()
+        intakes = [
+            Intake(
+                config,
+                app[STORE],
+                consumer=f"{base}-{i}",
+                liveness=app.get(LIVENESS),
+                liveness_name=f"{LIVENESS_NAME}-{i}",
+            )
+            for i in range(1, config.intake.consumers + 1)
+        ]
         try:
+            for one in intakes:
+                await one.start()
             yield
         finally:
-            await intake.stop()
+            await asyncio.gather(*(one.stop() for one in intakes))
 
     return running

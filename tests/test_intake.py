@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from seqd import intake, models
 from seqd.api.app import create_app
+from seqd.api.appkeys import LIVENESS
 from seqd.config import Config, IntakeConfig
 from seqd.intake import Intake
 from seqd.store.db import Store
@@ -130,6 +131,36 @@ async def test_writer_xadd_is_enrolled_by_the_running_server(
     assert {json.loads(e["fields"]["md"])["source"] for e in events} == {"call"}
     assert writer.xlen(store.keys.intake()) == 0  # acknowledged and deleted
     assert _rejected(writer, store) == []
+
+
+async def test_a_process_runs_its_configured_consumers_and_leaves_the_group_on_stop(
+    store: Store, tenant: str, writer: redis.Redis
+) -> None:
+    seq = await _sequence(store, tenant)
+    contacts = await _contacts(store, tenant, 30)
+    config = _config(consumers=3, batch_size=4)
+    app = create_app(config, store)
+    app.cleanup_ctx.append(intake.part(config))
+    async with TestServer(app):
+        assert [n for n in app[LIVENESS].running() if n.startswith("intake")] == [
+            "intake-1",
+            "intake-2",
+            "intake-3",
+        ]
+        for cid in contacts:
+            writer.xadd(store.keys.intake(), _entry(tenant, seq, contact_id=cid))
+
+        async def all_enrolled() -> bool:
+            return (await store.sequences.stats([seq]))[seq].active == 30
+
+        await _eventually(all_enrolled)
+        members = writer.xinfo_consumers(store.keys.intake(), config.intake.group)
+        names = sorted(m["name"].decode() for m in members)
+        # Three members of the group, one process's: the same name but for the number.
+        assert len(names) == 3 and len({n.rpartition("-")[0] for n in names}) == 1
+    assert len(await _created_events(store)) == 30  # each entry enrolled once
+    assert writer.xinfo_consumers(store.keys.intake(), config.intake.group) == []
+    assert not [n for n in app[LIVENESS].running() if n.startswith("intake")]
 
 
 async def _zero(store: Store) -> bool:
