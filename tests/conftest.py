@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -165,3 +166,20 @@ async def api(store: Store) -> AsyncIterator[Api]:
     app = create_app(Config(), store)
     async with TestClient(TestServer(app)) as client:
         yield Api(client, key, store)
+
+
+class ScriptCalls:
+    """Every `call_many` of a store's runner, still made: (script, keys, tag) of each
+    call in `calls`, and how many calls each round trip carried in `trips`."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, list[str], str]] = []
+        self.trips: list[int] = []
+        call_many = store.runner.call_many
+
+        async def spy(calls: Any) -> list[Any]:
+            self.calls.extend((name, list(keys), tag) for name, keys, _, tag in calls)
+            self.trips.append(len(calls))
+            return await call_many(calls)
+
+        monkeypatch.setattr(store.runner, "call_many", spy)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -12,6 +11,7 @@ from seqd.store import events as events_mod
 from seqd.store.db import Store
 from seqd.store.events import RECORD_BATCH, EventFilter, LogItem
 from seqd.store.outbox import GROUP
+from tests.conftest import ScriptCalls
 from tests.webhookutil import TENANT, Clock, emit, endpoint, settings
 
 NOW = 1_800_000_000_000
@@ -65,25 +65,12 @@ async def _logged(s: Store, tenant: str) -> list[str]:
     return [r[1]["v"] for r in await s.client.xrange(s.keys.events(tenant))]
 
 
-def _spy_calls(s: Store, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], str]]:
-    """Records (script, keys, tag) of every call_many call of the store's runner."""
-    seen: list[tuple[str, list[str], str]] = []
-    call_many = s.runner.call_many
-
-    async def spy(calls: Any) -> list[Any]:
-        seen.extend((name, list(keys), tag) for name, keys, _, tag in calls)
-        return await call_many(calls)
-
-    monkeypatch.setattr(s.runner, "call_many", spy)
-    return seen
-
-
 async def test_record_batches_per_tenant_and_appends_each_event_once(
     any_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = any_store
     now = await _server_now(s)
-    calls = _spy_calls(s, monkeypatch)
+    calls = ScriptCalls(s, monkeypatch).calls
     a, b, c = TENANT, "other", "third"
     first = [
         _item(1, tenant=a, contact_id="con_1"),
@@ -131,7 +118,7 @@ async def test_record_splits_a_large_group_and_keeps_its_order(
 ) -> None:
     s = any_store
     now = await _server_now(s)
-    calls = _spy_calls(s, monkeypatch)
+    calls = ScriptCalls(s, monkeypatch).calls
     n = 2 * RECORD_BATCH + 1
     items = [_item(i) for i in range(n)] + [_item(0, tenant="other")]
     # Duplicates of events in the first chunk, landing in the last one.
@@ -153,7 +140,7 @@ async def test_record_batch_size_bounds_each_call(
     s = any_store
     now = await _server_now(s)
     monkeypatch.setattr(events_mod, "RECORD_BATCH", 2)
-    calls = _spy_calls(s, monkeypatch)
+    calls = ScriptCalls(s, monkeypatch).calls
     items = [_item(1), _item(2), _item(1), _item(3), _item(2)]
     assert await s.events.record(items, now=now, retention_ms=DAY) == 3
     assert len(calls) == 3

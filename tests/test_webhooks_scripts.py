@@ -12,6 +12,7 @@ from seqd.store import outbox
 from seqd.store.db import Store
 from seqd.store.outbox import GROUP, Fanout
 from seqd.store.scripts import ScriptError
+from tests.conftest import ScriptCalls
 
 TENANT = "acme"
 NOW = 1_800_000_000_000
@@ -93,7 +94,9 @@ async def test_fanout_acknowledges_entries_no_endpoint_wants_together(any_store:
     assert await s.client.zcard(s.keys.delivery_queue(0, "whe_a")) == 1
 
 
-async def test_fanout_of_several_shards_goes_in_one_round_trip(any_store: Store) -> None:
+async def test_fanout_of_several_shards_goes_in_one_round_trip(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reader hands every shard's entries over at once: each shard's are acknowledged
     in its own outbox, in calls of at most FANOUT_BATCH entries, in one pipeline."""
     s = any_store
@@ -108,16 +111,9 @@ async def test_fanout_of_several_shards_goes_in_one_round_trip(any_store: Store)
         evt = envelope.event_id(entry.shard, entry.id, s.shards)
         wanted = [(envelope.delivery_id(evt, "whe_a", s.shards), "whe_a")]
         by_shard[entry.shard].append(Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, wanted))
-    round_trips = []
-    real = s.runner.call_many
-
-    async def counted(calls: Any) -> list[Any]:
-        round_trips.append(len(calls))
-        return await real(calls)
-
-    s.runner.call_many = counted  # type: ignore[method-assign]
+    spy = ScriptCalls(s, monkeypatch)
     assert await s.outbox.fanout_many(by_shard, NOW) == sum(per_shard.values())
-    assert round_trips == [3]  # shard 0 in two calls, shard 1 in one
+    assert spy.trips == [3]  # shard 0 in two calls, shard 1 in one
     for shard in per_shard:
         assert await s.client.xlen(s.keys.outbox(shard)) == 0
         assert (await s.client.xpending(s.keys.outbox(shard), GROUP))["pending"] == 0
