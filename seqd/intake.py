@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
-import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -159,11 +156,6 @@ def finished(p: Parsed, outcome: bulk.Outcome | None = None) -> list[Finished]:
     ]
 
 
-def consumer_name() -> str:
-    """This process's name in the group: host, pid and a random part (a pid is reused)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
 class Intake:
     """One consumer of the intake group; `run_once` reads and finishes one batch."""
 
@@ -183,7 +175,7 @@ class Intake:
         self.region = config.contacts.default_region
         self.store = store
         self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
-        self.consumer = consumer or consumer_name()
+        self.consumer = consumer or groups.consumer_name()
         self._cursor = "0-0"
         self._next_reclaim = 0.0
         self._next_prune = 0.0
@@ -370,7 +362,7 @@ def part(
         if not config.intake.enabled:
             yield
             return
-        base = consumer_name()
+        base = groups.consumer_name()
         intakes = [
             Intake(
                 config,

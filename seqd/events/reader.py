@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
-import socket
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -41,11 +38,6 @@ NAME = "events.reader"
 MAINTENANCE_MS = 60_000
 
 
-def consumer_name() -> str:
-    """This process's name in the consumer group: host, pid and a random suffix."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
 class Reader:
     """Moves outbox entries into the event log and the delivery schedule."""
 
@@ -60,7 +52,7 @@ class Reader:
     ) -> None:
         self.store = store
         self.config = config
-        self.consumer = consumer or consumer_name()
+        self.consumer = consumer or groups.consumer_name()
         self.clock = clock
         self.liveness = liveness
         self.lease_ms = int(config.lease_seconds * 1000)

@@ -12,10 +12,20 @@ read, holding nothing either way.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+
+def consumer_name() -> str:
+    """This process's name in a consumer group: host, pid and a random suffix (a pid is
+    reused after a restart)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
 
 # How often a reader looks for consumers to forget, in ms.
 PRUNE_EVERY_MS = 60_000
