@@ -40,11 +40,8 @@ async def _schedule(
     for entry in await s.outbox.read("c1", n):
         evt = envelope.event_id(shard, entry.id, s.shards)
         did = envelope.delivery_id(evt, endpoint, s.shards)
-        await s.outbox.fanout(
-            shard,
-            [Fanout(entry.id, TENANT, evt, "t", b'{"x":1}', due + len(out), [(did, endpoint)])],
-            NOW,
-        )
+        item = Fanout(entry.id, TENANT, evt, "t", b'{"x":1}', due + len(out), [(did, endpoint)])
+        await s.outbox.fanout({shard: [item]}, NOW)
         out.append(did)
     return out
 
@@ -58,11 +55,11 @@ async def test_fanout_acks_deletes_and_writes_each_delivery_once(any_store: Stor
     evt = envelope.event_id(0, entry.id, s.shards)
     deliveries = [(envelope.delivery_id(evt, ep, s.shards), ep) for ep in ("whe_a", "whe_b")]
     item = Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, deliveries)
-    assert await s.outbox.fanout(0, [item], NOW) == 2
+    assert await s.outbox.fanout({0: [item]}, NOW) == 2
     assert await s.client.xlen(key) == 0
     assert (await s.client.xpending(key, GROUP))["pending"] == 0
     # A second reader that had the same entry (lease ran out): acknowledged already, no-op.
-    assert await s.outbox.fanout(0, [item], NOW) == 0
+    assert await s.outbox.fanout({0: [item]}, NOW) == 0
     h = await s.client.hgetall(s.keys.delivery(0, deliveries[0][0]))
     assert h["t"] == TENANT and h["w"] == "whe_a" and h["v"] == evt and h["st"] == "pending"
     assert await s.client.zrange(s.keys.delivery_due(0), 0, -1, withscores=True) == [
@@ -85,12 +82,12 @@ async def test_fanout_acknowledges_entries_no_endpoint_wants_together(any_store:
         evt = envelope.event_id(0, entry.id, s.shards)
         wanted = [(envelope.delivery_id(evt, "whe_a", s.shards), "whe_a")] if n == 2 else []
         items.append(Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, wanted))
-    assert await s.outbox.fanout(0, items, NOW) == 1
+    assert await s.outbox.fanout({0: items}, NOW) == 1
     assert await s.client.xlen(key) == 0
     assert (await s.client.xpending(key, GROUP))["pending"] == 0
     assert await s.client.zcard(s.keys.delivery_queue(0, "whe_a")) == 1
     # Handled again (a second reader after the lease): nothing more happens.
-    assert await s.outbox.fanout(0, items, NOW) == 0
+    assert await s.outbox.fanout({0: items}, NOW) == 0
     assert await s.client.zcard(s.keys.delivery_queue(0, "whe_a")) == 1
 
 
@@ -112,7 +109,7 @@ async def test_fanout_of_several_shards_goes_in_one_round_trip(
         wanted = [(envelope.delivery_id(evt, "whe_a", s.shards), "whe_a")]
         by_shard[entry.shard].append(Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, wanted))
     spy = ScriptCalls(s, monkeypatch)
-    assert await s.outbox.fanout_many(by_shard, NOW) == sum(per_shard.values())
+    assert await s.outbox.fanout(by_shard, NOW) == sum(per_shard.values())
     assert spy.trips == [3]  # shard 0 in two calls, shard 1 in one
     for shard in per_shard:
         assert await s.client.xlen(s.keys.outbox(shard)) == 0

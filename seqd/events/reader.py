@@ -125,7 +125,7 @@ class Reader:
             by_shard[c.entry.shard].append(
                 Fanout(c.entry.id, c.tenant, c.event.id, c.event.type, c.payload, due, deliveries)
             )
-        written = await self.store.outbox.fanout_many(by_shard, now)
+        written = await self.store.outbox.fanout(by_shard, now)
         log.debug("events.handled", entries=len(entries), deliveries=written)
 
     # -- the loop -------------------------------------------------------------------------

@@ -125,12 +125,9 @@ class Outbox:
                     out.append(Entry(shard, eid, fields))
         return out
 
-    async def fanout(self, shard: int, items: list[Fanout], now: int) -> int:
-        """Acknowledge entries of one shard and schedule their deliveries; returns how many."""
-        return await self.fanout_many({shard: items}, now)
-
-    async def fanout_many(self, by_shard: Mapping[int, list[Fanout]], now: int) -> int:
-        """`fanout` for several shards, every call in one round trip."""
+    async def fanout(self, by_shard: Mapping[int, list[Fanout]], now: int) -> int:
+        """Acknowledge entries of each shard and schedule their deliveries, every call in one
+        round trip; returns how many deliveries were written."""
         calls: list[tuple[str, list[str], list[Any], str]] = []
         for shard, items in by_shard.items():
             tag = self.keys.shard_tag(shard)
