@@ -103,7 +103,7 @@ class Metrics:
         )
         self.outbox_backlog = Gauge(
             "seqd_outbox_backlog",
-            "Outbox events not yet read into the event log and webhook queues",
+            "Outbox entries (one or more events each) not yet in the event log and webhook queues",
             registry=r,
         )
         self.webhook_backlog = Gauge(

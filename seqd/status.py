@@ -152,7 +152,7 @@ def _queues(status: Status) -> Panel:
     table.add_row("webhooks queued", f"{snap.webhooks.queued:,}")
     table.add_row("webhooks failed (dead letters)", f"{snap.webhooks.failed:,}")
     table.add_row("webhooks delivered / failed (1 min)", f"{delivered:,} / {failed:,}")
-    table.add_row("outbox events not yet read", f"{snap.outbox.backlog:,}")
+    table.add_row("outbox entries not yet read", f"{snap.outbox.backlog:,}")
     table.add_row("intake backlog", f"{snap.intake.backlog:,}")
     table.add_row("intake rejected", f"{snap.intake_rejected:,}")
     return Panel(table, title="Queues", border_style="cyan")

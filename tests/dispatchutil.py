@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from seqd.config import DispatchConfig
 from seqd.engine.dispatcher import Dispatcher
 from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem
+from seqd.store.outbox import Entry
 from seqd.times import now_ms
 
 TENANT = "acme"
@@ -123,12 +123,14 @@ def dispatcher(store: Store, sender: Recorder, clock: Clock, **config: Any) -> D
 
 
 async def events(store: Store, shard: int | None = None) -> list[dict[str, Any]]:
-    """Every outbox event of the store (all shards), in each shard's order."""
+    """Every outbox event of the store (all shards; a batched entry's one by one), in each
+    shard's order: its data with `type`."""
     shards = range(store.shards) if shard is None else [shard]
     out = []
     for s in shards:
-        for _, fields in await store.client.xrange(store.keys.outbox(s)):
-            out.append({"type": fields["type"], **json.loads(fields["data"])})
+        for sid, fields in await store.client.xrange(store.keys.outbox(s)):
+            for data in Entry(s, sid, fields).events() or []:
+                out.append({"type": fields["type"], **data})
     return out
 
 

@@ -215,6 +215,46 @@ async def test_advance_sent_schedules_the_next_step_then_completes(any_store: St
     assert await s.client.hget(s.keys.contact(sh, e.contact_id), f"e:{seq.id}") is None
 
 
+async def test_advance_batches_the_fast_paths_events_one_entry_per_type(
+    any_store: Store,
+) -> None:
+    """A call's sent and skipped steps go out as one outbox entry per type, after the events
+    the general path writes as it goes; each enrollment's events keep their order."""
+    s = any_store
+    seq = await sequence(s, sms(), sms(wait=10))
+    es = await enroll(s, seq, await contacts(s, 24))
+    sh = max(range(s.shards), key=lambda k: sum(shard(s, e.id) == k for e in es))
+    due = max([int((await raw(s, e.id))["n"]) for e in es])
+    claimed = (await claim(s, sh, due)).items
+    assert len(claimed) >= 4
+    before = len(await s.client.xrange(s.keys.outbox(sh)))
+    at = due + 1
+    outcomes = ["failed"] + ["sent", "skipped"] * len(claimed)
+    extra = {
+        "failed": {"error": "x"},
+        "sent": {"wait": 60_000},
+        "skipped": {"reason": "r", "wait": 0},
+    }
+    items = [
+        settle(c.id, c.e["k"], 0, at, outcome, **extra[outcome])
+        for c, outcome in zip(claimed, outcomes, strict=False)
+    ]
+    done = await advance(s, sh, at, *items)
+    assert done.applied == len(claimed)
+    rows = (await s.client.xrange(s.keys.outbox(sh)))[before:]
+    assert [f["type"] for _, f in rows] == [
+        "sequence.step.failed",
+        "sequence.enrollment.cancelled",
+        "sequence.step.sent",
+        "sequence.step.skipped",
+    ]
+    assert "data" in rows[0][1] and "items" not in rows[0][1]
+    sent, skipped = (json.loads(f["items"]) for _, f in rows[2:])
+    assert [d["id"] for d in sent] == [i.id for i in items if i.outcome == "sent"]
+    assert [d["id"] for d in skipped] == [i.id for i in items if i.outcome == "skipped"]
+    assert {d["step"] for d in sent + skipped} == {0}
+
+
 async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> None:
     # Sent and skipped steps with a step after them take advance's fast path, which spells
     # the event out by hand: each must read back as the enrollment the API shows.

@@ -18,6 +18,7 @@ from seqd.store import tenants as tenants_mod
 from seqd.store.codec import decode_json
 from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem
+from seqd.store.outbox import Entry
 from seqd.store.tenants import Tenants
 from tests.conftest import Api
 
@@ -81,9 +82,9 @@ async def test_a_new_hash_holds_no_zero_or_duplicate_fields(api: Api) -> None:
     assert h["st"] == "active" and h["i"] == "0" and decode_json(h["md"]) == {"a": 1}
     # The created event carries the stored hash but the tenant (the entry names it); its
     # API shape reads the absent fields.
-    [(_, event)] = await store.client.xrange(store.keys.outbox(shard))
+    [(sid, event)] = await store.client.xrange(store.keys.outbox(shard))
     assert event["type"] == "sequence.enrollment.created" and event["tenant"] == "acme"
-    data = decode_json(event["data"])
+    [data] = Entry(shard, sid, event).events() or []
     assert data == {"id": eid, "fields": {f: v for f, v in h.items() if f != "t"}}
     shaped = types.shape(event["type"], data)
     assert shaped == body["enrollment"]  # type: ignore[index]

@@ -18,7 +18,7 @@ async def _history(store: Store) -> tuple[list[str], list[str]]:
     await store.enrollments.transition("acme", enrollments[0], "pause", "manual")
     await store.enrollments.transition("acme", enrollments[0], "cancel", "manual")
     async with pipeline(store) as p:
-        await p.reader.run_once()
+        await p.read()
     return cids, enrollments
 
 
@@ -66,7 +66,7 @@ async def test_since_and_pages(store: Store) -> None:
         for i in range(5):
             await emit(store, "contact.opted_in", {"contact_id": f"con_{i}"}, at=base + i * 1000)
         async with pipeline(store) as p:
-            await p.reader.run_once()
+            await p.read()
         since = quote(to_rfc3339(base + 2000))
         _status, body = await api.call("GET", f"/events?since={since}")
         assert [e["data"]["contact_id"] for e in body["data"]] == ["con_2", "con_3", "con_4"]
@@ -107,7 +107,7 @@ async def test_tenants_see_only_their_own_events(store: Store) -> None:
         await emit(store, "contact.opted_in", {"contact_id": "con_a"})
         await emit(store, "contact.opted_in", {"contact_id": "con_b"}, tenant="globex")
         async with pipeline(store) as p:
-            await p.reader.run_once()
+            await p.read()
         _, other = await store.tenants.create_key("globex")
         status, mine = await api.call("GET", "/events")
         status, theirs = await api.call("GET", "/events", key=other)
@@ -124,7 +124,7 @@ async def test_events_past_retention_are_gone(store: Store) -> None:
         await emit(store)
         clock = Clock()
         async with pipeline(store, clock=clock) as p:
-            await p.reader.run_once()
+            await p.read()
         _status, body = await api.call("GET", "/events")
         [event] = body["data"]
         # Payloads expire with the retention; the log entry is skipped once it has.

@@ -6,9 +6,11 @@ import asyncio
 
 import pytest
 
+from seqd import ids, models
 from seqd.events.reader import Reader
 from seqd.store import events as events_mod
 from seqd.store.db import Store
+from seqd.store.enrollments import EnrollItem
 from seqd.store.events import RECORD_BATCH, EventFilter, LogItem
 from seqd.store.outbox import GROUP
 from tests.conftest import ScriptCalls
@@ -16,6 +18,9 @@ from tests.webhookutil import TENANT, Clock, emit, endpoint, settings
 
 NOW = 1_800_000_000_000
 DAY = 86_400_000
+SEQ = models.SequenceCreate(
+    name="s", status="active", steps=[models.StepIn(kind="sms", body="a", wait_minutes=5)]
+)
 
 
 @pytest.fixture(params=["valkey", "fakeredis"])
@@ -206,6 +211,46 @@ async def test_reader_logs_schedules_and_acknowledges(any_store: Store) -> None:
     assert await reader.run_once() == 0
 
 
+async def test_reader_handles_entries_of_many_events(any_store: Store) -> None:
+    """`enroll` writes entries of up to 200 `created` events: each event is logged once
+    under its own id and gets its own delivery; each entry is acknowledged with them; a
+    read asks for about `batch_size` events; a stale reader's second pass writes nothing."""
+    s = any_store
+    clock = Clock()
+    ep, _ = await endpoint(s, "http://127.0.0.1:9/x", ["sequence.enrollment.created"])
+    seq = await s.sequences.create(TENANT, SEQ)
+    cids = [ids.new_in_shard(ids.CONTACT, 0, s.shards) for _ in range(450)]
+    pipe = s.client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.hset(s.keys.contact(0, cid), "tenant", TENANT)
+    await pipe.execute()
+    enrolled = await s.enrollments.enroll(TENANT, seq, [EnrollItem(c, {}) for c in cids])
+    await s.outbox.ensure_group()
+    entries = await s.outbox.read("stale", 10)
+    assert len(entries) == 3
+
+    config = settings(batch_size=100, lease_seconds=0.3, timeout_seconds=0.1)
+    reader = Reader(s, config, clock=clock)
+    await asyncio.sleep(0.35)  # the stale reader's lease runs out: its entries are reclaimed
+    handled = [await reader.run_once()]
+    while reader.more:
+        handled.append(await reader.run_once())
+    # At first 2 entries (100 // 50, the guess); then 1 (100 // 200, what they held).
+    assert handled == [400, 50, 0]
+    assert await s.outbox.backlog() == 0
+    logged, _, total = await s.events.list(
+        TENANT, limit=1000, after=None, flt=EventFilter(), now=clock.now, retention_ms=DAY
+    )
+    assert total == 450 and len({e.id for e in logged}) == 450
+    assert sorted(e.data["id"] for e in logged) == sorted(r.id or "" for r in enrolled)
+    assert await s.client.zcard(s.keys.delivery_queue(0, ep.id)) == 450
+
+    # The reader that read them first wakes up and handles its stale read: no-op.
+    await reader.handle(entries, clock.now)
+    assert await s.client.xlen(s.keys.events(TENANT)) == 450
+    assert await s.client.zcard(s.keys.delivery_queue(0, ep.id)) == 450
+
+
 async def test_an_entry_left_by_a_dead_reader_is_handled_once(store: Store) -> None:
     s = store
     clock = Clock()
@@ -220,8 +265,7 @@ async def test_an_entry_left_by_a_dead_reader_is_handled_once(store: Store) -> N
     assert len(entries) == 1
     from seqd.events import envelope
 
-    converted = envelope.convert(entries[0], s.shards)
-    assert converted is not None
+    [converted] = envelope.convert(entries[0], s.shards)
     await s.events.record(
         [
             LogItem(

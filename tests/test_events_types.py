@@ -84,14 +84,46 @@ def test_contact_events_and_their_refs() -> None:
 
 
 def test_convert_never_raises_on_bad_entries() -> None:
-    assert envelope.convert(Entry(0, f"{AT}-0", {"type": "x"}), 4) is None
-    assert envelope.convert(Entry(0, f"{AT}-0", {"tenant": "acme"}), 4) is None
-    bad = envelope.convert(Entry(0, f"{AT}-0", {"type": "x", "tenant": "a", "data": "{"}), 4)
-    assert bad is not None and bad.event.data == {}
-    listed = envelope.convert(_entry("x", [1, 2]), 4)
-    assert listed is not None and listed.event.data == {}
-    no_time = envelope.convert(Entry(2, f"{AT}-1", {"type": "x", "tenant": "a"}), 4)
-    assert no_time is not None and no_time.event.created_at == to_rfc3339(AT)
+    assert envelope.convert(Entry(0, f"{AT}-0", {"type": "x"}), 4) == []
+    assert envelope.convert(Entry(0, f"{AT}-0", {"tenant": "acme"}), 4) == []
+    [bad] = envelope.convert(Entry(0, f"{AT}-0", {"type": "x", "tenant": "a", "data": "{"}), 4)
+    assert bad.event.data == {}
+    [listed] = envelope.convert(_entry("x", [1, 2]), 4)
+    assert listed.event.data == {}
+    [no_time] = envelope.convert(Entry(2, f"{AT}-1", {"type": "x", "tenant": "a"}), 4)
+    assert no_time.event.created_at == to_rfc3339(AT)
+    # A batched entry that is not a JSON array has no event to give (logged, acknowledged);
+    # an element that is not an object is an event with empty data.
+    head = {"type": "x", "tenant": "a", "at": str(AT)}
+    for items in ("[", "{}", "[" + ",".join(["{}"] * 4097) + "]"):
+        assert envelope.convert(Entry(0, f"{AT}-0", head | {"items": items}), 4) == []
+    [one, two] = envelope.convert(Entry(0, f"{AT}-0", head | {"items": '[3, {"a": 1}]'}), 4)
+    assert one.event.data == {} and two.event.data == {"a": 1}
+
+
+def test_a_batched_entry_gives_each_event_its_own_stable_id() -> None:
+    """The events of an entry of many (enroll's, advance's) get ids derived from the entry
+    and their place in it: distinct from each other and from every one-event entry's, in
+    the entry's shard, the same on every read."""
+    data = [{"contact_id": f"con_{n}"} for n in range(200)]
+    fields = {"type": "contact.opted_in", "tenant": "a", "at": str(AT), "items": json.dumps(data)}
+    for shards, shard in ((4, 3), (7, 6), (1024, 1023)):
+        converted = envelope.convert(Entry(shard, f"{AT}-5", fields), shards)
+        assert [c.contact_id for c in converted] == [d["contact_id"] for d in data]
+        batch = [c.event.id for c in converted]
+        assert batch == [
+            c.event.id for c in envelope.convert(Entry(shard, f"{AT}-5", fields), shards)
+        ]
+        assert batch == sorted(batch) and len(set(batch)) == 200
+        assert {ids.shard_of(e, shards) for e in batch} == {shard}
+        assert {ids.time_of(e) for e in batch} == {AT}
+        singles = {envelope.event_id(shard, f"{AT}-{n}", shards) for n in range(300)}
+        others = {envelope.event_id(shard, f"{AT}-{n}", shards, 0) for n in (4, 6)}
+        assert not singles & set(batch) and not others & set(batch)
+        # The largest sequence numbers stay inside the id's 60 bits.
+        for seq in ((1 << 37) - 1, (1 << 49) - 1):
+            assert ids.is_valid(envelope.event_id(shard, f"{AT}-{seq}", shards, 4095), ids.EVENT)
+            assert ids.is_valid(envelope.event_id(shard, f"{AT}-{seq}", shards), ids.EVENT)
 
 
 def test_event_ids_are_stable_unique_sorted_and_name_their_shard() -> None:
@@ -115,8 +147,7 @@ def test_delivery_ids_derive_from_event_and_endpoint() -> None:
 
 
 def test_converted_payload_is_the_event() -> None:
-    converted = envelope.convert(_entry("contact.opted_in", {"contact_id": "con_1"}), 4)
-    assert converted is not None
+    [converted] = envelope.convert(_entry("contact.opted_in", {"contact_id": "con_1"}), 4)
     body = json.loads(converted.payload)
     assert list(body) == ["id", "type", "created_at", "data"]
     assert body["id"] == converted.event.id and body["created_at"] == to_rfc3339(AT)

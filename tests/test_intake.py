@@ -18,6 +18,7 @@ from seqd.config import Config, IntakeConfig
 from seqd.intake import Intake
 from seqd.store.db import Store
 from tests.conftest import ValkeyProcess
+from tests.dispatchutil import events
 
 SMS_ONLY = models.SequenceCreate(
     name="Nurture",
@@ -87,12 +88,7 @@ def _rejected(writer: redis.Redis, store: Store) -> list[dict[str, str]]:
 
 
 async def _created_events(store: Store) -> list[dict[str, Any]]:
-    out = []
-    for shard in range(store.shards):
-        for _, fields in await store.client.xrange(store.keys.outbox(shard)):
-            if fields["type"] == "sequence.enrollment.created":
-                out.append(json.loads(fields["data"]))
-    return out
+    return [e for e in await events(store) if e["type"] == "sequence.enrollment.created"]
 
 
 @pytest.fixture

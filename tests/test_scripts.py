@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from seqd import ids, models
-from seqd.store import codec
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch, Settle
 from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import LUA, SCRIPTS, CrossSlotError, Runner, ScriptError
+from tests.dispatchutil import events
 
 SEQ = models.SequenceCreate(
     name="s",
@@ -72,14 +73,44 @@ async def test_enroll_is_idempotent_and_indexes(any_store: Store) -> None:
     assert await s.client.hget(s.keys.contact(shard, cid), f"e:{seq.id}") == eid
     assert await s.client.zrange(s.keys.status_index(shard, seq.id, "active"), 0, -1) == [eid]
     assert await s.client.hget(s.keys.counts(shard, seq.id), "active") == "1"
-    events = await s.client.xrange(s.keys.outbox(shard))
-    assert [e[1]["type"] for e in events] == ["sequence.enrollment.created"]
-    data = codec.decode_json(events[0][1]["data"])
+    [data] = await events(s, shard)
+    assert data["type"] == "sequence.enrollment.created"
     assert data["id"] == eid and data["fields"]["st"] == "active"
 
     [again] = await s.enrollments.enroll("acme", seq, [EnrollItem(cid, {})])
     assert again.idempotent and again.enrollment is not None and again.enrollment.id == eid
-    assert len(await s.client.xrange(s.keys.outbox(shard))) == 1
+    assert len(await events(s, shard)) == 1
+
+
+async def _contacts_in_shard(s: Store, n: int, shard: int = 0) -> list[str]:
+    """`n` contacts of acme in one shard, written directly (the enroll script reads only
+    their owner)."""
+    cids = [ids.new_in_shard(ids.CONTACT, shard, s.shards) for _ in range(n)]
+    pipe = s.client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.hset(s.keys.contact(shard, cid), "tenant", "acme")
+    await pipe.execute()
+    return cids
+
+
+async def test_enroll_puts_a_calls_created_events_in_entries_of_200(any_store: Store) -> None:
+    """One outbox entry per 200 created events (`items`, a JSON array), in item order, each
+    event's data what it would be alone; nothing for an idempotent item."""
+    s = any_store
+    seq = await s.sequences.create("acme", SEQ)
+    cids = await _contacts_in_shard(s, 450)
+    results = await s.enrollments.enroll("acme", seq, [EnrollItem(c, {}) for c in cids])
+    rows = await s.client.xrange(s.keys.outbox(0))
+    assert [len(json.loads(f["items"])) for _, f in rows] == [200, 200, 50]
+    for _, f in rows:
+        assert f["type"] == "sequence.enrollment.created" and f["tenant"] == "acme"
+        assert "data" not in f
+    created = await events(s, 0)
+    assert [e["id"] for e in created] == [r.id for r in results]
+    assert [e["fields"]["c"] for e in created] == cids
+    again = await s.enrollments.enroll("acme", seq, [EnrollItem(c, {}) for c in cids[:10]])
+    assert all(r.idempotent for r in again)
+    assert len(await s.client.xrange(s.keys.outbox(0))) == 3
 
 
 async def test_enroll_error_codes(any_store: Store) -> None:
@@ -136,7 +167,7 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     assert await s.client.hget(s.keys.contact(shard, cid), f"e:{seq.id}") is None
     counts = await s.client.hgetall(s.keys.counts(shard, seq.id))
     assert counts == {"active": "0", "paused": "0", "completed": "1"}
-    types = [e[1]["type"] for e in await s.client.xrange(s.keys.outbox(shard))]
+    types = [e["type"] for e in await events(s, shard)]
     assert types == [
         "sequence.enrollment.created",
         "sequence.enrollment.paused",

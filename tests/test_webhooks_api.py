@@ -208,7 +208,7 @@ async def test_retry_of_unknown_or_pending_delivery(store: Store) -> None:
         assert status == 404
         await emit(store)
         async with pipeline(store) as p:
-            await p.reader.run_once()
+            await p.read()
         [shard] = [s for s, h in enumerate(await store.deliveries.heads()) if h is not None]
         [did] = await store.client.zrange(store.keys.delivery_queue(shard, eid), 0, -1)
         status, problem = await api.call("POST", f"{base}/{did}/retry")

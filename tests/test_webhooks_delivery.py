@@ -169,7 +169,7 @@ async def test_disabled_endpoint_fails_pending_deliveries_without_requests(store
     async with receiving() as rx, pipeline(store) as p:
         ep, _ = await endpoint(store, rx.url())
         await emit(store)
-        await p.reader.run_once()
+        await p.read()
         await store.webhooks.update(
             TENANT, ep.id, lambda r: msgspec.structs.replace(r, enabled=False)
         )
@@ -200,7 +200,7 @@ async def test_a_crashed_deliverer_claim_is_taken_over_after_the_lease(store: St
     async with receiving() as rx, pipeline(store, clock=clock) as p:
         await endpoint(store, rx.url())
         await emit(store)
-        await p.reader.run_once()
+        await p.read()
         # A process claims and dies before sending.
         [shard] = [s for s, h in enumerate(await store.deliveries.heads()) if h is not None]
         claimed = await store.deliveries.claim(
@@ -295,7 +295,7 @@ async def test_slow_endpoint_does_not_hold_back_others(store: Store) -> None:
         rx.delay["/slow"] = 1.0
         for i in range(10):
             await emit(store, shard=i % store.shards)
-        await p.reader.run_once()
+        await p.read()
         # Rounds while the slow receiver holds its two slots: the fast one gets everything.
         for _ in range(5):
             await p.deliverer.run_once()
@@ -326,7 +326,7 @@ async def test_deleted_endpoint_takes_its_deliveries_along(store: Store) -> None
         ep, _ = await endpoint(store, rx.url())
         for i in range(5):
             await emit(store, shard=i % store.shards)
-        await p.reader.run_once()
+        await p.read()
         await store.webhooks.delete(TENANT, ep.id)
         assert await store.deliveries.next_due() is None
         assert await p.step() == 0 and rx.requests == []

@@ -10,7 +10,7 @@ from seqd import ids
 from seqd.events import envelope
 from seqd.store import outbox
 from seqd.store.db import Store
-from seqd.store.outbox import GROUP, Fanout
+from seqd.store.outbox import GROUP, Delivery, Fanout
 from seqd.store.scripts import ScriptError
 from tests.conftest import ScriptCalls
 
@@ -40,7 +40,8 @@ async def _schedule(
     for entry in await s.outbox.read("c1", n):
         evt = envelope.event_id(shard, entry.id, s.shards)
         did = envelope.delivery_id(evt, endpoint, s.shards)
-        item = Fanout(entry.id, TENANT, evt, "t", b'{"x":1}', due + len(out), [(did, endpoint)])
+        delivery = Delivery(did, endpoint, evt, "t", b'{"x":1}')
+        item = Fanout(entry.id, TENANT, due + len(out), [delivery])
         await s.outbox.fanout({shard: [item]}, NOW)
         out.append(did)
     return out
@@ -53,14 +54,17 @@ async def test_fanout_acks_deletes_and_writes_each_delivery_once(any_store: Stor
     await s.client.xadd(key, {"type": "t", "tenant": TENANT, "at": NOW})
     [entry] = await s.outbox.read("c1", 10)
     evt = envelope.event_id(0, entry.id, s.shards)
-    deliveries = [(envelope.delivery_id(evt, ep, s.shards), ep) for ep in ("whe_a", "whe_b")]
-    item = Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, deliveries)
+    deliveries = [
+        Delivery(envelope.delivery_id(evt, ep, s.shards), ep, evt, "t", b"{}")
+        for ep in ("whe_a", "whe_b")
+    ]
+    item = Fanout(entry.id, TENANT, NOW, deliveries)
     assert await s.outbox.fanout({0: [item]}, NOW) == 2
     assert await s.client.xlen(key) == 0
     assert (await s.client.xpending(key, GROUP))["pending"] == 0
     # A second reader that had the same entry (lease ran out): acknowledged already, no-op.
     assert await s.outbox.fanout({0: [item]}, NOW) == 0
-    h = await s.client.hgetall(s.keys.delivery(0, deliveries[0][0]))
+    h = await s.client.hgetall(s.keys.delivery(0, deliveries[0].id))
     assert h["t"] == TENANT and h["w"] == "whe_a" and h["v"] == evt and h["st"] == "pending"
     assert await s.client.zrange(s.keys.delivery_due(0), 0, -1, withscores=True) == [
         ("whe_a", NOW),
@@ -80,8 +84,9 @@ async def test_fanout_acknowledges_entries_no_endpoint_wants_together(any_store:
     items = []
     for n, entry in enumerate(entries):
         evt = envelope.event_id(0, entry.id, s.shards)
-        wanted = [(envelope.delivery_id(evt, "whe_a", s.shards), "whe_a")] if n == 2 else []
-        items.append(Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, wanted))
+        did = envelope.delivery_id(evt, "whe_a", s.shards)
+        wanted = [Delivery(did, "whe_a", evt, "t", b"{}")] if n == 2 else []
+        items.append(Fanout(entry.id, TENANT, NOW, wanted))
     assert await s.outbox.fanout({0: items}, NOW) == 1
     assert await s.client.xlen(key) == 0
     assert (await s.client.xpending(key, GROUP))["pending"] == 0
@@ -106,8 +111,9 @@ async def test_fanout_of_several_shards_goes_in_one_round_trip(
     by_shard: dict[int, list[Fanout]] = {0: [], 1: []}
     for entry in entries:
         evt = envelope.event_id(entry.shard, entry.id, s.shards)
-        wanted = [(envelope.delivery_id(evt, "whe_a", s.shards), "whe_a")]
-        by_shard[entry.shard].append(Fanout(entry.id, TENANT, evt, "t", b"{}", NOW, wanted))
+        did = envelope.delivery_id(evt, "whe_a", s.shards)
+        wanted = [Delivery(did, "whe_a", evt, "t", b"{}")]
+        by_shard[entry.shard].append(Fanout(entry.id, TENANT, NOW, wanted))
     spy = ScriptCalls(s, monkeypatch)
     assert await s.outbox.fanout(by_shard, NOW) == sum(per_shard.values())
     assert spy.trips == [3]  # shard 0 in two calls, shard 1 in one

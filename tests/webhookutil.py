@@ -133,9 +133,17 @@ class Pipeline:
         self.reader = Reader(store, config, clock=clock)
         self.deliverer = Deliverer(store, config, http, clock=clock, rng=random.Random(7))
 
+    async def read(self) -> int:
+        """Read the outbox until it is empty, as the reader's loop does; returns the events
+        handled."""
+        handled = await self.reader.run_once()
+        while self.reader.more:
+            handled += await self.reader.run_once()
+        return handled
+
     async def step(self) -> int:
         """Read the outbox, then claim and send what is due; returns requests made."""
-        await self.reader.run_once()
+        await self.read()
         sent = await self.deliverer.run_once()
         await self.deliverer.drain()
         return sent

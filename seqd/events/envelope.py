@@ -1,15 +1,15 @@
-"""An outbox entry as an event: its id, its payload, the ids the log filters on.
+"""An outbox entry as events: their ids, payloads, and the ids the log filters on.
 
-The event id is derived from where the entry sits (shard and stream id), not drawn at
-random: a reader that handles an entry twice (it died before acknowledging it) makes the
-same event, so the log and the receivers see one id however often it is retried. The
-same holds for a delivery's id, derived from its event and endpoint.
+An event id is derived from where its entry sits (shard and stream id, and the event's
+place in a batched entry), not drawn at random: a reader that handles an entry twice (it
+died before acknowledging it) makes the same events, so the log and the receivers see one
+id however often it is retried. The same holds for a delivery's id, derived from its event
+and endpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import msgspec
 import structlog
@@ -22,11 +22,15 @@ from seqd.times import to_rfc3339
 
 log = structlog.get_logger(__name__)
 
-# Stream sequence numbers within one millisecond never come near this; the bound keeps
-# seq * shards inside the id's 60 random bits.
-_SEQ_LIMIT = 1 << 50
+# Stream sequence numbers within one millisecond never come near these bounds, which keep
+# the random part inside the id's 60 bits: an entry of one event takes seq * shards (below
+# 2**59), the events of a batched entry 2**59 + (seq * 2**12 + index) * shards, so the
+# two never meet and both name the shard.
+_SEQ_LIMIT = 1 << 49
+_BATCH_SEQ_LIMIT = 1 << 37
+_BATCH_INDEX_BITS = 12
+_BATCH = 1 << 59
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 
 
 class Converted(msgspec.Struct, frozen=True):
@@ -40,12 +44,15 @@ class Converted(msgspec.Struct, frozen=True):
     created: int
 
 
-def event_id(shard: int, entry_id: str, shards: int) -> str:
-    """`evt_` + the entry's ms + (sequence * shards + shard): unique, time-sorted, stable."""
+def event_id(shard: int, entry_id: str, shards: int, index: int | None = None) -> str:
+    """`evt_` + the entry's ms + a random part made of (sequence, `index` in a batched entry,
+    shard): unique, time-sorted, stable. `index` None: the entry's one event."""
     ms, _, seq = entry_id.partition("-")
-    return ids.new_in_shard(
-        ids.EVENT, shard, shards, int(ms), random_part=(int(seq) % _SEQ_LIMIT) * shards
-    )
+    if index is None:
+        part = (int(seq) % _SEQ_LIMIT) * shards
+    else:
+        part = _BATCH + (((int(seq) % _BATCH_SEQ_LIMIT) << _BATCH_INDEX_BITS | index) * shards)
+    return ids.new_in_shard(ids.EVENT, shard, shards, int(ms), random_part=part)
 
 
 def delivery_id(event: str, endpoint_id: str, shards: int) -> str:
@@ -57,38 +64,47 @@ def delivery_id(event: str, endpoint_id: str, shards: int) -> str:
     )
 
 
-def convert(entry: Entry, shards: int) -> Converted | None:
-    """The event of an outbox entry; None (logged) for an entry no tenant can receive."""
+def convert(entry: Entry, shards: int) -> list[Converted]:
+    """The events of an outbox entry; none (logged) for an entry no tenant can receive."""
     fields = entry.fields
     tenant = fields.get("tenant") or ""
     etype = fields.get("type") or ""
     if not tenant or not etype:
         log.warning("event.unroutable", shard=entry.shard, entry=entry.id)
-        return None
-    raw: Any
-    try:
-        raw = _decode(fields.get("data") or "{}")
-    except msgspec.DecodeError:
-        raw = None
-    if not isinstance(raw, dict):
+        return []
+    batched = "items" in fields
+    events = entry.events()
+    if events is None or (batched and len(events) > 1 << _BATCH_INDEX_BITS):
         log.warning("event.bad_data", shard=entry.shard, entry=entry.id, type=etype)
-        raw = {}
-    eid = event_id(entry.shard, entry.id, shards)
+        # A bad single event still goes out, with empty data: it says something happened.
+        if batched:
+            return []
+        events = [{}]
     at = fields.get("at") or ""
-    created = int(at) if at.isdigit() else ids.time_of(eid)
-    try:
-        data = types.shape(etype, raw)
-    except Exception:  # a shape bug must not stop the outbox: the stored data goes out as is
-        log.exception("event.shape_failed", type=etype)
-        data = raw
-    event = Event(id=eid, type=etype, created_at=to_rfc3339(created), data=data)
-    enrollment_id, contact_id = types.refs(raw)
-    return Converted(
-        entry=entry,
-        tenant=tenant,
-        event=event,
-        payload=_encode(event),
-        enrollment_id=enrollment_id,
-        contact_id=contact_id,
-        created=created,
-    )
+    created = int(at) if at.isdigit() else int(entry.id.partition("-")[0])
+    created_at = to_rfc3339(created)
+    out = []
+    for index, raw in enumerate(events):
+        if not isinstance(raw, dict):
+            log.warning("event.bad_data", shard=entry.shard, entry=entry.id, type=etype)
+            raw = {}
+        eid = event_id(entry.shard, entry.id, shards, index if batched else None)
+        try:
+            data = types.shape(etype, raw)
+        except Exception:  # a shape bug must not stop the outbox: the stored data goes out as is
+            log.exception("event.shape_failed", type=etype)
+            data = raw
+        enrollment_id, contact_id = types.refs(raw)
+        event = Event(id=eid, type=etype, created_at=created_at, data=data)
+        out.append(
+            Converted(
+                entry=entry,
+                tenant=tenant,
+                event=event,
+                payload=_encode(event),
+                enrollment_id=enrollment_id,
+                contact_id=contact_id,
+                created=created,
+            )
+        )
+    return out

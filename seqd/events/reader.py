@@ -2,10 +2,11 @@
 
 For a batch of outbox entries (new ones, and ones a dead reader left pending past the
 lease), the reader
-  1. turns each into its event (`envelope.convert`: the id is derived from the entry),
-  2. appends it to the tenant's log (`recordEvents`, once per event id),
-  3. acknowledges it and schedules one delivery per matching enabled endpoint in one
-     shard script (`fanoutEvents`).
+  1. turns each into its events (`envelope.convert`: ids derived from the entry; an entry
+     of a script's hot path holds many events, store/outbox.py),
+  2. appends them to the tenants' logs (`recordEvents`, once per event id),
+  3. acknowledges each entry and schedules one delivery per event and matching enabled
+     endpoint in one shard script (`fanoutEvents`).
 Steps 2 and 3 are in different slots (tenant, shard). A crash between them leaves the
 entry pending: the next reader repeats step 2 (a no-op) and does step 3. Step 3 is atomic
 and skips an entry already acknowledged, so deliveries are written exactly once.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import structlog
@@ -25,10 +26,10 @@ from seqd.config import WebhooksConfig
 from seqd.events import envelope
 from seqd.events.envelope import Converted
 from seqd.health import Heart
-from seqd.store import groups
+from seqd.store import groups, outbox
 from seqd.store.db import Store
 from seqd.store.events import LogItem
-from seqd.store.outbox import Entry, Fanout
+from seqd.store.outbox import Delivery, Entry, Fanout
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
@@ -62,42 +63,60 @@ class Reader:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._group_ready = False
+        # Events per entry, as the last read found them. Until then a guess between one
+        # event and a full batch: a first read after a long outage holds at most
+        # batch_size * ITEMS_MAX / 50 events per shard.
+        self._per_entry = outbox.ITEMS_MAX // 4
+        # Whether the last read may have left entries behind.
+        self.more = False
 
     async def run_once(self, now: int | None = None) -> int:
-        """Handle one batch per shard; returns the number of entries handled."""
+        """Handle one read of every shard; returns the number of events handled (an entry
+        with none counts as one)."""
         now = self.clock() if now is None else now
         if not self._group_ready:
             await self.store.outbox.ensure_group()
             self._group_ready = True
-        entries: list[Entry] = []
+        # Entries to read per shard so that a read is about `batch_size` events, by how
+        # many the last read's entries held.
+        count = max(1, self.config.batch_size // self._per_entry)
+        reclaimed: list[Entry] = []
         if now >= self._next_reclaim:
             # Idle time is measured by the store: entries pending longer than the lease.
-            entries += await self.store.outbox.reclaim(
-                self.consumer, self.lease_ms, self.config.batch_size
-            )
-            self._next_reclaim = now + self.lease_ms // 4
-        entries += await self.store.outbox.read(self.consumer, self.config.batch_size)
+            reclaimed = await self.store.outbox.reclaim(self.consumer, self.lease_ms, count)
+            # Until the pending lists give no more, look again on the next read.
+            if not _filled(reclaimed, count):
+                self._next_reclaim = now + self.lease_ms // 4
+        read = await self.store.outbox.read(self.consumer, count)
+        entries = reclaimed + read
+        # A shard that gave all that was asked may have more: the loop reads again at once.
+        self.more = _filled(reclaimed, count) or _filled(read, count)
+        handled = 0
         if entries:
-            await self.handle(entries, now)
+            handled = await self.handle(entries, now)
+            self._per_entry = max(1, min(outbox.ITEMS_MAX, round(handled / len(entries))))
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_MS
             await self.store.events.trim(now=now, retention_ms=self.retention_ms)
             gone = await self.store.outbox.prune(groups.dead_after_ms(self.lease_ms))
             if gone:
                 log.info("events.consumers_pruned", consumers=gone)
-        return len(entries)
+        return handled
 
-    async def handle(self, entries: list[Entry], now: int) -> None:
+    async def handle(self, entries: list[Entry], now: int) -> int:
+        """Log, acknowledge and fan out `entries`; returns the events handled (an entry
+        with none counts as one)."""
         shards = self.store.shards
         converted: list[Converted] = []
         by_shard: dict[int, list[Fanout]] = defaultdict(list)
+        handled = 0
+        # Per entry, its events (in order); an entry with none is only acknowledged.
+        of_entry: list[tuple[Entry, list[Converted]]] = []
         for entry in entries:
-            event = envelope.convert(entry, shards)
-            if event is None:
-                # Nobody can receive it: acknowledged (and deleted) with nothing scheduled.
-                by_shard[entry.shard].append(Fanout(entry.id, "", "", "", b"", now, []))
-            else:
-                converted.append(event)
+            events = envelope.convert(entry, shards)
+            handled += len(events) or 1
+            converted += events
+            of_entry.append((entry, events))
         await self.store.events.record(
             [
                 LogItem(
@@ -114,19 +133,27 @@ class Reader:
             now=now,
             retention_ms=self.retention_ms,
         )
-        endpoints = await self.store.webhooks.of_tenants(c.tenant for c in converted)
+        endpoints = await self.store.webhooks.of_tenants({c.tenant for c in converted})
         due = now + self.config.retry_schedule_seconds[0] * 1000
-        for c in converted:
+        for entry, events in of_entry:
+            tenant = events[0].tenant if events else ""
+            wanting = endpoints.get(tenant, []) if events else []
             deliveries = [
-                (envelope.delivery_id(c.event.id, ep.id, shards), ep.id)
-                for ep in endpoints.get(c.tenant, [])
+                Delivery(
+                    envelope.delivery_id(c.event.id, ep.id, shards),
+                    ep.id,
+                    c.event.id,
+                    c.event.type,
+                    c.payload,
+                )
+                for c in events
+                for ep in wanting
                 if ep.wants(c.event.type)
             ]
-            by_shard[c.entry.shard].append(
-                Fanout(c.entry.id, c.tenant, c.event.id, c.event.type, c.payload, due, deliveries)
-            )
+            by_shard[entry.shard].append(Fanout(entry.id, tenant, due, deliveries))
         written = await self.store.outbox.fanout(by_shard, now)
-        log.debug("events.handled", entries=len(entries), deliveries=written)
+        log.debug("events.handled", entries=len(entries), events=handled, deliveries=written)
+        return handled
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,7 +184,7 @@ class Reader:
                 self.liveness.beat(NAME, deadline)
             pause = idle_s
             try:
-                handled = await self.run_once()
+                await self.run_once()
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
@@ -165,9 +192,15 @@ class Reader:
                 # Redis away or a bad batch: unacknowledged entries stay pending and come
                 # back after the lease, so surviving and retrying is enough.
                 log.exception("events.read_failed")
-                handled, pause = 0, backoff.failed()
-            if handled < self.config.batch_size:
+                self.more, pause = False, backoff.failed()
+            if not self.more:
                 try:
                     await asyncio.wait_for(self._stopping.wait(), pause)
                 except TimeoutError:
                     pass
+
+
+def _filled(entries: list[Entry], count: int) -> bool:
+    """Whether some shard gave `count` entries (all that was asked)."""
+    per_shard = Counter(e.shard for e in entries)
+    return bool(per_shard) and max(per_shard.values()) >= count

@@ -4,7 +4,11 @@ Scripts append events to their shard's `outbox`; readers take entries with XREAD
 take over entries a dead reader left pending with XAUTOCLAIM (after the lease), and
 acknowledge each entry in the same script that schedules its webhook deliveries
 (`fanoutEvents`), which also deletes it: the stream holds only unhandled events, so its
-length is the reader's backlog.
+length is the reader's backlog (in entries).
+
+An entry is one event (`data`: its JSON object) or, from the hot paths (`enroll`,
+`advance`: `emit_batched` in Lua), several events of one type and tenant (`items`: a
+JSON array of their data objects); `type`, `tenant` and `at` are the events'.
 """
 
 from __future__ import annotations
@@ -22,8 +26,14 @@ if TYPE_CHECKING:
     from seqd.store.db import Store
 
 GROUP = "seqd-events"
-# Outbox entries one fanout call handles at most: bounds its ARGV and how long it runs.
+# One fanout call handles at most this many entries and, unless a single entry has more,
+# this many deliveries: bounds its ARGV and how long it runs.
 FANOUT_BATCH = 100
+FANOUT_DELIVERIES = 400
+# Events one batched entry holds at most (OUTBOX_ITEMS in Lua's enrollment include).
+ITEMS_MAX = 200
+
+_decode = msgspec.json.Decoder().decode
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -31,18 +41,36 @@ class Entry(msgspec.Struct, frozen=True):
     id: str
     fields: dict[str, str]
 
+    def events(self) -> list[Any] | None:
+        """The data of each event the entry holds (decoded JSON, maybe not an object);
+        None when `data` or `items` is not JSON, or `items` not an array."""
+        fields = self.fields
+        try:
+            if "items" in fields:
+                items = _decode(fields["items"])
+                return items if isinstance(items, list) else None
+            return [_decode(fields.get("data") or "{}")]
+        except msgspec.DecodeError:
+            return None
 
-class Fanout(msgspec.Struct, frozen=True):
-    """One outbox entry to acknowledge, with the deliveries to schedule for it."""
 
-    entry_id: str
-    tenant: str
+class Delivery(msgspec.Struct, frozen=True):
+    """A webhook delivery to schedule: one event to one endpoint."""
+
+    id: str
+    endpoint_id: str
     event_id: str
     type: str
     body: bytes
+
+
+class Fanout(msgspec.Struct, frozen=True):
+    """One outbox entry to acknowledge, with the deliveries of its events to schedule."""
+
+    entry_id: str
+    tenant: str
     due: int
-    # (delivery id, endpoint id)
-    deliveries: list[tuple[str, str]]
+    deliveries: list[Delivery]
 
 
 def _stream_rows(reply: Any) -> list[tuple[str, dict[str, str] | None]]:
@@ -132,25 +160,24 @@ class Outbox:
         for shard, items in by_shard.items():
             tag = self.keys.shard_tag(shard)
             keys = [self.keys.outbox(shard), self.keys.delivery_due(shard)]
-            for start in range(0, len(items), FANOUT_BATCH):
-                args: list[Any] = [tag, GROUP, now]
-                for item in items[start : start + FANOUT_BATCH]:
-                    if not item.deliveries:
-                        # Only acknowledged: what a delivery would carry is not sent.
-                        args += [item.entry_id, "", "", "", "", 0, 0]
-                        continue
-                    args += [
-                        item.entry_id,
-                        item.tenant,
-                        item.event_id,
-                        item.type,
-                        item.body,
-                        item.due,
-                        len(item.deliveries),
-                    ]
-                    for delivery_id, endpoint_id in item.deliveries:
-                        args += [delivery_id, endpoint_id]
-                calls.append(("fanoutEvents", keys, args, tag))
+            args: list[Any] = []
+            entries = deliveries = 0
+            for item in items:
+                # An entry's deliveries are all in its call (acknowledged with them).
+                if args and (
+                    entries == FANOUT_BATCH or deliveries + len(item.deliveries) > FANOUT_DELIVERIES
+                ):
+                    calls.append(("fanoutEvents", keys, [tag, GROUP, now, *args], tag))
+                    args, entries, deliveries = [], 0, 0
+                # Only acknowledged when it has no deliveries: its tenant is not sent.
+                args += [item.entry_id, item.tenant if item.deliveries else "", item.due]
+                args.append(len(item.deliveries))
+                for d in item.deliveries:
+                    args += [d.id, d.endpoint_id, d.event_id, d.type, d.body]
+                entries += 1
+                deliveries += len(item.deliveries)
+            if args:
+                calls.append(("fanoutEvents", keys, [tag, GROUP, now, *args], tag))
         written = 0
         for result in await self.store.runner.call_many(calls) if calls else []:
             if isinstance(result, Exception):

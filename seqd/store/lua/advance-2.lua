@@ -107,7 +107,8 @@ end
 
 -- The hot path: a sent or skipped step with a step after it, on an enrollment whose claim
 -- still holds. One read of the fields it needs, one write of each structure, and the
--- event's JSON spelled out (its `fields` are those the API's enrollment is made of).
+-- event's JSON spelled out (its `fields` are those the API's enrollment is made of) and
+-- batched with the call's others (`emit_batched`).
 -- Returns false, having written nothing, when the hash is gone (the general path decides).
 local function pass_fast(id, ekey, it)
   local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'ea', 'md')
@@ -125,8 +126,7 @@ local function pass_fast(id, ekey, it)
   rcall('HSET', ekey, unpack(fields))
   rcall('ZADD', due_key, due_at, id)
   local md = h[7] and (',"md":' .. cjson.encode(h[7])) or ''
-  rcall('XADD', outbox_key, '*', 'type', sent and 'sequence.step.sent' or 'sequence.step.skipped',
-    'tenant', h[3], 'at', now, 'data',
+  emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     '{"id":"' .. id .. '","fields":{"s":"' .. h[4] .. '","c":"' .. h[5]
     .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at .. '","ea":"' .. h[6]
     .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step .. ',"kind":' .. cjson.encode(it.kind)
@@ -192,4 +192,5 @@ for _, it in ipairs(items) do
     settle(id, ekey, it, current)
   end
 end
+flush_batched(now)
 return {applied, late, stale}

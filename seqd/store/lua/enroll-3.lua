@@ -1,10 +1,11 @@
 --[[ Enroll contacts in a sequence, idempotently, in one shard.
 
-  This is the hot path of every way in (4 commands per item), so it writes only what a
+  This is the hot path of every way in (3 commands per item), so it writes only what a
   new enrollment has: no `k`, `a` or `ua` (absent means 0, 0 and `ea`, and every reader
-  knows it), one HSET of the hash, the listing index, counter and due index written once
-  per call, and the event's JSON spelled out rather than built by cjson. A created item's
-  reply is lean: the caller knows its fields (it passed them).
+  knows it), one HSET of the hash; the listing index, counter and due index written once
+  per call, and the `created` events batched into outbox entries of up to 200
+  (`emit_batched`), each event's JSON spelled out rather than built by cjson. A created
+  item's reply is lean: the caller knows its fields (it passed them).
 
   KEYS[1] due       ZSET  the shard's time index
   KEYS[2] outbox    STREAM the shard's events
@@ -64,9 +65,7 @@ for i = 6, #ARGV, 3 do
         'n', due_text, 'ea', now)
     end
     rcall('HSET', ckey, field, id)
-    -- emit()'s entry layout, with the data already JSON.
-    rcall('XADD', outbox_key, '*', 'type', 'sequence.enrollment.created', 'tenant', tenant,
-      'at', now, 'data', data .. '}}')
+    emit_batched('sequence.enrollment.created', tenant, now, data .. '}}')
     created[#created + 1] = 0
     created[#created + 1] = id
     due[#due + 1] = due_text
@@ -80,5 +79,6 @@ if #due > 0 then
   rcall('ZADD', k_status_index(tag, seq, 'active'), unpack(created))
   rcall('HINCRBY', k_counts(tag, seq), 'active', #due / 2)
   rcall('ZADD', due_key, unpack(due))
+  flush_batched(now)
 end
 return out

@@ -11,10 +11,11 @@
   ARGV[1] tag
   ARGV[2] group   the readers' consumer group
   ARGV[3] now     ms
-  ARGV[4..] per entry: entry_id, tenant, event_id, type, body, due (ms), count, then
-            count pairs (delivery_id, endpoint_id); an entry with count 0 (no endpoint
-            wants it) is only acknowledged, together with the others like it, and its
-            other values are not read
+  ARGV[4..] per entry: entry_id, tenant, due (ms), count, then count deliveries of 5
+            values: delivery_id, endpoint_id, event_id, type, body (an entry of several
+            events, `store/outbox.py`, has the deliveries of all of them); an entry with
+            count 0 (no endpoint wants any of its events) is only acknowledged, together
+            with the others like it
 
   Returns the number of deliveries written.
 ]]
@@ -28,9 +29,8 @@ local written = 0
 local plain = {}
 local i = 4
 while i <= #ARGV do
-  local entry, tenant, event_id, etype, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4]
-  local due, count = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  local entry, tenant, due, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]),
+    tonumber(ARGV[i + 3])
   local pending = 0
   if count == 0 then
     plain[#plain + 1] = entry
@@ -38,19 +38,19 @@ while i <= #ARGV do
     pending = rcall('XACK', outbox_key, group, entry)
     rcall('XDEL', outbox_key, entry)
   end
-  for j = 0, count - 1 do
-    local id, endpoint = ARGV[i + 7 + 2 * j], ARGV[i + 8 + 2 * j]
+  for j = i + 4, i + 3 + 5 * count, 5 do
+    local id, endpoint = ARGV[j], ARGV[j + 1]
     local dkey = k_delivery(tag, id)
     if pending == 1 and rcall('EXISTS', dkey) == 0 then
-      rcall('HSET', dkey, 't', tenant, 'w', endpoint, 'v', event_id, 'y', etype, 'b', body,
-        'a', 0, 'st', 'pending', 'n', due, 'ca', now, 'k', 0)
+      rcall('HSET', dkey, 't', tenant, 'w', endpoint, 'v', ARGV[j + 2], 'y', ARGV[j + 3],
+        'b', ARGV[j + 4], 'a', 0, 'st', 'pending', 'n', due, 'ca', now, 'k', 0)
       rcall('ZADD', k_delivery_queue(tag, endpoint), due, id)
       local score = rcall('ZSCORE', due_key, endpoint)
       if not score or tonumber(score) > due then rcall('ZADD', due_key, due, endpoint) end
       written = written + 1
     end
   end
-  i = i + 7 + 2 * count
+  i = i + 4 + 5 * count
 end
 for j = 1, #plain, 1000 do
   local ids = {unpack(plain, j, math.min(j + 999, #plain))}
