@@ -270,12 +270,12 @@ async def test_an_entry_left_by_a_dead_reader_is_handled_once(store: Store) -> N
         [
             LogItem(
                 tenant=TENANT,
-                event_id=converted.event.id,
-                type=converted.event.type,
+                event_id=converted.id,
+                type=converted.type,
                 created_at=converted.created,
                 enrollment_id="",
                 contact_id=converted.contact_id,
-                payload=converted.payload,
+                payload=converted.logged(),
             )
         ],
         now=clock.now,

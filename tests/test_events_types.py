@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -87,18 +88,18 @@ def test_convert_never_raises_on_bad_entries() -> None:
     assert envelope.convert(Entry(0, f"{AT}-0", {"type": "x"}), 4) == []
     assert envelope.convert(Entry(0, f"{AT}-0", {"tenant": "acme"}), 4) == []
     [bad] = envelope.convert(Entry(0, f"{AT}-0", {"type": "x", "tenant": "a", "data": "{"}), 4)
-    assert bad.event.data == {}
+    assert bad.event().data == {}
     [listed] = envelope.convert(_entry("x", [1, 2]), 4)
-    assert listed.event.data == {}
+    assert listed.event().data == {}
     [no_time] = envelope.convert(Entry(2, f"{AT}-1", {"type": "x", "tenant": "a"}), 4)
-    assert no_time.event.created_at == to_rfc3339(AT)
+    assert no_time.event().created_at == to_rfc3339(AT)
     # A batched entry that is not a JSON array has no event to give (logged, acknowledged);
     # an element that is not an object is an event with empty data.
     head = {"type": "x", "tenant": "a", "at": str(AT)}
     for items in ("[", "{}", "[" + ",".join(["{}"] * 4097) + "]"):
         assert envelope.convert(Entry(0, f"{AT}-0", head | {"items": items}), 4) == []
     [one, two] = envelope.convert(Entry(0, f"{AT}-0", head | {"items": '[3, {"a": 1}]'}), 4)
-    assert one.event.data == {} and two.event.data == {"a": 1}
+    assert one.event().data == {} and two.event().data == {"a": 1}
 
 
 def test_a_batched_entry_gives_each_event_its_own_stable_id() -> None:
@@ -110,10 +111,8 @@ def test_a_batched_entry_gives_each_event_its_own_stable_id() -> None:
     for shards, shard in ((4, 3), (7, 6), (1024, 1023)):
         converted = envelope.convert(Entry(shard, f"{AT}-5", fields), shards)
         assert [c.contact_id for c in converted] == [d["contact_id"] for d in data]
-        batch = [c.event.id for c in converted]
-        assert batch == [
-            c.event.id for c in envelope.convert(Entry(shard, f"{AT}-5", fields), shards)
-        ]
+        batch = [c.id for c in converted]
+        assert batch == [c.id for c in envelope.convert(Entry(shard, f"{AT}-5", fields), shards)]
         assert batch == sorted(batch) and len(set(batch)) == 200
         assert {ids.shard_of(e, shards) for e in batch} == {shard}
         assert {ids.time_of(e) for e in batch} == {AT}
@@ -148,10 +147,25 @@ def test_delivery_ids_derive_from_event_and_endpoint() -> None:
 
 def test_converted_payload_is_the_event() -> None:
     [converted] = envelope.convert(_entry("contact.opted_in", {"contact_id": "con_1"}), 4)
-    body = json.loads(converted.payload)
+    body = json.loads(converted.payload())
     assert list(body) == ["id", "type", "created_at", "data"]
-    assert body["id"] == converted.event.id and body["created_at"] == to_rfc3339(AT)
+    assert body["id"] == converted.id and body["created_at"] == to_rfc3339(AT)
     assert converted.contact_id == "con_1" and converted.created == AT
+
+
+def test_the_log_keeps_data_as_stored_and_reads_it_shaped() -> None:
+    """The reader does not shape what it logs (most events are never read): the payload
+    holds the outbox's data and reads back as the event a webhook carries. A payload
+    logged in the API form (before this) reads back unchanged."""
+    eid = ids.new(ids.ENROLLMENT)
+    fields = {"s": "seq_1", "c": "con_1", "st": "active", "i": "0", "ea": str(AT), "n": str(AT)}
+    [c] = envelope.convert(_entry("sequence.enrollment.created", {"id": eid, "fields": fields}), 4)
+    logged = json.loads(c.logged())
+    assert logged["data"] == {"id": eid, "fields": fields} and logged["shaped"] is False
+    event = envelope.read_logged(c.logged())
+    assert event == c.event() and msgspec.json.encode(event) == c.payload()
+    assert event.data["id"] == eid and event.data["next_run_at"] == to_rfc3339(AT)
+    assert envelope.read_logged(c.payload()) == event
 
 
 def test_subscription_rules() -> None:

@@ -10,6 +10,7 @@ and endpoint.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 import structlog
@@ -33,15 +34,65 @@ _BATCH = 1 << 59
 _encode = msgspec.json.Encoder().encode
 
 
+class Logged(msgspec.Struct, frozen=True):
+    """An event as the log stores it. The reader logs `data` as the outbox has it
+    (`shaped` false) and it is shaped when read, so events nobody reads are never shaped;
+    payloads logged before that hold the API form (no `shaped`)."""
+
+    id: str
+    type: str
+    created_at: str
+    data: dict[str, Any]
+    shaped: bool = True
+
+    def event(self) -> Event:
+        data = self.data if self.shaped else shape(self.type, self.data)
+        return Event(id=self.id, type=self.type, created_at=self.created_at, data=data)
+
+
+_decode_logged = msgspec.json.Decoder(Logged).decode
+
+
+def read_logged(payload: bytes | str) -> Event:
+    """The event of a log payload (`Events.get`, `Events.list`)."""
+    return _decode_logged(payload).event()
+
+
+def shape(etype: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """`types.shape`, and the stored data as it is if that fails: a shape bug must not
+    stop the outbox or hide an event."""
+    try:
+        return types.shape(etype, raw)
+    except Exception:
+        log.exception("event.shape_failed", type=etype)
+        return raw
+
+
 class Converted(msgspec.Struct, frozen=True):
+    """One event of an outbox entry, with its data as stored (`raw`)."""
+
     entry: Entry
     tenant: str
-    event: Event
-    payload: bytes
-    enrollment_id: str
-    contact_id: str
+    id: str
+    type: str
     # ms, the time the change was made (the event's created_at)
     created: int
+    raw: dict[str, Any]
+    enrollment_id: str
+    contact_id: str
+
+    def event(self) -> Event:
+        """The event in its API form."""
+        data = shape(self.type, self.raw)
+        return Event(id=self.id, type=self.type, created_at=to_rfc3339(self.created), data=data)
+
+    def payload(self) -> bytes:
+        """The webhook body (the bytes signed)."""
+        return _encode(self.event())
+
+    def logged(self) -> bytes:
+        """What the log stores: read back by `read_logged`."""
+        return _encode(Logged(self.id, self.type, to_rfc3339(self.created), self.raw, False))
 
 
 def event_id(shard: int, entry_id: str, shards: int, index: int | None = None) -> str:
@@ -82,29 +133,22 @@ def convert(entry: Entry, shards: int) -> list[Converted]:
         events = [{}]
     at = fields.get("at") or ""
     created = int(at) if at.isdigit() else int(entry.id.partition("-")[0])
-    created_at = to_rfc3339(created)
     out = []
     for index, raw in enumerate(events):
         if not isinstance(raw, dict):
             log.warning("event.bad_data", shard=entry.shard, entry=entry.id, type=etype)
             raw = {}
-        eid = event_id(entry.shard, entry.id, shards, index if batched else None)
-        try:
-            data = types.shape(etype, raw)
-        except Exception:  # a shape bug must not stop the outbox: the stored data goes out as is
-            log.exception("event.shape_failed", type=etype)
-            data = raw
         enrollment_id, contact_id = types.refs(raw)
-        event = Event(id=eid, type=etype, created_at=created_at, data=data)
         out.append(
             Converted(
                 entry=entry,
                 tenant=tenant,
-                event=event,
-                payload=_encode(event),
+                id=event_id(entry.shard, entry.id, shards, index if batched else None),
+                type=etype,
+                created=created,
+                raw=raw,
                 enrollment_id=enrollment_id,
                 contact_id=contact_id,
-                created=created,
             )
         )
     return out

@@ -121,12 +121,12 @@ class Reader:
             [
                 LogItem(
                     tenant=c.tenant,
-                    event_id=c.event.id,
-                    type=c.event.type,
+                    event_id=c.id,
+                    type=c.type,
                     created_at=c.created,
                     enrollment_id=c.enrollment_id,
                     contact_id=c.contact_id,
-                    payload=c.payload,
+                    payload=c.logged(),
                 )
                 for c in converted
             ],
@@ -138,18 +138,17 @@ class Reader:
         for entry, events in of_entry:
             tenant = events[0].tenant if events else ""
             wanting = endpoints.get(tenant, []) if events else []
-            deliveries = [
-                Delivery(
-                    envelope.delivery_id(c.event.id, ep.id, shards),
-                    ep.id,
-                    c.event.id,
-                    c.event.type,
-                    c.payload,
-                )
-                for c in events
-                for ep in wanting
-                if ep.wants(c.event.type)
-            ]
+            deliveries = []
+            for c in events if wanting else []:
+                body = None  # shaped only for an event some endpoint wants
+                for ep in wanting:
+                    if ep.wants(c.type):
+                        body = body or c.payload()
+                        deliveries.append(
+                            Delivery(
+                                envelope.delivery_id(c.id, ep.id, shards), ep.id, c.id, c.type, body
+                            )
+                        )
             by_shard[entry.shard].append(Fanout(entry.id, tenant, due, deliveries))
         written = await self.store.outbox.fanout(by_shard, now)
         log.debug("events.handled", entries=len(entries), events=handled, deliveries=written)

@@ -2,8 +2,9 @@
 
 Per tenant a STREAM of small entries (event id, type, time, enrollment and contact ids) in
 the order the reader recorded them, trimmed by age (XTRIM MINID), and per event a STRING
-with the payload, expiring after the retention. Filters scan the stream in bounded steps,
-so a page costs at most `SCAN_MAX` entries read however selective the filter is.
+with the payload (`envelope.Logged`: shaped when read), expiring after the retention.
+Filters scan the stream in bounded steps, so a page costs at most `SCAN_MAX` entries read
+however selective the filter is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import msgspec
 
 from seqd import ids
 from seqd.errors import Invalid, NotFound
+from seqd.events import envelope
 from seqd.events.models import Event
 
 if TYPE_CHECKING:
@@ -30,8 +32,6 @@ STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # Events per `recordEvents` call at most, so a call holds the server for a few ms at most
 # (about 13 us of server time per event on a 2-core test machine: ~2.6 ms per call).
 RECORD_BATCH = 200
-
-_decode_event = msgspec.json.Decoder(Event).decode
 
 
 class LogItem(msgspec.Struct, frozen=True):
@@ -119,7 +119,7 @@ class Events:
             raw = await self.store.client.get(self.keys.event(tenant, event_id))
         if raw is None:
             raise NotFound(f"no event {event_id}", field="id")
-        return _decode_event(raw)
+        return envelope.read_logged(raw)
 
     async def list(
         self,
@@ -165,7 +165,7 @@ class Events:
         events = []
         if found:
             bodies = await self.store.client.mget([self.keys.event(tenant, e) for e in found])
-            events = [_decode_event(b) for b in bodies if b is not None]
+            events = [envelope.read_logged(b) for b in bodies if b is not None]
         total = None if not flt.empty else int(await self.store.client.xlen(key))
         return events, (None if exhausted else last), total
 
