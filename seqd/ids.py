@@ -128,3 +128,13 @@ def time_of(value: str) -> int:
     """Milliseconds encoded in a valid id."""
     body = value.partition("_")[2]
     return _decode(body[:TIME_CHARS])
+
+
+def random_of(value: str) -> int:
+    """The random part of a valid id."""
+    return _decode(value[-RANDOM_CHARS:])
+
+
+def with_random(value: str, random_part: int) -> str:
+    """A valid id with its random part (< 2**60) replaced: same prefix, same time."""
+    return value[:-RANDOM_CHARS] + _encode_random(random_part)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from seqd import ids
 from seqd.store.db import Store
 from seqd.times import now_ms, to_rfc3339
 from tests.dispatchutil import contacts, enroll, sequence, sms
@@ -131,3 +132,45 @@ async def test_events_past_retention_are_gone(store: Store) -> None:
         await store.client.delete(store.keys.event("acme", event["id"]))
         _, body = await api.call("GET", "/events")
         assert body["data"] == []
+
+
+async def test_events_of_a_batched_entry_list_page_filter_and_get_one_by_one(
+    store: Store,
+) -> None:
+    """Enrolling many at once logs their `created` events as batches (one payload each):
+    the API still shows one event per enrollment, pages through them, filters them, and
+    gets any one of them by its id."""
+    async with api_client(store) as api:
+        seq = await sequence(store, sms(wait=60))
+        cids = await contacts(store, 30)
+        enrollments = {e.contact_id: e.id for e in await enroll(store, seq, cids)}
+        async with pipeline(store) as p:
+            assert await p.read() == 30
+        payloads = await store.client.keys(store.keys.event("acme", "*"))
+        shards = {ids.shard_of(e, store.shards) for e in enrollments.values()}
+        assert len(payloads) == len(shards), "one payload per batched entry (one per shard)"
+        seen: list[dict] = []  # type: ignore[type-arg]
+        token = None
+        while True:
+            page = "/events?limit=7" + (f"&page_token={token}" if token else "")
+            status, body = await api.call("GET", page)
+            assert status == 200 and body["total"] == 30
+            seen += body["data"]
+            token = body["next_page_token"]
+            if token is None:
+                break
+        assert len(seen) == 30 and len({e["id"] for e in seen}) == 30
+        assert {e["data"]["id"] for e in seen} == set(enrollments.values())
+        assert {e["data"]["contact_id"] for e in seen} == set(cids)
+        for e in seen[::5]:
+            status, body = await api.call("GET", f"/events/{e['id']}")
+            assert status == 200 and body == {"event": e}
+            status, body = await api.call("GET", f"/events?contact_id={e['data']['contact_id']}")
+            assert body["data"] == [e]
+            status, body = await api.call("GET", f"/events?enrollment_id={e['data']['id']}")
+            assert body["data"] == [e]
+        # An id of the same batch past its last event is no event.
+        last = max(seen, key=lambda e: e["id"])["id"]
+        beyond = last[:-1] + ("Z" if last[-1] != "Z" else "Y")
+        status, _ = await api.call("GET", f"/events/{beyond}")
+        assert status == 404

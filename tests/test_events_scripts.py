@@ -13,6 +13,7 @@ from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem
 from seqd.store.events import RECORD_BATCH, EventFilter, LogItem
 from seqd.store.outbox import GROUP
+from seqd.store.scripts import ScriptError
 from tests.conftest import ScriptCalls
 from tests.webhookutil import TENANT, Clock, emit, endpoint, settings
 
@@ -29,14 +30,23 @@ def any_store(request: pytest.FixtureRequest) -> Store:
     return store
 
 
+def _eid(n: int) -> str:
+    return f"evt_{n:022d}"
+
+
 def _item(n: int, etype: str = "contact.opted_in", **kw: str) -> LogItem:
-    values = {"tenant": TENANT, "enrollment_id": "", "contact_id": "", **kw}
+    """A payload of one event, number `n`."""
+    tenant, eid, cid = (
+        kw.get("tenant", TENANT),
+        kw.get("enrollment_id", ""),
+        kw.get("contact_id", ""),
+    )
     return LogItem(
-        event_id=f"evt_{n:022d}",
+        tenant=tenant,
         type=etype,
         created_at=NOW,
-        payload=f'{{"id":"evt_{n:022d}","type":"{etype}","created_at":"x","data":{{}}}}'.encode(),
-        **values,
+        payload=f'{{"id":"{_eid(n)}","type":"{etype}","created_at":"x","data":{{}}}}'.encode(),
+        events=[(_eid(n), eid, cid)],
     )
 
 
@@ -46,9 +56,9 @@ async def test_record_event_appends_once_with_retention(any_store: Store) -> Non
     assert await s.events.record([_item(1), _item(2)], now=now, retention_ms=DAY) == 2
     assert await s.events.record([_item(1)], now=now, retention_ms=DAY) == 0
     rows = await s.client.xrange(s.keys.events(TENANT))
-    assert [r[1]["v"] for r in rows] == [_item(1).event_id, _item(2).event_id]
+    assert [r[1]["v"] for r in rows] == [_eid(1), _eid(2)]
     assert "e" not in rows[0][1] and rows[0][1]["y"] == "contact.opted_in"
-    ttl = await s.client.pttl(s.keys.event(TENANT, _item(1).event_id))
+    ttl = await s.client.pttl(s.keys.event(TENANT, _eid(1)))
     assert 0 < ttl <= DAY
 
 
@@ -63,7 +73,7 @@ async def test_record_event_trims_by_age(any_store: Store) -> None:
         await s.client.xadd(log, {"v": f"old{i}"}, id=f"{now - 2 * DAY}-{i + 1}")
     await s.events.record([_item(7)], now=now, retention_ms=DAY)
     await s.events.trim(now=now, retention_ms=DAY)
-    assert [r[1]["v"] for r in await s.client.xrange(log)] == [_item(7).event_id]
+    assert [r[1]["v"] for r in await s.client.xrange(log)] == [_eid(7)]
 
 
 async def _logged(s: Store, tenant: str) -> list[str]:
@@ -92,7 +102,7 @@ async def test_record_batches_per_tenant_and_appends_each_event_once(
         ("recordEvents", s.keys.tenant_tag(t)) for t in (a, b, c)
     ]
     assert [keys for _, keys, _ in calls] == [[s.keys.events(t)] for t in (a, b, c)]
-    ids = {n: _item(n).event_id for n in range(1, 8)}
+    ids = {n: _eid(n) for n in range(1, 8)}
     assert await _logged(s, a) == [ids[1], ids[3]]
     assert await _logged(s, b) == [ids[2], ids[5]]
     assert await _logged(s, c) == [ids[4]]
@@ -101,9 +111,9 @@ async def test_record_batches_per_tenant_and_appends_each_event_once(
     assert three == {"v": ids[3], "y": "contact.opted_in", "at": str(NOW)}
     [(_, two), _] = await s.client.xrange(s.keys.events(b))
     assert two["e"] == "enr_2" and "c" not in two
-    for tenant, n in [(a, 1), (a, 3), (b, 2), (b, 5), (c, 4)]:
-        key = s.keys.event(tenant, ids[n])
-        [payload] = {it.payload for it in first if it.event_id == ids[n] and it.tenant == tenant}
+    for t, n in [(a, 1), (a, 3), (b, 2), (b, 5), (c, 4)]:
+        key = s.keys.event(t, ids[n])
+        [payload] = {it.payload for it in first if it.events[0][0] == ids[n] and it.tenant == t}
         assert await s.client.get(key) == payload.decode()
         assert 0 < await s.client.pttl(key) <= DAY
     # The same event id under another tenant is that tenant's own event.
@@ -135,8 +145,8 @@ async def test_record_splits_a_large_group_and_keeps_its_order(
         ("recordEvents", s.keys.tenant_tag(TENANT)),
         ("recordEvents", s.keys.tenant_tag("other")),
     ]
-    assert await _logged(s, TENANT) == [_item(i).event_id for i in range(n - 1)]
-    assert await _logged(s, "other") == [_item(0).event_id]
+    assert await _logged(s, TENANT) == [_eid(i) for i in range(n - 1)]
+    assert await _logged(s, "other") == [_eid(0)]
 
 
 async def test_record_batch_size_bounds_each_call(
@@ -149,7 +159,49 @@ async def test_record_batch_size_bounds_each_call(
     items = [_item(1), _item(2), _item(1), _item(3), _item(2)]
     assert await s.events.record(items, now=now, retention_ms=DAY) == 3
     assert len(calls) == 3
-    assert await _logged(s, TENANT) == [_item(n).event_id for n in (1, 2, 3)]
+    assert await _logged(s, TENANT) == [_eid(n) for n in (1, 2, 3)]
+
+
+async def test_record_logs_a_batch_under_one_payload_once(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batched entry's events: one payload key (its first event's id) for all, one log
+    entry each in order, all or nothing; a batch counts its events toward RECORD_BATCH but
+    is never split."""
+    s = any_store
+    now = await _server_now(s)
+    monkeypatch.setattr(events_mod, "RECORD_BATCH", 2)
+    calls = ScriptCalls(s, monkeypatch).calls
+    batch = LogItem(
+        tenant=TENANT,
+        type="sequence.step.sent",
+        created_at=NOW,
+        payload=b'{"batch":1}',
+        events=[(_eid(n), f"enr_{n}", f"con_{n}") for n in (10, 11, 12)],
+    )
+    items = [_item(1), batch, _item(2), batch]
+    assert await s.events.record(items, now=now, retention_ms=DAY) == 5
+    assert len(calls) == 4  # [1], [batch], [2], [batch again]
+    assert await _logged(s, TENANT) == [_eid(n) for n in (1, 10, 11, 12, 2)]
+    rows = await s.client.xrange(s.keys.events(TENANT))
+    assert rows[2][1] == {
+        "v": _eid(11),
+        "y": "sequence.step.sent",
+        "at": str(NOW),
+        "e": "enr_11",
+        "c": "con_11",
+    }
+    assert await s.client.get(s.keys.event(TENANT, _eid(10))) == '{"batch":1}'
+    assert not await s.client.exists(s.keys.event(TENANT, _eid(11)))
+    assert await s.events.record([batch], now=now, retention_ms=DAY) == 0
+    with pytest.raises(ScriptError, match="BAD_ITEMS"):
+        await s.runner.call(
+            "recordEvents",
+            [s.keys.events(TENANT)],
+            [s.keys.tenant_tag(TENANT), DAY, "0-0", "t", NOW, b"{}", 2, _eid(20), "", ""],
+            tag=s.keys.tenant_tag(TENANT),
+        )
+    assert len(await _logged(s, TENANT)) == 5
 
 
 async def test_record_trims_the_log_once_per_call(any_store: Store) -> None:
@@ -165,7 +217,7 @@ async def test_record_trims_the_log_once_per_call(any_store: Store) -> None:
     new = [_item(i) for i in range(10)]
     assert await s.events.record(new, now=now, retention_ms=DAY) == 10
     logged = await _logged(s, TENANT)
-    assert logged[-10:] == [it.event_id for it in new]
+    assert logged[-10:] == [it.events[0][0] for it in new]
     assert len(logged) - 10 < 100, "the full nodes of old entries are gone"
 
 
@@ -270,12 +322,10 @@ async def test_an_entry_left_by_a_dead_reader_is_handled_once(store: Store) -> N
         [
             LogItem(
                 tenant=TENANT,
-                event_id=converted.id,
                 type=converted.type,
                 created_at=converted.created,
-                enrollment_id="",
-                contact_id=converted.contact_id,
                 payload=converted.logged(),
+                events=[(converted.id, "", converted.contact_id)],
             )
         ],
         now=clock.now,

@@ -162,10 +162,38 @@ def test_the_log_keeps_data_as_stored_and_reads_it_shaped() -> None:
     [c] = envelope.convert(_entry("sequence.enrollment.created", {"id": eid, "fields": fields}), 4)
     logged = json.loads(c.logged())
     assert logged["data"] == {"id": eid, "fields": fields} and logged["shaped"] is False
-    event = envelope.read_logged(c.logged())
+    event = envelope.read_logged(c.logged()).event(c.id, 4)
     assert event == c.event() and msgspec.json.encode(event) == c.payload()
     assert event.data["id"] == eid and event.data["next_run_at"] == to_rfc3339(AT)
-    assert envelope.read_logged(c.payload()) == event
+    assert envelope.read_logged(c.payload()).event(c.id, 4) == event
+    assert envelope.read_logged(c.logged()).event(ids.new(ids.EVENT), 4) is None
+
+
+def test_a_batch_is_logged_as_one_payload_and_each_event_read_from_it() -> None:
+    """A batched entry's payload names its first event; `payload_id` finds it from any of
+    the entry's event ids (and a one-event entry's id names its own); each event reads back
+    as a webhook would carry it; an id past the batch's end is no event of it."""
+    data = [{"contact_id": f"con_{n}"} if n != 2 else 7 for n in range(5)]
+    for shards, shard in ((4, 3), (7, 6), (1024, 1023), (1000, 5)):
+        fields = {
+            "type": "contact.opted_in",
+            "tenant": "a",
+            "at": str(AT),
+            "items": json.dumps(data),
+        }
+        converted = envelope.convert(Entry(shard, f"{AT}-{shards}", fields), shards)
+        payload = envelope.read_logged(envelope.logged_batch(converted))
+        for n, c in enumerate(converted):
+            assert envelope.payload_id(c.id, shards) == converted[0].id
+            assert envelope.batch_event_id(converted[0].id, n, shards) == c.id
+            assert payload.event(c.id, shards) == c.event()
+        assert converted[2].event().data == {}
+        past = envelope.batch_event_id(converted[0].id, 5, shards)
+        assert envelope.payload_id(past, shards) == converted[0].id
+        assert payload.event(past, shards) is None
+        for seq in (0, 9, (1 << 49) - 1):
+            single = envelope.event_id(shard, f"{AT}-{seq}", shards)
+            assert envelope.payload_id(single, shards) == single
 
 
 def test_subscription_rules() -> None:

@@ -35,27 +35,66 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Logged(msgspec.Struct, frozen=True):
-    """An event as the log stores it. The reader logs `data` as the outbox has it
-    (`shaped` false) and it is shaped when read, so events nobody reads are never shaped;
-    payloads logged before that hold the API form (no `shaped`)."""
+    """A payload of the log: one event (`data`), or every event of a batched outbox entry
+    (`items`, each event's data in order; `id` is the first event's, the others' follow
+    from it, `batch_position`). The reader logs data as the outbox had it (`shaped`
+    false) and it is shaped when read, so events nobody reads are never shaped; payloads
+    logged before that hold one event in the API form (no `shaped`)."""
 
     id: str
     type: str
     created_at: str
-    data: dict[str, Any]
+    data: dict[str, Any] | None = None
+    items: list[Any] | None = None
     shaped: bool = True
 
-    def event(self) -> Event:
-        data = self.data if self.shaped else shape(self.type, self.data)
-        return Event(id=self.id, type=self.type, created_at=self.created_at, data=data)
+    def event(self, event_id: str, shards: int) -> Event | None:
+        """Event `event_id` of this payload; None when it holds no such event."""
+        if self.items is None:
+            data = self.data if self.data is not None and event_id == self.id else None
+            if data is None:
+                return None
+        else:
+            index = (ids.random_of(event_id) - ids.random_of(self.id)) // shards
+            if not 0 <= index < len(self.items) or event_id != batch_event_id(
+                self.id, index, shards
+            ):
+                return None
+            data = self.items[index] if isinstance(self.items[index], dict) else {}
+        if not self.shaped:
+            data = shape(self.type, data)
+        return Event(id=event_id, type=self.type, created_at=self.created_at, data=data)
 
 
 _decode_logged = msgspec.json.Decoder(Logged).decode
 
 
-def read_logged(payload: bytes | str) -> Event:
-    """The event of a log payload (`Events.get`, `Events.list`)."""
-    return _decode_logged(payload).event()
+def read_logged(payload: bytes | str) -> Logged:
+    return _decode_logged(payload)
+
+
+def logged_batch(events: list[Converted]) -> bytes:
+    """The log's payload of a batched entry's events (`Converted.logged` of one event)."""
+    first = events[0]
+    items = [c.raw for c in events]
+    return _encode(Logged(first.id, first.type, to_rfc3339(first.created), None, items, False))
+
+
+def batch_event_id(first: str, index: int, shards: int) -> str:
+    """The id of event `index` of the batched entry whose first event is `first`."""
+    return ids.with_random(first, ids.random_of(first) + index * shards)
+
+
+def payload_id(event_id: str, shards: int) -> str:
+    """The id that names an event's payload in the log: its own, or for an event of a
+    batched entry (a random part from _BATCH on, less the shard residue) the entry's first
+    event's."""
+    rnd = ids.random_of(event_id)
+    base = _BATCH - _BATCH % shards
+    if rnd < base:
+        return event_id
+    index = ((rnd - base) // shards) & ((1 << _BATCH_INDEX_BITS) - 1)
+    return ids.with_random(event_id, rnd - index * shards)
 
 
 def shape(etype: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -91,8 +130,8 @@ class Converted(msgspec.Struct, frozen=True):
         return _encode(self.event())
 
     def logged(self) -> bytes:
-        """What the log stores: read back by `read_logged`."""
-        return _encode(Logged(self.id, self.type, to_rfc3339(self.created), self.raw, False))
+        """The log's payload of this one event (read back by `read_logged`)."""
+        return _encode(Logged(self.id, self.type, to_rfc3339(self.created), self.raw, None, False))
 
 
 def event_id(shard: int, entry_id: str, shards: int, index: int | None = None) -> str:

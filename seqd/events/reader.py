@@ -120,15 +120,19 @@ class Reader:
         await self.store.events.record(
             [
                 LogItem(
-                    tenant=c.tenant,
-                    event_id=c.id,
-                    type=c.type,
-                    created_at=c.created,
-                    enrollment_id=c.enrollment_id,
-                    contact_id=c.contact_id,
-                    payload=c.logged(),
+                    tenant=events[0].tenant,
+                    type=events[0].type,
+                    created_at=events[0].created,
+                    # A batched entry's events share one payload.
+                    payload=(
+                        envelope.logged_batch(events)
+                        if "items" in entry.fields
+                        else events[0].logged()
+                    ),
+                    events=[(c.id, c.enrollment_id, c.contact_id) for c in events],
                 )
-                for c in converted
+                for entry, events in of_entry
+                if events
             ],
             now=now,
             retention_ms=self.retention_ms,
