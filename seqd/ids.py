@@ -10,6 +10,7 @@ contact's shard, so any id names its shard without a lookup.
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -112,6 +113,21 @@ def new_in_shard(
     if rnd >= 1 << RANDOM_BITS:
         rnd -= shards
     return new(prefix, now_ms, rnd)
+
+
+def many_in_shard(prefix: str, shard: int, shards: int, n: int, now_ms: int) -> list[str]:
+    """`n` new ids in `shard` made at `now_ms`, as `new_in_shard` makes them: the time part
+    encoded once and the randomness taken in one read (an enroll call makes hundreds)."""
+    head = f"{prefix}_{_encode(now_ms, TIME_CHARS)}"
+    top = 1 << RANDOM_BITS
+    out = []
+    for value in struct.unpack(f">{n}Q", os.urandom(8 * n)):
+        rnd = value >> (64 - RANDOM_BITS)
+        rnd = rnd - (rnd % shards) + shard
+        if rnd >= top:
+            rnd -= shards
+        out.append(head + _encode_random(rnd))
+    return out
 
 
 def is_valid(value: str, prefix: str) -> bool:

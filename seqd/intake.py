@@ -76,7 +76,10 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
     p = Parsed(entry_id, fields)
     try:
         for name, value in fields.items():
-            if has_bad_bytes(name) or has_bad_bytes(value):
+            # (isascii first: it is what almost every field is, and cheap to tell)
+            if not (name.isascii() and value.isascii()) and (
+                has_bad_bytes(name) or has_bad_bytes(value)
+            ):
                 raise Rejected("invalid", "not UTF-8 text", name if name in FIELDS else None)
         tenant = fields.get("tenant", "")
         if valid_tenant(tenant):
@@ -84,9 +87,8 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
             request_id = fields.get("request_id")
             if request_id is not None and 0 < len(request_id) <= REQUEST_ID_MAX:
                 p.result_key = store.keys.intake_result(tenant, request_id)
-        unknown = sorted(set(fields) - FIELDS)
-        if unknown:
-            raise Rejected("invalid", "unknown field", unknown[0])
+        if not fields.keys() <= FIELDS:
+            raise Rejected("invalid", "unknown field", sorted(fields.keys() - FIELDS)[0])
         if "request_id" in fields and p.result_key is None and p.tenant:
             raise Rejected("invalid", f"1 to {REQUEST_ID_MAX} characters", "request_id")
         if not tenant:

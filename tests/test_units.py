@@ -33,6 +33,18 @@ def test_ids_random_parts_round_trip_and_do_not_repeat() -> None:
     assert len(made) == 5_000
 
 
+def test_ids_made_many_at_once_are_as_new_in_shard_makes_them() -> None:
+    for shards, shard in ((1, 0), (7, 6), (16, 3), (1024, 1023)):
+        made = ids.many_in_shard(ids.ENROLLMENT, shard, shards, 3_000, 1_234)
+        assert len(set(made)) == 3_000
+        assert {ids.shard_of(e, shards) for e in made} == {shard}
+        assert {ids.time_of(e) for e in made} == {1_234}
+        assert all(ids.is_valid(e, ids.ENROLLMENT) for e in made)
+        one = ids.new_in_shard(ids.ENROLLMENT, shard, shards, 1_234)
+        assert one[: 4 + ids.TIME_CHARS] == made[0][: 4 + ids.TIME_CHARS]
+    assert ids.many_in_shard(ids.ENROLLMENT, 0, 4, 0, 1) == []
+
+
 def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
     import os
 

@@ -75,9 +75,9 @@ class Enrollments:
             for start in range(0, len(positions), ENROLL_BATCH):
                 batch = positions[start : start + ENROLL_BATCH]
                 args: list[Any] = [tag, now, tenant, seq.id, wait_ms]
-                for i in batch:
+                fresh = ids.many_in_shard(ids.ENROLLMENT, shard, shards, len(batch), now)
+                for i, eid in zip(batch, fresh, strict=True):
                     item = items[i]
-                    eid = ids.new_in_shard(ids.ENROLLMENT, shard, shards, now)
                     md = item.metadata_json
                     if md is None:
                         md = _encode(item.metadata).decode() if item.metadata else ""
