@@ -1,13 +1,14 @@
 """The intake consumer: enrolls what other services XADD to `<prefix>:intake`.
 
-Each seqd process runs one consumer in a shared consumer group. A batch of entries is
-grouped by (tenant, sequence) and each group enrolled through `bulk.enroll`, the path of
-the HTTP API, so idempotency, inline-contact upserts, suppressions and events are the
-same. An entry is acknowledged (and deleted) only in the MULTI that stores its outcome:
-a process that dies mid-batch leaves its entries pending, another consumer takes them
-over once they have been idle for the lease (XAUTOCLAIM), and enrolling them again finds
-the enrollments already made. An entry that cannot be enrolled is moved to the rejected
-stream with its reason, never dropped. The protocol is in docs/redis-intake.md.
+Each seqd process runs `intake.consumers` consumers in a shared consumer group. A batch of
+entries is grouped by (tenant, sequence) and each group enrolled through `bulk.enroll`,
+the path of the HTTP API, so idempotency, inline-contact upserts, suppressions and events
+are the same. An entry is acknowledged only in the MULTI that stores its outcome (and
+deleted with the stream's finished head right after): a process that dies mid-batch
+leaves its entries pending, another consumer takes them over once they have been idle
+for the lease (XAUTOCLAIM), and enrolling them again finds the enrollments already made.
+An entry that cannot be enrolled is moved to the rejected stream with its reason, never
+dropped. The protocol is in docs/redis-intake.md.
 """
 
 from __future__ import annotations

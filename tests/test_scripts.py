@@ -281,3 +281,36 @@ async def test_put_and_delete_contact_codes(any_store: Store) -> None:
             tag=tag,
         )
     assert info.value.code == "NOT_FOUND"
+
+
+async def test_trim_intake_deletes_only_the_finished_head(any_store: Store) -> None:
+    """Entries leave once every group is done with them and with all before them: a pending
+    entry holds back those finished after it, an unread one (or a group that has read
+    nothing) everything from it on."""
+    s = any_store
+    key = s.keys.intake()
+    tag = s.keys.intake_tag()
+
+    async def trim() -> int:
+        return int(await s.runner.call("trimIntake", [key], [], tag=tag))
+
+    ids_ = [await s.client.xadd(key, {"n": str(n)}) for n in range(5)]
+    await s.client.xgroup_create(key, "g", id="0")
+    assert await trim() == 0
+    await s.client.xreadgroup("g", "c", {key: ">"}, count=3)
+    await s.client.xack(key, "g", ids_[1])
+    assert await trim() == 0, "the oldest read entry is still pending"
+    await s.client.xack(key, "g", ids_[0])
+    assert await trim() == 2 and await s.client.xlen(key) == 3
+    await s.client.xack(key, "g", ids_[2])
+    assert await trim() == 1 and await s.client.xlen(key) == 2, "two never read"
+    # A group that starts after the 4th entry (it will never read it).
+    await s.client.xgroup_create(key, "other", id=ids_[3])
+    await s.client.xreadgroup("g", "c", {key: ">"})
+    await s.client.xack(key, "g", ids_[3], ids_[4])
+    assert await trim() == 1 and await s.client.xlen(key) == 1, "other has the 5th to read"
+    await s.client.xreadgroup("other", "c", {key: ">"})
+    assert await trim() == 0, "pending with other"
+    await s.client.xack(key, "other", ids_[4])
+    assert await trim() == 1 and await s.client.xlen(key) == 0
+    assert await trim() == 0

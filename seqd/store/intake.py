@@ -1,10 +1,11 @@
 """The intake stream's Redis side: the consumer group, reads, reclaims, and finishing
 entries (store the outcome, move a rejected entry, acknowledge) in one MULTI.
 
-The stream is a queue: a finished entry is acknowledged and deleted in the same MULTI as
-its outcome is written, so `XLEN <prefix>:intake` is the backlog, and an entry is either
-still to do (in the stream, maybe pending with a consumer) or done with its outcome
-stored. Its companions share its slot (see `keys.py`), which is what lets one MULTI
+The stream is a queue: a finished entry is acknowledged in the same MULTI as its outcome
+is written, and finished entries are then trimmed from the stream's head (`trimIntake`),
+so `XLEN <prefix>:intake` is the backlog (plus entries finished after one still pending),
+and an entry is either still to do (unread, or pending with a consumer) or done with its
+outcome stored. Its companions share its slot (see `keys.py`), which is what lets one MULTI
 touch them all on Redis Cluster.
 
 Writers may put any bytes in a field. This module's client decodes with
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from seqd.store import groups
+from seqd.store.scripts import Runner
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
@@ -66,6 +68,7 @@ class IntakeStream:
                 connection_class=pool.connection_class, max_connections=8, **kwargs
             )
         )
+        self.runner = Runner(self.client)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -125,7 +128,8 @@ class IntakeStream:
     async def finish(
         self, done: Sequence[Finished], *, result_ttl_ms: int, rejected_max_len: int
     ) -> None:
-        """Store outcomes, append rejections, acknowledge and delete: all or nothing."""
+        """Store outcomes, append rejections, acknowledge: all or nothing; then delete the
+        stream's finished head."""
         if not done:
             return
         pipe = self.client.pipeline(transaction=True)
@@ -142,10 +146,11 @@ class IntakeStream:
                     maxlen=rejected_max_len,
                     approximate=True,
                 )
-        ids = [item.entry_id for item in done]
-        pipe.xack(self.name, self.group, *ids)
-        pipe.xdel(self.name, *ids)
+        pipe.xack(self.name, self.group, *[item.entry_id for item in done])
         await pipe.execute()
+        # Finished entries leave the stream's head together (trimIntake); a crash before
+        # this leaves them to the next batch's trim.
+        await self.runner.call("trimIntake", [self.name], [], tag=self.keys.intake_tag())
 
     async def drop_consumer(self, consumer: str) -> None:
         """Forget a consumer that holds nothing (a clean stop), so the group's list stays short."""
