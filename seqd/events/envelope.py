@@ -37,7 +37,7 @@ _encode = msgspec.json.Encoder().encode
 class Logged(msgspec.Struct, frozen=True):
     """A payload of the log: one event (`data`), or every event of a batched outbox entry
     (`items`, each event's data in order; `id` is the first event's, the others' follow
-    from it, `batch_position`). The reader logs data as the outbox had it (`shaped`
+    from it, `batch_event_id`). The reader logs data as the outbox had it (`shaped`
     false) and it is shaped when read, so events nobody reads are never shaped; payloads
     logged before that hold one event in the API form (no `shaped`)."""
 

@@ -4,7 +4,8 @@ For a batch of outbox entries (new ones, and ones a dead reader left pending pas
 lease), the reader
   1. turns each into its events (`envelope.convert`: ids derived from the entry; an entry
      of a script's hot path holds many events, store/outbox.py),
-  2. appends them to the tenants' logs (`recordEvents`, once per event id),
+  2. appends them to the tenants' logs (`recordEvents`, once per payload: one event's, or
+     a batched entry's events together),
   3. acknowledges each entry and schedules one delivery per event and matching enabled
      endpoint in one shard script (`fanoutEvents`).
 Steps 2 and 3 are in different slots (tenant, shard). A crash between them leaves the
