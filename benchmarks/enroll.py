@@ -361,6 +361,8 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=4000, help="enrollments per run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--clients", type=int, default=32, help="concurrent single-POST clients")
-    parser.add_argument("--consumers", type=int, default=2, help="intake consumers")
+    parser.add_argument(
+        "--consumers", type=int, default=IntakeConfig().consumers, help="intake consumers"
+    )
     args = parser.parse_args()
     asyncio.run(main(args.n, args.repeat, args.clients, args.consumers))
