@@ -416,6 +416,11 @@ async def test_starttls_with_login(
     assert set(logins[1:]) == {(b"bo", b"nope")}
 
 
+# A connection reset mid-handshake (the client refuses the certificate; aiosmtpd logs a
+# TLSSetupException on its own loop in a thread) can leave a transport collected while
+# still closing when the loops stop right after: a ResourceWarning, 1 run in about 20
+# under CPU load, 0 in 25 with this filter. The test asserts what the sender does.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_starttls_validates_certificates_by_default(
     smtp_server: ServerFactory, certificate: tuple[Path, Path]
 ) -> None:
