@@ -30,7 +30,7 @@ GROUP = "seqd-events"
 # this many deliveries: bounds its ARGV and how long it runs.
 FANOUT_BATCH = 100
 FANOUT_DELIVERIES = 400
-# Events one batched entry holds at most (OUTBOX_ITEMS in Lua's enrollment include).
+# Events one batched entry holds at most (OUTBOX_ITEMS in the scripts, scripts.py).
 ITEMS_MAX = 200
 
 _decode = msgspec.json.Decoder().decode

@@ -4,7 +4,7 @@ A script file is `<verbNoun>-<numKeys>.lua`; its header lists KEYS and ARGV, and
 wrapper here builds them in that order. `-- @include name` pulls in `includes/name.lua`,
 and every script is prefixed with `k_<family>(tag, ...)` helpers generated from
 `keys.SHARD_TEMPLATES` and `keys.TENANT_TEMPLATES`, so key names are spelled in one place
-for Python and Lua alike.
+for Python and Lua alike (and with the constants they share, `_constants`).
 Script errors (`redis.error_reply('CODE:detail')`) surface as one `ScriptError`.
 """
 
@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from seqd.store import keys as keymod
+from seqd.store import outbox
 
 LUA = resources.files("seqd.store") / "lua"
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
@@ -60,6 +61,11 @@ def _key_helpers() -> str:
     return "\n".join(out) + "\n"
 
 
+def _constants() -> str:
+    """Values the scripts share with Python, defined on the Python side."""
+    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\n"
+
+
 def _expand(source: str) -> str:
     def include(match: re.Match[str]) -> str:
         return (LUA / "includes" / f"{match.group(1)}.lua").read_text()
@@ -76,7 +82,7 @@ class Script:
 
 
 def load_scripts() -> dict[str, Script]:
-    helpers = _key_helpers()
+    helpers = _key_helpers() + _constants()
     scripts = {}
     for entry in LUA.iterdir():
         match = re.fullmatch(r"(\w+)-(\d+)\.lua", entry.name)

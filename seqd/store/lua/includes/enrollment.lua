@@ -17,12 +17,12 @@ local function emit(etype, tenant, now, data)
 end
 
 -- The hot paths' events (enroll's `created`, advance's `sent`/`skipped`) go out batched:
--- one outbox entry per (tenant, type) of a call, holding up to OUTBOX_ITEMS events' data
--- as a JSON array in `items` (store/outbox.py `events_of`), appended when full and at the
--- end of the call (`flush_batched`). One XADD, read, ack and delete per entry instead of
--- per event; each event's id is still derived from the entry (events/envelope.py).
--- Events of one enrollment keep their order: a call touches an enrollment once.
-local OUTBOX_ITEMS = 200
+-- one outbox entry per (tenant, type) of a call, holding up to OUTBOX_ITEMS (outbox.py
+-- ITEMS_MAX, in every script's prelude) events' data as a JSON array in `items`
+-- (store/outbox.py `Entry.events`), appended when full and at the end of the call
+-- (`flush_batched`). One XADD, read, ack and delete per entry instead of per event; each
+-- event's id is still derived from the entry (events/envelope.py). Events of one
+-- enrollment keep their order: a call touches an enrollment once.
 local batched, batched_order = {}, {}
 
 local function flush_one(b, now)
