@@ -294,6 +294,7 @@ async def test_trim_intake_deletes_only_the_finished_head(any_store: Store) -> N
     async def trim() -> int:
         return int(await s.runner.call("trimIntake", [key], [], tag=tag))
 
+    assert await trim() == 0, "no stream (yet, or deleted): nothing to do"
     ids_ = [await s.client.xadd(key, {"n": str(n)}) for n in range(5)]
     await s.client.xgroup_create(key, "g", id="0")
     assert await trim() == 0

@@ -19,6 +19,8 @@ local function parse(id)
   return tonumber(ms), tonumber(seq)
 end
 
+-- (A stream deleted meanwhile, FLUSHDB or a restore: nothing to trim, and XINFO would fail.)
+if rcall('EXISTS', key) == 0 then return 0 end
 local floor_ms, floor_seq = nil, nil
 for _, group in ipairs(rcall('XINFO', 'GROUPS', key)) do
   local info = {}
