@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from seqd import models
+from seqd import ids, models
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import DispatchConfig
 from seqd.engine.dispatcher import Dispatcher
@@ -35,6 +35,17 @@ async def sequence(store: Store, *steps: models.StepIn, status: str = "active") 
 
 
 _numbers = itertools.count()
+
+
+async def contacts_in_shard(store: Store, n: int, shard: int = 0) -> list[str]:
+    """`n` contacts of TENANT in one shard, written directly: only their owner, all the
+    enroll script reads (fills one shard's batches fast)."""
+    cids = [ids.new_in_shard(ids.CONTACT, shard, store.shards) for _ in range(n)]
+    pipe = store.client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.hset(store.keys.contact(shard, cid), "tenant", TENANT)
+    await pipe.execute()
+    return cids
 
 
 async def contacts(store: Store, n: int, **fields: Any) -> list[str]:

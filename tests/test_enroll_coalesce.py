@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -134,16 +135,19 @@ async def test_groups_of_different_sequences_and_tenants_stay_apart(api: Api) ->
 
 @pytest.fixture
 def sequence_create() -> models.SequenceCreate:
-    import msgspec
-
     return msgspec.convert(SEQUENCE, models.SequenceCreate)
 
 
+@pytest.fixture
+async def sid(store: Store, sequence_create: models.SequenceCreate) -> str:
+    """An active sequence of acme in `store`."""
+    return (await store.sequences.create("acme", sequence_create)).id
+
+
 async def test_arrivals_while_groups_are_in_flight_go_together_after(
-    store: Store, monkeypatch: pytest.MonkeyPatch, sequence_create: models.SequenceCreate
+    store: Store, monkeypatch: pytest.MonkeyPatch, sid: str
 ) -> None:
     monkeypatch.setattr(coalesce, "MAX_IN_FLIGHT", 1)
-    sid = (await store.sequences.create("acme", sequence_create)).id
     c = await _contacts(store, 6)
     target = CountingTarget(monkeypatch, hold_first=True)
     group = Coalescer(store)
@@ -160,10 +164,9 @@ async def test_arrivals_while_groups_are_in_flight_go_together_after(
 
 
 async def test_a_full_group_goes_at_once_and_the_rest_follow(
-    store: Store, monkeypatch: pytest.MonkeyPatch, sequence_create: models.SequenceCreate
+    store: Store, monkeypatch: pytest.MonkeyPatch, sid: str
 ) -> None:
     monkeypatch.setattr(coalesce, "MAX_GROUP", 4)
-    sid = (await store.sequences.create("acme", sequence_create)).id
     c = await _contacts(store, 10)
     target = CountingTarget(monkeypatch)
     group = Coalescer(store)
@@ -174,9 +177,8 @@ async def test_a_full_group_goes_at_once_and_the_rest_follow(
 
 
 async def test_a_cancelled_request_leaves_the_rest_of_its_group_alone(
-    store: Store, sequence_create: models.SequenceCreate
+    store: Store, sid: str
 ) -> None:
-    sid = (await store.sequences.create("acme", sequence_create)).id
     c = await _contacts(store, 3)
     group = Coalescer(store)
     futures = [group.enroll("acme", sid, bulk.Item(contact_id=cid)) for cid in c]
@@ -211,9 +213,8 @@ async def test_redis_going_away_fails_every_waiting_request(
 
 
 async def test_a_group_logs_under_no_request_s_id(
-    store: Store, monkeypatch: pytest.MonkeyPatch, sequence_create: models.SequenceCreate
+    store: Store, monkeypatch: pytest.MonkeyPatch, sid: str
 ) -> None:
-    sid = (await store.sequences.create("acme", sequence_create)).id
     [cid] = await _contacts(store, 1)
     target = CountingTarget(monkeypatch)
     group = Coalescer(store)
@@ -228,11 +229,10 @@ async def test_a_group_logs_under_no_request_s_id(
 
 
 async def test_a_fault_while_answering_still_answers_every_request(
-    store: Store, monkeypatch: pytest.MonkeyPatch, sequence_create: models.SequenceCreate
+    store: Store, monkeypatch: pytest.MonkeyPatch, sid: str
 ) -> None:
     """A bug past the scripts (here: one outcome short) fails the requests it leaves
     unanswered; none is left waiting forever."""
-    sid = (await store.sequences.create("acme", sequence_create)).id
     c = await _contacts(store, 3)
     real = bulk.enroll
 

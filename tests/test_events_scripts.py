@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from seqd import ids, models
+from seqd import models
 from seqd.events.reader import Reader
 from seqd.store import events as events_mod
 from seqd.store.db import Store
@@ -15,6 +15,7 @@ from seqd.store.events import RECORD_BATCH, EventFilter, LogItem
 from seqd.store.outbox import GROUP
 from seqd.store.scripts import ScriptError
 from tests.conftest import ScriptCalls
+from tests.dispatchutil import contacts_in_shard
 from tests.webhookutil import TENANT, Clock, emit, endpoint, settings
 
 NOW = 1_800_000_000_000
@@ -271,11 +272,7 @@ async def test_reader_handles_entries_of_many_events(any_store: Store) -> None:
     clock = Clock()
     ep, _ = await endpoint(s, "http://127.0.0.1:9/x", ["sequence.enrollment.created"])
     seq = await s.sequences.create(TENANT, SEQ)
-    cids = [ids.new_in_shard(ids.CONTACT, 0, s.shards) for _ in range(450)]
-    pipe = s.client.pipeline(transaction=False)
-    for cid in cids:
-        pipe.hset(s.keys.contact(0, cid), "tenant", TENANT)
-    await pipe.execute()
+    cids = await contacts_in_shard(s, 450)
     enrolled = await s.enrollments.enroll(TENANT, seq, [EnrollItem(c, {}) for c in cids])
     await s.outbox.ensure_group()
     entries = await s.outbox.read("stale", 10)

@@ -12,7 +12,7 @@ from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch, Settle
 from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import LUA, SCRIPTS, CrossSlotError, Runner, ScriptError
-from tests.dispatchutil import events
+from tests.dispatchutil import contacts_in_shard, events
 
 SEQ = models.SequenceCreate(
     name="s",
@@ -82,23 +82,12 @@ async def test_enroll_is_idempotent_and_indexes(any_store: Store) -> None:
     assert len(await events(s, shard)) == 1
 
 
-async def _contacts_in_shard(s: Store, n: int, shard: int = 0) -> list[str]:
-    """`n` contacts of acme in one shard, written directly (the enroll script reads only
-    their owner)."""
-    cids = [ids.new_in_shard(ids.CONTACT, shard, s.shards) for _ in range(n)]
-    pipe = s.client.pipeline(transaction=False)
-    for cid in cids:
-        pipe.hset(s.keys.contact(shard, cid), "tenant", "acme")
-    await pipe.execute()
-    return cids
-
-
 async def test_enroll_puts_a_calls_created_events_in_entries_of_200(any_store: Store) -> None:
     """One outbox entry per 200 created events (`items`, a JSON array), in item order, each
     event's data what it would be alone; nothing for an idempotent item."""
     s = any_store
     seq = await s.sequences.create("acme", SEQ)
-    cids = await _contacts_in_shard(s, 450)
+    cids = await contacts_in_shard(s, 450)
     results = await s.enrollments.enroll("acme", seq, [EnrollItem(c, {}) for c in cids])
     rows = await s.client.xrange(s.keys.outbox(0))
     assert [len(json.loads(f["items"])) for _, f in rows] == [200, 200, 50]
