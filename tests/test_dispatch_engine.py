@@ -99,6 +99,22 @@ async def test_round_reports_the_next_due_time(store: Store) -> None:
     assert done.claimed == 0 and done.next_due == due
 
 
+@pytest.mark.parametrize("lanes", [1, 3])
+async def test_a_round_works_through_a_backlog_many_batches_deep(
+    one_shard: Store, lanes: int
+) -> None:
+    # 23 steps due in one shard, batches of 5: the shard's full claims go back in the queue,
+    # so one round sends all 23 (each once) and says nothing more is due.
+    seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
+    enrolled = await enroll(one_shard, seq, await contacts(one_shard, 23))
+    clock = Clock(now_ms())
+    sender = Recorder()
+    done = await dispatcher(one_shard, sender, clock, batch_size=5, lanes=lanes).run_once(clock.at)
+    assert (done.claimed, done.sent, done.settled, done.more) == (23, 23, 23, False)
+    assert sorted(m.enrollment_id for m in sender.messages) == sorted(e.id for e in enrolled)
+    assert {(await raw(one_shard, e.id))["i"] for e in enrolled} == {"1"}
+
+
 async def test_paused_sequence_parks_and_resume_fires_overdue_steps_in_due_order(
     one_shard: Store,
 ) -> None:

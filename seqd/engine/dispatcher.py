@@ -217,8 +217,14 @@ class Dispatcher:
 
         async def worker() -> None:
             # Pieces are taken in turn, so one worker composes while another waits on Redis.
+            # A shard whose claim was full goes to the back of the queue: a backlog is
+            # worked through in one round, without every lane waiting at the end of each
+            # pass for the slowest one.
             while pieces and not self._stopping.is_set():
-                done.append(await self._lane(pieces.pop(), now))
+                lane = await self._lane(pieces.pop(), now)
+                done.append(lane)
+                if lane.full:
+                    pieces.insert(0, lane.full)
 
         workers = min(self.config.lanes, len(pieces))
         outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
@@ -227,10 +233,11 @@ class Dispatcher:
             result.sent += lane.sent
             result.settled += lane.settled
             result.stale += lane.stale
-            result.more = result.more or lane.more
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+        # Left in the queue when stopping (or after a failed lane): more may be due.
+        result.more = bool(pieces)
         return result
 
     async def _lane(self, shards: list[int], now: int) -> Lane:
@@ -244,7 +251,7 @@ class Dispatcher:
             on_unknown=config.on_unknown,
             max_attempts=config.max_attempts,
         )
-        more = any(batch.seen >= config.batch_size for batch in batches.values())
+        full = [shard for shard, batch in batches.items() if batch.seen >= config.batch_size]
         items: list[Claimed] = []
         shard_of: dict[str, int] = {}
         mirrors: dict[str, str] = {}
@@ -256,7 +263,7 @@ class Dispatcher:
                 if mirror_version(mirror) > mirror_version(mirrors.get(sid, "")):
                     mirrors[sid] = mirror
         if not items:
-            return Lane(0, 0, 0, 0, more)
+            return Lane(0, 0, 0, 0, full)
         self.observer.claimed(len(items))
         plans = await self._plans(items, mirrors)
         suppressed = await self._suppressions(items, plans)
@@ -300,7 +307,7 @@ class Dispatcher:
         await self._report_opt_outs(jobs)
         sent = sum(1 for job in jobs if job.started)
         settled = sum(a.applied + a.late for a in advanced.values())
-        return Lane(len(items), sent, settled, stale, more)
+        return Lane(len(items), sent, settled, stale, full)
 
     async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:
         """The plan of each sequence in the batch, at least at its mirror's version."""
