@@ -115,6 +115,27 @@ async def test_a_round_works_through_a_backlog_many_batches_deep(
     assert {(await raw(one_shard, e.id))["i"] for e in enrolled} == {"1"}
 
 
+async def test_a_round_hands_back_to_the_loop_after_a_second_of_backlog(one_shard: Store) -> None:
+    # Each send takes 100 ms of the clock, a batch of 5 half a second: the round takes a
+    # second batch (at 500 ms) but not a third (at 1000 ms), and says more is due; the next
+    # round goes on from there.
+    seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
+    await enroll(one_shard, seq, await contacts(one_shard, 23))
+    clock = Clock(now_ms())
+
+    def slow(message: OutboundMessage) -> SendResult:
+        clock.advance(100)
+        return SendResult(outcome="sent", provider_id=f"pid-{message.key}")
+
+    d = dispatcher(one_shard, Recorder(answer=slow), clock, batch_size=5, lanes=1)
+    first = await d.run_once(clock.at)
+    assert first.more and first.claimed == 10
+    second = await d.run_once(clock.at)
+    assert second.more and second.claimed == 10
+    third = await d.run_once(clock.at)
+    assert not third.more and third.claimed == 3
+
+
 async def test_paused_sequence_parks_and_resume_fires_overdue_steps_in_due_order(
     one_shard: Store,
 ) -> None:

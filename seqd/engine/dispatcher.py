@@ -67,6 +67,8 @@ log = structlog.get_logger(__name__)
 NAME = "dispatcher"
 # A step of a channel whose every slot is busy is put back this long (no attempt counted).
 DEFER_MS = 1000
+# How long a round goes on taking the next batch of shards whose claim was full.
+ROUND_MS = 1000
 # Steps composed or sent between two yields to the event loop (about 1-2 ms of work), so
 # HTTP requests served by the same loop wait that long at most, not a whole batch.
 YIELD_EVERY = 64
@@ -214,17 +216,22 @@ class Dispatcher:
             return result
         pieces = cut_pieces(due, self.config.batch_size)
         done: list[Lane] = []
+        started = self.clock()
 
         async def worker() -> None:
             # Pieces are taken in turn, so one worker composes while another waits on Redis.
-            # A shard whose claim was full goes to the back of the queue: a backlog is
-            # worked through in one round, without every lane waiting at the end of each
-            # pass for the slowest one.
+            # A shard whose claim was full goes to the back of the queue for up to ROUND_MS:
+            # a backlog is worked through without every lane waiting for the slowest at the
+            # end of each pass, and the loop still gets its turn (liveness, late outcomes,
+            # a fresh `now`) that often.
             while pieces and not self._stopping.is_set():
                 lane = await self._lane(pieces.pop(), now)
                 done.append(lane)
                 if lane.full:
-                    pieces.insert(0, lane.full)
+                    if self.clock() - started < ROUND_MS:
+                        pieces.insert(0, lane.full)
+                    else:
+                        result.more = True
 
         workers = min(self.config.lanes, len(pieces))
         outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
@@ -236,8 +243,8 @@ class Dispatcher:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        # Left in the queue when stopping (or after a failed lane): more may be due.
-        result.more = bool(pieces)
+        # Left in the queue (stopping, a failed lane): more may be due.
+        result.more = result.more or bool(pieces)
         return result
 
     async def _lane(self, shards: list[int], now: int) -> Lane:
