@@ -482,6 +482,12 @@ async def once(
             profiler.disable()
         calls = await command_calls(client)
         slow = [int(row["duration"]) for row in await client.slowlog_get(100_000)]
+        await client.slowlog_reset()
+        # The same enrollments after their first step: the hash now holds `ua`, `sm` and the
+        # provider's id of the step (`p0`, "noop" here; a Twilio sid is 34 characters).
+        for shard in range(SHARDS):
+            await client.delete(store.keys.outbox(shard))
+        after_step = (await used_memory(client) - before) / n
         lua_us = (await script_usec(client) - before_usec) / n
         delta = {k: v - before_calls.get(k, 0) for k, v in calls.items()}
         delta = {k: v for k, v in delta.items() if v > 0}
@@ -542,6 +548,7 @@ async def once(
         "now_p50": percentile(late_now, 50),
         "now_p99": percentile(late_now, 99),
         "lasting": lasting,
+        "after_step": after_step,
         "per_enrollment": per_enrollment,
         "outbox": outbox_share,
         "per_step": per_step,
@@ -604,6 +611,7 @@ dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatch
 | lateness p50 / p99 at {rate:,} steps/s, due 1 s after enrollment, enrolled meanwhile | {f["live_p50"]:.1f} ms / {f["live_p99"]:.1f} ms | |
 | lateness p50 / p99 at {low:,} steps/s, due at enrollment (no wait), enrolled meanwhile (`idle_poll_ms` {config.idle_poll_ms}) | {f["now_p50"]:.1f} ms / {f["now_p99"]:.1f} ms | |
 | Redis memory per active enrollment, lasting (outbox trimmed) | {f["lasting"]:.0f} B | {TARGET_BYTES} B ({mark(f["lasting"] <= TARGET_BYTES)}) |
+| Redis memory per active enrollment after its first step (outbox trimmed; provider id "noop") | {f["after_step"]:.0f} B | |
 | Redis memory per enrollment right after enroll, outbox event included | {f["per_enrollment"]:.0f} B (outbox {f["outbox"]:.0f} B) | |
 | Redis commands per step (inside scripts included) | {f["per_step"]:.1f} | |
 | Redis time in scripts per step (EVALSHA usec, claim + advance) | {f["lua_us"]:.1f} µs | |

@@ -50,7 +50,7 @@ async def test_first_step_fires_at_enrollment_plus_wait_later_ones_after_the_sen
 ) -> None:
     seq = await sequence(store, sms("one", wait=2), sms("two", wait=3), sms("three"))
     (e,) = await enroll(store, seq, await contacts(store, 1))
-    enrolled = int((await raw(store, e.id))["ea"])
+    enrolled = ids.time_of(e.id)
     clock = Clock(enrolled)
     sender = Recorder()
     d = dispatcher(store, sender, clock)

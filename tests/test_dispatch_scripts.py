@@ -264,7 +264,7 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> N
     async def check(at: int, **extra: object) -> dict[str, object]:
         ev = (await events(s, sh))[-1]
         data = {k: v for k, v in ev.items() if k != "type"}
-        assert set(data["fields"]) <= {"s", "c", "st", "i", "n", "ea", "ua", "md", "pr", "cr"}
+        assert set(data["fields"]) <= {"s", "c", "st", "i", "n", "ua", "md", "pr", "cr"}
         shaped = types.shape(ev["type"], data)
         stored = codec.enrollment(e.id, await raw(s, e.id))
         assert shaped["enrollment"] == msgspec.to_builtins(stored)

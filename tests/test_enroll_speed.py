@@ -78,7 +78,7 @@ async def test_a_new_hash_holds_no_zero_or_duplicate_fields(api: Api) -> None:
     eid = body["enrollment"]["id"]  # type: ignore[index]
     shard = ids.shard_of(eid, store.keys.shards)
     h = await store.client.hgetall(store.keys.enrollment(shard, eid))
-    assert set(h) == {"t", "s", "c", "st", "i", "n", "ea", "md"}  # no k, a, ua
+    assert set(h) == {"t", "s", "c", "st", "i", "n", "md"}  # no a, ua, nor enrolled_at
     assert h["st"] == "active" and h["i"] == "0" and decode_json(h["md"]) == {"a": 1}
     # The created event carries the stored hash but the tenant (the entry names it); its
     # API shape reads the absent fields.
@@ -114,7 +114,7 @@ async def test_one_call_batches_its_index_and_counter_writes(store: Store) -> No
         shard = ids.shard_of(eid, store.keys.shards)
         h = await store.client.hgetall(store.keys.enrollment(shard, eid))
         assert await store.client.zscore(store.keys.due(shard), eid) == int(h["n"])
-        assert int(h["n"]) == int(h["ea"]) + 5 * 60_000
+        assert int(h["n"]) == ids.time_of(eid) + 5 * 60_000
         index = store.keys.status_index(shard, seq.id, "active")
         assert await store.client.zscore(index, eid) == 0
     # Ids only (the intake's and the import's way): the same enrollments, no Structs.

@@ -21,7 +21,6 @@ FIELDS = {
     "st": "paused",
     "i": "1",
     "n": str(AT),
-    "ea": str(AT - 5),
     "ua": str(AT),
     "pr": "manual",
     "k": "3",
@@ -42,6 +41,7 @@ def test_enrollment_event_data_is_the_enrollment() -> None:
     assert data["id"] == eid and data["status"] == "paused" and data["paused_reason"] == "manual"
     assert data["sequence_id"] == "seq_1" and data["contact_id"] == "con_1"
     assert data["next_run_at"] is None and data["updated_at"] == to_rfc3339(AT)
+    assert data["enrolled_at"] == to_rfc3339(ids.time_of(eid))  # the id's time: not stored
     assert "fields" not in data and "t" not in data
     assert types.refs(raw) == (eid, "con_1")
 
@@ -158,7 +158,7 @@ def test_the_log_keeps_data_as_stored_and_reads_it_shaped() -> None:
     holds the outbox's data and reads back as the event a webhook carries. A payload
     logged in the API form (before this) reads back unchanged."""
     eid = ids.new(ids.ENROLLMENT)
-    fields = {"s": "seq_1", "c": "con_1", "st": "active", "i": "0", "ea": str(AT), "n": str(AT)}
+    fields = {"s": "seq_1", "c": "con_1", "st": "active", "i": "0", "n": str(AT)}
     [c] = envelope.convert(_entry("sequence.enrollment.created", {"id": eid, "fields": fields}), 4)
     logged = json.loads(c.logged())
     assert logged["data"] == {"id": eid, "fields": fields} and logged["shaped"] is False

@@ -1,7 +1,9 @@
 """Conversion between Redis hashes (storage field names, ms integers) and API Structs.
 
 Enrollment hashes use one- and two-letter field names: they are the one record per
-active enrollment, and every byte there is multiplied by the number of enrollments.
+active enrollment, and every byte there is multiplied by the number of enrollments. For
+the same reason enrolled_at is not stored: it is the time in the enrollment's id, which
+`enroll` makes at the time it passes the script (`ids.time_of`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from seqd import models
+from seqd import ids, models
 from seqd.times import to_rfc3339
 
 # Storage field -> meaning, for enrollment hashes (documented in docs/architecture.md).
@@ -21,8 +23,7 @@ ENROLLMENT_FIELDS = {
     "st": "status",
     "i": "current_step",
     "n": "next_run_at (ms)",
-    "ea": "enrolled_at (ms)",
-    "ua": "updated_at (ms); absent until the first change after enrolling: `ea`",
+    "ua": "updated_at (ms); absent until the first change after enrolling (enrolled_at)",
     "md": "metadata (JSON), absent when empty",
     "pr": "paused_reason",
     "cr": "cancel_reason",
@@ -47,6 +48,7 @@ def pairs(flat: list[Any]) -> dict[str, str]:
 def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
     status = models.EnrollmentStatus(h["st"])
     md = h.get("md")
+    enrolled_at = ids.time_of(eid)
     return models.Enrollment(
         id=eid,
         sequence_id=h["s"],
@@ -54,13 +56,13 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         current_step=int(h["i"]),
         status=status,
         next_run_at=to_rfc3339(int(h["n"])) if status == models.EnrollmentStatus.ACTIVE else None,
-        enrolled_at=to_rfc3339(int(h["ea"])),
+        enrolled_at=to_rfc3339(enrolled_at),
         metadata=_json_decode(md) if md else {},
         paused_reason=h.get("pr"),
         cancel_reason=h.get("cr"),
         completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
         # `enroll` does not write `ua`: until the first change it is the enrollment time.
-        updated_at=to_rfc3339(int(h.get("ua") or h["ea"])),
+        updated_at=to_rfc3339(int(h.get("ua") or enrolled_at)),
     )
 
 

@@ -111,8 +111,8 @@ end
 -- batched with the call's others (`emit_batched`).
 -- Returns false, having written nothing, when the hash is gone (the general path decides).
 local function pass_fast(id, ekey, it)
-  local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'ea', 'md')
-  if not (h[3] and h[4] and h[5] and h[6]) then return false end
+  local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'md')
+  if not (h[3] and h[4] and h[5]) then return false end
   local fields, due_at = step_writes(it, h[1], h[2])
   local step, next_step = it.step, fields[2]
   local sent = it.outcome == 'sent'
@@ -125,10 +125,10 @@ local function pass_fast(id, ekey, it)
   end
   rcall('HSET', ekey, unpack(fields))
   rcall('ZADD', due_key, due_at, id)
-  local md = h[7] and (',"md":' .. cjson.encode(h[7])) or ''
+  local md = h[6] and (',"md":' .. cjson.encode(h[6])) or ''
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     '{"id":"' .. id .. '","fields":{"s":"' .. h[4] .. '","c":"' .. h[5]
-    .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at .. '","ea":"' .. h[6]
+    .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at
     .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step .. ',"kind":' .. cjson.encode(it.kind)
     .. tail .. '}')
   return true

@@ -1,8 +1,9 @@
 --[[ Enroll contacts in a sequence, idempotently, in one shard.
 
   This is the hot path of every way in (3 commands per item), so it writes only what a
-  new enrollment has: no `k`, `a` or `ua` (absent means 0, 0 and `ea`, and every reader
-  knows it), one HSET of the hash; the listing index, counter and due index written once
+  new enrollment has: no `a` or `ua` (absent means 0 and enrolled_at, and every reader
+  knows it), no enrolled_at (the time in the id, which the caller makes at `now`), one
+  HSET of the hash; the listing index, counter and due index written once
   per call, and the `created` events batched into outbox entries of up to 200
   (`emit_batched`), each event's JSON spelled out rather than built by cjson. A created
   item's reply is lean: the caller knows its fields (it passed them).
@@ -21,7 +22,7 @@
 
   Returns one reply per item:
     {1, enrollment_id, 0}                              created: t, s, c, st active, i 0,
-                                                       n now + first_wait_ms, ea now, md
+                                                       n now + first_wait_ms, md
     {1, enrollment_id, 1, <enrollment hash, flat>}     already enrolled
     {0, code, detail}   code: CONTACT_NOT_FOUND | SEQUENCE_NOT_ACTIVE (detail: status)
 ]]
@@ -40,7 +41,7 @@ local field = 'e:' .. seq
 -- enrollment event's. Ids need no JSON escaping: the sequence and the contact are seqd's
 -- own (the mirror and the contact exist), and so is the new id (ids.new: [0-9A-Za-z_]).
 local head = '","fields":{"s":"' .. seq .. '","c":"'
-local tail = '","st":"active","i":"0","ea":"' .. now .. '","n":"' .. due_text .. '"'
+local tail = '","st":"active","i":"0","n":"' .. due_text .. '"'
 
 local out, created, due = {}, {}, {}
 for i = 6, #ARGV, 3 do
@@ -58,11 +59,11 @@ for i = 6, #ARGV, 3 do
     local data = '{"id":"' .. id .. head .. cid .. tail
     if md ~= '' then
       rcall('HSET', ekey, 't', tenant, 's', seq, 'c', cid, 'st', 'active', 'i', 0,
-        'n', due_text, 'ea', now, 'md', md)
+        'n', due_text, 'md', md)
       data = data .. ',"md":' .. cjson.encode(md)
     else
       rcall('HSET', ekey, 't', tenant, 's', seq, 'c', cid, 'st', 'active', 'i', 0,
-        'n', due_text, 'ea', now)
+        'n', due_text)
     end
     rcall('HSET', ckey, field, id)
     emit_batched('sequence.enrollment.created', tenant, now, data .. '}}')
