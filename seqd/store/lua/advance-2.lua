@@ -99,10 +99,14 @@ end
 
 local applied, late, stale = 0, 0, {}
 
+-- A step's kind as JSON, for the kinds there are (any other is encoded).
+local KIND_JSON = {sms = '"sms"', email = '"email"'}
+
 -- Whether the claim that gave `it` its token still holds the member.
 local function holds(id, it)
   local score = rcall('ZSCORE', due_key, id)
-  return score ~= false and tonumber(score) == tonumber(it.token)
+  -- The token is the score as Redis prints it; the numbers decide when the text differs.
+  return score ~= false and (score == it.token or tonumber(score) == tonumber(it.token))
 end
 
 -- The hot path: a sent or skipped step with a step after it, on an enrollment whose claim
@@ -129,7 +133,7 @@ local function pass_fast(id, ekey, it)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     '{"id":"' .. id .. '","fields":{"s":"' .. h[4] .. '","c":"' .. h[5]
     .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at
-    .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step .. ',"kind":' .. cjson.encode(it.kind)
+    .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step .. ',"kind":' .. (KIND_JSON[it.kind] or cjson.encode(it.kind))
     .. tail .. '}')
   return true
 end

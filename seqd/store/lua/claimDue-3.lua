@@ -68,6 +68,8 @@ end
 local READ = {'st', 's', 'i', 'a', 't', 'c', 'n', 'md'}
 
 local parts = {}
+-- tenant -> its JSON text (a batch is mostly one tenant's)
+local tenants = {}
 
 -- Lease a member for sending: its score becomes the token, its sequence's mirror goes in
 -- the reply; returns its contact's fields that are set, as a JSON object (which the
@@ -92,7 +94,12 @@ for j = 1, #members, 2 do
   if state and state.status == 'active' and step < state.steps and not is_leased(score) then
     -- The hot path: an active step due, not a lease run out.
     local c = lease(id, seq, state, h[6])
-    parts[#parts + 1] = '["' .. id .. '",{"t":' .. cjson.encode(h[5]) .. ',"s":"' .. seq
+    local t = tenants[h[5]]
+    if not t then
+      t = cjson.encode(h[5])
+      tenants[h[5]] = t
+    end
+    parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
       .. '","c":"' .. h[6] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[7]
       .. '","k":"' .. token .. '"' .. (h[4] and (',"a":"' .. h[4] .. '"') or '')
       .. (h[8] and (',"md":' .. cjson.encode(h[8])) or '') .. '},' .. c .. ']'

@@ -31,14 +31,19 @@ local function flush_one(b, now)
   b.items = {}
 end
 
--- `data` is the event's data already as JSON text.
+-- `data` is the event's data already as JSON text. (Batches by type, then tenant: no key
+-- string to build per event.)
 local function emit_batched(etype, tenant, now, data)
-  local k = tenant .. '\n' .. etype
-  local b = batched[k]
+  local of_type = batched[etype]
+  if not of_type then
+    of_type = {}
+    batched[etype] = of_type
+  end
+  local b = of_type[tenant]
   if not b then
     b = {etype = etype, tenant = tenant, items = {}}
-    batched[k] = b
-    batched_order[#batched_order + 1] = k
+    of_type[tenant] = b
+    batched_order[#batched_order + 1] = b
   end
   local items = b.items
   items[#items + 1] = data
@@ -46,8 +51,7 @@ local function emit_batched(etype, tenant, now, data)
 end
 
 local function flush_batched(now)
-  for _, k in ipairs(batched_order) do
-    local b = batched[k]
+  for _, b in ipairs(batched_order) do
     if #b.items > 0 then flush_one(b, now) end
   end
 end
