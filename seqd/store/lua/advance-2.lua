@@ -133,8 +133,8 @@ local function pass_fast(id, ekey, it)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     '{"id":"' .. id .. '","fields":{"s":"' .. h[4] .. '","c":"' .. h[5]
     .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at
-    .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step .. ',"kind":' .. (KIND_JSON[it.kind] or cjson.encode(it.kind))
-    .. tail .. '}')
+    .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step
+    .. ',"kind":' .. (KIND_JSON[it.kind] or cjson.encode(it.kind)) .. tail .. '}')
   return true
 end
 

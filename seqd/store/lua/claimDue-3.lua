@@ -30,9 +30,9 @@
   Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]}, each
   item an array [id, {enrollment fields}, {contact fields}]: the enrollment fields are those
   the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
-  of an unsettled claim sent again) with `k` = the lease token, the contact values an
-  object of those of ARGV[7..] that are set; seen = members looked at (equal to the limit:
-  more may be due).
+  of an unsettled claim sent again) with `k` = the lease token; the contact fields are
+  those of ARGV[7..] that are set; seen = members looked at (equal to the limit: more may
+  be due).
 ]]
 local rcall = redis.call
 local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
