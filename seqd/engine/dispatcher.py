@@ -273,18 +273,13 @@ class Dispatcher:
             return Lane(0, 0, 0, 0, full)
         self.observer.claimed(len(items))
         plans = await self._plans(items, mirrors)
-        suppressed = await self._suppressions(items, plans)
+        composed_all, suppressed = await self._compose(items, plans, now)
         settles: dict[int, list[Settle]] = defaultdict(list)
         jobs: list[Job] = []
-        for n, item in enumerate(items, 1):
-            if n % YIELD_EVERY == 0:
-                # The API shares this event loop: let its requests in between compositions.
-                await asyncio.sleep(0)
-            plan = plans.get(item.e["s"])
-            if plan is None:
+        for item, composed in zip(items, composed_all, strict=True):
+            if composed is None:
                 settles[shard_of[item.id]].append(self._unavailable(item, now))
                 continue
-            composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
                 if composed.kind == "email" and self.email_headers is not None:
                     composed.message.headers.update(self.email_headers(composed.message))
@@ -315,6 +310,37 @@ class Dispatcher:
         sent = sum(1 for job in jobs if job.started)
         settled = sum(a.applied + a.late for a in advanced.values())
         return Lane(len(items), sent, settled, stale, full)
+
+    async def _compose(
+        self, items: list[Claimed], plans: Mapping[str, Plan], now: int
+    ) -> tuple[list[Job | Settle | None], dict[str, dict[str, SuppressionRecord]]]:
+        """Each item's Job or Settle (None: its plan is missing), its suppressions included;
+        and the suppression records found (item id -> {channel: record}).
+
+        The suppression lists are read while the batch is composed as if nothing were
+        suppressed, so the wait for that round trip (queued behind other lanes' scripts in
+        Redis) hides behind the rendering; the few items with a hit are composed again.
+        """
+        lookup = asyncio.ensure_future(self._suppressions(items, plans))
+        try:
+            await asyncio.sleep(0)  # the lookup sends its request
+            out: list[Job | Settle | None] = []
+            for n, item in enumerate(items, 1):
+                if n % YIELD_EVERY == 0:
+                    # The API shares this event loop: let its requests in between.
+                    await asyncio.sleep(0)
+                plan = plans.get(item.e["s"])
+                out.append(None if plan is None else compose(item, plan, _NO_SUPPRESSIONS, now))
+            suppressed = await lookup
+        finally:
+            if not lookup.done():
+                lookup.cancel()
+                await asyncio.wait({lookup})
+        for i, item in enumerate(items):
+            hits = suppressed.get(item.id)
+            if hits:
+                out[i] = compose(item, plans[item.e["s"]], hits, now)
+        return out, suppressed
 
     async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:
         """The plan of each sequence in the batch, at least at its mirror's version."""
