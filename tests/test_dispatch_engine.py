@@ -338,6 +338,30 @@ async def test_suppressed_step_is_skipped_when_another_channel_remains(store: St
     assert h["st"] == "cancelled" and h["cr"] == "opted_out"
 
 
+async def test_a_suppression_found_while_composing_decides_over_the_template(
+    store: Store,
+) -> None:
+    # The batch is composed while its suppression lookup is in flight, then its items with
+    # a hit again: a suppressed contact whose text lacks a variable is skipped (not paused
+    # for the variable), and the others of the batch are sent.
+    seq = await sequence(store, sms("Hi {{attributes.team}}"), email(wait=1))
+    cids = await contacts(store, 3, attributes={"team": "blue"})
+    (suppressed,) = await contacts(store, 1)
+    contact = await store.contacts.get(TENANT, suppressed)
+    assert contact.phone is not None
+    await _suppress(store, "sms", contact.phone, "opted_out")
+    enrolled = await enroll(store, seq, [*cids, suppressed])
+    sender = Recorder()
+    clock = Clock()
+    await dispatcher(store, sender, clock).run_once(clock.at)
+    assert sorted(m.contact_id for m in sender.messages) == sorted(cids)
+    assert {m.body for m in sender.messages} == {"Hi blue"}
+    h = await raw(store, enrolled[-1].id)
+    assert (h["st"], h["i"]) == ("active", "1")
+    skipped = [ev for ev in await events(store) if ev["type"] == "sequence.step.skipped"]
+    assert [(ev["id"], ev["reason"]) for ev in skipped] == [(enrolled[-1].id, "suppressed")]
+
+
 @pytest.mark.parametrize(
     ("channel", "reason", "expected"),
     [("sms", None, "opted_out"), ("email", None, "bounced"), ("email", "manual", "manual")],
