@@ -44,6 +44,19 @@ class ClaimBatch(msgspec.Struct, frozen=True, gc=False):
     items: list[Claimed]
 
 
+class _Item(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    id: str
+    e: dict[str, str]
+    # HMGET of CONTACT_READ: false where a field is not set.
+    c: list[str | bool]
+
+
+class _Batch(msgspec.Struct, frozen=True, gc=False):
+    seen: int
+    m: dict[str, str]
+    items: list[_Item]
+
+
 class Settle(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What became of one claimed step; the fields each outcome needs are in advance-2.lua."""
 
@@ -74,13 +87,26 @@ class SuppressionRecord(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-_decode_claim = msgspec.json.Decoder(ClaimBatch).decode
+_decode_batch = msgspec.json.Decoder(_Batch).decode
 
 
 def is_unsettled(due_score: float | None) -> bool:
     """Whether a due score is a claim's lease not settled yet: leases end half a ms before
     a whole one (enrollment.lua `lease_token`), due times are whole ms."""
     return due_score is not None and not float(due_score).is_integer()
+
+
+def _decode_claim(reply: str) -> ClaimBatch:
+    raw = _decode_batch(reply)
+    items = [
+        Claimed(
+            item.id,
+            item.e,
+            {f: v for f, v in zip(CONTACT_READ, item.c, strict=True) if isinstance(v, str)},
+        )
+        for item in raw.items
+    ]
+    return ClaimBatch(raw.seen, raw.m, items)
 
 
 _encode = msgspec.json.Encoder().encode
