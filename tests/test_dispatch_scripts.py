@@ -44,8 +44,15 @@ async def claim(store: Store, sh: int, now: int, limit: int = 100, **kw: object)
     return await Dispatch(store).claim(sh, now=now, **args)  # type: ignore[arg-type]
 
 
-async def advance(store: Store, sh: int, now: int, *items: Settle):  # type: ignore[no-untyped-def]
-    return await Dispatch(store).advance(sh, list(items), now=now, max_attempts=3)
+async def advance(store: Store, sh: int, now: int, *items: Settle, claimed=None):  # type: ignore[no-untyped-def]
+    """`claimed` (id -> fields as claimed): the dispatcher's way, with the step events built
+    in Python (`step_event`) and no read of the hash in the script."""
+    if claimed is None:
+        return await Dispatch(store).advance(sh, list(items), now=now, max_attempts=3)
+    done = await Dispatch(store).advance_many(
+        {sh: list(items)}, now=now, max_attempts=3, claimed=claimed
+    )
+    return done[sh]
 
 
 def settle(eid: str, token: str, step: int, at: int, outcome: str, **kw: object) -> Settle:
@@ -185,14 +192,18 @@ async def test_reclaim_with_on_unknown_hold_pauses(any_store: Store) -> None:
     assert last["type"] == "sequence.enrollment.paused" and last["step"] == 0
 
 
-async def test_advance_sent_schedules_the_next_step_then_completes(any_store: Store) -> None:
+@pytest.mark.parametrize("built", [False, True], ids=["script-built", "python-built"])
+async def test_advance_sent_schedules_the_next_step_then_completes(
+    any_store: Store, built: bool
+) -> None:
     s = any_store
     seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     at = due + 150
     done = await advance(
-        s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id="SM1", wait=600_000)
-    )
+        s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id="SM1", wait=600_000),
+        claimed={e.id: item.e} if built else None,
+    )  # fmt: skip
     assert (done.applied, done.late, done.stale) == (1, 0, [])
     h = await raw(s, e.id)
     assert h["i"] == "1" and h["p0"] == "SM1" and h["sm"] == "1"
@@ -255,9 +266,11 @@ async def test_advance_batches_the_fast_paths_events_one_entry_per_type(
     assert {d["step"] for d in sent + skipped} == {0}
 
 
-async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> None:
+@pytest.mark.parametrize("built", [False, True], ids=["script-built", "python-built"])
+async def test_step_events_carry_the_enrollment_as_stored(any_store: Store, built: bool) -> None:
     # Sent and skipped steps with a step after them take advance's fast path, which spells
-    # the event out by hand: each must read back as the enrollment the API shows.
+    # the event out by hand (in the script, or in Python when the caller passes what it
+    # claimed): each must read back as the enrollment the API shows.
     s = any_store
     _seq, e, sh, due = await one(s, sms(), sms(wait=10), email(wait=10), sms(wait=10))
 
@@ -276,17 +289,21 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> N
     assert set(item.e) == {"t", "s", "c", "st", "i", "n", "k", "md"}
     at = due + 5
     odd = 'SM"1\\é'
-    await advance(s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id=odd, wait=10))
+    c = {e.id: item.e} if built else None
+    await advance(
+        s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id=odd, wait=10), claimed=c
+    )
     await check(at, provider_id=odd, step=0, kind="sms", sent_at=to_rfc3339(at))
     item = (await claim(s, sh, at + 10)).items[0]
     at += 10
-    await advance(s, sh, at, settle(e.id, item.e["k"], 1, at, "sent", wait=10))
+    c = {e.id: item.e} if built else None
+    await advance(s, sh, at, settle(e.id, item.e["k"], 1, at, "sent", wait=10), claimed=c)
     await check(at, provider_id=None, step=1)
     item = (await claim(s, sh, at + 10)).items[0]
     at += 10
     skip = Settle(id=e.id, token=item.e["k"], step=2, kind="email", at=at, outcome="skipped",
                   reason="suppressed", wait=10)  # fmt: skip
-    await advance(s, sh, at, skip)
+    await advance(s, sh, at, skip, claimed={e.id: item.e} if built else None)
     shaped = await check(at, reason="suppressed", step=2, kind="email")
     assert (await events(s, sh))[-1]["type"] == "sequence.step.skipped"
     assert shaped["enrollment"]["current_step"] == 3 and shaped["enrollment"]["metadata"] == {
@@ -294,18 +311,64 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store) -> N
     }
 
 
+async def test_python_built_step_events_equal_the_scripts(any_store: Store) -> None:
+    """The same outcomes, advanced with and without the claimed fields, write the same
+    event data and the same hash (the built path writes `sm` on every SMS step, the script
+    on the first only: the same value)."""
+    s = any_store
+    seq = await sequence(s, sms(), email(wait=1), sms(wait=1))
+    es = await enroll(s, seq, await contacts(s, 12), {"source": "x", "n": 1})
+    sh = max(range(s.shards), key=lambda k: sum(shard(s, e.id) == k for e in es))
+    mine = [e for e in es if shard(s, e.id) == sh][:2]
+    assert len(mine) == 2
+    due = max([int((await raw(s, e.id))["n"]) for e in mine])
+    got = {c.id: c for c in (await claim(s, sh, due)).items}
+    at = due + 7
+
+    async def step(outcome: str, **extra: object) -> list[tuple[dict[str, object], dict[str, str]]]:
+        out = []
+        for n, e in enumerate(mine):
+            c = got[e.id]
+            item = settle(e.id, c.e["k"], int(c.e["i"]), at, outcome, **extra)
+            await advance(s, sh, at, item, claimed={e.id: c.e} if n else None)
+            ev = (await events(s, sh))[-1]
+            h = await raw(s, e.id)
+            # Two enrollments of two contacts: all else must be equal.
+            assert ev.pop("id") == e.id and ev["fields"].pop("c") == h.pop("c") == e.contact_id
+            out.append((ev, h))
+        return out
+
+    for outcome, extra in (
+        ("sent", {"provider_id": 'S"M\\1', "wait": 60_000}),
+        ("skipped", {"reason": "suppressed", "wait": 60_000}),
+        ("sent", {"wait": 60_000}),
+    ):
+        (script, hs), (python, hp) = await step(outcome, **extra)
+        assert (python, hp) == (script, hs)
+        due = at + 60_000
+        got = {c.id: c for c in (await claim(s, sh, due)).items}
+        at = due + 7
+
+
+@pytest.mark.parametrize("built", [False, True], ids=["script-built", "python-built"])
 async def test_advance_of_an_enrollment_whose_hash_is_gone_writes_nothing(
-    any_store: Store,
+    any_store: Store, built: bool
 ) -> None:
-    """A hash deleted by hand under a claim: reported stale, not recreated, no script error."""
+    """A hash deleted by hand under a claim: reported stale, not recreated, no script error,
+    no event (the Python-built path writes without reading first, and undoes it)."""
     s = any_store
     _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     await s.client.delete(s.keys.enrollment(sh, e.id))
+    before = await events(s, sh)
+    c = {e.id: item.e} if built else None
     for outcome, extra in (("sent", {"wait": 5}), ("retry", {"delay": 5, "error": "503"})):
-        done = await advance(s, sh, due, settle(e.id, item.e["k"], 0, due, outcome, **extra))
+        done = await advance(
+            s, sh, due, settle(e.id, item.e["k"], 0, due, outcome, **extra), claimed=c
+        )
         assert done.stale == [e.id]
     assert await raw(s, e.id) == {}
+    assert await events(s, sh) == before
 
 
 async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) -> None:
@@ -460,6 +523,11 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
         with pytest.raises(ScriptError) as info:
             await s.runner.call("advance", keys, [tag, due, 3, text], tag=tag)
         assert info.value.code == "BAD_ITEMS"
+    # Built events, when given, are one per item.
+    two = json.dumps([good, {**good, "id": ids.new(ids.ENROLLMENT)}])
+    with pytest.raises(ScriptError) as info:
+        await s.runner.call("advance", keys, [tag, due, 3, two, "{}"], tag=tag)
+    assert info.value.code == "BAD_ITEMS"
     assert (await raw(s, e.id))["i"] == "0"
     assert await due_score(s, e.id) == due + LEASE - 0.5
 

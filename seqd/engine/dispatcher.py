@@ -299,8 +299,11 @@ class Dispatcher:
             if task is not None:
                 self._leave_running(task, running, plans, suppressed, shard_of)
         # The sends happened: recording them must not be interrupted by a cancellation.
+        claimed = {item.id: item.e for item in items}
         advanced = await asyncio.shield(
-            self.dispatch.advance_many(settles, now=self.clock(), max_attempts=config.max_attempts)
+            self.dispatch.advance_many(
+                settles, now=self.clock(), max_attempts=config.max_attempts, claimed=claimed
+            )
         )
         self.observer.settled(len(items))
         stale = sum(len(a.stale) for a in advanced.values())

@@ -25,6 +25,13 @@
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
+    and, for a sent or skipped step whose claim the caller read: tenant and attempts (`t`
+    and `a` as claimDue returned them)
+  ARGV[5..] optional, one per item: the data of the step's event (JSON object text, "" for
+            none), for the fast path. The caller builds it from what claimDue read under
+            the same token (`s c md` never change) and this call's `now`
+            (store/dispatch.py `step_event`): Redis, the bottleneck of a burst, then reads
+            nothing of the hash and builds no text.
 
   Returns {applied, late, {stale id, ...}}: late = sent steps recorded on an enrollment a
   transition had taken over; stale = items ignored.
@@ -54,6 +61,12 @@ for n, it in ipairs(items) do
     return redis.error_reply('BAD_ITEMS:item ' .. n)
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
+  if type(it.tenant) ~= 'string' then it.tenant = nil end
+  if type(it.attempts) ~= 'string' then it.attempts = nil end
+end
+local prebuilt = #ARGV > 4
+if prebuilt and #ARGV ~= 4 + #items then
+  return redis.error_reply('BAD_ITEMS:not one event per item')
 end
 
 -- The hash writes of a passed step (sent or skipped), as one HSET's field list, and the
@@ -114,7 +127,22 @@ end
 -- event's JSON spelled out (its `fields` are those the API's enrollment is made of) and
 -- batched with the call's others (`emit_batched`).
 -- Returns false, having written nothing, when the hash is gone (the general path decides).
-local function pass_fast(id, ekey, it)
+local function pass_fast(n, id, ekey, it)
+  local data = prebuilt and ARGV[4 + n] or ''
+  if data ~= '' and it.tenant then
+    -- The event came built: no read. `sm` is written on every SMS step (it is there after
+    -- the first). A live hash always has `i` and `n`: an HSET that adds every field it
+    -- writes found no hash (deleted by hand), and is undone.
+    local fields, due_at = step_writes(it, it.attempts, nil)
+    if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
+      rcall('DEL', ekey)
+      return false
+    end
+    rcall('ZADD', due_key, due_at, id)
+    emit_batched(it.outcome == 'sent' and 'sequence.step.sent' or 'sequence.step.skipped',
+      it.tenant, now, data)
+    return true
+  end
   local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'md')
   if not (h[3] and h[4] and h[5]) then return false end
   local fields, due_at = step_writes(it, h[1], h[2])
@@ -184,13 +212,13 @@ local function settle(id, ekey, it, current)
   end
 end
 
-for _, it in ipairs(items) do
+for n, it in ipairs(items) do
   local id = it.id
   local ekey = k_enrollment(tag, id)
   local outcome = it.outcome
   local current = holds(id, it)
   if current and (outcome == 'sent' or outcome == 'skipped') and it.wait >= 0
-    and pass_fast(id, ekey, it) then
+    and pass_fast(n, id, ekey, it) then
     applied = applied + 1
   else
     settle(id, ekey, it, current)
