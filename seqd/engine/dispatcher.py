@@ -556,9 +556,11 @@ class Dispatcher:
         at = job.at
         outcome = result.outcome
         if outcome == "sent":
-            return _of(
-                job, at, "sent", provider_id=result.provider_id, wait=plan.wait_after(job.step)
-            )
+            # Spelled out (no **fields): this is the one per step of a burst.
+            return Settle(
+                id=job.id, token=job.token, step=job.step, kind=job.kind, at=at,
+                outcome="sent", provider_id=result.provider_id, wait=plan.wait_after(job.step),
+            )  # fmt: skip
         if result.suppress:
             # The provider says the recipient unsubscribed: this step is not sent, and the
             # enrollment goes on as it would with the address suppressed before the send.
