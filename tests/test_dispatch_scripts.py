@@ -12,11 +12,13 @@ from seqd.events import types
 from seqd.store import codec
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch, Settle
+from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import ScriptError
-from seqd.times import to_rfc3339
+from seqd.times import now_ms, to_rfc3339
 from tests.dispatchutil import (
     TENANT,
     contacts,
+    contacts_in_shard,
     due_score,
     email,
     enroll,
@@ -115,6 +117,30 @@ async def test_claim_takes_earliest_first_up_to_the_limit(any_store: Store) -> N
     batch = await claim(s, sh, 5000, limit=2)
     assert batch.seen == 2
     assert [i.id for i in batch.items] == [mine[-1], mine[-2]]
+
+
+async def test_a_claim_larger_than_one_lease_command_leases_every_member(
+    store: Store,
+) -> None:
+    # claimDue writes its leases in ZADDs of BULK members: a claim of 2 BULK + 100 takes
+    # three, and every member ends on the token, none left due.
+    from seqd.store.scripts import BULK
+
+    seq = await sequence(store, sms(), sms(wait=10))
+    n = 2 * BULK + 100
+    cids = await contacts_in_shard(store, n, shard=0)
+    for start in range(0, n, 1000):
+        await store.enrollments.enroll(
+            TENANT, seq, [EnrollItem(c, {}) for c in cids[start : start + 1000]], full=False
+        )
+    now = now_ms() + 1
+    batch = await claim(store, 0, now, limit=n)
+    assert batch.seen == n and len(batch.items) == n
+    tokens = {item.e["k"] for item in batch.items}
+    assert len(tokens) == 1
+    scores = await store.client.zrange(store.keys.due(0), 0, -1, withscores=True)
+    assert len(scores) == n and {score for _, score in scores} == {float(tokens.pop())}
+    assert (await claim(store, 0, now, limit=n)).items == []
 
 
 async def test_claim_parks_items_of_a_paused_sequence_and_unpark_restores_them(

@@ -61,9 +61,15 @@ def _key_helpers() -> str:
     return "\n".join(out) + "\n"
 
 
+# Members per variadic command a script builds from a batch (claimDue's lease ZADD), so
+# that unpack() stays under Lua's limit on the values it spreads at once (8,000) whatever
+# the batch size.
+BULK = 1000
+
+
 def _constants() -> str:
     """Values the scripts share with Python, defined on the Python side."""
-    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\n"
+    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n"
 
 
 def _expand(source: str) -> str:

