@@ -397,6 +397,20 @@ async def test_advance_of_an_enrollment_whose_hash_is_gone_writes_nothing(
     assert await events(s, sh) == before
 
 
+async def test_a_call_that_repeats_an_item_advances_it_once(any_store: Store) -> None:
+    # advance defers its fast path's ZADDs only while a call's ids are distinct: the same
+    # item twice must find the token gone the second time, not move the step twice.
+    s = any_store
+    _seq, e, sh, due = await one(s, sms(), sms(wait=10), sms(wait=10))
+    item = (await claim(s, sh, due)).items[0]
+    sent = settle(e.id, item.e["k"], 0, due, "sent", wait=10)
+    for claimed in (None, {e.id: item.e}):
+        done = await advance(s, sh, due, sent, sent, claimed=claimed)
+        assert (done.applied, done.stale) == ((1, [e.id]) if claimed is None else (0, [e.id, e.id]))
+    assert (await raw(s, e.id))["i"] == "1"
+    assert await due_score(s, e.id) == due + 10
+
+
 async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) -> None:
     s = any_store
     _seq, e, sh, due = await one(s)
