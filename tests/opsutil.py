@@ -83,8 +83,18 @@ class Daemon:
         self.process.send_signal(sig)
 
     def wait(self, timeout: float = 30.0) -> int:
+        """The exit code; a process still running after `timeout` is killed, and the
+        failure shows the end of its log (which parts had stopped), since the temporary
+        directory holding the whole log does not outlive a few pytest runs."""
         assert self.process is not None
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            tail = "\n".join(self.stderr().splitlines()[-40:])
+            message = f"seqd still running {timeout} s later; its log ends:\n{tail}"
+            raise AssertionError(message) from None
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
