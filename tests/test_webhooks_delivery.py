@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import msgspec
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from seqd.events import ssrf
+from seqd.events.deliverer import Deliverer
 from seqd.store.db import Store
 from tests.webhookutil import (
     SCHEDULE,
@@ -365,3 +367,23 @@ async def test_the_service_runs_reader_and_deliverer_in_the_background(store: St
         body = Webhook(created["secret"]).verify(rx.requests[0].body, rx.requests[0].headers)
         assert body["type"] == "contact.deleted"
         assert body["data"]["id"] == contact["contact"]["id"]
+
+
+async def test_stop_is_bounded_when_a_round_is_stuck(store: Store) -> None:
+    # A round that never reaches its next check of the stop flag (a Redis call that hangs,
+    # say) is cancelled after the request timeout: a stop never waits without bound.
+    async with aiohttp.ClientSession() as http:
+        deliverer = Deliverer(store, settings(timeout_seconds=0.2), http)
+        entered = asyncio.Event()
+
+        async def stuck() -> bool:
+            entered.set()
+            await asyncio.sleep(3600)
+            return False
+
+        deliverer.run_once = stuck  # type: ignore[method-assign]
+        deliverer.start()
+        await asyncio.wait_for(entered.wait(), 5)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(deliverer.stop(), 5)
+        assert asyncio.get_running_loop().time() - started < 1.0

@@ -328,8 +328,14 @@ class Deliverer:
         self._stopping.set()
         self._wake.set()
         if self._task is not None:
+            # Its round ends at the next check of _stopping; one stuck on a Redis call gets
+            # the same bound as a request, then is cancelled (a stop is never unbounded).
             task, self._task = self._task, None
-            await asyncio.wait({task})
+            _, stuck = await asyncio.wait({task}, timeout=self.config.timeout_seconds)
+            for t in stuck:
+                t.cancel()
+            if stuck:
+                await asyncio.wait(stuck)
         if self.tasks:
             _, pending = await asyncio.wait(set(self.tasks), timeout=self.config.timeout_seconds)
             for task in pending:
