@@ -145,10 +145,12 @@ local function holds(id, it)
 end
 
 -- The hot path: a sent or skipped step with a step after it, on an enrollment whose claim
--- still holds. One read of the fields it needs, one write of each structure, and the
--- event's JSON spelled out (its `fields` are those the API's enrollment is made of) and
--- batched with the call's others (`emit_batched`).
--- Returns false, having written nothing, when the hash is gone (the general path decides).
+-- still holds. One write of each structure and the step's event, batched with the call's
+-- others (`emit_batched`): the event as the caller built it (ARGV[4 + n]), with no read,
+-- or else one read of the fields it needs and its JSON spelled out here (its `fields` are
+-- those the API's enrollment is made of).
+-- Returns false, having left nothing written, when the hash is gone (the general path
+-- decides).
 local function pass_fast(n, id, ekey, it)
   local data = prebuilt and ARGV[4 + n] or ''
   if data ~= '' and it.tenant then
