@@ -61,9 +61,9 @@ def _key_helpers() -> str:
     return "\n".join(out) + "\n"
 
 
-# Members per variadic command a script builds from a batch (claimDue's lease ZADD), so
-# that unpack() stays under Lua's limit on the values it spreads at once (8,000) whatever
-# the batch size.
+# Members per variadic command a script builds from a batch (claimDue's leases, advance's
+# next due times: dispatch.lua `zadd_chunked`), so that unpack() stays under Lua's limit on
+# the values it spreads at once (8,000) whatever the batch size.
 BULK = 1000
 
 

@@ -248,10 +248,6 @@ for n, it in ipairs(items) do
     settle(id, ekey, it, current)
   end
 end
-if zadds then
-  for i = 1, #zadds, 2 * BULK do
-    rcall('ZADD', due_key, unpack(zadds, i, math.min(i + 2 * BULK - 1, #zadds)))
-  end
-end
+if zadds then zadd_chunked(due_key, zadds) end
 flush_batched(now)
 return {applied, late, stale}

@@ -138,9 +138,7 @@ for j = 1, #members, 2 do
   end
 end
 
-for i = 1, #leased, 2 * BULK do
-  rcall('ZADD', due_key, unpack(leased, i, math.min(i + 2 * BULK - 1, #leased)))
-end
+zadd_chunked(due_key, leased)
 
 return '{"seen":' .. (#members / 2) .. ',"m":' .. object(mirrors) .. ',"items":['
   .. table.concat(parts, ',') .. ']}'
