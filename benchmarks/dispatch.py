@@ -197,7 +197,11 @@ async def enroll_direct(
     calls = []
     for shard, members in by_shard.items():
         tag = store.keys.shard_tag(shard)
-        keys = [store.keys.due(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
+        keys = [
+            store.keys.heads(shard),
+            store.keys.outbox(shard),
+            store.keys.shard_sequences(shard),
+        ]
         for start in range(0, len(members), 500):
             args: list[Any] = [tag, now, TENANT, seq_id, wait_ms]
             for cid in members[start : start + 500]:
@@ -439,15 +443,8 @@ async def once(
                 client,
                 [store.keys.enrollment(ids.shard_of(e, SHARDS), e) for e in enrolled[:200]],
             ),
-            "`due` ZSET entry": sum(
-                [await memory_of(client, [store.keys.due(s)]) for s in range(SHARDS)]
-            )
-            / n,
-            "`ix:<seq>:active` ZSET entry": sum(
-                [
-                    await memory_of(client, [store.keys.status_index(s, seq.id, "active")])
-                    for s in range(SHARDS)
-                ]
+            "sequence queue entry (time index and active listing)": sum(
+                [await memory_of(client, [store.keys.queue(s, seq.id)]) for s in range(SHARDS)]
             )
             / n,
             "contact's `e:<seq>` field": await memory_of(

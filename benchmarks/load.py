@@ -228,7 +228,8 @@ async def one_run(
             sent = sent_lines(workdir / "sent.log") - sent_before
         store = await Store.open(connect(url), prefix, 16)
         try:
-            left = sum([await store.client.zcard(store.keys.due(s)) for s in range(16)])
+            queues = [store.keys.queue(s, target.sid) for s in range(16)]
+            left = sum([await store.client.zcard(q) for q in queues])
         finally:
             await store.close()
     finally:

@@ -153,10 +153,25 @@ async def raw(store: Store, eid: str) -> dict[str, str]:
 
 
 async def due_score(store: Store, eid: str) -> float | None:
+    """The enrollment's score in its sequence's queue (None: not in it)."""
     from seqd import ids
 
     shard = ids.shard_of(eid, store.shards)
-    return await store.client.zscore(store.keys.due(shard), eid)  # type: ignore[no-any-return]
+    seq = await store.client.hget(store.keys.enrollment(shard, eid), "s")
+    if seq is None:
+        return None
+    return await store.client.zscore(store.keys.queue(shard, seq), eid)  # type: ignore[no-any-return]
+
+
+async def queued(store: Store) -> int:
+    """Members of every sequence queue of every shard."""
+    from seqd.store.keys import SHARD_TEMPLATES
+
+    pattern = SHARD_TEMPLATES["queue"].format(tag="{" + store.keys.prefix + ":*}", sequence_id="*")
+    total = 0
+    async for key in store.client.scan_iter(match=pattern):
+        total += await store.client.zcard(key)
+    return total
 
 
 async def unsettled(store: Store, eid: str) -> bool:

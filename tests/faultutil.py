@@ -80,12 +80,16 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], seconds: float, wha
 
 
 async def unsettled(store: Store, eids: list[str]) -> set[tuple[str, int]]:
-    """(enrollment, step) of every claim left unsettled (a lease score in the due index):
+    """(enrollment, step) of every claim left unsettled (a lease score in its queue):
     the steps a crash may have sent without recording it."""
     pipe = store.client.pipeline(transaction=False)
     for eid in eids:
+        pipe.hget(store.keys.enrollment(ids.shard_of(eid, store.shards), eid), "s")
+    seqs = await pipe.execute()
+    pipe = store.client.pipeline(transaction=False)
+    for eid, seq in zip(eids, seqs, strict=True):
         shard = ids.shard_of(eid, store.shards)
-        pipe.zscore(store.keys.due(shard), eid)
+        pipe.zscore(store.keys.queue(shard, seq or ""), eid)
         pipe.hget(store.keys.enrollment(shard, eid), "i")
     rows = await pipe.execute()
     return {

@@ -21,7 +21,7 @@ from pathlib import Path
 from seqd.store.db import Store, connect
 from seqd.store.dispatch import is_unsettled
 from tests.conftest import ValkeyProcess
-from tests.dispatchutil import TENANT, enroll, sequence, sms
+from tests.dispatchutil import TENANT, enroll, queued, sequence, sms
 from tests.opsutil import Daemon
 
 ENROLLMENTS = 2000
@@ -117,7 +117,7 @@ async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
         # Claims the dead process never settled: these steps come back after the lease.
         pipe = store.client.pipeline(transaction=False)
         for eid in eids:
-            pipe.zscore(store.keys.due(_shard(store, eid)), eid)
+            pipe.zscore(store.keys.queue(_shard(store, eid), sid), eid)
         assert any(is_unsettled(score) for score in await pipe.execute())
         provider.hold.clear()
 
@@ -148,9 +148,8 @@ async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
             0,
             0,
         )
-        # Nothing is left scheduled or parked.
-        for shard in range(store.shards):
-            assert await store.client.zcard(store.keys.due(shard)) == 0
+        # Nothing is left scheduled.
+        assert await queued(store) == 0
     finally:
         provider.close()
         await store.close()

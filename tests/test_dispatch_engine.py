@@ -136,7 +136,7 @@ async def test_a_round_hands_back_to_the_loop_after_a_second_of_backlog(one_shar
     assert not third.more and third.claimed == 3
 
 
-async def test_paused_sequence_parks_and_resume_fires_overdue_steps_in_due_order(
+async def test_paused_sequence_waits_and_resume_fires_overdue_steps_in_due_order(
     one_shard: Store,
 ) -> None:
     store = one_shard
@@ -151,8 +151,10 @@ async def test_paused_sequence_parks_and_resume_fires_overdue_steps_in_due_order
     sender = Recorder()
     d = dispatcher(store, sender, clock)
     assert (await d.run_once(clock.at)).sent == 0
-    assert await store.client.zcard(store.keys.parked(0, seq.id)) == 5
-    assert await store.client.zcard(store.keys.due(0)) == 0
+    # The queue waits as it is, with no head: the poll finds nothing due.
+    assert await store.client.zcard(store.keys.queue(0, seq.id)) == 5
+    assert await store.client.zscore(store.keys.heads(0), seq.id) is None
+    assert (await d.run_once(clock.at)).claimed == 0
 
     await store.sequences.change(TENANT, seq.id, status=SequenceStatus.ACTIVE)
     done = await d.run_once(clock.at)

@@ -113,7 +113,8 @@ async def test_claim_takes_earliest_first_up_to_the_limit(any_store: Store) -> N
     assert len(mine) >= 3
     # Distinct due times, in the reverse of id order.
     for n, eid in enumerate(reversed(mine)):
-        await s.client.zadd(s.keys.due(sh), {eid: 1000 + n})
+        await s.client.zadd(s.keys.queue(sh, seq.id), {eid: 1000 + n})
+    await s.client.zadd(s.keys.heads(sh), {seq.id: 1000})
     batch = await claim(s, sh, 5000, limit=2)
     assert batch.seen == 2
     assert [i.id for i in batch.items] == [mine[-1], mine[-2]]
@@ -138,12 +139,12 @@ async def test_a_claim_larger_than_one_lease_command_leases_every_member(
     assert batch.seen == n and len(batch.items) == n
     tokens = {item.e["k"] for item in batch.items}
     assert len(tokens) == 1
-    scores = await store.client.zrange(store.keys.due(0), 0, -1, withscores=True)
+    scores = await store.client.zrange(store.keys.queue(0, seq.id), 0, -1, withscores=True)
     assert len(scores) == n and {score for _, score in scores} == {float(tokens.pop())}
     assert (await claim(store, 0, now, limit=n)).items == []
 
 
-async def test_claim_parks_items_of_a_paused_sequence_and_unpark_restores_them(
+async def test_a_paused_sequences_queue_waits_without_a_head_until_it_resumes(
     any_store: Store,
 ) -> None:
     from seqd.models import SequenceStatus
@@ -151,12 +152,28 @@ async def test_claim_parks_items_of_a_paused_sequence_and_unpark_restores_them(
     s = any_store
     seq, e, sh, due = await one(s)
     await s.sequences.change(TENANT, seq.id, status=SequenceStatus.PAUSED)
+    assert await s.client.zscore(s.keys.heads(sh), seq.id) is None
     assert (await claim(s, sh, due)).items == []
-    assert await due_score(s, e.id) is None
-    assert await s.client.zscore(s.keys.parked(sh, seq.id), e.id) == due
-    await s.sequences.change(TENANT, seq.id, status=SequenceStatus.ACTIVE)
     assert await due_score(s, e.id) == due
+    await s.sequences.change(TENANT, seq.id, status=SequenceStatus.ACTIVE)
+    assert await s.client.zscore(s.keys.heads(sh), seq.id) == due
     assert (await claim(s, sh, due)).items[0].id == e.id
+
+
+async def test_a_claim_takes_out_the_head_of_a_sequence_paused_in_the_mirror_only(
+    any_store: Store,
+) -> None:
+    # A head can outlive the pause that syncSequence took it out for (an advance of a step
+    # in flight puts it back): the claim that finds it takes it out, sends nothing, and
+    # leaves the queue as it is.
+    s = any_store
+    seq, e, sh, due = await one(s)
+    await s.client.hset(s.keys.shard_sequences(sh), seq.id, "paused:9:2")
+    batch = await claim(s, sh, due)
+    assert batch.items == [] and batch.seen == 0
+    assert await s.client.zscore(s.keys.heads(sh), seq.id) is None
+    assert await due_score(s, e.id) == due
+    assert (await raw(s, e.id))["st"] == "active"
 
 
 async def test_claim_cancels_when_the_sequence_is_archived(any_store: Store) -> None:
@@ -184,7 +201,8 @@ async def test_claim_drops_a_stale_member(any_store: Store) -> None:
     s = any_store
     _seq, e, sh, due = await one(s)
     await s.enrollments.transition(TENANT, e.id, "cancel", "manual")
-    await s.client.zadd(s.keys.due(sh), {e.id: due})
+    await s.client.zadd(s.keys.queue(sh, _seq.id), {e.id: due})
+    await s.client.zadd(s.keys.heads(sh), {_seq.id: due})
     batch = await claim(s, sh, due)
     assert batch.items == [] and batch.seen == 1
     assert await due_score(s, e.id) is None
@@ -548,7 +566,7 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
     s = any_store
     _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
-    keys = [s.keys.due(sh), s.keys.outbox(sh)]
+    keys = [s.keys.heads(sh), s.keys.outbox(sh)]
     tag = s.keys.shard_tag(sh)
     good = {"id": e.id, "token": item.e["k"], "step": 0, "kind": "sms", "at": due,
             "outcome": "sent", "wait": 5}  # fmt: skip

@@ -21,7 +21,7 @@ import pytest
 
 from seqd.store.db import Store, connect
 from tests.conftest import ValkeyProcess
-from tests.dispatchutil import sms
+from tests.dispatchutil import queued, sms
 from tests.faultutil import LogTail, counter_mismatches, seed, size, unsettled, wait_for
 from tests.opsutil import Daemon
 
@@ -94,8 +94,7 @@ async def test_repeated_sigkill_loses_no_step_and_duplicates_stay_within_the_bou
             0,
         )
         assert await counter_mismatches(store, sid) == []
-        for shard in range(store.shards):
-            assert await store.client.zcard(store.keys.due(shard)) == 0
+        assert await queued(store) == 0
         duplicates = sum(n - 1 for n in sent.values())
         print(
             f"\nseqd kills: {kills} kills, {total} steps, {provider.lines} sends, "

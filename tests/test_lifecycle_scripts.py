@@ -28,7 +28,7 @@ async def test_reply_contact_refuses_a_stale_sequence_version(any_store: Store) 
     (e,) = await enroll(s, seq, [cid])
     shard = ids.shard_of(cid, s.shards)
     tag = s.keys.shard_tag(shard)
-    keys = [s.keys.due(shard), s.keys.outbox(shard), s.keys.shard_sequences(shard)]
+    keys = [s.keys.heads(shard), s.keys.outbox(shard), s.keys.shard_sequences(shard)]
     args = [tag, 1, "acme", cid, "", "sms", seq.id, 99, kinds(seq), "pause"]
     with pytest.raises(ScriptError) as info:
         await s.runner.call("replyContact", keys, args, tag=tag)

@@ -93,8 +93,8 @@ async def test_reply_while_the_step_is_being_sent(store: Store) -> None:
         assert (await api.sms("acme", PHONE, "wait, who is this?"))[0] == 200
     h = await raw(store, e.id)
     assert h["st"] == "paused" and h["pr"] == "reply_received"
-    # Out of the due index: the claim's lease score, its token, is gone.
-    assert await store.client.zscore(store.keys.due(shard), e.id) is None
+    # Out of its queue: the claim's lease score, its token, is gone.
+    assert await store.client.zscore(store.keys.queue(shard, e.sequence_id), e.id) is None
     # The send finished after all: the step is recorded as sent, the pause stands.
     done = Settle(
         id=e.id, token=token, step=1, kind="sms", at=clock(), outcome="sent",
@@ -104,7 +104,7 @@ async def test_reply_while_the_step_is_being_sent(store: Store) -> None:
     assert (result.applied, result.late) == (0, 1)
     h = await raw(store, e.id)
     assert h["st"] == "paused" and h["i"] == "2" and h["p1"] == "SM2"
-    assert await store.client.zscore(store.keys.due(shard), e.id) is None
+    assert await store.client.zscore(store.keys.queue(shard, e.sequence_id), e.id) is None
     # A retry from the same stale worker is ignored outright.
     retry = Settle(
         id=e.id, token=token, step=1, kind="sms", at=clock(), outcome="retry", delay=1000

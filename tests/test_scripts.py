@@ -47,7 +47,7 @@ def test_header_key_count_matches_file_name() -> None:
 
 
 async def test_cross_slot_call_fails(store: Store) -> None:
-    keys = [store.keys.due(0), store.keys.outbox(1)]
+    keys = [store.keys.heads(0), store.keys.outbox(1)]
     with pytest.raises(CrossSlotError):
         await store.runner.call("transition", keys, ["x"], tag=store.keys.shard_tag(0))
 
@@ -67,11 +67,13 @@ async def test_enroll_is_idempotent_and_indexes(any_store: Store) -> None:
     shard = ids.shard_of(cid, s.shards)
     assert ids.shard_of(eid, s.shards) == shard
     # Due at enrolled_at + 5 minutes.
-    score = await s.client.zscore(s.keys.due(shard), eid)
+    score = await s.client.zscore(s.keys.queue(shard, seq.id), eid)
     assert score == ids.time_of(eid) + 5 * 60_000
+    assert await s.client.zscore(s.keys.heads(shard), seq.id) == score
     assert first.enrollment.enrolled_at == to_rfc3339(ids.time_of(eid))
     assert await s.client.hget(s.keys.contact(shard, cid), f"e:{seq.id}") == eid
-    assert await s.client.zrange(s.keys.status_index(shard, seq.id, "active"), 0, -1) == [eid]
+    # The queue is the listing of active enrollments: no index of their own.
+    assert await s.client.exists(f"{s.keys.shard_tag(shard)}:ix:{seq.id}:active") == 0
     assert await s.client.hget(s.keys.counts(shard, seq.id), "active") == "1"
     [data] = await events(s, shard)
     assert data["type"] == "sequence.enrollment.created"
@@ -141,7 +143,8 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     ).items
     paused = await s.enrollments.transition("acme", eid, "pause", "manual")
     assert paused.status == "paused"
-    assert await s.client.zscore(s.keys.due(shard), eid) is None
+    assert await s.client.zscore(s.keys.queue(shard, seq.id), eid) is None
+    assert await s.client.zrange(s.keys.status_index(shard, seq.id, "paused"), 0, -1) == [eid]
     retry = Settle(id=eid, token=claimed.e["k"], step=0, kind="sms", at=far, outcome="retry",
                    delay=5)  # fmt: skip
     assert (await dispatch.advance(shard, [retry], now=far, max_attempts=3)).stale == [eid]
@@ -150,7 +153,8 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
         await s.enrollments.transition("acme", eid, "pause", "manual")
     resumed = await s.enrollments.transition("acme", eid, "resume", "")
     assert resumed.status == "active"
-    assert await s.client.zscore(s.keys.due(shard), eid) is not None
+    assert await s.client.zscore(s.keys.queue(shard, seq.id), eid) is not None
+    assert await s.client.zcard(s.keys.status_index(shard, seq.id, "paused")) == 0
     done = await s.enrollments.transition("acme", eid, "complete", "")
     assert done.status == "completed" and done.completed_at is not None
     assert await s.client.hget(s.keys.contact(shard, cid), f"e:{seq.id}") is None
@@ -167,7 +171,7 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     with pytest.raises(ScriptError) as info:
         await runner.call(
             "transition",
-            [s.keys.due(shard), s.keys.outbox(shard)],
+            [s.keys.heads(shard), s.keys.outbox(shard)],
             [s.keys.shard_tag(shard), 1, "acme", eid, "explode", ""],
             tag=s.keys.shard_tag(shard),
         )
@@ -175,7 +179,7 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     with pytest.raises(ScriptError) as info:
         await runner.call(
             "transition",
-            [s.keys.due(shard), s.keys.outbox(shard)],
+            [s.keys.heads(shard), s.keys.outbox(shard)],
             [s.keys.shard_tag(shard), 1, "acme", eid, "resume", ""],
             tag=s.keys.shard_tag(shard),
         )
@@ -201,13 +205,14 @@ async def test_sync_sequence_sweeps_in_batches(
     for shard in range(s.shards):
         mirror = await s.client.hget(s.keys.shard_sequences(shard), seq.id)
         assert mirror is not None and mirror.startswith("archived:")
-        assert await s.client.zcard(s.keys.due(shard)) == 0
+        assert await s.client.zcard(s.keys.queue(shard, seq.id)) == 0
+        assert await s.client.zcard(s.keys.heads(shard)) == 0
 
 
 async def test_sync_sequence_never_lowers_the_mirror_version(store: Store) -> None:
     seq = await store.sequences.create("acme", SEQ)
     shard = 0
-    keys = [store.keys.due(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
+    keys = [store.keys.heads(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
     tag = store.keys.shard_tag(shard)
     await store.runner.call(
         "syncSequence", keys, [tag, 1, seq.id, "paused:5:2", "", 10, ""], tag=tag
@@ -265,7 +270,7 @@ async def test_put_and_delete_contact_codes(any_store: Store) -> None:
     with pytest.raises(ScriptError) as info:
         await s.runner.call(
             "deleteContact",
-            [s.keys.due(shard), s.keys.outbox(shard)],
+            [s.keys.heads(shard), s.keys.outbox(shard)],
             [tag, 1, "bravo", c.id],
             tag=tag,
         )

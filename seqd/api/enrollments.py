@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from aiohttp import web
+from msgspec import Meta
 
 from seqd import bulk, models
 from seqd.api.appkeys import COALESCER, CONFIG, STORE
@@ -18,7 +19,18 @@ TAG = "enrollments"
 
 
 class EnrollmentListQuery(ListQuery, kw_only=True):
-    status: Literal["active", "paused", "completed", "cancelled"] | None = None
+    status: (
+        Annotated[
+            Literal["active", "paused", "completed", "cancelled"],
+            Meta(
+                description="only this status. Active enrollments are listed by when their "
+                "next step is due (then id), the others by id; with no status, the active "
+                "ones come first, then the rest. An enrollment whose step goes out while "
+                "you page can appear again at its new place."
+            ),
+        ]
+        | None
+    ) = None
 
 
 async def enroll_one(

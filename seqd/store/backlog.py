@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 class ShardDue(msgspec.Struct, kw_only=True):
     shard: int
-    # Every item of the due index: waiting for its time, due, or claimed (lease pending).
+    # Every item of the queues of the shard's unpaused sequences: waiting for its time, due,
+    # or claimed (lease pending).
     scheduled: int
     # Items whose time has come (score <= now) and that no process holds.
     due: int
@@ -98,15 +99,15 @@ async def _execute(pipe: Any) -> list[Any]:
 
 
 async def read(store: Store, now_ms: int) -> Snapshot:
-    """Two round trips: everything countable directly, then each endpoint queue's size."""
+    """Two round trips: everything countable directly, then each sequence queue's and each
+    endpoint queue's size."""
     keys = store.keys
     n = store.shards
     pipe = store.client.pipeline(transaction=False)
     for shard in range(n):
-        due = keys.due(shard)
-        pipe.zcard(due)
-        pipe.zcount(due, "-inf", now_ms)
-        pipe.zrange(due, 0, 0, withscores=True)
+        # Sequences with a head: their queues are the shard's scheduled steps (a paused
+        # sequence's queue waits without one).
+        pipe.zrange(keys.heads(shard), 0, -1)
         # Endpoints with queued deliveries in this shard, and its dead letters.
         pipe.zrange(keys.delivery_due(shard), 0, -1)
         pipe.zcard(keys.failed_all(shard))
@@ -115,26 +116,39 @@ async def read(store: Store, now_ms: int) -> Snapshot:
         pipe.xinfo_groups(stream)
     pipe.xlen(keys.intake_rejected())
     rows = await _execute(pipe)
-    shards = []
+    sequences: list[tuple[int, str]] = []
     queues = []
     failed = 0
     for shard in range(n):
-        scheduled, due, first, endpoints, dead = rows[shard * 5 : shard * 5 + 5]
-        oldest = int(first[0][1]) if first and int(due) > 0 else None
-        shards.append(ShardDue(shard=shard, scheduled=scheduled, due=due, oldest_due_ms=oldest))
+        heads, endpoints, dead = rows[shard * 3 : shard * 3 + 3]
+        sequences += [(shard, str(seq)) for seq in heads]
         queues += [keys.delivery_queue(shard, str(e)) for e in endpoints]
         failed += int(dead)
-    streams = rows[n * 5 : -1]
+    streams = rows[n * 3 : -1]
     intake = stream_backlog(streams[0], streams[1])
     outbox = StreamBacklog()
     for i in range(2, len(streams), 2):
         outbox = outbox + stream_backlog(streams[i], streams[i + 1])
-    queued = 0
-    if queues:
-        pipe = store.client.pipeline(transaction=False)
-        for queue in queues:
-            pipe.zcard(queue)
-        queued = sum(int(c) for c in await _execute(pipe))
+    pipe = store.client.pipeline(transaction=False)
+    for shard, seq in sequences:
+        queue = keys.queue(shard, seq)
+        pipe.zcard(queue)
+        pipe.zcount(queue, "-inf", now_ms)
+        pipe.zrange(queue, 0, 0, withscores=True)
+    for queue in queues:
+        pipe.zcard(queue)
+    counts = await _execute(pipe) if sequences or queues else []
+    shards = [ShardDue(shard=shard, scheduled=0, due=0) for shard in range(n)]
+    for i, (shard, _) in enumerate(sequences):
+        scheduled, due, first = counts[i * 3 : i * 3 + 3]
+        row = shards[shard]
+        row.scheduled += int(scheduled)
+        row.due += int(due)
+        if first and int(due) > 0:
+            oldest = int(first[0][1])
+            if row.oldest_due_ms is None or oldest < row.oldest_due_ms:
+                row.oldest_due_ms = oldest
+    queued = sum(int(c) for c in counts[len(sequences) * 3 :])
     return Snapshot(
         at_ms=now_ms,
         shards=shards,

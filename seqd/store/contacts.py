@@ -104,7 +104,7 @@ class Contacts:
         try:
             flat = await self.store.runner.call(
                 "deleteContact",
-                [self.keys.due(shard), self.keys.outbox(shard)],
+                [self.keys.heads(shard), self.keys.outbox(shard)],
                 [self.keys.shard_tag(shard), now_ms(), tenant, cid],
                 tag=self.keys.shard_tag(shard),
             )

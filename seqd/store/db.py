@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.typing import EncodableT
 
+from seqd.store import migrate
 from seqd.store.keys import Keys
 from seqd.store.scripts import Runner
 
@@ -96,12 +97,14 @@ def connect(url: str, *, socket_timeout: float = 5.0, max_connections: int = 64)
     return aioredis.Redis.from_pool(pool)
 
 
-async def init_meta(client: aioredis.Redis, prefix: str, default_shards: int) -> int:
-    """Fix the shard count on first use of a store; later starts read it back."""
+async def init_meta(client: aioredis.Redis, prefix: str, default_shards: int) -> tuple[int, int]:
+    """Fix the shard count and the schema on first use of a store; later starts read them
+    back: (shards, schema)."""
     meta = Keys(prefix, 1).meta()
-    await client.hsetnx(meta, "shards", default_shards)
-    await client.hsetnx(meta, "schema", 1)
-    return int(await client.hget(meta, "shards") or default_shards)
+    if await client.hsetnx(meta, "shards", default_shards):
+        await client.hset(meta, "schema", migrate.SCHEMA)
+    shards, schema = await client.hmget(meta, ["shards", "schema"])
+    return int(shards or default_shards), int(schema or 1)
 
 
 class Store:
@@ -138,9 +141,12 @@ class Store:
 
     @classmethod
     async def open(cls, client: aioredis.Redis, prefix: str, default_shards: int) -> Store:
-        shards = await init_meta(client, prefix, default_shards)
+        shards, schema = await init_meta(client, prefix, default_shards)
         store = cls(client, Keys(prefix, shards))
         await store.runner.load_all()
+        if schema < migrate.SCHEMA:
+            await migrate.upgrade(store, schema)
+            await client.hset(Keys(prefix, 1).meta(), "schema", migrate.SCHEMA)
         return store
 
     async def close(self) -> None:

@@ -1,4 +1,5 @@
-"""The dispatcher's view of the store: due times, `claimDue`, `advance`, suppression reads.
+"""The dispatcher's view of the store: due times (`peekDue`), `claimDue`, `advance`,
+suppression reads.
 
 Every call here is batched per shard (one pipeline or one script call per shard), because
 the dispatcher's cost per step is what bounds seqd's throughput. Claim replies are one
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -73,8 +74,9 @@ class Settle(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str | None = None
     variable: str | None = None
     started: bool = False
-    # The claimed enrollment's `t` and `a`, with the step's event (`step_event`): advance's
-    # fast path then reads nothing of the hash.
+    # The claimed enrollment's `s` (its queue), and for a passed step `t` and `a`, with the
+    # step's event (`step_event`): advance's fast path then reads nothing of the hash.
+    seq: str | None = None
     tenant: str | None = None
     attempts: str | None = None
 
@@ -168,30 +170,36 @@ _encode = msgspec.json.Encoder().encode
 _decode_record = msgspec.json.Decoder(SuppressionRecord).decode
 
 
+# Due members a poll counts per shard at most: the dispatcher needs no more than a batch.
+PEEK_CAP = 1000
+
+
 class Dispatch:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.keys = store.keys
 
     def _shard_keys(self, shard: int) -> list[str]:
-        return [self.keys.due(shard), self.keys.outbox(shard)]
+        return [self.keys.heads(shard), self.keys.outbox(shard)]
 
-    async def heads(self, now: int) -> list[tuple[int | None, int]]:
-        """Per shard, (earliest due score or None, members due at `now`): one round trip.
+    async def heads(self, now: int, cap: int = PEEK_CAP) -> list[tuple[int | None, int]]:
+        """Per shard, (earliest due score or None, members due at `now`, at most `cap`): one
+        round trip, one `peekDue` call per shard.
 
         The counts let the dispatcher cut the due shards into batch-sized pieces of work.
         """
-        pipe = self.store.client.pipeline(transaction=False)
+        calls = []
         for shard in range(self.keys.shards):
-            key = self.keys.due(shard)
-            pipe.zrange(key, 0, 0, withscores=True)
-            pipe.zcount(key, "-inf", now)
-        rows: list[Any] = await pipe.execute()
-        # A lease score (half a ms before its due time) is claimable from the next whole ms.
-        return [
-            (math.ceil(float(head[0][1])) if head else None, int(count))
-            for head, count in zip(rows[::2], rows[1::2], strict=True)
-        ]
+            tag = self.keys.shard_tag(shard)
+            calls.append(("peekDue", [self.keys.heads(shard)], [tag, now, cap], tag))
+        out = []
+        for reply in await self.store.runner.call_many(calls):
+            if isinstance(reply, Exception):
+                raise reply
+            first, count = reply
+            # A lease score (half a ms before its due time) is claimable from the next ms.
+            out.append((math.ceil(float(first)) if first else None, int(count)))
+        return out
 
     async def claim(
         self,
@@ -264,6 +272,7 @@ class Dispatch:
                     e = claimed.get(s.id)
                     data = b""
                     if e is not None:
+                        s.seq = e["s"]
                         data = step_event(s, e, now_text)
                         if data:
                             s.tenant, s.attempts = e["t"], e.get("a")

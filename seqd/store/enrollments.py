@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from seqd import ids, models
-from seqd.errors import Conflict, NotFound
+from seqd.errors import Conflict, Invalid, NotFound
 from seqd.store import codec
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
@@ -71,7 +73,11 @@ class Enrollments:
         batches: list[list[int]] = []
         for shard, positions in by_shard.items():
             tag = self.keys.shard_tag(shard)
-            keys = [self.keys.due(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
+            keys = [
+                self.keys.heads(shard),
+                self.keys.outbox(shard),
+                self.keys.shard_sequences(shard),
+            ]
             for start in range(0, len(positions), ENROLL_BATCH):
                 batch = positions[start : start + ENROLL_BATCH]
                 args: list[Any] = [tag, now, tenant, seq.id, wait_ms]
@@ -139,7 +145,7 @@ class Enrollments:
         try:
             flat = await self.store.runner.call(
                 "transition",
-                [self.keys.due(shard), self.keys.outbox(shard)],
+                [self.keys.heads(shard), self.keys.outbox(shard)],
                 [self.keys.shard_tag(shard), now_ms(), tenant, eid, action, reason],
                 tag=self.keys.shard_tag(shard),
             )
@@ -153,6 +159,23 @@ class Enrollments:
             raise
         return codec.enrollment(eid, codec.pairs(flat))
 
+    async def _active_page(
+        self, sid: str, limit: int, after: str | None
+    ) -> tuple[list[str], str | None]:
+        """Up to `limit` ids of the sequence's queues (all shards) after an active cursor,
+        and the cursor after them (None when none follow)."""
+        score, eid = parse_active_cursor(after) if after else ("", "")
+        calls = [
+            (
+                "pageQueue",
+                [self.keys.queue(shard, sid)],
+                [score, eid, limit + 1],
+                self.keys.shard_tag(shard),
+            )
+            for shard in range(self.keys.shards)
+        ]
+        return _merge_queue_pages(await self.store.runner.call_many(calls), limit)
+
     async def list(
         self,
         tenant: str,
@@ -162,12 +185,29 @@ class Enrollments:
         after: str | None,
         statuses: list[str],
     ) -> tuple[list[models.Enrollment], str | None, int]:
-        index = [
-            self.keys.status_index(shard, sid, status)
-            for shard in range(self.keys.shards)
-            for status in statuses
-        ]
-        page, more = await self.store.merged_range(index, after, limit)
+        """A page of the sequence's enrollments in `statuses`: the active ones first, in
+        their queue's order (next step due, then id: `active_cursor`), then the others
+        merged in id order; returns the page, the cursor after it (None at the end) and the
+        total."""
+        page: list[str] = []
+        cursor: str | None = None
+        others = [s for s in statuses if s != "active"]
+        if "active" in statuses and (after is None or is_active_cursor(after)):
+            page, cursor = await self._active_page(sid, limit, after)
+            after = None
+        elif after == REST_START:
+            after = None
+        if cursor is None and others:
+            index = [
+                self.keys.status_index(shard, sid, status)
+                for shard in range(self.keys.shards)
+                for status in others
+            ]
+            # (With the page already full, this only asks whether any follow.)
+            rest, more = await self.store.merged_range(index, after, limit - len(page))
+            page += rest
+            if more:
+                cursor = rest[-1] if rest else REST_START
         pipe = self.store.client.pipeline(transaction=False)
         for eid in page:
             pipe.hgetall(self.keys.enrollment(self._shard(eid), eid))
@@ -177,5 +217,52 @@ class Enrollments:
             for eid, h in zip(page, rows, strict=True)
             if h.get("t") == tenant
         ]
-        total = await self.store.total(index)
-        return data, (page[-1] if more and page else None), total
+        total = await self.store.total(
+            [
+                self.keys.status_index(shard, sid, status)
+                for shard in range(self.keys.shards)
+                for status in statuses
+            ]
+        )
+        return data, cursor, total
+
+
+def _merge_queue_pages(replies: Sequence[Any], limit: int) -> tuple[list[str], str | None]:
+    """The shards' pageQueue replies merged in queue order: up to `limit` ids, and the cursor
+    after them (None when none follow)."""
+    rows: list[tuple[float, str, str]] = []
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+        rows += [(float(reply[i + 1]), reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+    rows.sort()
+    page = rows[:limit]
+    cursor = active_cursor(page[-1][2], page[-1][1]) if len(rows) > limit else None
+    return [eid for _, eid, _ in page], cursor
+
+
+def active_cursor(score: str, eid: str) -> str:
+    """The listing's cursor inside the active enrollments: the last one's queue score (as
+    Redis prints it) and id. A queue is not in id order, so an id alone cannot say where a
+    page ended; an id-only cursor is one in the other statuses."""
+    return f"a:{score}:{eid}"
+
+
+# The cursor of a page that ended with the last active enrollment: the other statuses
+# follow from their start.
+REST_START = "r:"
+
+
+def is_active_cursor(after: str) -> bool:
+    return after.startswith("a:")
+
+
+def parse_active_cursor(after: str) -> tuple[str, str]:
+    _, score, eid = [*after.split(":"), "", ""][:3]
+    try:
+        valid = math.isfinite(float(score)) and ids.is_valid(eid, ids.ENROLLMENT)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise Invalid.field("query.page_token", "not a page token from this API")
+    return score, eid

@@ -30,12 +30,16 @@ from redis.crc import key_slot
 SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "contact": "{tag}:c:{contact_id}",
     "enrollment": "{tag}:e:{enrollment_id}",
-    # ZSET of enrollments of one sequence in one status; all scores 0, members in id order.
+    # ZSET enrollment id -> due time (or lease token): one sequence's active enrollments in
+    # this shard. Both the time index the dispatcher claims from and the listing of the
+    # sequence's active enrollments (in due order), so an active enrollment costs one index
+    # entry, not two. What is due across sequences is found through SHARD_HEADS.
+    "queue": "{tag}:q:{sequence_id}",
+    # ZSET of enrollments of one sequence in one status other than active (whose listing is
+    # the queue); all scores 0, members in id order.
     "status_index": "{tag}:ix:{sequence_id}:{status}",
     # HASH status -> count, per sequence.
     "counts": "{tag}:n:{sequence_id}",
-    # ZSET of due items parked while their sequence is paused; score = original due time.
-    "parked": "{tag}:park:{sequence_id}",
     # ZSET of a tenant's contacts in this shard, id order.
     "tenant_contacts": "{tag}:cx:{tenant}",
     # STRING: the enrollment id a provider message id (sid, Message-ID) belongs to.
@@ -53,13 +57,24 @@ TENANT_TEMPLATES: Final[Mapping[str, str]] = {
     "event": "{tag}:ev:{event_id}",
 }
 # Fixed per-shard keys.
-SHARD_DUE = "{tag}:due"
+# ZSET sequence id -> a lower bound of the earliest score in its `queue`, for the active
+# (or archived: claims cancel their steps) sequences with a queue: what the dispatcher polls.
+# Writes that may lower a queue's first score lower its head (ZADD LT); a claim sets the
+# head to the queue's first score again, and takes out the head of a paused sequence,
+# whose queue then waits untouched until the sequence resumes (syncSequence puts it back).
+SHARD_HEADS = "{tag}:hd"
 SHARD_OUTBOX = "{tag}:outbox"
 SHARD_SEQUENCES = "{tag}:sq"
 # ZSET endpoint id -> earliest score in its `delivery_queue`: what the deliverer polls.
 SHARD_DELIVERY_DUE = "{tag}:wdue"
 # ZSET of every failed delivery of the shard (all endpoints), scores 0: trimmed by age.
 SHARD_FAILED_DELIVERIES = "{tag}:wfail"
+
+# Keys of schema 1 that `migrateQueues` (store/migrate.py) moves into the queues: the
+# shard's one due index of every sequence's enrollments, and the items parked by sequence
+# while it was paused. Nothing else reads them.
+V1_SHARD_DUE = "{tag}:due"
+V1_PARKED = "{tag}:park:"
 
 
 class Keys:
@@ -162,8 +177,11 @@ class Keys:
     def shard_tag(self, shard: int) -> str:
         return "{" + f"{self.prefix}:{shard}" + "}"
 
-    def due(self, shard: int) -> str:
-        return SHARD_DUE.format(tag=self.shard_tag(shard))
+    def heads(self, shard: int) -> str:
+        return SHARD_HEADS.format(tag=self.shard_tag(shard))
+
+    def queue(self, shard: int, sequence_id: str) -> str:
+        return SHARD_TEMPLATES["queue"].format(tag=self.shard_tag(shard), sequence_id=sequence_id)
 
     def outbox(self, shard: int) -> str:
         return SHARD_OUTBOX.format(tag=self.shard_tag(shard))
@@ -181,15 +199,16 @@ class Keys:
         )
 
     def status_index(self, shard: int, sequence_id: str, status: str) -> str:
+        """The listing of one status: the queue for active enrollments (due order), else the
+        status's own index (id order)."""
+        if status == "active":
+            return self.queue(shard, sequence_id)
         return SHARD_TEMPLATES["status_index"].format(
             tag=self.shard_tag(shard), sequence_id=sequence_id, status=status
         )
 
     def counts(self, shard: int, sequence_id: str) -> str:
         return SHARD_TEMPLATES["counts"].format(tag=self.shard_tag(shard), sequence_id=sequence_id)
-
-    def parked(self, shard: int, sequence_id: str) -> str:
-        return SHARD_TEMPLATES["parked"].format(tag=self.shard_tag(shard), sequence_id=sequence_id)
 
     def tenant_contacts(self, shard: int, tenant: str) -> str:
         return SHARD_TEMPLATES["tenant_contacts"].format(tag=self.shard_tag(shard), tenant=tenant)

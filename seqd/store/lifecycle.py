@@ -64,7 +64,7 @@ class Lifecycle:
         return zlib.crc32(value.encode()) % self.keys.shards
 
     def _shard_keys(self, shard: int) -> list[str]:
-        return [self.keys.due(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
+        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
 
     async def _sequence_args(
         self, tenant: str, sids: set[str], *, on_reply: bool

@@ -141,8 +141,6 @@ class Sequences:
                 sweeps += ["shrink_active", "shrink_paused"]
             if new.status == SequenceStatus.ARCHIVED:
                 sweeps.append("archive")
-            if new.status == SequenceStatus.ACTIVE and old.status != SequenceStatus.ACTIVE:
-                sweeps.append("unpark")
             await self.sync(new, new_version, sweeps)
             return await self.get(tenant, sid)
         raise Conflict("the sequence is being changed by another request; try again")
@@ -183,7 +181,7 @@ class Sequences:
                     (
                         "syncSequence",
                         [
-                            self.keys.due(shard),
+                            self.keys.heads(shard),
                             self.keys.outbox(shard),
                             self.keys.shard_sequences(shard),
                         ],

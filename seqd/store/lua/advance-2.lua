@@ -1,14 +1,14 @@
 --[[ Settle a batch of claimed steps of one shard: what each send did to its enrollment.
 
   An item applies only while its token (the lease score claimDue gave the member) is
-  still the member's due score: a later claim, the next step, a retry and every
+  still the member's score in its sequence's queue: a later claim, the next step, a retry and every
   transition give it another score or take it out, so a worker whose lease ran out (and
   whose step someone else claimed) or whose enrollment was paused or cancelled meanwhile
   cannot move it. One exception keeps the record true: a step that WAS sent while a transition
   happened (a reply paused the enrollment mid-send) is still recorded on the enrollment,
   which stays where the transition put it.
 
-  KEYS[1] due     ZSET
+  KEYS[1] heads   ZSET   the shard's sequence heads
   KEYS[2] outbox  STREAM
   ARGV[1] tag
   ARGV[2] now           ms
@@ -25,8 +25,9 @@
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
-    and, for a sent or skipped step whose claim the caller read: tenant and attempts (`t`
-    and `a` as claimDue returned them)
+    and, for a step whose claim the caller read: seq (its sequence, `s`; else read here),
+    and for a sent or skipped one tenant and attempts (`t` and `a` as claimDue returned
+    them)
   ARGV[5..] optional, one per item: the data of the step's event (JSON object text, "" for
             none), for the fast path. The caller builds it from what claimDue read under
             the same token (`s c md` never change) and this call's `now`
@@ -38,7 +39,7 @@
   Errors: BAD_ITEMS:<which> (a malformed item; nothing is written)
 ]]
 local rcall = redis.call
-local due_key, outbox_key = KEYS[1], KEYS[2]
+local heads_key, outbox_key = KEYS[1], KEYS[2]
 local tag, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- @include enrollment
 -- @include dispatch
@@ -63,6 +64,7 @@ for n, it in ipairs(items) do
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.tenant) ~= 'string' then it.tenant = nil end
   if type(it.attempts) ~= 'string' then it.attempts = nil end
+  if type(it.seq) ~= 'string' then it.seq = nil end
 end
 local prebuilt = #ARGV > 4
 if prebuilt and #ARGV ~= 4 + #items then
@@ -112,11 +114,12 @@ end
 
 local applied, late, stale = 0, 0, {}
 
--- The fast path's ZADDs, written at the end in chunks (one command per BULK members)
--- while every id of the call is distinct, as in any batch of one claim: no item then
--- touches another's member, so writing late is the same as writing at once. A call that
--- repeats an id writes each at once.
-local zadds = {}
+-- The fast path's ZADDs, per sequence, written at the end in chunks (one command per
+-- BULK members) with one ZADD of the sequence's head, while every id of the call is
+-- distinct, as in any batch of one claim: no item then touches another's member, so
+-- writing late is the same as writing at once. A call that repeats an id writes each at
+-- once.
+local zadds, earliest = {}, {}
 do
   local distinct = {}
   for _, it in ipairs(items) do
@@ -125,21 +128,29 @@ do
   end
 end
 
-local function schedule(due_at, id)
+local function schedule_next(seq, due_at, id)
   if zadds then
-    zadds[#zadds + 1] = due_at
-    zadds[#zadds + 1] = id
+    local args = zadds[seq]
+    if not args then
+      args = {}
+      zadds[seq] = args
+      earliest[seq] = due_at
+    elseif tonumber(due_at) < tonumber(earliest[seq]) then
+      earliest[seq] = due_at
+    end
+    args[#args + 1] = due_at
+    args[#args + 1] = id
   else
-    rcall('ZADD', due_key, due_at, id)
+    schedule(id, seq, due_at)
   end
 end
 
 -- A step's kind as JSON, for the kinds there are (any other is encoded).
 local KIND_JSON = {sms = '"sms"', email = '"email"'}
 
--- Whether the claim that gave `it` its token still holds the member.
-local function holds(id, it)
-  local score = rcall('ZSCORE', due_key, id)
+-- Whether the claim that gave `it` its token still holds the member in queue `qkey`.
+local function holds(id, it, qkey)
+  local score = rcall('ZSCORE', qkey, id)
   -- The token is the score as Redis prints it; the numbers decide when the text differs.
   return score ~= false and (score == it.token or tonumber(score) == tonumber(it.token))
 end
@@ -151,7 +162,7 @@ end
 -- those the API's enrollment is made of).
 -- Returns false, having left nothing written, when the hash is gone (the general path
 -- decides).
-local function pass_fast(n, id, ekey, it)
+local function pass_fast(n, id, ekey, it, seq)
   local data = prebuilt and ARGV[4 + n] or ''
   if data ~= '' and it.tenant then
     -- The event came built: no read. `sm` is written on every SMS step (it is there after
@@ -162,7 +173,7 @@ local function pass_fast(n, id, ekey, it)
       rcall('DEL', ekey)
       return false
     end
-    schedule(due_at, id)
+    schedule_next(seq, due_at, id)
     emit_batched(it.outcome == 'sent' and 'sequence.step.sent' or 'sequence.step.skipped',
       it.tenant, now, data)
     return true
@@ -180,7 +191,7 @@ local function pass_fast(n, id, ekey, it)
     tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''
   end
   rcall('HSET', ekey, unpack(fields))
-  schedule(due_at, id)
+  schedule_next(seq, due_at, id)
   local md = h[6] and (',"md":' .. cjson.encode(h[6])) or ''
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     '{"id":"' .. id .. '","fields":{"s":"' .. h[4] .. '","c":"' .. h[5]
@@ -206,32 +217,32 @@ local function settle(id, ekey, it, current)
     applied = applied + 1
     if outcome == 'sent' or outcome == 'skipped' then
       local due_at = pass_step(id, e, it, ekey)
-      if due_at then rcall('ZADD', due_key, due_at, id)
-      else finish(id, e, 'completed', '', now, due_key) end
+      if due_at then schedule(id, e['s'], due_at)
+      else finish(id, e, 'completed', '', now) end
     elseif outcome == 'retry' then
       local attempts = rcall('HINCRBY', ekey, 'a', 1)
       e['a'] = tostring(attempts)
       if attempts >= max_attempts then
-        fail_step(id, e, it.step, it.kind, it.error, now, due_key)
+        fail_step(id, e, it.step, it.kind, it.error, now)
       else
         local due_at = tonumber(now) + it.delay
-        rcall('ZADD', due_key, due_at, id)
+        schedule(id, e['s'], due_at)
         enrollment_event('sequence.step.failed', id, e, now,
           {step = it.step, kind = it.kind, error = it.error, retrying = true,
            attempts = attempts, retry_at = due_at})
       end
     elseif outcome == 'failed' then
-      fail_step(id, e, it.step, it.kind, it.error, now, due_key)
+      fail_step(id, e, it.step, it.kind, it.error, now)
     elseif outcome == 'pause' then
-      finish(id, e, 'paused', it.reason, now, due_key,
+      finish(id, e, 'paused', it.reason, now,
         {step = it.step, variable = it.variable, error = it.error})
     elseif outcome == 'cancel' then
-      finish(id, e, 'cancelled', it.reason, now, due_key, {step = it.step, error = it.error})
+      finish(id, e, 'cancelled', it.reason, now, {step = it.step, error = it.error})
     elseif outcome == 'complete' then
-      finish(id, e, 'completed', '', now, due_key)
+      finish(id, e, 'completed', '', now)
     elseif outcome == 'release' then
       local at = tonumber(now) + (tonumber(it.delay) or 0)
-      rcall('ZADD', due_key, it.started and lease_token(at) or at, id)
+      schedule(id, e['s'], it.started and lease_token(at) or at)
     end
   end
 end
@@ -240,14 +251,20 @@ for n, it in ipairs(items) do
   local id = it.id
   local ekey = k_enrollment(tag, id)
   local outcome = it.outcome
-  local current = holds(id, it)
+  local seq = it.seq or rcall('HGET', ekey, 's')
+  local current = seq and holds(id, it, k_queue(tag, seq))
   if current and (outcome == 'sent' or outcome == 'skipped') and it.wait >= 0
-    and pass_fast(n, id, ekey, it) then
+    and pass_fast(n, id, ekey, it, seq) then
     applied = applied + 1
   else
     settle(id, ekey, it, current)
   end
 end
-if zadds then zadd_chunked(due_key, zadds) end
+if zadds then
+  for seq, args in pairs(zadds) do
+    zadd_chunked(k_queue(tag, seq), args)
+    rcall('ZADD', heads_key, 'LT', earliest[seq], seq)
+  end
+end
 flush_batched(now)
 return {applied, late, stale}

@@ -1,13 +1,16 @@
---[[ Claim a shard's due steps for sending: one bounded batch, earliest first.
+--[[ Claim a shard's due steps for sending: one bounded batch, earliest sequence first.
 
-  Each claimed enrollment's due score moves to the lease token, now + lease - 0.5 ms
+  The sequences with something due are those whose head (heads_key) has come; each one's
+  queue gives its due members, earliest first, until `limit` members were looked at. Each
+  claimed enrollment's score in its queue moves to the lease token, now + lease - 0.5 ms
   (enrollment.lua `lease_token`), so it comes back by itself if the claiming worker dies;
   the half marks it as claimed and unsettled, and only the holder of that score may
-  advance it. Nothing else is written per member. Members that must not be sent now are
-  settled here instead:
-  - enrollment gone or not active: a stale member, dropped from the due index;
-  - sequence paused or draft (or its mirror missing): parked in park:<seq> with the
-    original due score, which syncSequence's "unpark" sweep restores on resume;
+  advance it. Nothing else is written per member. Then the sequence's head is set to its
+  queue's first score (or taken out with the queue empty). Members that must not be sent
+  now are settled here instead:
+  - enrollment gone or not active: a stale member, dropped from the queue;
+  - sequence paused or draft (or its mirror missing): its head is taken out and its queue
+    waits as it is, due times and all, until syncSequence puts the head back on resume;
   - sequence archived: cancelled (sequence_archived);
   - current step past the last one (the sequence lost steps): completed;
   - a lease that ran out (its score has the half: the previous claim's worker died
@@ -15,7 +18,7 @@
     it (delivery_unknown); resend counts an attempt and sends again, or cancels it
     (failed) when attempts are used up.
 
-  KEYS[1] due       ZSET   the shard's time index
+  KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
   KEYS[3] sequences HASH   sequence id -> "<status>:<version>:<steps>"
   ARGV[1] tag
@@ -35,7 +38,7 @@
   limit: more may be due).
 ]]
 local rcall = redis.call
-local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hold, max_attempts = ARGV[5] == 'hold', tonumber(ARGV[6])
 local contact_fields = {unpack(ARGV, 7)}
@@ -43,7 +46,6 @@ local contact_fields = {unpack(ARGV, 7)}
 -- @include dispatch
 
 local token = lease_token(tonumber(now) + lease)
-local members = rcall('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 
 local mirrors, states = {}, {}
 local function sequence_state(seq)
@@ -71,9 +73,10 @@ local parts = {}
 -- tenant -> its JSON text (a batch is mostly one tenant's)
 local tenants = {}
 
--- ZADD arguments (token, id, ...) of the members leased, written at the end in chunks:
--- one command per chunk instead of one per member (0.8 µs a step less; every member is
--- distinct, and nothing here reads a leased member's score again).
+-- ZADD arguments (token, id, ...) of the members of the current queue leased, written
+-- when the queue is done, in chunks: one command per chunk instead of one per member
+-- (0.8 µs a step less; every member is distinct, and nothing here reads a leased member's
+-- score again).
 local leased = {}
 
 -- Lease a member for sending: its score becomes the token, its sequence's mirror goes in
@@ -86,59 +89,76 @@ local function lease(id, seq, state, cid)
   return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(contact_fields)))
 end
 
-for j = 1, #members, 2 do
-  local id, score = members[j], members[j + 1]
-  local ekey = k_enrollment(tag, id)
-  local h = rcall('HMGET', ekey, unpack(READ))
-  local st, seq, step = h[1], h[2], tonumber(h[3])
-  local state = st == 'active' and sequence_state(seq)
-  if state and state.status == 'active' and step < state.steps and not is_leased(score) then
-    -- The hot path: an active step due, not a lease run out.
-    local c = lease(id, seq, state, h[6])
-    local t = tenants[h[5]]
-    if not t then
-      t = cjson.encode(h[5])
-      tenants[h[5]] = t
-    end
-    parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
-      .. '","c":"' .. h[6] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[7]
-      .. '","k":"' .. token .. '"' .. (h[4] and (',"a":"' .. h[4] .. '"') or '')
-      .. (h[8] and (',"md":' .. cjson.encode(h[8])) or '') .. '},' .. c .. ']'
-  elseif st ~= 'active' then
-    rcall('ZREM', due_key, id)
-  else
-    local e = to_table(rcall('HGETALL', ekey))
-    if state.status == 'archived' then
-      finish(id, e, 'cancelled', 'sequence_archived', now, due_key)
-    elseif state.status ~= 'active' then
-      rcall('ZREM', due_key, id)
-      rcall('ZADD', k_parked(tag, seq), score, id)
-    elseif step >= state.steps then
-      finish(id, e, 'completed', '', now, due_key)
-    else
-      -- A lease ran out unsettled: the previous claim's worker died mid-send.
-      local send = true
-      if hold then
-        finish(id, e, 'paused', 'delivery_unknown', now, due_key, {step = step})
-        send = false
-      else
-        e['a'] = tostring(rcall('HINCRBY', ekey, 'a', 1))
-        if tonumber(e['a']) >= max_attempts then
-          fail_step(id, e, step, '', 'worker lost during send; attempts exhausted', now,
-            due_key)
-          send = false
-        end
+-- The members of `seq`'s queue due now, at most `room` of them; returns how many.
+local function claim_queue(seq, state, qkey, room)
+  local members = rcall('ZRANGEBYSCORE', qkey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
+  leased = {}
+  for j = 1, #members, 2 do
+    local id, score = members[j], members[j + 1]
+    local ekey = k_enrollment(tag, id)
+    local h = rcall('HMGET', ekey, unpack(READ))
+    local st, step = h[1], tonumber(h[3])
+    if st == 'active' and state.status == 'active' and step < state.steps
+      and not is_leased(score) then
+      -- The hot path: an active step due, not a lease run out.
+      local c = lease(id, seq, state, h[6])
+      local t = tenants[h[5]]
+      if not t then
+        t = cjson.encode(h[5])
+        tenants[h[5]] = t
       end
-      if send then
-        local c = lease(id, seq, state, e['c'])
-        e['k'] = token
-        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
+      parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
+        .. '","c":"' .. h[6] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[7]
+        .. '","k":"' .. token .. '"' .. (h[4] and (',"a":"' .. h[4] .. '"') or '')
+        .. (h[8] and (',"md":' .. cjson.encode(h[8])) or '') .. '},' .. c .. ']'
+    elseif st ~= 'active' then
+      rcall('ZREM', qkey, id)
+    else
+      local e = to_table(rcall('HGETALL', ekey))
+      if state.status == 'archived' then
+        finish(id, e, 'cancelled', 'sequence_archived', now)
+      elseif step >= state.steps then
+        finish(id, e, 'completed', '', now)
+      else
+        -- A lease ran out unsettled: the previous claim's worker died mid-send.
+        local send = true
+        if hold then
+          finish(id, e, 'paused', 'delivery_unknown', now, {step = step})
+          send = false
+        else
+          e['a'] = tostring(rcall('HINCRBY', ekey, 'a', 1))
+          if tonumber(e['a']) >= max_attempts then
+            fail_step(id, e, step, '', 'worker lost during send; attempts exhausted', now)
+            send = false
+          end
+        end
+        if send then
+          local c = lease(id, seq, state, e['c'])
+          e['k'] = token
+          parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
+        end
       end
     end
   end
+  zadd_chunked(qkey, leased)
+  return #members / 2
 end
 
-zadd_chunked(due_key, leased)
+local seen = 0
+for _, seq in ipairs(rcall('ZRANGEBYSCORE', heads_key, '-inf', now, 'LIMIT', 0, limit)) do
+  if seen >= limit then break end
+  local state = sequence_state(seq)
+  if state.status == 'active' or state.status == 'archived' then
+    local qkey = k_queue(tag, seq)
+    seen = seen + claim_queue(seq, state, qkey, limit - seen)
+    local first = rcall('ZRANGE', qkey, 0, 0, 'WITHSCORES')
+    if first[2] then rcall('ZADD', heads_key, first[2], seq)
+    else rcall('ZREM', heads_key, seq) end
+  else
+    -- Paused, draft or gone: the queue waits untouched, out of the heads.
+    rcall('ZREM', heads_key, seq)
+  end
+end
 
-return '{"seen":' .. (#members / 2) .. ',"m":' .. object(mirrors) .. ',"items":['
+return '{"seen":' .. seen .. ',"m":' .. object(mirrors) .. ',"items":['
   .. table.concat(parts, ',') .. ']}'

@@ -1,6 +1,6 @@
 --[[ Delete a contact, cancelling its active and paused enrollments first.
 
-  KEYS[1] due     ZSET
+  KEYS[1] heads   ZSET
   KEYS[2] outbox  STREAM
   ARGV[1] tag
   ARGV[2] now       ms
@@ -11,7 +11,7 @@
   Errors: NOT_FOUND
 ]]
 local rcall = redis.call
-local due_key, outbox_key = KEYS[1], KEYS[2]
+local heads_key, outbox_key = KEYS[1], KEYS[2]
 local tag, now, tenant, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 -- @include enrollment
 
@@ -22,7 +22,7 @@ if c['tenant'] ~= tenant then return redis.error_reply('NOT_FOUND') end
 for field, id in pairs(c) do
   if string.sub(field, 1, 2) == 'e:' then
     local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
-    if e['st'] then finish(id, e, 'cancelled', 'contact_deleted', now, due_key) end
+    if e['st'] then finish(id, e, 'cancelled', 'contact_deleted', now) end
   end
 end
 rcall('DEL', ckey)

@@ -3,12 +3,12 @@
   This is the hot path of every way in (3 commands per item), so it writes only what a
   new enrollment has: no `a` or `ua` (absent means 0 and enrolled_at, and every reader
   knows it), no enrolled_at (the time in the id, which the caller makes at `now`), one
-  HSET of the hash; the listing index, counter and due index written once
-  per call, and the `created` events batched into outbox entries of up to 200
+  HSET of the hash; the counter and the sequence's queue (its time index and its listing
+  of active enrollments) written once per call, and the `created` events batched into outbox entries of up to 200
   (`emit_batched`), each event's JSON spelled out rather than built by cjson. A created
   item's reply is lean: the caller knows its fields (it passed them).
 
-  KEYS[1] due       ZSET  the shard's time index
+  KEYS[1] heads     ZSET  the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
   KEYS[3] sequences HASH  the shard's mirror of sequence states ("<status>:<version>:<steps>")
   ARGV[1] tag       the shard's hash tag
@@ -27,7 +27,7 @@
     {0, code, detail}   code: CONTACT_NOT_FOUND | SEQUENCE_NOT_ACTIVE (detail: status)
 ]]
 local rcall = redis.call
-local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, tenant, seq, wait = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 -- @include enrollment
 
@@ -43,7 +43,7 @@ local field = 'e:' .. seq
 local head = '","fields":{"s":"' .. seq .. '","c":"'
 local tail = '","st":"active","i":"0","n":"' .. due_text .. '"'
 
-local out, created, due = {}, {}, {}
+local out, due = {}, {}
 for i = 6, #ARGV, 3 do
   local id, cid, md = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ckey = k_contact(tag, cid)
@@ -67,19 +67,18 @@ for i = 6, #ARGV, 3 do
     end
     rcall('HSET', ckey, field, id)
     emit_batched('sequence.enrollment.created', tenant, now, data .. '}}')
-    created[#created + 1] = 0
-    created[#created + 1] = id
     due[#due + 1] = due_text
     due[#due + 1] = id
     out[#out + 1] = {1, id, 0}
   end
 end
 
--- What move_status does per item, once per call: the listing index and the counter.
+-- What move_status and schedule do per item, once per call: the counter, the queue and
+-- the sequence's head. (At most ENROLL_BATCH items a call: store/enrollments.py.)
 if #due > 0 then
-  rcall('ZADD', k_status_index(tag, seq, 'active'), unpack(created))
   rcall('HINCRBY', k_counts(tag, seq), 'active', #due / 2)
-  rcall('ZADD', due_key, unpack(due))
+  rcall('ZADD', k_queue(tag, seq), unpack(due))
+  rcall('ZADD', heads_key, 'LT', due_text, seq)
   flush_batched(now)
 end
 return out

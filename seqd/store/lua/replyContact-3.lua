@@ -5,7 +5,7 @@
   whose sequence has already sent it a message on `channel` (an SMS reply names no
   message, so it is about every conversation held on that channel).
 
-  KEYS[1] due        ZSET   the shard's time index
+  KEYS[1] heads      ZSET   the shard's sequence heads
   KEYS[2] outbox     STREAM the shard's events
   KEYS[3] sequences  HASH   the shard's sequence mirror
   ARGV[1] tag
@@ -22,7 +22,7 @@
   Errors: STALE:<sequence_id> (the mirror moved past the version given: re-read, retry)
 ]]
 local rcall = redis.call
-local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, tenant, cid, eid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 -- @include enrollment
 -- @include lifecycle
@@ -47,13 +47,13 @@ for _, id in ipairs(targets) do
     if e['st'] ~= 'active' then
       outcome = 'not_active'
     elseif eid == '' and not sent_on(e, seq.kinds, channel,
-        is_leased(rcall('ZSCORE', due_key, id))) then
+        is_leased(rcall('ZSCORE', k_queue(tag, e['s']), id))) then
       outcome = 'not_sent'
     elseif seq.extra[1] == 'complete' then
-      finish(id, e, 'completed', '', now, due_key)
+      finish(id, e, 'completed', '', now)
       outcome = 'completed'
     else
-      finish(id, e, 'paused', 'reply_received', now, due_key)
+      finish(id, e, 'paused', 'reply_received', now)
       outcome = 'paused'
     end
     out[#out + 1] = id

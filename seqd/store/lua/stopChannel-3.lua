@@ -2,7 +2,7 @@
   cancel its live enrollments that have only steps of that channel left, and record the
   event. Mixed enrollments stay: the dispatcher skips their suppressed steps at send time.
 
-  KEYS[1] due        ZSET
+  KEYS[1] heads      ZSET
   KEYS[2] outbox     STREAM
   KEYS[3] sequences  HASH   the shard's sequence mirror
   ARGV[1] tag
@@ -19,7 +19,7 @@
   Errors: STALE:<sequence_id>
 ]]
 local rcall = redis.call
-local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, tenant, cid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local reason, etype, edata = ARGV[6], ARGV[7], cjson.decode(ARGV[8])
 -- @include enrollment
@@ -37,7 +37,7 @@ if cid ~= '' then
     local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
     local seq = seqs[e['s']]
     if e['t'] == tenant and seq and only_left(e, seq.kinds, channel)
-        and finish(id, e, 'cancelled', reason, now, due_key) == nil then
+        and finish(id, e, 'cancelled', reason, now) == nil then
       cancelled[#cancelled + 1] = id
     end
   end

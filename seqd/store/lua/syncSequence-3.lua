@@ -2,23 +2,28 @@
 
   A sequence lives under its tenant's tag; enrollments live in shards. After every change
   of a sequence the caller runs this once per shard (sweep "") and then repeats each
-  needed sweep until it reports done, so no single call holds Redis for long.
+  needed sweep until it reports done, so no single call holds Redis for long. Every call
+  also sets the sequence's head in the shard as its (newest) mirror says: the queue's first
+  score while it is active or archived (claims cancel an archived one's steps), none while
+  it is paused or draft, so a paused sequence's queue waits untouched and a resumed one's
+  overdue steps are due at once, in due order.
 
-  KEYS[1] due       ZSET
+  KEYS[1] heads     ZSET
   KEYS[2] outbox    STREAM
   KEYS[3] sequences HASH   sequence id -> "<status>:<version>:<steps>"
   ARGV[1] tag
   ARGV[2] now        ms
   ARGV[3] sequence_id
   ARGV[4] mirror     "<status>:<version>:<steps>"
-  ARGV[5] sweep      "" | archive | unpark | shrink_active | shrink_paused
-  ARGV[6] limit      enrollments handled at most in this call
-  ARGV[7] cursor     last id handled by the previous call of a shrink sweep ("" first)
+  ARGV[5] sweep      "" | archive | shrink_active | shrink_paused
+  ARGV[6] limit      enrollments handled at most in this call (shrink_active: about)
+  ARGV[7] cursor     where the previous call of a shrink sweep stopped ("" first): the
+                     last id handled (shrink_paused), the ZSCAN cursor (shrink_active)
 
   Returns {done (0|1), next_cursor, handled}
 ]]
 local rcall = redis.call
-local due_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, seq, mirror, sweep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit, cursor = tonumber(ARGV[6]), ARGV[7]
 -- @include enrollment
@@ -26,39 +31,58 @@ local limit, cursor = tonumber(ARGV[6]), ARGV[7]
 local current = rcall('HGET', seqs_key, seq)
 local function version_of(m) return tonumber(string.match(m or '', '^[^:]+:(%d+):')) or -1 end
 -- An older writer never overwrites a newer mirror.
-if version_of(current) <= version_of(mirror) then rcall('HSET', seqs_key, seq, mirror) end
+if version_of(current) <= version_of(mirror) then
+  rcall('HSET', seqs_key, seq, mirror)
+  current = mirror
+end
+
+local qkey = k_queue(tag, seq)
+
+-- The head as the mirror says, after this call's sweep (which may empty the queue).
+local function set_head(result)
+  local status = string.match(current, '^([^:]+)')
+  local first = (status == 'active' or status == 'archived')
+    and rcall('ZRANGE', qkey, 0, 0, 'WITHSCORES') or {}
+  if first[2] then rcall('ZADD', heads_key, first[2], seq) else rcall('ZREM', heads_key, seq) end
+  return result
+end
 
 local handled = 0
 if sweep == 'archive' then
-  for _, status in ipairs({'active', 'paused'}) do
-    local ids = rcall('ZRANGE', k_status_index(tag, seq, status), 0, limit - handled - 1)
+  -- Each one handled leaves its listing (the queue, the paused index): take from the front.
+  for _, key in ipairs({qkey, k_status_index(tag, seq, 'paused')}) do
+    local ids = rcall('ZRANGE', key, 0, limit - handled - 1)
     for _, id in ipairs(ids) do
       local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
-      finish(id, e, 'cancelled', 'sequence_archived', now, due_key)
+      -- (A member whose hash is gone or already ended would come back every call.)
+      if not e['st'] or finish(id, e, 'cancelled', 'sequence_archived', now) then
+        rcall('ZREM', key, id)
+      end
       handled = handled + 1
     end
   end
-  return {handled < limit and 1 or 0, '', handled}
-elseif sweep == 'unpark' then
-  local pkey = k_parked(tag, seq)
-  local items = rcall('ZRANGE', pkey, 0, limit - 1, 'WITHSCORES')
-  for i = 1, #items, 2 do
-    rcall('ZADD', due_key, items[i + 1], items[i])
-    rcall('ZREM', pkey, items[i])
-    handled = handled + 1
-  end
-  return {handled < limit and 1 or 0, '', handled}
+  return set_head({handled < limit and 1 or 0, '', handled})
 elseif sweep == 'shrink_active' or sweep == 'shrink_paused' then
   local steps = tonumber(string.match(mirror, ':(%d+)$'))
-  local status = string.sub(sweep, 8)
-  local start = cursor == '' and '-' or '(' .. cursor
-  local ids = rcall('ZRANGE', k_status_index(tag, seq, status), start, '+', 'BYLEX',
-    'LIMIT', 0, limit)
+  local ids, next_cursor, done
+  if sweep == 'shrink_active' then
+    -- The queue's order moves as steps go out: ZSCAN still returns every member that
+    -- stays in it from the first call to the last.
+    local reply = rcall('ZSCAN', qkey, cursor == '' and '0' or cursor, 'COUNT', limit)
+    next_cursor, ids = reply[1], {}
+    for i = 1, #reply[2], 2 do ids[#ids + 1] = reply[2][i] end
+    done = next_cursor == '0'
+  else
+    local start = cursor == '' and '-' or '(' .. cursor
+    ids = rcall('ZRANGE', k_status_index(tag, seq, 'paused'), start, '+', 'BYLEX',
+      'LIMIT', 0, limit)
+    next_cursor, done = ids[#ids] or '', #ids < limit
+  end
   for _, id in ipairs(ids) do
     local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
-    if tonumber(e['i']) >= steps then finish(id, e, 'completed', '', now, due_key) end
+    if tonumber(e['i'] or 0) >= steps and e['st'] then finish(id, e, 'completed', '', now) end
     handled = handled + 1
   end
-  return {#ids < limit and 1 or 0, ids[#ids] or '', handled}
+  return set_head({done and 1 or 0, next_cursor, handled})
 end
-return {1, '', 0}
+return set_head({1, '', 0})

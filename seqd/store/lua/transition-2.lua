@@ -1,6 +1,6 @@
 --[[ Pause, resume, cancel or complete one enrollment.
 
-  KEYS[1] due     ZSET   the shard's time index
+  KEYS[1] heads   ZSET   the shard's sequence heads
   KEYS[2] outbox  STREAM the shard's events
   ARGV[1] tag
   ARGV[2] now      ms
@@ -13,7 +13,7 @@
   Errors: NOT_FOUND; INVALID_TRANSITION:<current status>
 ]]
 local rcall = redis.call
-local due_key, outbox_key = KEYS[1], KEYS[2]
+local heads_key, outbox_key = KEYS[1], KEYS[2]
 local tag, now, tenant, id, action, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 -- @include enrollment
 
@@ -27,12 +27,12 @@ if action == 'resume' then
   rcall('HDEL', ekey, 'pr'); e['pr'] = nil
   rcall('HSET', ekey, 'n', due_at); e['n'] = tostring(due_at)
   move_status(id, e, 'active', now)
-  rcall('ZADD', due_key, due_at, id)
+  schedule(id, e['s'], due_at)
   enrollment_event('sequence.enrollment.resumed', id, e, now, nil)
 else
   local target = ({pause = 'paused', cancel = 'cancelled', complete = 'completed'})[action]
   if not target then return redis.error_reply('BAD_ACTION:' .. action) end
-  local current = finish(id, e, target, reason, now, due_key)
+  local current = finish(id, e, target, reason, now)
   if current then return redis.error_reply('INVALID_TRANSITION:' .. current) end
 end
 return rcall('HGETALL', ekey)

@@ -1,7 +1,8 @@
 -- Shared by every script that changes an enrollment: status moves keep the listing
 -- indexes, the per-sequence counters and the contact's active-enrollment field in step,
 -- and each change appends its event to the shard's outbox in the same script.
--- Expects: rcall, tag (the shard's hash tag), outbox_key, and the generated k_* helpers.
+-- Expects: rcall, tag (the shard's hash tag), heads_key (the shard's heads), outbox_key,
+-- and the generated k_* helpers.
 
 local TERMINAL = {completed = true, cancelled = true}
 
@@ -56,15 +57,17 @@ local function flush_batched(now)
   end
 end
 
--- Move enrollment `id` (hash already read into `e`) from its status to `new_status`.
+-- Move enrollment `id` (hash already read into `e`) from its status to `new_status`. An
+-- active enrollment is listed by its queue entry, which `schedule` and `unschedule` keep:
+-- only the other statuses have an index of their own.
 local function move_status(id, e, new_status, now)
   local seq = e['s']
   local old = e['st']
   if old then
-    rcall('ZREM', k_status_index(tag, seq, old), id)
+    if old ~= 'active' then rcall('ZREM', k_status_index(tag, seq, old), id) end
     rcall('HINCRBY', k_counts(tag, seq), old, -1)
   end
-  rcall('ZADD', k_status_index(tag, seq, new_status), 0, id)
+  if new_status ~= 'active' then rcall('ZADD', k_status_index(tag, seq, new_status), 0, id) end
   rcall('HINCRBY', k_counts(tag, seq), new_status, 1)
   e['st'] = new_status
   e['ua'] = now
@@ -89,11 +92,18 @@ local function is_leased(score)
   return score ~= nil and score ~= false and string.find(score, '.', 1, true) ~= nil
 end
 
--- Take an enrollment out of the time index (due or parked): this also fences any claim
--- in flight, whose lease score is gone.
-local function unschedule(id, e, due_key)
-  rcall('ZREM', due_key, id)
-  rcall('ZREM', k_parked(tag, e['s']), id)
+-- Put an enrollment of sequence `seq` in its queue at `score` (a due time or a lease
+-- token), lowering the sequence's head if that is now the earliest: a head is never later
+-- than its queue's first score (claimDue sets it back to exactly that).
+local function schedule(id, seq, score)
+  rcall('ZADD', k_queue(tag, seq), score, id)
+  rcall('ZADD', heads_key, 'LT', score, seq)
+end
+
+-- Take an enrollment out of its queue: this also fences any claim in flight, whose lease
+-- score is gone. (The head may now be early, which costs a claim a look, never a step.)
+local function unschedule(id, e)
+  rcall('ZREM', k_queue(tag, e['s']), id)
 end
 
 -- The hash fields an event carries: those the API's enrollment is made of (events/types.py
@@ -111,10 +121,10 @@ end
 -- Terminal or pause transition shared by transition, syncSequence, deleteContact and the
 -- dispatch scripts; `more` (optional) adds fields to the event (the error, the variable).
 -- Returns nil on success, else the current status.
-local function finish(id, e, new_status, reason, now, due_key, more)
+local function finish(id, e, new_status, reason, now, more)
   local st = e['st']
   if TERMINAL[st] or (new_status == 'paused' and st ~= 'active') then return st end
-  unschedule(id, e, due_key)
+  unschedule(id, e)
   local ekey = k_enrollment(tag, id)
   if new_status == 'cancelled' then
     rcall('HSET', ekey, 'cr', reason); e['cr'] = reason

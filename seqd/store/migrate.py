@@ -1,0 +1,46 @@
+"""Schema migrations, run by `Store.open` before anything else touches the data.
+
+Schema 2 (this version): an active enrollment is one member of its sequence's queue per
+shard (keys.py "queue"), found through the shard's heads; schema 1 had one due index per
+shard, the items of paused sequences parked aside, and an active listing per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from seqd.store import keys as keymod
+
+if TYPE_CHECKING:
+    from seqd.store.db import Store
+
+SCHEMA = 2
+
+# Members one migration call moves at most: bounds how long it holds Redis.
+STEP = 1000
+
+
+async def to_queues(store: Store) -> int:
+    """Move every shard's schema 1 due index and parked items into the queues; returns the
+    members moved."""
+    keys = store.keys
+    moved = 0
+    for shard in range(keys.shards):
+        tag = keys.shard_tag(shard)
+        call_keys = [
+            keys.heads(shard),
+            keymod.V1_SHARD_DUE.format(tag=tag),
+            keys.shard_sequences(shard),
+        ]
+        args = [tag, keymod.V1_PARKED.format(tag=tag), STEP]
+        done = 0
+        while not done:
+            done, count = await store.runner.call("migrateQueues", call_keys, args, tag=tag)
+            moved += int(count)
+    return moved
+
+
+async def upgrade(store: Store, schema: int) -> None:
+    """Bring a store at `schema` to SCHEMA (the caller then records it)."""
+    if schema < 2:
+        await to_queues(store)
