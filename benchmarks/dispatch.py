@@ -489,8 +489,8 @@ async def once(
         delta = {k: v - before_calls.get(k, 0) for k, v in calls.items()}
         delta = {k: v for k, v in delta.items() if v > 0}
         per_step = sum(delta.values()) / n
-        # Commands the process sends itself (HMGET also runs inside claimDue: not counted).
-        round_trips = sum(delta.get(c, 0) for c in ("evalsha", "zrange", "zcount")) / n
+        # Commands the process sends itself: every call is a script (the poll's peekDue too).
+        round_trips = delta.get("evalsha", 0) / n
 
         libc_rate, libc_cpu = await system_malloc_burst(n, config)
 
@@ -614,7 +614,7 @@ dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatch
 | Redis time in scripts per step (EVALSHA usec, claim + advance) | {f["lua_us"]:.1f} µs | |
 | CPU per step in the no-op burst: valkey-server / benchmark process | {f["redis_cpu_us"]:.1f} µs / {f["python_cpu_us"]:.1f} µs | |
 | longest script call in the no-op burst (SLOWLOG) | {f["longest_ms"]:.1f} ms | a few ms |
-| Redis commands the process sends per step (EVALSHA, the poll's ZRANGE + ZCOUNT) | {f["round_trips"]:.3f} | |
+| Redis commands the process sends per step (EVALSHA: claim, advance, the poll's peekDue) | {f["round_trips"]:.3f} | |
 | arq: {arq_n:,} deferred no-op jobs drained (max_jobs {config.concurrency}) | {f["arq"]:,.0f} jobs/s | |
 | ratio seqd no-op / arq | {f["ratio"]:.1f}x | |
 

@@ -83,7 +83,7 @@ class Metrics:
         self.store_up = Gauge("seqd_store_up", "1 when Redis answered the last scrape", registry=r)
         self.due_scheduled = Gauge(
             "seqd_due_scheduled",
-            "Items in the due index (waiting, due or claimed)",
+            "Steps in the queues of the shard's unpaused sequences (waiting, due or claimed)",
             ["shard"],
             registry=r,
         )

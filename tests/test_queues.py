@@ -4,7 +4,10 @@ On valkey and on fakeredis."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from redis.asyncio import Redis
 
 from seqd import ids, models
 from seqd.api.pagination import encode_token
@@ -12,7 +15,7 @@ from seqd.store import migrate, sequences
 from seqd.store.db import Store, connect
 from seqd.store.dispatch import Dispatch, Settle
 from seqd.store.keys import V1_PARKED, V1_SHARD_DUE
-from tests.conftest import Api, ValkeyProcess
+from tests.conftest import Api
 from tests.dispatchutil import TENANT, contacts, contacts_in_shard, enroll, raw, sequence, sms
 
 LEASE = 60_000
@@ -193,11 +196,23 @@ async def test_shrinking_a_sequence_completes_enrollments_past_its_new_end(
         assert (await score_of(s, seq.id, e.id) is None) == (e in past)
 
 
+@pytest.fixture(params=["valkey", "fakeredis"])
+def reopen(request: pytest.FixtureRequest) -> Callable[[], Redis]:
+    """New clients of one server, to open a store again as a restarted process would."""
+    if request.param == "valkey":
+        url = request.getfixturevalue("valkey").url
+        return lambda: connect(url)
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    return lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+
+
 async def test_a_schema_1_store_moves_into_queues_when_opened(
-    valkey: ValkeyProcess, prefix: str, monkeypatch: pytest.MonkeyPatch
+    reopen: Callable[[], Redis], prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(migrate, "STEP", 2)
-    s = await Store.open(connect(valkey.url), prefix, 4)
+    s = await Store.open(reopen(), prefix, 4)
     try:
         seq = await sequence(s, sms(), sms(wait=10))
         paused_seq = await sequence(s, sms(), sms(wait=10))
@@ -225,7 +240,7 @@ async def test_a_schema_1_store_moves_into_queues_when_opened(
     finally:
         await s.close()
 
-    s = await Store.open(connect(valkey.url), prefix, 4)
+    s = await Store.open(reopen(), prefix, 4)
     try:
         assert await s.client.hget(s.keys.meta(), "schema") == str(migrate.SCHEMA)
         for e in enrolled:

@@ -10,10 +10,11 @@ Three hash tags, so that each Lua script touches one slot (Redis Cluster safe):
                           stores its outcome in one MULTI, on Redis Cluster too.
 - `{<prefix>:t:<tenant>}` a tenant's own data: sequences, contact lookup indexes,
                           webhook endpoints, the event log.
-- `{<prefix>:<shard>}`    a shard of per-contact data: contacts, enrollments, due index,
-                          listing indexes, counters, outbox, webhook deliveries.
+- `{<prefix>:<shard>}`    a shard of per-contact data: contacts, enrollments, sequence
+                          queues and their heads, listing indexes, counters, outbox,
+                          webhook deliveries.
 
-Keys that depend on ids read inside a script (an enrollment claimed from the due index,
+Keys that depend on ids read inside a script (an enrollment claimed from a queue,
 say, or an event's payload in a batch appended to the log) are built in Lua from the
 shard or tenant tag by helpers that `scripts.py` generates from `SHARD_TEMPLATES` and
 `TENANT_TEMPLATES` below, so a key name is still spelled only here.

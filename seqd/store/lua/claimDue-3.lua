@@ -66,8 +66,9 @@ local function object(t)
 end
 
 -- What the dispatcher reads of a claimed enrollment (engine/compose.py), spelled out as
--- JSON rather than built by cjson: this is the hot path.
-local READ = {'st', 's', 'i', 'a', 't', 'c', 'n', 'md'}
+-- JSON rather than built by cjson: this is the hot path. (Its sequence, `s`, is the
+-- queue's.)
+local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md'}
 
 local parts = {}
 -- tenant -> its JSON text (a batch is mostly one tenant's)
@@ -97,20 +98,20 @@ local function claim_queue(seq, state, qkey, room)
     local id, score = members[j], members[j + 1]
     local ekey = k_enrollment(tag, id)
     local h = rcall('HMGET', ekey, unpack(READ))
-    local st, step = h[1], tonumber(h[3])
+    local st, step = h[1], tonumber(h[2])
     if st == 'active' and state.status == 'active' and step < state.steps
       and not is_leased(score) then
       -- The hot path: an active step due, not a lease run out.
-      local c = lease(id, seq, state, h[6])
-      local t = tenants[h[5]]
+      local c = lease(id, seq, state, h[5])
+      local t = tenants[h[4]]
       if not t then
-        t = cjson.encode(h[5])
-        tenants[h[5]] = t
+        t = cjson.encode(h[4])
+        tenants[h[4]] = t
       end
       parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
-        .. '","c":"' .. h[6] .. '","st":"active","i":"' .. h[3] .. '","n":"' .. h[7]
-        .. '","k":"' .. token .. '"' .. (h[4] and (',"a":"' .. h[4] .. '"') or '')
-        .. (h[8] and (',"md":' .. cjson.encode(h[8])) or '') .. '},' .. c .. ']'
+        .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
+        .. '","k":"' .. token .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
+        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. '},' .. c .. ']'
     elseif st ~= 'active' then
       rcall('ZREM', qkey, id)
     else
