@@ -262,6 +262,18 @@ async def test_a_schema_1_store_moves_into_queues_when_opened(
             max_attempts=3,
         )  # fmt: skip
         assert sorted(i.id for b in claimed.values() for i in b.items) == sorted(scores)
+        # A schema 1 process still running writes to its due index after the move: the
+        # next start moves that too.
+        straggler = enrolled[0]
+        sh = ids.shard_of(straggler.id, s.shards)
+        await s.client.zrem(s.keys.queue(sh, seq.id), straggler.id)
+        await s.client.zadd(V1_SHARD_DUE.format(tag=s.keys.shard_tag(sh)), {straggler.id: 5})
+    finally:
+        await s.close()
+    s = await Store.open(reopen(), prefix, 4)
+    try:
+        assert await score_of(s, seq.id, straggler.id) == 5
+        assert await s.client.exists(V1_SHARD_DUE.format(tag=s.keys.shard_tag(sh))) == 0
     finally:
         await s.close()
 

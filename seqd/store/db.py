@@ -144,8 +144,8 @@ class Store:
         shards, schema = await init_meta(client, prefix, default_shards)
         store = cls(client, Keys(prefix, shards))
         await store.runner.load_all()
+        await migrate.upgrade(store, schema)
         if schema < migrate.SCHEMA:
-            await migrate.upgrade(store, schema)
             await client.hset(Keys(prefix, 1).meta(), "schema", migrate.SCHEMA)
         return store
 

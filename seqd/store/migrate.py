@@ -41,6 +41,19 @@ async def to_queues(store: Store) -> int:
 
 
 async def upgrade(store: Store, schema: int) -> None:
-    """Bring a store at `schema` to SCHEMA (the caller then records it)."""
-    if schema < 2:
+    """Bring a store at `schema` to SCHEMA (the caller then records it).
+
+    Also at schema 2: a seqd of schema 1 still running beside a new one (an upgrade that
+    did not stop every process first) writes due items the new one would never read, so
+    every start moves what such a process left (one EXISTS per shard when there is none).
+    """
+    if schema < 2 or await _v1_left(store):
         await to_queues(store)
+
+
+async def _v1_left(store: Store) -> bool:
+    keys = store.keys
+    pipe = store.client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.exists(keymod.V1_SHARD_DUE.format(tag=keys.shard_tag(shard)))
+    return any(await pipe.execute())
