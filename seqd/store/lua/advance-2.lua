@@ -1,12 +1,12 @@
 --[[ Settle a batch of claimed steps of one shard: what each send did to its enrollment.
 
   An item applies only while its token (the lease score claimDue gave the member) is
-  still the member's score in its sequence's queue: a later claim, the next step, a retry and every
-  transition give it another score or take it out, so a worker whose lease ran out (and
-  whose step someone else claimed) or whose enrollment was paused or cancelled meanwhile
-  cannot move it. One exception keeps the record true: a step that WAS sent while a transition
-  happened (a reply paused the enrollment mid-send) is still recorded on the enrollment,
-  which stays where the transition put it.
+  still the member's score in its sequence's queue: a later claim, the next step, a retry
+  and every transition give it another score or take it out, so a worker whose lease ran
+  out (and whose step someone else claimed) or whose enrollment was paused or cancelled
+  meanwhile cannot move it. One exception keeps the record true: a step that WAS sent
+  while a transition happened (a reply paused the enrollment mid-send) is still recorded
+  on the enrollment, which stays where the transition put it.
 
   KEYS[1] heads   ZSET   the shard's sequence heads
   KEYS[2] outbox  STREAM

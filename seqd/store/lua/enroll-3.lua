@@ -4,9 +4,10 @@
   new enrollment has: no `a` or `ua` (absent means 0 and enrolled_at, and every reader
   knows it), no enrolled_at (the time in the id, which the caller makes at `now`), one
   HSET of the hash; the counter and the sequence's queue (its time index and its listing
-  of active enrollments) written once per call, and the `created` events batched into outbox entries of up to 200
-  (`emit_batched`), each event's JSON spelled out rather than built by cjson. A created
-  item's reply is lean: the caller knows its fields (it passed them).
+  of active enrollments) written once per call, and the `created` events batched into
+  outbox entries of up to 200 (`emit_batched`), each event's JSON spelled out rather than
+  built by cjson. A created item's reply is lean: the caller knows its fields (it passed
+  them).
 
   KEYS[1] heads     ZSET  the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
