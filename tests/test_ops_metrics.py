@@ -47,7 +47,7 @@ async def client(store: Store) -> AsyncIterator[TestClient]:
         yield c
 
 
-async def enroll(store: Store, n: int, wait_minutes: int = 0, first: int = 0) -> None:
+async def enroll(store: Store, n: int, wait_minutes: int = 0, first: int = 0) -> str:
     await store.tenants.create_key("acme")
     seq = await store.sequences.create(
         "acme",
@@ -62,6 +62,7 @@ async def enroll(store: Store, n: int, wait_minutes: int = 0, first: int = 0) ->
         contact = await store.contacts.create("acme", {"phone": f"+1415555{i:04d}"})
         items.append(EnrollItem(contact_id=contact.id, metadata={}))
     await store.enrollments.enroll("acme", seq, items)
+    return seq.id
 
 
 async def test_metrics_page_has_every_family(client: TestClient) -> None:
@@ -130,6 +131,20 @@ async def test_due_backlog_per_shard_from_redis(client: TestClient, store: Store
     assert value(text, "seqd_due_oldest_overdue_seconds") >= 0
     snap = await backlog.read(store, now_ms() + 5000)
     assert snap.due == 6 and snap.oldest_overdue_seconds >= 5
+
+
+async def test_a_paused_sequences_steps_leave_the_backlog_until_it_resumes(
+    store: Store,
+) -> None:
+    sid = await enroll(store, 6)
+    later = await enroll(store, 3, wait_minutes=60, first=100)
+    await store.sequences.change("acme", sid, status=models.SequenceStatus.PAUSED)
+    snap = await backlog.read(store, now_ms() + 5000)
+    assert (snap.due, snap.scheduled) == (0, 3) and snap.oldest_overdue_seconds == 0
+    await store.sequences.change("acme", sid, status=models.SequenceStatus.ACTIVE)
+    await store.sequences.change("acme", later, status=models.SequenceStatus.PAUSED)
+    snap = await backlog.read(store, now_ms() + 5000)
+    assert (snap.due, snap.scheduled) == (6, 6) and snap.oldest_overdue_seconds >= 5
 
 
 async def test_intake_backlog_is_the_consumer_group_lag(client: TestClient, store: Store) -> None:
