@@ -16,7 +16,16 @@ from seqd.store.db import Store, connect
 from seqd.store.dispatch import Dispatch, Settle
 from seqd.store.keys import V1_PARKED, V1_SHARD_DUE
 from tests.conftest import Api
-from tests.dispatchutil import TENANT, contacts, contacts_in_shard, enroll, raw, sequence, sms
+from tests.dispatchutil import (
+    TENANT,
+    contacts,
+    contacts_in_shard,
+    due_score,
+    enroll,
+    raw,
+    sequence,
+    sms,
+)
 
 LEASE = 60_000
 ALL = [s.value for s in models.EnrollmentStatus]
@@ -42,10 +51,6 @@ async def pages(store: Store, sid: str, limit: int, statuses: list[str]) -> list
         assert len(out) < 100
 
 
-async def score_of(store: Store, sid: str, eid: str) -> float | None:
-    return await store.client.zscore(store.keys.queue(ids.shard_of(eid, store.shards), sid), eid)  # type: ignore[no-any-return]
-
-
 async def test_active_listing_pages_in_due_order_across_shards_and_ties(
     any_store: Store,
 ) -> None:
@@ -53,7 +58,7 @@ async def test_active_listing_pages_in_due_order_across_shards_and_ties(
     seq = await sequence(s, sms(), sms(wait=10))
     # One enroll call: every enrollment is due at the same ms (ties, in every shard).
     enrolled = await enroll(s, seq, await contacts(s, 12))
-    due = int(await score_of(s, seq.id, enrolled[0].id) or 0)
+    due = int(await due_score(s, enrolled[0].id) or 0)
     assert len({ids.shard_of(e.id, s.shards) for e in enrolled}) > 1
     # Four are due a second earlier.
     for e in enrolled[8:]:
@@ -80,7 +85,7 @@ async def test_the_cursor_holds_when_its_member_moved(any_store: Store) -> None:
     # the next page still starts right after where the cursor was.
     moved = order[2]
     sh = ids.shard_of(moved, s.shards)
-    due = await score_of(s, seq.id, moved)
+    due = await due_score(s, moved)
     assert due is not None
     await s.client.zadd(s.keys.queue(sh, seq.id), {moved: due + LEASE})
     second, after, _ = await s.enrollments.list(
@@ -127,7 +132,7 @@ async def test_the_poll_counts_due_members_not_heads_left_early(any_store: Store
     seq = await sequence(s, sms(), sms(wait=10))
     cids = await contacts_in_shard(s, 4, shard=0)
     (gone,) = await enroll(s, seq, cids[:1])
-    due = await score_of(s, seq.id, gone.id)
+    due = await due_score(s, gone.id)
     assert due is not None
     dispatch = Dispatch(s)
     assert (await dispatch.heads(int(due)))[0] == (due, 1)
@@ -136,7 +141,7 @@ async def test_the_poll_counts_due_members_not_heads_left_early(any_store: Store
     assert await s.client.zscore(s.keys.heads(0), seq.id) == due
     assert (await dispatch.heads(int(due) + 10**6))[0] == (None, 0)
     later = await enroll(s, seq, cids[1:])
-    first = min([await score_of(s, seq.id, e.id) or 0 for e in later])
+    first = min([await due_score(s, e.id) or 0 for e in later])
     assert (await dispatch.heads(int(first) + 10**6))[0] == (first, 3)
     assert (await dispatch.heads(int(first) + 10**6, cap=2))[0] == (first, 2)
     # Before the early head is due, it stands for its queue (a lower bound: the poll wakes
@@ -148,7 +153,7 @@ async def test_a_claim_sets_the_head_and_an_advance_lowers_it(any_store: Store) 
     s = any_store
     seq = await sequence(s, sms(), sms(wait=10))
     (e,) = await enroll(s, seq, await contacts_in_shard(s, 1, shard=0))
-    due = int(await score_of(s, seq.id, e.id) or 0)
+    due = int(await due_score(s, e.id) or 0)
     dispatch = Dispatch(s)
     batch = await dispatch.claim(
         0, now=due, lease_ms=LEASE, limit=10, on_unknown="resend", max_attempts=3
@@ -193,7 +198,7 @@ async def test_shrinking_a_sequence_completes_enrollments_past_its_new_end(
     assert (changed.stats.completed, changed.stats.active, changed.stats.paused) == (7, 3, 0)
     for e in enrolled:
         assert (await raw(s, e.id))["st"] == ("completed" if e in past else "active")
-        assert (await score_of(s, seq.id, e.id) is None) == (e in past)
+        assert (await due_score(s, e.id) is None) == (e in past)
 
 
 @pytest.fixture(params=["valkey", "fakeredis"])
@@ -219,8 +224,8 @@ async def test_a_schema_1_store_moves_into_queues_when_opened(
         enrolled = await enroll(s, seq, await contacts(s, 7))
         (parked,) = await enroll(s, paused_seq, (await contacts(s, 1)))
         await s.sequences.change(TENANT, paused_seq.id, status=models.SequenceStatus.PAUSED)
-        scores = {e.id: await score_of(s, seq.id, e.id) for e in enrolled}
-        parked_score = await score_of(s, paused_seq.id, parked.id)
+        scores = {e.id: await due_score(s, e.id) for e in enrolled}
+        parked_score = await due_score(s, parked.id)
         # Rewrite them as schema 1 had them: the shard's due index, the parked items of the
         # paused sequence, an active listing per sequence.
         for e in [*enrolled, parked]:
@@ -244,8 +249,8 @@ async def test_a_schema_1_store_moves_into_queues_when_opened(
     try:
         assert await s.client.hget(s.keys.meta(), "schema") == str(migrate.SCHEMA)
         for e in enrolled:
-            assert await score_of(s, seq.id, e.id) == scores[e.id]
-        assert await score_of(s, paused_seq.id, parked.id) == parked_score
+            assert await due_score(s, e.id) == scores[e.id]
+        assert await due_score(s, parked.id) == parked_score
         for sh in range(s.shards):
             tag = s.keys.shard_tag(sh)
             assert await s.client.exists(V1_SHARD_DUE.format(tag=tag)) == 0
@@ -272,7 +277,7 @@ async def test_a_schema_1_store_moves_into_queues_when_opened(
         await s.close()
     s = await Store.open(reopen(), prefix, 4)
     try:
-        assert await score_of(s, seq.id, straggler.id) == 5
+        assert await due_score(s, straggler.id) == 5
         assert await s.client.exists(V1_SHARD_DUE.format(tag=s.keys.shard_tag(sh))) == 0
     finally:
         await s.close()

@@ -1,10 +1,11 @@
 """Loads the Lua scripts and calls each through one typed wrapper.
 
 A script file is `<verbNoun>-<numKeys>.lua`; its header lists KEYS and ARGV, and the
-wrapper here builds them in that order. `-- @include name` pulls in `includes/name.lua`,
-and every script is prefixed with `k_<family>(tag, ...)` helpers generated from
-`keys.SHARD_TEMPLATES` and `keys.TENANT_TEMPLATES`, so key names are spelled in one place
-for Python and Lua alike (and with the constants they share, `_constants`).
+wrapper here builds them in that order. `-- @include name` pulls in `includes/name.lua`
+(and what that includes; each include once per script), and every script is prefixed with
+`k_<family>(tag, ...)` helpers generated from `keys.SHARD_TEMPLATES` and
+`keys.TENANT_TEMPLATES`, so key names are spelled in one place for Python and Lua alike
+(and with the constants they share, `_constants`).
 Script errors (`redis.error_reply('CODE:detail')`) surface as one `ScriptError`.
 """
 
@@ -72,9 +73,16 @@ def _constants() -> str:
     return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n"
 
 
-def _expand(source: str) -> str:
+def _expand(source: str, seen: set[str] | None = None) -> str:
+    """`source` with its includes in place, theirs too; each include once per script."""
+    seen = set() if seen is None else seen
+
     def include(match: re.Match[str]) -> str:
-        return (LUA / "includes" / f"{match.group(1)}.lua").read_text()
+        name = match.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        return _expand((LUA / "includes" / f"{name}.lua").read_text(), seen)
 
     return _INCLUDE.sub(include, source)
 

@@ -150,15 +150,10 @@ for _, seq in ipairs(rcall('ZRANGEBYSCORE', heads_key, '-inf', now, 'LIMIT', 0, 
   if seen >= limit then break end
   local state = sequence_state(seq)
   if state.status == 'active' or state.status == 'archived' then
-    local qkey = k_queue(tag, seq)
-    seen = seen + claim_queue(seq, state, qkey, limit - seen)
-    local first = rcall('ZRANGE', qkey, 0, 0, 'WITHSCORES')
-    if first[2] then rcall('ZADD', heads_key, first[2], seq)
-    else rcall('ZREM', heads_key, seq) end
-  else
-    -- Paused, draft or gone: the queue waits untouched, out of the heads.
-    rcall('ZREM', heads_key, seq)
+    seen = seen + claim_queue(seq, state, k_queue(tag, seq), limit - seen)
   end
+  -- (Paused, draft or gone: the queue waits untouched, out of the heads.)
+  refresh_head(seq, state.status)
 end
 
 return '{"seen":' .. seen .. ',"m":' .. object(mirrors) .. ',"items":['

@@ -15,6 +15,7 @@
 local rcall = redis.call
 local heads_key, due_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, parked_prefix, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- @include enrollment
 
 -- Into the queue of the sequence the enrollment says (a member whose hash is gone is
 -- dropped, as a claim would drop it).
@@ -40,10 +41,6 @@ end
 
 for _, seq in ipairs(seqs) do
   rcall('UNLINK', k_status_index(tag, seq, 'active'))
-  local status = string.match(rcall('HGET', seqs_key, seq), '^([^:]+)')
-  local first = rcall('ZRANGE', k_queue(tag, seq), 0, 0, 'WITHSCORES')
-  if first[2] and (status == 'active' or status == 'archived') then
-    rcall('ZADD', heads_key, first[2], seq)
-  end
+  refresh_head(seq, string.match(rcall('HGET', seqs_key, seq), '^([^:]+)'))
 end
 return {1, 0}

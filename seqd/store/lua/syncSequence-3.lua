@@ -39,11 +39,8 @@ end
 local qkey = k_queue(tag, seq)
 
 -- The head as the mirror says, after this call's sweep (which may empty the queue).
-local function set_head(result)
-  local status = string.match(current, '^([^:]+)')
-  local first = (status == 'active' or status == 'archived')
-    and rcall('ZRANGE', qkey, 0, 0, 'WITHSCORES') or {}
-  if first[2] then rcall('ZADD', heads_key, first[2], seq) else rcall('ZREM', heads_key, seq) end
+local function with_head(result)
+  refresh_head(seq, string.match(current, '^([^:]+)'))
   return result
 end
 
@@ -61,7 +58,7 @@ if sweep == 'archive' then
       handled = handled + 1
     end
   end
-  return set_head({handled < limit and 1 or 0, '', handled})
+  return with_head({handled < limit and 1 or 0, '', handled})
 elseif sweep == 'shrink_active' or sweep == 'shrink_paused' then
   local steps = tonumber(string.match(mirror, ':(%d+)$'))
   local ids, next_cursor, done
@@ -83,6 +80,6 @@ elseif sweep == 'shrink_active' or sweep == 'shrink_paused' then
     if tonumber(e['i'] or 0) >= steps and e['st'] then finish(id, e, 'completed', '', now) end
     handled = handled + 1
   end
-  return set_head({done and 1 or 0, next_cursor, handled})
+  return with_head({done and 1 or 0, next_cursor, handled})
 end
-return set_head({1, '', 0})
+return with_head({1, '', 0})

@@ -3,6 +3,7 @@
 -- and each change appends its event to the shard's outbox in the same script.
 -- Expects: rcall, tag (the shard's hash tag), heads_key (the shard's heads), outbox_key,
 -- and the generated k_* helpers.
+-- @include heads
 
 local TERMINAL = {completed = true, cancelled = true}
 
@@ -104,6 +105,17 @@ end
 -- score is gone. (The head may now be early, which costs a claim a look, never a step.)
 local function unschedule(id, e)
   rcall('ZREM', k_queue(tag, e['s']), id)
+end
+
+-- Set sequence `seq`'s head as its mirror's `status` says: its queue's first score while
+-- it is active or archived (claims cancel an archived one's steps), none while it is
+-- paused, draft or gone, so its queue waits untouched.
+local function refresh_head(seq, status)
+  if status == 'active' or status == 'archived' then
+    set_head(heads_key, seq, k_queue(tag, seq))
+  else
+    rcall('ZREM', heads_key, seq)
+  end
 end
 
 -- The hash fields an event carries: those the API's enrollment is made of (events/types.py

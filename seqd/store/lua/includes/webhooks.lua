@@ -1,14 +1,10 @@
 -- Shared by the webhook delivery scripts. Expects: rcall, tag (the shard's hash tag),
 -- due_key (the shard's endpoint -> earliest due ZSET) and the generated k_* helpers.
+-- @include heads
 
 -- Keep the endpoint's score in the due index equal to the earliest score of its queue.
 local function refresh_endpoint(endpoint)
-  local head = rcall('ZRANGE', k_delivery_queue(tag, endpoint), 0, 0, 'WITHSCORES')
-  if #head == 0 then
-    rcall('ZREM', due_key, endpoint)
-  else
-    rcall('ZADD', due_key, head[2], endpoint)
-  end
+  set_head(due_key, endpoint, k_delivery_queue(tag, endpoint))
 end
 
 -- Claim delivery `id` of `queue`: its score moves to the end of the lease and its fencing
