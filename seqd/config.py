@@ -101,10 +101,11 @@ class DispatchConfig(Section, kw_only=True):
     idle_poll_ms: Positive = 50
     # In-flight sends per channel.
     concurrency: Positive = 256
-    # Groups of due shards worked side by side in a round, each with one pipelined claim
-    # and one pipelined advance: more lanes overlap Python with Redis under load, fewer
-    # save round trips (and so latency) when little is due.
-    lanes: Annotated[int, Meta(ge=1, le=64)] = 2
+    # Groups of due shards worked side by side in a round, each lane one round trip per
+    # batch (the last batch's advance and the next one's claim, pipelined): more lanes
+    # overlap Python with Redis under load, fewer save round trips (and so latency) when
+    # little is due.
+    lanes: Annotated[int, Meta(ge=1, le=64)] = 3
     # Retryable send failures: attempts in all, and the backoff before each retry.
     max_attempts: Positive = 5
     retry_backoff_seconds: list[NonNegative] = msgspec.field(

@@ -115,6 +115,29 @@ async def test_a_round_works_through_a_backlog_many_batches_deep(
     assert {(await raw(one_shard, e.id))["i"] for e in enrolled} == {"1"}
 
 
+async def test_a_lane_waits_on_redis_once_per_batch(one_shard: Store) -> None:
+    # 23 steps due in batches of 5, one lane: each wait settles the last batch and claims
+    # the next (advance, then claimDue, in one pipeline), so 5 batches are 6 round trips,
+    # not 10.
+    seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
+    await enroll(one_shard, seq, await contacts(one_shard, 23))
+    clock = Clock(now_ms())
+    trips: list[list[str]] = []
+    real = one_shard.runner.call_many
+
+    async def counted(calls):  # type: ignore[no-untyped-def]
+        names = [name for name, *_ in calls]
+        if "claimDue" in names or "advance" in names:
+            trips.append(names)
+        return await real(calls)
+
+    one_shard.runner.call_many = counted  # type: ignore[method-assign]
+    d = dispatcher(one_shard, Recorder(), clock, batch_size=5, lanes=1)
+    done = await d.run_once(clock.at)
+    assert (done.claimed, done.settled) == (23, 23)
+    assert trips == [["claimDue"]] + [["advance", "claimDue"]] * 4 + [["advance"]]
+
+
 async def test_a_round_hands_back_to_the_loop_after_a_second_of_backlog(one_shard: Store) -> None:
     # Each send takes 100 ms of the clock, a batch of 5 half a second: the round takes a
     # second batch (at 500 ms) but not a third (at 1000 ms), and says more is due; the next

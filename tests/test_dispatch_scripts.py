@@ -444,7 +444,8 @@ async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) ->
     assert (await raw(s, e.id))["i"] == "1"
 
 
-async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store) -> None:
+@pytest.mark.parametrize("built", [False, True], ids=["script-built", "python-built"])
+async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store, built: bool) -> None:
     s = any_store
     _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
@@ -454,10 +455,14 @@ async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store) -> 
         sh,
         due + 5,
         settle(e.id, item.e["k"], 0, due + 5, "sent", provider_id="SM9", wait=600_000),
+        claimed={e.id: item.e} if built else None,
     )
     assert (done.applied, done.late, done.stale) == (0, 1, [])
     h = await raw(s, e.id)
     assert h["st"] == "paused" and h["i"] == "1" and h["p0"] == "SM9" and h["sm"] == "1"
+    assert h["n"] == str(due + 5 + 600_000)
+    (sent,) = [ev for ev in await events(s, sh) if ev["type"] == "sequence.step.sent"]
+    assert sent["sent_at"] == due + 5 and sent["provider_id"] == "SM9"
     assert await due_score(s, e.id) is None
     # A retry outcome racing the pause changes nothing.
     done = await advance(s, sh, due + 5, settle(e.id, item.e["k"], 1, due + 5, "retry", delay=1))
@@ -581,11 +586,34 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
         with pytest.raises(ScriptError) as info:
             await s.runner.call("advance", keys, [tag, due, 3, text], tag=tag)
         assert info.value.code == "BAD_ITEMS"
-    # Built events, when given, are one per item.
-    two = json.dumps([good, {**good, "id": ids.new(ids.ENROLLMENT)}])
-    with pytest.raises(ScriptError) as info:
-        await s.runner.call("advance", keys, [tag, due, 3, two, "{}"], tag=tag)
-    assert info.value.code == "BAD_ITEMS"
+    # Passed steps: groups (PASSED_GROUP) and steps (PASSED_STEP), each with its event.
+    group = [item.e["k"], item.e["s"], 0, "sms", "sent", item.e["t"], "", 5]
+    step = [e.id, 1, str(due + 5), ""]
+    event = json.dumps({"id": e.id})
+
+    def passed(g: list[object], p: list[object]) -> str:
+        return json.dumps({"g": [g], "p": [p]})
+
+    bad_passed = [
+        ("not json", [event]),
+        (json.dumps([step]), [event]),  # not {"g", "p"}
+        (passed(group, step), []),  # no event
+        (passed(group, step), [event, event]),  # an event too many
+        (passed(group, step), [""]),  # an empty event
+        (passed(group, [e.id, 2, str(due + 5), ""]), [event]),  # no such group
+        (passed(group, [e.id, 1, "soon", ""]), [event]),  # a due time not a number
+        (passed(group, [e.id, 1, due + 5, ""]), [event]),  # a due time not text
+        (passed(group, step[:3]), [event]),  # no detail
+        (passed([*group[:2], "0", *group[3:]], step), [event]),  # the step as text
+        (passed([*group[:4], "failed", *group[5:]], step), [event]),  # not sent or skipped
+        (passed([*group[:5], "", *group[6:]], step), [event]),  # no tenant
+        (passed([*group[:7], -1], step), [event]),  # the last step's wait
+        (passed(group[:7], step), [event]),  # no wait
+    ]
+    for text, built in bad_passed:
+        with pytest.raises(ScriptError) as info:
+            await s.runner.call("advance", keys, [tag, due, 3, "[]", text, *built], tag=tag)
+        assert info.value.code == "BAD_ITEMS", text
     assert (await raw(s, e.id))["i"] == "0"
     assert await due_score(s, e.id) == due + LEASE - 0.5
 
@@ -636,3 +664,62 @@ async def test_claim_reads_only_the_contact_fields_a_message_can_use(any_store: 
     # Unset fields are absent, and the contact's bookkeeping fields are not read.
     assert "last_name" not in item.c and not any(f.startswith("e:") for f in item.c)
     assert "created_at" not in item.c
+
+
+async def two_in_a_shard(s: Store) -> tuple[list[str], int, int]:
+    """Two enrollments due at the same ms in shard 0: (ids, shard, due)."""
+    seq = await sequence(s, sms(), sms(wait=10))
+    enrolled = await enroll(s, seq, await contacts_in_shard(s, 2))
+    eids = [e.id for e in enrolled]
+    assert {shard(s, eid) for eid in eids} == {0}
+    due = int((await raw(s, eids[0]))["n"])
+    return eids, 0, due
+
+
+async def test_advance_and_claim_settles_one_batch_and_claims_the_next_in_one_round_trip(
+    any_store: Store,
+) -> None:
+    s = any_store
+    eids, sh, due = await two_in_a_shard(s)
+    first = (await claim(s, sh, due, limit=1)).items[0]
+    sent = settle(first.id, first.e["k"], 0, due + 1, "sent", provider_id="SM1", wait=10)
+    calls = []
+    real = s.runner.call_many
+
+    async def counted(batch):  # type: ignore[no-untyped-def]
+        calls.append([name for name, *_ in batch])
+        return await real(batch)
+
+    s.runner.call_many = counted  # type: ignore[method-assign]
+    advanced, claims = await Dispatch(s).advance_and_claim(
+        {sh: [sent]}, now=due + 1, max_attempts=3, claimed={first.id: first.e},
+        shards=[sh], claim_now=due + 1, lease_ms=LEASE, limit=10, on_unknown="resend",
+    )  # fmt: skip
+    # The advance runs first, then the claim, in one pipeline.
+    assert calls == [["advance", "claimDue"]]
+    assert (advanced[sh].applied, advanced[sh].stale) == (1, [])
+    assert (await raw(s, first.id))["i"] == "1"
+    (second,) = claims[sh].items
+    assert second.id != first.id and second.id in eids
+    assert await due_score(s, second.id) == due + 1 + LEASE - 0.5
+
+
+async def test_a_failed_advance_releases_the_claims_of_its_round_trip(any_store: Store) -> None:
+    # An advance that fails (here a malformed item) raises; the claims that went with it
+    # are given back at once, no attempt counted, rather than left to a lease that would
+    # read, when it ran out, as a send that may have happened.
+    s = any_store
+    _eids, sh, due = await two_in_a_shard(s)
+    first = (await claim(s, sh, due, limit=1)).items[0]
+    broken = Settle(id=first.id, token=first.e["k"], step=0, kind="sms", at=due, outcome="sent")
+    with pytest.raises(ScriptError) as info:
+        await Dispatch(s).advance_and_claim(
+            {sh: [broken]}, now=due + 1, max_attempts=3,
+            shards=[sh], claim_now=due + 1, lease_ms=LEASE, limit=10, on_unknown="resend",
+        )  # fmt: skip
+    assert info.value.code == "BAD_ITEMS"
+    # The first is still under its claim; the second was claimed and released: due now.
+    (again,) = (await claim(s, sh, due + 1, limit=10)).items
+    assert again.id != first.id
+    assert again.e.get("a", "0") == "0"
+    assert (await raw(s, first.id))["i"] == "0"

@@ -37,6 +37,7 @@ import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -54,6 +55,8 @@ from seqd.errors import NotFound
 from seqd.health import Heart
 from seqd.store.db import Store
 from seqd.store.dispatch import (
+    Advanced,
+    ClaimBatch,
     Claimed,
     Dispatch,
     Outcome,
@@ -214,26 +217,42 @@ class Dispatcher:
         result = Round(next_due=min(later) if later else None)
         if not due or self._stopping.is_set():
             return result
-        pieces = cut_pieces(due, self.config.batch_size)
+        config = self.config
+        # (shards, whether a full claim of theirs put them back in the queue)
+        pieces = [(piece, False) for piece in cut_pieces(due, config.batch_size)]
         done: list[Lane] = []
         started = self.clock()
 
         async def worker() -> None:
             # Pieces are taken in turn, so one worker composes while another waits on Redis.
-            # A shard whose claim was full goes to the back of the queue for up to ROUND_MS:
-            # a backlog is worked through without every lane waiting for the slowest at the
-            # end of each pass, and the loop still gets its turn (liveness, late outcomes,
-            # a fresh `now`) that often.
+            # Each wait settles the worker's last piece and claims its next one (one round
+            # trip per batch). A shard whose claim was full goes to the back of the queue,
+            # to be claimed again while the round is under ROUND_MS old: a backlog is worked
+            # through without every lane waiting for the slowest at the end of each pass,
+            # and the loop still gets its turn (liveness, late outcomes, a fresh `now`) that
+            # often.
+            owed: _Owed | None = None
             while pieces and not self._stopping.is_set():
-                lane = await self._lane(pieces.pop(), now)
-                done.append(lane)
-                if lane.full:
-                    if self.clock() - started < ROUND_MS:
-                        pieces.insert(0, lane.full)
-                    else:
-                        result.more = True
+                shards, again = pieces.pop()
+                if again and self.clock() - started >= ROUND_MS:
+                    result.more = True
+                    continue
+                advanced, batches = await self._settle_and_claim(owed, shards, now)
+                if owed is not None:
+                    done.append(await self._settled(owed, advanced))
+                owed = None
+                full = [s for s, batch in batches.items() if batch.seen >= config.batch_size]
+                if full:
+                    pieces.insert(0, (full, True))
+                owed = await self._work(batches, now)
+                if owed.count == 0:
+                    done.append(Lane(0, 0, 0, 0))
+                    owed = None
+            if owed is not None:
+                advanced, _ = await self._settle_and_claim(owed, [], now)
+                done.append(await self._settled(owed, advanced))
 
-        workers = min(self.config.lanes, len(pieces))
+        workers = min(config.lanes, len(pieces))
         outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
         for lane in done:
             result.claimed += lane.claimed
@@ -247,18 +266,28 @@ class Dispatcher:
         result.more = result.more or bool(pieces)
         return result
 
-    async def _lane(self, shards: list[int], now: int) -> Lane:
-        """Claim from `shards` (one pipeline), compose, send, advance (one pipeline)."""
+    async def _settle_and_claim(
+        self, owed: _Owed | None, shards: list[int], now: int
+    ) -> tuple[dict[int, Advanced], dict[int, ClaimBatch]]:
+        """Advance what `owed` sent, then claim from `shards`: one round trip. The sends
+        happened: recording them must not be interrupted by a cancellation."""
         config = self.config
-        batches = await self.dispatch.claim_many(
-            shards,
-            now=now,
-            lease_ms=self._lease_ms,
-            limit=config.batch_size,
-            on_unknown=config.on_unknown,
-            max_attempts=config.max_attempts,
+        return await asyncio.shield(
+            self.dispatch.advance_and_claim(
+                owed.settles if owed is not None else {},
+                now=self.clock(),
+                max_attempts=config.max_attempts,
+                claimed=owed.claimed if owed is not None else None,
+                shards=shards,
+                claim_now=now,
+                lease_ms=self._lease_ms,
+                limit=config.batch_size,
+                on_unknown=config.on_unknown,
+            )
         )
-        full = [shard for shard, batch in batches.items() if batch.seen >= config.batch_size]
+
+    async def _work(self, batches: Mapping[int, ClaimBatch], now: int) -> _Owed:
+        """Compose and send what a claim gave: what its advance will need."""
         items: list[Claimed] = []
         shard_of: dict[str, int] = {}
         mirrors: dict[str, str] = {}
@@ -269,13 +298,13 @@ class Dispatcher:
             for sid, mirror in batch.m.items():
                 if mirror_version(mirror) > mirror_version(mirrors.get(sid, "")):
                     mirrors[sid] = mirror
+        settles: dict[int, list[Settle]] = defaultdict(list)
+        jobs: list[Job] = []
         if not items:
-            return Lane(0, 0, 0, 0, full)
+            return _Owed(0, settles, {}, jobs)
         self.observer.claimed(len(items))
         plans = await self._plans(items, mirrors)
         composed_all, suppressed = await self._compose(items, plans, now)
-        settles: dict[int, list[Settle]] = defaultdict(list)
-        jobs: list[Job] = []
         for item, composed in zip(items, composed_all, strict=True):
             if composed is None:
                 settles[shard_of[item.id]].append(self._unavailable(item, now))
@@ -298,21 +327,19 @@ class Dispatcher:
                 settles[shard_of[job.id]].append(self._settle(job, plan, suppressed))
             if task is not None:
                 self._leave_running(task, running, plans, suppressed, shard_of)
-        # The sends happened: recording them must not be interrupted by a cancellation.
         claimed = {item.id: item.e for item in items}
-        advanced = await asyncio.shield(
-            self.dispatch.advance_many(
-                settles, now=self.clock(), max_attempts=config.max_attempts, claimed=claimed
-            )
-        )
-        self.observer.settled(len(items))
+        return _Owed(len(items), settles, claimed, jobs)
+
+    async def _settled(self, owed: _Owed, advanced: Mapping[int, Advanced]) -> Lane:
+        """What a piece came to, once its advance is done."""
+        self.observer.settled(owed.count)
         stale = sum(len(a.stale) for a in advanced.values())
         if stale:
-            log.info("dispatch.stale", shards=shards, count=stale)
-        await self._report_opt_outs(jobs)
-        sent = sum(1 for job in jobs if job.started)
+            log.info("dispatch.stale", shards=sorted(advanced), count=stale)
+        await self._report_opt_outs(owed.jobs)
+        sent = sum(1 for job in owed.jobs if job.started)
         settled = sum(a.applied + a.late for a in advanced.values())
-        return Lane(len(items), sent, settled, stale, full)
+        return Lane(owed.count, sent, settled, stale)
 
     async def _compose(
         self, items: list[Claimed], plans: Mapping[str, Plan], now: int
@@ -600,6 +627,17 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("dispatch.opt_out_failed", enrollment_id=job.id)
+
+
+@dataclass(slots=True)
+class _Owed:
+    """A piece sent and not yet advanced: `count` steps claimed, their outcomes by shard,
+    the claimed fields (advance builds the step events from them), the jobs sent."""
+
+    count: int
+    settles: dict[int, list[Settle]]
+    claimed: dict[str, dict[str, str]]
+    jobs: list[Job]
 
 
 def _of(job: Job, at: int, outcome: Outcome, **fields: Any) -> Settle:

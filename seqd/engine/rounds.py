@@ -26,8 +26,6 @@ class Lane:
     sent: int
     settled: int
     stale: int
-    # The shards whose claim was a full batch: more of them may be due.
-    full: list[int]
 
 
 def cut_pieces(due: list[tuple[int, int]], batch_size: int) -> list[list[int]]:

@@ -74,11 +74,38 @@ class Settle(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str | None = None
     variable: str | None = None
     started: bool = False
-    # The claimed enrollment's `s` (its queue), and for a passed step `t` and `a`, with the
-    # step's event (`step_event`): advance's fast path then reads nothing of the hash.
+    # The claimed enrollment's `s` (its queue): advance then need not read it.
     seq: str | None = None
-    tenant: str | None = None
-    attempts: str | None = None
+
+
+# Passed steps in advance's ARGV[5] (advance-2.lua): sent or skipped steps with a step
+# after them, of a claim the caller read, whose events the caller built (`step_event`).
+# Short arrays, what a claim's steps share written once: decoding JSON was the script's
+# largest cost after its writes.
+PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait")
+PASSED_STEP = ("id", "group", "due", "detail")
+
+
+class _Passed:
+    """The passed steps of one advance call, as ARGV[5] spells them."""
+
+    __slots__ = ("groups", "steps")
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str | int, ...], int] = {}
+        self.steps: list[tuple[str | int, ...]] = []
+
+    def add(self, s: Settle, e: Mapping[str, str]) -> None:
+        wait = s.wait or 0
+        group = (s.token, e["s"], s.step, s.kind, s.outcome, e["t"], e.get("a", ""), wait)
+        place = self.groups.get(group)
+        if place is None:
+            place = self.groups[group] = len(self.groups) + 1
+        detail = (s.provider_id if s.outcome == "sent" else s.reason) or ""
+        self.steps.append((s.id, place, str(s.at + wait), detail))
+
+    def encode(self) -> bytes:
+        return _encode({"g": list(self.groups), "p": self.steps})
 
 
 class _StepFields(msgspec.Struct, omit_defaults=True):
@@ -151,8 +178,16 @@ def is_unsettled(due_score: float | None) -> bool:
     return due_score is not None and not float(due_score).is_integer()
 
 
-def _decode_claim(reply: str) -> ClaimBatch:
-    raw = _decode_batch(reply)
+def _release_of(c: Claimed, now: int) -> Settle:
+    step = int(c.e["i"])
+    return Settle(
+        id=c.id, token=c.e["k"], step=step, kind="", at=now, outcome="release", seq=c.e["s"]
+    )
+
+
+def _decode_claim(reply: list[str]) -> ClaimBatch:
+    """A claimDue reply: its JSON text in pieces (the head, then one per item)."""
+    raw = _decode_batch("".join((reply[0], ",".join(reply[1:]), "]}")))
     items = [
         Claimed(
             item.id,
@@ -233,19 +268,17 @@ class Dispatch:
         max_attempts: int,
     ) -> dict[int, ClaimBatch]:
         """`claim` for several shards in one round trip (one script call per shard)."""
-        calls = []
-        for shard in shards:
-            tag = self.keys.shard_tag(shard)
-            keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
-            args = [tag, now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ]
-            calls.append(("claimDue", keys, args, tag))
-        replies = await self.store.runner.call_many(calls)
-        out = {}
-        for shard, reply in zip(shards, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            out[shard] = _decode_claim(reply)
-        return out
+        _, claims = await self.advance_and_claim(
+            {},
+            now=now,
+            max_attempts=max_attempts,
+            shards=shards,
+            claim_now=now,
+            lease_ms=lease_ms,
+            limit=limit,
+            on_unknown=on_unknown,
+        )
+        return claims
 
     async def advance_many(
         self,
@@ -258,35 +291,93 @@ class Dispatch:
         """`advance` for several shards in one round trip (one script call per shard).
 
         `claimed`: enrollment id -> its fields as claimDue returned them, for the items the
-        caller claimed itself: their step events are built here (`step_event`).
+        caller claimed itself: their step events are built here (`step_event`), and the
+        passed steps among them go in short arrays (PASSED_GROUP, PASSED_STEP).
+        """
+        advanced, _ = await self.advance_and_claim(
+            batches, now=now, max_attempts=max_attempts, claimed=claimed
+        )
+        return advanced
+
+    async def advance_and_claim(
+        self,
+        batches: Mapping[int, Sequence[Settle]],
+        *,
+        now: int,
+        max_attempts: int,
+        claimed: Mapping[str, Mapping[str, str]] | None = None,
+        shards: Sequence[int] = (),
+        claim_now: int = 0,
+        lease_ms: int = 0,
+        limit: int = 0,
+        on_unknown: str = "resend",
+    ) -> tuple[dict[int, Advanced], dict[int, ClaimBatch]]:
+        """`advance_many(batches)`, then `claim_many(shards)`, in one round trip: the
+        dispatcher settles one batch and takes the next with one wait on Redis.
+
+        When an advance fails, the claims that succeeded are released (due again at once, no
+        attempt counted) before the error is raised: nothing of theirs was sent.
         """
         order = [shard for shard, items in batches.items() if items]
         calls = []
+        now_text = str(now)
         for shard in order:
             tag = self.keys.shard_tag(shard)
             items = batches[shard]
+            general: Sequence[Settle] = items
+            passed = _Passed()
             events: list[bytes] = []
             if claimed is not None:
-                now_text = str(now)
+                general = []
                 for s in items:
                     e = claimed.get(s.id)
-                    data = b""
-                    if e is not None:
+                    if e is None:
+                        general.append(s)
+                        continue
+                    event = step_event(s, e, now_text)
+                    if event:
+                        passed.add(s, e)
+                        events.append(event)
+                    else:
                         s.seq = e["s"]
-                        data = step_event(s, e, now_text)
-                        if data:
-                            s.tenant, s.attempts = e["t"], e.get("a")
-                    events.append(data)
-            args = [tag, now, max_attempts, _encode(items).decode(), *events]
+                        general.append(s)
+            args = [tag, now, max_attempts, _encode(general), passed.encode(), *events]
             calls.append(("advance", self._shard_keys(shard), args, tag))
+        for shard in shards:
+            tag = self.keys.shard_tag(shard)
+            keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
+            args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ]
+            calls.append(("claimDue", keys, args, tag))
         replies = await self.store.runner.call_many(calls) if calls else []
-        out = {}
-        for shard, reply in zip(order, replies, strict=True):
+        advanced: dict[int, Advanced] = {}
+        failed: Exception | None = None
+        for shard, reply in zip(order, replies, strict=False):
             if isinstance(reply, Exception):
-                raise reply
+                failed = failed or reply
+                continue
             applied, late, stale = reply
-            out[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
-        return out
+            advanced[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
+        claims: dict[int, ClaimBatch] = {}
+        for shard, reply in zip(shards, replies[len(order) :], strict=True):
+            if isinstance(reply, Exception):
+                failed = failed or reply
+                continue
+            claims[shard] = _decode_claim(reply)
+        if failed is not None:
+            await self._release(claims, now=claim_now, max_attempts=max_attempts)
+            raise failed
+        return advanced, claims
+
+    async def _release(
+        self, claims: Mapping[int, ClaimBatch], *, now: int, max_attempts: int
+    ) -> None:
+        """Give back claimed steps that will not be sent: due again at `now`, no attempt
+        counted (a lease left to run out would read as a send that may have happened)."""
+        batches = {
+            shard: [_release_of(c, now) for c in batch.items] for shard, batch in claims.items()
+        }
+        if any(batches.values()):
+            await self.advance_many(batches, now=now, max_attempts=max_attempts)
 
     async def advance(
         self, shard: int, items: Sequence[Settle], *, now: int, max_attempts: int

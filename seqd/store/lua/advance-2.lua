@@ -25,18 +25,26 @@
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
-    and, for a step whose claim the caller read: seq (its sequence, `s`; else read here),
-    and for a sent or skipped one tenant and attempts (`t` and `a` as claimDue returned
-    them)
-  ARGV[5..] optional, one per item: the data of the step's event (JSON object text, "" for
-            none), for the fast path. The caller builds it from what claimDue read under
-            the same token (`s c md` never change) and this call's `now`
-            (store/dispatch.py `step_event`): Redis, the bottleneck of a burst, then reads
-            nothing of the hash and builds no text.
+    and optionally seq: the claimed sequence (`s`; else read here)
+  ARGV[5]   optional, passed steps, the hot path: a sent or skipped step with a step after
+            it, of a claim the caller read, as JSON {"g": [group, ...], "p": [step, ...]}
+            (store/dispatch.py PASSED_GROUP, PASSED_STEP):
+            group [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
+                  none), wait (ms from the send to the next step, >= 0)]: what the steps
+                  of one claim share, written once per call
+            step  [id, group (its place in g, from 1), due (the next step's due time, ms
+                  as text), detail (provider id of a sent step, reason of a skipped one;
+                  "" for none)]
+            (Short arrays: decoding JSON was the script's largest cost after the writes.)
+  ARGV[6..] one per passed step: its event data (JSON object text). The caller builds it
+            from what claimDue read under the same token (`s c md` never change, `t` and
+            `a` change only under a claim) and this call's `now` (`step_event`): Redis,
+            the bottleneck of a burst, then reads nothing of the hash and builds no text.
+            Passed steps are settled after the items.
 
   Returns {applied, late, {stale id, ...}}: late = sent steps recorded on an enrollment a
   transition had taken over; stale = items ignored.
-  Errors: BAD_ITEMS:<which> (a malformed item; nothing is written)
+  Errors: BAD_ITEMS:<which> (a malformed item or passed step; nothing is written)
 ]]
 local rcall = redis.call
 local heads_key, outbox_key = KEYS[1], KEYS[2]
@@ -62,44 +70,74 @@ for n, it in ipairs(items) do
     return redis.error_reply('BAD_ITEMS:item ' .. n)
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
-  if type(it.tenant) ~= 'string' then it.tenant = nil end
-  if type(it.attempts) ~= 'string' then it.attempts = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
 end
-local prebuilt = #ARGV > 4
-if prebuilt and #ARGV ~= 4 + #items then
-  return redis.error_reply('BAD_ITEMS:not one event per item')
+local groups, passed, dues = {}, {}, {}
+if #ARGV >= 5 then
+  local decoded, got = pcall(cjson.decode, ARGV[5])
+  if not decoded or type(got) ~= 'table' or type(got.g) ~= 'table' or type(got.p) ~= 'table'
+  then
+    return redis.error_reply('BAD_ITEMS:passed steps not {"g": [...], "p": [...]}')
+  end
+  groups, passed = got.g, got.p
+  if #ARGV ~= 5 + #passed then
+    return redis.error_reply('BAD_ITEMS:not one event per passed step')
+  end
+end
+for n, g in ipairs(groups) do
+  if type(g) ~= 'table' or type(g[1]) ~= 'string' or g[1] == '' or type(g[2]) ~= 'string'
+    or g[2] == '' or type(g[3]) ~= 'number' or type(g[4]) ~= 'string'
+    or (g[5] ~= 'sent' and g[5] ~= 'skipped') or type(g[6]) ~= 'string' or g[6] == ''
+    or type(g[7]) ~= 'string' or type(g[8]) ~= 'number' or g[8] < 0 then
+    return redis.error_reply('BAD_ITEMS:passed group ' .. n)
+  end
+  -- The hash fields of the group's steps: `i` after the step, the provider id's field.
+  g.next, g.pfield = string.format('%d', g[3] + 1), 'p' .. string.format('%d', g[3])
+end
+for n, p in ipairs(passed) do
+  local due = type(p) == 'table' and type(p[3]) == 'string' and tonumber(p[3])
+  if not due or type(p[1]) ~= 'string' or p[1] == '' or not groups[p[2]]
+    or type(p[4]) ~= 'string' or ARGV[5 + n] == '' then
+    return redis.error_reply('BAD_ITEMS:passed step ' .. n)
+  end
+  dues[n] = due
 end
 
--- The hash writes of a passed step (sent or skipped), as one HSET's field list, and the
--- next step's due time (text; nil after the last step). Attempts are reset only where a
--- retry left some: an absent `a` reads as 0 and costs no memory.
-local function step_writes(it, attempts, sms_sent)
-  local step = it.step
-  local fields = {'i', string.format('%d', step + 1), 'ua', now}
-  if attempts and attempts ~= '0' then
+-- The hash writes of a passed step (sent or skipped), as one HSET's field list: `i` becomes
+-- `next`, `n` the next step's due time (text; none after the last step), the provider id
+-- goes in field `pfield`. Attempts are reset only where a retry left some: an absent `a`
+-- reads as 0 and costs no memory.
+local function step_writes(next, due_at, sent, pfield, provider_id, kind, attempts, sms_sent)
+  local fields = {'i', next, 'ua', now}
+  if attempts and attempts ~= '0' and attempts ~= '' then
     fields[#fields + 1] = 'a'; fields[#fields + 1] = '0'
   end
-  local due_at = nil
-  if it.wait >= 0 then
-    due_at = string.format('%d', it.at + it.wait)
+  if due_at then
     fields[#fields + 1] = 'n'; fields[#fields + 1] = due_at
   end
-  if it.outcome == 'sent' then
-    if it.provider_id then
-      fields[#fields + 1] = 'p' .. step; fields[#fields + 1] = it.provider_id
+  if sent then
+    if provider_id then
+      fields[#fields + 1] = pfield; fields[#fields + 1] = provider_id
     end
-    if it.kind == 'sms' and not sms_sent then
+    if kind == 'sms' and not sms_sent then
       fields[#fields + 1] = 'sm'; fields[#fields + 1] = '1'
     end
   end
-  return fields, due_at
+  return fields
+end
+
+-- step_writes for item `it` (a table: the general path); also returns the next step's due
+-- time (text; nil after the last step).
+local function item_writes(it, attempts, sms_sent)
+  local due_at = it.wait >= 0 and string.format('%d', it.at + it.wait) or nil
+  return step_writes(string.format('%d', it.step + 1), due_at, it.outcome == 'sent',
+    'p' .. it.step, it.provider_id, it.kind, attempts, sms_sent), due_at
 end
 
 -- The step was sent (or skipped): move the enrollment past it, with its event.
 -- Returns the next step's due time, or nil after the last step.
 local function pass_step(id, e, it, ekey)
-  local fields, due_at = step_writes(it, e['a'], e['sm'])
+  local fields, due_at = item_writes(it, e['a'], e['sm'])
   rcall('HSET', ekey, unpack(fields))
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
   if it.outcome == 'sent' then
@@ -126,17 +164,23 @@ do
     if distinct[it.id] then zadds = nil; break end
     distinct[it.id] = true
   end
+  for _, p in ipairs(passed) do
+    if not zadds or distinct[p[1]] then zadds = nil; break end
+    distinct[p[1]] = true
+  end
 end
 
-local function schedule_next(seq, due_at, id)
+-- `due` = tonumber(due_at), where the caller has it.
+local function schedule_next(seq, due_at, id, due)
   if zadds then
+    due = due or tonumber(due_at)
     local args = zadds[seq]
     if not args then
       args = {}
       zadds[seq] = args
-      earliest[seq] = due_at
-    elseif tonumber(due_at) < tonumber(earliest[seq]) then
-      earliest[seq] = due_at
+      earliest[seq] = due
+    elseif due < earliest[seq] then
+      earliest[seq] = due
     end
     args[#args + 1] = due_at
     args[#args + 1] = id
@@ -148,41 +192,52 @@ end
 -- A step's kind as JSON, for the kinds there are (any other is encoded).
 local KIND_JSON = {sms = '"sms"', email = '"email"'}
 
--- Whether the claim that gave `it` its token still holds the member in queue `qkey`.
-local function holds(id, it, qkey)
+-- Whether the claim that gave `token` still holds the member in queue `qkey`.
+local function holds(id, token, qkey)
   local score = rcall('ZSCORE', qkey, id)
   -- The token is the score as Redis prints it; the numbers decide when the text differs.
-  return score ~= false and (score == it.token or tonumber(score) == tonumber(it.token))
+  return score ~= false and (score == token or tonumber(score) == tonumber(token))
 end
 
--- The hot path: a sent or skipped step with a step after it, on an enrollment whose claim
--- still holds. One write of each structure and the step's event, batched with the call's
--- others (`emit_batched`): the event as the caller built it (ARGV[4 + n]), with no read,
--- or else one read of the fields it needs and its JSON spelled out here (its `fields` are
--- those the API's enrollment is made of).
--- Returns false, having left nothing written, when the hash is gone (the general path
--- decides).
-local function pass_fast(n, id, ekey, it, seq)
-  local data = prebuilt and ARGV[4 + n] or ''
-  if data ~= '' and it.tenant then
-    -- The event came built: no read. `sm` is written on every SMS step (it is there after
-    -- the first). A live hash always has `i` and `n`: an HSET that adds every field it
-    -- writes found no hash (deleted by hand), and is undone.
-    local fields, due_at = step_writes(it, it.attempts, nil)
-    if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
-      rcall('DEL', ekey)
-      return false
-    end
-    schedule_next(seq, due_at, id)
-    emit_batched(it.outcome == 'sent' and 'sequence.step.sent' or 'sequence.step.skipped',
-      it.tenant, now, data)
-    return true
+-- The hot path: passed step `p` of group `g` (its event ARGV[5 + n]) whose claim still
+-- holds. One write of each structure and the step's event as the caller built it, batched
+-- with the call's others (`emit_batched`), with no read. `sm` is written on every SMS step
+-- (it is there after the first). A live hash always has `i` and `n`: an HSET that adds
+-- every field it writes found no hash (deleted by hand), and is undone; returns false then
+-- (the general path decides).
+local function pass_built(n, p, g, ekey)
+  local sent, detail = g[5] == 'sent', p[4]
+  local fields = step_writes(g.next, p[3], sent, g.pfield, detail ~= '' and detail or nil,
+    g[4], g[7], nil)
+  if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
+    rcall('DEL', ekey)
+    return false
   end
+  schedule_next(g[2], p[3], p[1], dues[n])
+  emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', g[6], now,
+    ARGV[5 + n])
+  return true
+end
+
+-- Passed step `n` as an item, for the general path (it was sent `wait` before it is due).
+local function passed_item(n, p, g)
+  local sent, detail = g[5] == 'sent', p[4]
+  if detail == '' then detail = nil end
+  return {id = p[1], token = g[1], seq = g[2], step = g[3], kind = g[4], outcome = g[5],
+          at = dues[n] - g[8], wait = g[8],
+          provider_id = sent and detail or nil, reason = (not sent) and detail or nil}
+end
+
+-- A sent or skipped item with a step after it, on an enrollment whose claim still holds:
+-- as the hot path, with one read of the fields its event needs and its JSON spelled out
+-- here (its `fields` are those the API's enrollment is made of).
+-- Returns false, having left nothing written, when the hash is gone.
+local function pass_read(id, ekey, it, seq)
   local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'md')
   if not (h[3] and h[4] and h[5]) then return false end
-  local fields, due_at = step_writes(it, h[1], h[2])
-  local step, next_step = it.step, fields[2]
   local sent = it.outcome == 'sent'
+  local fields, due_at = item_writes(it, h[1], h[2])
+  local step, next_step = it.step, fields[2]
   local tail
   if sent then
     local pid = it.provider_id and cjson.encode(it.provider_id) or 'null'
@@ -247,23 +302,40 @@ local function settle(id, ekey, it, current)
   end
 end
 
-for n, it in ipairs(items) do
+for _, it in ipairs(items) do
   local id = it.id
   local ekey = k_enrollment(tag, id)
   local outcome = it.outcome
   local seq = it.seq or rcall('HGET', ekey, 's')
-  local current = seq and holds(id, it, k_queue(tag, seq))
+  local current = seq and holds(id, it.token, k_queue(tag, seq))
   if current and (outcome == 'sent' or outcome == 'skipped') and it.wait >= 0
-    and pass_fast(n, id, ekey, it, seq) then
+    and pass_read(id, ekey, it, seq) then
     applied = applied + 1
   else
     settle(id, ekey, it, current)
   end
 end
+local queues = {}
+for n, p in ipairs(passed) do
+  local id, g = p[1], groups[p[2]]
+  local seq = g[2]
+  local qkey = queues[seq]
+  if not qkey then
+    qkey = k_queue(tag, seq)
+    queues[seq] = qkey
+  end
+  local ekey = k_enrollment(tag, id)
+  local current = holds(id, g[1], qkey)
+  if current and pass_built(n, p, g, ekey) then
+    applied = applied + 1
+  else
+    settle(id, ekey, passed_item(n, p, g), current)
+  end
+end
 if zadds then
   for seq, args in pairs(zadds) do
     zadd_chunked(k_queue(tag, seq), args)
-    rcall('ZADD', heads_key, 'LT', earliest[seq], seq)
+    rcall('ZADD', heads_key, 'LT', string.format('%d', earliest[seq]), seq)
   end
 end
 flush_batched(now)

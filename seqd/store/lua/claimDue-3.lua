@@ -30,7 +30,8 @@
   ARGV[7..] contact fields to read: the owner and what a message can use (not the whole
             hash, which also holds one `e:<seq>` field per sequence the contact is in)
 
-  Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]}, each
+  Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]} in
+  pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
   the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
   of an unsettled claim sent again) with `k` = the lease token, the contact values an array
@@ -156,5 +157,7 @@ for _, seq in ipairs(rcall('ZRANGEBYSCORE', heads_key, '-inf', now, 'LIMIT', 0, 
   refresh_head(seq, state.status)
 end
 
-return '{"seen":' .. seen .. ',"m":' .. object(mirrors) .. ',"items":['
-  .. table.concat(parts, ',') .. ']}'
+-- The reply's pieces, joined by the caller: a join here would copy and hash the whole
+-- text twice more (every Lua string is hashed when made).
+table.insert(parts, 1, '{"seen":' .. seen .. ',"m":' .. object(mirrors) .. ',"items":[')
+return parts
