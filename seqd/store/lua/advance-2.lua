@@ -91,8 +91,14 @@ for n, g in ipairs(groups) do
     or type(g[7]) ~= 'string' or type(g[8]) ~= 'number' or g[8] < 0 then
     return redis.error_reply('BAD_ITEMS:passed group ' .. n)
   end
-  -- The hash fields of the group's steps: `i` after the step, the provider id's field.
+  -- What the group's steps write: `i` after the step, the provider id's field, and whether
+  -- a step with a provider id writes exactly {i ua n p<step> [sm]} (`plain`: no attempts
+  -- to reset), spelled as one table constructor on the hot path.
   g.next, g.pfield = string.format('%d', g[3] + 1), 'p' .. string.format('%d', g[3])
+  g.plain = g[5] == 'sent' and (g[7] == '' or g[7] == '0')
+  g.sms = g[4] == 'sms'
+  g.queue = k_queue(tag, g[2])
+  g.etype = g[5] == 'sent' and 'sequence.step.sent' or 'sequence.step.skipped'
 end
 for n, p in ipairs(passed) do
   local due = type(p) == 'table' and type(p[3]) == 'string' and tonumber(p[3])
@@ -206,16 +212,25 @@ end
 -- every field it writes found no hash (deleted by hand), and is undone; returns false then
 -- (the general path decides).
 local function pass_built(n, p, g, ekey)
-  local sent, detail = g[5] == 'sent', p[4]
-  local fields = step_writes(g.next, p[3], sent, g.pfield, detail ~= '' and detail or nil,
-    g[4], g[7], nil)
+  local detail = p[4]
+  local fields
+  if g.plain and detail ~= '' then
+    if g.sms then
+      fields = {'i', g.next, 'ua', now, 'n', p[3], g.pfield, detail, 'sm', '1'}
+    else
+      fields = {'i', g.next, 'ua', now, 'n', p[3], g.pfield, detail}
+    end
+  else
+    local sent = g[5] == 'sent'
+    fields = step_writes(g.next, p[3], sent, g.pfield, detail ~= '' and detail or nil, g[4],
+      g[7], nil)
+  end
   if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
     rcall('DEL', ekey)
     return false
   end
   schedule_next(g[2], p[3], p[1], dues[n])
-  emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', g[6], now,
-    ARGV[5 + n])
+  emit_batched(g.etype, g[6], now, ARGV[5 + n])
   return true
 end
 
@@ -315,17 +330,10 @@ for _, it in ipairs(items) do
     settle(id, ekey, it, current)
   end
 end
-local queues = {}
 for n, p in ipairs(passed) do
   local id, g = p[1], groups[p[2]]
-  local seq = g[2]
-  local qkey = queues[seq]
-  if not qkey then
-    qkey = k_queue(tag, seq)
-    queues[seq] = qkey
-  end
   local ekey = k_enrollment(tag, id)
-  local current = holds(id, g[1], qkey)
+  local current = holds(id, g[1], g.queue)
   if current and pass_built(n, p, g, ekey) then
     applied = applied + 1
   else
