@@ -686,20 +686,26 @@ async def test_advance_and_claim_settles_one_batch_and_claims_the_next_in_one_ro
     calls = []
     real = s.runner.call_many
 
-    async def counted(batch):  # type: ignore[no-untyped-def]
-        calls.append([name for name, *_ in batch])
-        return await real(batch)
+    async def counted(batch, reads=()):  # type: ignore[no-untyped-def]
+        calls.append(([name for name, *_ in batch], [r[0] for r in reads]))
+        return await real(batch, reads)
 
     s.runner.call_many = counted  # type: ignore[method-assign]
-    advanced, claims = await Dispatch(s).advance_and_claim(
+    await s.client.hset(s.keys.suppressions(TENANT, "sms"), "+15550000001", '{"reason": "x"}')
+    lookups = {(TENANT, "sms"): ["+15550000001", "+15550000002"]}
+    trip = await Dispatch(s).advance_and_claim(
         {sh: [sent]}, now=due + 1, max_attempts=3, claimed={first.id: first.e},
         shards=[sh], claim_now=due + 1, lease_ms=LEASE, limit=10, on_unknown="resend",
+        lookups=lookups,
     )  # fmt: skip
-    # The advance runs first, then the claim, in one pipeline.
-    assert calls == [["advance", "claimDue"]]
-    assert (advanced[sh].applied, advanced[sh].stale) == (1, [])
+    # The advance runs first, then the claim, then the suppression reads: one pipeline.
+    assert calls == [(["advance", "claimDue"], ["HMGET"])]
+    assert (trip.advanced[sh].applied, trip.advanced[sh].stale) == (1, [])
     assert (await raw(s, first.id))["i"] == "1"
-    (second,) = claims[sh].items
+    assert list(trip.found) == [(TENANT, "sms")]
+    assert list(trip.found[(TENANT, "sms")]) == ["+15550000001"]
+    assert trip.found[(TENANT, "sms")]["+15550000001"].reason == "x"
+    (second,) = trip.claims[sh].items
     assert second.id != first.id and second.id in eids
     assert await due_score(s, second.id) == due + 1 + LEASE - 0.5
 
