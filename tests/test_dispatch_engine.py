@@ -116,9 +116,9 @@ async def test_a_round_works_through_a_backlog_many_batches_deep(
 
 
 async def test_a_lane_waits_on_redis_once_per_batch(one_shard: Store) -> None:
-    # 23 steps due in batches of 5, one lane: each wait settles the batch sent, screens
-    # the addresses of the batch claimed and claims the next (advance, claimDue and the
-    # suppression HMGET in one pipeline), so 5 batches are 7 round trips, where claim,
+    # 23 steps due in batches of 5, one lane: each wait settles the batch sent, arms and
+    # screens the batch reserved and reserves the next (advance, armClaims, claimDue and
+    # the suppression HMGET in one pipeline), so 5 batches are 7 round trips, where claim,
     # screen and advance each waiting on their own took 15.
     seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
     await enroll(one_shard, seq, await contacts(one_shard, 23))
@@ -140,9 +140,9 @@ async def test_a_lane_waits_on_redis_once_per_batch(one_shard: Store) -> None:
     assert len(sender.messages) == 23
     assert trips == [
         (["claimDue"], []),
-        (["claimDue"], ["HMGET"]),
-        *[(["advance", "claimDue"], ["HMGET"])] * 3,
-        (["advance"], ["HMGET"]),
+        (["armClaims", "claimDue"], ["HMGET"]),
+        *[(["advance", "armClaims", "claimDue"], ["HMGET"])] * 3,
+        (["advance", "armClaims"], ["HMGET"]),
         (["advance"], []),
     ]
 

@@ -62,6 +62,9 @@ async def test_redis_killed_and_restarted_from_aof(
                 SEQD_WEBHOOKS_LEASE_SECONDS="3",
                 SEQD_WEBHOOKS_TIMEOUT_SECONDS="2",
             ).start()
+            # The dispatcher starts before the HTTP listener: wait for it, or the writer's
+            # first POST can find no one listening.
+            await asyncio.to_thread(daemon.wait_healthy)
             api = daemon.url + "/v1"
 
             def alive() -> None:

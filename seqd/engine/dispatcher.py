@@ -254,7 +254,7 @@ class Dispatcher:
                 full = [s for s, batch in trip.claims.items() if batch.seen >= config.batch_size]
                 if full:
                     pieces.insert(0, (full, True))
-                if held is not None:
+                if held is not None and _armed(held, trip.armed):
                     owed = await self._work(held, self._hits(held, trip.found), now)
                 held = await self._held(trip.claims)
 
@@ -303,6 +303,8 @@ class Dispatcher:
                 limit=config.batch_size,
                 on_unknown=config.on_unknown,
                 lookups=held.lookups if held is not None else None,
+                arm=held.arm if held is not None else None,
+                reserve=True,
             )
         )
 
@@ -332,7 +334,13 @@ class Dispatcher:
                 value = item.c.get(ADDRESS_FIELD[kind])
                 if value:
                     lookups[(item.e["t"], kind)].append(value)
-        return _Held(items, shard_of, plans, lookups)
+        arm: dict[int, tuple[str, dict[str, list[str]]]] = {}
+        for item in items:
+            shard = shard_of[item.id]
+            if shard not in arm:
+                arm[shard] = (item.e["k"], defaultdict(list))
+            arm[shard][1][item.e["s"]].append(item.id)
+        return _Held(items, shard_of, plans, lookups, arm)
 
     def _hits(
         self, held: _Held, found: Mapping[tuple[str, str], Mapping[str, SuppressionRecord]]
@@ -637,6 +645,22 @@ class _Held:
     shard_of: dict[str, int]
     plans: dict[str, Plan]
     lookups: dict[tuple[str, str], list[str]]
+    # shard -> (the claim's reservation token, {sequence id: [enrollment id, ...]})
+    arm: dict[int, tuple[str, dict[str, list[str]]]]
+
+
+def _armed(held: _Held, armed: Mapping[int, tuple[str, list[str]]]) -> bool:
+    """Give `held`'s items the lease tokens they were armed with, and drop those not armed
+    (their enrollment changed since the claim: nothing of theirs may be sent). Whether any
+    is left."""
+    missed = {eid for _, not_armed in armed.values() for eid in not_armed}
+    for item in held.items:
+        got = armed.get(held.shard_of[item.id])
+        if got is not None:
+            item.e["k"] = got[0]
+    if missed:
+        held.items = [item for item in held.items if item.id not in missed]
+    return bool(held.items)
 
 
 @dataclass(slots=True)

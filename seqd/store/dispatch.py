@@ -174,6 +174,8 @@ class Trip(NamedTuple):
     """What one `advance_and_claim` round trip did."""
 
     advanced: dict[int, Advanced]
+    # shard -> (the lease token of the armed members, the members not armed)
+    armed: dict[int, tuple[str, list[str]]]
     claims: dict[int, ClaimBatch]
     # (tenant, channel) -> {value: record} for the looked-up values that are suppressed.
     found: dict[tuple[str, str], dict[str, SuppressionRecord]]
@@ -184,8 +186,9 @@ _decode_batch = msgspec.json.Decoder(_Batch).decode
 
 def is_unsettled(due_score: float | None) -> bool:
     """Whether a due score is a claim's lease not settled yet: leases end half a ms before
-    a whole one (enrollment.lua `lease_token`), due times are whole ms."""
-    return due_score is not None and not float(due_score).is_integer()
+    a whole one (enrollment.lua `lease_token`), due times are whole ms, and a reservation
+    (a claim not armed for sending, `reserve_token`) ends a quarter ms before."""
+    return due_score is not None and float(due_score) % 1 == 0.5
 
 
 def _release_of(c: Claimed, now: int) -> Settle:
@@ -262,7 +265,7 @@ class Dispatch:
         reply = await self.store.runner.call(
             "claimDue",
             keys,
-            [tag, now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ],
+            [tag, now, lease_ms, limit, on_unknown, max_attempts, "lease", *CONTACT_READ],
             tag=tag,
         )
         return _decode_claim(reply)
@@ -322,10 +325,14 @@ class Dispatch:
         limit: int = 0,
         on_unknown: str = "resend",
         lookups: Mapping[tuple[str, str], Sequence[str]] | None = None,
+        arm: Mapping[int, tuple[str, Mapping[str, Sequence[str]]]] | None = None,
+        reserve: bool = False,
     ) -> Trip:
-        """`advance_many(batches)`, then `claim_many(shards)`, then `suppressions(lookups)`,
-        in one round trip: the dispatcher settles one batch, screens the next one's
-        addresses and claims the one after with one wait on Redis.
+        """`advance_many(batches)`, then `armClaims` for `arm` (shard -> the reservation's
+        token, {sequence id: [enrollment id, ...]}), then `claim_many(shards)` (reserving,
+        when `reserve`), then `suppressions(lookups)`, in one round trip: the dispatcher
+        settles one batch, arms and screens the next and reserves the one after with one
+        wait on Redis.
 
         When an advance fails, the claims that succeeded are released (due again at once, no
         attempt counted) before the error is raised: nothing of theirs was sent.
@@ -355,10 +362,16 @@ class Dispatch:
                         general.append(s)
             args = [tag, now, max_attempts, _encode(general), passed.encode(), *events]
             calls.append(("advance", self._shard_keys(shard), args, tag))
+        arming = list((arm or {}).items())
+        for shard, (token, queues) in arming:
+            tag = self.keys.shard_tag(shard)
+            args = [tag, now, lease_ms, token, _encode(queues)]
+            calls.append(("armClaims", [self.keys.heads(shard)], args, tag))
         for shard in shards:
             tag = self.keys.shard_tag(shard)
             keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
-            args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ]
+            mode = "reserve" if reserve else "lease"
+            args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, mode, *CONTACT_READ]
             calls.append(("claimDue", keys, args, tag))
         groups = [(group, list(values)) for group, values in (lookups or {}).items() if values]
         reads = [
@@ -374,8 +387,17 @@ class Dispatch:
                 continue
             applied, late, stale = reply
             advanced[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
+        armed: dict[int, tuple[str, list[str]]] = {}
+        first = len(order)
+        for (shard, _), reply in zip(arming, replies[first : first + len(arming)], strict=True):
+            if isinstance(reply, Exception):
+                failed = failed or reply
+                continue
+            token, missed = reply
+            armed[shard] = (str(token), [str(m) for m in missed])
         claims: dict[int, ClaimBatch] = {}
-        for shard, reply in zip(shards, replies[len(order) : len(calls)], strict=True):
+        first += len(arming)
+        for shard, reply in zip(shards, replies[first : len(calls)], strict=True):
             if isinstance(reply, Exception):
                 failed = failed or reply
                 continue
@@ -383,7 +405,7 @@ class Dispatch:
         if failed is not None:
             await self.release([c for batch in claims.values() for c in batch.items], now=claim_now)
             raise failed
-        return Trip(advanced, claims, _found(groups, replies[len(calls) :]))
+        return Trip(advanced, armed, claims, _found(groups, replies[len(calls) :]))
 
     async def release(self, items: Sequence[Claimed], *, now: int) -> None:
         """Give back claimed steps that will not be sent: due again at `now`, no attempt
