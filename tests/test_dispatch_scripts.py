@@ -686,26 +686,20 @@ async def test_advance_and_claim_settles_one_batch_and_claims_the_next_in_one_ro
     calls = []
     real = s.runner.call_many
 
-    async def counted(batch, reads=()):  # type: ignore[no-untyped-def]
-        calls.append(([name for name, *_ in batch], [r[0] for r in reads]))
-        return await real(batch, reads)
+    async def counted(batch):  # type: ignore[no-untyped-def]
+        calls.append([name for name, *_ in batch])
+        return await real(batch)
 
     s.runner.call_many = counted  # type: ignore[method-assign]
-    await s.client.hset(s.keys.suppressions(TENANT, "sms"), "+15550000001", '{"reason": "x"}')
-    lookups = {(TENANT, "sms"): ["+15550000001", "+15550000002"]}
-    trip = await Dispatch(s).advance_and_claim(
+    advanced, claims = await Dispatch(s).advance_and_claim(
         {sh: [sent]}, now=due + 1, max_attempts=3, claimed={first.id: first.e},
         shards=[sh], claim_now=due + 1, lease_ms=LEASE, limit=10, on_unknown="resend",
-        lookups=lookups,
     )  # fmt: skip
-    # The advance runs first, then the claim, then the suppression reads: one pipeline.
-    assert calls == [(["advance", "claimDue"], ["HMGET"])]
-    assert (trip.advanced[sh].applied, trip.advanced[sh].stale) == (1, [])
+    # The advance runs first, then the claim, in one pipeline.
+    assert calls == [["advance", "claimDue"]]
+    assert (advanced[sh].applied, advanced[sh].stale) == (1, [])
     assert (await raw(s, first.id))["i"] == "1"
-    assert list(trip.found) == [(TENANT, "sms")]
-    assert list(trip.found[(TENANT, "sms")]) == ["+15550000001"]
-    assert trip.found[(TENANT, "sms")]["+15550000001"].reason == "x"
-    (second,) = trip.claims[sh].items
+    (second,) = claims[sh].items
     assert second.id != first.id and second.id in eids
     assert await due_score(s, second.id) == due + 1 + LEASE - 0.5
 
@@ -729,51 +723,3 @@ async def test_a_failed_advance_releases_the_claims_of_its_round_trip(any_store:
     assert again.id != first.id
     assert again.e.get("a", "0") == "0"
     assert (await raw(s, first.id))["i"] == "0"
-
-
-async def test_a_reservation_is_armed_before_the_send_and_one_never_armed_comes_back_fresh(
-    any_store: Store,
-) -> None:
-    # The dispatcher claims a batch ahead of its send: reserved (a quarter ms token), armed
-    # (leased) in the round trip before the send. A reservation whose worker died was never
-    # sent: it comes back as a plain due step, no attempt counted, not held.
-    s = any_store
-    eids, sh, due = await two_in_a_shard(s)
-    dispatch = Dispatch(s)
-    trip = await dispatch.advance_and_claim(
-        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
-        on_unknown="hold", reserve=True,
-    )  # fmt: skip
-    items = trip.claims[sh].items
-    token = items[0].e["k"]
-    assert token == f"{due + LEASE - 1}.25" and {i.e["k"] for i in items} == {token}
-    assert await due_score(s, eids[0]) == due + LEASE - 0.75
-    # One of them is paused meanwhile: arming leases the other and reports it.
-    paused, kept = items[0].id, items[1].id
-    await s.enrollments.transition(TENANT, paused, "pause", "reply_received")
-    trip = await dispatch.advance_and_claim(
-        {}, now=due + 5, max_attempts=3, lease_ms=LEASE,
-        arm={sh: (token, {items[0].e["s"]: [paused, kept]})},
-    )  # fmt: skip
-    leased, missed = trip.armed[sh]
-    assert missed == [paused] and leased == f"{due + 5 + LEASE - 1}.5"
-    assert await due_score(s, kept) == due + 5 + LEASE - 0.5
-    assert await due_score(s, paused) is None
-    # A reservation that runs out (its worker died before arming it) is claimed again as a
-    # fresh step: no attempt, and on_unknown=hold does not pause it.
-    await s.enrollments.transition(TENANT, paused, "resume")
-    at = now_ms() + 1000  # (resume made it due at its own clock's now)
-    again = await dispatch.advance_and_claim(
-        {}, now=at, max_attempts=3, shards=[sh], claim_now=at, lease_ms=LEASE,
-        limit=10, on_unknown="hold", reserve=True,
-    )  # fmt: skip
-    (fresh,) = again.claims[sh].items
-    later = at + 2 * LEASE
-    (back,) = (await claim(s, sh, later, on_unknown="hold")).items
-    assert back.id == fresh.id == paused
-    assert back.e.get("a", "0") == "0"
-    assert (await raw(s, paused))["st"] == "active"
-    # An armed lease that runs out is a send that may have happened: held.
-    assert (await claim(s, sh, due + 5 + LEASE, on_unknown="hold")).items == []
-    assert (await raw(s, kept))["st"] == "paused"
-    assert (await raw(s, kept))["pr"] == "delivery_unknown"

@@ -62,7 +62,6 @@ from seqd.store.dispatch import (
     Outcome,
     Settle,
     SuppressionRecord,
-    Trip,
 )
 from seqd.times import now_ms
 
@@ -226,37 +225,32 @@ class Dispatcher:
 
         async def worker() -> None:
             # Pieces are taken in turn, so one worker composes while another waits on Redis.
-            # A worker holds up to two pieces: one claimed (waiting for its addresses to be
-            # screened) and one sent (waiting for its advance). Each wait on Redis settles
-            # the sent one, screens the claimed one and claims the next (one round trip per
-            # batch, the screening included); then the screened piece is composed and sent.
-            # A shard whose claim was full goes to the back of the queue, to be claimed
-            # again while the round is under ROUND_MS old: a backlog is worked through
-            # without every lane waiting for the slowest at the end of each pass, and the
-            # loop still gets its turn (liveness, late outcomes, a fresh `now`) that often.
+            # Each wait settles the worker's last piece and claims its next one (one round
+            # trip per batch). A shard whose claim was full goes to the back of the queue,
+            # to be claimed again while the round is under ROUND_MS old: a backlog is worked
+            # through without every lane waiting for the slowest at the end of each pass,
+            # and the loop still gets its turn (liveness, late outcomes, a fresh `now`) that
+            # often.
             owed: _Owed | None = None
-            held: _Held | None = None
-            while True:
-                shards: list[int] = []
-                while pieces and not self._stopping.is_set():
-                    piece, again = pieces.pop()
-                    if again and self.clock() - started >= ROUND_MS:
-                        result.more = True
-                        continue
-                    shards = piece
-                    break
-                if not shards and owed is None and held is None:
-                    return
-                trip = await self._trip(owed, held, shards, now)
+            while pieces and not self._stopping.is_set():
+                shards, again = pieces.pop()
+                if again and self.clock() - started >= ROUND_MS:
+                    result.more = True
+                    continue
+                advanced, batches = await self._settle_and_claim(owed, shards, now)
                 if owed is not None:
-                    done.append(await self._settled(owed, trip.advanced))
+                    done.append(await self._settled(owed, advanced))
                 owed = None
-                full = [s for s, batch in trip.claims.items() if batch.seen >= config.batch_size]
+                full = [s for s, batch in batches.items() if batch.seen >= config.batch_size]
                 if full:
                     pieces.insert(0, (full, True))
-                if held is not None and _armed(held, trip.armed):
-                    owed = await self._work(held, self._hits(held, trip.found), now)
-                held = await self._held(trip.claims)
+                owed = await self._work(batches, now)
+                if owed.count == 0:
+                    done.append(Lane(0, 0, 0, 0))
+                    owed = None
+            if owed is not None:
+                advanced, _ = await self._settle_and_claim(owed, [], now)
+                done.append(await self._settled(owed, advanced))
 
         workers = min(config.lanes, len(pieces))
         outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
@@ -272,24 +266,11 @@ class Dispatcher:
         result.more = result.more or bool(pieces)
         return result
 
-    async def _trip(
-        self, owed: _Owed | None, held: _Held | None, shards: list[int], now: int
-    ) -> Trip:
-        """Advance what `owed` sent, claim from `shards`, and read the suppressions of
-        `held`'s addresses: one round trip. The sends happened: recording them must not be
-        interrupted by a cancellation. When the trip fails, `held`'s claims are given back
-        (nothing of theirs was sent) before the error goes on."""
-        try:
-            return await self._exchange(owed, held, shards, now)
-        except Exception:
-            if held is not None:
-                with contextlib.suppress(Exception):
-                    await self.dispatch.release(held.items, now=self.clock())
-            raise
-
-    async def _exchange(
-        self, owed: _Owed | None, held: _Held | None, shards: list[int], now: int
-    ) -> Trip:
+    async def _settle_and_claim(
+        self, owed: _Owed | None, shards: list[int], now: int
+    ) -> tuple[dict[int, Advanced], dict[int, ClaimBatch]]:
+        """Advance what `owed` sent, then claim from `shards`: one round trip. The sends
+        happened: recording them must not be interrupted by a cancellation."""
         config = self.config
         return await asyncio.shield(
             self.dispatch.advance_and_claim(
@@ -302,14 +283,11 @@ class Dispatcher:
                 lease_ms=self._lease_ms,
                 limit=config.batch_size,
                 on_unknown=config.on_unknown,
-                lookups=held.lookups if held is not None else None,
-                arm=held.arm if held is not None else None,
-                reserve=True,
             )
         )
 
-    async def _held(self, batches: Mapping[int, ClaimBatch]) -> _Held | None:
-        """What a claim gave, with its plans and the addresses to screen; None if nothing."""
+    async def _work(self, batches: Mapping[int, ClaimBatch], now: int) -> _Owed:
+        """Compose and send what a claim gave: what its advance will need."""
         items: list[Claimed] = []
         shard_of: dict[str, int] = {}
         mirrors: dict[str, str] = {}
@@ -320,60 +298,17 @@ class Dispatcher:
             for sid, mirror in batch.m.items():
                 if mirror_version(mirror) > mirror_version(mirrors.get(sid, "")):
                     mirrors[sid] = mirror
-        if not items:
-            return None
-        self.observer.claimed(len(items))
-        plans = await self._plans(items, mirrors)
-        # The address of each channel a remaining step uses, per (tenant, channel).
-        lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for item in items:
-            plan = plans.get(item.e["s"])
-            if plan is None:
-                continue
-            for kind in plan.kinds_from(int(item.e["i"])):
-                value = item.c.get(ADDRESS_FIELD[kind])
-                if value:
-                    lookups[(item.e["t"], kind)].append(value)
-        arm: dict[int, tuple[str, dict[str, list[str]]]] = {}
-        for item in items:
-            shard = shard_of[item.id]
-            if shard not in arm:
-                arm[shard] = (item.e["k"], defaultdict(list))
-            arm[shard][1][item.e["s"]].append(item.id)
-        return _Held(items, shard_of, plans, lookups, arm)
-
-    def _hits(
-        self, held: _Held, found: Mapping[tuple[str, str], Mapping[str, SuppressionRecord]]
-    ) -> dict[str, dict[str, SuppressionRecord]]:
-        """item id -> {channel: record} of the held items' suppressed addresses."""
-        if not found:
-            return {}
-        out: dict[str, dict[str, SuppressionRecord]] = {}
-        for item in held.items:
-            tenant = item.e["t"]
-            for kind in ("sms", "email"):
-                hits = found.get((tenant, kind))
-                value = item.c.get(ADDRESS_FIELD[kind])
-                if hits and value and value in hits:
-                    out.setdefault(item.id, {})[kind] = hits[value]
-        return out
-
-    async def _work(
-        self, held: _Held, suppressed: Mapping[str, Mapping[str, SuppressionRecord]], now: int
-    ) -> _Owed:
-        """Compose and send a screened piece: what its advance will need."""
-        items, shard_of, plans = held.items, held.shard_of, held.plans
         settles: dict[int, list[Settle]] = defaultdict(list)
         jobs: list[Job] = []
-        for n, item in enumerate(items, 1):
-            if n % YIELD_EVERY == 0:
-                # The API shares this event loop: let its requests in between.
-                await asyncio.sleep(0)
-            plan = plans.get(item.e["s"])
-            if plan is None:
+        if not items:
+            return _Owed(0, settles, {}, jobs)
+        self.observer.claimed(len(items))
+        plans = await self._plans(items, mirrors)
+        composed_all, suppressed = await self._compose(items, plans, now)
+        for item, composed in zip(items, composed_all, strict=True):
+            if composed is None:
                 settles[shard_of[item.id]].append(self._unavailable(item, now))
                 continue
-            composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
                 if composed.kind == "email" and self.email_headers is not None:
                     composed.message.headers.update(self.email_headers(composed.message))
@@ -406,6 +341,37 @@ class Dispatcher:
         settled = sum(a.applied + a.late for a in advanced.values())
         return Lane(owed.count, sent, settled, stale)
 
+    async def _compose(
+        self, items: list[Claimed], plans: Mapping[str, Plan], now: int
+    ) -> tuple[list[Job | Settle | None], dict[str, dict[str, SuppressionRecord]]]:
+        """Each item's Job or Settle (None: its plan is missing), its suppressions included;
+        and the suppression records found (item id -> {channel: record}).
+
+        The suppression lists are read while the batch is composed as if nothing were
+        suppressed, so the wait for that round trip (queued behind other lanes' scripts in
+        Redis) hides behind the rendering; the few items with a hit are composed again.
+        """
+        lookup = asyncio.ensure_future(self._suppressions(items, plans))
+        try:
+            await asyncio.sleep(0)  # the lookup sends its request
+            out: list[Job | Settle | None] = []
+            for n, item in enumerate(items, 1):
+                if n % YIELD_EVERY == 0:
+                    # The API shares this event loop: let its requests in between.
+                    await asyncio.sleep(0)
+                plan = plans.get(item.e["s"])
+                out.append(None if plan is None else compose(item, plan, _NO_SUPPRESSIONS, now))
+            suppressed = await lookup
+        finally:
+            if not lookup.done():
+                lookup.cancel()
+                await asyncio.wait({lookup})
+        for i, item in enumerate(items):
+            hits = suppressed.get(item.id)
+            if hits:
+                out[i] = compose(item, plans[item.e["s"]], hits, now)
+        return out, suppressed
+
     async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:
         """The plan of each sequence in the batch, at least at its mirror's version."""
         out: dict[str, Plan] = {}
@@ -430,6 +396,33 @@ class Dispatcher:
                     raise got
                 else:
                     out[sid] = got
+        return out
+
+    async def _suppressions(
+        self, items: list[Claimed], plans: Mapping[str, Plan]
+    ) -> dict[str, dict[str, SuppressionRecord]]:
+        """item id -> {channel: record} for each channel a remaining step uses."""
+        lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for item in items:
+            plan = plans.get(item.e["s"])
+            if plan is None:
+                continue
+            step = int(item.e["i"])
+            for kind in plan.kinds_from(step):
+                value = item.c.get(ADDRESS_FIELD[kind])
+                if value:
+                    lookups[(item.e["t"], kind)].append(value)
+        found = await self.dispatch.suppressions(lookups)
+        if not found:
+            return {}
+        out: dict[str, dict[str, SuppressionRecord]] = {}
+        for item in items:
+            tenant = item.e["t"]
+            for kind in ("sms", "email"):
+                hits = found.get((tenant, kind))
+                value = item.c.get(ADDRESS_FIELD[kind])
+                if hits and value and value in hits:
+                    out.setdefault(item.id, {})[kind] = hits[value]
         return out
 
     def _unavailable(self, item: Claimed, now: int) -> Settle:
@@ -634,33 +627,6 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("dispatch.opt_out_failed", enrollment_id=job.id)
-
-
-@dataclass(slots=True)
-class _Held:
-    """A piece claimed and not yet sent: its items (with their shards), the plans of their
-    sequences, and the addresses to screen, per (tenant, channel)."""
-
-    items: list[Claimed]
-    shard_of: dict[str, int]
-    plans: dict[str, Plan]
-    lookups: dict[tuple[str, str], list[str]]
-    # shard -> (the claim's reservation token, {sequence id: [enrollment id, ...]})
-    arm: dict[int, tuple[str, dict[str, list[str]]]]
-
-
-def _armed(held: _Held, armed: Mapping[int, tuple[str, list[str]]]) -> bool:
-    """Give `held`'s items the lease tokens they were armed with, and drop those not armed
-    (their enrollment changed since the claim: nothing of theirs may be sent). Whether any
-    is left."""
-    missed = {eid for _, not_armed in armed.values() for eid in not_armed}
-    for item in held.items:
-        got = armed.get(held.shard_of[item.id])
-        if got is not None:
-            item.e["k"] = got[0]
-    if missed:
-        held.items = [item for item in held.items if item.id not in missed]
-    return bool(held.items)
 
 
 @dataclass(slots=True)

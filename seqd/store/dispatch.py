@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from seqd import ids
 from seqd.store.codec import CONTACT_TEXT_FIELDS
 
 if TYPE_CHECKING:
@@ -170,25 +169,13 @@ class SuppressionRecord(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-class Trip(NamedTuple):
-    """What one `advance_and_claim` round trip did."""
-
-    advanced: dict[int, Advanced]
-    # shard -> (the lease token of the armed members, the members not armed)
-    armed: dict[int, tuple[str, list[str]]]
-    claims: dict[int, ClaimBatch]
-    # (tenant, channel) -> {value: record} for the looked-up values that are suppressed.
-    found: dict[tuple[str, str], dict[str, SuppressionRecord]]
-
-
 _decode_batch = msgspec.json.Decoder(_Batch).decode
 
 
 def is_unsettled(due_score: float | None) -> bool:
     """Whether a due score is a claim's lease not settled yet: leases end half a ms before
-    a whole one (enrollment.lua `lease_token`), due times are whole ms, and a reservation
-    (a claim not armed for sending, `reserve_token`) ends a quarter ms before."""
-    return due_score is not None and float(due_score) % 1 == 0.5
+    a whole one (enrollment.lua `lease_token`), due times are whole ms."""
+    return due_score is not None and not float(due_score).is_integer()
 
 
 def _release_of(c: Claimed, now: int) -> Settle:
@@ -265,7 +252,7 @@ class Dispatch:
         reply = await self.store.runner.call(
             "claimDue",
             keys,
-            [tag, now, lease_ms, limit, on_unknown, max_attempts, "lease", *CONTACT_READ],
+            [tag, now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ],
             tag=tag,
         )
         return _decode_claim(reply)
@@ -281,7 +268,7 @@ class Dispatch:
         max_attempts: int,
     ) -> dict[int, ClaimBatch]:
         """`claim` for several shards in one round trip (one script call per shard)."""
-        trip = await self.advance_and_claim(
+        _, claims = await self.advance_and_claim(
             {},
             now=now,
             max_attempts=max_attempts,
@@ -291,7 +278,7 @@ class Dispatch:
             limit=limit,
             on_unknown=on_unknown,
         )
-        return trip.claims
+        return claims
 
     async def advance_many(
         self,
@@ -307,10 +294,10 @@ class Dispatch:
         caller claimed itself: their step events are built here (`step_event`), and the
         passed steps among them go in short arrays (PASSED_GROUP, PASSED_STEP).
         """
-        trip = await self.advance_and_claim(
+        advanced, _ = await self.advance_and_claim(
             batches, now=now, max_attempts=max_attempts, claimed=claimed
         )
-        return trip.advanced
+        return advanced
 
     async def advance_and_claim(
         self,
@@ -324,15 +311,9 @@ class Dispatch:
         lease_ms: int = 0,
         limit: int = 0,
         on_unknown: str = "resend",
-        lookups: Mapping[tuple[str, str], Sequence[str]] | None = None,
-        arm: Mapping[int, tuple[str, Mapping[str, Sequence[str]]]] | None = None,
-        reserve: bool = False,
-    ) -> Trip:
-        """`advance_many(batches)`, then `armClaims` for `arm` (shard -> the reservation's
-        token, {sequence id: [enrollment id, ...]}), then `claim_many(shards)` (reserving,
-        when `reserve`), then `suppressions(lookups)`, in one round trip: the dispatcher
-        settles one batch, arms and screens the next and reserves the one after with one
-        wait on Redis.
+    ) -> tuple[dict[int, Advanced], dict[int, ClaimBatch]]:
+        """`advance_many(batches)`, then `claim_many(shards)`, in one round trip: the
+        dispatcher settles one batch and takes the next with one wait on Redis.
 
         When an advance fails, the claims that succeeded are released (due again at once, no
         attempt counted) before the error is raised: nothing of theirs was sent.
@@ -362,23 +343,12 @@ class Dispatch:
                         general.append(s)
             args = [tag, now, max_attempts, _encode(general), passed.encode(), *events]
             calls.append(("advance", self._shard_keys(shard), args, tag))
-        arming = list((arm or {}).items())
-        for shard, (token, queues) in arming:
-            tag = self.keys.shard_tag(shard)
-            args = [tag, now, lease_ms, token, _encode(queues)]
-            calls.append(("armClaims", [self.keys.heads(shard)], args, tag))
         for shard in shards:
             tag = self.keys.shard_tag(shard)
             keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
-            mode = "reserve" if reserve else "lease"
-            args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, mode, *CONTACT_READ]
+            args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ]
             calls.append(("claimDue", keys, args, tag))
-        groups = [(group, list(values)) for group, values in (lookups or {}).items() if values]
-        reads = [
-            ("HMGET", self.keys.suppressions(tenant, channel), *values)
-            for (tenant, channel), values in groups
-        ]
-        replies = await self.store.runner.call_many(calls, reads) if calls or reads else []
+        replies = await self.store.runner.call_many(calls) if calls else []
         advanced: dict[int, Advanced] = {}
         failed: Exception | None = None
         for shard, reply in zip(order, replies, strict=False):
@@ -387,35 +357,27 @@ class Dispatch:
                 continue
             applied, late, stale = reply
             advanced[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
-        armed: dict[int, tuple[str, list[str]]] = {}
-        first = len(order)
-        for (shard, _), reply in zip(arming, replies[first : first + len(arming)], strict=True):
-            if isinstance(reply, Exception):
-                failed = failed or reply
-                continue
-            token, missed = reply
-            armed[shard] = (str(token), [str(m) for m in missed])
         claims: dict[int, ClaimBatch] = {}
-        first += len(arming)
-        for shard, reply in zip(shards, replies[first : len(calls)], strict=True):
+        for shard, reply in zip(shards, replies[len(order) :], strict=True):
             if isinstance(reply, Exception):
                 failed = failed or reply
                 continue
             claims[shard] = _decode_claim(reply)
         if failed is not None:
-            await self.release([c for batch in claims.values() for c in batch.items], now=claim_now)
+            await self._release(claims, now=claim_now, max_attempts=max_attempts)
             raise failed
-        return Trip(advanced, armed, claims, _found(groups, replies[len(calls) :]))
+        return advanced, claims
 
-    async def release(self, items: Sequence[Claimed], *, now: int) -> None:
+    async def _release(
+        self, claims: Mapping[int, ClaimBatch], *, now: int, max_attempts: int
+    ) -> None:
         """Give back claimed steps that will not be sent: due again at `now`, no attempt
         counted (a lease left to run out would read as a send that may have happened)."""
-        batches: dict[int, list[Settle]] = {}
-        for c in items:
-            batches.setdefault(ids.shard_of(c.id, self.keys.shards), []).append(_release_of(c, now))
-        if batches:
-            # (max_attempts counts only for retries.)
-            await self.advance_many(batches, now=now, max_attempts=1)
+        batches = {
+            shard: [_release_of(c, now) for c in batch.items] for shard, batch in claims.items()
+        }
+        if any(batches.values()):
+            await self.advance_many(batches, now=now, max_attempts=max_attempts)
 
     async def advance(
         self, shard: int, items: Sequence[Settle], *, now: int, max_attempts: int
@@ -437,22 +399,22 @@ class Dispatch:
 
         One HMGET per (tenant, channel), all in one round trip.
         """
-        return (await self.advance_and_claim({}, now=0, max_attempts=0, lookups=lookups)).found
-
-
-def _found(
-    groups: Sequence[tuple[tuple[str, str], Sequence[str]]], rows: Sequence[Sequence[str | None]]
-) -> dict[tuple[str, str], dict[str, SuppressionRecord]]:
-    """The suppression records among HMGET `rows` of `groups` ((tenant, channel), values)."""
-    out: dict[tuple[str, str], dict[str, SuppressionRecord]] = {}
-    for (group, values), raw in zip(groups, rows, strict=True):
-        hits = {}
-        for value, record in zip(values, raw, strict=True):
-            if record is not None:
-                try:
-                    hits[value] = _decode_record(record)
-                except msgspec.DecodeError:
-                    hits[value] = SuppressionRecord()
-        if hits:
-            out[group] = hits
-    return out
+        groups = [(group, list(values)) for group, values in lookups.items() if values]
+        if not groups:
+            return {}
+        pipe = self.store.client.pipeline(transaction=False)
+        for (tenant, channel), values in groups:
+            pipe.hmget(self.keys.suppressions(tenant, channel), values)
+        rows = await pipe.execute()
+        out: dict[tuple[str, str], dict[str, SuppressionRecord]] = {}
+        for (group, values), raw in zip(groups, rows, strict=True):
+            hits = {}
+            for value, record in zip(values, raw, strict=True):
+                if record is not None:
+                    try:
+                        hits[value] = _decode_record(record)
+                    except msgspec.DecodeError:
+                        hits[value] = SuppressionRecord()
+            if hits:
+                out[group] = hits
+        return out

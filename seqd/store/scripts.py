@@ -158,27 +158,17 @@ class Runner:
             raise parsed from None
 
     async def call_many(
-        self,
-        calls: Sequence[tuple[str, Sequence[str], Sequence[Any], str | None]],
-        reads: Sequence[Sequence[Any]] = (),
+        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any], str | None]]
     ) -> list[Any]:
-        """Run several script calls in one round trip; each result or its ScriptError. Plain
-        commands in `reads` (a command and its arguments, each of one key) go in the same
-        round trip, after the scripts; their results follow the scripts' (an error raises).
-        """
+        """Run several script calls in one round trip; each result or its ScriptError."""
         pipe = self.client.pipeline(transaction=False)
         for name, keys, args, tag in calls:
             script = SCRIPTS[name]
             if CHECK_SLOTS:
                 _check_slots(name, keys, tag)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        for command in reads:
-            pipe.execute_command(*command)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        for result in results[len(calls) :]:
-            if isinstance(result, Exception):
-                raise result
-        for i, result in enumerate(results[: len(calls)]):
+        for i, result in enumerate(results):
             if isinstance(result, NoScriptError):
                 name, keys, args, tag = calls[i]
                 try:

@@ -27,10 +27,7 @@
   ARGV[4] limit         members looked at, at most
   ARGV[5] on_unknown    resend | hold
   ARGV[6] max_attempts
-  ARGV[7]   lease | reserve: lease the members (a send follows at once), or reserve them
-            (enrollment.lua `reserve_token`; the caller arms them with armClaims before it
-            sends)
-  ARGV[8..] contact fields to read: the owner and what a message can use (not the whole
+  ARGV[7..] contact fields to read: the owner and what a message can use (not the whole
             hash, which also holds one `e:<seq>` field per sequence the contact is in)
 
   Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]} in
@@ -38,19 +35,18 @@
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
   the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
   of an unsettled claim sent again) with `k` = the lease token, the contact values an array
-  in the order of ARGV[8..] (false where unset); seen = members looked at (equal to the
+  in the order of ARGV[7..] (false where unset); seen = members looked at (equal to the
   limit: more may be due).
 ]]
 local rcall = redis.call
 local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hold, max_attempts = ARGV[5] == 'hold', tonumber(ARGV[6])
-local reserve = ARGV[7] == 'reserve'
-local contact_fields = {unpack(ARGV, 8)}
+local contact_fields = {unpack(ARGV, 7)}
 -- @include enrollment
 -- @include dispatch
 
-local token = (reserve and reserve_token or lease_token)(tonumber(now) + lease)
+local token = lease_token(tonumber(now) + lease)
 
 local mirrors, states = {}, {}
 local function sequence_state(seq)

@@ -89,18 +89,8 @@ local function lease_token(at)
   return string.format('%d.5', at - 1)
 end
 
--- A claim made ahead of its send (the dispatcher screens a batch while it sends the one
--- before) only reserves the member: its score becomes a quarter ms before `at`, a token
--- as the lease's, and `armClaims` turns it into a lease right before the send. A
--- reservation that comes due again was never sent: it is claimed as a plain due step.
-local function reserve_token(at)
-  return string.format('%d.25', at - 1)
-end
-
--- Whether a score is a lease (a send that may have started), not a due time or a
--- reservation.
 local function is_leased(score)
-  return score ~= nil and score ~= false and string.find(score, '.5', 1, true) ~= nil
+  return score ~= nil and score ~= false and string.find(score, '.', 1, true) ~= nil
 end
 
 -- Put an enrollment of sequence `seq` in its queue at `score` (a due time or a lease
