@@ -240,7 +240,6 @@ class Dispatcher:
                 advanced, batches = await self._settle_and_claim(owed, shards, now)
                 if owed is not None:
                     done.append(await self._settled(owed, advanced))
-                owed = None
                 full = [s for s, batch in batches.items() if batch.seen >= config.batch_size]
                 if full:
                     pieces.insert(0, (full, True))

@@ -2,9 +2,9 @@
 suppression reads.
 
 Every call here is batched per shard (one pipeline or one script call per shard), because
-the dispatcher's cost per step is what bounds seqd's throughput. Claim replies are one
-JSON text per shard, decoded straight into Structs: far cheaper than a nested RESP array
-turned into Python lists item by item.
+the dispatcher's cost per step is what bounds seqd's throughput. A claim reply is one
+JSON text per shard (sent in pieces, joined here), decoded straight into Structs: far
+cheaper than a nested RESP array turned into Python lists item by item.
 """
 
 from __future__ import annotations
@@ -247,15 +247,15 @@ class Dispatch:
         max_attempts: int,
     ) -> ClaimBatch:
         """One `claimDue` call: up to `limit` due steps of `shard`, leased until now + lease."""
-        tag = self.keys.shard_tag(shard)
-        keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
-        reply = await self.store.runner.call(
-            "claimDue",
-            keys,
-            [tag, now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ],
-            tag=tag,
+        claims = await self.claim_many(
+            [shard],
+            now=now,
+            lease_ms=lease_ms,
+            limit=limit,
+            on_unknown=on_unknown,
+            max_attempts=max_attempts,
         )
-        return _decode_claim(reply)
+        return claims[shard]
 
     async def claim_many(
         self,
@@ -385,12 +385,8 @@ class Dispatch:
         """One `advance` call settling `items` (all of `shard`)."""
         if not items:
             return Advanced(0, 0, [])
-        tag = self.keys.shard_tag(shard)
-        args = [tag, now, max_attempts, _encode(items).decode()]
-        applied, late, stale = await self.store.runner.call(
-            "advance", self._shard_keys(shard), args, tag=tag
-        )
-        return Advanced(int(applied), int(late), [str(s) for s in stale])
+        advanced = await self.advance_many({shard: items}, now=now, max_attempts=max_attempts)
+        return advanced[shard]
 
     async def suppressions(
         self, lookups: Mapping[tuple[str, str], Sequence[str]]
