@@ -116,32 +116,43 @@ async def test_a_round_works_through_a_backlog_many_batches_deep(
 
 
 async def test_a_lane_waits_on_redis_once_per_batch(one_shard: Store) -> None:
-    # 23 steps due in batches of 5, one lane: each wait settles the last batch and claims
-    # the next (advance, then claimDue, in one pipeline), so 5 batches are 6 round trips,
-    # not 10.
+    # 23 steps due in batches of 5, one lane: each wait settles the batch sent, leases and
+    # screens the batch peeked at and peeks at the next (advance, leasePeeked, claimDue in
+    # peek mode and the suppression HMGET in one pipeline), so 5 batches are 7 round
+    # trips, where claim, screen and advance each waiting on their own took 15. The shard
+    # is peeked at again right after its lease, in the same pipeline.
     seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
     await enroll(one_shard, seq, await contacts(one_shard, 23))
     clock = Clock(now_ms())
-    trips: list[list[str]] = []
+    trips: list[tuple[list[str], list[str]]] = []
     real = one_shard.runner.call_many
 
-    async def counted(calls):  # type: ignore[no-untyped-def]
+    async def counted(calls, reads=()):  # type: ignore[no-untyped-def]
         names = [name for name, *_ in calls]
-        if "claimDue" in names or "advance" in names:
-            trips.append(names)
-        return await real(calls)
+        if "peekDue" not in names:
+            trips.append((names, [r[0] for r in reads]))
+        return await real(calls, reads)
 
     one_shard.runner.call_many = counted  # type: ignore[method-assign]
-    d = dispatcher(one_shard, Recorder(), clock, batch_size=5, lanes=1)
+    sender = Recorder()
+    d = dispatcher(one_shard, sender, clock, batch_size=5, lanes=1)
     done = await d.run_once(clock.at)
     assert (done.claimed, done.settled) == (23, 23)
-    assert trips == [["claimDue"]] + [["advance", "claimDue"]] * 4 + [["advance"]]
+    assert len(sender.messages) == 23
+    assert trips == [
+        (["claimDue"], []),
+        (["leasePeeked", "claimDue"], ["HMGET"]),
+        *[(["advance", "leasePeeked", "claimDue"], ["HMGET"])] * 3,
+        (["advance", "leasePeeked"], ["HMGET"]),
+        (["advance"], []),
+    ]
 
 
 async def test_a_round_hands_back_to_the_loop_after_a_second_of_backlog(one_shard: Store) -> None:
-    # Each send takes 100 ms of the clock, a batch of 5 half a second: the round takes a
-    # second batch (at 500 ms) but not a third (at 1000 ms), and says more is due; the next
-    # round goes on from there.
+    # Each send takes 100 ms of the clock, a batch of 5 half a second. A lane peeks one
+    # batch ahead of its sends: the first two at 0 ms, a third at 500 ms, but not a fourth
+    # at 1000 ms; the round sends what it peeked at and says more is due; the next round
+    # goes on from there.
     seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
     await enroll(one_shard, seq, await contacts(one_shard, 23))
     clock = Clock(now_ms())
@@ -152,11 +163,9 @@ async def test_a_round_hands_back_to_the_loop_after_a_second_of_backlog(one_shar
 
     d = dispatcher(one_shard, Recorder(answer=slow), clock, batch_size=5, lanes=1)
     first = await d.run_once(clock.at)
-    assert first.more and first.claimed == 10
+    assert first.more and (first.claimed, first.sent) == (15, 15)
     second = await d.run_once(clock.at)
-    assert second.more and second.claimed == 10
-    third = await d.run_once(clock.at)
-    assert not third.more and third.claimed == 3
+    assert not second.more and (second.claimed, second.sent) == (8, 8)
 
 
 async def test_paused_sequence_waits_and_resume_fires_overdue_steps_in_due_order(

@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from seqd import ids
+from seqd import ids, models
 from seqd.events import types
 from seqd.store import codec
 from seqd.store.db import Store
@@ -686,20 +686,26 @@ async def test_advance_and_claim_settles_one_batch_and_claims_the_next_in_one_ro
     calls = []
     real = s.runner.call_many
 
-    async def counted(batch):  # type: ignore[no-untyped-def]
-        calls.append([name for name, *_ in batch])
-        return await real(batch)
+    async def counted(batch, reads=()):  # type: ignore[no-untyped-def]
+        calls.append(([name for name, *_ in batch], [r[0] for r in reads]))
+        return await real(batch, reads)
 
     s.runner.call_many = counted  # type: ignore[method-assign]
-    advanced, claims = await Dispatch(s).advance_and_claim(
+    await s.client.hset(s.keys.suppressions(TENANT, "sms"), "+15550000001", '{"reason": "x"}')
+    lookups = {(TENANT, "sms"): ["+15550000001", "+15550000002"]}
+    trip = await Dispatch(s).advance_and_claim(
         {sh: [sent]}, now=due + 1, max_attempts=3, claimed={first.id: first.e},
         shards=[sh], claim_now=due + 1, lease_ms=LEASE, limit=10, on_unknown="resend",
+        lookups=lookups,
     )  # fmt: skip
-    # The advance runs first, then the claim, in one pipeline.
-    assert calls == [["advance", "claimDue"]]
-    assert (advanced[sh].applied, advanced[sh].stale) == (1, [])
+    # The advance runs first, then the claim, then the suppression reads: one pipeline.
+    assert calls == [(["advance", "claimDue"], ["HMGET"])]
+    assert (trip.advanced[sh].applied, trip.advanced[sh].stale) == (1, [])
     assert (await raw(s, first.id))["i"] == "1"
-    (second,) = claims[sh].items
+    assert list(trip.found) == [(TENANT, "sms")]
+    assert list(trip.found[(TENANT, "sms")]) == ["+15550000001"]
+    assert trip.found[(TENANT, "sms")]["+15550000001"].reason == "x"
+    (second,) = trip.claims[sh].items
     assert second.id != first.id and second.id in eids
     assert await due_score(s, second.id) == due + 1 + LEASE - 0.5
 
@@ -723,3 +729,182 @@ async def test_a_failed_advance_releases_the_claims_of_its_round_trip(any_store:
     assert again.id != first.id
     assert again.e.get("a", "0") == "0"
     assert (await raw(s, first.id))["i"] == "0"
+
+
+async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_change(
+    any_store: Store,
+) -> None:
+    # The dispatcher peeks at a batch ahead of its send (nothing written: a worker that
+    # dies holding it left nothing to undo) and leases it in the round trip before the
+    # send, only where the member's score is still the one the peek saw.
+    s = any_store
+    eids, sh, due = await two_in_a_shard(s)
+    dispatch = Dispatch(s)
+    trip = await dispatch.advance_and_claim(
+        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
+        on_unknown="hold", peek=True,
+    )  # fmt: skip
+    batch = trip.claims[sh]
+    items = batch.items
+    assert {i.id for i in items} == set(eids)
+    assert {i.e["k"] for i in items} == {str(due)}
+    assert [await due_score(s, eid) for eid in eids] == [due, due]
+    # A peek twice sees the same (nothing moved), and a claim still takes them.
+    again = await dispatch.advance_and_claim(
+        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
+        on_unknown="hold", peek=True,
+    )  # fmt: skip
+    assert {i.id for i in again.claims[sh].items} == set(eids)
+    # One of them is paused meanwhile: the lease takes the other and reports it.
+    paused, kept = items[0].id, items[1].id
+    seq = items[0].e["s"]
+    await s.enrollments.transition(TENANT, paused, "pause", "reply_received")
+    members = [(i.id, i.e["k"]) for i in items]
+    trip = await dispatch.advance_and_claim(
+        {}, now=due + 5, max_attempts=3, lease_ms=LEASE,
+        lease={sh: {seq: (batch.m[seq], members)}},
+    )  # fmt: skip
+    token, lost = trip.leased[sh]
+    assert lost == [paused] and token == f"{due + 5 + LEASE - 1}.5"
+    assert await due_score(s, kept) == due + 5 + LEASE - 0.5
+    assert await due_score(s, paused) is None
+    # A second lease of the same peek (another worker's) finds the score changed.
+    trip = await dispatch.advance_and_claim(
+        {}, now=due + 6, max_attempts=3, lease_ms=LEASE,
+        lease={sh: {seq: (batch.m[seq], members)}},
+    )  # fmt: skip
+    assert sorted(trip.leased[sh][1]) == sorted([paused, kept])
+    assert await due_score(s, kept) == due + 5 + LEASE - 0.5
+    # The lease is a send that may have happened: one that runs out is held.
+    assert (await claim(s, sh, due + 5 + LEASE, on_unknown="hold")).items == []
+    assert (await raw(s, kept))["st"] == "paused"
+    assert (await raw(s, kept))["pr"] == "delivery_unknown"
+
+
+async def test_a_lease_takes_nothing_of_a_sequence_changed_since_the_peek(
+    any_store: Store,
+) -> None:
+    s = any_store
+    eids, sh, due = await two_in_a_shard(s)
+    dispatch = Dispatch(s)
+    peeked = await dispatch.advance_and_claim(
+        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
+        on_unknown="resend", peek=True,
+    )  # fmt: skip
+    batch = peeked.claims[sh]
+    seq = batch.items[0].e["s"]
+    members = [(i.id, i.e["k"]) for i in batch.items]
+    await s.sequences.change(TENANT, seq, status=models.SequenceStatus.PAUSED)
+    trip = await dispatch.advance_and_claim(
+        {}, now=due + 1, max_attempts=3, lease_ms=LEASE,
+        lease={sh: {seq: (batch.m[seq], members)}},
+    )  # fmt: skip
+    assert sorted(trip.leased[sh][1]) == sorted(eids)
+    assert [await due_score(s, eid) for eid in eids] == [due, due]
+
+
+async def test_a_lease_of_changed_scores_takes_each_member_on_its_own(any_store: Store) -> None:
+    # Where the scores differ from the peek's (the fast path compares them as one text),
+    # each member is compared on its own: the unchanged one is leased.
+    s = any_store
+    _, sh, due = await two_in_a_shard(s)
+    dispatch = Dispatch(s)
+    peeked = await dispatch.advance_and_claim(
+        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
+        on_unknown="resend", peek=True,
+    )  # fmt: skip
+    batch = peeked.claims[sh]
+    seq = batch.items[0].e["s"]
+    members = [(i.id, i.e["k"]) for i in batch.items]
+    moved = members[0][0]
+    await s.client.zadd(s.keys.queue(sh, seq), {moved: due - 7})
+    # A score spelled another way (as a float) is the same number: leased.
+    members[1] = (members[1][0], f"{due}.0")
+    trip = await dispatch.advance_and_claim(
+        {}, now=due + 1, max_attempts=3, lease_ms=LEASE,
+        lease={sh: {seq: (batch.m[seq], members)}},
+    )  # fmt: skip
+    token, lost = trip.leased[sh]
+    assert lost == [moved]
+    assert await due_score(s, members[1][0]) == float(token)
+    assert await due_score(s, moved) == due - 7
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["seq_x", "m"],  # no count
+        ["seq_x", "m", "two", ""],  # not a number
+        ["seq_x", "m", "2", "1,2", "enr_a"],  # one id short
+        ["seq_x", "m", "-1", ""],
+    ],
+)
+async def test_lease_peeked_refuses_malformed_groups_and_writes_nothing(
+    any_store: Store, args: list[str]
+) -> None:
+    s = any_store
+    sh = 0
+    tag = s.keys.shard_tag(sh)
+    keys = [s.keys.heads(sh), s.keys.shard_sequences(sh)]
+    with pytest.raises(ScriptError) as err:
+        await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, *args], tag=tag)
+    assert err.value.code == "BAD_ITEMS"
+    assert await s.client.exists(s.keys.queue(sh, "seq_x")) == 0
+
+
+async def test_a_failed_advance_releases_what_its_round_trip_leased(any_store: Store) -> None:
+    # The lease of a peeked batch that went with a failed advance is given back at once:
+    # nothing of it was sent, and a lease left to run out would read as a send that may
+    # have happened.
+    s = any_store
+    eids, sh, due = await two_in_a_shard(s)
+    dispatch = Dispatch(s)
+    first = (await claim(s, sh, due, limit=1)).items[0]
+    peeked = await dispatch.advance_and_claim(
+        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
+        on_unknown="hold", peek=True,
+    )  # fmt: skip
+    (other,) = peeked.claims[sh].items
+    seq = other.e["s"]
+    broken = Settle(id=first.id, token=first.e["k"], step=0, kind="sms", at=due, outcome="sent")
+    with pytest.raises(ScriptError):
+        await dispatch.advance_and_claim(
+            {sh: [broken]}, now=due + 1, max_attempts=3, lease_ms=LEASE,
+            lease={sh: {seq: (peeked.claims[sh].m[seq], [(other.id, other.e["k"])])}},
+        )  # fmt: skip
+    assert other.id in eids and await due_score(s, other.id) == due + 1
+    (again,) = (await claim(s, sh, due + 1, limit=10, on_unknown="hold")).items
+    assert again.id == other.id and again.e.get("a", "0") == "0"
+
+
+@pytest.mark.parametrize("on_unknown", ["resend", "hold"])
+async def test_a_peek_settles_a_lease_that_ran_out_as_a_claim_does(
+    any_store: Store, on_unknown: str
+) -> None:
+    # A lease that ran out is a send that may have happened: a peek counts the attempt and
+    # leases it at once (its `k` is the new lease, which leasePeeked then takes over), or
+    # holds it; either way only once, however often it is peeked at.
+    s = any_store
+    _, e, sh, due = await one(s)
+    await claim(s, sh, due)
+    later = due + LEASE
+    dispatch = Dispatch(s)
+    trip = await dispatch.advance_and_claim(
+        {}, now=later, max_attempts=3, shards=[sh], claim_now=later, lease_ms=LEASE,
+        limit=10, on_unknown=on_unknown, peek=True,
+    )  # fmt: skip
+    if on_unknown == "hold":
+        assert trip.claims[sh].items == []
+        assert (await raw(s, e.id))["pr"] == "delivery_unknown"
+        return
+    (item,) = trip.claims[sh].items
+    assert item.e["a"] == "1" and item.e["k"] == f"{later + LEASE - 1}.5"
+    assert await due_score(s, e.id) == later + LEASE - 0.5
+    assert (await claim(s, sh, later + 1)).items == []
+    seq = item.e["s"]
+    leased = await dispatch.advance_and_claim(
+        {}, now=later + 2, max_attempts=3, lease_ms=LEASE,
+        lease={sh: {seq: (trip.claims[sh].m[seq], [(item.id, item.e["k"])])}},
+    )  # fmt: skip
+    assert leased.leased[sh] == (f"{later + 2 + LEASE - 1}.5", [])
+    assert (await raw(s, e.id))["a"] == "1"

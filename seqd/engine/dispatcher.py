@@ -62,6 +62,8 @@ from seqd.store.dispatch import (
     Outcome,
     Settle,
     SuppressionRecord,
+    Trip,
+    is_unsettled,
 )
 from seqd.times import now_ms
 
@@ -218,38 +220,46 @@ class Dispatcher:
         if not due or self._stopping.is_set():
             return result
         config = self.config
-        # (shards, whether a full claim of theirs put them back in the queue)
-        pieces = [(piece, False) for piece in cut_pieces(due, config.batch_size)]
+        pieces = cut_pieces(due, config.batch_size)
         done: list[Lane] = []
         started = self.clock()
 
         async def worker() -> None:
             # Pieces are taken in turn, so one worker composes while another waits on Redis.
-            # Each wait settles the worker's last piece and claims its next one (one round
-            # trip per batch). A shard whose claim was full goes to the back of the queue,
-            # to be claimed again while the round is under ROUND_MS old: a backlog is worked
-            # through without every lane waiting for the slowest at the end of each pass,
-            # and the loop still gets its turn (liveness, late outcomes, a fresh `now`) that
-            # often.
+            # A worker holds up to two pieces: one peeked at (its due steps read, nothing
+            # written) and one sent (waiting for its advance). Each wait on Redis settles
+            # the sent one, leases the peeked one and screens its addresses, and peeks at
+            # the next (one round trip per batch, the screening included); then the leased
+            # piece is composed and sent. The shards whose peek was full are the worker's
+            # next piece (peeked at right after their lease, in the same round trip) while
+            # the round is under ROUND_MS old: a backlog is worked through without a wait
+            # of its own, and the loop still gets its turn (liveness, late outcomes, a
+            # fresh `now`) that often.
             owed: _Owed | None = None
-            while pieces and not self._stopping.is_set():
-                shards, again = pieces.pop()
-                if again and self.clock() - started >= ROUND_MS:
-                    result.more = True
-                    continue
-                advanced, batches = await self._settle_and_claim(owed, shards, now)
+            held: _Held | None = None
+            while True:
+                shards: list[int] = []
+                if held is not None and held.full and not self._stopping.is_set():
+                    if self.clock() - started < ROUND_MS:
+                        shards = held.full
+                    else:
+                        result.more = True
+                if not shards and pieces and not self._stopping.is_set():
+                    shards = pieces.pop()
+                if held is not None and self._stopping.is_set():
+                    # Peeked, not claimed: nothing to send. (Steps a peek leased, a lease
+                    # run out sent again, go back.)
+                    await self._give_back(held)
+                    held = None
+                if not shards and owed is None and held is None:
+                    return
+                trip = await self._trip(owed, held, shards, now)
                 if owed is not None:
-                    done.append(await self._settled(owed, advanced))
-                full = [s for s, batch in batches.items() if batch.seen >= config.batch_size]
-                if full:
-                    pieces.insert(0, (full, True))
-                owed = await self._work(batches, now)
-                if owed.count == 0:
-                    done.append(Lane(0, 0, 0, 0))
-                    owed = None
-            if owed is not None:
-                advanced, _ = await self._settle_and_claim(owed, [], now)
-                done.append(await self._settled(owed, advanced))
+                    done.append(await self._settled(owed, trip.advanced))
+                owed = None
+                if held is not None and _leased(held, trip.leased):
+                    owed = await self._work(held, self._hits(held, trip.found), now)
+                held = await self._held(trip.claims)
 
         workers = min(config.lanes, len(pieces))
         outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
@@ -265,11 +275,31 @@ class Dispatcher:
         result.more = result.more or bool(pieces)
         return result
 
-    async def _settle_and_claim(
-        self, owed: _Owed | None, shards: list[int], now: int
-    ) -> tuple[dict[int, Advanced], dict[int, ClaimBatch]]:
-        """Advance what `owed` sent, then claim from `shards`: one round trip. The sends
-        happened: recording them must not be interrupted by a cancellation."""
+    async def _trip(
+        self, owed: _Owed | None, held: _Held | None, shards: list[int], now: int
+    ) -> Trip:
+        """Advance what `owed` sent, lease `held` and read the suppressions of its
+        addresses, peek at `shards`: one round trip. The sends happened: recording them
+        must not be interrupted by a cancellation. When the trip fails, what `held` had
+        leased is given back (nothing of it was sent) before the error goes on."""
+        try:
+            return await self._exchange(owed, held, shards, now)
+        except Exception:
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    await self._give_back(held)
+            raise
+
+    async def _give_back(self, held: _Held) -> None:
+        """Release the steps of `held` that its peek leased (its other steps were only
+        looked at; the store releases a failed lease's own)."""
+        leased = [(i.id, i.e["k"], i.e["s"]) for i in held.items if is_unsettled(float(i.e["k"]))]
+        if leased:
+            await self.dispatch.release(leased, now=self.clock())
+
+    async def _exchange(
+        self, owed: _Owed | None, held: _Held | None, shards: list[int], now: int
+    ) -> Trip:
         config = self.config
         return await asyncio.shield(
             self.dispatch.advance_and_claim(
@@ -282,14 +312,19 @@ class Dispatcher:
                 lease_ms=self._lease_ms,
                 limit=config.batch_size,
                 on_unknown=config.on_unknown,
+                lookups=held.lookups if held is not None else None,
+                lease=held.lease if held is not None else None,
+                peek=True,
             )
         )
 
-    async def _work(self, batches: Mapping[int, ClaimBatch], now: int) -> _Owed:
-        """Compose and send what a claim gave: what its advance will need."""
+    async def _held(self, batches: Mapping[int, ClaimBatch]) -> _Held | None:
+        """What a peek found, with its plans, the addresses to screen and what to lease;
+        None if nothing."""
         items: list[Claimed] = []
         shard_of: dict[str, int] = {}
         mirrors: dict[str, str] = {}
+        full = [shard for shard, batch in batches.items() if batch.seen >= self.config.batch_size]
         for shard, batch in batches.items():
             items += batch.items
             for item in batch.items:
@@ -297,17 +332,61 @@ class Dispatcher:
             for sid, mirror in batch.m.items():
                 if mirror_version(mirror) > mirror_version(mirrors.get(sid, "")):
                     mirrors[sid] = mirror
+        if not items:
+            return None
+        plans = await self._plans(items, mirrors)
+        # The address of each channel a remaining step uses, per (tenant, channel).
+        lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for item in items:
+            plan = plans.get(item.e["s"])
+            if plan is None:
+                continue
+            for kind in plan.kinds_from(int(item.e["i"])):
+                value = item.c.get(ADDRESS_FIELD[kind])
+                if value:
+                    lookups[(item.e["t"], kind)].append(value)
+        lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]] = defaultdict(dict)
+        for item in items:
+            shard, seq = shard_of[item.id], item.e["s"]
+            queue = lease[shard].get(seq)
+            if queue is None:
+                queue = lease[shard][seq] = (batches[shard].m[seq], [])
+            queue[1].append((item.id, item.e["k"]))
+        return _Held(items, shard_of, plans, lookups, lease, full)
+
+    def _hits(
+        self, held: _Held, found: Mapping[tuple[str, str], Mapping[str, SuppressionRecord]]
+    ) -> dict[str, dict[str, SuppressionRecord]]:
+        """item id -> {channel: record} of the held items' suppressed addresses."""
+        if not found:
+            return {}
+        out: dict[str, dict[str, SuppressionRecord]] = {}
+        for item in held.items:
+            tenant = item.e["t"]
+            for kind in ("sms", "email"):
+                hits = found.get((tenant, kind))
+                value = item.c.get(ADDRESS_FIELD[kind])
+                if hits and value and value in hits:
+                    out.setdefault(item.id, {})[kind] = hits[value]
+        return out
+
+    async def _work(
+        self, held: _Held, suppressed: Mapping[str, Mapping[str, SuppressionRecord]], now: int
+    ) -> _Owed:
+        """Compose and send a leased and screened piece: what its advance will need."""
+        items, shard_of, plans = held.items, held.shard_of, held.plans
+        self.observer.claimed(len(items))
         settles: dict[int, list[Settle]] = defaultdict(list)
         jobs: list[Job] = []
-        if not items:
-            return _Owed(0, settles, {}, jobs)
-        self.observer.claimed(len(items))
-        plans = await self._plans(items, mirrors)
-        composed_all, suppressed = await self._compose(items, plans, now)
-        for item, composed in zip(items, composed_all, strict=True):
-            if composed is None:
+        for n, item in enumerate(items, 1):
+            if n % YIELD_EVERY == 0:
+                # The API shares this event loop: let its requests in between.
+                await asyncio.sleep(0)
+            plan = plans.get(item.e["s"])
+            if plan is None:
                 settles[shard_of[item.id]].append(self._unavailable(item, now))
                 continue
+            composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
                 if composed.kind == "email" and self.email_headers is not None:
                     composed.message.headers.update(self.email_headers(composed.message))
@@ -340,37 +419,6 @@ class Dispatcher:
         settled = sum(a.applied + a.late for a in advanced.values())
         return Lane(owed.count, sent, settled, stale)
 
-    async def _compose(
-        self, items: list[Claimed], plans: Mapping[str, Plan], now: int
-    ) -> tuple[list[Job | Settle | None], dict[str, dict[str, SuppressionRecord]]]:
-        """Each item's Job or Settle (None: its plan is missing), its suppressions included;
-        and the suppression records found (item id -> {channel: record}).
-
-        The suppression lists are read while the batch is composed as if nothing were
-        suppressed, so the wait for that round trip (queued behind other lanes' scripts in
-        Redis) hides behind the rendering; the few items with a hit are composed again.
-        """
-        lookup = asyncio.ensure_future(self._suppressions(items, plans))
-        try:
-            await asyncio.sleep(0)  # the lookup sends its request
-            out: list[Job | Settle | None] = []
-            for n, item in enumerate(items, 1):
-                if n % YIELD_EVERY == 0:
-                    # The API shares this event loop: let its requests in between.
-                    await asyncio.sleep(0)
-                plan = plans.get(item.e["s"])
-                out.append(None if plan is None else compose(item, plan, _NO_SUPPRESSIONS, now))
-            suppressed = await lookup
-        finally:
-            if not lookup.done():
-                lookup.cancel()
-                await asyncio.wait({lookup})
-        for i, item in enumerate(items):
-            hits = suppressed.get(item.id)
-            if hits:
-                out[i] = compose(item, plans[item.e["s"]], hits, now)
-        return out, suppressed
-
     async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:
         """The plan of each sequence in the batch, at least at its mirror's version."""
         out: dict[str, Plan] = {}
@@ -395,33 +443,6 @@ class Dispatcher:
                     raise got
                 else:
                     out[sid] = got
-        return out
-
-    async def _suppressions(
-        self, items: list[Claimed], plans: Mapping[str, Plan]
-    ) -> dict[str, dict[str, SuppressionRecord]]:
-        """item id -> {channel: record} for each channel a remaining step uses."""
-        lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for item in items:
-            plan = plans.get(item.e["s"])
-            if plan is None:
-                continue
-            step = int(item.e["i"])
-            for kind in plan.kinds_from(step):
-                value = item.c.get(ADDRESS_FIELD[kind])
-                if value:
-                    lookups[(item.e["t"], kind)].append(value)
-        found = await self.dispatch.suppressions(lookups)
-        if not found:
-            return {}
-        out: dict[str, dict[str, SuppressionRecord]] = {}
-        for item in items:
-            tenant = item.e["t"]
-            for kind in ("sms", "email"):
-                hits = found.get((tenant, kind))
-                value = item.c.get(ADDRESS_FIELD[kind])
-                if hits and value and value in hits:
-                    out.setdefault(item.id, {})[kind] = hits[value]
         return out
 
     def _unavailable(self, item: Claimed, now: int) -> Settle:
@@ -626,6 +647,35 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("dispatch.opt_out_failed", enrollment_id=job.id)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A piece peeked at and not yet sent: its items (with their shards), the plans of their
+    sequences, the addresses to screen, per (tenant, channel), what to lease, and the
+    shards whose peek was full (more may be due there)."""
+
+    items: list[Claimed]
+    shard_of: dict[str, int]
+    plans: dict[str, Plan]
+    lookups: dict[tuple[str, str], list[str]]
+    # shard -> {sequence id: (its mirror, [(enrollment id, its score as peeked), ...])}
+    lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]]
+    full: list[int]
+
+
+def _leased(held: _Held, leased: Mapping[int, tuple[str, list[str]]]) -> bool:
+    """Give `held`'s items the lease tokens they got, and drop those not leased (changed
+    since the peek, or claimed by another worker: nothing of theirs may be sent). Whether
+    any is left."""
+    lost = {eid for _, not_leased in leased.values() for eid in not_leased}
+    for item in held.items:
+        got = leased.get(held.shard_of[item.id])
+        if got is not None:
+            item.e["k"] = got[0]
+    if lost:
+        held.items = [item for item in held.items if item.id not in lost]
+    return bool(held.items)
 
 
 @dataclass(slots=True)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import msgspec
 
+from seqd import ids
 from seqd.store.codec import CONTACT_TEXT_FIELDS
 
 if TYPE_CHECKING:
@@ -169,6 +170,17 @@ class SuppressionRecord(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
+class Trip(NamedTuple):
+    """What one `advance_and_claim` round trip did."""
+
+    advanced: dict[int, Advanced]
+    # shard -> (the lease token of the peeked members leased, the members not leased)
+    leased: dict[int, tuple[str, list[str]]]
+    claims: dict[int, ClaimBatch]
+    # (tenant, channel) -> {value: record} for the looked-up values that are suppressed.
+    found: dict[tuple[str, str], dict[str, SuppressionRecord]]
+
+
 _decode_batch = msgspec.json.Decoder(_Batch).decode
 
 
@@ -176,13 +188,6 @@ def is_unsettled(due_score: float | None) -> bool:
     """Whether a due score is a claim's lease not settled yet: leases end half a ms before
     a whole one (enrollment.lua `lease_token`), due times are whole ms."""
     return due_score is not None and not float(due_score).is_integer()
-
-
-def _release_of(c: Claimed, now: int) -> Settle:
-    step = int(c.e["i"])
-    return Settle(
-        id=c.id, token=c.e["k"], step=step, kind="", at=now, outcome="release", seq=c.e["s"]
-    )
 
 
 def _decode_claim(reply: list[str]) -> ClaimBatch:
@@ -268,7 +273,7 @@ class Dispatch:
         max_attempts: int,
     ) -> dict[int, ClaimBatch]:
         """`claim` for several shards in one round trip (one script call per shard)."""
-        _, claims = await self.advance_and_claim(
+        trip = await self.advance_and_claim(
             {},
             now=now,
             max_attempts=max_attempts,
@@ -278,7 +283,7 @@ class Dispatch:
             limit=limit,
             on_unknown=on_unknown,
         )
-        return claims
+        return trip.claims
 
     async def advance_many(
         self,
@@ -294,10 +299,10 @@ class Dispatch:
         caller claimed itself: their step events are built here (`step_event`), and the
         passed steps among them go in short arrays (PASSED_GROUP, PASSED_STEP).
         """
-        advanced, _ = await self.advance_and_claim(
+        trip = await self.advance_and_claim(
             batches, now=now, max_attempts=max_attempts, claimed=claimed
         )
-        return advanced
+        return trip.advanced
 
     async def advance_and_claim(
         self,
@@ -311,9 +316,15 @@ class Dispatch:
         lease_ms: int = 0,
         limit: int = 0,
         on_unknown: str = "resend",
-    ) -> tuple[dict[int, Advanced], dict[int, ClaimBatch]]:
-        """`advance_many(batches)`, then `claim_many(shards)`, in one round trip: the
-        dispatcher settles one batch and takes the next with one wait on Redis.
+        lookups: Mapping[tuple[str, str], Sequence[str]] | None = None,
+        lease: Mapping[int, Mapping[str, tuple[str, Sequence[tuple[str, str]]]]] | None = None,
+        peek: bool = False,
+    ) -> Trip:
+        """`advance_many(batches)`, then `leasePeeked` for `lease` (shard -> {sequence id:
+        (its mirror, [(enrollment id, score as peeked), ...])}), then `claim_many(shards)`
+        (only peeking, when `peek`), then `suppressions(lookups)`, in one round trip: the
+        dispatcher settles one batch, leases and screens the next and peeks at the one
+        after with one wait on Redis.
 
         When an advance fails, the claims that succeeded are released (due again at once, no
         attempt counted) before the error is raised: nothing of theirs was sent.
@@ -343,12 +354,27 @@ class Dispatch:
                         general.append(s)
             args = [tag, now, max_attempts, _encode(general), passed.encode(), *events]
             calls.append(("advance", self._shard_keys(shard), args, tag))
+        leasing = list((lease or {}).items())
+        for shard, queues in leasing:
+            tag = self.keys.shard_tag(shard)
+            args = [tag, now, lease_ms]
+            for seq, (mirror, members) in queues.items():
+                args += (seq, mirror, len(members), ",".join([score for _, score in members]))
+                args += [eid for eid, _ in members]
+            keys = [self.keys.heads(shard), self.keys.shard_sequences(shard)]
+            calls.append(("leasePeeked", keys, args, tag))
         for shard in shards:
             tag = self.keys.shard_tag(shard)
             keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
-            args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, *CONTACT_READ]
+            mode = "peek" if peek else "lease"
+            args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, mode, *CONTACT_READ]
             calls.append(("claimDue", keys, args, tag))
-        replies = await self.store.runner.call_many(calls) if calls else []
+        groups = [(group, list(values)) for group, values in (lookups or {}).items() if values]
+        reads = [
+            ("HMGET", self.keys.suppressions(tenant, channel), *values)
+            for (tenant, channel), values in groups
+        ]
+        replies = await self.store.runner.call_many(calls, reads) if calls or reads else []
         advanced: dict[int, Advanced] = {}
         failed: Exception | None = None
         for shard, reply in zip(order, replies, strict=False):
@@ -357,27 +383,46 @@ class Dispatch:
                 continue
             applied, late, stale = reply
             advanced[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
+        leased: dict[int, tuple[str, list[str]]] = {}
+        first = len(order)
+        for (shard, _), reply in zip(leasing, replies[first : first + len(leasing)], strict=True):
+            if isinstance(reply, Exception):
+                failed = failed or reply
+                continue
+            token, lost = reply
+            leased[shard] = (str(token), [str(m) for m in lost])
         claims: dict[int, ClaimBatch] = {}
-        for shard, reply in zip(shards, replies[len(order) :], strict=True):
+        first += len(leasing)
+        for shard, reply in zip(shards, replies[first : len(calls)], strict=True):
             if isinstance(reply, Exception):
                 failed = failed or reply
                 continue
             claims[shard] = _decode_claim(reply)
         if failed is not None:
-            await self._release(claims, now=claim_now, max_attempts=max_attempts)
+            back = [(c.id, c.e["k"], c.e["s"]) for batch in claims.values() for c in batch.items]
+            for shard, (token, lost) in leased.items():
+                back += [
+                    (eid, token, seq)
+                    for seq, (_, members) in (lease or {})[shard].items()
+                    for eid, _ in members
+                    if eid not in lost
+                ]
+            await self.release(back, now=claim_now or now)
             raise failed
-        return advanced, claims
+        return Trip(advanced, leased, claims, _found(groups, replies[len(calls) :]))
 
-    async def _release(
-        self, claims: Mapping[int, ClaimBatch], *, now: int, max_attempts: int
-    ) -> None:
-        """Give back claimed steps that will not be sent: due again at `now`, no attempt
-        counted (a lease left to run out would read as a send that may have happened)."""
-        batches = {
-            shard: [_release_of(c, now) for c in batch.items] for shard, batch in claims.items()
-        }
-        if any(batches.values()):
-            await self.advance_many(batches, now=now, max_attempts=max_attempts)
+    async def release(self, items: Sequence[tuple[str, str, str]], *, now: int) -> None:
+        """Give back claimed steps that will not be sent, each (enrollment id, token, sequence
+        id): due again at `now`, no attempt counted (a lease left to run out would read as
+        a send that may have happened)."""
+        batches: dict[int, list[Settle]] = {}
+        for eid, token, seq in items:
+            batches.setdefault(ids.shard_of(eid, self.keys.shards), []).append(
+                Settle(id=eid, token=token, step=0, kind="", at=now, outcome="release", seq=seq)
+            )
+        if batches:
+            # (max_attempts counts only for retries.)
+            await self.advance_many(batches, now=now, max_attempts=1)
 
     async def advance(
         self, shard: int, items: Sequence[Settle], *, now: int, max_attempts: int
@@ -395,22 +440,22 @@ class Dispatch:
 
         One HMGET per (tenant, channel), all in one round trip.
         """
-        groups = [(group, list(values)) for group, values in lookups.items() if values]
-        if not groups:
-            return {}
-        pipe = self.store.client.pipeline(transaction=False)
-        for (tenant, channel), values in groups:
-            pipe.hmget(self.keys.suppressions(tenant, channel), values)
-        rows = await pipe.execute()
-        out: dict[tuple[str, str], dict[str, SuppressionRecord]] = {}
-        for (group, values), raw in zip(groups, rows, strict=True):
-            hits = {}
-            for value, record in zip(values, raw, strict=True):
-                if record is not None:
-                    try:
-                        hits[value] = _decode_record(record)
-                    except msgspec.DecodeError:
-                        hits[value] = SuppressionRecord()
-            if hits:
-                out[group] = hits
-        return out
+        return (await self.advance_and_claim({}, now=0, max_attempts=0, lookups=lookups)).found
+
+
+def _found(
+    groups: Sequence[tuple[tuple[str, str], Sequence[str]]], rows: Sequence[Sequence[str | None]]
+) -> dict[tuple[str, str], dict[str, SuppressionRecord]]:
+    """The suppression records among HMGET `rows` of `groups` ((tenant, channel), values)."""
+    out: dict[tuple[str, str], dict[str, SuppressionRecord]] = {}
+    for (group, values), raw in zip(groups, rows, strict=True):
+        hits = {}
+        for value, record in zip(values, raw, strict=True):
+            if record is not None:
+                try:
+                    hits[value] = _decode_record(record)
+                except msgspec.DecodeError:
+                    hits[value] = SuppressionRecord()
+        if hits:
+            out[group] = hits
+    return out

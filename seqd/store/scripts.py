@@ -158,17 +158,27 @@ class Runner:
             raise parsed from None
 
     async def call_many(
-        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any], str | None]]
+        self,
+        calls: Sequence[tuple[str, Sequence[str], Sequence[Any], str | None]],
+        reads: Sequence[Sequence[Any]] = (),
     ) -> list[Any]:
-        """Run several script calls in one round trip; each result or its ScriptError."""
+        """Run several script calls in one round trip; each result or its ScriptError. Plain
+        commands in `reads` (a command and its arguments, each of one key) go in the same
+        round trip, after the scripts; their results follow the scripts' (an error raises).
+        """
         pipe = self.client.pipeline(transaction=False)
         for name, keys, args, tag in calls:
             script = SCRIPTS[name]
             if CHECK_SLOTS:
                 _check_slots(name, keys, tag)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for command in reads:
+            pipe.execute_command(*command)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, result in enumerate(results):
+        for result in results[len(calls) :]:
+            if isinstance(result, Exception):
+                raise result
+        for i, result in enumerate(results[: len(calls)]):
             if isinstance(result, NoScriptError):
                 name, keys, args, tag = calls[i]
                 try:

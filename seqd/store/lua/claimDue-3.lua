@@ -27,22 +27,30 @@
   ARGV[4] limit         members looked at, at most
   ARGV[5] on_unknown    resend | hold
   ARGV[6] max_attempts
-  ARGV[7..] contact fields to read: the owner and what a message can use (not the whole
+  ARGV[7]   lease | peek: lease the members (a send follows at once), or only look (the
+            dispatcher peeks at its next batch while it sends one, and leases what it
+            found with leasePeeked in the round trip before that batch's send; a worker
+            that dies in between left nothing to undo). A peek still settles what needs
+            no send (stale, archived, completed, held); a lease run out that is sent
+            again is leased at once, as it has its attempt counted here.
+  ARGV[8..] contact fields to read: the owner and what a message can use (not the whole
             hash, which also holds one `e:<seq>` field per sequence the contact is in)
 
   Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
   the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
-  of an unsettled claim sent again) with `k` = the lease token, the contact values an array
-  in the order of ARGV[7..] (false where unset); seen = members looked at (equal to the
+  of an unsettled claim sent again) with `k` = the lease token (peek: the member's score
+  as it was left, which leasePeeked checks), the contact values an array
+  in the order of ARGV[8..] (false where unset); seen = members looked at (equal to the
   limit: more may be due).
 ]]
 local rcall = redis.call
 local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hold, max_attempts = ARGV[5] == 'hold', tonumber(ARGV[6])
-local contact_fields = {unpack(ARGV, 7)}
+local peek = ARGV[7] == 'peek'
+local contact_fields = {unpack(ARGV, 8)}
 -- @include enrollment
 -- @include dispatch
 
@@ -81,12 +89,15 @@ local tenants = {}
 -- score again).
 local leased = {}
 
--- Lease a member for sending: its score becomes the token, its sequence's mirror goes in
--- the reply; returns its contact's values as JSON (an array: pairing them with their names
--- is the dispatcher's work, which costs less there than in this script).
-local function lease(id, seq, state, cid)
-  leased[#leased + 1] = token
-  leased[#leased + 1] = id
+-- Take a member for sending: its score becomes the token (unless `keep`: a peek), its
+-- sequence's mirror goes in the reply; returns its contact's values as JSON (an array:
+-- pairing them with their names is the dispatcher's work, which costs less there than in
+-- this script).
+local function lease(id, seq, state, cid, keep)
+  if not keep then
+    leased[#leased + 1] = token
+    leased[#leased + 1] = id
+  end
   mirrors[seq] = state.mirror
   return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(contact_fields)))
 end
@@ -103,7 +114,8 @@ local function claim_queue(seq, state, qkey, room)
     if st == 'active' and state.status == 'active' and step < state.steps
       and not is_leased(score) then
       -- The hot path: an active step due, not a lease run out.
-      local c = lease(id, seq, state, h[5])
+      local c = lease(id, seq, state, h[5], peek)
+      local k = peek and score or token
       local t = tenants[h[4]]
       if not t then
         t = cjson.encode(h[4])
@@ -111,7 +123,7 @@ local function claim_queue(seq, state, qkey, room)
       end
       parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
-        .. '","k":"' .. token .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
+        .. '","k":"' .. k .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
         .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. '},' .. c .. ']'
     elseif st ~= 'active' then
       rcall('ZREM', qkey, id)
