@@ -102,7 +102,8 @@ class DispatchConfig(Section, kw_only=True):
     # In-flight sends per channel.
     concurrency: Positive = 256
     # Groups of due shards worked side by side in a round, each lane one round trip per
-    # batch (the last batch's advance and the next one's claim, pipelined): more lanes
+    # batch (the last batch's advance, the next one's lease and screening and a peek at the
+    # one after, pipelined): more lanes
     # overlap Python with Redis under load, fewer save round trips (and so latency) when
     # little is due.
     lanes: Annotated[int, Meta(ge=1, le=64)] = 3

@@ -505,6 +505,30 @@ async def test_stop_drains_the_batch_in_flight(store: Store) -> None:
         assert h["i"] == "1" and not await unsettled(store, e.id)
 
 
+async def test_stop_drops_the_piece_peeked_at_without_leasing_it(one_shard: Store) -> None:
+    # 10 steps in batches of 5, one lane: the second batch is peeked at in the round trip
+    # that leases the first, and would be leased in the one after the first's send. A stop
+    # during that send: the first batch is advanced, the second was never leased, so its
+    # steps are due as they were (no lease to run out, no attempt), and it is not sent.
+    seq = await sequence(one_shard, sms(), sms(wait=60))
+    enrolled = await enroll(one_shard, seq, await contacts(one_shard, 10))
+    due = {e.id: await due_score(one_shard, e.id) for e in enrolled}
+    sender = Recorder(delay=0.2)
+    d = Dispatcher(one_shard, DispatchConfig(batch_size=5, lanes=1), OneSender(sender))
+    d.start()
+    await until(lambda: bool(sender.messages))
+    await d.stop()
+    sent = {m.enrollment_id for m in sender.messages}
+    assert len(sent) == 5
+    for e in enrolled:
+        h = await raw(one_shard, e.id)
+        if e.id in sent:
+            assert h["i"] == "1" and not await unsettled(one_shard, e.id)
+        else:
+            assert h["i"] == "0" and h.get("a", "0") == "0"
+            assert await due_score(one_shard, e.id) == due[e.id]
+
+
 async def test_stop_releases_sends_that_outlast_the_drain_timeout(store: Store) -> None:
     seq = await sequence(store, sms())
     (e,) = await enroll(store, seq, await contacts(store, 1))

@@ -764,7 +764,7 @@ async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_chang
         {}, now=due + 5, max_attempts=3, lease_ms=LEASE,
         lease={sh: {seq: (batch.m[seq], members)}},
     )  # fmt: skip
-    token, lost = trip.leased[sh]
+    token, lost, _ = trip.leased[sh]
     assert lost == [paused] and token == f"{due + 5 + LEASE - 1}.5"
     assert await due_score(s, kept) == due + 5 + LEASE - 0.5
     assert await due_score(s, paused) is None
@@ -824,7 +824,7 @@ async def test_a_lease_of_changed_scores_takes_each_member_on_its_own(any_store:
         {}, now=due + 1, max_attempts=3, lease_ms=LEASE,
         lease={sh: {seq: (batch.m[seq], members)}},
     )  # fmt: skip
-    token, lost = trip.leased[sh]
+    token, lost, _ = trip.leased[sh]
     assert lost == [moved]
     assert await due_score(s, members[1][0]) == float(token)
     assert await due_score(s, moved) == due - 7
@@ -845,9 +845,9 @@ async def test_lease_peeked_refuses_malformed_groups_and_writes_nothing(
     s = any_store
     sh = 0
     tag = s.keys.shard_tag(sh)
-    keys = [s.keys.heads(sh), s.keys.shard_sequences(sh)]
+    keys = [s.keys.heads(sh), s.keys.outbox(sh), s.keys.shard_sequences(sh)]
     with pytest.raises(ScriptError) as err:
-        await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, *args], tag=tag)
+        await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, 3, *args], tag=tag)
     assert err.value.code == "BAD_ITEMS"
     assert await s.client.exists(s.keys.queue(sh, "seq_x")) == 0
 
@@ -878,33 +878,87 @@ async def test_a_failed_advance_releases_what_its_round_trip_leased(any_store: S
 
 
 @pytest.mark.parametrize("on_unknown", ["resend", "hold"])
-async def test_a_peek_settles_a_lease_that_ran_out_as_a_claim_does(
+async def test_a_lease_that_ran_out_has_its_attempt_counted_when_leased_not_when_peeked(
     any_store: Store, on_unknown: str
 ) -> None:
-    # A lease that ran out is a send that may have happened: a peek counts the attempt and
-    # leases it at once (its `k` is the new lease, which leasePeeked then takes over), or
-    # holds it; either way only once, however often it is peeked at.
+    # A lease that ran out is a send that may have happened. With hold, a peek pauses it as
+    # a claim does. With resend, a peek leaves it as it is (a peek may come to nothing: a
+    # worker that dies holding it must not have used up an attempt), and the lease right
+    # before its send counts the attempt, once, and says so.
     s = any_store
     _, e, sh, due = await one(s)
     await claim(s, sh, due)
     later = due + LEASE
     dispatch = Dispatch(s)
-    trip = await dispatch.advance_and_claim(
-        {}, now=later, max_attempts=3, shards=[sh], claim_now=later, lease_ms=LEASE,
-        limit=10, on_unknown=on_unknown, peek=True,
-    )  # fmt: skip
+
+    async def peek(at: int):  # type: ignore[no-untyped-def]
+        trip = await dispatch.advance_and_claim(
+            {}, now=at, max_attempts=3, shards=[sh], claim_now=at, lease_ms=LEASE,
+            limit=10, on_unknown=on_unknown, peek=True,
+        )  # fmt: skip
+        return trip.claims[sh]
+
+    batch = await peek(later)
     if on_unknown == "hold":
-        assert trip.claims[sh].items == []
+        assert batch.items == []
         assert (await raw(s, e.id))["pr"] == "delivery_unknown"
         return
-    (item,) = trip.claims[sh].items
-    assert item.e["a"] == "1" and item.e["k"] == f"{later + LEASE - 1}.5"
-    assert await due_score(s, e.id) == later + LEASE - 0.5
-    assert (await claim(s, sh, later + 1)).items == []
+    (item,) = batch.items
+    assert item.e["k"] == f"{due + LEASE - 1}.5" and item.e.get("a", "0") == "0"
+    assert (await peek(later + 1)).items[0].id == e.id  # peeked again: nothing counted
+    assert (await raw(s, e.id)).get("a", "0") == "0"
     seq = item.e["s"]
     leased = await dispatch.advance_and_claim(
         {}, now=later + 2, max_attempts=3, lease_ms=LEASE,
-        lease={sh: {seq: (trip.claims[sh].m[seq], [(item.id, item.e["k"])])}},
+        lease={sh: {seq: (batch.m[seq], [(item.id, item.e["k"])])}},
     )  # fmt: skip
-    assert leased.leased[sh] == (f"{later + 2 + LEASE - 1}.5", [])
+    assert leased.leased[sh] == (f"{later + 2 + LEASE - 1}.5", [], {e.id: "1"})
     assert (await raw(s, e.id))["a"] == "1"
+    assert await due_score(s, e.id) == later + 2 + LEASE - 0.5
+
+
+async def test_a_lease_that_ran_out_with_attempts_used_up_is_cancelled_by_the_lease(
+    any_store: Store,
+) -> None:
+    s = any_store
+    _, e, sh, due = await one(s)
+    await claim(s, sh, due)
+    await s.client.hset(s.keys.enrollment(sh, e.id), "a", "2")
+    later = due + LEASE
+    dispatch = Dispatch(s)
+    trip = await dispatch.advance_and_claim(
+        {}, now=later, max_attempts=3, shards=[sh], claim_now=later, lease_ms=LEASE,
+        limit=10, on_unknown="resend", peek=True,
+    )  # fmt: skip
+    batch = trip.claims[sh]
+    (item,) = batch.items
+    seq = item.e["s"]
+    leased = await dispatch.advance_and_claim(
+        {}, now=later + 1, max_attempts=3, lease_ms=LEASE,
+        lease={sh: {seq: (batch.m[seq], [(item.id, item.e["k"])])}},
+    )  # fmt: skip
+    assert leased.leased[sh].lost == [e.id]
+    h = await raw(s, e.id)
+    assert (h["st"], h["cr"], h["a"]) == ("cancelled", "failed", "3")
+    assert await due_score(s, e.id) is None
+    failed = [ev for ev in await events(s) if ev["type"] == "sequence.step.failed"]
+    assert failed and "attempts exhausted" in failed[-1]["error"]
+
+
+async def test_a_failed_advance_leaves_what_its_round_trip_only_peeked_at(
+    any_store: Store,
+) -> None:
+    # A peek leased nothing, so a failed trip gives nothing of it back: a lease run out
+    # that the peek saw stays one (a send that may have happened), not made a fresh step.
+    s = any_store
+    _, e, sh, due = await one(s)
+    first = (await claim(s, sh, due)).items[0]
+    later = due + LEASE
+    broken = Settle(id=first.id, token=first.e["k"], step=0, kind="sms", at=due, outcome="sent")
+    with pytest.raises(ScriptError):
+        await Dispatch(s).advance_and_claim(
+            {sh: [broken]}, now=later, max_attempts=3, shards=[sh], claim_now=later,
+            lease_ms=LEASE, limit=10, on_unknown="resend", peek=True,
+        )  # fmt: skip
+    assert await due_score(s, e.id) == due + LEASE - 0.5
+    assert (await raw(s, e.id)).get("a", "0") == "0"

@@ -2,11 +2,13 @@
 
 A round (`run_once`) polls every shard's earliest due score and due count in one
 pipeline, cuts the due shards into pieces of about one batch each, and `lanes` workers
-take the pieces in turn, each as claim (one `claimDue` call per shard, pipelined) →
-compose (render, suppressions) → send (bounded concurrency per channel) → advance (one
-`advance` call per shard, pipelined). Workers interleave so that Python composes one
-piece while Redis runs another's scripts; when little is due every due shard is in one
-piece, which keeps a round to a few round trips (redis-py's cost per call is what a
+take the pieces in turn, each as peek (`claimDue` in peek mode per shard: read, nothing
+leased) → lease and screen (`leasePeeked` per shard and the suppression reads) → compose
+→ send (bounded concurrency per channel) → advance (one `advance` call per shard). A
+worker's wait on Redis does one piece's advance, the next one's lease and screen and the
+one after's peek: one round trip per piece. Workers interleave so that Python composes
+one piece while Redis runs another's scripts; when little is due every due shard is in
+one piece, which keeps a round to a few round trips (redis-py's cost per call is what a
 lightly loaded round spends its time on).
 
 Between rounds the loop sleeps until the earliest due time, at most `idle_poll_ms`
@@ -18,7 +20,8 @@ Delivery promise: at least once. A claim leases the step (its due score moves to
 lease - 0.5 ms, which is also the claim's fencing token); a worker that dies leaves the
 step to come back when the lease passes, and a late worker's advance is ignored (stale
 token). So a step is sent twice at most per crash that hits it between its send and its
-advance.
+advance. A step is leased only in the round trip right before its send, so a piece a
+dead worker had only peeked at comes back at once, with no attempt counted.
 
 A round waits at most `send_wait_seconds` for its sends: slower ones (a provider that
 hangs) finish in the background and a later round advances them, and a channel whose
@@ -59,11 +62,11 @@ from seqd.store.dispatch import (
     ClaimBatch,
     Claimed,
     Dispatch,
+    Leased,
     Outcome,
     Settle,
     SuppressionRecord,
     Trip,
-    is_unsettled,
 )
 from seqd.times import now_ms
 
@@ -246,11 +249,8 @@ class Dispatcher:
                         result.more = True
                 if not shards and pieces and not self._stopping.is_set():
                     shards = pieces.pop()
-                if held is not None and self._stopping.is_set():
-                    # Peeked, not claimed: nothing to send. (Steps a peek leased, a lease
-                    # run out sent again, go back.)
-                    await self._give_back(held)
-                    held = None
+                if self._stopping.is_set():
+                    held = None  # peeked at, not leased: nothing of it is ours to send
                 if not shards and owed is None and held is None:
                     return
                 trip = await self._trip(owed, held, shards, now)
@@ -280,26 +280,9 @@ class Dispatcher:
     ) -> Trip:
         """Advance what `owed` sent, lease `held` and read the suppressions of its
         addresses, peek at `shards`: one round trip. The sends happened: recording them
-        must not be interrupted by a cancellation. When the trip fails, what `held` had
-        leased is given back (nothing of it was sent) before the error goes on."""
-        try:
-            return await self._exchange(owed, held, shards, now)
-        except Exception:
-            if held is not None:
-                with contextlib.suppress(Exception):
-                    await self._give_back(held)
-            raise
-
-    async def _give_back(self, held: _Held) -> None:
-        """Release the steps of `held` that its peek leased (its other steps were only
-        looked at; the store releases a failed lease's own)."""
-        leased = [(i.id, i.e["k"], i.e["s"]) for i in held.items if is_unsettled(float(i.e["k"]))]
-        if leased:
-            await self.dispatch.release(leased, now=self.clock())
-
-    async def _exchange(
-        self, owed: _Owed | None, held: _Held | None, shards: list[int], now: int
-    ) -> Trip:
+        must not be interrupted by a cancellation. (When a script of the trip fails, the
+        store releases what the trip leased; when the connection fails, what it may have
+        leased comes back when the lease passes.)"""
         config = self.config
         return await asyncio.shield(
             self.dispatch.advance_and_claim(
@@ -664,15 +647,19 @@ class _Held:
     full: list[int]
 
 
-def _leased(held: _Held, leased: Mapping[int, tuple[str, list[str]]]) -> bool:
-    """Give `held`'s items the lease tokens they got, and drop those not leased (changed
-    since the peek, or claimed by another worker: nothing of theirs may be sent). Whether
-    any is left."""
-    lost = {eid for _, not_leased in leased.values() for eid in not_leased}
+def _leased(held: _Held, leased: Mapping[int, Leased]) -> bool:
+    """Give `held`'s items the lease tokens they got (and the attempts counted of leases run
+    out), and drop those not leased (changed since the peek, or claimed by another worker:
+    nothing of theirs may be sent). Whether any is left."""
+    lost = {eid for got in leased.values() for eid in got.lost}
     for item in held.items:
         got = leased.get(held.shard_of[item.id])
         if got is not None:
-            item.e["k"] = got[0]
+            item.e["k"] = got.token
+            if got.attempts:
+                attempts = got.attempts.get(item.id)
+                if attempts is not None:
+                    item.e["a"] = attempts
     if lost:
         held.items = [item for item in held.items if item.id not in lost]
     return bool(held.items)

@@ -170,12 +170,21 @@ class SuppressionRecord(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
+class Leased(NamedTuple):
+    """What `leasePeeked` did in one shard."""
+
+    token: str
+    # The members not leased: changed since the peek (nothing of theirs may be sent).
+    lost: list[str]
+    # Leases run out that were leased again: their attempts, now counted.
+    attempts: dict[str, str]
+
+
 class Trip(NamedTuple):
     """What one `advance_and_claim` round trip did."""
 
     advanced: dict[int, Advanced]
-    # shard -> (the lease token of the peeked members leased, the members not leased)
-    leased: dict[int, tuple[str, list[str]]]
+    leased: dict[int, Leased]
     claims: dict[int, ClaimBatch]
     # (tenant, channel) -> {value: record} for the looked-up values that are suppressed.
     found: dict[tuple[str, str], dict[str, SuppressionRecord]]
@@ -221,6 +230,9 @@ class Dispatch:
 
     def _shard_keys(self, shard: int) -> list[str]:
         return [self.keys.heads(shard), self.keys.outbox(shard)]
+
+    def _claim_keys(self, shard: int) -> list[str]:
+        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
 
     async def heads(self, now: int, cap: int = PEEK_CAP) -> list[tuple[int | None, int]]:
         """Per shard, (earliest due score or None, members due at `now`, at most `cap`): one
@@ -326,8 +338,9 @@ class Dispatch:
         dispatcher settles one batch, leases and screens the next and peeks at the one
         after with one wait on Redis.
 
-        When an advance fails, the claims that succeeded are released (due again at once, no
-        attempt counted) before the error is raised: nothing of theirs was sent.
+        When an advance fails, the claims and leases that succeeded are released (due again
+        at once, no attempt counted) before the error is raised: nothing of theirs was
+        sent.
         """
         order = [shard for shard, items in batches.items() if items]
         calls = []
@@ -357,18 +370,16 @@ class Dispatch:
         leasing = list((lease or {}).items())
         for shard, queues in leasing:
             tag = self.keys.shard_tag(shard)
-            args = [tag, now, lease_ms]
+            args = [tag, now, lease_ms, max_attempts]
             for seq, (mirror, members) in queues.items():
                 args += (seq, mirror, len(members), ",".join([score for _, score in members]))
                 args += [eid for eid, _ in members]
-            keys = [self.keys.heads(shard), self.keys.shard_sequences(shard)]
-            calls.append(("leasePeeked", keys, args, tag))
+            calls.append(("leasePeeked", self._claim_keys(shard), args, tag))
         for shard in shards:
             tag = self.keys.shard_tag(shard)
-            keys = [*self._shard_keys(shard), self.keys.shard_sequences(shard)]
             mode = "peek" if peek else "lease"
             args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, mode, *CONTACT_READ]
-            calls.append(("claimDue", keys, args, tag))
+            calls.append(("claimDue", self._claim_keys(shard), args, tag))
         groups = [(group, list(values)) for group, values in (lookups or {}).items() if values]
         reads = [
             ("HMGET", self.keys.suppressions(tenant, channel), *values)
@@ -383,14 +394,15 @@ class Dispatch:
                 continue
             applied, late, stale = reply
             advanced[shard] = Advanced(int(applied), int(late), [str(s) for s in stale])
-        leased: dict[int, tuple[str, list[str]]] = {}
+        leased: dict[int, Leased] = {}
         first = len(order)
         for (shard, _), reply in zip(leasing, replies[first : first + len(leasing)], strict=True):
             if isinstance(reply, Exception):
                 failed = failed or reply
                 continue
-            token, lost = reply
-            leased[shard] = (str(token), [str(m) for m in lost])
+            token, lost, counted = reply
+            attempts = dict(zip(counted[::2], counted[1::2], strict=True))
+            leased[shard] = Leased(str(token), [str(m) for m in lost], attempts)
         claims: dict[int, ClaimBatch] = {}
         first += len(leasing)
         for shard, reply in zip(shards, replies[first : len(calls)], strict=True):
@@ -399,8 +411,13 @@ class Dispatch:
                 continue
             claims[shard] = _decode_claim(reply)
         if failed is not None:
-            back = [(c.id, c.e["k"], c.e["s"]) for batch in claims.values() for c in batch.items]
-            for shard, (token, lost) in leased.items():
+            # (A peek leased nothing: its steps are as they were.)
+            back = [
+                (c.id, c.e["k"], c.e["s"])
+                for batch in ({} if peek else claims).values()
+                for c in batch.items
+            ]
+            for shard, (token, lost, _) in leased.items():
                 back += [
                     (eid, token, seq)
                     for seq, (_, members) in (lease or {})[shard].items()

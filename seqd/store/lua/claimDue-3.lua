@@ -16,7 +16,7 @@
   - a lease that ran out (its score has the half: the previous claim's worker died
     mid-send, so the provider may or may not have the message): on_unknown = hold pauses
     it (delivery_unknown); resend counts an attempt and sends again, or cancels it
-    (failed) when attempts are used up.
+    (failed) when attempts are used up (dispatch.lua `count_unknown`).
 
   KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
@@ -31,8 +31,8 @@
             dispatcher peeks at its next batch while it sends one, and leases what it
             found with leasePeeked in the round trip before that batch's send; a worker
             that dies in between left nothing to undo). A peek still settles what needs
-            no send (stale, archived, completed, held); a lease run out that is sent
-            again is leased at once, as it has its attempt counted here.
+            no send (stale, archived, completed, held); a lease run out that is to be
+            sent again is returned as it is, its attempt counted by leasePeeked.
   ARGV[8..] contact fields to read: the owner and what a message can use (not the whole
             hash, which also holds one `e:<seq>` field per sequence the contact is in)
 
@@ -135,18 +135,15 @@ local function claim_queue(seq, state, qkey, room)
         finish(id, e, 'completed', '', now)
       else
         -- A lease ran out unsettled: the previous claim's worker died mid-send.
-        local send = true
         if hold then
           finish(id, e, 'paused', 'delivery_unknown', now, {step = step})
-          send = false
-        else
-          e['a'] = tostring(rcall('HINCRBY', ekey, 'a', 1))
-          if tonumber(e['a']) >= max_attempts then
-            fail_step(id, e, step, '', 'worker lost during send; attempts exhausted', now)
-            send = false
-          end
-        end
-        if send then
+        elseif peek then
+          -- Its attempt is counted by the lease right before its send (leasePeeked), not
+          -- here: a peek may come to nothing.
+          local c = lease(id, seq, state, e['c'], true)
+          e['k'] = score
+          parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
+        elseif count_unknown(id, e, ekey, step, now) then
           local c = lease(id, seq, state, e['c'])
           e['k'] = token
           parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'

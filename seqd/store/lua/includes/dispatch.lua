@@ -16,3 +16,15 @@ local function fail_step(id, e, step, kind, err, now)
     {step = step, kind = kind, error = err, retrying = false, attempts = tonumber(e['a']) or 0})
   finish(id, e, 'cancelled', 'failed', now, {step = step, error = err})
 end
+
+-- A lease that ran out unsettled (its worker died mid-send: the provider may have the
+-- message) is sent again with an attempt counted, or cancelled (failed) when attempts are
+-- used up. Whether to send it; `e` (the whole hash) has the new attempts.
+local function count_unknown(id, e, ekey, step, now)
+  e['a'] = tostring(rcall('HINCRBY', ekey, 'a', 1))
+  if tonumber(e['a']) >= max_attempts then
+    fail_step(id, e, step, '', 'worker lost during send; attempts exhausted', now)
+    return false
+  end
+  return true
+end

@@ -5,30 +5,36 @@
   write that changes what a send of it would be (a claim, an advance, a transition) moves
   or removes it. A sequence whose mirror is no longer the one the peek read (paused,
   archived, edited) has none of its members leased: the next claim looks at them again.
-  Then the sequence's head is set to its queue's first score.
+  Then the sequence's head is set to its queue's first score. A peeked lease that had run
+  out (a send that may have happened, to be sent again: claimDue's peek leaves it as it
+  is) has its attempt counted here, as a claim counts it (dispatch.lua `count_unknown`):
+  counted when it is about to be sent, not when a peek that may come to nothing saw it.
 
-  KEYS[1] heads     ZSET  the shard's sequence heads
-  KEYS[2] sequences HASH  sequence id -> "<status>:<version>:<steps>"
+  KEYS[1] heads     ZSET   the shard's sequence heads
+  KEYS[2] outbox    STREAM
+  KEYS[3] sequences HASH   sequence id -> "<status>:<version>:<steps>"
   ARGV[1] tag
-  ARGV[2] now    ms
-  ARGV[3] lease  ms
-  ARGV[4..] per sequence: its id, its mirror as the peek read it, n, the n scores as the
+  ARGV[2] now           ms
+  ARGV[3] lease         ms
+  ARGV[4] max_attempts
+  ARGV[5..] per sequence: its id, its mirror as the peek read it, n, the n scores as the
             peek left them (the items' `k`) joined by ",", then the n enrollment ids
             (the scores in one text: a Lua string per ARGV is most of what an argument
             costs, and the usual answer, none changed, is one comparison)
 
-  Returns {lease token, {id not leased, ...}}.
+  Returns {lease token, {id not leased, ...}, {id, attempts, ...} of the leases run out
+  that were leased again}.
   Errors: BAD_ITEMS:<which> (nothing is written)
 ]]
 local rcall = redis.call
-local heads_key, seqs_key, outbox_key = KEYS[1], KEYS[2], nil
-local tag, now, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local tag, now, lease, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 -- @include enrollment
 -- @include dispatch
 
 -- {sequence id, mirror, scores, first id's ARGV, n}; checked before anything is written.
 local groups = {}
-local i = 4
+local i = 5
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 2])
   if not n or n < 0 or n % 1 ~= 0 or i + 3 + n > #ARGV then
@@ -46,8 +52,8 @@ local function unchanged(scores, seen)
   return table.concat(scores, ',') == seen
 end
 
-local token = lease_token(now + lease)
-local lost = {}
+local token = lease_token(tonumber(now) + lease)
+local lost, counted = {}, {}
 for _, g in ipairs(groups) do
   local seq, mirror, seen, first, n = g[1], g[2], g[3], g[4], g[5]
   local qkey = k_queue(tag, seq)
@@ -61,7 +67,8 @@ for _, g in ipairs(groups) do
       for j = 1, #part do scores[#scores + 1] = part[j] end
     end
     local leased = {}
-    if unchanged(scores, seen) then
+    -- (A lease score has a ".": due times are whole ms.)
+    if unchanged(scores, seen) and not string.find(seen, '.', 1, true) then
       for j = 1, n do
         leased[#leased + 1] = token
         leased[#leased + 1] = ids[j]
@@ -72,11 +79,26 @@ for _, g in ipairs(groups) do
       for j = 1, n do
         local score = scores[j]
         -- The score as Redis prints it; the numbers decide when the text differs.
+        local id = ids[j]
         if score and (score == was[j] or tonumber(score) == tonumber(was[j])) then
-          leased[#leased + 1] = token
-          leased[#leased + 1] = ids[j]
+          local send = true
+          if is_leased(score) then
+            local ekey = k_enrollment(tag, id)
+            local e = to_table(rcall('HGETALL', ekey))
+            send = e['st'] == 'active' and count_unknown(id, e, ekey, tonumber(e['i']), now)
+            if send then
+              counted[#counted + 1] = id
+              counted[#counted + 1] = e['a']
+            end
+          end
+          if send then
+            leased[#leased + 1] = token
+            leased[#leased + 1] = id
+          else
+            lost[#lost + 1] = id
+          end
         else
-          lost[#lost + 1] = ids[j]
+          lost[#lost + 1] = id
         end
       end
     end
@@ -84,4 +106,4 @@ for _, g in ipairs(groups) do
     set_head(heads_key, seq, qkey)
   end
 end
-return {token, lost}
+return {token, lost, counted}
