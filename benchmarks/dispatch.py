@@ -611,10 +611,10 @@ dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatch
 | Redis memory per active enrollment after its first step (outbox trimmed; provider id "noop") | {f["after_step"]:.0f} B | |
 | Redis memory per enrollment right after enroll, outbox event included | {f["per_enrollment"]:.0f} B (outbox {f["outbox"]:.0f} B) | |
 | Redis commands per step (inside scripts included) | {f["per_step"]:.1f} | |
-| Redis time in scripts per step (EVALSHA usec, claim + advance) | {f["lua_us"]:.1f} µs | |
+| Redis time in scripts per step (EVALSHA usec, peek + lease + advance) | {f["lua_us"]:.1f} µs | |
 | CPU per step in the no-op burst: valkey-server / benchmark process | {f["redis_cpu_us"]:.1f} µs / {f["python_cpu_us"]:.1f} µs | |
 | longest script call in the no-op burst (SLOWLOG) | {f["longest_ms"]:.1f} ms | a few ms |
-| Redis commands the process sends per step (EVALSHA: claim, advance, the poll's peekDue) | {f["round_trips"]:.3f} | |
+| Redis commands the process sends per step (EVALSHA: peek, lease, advance, the poll's peekDue) | {f["round_trips"]:.3f} | |
 | arq: {arq_n:,} deferred no-op jobs drained (max_jobs {config.concurrency}) | {f["arq"]:,.0f} jobs/s | |
 | ratio seqd no-op / arq | {f["ratio"]:.1f}x | |
 

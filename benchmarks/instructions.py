@@ -147,7 +147,7 @@ misses and waits are not in them.
 
 | instructions per step | count |
 | --- | --- |
-| valkey-server (the claim and advance scripts, the AOF) | {valkey:,.0f} |
+| valkey-server (the peek, lease and advance scripts, the AOF) | {valkey:,.0f} |
 | the dispatching process (Python) | {process:,.0f} |
 """
     record("instructions", body)

@@ -1,5 +1,5 @@
-"""The dispatcher's view of the store: due times (`peekDue`), `claimDue`, `advance`,
-suppression reads.
+"""The dispatcher's view of the store: due times (`peekDue`), `claimDue` (claim or peek),
+`leasePeeked`, `advance`, suppression reads, in one round trip (`advance_and_claim`).
 
 Every call here is batched per shard (one pipeline or one script call per shard), because
 the dispatcher's cost per step is what bounds seqd's throughput. A claim reply is one
@@ -449,15 +449,6 @@ class Dispatch:
             return Advanced(0, 0, [])
         advanced = await self.advance_many({shard: items}, now=now, max_attempts=max_attempts)
         return advanced[shard]
-
-    async def suppressions(
-        self, lookups: Mapping[tuple[str, str], Sequence[str]]
-    ) -> dict[tuple[str, str], dict[str, SuppressionRecord]]:
-        """For each (tenant, channel), which of the values are suppressed, with the record.
-
-        One HMGET per (tenant, channel), all in one round trip.
-        """
-        return (await self.advance_and_claim({}, now=0, max_attempts=0, lookups=lookups)).found
 
 
 def _found(
