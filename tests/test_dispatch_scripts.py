@@ -11,7 +11,7 @@ from seqd import ids, models
 from seqd.events import types
 from seqd.store import codec
 from seqd.store.db import Store
-from seqd.store.dispatch import Dispatch, Settle
+from seqd.store.dispatch import ClaimBatch, Dispatch, Leased, Settle
 from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
@@ -731,6 +731,26 @@ async def test_a_failed_advance_releases_the_claims_of_its_round_trip(any_store:
     assert (await raw(s, first.id))["i"] == "0"
 
 
+async def peek(store: Store, sh: int, at: int, on_unknown: str = "resend") -> ClaimBatch:
+    """claimDue in peek mode, as the dispatcher calls it."""
+    trip = await Dispatch(store).advance_and_claim(
+        {}, now=at, max_attempts=3, shards=[sh], claim_now=at, lease_ms=LEASE, limit=10,
+        on_unknown=on_unknown, peek=True,
+    )  # fmt: skip
+    return trip.claims[sh]
+
+
+async def lease_peeked(
+    store: Store, sh: int, at: int, batch: ClaimBatch, members: list[tuple[str, str]]
+) -> Leased:
+    """leasePeeked of `members` (id, score as peeked) of the one sequence of `batch`."""
+    (seq,) = batch.m
+    trip = await Dispatch(store).advance_and_claim(
+        {}, now=at, max_attempts=3, lease_ms=LEASE, lease={sh: {seq: (batch.m[seq], members)}}
+    )
+    return trip.leased[sh]
+
+
 async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_change(
     any_store: Store,
 ) -> None:
@@ -739,41 +759,24 @@ async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_chang
     # send, only where the member's score is still the one the peek saw.
     s = any_store
     eids, sh, due = await two_in_a_shard(s)
-    dispatch = Dispatch(s)
-    trip = await dispatch.advance_and_claim(
-        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
-        on_unknown="hold", peek=True,
-    )  # fmt: skip
-    batch = trip.claims[sh]
+    batch = await peek(s, sh, due, "hold")
     items = batch.items
     assert {i.id for i in items} == set(eids)
     assert {i.e["k"] for i in items} == {str(due)}
     assert [await due_score(s, eid) for eid in eids] == [due, due]
     # A peek twice sees the same (nothing moved), and a claim still takes them.
-    again = await dispatch.advance_and_claim(
-        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
-        on_unknown="hold", peek=True,
-    )  # fmt: skip
-    assert {i.id for i in again.claims[sh].items} == set(eids)
+    assert {i.id for i in (await peek(s, sh, due, "hold")).items} == set(eids)
     # One of them is paused meanwhile: the lease takes the other and reports it.
     paused, kept = items[0].id, items[1].id
-    seq = items[0].e["s"]
     await s.enrollments.transition(TENANT, paused, "pause", "reply_received")
     members = [(i.id, i.e["k"]) for i in items]
-    trip = await dispatch.advance_and_claim(
-        {}, now=due + 5, max_attempts=3, lease_ms=LEASE,
-        lease={sh: {seq: (batch.m[seq], members)}},
-    )  # fmt: skip
-    token, lost, _ = trip.leased[sh]
+    token, lost, _ = await lease_peeked(s, sh, due + 5, batch, members)
     assert lost == [paused] and token == f"{due + 5 + LEASE - 1}.5"
     assert await due_score(s, kept) == due + 5 + LEASE - 0.5
     assert await due_score(s, paused) is None
     # A second lease of the same peek (another worker's) finds the score changed.
-    trip = await dispatch.advance_and_claim(
-        {}, now=due + 6, max_attempts=3, lease_ms=LEASE,
-        lease={sh: {seq: (batch.m[seq], members)}},
-    )  # fmt: skip
-    assert sorted(trip.leased[sh][1]) == sorted([paused, kept])
+    again = await lease_peeked(s, sh, due + 6, batch, members)
+    assert sorted(again.lost) == sorted([paused, kept])
     assert await due_score(s, kept) == due + 5 + LEASE - 0.5
     # The lease is a send that may have happened: one that runs out is held.
     assert (await claim(s, sh, due + 5 + LEASE, on_unknown="hold")).items == []
@@ -786,20 +789,11 @@ async def test_a_lease_takes_nothing_of_a_sequence_changed_since_the_peek(
 ) -> None:
     s = any_store
     eids, sh, due = await two_in_a_shard(s)
-    dispatch = Dispatch(s)
-    peeked = await dispatch.advance_and_claim(
-        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
-        on_unknown="resend", peek=True,
-    )  # fmt: skip
-    batch = peeked.claims[sh]
-    seq = batch.items[0].e["s"]
+    batch = await peek(s, sh, due)
     members = [(i.id, i.e["k"]) for i in batch.items]
-    await s.sequences.change(TENANT, seq, status=models.SequenceStatus.PAUSED)
-    trip = await dispatch.advance_and_claim(
-        {}, now=due + 1, max_attempts=3, lease_ms=LEASE,
-        lease={sh: {seq: (batch.m[seq], members)}},
-    )  # fmt: skip
-    assert sorted(trip.leased[sh][1]) == sorted(eids)
+    await s.sequences.change(TENANT, batch.items[0].e["s"], status=models.SequenceStatus.PAUSED)
+    leased = await lease_peeked(s, sh, due + 1, batch, members)
+    assert sorted(leased.lost) == sorted(eids)
     assert [await due_score(s, eid) for eid in eids] == [due, due]
 
 
@@ -808,23 +802,13 @@ async def test_a_lease_of_changed_scores_takes_each_member_on_its_own(any_store:
     # each member is compared on its own: the unchanged one is leased.
     s = any_store
     _, sh, due = await two_in_a_shard(s)
-    dispatch = Dispatch(s)
-    peeked = await dispatch.advance_and_claim(
-        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
-        on_unknown="resend", peek=True,
-    )  # fmt: skip
-    batch = peeked.claims[sh]
-    seq = batch.items[0].e["s"]
+    batch = await peek(s, sh, due)
     members = [(i.id, i.e["k"]) for i in batch.items]
     moved = members[0][0]
-    await s.client.zadd(s.keys.queue(sh, seq), {moved: due - 7})
+    await s.client.zadd(s.keys.queue(sh, batch.items[0].e["s"]), {moved: due - 7})
     # A score spelled another way (as a float) is the same number: leased.
     members[1] = (members[1][0], f"{due}.0")
-    trip = await dispatch.advance_and_claim(
-        {}, now=due + 1, max_attempts=3, lease_ms=LEASE,
-        lease={sh: {seq: (batch.m[seq], members)}},
-    )  # fmt: skip
-    token, lost, _ = trip.leased[sh]
+    token, lost, _ = await lease_peeked(s, sh, due + 1, batch, members)
     assert lost == [moved]
     assert await due_score(s, members[1][0]) == float(token)
     assert await due_score(s, moved) == due - 7
@@ -858,19 +842,15 @@ async def test_a_failed_advance_releases_what_its_round_trip_leased(any_store: S
     # have happened.
     s = any_store
     eids, sh, due = await two_in_a_shard(s)
-    dispatch = Dispatch(s)
     first = (await claim(s, sh, due, limit=1)).items[0]
-    peeked = await dispatch.advance_and_claim(
-        {}, now=due, max_attempts=3, shards=[sh], claim_now=due, lease_ms=LEASE, limit=10,
-        on_unknown="hold", peek=True,
-    )  # fmt: skip
-    (other,) = peeked.claims[sh].items
+    peeked = await peek(s, sh, due, "hold")
+    (other,) = peeked.items
     seq = other.e["s"]
     broken = Settle(id=first.id, token=first.e["k"], step=0, kind="sms", at=due, outcome="sent")
     with pytest.raises(ScriptError):
-        await dispatch.advance_and_claim(
+        await Dispatch(s).advance_and_claim(
             {sh: [broken]}, now=due + 1, max_attempts=3, lease_ms=LEASE,
-            lease={sh: {seq: (peeked.claims[sh].m[seq], [(other.id, other.e["k"])])}},
+            lease={sh: {seq: (peeked.m[seq], [(other.id, other.e["k"])])}},
         )  # fmt: skip
     assert other.id in eids and await due_score(s, other.id) == due + 1
     (again,) = (await claim(s, sh, due + 1, limit=10, on_unknown="hold")).items
@@ -889,30 +869,17 @@ async def test_a_lease_that_ran_out_has_its_attempt_counted_when_leased_not_when
     _, e, sh, due = await one(s)
     await claim(s, sh, due)
     later = due + LEASE
-    dispatch = Dispatch(s)
-
-    async def peek(at: int):  # type: ignore[no-untyped-def]
-        trip = await dispatch.advance_and_claim(
-            {}, now=at, max_attempts=3, shards=[sh], claim_now=at, lease_ms=LEASE,
-            limit=10, on_unknown=on_unknown, peek=True,
-        )  # fmt: skip
-        return trip.claims[sh]
-
-    batch = await peek(later)
+    batch = await peek(s, sh, later, on_unknown)
     if on_unknown == "hold":
         assert batch.items == []
         assert (await raw(s, e.id))["pr"] == "delivery_unknown"
         return
     (item,) = batch.items
     assert item.e["k"] == f"{due + LEASE - 1}.5" and item.e.get("a", "0") == "0"
-    assert (await peek(later + 1)).items[0].id == e.id  # peeked again: nothing counted
+    assert (await peek(s, sh, later + 1)).items[0].id == e.id  # again: nothing counted
     assert (await raw(s, e.id)).get("a", "0") == "0"
-    seq = item.e["s"]
-    leased = await dispatch.advance_and_claim(
-        {}, now=later + 2, max_attempts=3, lease_ms=LEASE,
-        lease={sh: {seq: (batch.m[seq], [(item.id, item.e["k"])])}},
-    )  # fmt: skip
-    assert leased.leased[sh] == (f"{later + 2 + LEASE - 1}.5", [], {e.id: "1"})
+    leased = await lease_peeked(s, sh, later + 2, batch, [(item.id, item.e["k"])])
+    assert leased == (f"{later + 2 + LEASE - 1}.5", [], {e.id: "1"})
     assert (await raw(s, e.id))["a"] == "1"
     assert await due_score(s, e.id) == later + 2 + LEASE - 0.5
 
@@ -925,19 +892,10 @@ async def test_a_lease_that_ran_out_with_attempts_used_up_is_cancelled_by_the_le
     await claim(s, sh, due)
     await s.client.hset(s.keys.enrollment(sh, e.id), "a", "2")
     later = due + LEASE
-    dispatch = Dispatch(s)
-    trip = await dispatch.advance_and_claim(
-        {}, now=later, max_attempts=3, shards=[sh], claim_now=later, lease_ms=LEASE,
-        limit=10, on_unknown="resend", peek=True,
-    )  # fmt: skip
-    batch = trip.claims[sh]
+    batch = await peek(s, sh, later)
     (item,) = batch.items
-    seq = item.e["s"]
-    leased = await dispatch.advance_and_claim(
-        {}, now=later + 1, max_attempts=3, lease_ms=LEASE,
-        lease={sh: {seq: (batch.m[seq], [(item.id, item.e["k"])])}},
-    )  # fmt: skip
-    assert leased.leased[sh].lost == [e.id]
+    leased = await lease_peeked(s, sh, later + 1, batch, [(item.id, item.e["k"])])
+    assert leased.lost == [e.id]
     h = await raw(s, e.id)
     assert (h["st"], h["cr"], h["a"]) == ("cancelled", "failed", "3")
     assert await due_score(s, e.id) is None
