@@ -492,6 +492,25 @@ async def test_a_stale_worker_cannot_advance_twice(store: Store) -> None:
     assert [ev["type"] for ev in await events(store)].count("sequence.step.sent") == 1
 
 
+async def test_two_dispatchers_on_one_store_send_every_step_once(store: Store) -> None:
+    # Two processes' dispatchers share the store: they may peek at the same steps, and the
+    # lease right before the send gives each step to one of them only.
+    seq = await sequence(store, sms("hi"), sms("later", wait=60))
+    enrolled = await enroll(store, seq, await contacts(store, 600))
+    clock = Clock(now_ms())
+    senders = [Recorder(), Recorder()]
+    ds = [dispatcher(store, r, clock, batch_size=20, lanes=3) for r in senders]
+    for _ in range(40):
+        rounds = await asyncio.gather(*(d.run_once(clock.at) for d in ds))
+        if not any(r.more or r.claimed for r in rounds):
+            break
+    sent = [m.enrollment_id for r in senders for m in r.messages]
+    assert sorted(sent) == sorted(e.id for e in enrolled)
+    assert all(r.messages for r in senders)  # both took part
+    for e in enrolled:
+        assert (await raw(store, e.id))["i"] == "1"
+
+
 async def test_stop_drains_the_batch_in_flight(store: Store) -> None:
     seq = await sequence(store, sms(), sms(wait=60))
     enrolled = await enroll(store, seq, await contacts(store, 3))

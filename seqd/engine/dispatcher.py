@@ -40,7 +40,7 @@ import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -223,6 +223,9 @@ class Dispatcher:
         if not due or self._stopping.is_set():
             return result
         config = self.config
+        # In an order of this round's own: processes sharing the store then mostly peek at
+        # different shards (two peeks of the same steps lease them for one of them only).
+        random.shuffle(due)
         pieces = cut_pieces(due, config.batch_size)
         done: list[Lane] = []
         started = self.clock()
@@ -257,9 +260,16 @@ class Dispatcher:
                 if owed is not None:
                     done.append(await self._settled(owed, trip.advanced))
                 owed = None
-                if held is not None and _leased(held, trip.leased):
-                    owed = await self._work(held, self._hits(held, trip.found), now)
+                taken: set[int] = set()
+                if held is not None:
+                    if _leased(held, trip.leased):
+                        owed = await self._work(held, self._hits(held, trip.found), now)
+                    taken = held.taken
                 held = await self._held(trip.claims)
+                if held is not None and taken:
+                    # Another worker (another process) works those shards: chasing them
+                    # would peek at the same steps as it again.
+                    held.full = [shard for shard in held.full if shard not in taken]
 
         workers = min(config.lanes, len(pieces))
         outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
@@ -645,6 +655,8 @@ class _Held:
     # shard -> {sequence id: (its mirror, [(enrollment id, its score as peeked), ...])}
     lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]]
     full: list[int]
+    # Shards where another worker leased some of these steps first (`_leased`).
+    taken: set[int] = field(default_factory=set)
 
 
 def _leased(held: _Held, leased: Mapping[int, Leased]) -> bool:
@@ -662,6 +674,7 @@ def _leased(held: _Held, leased: Mapping[int, Leased]) -> bool:
                     item.e["a"] = attempts
     if lost:
         held.items = [item for item in held.items if item.id not in lost]
+        held.taken = {held.shard_of[eid] for eid in lost}
     return bool(held.items)
 
 
