@@ -334,13 +334,14 @@ class Dispatch:
     ) -> Trip:
         """`advance_many(batches)`, then `leasePeeked` for `lease` (shard -> {sequence id:
         (its mirror, [(enrollment id, score as peeked), ...])}), then `claim_many(shards)`
-        (only peeking, when `peek`), then `suppressions(lookups)`, in one round trip: the
-        dispatcher settles one batch, leases and screens the next and peeks at the one
-        after with one wait on Redis.
+        (only peeking, when `peek`), then the suppression reads of `lookups` ((tenant,
+        channel) -> values: one HMGET each), in one round trip: the dispatcher settles one
+        batch, leases and screens the next and peeks at the one after with one wait on
+        Redis.
 
-        When an advance fails, the claims and leases that succeeded are released (due again
-        at once, no attempt counted) before the error is raised: nothing of theirs was
-        sent.
+        When a script of the trip fails, the claims and leases that succeeded are released
+        (due again at once, no attempt counted) before the error is raised: nothing of
+        theirs was sent.
         """
         order = [shard for shard, items in batches.items() if items]
         calls = []

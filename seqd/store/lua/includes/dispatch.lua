@@ -1,5 +1,6 @@
--- Shared by claimDue and advance (after the enrollment include): the end of a step that
--- will not be sent, and their chunked queue writes.
+-- Shared by claimDue, leasePeeked and advance (after the enrollment include; each defines
+-- max_attempts): the end of a step that will not be sent, a lease run out counted as an
+-- attempt, and their chunked queue writes.
 
 -- ZADD the flat (score, member, ...) list `args` to `key`, one command per BULK members
 -- (scripts.py: under Lua's limit on what unpack() spreads at once).
