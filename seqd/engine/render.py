@@ -69,14 +69,17 @@ def parse(template: str) -> tuple[Part, ...]:
 def _lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = context
     for key in path:
-        if not isinstance(value, Mapping) or key not in value:
+        # (A dict first: the Mapping check is an ABC's, about ten times slower.)
+        if not (type(value) is dict or isinstance(value, Mapping)) or key not in value:
             return None
         value = value[key]
     return value
 
 
 def _text(value: Any) -> str | None:
-    if value is None or value == "":
+    if type(value) is str:  # the usual case: a contact field
+        return value or None
+    if value is None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
