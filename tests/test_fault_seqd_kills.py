@@ -43,6 +43,11 @@ async def test_repeated_sigkill_loses_no_step_and_duplicates_stay_within_the_bou
         "SEQD_DISPATCH_LEASE_SECONDS": "1",
         "SEQD_DISPATCH_BATCH_SIZE": "100",
         "SEQD_WEBHOOKS_ENABLED": "false",
+        # Each kill that finds a step leased counts an attempt at it (a send that may have
+        # happened), and a step out of attempts is cancelled, as it should be. Kills close
+        # together (a loaded machine) can each find the same step leased, still unsent: with
+        # more attempts than kills, every enrollment must complete.
+        "SEQD_DISPATCH_MAX_ATTEMPTS": str(kills + 1),
     }
     try:
         sid, eids = await seed(store, [sms(f"step {i}") for i in range(STEPS)], enrollments)
