@@ -131,6 +131,13 @@ async def fake_store(prefix: str) -> AsyncIterator[Store]:
     await s.close()
 
 
+@pytest.fixture(params=["valkey", "fakeredis"])
+def any_store(request: pytest.FixtureRequest) -> Store:
+    """Each test twice: on a real valkey-server, and on fakeredis (the scripts run there too)."""
+    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
+    return store
+
+
 class Api:
     """A TestClient on the app, with one tenant's key; `as_tenant` gives another tenant's view."""
 

@@ -31,12 +31,6 @@ from tests.dispatchutil import (
 LEASE = 60_000
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
-def any_store(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
-    return store
-
-
 def shard(store: Store, eid: str) -> int:
     return ids.shard_of(eid, store.shards)
 

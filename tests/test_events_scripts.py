@@ -25,12 +25,6 @@ SEQ = models.SequenceCreate(
 )
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
-def any_store(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
-    return store
-
-
 def _eid(n: int) -> str:
     return f"evt_{n:022d}"
 

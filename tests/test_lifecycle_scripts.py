@@ -15,12 +15,6 @@ from tests.dispatchutil import Clock, email, enroll, events, raw, sequence, sms
 from tests.lifecycleutil import PHONE, contact, send_due
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
-def any_store(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
-    return store
-
-
 async def test_reply_contact_refuses_a_stale_sequence_version(any_store: Store) -> None:
     s = any_store
     seq = await sequence(s, sms(), sms(wait=10))

@@ -31,12 +31,6 @@ LEASE = 60_000
 ALL = [s.value for s in models.EnrollmentStatus]
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
-def any_store(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
-    return store
-
-
 async def pages(store: Store, sid: str, limit: int, statuses: list[str]) -> list[list[str]]:
     """Every page of the listing, followed cursor by cursor."""
     out: list[list[str]] = []

@@ -25,12 +25,6 @@ SEQ = models.SequenceCreate(
 )
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
-def any_store(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
-    return store
-
-
 def test_header_key_count_matches_file_name() -> None:
     for entry in LUA.iterdir():
         match = re.fullmatch(r"(\w+)-(\d+)\.lua", entry.name)

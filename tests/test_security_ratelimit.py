@@ -3,8 +3,6 @@ over HTTP, per-tenant settings, and two app instances sharing one limit."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -14,13 +12,6 @@ from seqd.config import Config, RateLimitConfig, TenantConfig, TenantRateLimit
 from seqd.store.db import Store
 
 NOW = 1_800_000_000_000
-
-
-@pytest.fixture(params=["valkey", "fakeredis"])
-async def any_store(
-    request: pytest.FixtureRequest, store: Store, fake_store: Store
-) -> AsyncIterator[Store]:
-    yield store if request.param == "valkey" else fake_store
 
 
 async def test_script_allows_the_limit_then_refuses(any_store: Store) -> None:

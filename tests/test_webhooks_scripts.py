@@ -18,12 +18,6 @@ TENANT = "acme"
 NOW = 1_800_000_000_000
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
-def any_store(request: pytest.FixtureRequest) -> Store:
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
-    return store
-
-
 async def _done(s: Store, *args: Any, **kw: Any) -> bool:
     recorded, _ = await s.deliveries.finish(*args, **kw)
     return recorded
