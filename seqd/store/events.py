@@ -99,20 +99,18 @@ class Events:
         for tenant, group in by_tenant.items():
             tag = self.keys.tenant_tag(tenant)
             log_key = self.keys.events(tenant)
-            args: list[str | int | bytes] = []
-            held = 0
+            head: list[str | int | bytes] = [tag, retention_ms, min_id]
+            args, held = list(head), 0
             for it in group:
                 if held and held + len(it.events) > RECORD_BATCH:
-                    calls.append(
-                        ("recordEvents", [log_key], [tag, retention_ms, min_id, *args], tag)
-                    )
-                    args, held = [], 0
+                    calls.append(("recordEvents", [log_key], args, tag))
+                    args, held = list(head), 0
                 args += (it.type, it.created_at, it.payload, len(it.events))
                 for event in it.events:
                     args += event
                 held += len(it.events)
-            if args:
-                calls.append(("recordEvents", [log_key], [tag, retention_ms, min_id, *args], tag))
+            if len(args) > len(head):
+                calls.append(("recordEvents", [log_key], args, tag))
         results = await self.store.runner.call_many(calls)
         for result in results:
             if isinstance(result, Exception):
