@@ -115,6 +115,23 @@ async def test_a_round_works_through_a_backlog_many_batches_deep(
     assert {(await raw(one_shard, e.id))["i"] for e in enrolled} == {"1"}
 
 
+async def test_a_round_goes_on_past_a_full_batch_with_nothing_to_send(one_shard: Store) -> None:
+    # The first 8 members of the queue are stale (their enrollments ended by hand), the
+    # last 2 due steps; batches of 5. The first peek is full and has nothing to send: the
+    # round still goes on with that shard and sends the 2 in the same round.
+    seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
+    enrolled = sorted(
+        await enroll(one_shard, seq, await contacts(one_shard, 10)), key=lambda e: e.id
+    )
+    for e in enrolled[:8]:
+        await one_shard.client.hset(one_shard.keys.enrollment(0, e.id), "st", "cancelled")
+    clock = Clock(now_ms())
+    sender = Recorder()
+    done = await dispatcher(one_shard, sender, clock, batch_size=5, lanes=1).run_once(clock.at)
+    assert (done.sent, done.more) == (2, False)
+    assert sorted(m.enrollment_id for m in sender.messages) == [e.id for e in enrolled[8:]]
+
+
 async def test_a_lane_waits_on_redis_once_per_batch(one_shard: Store) -> None:
     # 23 steps due in batches of 5, one lane: each wait settles the batch sent, leases and
     # screens the batch peeked at and peeks at the next (advance, leasePeeked, claimDue in

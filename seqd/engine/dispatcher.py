@@ -40,7 +40,7 @@ import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -243,11 +243,12 @@ class Dispatcher:
             # fresh `now`) that often.
             owed: _Owed | None = None
             held: _Held | None = None
+            full: list[int] = []  # the shards of the last peek that was a full batch
             while True:
                 shards: list[int] = []
-                if held is not None and held.full and not self._stopping.is_set():
+                if full and not self._stopping.is_set():
                     if self.clock() - started < ROUND_MS:
-                        shards = held.full
+                        shards = full
                     else:
                         result.more = True
                 if not shards and pieces and not self._stopping.is_set():
@@ -262,14 +263,18 @@ class Dispatcher:
                 owed = None
                 taken: set[int] = set()
                 if held is not None:
-                    if _leased(held, trip.leased):
+                    taken = _leased(held, trip.leased)
+                    if held.items:
                         owed = await self._work(held, self._hits(held, trip.found), now)
-                    taken = held.taken
+                # (Not a shard where another worker, another process, leased some of the
+                # peek first: it works that shard, and chasing it would peek at the same
+                # steps as it again.)
+                full = [
+                    shard
+                    for shard, batch in trip.claims.items()
+                    if batch.seen >= config.batch_size and shard not in taken
+                ]
                 held = await self._held(trip.claims)
-                if held is not None and taken:
-                    # Another worker (another process) works those shards: chasing them
-                    # would peek at the same steps as it again.
-                    held.full = [shard for shard in held.full if shard not in taken]
 
         workers = min(config.lanes, len(pieces))
         outcomes = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
@@ -317,7 +322,6 @@ class Dispatcher:
         items: list[Claimed] = []
         shard_of: dict[str, int] = {}
         mirrors: dict[str, str] = {}
-        full = [shard for shard, batch in batches.items() if batch.seen >= self.config.batch_size]
         for shard, batch in batches.items():
             items += batch.items
             for item in batch.items:
@@ -345,7 +349,7 @@ class Dispatcher:
             if queue is None:
                 queue = lease[shard][seq] = (batches[shard].m[seq], [])
             queue[1].append((item.id, item.e["k"]))
-        return _Held(items, shard_of, plans, lookups, lease, full)
+        return _Held(items, shard_of, plans, lookups, lease)
 
     def _hits(
         self, held: _Held, found: Mapping[tuple[str, str], Mapping[str, SuppressionRecord]]
@@ -645,8 +649,7 @@ class Dispatcher:
 @dataclass(slots=True)
 class _Held:
     """A piece peeked at and not yet sent: its items (with their shards), the plans of their
-    sequences, the addresses to screen, per (tenant, channel), what to lease, and the
-    shards whose peek was full (more may be due there)."""
+    sequences, the addresses to screen, per (tenant, channel), and what to lease."""
 
     items: list[Claimed]
     shard_of: dict[str, int]
@@ -654,15 +657,12 @@ class _Held:
     lookups: dict[tuple[str, str], list[str]]
     # shard -> {sequence id: (its mirror, [(enrollment id, its score as peeked), ...])}
     lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]]
-    full: list[int]
-    # Shards where another worker leased some of these steps first (`_leased`).
-    taken: set[int] = field(default_factory=set)
 
 
-def _leased(held: _Held, leased: Mapping[int, Leased]) -> bool:
+def _leased(held: _Held, leased: Mapping[int, Leased]) -> set[int]:
     """Give `held`'s items the lease tokens they got (and the attempts counted of leases run
     out), and drop those not leased (changed since the peek, or claimed by another worker:
-    nothing of theirs may be sent). Whether any is left."""
+    nothing of theirs may be sent). Returns the shards of those dropped."""
     lost = {eid for got in leased.values() for eid in got.lost}
     for item in held.items:
         got = leased.get(held.shard_of[item.id])
@@ -672,10 +672,10 @@ def _leased(held: _Held, leased: Mapping[int, Leased]) -> bool:
                 attempts = got.attempts.get(item.id)
                 if attempts is not None:
                     item.e["a"] = attempts
-    if lost:
-        held.items = [item for item in held.items if item.id not in lost]
-        held.taken = {held.shard_of[eid] for eid in lost}
-    return bool(held.items)
+    if not lost:
+        return set()
+    held.items = [item for item in held.items if item.id not in lost]
+    return {held.shard_of[eid] for eid in lost}
 
 
 @dataclass(slots=True)
