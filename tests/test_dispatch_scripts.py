@@ -914,3 +914,23 @@ async def test_a_failed_advance_leaves_what_its_round_trip_only_peeked_at(
         )  # fmt: skip
     assert await due_score(s, e.id) == due + LEASE - 0.5
     assert (await raw(s, e.id)).get("a", "0") == "0"
+
+
+async def test_a_failed_suppression_read_releases_what_its_round_trip_leased(
+    any_store: Store,
+) -> None:
+    # The screening is read in the round trip that leases the batch: when it fails, the
+    # lease is given back before the error goes on (no send may follow an unscreened lease).
+    s = any_store
+    eids, sh, due = await two_in_a_shard(s)
+    batch = await peek(s, sh, due)
+    seq = batch.items[0].e["s"]
+    await s.client.set(s.keys.suppressions(TENANT, "sms"), "not a hash")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await Dispatch(s).advance_and_claim(
+            {}, now=due + 1, max_attempts=3, lease_ms=LEASE,
+            lease={sh: {seq: (batch.m[seq], [(i.id, i.e["k"]) for i in batch.items])}},
+            lookups={(TENANT, "sms"): ["+15550000001"]},
+        )  # fmt: skip
+    assert [await due_score(s, eid) for eid in eids] == [due + 1, due + 1]
+    assert {(await raw(s, eid)).get("a", "0") for eid in eids} == {"0"}

@@ -339,9 +339,9 @@ class Dispatch:
         batch, leases and screens the next and peeks at the one after with one wait on
         Redis.
 
-        When a script of the trip fails, the claims and leases that succeeded are released
-        (due again at once, no attempt counted) before the error is raised: nothing of
-        theirs was sent.
+        When a script or a read of the trip fails, the claims and leases that succeeded are
+        released (due again at once, no attempt counted) before the error is raised:
+        nothing of theirs was sent.
         """
         order = [shard for shard, items in batches.items() if items]
         calls = []
@@ -411,6 +411,8 @@ class Dispatch:
                 failed = failed or reply
                 continue
             claims[shard] = _decode_claim(reply)
+        rows = replies[len(calls) :]
+        failed = failed or next((row for row in rows if isinstance(row, Exception)), None)
         if failed is not None:
             # (A peek leased nothing: its steps are as they were.)
             back = [
@@ -427,7 +429,7 @@ class Dispatch:
                 ]
             await self.release(back, now=claim_now or now)
             raise failed
-        return Trip(advanced, leased, claims, _found(groups, replies[len(calls) :]))
+        return Trip(advanced, leased, claims, _found(groups, rows))
 
     async def release(self, items: Sequence[tuple[str, str, str]], *, now: int) -> None:
         """Give back claimed steps that will not be sent, each (enrollment id, token, sequence

@@ -164,7 +164,7 @@ class Runner:
     ) -> list[Any]:
         """Run several script calls in one round trip; each result or its ScriptError. Plain
         commands in `reads` (a command and its arguments, each of one key) go in the same
-        round trip, after the scripts; their results follow the scripts' (an error raises).
+        round trip, after the scripts; their results (or errors) follow the scripts'.
         """
         pipe = self.client.pipeline(transaction=False)
         for name, keys, args, tag in calls:
@@ -175,9 +175,6 @@ class Runner:
         for command in reads:
             pipe.execute_command(*command)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        for result in results[len(calls) :]:
-            if isinstance(result, Exception):
-                raise result
         for i, result in enumerate(results[: len(calls)]):
             if isinstance(result, NoScriptError):
                 name, keys, args, tag = calls[i]
