@@ -77,9 +77,8 @@ for _, g in ipairs(groups) do
       local was = {}
       for score in string.gmatch(seen, '[^,]+') do was[#was + 1] = score end
       for j = 1, n do
-        local score = scores[j]
+        local score, id = scores[j], ids[j]
         -- The score as Redis prints it; the numbers decide when the text differs.
-        local id = ids[j]
         if score and (score == was[j] or tonumber(score) == tonumber(was[j])) then
           local send = true
           if is_leased(score) then
