@@ -46,12 +46,15 @@ async def seed(
 
 
 class LogTail:
-    """The `log` channel's file, read incrementally: every line is one step at the provider."""
+    """The `log` channel's file, read incrementally: every whole line is one step at the
+    provider. A line that does not parse was torn by a kill mid-write (the next sender
+    closes it off with a newline): it is counted in `torn`, not as a send."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sent: Counter[tuple[str, int]] = Counter()
         self.lines = 0
+        self.torn = 0
         self._offset = 0
         self._partial = b""
 
@@ -65,7 +68,13 @@ class LogTail:
         data = self._partial + chunk
         *whole, self._partial = data.split(b"\n")
         for line in whole:
-            record = json.loads(line)
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self.torn += 1
+                continue
             self.sent[(record["enrollment_id"], record["step"])] += 1
             self.lines += 1
         return self.lines

@@ -58,6 +58,20 @@ async def test_appends_across_senders_and_reopens(tmp_path: Path) -> None:
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2]
 
 
+async def test_a_line_torn_by_a_kill_stays_on_its_own(tmp_path: Path) -> None:
+    # What a process SIGKILLed between two pages of its write(2) leaves behind.
+    path = tmp_path / "out.jsonl"
+    whole = json.dumps({"key": "enr_01.0"}) + "\n"
+    path.write_text(whole + '{"at":"2026-11-2')
+    sender = LogSender(LogChannelConfig(path=str(path)))
+    assert (await sender.send(outbound(1))).outcome == "sent"
+    await sender.close()
+    lines = path.read_text().splitlines()
+    assert lines[:2] == [whole.strip(), '{"at":"2026-11-2']
+    assert json.loads(lines[2])["key"] == "enr_01.1"
+    assert len(lines) == 3
+
+
 async def test_stdout(capfd: pytest.CaptureFixture[str]) -> None:
     sender = LogSender(LogChannelConfig(path="-"))
     assert (await sender.send(outbound(4))).outcome == "sent"

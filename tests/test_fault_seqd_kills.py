@@ -88,6 +88,7 @@ async def test_repeated_sigkill_loses_no_step_and_duplicates_stay_within_the_bou
         provider.read()
 
         sent = provider.sent
+        assert provider.torn <= kills  # only a kill mid-write tears a line
         assert set(sent) == {(eid, step) for eid in eids for step in range(STEPS)}
         over = {k: (n, held[k]) for k, n in sent.items() if n > 1 + held[k]}
         assert not over, f"steps sent more often than the promise allows: {over}"
@@ -103,7 +104,7 @@ async def test_repeated_sigkill_loses_no_step_and_duplicates_stay_within_the_bou
         duplicates = sum(n - 1 for n in sent.values())
         print(
             f"\nseqd kills: {kills} kills, {total} steps, {provider.lines} sends, "
-            f"{duplicates} duplicates, bound {sum(held.values())} "
+            f"{duplicates} duplicates, {provider.torn} torn lines, bound {sum(held.values())} "
             f"(unsettled claims at the kills), max sends of one step {max(sent.values())}, "
             f"{elapsed:.1f} s"
         )

@@ -2,13 +2,16 @@
 
 The default for both kinds, so that a fresh `seqd serve` sends somewhere with no
 credentials; also the crash test's "provider". Each line goes out in one `write(2)` on a
-descriptor opened with O_APPEND, so a process killed at any moment leaves whole lines
-behind, and several processes can share the file without interleaving.
+descriptor opened with O_APPEND, so several processes can share the file without
+interleaving. A process killed mid-write can still leave a torn line (Linux checks for a
+fatal signal at every page a write crosses), so a sender that opens a file whose last byte
+is not a newline writes one first: the torn line stays on its own, every later line whole.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 import msgspec
@@ -37,6 +40,20 @@ class LogLine(msgspec.Struct, kw_only=True, omit_defaults=True):
 _encoder = msgspec.json.Encoder()
 
 
+def _close_torn_line(path: str, fd: int) -> None:
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or not status.st_size:
+        return  # a pipe or a device has no tail to read
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    except OSError:
+        return  # unreadable (write-only permissions): the lines still go out
+    if torn:
+        os.write(fd, b"\n")
+
+
 class LogSender:
     name = "log"
 
@@ -49,7 +66,13 @@ class LogSender:
             if self._path == "-":
                 self._fd = sys.stdout.fileno()
             else:
-                self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    _close_torn_line(self._path, fd)
+                except OSError:
+                    os.close(fd)
+                    raise
+                self._fd = fd
         return self._fd
 
     async def send(self, message: OutboundMessage) -> SendResult:
