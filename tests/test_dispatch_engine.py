@@ -247,6 +247,25 @@ async def test_a_newer_sequence_version_is_read_before_sending(store: Store) -> 
     assert [m.body for m in sender.messages] == ["new text"]
 
 
+async def test_an_edit_that_names_another_contact_field_sends_it(store: Store) -> None:
+    # A claim reads the contact fields the sequence's mirror names: the edit's new mirror
+    # must name last_name, or the message would pause for a variable the contact has.
+    seq = await sequence(store, sms("Hi {{first_name}}"), sms("Bye {{first_name}}", wait=1))
+    (e,) = await enroll(store, seq, await contacts(store, 1, last_name="Lovelace"))
+    clock = Clock()
+    sender = Recorder()
+    d = dispatcher(store, sender, clock)
+    await d.run_once(clock.at)
+    patch = models.SequencePatch(
+        steps=[sms("Hi {{first_name}}"), sms("Bye {{first_name}} {{last_name}}", wait=1)]
+    )
+    await store.sequences.change(TENANT, seq.id, patch=patch)
+    clock.advance(MINUTE)
+    await d.run_once(clock.at)
+    assert [m.body for m in sender.messages] == ["Hi n0", "Bye n0 Lovelace"]
+    assert (await raw(store, e.id))["st"] == "completed"
+
+
 async def test_missing_variable_pauses_and_names_it(store: Store) -> None:
     seq = await sequence(store, sms("Hi {{first_name}} from {{attributes.company}}"))
     (e,) = await enroll(store, seq, await contacts(store, 1))

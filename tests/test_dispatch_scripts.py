@@ -80,7 +80,7 @@ async def test_claim_leases_with_a_token_and_returns_what_the_sender_needs(
     assert await raw(s, e.id) == before
     assert item.e["md"] == '{"source":"test"}'
     assert item.c["first_name"] == "n0" and item.c["phone"].startswith("+1415555")
-    assert batch.m == {seq.id: f"active:1:{len(seq.steps)}"}
+    assert batch.m == {seq.id: f"active:1:{len(seq.steps)}:tenant,first_name,phone"}
     # Leased: not claimable again before the lease passes, claimable after.
     assert (await claim(s, sh, due + LEASE - 1)).items == []
     again = await claim(s, sh, due + LEASE)
@@ -463,6 +463,34 @@ async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store, bui
     assert done.stale == [e.id]
 
 
+async def test_passed_steps_of_several_groups_are_each_judged_by_their_own_score(
+    any_store: Store,
+) -> None:
+    # advance reads the passed steps' scores per group (one ZMSCORE per claim): steps of two
+    # groups interleaved, the first one's claim taken by a pause, must each get their own.
+    s = any_store
+    seq = await sequence(s, sms(), sms(wait=10))
+    a, b, c = (e.id for e in await enroll(s, seq, await contacts_in_shard(s, 3)))
+    due = int((await raw(s, a))["n"])
+    batch = await claim(s, 0, due)
+    claimed = {item.id: item.e for item in batch.items}
+    token = claimed[a]["k"]
+    await s.enrollments.transition(TENANT, a, "pause", "reply_received")
+    done = await advance(
+        s,
+        0,
+        due + 5,
+        settle(a, token, 0, due + 5, "sent", provider_id="SMa", wait=10),
+        settle(b, token, 0, due + 5, "skipped", reason="no_phone", wait=10),
+        settle(c, token, 0, due + 5, "sent", provider_id="SMc", wait=10),
+        claimed=claimed,
+    )
+    assert (done.applied, done.late, done.stale) == (2, 1, [])
+    assert await due_score(s, a) is None and (await raw(s, a))["st"] == "paused"
+    assert await due_score(s, b) == await due_score(s, c) == due + 15
+    assert [(await raw(s, eid)).get("p0") for eid in (a, b, c)] == ["SMa", None, "SMc"]
+
+
 async def test_advance_retry_backs_off_then_fails_when_attempts_run_out(any_store: Store) -> None:
     s = any_store
     _seq, e, sh, due = await one(s)
@@ -646,18 +674,39 @@ async def test_enrollment_without_token_attempts_or_updated_at_reads_as_their_de
     assert (await s.enrollments.get(TENANT, e.id)).updated_at is not None
 
 
-async def test_claim_reads_only_the_contact_fields_a_message_can_use(any_store: Store) -> None:
-    from seqd.engine import render
-    from seqd.store.dispatch import CONTACT_READ
-
-    assert render.CONTACT_FIELDS | {"tenant", "attributes"} == set(CONTACT_READ)
+async def test_claim_reads_only_the_contact_fields_the_sequences_messages_use(
+    any_store: Store,
+) -> None:
     s = any_store
-    _seq, _e, sh, due = await one(s, last_name=None)
+    full = {"last_name": "Lovelace", "timezone": "Europe/London"}
+    attributes = {"attributes": {"company": "Acme"}}
+    _seq, _e, sh, due = await one(s, **full, **attributes, external_id="x1")
     item = (await claim(s, sh, due)).items[0]
-    assert item.c["tenant"] == TENANT and item.c["first_name"] == "n0"
-    # Unset fields are absent, and the contact's bookkeeping fields are not read.
-    assert "last_name" not in item.c and not any(f.startswith("e:") for f in item.c)
-    assert "created_at" not in item.c
+    # The steps send SMS and name first_name: the owner, the phone and first_name.
+    assert item.c == {"tenant": TENANT, "first_name": "n0", "phone": item.c["phone"]}
+    _seq, _e, sh, due = await one(
+        s, email("For {{attributes.company}}", "Dear {{last_name|you}}"), **full, **attributes
+    )
+    item = (await claim(s, sh, due)).items[0]
+    assert set(item.c) == {"tenant", "email", "attributes", "last_name"}
+    assert item.c["last_name"] == "Lovelace" and json.loads(item.c["attributes"])["company"]
+    # Unset fields are absent, and the contact's bookkeeping fields are never read.
+    _seq, _e, sh, due = await one(s, sms("{{first_name}} {{last_name|x}}"), last_name=None)
+    item = (await claim(s, sh, due)).items[0]
+    assert set(item.c) == {"tenant", "first_name", "phone"}
+
+
+async def test_a_mirror_without_fields_has_every_field_a_message_can_use_read(
+    any_store: Store,
+) -> None:
+    # Mirrors written before they named their fields ("<status>:<version>:<steps>").
+    s = any_store
+    seq, _e, sh, due = await one(s, last_name="Lovelace", timezone="Europe/London")
+    await s.client.hset(s.keys.shard_sequences(sh), seq.id, f"active:1:{len(seq.steps)}")
+    item = (await claim(s, sh, due)).items[0]
+    assert item.c["last_name"] == "Lovelace" and item.c["timezone"] == "Europe/London"
+    assert item.c["email"] and item.c["first_name"] == "n0"
+    assert not any(f.startswith("e:") for f in item.c) and "created_at" not in item.c
 
 
 async def two_in_a_shard(s: Store) -> tuple[list[str], int, int]:

@@ -18,9 +18,8 @@ from seqd.engine import render
 from seqd.engine.plans import Plan
 from seqd.models import CancelReason, PausedReason
 from seqd.store.dispatch import Claimed, Settle, SuppressionRecord
+from seqd.store.mirrors import ADDRESS_FIELD
 
-# The contact field a channel sends to, which is also the suppression list's key.
-ADDRESS_FIELD = {"sms": "phone", "email": "email"}
 # A contact whose every remaining step is suppressed is cancelled with this reason, unless
 # the suppression record names one of the cancel reasons itself.
 SUPPRESSED_REASON = {"sms": CancelReason.OPTED_OUT.value, "email": CancelReason.BOUNCED.value}

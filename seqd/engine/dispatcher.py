@@ -50,8 +50,8 @@ from seqd import models
 from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import Config, DispatchConfig
-from seqd.engine.compose import ADDRESS_FIELD, Job, compose, suppressed_reason
-from seqd.engine.plans import Plan, Plans, mirror_version
+from seqd.engine.compose import Job, compose, suppressed_reason
+from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.rounds import Lane, Round, cut_pieces
 from seqd.errors import NotFound
@@ -68,6 +68,7 @@ from seqd.store.dispatch import (
     SuppressionRecord,
     Trip,
 )
+from seqd.store.mirrors import ADDRESS_FIELD, version_of
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
@@ -327,7 +328,7 @@ class Dispatcher:
             for item in batch.items:
                 shard_of[item.id] = shard
             for sid, mirror in batch.m.items():
-                if mirror_version(mirror) > mirror_version(mirrors.get(sid, "")):
+                if version_of(mirror) > version_of(mirrors.get(sid, "")):
                     mirrors[sid] = mirror
         if not items:
             return None
@@ -422,7 +423,7 @@ class Dispatcher:
         missing: dict[str, tuple[str, int]] = {}
         tenants = {item.e["s"]: item.e["t"] for item in items}
         for sid, mirror in mirrors.items():
-            version = mirror_version(mirror)
+            version = version_of(mirror)
             plan = self.plans.cached(sid, version)
             if plan is not None:
                 out[sid] = plan

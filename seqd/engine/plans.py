@@ -1,6 +1,6 @@
 """Sequences as the dispatcher sends them: prepared once per (sequence, version), cached.
 
-A claim reply carries each item's sequence mirror (`<status>:<version>:<steps>`); the
+A claim reply carries each item's sequence mirror (`store/mirrors.py`); the
 document itself lives under the tenant's tag and is read only when the mirror names a
 version newer than the cached one. The cache is bounded and keyed by sequence id, so a
 long-running process holds one plan per live sequence, not one per version ever seen.
@@ -54,16 +54,6 @@ class Plan:
         return self.steps[nxt].wait_ms if nxt < len(self.steps) else -1
 
 
-def _roots(*templates: str | None) -> set[str]:
-    out: set[str] = set()
-    for template in templates:
-        if template:
-            for part in render.parse(template):
-                if not isinstance(part, str):
-                    out.add(part[0][0])
-    return out
-
-
 def build(seq: models.Sequence, version: int) -> Plan:
     first_email = next((i for i, s in enumerate(seq.steps) if s.kind == "email"), None)
     steps = []
@@ -74,7 +64,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
         subject = step.subject
         if threaded and first_email is not None:
             subject = seq.steps[first_email].subject
-        roots = _roots(step.body, subject)
+        roots = render.roots(step.body, subject)
         steps.append(
             StepPlan(
                 kind=step.kind,
@@ -91,12 +81,6 @@ def build(seq: models.Sequence, version: int) -> Plan:
         tuple(sorted({s.kind for s in seq.steps[i:]})) for i in range(len(seq.steps))
     )
     return Plan(seq.id, version, tuple(steps), kinds_left)
-
-
-def mirror_version(mirror: str) -> int:
-    """The version in a shard mirror value "<status>:<version>:<steps>" (-1 if malformed)."""
-    parts = mirror.split(":")
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
 
 
 class Plans:

@@ -66,6 +66,18 @@ def parse(template: str) -> tuple[Part, ...]:
     return tuple(parts)
 
 
+def roots(*templates: str | None) -> set[str]:
+    """The first name of every variable the templates use (`attributes` for
+    attributes.company): what a message of them reads."""
+    out: set[str] = set()
+    for template in templates:
+        if template:
+            for part in parse(template):
+                if not isinstance(part, str):
+                    out.add(part[0][0])
+    return out
+
+
 def _lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = context
     for key in path:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import msgspec
 
 from seqd import ids
-from seqd.store.codec import CONTACT_TEXT_FIELDS
+from seqd.store.mirrors import CONTACT_READ, fields_of
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
@@ -24,14 +24,9 @@ if TYPE_CHECKING:
 Outcome = Literal["sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release"]
 
 
-# The contact fields a claim reads: its owner and what a message can use (templates name
-# only the text fields and attributes.<key>: engine/render.py).
-CONTACT_READ = ("tenant", *CONTACT_TEXT_FIELDS, "attributes")
-
-
 class Claimed(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One claimed step: enrollment id, its hash (storage field names), its contact's
-    fields of CONTACT_READ that are set."""
+    fields that its sequence's messages can use and that are set (`mirrors.fields_of`)."""
 
     id: str
     e: dict[str, str]
@@ -41,7 +36,7 @@ class Claimed(msgspec.Struct, array_like=True, frozen=True, gc=False):
 class ClaimBatch(msgspec.Struct, frozen=True, gc=False):
     # Due members looked at; equal to the limit when more may be due.
     seen: int
-    # Sequence id -> its shard mirror "<status>:<version>:<steps>" for the items' sequences.
+    # Sequence id -> its shard mirror (store/mirrors.py) for the items' sequences.
     m: dict[str, str]
     items: list[Claimed]
 
@@ -49,7 +44,7 @@ class ClaimBatch(msgspec.Struct, frozen=True, gc=False):
 class _Item(msgspec.Struct, array_like=True, frozen=True, gc=False):
     id: str
     e: dict[str, str]
-    # HMGET of CONTACT_READ: false where a field is not set.
+    # HMGET of the fields of its sequence's mirror: false where a field is not set.
     c: list[str | bool]
 
 
@@ -202,13 +197,14 @@ def is_unsettled(due_score: float | None) -> bool:
 def _decode_claim(reply: list[str]) -> ClaimBatch:
     """A claimDue reply: its JSON text in pieces (the head, then one per item)."""
     raw = _decode_batch("".join((reply[0], ",".join(reply[1:]), "]}")))
+    m = raw.m
     items = [
         Claimed(
             item.id,
             item.e,
             # Unset fields are false (an empty one reads as unset everywhere anyway); the
             # script answers one value per name, so no strict check on this hot path.
-            {f: v for f, v in zip(CONTACT_READ, item.c, strict=False) if v},  # type: ignore[misc]
+            {f: v for f, v in zip(fields_of(m[item.e["s"]]), item.c, strict=False) if v},  # type: ignore[misc]
         )
         for item in raw.items
     ]

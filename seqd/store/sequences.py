@@ -15,6 +15,7 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.models import SequenceStatus
+from seqd.store import mirrors
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
 
@@ -173,7 +174,7 @@ class Sequences:
 
     async def sync(self, seq: models.Sequence, version: int, sweeps: list[str]) -> None:
         """Write the mirror in every shard, then run each sweep to completion."""
-        mirror = f"{seq.status.value}:{version}:{len(seq.steps)}"
+        mirror = mirrors.mirror(seq.status.value, version, seq.steps)
         for sweep in ["", *sweeps]:
             cursors = {shard: "" for shard in range(self.keys.shards)}
             while cursors:

@@ -20,7 +20,8 @@
 
   KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
-  KEYS[3] sequences HASH   sequence id -> "<status>:<version>:<steps>"
+  KEYS[3] sequences HASH   sequence id -> its mirror "<status>:<version>:<steps>:<fields>"
+                           (store/mirrors.py)
   ARGV[1] tag
   ARGV[2] now           ms
   ARGV[3] lease         ms
@@ -33,17 +34,20 @@
             that dies in between left nothing to undo). A peek still settles what needs
             no send (stale, archived, completed, held); a lease run out that is to be
             sent again is returned as it is, its attempt counted by leasePeeked.
-  ARGV[8..] contact fields to read: the owner and what a message can use (not the whole
-            hash, which also holds one `e:<seq>` field per sequence the contact is in)
+  ARGV[8..] contact fields to read for a sequence whose mirror names none (written before
+            mirrors had them): the owner and what any message can use. A mirror's own
+            `fields` (comma-separated) are what its sequence's messages use: a field the
+            contact lacks costs a scan of its hash, which also holds one `e:<seq>` field per
+            sequence the contact is in.
 
   Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
   the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
   of an unsettled claim sent again) with `k` = the lease token (peek: the member's score
-  as it was left, which leasePeeked checks), the contact values an array
-  in the order of ARGV[8..] (false where unset); seen = members looked at (equal to the
-  limit: more may be due).
+  as it was left, which leasePeeked checks), the contact values an array in the order of
+  its sequence's mirror's fields, or of ARGV[8..] (false where unset); seen = members
+  looked at (equal to the limit: more may be due).
 ]]
 local rcall = redis.call
 local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
@@ -61,8 +65,13 @@ local function sequence_state(seq)
   local s = states[seq]
   if s == nil then
     local m = rcall('HGET', seqs_key, seq)
-    local status, steps = string.match(m or '', '^([^:]+):%d+:(%d+)$')
-    s = {mirror = m, status = status or 'missing', steps = tonumber(steps) or 0}
+    local status, steps, fields = string.match(m or '', '^([^:]+):%d+:(%d+):?([%w_,]*)$')
+    local read = contact_fields
+    if fields and fields ~= '' then
+      read = {}
+      for f in string.gmatch(fields, '[^,]+') do read[#read + 1] = f end
+    end
+    s = {mirror = m, status = status or 'missing', steps = tonumber(steps) or 0, read = read}
     states[seq] = s
   end
   return s
@@ -99,7 +108,7 @@ local function lease(id, seq, state, cid, keep)
     leased[#leased + 1] = id
   end
   mirrors[seq] = state.mirror
-  return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(contact_fields)))
+  return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(state.read)))
 end
 
 -- The members of `seq`'s queue due now, at most `room` of them; returns how many.

@@ -14,7 +14,7 @@
   ARGV[1] tag
   ARGV[2] now        ms
   ARGV[3] sequence_id
-  ARGV[4] mirror     "<status>:<version>:<steps>"
+  ARGV[4] mirror     "<status>:<version>:<steps>:<fields>" (store/mirrors.py)
   ARGV[5] sweep      "" | archive | shrink_active | shrink_paused
   ARGV[6] limit      enrollments handled at most in this call (shrink_active: about)
   ARGV[7] cursor     where the previous call of a shrink sweep stopped ("" first): the
@@ -60,7 +60,7 @@ if sweep == 'archive' then
   end
   return with_head({handled < limit and 1 or 0, '', handled})
 elseif sweep == 'shrink_active' or sweep == 'shrink_paused' then
-  local steps = tonumber(string.match(mirror, ':(%d+)$'))
+  local steps = tonumber(string.match(mirror, '^[^:]+:%d+:(%d+)'))
   local ids, next_cursor, done
   if sweep == 'shrink_active' then
     -- The queue's order moves as steps go out: ZSCAN still returns every member that
