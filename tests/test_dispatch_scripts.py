@@ -608,36 +608,41 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
         with pytest.raises(ScriptError) as info:
             await s.runner.call("advance", keys, [tag, due, 3, text], tag=tag)
         assert info.value.code == "BAD_ITEMS"
-    # Passed steps: groups (PASSED_GROUP) and steps (PASSED_STEP), each with its event.
+    # Passed steps: their groups (PASSED_GROUP) as JSON, then five values each (PASSED_STEP).
     group = [item.e["k"], item.e["s"], 0, "sms", "sent", item.e["t"], "", 5]
-    step = [e.id, 1, str(due + 5), ""]
-    event = json.dumps({"id": e.id})
+    step = [e.id, 1, due + 5, "", json.dumps({"id": e.id})]
+    groups = json.dumps([group])
 
-    def passed(g: list[object], p: list[object]) -> str:
-        return json.dumps({"g": [g], "p": [p]})
+    def grouped(g: list[object]) -> str:
+        return json.dumps([g])
 
-    bad_passed = [
-        ("not json", [event]),
-        (json.dumps([step]), [event]),  # not {"g", "p"}
-        (passed(group, step), []),  # no event
-        (passed(group, step), [event, event]),  # an event too many
-        (passed(group, step), [""]),  # an empty event
-        (passed(group, [e.id, 2, str(due + 5), ""]), [event]),  # no such group
-        (passed(group, [e.id, 1, "soon", ""]), [event]),  # a due time not a number
-        (passed(group, [e.id, 1, due + 5, ""]), [event]),  # a due time not text
-        (passed(group, step[:3]), [event]),  # no detail
-        (passed([*group[:2], "0", *group[3:]], step), [event]),  # the step as text
-        (passed([*group[:4], "failed", *group[5:]], step), [event]),  # not sent or skipped
-        (passed([*group[:5], "", *group[6:]], step), [event]),  # no tenant
-        (passed([*group[:7], -1], step), [event]),  # the last step's wait
-        (passed(group[:7], step), [event]),  # no wait
+    bad_passed: list[tuple[str, list[object]]] = [
+        ("not json", step),
+        (json.dumps({"g": [group]}), step),  # groups not an array
+        (groups, step[:4]),  # no event
+        (groups, [*step, e.id]),  # a value too many
+        (groups, [*step[:4], ""]),  # an empty event
+        (groups, ["", *step[1:]]),  # no id
+        (groups, [e.id, 2, *step[2:]]),  # no such group
+        (groups, [e.id, "first", *step[2:]]),  # a group not a number
+        (groups, [e.id, 1, "soon", *step[3:]]),  # a due time not a number
+        (groups, [e.id, 1, due + 5.5, *step[3:]]),  # a due time not a whole ms
+        (grouped([*group[:2], "0", *group[3:]]), step),  # the step as text
+        (grouped([*group[:4], "failed", *group[5:]]), step),  # not sent or skipped
+        (grouped([*group[:5], "", *group[6:]]), step),  # no tenant
+        (grouped([*group[:7], -1]), step),  # the last step's wait
+        (grouped(group[:7]), step),  # no wait
     ]
-    for text, built in bad_passed:
+    for text, values in bad_passed:
         with pytest.raises(ScriptError) as info:
-            await s.runner.call("advance", keys, [tag, due, 3, "[]", text, *built], tag=tag)
-        assert info.value.code == "BAD_ITEMS", text
+            await s.runner.call("advance", keys, [tag, due, 3, "[]", text, *values], tag=tag)
+        assert info.value.code == "BAD_ITEMS", (text, values)
     assert (await raw(s, e.id))["i"] == "0"
     assert await due_score(s, e.id) == due + LEASE - 0.5
+    # The same values, well formed, are applied.
+    await s.runner.call("advance", keys, [tag, due, 3, "[]", groups, *step], tag=tag)
+    assert (await raw(s, e.id))["i"] == "1"
+    assert await due_score(s, e.id) == due + 5
 
 
 async def test_enrollment_without_token_attempts_or_updated_at_reads_as_their_defaults(

@@ -74,34 +74,36 @@ class Settle(msgspec.Struct, kw_only=True, omit_defaults=True):
     seq: str | None = None
 
 
-# Passed steps in advance's ARGV[5] (advance-2.lua): sent or skipped steps with a step
+# Passed steps in advance's ARGV[5..] (advance-2.lua): sent or skipped steps with a step
 # after them, of a claim the caller read, whose events the caller built (`step_event`).
-# Short arrays, what a claim's steps share written once: decoding JSON was the script's
-# largest cost after its writes.
+# What a claim's steps share is written once (a group, in one JSON array), each step as
+# five plain values: decoding JSON was the script's largest cost after its writes, and a
+# decoded step is one more table for Lua to make and collect.
 PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait")
-PASSED_STEP = ("id", "group", "due", "detail")
+PASSED_STEP = ("id", "group", "due", "detail", "event")
 
 
 class _Passed:
-    """The passed steps of one advance call, as ARGV[5] spells them."""
+    """The passed steps of one advance call: their groups (ARGV[5]) and their values."""
 
-    __slots__ = ("groups", "steps")
+    __slots__ = ("groups", "values")
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[str | int, ...], int] = {}
-        self.steps: list[tuple[str | int, ...]] = []
+        # group -> its place in ARGV[5] (from 1), as text: converted once, not per step.
+        self.groups: dict[tuple[str | int, ...], str] = {}
+        self.values: list[str | bytes] = []
 
-    def add(self, s: Settle, e: Mapping[str, str]) -> None:
+    def add(self, s: Settle, e: Mapping[str, str], event: bytes) -> None:
         wait = s.wait or 0
         group = (s.token, e["s"], s.step, s.kind, s.outcome, e["t"], e.get("a", ""), wait)
         place = self.groups.get(group)
         if place is None:
-            place = self.groups[group] = len(self.groups) + 1
+            place = self.groups[group] = str(len(self.groups) + 1)
         detail = (s.provider_id if s.outcome == "sent" else s.reason) or ""
-        self.steps.append((s.id, place, str(s.at + wait), detail))
+        self.values += (s.id, place, str(s.at + wait), detail, event)
 
-    def encode(self) -> bytes:
-        return _encode({"g": list(self.groups), "p": self.steps})
+    def encode_groups(self) -> bytes:
+        return _encode(list(self.groups))
 
 
 class _StepFields(msgspec.Struct, omit_defaults=True):
@@ -305,7 +307,7 @@ class Dispatch:
 
         `claimed`: enrollment id -> its fields as claimDue returned them, for the items the
         caller claimed itself: their step events are built here (`step_event`), and the
-        passed steps among them go in short arrays (PASSED_GROUP, PASSED_STEP).
+        passed steps among them go as groups and values (PASSED_GROUP, PASSED_STEP).
         """
         trip = await self.advance_and_claim(
             batches, now=now, max_attempts=max_attempts, claimed=claimed
@@ -347,7 +349,6 @@ class Dispatch:
             items = batches[shard]
             general: Sequence[Settle] = items
             passed = _Passed()
-            events: list[bytes] = []
             if claimed is not None:
                 general = []
                 for s in items:
@@ -357,12 +358,12 @@ class Dispatch:
                         continue
                     event = step_event(s, e, now_text)
                     if event:
-                        passed.add(s, e)
-                        events.append(event)
+                        passed.add(s, e, event)
                     else:
                         s.seq = e["s"]
                         general.append(s)
-            args = [tag, now, max_attempts, _encode(general), passed.encode(), *events]
+            shared = passed.encode_groups()
+            args = [tag, now, max_attempts, _encode(general), shared, *passed.values]
             calls.append(("advance", self._shard_keys(shard), args, tag))
         leasing = list((lease or {}).items())
         for shard, queues in leasing:

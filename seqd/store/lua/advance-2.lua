@@ -26,21 +26,20 @@
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
     and optionally seq: the claimed sequence (`s`; else read here)
-  ARGV[5]   optional, passed steps, the hot path: a sent or skipped step with a step after
-            it, of a claim the caller read, as JSON {"g": [group, ...], "p": [step, ...]}
-            (store/dispatch.py PASSED_GROUP, PASSED_STEP):
-            group [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
-                  none), wait (ms from the send to the next step, >= 0)]: what the steps
-                  of one claim share, written once per call
-            step  [id, group (its place in g, from 1), due (the next step's due time, ms
-                  as text), detail (provider id of a sent step, reason of a skipped one;
-                  "" for none)]
-            (Short arrays: decoding JSON was the script's largest cost after the writes.)
-  ARGV[6..] one per passed step: its event data (JSON object text). The caller builds it
-            from what claimDue read under the same token (`s c md` never change, `t` and
-            `a` change only under a claim) and this call's `now` (`step_event`): Redis,
-            the bottleneck of a burst, then reads nothing of the hash and builds no text.
-            Passed steps are settled after the items.
+  ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
+            [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
+            none), wait (ms from the send to the next step, >= 0)]: what the steps of one
+            claim share, written once per call (store/dispatch.py PASSED_GROUP)
+  ARGV[6..] the passed steps, the hot path: a sent or skipped step with a step after it,
+            of a claim the caller read, five values each (PASSED_STEP): id, group (its
+            place in ARGV[5], from 1), due (the next step's due time, ms), detail (provider
+            id of a sent step, reason of a skipped one; "" for none), and its event data
+            (JSON object text). The caller builds the event from what claimDue read under
+            the same token (`s c md` never change, `t` and `a` change only under a claim)
+            and this call's `now` (`step_event`): Redis, the bottleneck of a burst, then
+            reads nothing of the hash and builds no text. (Values rather than JSON: a
+            decoded array is a table per step, and decoding was the script's largest cost
+            after the writes.) Passed steps are settled after the items.
 
   Returns {applied, late, {stale id, ...}}: late = sent steps recorded on an enrollment a
   transition had taken over; stale = items ignored.
@@ -72,16 +71,16 @@ for n, it in ipairs(items) do
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
 end
-local groups, passed, dues = {}, {}, {}
+-- Passed step n's values are ARGV[5n + 1 .. 5n + 5]: id, group, due, detail, event.
+local groups, passed, group_of, dues = {}, 0, {}, {}
 if #ARGV >= 5 then
   local decoded, got = pcall(cjson.decode, ARGV[5])
-  if not decoded or type(got) ~= 'table' or type(got.g) ~= 'table' or type(got.p) ~= 'table'
-  then
-    return redis.error_reply('BAD_ITEMS:passed steps not {"g": [...], "p": [...]}')
+  if not decoded or type(got) ~= 'table' or (#got == 0 and next(got) ~= nil) then
+    return redis.error_reply('BAD_ITEMS:passed groups not a JSON array')
   end
-  groups, passed = got.g, got.p
-  if #ARGV ~= 5 + #passed then
-    return redis.error_reply('BAD_ITEMS:not one event per passed step')
+  groups, passed = got, (#ARGV - 5) / 5
+  if passed % 1 ~= 0 then
+    return redis.error_reply('BAD_ITEMS:passed steps not five values each')
   end
 end
 for n, g in ipairs(groups) do
@@ -100,13 +99,14 @@ for n, g in ipairs(groups) do
   g.queue = k_queue(tag, g[2])
   g.etype = g[5] == 'sent' and 'sequence.step.sent' or 'sequence.step.skipped'
 end
-for n, p in ipairs(passed) do
-  local due = type(p) == 'table' and type(p[3]) == 'string' and tonumber(p[3])
-  if not due or type(p[1]) ~= 'string' or p[1] == '' or not groups[p[2]]
-    or type(p[4]) ~= 'string' or ARGV[5 + n] == '' then
+for n = 1, passed do
+  local b = 5 * n
+  local group, due = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  if not due or due % 1 ~= 0 or ARGV[b + 1] == '' or not groups[group] or ARGV[b + 5] == ''
+  then
     return redis.error_reply('BAD_ITEMS:passed step ' .. n)
   end
-  dues[n] = due
+  group_of[n], dues[n] = group, due
 end
 
 -- The hash writes of a passed step (sent or skipped), as one HSET's field list: `i` becomes
@@ -170,9 +170,10 @@ do
     if distinct[it.id] then zadds = nil; break end
     distinct[it.id] = true
   end
-  for _, p in ipairs(passed) do
-    if not zadds or distinct[p[1]] then zadds = nil; break end
-    distinct[p[1]] = true
+  for n = 1, passed do
+    local id = ARGV[5 * n + 1]
+    if not zadds or distinct[id] then zadds = nil; break end
+    distinct[id] = true
   end
 end
 
@@ -205,40 +206,41 @@ local function holds(id, token, qkey)
   return score ~= false and (score == token or tonumber(score) == tonumber(token))
 end
 
--- The hot path: passed step `p` of group `g` (its event ARGV[5 + n]) whose claim still
--- holds. One write of each structure and the step's event as the caller built it, batched
--- with the call's others (`emit_batched`), with no read. `sm` is written on every SMS step
--- (it is there after the first). A live hash always has `i` and `n`: an HSET that adds
--- every field it writes found no hash (deleted by hand), and is undone; returns false then
--- (the general path decides).
-local function pass_built(n, p, g, ekey)
-  local detail = p[4]
+-- The hot path: passed step `n` (id `id`) of group `g` whose claim still holds. One write
+-- of each structure and the step's event as the caller built it, batched with the call's
+-- others (`emit_batched`), with no read. `sm` is written on every SMS step (it is there
+-- after the first). A live hash always has `i` and `n`: an HSET that adds every field it
+-- writes found no hash (deleted by hand), and is undone; returns false then (the general
+-- path decides).
+local function pass_built(n, id, g, ekey)
+  local b = 5 * n
+  local due_at, detail = ARGV[b + 3], ARGV[b + 4]
   local fields
   if g.plain and detail ~= '' then
     if g.sms then
-      fields = {'i', g.next, 'ua', now, 'n', p[3], g.pfield, detail, 'sm', '1'}
+      fields = {'i', g.next, 'ua', now, 'n', due_at, g.pfield, detail, 'sm', '1'}
     else
-      fields = {'i', g.next, 'ua', now, 'n', p[3], g.pfield, detail}
+      fields = {'i', g.next, 'ua', now, 'n', due_at, g.pfield, detail}
     end
   else
     local sent = g[5] == 'sent'
-    fields = step_writes(g.next, p[3], sent, g.pfield, detail ~= '' and detail or nil, g[4],
+    fields = step_writes(g.next, due_at, sent, g.pfield, detail ~= '' and detail or nil, g[4],
       g[7], nil)
   end
   if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
     rcall('DEL', ekey)
     return false
   end
-  schedule_next(g[2], p[3], p[1], dues[n])
-  emit_batched(g.etype, g[6], now, ARGV[5 + n])
+  schedule_next(g[2], due_at, id, dues[n])
+  emit_batched(g.etype, g[6], now, ARGV[b + 5])
   return true
 end
 
 -- Passed step `n` as an item, for the general path (it was sent `wait` before it is due).
-local function passed_item(n, p, g)
-  local sent, detail = g[5] == 'sent', p[4]
+local function passed_item(n, id, g)
+  local sent, detail = g[5] == 'sent', ARGV[5 * n + 4]
   if detail == '' then detail = nil end
-  return {id = p[1], token = g[1], seq = g[2], step = g[3], kind = g[4], outcome = g[5],
+  return {id = id, token = g[1], seq = g[2], step = g[3], kind = g[4], outcome = g[5],
           at = dues[n] - g[8], wait = g[8],
           provider_id = sent and detail or nil, reason = (not sent) and detail or nil}
 end
@@ -330,14 +332,14 @@ for _, it in ipairs(items) do
     settle(id, ekey, it, current)
   end
 end
-for n, p in ipairs(passed) do
-  local id, g = p[1], groups[p[2]]
+for n = 1, passed do
+  local id, g = ARGV[5 * n + 1], groups[group_of[n]]
   local ekey = k_enrollment(tag, id)
   local current = holds(id, g[1], g.queue)
-  if current and pass_built(n, p, g, ekey) then
+  if current and pass_built(n, id, g, ekey) then
     applied = applied + 1
   else
-    settle(id, ekey, passed_item(n, p, g), current)
+    settle(id, ekey, passed_item(n, id, g), current)
   end
 end
 if zadds then
