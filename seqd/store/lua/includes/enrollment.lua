@@ -28,8 +28,13 @@ end
 local batched, batched_order = {}, {}
 
 local function flush_one(b, now)
+  -- The brackets go on the end items, not around the joined text: every Lua string is
+  -- hashed and copied whole when made, and the joined text is the batch's every event.
+  local items = b.items
+  items[1] = '[' .. items[1]
+  items[#items] = items[#items] .. ']'
   rcall('XADD', outbox_key, '*', 'type', b.etype, 'tenant', b.tenant, 'at', now,
-    'items', '[' .. table.concat(b.items, ',') .. ']')
+    'items', table.concat(items, ','))
   b.items = {}
 end
 
