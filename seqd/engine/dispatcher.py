@@ -54,6 +54,7 @@ from seqd.engine.compose import Job, compose, suppressed_reason
 from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.rounds import Lane, Round, cut_pieces
+from seqd.engine.slots import Slots
 from seqd.errors import NotFound
 from seqd.health import Heart
 from seqd.store.db import Store
@@ -108,7 +109,7 @@ class Dispatcher:
         self.plans = Plans(store)
         self._lease_ms = int(config.lease_seconds * 1000)
         self._backoff_ms = [s * 1000 for s in config.retry_backoff_seconds] or [0]
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._limits: dict[str, Slots] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         # Set when the drain timeout passes: sends in flight are given up and released.
@@ -458,11 +459,11 @@ class Dispatcher:
         )
 
     # -- sending --------------------------------------------------------------------------
-    def _limit(self, kind: str) -> asyncio.Semaphore:
-        sem = self._limits.get(kind)
-        if sem is None:
-            sem = self._limits[kind] = asyncio.Semaphore(self.config.concurrency)
-        return sem
+    def _limit(self, kind: str) -> Slots:
+        slots = self._limits.get(kind)
+        if slots is None:
+            slots = self._limits[kind] = Slots(self.config.concurrency)
+        return slots
 
     def _admit(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
         """Jobs to send now, and those of a channel whose every slot is taken by sends still
@@ -565,7 +566,10 @@ class Dispatcher:
 
     async def _send_one(self, job: Job) -> None:
         message = job.message
-        async with self._limit(job.kind):
+        slots = self._limit(job.kind)
+        if not slots.try_take():
+            await slots.take()
+        try:
             start = self.clock()
             job.started = True
             self.observer.lateness((start - job.due) / 1000)
@@ -583,6 +587,8 @@ class Dispatcher:
             job.at = self.clock()
             # By channel (sms, email), whichever provider sends it: what operators watch.
             self.observer.step_sent(job.kind, result.outcome)
+        finally:
+            slots.give()
 
     # -- settling -------------------------------------------------------------------------
     def _delay(self, attempts: int, retry_after: float | None) -> int:
