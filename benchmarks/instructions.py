@@ -24,6 +24,7 @@ import tempfile
 import time
 
 from benchmarks.results import median, record
+from seqd.config import DispatchConfig
 
 
 def _control(*args: str) -> None:
@@ -156,7 +157,7 @@ misses and waits are not in them.
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4000, help="steps in the counted burst")
-    parser.add_argument("--lanes", type=int, default=3)
+    parser.add_argument("--lanes", type=int, default=DispatchConfig().lanes)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

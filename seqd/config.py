@@ -106,7 +106,8 @@ class DispatchConfig(Section, kw_only=True):
     # one after, pipelined): more lanes
     # overlap Python with Redis under load, fewer save round trips (and so latency) when
     # little is due.
-    lanes: Annotated[int, Meta(ge=1, le=64)] = 3
+    # (4: interleaved bursts of 20,000 steps, 18 pairs, ran 9-11 % faster than with 3.)
+    lanes: Annotated[int, Meta(ge=1, le=64)] = 4
     # Retryable send failures: attempts in all, and the backoff before each retry.
     max_attempts: Positive = 5
     retry_backoff_seconds: list[NonNegative] = msgspec.field(
