@@ -36,12 +36,13 @@ def test_a_claim_reads_the_owner_the_addresses_and_what_the_templates_name() -> 
 
 
 def test_mirror_text_and_what_is_read_back_from_it() -> None:
-    text = mirrors.mirror("active", 7, steps(sms("Hi {{first_name}}"), sms("x")))
-    assert text == "active:7:2:tenant,first_name,phone"
+    two = steps(sms("Hi {{first_name}}"), sms("x"))
+    text = mirrors.mirror("active", 7, two)
+    assert text == "active:7:2"
     assert mirrors.version_of(text) == 7
-    assert mirrors.fields_of(text) == ("tenant", "first_name", "phone")
-    # Written before mirrors named their fields: every field a message can use.
-    assert mirrors.version_of("paused:3:2") == 3
-    assert mirrors.fields_of("paused:3:2") == CONTACT_READ
-    for bad in ("", "active", "active:x:2", "active:1:2:a:b"):
+    assert mirrors.fields_text(two) == "tenant,first_name,phone"
+    assert mirrors.fields_of("tenant,first_name,phone") == ("tenant", "first_name", "phone")
+    # No fields answered for a sequence: every field a message can use.
+    assert mirrors.fields_of(None) == mirrors.fields_of("") == CONTACT_READ
+    for bad in ("", "active", "active:x:2", "active:1:2:a"):
         assert mirrors.version_of(bad) == -1

@@ -26,7 +26,7 @@ Outcome = Literal["sent", "skipped", "retry", "failed", "pause", "cancel", "comp
 
 class Claimed(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One claimed step: enrollment id, its hash (storage field names), its contact's
-    fields that its sequence's messages can use and that are set (`mirrors.fields_of`)."""
+    fields that its sequence's messages can use and that are set (store/mirrors.py)."""
 
     id: str
     e: dict[str, str]
@@ -44,13 +44,16 @@ class ClaimBatch(msgspec.Struct, frozen=True, gc=False):
 class _Item(msgspec.Struct, array_like=True, frozen=True, gc=False):
     id: str
     e: dict[str, str]
-    # HMGET of the fields of its sequence's mirror: false where a field is not set.
+    # HMGET of its sequence's fields (`_Batch.f`, else CONTACT_READ): false where unset.
     c: list[str | bool]
 
 
 class _Batch(msgspec.Struct, frozen=True, gc=False):
     seen: int
     m: dict[str, str]
+    # Sequence id -> the contact fields read for its items (comma-separated), where the
+    # claim read fewer than CONTACT_READ.
+    f: dict[str, str]
     items: list[_Item]
 
 
@@ -199,14 +202,14 @@ def is_unsettled(due_score: float | None) -> bool:
 def _decode_claim(reply: list[str]) -> ClaimBatch:
     """A claimDue reply: its JSON text in pieces (the head, then one per item)."""
     raw = _decode_batch("".join((reply[0], ",".join(reply[1:]), "]}")))
-    m = raw.m
+    read = raw.f
     items = [
         Claimed(
             item.id,
             item.e,
             # Unset fields are false (an empty one reads as unset everywhere anyway); the
             # script answers one value per name, so no strict check on this hot path.
-            {f: v for f, v in zip(fields_of(m[item.e["s"]]), item.c, strict=False) if v},  # type: ignore[misc]
+            {f: v for f, v in zip(fields_of(read.get(item.e["s"])), item.c, strict=False) if v},  # type: ignore[misc]
         )
         for item in raw.items
     ]

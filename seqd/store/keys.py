@@ -51,6 +51,9 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "delivery_queue": "{tag}:wq:{endpoint_id}",
     # ZSET of an endpoint's failed (dead-lettered) deliveries; all scores 0, id order.
     "failed_deliveries": "{tag}:wf:{endpoint_id}",
+    # HASH sequence id -> "<version>:<fields>": the contact fields the sequence's messages
+    # can use at that version (store/mirrors.py), beside the shard's mirror (`sq`).
+    "sequence_fields": "{tag}:sf",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -190,6 +193,9 @@ class Keys:
     def shard_sequences(self, shard: int) -> str:
         """HASH sequence id -> "<status>:<version>:<steps>", the shard's mirror of each."""
         return SHARD_SEQUENCES.format(tag=self.shard_tag(shard))
+
+    def sequence_fields(self, shard: int) -> str:
+        return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))
 
     def contact(self, shard: int, contact_id: str) -> str:
         return SHARD_TEMPLATES["contact"].format(tag=self.shard_tag(shard), contact_id=contact_id)

@@ -1,12 +1,13 @@
 """A sequence's shard mirror: what a shard's scripts know of a sequence without its document.
 
-Each shard's `sq` hash holds `<status>:<version>:<steps>:<fields>` per sequence
-(`syncSequence` writes it). The scripts read the status and the step count; `leasePeeked`
-compares the whole text (a peek is leased only under the mirror it saw); the dispatcher
-reads the version (its plan) and `fields`: the contact fields the sequence's messages can
-use, comma-separated, so that a claim reads only those of each contact (a missed field
-costs Redis a scan of the contact's hash). A mirror written before `fields` existed has
-three parts: a claim then reads every field of CONTACT_READ.
+Each shard's `sq` hash holds `<status>:<version>:<steps>` per sequence, and its `sf` hash
+`<version>:<fields>`: the contact fields the sequence's messages can use at that version,
+comma-separated (`syncSequence` writes both). The scripts read the status and the step
+count; `leasePeeked` compares the whole mirror (a peek is leased only under the mirror it
+saw); the dispatcher reads the version (its plan). A claim reads only the `fields` of each
+contact (a field the contact lacks costs Redis a scan of its hash), and every field of
+CONTACT_READ when the fields' version is not the mirror's: written by a seqd from before
+they existed, which ignores them, so processes of both versions can share a store.
 """
 
 from __future__ import annotations
@@ -40,17 +41,22 @@ def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
 
 
 def mirror(status: str, version: int, steps: list[models.Step]) -> str:
-    return f"{status}:{version}:{len(steps)}:{','.join(contact_fields(steps))}"
+    return f"{status}:{version}:{len(steps)}"
+
+
+def fields_text(steps: list[models.Step]) -> str:
+    """The `fields` of the sequence's `sf` entry (its version goes before them)."""
+    return ",".join(contact_fields(steps))
 
 
 def version_of(text: str) -> int:
     """The version in a mirror (-1 if malformed)."""
     parts = text.split(":")
-    return int(parts[1]) if len(parts) in (3, 4) and parts[1].isdigit() else -1
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
 
 
 @lru_cache(maxsize=4096)
-def fields_of(text: str) -> tuple[str, ...]:
-    """The contact fields a claim read under this mirror, in the order of its reply."""
-    parts = text.split(":")
-    return tuple(parts[3].split(",")) if len(parts) == 4 and parts[3] else CONTACT_READ
+def fields_of(text: str | None) -> tuple[str, ...]:
+    """The contact fields a claim read for a sequence, in the order of its reply: those it
+    answered for the sequence (`fields`), else every field of CONTACT_READ."""
+    return tuple(text.split(",")) if text else CONTACT_READ

@@ -175,6 +175,7 @@ class Sequences:
     async def sync(self, seq: models.Sequence, version: int, sweeps: list[str]) -> None:
         """Write the mirror in every shard, then run each sweep to completion."""
         mirror = mirrors.mirror(seq.status.value, version, seq.steps)
+        fields = mirrors.fields_text(seq.steps)
         for sweep in ["", *sweeps]:
             cursors = {shard: "" for shard in range(self.keys.shards)}
             while cursors:
@@ -194,6 +195,7 @@ class Sequences:
                             sweep,
                             SWEEP_BATCH,
                             cursor,
+                            fields,
                         ],
                         self.keys.shard_tag(shard),
                     )

@@ -20,8 +20,9 @@
 
   KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
-  KEYS[3] sequences HASH   sequence id -> its mirror "<status>:<version>:<steps>:<fields>"
-                           (store/mirrors.py)
+  KEYS[3] sequences HASH   sequence id -> its mirror "<status>:<version>:<steps>"
+                           (store/mirrors.py; beside it the shard's `sf` hash, sequence id
+                           -> "<version>:<fields>", built here from the tag)
   ARGV[1] tag
   ARGV[2] now           ms
   ARGV[3] lease         ms
@@ -34,20 +35,21 @@
             that dies in between left nothing to undo). A peek still settles what needs
             no send (stale, archived, completed, held); a lease run out that is to be
             sent again is returned as it is, its attempt counted by leasePeeked.
-  ARGV[8..] contact fields to read for a sequence whose mirror names none (written before
-            mirrors had them): the owner and what any message can use. A mirror's own
-            `fields` (comma-separated) are what its sequence's messages use: a field the
-            contact lacks costs a scan of its hash, which also holds one `e:<seq>` field per
+  ARGV[8..] contact fields to read for a sequence without `sf` fields at its mirror's
+            version (written by a seqd from before them): the owner and what any message
+            can use. A sequence's `sf` fields are what its messages use: a field the contact
+            lacks costs a scan of its hash, which also holds one `e:<seq>` field per
             sequence the contact is in.
 
-  Returns JSON text {"seen": n, "m": {sequence id: mirror}, "items": [item, ...]} in
+  Returns JSON text {"seen": n, "m": {sequence id: mirror}, "f": {sequence id: fields},
+  "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
   the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
   of an unsettled claim sent again) with `k` = the lease token (peek: the member's score
   as it was left, which leasePeeked checks), the contact values an array in the order of
-  its sequence's mirror's fields, or of ARGV[8..] (false where unset); seen = members
-  looked at (equal to the limit: more may be due).
+  its sequence's fields in "f", or of ARGV[8..] for a sequence not in "f" (false where
+  unset); seen = members looked at (equal to the limit: more may be due).
 ]]
 local rcall = redis.call
 local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
@@ -60,18 +62,24 @@ local contact_fields = {unpack(ARGV, 8)}
 
 local token = lease_token(tonumber(now) + lease)
 
-local mirrors, states = {}, {}
+-- sequence id -> its mirror, and its `sf` fields where they are the mirror's version
+local mirrors, fields_of, states = {}, {}, {}
 local function sequence_state(seq)
   local s = states[seq]
   if s == nil then
     local m = rcall('HGET', seqs_key, seq)
-    local status, steps, fields = string.match(m or '', '^([^:]+):%d+:(%d+):?([%w_,]*)$')
-    local read = contact_fields
-    if fields and fields ~= '' then
-      read = {}
-      for f in string.gmatch(fields, '[^,]+') do read[#read + 1] = f end
+    local status, version, steps = string.match(m or '', '^([^:]+):(%d+):(%d+)$')
+    local read, fields = contact_fields, nil
+    local f = rcall('HGET', k_sequence_fields(tag), seq)
+    if f and version then
+      local at, text = string.match(f, '^(%d+):(.+)$')
+      if at == version then
+        read, fields = {}, text
+        for name in string.gmatch(text, '[^,]+') do read[#read + 1] = name end
+      end
     end
-    s = {mirror = m, status = status or 'missing', steps = tonumber(steps) or 0, read = read}
+    s = {mirror = m, status = status or 'missing', steps = tonumber(steps) or 0, read = read,
+         fields = fields}
     states[seq] = s
   end
   return s
@@ -108,6 +116,7 @@ local function lease(id, seq, state, cid, keep)
     leased[#leased + 1] = id
   end
   mirrors[seq] = state.mirror
+  if state.fields then fields_of[seq] = state.fields end
   return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(state.read)))
 end
 
@@ -177,5 +186,6 @@ end
 
 -- The reply's pieces, joined by the caller: a join here would copy and hash the whole
 -- text twice more (every Lua string is hashed when made).
-table.insert(parts, 1, '{"seen":' .. seen .. ',"m":' .. object(mirrors) .. ',"items":[')
+table.insert(parts, 1, '{"seen":' .. seen .. ',"m":' .. object(mirrors) .. ',"f":'
+  .. object(fields_of) .. ',"items":[')
 return parts

@@ -14,11 +14,14 @@
   ARGV[1] tag
   ARGV[2] now        ms
   ARGV[3] sequence_id
-  ARGV[4] mirror     "<status>:<version>:<steps>:<fields>" (store/mirrors.py)
+  ARGV[4] mirror     "<status>:<version>:<steps>" (store/mirrors.py)
   ARGV[5] sweep      "" | archive | shrink_active | shrink_paused
   ARGV[6] limit      enrollments handled at most in this call (shrink_active: about)
   ARGV[7] cursor     where the previous call of a shrink sweep stopped ("" first): the
                      last id handled (shrink_paused), the ZSCAN cursor (shrink_active)
+  ARGV[8] fields     optional: the contact fields the sequence's messages can use at the
+                     mirror's version, comma-separated; written with the mirror as
+                     "<version>:<fields>" in the shard's `sf` hash (claimDue reads them)
 
   Returns {done (0|1), next_cursor, handled}
 ]]
@@ -34,6 +37,9 @@ local function version_of(m) return tonumber(string.match(m or '', '^[^:]+:(%d+)
 if version_of(current) <= version_of(mirror) then
   rcall('HSET', seqs_key, seq, mirror)
   current = mirror
+  if ARGV[8] then
+    rcall('HSET', k_sequence_fields(tag), seq, version_of(mirror) .. ':' .. ARGV[8])
+  end
 end
 
 local qkey = k_queue(tag, seq)
@@ -60,7 +66,7 @@ if sweep == 'archive' then
   end
   return with_head({handled < limit and 1 or 0, '', handled})
 elseif sweep == 'shrink_active' or sweep == 'shrink_paused' then
-  local steps = tonumber(string.match(mirror, '^[^:]+:%d+:(%d+)'))
+  local steps = tonumber(string.match(mirror, ':(%d+)$'))
   local ids, next_cursor, done
   if sweep == 'shrink_active' then
     -- The queue's order moves as steps go out: ZSCAN still returns every member that
