@@ -362,9 +362,9 @@ class Dispatcher:
         out: dict[str, dict[str, SuppressionRecord]] = {}
         for item in held.items:
             tenant = item.e["t"]
-            for kind in ("sms", "email"):
+            for kind, field in ADDRESS_FIELD.items():
                 hits = found.get((tenant, kind))
-                value = item.c.get(ADDRESS_FIELD[kind])
+                value = item.c.get(field)
                 if hits and value and value in hits:
                     out.setdefault(item.id, {})[kind] = hits[value]
         return out
