@@ -70,8 +70,9 @@ local function sequence_state(seq)
     local m = rcall('HGET', seqs_key, seq)
     local status, version, steps = string.match(m or '', '^([^:]+):(%d+):(%d+)$')
     local read, fields = contact_fields, nil
-    local f = rcall('HGET', k_sequence_fields(tag), seq)
-    if f and version then
+    -- (Contacts are read only for an active sequence's steps.)
+    local f = status == 'active' and rcall('HGET', k_sequence_fields(tag), seq)
+    if f then
       local at, text = string.match(f, '^(%d+):(.+)$')
       if at == version then
         read, fields = {}, text
