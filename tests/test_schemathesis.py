@@ -32,6 +32,8 @@ from seqd.config import Config, HttpConfig, LifecycleConfig
 from seqd.store.db import Store, connect
 from tests.conftest import ValkeyProcess, free_port
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(os.environ.get("SEQD_FUZZ_EXAMPLES", "12"))
 CHECKS = [
     not_a_server_error,
