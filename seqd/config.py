@@ -147,17 +147,27 @@ class HttpSmsConfig(Section, kw_only=True):
     timeout_seconds: PositiveFloat = 10.0
 
 
-class SmtpConfig(Section, kw_only=True):
+class SmtpServer(Section, kw_only=True):
+    """An SMTP server and its login: [channels.smtp] and each of its named profiles."""
+
     host: str = "localhost"
     port: Port = 587
     username: str | None = None
     password: str | None = None
     tls: Literal["starttls", "implicit", "none"] = "starttls"
-    from_address: str = "seqd@localhost"
-    from_name: str | None = None
     pool_size: Positive = 4
     timeout_seconds: PositiveFloat = 30.0
     validate_certs: bool = True
+
+
+class SmtpConfig(SmtpServer, kw_only=True):
+    from_address: str = "seqd@localhost"
+    from_name: str | None = None
+    # [channels.smtp.profiles.<name>]: other servers an email sender (POST /v1/senders,
+    # `smtp_profile`) sends through, its address as the From; the default is this one.
+    profiles: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], SmtpServer] = (
+        msgspec.field(default_factory=dict)
+    )
 
 
 class ChannelsConfig(Section, kw_only=True):
@@ -297,6 +307,15 @@ class WebhooksConfig(Section, kw_only=True):
             raise ValueError("lease_seconds must exceed timeout_seconds")
 
 
+class SendersConfig(Section, kw_only=True):
+    """A tenant's numbers and mailboxes with limits (POST /v1/senders, seqd/senders/)."""
+
+    max_per_tenant: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    # How long the dispatcher uses a tenant's sender settings (limits, paused) before it
+    # reads them again; changes made through the same process apply at once.
+    refresh_ms: Positive = 1000
+
+
 class Config(Section, kw_only=True):
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
@@ -310,6 +329,7 @@ class Config(Section, kw_only=True):
     intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    senders: SendersConfig = msgspec.field(default_factory=SendersConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)

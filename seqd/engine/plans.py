@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from seqd import models
 from seqd.engine import render
+from seqd.models import Rotation
 from seqd.store.db import Store
 
 # Plans kept at most; the oldest loaded is dropped past this.
@@ -44,6 +47,10 @@ class Plan:
     steps: tuple[StepPlan, ...]
     # Per step index: the channels of that step and the ones after it (suppression reads).
     kinds_left: tuple[tuple[str, ...], ...]
+    # Channel -> the sender ids its steps send from (absent: the tenant's configured one),
+    # and how a step picks among them (seqd/senders/budget.py).
+    senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rotation: Rotation = "sticky"
 
     def kinds_from(self, step: int) -> tuple[str, ...]:
         return self.kinds_left[step] if step < len(self.kinds_left) else ()
@@ -80,7 +87,9 @@ def build(seq: models.Sequence, version: int) -> Plan:
     kinds_left = tuple(
         tuple(sorted({s.kind for s in seq.steps[i:]})) for i in range(len(seq.steps))
     )
-    return Plan(seq.id, version, tuple(steps), kinds_left)
+    pools = {kind: tuple(seq.senders.of(kind)) for kind in ("sms", "email")}
+    senders = MappingProxyType({kind: pool for kind, pool in pools.items() if pool})
+    return Plan(seq.id, version, tuple(steps), kinds_left, senders, seq.rotation)
 
 
 class Plans:

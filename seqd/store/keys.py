@@ -137,6 +137,11 @@ class Keys:
         """
         return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
 
+    def sender_addresses(self) -> str:
+        """HASH "<channel>:<address>" -> "<tenant> <sender id>": whose sender an address is
+        (inbound replies and opt-outs find their tenant by the address they arrived on)."""
+        return f"{self.global_tag}:senders"
+
     # -- tenant ---------------------------------------------------------------
     def tenant_tag(self, tenant: str) -> str:
         return "{" + f"{self.prefix}:t:{tenant}" + "}"
@@ -168,6 +173,16 @@ class Keys:
     def webhook_endpoints(self, tenant: str) -> str:
         """HASH endpoint id -> endpoint record (JSON, with its signing secrets)."""
         return f"{self.tenant_tag(tenant)}:whe"
+
+    def senders(self, tenant: str) -> str:
+        """HASH sender id -> sender record (JSON): the tenant's numbers and mailboxes."""
+        return f"{self.tenant_tag(tenant)}:snd"
+
+    def sender_budgets(self, tenant: str) -> str:
+        """HASH of the tenant's senders' budgets (takeBudget-1.lua): "<sender id>:s|h|g" ->
+        GCRA arrival time (ms) of its per-second, per-hour and min-gap limits,
+        "<sender id>:d" -> "<local day>:<sends that day>", "rr:<pool>" -> rotation cursor."""
+        return f"{self.tenant_tag(tenant)}:sndb"
 
     def events(self, tenant: str) -> str:
         """STREAM: the tenant's event log (id, type, refs per entry), trimmed by age."""
