@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, get_args
 import msgspec
 
 from seqd import models
+from seqd.store import calls
 from seqd.times import now_ms, to_rfc3339
 
 if TYPE_CHECKING:
@@ -46,19 +47,13 @@ class Suppressions:
         self.store = store
         self.keys = store.keys
 
-    def _keys(self, tenant: str, channel: str) -> list[str]:
-        return [
-            self.keys.suppressions(tenant, channel),
-            self.keys.suppression_index(tenant, channel),
-        ]
-
     async def add(
         self, tenant: str, channel: str, value: str, reason: str
     ) -> tuple[models.Suppression, bool]:
         """Suppress `value`; returns the record and whether it is new (an existing one stays)."""
         record = _encode(Record(reason=reason, created_at=now_ms())).decode()
-        changed, raw = await self.store.runner.call(
-            "suppress", self._keys(tenant, channel), ["add", value, record, ""]
+        changed, raw = await self.store.runner.run(
+            calls.suppress(self.keys, tenant, channel, "add", value, record, "")
         )
         return _public(channel, value, raw), bool(changed)
 
@@ -66,8 +61,8 @@ class Suppressions:
         self, tenant: str, channel: str, value: str, *, keep: str = ""
     ) -> models.Suppression | None:
         """Lift a suppression; returns what was removed. A record whose reason is `keep` stays."""
-        changed, raw = await self.store.runner.call(
-            "suppress", self._keys(tenant, channel), ["remove", value, "", keep]
+        changed, raw = await self.store.runner.run(
+            calls.suppress(self.keys, tenant, channel, "remove", value, "", keep)
         )
         return _public(channel, value, raw) if changed else None
 
