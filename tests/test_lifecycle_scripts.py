@@ -8,8 +8,8 @@ import pytest
 
 from seqd import ids
 from seqd.errors import NotFound
+from seqd.kinds import letters
 from seqd.store.db import Store
-from seqd.store.lifecycle import kinds
 from seqd.store.scripts import ScriptError
 from tests.dispatchutil import Clock, email, enroll, events, raw, sequence, sms
 from tests.lifecycleutil import PHONE, contact, send_due
@@ -23,7 +23,8 @@ async def test_reply_contact_refuses_a_stale_sequence_version(any_store: Store) 
     shard = ids.shard_of(cid, s.shards)
     tag = s.keys.shard_tag(shard)
     keys = [s.keys.heads(shard), s.keys.outbox(shard), s.keys.shard_sequences(shard)]
-    args = [tag, 1, "acme", cid, "", "sms", seq.id, 99, kinds(seq), "pause"]
+    kinds = letters([step.kind for step in seq.steps])
+    args = [tag, 1, "acme", cid, "", "sms", seq.id, 99, kinds, "pause"]
     with pytest.raises(ScriptError) as info:
         await s.runner.call("replyContact", keys, args, tag=tag)
     assert (info.value.code, info.value.detail) == ("STALE", seq.id)
