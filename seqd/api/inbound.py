@@ -103,7 +103,10 @@ async def twilio_sms(request: web.Request) -> web.Response:
     params, url, sig = await _signed_form(request)
     fields = dict(params)
     candidates = sms_inbound.tenants_for_sender(
-        config, fields.get("To", ""), fields.get("MessagingServiceSid", "")
+        config,
+        fields.get("To", ""),
+        fields.get("MessagingServiceSid", ""),
+        await store.tenants.names(),
     )
     owners = _verified(config, candidates, url, params, sig)
     if not owners:

@@ -1,12 +1,15 @@
 """Inbound SMS and delivery status callbacks in Twilio's format.
 
-A number may send for several tenants (a tenant that sets no `from_number` of its own
-inherits [channels.twilio]'s), so an inbound message belongs to every tenant whose sender
-matches `To` (or `MessagingServiceSid`) AND whose auth token verifies the signature.
+A number may send for several tenants (a tenant without a `[tenants.<name>]` section, made
+with `seqd keys create`, sends from [channels.twilio]'s), so an inbound message belongs to
+every tenant whose sender matches `To` (or `MessagingServiceSid`) AND whose auth token
+verifies the signature: an opt-out is applied to each of them, never lost to ambiguity, and
+a reply to each where the phone is a contact.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, Literal
 
 import msgspec
@@ -47,12 +50,13 @@ FINAL_EVENT: Final[dict[str, str]] = {
 }
 
 
-def tenants(config: Config) -> list[str]:
-    """Every configured tenant, `default` (the top-level [channels]) included."""
+def tenants(config: Config, known: Iterable[str] = ()) -> list[str]:
+    """Every configured tenant, `default` (the top-level [channels]) included, then the
+    `known` ones (the store's: made by keys alone, they send with the top-level channels)."""
     names = list(config.tenants)
     if DEFAULT_TENANT not in names:
         names.append(DEFAULT_TENANT)
-    return names
+    return names + sorted(set(known).difference(names))
 
 
 def _same_number(a: str, b: str) -> bool:
@@ -62,10 +66,13 @@ def _same_number(a: str, b: str) -> bool:
         return a == b
 
 
-def tenants_for_sender(config: Config, to: str, messaging_service_sid: str) -> list[str]:
-    """Tenants whose Twilio sender is `To` (or the messaging service) and that can verify."""
+def tenants_for_sender(
+    config: Config, to: str, messaging_service_sid: str, known: Iterable[str] = ()
+) -> list[str]:
+    """Tenants whose Twilio sender is `To` (or the messaging service) and that can verify;
+    `known`: the tenants the store has, configured or not."""
     found = []
-    for tenant in tenants(config):
+    for tenant in tenants(config, known):
         twilio = config.channels_for(tenant).twilio
         if not twilio.auth_token:
             continue
