@@ -385,3 +385,46 @@ async def test_a_reply_to_a_shared_number_pauses_each_tenant_that_texted_the_pho
         assert (await api.twilio("/inbound/twilio/sms", params, token=token))[0] == 200
     assert await status(store, acme) == ("paused", "reply_received")
     assert await status(store, beta) == ("paused", "reply_received")
+
+
+async def test_a_replayed_start_does_not_lift_a_later_stop(store: Store) -> None:
+    """A captured, validly signed START replayed after the phone said STOP again: the
+    replay is dropped by its MessageSid, the phone stays suppressed and is not texted."""
+    token, number = SENDERS["acme"]
+    seq = await sequence(store, sms(), sms(wait=10))
+    cid = await contact(store)
+
+    def message(body: str, sid: str) -> dict[str, str]:
+        return {"From": PHONE, "To": number, "Body": body, "MessageSid": sid, "SmsSid": sid}
+
+    async with client(store) as api:
+        start = message("START", "SM" + "b" * 32)
+        for params in (message("STOP", "SM" + "a" * 32), start, message("STOP", "SM" + "c" * 32)):
+            assert (await api.twilio("/inbound/twilio/sms", params, token=token))[0] == 200
+        assert (await api.twilio("/inbound/twilio/sms", start, token=token))[0] == 200
+        listed = (await api.call("GET", "/suppressions?channel=sms"))[1]
+        assert [(s["value"], s["reason"]) for s in listed["data"]] == [(PHONE, "opted_out")]
+        code, _ = await api.call("POST", f"/sequences/{seq.id}/enrollments", {"contact_id": cid})
+        assert code == 409
+    assert [e["type"] for e in await events(store) if e["type"].startswith("contact.")] == [
+        "contact.opted_out",
+        "contact.opted_in",
+        "contact.opted_out",
+    ]
+
+
+async def test_a_retried_reply_pauses_once_and_is_acknowledged(store: Store) -> None:
+    """Twilio retries a webhook it got no answer to: the retry is answered, not applied
+    again (the paused enrollment, resumed meanwhile, stays active)."""
+    seq = await sequence(store, sms(), sms(wait=10))
+    cid = await contact(store)
+    (e,) = await enroll(store, seq, [cid])
+    await send_due(store, Clock())
+    async with client(store) as api:
+        sid = "SM" + "d" * 32
+        assert (await api.sms("acme", PHONE, "call me", sid=sid))[0] == 200
+        assert await status(store, e.id) == ("paused", "reply_received")
+        assert (await api.call("POST", f"/enrollments/{e.id}/resume"))[0] == 200
+        code, body = await api.sms("acme", PHONE, "call me", sid=sid)
+    assert code == 200 and "<Response/>" in body
+    assert await status(store, e.id) == ("active", None)
