@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from seqd import models
 from seqd.engine import render
+from seqd.kinds import SPECS, Kind
 from seqd.models import Rotation
 from seqd.store.db import Store
 
@@ -25,13 +26,13 @@ CACHE_SIZE = 10_000
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
-    kind: str
+    kind: Kind
     body: str
-    # The subject sent (email): own, or "Re: " + the first email's when threaded.
+    # The subject sent: own, or "Re: " + the first threading step's when threaded.
     subject: str | None
     # True when `subject` is the first email step's subject to be prefixed with "Re: ".
     reply_subject: bool
-    # Index of the first email step when this one threads under it.
+    # Index of the first step of its kind when this one threads under it.
     thread_root: int | None
     # ms from the previous step's send (or the enrollment) to this step.
     wait_ms: int
@@ -45,14 +46,15 @@ class Plan:
     sequence_id: str
     version: int
     steps: tuple[StepPlan, ...]
-    # Per step index: the channels of that step and the ones after it (suppression reads).
-    kinds_left: tuple[tuple[str, ...], ...]
+    # Per step index: the kinds with a suppression list among that step and the ones after
+    # it (the suppression reads).
+    kinds_left: tuple[tuple[Kind, ...], ...]
     # Channel -> the sender ids its steps send from (absent: the tenant's configured one),
     # and how a step picks among them (seqd/senders/budget.py).
     senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rotation: Rotation = "sticky"
 
-    def kinds_from(self, step: int) -> tuple[str, ...]:
+    def kinds_from(self, step: int) -> tuple[Kind, ...]:
         return self.kinds_left[step] if step < len(self.kinds_left) else ()
 
     def wait_after(self, step: int) -> int:
@@ -62,15 +64,18 @@ class Plan:
 
 
 def build(seq: models.Sequence, version: int) -> Plan:
-    first_email = next((i for i, s in enumerate(seq.steps) if s.kind == "email"), None)
+    # The first step of each threading kind: the later ones thread under it.
+    roots_at: dict[Kind, int] = {}
+    for i, step in enumerate(seq.steps):
+        if SPECS[step.kind].threads:
+            roots_at.setdefault(step.kind, i)
     steps = []
     for i, step in enumerate(seq.steps):
-        threaded = (
-            step.kind == "email" and first_email is not None and i > first_email and step.thread
-        )
+        first = roots_at.get(step.kind)
+        threaded = first is not None and i > first and step.thread
         subject = step.subject
-        if threaded and first_email is not None:
-            subject = seq.steps[first_email].subject
+        if threaded and first is not None:
+            subject = seq.steps[first].subject
         roots = render.roots(step.body, subject)
         steps.append(
             StepPlan(
@@ -78,14 +83,15 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 body=step.body,
                 subject=subject,
                 reply_subject=threaded,
-                thread_root=first_email if threaded else None,
+                thread_root=first if threaded else None,
                 wait_ms=step.wait_minutes * 60_000,
                 needs_attributes="attributes" in roots,
                 needs_metadata="metadata" in roots,
             )
         )
     kinds_left = tuple(
-        tuple(sorted({s.kind for s in seq.steps[i:]})) for i in range(len(seq.steps))
+        tuple(sorted({s.kind for s in seq.steps[i:] if SPECS[s.kind].suppression}))
+        for i in range(len(seq.steps))
     )
     pools = {kind: tuple(seq.senders.of(kind)) for kind in ("sms", "email")}
     senders = MappingProxyType({kind: pool for kind, pool in pools.items() if pool})

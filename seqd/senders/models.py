@@ -13,8 +13,8 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from seqd.errors import FieldError, Invalid
+from seqd.kinds import Channel
 from seqd.models import (
-    Channel,
     Input,
     Output,
     Page,

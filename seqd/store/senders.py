@@ -11,7 +11,7 @@ over.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -20,6 +20,7 @@ from seqd.errors import Conflict, FieldError, Invalid, NotFound
 from seqd.models import SenderPools
 from seqd.senders import budget
 from seqd.senders.models import SenderRecord
+from seqd.store import calls
 from seqd.store.scripts import ScriptError
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ _RETRIES = 10
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(SenderRecord).decode
-
-Call = tuple[str, list[str], list[Any], str]
 
 
 class SenderRecords:
@@ -46,11 +45,8 @@ class SenderRecords:
         self.changes[tenant] = self.changes.get(tenant, 0) + 1
 
     async def _put(self, tenant: str, sid: str, expected: str, record: str, limit: int) -> None:
-        await self.store.runner.call(
-            "putSender",
-            [self.keys.senders(tenant), self.keys.sender_budgets(tenant)],
-            [sid, expected, record, limit],
-            tag=self.keys.tenant_tag(tenant),
+        await self.store.runner.run(
+            calls.put_sender(self.keys, tenant, sid, expected, record, limit)
         )
         self._changed(tenant)
 
@@ -189,13 +185,12 @@ class SenderRecords:
         now: int,
         *,
         peek: bool = False,
-    ) -> Call:
+    ) -> calls.Call:
         """The takeBudget call for `asks` (every sender they name in `records`), to run alone
         (`take`) or in another round trip (the dispatcher's lease); `budget.decode` reads
         its reply."""
-        tag = self.keys.tenant_tag(tenant)
-        args: list[Any] = [now, "peek" if peek else "take", *budget.encode(asks, records, now)]
-        return ("takeBudget", [self.keys.sender_budgets(tenant)], args, tag)
+        mode = "peek" if peek else "take"
+        return calls.take_budget(self.keys, tenant, now, mode, budget.encode(asks, records, now))
 
     async def take(
         self,
@@ -206,8 +201,7 @@ class SenderRecords:
         *,
         peek: bool = False,
     ) -> list[budget.Answer]:
-        name, keys, args, tag = self.take_call(tenant, asks, records, now, peek=peek)
-        reply = await self.store.runner.call(name, keys, args, tag=tag)
+        reply = await self.store.runner.run(self.take_call(tenant, asks, records, now, peek=peek))
         return budget.decode(asks, reply)
 
     async def usage(
