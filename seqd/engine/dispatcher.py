@@ -49,7 +49,8 @@ from aiohttp import web
 from seqd import models
 from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage, SendResult
-from seqd.config import Config, DispatchConfig
+from seqd.config import Config, DispatchConfig, SendersConfig
+from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls, route
 from seqd.engine.compose import Job, compose, suppressed_reason
 from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer, Quiet, SenderSource
@@ -58,6 +59,7 @@ from seqd.engine.slots import Slots
 from seqd.errors import NotFound
 from seqd.health import Heart
 from seqd.kinds import ADDRESS_FIELD
+from seqd.store.calls import Call
 from seqd.store.db import Store
 from seqd.store.dispatch import (
     Advanced,
@@ -97,6 +99,7 @@ class Dispatcher:
         observer: Observer | None = None,
         liveness: Heart | None = None,
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
+        senders_config: SendersConfig | None = None,
     ) -> None:
         self.store = store
         # Headers added to every email (List-Unsubscribe: lifecycle.unsubscribe).
@@ -108,6 +111,7 @@ class Dispatcher:
         self.liveness = liveness
         self.dispatch = Dispatch(store)
         self.plans = Plans(store)
+        self.budgets = Budgets(store, senders_config or SendersConfig())
         self._lease_ms = int(config.lease_seconds * 1000)
         self._backoff_ms = [s * 1000 for s in config.retry_backoff_seconds] or [0]
         self._limits: dict[str, Slots] = {}
@@ -268,7 +272,8 @@ class Dispatcher:
                 if held is not None:
                     taken = _leased(held, trip.leased)
                     if held.items:
-                        owed = await self._work(held, self._hits(held, trip.found), now)
+                        picks = _picks(held, trip, self.clock())
+                        owed = await self._work(held, self._hits(held, trip.found), now, picks)
                 # (Not a shard where another worker, another process, leased some of the
                 # peek first: it works that shard, and chasing it would peek at the same
                 # steps as it again.)
@@ -316,6 +321,7 @@ class Dispatcher:
                 lookups=held.lookups if held is not None else None,
                 lease=held.lease if held is not None else None,
                 peek=True,
+                extra=_extra(self.store, owed, held),
             )
         )
 
@@ -352,7 +358,8 @@ class Dispatcher:
             if queue is None:
                 queue = lease[shard][seq] = (batches[shard].m[seq], [])
             queue[1].append((item.id, item.e["k"]))
-        return _Held(items, shard_of, plans, lookups, lease)
+        asked = await self.budgets.ask(items, plans, self.clock())
+        return _Held(items, shard_of, plans, lookups, lease, asked)
 
     def _hits(
         self, held: _Held, found: Mapping[tuple[str, str], Mapping[str, SuppressionRecord]]
@@ -371,12 +378,18 @@ class Dispatcher:
         return out
 
     async def _work(
-        self, held: _Held, suppressed: Mapping[str, Mapping[str, SuppressionRecord]], now: int
+        self,
+        held: _Held,
+        suppressed: Mapping[str, Mapping[str, SuppressionRecord]],
+        now: int,
+        picks: Mapping[str, Pick],
     ) -> _Owed:
-        """Compose and send a leased and screened piece: what its advance will need."""
+        """Compose and send a leased and screened piece: what its advance will need.
+        `picks`: the senders (or the deferrals) of its steps that send from a pool."""
         items, shard_of, plans = held.items, held.shard_of, held.plans
         self.observer.claimed(len(items))
         settles: dict[int, list[Settle]] = defaultdict(list)
+        pins: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
         jobs: list[Job] = []
         for n, item in enumerate(items, 1):
             if n % YIELD_EVERY == 0:
@@ -388,6 +401,18 @@ class Dispatcher:
                 continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
+                pick = picks.get(item.id)
+                if pick is not None:
+                    if pick.sender is None:
+                        # No sender of the pool has budget: deferred, not failed.
+                        delay = pick.until - now
+                        settles[shard_of[item.id]].append(
+                            _of(composed, now, "release", delay=delay)
+                        )
+                        continue
+                    composed.message.sender = route(pick.sender)
+                    if pick.pin is not None:
+                        pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
                 if composed.kind == "email" and self.email_headers is not None:
                     composed.message.headers.update(self.email_headers(composed.message))
                 jobs.append(composed)
@@ -406,7 +431,7 @@ class Dispatcher:
             if task is not None:
                 self._leave_running(task, running, plans, suppressed, shard_of)
         claimed = {item.id: item.e for item in items}
-        return _Owed(len(items), settles, claimed, jobs)
+        return _Owed(len(items), settles, claimed, jobs, pins)
 
     async def _settled(self, owed: _Owed, advanced: Mapping[int, Advanced]) -> Lane:
         """What a piece came to, once its advance is done."""
@@ -575,7 +600,11 @@ class Dispatcher:
             job.started = True
             self.observer.lateness((start - job.due) / 1000)
             try:
-                sender = self.senders.get(message.tenant, job.kind)
+                origin = message.sender
+                if origin is not None and origin.smtp_profile is not None:
+                    sender = self.senders.get(message.tenant, job.kind, origin.smtp_profile)
+                else:
+                    sender = self.senders.get(message.tenant, job.kind)
                 result = await sender.send(message)
             except asyncio.CancelledError:
                 raise
@@ -665,6 +694,8 @@ class _Held:
     lookups: dict[tuple[str, str], list[str]]
     # shard -> {sequence id: (its mirror, [(enrollment id, its score as peeked), ...])}
     lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]]
+    # The budget asks of its steps that send from a sender pool (engine/budgets.py).
+    asked: Asked | None = None
 
 
 def _leased(held: _Held, leased: Mapping[int, Leased]) -> set[int]:
@@ -695,6 +726,26 @@ class _Owed:
     settles: dict[int, list[Settle]]
     claimed: dict[str, dict[str, str]]
     jobs: list[Job]
+    # shard -> (enrollment id, field, sender id): sticky contacts to pin to their sender.
+    pins: dict[int, list[tuple[str, str, str]]]
+
+
+def _extra(store: Store, owed: _Owed | None, held: _Held | None) -> list[Call]:
+    """The trip's script calls besides advance, lease and peek: the budget asks of `held`
+    (first: `_picks` reads their replies), then the pins of what `owed` sent."""
+    out: list[Call] = []
+    if held is not None and held.asked is not None:
+        out += held.asked.calls
+    if owed is not None and owed.pins:
+        out += pin_calls(store, owed.pins)
+    return out
+
+
+def _picks(held: _Held, trip: Trip, now: int) -> dict[str, Pick]:
+    asked = held.asked
+    if asked is None:
+        return {}
+    return Budgets.picks(asked, trip.extra[: len(asked.calls)], now)
 
 
 def _of(job: Job, at: int, outcome: Outcome, **fields: Any) -> Settle:
@@ -726,6 +777,7 @@ def background(
             observer=app.get(METRICS),
             liveness=app.get(LIVENESS),
             email_headers=unsubscribe.message_headers(config),
+            senders_config=config.senders,
         )
         dispatcher.start()
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -189,6 +189,8 @@ class Trip(NamedTuple):
     claims: dict[int, ClaimBatch]
     # (tenant, channel) -> {value: record} for the looked-up values that are suppressed.
     found: dict[tuple[str, str], dict[str, SuppressionRecord]]
+    # The replies of the trip's `extra` calls, in their order.
+    extra: list[Any]
 
 
 _decode_batch = msgspec.json.Decoder(_Batch).decode
@@ -330,10 +332,12 @@ class Dispatch:
         lookups: Mapping[tuple[str, str], Sequence[str]] | None = None,
         lease: Mapping[int, Mapping[str, tuple[str, Sequence[tuple[str, str]]]]] | None = None,
         peek: bool = False,
+        extra: Sequence[calls.Call] = (),
     ) -> Trip:
         """`advance_many(batches)`, then `leasePeeked` for `lease` (shard -> {sequence id:
         (its mirror, [(enrollment id, score as peeked), ...])}), then `claim_many(shards)`
-        (only peeking, when `peek`), then the suppression reads of `lookups` ((tenant,
+        (only peeking, when `peek`), then the `extra` script calls (the senders' budgets
+        and pins, engine/budgets.py), then the suppression reads of `lookups` ((tenant,
         channel) -> values: one HMGET each), in one round trip: the dispatcher settles one
         batch, leases and screens the next and peeks at the one after with one wait on
         Redis.
@@ -343,7 +347,7 @@ class Dispatch:
         nothing of theirs was sent.
         """
         order = [shard for shard, items in batches.items() if items]
-        calls = []
+        calls: list[tuple[str, Sequence[str], Sequence[Any], str | None]] = []
         now_text = str(now)
         for shard in order:
             tag = self.keys.shard_tag(shard)
@@ -379,6 +383,7 @@ class Dispatch:
             mode = "peek" if peek else "lease"
             args = [tag, claim_now, lease_ms, limit, on_unknown, max_attempts, mode, *CONTACT_READ]
             calls.append(("claimDue", self._claim_keys(shard), args, tag))
+        calls += extra
         groups = [(group, list(values)) for group, values in (lookups or {}).items() if values]
         reads = [
             ("HMGET", self.keys.suppressions(tenant, channel), *values)
@@ -404,11 +409,13 @@ class Dispatch:
             leased[shard] = Leased(str(token), [str(m) for m in lost], attempts)
         claims: dict[int, ClaimBatch] = {}
         first += len(leasing)
-        for shard, reply in zip(shards, replies[first : len(calls)], strict=True):
+        for shard, reply in zip(shards, replies[first : first + len(shards)], strict=True):
             if isinstance(reply, Exception):
                 failed = failed or reply
                 continue
             claims[shard] = _decode_claim(reply)
+        extras = replies[first + len(shards) : len(calls)]
+        failed = failed or next((r for r in extras if isinstance(r, Exception)), None)
         rows = replies[len(calls) :]
         failed = failed or next((row for row in rows if isinstance(row, Exception)), None)
         if failed is not None:
@@ -427,7 +434,7 @@ class Dispatch:
                 ]
             await self.release(back, now=claim_now or now)
             raise failed
-        return Trip(advanced, leased, claims, _found(groups, rows))
+        return Trip(advanced, leased, claims, _found(groups, rows), extras)
 
     async def release(self, items: Sequence[tuple[str, str, str]], *, now: int) -> None:
         """Give back claimed steps that will not be sent, each (enrollment id, token, sequence
