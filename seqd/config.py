@@ -271,6 +271,29 @@ class TenantRateLimit(Section, kw_only=True):
     period_seconds: Annotated[int, Meta(ge=1, le=86_400)] | None = None
 
 
+class FrequencyCap(Section, kw_only=True):
+    """At most `limit` messages of one channel to one contact in any `window_hours`; a
+    limit of 0 is no cap."""
+
+    limit: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    window_hours: Annotated[float, Meta(gt=0, le=8760)] = 24.0
+
+
+class FrequencyCapsConfig(Section, kw_only=True):
+    """Messages per channel to one contact across every sequence of a tenant (none: no cap).
+    A step over its channel's cap is deferred until the window allows it, or skipped, as
+    `action` says; transactional steps are exempt."""
+
+    sms: FrequencyCap = msgspec.field(default_factory=FrequencyCap)
+    email: FrequencyCap = msgspec.field(default_factory=FrequencyCap)
+    action: Literal["defer", "skip"] = "defer"
+
+    def of(self, kind: str) -> FrequencyCap | None:
+        """The cap of `kind`'s steps; None when it has none."""
+        cap: FrequencyCap | None = getattr(self, kind, None)
+        return cap if cap is not None and cap.limit > 0 else None
+
+
 class TenantConfig(Section, kw_only=True):
     """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
 
@@ -279,6 +302,9 @@ class TenantConfig(Section, kw_only=True):
     # Secret of this tenant's inbound email URL, POST {base_path}/inbound/email/<secret>
     # (for inbound-parse services that cannot send an API key).
     inbound_email_secret: Annotated[str, Meta(min_length=16)] | None = None
+    # [tenants.<name>.frequency_caps]: replaces the top-level [frequency_caps] whole; a cap
+    # set through PATCH /v1/tenant/settings replaces both.
+    frequency_caps: FrequencyCapsConfig | None = None
 
 
 class IntakeConfig(Section, kw_only=True):
@@ -370,9 +396,17 @@ class Config(Section, kw_only=True):
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
     senders: SendersConfig = msgspec.field(default_factory=SendersConfig)
+    frequency_caps: FrequencyCapsConfig = msgspec.field(default_factory=FrequencyCapsConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
+
+    def frequency_caps_for(self, tenant: str) -> FrequencyCapsConfig:
+        """The configured frequency caps of `tenant` (the API's settings go over them)."""
+        own = self.tenants.get(tenant)
+        if own is not None and own.frequency_caps is not None:
+            return own.frequency_caps
+        return self.frequency_caps
 
     def channels_for(self, tenant: str) -> ChannelsConfig:
         """The channel settings that apply to `tenant`."""

@@ -15,6 +15,7 @@ from seqd.api import (  # noqa: F401
     ops,
     senders,
     sequences,
+    settings,
     suppressions,
     unsubscribe,
     webhooks,

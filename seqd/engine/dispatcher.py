@@ -49,7 +49,7 @@ from aiohttp import web
 from seqd import models
 from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage, SendResult
-from seqd.config import Config, DispatchConfig, SendersConfig
+from seqd.config import Config, DispatchConfig
 from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls, route
 from seqd.engine.compose import Job, compose, suppressed_reason
 from seqd.engine.plans import Plan, Plans
@@ -99,7 +99,7 @@ class Dispatcher:
         observer: Observer | None = None,
         liveness: Heart | None = None,
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
-        senders_config: SendersConfig | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.store = store
         # Headers added to every email (List-Unsubscribe: lifecycle.unsubscribe).
@@ -111,7 +111,8 @@ class Dispatcher:
         self.liveness = liveness
         self.dispatch = Dispatch(store)
         self.plans = Plans(store)
-        self.budgets = Budgets(store, senders_config or SendersConfig())
+        # Sender budgets and frequency caps (engine/budgets.py).
+        self.budgets = budgets or Budgets(store)
         self._lease_ms = int(config.lease_seconds * 1000)
         self._backoff_ms = [s * 1000 for s in config.retry_backoff_seconds] or [0]
         self._limits: dict[str, Slots] = {}
@@ -358,7 +359,7 @@ class Dispatcher:
             if queue is None:
                 queue = lease[shard][seq] = (batches[shard].m[seq], [])
             queue[1].append((item.id, item.e["k"]))
-        asked = await self.budgets.ask(items, plans, self.clock())
+        asked = await self.budgets.ask(items, plans, shard_of, self.clock())
         return _Held(items, shard_of, plans, lookups, lease, asked)
 
     def _hits(
@@ -403,16 +404,14 @@ class Dispatcher:
             if isinstance(composed, Job):
                 pick = picks.get(item.id)
                 if pick is not None:
-                    if pick.sender is None:
-                        # No sender of the pool has budget: deferred, not failed.
-                        delay = pick.until - now
-                        settles[shard_of[item.id]].append(
-                            _of(composed, now, "release", delay=delay)
-                        )
+                    held_back = _held_back(composed, plan, pick, now)
+                    if held_back is not None:
+                        settles[shard_of[item.id]].append(held_back)
                         continue
-                    composed.message.sender = route(pick.sender)
-                    if pick.pin is not None:
-                        pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
+                    if pick.sender is not None:
+                        composed.message.sender = route(pick.sender)
+                        if pick.pin is not None:
+                            pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
                 if composed.kind == "email" and self.email_headers is not None:
                     composed.message.headers.update(self.email_headers(composed.message))
                 jobs.append(composed)
@@ -748,6 +747,17 @@ def _picks(held: _Held, trip: Trip, now: int) -> dict[str, Pick]:
     return Budgets.picks(asked, trip.extra[: len(asked.calls)], now)
 
 
+def _held_back(job: Job, plan: Plan, pick: Pick, now: int) -> Settle | None:
+    """The Settle of a step its budget or its contact's cap holds back: skipped (the
+    cap's policy), or deferred to `pick.until`, no attempt counted; None: it goes."""
+    if pick.skip:
+        return _of(job, now, "skipped", reason=pick.reason, wait=plan.wait_after(job.step))
+    if pick.until is None:
+        return None
+    # (Until the send-time `defer` outcome lands: a release moves the due time alone.)
+    return _of(job, now, "release", delay=max(0, pick.until - now))
+
+
 def _of(job: Job, at: int, outcome: Outcome, **fields: Any) -> Settle:
     return Settle(
         id=job.id, token=job.token, step=job.step, kind=job.kind, at=at, outcome=outcome, **fields
@@ -777,7 +787,7 @@ def background(
             observer=app.get(METRICS),
             liveness=app.get(LIVENESS),
             email_headers=unsubscribe.message_headers(config),
-            senders_config=config.senders,
+            budgets=Budgets(app[STORE], config.senders, config.frequency_caps_for),
         )
         dispatcher.start()
         try:

@@ -39,6 +39,8 @@ class StepPlan:
     # Roots the templates read beyond plain contact fields: decode only what is needed.
     needs_attributes: bool
     needs_metadata: bool
+    # A message the contact asked for: exempt from frequency caps.
+    transactional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 wait_ms=step.wait_minutes * 60_000,
                 needs_attributes="attributes" in roots,
                 needs_metadata="metadata" in roots,
+                # (Step.transactional comes with the schedules work; absent, False.)
+                transactional=bool(getattr(step, "transactional", False)),
             )
         )
     kinds_left = tuple(

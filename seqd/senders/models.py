@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from seqd.config import FrequencyCapsConfig
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import Channel
 from seqd.models import (
@@ -127,6 +128,24 @@ class SenderRecord(msgspec.Struct, kw_only=True):
     messaging_service_sid: str | None = None
     created_at: int
     updated_at: int
+
+
+class StoredSettings(msgspec.Struct, kw_only=True):
+    """A tenant's settings set through PATCH /v1/tenant/settings; None: the config's."""
+
+    frequency_caps: FrequencyCapsConfig | None = None
+
+
+class SettingsPatch(Input, kw_only=True):
+    """`frequency_caps` replaces the tenant's caps whole; null goes back to the config's."""
+
+    frequency_caps: FrequencyCapsConfig | UnsetType | None = UNSET
+
+
+class TenantSettings(Output, kw_only=True):
+    # The caps in force, and whether they come from the config or from PATCH.
+    frequency_caps: FrequencyCapsConfig
+    frequency_caps_source: Literal["config", "api"]
 
 
 def normalize_address(channel: str, address: str, region: str | None) -> str:

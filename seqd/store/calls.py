@@ -316,6 +316,12 @@ def pin_senders(keys: Keys, shard: int, pins: Iterable[tuple[str, str, str]]) ->
     return Call("pinSenders", [keys.heads(shard)], args, tag)
 
 
+def take_frequency(keys: Keys, shard: int, now: int, asks: Iterable[Arg]) -> Call:
+    """`asks`: flat, per step of `shard`: contact id, kind, member, limit, window ms."""
+    tag = keys.shard_tag(shard)
+    return Call("takeFrequency", [keys.heads(shard)], [tag, now, *asks], tag)
+
+
 def claim_webhooks(
     keys: Keys,
     shard: int,

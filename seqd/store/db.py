@@ -121,6 +121,7 @@ class Store:
         from seqd.store.replays import Replays
         from seqd.store.senders import SenderRecords
         from seqd.store.sequences import Sequences
+        from seqd.store.settings import TenantSettingsStore
         from seqd.store.suppressions import Suppressions
         from seqd.store.tenants import Tenants
         from seqd.store.webhooks import Webhooks
@@ -141,6 +142,7 @@ class Store:
         self.ratelimits = RateLimits(self)
         self.deliveries = Deliveries(self)
         self.senders = SenderRecords(self)
+        self.settings = TenantSettingsStore(self)
         self.replays = Replays(self)
 
     @classmethod

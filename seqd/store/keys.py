@@ -51,6 +51,9 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "delivery_queue": "{tag}:wq:{endpoint_id}",
     # ZSET of an endpoint's failed (dead-lettered) deliveries; all scores 0, id order.
     "failed_deliveries": "{tag}:wf:{endpoint_id}",
+    # ZSET "<enrollment id>:<step>" -> sent ms: a contact's messages of one kind in the
+    # tenant's frequency cap window (takeFrequency-1.lua), expiring with the window.
+    "frequency": "{tag}:fq:{contact_id}:{kind}",
     # HASH sequence id -> "<version>:<fields>": the contact fields the sequence's messages
     # can use at that version (store/mirrors.py), beside the shard's mirror (`sq`).
     "sequence_fields": "{tag}:sf",
@@ -183,6 +186,11 @@ class Keys:
     def senders(self, tenant: str) -> str:
         """HASH sender id -> sender record (JSON): the tenant's numbers and mailboxes."""
         return f"{self.tenant_tag(tenant)}:snd"
+
+    def tenant_settings(self, tenant: str) -> str:
+        """STRING (JSON): the tenant's settings set through the API (senders/models.py
+        `StoredSettings`)."""
+        return f"{self.tenant_tag(tenant)}:settings"
 
     def sender_budgets(self, tenant: str) -> str:
         """HASH of the tenant's senders' budgets (takeBudget-1.lua): "<sender id>:s|h|g" ->
