@@ -276,7 +276,8 @@ class FrequencyCap(Section, kw_only=True):
     limit of 0 is no cap."""
 
     limit: Annotated[int, Meta(ge=0, le=10_000)] = 0
-    window_hours: Annotated[float, Meta(gt=0, le=8760)] = 24.0
+    # At least 36 s (0.01 h), at most a year.
+    window_hours: Annotated[float, Meta(ge=0.01, le=8760)] = 24.0
 
 
 class FrequencyCapsConfig(Section, kw_only=True):

@@ -173,7 +173,9 @@ def _existing(fuzz: Fuzzer) -> dict[str, str]:
     endpoint = fuzz.post(
         "/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]}
     )
+    sender = fuzz.post("/senders", {"channel": "sms", "address": "+14155550177"})
     return {
+        "/v1/senders/": sender["sender"]["id"],
         "/v1/contacts/": cid,
         "/v1/sequences/": sid,
         "/v1/enrollments/": enrollment["enrollment"]["id"],

@@ -218,3 +218,11 @@ async def test_a_pool_names_senders_of_its_channel_once(store: Store) -> None:
         ]:
             status, answer = await api.call("PATCH", f"/sequences/{sid}", body)
             assert status == 422 and path in _errors(answer), (body, answer)
+
+
+async def test_a_record_that_does_not_decode_is_left_out(store: Store) -> None:
+    async with api_client(store, _config()) as api:
+        made = await _create(api)
+        await store.client.hset(store.keys.senders("acme"), "snd_bad", '{"id": "snd_bad"}')
+        status, listing = await api.call("GET", "/senders")
+        assert status == 200 and [s["id"] for s in listing["data"]] == [made["id"]]  # type: ignore[index]

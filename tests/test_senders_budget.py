@@ -166,3 +166,15 @@ def test_ask_follows_the_rotation() -> None:
     assert budget.ask("sticky", pool, "snd_gone", "k") == Ask("k", pool)
     assert budget.ask("round_robin", pool, "snd_b", "k") == Ask("k", pool)
     assert budget.ask("sticky", (), None, "k") is None
+
+
+def test_a_pool_goes_once_and_each_step_is_one_argument() -> None:
+    now = ms("2026-06-01T12:00:00")
+    a, b = sender(now), sender(now, address="+14155550101")
+    records = {a.id: a, b.id: b}
+    pool = Ask("seq_1:sms", (a.id, b.id))
+    args = budget.encode([pool, one(b), pool, pool], records, now)
+    senders = 1 + 2 * budget.SPEC_VALUES
+    # Two senders, one pool (its cursor, 2 members), then four asks.
+    assert args[0] == 2 and args[senders] == 1
+    assert args[senders + 1 :] == ["seq_1:sms", 2, 1, 2, 1, -2, 1, 1]

@@ -146,6 +146,8 @@ class Budgets:
         by_tenant: dict[str, _Asks] = {}
         by_shard: dict[int, tuple[list[str | int], list[str]]] = defaultdict(lambda: ([], []))
         out = Asked()
+        # (sequence, kind) -> its pool's senders that exist: worked out once per piece.
+        pools: dict[tuple[str, Kind], list[str]] = {}
         for item, plan, step, kind in steps:
             tenant = tenants[item.e["t"]]
             cap = tenant.caps.of(kind)
@@ -158,7 +160,10 @@ class Budgets:
             if kind not in plan.senders:
                 continue
             own = tenant.records
-            pool = [s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind]
+            pool = pools.get((plan.sequence_id, kind))
+            if pool is None:
+                pool = [s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind]
+                pools[(plan.sequence_id, kind)] = pool
             pin_field = SPECS[kind].sender_field
             pinned = item.e.get(pin_field) if pin_field else None
             asked = budget.ask(plan.rotation, pool, pinned, f"{plan.sequence_id}:{kind}")

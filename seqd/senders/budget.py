@@ -103,19 +103,28 @@ def ask(rotation: Rotation, pool: Sequence[str], pinned: str | None, pool_key: s
 
 
 def encode(asks: Sequence[Ask], records: Mapping[str, SenderRecord], now: int) -> list[str | int]:
-    """takeBudget's ARGV from ARGV[3] on: the senders the asks name (each once), then the
-    asks. Every sender named must be in `records`."""
+    """takeBudget's ARGV from ARGV[3] on: the senders the asks name and the pools they ask
+    from, each once, then one value per ask (a step of a batch costs one argument, not one
+    per sender of its pool). Every sender named must be in `records`."""
     place: dict[str, int] = {}
     specs: list[str | int] = []
+    pools: dict[Ask, int] = {}
+    pooled: list[str | int] = []
+    chosen: list[int] = []
     for a in asks:
         for sid in a.senders:
             if sid not in place:
                 place[sid] = len(place) + 1
                 specs += spec(records[sid], now)
-    args: list[str | int] = [len(place), *specs]
-    for a in asks:
-        args += (a.pool, len(a.senders), *(place[sid] for sid in a.senders))
-    return args
+        if not a.pool and len(a.senders) == 1:
+            chosen.append(-place[a.senders[0]])
+            continue
+        number = pools.get(a)
+        if number is None:
+            number = pools[a] = len(pools) + 1
+            pooled += (a.pool, len(a.senders), *(place[sid] for sid in a.senders))
+        chosen.append(number)
+    return [len(place), *specs, len(pools), *pooled, *chosen]
 
 
 def decode(asks: Sequence[Ask], reply: Sequence[int]) -> list[Answer]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
+import structlog
 
 from seqd import ids
 from seqd.errors import Conflict, FieldError, Invalid, NotFound
@@ -25,6 +26,8 @@ from seqd.store.scripts import ScriptError
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
+
+log = structlog.get_logger(__name__)
 
 # Writers that lose the compare-and-set race re-read and retry this many times.
 _RETRIES = 10
@@ -113,8 +116,16 @@ class SenderRecords:
         return _decode(await self._raw(tenant, sid))
 
     async def all(self, tenant: str) -> list[SenderRecord]:
-        raw = await self.store.client.hvals(self.keys.senders(tenant))
-        return sorted((_decode(r) for r in raw), key=lambda r: r.id)
+        """The tenant's senders, in id order. A record that does not decode (written by
+        hand, or under other rules) is left out and logged: the dispatcher reads this, and
+        one bad record must not stop every tenant's sends."""
+        out = []
+        for raw in await self.store.client.hvals(self.keys.senders(tenant)):
+            try:
+                out.append(_decode(raw))
+            except msgspec.DecodeError as exc:
+                log.error("senders.bad_record", tenant=tenant, error=str(exc))
+        return sorted(out, key=lambda r: r.id)
 
     async def update(
         self, tenant: str, sid: str, change: Callable[[SenderRecord], SenderRecord]

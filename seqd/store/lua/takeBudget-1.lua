@@ -14,7 +14,9 @@
   ARGV[3] senders   S, then S groups of 8: id, per_second, per_hour, gap_ms (0: no such
                     limit), day (local day number), cap (that day's, -1: none), day_end
                     (ms of the next local midnight), paused (1|0)
-  then each ask:    pool (a rotation cursor's name, "": none), k, k places among the senders
+  then the pools:   P, then P groups: name (its rotation cursor's, "": none), k, and the
+                    places of its k senders among the senders above
+  then the asks:    one value each: a pool's number (1..P), or -place: that sender alone
 
   Returns per ask three integers: the place taken among the ask's k senders (0: none);
   when none, the earliest ms one of them has budget (-1: all paused), else 0; the taken (or
@@ -67,6 +69,7 @@ local function bucket(tat, limit, period)
 end
 
 local changed = {}
+local cursors = {}
 -- Take one send from sender `s`: true, or false and when it can (-1: paused).
 local function take(s)
   if s.paused then return false, -1 end
@@ -91,22 +94,38 @@ local function take(s)
   return true, 0
 end
 
-local cursors = {}
-local out = {}
+-- The pools the asks name, each once: {name, members = {sender, ...}}.
 local at = 4 + n * 8
-while at <= #ARGV do
-  local pool, k = ARGV[at], tonumber(ARGV[at + 1])
+local pools = {}
+for p = 1, tonumber(ARGV[at]) do
+  local name, k = ARGV[at + 1], tonumber(ARGV[at + 2])
+  local members = {}
+  for j = 1, k do members[j] = senders[tonumber(ARGV[at + 2 + j])] end
+  pools[p] = {name = name, members = members}
+  at = at + 2 + k
+end
+
+local out = {}
+for i = at + 1, #ARGV do
+  local ask = tonumber(ARGV[i])
+  local name, members = '', nil
+  if ask < 0 then
+    members = {senders[-ask]}
+  else
+    name, members = pools[ask].name, pools[ask].members
+  end
+  local k = #members
   local start = 0
-  if pool ~= '' then
-    if cursors[pool] == nil then
-      cursors[pool] = {place = tonumber(rcall('HGET', budgets_key, 'rr:' .. pool) or '0') or 0}
+  if name ~= '' then
+    if cursors[name] == nil then
+      cursors[name] = {place = tonumber(rcall('HGET', budgets_key, 'rr:' .. name) or '0') or 0}
     end
-    start = cursors[pool].place % k
+    start = cursors[name].place % k
   end
   local taken, soonest, used = 0, -1, 0
   for j = 0, k - 1 do
     local place = (start + j) % k + 1
-    local s = senders[tonumber(ARGV[at + 1 + place])]
+    local s = members[place]
     local ok, wait = take(s)
     if ok then
       taken, soonest, used = place, 0, s.count - 1
@@ -115,13 +134,12 @@ while at <= #ARGV do
     if wait ~= -1 and (soonest == -1 or wait < soonest) then soonest = wait end
   end
   if taken == 0 then
-    used = senders[tonumber(ARGV[at + 2])].count
-  elseif pool ~= '' then
-    cursors[pool].place = taken
-    cursors[pool].dirty = true
+    used = members[1].count
+  elseif name ~= '' then
+    cursors[name].place = taken
+    cursors[name].dirty = true
   end
   out[#out + 1], out[#out + 2], out[#out + 3] = taken, soonest, used
-  at = at + 2 + k
 end
 
 if not peek then
