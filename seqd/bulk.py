@@ -104,13 +104,9 @@ async def active_sequence(store: Store, tenant: str, sid: str) -> tuple[models.S
 
 async def target(store: Store, tenant: str, sid: str) -> Target:
     """`active_sequence` and the suppression lists' presence in one round trip."""
-    pipe = store.client.pipeline(transaction=False)
-    store.sequences.read_in(pipe, tenant, sid)
-    screening.listed_in(pipe, store, tenant)
-    replies = await pipe.execute()
-    seq, version = store.sequences.parse_read(sid, replies[0])
+    seq, version, listed = await store.sequences.get_listed(tenant, sid)
     _active(seq)
-    return Target(seq, version, screening.listed_from(replies[1:]))
+    return Target(seq, version, listed)
 
 
 def under(error: SeqdError, root: str) -> SeqdError:

@@ -25,10 +25,9 @@ import structlog
 from aiohttp import web
 
 from seqd import bulk, models
-from seqd.api.appkeys import LIVENESS, STORE
-from seqd.api.wire import field_error
+from seqd.appkeys import LIVENESS, STORE
 from seqd.config import Config
-from seqd.errors import Conflict, Invalid, NotFound, SeqdError
+from seqd.errors import Conflict, Invalid, NotFound, SeqdError, field_error
 from seqd.health import Liveness
 from seqd.store import groups
 from seqd.store.codec import encode_json

@@ -8,8 +8,7 @@ import msgspec
 import pytest
 
 from seqd import ids, models
-from seqd.events import types
-from seqd.store import codec
+from seqd.store import codec, event_types
 from seqd.store.db import Store
 from seqd.store.dispatch import ClaimBatch, Dispatch, Leased, Settle
 from seqd.store.enrollments import EnrollItem
@@ -316,7 +315,7 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store, buil
         ev = (await events(s, sh))[-1]
         data = {k: v for k, v in ev.items() if k != "type"}
         assert set(data["fields"]) <= {"s", "c", "st", "i", "n", "ua", "md", "pr", "cr"}
-        shaped = types.shape(ev["type"], data)
+        shaped = event_types.shape(ev["type"], data)
         stored = codec.enrollment(e.id, await raw(s, e.id))
         assert shaped["enrollment"] == msgspec.to_builtins(stored)
         for key, value in extra.items():

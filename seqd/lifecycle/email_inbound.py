@@ -256,7 +256,7 @@ async def ingest(config: Config, store: Store, raw: bytes, tenant: str | None) -
 async def _unsubscribe(
     config: Config, store: Store, parsed: Parsed, tenant: str | None
 ) -> IngestResult | None:
-    secret = await unsubscribe.ensure_secret(config, store)
+    secret = await unsubscribe.signing_secret(config, store)
     claims = unsubscribe.verify(secret, parsed.token or "")
     if claims is None or (tenant is not None and claims.tenant != tenant):
         return None  # not our token: an ordinary message that happens to say "unsubscribe"

@@ -6,13 +6,12 @@ and `seqd status` agree, whichever process does the work. One pipeline per read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from redis.exceptions import ResponseError
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 
 class ShardDue(msgspec.Struct, kw_only=True):
@@ -98,7 +97,7 @@ async def _execute(pipe: Any) -> list[Any]:
     return rows
 
 
-async def read(store: Store, now_ms: int) -> Snapshot:
+async def read(store: StoreContext, now_ms: int) -> Snapshot:
     """Two round trips: everything countable directly, then each sequence queue's and each
     endpoint queue's size."""
     keys = store.keys

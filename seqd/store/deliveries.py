@@ -15,19 +15,17 @@ Delivery hash fields: `t` tenant, `w` endpoint, `v` event id, `y` event type, `b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from seqd import ids
 from seqd.errors import Conflict, NotFound
-from seqd.events.models import WebhookDelivery
+from seqd.event_models import WebhookDelivery
 from seqd.store import codec
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # Deliveries one purge or trim call deletes at most: bounds how long it holds Redis.
 SWEEP_BATCH = 500
@@ -89,7 +87,7 @@ def _claimed(shard: int, row: list[Any]) -> Claimed:
 
 
 class Deliveries:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

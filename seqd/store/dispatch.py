@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import msgspec
 
 from seqd import ids
+from seqd.store.context import StoreContext
 from seqd.store.mirrors import CONTACT_READ, fields_of
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 Outcome = Literal["sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release"]
 
@@ -225,7 +223,7 @@ PEEK_CAP = 1000
 
 
 class Dispatch:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

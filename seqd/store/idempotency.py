@@ -10,13 +10,11 @@ overwrite the answer of the one that took the key over.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
 
 import msgspec
 from redis.exceptions import WatchError
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 
 class Record(msgspec.Struct, omit_defaults=True):
@@ -39,7 +37,7 @@ class Claim(msgspec.Struct, frozen=True):
 
 
 class IdempotencyKeys:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.client = store.client
         self.keys = store.keys
 

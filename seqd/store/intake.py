@@ -18,16 +18,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from seqd.store import groups
+from seqd.store.context import StoreContext
 from seqd.store.scripts import Runner
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 Entry = tuple[str, dict[str, str]]
 
@@ -52,7 +50,7 @@ class Finished:
 
 
 class IntakeStream:
-    def __init__(self, store: Store, group: str, *, block_ms: int) -> None:
+    def __init__(self, store: StoreContext, group: str, *, block_ms: int) -> None:
         self.keys = store.keys
         self.group = group
         self.name = store.keys.intake()

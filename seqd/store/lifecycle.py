@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from seqd import ids, kinds
 from seqd.errors import NotFound
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
+from seqd.store.sequences import Sequences
 from seqd.times import now_ms
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 _encode = msgspec.json.Encoder().encode
 # A sequence changing under one call this many times in a row is a bug, not a race.
@@ -50,8 +49,9 @@ class Delivery(msgspec.Struct, frozen=True):
 
 
 class Lifecycle:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext, sequences: Sequences) -> None:
         self.store = store
+        self.sequences = sequences
         self.keys = store.keys
 
     def shard_of_value(self, value: str) -> int:
@@ -65,7 +65,7 @@ class Lifecycle:
         self, tenant: str, sids: set[str], *, on_reply: bool
     ) -> list[str | int]:
         order = sorted(sids)
-        read = self.store.sequences.get_versioned
+        read = self.sequences.get_versioned
         docs = await asyncio.gather(*(read(tenant, sid) for sid in order), return_exceptions=True)
         args: list[str | int] = []
         for sid, doc in zip(order, docs, strict=True):

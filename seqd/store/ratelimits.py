@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 
 class Verdict(msgspec.Struct, frozen=True):
@@ -21,7 +18,7 @@ class Verdict(msgspec.Struct, frozen=True):
 
 
 class RateLimits:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
 
     async def take(

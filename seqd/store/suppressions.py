@@ -7,16 +7,12 @@ Values are normalised by the caller (E.164 phones, `models.normalize_email` addr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from seqd import models
 from seqd.kinds import Channel
+from seqd.store.context import StoreContext
 from seqd.times import now_ms, to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 
 class Record(msgspec.Struct, frozen=True):
@@ -41,7 +37,7 @@ def _public(channel: Channel, value: str, raw: str) -> models.Suppression:
 
 
 class Suppressions:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

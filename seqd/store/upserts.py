@@ -15,7 +15,7 @@ running the same rows twice changes nothing the second time.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -23,10 +23,8 @@ from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import codec
 from seqd.store.contacts import LOOKUP_FIELDS
+from seqd.store.db import Store
 from seqd.times import now_ms
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # The order in which a row's values pick its contact.
 MATCH_ORDER = ("external_id", "phone", "email")
