@@ -26,6 +26,7 @@ from seqd.store.keys import Keys
 from seqd.store.lifecycle import Lifecycle
 from seqd.store.outbox import Outbox
 from seqd.store.ratelimits import RateLimits
+from seqd.store.replays import Replays
 from seqd.store.sequences import Sequences
 from seqd.store.suppressions import Suppressions
 from seqd.store.tenants import Tenants
@@ -135,6 +136,7 @@ class Store(StoreContext):
         self.ratelimits = RateLimits(self)
         self.deliveries = Deliveries(self)
         self.webhooks = Webhooks(self, self.deliveries)
+        self.replays = Replays(self)
 
     @classmethod
     async def open(cls, client: aioredis.Redis, prefix: str, default_shards: int) -> Store:

@@ -7,6 +7,7 @@ shard, the items of paused sequences parked aside, and an active listing per seq
 
 from __future__ import annotations
 
+from seqd.store import calls
 from seqd.store import keys as keymod
 from seqd.store.context import StoreContext
 
@@ -23,15 +24,11 @@ async def to_queues(store: StoreContext) -> int:
     moved = 0
     for shard in range(keys.shards):
         tag = keys.shard_tag(shard)
-        call_keys = [
-            keys.heads(shard),
-            keymod.V1_SHARD_DUE.format(tag=tag),
-            keys.shard_sequences(shard),
-        ]
-        args = [tag, keymod.V1_PARKED.format(tag=tag), STEP]
+        due, parked = keymod.V1_SHARD_DUE.format(tag=tag), keymod.V1_PARKED.format(tag=tag)
+        move = calls.migrate_queues(keys, shard, due, parked, STEP)
         done = 0
         while not done:
-            done, count = await store.runner.call("migrateQueues", call_keys, args, tag=tag)
+            done, count = await store.runner.run(move)
             moved += int(count)
     return moved
 

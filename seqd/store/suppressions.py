@@ -11,6 +11,7 @@ import msgspec
 
 from seqd import models
 from seqd.kinds import Channel
+from seqd.store import calls
 from seqd.store.context import StoreContext
 from seqd.times import now_ms, to_rfc3339
 
@@ -41,19 +42,13 @@ class Suppressions:
         self.store = store
         self.keys = store.keys
 
-    def _keys(self, tenant: str, channel: Channel) -> list[str]:
-        return [
-            self.keys.suppressions(tenant, channel),
-            self.keys.suppression_index(tenant, channel),
-        ]
-
     async def add(
         self, tenant: str, channel: Channel, value: str, reason: str
     ) -> tuple[models.Suppression, bool]:
         """Suppress `value`; returns the record and whether it is new (an existing one stays)."""
         record = _encode(Record(reason=reason, created_at=now_ms())).decode()
-        changed, raw = await self.store.runner.call(
-            "suppress", self._keys(tenant, channel), ["add", value, record, ""]
+        changed, raw = await self.store.runner.run(
+            calls.suppress(self.keys, tenant, channel, "add", value, record, "")
         )
         return _public(channel, value, raw), bool(changed)
 
@@ -61,8 +56,8 @@ class Suppressions:
         self, tenant: str, channel: Channel, value: str, *, keep: str = ""
     ) -> models.Suppression | None:
         """Lift a suppression; returns what was removed. A record whose reason is `keep` stays."""
-        changed, raw = await self.store.runner.call(
-            "suppress", self._keys(tenant, channel), ["remove", value, "", keep]
+        changed, raw = await self.store.runner.run(
+            calls.suppress(self.keys, tenant, channel, "remove", value, "", keep)
         )
         return _public(channel, value, raw) if changed else None
 

@@ -14,7 +14,7 @@ import msgspec
 from seqd import ids
 from seqd.errors import Conflict, NotFound
 from seqd.event_models import WebhookEndpoint
-from seqd.store import event_types
+from seqd.store import calls, event_types
 from seqd.store.context import StoreContext
 from seqd.store.deliveries import Deliveries
 from seqd.store.scripts import ScriptError
@@ -79,11 +79,8 @@ class Webhooks:
         self.keys = store.keys
 
     async def _put(self, tenant: str, eid: str, expected: str, record: str, limit: int) -> None:
-        await self.store.runner.call(
-            "putEndpoint",
-            [self.keys.webhook_endpoints(tenant)],
-            [eid, expected, record, limit],
-            tag=self.keys.tenant_tag(tenant),
+        await self.store.runner.run(
+            calls.put_endpoint(self.keys, tenant, eid, expected, record, limit)
         )
 
     async def _raw(self, tenant: str, eid: str) -> str:
