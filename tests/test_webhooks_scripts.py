@@ -9,7 +9,7 @@ import pytest
 from seqd import event_ids, ids
 from seqd.store import calls, outbox
 from seqd.store.db import Store
-from seqd.store.outbox import GROUP, Delivery, Fanout
+from seqd.store.outbox import GROUP, Fanout, ScheduledDelivery
 from seqd.store.scripts import ScriptError
 from tests.conftest import ScriptCalls
 
@@ -33,7 +33,7 @@ async def _schedule(
     for entry in await s.outbox.read("c1", n):
         evt = event_ids.event_id(shard, entry.id, s.shards)
         did = event_ids.delivery_id(evt, endpoint, s.shards)
-        delivery = Delivery(did, endpoint, evt, "t", b'{"x":1}')
+        delivery = ScheduledDelivery(did, endpoint, evt, "t", b'{"x":1}')
         item = Fanout(entry.id, TENANT, due + len(out), [delivery])
         await s.outbox.fanout({shard: [item]}, NOW)
         out.append(did)
@@ -48,7 +48,7 @@ async def test_fanout_acks_deletes_and_writes_each_delivery_once(any_store: Stor
     [entry] = await s.outbox.read("c1", 10)
     evt = event_ids.event_id(0, entry.id, s.shards)
     deliveries = [
-        Delivery(event_ids.delivery_id(evt, ep, s.shards), ep, evt, "t", b"{}")
+        ScheduledDelivery(event_ids.delivery_id(evt, ep, s.shards), ep, evt, "t", b"{}")
         for ep in ("whe_a", "whe_b")
     ]
     item = Fanout(entry.id, TENANT, NOW, deliveries)
@@ -78,7 +78,7 @@ async def test_fanout_acknowledges_entries_no_endpoint_wants_together(any_store:
     for n, entry in enumerate(entries):
         evt = event_ids.event_id(0, entry.id, s.shards)
         did = event_ids.delivery_id(evt, "whe_a", s.shards)
-        wanted = [Delivery(did, "whe_a", evt, "t", b"{}")] if n == 2 else []
+        wanted = [ScheduledDelivery(did, "whe_a", evt, "t", b"{}")] if n == 2 else []
         items.append(Fanout(entry.id, TENANT, NOW, wanted))
     assert await s.outbox.fanout({0: items}, NOW) == 1
     assert await s.client.xlen(key) == 0
@@ -105,7 +105,7 @@ async def test_fanout_of_several_shards_goes_in_one_round_trip(
     for entry in entries:
         evt = event_ids.event_id(entry.shard, entry.id, s.shards)
         did = event_ids.delivery_id(evt, "whe_a", s.shards)
-        wanted = [Delivery(did, "whe_a", evt, "t", b"{}")]
+        wanted = [ScheduledDelivery(did, "whe_a", evt, "t", b"{}")]
         by_shard[entry.shard].append(Fanout(entry.id, TENANT, NOW, wanted))
     spy = ScriptCalls(s, monkeypatch)
     assert await s.outbox.fanout(by_shard, NOW) == sum(per_shard.values())

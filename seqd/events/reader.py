@@ -31,7 +31,7 @@ from seqd.health import Heart
 from seqd.store import groups
 from seqd.store.db import Store
 from seqd.store.events import LogItem
-from seqd.store.outbox import Delivery, Entry, Fanout
+from seqd.store.outbox import Entry, Fanout, ScheduledDelivery
 from seqd.store.scripts import OUTBOX_ITEMS
 from seqd.times import now_ms
 
@@ -152,7 +152,7 @@ class Reader:
                     if ep.wants(c.type):
                         body = body or c.payload()
                         deliveries.append(
-                            Delivery(
+                            ScheduledDelivery(
                                 event_ids.delivery_id(c.id, ep.id, shards),
                                 ep.id,
                                 c.id,

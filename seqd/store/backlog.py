@@ -42,7 +42,7 @@ class StreamBacklog(msgspec.Struct, kw_only=True):
         )
 
 
-class Webhooks(msgspec.Struct, kw_only=True):
+class WebhookBacklog(msgspec.Struct, kw_only=True):
     # Deliveries waiting for their first attempt or a retry (in flight ones included).
     queued: int = 0
     # Deliveries that used every attempt and wait for a manual retry (dead letters).
@@ -57,7 +57,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     intake_rejected: int = 0
     # The outbox streams of all shards, as the outbox reader (events, webhooks) sees them.
     outbox: StreamBacklog
-    webhooks: Webhooks = msgspec.field(default_factory=Webhooks)
+    webhooks: WebhookBacklog = msgspec.field(default_factory=WebhookBacklog)
 
     @property
     def scheduled(self) -> int:
@@ -154,5 +154,5 @@ async def read(store: StoreContext, now_ms: int) -> Snapshot:
         intake=intake,
         intake_rejected=int(rows[-1]),
         outbox=outbox,
-        webhooks=Webhooks(queued=queued, failed=failed),
+        webhooks=WebhookBacklog(queued=queued, failed=failed),
     )

@@ -232,7 +232,7 @@ class Dispatch:
         return [self.keys.heads(shard), self.keys.outbox(shard)]
 
     def _claim_keys(self, shard: int) -> list[str]:
-        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
+        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.mirrors(shard)]
 
     async def heads(self, now: int, cap: int = PEEK_CAP) -> list[tuple[int | None, int]]:
         """Per shard, (earliest due score or None, members due at `now`, at most `cap`): one

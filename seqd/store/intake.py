@@ -27,7 +27,7 @@ from seqd.store import calls, groups
 from seqd.store.context import StoreContext
 from seqd.store.scripts import Runner
 
-Entry = tuple[str, dict[str, str]]
+IntakeEntry = tuple[str, dict[str, str]]
 
 
 _ESCAPED = re.compile("[\udc80-\udcff]")
@@ -80,7 +80,7 @@ class IntakeStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[IntakeEntry]:
         reply: Any = await self.client.xreadgroup(
             self.group, consumer, {self.name: ">"}, count=count, block=block_ms
         )
@@ -92,7 +92,7 @@ class IntakeStream:
 
     async def reclaim(
         self, consumer: str, min_idle_ms: int, count: int, start: str
-    ) -> tuple[str, list[Entry]]:
+    ) -> tuple[str, list[IntakeEntry]]:
         """Entries idle longer than the lease (their consumer died), now ours; and the
         cursor to continue from ("0-0" once the whole pending list was scanned)."""
         reply = await self.client.xautoclaim(

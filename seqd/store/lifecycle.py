@@ -44,7 +44,7 @@ class Reaction(msgspec.Struct, frozen=True):
     outcome: str
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class DeliveryReport(msgspec.Struct, frozen=True):
     recorded: bool
     previous: str | None
 
@@ -200,7 +200,7 @@ class Lifecycle:
         *,
         event_type: str,
         event: dict[str, Any],
-    ) -> Delivery:
+    ) -> DeliveryReport:
         """Store a step's delivery status unless a later one is stored; NotFound if no such
         enrollment of `tenant`."""
         if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
@@ -226,7 +226,7 @@ class Lifecycle:
             if exc.code == "NOT_FOUND":
                 raise NotFound(f"no enrollment {enrollment_id}", field="e") from None
             raise
-        return Delivery(bool(recorded), previous or None)
+        return DeliveryReport(bool(recorded), previous or None)
 
     async def enrollment_owner(self, enrollment_id: str) -> tuple[str, str] | None:
         """(tenant, contact id) of an enrollment, or None: whose auth token signs its

@@ -50,7 +50,7 @@ class Entry(msgspec.Struct, frozen=True):
             return None
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class ScheduledDelivery(msgspec.Struct, frozen=True):
     """A webhook delivery to schedule: one event to one endpoint."""
 
     id: str
@@ -66,7 +66,7 @@ class Fanout(msgspec.Struct, frozen=True):
     entry_id: str
     tenant: str
     due: int
-    deliveries: list[Delivery]
+    deliveries: list[ScheduledDelivery]
 
 
 def _stream_rows(reply: Any) -> list[tuple[str, dict[str, str] | None]]:

@@ -16,7 +16,7 @@ from seqd.store.context import StoreContext
 from seqd.times import now_ms, to_rfc3339
 
 
-class Record(msgspec.Struct, frozen=True):
+class StoredSuppression(msgspec.Struct, frozen=True):
     """What the HASH stores per value."""
 
     reason: str
@@ -24,7 +24,7 @@ class Record(msgspec.Struct, frozen=True):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(Record).decode
+_decode = msgspec.json.Decoder(StoredSuppression).decode
 
 
 def _public(channel: Channel, value: str, raw: str) -> models.Suppression:
@@ -46,7 +46,7 @@ class Suppressions:
         self, tenant: str, channel: Channel, value: str, reason: str
     ) -> tuple[models.Suppression, bool]:
         """Suppress `value`; returns the record and whether it is new (an existing one stays)."""
-        record = _encode(Record(reason=reason, created_at=now_ms())).decode()
+        record = _encode(StoredSuppression(reason=reason, created_at=now_ms())).decode()
         changed, raw = await self.store.runner.run(
             calls.suppress(self.keys, tenant, channel, "add", value, record, "")
         )
