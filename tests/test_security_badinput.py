@@ -114,3 +114,42 @@ async def test_the_last_possible_stream_position_is_a_valid_page_token(api: Api)
     code, body = await api.call("GET", f"/events?page_token={_token(f'{2**64 - 1}-{2**64 - 2}')}")
     assert code == 200, body
     assert body["data"] == []  # type: ignore[index]
+
+
+LINE_BREAKS = ["\r\n", "\n", "\r", "\x00", "\u2028", "\u2029", "\x85"]
+
+
+@pytest.mark.parametrize("char", LINE_BREAKS)
+@pytest.mark.parametrize("field", ["first_name", "last_name", "external_id", "attributes.company"])
+async def test_a_contact_field_that_would_break_a_header_is_422(
+    api: Api, field: str, char: str
+) -> None:
+    """The field may end up in a Subject header; refused when given, not when mailed."""
+    value = f"Ada{char}Bcc: victim@example.com"
+    name, _, attr = field.partition(".")
+    fields = {name: {attr: value}} if attr else {name: value}
+    code, body = await api.call("POST", "/contacts", {"email": "ada@example.com", **fields})
+    assert code == 422, body
+    assert [e["path"] for e in body["errors"]] == [field]  # type: ignore[index]
+    code, created = await api.call("POST", "/contacts", {"email": "ada@example.com"})
+    cid = created["contact"]["id"]  # type: ignore[index]
+    code, body = await api.call("PATCH", f"/contacts/{cid}", fields)
+    assert code == 422, body
+    assert [e["path"] for e in body["errors"]] == [field]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "phone", ["+1 (415) 555-0199x", "+1 415 555 0199 ext. 12", "+1-800-FLOWERS", "+14155550199;"]
+)
+async def test_trailing_junk_in_a_phone_is_422(api: Api, phone: str) -> None:
+    code, body = await api.call("POST", "/contacts", {"phone": phone})
+    assert code == 422, body
+    assert [e["path"] for e in body["errors"]] == ["phone"]  # type: ignore[index]
+
+
+async def test_a_phone_written_the_usual_ways_is_stored_in_e164(api: Api) -> None:
+    given = ["+1 (415) 555-0191", "+1.415.555.0192", "+1 415/555-0193", "  +14155550194 "]
+    for n, phone in enumerate(given, 1):
+        code, body = await api.call("POST", "/contacts", {"phone": phone})
+        assert code == 201, body
+        assert body["contact"]["phone"] == f"+1415555019{n}"  # type: ignore[index]
