@@ -54,7 +54,8 @@ class EndpointPatch(Input, kw_only=True):
 
 class WebhookEndpoint(Output, kw_only=True):
     id: str
-    url: str
+    # A password in it (and secret-looking query values) shown as `***`.
+    url: Annotated[str, Meta(description="the URL, its password masked as ***")]
     events: list[str]
     description: str = ""
     enabled: bool

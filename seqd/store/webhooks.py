@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from seqd import ids
+from seqd import ids, redact
 from seqd.errors import Conflict, NotFound
 from seqd.events import signing, types
 from seqd.events.models import WebhookEndpoint
@@ -53,10 +53,11 @@ class EndpointRecord(msgspec.Struct, kw_only=True):
         return self.enabled and types.matches(self.events, etype)
 
     def public(self, now: int) -> WebhookEndpoint:
+        """As the API shows it: the URL's password (and secret query values) masked."""
         previous = self.previous_expires_at
         return WebhookEndpoint(
             id=self.id,
-            url=self.url,
+            url=redact.mask_url(self.url),
             events=self.events,
             description=self.description,
             enabled=self.enabled,
