@@ -344,12 +344,17 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     id: str
     sequence_id: str
     contact_id: str
-    current_step: int
+    current_step: Annotated[
+        int,
+        Meta(description="index of the next step to send; completed: the number of steps"),
+    ]
     status: EnrollmentStatus
     next_run_at: Timestamp | None
     enrolled_at: Timestamp
     metadata: dict[str, Any]
     paused_reason: str | None = None
+    # A `missing_variable` pause: the template variable (or address field) it waits for.
+    paused_variable: str | None = None
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
     updated_at: Timestamp | None = None

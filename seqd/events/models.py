@@ -35,8 +35,13 @@ class EventList(Output, kw_only=True):
     # A page can hold fewer than `limit` events while more follow (a filter scans the log in
     # bounded steps): follow next_page_token until it is null.
     next_page_token: str | None
-    # Events in the log; null when filters are given (counting them would scan the log).
-    total: int | None = None
+    total: Annotated[
+        int | None,
+        Meta(
+            description="events in the log; null when a filter is given: counting the "
+            "matches would read the whole log, where a page reads a bounded part of it"
+        ),
+    ] = None
 
 
 class EndpointCreate(Input, kw_only=True):
