@@ -8,11 +8,11 @@ import msgspec
 from aiohttp import web
 
 from seqd import ids
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.senders import budget
 from seqd.senders.models import (
     SenderCreate,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.routing import route
 from seqd.api.wire import read_body, respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.senders.models import SettingsPatch, TenantSettings
 
 TAG = "settings"

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from seqd import models
-from seqd.engine import render
+from seqd import models, templates
 from seqd.kinds import SPECS, Kind
 from seqd.models import Rotation
 from seqd.store.db import Store
@@ -78,7 +77,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
         subject = step.subject
         if threaded and first is not None:
             subject = seq.steps[first].subject
-        roots = render.roots(step.body, subject)
+        roots = templates.roots(step.body, subject)
         steps.append(
             StepPlan(
                 kind=step.kind,

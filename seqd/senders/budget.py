@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from seqd.models import Rotation
 from seqd.senders.models import SenderRecord
 
-Rotation = Literal["sticky", "round_robin"]
 # `until` of an answer whose every sender is paused: no moment can be named.
 PAUSED = -1
 # Values per sender in takeBudget's ARGV (its header).

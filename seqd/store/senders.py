@@ -25,7 +25,7 @@ from seqd.store import calls
 from seqd.store.scripts import ScriptError
 
 if TYPE_CHECKING:
-    from seqd.store.db import Store
+    from seqd.store.context import StoreContext
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +37,7 @@ _decode = msgspec.json.Decoder(SenderRecord).decode
 
 
 class SenderRecords:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
         # Tenant -> changes made through this process: a reader's cache (the dispatcher's)

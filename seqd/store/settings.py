@@ -11,14 +11,14 @@ import msgspec
 from seqd.senders.models import StoredSettings
 
 if TYPE_CHECKING:
-    from seqd.store.db import Store
+    from seqd.store.context import StoreContext
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(StoredSettings).decode
 
 
 class TenantSettingsStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
         # Tenant -> changes made through this process (as SenderRecords.changes).
