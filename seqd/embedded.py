@@ -7,8 +7,9 @@ CPU per dispatched step than the jemalloc that Redis and Valkey builds normally 
 (glibc's malloc and its free-list consolidation lead the server's profile); when
 libjemalloc is installed it is preloaded (`server_env`, `embedded.jemalloc`).
 
-Whoever holds the lock file in the data directory owns the server and stops it. `seqd
-serve` insists on owning it (waiting while a short CLI command finishes with it); CLI
+Whoever holds the lock file in the data directory owns the server and stops it; the file
+says who (pid and role). `seqd serve` insists on owning it (waiting while a short CLI
+command finishes with it, failing at once when another `seqd serve` owns it); CLI
 commands use a server that is already running and start one only when there is none. A
 server left behind by a killed owner is adopted by the next one, never started twice on
 the same files.
@@ -37,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 SOCKET_NAME = "valkey.sock"
 LOCK_NAME = "seqd.lock"
+# The lock holder's role that never hands the store over (CLI commands hold it briefly).
+SERVE = "serve"
 START_TIMEOUT = 15.0
 
 
@@ -130,27 +133,48 @@ class EmbeddedServer:
     def owner(self) -> bool:
         return self._lock is not None
 
-    def _try_lock(self) -> bool:
+    def _try_lock(self, role: str) -> bool:
+        """Take the lock file and write into it who holds it: `<pid> <role>`."""
         handle = open(self.data_dir / LOCK_NAME, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {role}\n")
+        handle.flush()
         self._lock = handle
         return True
 
+    def _holder(self) -> tuple[int, str] | None:
+        """The pid and role written by whoever holds the lock (None while it writes)."""
+        try:
+            pid, role = (self.data_dir / LOCK_NAME).read_text().split()
+            return int(pid), role
+        except (OSError, ValueError):
+            return None
+
     async def start(self, *, own: bool) -> str:
-        """Make sure a server runs; `own=True` waits until this process owns it."""
+        """Make sure a server runs; `own=True` waits until this process owns it, and
+        fails at once when another `seqd serve` does (two would share one store's files)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        role = SERVE if own else "cli"
         deadline = time.monotonic() + START_TIMEOUT * 2
         while True:
-            if self._try_lock():
+            if self._try_lock(role):
                 if not await _ping(self.url):
                     await self._spawn()
                 else:
                     log.info("embedded.adopted", socket=str(self.socket))
                 return self.url
+            holder = self._holder()
+            if own and holder is not None and holder[1] == SERVE:
+                raise EmbeddedError(
+                    f"another seqd (pid {holder[0]}) owns this store ({self.data_dir}); stop "
+                    "it, or give this one another embedded.data_dir"
+                )
             if not own and await _ping(self.url):
                 return self.url
             if time.monotonic() > deadline:

@@ -28,13 +28,13 @@ def _env(tmp_path: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _seqd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _seqd(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "seqd", *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -160,3 +160,21 @@ def test_keys_against_redis_url(tmp_path: Path, valkey: object) -> None:
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip().splitlines()[-1].startswith("sk_live_")
     assert not (tmp_path / "data").exists(), "an embedded store was started despite redis.url"
+
+
+def test_second_serve_on_the_same_store_fails_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    env = _env(tmp_path, port)
+    serve = Serve(env, port, tmp_path / "serve1.log")
+    try:
+        started = time.monotonic()
+        second = _seqd("serve", env={**env, "SEQD_HTTP_PORT": str(free_port())}, timeout=10)
+        assert time.monotonic() - started < 10
+        assert second.returncode == 1
+        assert f"another seqd (pid {serve.proc.pid}) owns this store" in second.stderr
+        assert str(tmp_path / "data") in second.stderr
+        # The first one is untouched.
+        key = next(w for w in serve.log.read_text().split() if w.startswith("sk_live_"))
+        assert serve.request("/contacts", key)[0] == 200
+    finally:
+        assert serve.stop() == 0
