@@ -226,6 +226,13 @@ class LifecycleConfig(Section, kw_only=True):
     opt_in_keywords: list[str] = msgspec.field(default_factory=lambda: ["START", "UNSTOP", "YES"])
     # Answered by the provider; seqd changes nothing (not even a pause).
     help_keywords: list[str] = msgspec.field(default_factory=lambda: ["HELP", "INFO"])
+    # A Twilio webhook (message or status callback) is applied once per MessageSid: one seen
+    # again within this window is answered and changes nothing. Twilio retries a webhook
+    # for minutes at most (connection overrides: 5 retries of at most 15 s each).
+    replay_window_hours: Annotated[int, Meta(ge=1, le=8784)] = 24
+    # An opt-out or opt-in keyword message is remembered this long instead, so a captured
+    # START replayed after a later STOP cannot lift it.
+    keyword_replay_days: Annotated[int, Meta(ge=1, le=3660)] = 400
     # Subjects (regular expressions, case-insensitive, searched) of automatic email replies.
     auto_reply_subjects: list[str] = msgspec.field(default_factory=lambda: list(_AUTO_SUBJECTS))
 
