@@ -32,6 +32,7 @@ from typing import IO
 import redis.asyncio as aioredis
 import structlog
 
+from seqd.backoff import Backoff
 from seqd.config import EmbeddedConfig
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,15 @@ LOCK_NAME = "seqd.lock"
 # The lock holder's role that never hands the store over (CLI commands hold it briefly).
 SERVE = "serve"
 START_TIMEOUT = 15.0
+
+
+# How often an owner checks that its server still runs, and the pauses before restarting
+# one that died: the first restart comes within about a second.
+WATCH_SECONDS = 0.2
+RESTART_BASE_SECONDS = 0.5
+RESTART_CAP_SECONDS = 30.0
+# A server that ran this long before it died had not been crash-looping: no extra pause.
+STABLE_SECONDS = 60.0
 
 
 class EmbeddedError(RuntimeError):
@@ -118,6 +128,16 @@ async def _ping(url: str) -> bool:
         await client.aclose()
 
 
+async def _server_pid(url: str) -> int | None:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    try:
+        return int((await client.info("server"))["process_id"])
+    except (OSError, aioredis.RedisError, KeyError, ValueError):
+        return None
+    finally:
+        await client.aclose()
+
+
 class EmbeddedServer:
     """A valkey-server on files under `data_dir`; `start()` gives the URL to use."""
 
@@ -128,6 +148,13 @@ class EmbeddedServer:
         self.url = f"unix://{self.socket}"
         self._lock: IO[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        # The server's pid: our child's, or that of one adopted from a killed owner.
+        self._pid: int | None = None
+        self.restarts = 0
+
+    @property
+    def _log_path(self) -> Path:
+        return self.data_dir / "valkey.log"
 
     @property
     def owner(self) -> bool:
@@ -167,7 +194,8 @@ class EmbeddedServer:
                 if not await _ping(self.url):
                     await self._spawn()
                 else:
-                    log.info("embedded.adopted", socket=str(self.socket))
+                    self._pid = await _server_pid(self.url)
+                    log.info("embedded.adopted", socket=str(self.socket), pid=self._pid)
                 return self.url
             holder = self._holder()
             if own and holder is not None and holder[1] == SERVE:
@@ -211,7 +239,7 @@ class EmbeddedServer:
             "--daemonize",
             "no",
             "--logfile",
-            str(self.data_dir / "valkey.log"),
+            str(self._log_path),
         ]
         env, allocator = server_env(binary, self.config.jemalloc)
         # Its own session: a Ctrl-C in seqd's terminal must not kill the store under it.
@@ -220,16 +248,59 @@ class EmbeddedServer:
         while not await _ping(self.url):
             if self._process.poll() is not None:
                 raise EmbeddedError(
-                    f"valkey-server exited with {self._process.returncode}; "
-                    f"see {self.data_dir / 'valkey.log'}"
+                    f"valkey-server exited with {self._process.returncode}; see {self._log_path}"
                 )
             if time.monotonic() > deadline:
                 self._process.kill()
                 raise EmbeddedError("valkey-server did not start in time")
             await asyncio.sleep(0.01)
+        self._pid = self._process.pid
         log.info(
-            "embedded.started", socket=str(self.socket), pid=self._process.pid, allocator=allocator
+            "embedded.started",
+            socket=str(self.socket),
+            pid=self._pid,
+            allocator=allocator,
+            restart=self.restarts,
         )
+
+    def _alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None  # reaps our child once it exited
+        if self._pid is None:
+            return True  # adopted, pid unknown: nothing to watch
+        try:
+            os.kill(self._pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    async def supervise(self) -> None:
+        """While this process owns the server: start it again (same files, its AOF) when it
+        dies. A server that dies within STABLE_SECONDS of its start is restarted after a
+        doubling pause, so a crash loop does not spin."""
+        assert self.owner
+        backoff = Backoff(RESTART_BASE_SECONDS, RESTART_CAP_SECONDS)
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            if self._alive():
+                continue
+            code = self._process.returncode if self._process is not None else None
+            log.error("embedded.died", pid=self._pid, returncode=code, log=str(self._log_path))
+            if time.monotonic() - started > STABLE_SECONDS:
+                backoff.reset()
+            while True:
+                pause = backoff.failed()
+                await asyncio.sleep(pause)
+                self.restarts += 1
+                try:
+                    await self._spawn()
+                    break
+                except EmbeddedError as exc:
+                    log.error("embedded.restart_failed", error=str(exc), restart=self.restarts)
+            started = time.monotonic()
 
     async def stop(self) -> None:
         """Shut the server down (AOF flushed) if this process owns it."""

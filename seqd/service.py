@@ -53,6 +53,10 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         socket_timeout=config.redis.socket_timeout,
         max_connections=config.redis.max_connections,
     )
+    # The owner restarts the embedded server if it dies, until the store is closed.
+    supervisor = None
+    if embedded is not None and embedded.owner:
+        supervisor = asyncio.create_task(embedded.supervise())
     try:
         store = await Store.open(client, config.redis.prefix, config.redis.shards)
         try:
@@ -60,6 +64,10 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         finally:
             await store.close()
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         if embedded is not None:
             await embedded.stop()
 

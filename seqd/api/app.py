@@ -28,6 +28,7 @@ from seqd.api.appkeys import (
     OPENAPI,
     RATE_LEASES,
     STORE,
+    STORE_WATCH,
 )
 from seqd.api.auth import auth_middleware
 from seqd.api.coalesce import Coalescer
@@ -36,7 +37,7 @@ from seqd.api.idempotency import idempotency_middleware
 from seqd.api.ratelimit import add_headers, ratelimit_middleware
 from seqd.api.routing import ROUTES
 from seqd.config import Config
-from seqd.health import Liveness
+from seqd.health import Liveness, StoreWatch
 from seqd.metrics import Metrics
 from seqd.store.db import Store
 
@@ -63,6 +64,7 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[MAX_BODY] = config.http.max_body_bytes
     app[METRICS] = Metrics()
     app[LIVENESS] = Liveness()
+    app[STORE_WATCH] = StoreWatch()
     app[RATE_LEASES] = {}
     app[COALESCER] = Coalescer(store)
     app.on_cleanup.append(_drain)
@@ -73,4 +75,6 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[OPENAPI] = openapi.build(base, routes)
     if config.metrics.enabled and config.metrics.listen is not None:
         app.cleanup_ctx.append(ops.metrics_listener)
+    if config.redis.unhealthy_after_seconds:
+        app.cleanup_ctx.append(ops.watching_store)
     return app

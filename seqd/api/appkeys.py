@@ -6,7 +6,7 @@ from aiohttp import web
 
 from seqd.api.coalesce import Coalescer
 from seqd.config import Config
-from seqd.health import Liveness
+from seqd.health import Liveness, StoreWatch
 from seqd.metrics import Metrics
 from seqd.store.db import Store
 
@@ -17,6 +17,8 @@ MAX_BODY = web.AppKey("max_body", int)
 # Counters and gauges of this app (seqd.metrics) and the heartbeats of its loops.
 METRICS = web.AppKey("metrics", Metrics)
 LIVENESS = web.AppKey("liveness", Liveness)
+# When the store last answered (/healthz).
+STORE_WATCH = web.AppKey("store_watch", StoreWatch)
 # Requests this process took ahead of use from each API key's limit (seqd/api/ratelimit.py).
 RATE_LEASES = web.AppKey("rate_leases", dict)
 # Single enrollment requests grouped per sequence and turn of the loop (seqd/api/coalesce.py).
