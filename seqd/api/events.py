@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from aiohttp import web
@@ -20,7 +21,16 @@ from seqd.store.events import EventFilter
 from seqd.times import from_rfc3339, now_ms
 
 TAG = "events"
-TypeFilter = Annotated[str, Meta(max_length=1000, description="a type, or several comma-separated")]
+_ONE_TYPE = "(" + "|".join(re.escape(t) for t in sorted(types.KNOWN)) + ")"
+TypeFilter = Annotated[
+    str,
+    Meta(
+        max_length=1000,
+        description="a type, or several comma-separated",
+        # Checked by `_filter` (naming the unknown type), stated here for the document.
+        extra_json_schema={"pattern": rf"^\s*{_ONE_TYPE}(\s*,\s*{_ONE_TYPE})*\s*$"},
+    ),
+]
 
 
 class EventListQuery(ListQuery, kw_only=True):
@@ -28,7 +38,15 @@ class EventListQuery(ListQuery, kw_only=True):
     enrollment_id: Id | None = None
     contact_id: Id | None = None
     since: (
-        Annotated[str, Meta(max_length=64, description="RFC 3339; events at or after")] | None
+        Annotated[
+            str,
+            Meta(
+                max_length=64,
+                description="RFC 3339; events at or after",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
     ) = None
 
 

@@ -6,13 +6,32 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
+from seqd.events import types
 from seqd.models import Input, Output, Page, Timestamp
 
-Url = Annotated[str, Meta(min_length=1, max_length=2000, description="http(s) URL")]
+Url = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL of a public host (unless webhooks.allow_private_targets)",
+    ),
+]
 EventType = Annotated[str, Meta(min_length=1, max_length=100)]
 Subscription = Annotated[
     list[EventType],
-    Meta(min_length=1, max_length=50, description='event types, or ["*"] for every type'),
+    Meta(
+        min_length=1,
+        max_length=50,
+        description='event types, or ["*"] for every type',
+        # Checked by `types.check_subscription`, stated here for the document.
+        extra_json_schema={
+            "anyOf": [
+                {"items": {"const": types.WILDCARD}, "maxItems": 1},
+                {"items": {"enum": sorted(types.KNOWN)}},
+            ]
+        },
+    ),
 ]
 Description = Annotated[str, Meta(max_length=500)]
 
