@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from seqd import ids, models
+from seqd.store.claims import is_unsettled
 from seqd.store.db import Store
-from seqd.store.dispatch import is_unsettled
 from tests.dispatchutil import TENANT, enroll, sequence
 
 

@@ -18,8 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from seqd.store.claims import is_unsettled
 from seqd.store.db import Store, connect
-from seqd.store.dispatch import is_unsettled
 from tests.conftest import ValkeyProcess
 from tests.dispatchutil import TENANT, enroll, queued, sequence, sms
 from tests.opsutil import Daemon

@@ -17,8 +17,10 @@ from seqd.channels.base import OutboundMessage, SendResult, message_key
 from seqd.engine import render
 from seqd.engine.plans import Plan
 from seqd.models import CancelReason, PausedReason
-from seqd.store.dispatch import Claimed, Settle, SuppressionRecord
-from seqd.store.mirrors import ADDRESS_FIELD
+from seqd.store.claims import Claimed
+from seqd.store.dispatch import SuppressionRecord
+from seqd.store.mirrors import ADDRESS_FIELD, CONTACT_OWNER
+from seqd.store.settles import Cancel, Complete, Failed, Pause, Settled, Skipped
 
 # A contact whose every remaining step is suppressed is cancelled with this reason, unless
 # the suppression record names one of the cancel reasons itself.
@@ -47,10 +49,6 @@ class Job:
     at: int = 0
 
 
-def _settle(item: Claimed, step: int, kind: str, now: int, **fields: Any) -> Settle:
-    return Settle(id=item.id, token=item.e["k"], step=step, kind=kind, at=now, **fields)
-
-
 def suppressed_reason(record: SuppressionRecord, kind: str) -> str:
     reason = record.reason
     return reason if reason in _CANCEL_REASONS else SUPPRESSED_REASON[kind]
@@ -58,27 +56,30 @@ def suppressed_reason(record: SuppressionRecord, kind: str) -> str:
 
 def compose(
     item: Claimed, plan: Plan, suppressed: Mapping[str, SuppressionRecord], now: int
-) -> Job | Settle:
-    """The Job for `item`'s current step, or the Settle that ends it without a send.
+) -> Job | Settled:
+    """The Job for `item`'s current step, or the outcome that ends it without a send.
 
     `suppressed` maps a channel to the suppression record of this contact's address on it.
     """
-    e, c = item.e, item.c
-    step = int(e["i"])
+    e, c = item.enrollment, item.contact
+    step = int(e.index)
+    token = e.token
     if step >= len(plan.steps):
-        return _settle(item, step, "", now, outcome="complete")
+        return Complete(id=item.id, token=token, step=step, kind="", at=now)
     sp = plan.steps[step]
     kind = sp.kind
-    if c.get("tenant") != e["t"]:
-        return _settle(item, step, kind, now, outcome="failed", error="contact not found")
+    if c.get(CONTACT_OWNER) != e.tenant:
+        return Failed(
+            id=item.id, token=token, step=step, kind=kind, at=now, error="contact not found"
+        )
     if kind in suppressed:
         if any(later.kind not in suppressed for later in plan.steps[step + 1 :]):
-            return _settle(
-                item, step, kind, now, outcome="skipped", reason="suppressed",
+            return Skipped(
+                id=item.id, token=token, step=step, kind=kind, at=now, reason="suppressed",
                 wait=plan.wait_after(step),
             )  # fmt: skip
         reason = suppressed_reason(suppressed[kind], kind)
-        return _settle(item, step, kind, now, outcome="cancel", reason=reason)
+        return Cancel(id=item.id, token=token, step=step, kind=kind, at=now, reason=reason)
     field = ADDRESS_FIELD[kind]
     to = c.get(field)
     if not to:
@@ -89,7 +90,7 @@ def compose(
         if sp.needs_attributes:
             ctx["attributes"] = _decode(c.get("attributes") or "{}")
         if sp.needs_metadata:
-            ctx["metadata"] = _decode(e.get("md") or "{}")
+            ctx["metadata"] = _decode(e.metadata or "{}")
         context = ctx
     try:
         body = render.render(sp.body, context)
@@ -100,15 +101,15 @@ def compose(
         if sp.reply_subject and not subject[:3].lower() == "re:":
             subject = "Re: " + subject
         if "\r" in subject or "\n" in subject:
-            return _settle(
-                item, step, kind, now, outcome="failed",
+            return Failed(
+                id=item.id, token=token, step=step, kind=kind, at=now,
                 error="subject: contains a line break (CR or LF); refused as a header value",
             )  # fmt: skip
     message = OutboundMessage(
-        tenant=e["t"],
+        tenant=e.tenant,
         enrollment_id=item.id,
-        contact_id=e["c"],
-        sequence_id=e["s"],
+        contact_id=e.contact,
+        sequence_id=e.sequence,
         step=step,
         kind=kind,  # type: ignore[arg-type]
         to=to,
@@ -118,17 +119,17 @@ def compose(
     )
     return Job(
         id=item.id,
-        token=e["k"],
+        token=token,
         step=step,
         kind=kind,  # type: ignore[arg-type]
-        due=int(e["n"]),
-        attempts=int(e.get("a") or 0),
+        due=int(e.due),
+        attempts=int(e.attempts or 0),
         message=message,
     )
 
 
-def _pause_missing(item: Claimed, step: int, kind: str, now: int, variable: str) -> Settle:
-    return _settle(
-        item, step, kind, now, outcome="pause",
+def _pause_missing(item: Claimed, step: int, kind: str, now: int, variable: str) -> Pause:
+    return Pause(
+        id=item.id, token=item.enrollment.token, step=step, kind=kind, at=now,
         reason=PausedReason.MISSING_VARIABLE.value, variable=variable,
     )  # fmt: skip

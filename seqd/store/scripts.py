@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from seqd.store import keys as keymod
-from seqd.store import outbox
+from seqd.store import outbox, settles
 
 LUA = resources.files("seqd.store") / "lua"
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
@@ -73,6 +73,10 @@ def _constants() -> str:
     return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n"
 
 
+# Includes generated from Python definitions, beside the files of includes/.
+GENERATED = {"settles": settles.lua_prelude()}
+
+
 def _expand(source: str, seen: set[str] | None = None) -> str:
     """`source` with its includes in place, theirs too; each include once per script."""
     seen = set() if seen is None else seen
@@ -82,7 +86,10 @@ def _expand(source: str, seen: set[str] | None = None) -> str:
         if name in seen:
             return ""
         seen.add(name)
-        return _expand((LUA / "includes" / f"{name}.lua").read_text(), seen)
+        text = GENERATED.get(name)
+        if text is None:
+            text = (LUA / "includes" / f"{name}.lua").read_text()
+        return _expand(text, seen)
 
     return _INCLUDE.sub(include, source)
 
