@@ -1,15 +1,15 @@
 """The dispatcher: claim due steps, render, send, advance; one class, one loop.
 
 A round (`run_once`) polls every shard's earliest due score and due count in one
-pipeline, cuts the due shards into pieces of about one batch each, and `lanes` workers
-take the pieces in turn, each as peek (`claimDue` in peek mode per shard: read, nothing
-leased) → lease and screen (`leasePeeked` per shard and the suppression reads) → compose
-→ send (bounded concurrency per channel) → advance (one `advance` call per shard). A
-worker's wait on Redis does one piece's advance, the next one's lease and screen and the
-one after's peek: one round trip per piece. Workers interleave so that Python composes
-one piece while Redis runs another's scripts; when little is due every due shard is in
-one piece, which keeps a round to a few round trips (redis-py's cost per call is what a
-lightly loaded round spends its time on).
+pipeline, cuts the due shards into pieces of about one batch each, and `lanes` lanes
+(engine/lane.py) take the pieces in turn, each as peek (`claimDue` per shard: read,
+nothing leased) → lease and screen (`leasePeeked` per shard and the suppression reads) →
+compose → send (engine/sending.py: bounded concurrency per channel) → advance (one
+`advance` call per shard). A lane's wait on Redis does one piece's advance, the next
+one's lease and screen and the one after's peek: one round trip per piece. Lanes
+interleave so that Python composes one piece while Redis runs another's scripts; when
+little is due every due shard is in one piece, which keeps a round to a few round trips
+(redis-py's cost per call is what a lightly loaded round spends its time on).
 
 Between rounds the loop sleeps until the earliest due time, at most `idle_poll_ms`
 (jittered, so several processes do not poll in step); `stop()` wakes it at once. A step

@@ -69,8 +69,9 @@ for n, it in ipairs(items) do
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
 end
--- Passed step n's values are ARGV[passed_at(n) + P_ID ..] (PASSED_STEP).
-local function passed_at(n) return 5 + (n - 1) * P_WIDTH end
+-- Passed step n's values are ARGV[P_WIDTH * n + SKIP + P_ID ..] (PASSED_STEP): they start
+-- at ARGV[6].
+local SKIP = 5 - P_WIDTH
 local groups, passed, group_of, dues = {}, 0, {}, {}
 if #ARGV >= 5 then
   local decoded, got = pcall(cjson.decode, ARGV[5])
@@ -101,7 +102,7 @@ for n, g in ipairs(groups) do
   g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
 end
 for n = 1, passed do
-  local b = passed_at(n)
+  local b = P_WIDTH * n + SKIP
   local group, due = tonumber(ARGV[b + P_GROUP]), tonumber(ARGV[b + P_DUE])
   if not due or due % 1 ~= 0 or ARGV[b + P_ID] == '' or not groups[group]
     or ARGV[b + P_EVENT] == ''
@@ -173,7 +174,7 @@ do
     distinct[it.id] = true
   end
   for n = 1, passed do
-    local id = ARGV[passed_at(n) + P_ID]
+    local id = ARGV[P_WIDTH * n + SKIP + P_ID]
     if not zadds or distinct[id] then zadds = nil; break end
     distinct[id] = true
   end
@@ -215,7 +216,7 @@ end
 -- writes found no hash (deleted by hand), and is undone; returns false then (the general
 -- path decides).
 local function pass_built(n, id, g, ekey)
-  local b = passed_at(n)
+  local b = P_WIDTH * n + SKIP
   local due_at, detail = ARGV[b + P_DUE], ARGV[b + P_DETAIL]
   local fields
   if g.plain and detail ~= '' then
@@ -239,7 +240,7 @@ end
 
 -- Passed step `n` as an item, for the general path (it was sent `wait` before it is due).
 local function passed_item(n, id, g)
-  local sent, detail = g.sent, ARGV[passed_at(n) + P_DETAIL]
+  local sent, detail = g.sent, ARGV[P_WIDTH * n + SKIP + P_DETAIL]
   if detail == '' then detail = nil end
   return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
           outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
@@ -331,7 +332,7 @@ for _, it in ipairs(items) do
   end
 end
 for n = 1, passed do
-  local id, g = ARGV[passed_at(n) + P_ID], groups[group_of[n]]
+  local id, g = ARGV[P_WIDTH * n + SKIP + P_ID], groups[group_of[n]]
   local ekey = k_enrollment(tag, id)
   local current = holds(id, g[G_TOKEN], g.queue)
   if current and pass_built(n, id, g, ekey) then
