@@ -22,6 +22,8 @@ from seqd.store.settles import Settled
 from seqd.times import now_ms
 
 TENANT = "acme"
+# The worker id the tests' leases are recorded under (keys.workers).
+WORKER = "test-worker"
 
 
 def sms(body: str = "Hi {{first_name|there}}", wait: int = 0) -> models.StepIn:
@@ -204,7 +206,14 @@ async def peek(
 
 
 async def lease(
-    store: Store, shard: int, now: int, batch: ClaimBatch, *, lease_ms: int, max_attempts: int = 3
+    store: Store,
+    shard: int,
+    now: int,
+    batch: ClaimBatch,
+    *,
+    lease_ms: int,
+    max_attempts: int = 3,
+    worker: str = WORKER,
 ) -> Leased:
     """leasePeeked of every item of `batch` (of `shard`), as the dispatcher leases a peek."""
     request: dict[str, tuple[str, list[tuple[str, str]]]] = {}
@@ -212,7 +221,7 @@ async def lease(
         seq = item.enrollment.sequence
         request.setdefault(seq, (batch.m[seq], []))[1].append((item.id, item.enrollment.token))
     trip = Dispatch(store).trip(now=now, max_attempts=max_attempts)
-    handle = trip.lease({shard: request}, lease_ms=lease_ms)
+    handle = trip.lease({shard: request}, lease_ms=lease_ms, worker=worker)
     await trip.run()
     return handle.leased[shard]
 
@@ -226,13 +235,20 @@ async def claim(
     lease_ms: int = 60_000,
     on_unknown: str = "resend",
     max_attempts: int = 3,
+    worker: str = WORKER,
+    started: bool = True,
 ) -> ClaimBatch:
-    """The dispatcher's claim of a shard's due steps: a peek, then the lease of what it found
-    (in one go here); the items leased, with their tokens (and attempts counted)."""
+    """The dispatcher's claim of a shard's due steps: the leases past their end taken back
+    (as every process's recovery loop does), a peek, then the lease of what it found (in
+    one go here), and, when `started`, the mark that their sends start. The items leased,
+    with their tokens (and attempts counted)."""
+    await Dispatch(store).reclaim(now)
     batch = await peek(store, shard, now, limit=limit, on_unknown=on_unknown)
     if not batch.items:
         return batch
-    got = await lease(store, shard, now, batch, lease_ms=lease_ms, max_attempts=max_attempts)
+    got = await lease(
+        store, shard, now, batch, lease_ms=lease_ms, max_attempts=max_attempts, worker=worker
+    )
     lost = set(got.lost)
     items = []
     for item in batch.items:
@@ -242,6 +258,8 @@ async def claim(
         if item.id in got.attempts:
             item.enrollment.attempts = got.attempts[item.id]
         items.append(item)
+    if started and items:
+        await Dispatch(store).started({shard: [got.token]})
     return ClaimBatch(batch.seen, batch.m, items)
 
 

@@ -19,6 +19,7 @@ from seqd.store.settles import Sent, Settled, Skipped
 from seqd.times import now_ms, to_rfc3339
 from tests.dispatchutil import (
     TENANT,
+    WORKER,
     contacts,
     contacts_in_shard,
     due_score,
@@ -841,6 +842,7 @@ async def test_a_trip_settles_one_batch_leases_the_next_and_peeks_at_the_one_aft
     leased = trip.lease(
         {sh: {seq: (mirror, [(second.id, second.enrollment.token)])}},
         lease_ms=LEASE,
+        worker=WORKER,
         lookups=lookups,
     )
     peeked = trip.peek([sh], now=due + 1, limit=10, on_unknown="resend")
@@ -870,7 +872,7 @@ async def lease_peeked(
     """leasePeeked of `members` (id, score as peeked) of the one sequence of `batch`."""
     (seq,) = batch.m
     trip = Dispatch(store).trip(now=at, max_attempts=3)
-    handle = trip.lease({sh: {seq: (batch.m[seq], members)}}, lease_ms=LEASE)
+    handle = trip.lease({sh: {seq: (batch.m[seq], members)}}, lease_ms=LEASE, worker=WORKER)
     await trip.run()
     return handle.leased[sh]
 
@@ -902,7 +904,9 @@ async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_chang
     again = await lease_peeked(s, sh, due + 6, batch, members)
     assert sorted(again.lost) == sorted([paused, kept])
     assert await due_score(s, kept) == due + 5 + LEASE - 0.5
-    # The lease is a send that may have happened: one that runs out is held.
+    # Once its sends start, the lease is a send that may have happened: one that runs out
+    # is held.
+    await Dispatch(s).started({sh: [token]})
     assert (await claim(s, sh, due + 5 + LEASE, on_unknown="hold")).items == []
     assert (await raw(s, kept))["st"] == "paused"
     assert (await raw(s, kept))["pr"] == "delivery_unknown"
@@ -957,7 +961,7 @@ async def test_lease_peeked_refuses_malformed_groups_and_writes_nothing(
     tag = s.keys.shard_tag(sh)
     keys = [s.keys.heads(sh), s.keys.outbox(sh), s.keys.shard_sequences(sh)]
     with pytest.raises(ScriptError) as err:
-        await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, 3, *args], tag=tag)
+        await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, 3, WORKER, *args], tag=tag)
     assert err.value.code == "BAD_ITEMS"
     assert await s.client.exists(s.keys.queue(sh, "seq_x")) == 0
 
@@ -975,7 +979,8 @@ async def test_a_failed_advance_releases_what_its_round_trip_leased(any_store: S
     broken = Sent(id=first.id, token=first.enrollment.token, step=0, kind="sms", at=due, wait=None)  # type: ignore[arg-type]
     trip = Dispatch(s).trip(now=due + 1, max_attempts=3)
     trip.advance({sh: [broken]})
-    trip.lease({sh: {seq: (peeked.m[seq], [(other.id, other.enrollment.token)])}}, lease_ms=LEASE)
+    members = [(other.id, other.enrollment.token)]
+    trip.lease({sh: {seq: (peeked.m[seq], members)}}, lease_ms=LEASE, worker=WORKER)
     with pytest.raises(ScriptError):
         await trip.run()
     assert other.id in eids and await due_score(s, other.id) == due + 1
@@ -995,6 +1000,7 @@ async def test_a_lease_that_ran_out_has_its_attempt_counted_when_leased_not_when
     _, e, sh, due = await one(s)
     await claim(s, sh, due)
     later = due + LEASE
+    await Dispatch(s).reclaim(later)  # its sends had started: a send that may have happened
     batch = await peek(s, sh, later, on_unknown)
     if on_unknown == "hold":
         assert batch.items == []
@@ -1020,6 +1026,7 @@ async def test_a_lease_that_ran_out_with_attempts_used_up_is_cancelled_by_the_le
     await claim(s, sh, due)
     await s.client.hset(s.keys.enrollment(sh, e.id), "a", "2")
     later = due + LEASE
+    await Dispatch(s).reclaim(later)
     batch = await peek(s, sh, later)
     (item,) = batch.items
     leased = await lease_peeked(s, sh, later + 1, batch, [(item.id, item.enrollment.token)])
@@ -1064,6 +1071,7 @@ async def test_a_failed_suppression_read_releases_what_its_round_trip_leased(
     trip.lease(
         {sh: {seq: (batch.m[seq], [(i.id, i.enrollment.token) for i in batch.items])}},
         lease_ms=LEASE,
+        worker=WORKER,
         lookups={(TENANT, "sms"): ["+15550000001"]},
     )
     with pytest.raises(Exception, match="WRONGTYPE"):

@@ -44,6 +44,8 @@ class Job:
     attempts: int
     message: OutboundMessage
     started: bool = False
+    # Admitted to send, its send not started yet (engine/sending.py `pending`).
+    pending: bool = False
     result: SendResult | None = None
     # ms when the send ended.
     at: int = 0

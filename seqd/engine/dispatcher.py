@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
@@ -50,6 +52,7 @@ from seqd.engine.compose import Job
 from seqd.engine.lane import Crew, Lane, Work, total
 from seqd.engine.plans import Plans
 from seqd.engine.ports import Observer, Quiet, SenderSource
+from seqd.engine.recovery import Recovery
 from seqd.engine.rounds import Round, cut_pieces
 from seqd.engine.sending import Sending
 from seqd.health import Heart
@@ -73,6 +76,7 @@ class Dispatcher:
         observer: Observer | None = None,
         liveness: Heart | None = None,
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
+        worker: str = "",
     ) -> None:
         self.store = store
         self.config = config
@@ -99,6 +103,7 @@ class Dispatcher:
             report_opt_outs=self._report_opt_outs,
             lease_ms=int(config.lease_seconds * 1000),
             backoff_ms=[s * 1000 for s in config.retry_backoff_seconds],
+            worker=worker or config.worker_id or default_worker(),
         )
 
     @property
@@ -244,10 +249,17 @@ class Dispatcher:
                 log.exception("dispatch.opt_out_failed", enrollment_id=job.id)
 
 
+def default_worker(port: int | None = None) -> str:
+    """`<hostname>:<port>` (the HTTP listener's): the same after a restart, so the new
+    process takes its predecessor's leases back at once; without a port, the pid."""
+    return f"{socket.gethostname()}:{port if port is not None else os.getpid()}"
+
+
 def background(
     config: Config,
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """The dispatcher as an aiohttp cleanup_ctx part of `seqd serve`."""
+    """The dispatcher as an aiohttp cleanup_ctx part of `seqd serve`, with its heartbeat
+    and the taking back of leases of processes that stopped beating (engine/recovery.py)."""
 
     @contextlib.asynccontextmanager
     async def part(app: web.Application) -> AsyncIterator[None]:
@@ -259,6 +271,10 @@ def background(
         from seqd.lifecycle import unsubscribe
 
         await unsubscribe.ensure_secret(config, app[STORE])
+        worker = config.dispatch.worker_id or default_worker(config.http.port)
+        recovery = Recovery(app[STORE], config.dispatch, worker)
+        # Before the first lease: what this id leased before a crash comes back now.
+        await recovery.start()
         senders = registry.build(config)
         dispatcher = Dispatcher(
             app[STORE],
@@ -267,6 +283,7 @@ def background(
             observer=app.get(METRICS),
             liveness=app.get(LIVENESS),
             email_headers=unsubscribe.message_headers(config),
+            worker=worker,
         )
         dispatcher.start()
         try:
@@ -275,6 +292,9 @@ def background(
             try:
                 await dispatcher.stop()
             finally:
-                await senders.close()
+                try:
+                    await recovery.stop()
+                finally:
+                    await senders.close()
 
     return part

@@ -59,6 +59,8 @@ class Crew:
     report_opt_outs: Callable[[list[Job]], Awaitable[None]]
     lease_ms: int
     backoff_ms: list[float]
+    # This process's id (keys.workers): its leases are recorded under it.
+    worker: str
 
     def outcome(
         self, job: Job, plan: Plan, suppressed: Mapping[str, Mapping[str, SuppressionRecord]]
@@ -94,6 +96,8 @@ class _Held:
     lookups: dict[tuple[str, str], list[str]]
     # shard -> {sequence id: (its mirror, [(enrollment id, its score as peeked), ...])}
     lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]]
+    # Shards of steps left out for want of free send slots (they stay due).
+    trimmed: set[int]
 
 
 @dataclass(slots=True)
@@ -151,6 +155,9 @@ class Lane:
                 if batch.seen >= crew.config.batch_size and shard not in taken
             ]
             held = await self._held(claims)
+            if held is not None:
+                # Steps left out for want of send slots: peeked at again after the lease.
+                full += [shard for shard in sorted(held.trimmed) if shard not in full]
 
     async def _trip(
         self, owed: _Owed | None, held: _Held | None, shards: list[int]
@@ -166,7 +173,9 @@ class Lane:
         advance = trip.advance(owed.settles, owed.claimed) if owed is not None else None
         lease = None
         if held is not None:
-            lease = trip.lease(held.lease, lease_ms=crew.lease_ms, lookups=held.lookups)
+            lease = trip.lease(
+                held.lease, lease_ms=crew.lease_ms, worker=crew.worker, lookups=held.lookups
+            )
         peek = trip.peek(
             shards, now=self.work.now, limit=config.batch_size, on_unknown=config.on_unknown
         )
@@ -194,6 +203,7 @@ class Lane:
         if not items:
             return None
         plans = await self._plans(items, mirrors)
+        items, trimmed = self._room(items, plans, shard_of)
         # The address of each channel a remaining step uses, per (tenant, channel).
         lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for item in items:
@@ -213,7 +223,37 @@ class Lane:
             if queue is None:
                 queue = lease[shard][seq] = (batches[shard].m[seq], [])
             queue[1].append((item.id, e.token))
-        return _Held(items, shard_of, plans, lookups, lease)
+        return _Held(items, shard_of, plans, lookups, lease, trimmed)
+
+    def _room(
+        self, items: list[Claimed], plans: Mapping[str, Plan], shard_of: Mapping[str, int]
+    ) -> tuple[list[Claimed], set[int]]:
+        """`items` but those beyond their channel's send slots not held by sends in flight,
+        and the shards of those left out (they stay due, and are peeked at again): only what
+        will be sent soon is leased, not the backlog. (A channel with every slot held has
+        its steps leased all the same, and put back for a moment when sends that outlived
+        their round hold them: `Sending.admit`.)"""
+        sending = self.crew.sending
+        if sending.least_room() >= len(items):
+            return items, set()
+        room: dict[str, int] = {}
+        kept: list[Claimed] = []
+        trimmed: set[int] = set()
+        for item in items:
+            e = item.enrollment
+            plan = plans.get(e.sequence)
+            index = int(e.index)
+            if plan is not None and index < len(plan.steps):
+                kind = plan.steps[index].kind
+                left = room.get(kind)
+                if left is None:
+                    left = room[kind] = sending.room(kind) or -1
+                if left == 0:
+                    trimmed.add(shard_of[item.id])
+                    continue
+                room[kind] = left - 1
+            kept.append(item)
+        return kept, trimmed
 
     async def _work(
         self, held: _Held, suppressed: Mapping[str, Mapping[str, SuppressionRecord]]
@@ -240,9 +280,22 @@ class Lane:
             else:
                 settles[shard_of[item.id]].append(composed)
         if jobs:
-            jobs, deferred = crew.sending.admit(jobs)
+            jobs, put_back, deferred = crew.sending.admit(jobs)
+            for job in put_back:
+                settles[shard_of[job.id]].append(outcomes.released(job, now))
             for job in deferred:
                 settles[shard_of[job.id]].append(outcomes.released(job, now, delay=DEFER_MS))
+            if jobs:
+                # Before the first send: from here on a lease taken back is a send that
+                # may have happened; before it, a step no channel was handed.
+                tokens: dict[int, set[str]] = defaultdict(set)
+                for job in jobs:
+                    tokens[shard_of[job.id]].add(job.token)
+                try:
+                    await crew.dispatch.started(tokens)
+                except BaseException:
+                    crew.sending.not_sent(jobs)
+                    raise
             running, task = await crew.sending.send(jobs)
             for job in jobs:
                 if job in running:

@@ -1,10 +1,14 @@
 """Sending a piece's jobs: bounded concurrency per channel, a bounded wait, and the sends
 that outlive it.
 
+A lane leases no more of a channel's steps than its send slots not held by sends in
+flight (`room`), so what it leases starts at once: a step counts as a send that may have
+happened only once its piece's sends are about to go out.
+
 A round waits at most `send_wait_seconds` for its sends: slower ones (a provider that
 hangs) finish in the background, their outcomes wait here for a later round's advance
-(`take_late`), and a channel whose slots are all held that way gets no new sends
-(`admit`), so one slow provider holds up only its own channel.
+(`take_late`), and they keep their slots, so one slow provider holds up only its own
+channel.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Sending:
         self.late: dict[int, list[Settled]] = defaultdict(list)
         self.stragglers: set[asyncio.Task[None]] = set()
         self.busy: dict[str, int] = defaultdict(int)
+        # Jobs admitted whose send has not started yet, per channel.
+        self.pending: dict[str, int] = defaultdict(int)
 
     def take_late(self) -> dict[int, list[Settled]]:
         late, self.late = self.late, defaultdict(list)
@@ -78,14 +84,52 @@ class Sending:
             slots = self._limits[kind] = Slots(self.config.concurrency)
         return slots
 
-    def admit(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
-        """Jobs to send now, and those of a channel whose every slot is taken by sends still
-        running from earlier rounds: they are put back for a moment rather than queued
-        behind a provider that hangs (where their lease could run out)."""
-        full = {kind for kind, n in self.busy.items() if n >= self.config.concurrency}
-        if not full:
-            return jobs, []
-        return [j for j in jobs if j.kind not in full], [j for j in jobs if j.kind in full]
+    def room(self, kind: str) -> int:
+        """Send slots of `kind` not held by a send in flight (a slot is held for the time
+        of a send)."""
+        return self._limit(kind).free
+
+    def least_room(self) -> int:
+        """The fewest free send slots of any channel (every slot of one not sent on yet)."""
+        return min((slots.free for slots in self._limits.values()), default=self.config.concurrency)
+
+    def admit(self, jobs: list[Job]) -> tuple[list[Job], list[Job], list[Job]]:
+        """Jobs to send now, those put back at once and those put back for a moment.
+
+        While a channel has sends in flight (a provider that takes its time), it admits no
+        more jobs than its free slots not promised to jobs admitted before (`pending`), so
+        a job admitted (and so marked as started) never waits for a slot behind a send
+        that hangs; the rest are put back, for a moment when sends that outlived their
+        round hold every slot. A channel with nothing in flight admits every job: its sends
+        end as fast as they start."""
+        admitted: list[Job] = []
+        now: list[Job] = []
+        later: list[Job] = []
+        by_kind: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_kind.setdefault(job.kind, []).append(job)
+        for kind, group in by_kind.items():
+            slots = self._limit(kind)
+            if slots.free < self.config.concurrency:
+                room = max(0, slots.free - self.pending[kind])
+                if self.busy[kind] >= self.config.concurrency:
+                    room = 0
+                    later += group
+                else:
+                    now += group[room:]
+                group = group[:room]
+            self.pending[kind] += len(group)
+            for job in group:
+                job.pending = True
+            admitted += group
+        return admitted, now, later
+
+    def not_sent(self, jobs: list[Job]) -> None:
+        """Admitted jobs whose send will not start (given up, or their mark failed)."""
+        for job in jobs:
+            if job.pending:
+                job.pending = False
+                self.pending[job.kind] -= 1
 
     async def send(self, jobs: list[Job]) -> tuple[set[Job], asyncio.Task[None] | None]:
         """Send every job, waiting at most `send_wait_seconds`; returns the jobs whose send
@@ -175,12 +219,17 @@ class Sending:
             if workers:
                 await asyncio.wait(workers)
             raise
+        finally:
+            self.not_sent(jobs)
 
     async def _send_one(self, job: Job) -> None:
         message = job.message
         slots = self._limit(job.kind)
         if not slots.try_take():
             await slots.take()
+        if job.pending:
+            job.pending = False
+            self.pending[job.kind] -= 1
         try:
             start = self.clock()
             job.started = True

@@ -28,6 +28,15 @@ class Advanced(msgspec.Struct, frozen=True):
     stale: list[str]
 
 
+class Reclaimed(msgspec.Struct):
+    """What `reclaimLeases` took back: leases, and their members made due as plain steps
+    (never handed to a channel) and as sends that may have happened."""
+
+    leases: int = 0
+    plain: int = 0
+    unknown: int = 0
+
+
 class SuppressionRecord(msgspec.Struct, frozen=True):
     """The part of a suppression record the dispatcher reads (store/suppressions.py writes it)."""
 
@@ -67,11 +76,12 @@ class LeaseHandle:
     """`leasePeeked` per shard and the suppression reads of the leased piece; after the
     trip, what each lease took and the suppressed addresses found."""
 
-    __slots__ = ("found", "lease_ms", "leased", "lookups", "request")
+    __slots__ = ("found", "lease_ms", "leased", "lookups", "request", "worker")
 
-    def __init__(self, request: LeaseRequest, lease_ms: int, lookups: Lookups) -> None:
+    def __init__(self, request: LeaseRequest, lease_ms: int, worker: str, lookups: Lookups) -> None:
         self.request = request
         self.lease_ms = lease_ms
+        self.worker = worker
         self.lookups = [(group, list(values)) for group, values in lookups.items() if values]
         self.leased: dict[int, Leased] = {}
         self.found: Found = {}
@@ -119,9 +129,16 @@ class Trip:
         return self._advance
 
     def lease(
-        self, request: LeaseRequest, *, lease_ms: int, lookups: Lookups | None = None
+        self,
+        request: LeaseRequest,
+        *,
+        lease_ms: int,
+        worker: str,
+        lookups: Lookups | None = None,
     ) -> LeaseHandle:
-        self._lease = LeaseHandle(request, lease_ms, lookups or {})
+        """Lease what a peek found (request), for `worker` (its id: keys.workers), and read
+        the suppressions of `lookups`."""
+        self._lease = LeaseHandle(request, lease_ms, worker, lookups or {})
         return self._lease
 
     def peek(self, shards: Sequence[int], *, now: int, limit: int, on_unknown: str) -> PeekHandle:
@@ -141,7 +158,7 @@ class Trip:
         if lease is not None:
             for shard, queues in lease.request.items():
                 tag = keys.shard_tag(shard)
-                args = [tag, self.now, lease.lease_ms, self.max_attempts]
+                args = [tag, self.now, lease.lease_ms, self.max_attempts, lease.worker]
                 for seq, (mirror, members) in queues.items():
                     args += (seq, mirror, len(members), ",".join([sc for _, sc in members]))
                     args += [eid for eid, _ in members]
@@ -261,6 +278,37 @@ class Dispatch:
         advanced = await self.advance_many({shard: items}, now=now, max_attempts=max_attempts)
         return advanced[shard]
 
+    async def started(self, tokens: Mapping[int, Iterable[str]]) -> None:
+        """Record that the sends of these leases (shard -> tokens) start now: taken back
+        after their worker is gone, their steps are then sends that may have happened."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for shard, shard_tokens in tokens.items():
+            pipe.sadd(self.keys.lease_starts(shard), *shard_tokens)
+        await pipe.execute()
+
+    async def reclaim(self, now: int, dead: Sequence[str] = (), limit: int = 1000) -> Reclaimed:
+        """`reclaimLeases` in every shard (one round trip): the leases of the `dead`
+        workers, and those past their end, taken back."""
+        calls = []
+        for shard in range(self.keys.shards):
+            tag = self.keys.shard_tag(shard)
+            keys = [
+                self.keys.heads(shard),
+                self.keys.leases(shard),
+                self.keys.lease_owners(shard),
+                self.keys.lease_starts(shard),
+            ]
+            calls.append(("reclaimLeases", keys, [tag, now, limit, *dead], tag))
+        out = Reclaimed()
+        for reply in await self.store.runner.call_many(calls):
+            if isinstance(reply, Exception):
+                raise reply
+            leases, plain, unknown = reply
+            out.leases += int(leases)
+            out.plain += int(plain)
+            out.unknown += int(unknown)
+        return out
+
     async def release(self, items: Sequence[tuple[str, str, str]], *, now: int) -> None:
         """Give back claimed steps that will not be sent, each (enrollment id, token, sequence
         id): due again at `now`, no attempt counted (a lease left to run out would read as
@@ -291,3 +339,27 @@ def _found(
         if hits:
             out[group] = hits
     return out
+
+
+class Workers:
+    """The registry of dispatching processes: each beats (its id -> now) every
+    `heartbeat` ms; one not heard from for `dead_after` ms is gone, and its leases are
+    reclaimed by whoever notices first."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.key = store.keys.workers()
+
+    async def beat(self, worker: str, now: int) -> None:
+        await self.store.client.zadd(self.key, {worker: now})
+
+    async def dead(self, now: int, dead_after: int) -> list[str]:
+        gone = await self.store.client.zrangebyscore(self.key, "-inf", f"({now - dead_after}")
+        return [str(w) for w in gone]
+
+    async def forget(self, workers: Sequence[str], before: int) -> None:
+        """Take out `workers` unless one beat again since `before` (a restart of that id)."""
+        for worker in workers:
+            score = await self.store.client.zscore(self.key, worker)
+            if score is not None and score < before:
+                await self.store.client.zrem(self.key, worker)

@@ -11,9 +11,11 @@
     waits as it is, due times and all, until syncSequence puts the head back on resume;
   - sequence archived: cancelled (sequence_archived);
   - current step past the last one (the sequence lost steps): completed;
-  - a lease that ran out (its score has the half: the previous claim's worker died
-    mid-send, so the provider may or may not have the message): on_unknown = hold pauses
-    it (delivery_unknown); resend returns it as it is, and leasePeeked counts its attempt
+  - a lease that ran out (its score has the half) is left alone while its lease is
+    recorded: reclaimLeases decides whether its send had started. Without a record (a
+    send that had started: reclaimed, or released after its send had started) the
+    provider may or may not have the message: on_unknown = hold pauses it
+    (delivery_unknown); resend returns it as it is, and leasePeeked counts its attempt
     (a peek may come to nothing).
 
   KEYS[1] heads     ZSET   the shard's sequence heads
@@ -124,8 +126,8 @@ local function claim_queue(seq, state, qkey, room)
         finish(id, e, 'cancelled', 'sequence_archived', now)
       elseif step >= state.steps then
         finish(id, e, 'completed', '', now)
-      else
-        -- A lease ran out unsettled: the previous claim's worker died mid-send.
+      elseif not rcall('ZSCORE', k_leases(tag), lease_token(tonumber(score) + 0.5)) then
+        -- A send that had started and was not settled: the provider may have the message.
         if hold then
           finish(id, e, 'paused', 'delivery_unknown', now, {step = step})
         else
