@@ -19,6 +19,7 @@ import msgspec
 
 from seqd import models
 from seqd.errors import Conflict, FieldError, Invalid, NotFound, SeqdError
+from seqd.kinds import Channel
 from seqd.models import SequenceStatus
 from seqd.store import screening, upserts
 from seqd.store.codec import encode_json
@@ -37,7 +38,7 @@ class Item(msgspec.Struct, frozen=True):
 
 
 @dataclass(slots=True)
-class Outcome:
+class ItemOutcome:
     """An item's result: an enrollment (maybe one that existed), or an error with its
     machine-readable `reason` (the intake stream and the import report it)."""
 
@@ -84,7 +85,7 @@ class Target:
 
     seq: models.Sequence
     version: int
-    listed: frozenset[str] | None = None
+    listed: frozenset[Channel] | None = None
 
 
 def _active(seq: models.Sequence) -> None:
@@ -103,13 +104,9 @@ async def active_sequence(store: Store, tenant: str, sid: str) -> tuple[models.S
 
 async def target(store: Store, tenant: str, sid: str) -> Target:
     """`active_sequence` and the suppression lists' presence in one round trip."""
-    pipe = store.client.pipeline(transaction=False)
-    store.sequences.read_in(pipe, tenant, sid)
-    screening.listed_in(pipe, store, tenant)
-    replies = await pipe.execute()
-    seq, version = store.sequences.parse_read(sid, replies[0])
+    seq, version, listed = await store.sequences.get_listed(tenant, sid)
     _active(seq)
-    return Target(seq, version, screening.listed_from(replies[1:]))
+    return Target(seq, version, listed)
 
 
 def under(error: SeqdError, root: str) -> SeqdError:
@@ -140,12 +137,12 @@ async def enroll(
     items: list[Item],
     *,
     full: bool = True,
-    listed: frozenset[str] | None = None,
-) -> list[Outcome]:
-    """Enroll each item in `seq` (from `active_sequence` or `target`); one Outcome per
-    item, in order. `full` False leaves `Outcome.enrollment` unset (only
+    listed: frozenset[Channel] | None = None,
+) -> list[ItemOutcome]:
+    """Enroll each item in `seq` (from `active_sequence` or `target`); one ItemOutcome per
+    item, in order. `full` False leaves `ItemOutcome.enrollment` unset (only
     `enrollment_id`); `listed` is `Target.listed` (None: read here)."""
-    outcomes = [Outcome(contact_id=item.contact_id) for item in items]
+    outcomes = [ItemOutcome(contact_id=item.contact_id) for item in items]
     known: dict[str, models.Contact] = {}
     inline = [i for i, item in enumerate(items) if item.contact is not None]
     if inline:

@@ -13,7 +13,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
-Outcome = Literal["sent", "retry", "failed", "unknown"]
+from seqd.kinds import Kind
+
+SendOutcome = Literal["sent", "retry", "failed", "unknown"]
 
 
 def message_key(enrollment_id: str, step: int) -> str:
@@ -27,7 +29,7 @@ class OutboundMessage(msgspec.Struct, kw_only=True):
     contact_id: str
     sequence_id: str
     step: int
-    kind: Literal["sms", "email"]
+    kind: Kind
     to: str
     body: str
     # Email only.
@@ -43,7 +45,7 @@ class OutboundMessage(msgspec.Struct, kw_only=True):
 
 
 class SendResult(msgspec.Struct, kw_only=True):
-    outcome: Outcome
+    outcome: SendOutcome
     # The provider's id of the message (Twilio sid, SMTP Message-ID, …) when sent.
     provider_id: str | None = None
     error: str | None = None

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from seqd import templates
 from seqd.channels.base import OutboundMessage, SendResult, message_key
-from seqd.engine import render
 from seqd.engine.plans import Plan
+from seqd.kinds import ADDRESS_FIELD, SPECS, Kind
 from seqd.models import CancelReason, PausedReason
 from seqd.store.claims import Claimed
 from seqd.store.dispatch import SuppressionRecord
-from seqd.store.mirrors import ADDRESS_FIELD, CONTACT_OWNER
+from seqd.store.mirrors import CONTACT_OWNER
 from seqd.store.settles import Cancel, Complete, Failed, Pause, Settled, Skipped
 
-# A contact whose every remaining step is suppressed is cancelled with this reason, unless
-# the suppression record names one of the cancel reasons itself.
-SUPPRESSED_REASON = {"sms": CancelReason.OPTED_OUT.value, "email": CancelReason.BOUNCED.value}
 _CANCEL_REASONS = frozenset(r.value for r in CancelReason)
 
 _decode = msgspec.json.Decoder().decode
@@ -37,7 +35,7 @@ class Job:
     id: str
     token: str
     step: int
-    kind: Literal["sms", "email"]
+    kind: Kind
     # next_run_at of the step (ms), for lateness.
     due: int
     # Attempts already made at this step.
@@ -51,9 +49,13 @@ class Job:
     at: int = 0
 
 
-def suppressed_reason(record: SuppressionRecord, kind: str) -> str:
+def suppressed_reason(record: SuppressionRecord, kind: Kind) -> str:
+    """Why a contact whose every remaining step is suppressed is cancelled: the record's
+    reason when it is a cancel reason, else the kind's."""
     reason = record.reason
-    return reason if reason in _CANCEL_REASONS else SUPPRESSED_REASON[kind]
+    if reason in _CANCEL_REASONS:
+        return reason
+    return SPECS[kind].cancel_reason or CancelReason.MANUAL.value
 
 
 def compose(
@@ -95,9 +97,9 @@ def compose(
             ctx["metadata"] = _decode(e.metadata or "{}")
         context = ctx
     try:
-        body = render.render(sp.body, context)
-        subject = None if sp.subject is None else render.render(sp.subject, context)
-    except render.MissingVariable as exc:
+        body = templates.render(sp.body, context)
+        subject = None if sp.subject is None else templates.render(sp.subject, context)
+    except templates.MissingVariable as exc:
         return _pause_missing(item, step, kind, now, exc.variable)
     if subject is not None:
         if sp.reply_subject and not subject[:3].lower() == "re:":
@@ -113,7 +115,7 @@ def compose(
         contact_id=e.contact,
         sequence_id=e.sequence,
         step=step,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         to=to,
         body=body,
         subject=subject,
@@ -123,7 +125,7 @@ def compose(
         id=item.id,
         token=token,
         step=step,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         due=int(e.due),
         attempts=int(e.attempts or 0),
         message=message,

@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import structlog
 from aiohttp import web
 
+from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage
 from seqd.config import Config, DispatchConfig
@@ -266,11 +267,10 @@ def background(
         if not config.dispatch.enabled:
             yield
             return
-        from seqd.api.appkeys import LIVENESS, METRICS, STORE
         from seqd.channels import registry
         from seqd.lifecycle import unsubscribe
 
-        await unsubscribe.ensure_secret(config, app[STORE])
+        secret = await unsubscribe.signing_secret(config, app[STORE])
         worker = config.dispatch.worker_id or default_worker(config.http.port)
         recovery = Recovery(app[STORE], config.dispatch, worker)
         # Before the first lease: what this id leased before a crash comes back now.
@@ -282,7 +282,7 @@ def background(
             senders,
             observer=app.get(METRICS),
             liveness=app.get(LIVENESS),
-            email_headers=unsubscribe.message_headers(config),
+            email_headers=unsubscribe.message_headers(config, secret),
             worker=worker,
         )
         dispatcher.start()

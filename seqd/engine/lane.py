@@ -28,9 +28,10 @@ from seqd.engine.ports import Observer
 from seqd.engine.rounds import Round, Tally
 from seqd.engine.sending import YIELD_EVERY, Sending
 from seqd.errors import NotFound
-from seqd.store.claims import ClaimBatch, Claimed, Enrolled, Leased
+from seqd.kinds import ADDRESS_FIELD
+from seqd.store.claims import ClaimBatch, Claimed, ClaimedEnrollment, Leased
 from seqd.store.dispatch import Advanced, Dispatch, Found, SuppressionRecord
-from seqd.store.mirrors import ADDRESS_FIELD, version_of
+from seqd.store.mirrors import version_of
 from seqd.store.settles import Settled
 
 log = structlog.get_logger(__name__)
@@ -108,7 +109,7 @@ class _Owed:
 
     count: int
     settles: dict[int, list[Settled]]
-    claimed: dict[str, Enrolled]
+    claimed: dict[str, ClaimedEnrollment]
     jobs: list[Job]
 
 

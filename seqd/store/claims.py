@@ -15,7 +15,7 @@ import msgspec
 from seqd.store.mirrors import fields_of
 
 
-class Enrolled(msgspec.Struct, gc=False):
+class ClaimedEnrollment(msgspec.Struct, gc=False):
     """What claimDue read of a claimed enrollment (its hash, values as stored: text)."""
 
     tenant: str = msgspec.field(name="t")
@@ -39,7 +39,7 @@ class Claimed(msgspec.Struct, gc=False):
     fields that its sequence's messages can use and that are set (store/mirrors.py)."""
 
     id: str
-    enrollment: Enrolled
+    enrollment: ClaimedEnrollment
     contact: dict[str, str]
 
 
@@ -53,7 +53,7 @@ class ClaimBatch(msgspec.Struct, frozen=True, gc=False):
 
 class _Item(msgspec.Struct, array_like=True, frozen=True, gc=False):
     id: str
-    e: Enrolled
+    e: ClaimedEnrollment
     # HMGET of its sequence's fields (`_Batch.f`, else CONTACT_READ): false where unset.
     c: list[str | bool]
 

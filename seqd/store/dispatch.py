@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from seqd import ids
-from seqd.store.claims import ClaimBatch, Enrolled, Leased, decode_claim, decode_leased
+from seqd.store import calls
+from seqd.store.claims import ClaimBatch, ClaimedEnrollment, Leased, decode_claim, decode_leased
+from seqd.store.context import StoreContext
 from seqd.store.mirrors import CONTACT_READ
 from seqd.store.settles import Release, Settled, advance_args
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 
 class Advanced(msgspec.Struct, frozen=True):
@@ -65,7 +64,9 @@ class AdvanceHandle:
     __slots__ = ("batches", "claimed", "done")
 
     def __init__(
-        self, batches: Mapping[int, Sequence[Settled]], claimed: Mapping[str, Enrolled] | None
+        self,
+        batches: Mapping[int, Sequence[Settled]],
+        claimed: Mapping[str, ClaimedEnrollment] | None,
     ) -> None:
         self.batches = {shard: list(items) for shard, items in batches.items() if items}
         self.claimed = claimed
@@ -120,7 +121,7 @@ class Trip:
     def advance(
         self,
         batches: Mapping[int, Sequence[Settled]],
-        claimed: Mapping[str, Enrolled] | None = None,
+        claimed: Mapping[str, ClaimedEnrollment] | None = None,
     ) -> AdvanceHandle:
         """Settle `batches` (shard -> outcomes). `claimed`: enrollment id -> what claimDue
         read of it, for the items the caller claimed itself: their step events are built
@@ -147,35 +148,35 @@ class Trip:
 
     async def run(self) -> None:
         keys = self._dispatch.keys
-        calls: list[tuple[str, list[str], list[Any], str]] = []
+        script_calls: list[calls.Call] = []
         advance, lease, peek = self._advance, self._lease, self._peek
         if advance is not None:
             for shard, items in advance.batches.items():
-                tag = keys.shard_tag(shard)
                 general, groups, values = advance_args(items, advance.claimed, self.now)
-                args = [tag, self.now, self.max_attempts, general, groups, *values]
-                calls.append(("advance", self._dispatch.shard_keys(shard), args, tag))
+                script_calls.append(
+                    calls.advance(keys, shard, self.now, self.max_attempts, general, groups, values)
+                )
         if lease is not None:
             for shard, queues in lease.request.items():
-                tag = keys.shard_tag(shard)
-                args = [tag, self.now, lease.lease_ms, self.max_attempts, lease.worker]
-                for seq, (mirror, members) in queues.items():
-                    args += (seq, mirror, len(members), ",".join([sc for _, sc in members]))
-                    args += [eid for eid, _ in members]
-                calls.append(("leasePeeked", self._dispatch.claim_keys(shard), args, tag))
+                call = calls.lease_peeked(
+                    keys, shard, self.now, lease.lease_ms, self.max_attempts, lease.worker, queues
+                )
+                script_calls.append(call)
         if peek is not None:
             for shard in peek.shards:
-                tag = keys.shard_tag(shard)
-                args = [tag, peek.now, peek.limit, peek.on_unknown, *CONTACT_READ]
-                calls.append(("claimDue", self._dispatch.claim_keys(shard), args, tag))
+                script_calls.append(
+                    calls.claim_due(
+                        keys, shard, peek.now, peek.limit, peek.on_unknown, CONTACT_READ
+                    )
+                )
         lookups = lease.lookups if lease is not None else []
         reads = [
             ("HMGET", keys.suppressions(tenant, channel), *values)
             for (tenant, channel), values in lookups
         ]
-        if not calls and not reads:
+        if not script_calls and not reads:
             return
-        replies = iter(await self._dispatch.store.runner.call_many(calls, reads))
+        replies = iter(await self._dispatch.store.runner.call_many(script_calls, reads))
         failed: list[Exception] = []
 
         def take(shards: Iterable[int], decode: Callable[[Any], T], into: dict[int, T]) -> None:
@@ -222,15 +223,9 @@ def _taken(lease: LeaseHandle) -> list[tuple[str, str, str]]:
 
 
 class Dispatch:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
-
-    def shard_keys(self, shard: int) -> list[str]:
-        return [self.keys.heads(shard), self.keys.outbox(shard)]
-
-    def claim_keys(self, shard: int) -> list[str]:
-        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
 
     async def heads(self, now: int, cap: int = PEEK_CAP) -> list[tuple[int | None, int]]:
         """Per shard, (earliest due score or None, members due at `now`, at most `cap`): one
@@ -238,12 +233,9 @@ class Dispatch:
 
         The counts let the dispatcher cut the due shards into batch-sized pieces of work.
         """
-        calls = []
-        for shard in range(self.keys.shards):
-            tag = self.keys.shard_tag(shard)
-            calls.append(("peekDue", [self.keys.heads(shard)], [tag, now, cap], tag))
+        peeks = [calls.peek_due(self.keys, shard, now, cap) for shard in range(self.keys.shards)]
         out = []
-        for reply in await self.store.runner.call_many(calls):
+        for reply in await self.store.runner.call_many(peeks):
             if isinstance(reply, Exception):
                 raise reply
             first, count = reply
@@ -261,7 +253,7 @@ class Dispatch:
         *,
         now: int,
         max_attempts: int,
-        claimed: Mapping[str, Enrolled] | None = None,
+        claimed: Mapping[str, ClaimedEnrollment] | None = None,
     ) -> dict[int, Advanced]:
         """`advance` for several shards in one round trip (one script call per shard)."""
         trip = self.trip(now=now, max_attempts=max_attempts)
@@ -289,18 +281,12 @@ class Dispatch:
     async def reclaim(self, now: int, dead: Sequence[str] = (), limit: int = 1000) -> Reclaimed:
         """`reclaimLeases` in every shard (one round trip): the leases of the `dead`
         workers, and those past their end, taken back."""
-        calls = []
-        for shard in range(self.keys.shards):
-            tag = self.keys.shard_tag(shard)
-            keys = [
-                self.keys.heads(shard),
-                self.keys.leases(shard),
-                self.keys.lease_owners(shard),
-                self.keys.lease_starts(shard),
-            ]
-            calls.append(("reclaimLeases", keys, [tag, now, limit, *dead], tag))
+        reclaims = [
+            calls.reclaim_leases(self.keys, shard, now, limit, dead)
+            for shard in range(self.keys.shards)
+        ]
         out = Reclaimed()
-        for reply in await self.store.runner.call_many(calls):
+        for reply in await self.store.runner.call_many(reclaims):
             if isinstance(reply, Exception):
                 raise reply
             leases, plain, unknown = reply
@@ -346,7 +332,7 @@ class Workers:
     `heartbeat` ms; one not heard from for `dead_after` ms is gone, and its leases are
     reclaimed by whoever notices first."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.key = store.keys.workers()
 

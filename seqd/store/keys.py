@@ -77,7 +77,7 @@ TENANT_TEMPLATES: Final[Mapping[str, str]] = {
 # whose queue then waits untouched until the sequence resumes (syncSequence puts it back).
 SHARD_HEADS = "{tag}:hd"
 SHARD_OUTBOX = "{tag}:outbox"
-SHARD_SEQUENCES = "{tag}:sq"
+SHARD_MIRRORS = "{tag}:sq"
 # ZSET endpoint id -> earliest score in its `delivery_queue`: what the deliverer polls.
 SHARD_DELIVERY_DUE = "{tag}:wdue"
 # ZSET of every failed delivery of the shard (all endpoints), scores 0: trimmed by age.
@@ -151,6 +151,12 @@ class Keys:
         """
         return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
 
+    def provider_message(self, message_id: str) -> str:
+        """STRING (first arrival ms, with a TTL): a provider's inbound message or status
+        callback already applied, by its id (Twilio's MessageSid, `<sid>:<status>` for a
+        status). Its own hash tag, so the keys spread over a cluster's slots."""
+        return "{" + f"{self.prefix}:pm:{message_id}" + "}"
+
     # -- tenant ---------------------------------------------------------------
     def tenant_tag(self, tenant: str) -> str:
         return "{" + f"{self.prefix}:t:{tenant}" + "}"
@@ -204,9 +210,9 @@ class Keys:
     def outbox(self, shard: int) -> str:
         return SHARD_OUTBOX.format(tag=self.shard_tag(shard))
 
-    def shard_sequences(self, shard: int) -> str:
+    def mirrors(self, shard: int) -> str:
         """HASH sequence id -> "<status>:<version>:<steps>", the shard's mirror of each."""
-        return SHARD_SEQUENCES.format(tag=self.shard_tag(shard))
+        return SHARD_MIRRORS.format(tag=self.shard_tag(shard))
 
     def leases(self, shard: int) -> str:
         return SHARD_TEMPLATES["leases"].format(tag=self.shard_tag(shard))

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from seqd import models
-from seqd.engine import render
+from seqd import models, templates
+from seqd.kinds import SPECS
 from seqd.store.codec import CONTACT_TEXT_FIELDS
 
 # Every contact field a message can use: its owner (checked before a send), the text fields
@@ -25,19 +25,18 @@ from seqd.store.codec import CONTACT_TEXT_FIELDS
 CONTACT_OWNER = "tenant"
 CONTACT_READ = (CONTACT_OWNER, *CONTACT_TEXT_FIELDS, "attributes")
 
-# The contact field a channel sends to, which is also the suppression list's key.
-ADDRESS_FIELD = {"sms": "phone", "email": "email"}
-
 
 def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
     """The fields of CONTACT_READ the steps' messages read: the owner, the address of every
     channel among them (the send and the suppression reads) and what their templates name."""
     needed = {CONTACT_OWNER}
     for step in steps:
-        needed.add(ADDRESS_FIELD[step.kind])
+        address = SPECS[step.kind].address
+        if address is not None:
+            needed.add(address)
         try:
-            needed |= render.roots(step.body, step.subject)
-        except render.TemplateError:  # (saved steps parse; if one did not: read them all)
+            needed |= templates.roots(step.body, step.subject)
+        except templates.TemplateError:  # (saved steps parse; if one did not: read them all)
             return CONTACT_READ
     return tuple(field for field in CONTACT_READ if field in needed)
 

@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from redis.exceptions import ResponseError
 
-from seqd.store import groups
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store import calls, groups
+from seqd.store.context import StoreContext
 
 GROUP = "seqd-events"
 # One fanout call handles at most this many entries and, unless a single entry has more,
 # this many deliveries: bounds its ARGV and how long it runs.
 FANOUT_BATCH = 100
 FANOUT_DELIVERIES = 400
-# Events one batched entry holds at most (OUTBOX_ITEMS in the scripts, scripts.py).
-ITEMS_MAX = 200
 
 _decode = msgspec.json.Decoder().decode
 
@@ -54,7 +50,7 @@ class Entry(msgspec.Struct, frozen=True):
             return None
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class ScheduledDelivery(msgspec.Struct, frozen=True):
     """A webhook delivery to schedule: one event to one endpoint."""
 
     id: str
@@ -70,7 +66,7 @@ class Fanout(msgspec.Struct, frozen=True):
     entry_id: str
     tenant: str
     due: int
-    deliveries: list[Delivery]
+    deliveries: list[ScheduledDelivery]
 
 
 def _stream_rows(reply: Any) -> list[tuple[str, dict[str, str] | None]]:
@@ -84,7 +80,7 @@ def _stream_rows(reply: Any) -> list[tuple[str, dict[str, str] | None]]:
 
 
 class Outbox:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 
@@ -156,10 +152,8 @@ class Outbox:
     async def fanout(self, by_shard: Mapping[int, list[Fanout]], now: int) -> int:
         """Acknowledge entries of each shard and schedule their deliveries, every call in one
         round trip; returns how many deliveries were written."""
-        calls: list[tuple[str, list[str], list[Any], str]] = []
+        trip: list[calls.Call] = []
         for shard, items in by_shard.items():
-            tag = self.keys.shard_tag(shard)
-            keys = [self.keys.outbox(shard), self.keys.delivery_due(shard)]
             args: list[Any] = []
             entries = deliveries = 0
             for item in items:
@@ -167,7 +161,7 @@ class Outbox:
                 if args and (
                     entries == FANOUT_BATCH or deliveries + len(item.deliveries) > FANOUT_DELIVERIES
                 ):
-                    calls.append(("fanoutEvents", keys, [tag, GROUP, now, *args], tag))
+                    trip.append(calls.fanout_events(self.keys, shard, GROUP, now, args))
                     args, entries, deliveries = [], 0, 0
                 # Only acknowledged when it has no deliveries: its tenant is not sent.
                 args += [item.entry_id, item.tenant if item.deliveries else "", item.due]
@@ -177,9 +171,9 @@ class Outbox:
                 entries += 1
                 deliveries += len(item.deliveries)
             if args:
-                calls.append(("fanoutEvents", keys, [tag, GROUP, now, *args], tag))
+                trip.append(calls.fanout_events(self.keys, shard, GROUP, now, args))
         written = 0
-        for result in await self.store.runner.call_many(calls) if calls else []:
+        for result in await self.store.runner.call_many(trip) if trip else []:
             if isinstance(result, Exception):
                 raise result
             written += int(result)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store import calls
+from seqd.store.context import StoreContext
 
 
 class Verdict(msgspec.Struct, frozen=True):
@@ -21,7 +19,7 @@ class Verdict(msgspec.Struct, frozen=True):
 
 
 class RateLimits:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
 
     async def take(
@@ -29,7 +27,7 @@ class RateLimits:
     ) -> Verdict:
         """Count `cost` requests of the key whose sha256 is `key_digest` (all or none): one
         EVALSHA."""
-        allowed, remaining, retry_after, reset = await self.store.runner.call(
-            "limitRate", [self.store.keys.rate_limit(key_digest)], [now, limit, period_ms, cost]
+        allowed, remaining, retry_after, reset = await self.store.runner.run(
+            calls.limit_rate(self.store.keys, key_digest, now, limit, period_ms, cost)
         )
         return Verdict(bool(allowed), limit, int(remaining), int(retry_after), int(reset))

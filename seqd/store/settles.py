@@ -15,7 +15,7 @@ from typing import get_type_hints
 
 import msgspec
 
-from seqd.store.claims import Enrolled
+from seqd.store.claims import ClaimedEnrollment
 
 
 class StepOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="outcome"):
@@ -147,7 +147,7 @@ _encode_event = msgspec.json.Encoder().encode
 _encode = msgspec.json.Encoder().encode
 
 
-def step_event(s: Settled, e: Enrolled, now: str) -> bytes:
+def step_event(s: Settled, e: ClaimedEnrollment, now: str) -> bytes:
     """The data of the `sequence.step.sent` / `.skipped` event advance's fast path writes
     for `s` (a passed step with a step after it), from the claimed enrollment `e` and the
     call's `now` (ms, as text); b"" for any other outcome. Built here because Redis is the
@@ -178,7 +178,7 @@ class Passed:
         self.groups: dict[tuple[str | int, ...], str] = {}
         self.values: list[str | bytes] = []
 
-    def add(self, s: Sent | Skipped, e: Enrolled, event: bytes) -> None:
+    def add(self, s: Sent | Skipped, e: ClaimedEnrollment, event: bytes) -> None:
         sent = isinstance(s, Sent)
         group = (
             s.token,
@@ -201,7 +201,7 @@ class Passed:
 
 
 def advance_args(
-    items: list[Settled], claimed: Mapping[str, Enrolled] | None, now: int
+    items: list[Settled], claimed: Mapping[str, ClaimedEnrollment] | None, now: int
 ) -> tuple[bytes, bytes, list[str | bytes]]:
     """advance's ARGV[4..]: the items for its general path (JSON), the passed groups and
     the passed steps' values. `claimed`: enrollment id -> what claimDue read of it, for the

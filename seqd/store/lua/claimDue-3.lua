@@ -20,7 +20,7 @@
 
   KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
-  KEYS[3] sequences HASH   sequence id -> its mirror "<status>:<version>:<steps>"
+  KEYS[3] mirrors HASH   sequence id -> its mirror "<status>:<version>:<steps>"
                            (store/mirrors.py; beside it the shard's `sf` hash, sequence id
                            -> "<version>:<fields>", built here from the tag)
   ARGV[1] tag
@@ -37,14 +37,14 @@
   "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
-  the dispatcher reads (store/claims.py `Enrolled`: t s c st i n, a and md where set; the
+  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a and md where set; the
   whole hash for a lease run out) with `k` = the member's score as it was left, which
   leasePeeked checks; the contact values an array in the order of its sequence's fields
   in "f", or of ARGV[5..] for a sequence not in "f" (false where unset); seen = members
   looked at (equal to the limit: more may be due).
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, limit, hold = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == 'hold'
 local contact_fields = {unpack(ARGV, 5)}
 -- @include enrollment
@@ -54,7 +54,7 @@ local mirrors, fields_of, states = {}, {}, {}
 local function sequence_state(seq)
   local s = states[seq]
   if s == nil then
-    local m = rcall('HGET', seqs_key, seq)
+    local m = rcall('HGET', mirrors_key, seq)
     local status, version, steps = string.match(m or '', '^([^:]+):(%d+):(%d+)$')
     local read, fields = contact_fields, nil
     -- (Contacts are read only for an active sequence's steps.)
