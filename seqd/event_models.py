@@ -1,4 +1,5 @@
-"""API shapes of events, webhook endpoints and deliveries (beside `seqd.models`, same rules)."""
+"""API shapes of events, webhook endpoints and deliveries (beside `seqd.models`, same rules):
+on the floor, so the store returns them without importing `events/`."""
 
 from __future__ import annotations
 
