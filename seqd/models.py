@@ -334,6 +334,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
         if not spec.subject and step.subject is not None:
             errors.append(FieldError(f"steps[{i}].subject", _SUBJECT_ONLY))
+        if step.subject is not None and _LINE_BREAK.search(step.subject):
+            errors.append(FieldError(f"steps[{i}].subject", "a Subject is one line of text"))
         for field in ("body", "subject"):
             text = getattr(step, field)
             if text is None:
