@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ctypes.util
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -110,11 +111,13 @@ def find_binary(configured: str | None = None) -> str:
 
 
 def socket_path(data_dir: Path) -> Path:
-    """Unix socket paths are limited to ~107 bytes; a deep data_dir gets one in /tmp."""
+    """Unix socket paths are limited to ~107 bytes; a deep data_dir gets one in /tmp, named by
+    a digest of the directory that every process computes alike (not `hash()`, which is salted
+    per process), so `seqd keys` and `seqd redis-cli` find a running serve's store."""
     path = data_dir / SOCKET_NAME
     if len(str(path)) < 100:
         return path
-    digest = abs(hash(str(data_dir))) % 10**12
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"seqd-{digest}.sock"
 
 
