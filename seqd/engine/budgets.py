@@ -35,8 +35,9 @@ from seqd.kinds import SPECS, Kind
 from seqd.senders import budget
 from seqd.senders.models import SenderRecord
 from seqd.store import calls
+from seqd.store.claims import Claimed
+from seqd.store.context import StoreContext
 from seqd.store.db import Store
-from seqd.store.dispatch import Claimed
 
 # A step whose every sender is paused looks again this long after (a resumed sender then
 # sends within it).
@@ -136,25 +137,26 @@ class Budgets:
         """The asks of the items' steps; None when none has any."""
         steps: list[tuple[Claimed, Plan, int, Kind]] = []
         for item in items:
-            plan = plans.get(item.e["s"])
-            step = int(item.e["i"])
+            plan = plans.get(item.enrollment.sequence)
+            step = int(item.enrollment.index)
             if plan is not None and step < len(plan.steps):
                 steps.append((item, plan, step, plan.steps[step].kind))
         if not steps:
             return None
-        tenants = await self._tenants(sorted({item.e["t"] for item, *_ in steps}), now)
+        tenants = await self._tenants(sorted({item.enrollment.tenant for item, *_ in steps}), now)
         by_tenant: dict[str, _Asks] = {}
         by_shard: dict[int, tuple[list[str | int], list[str]]] = defaultdict(lambda: ([], []))
         out = Asked()
         # (sequence, kind) -> its pool's senders that exist: worked out once per piece.
         pools: dict[tuple[str, Kind], list[str]] = {}
         for item, plan, step, kind in steps:
-            tenant = tenants[item.e["t"]]
+            e = item.enrollment
+            tenant = tenants[e.tenant]
             cap = tenant.caps.of(kind)
             if cap is not None and not plan.steps[step].transactional:
                 values, ids = by_shard[shard_of[item.id]]
                 window = int(cap.window_hours * 3_600_000)
-                values += (item.e["c"], kind, f"{item.id}:{step}", cap.limit, window)
+                values += (e.contact, kind, f"{item.id}:{step}", cap.limit, window)
                 ids.append(item.id)
                 out.action[item.id] = tenant.caps.action
             if kind not in plan.senders:
@@ -165,13 +167,12 @@ class Budgets:
                 pool = [s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind]
                 pools[(plan.sequence_id, kind)] = pool
             pin_field = SPECS[kind].sender_field
-            pinned = item.e.get(pin_field) if pin_field else None
-            asked = budget.ask(plan.rotation, pool, pinned, f"{plan.sequence_id}:{kind}")
+            asked = budget.ask(plan.rotation, pool, e.pinned(kind), f"{plan.sequence_id}:{kind}")
             if asked is None:
                 continue  # every sender of the pool is gone: the tenant's own, as with none
-            asks = by_tenant.get(item.e["t"])
+            asks = by_tenant.get(e.tenant)
             if asks is None:
-                asks = by_tenant[item.e["t"]] = _Asks(own, [], [])
+                asks = by_tenant[e.tenant] = _Asks(own, [], [])
             asks.asks.append(asked)
             # A sticky contact not pinned to its ask's one sender is pinned to its pick.
             new_pin = plan.rotation == "sticky" and asked.pool != ""
@@ -220,6 +221,8 @@ def route(record: SenderRecord) -> FromSender:
     )
 
 
-def pin_calls(store: Store, pins: Mapping[int, Sequence[tuple[str, str, str]]]) -> list[calls.Call]:
+def pin_calls(
+    store: StoreContext, pins: Mapping[int, Sequence[tuple[str, str, str]]]
+) -> list[calls.Call]:
     """One pinSenders call per shard of `pins` (shard -> (enrollment id, field, sender id))."""
     return [calls.pin_senders(store.keys, shard, items) for shard, items in pins.items() if items]
