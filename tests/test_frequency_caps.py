@@ -184,3 +184,26 @@ async def test_take_frequency_counts_a_step_once(store: Store) -> None:
         tag=store.keys.shard_tag(0), contact_id="con_1", kind="sms"
     )
     assert 0 < await store.client.pttl(key) <= HOUR
+
+
+async def test_a_transactional_step_is_not_counted(store: Store) -> None:
+    import dataclasses
+
+    from seqd.engine import plans
+    from seqd.store.claims import Claimed, ClaimedEnrollment
+
+    await _cap(store, sms=FrequencyCap(limit=1, window_hours=24))
+    seq = await sequence(store, sms("code"), sms("promo"))
+    plan = plans.build(seq, 1)
+    exempt = dataclasses.replace(plan.steps[0], transactional=True)
+    plan = dataclasses.replace(plan, steps=(exempt, *plan.steps[1:]))
+
+    def item(eid: str, index: int) -> Claimed:
+        e = ClaimedEnrollment(TENANT, seq.id, "con_1", "active", str(index), "0", "0")
+        return Claimed(eid, e, {})
+
+    budgets = Budgets(store)
+    items = [item("enr_a", 0), item("enr_b", 1)]
+    asked = await budgets.ask(items, {seq.id: plan}, {"enr_a": 0, "enr_b": 0}, 0)
+    # Only the promotional step counts against the contact's cap.
+    assert asked is not None and asked.counted == [["enr_b"]]
