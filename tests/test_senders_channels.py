@@ -63,3 +63,17 @@ async def test_smtp_sends_through_the_senders_profile(smtp_server: ServerFactory
     assert got.message["Message-ID"].endswith("@acme.io>")
     (other,) = default.handler.received
     assert other.mail_from == "team@example.com"
+
+
+def test_check_names_a_bad_smtp_profile() -> None:
+    import pytest
+
+    from seqd.config import ConfigError
+
+    for server, setting in [
+        (SmtpServer(host=""), "channels.smtp.profiles.warm.host"),
+        (SmtpServer(password="x"), "channels.smtp.profiles.warm.username"),
+    ]:
+        smtp = SmtpConfig(profiles={"warm": server})
+        with pytest.raises(ConfigError, match=setting):
+            registry.check(Config(channels=ChannelsConfig(email="smtp", smtp=smtp)))

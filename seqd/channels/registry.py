@@ -129,6 +129,14 @@ def _check_channels(where: str, channels: ChannelsConfig) -> None:
                 raise ConfigError(f"{where}.smtp.{field}: contains a line break")
         if smtp.password and not smtp.username:
             raise ConfigError(f"{where}.smtp.username: required when a password is set")
+        for name, profile in smtp.profiles.items():
+            at = f"{where}.smtp.profiles.{name}"
+            if not profile.host:
+                raise ConfigError(f"{at}.host: required")
+            if profile.username and ("\r" in profile.username or "\n" in profile.username):
+                raise ConfigError(f"{at}.username: contains a line break")
+            if profile.password and not profile.username:
+                raise ConfigError(f"{at}.username: required when a password is set")
 
 
 def _check_url(setting: str, url: str) -> None:
