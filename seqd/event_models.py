@@ -7,13 +7,32 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
+from seqd import event_names
 from seqd.models import Input, Output, Page, Timestamp
 
-Url = Annotated[str, Meta(min_length=1, max_length=2000, description="http(s) URL")]
+Url = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL of a public host (unless webhooks.allow_private_targets)",
+    ),
+]
 EventType = Annotated[str, Meta(min_length=1, max_length=100)]
 Subscription = Annotated[
     list[EventType],
-    Meta(min_length=1, max_length=50, description='event types, or ["*"] for every type'),
+    Meta(
+        min_length=1,
+        max_length=50,
+        description='event types, or ["*"] for every type',
+        # Checked by `event_types.check_subscription`, stated here for the document.
+        extra_json_schema={
+            "anyOf": [
+                {"items": {"const": event_names.WILDCARD}, "maxItems": 1},
+                {"items": {"enum": sorted(event_names.KNOWN)}},
+            ]
+        },
+    ),
 ]
 Description = Annotated[str, Meta(max_length=500)]
 

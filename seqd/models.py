@@ -10,7 +10,7 @@ import re
 import zoneinfo
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import email_validator
 import msgspec
@@ -44,6 +44,19 @@ Attributes = Annotated[dict[AttrKey, AttrValue], Meta(max_length=100)]
 Metadata = Annotated[dict[str, Any], Meta(max_length=100)]
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with milliseconds")]
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
+# Checked beyond their shape when a contact is written (`normalize_contact_fields`).
+Phone = Annotated[
+    str,
+    Meta(
+        max_length=64,
+        description="E.164, or national with contacts.default_region; "
+        "a number possible in its country's numbering plan",
+    ),
+]
+TimeZone = Annotated[str, Meta(max_length=64, description="an IANA time zone (Europe/Paris)")]
+Email = Annotated[
+    str, Meta(max_length=320, description="an email address", extra_json_schema={"format": "email"})
+]
 
 METADATA_MAX_BYTES = 16 * 1024
 
@@ -85,11 +98,19 @@ class CancelReason(StrEnum):
 
 # -- contacts --------------------------------------------------------------------------
 class ContactCreate(Input, kw_only=True):
+    # OpenAPI: the rule between fields that `new_contact_fields` enforces.
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"required": [name], "properties": {name: {"type": "string"}}}
+            for name in ("phone", "email")
+        ]
+    }
+
     first_name: ShortText | None = None
     last_name: ShortText | None = None
-    phone: Annotated[str, Meta(max_length=64)] | None = None
-    email: Annotated[str, Meta(max_length=320)] | None = None
-    timezone: Annotated[str, Meta(max_length=64)] | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    timezone: TimeZone | None = None
     external_id: ShortText | None = None
     attributes: Attributes = msgspec.field(default_factory=dict)
 
@@ -99,9 +120,9 @@ class ContactPatch(Input, kw_only=True):
 
     first_name: ShortText | UnsetType | None = UNSET
     last_name: ShortText | UnsetType | None = UNSET
-    phone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
-    email: Annotated[str, Meta(max_length=320)] | UnsetType | None = UNSET
-    timezone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
+    phone: Phone | UnsetType | None = UNSET
+    email: Email | UnsetType | None = UNSET
+    timezone: TimeZone | UnsetType | None = UNSET
     external_id: ShortText | UnsetType | None = UNSET
     attributes: Attributes | UnsetType = UNSET
 
@@ -222,7 +243,22 @@ def new_contact_fields(body: ContactCreate, region: str | None, root: str = "") 
 
 
 # -- sequences -------------------------------------------------------------------------
+def _subject_rule() -> list[dict[str, Any]]:
+    takes = sorted(k for k, spec in SPECS.items() if spec.subject)
+    never = sorted(k for k, spec in SPECS.items() if not spec.subject)
+    branches: list[dict[str, Any]] = []
+    if takes:
+        kind: dict[str, Any] = {"kind": {"enum": takes}, "subject": {"type": "string"}}
+        branches.append({"properties": kind, "required": ["subject"]})
+    if never:
+        branches.append({"properties": {"kind": {"enum": never}, "subject": {"type": "null"}}})
+    return branches
+
+
 class StepIn(Input, kw_only=True):
+    # OpenAPI: the kinds that take a subject need one, the others take none (`build_steps`).
+    json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": _subject_rule()}
+
     kind: Kind
     wait_minutes: WaitMinutes = 0
     body: Body
@@ -298,6 +334,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
         if not spec.subject and step.subject is not None:
             errors.append(FieldError(f"steps[{i}].subject", _SUBJECT_ONLY))
+        if step.subject is not None and _LINE_BREAK.search(step.subject):
+            errors.append(FieldError(f"steps[{i}].subject", "a Subject is one line of text"))
         for field in ("body", "subject"):
             text = getattr(step, field)
             if text is None:
@@ -327,6 +365,20 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
 class EnrollmentCreate(Input, kw_only=True):
     """Exactly one of `contact_id` (an existing contact) or `contact` (upserted: matched by
     external_id, then phone, then email; created when none matches)."""
+
+    # OpenAPI: exactly one of the two (`enrollment_contact`).
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "required": [name],
+                "properties": {name: {"type": kind}, other: {"type": "null"}},
+            }
+            for name, kind, other in (
+                ("contact_id", "string", "contact"),
+                ("contact", "object", "contact_id"),
+            )
+        ]
+    }
 
     contact_id: Id | None = None
     contact: ContactCreate | None = None

@@ -14,6 +14,7 @@ from seqd.config import DispatchConfig
 from seqd.engine.dispatcher import Dispatcher
 from seqd.models import SequenceStatus
 from seqd.store.db import Store, connect
+from seqd.store.dispatch import Dispatch
 from seqd.times import now_ms
 from tests.conftest import ValkeyProcess
 from tests.dispatchutil import (
@@ -519,6 +520,8 @@ async def test_a_stale_worker_cannot_advance_twice(store: Store) -> None:
     stuck = asyncio.create_task(first.run_once(clock.at))
     await until(lambda: bool(slow.messages))
     clock.advance(1000)  # the lease passes; another worker claims and sends the step
+    # (Every process's recovery loop takes back leases past their end: engine/recovery.py.)
+    await Dispatch(store).reclaim(clock.at)
     await dispatcher(store, fast, clock, lease_seconds=1).run_once(clock.at)
     gate.set()
     done = await stuck

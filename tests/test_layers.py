@@ -86,7 +86,7 @@ def test_the_floor_imports_no_layer_above_it() -> None:
     """The shared vocabulary (kinds, templates, ids, errors, the models) sits below every
     layer: it imports none of them."""
     floor = ("seqd.kinds", "seqd.templates", "seqd.ids", "seqd.event_ids", "seqd.errors")
-    floor += ("seqd.models", "seqd.event_models")
+    floor += ("seqd.models", "seqd.event_models", "seqd.event_names")
     layers = ("seqd.store", "seqd.engine", "seqd.events", "seqd.api", "seqd.channels")
     layers += ("seqd.lifecycle",)
     wrong = {

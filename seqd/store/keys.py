@@ -54,6 +54,15 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # HASH sequence id -> "<version>:<fields>": the contact fields the sequence's messages
     # can use at that version (store/mirrors.py), beside the shard's mirror (`sq`).
     "sequence_fields": "{tag}:sf",
+    # ZSET lease token -> its expiry (the token's value): the shard's leases (leasePeeked),
+    # each token one lease call's, until reclaimLeases takes it out after it ends.
+    "leases": "{tag}:ls",
+    # HASH lease token -> "<worker id> <sequence id>,...": who holds it, and the queues of
+    # its members.
+    "lease_owners": "{tag}:lo",
+    # SET of the lease tokens whose sends have started (written right before the first of
+    # them): a lease not in it was never handed to a channel, so it is no attempt.
+    "lease_starts": "{tag}:lst",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -105,6 +114,11 @@ class Keys:
     def api_key_ids(self) -> str:
         """HASH key id -> sha256(key), for listing and revoking."""
         return f"{self.global_tag}:apikey_ids"
+
+    def workers(self) -> str:
+        """ZSET worker id -> its last heartbeat (ms): the dispatching processes, so that the
+        leases of one whose heartbeat stopped are reclaimed (store/dispatch.py `Workers`)."""
+        return f"{self.global_tag}:workers"
 
     def intake(self) -> str:
         """STREAM other services XADD enrollment requests to (docs/redis-intake.md)."""
@@ -199,6 +213,15 @@ class Keys:
     def mirrors(self, shard: int) -> str:
         """HASH sequence id -> "<status>:<version>:<steps>", the shard's mirror of each."""
         return SHARD_MIRRORS.format(tag=self.shard_tag(shard))
+
+    def leases(self, shard: int) -> str:
+        return SHARD_TEMPLATES["leases"].format(tag=self.shard_tag(shard))
+
+    def lease_owners(self, shard: int) -> str:
+        return SHARD_TEMPLATES["lease_owners"].format(tag=self.shard_tag(shard))
+
+    def lease_starts(self, shard: int) -> str:
+        return SHARD_TEMPLATES["lease_starts"].format(tag=self.shard_tag(shard))
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

@@ -21,13 +21,15 @@ from seqd.store.codec import CONTACT_TEXT_FIELDS
 
 # Every contact field a message can use: its owner (checked before a send), the text fields
 # (templates and addresses) and attributes (templates' attributes.<key>).
-CONTACT_READ = ("tenant", *CONTACT_TEXT_FIELDS, "attributes")
+# The contact hash's field naming its owner (the tenant).
+CONTACT_OWNER = "tenant"
+CONTACT_READ = (CONTACT_OWNER, *CONTACT_TEXT_FIELDS, "attributes")
 
 
 def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
     """The fields of CONTACT_READ the steps' messages read: the owner, the address of every
     channel among them (the send and the suppression reads) and what their templates name."""
-    needed = {"tenant"}
+    needed = {CONTACT_OWNER}
     for step in steps:
         address = SPECS[step.kind].address
         if address is not None:
