@@ -23,9 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from seqd import bulk, models
-from seqd.api.wire import field_error
 from seqd.config import Config
-from seqd.errors import Invalid, SeqdError
+from seqd.errors import Invalid, SeqdError, field_error
 from seqd.service import open_store
 from seqd.store import upserts
 from seqd.store.db import Store

@@ -16,7 +16,7 @@ import msgspec
 import phonenumbers
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd.engine import render
+from seqd import templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
 from seqd.sms import segments
@@ -313,8 +313,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             if text is None:
                 continue
             try:
-                render.parse(text)
-            except render.TemplateError as exc:
+                templates.parse(text)
+            except templates.TemplateError as exc:
                 errors.append(FieldError(f"steps[{i}].{field}", f"template error: {exc}"))
         seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(

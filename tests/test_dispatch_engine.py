@@ -226,7 +226,7 @@ async def test_archived_sequence_cancels_instead_of_sending(store: Store) -> Non
     seq = await sequence(store, sms())
     (e,) = await enroll(store, seq, await contacts(store, 1))
     shard = ids.shard_of(e.id, store.shards)
-    await store.client.hset(store.keys.shard_sequences(shard), seq.id, "archived:99:1")
+    await store.client.hset(store.keys.mirrors(shard), seq.id, "archived:99:1")
     sender = Recorder()
     clock = Clock()
     await dispatcher(store, sender, clock).run_once(clock.at)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from seqd.api.appkeys import KEY_DIGEST, STORE, TENANT
+from seqd.api.appkeys import KEY_DIGEST, TENANT
 from seqd.api.routing import Handler, requires_auth
+from seqd.appkeys import STORE
 from seqd.errors import Unauthorized
 from seqd.store.tenants import hash_key
 

@@ -16,12 +16,12 @@ from aiohttp import web
 from msgspec import Meta
 
 from seqd import models
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.routing import route
-from seqd.api.wire import field_error, respond
+from seqd.api.wire import respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.config import Config
-from seqd.errors import FieldError, Forbidden, Invalid, NotFound, UnsupportedMediaType
+from seqd.errors import FieldError, Forbidden, Invalid, NotFound, UnsupportedMediaType, field_error
 from seqd.lifecycle import email_inbound, sms_inbound, twilio_signature
 
 log = structlog.get_logger(__name__)

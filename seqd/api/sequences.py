@@ -7,11 +7,11 @@ from typing import Literal
 from aiohttp import web
 
 from seqd import models
-from seqd.api.appkeys import STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
+from seqd.appkeys import STORE
 from seqd.models import SequenceStatus
 
 TAG = "sequences"

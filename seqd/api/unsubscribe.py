@@ -12,8 +12,8 @@ import html
 import msgspec
 from aiohttp import web
 
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.routing import route
+from seqd.appkeys import CONFIG, STORE
 from seqd.errors import BadRequest, NotFound
 from seqd.lifecycle import unsubscribe
 
@@ -43,7 +43,7 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 
 
 async def _claims(request: web.Request) -> unsubscribe.Claims | None:
-    secret = await unsubscribe.ensure_secret(request.app[CONFIG], request.app[STORE])
+    secret = await unsubscribe.signing_secret(request.app[CONFIG], request.app[STORE])
     return unsubscribe.verify(secret, request.match_info["token"])
 
 

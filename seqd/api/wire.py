@@ -6,34 +6,15 @@ Decoding errors become `Invalid` (422) with the path of the bad field, or `BadRe
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
-from seqd.errors import BadRequest, FieldError, Invalid, UnsupportedMediaType
+from seqd.errors import BadRequest, FieldError, Invalid, UnsupportedMediaType, field_error
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
-_PATH = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
-
-
-def field_error(exc: msgspec.ValidationError, root: str = "") -> FieldError:
-    """msgspec's "Expected `int`, got `str` - at `$.steps[0].wait_minutes`" as a FieldError."""
-    message = str(exc)
-    match = _PATH.search(message)
-    path = match.group(1).lstrip(".") if match else ""
-    reason = _PATH.sub("", message)
-    missing = re.match(r"Object missing required field `([^`]+)`", reason)
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
-    if missing or unknown:
-        name = (missing or unknown).group(1)  # type: ignore[union-attr]
-        path = f"{path}.{name}" if path else name
-        reason = "required" if missing else "unknown field"
-    if root:
-        path = f"{root}.{path}" if path else root
-    return FieldError(path or "body", reason)
 
 
 _INT_GOT_FLOAT = "Expected `int`, got `float`"

@@ -55,7 +55,7 @@ def _shard_keys(keys: Keys, shard: int) -> list[str]:
 
 
 def _mirror_keys(keys: Keys, shard: int) -> list[str]:
-    return [keys.heads(shard), keys.outbox(shard), keys.shard_sequences(shard)]
+    return [keys.heads(shard), keys.outbox(shard), keys.mirrors(shard)]
 
 
 # -- enrollments ---------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def sync_sequence(
 def migrate_queues(keys: Keys, shard: int, due: str, parked: str, limit: int) -> Call:
     """`due`, `parked`: the schema 1 key names (keys.V1_SHARD_DUE, keys.V1_PARKED)."""
     tag = keys.shard_tag(shard)
-    call_keys = [keys.heads(shard), due, keys.shard_sequences(shard)]
+    call_keys = [keys.heads(shard), due, keys.mirrors(shard)]
     return Call("migrateQueues", call_keys, [tag, parked, limit], tag)
 
 

@@ -7,16 +7,13 @@ import re
 import secrets
 import string
 import time
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from seqd import ids
 from seqd.models import ApiKey
+from seqd.store.context import StoreContext
 from seqd.times import now_ms, to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ALPHABET = string.ascii_letters + string.digits
@@ -63,7 +60,7 @@ def valid_tenant(name: str) -> bool:
 
 
 class Tenants:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
         self.client = store.client

@@ -4,7 +4,7 @@
 
   KEYS[1] heads      ZSET
   KEYS[2] outbox     STREAM
-  KEYS[3] sequences  HASH   the shard's sequence mirror
+  KEYS[3] mirrors HASH   the shard's sequence mirror
   ARGV[1] tag
   ARGV[2] now            ms
   ARGV[3] tenant
@@ -19,7 +19,7 @@
   Errors: STALE:<sequence_id>
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, tenant, cid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local reason, etype, edata = ARGV[6], ARGV[7], cjson.decode(ARGV[8])
 -- @include enrollment
