@@ -119,10 +119,12 @@ class Tenants:
         self._known[digest] = (tenant, now + AUTH_CACHE_SECONDS)
         return tenant
 
-    async def list_keys(self, tenant: str) -> list[ApiKey]:
+    async def all_keys(self) -> list[ApiKey]:
         raw = await self.client.hgetall(self.keys.api_keys())
-        records = [_decode(v) for v in raw.values()]
-        return sorted((self._public(r) for r in records if r.tenant == tenant), key=lambda k: k.id)
+        return sorted((self._public(_decode(v)) for v in raw.values()), key=lambda k: k.id)
+
+    async def list_keys(self, tenant: str) -> list[ApiKey]:
+        return [k for k in await self.all_keys() if k.tenant == tenant]
 
     async def revoke(self, key_id: str) -> bool:
         digest = await self.client.hget(self.keys.api_key_ids(), key_id)
