@@ -39,6 +39,9 @@ class RedisConfig(Section, kw_only=True):
     # How long one Redis command may take before the caller sees an error.
     socket_timeout: PositiveFloat = 5.0
     max_connections: Positive = 64
+    # /healthz answers 503 once the store has not answered for this long, so a supervisor
+    # (systemd, docker, kubernetes) restarts seqd; /readyz fails at once. 0: never.
+    unhealthy_after_seconds: Annotated[float, Meta(ge=0)] = 60.0
 
 
 class EmbeddedConfig(Section, kw_only=True):

@@ -9,11 +9,26 @@ from msgspec import UNSET, Meta, UnsetType
 
 from seqd.models import Input, Output, Page, Timestamp
 
-Url = Annotated[str, Meta(min_length=1, max_length=2000, description="http(s) URL")]
+Url = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL of a public host (unless webhooks.allow_private_targets)",
+    ),
+]
 EventType = Annotated[str, Meta(min_length=1, max_length=100)]
+# The known types live with the store (`store/event_types.py`); the document's builder
+# (`api/openapi.py`) states them where this marker is.
+SUBSCRIPTION_MARK = "x-seqd-subscription"
 Subscription = Annotated[
     list[EventType],
-    Meta(min_length=1, max_length=50, description='event types, or ["*"] for every type'),
+    Meta(
+        min_length=1,
+        max_length=50,
+        description='event types, or ["*"] for every type',
+        extra_json_schema={SUBSCRIPTION_MARK: True},
+    ),
 ]
 Description = Annotated[str, Meta(max_length=500)]
 
@@ -36,8 +51,13 @@ class EventList(Output, kw_only=True):
     # A page can hold fewer than `limit` events while more follow (a filter scans the log in
     # bounded steps): follow next_page_token until it is null.
     next_page_token: str | None
-    # Events in the log; null when filters are given (counting them would scan the log).
-    total: int | None = None
+    total: Annotated[
+        int | None,
+        Meta(
+            description="events in the log; null when a filter is given: counting the "
+            "matches would read the whole log, where a page reads a bounded part of it"
+        ),
+    ] = None
 
 
 class EndpointCreate(Input, kw_only=True):
@@ -55,7 +75,8 @@ class EndpointPatch(Input, kw_only=True):
 
 class WebhookEndpoint(Output, kw_only=True):
     id: str
-    url: str
+    # A password in it (and secret-looking query values) shown as `***`.
+    url: Annotated[str, Meta(description="the URL, its password masked as ***")]
     events: list[str]
     description: str = ""
     enabled: bool

@@ -228,9 +228,11 @@ async def _main(config: Config, source: Path, tenant: str, sequence_id: str | No
     console = Console(stderr=True)
     async with open_store(config) as store:
         if not await store.tenants.exists(tenant):
+            # soft_wrap: the command stays on one line, to be copied whole.
             console.print(
                 f"seqd import: no tenant {tenant!r} (create one with: seqd keys create "
-                f"--tenant {tenant})"
+                f"--tenant {tenant})",
+                soft_wrap=True,
             )
             return 2
         try:

@@ -33,7 +33,8 @@ def test_every_kind_has_a_spec_the_layers_can_use() -> None:
 
 def test_the_scripts_read_the_kinds_from_python() -> None:
     prelude = kinds.lua_constants()
-    assert "local KIND_LETTER = {['sms'] = 's', ['email'] = 'e'}" in prelude
+    assert "local KIND_LETTER = {['sms'] = 's', ['email'] = 'e'" in prelude
+    assert all(f"['{kind}'] = '{spec.letter}'" in prelude for kind, spec in SPECS.items())
     assert all(prelude in script.source for script in SCRIPTS.values())
 
 
@@ -52,8 +53,8 @@ async def test_stop_channel_keeps_an_enrollment_with_a_step_of_a_third_kind_left
     keys = [s.keys.heads(shard), s.keys.outbox(shard), s.keys.mirrors(shard)]
 
     def args(letters: str) -> list[object]:
-        return [tag, 2, "acme", cid, "sms", "opted_out", "contact.opted_out", "{}", seq.id, 1,
-                letters]  # fmt: skip
+        return [tag, 2, "acme", cid, "sms", "opted_out", "contact.opted_out", "{}", 0, seq.id,
+                1, letters]  # fmt: skip
 
     assert await s.runner.call("stopChannel", keys, args("st"), tag=tag) == []
     assert (await raw(s, e.id))["st"] == "active"

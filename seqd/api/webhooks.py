@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from seqd import redact
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
@@ -134,6 +135,8 @@ async def patch_endpoint(request: web.Request) -> web.Response:
     now = now_ms()
 
     def apply(record: EndpointRecord) -> EndpointRecord:
+        if changes.get("url") == redact.mask_url(record.url):
+            del changes["url"]  # the masked URL as shown, sent back: the stored one stays
         if changes.get("enabled") is False and not record.enabled:
             # Disabling a disabled endpoint keeps the reason it was disabled for.
             changes["disabled_reason"] = record.disabled_reason

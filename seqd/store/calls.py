@@ -273,11 +273,13 @@ def stop_channel(
     cancel_reason: str,
     event_type: str,
     event_data: str,
+    quiet: bool,
     sequences: Iterable[Arg],
 ) -> Call:
     """`sequences`: per sequence, flat: id, version, kinds."""
     tag = keys.shard_tag(shard)
     args = [tag, now, tenant, contact_id, channel, cancel_reason, event_type, event_data]
+    args.append(int(quiet))
     return Call("stopChannel", _mirror_keys(keys, shard), [*args, *sequences], tag)
 
 

@@ -27,6 +27,7 @@ SCAN_MAX = 5000
 # ids (the store's clock): the scan starts this much earlier so skew loses nothing.
 CLOCK_SLACK_MS = 300_000
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_U64_MAX = 2**64 - 1
 # Events per `recordEvents` call at most (unless one batch has more), so a call holds the
 # server for a few ms at most.
 RECORD_BATCH = 200
@@ -108,8 +109,11 @@ def _next_id(stream_id: str) -> str:
 
 
 def check_position(after: str) -> str:
-    """A page token's stream position, or a 422 naming the page token."""
-    if not STREAM_ID.match(after):
+    """A page token's stream position, or a 422 naming the page token. Both parts are
+    64-bit in Redis, and the page goes on from the next sequence number, so that one
+    stops one short of the limit."""
+    ms, _, seq = after.partition("-")
+    if not STREAM_ID.match(after) or int(ms) > _U64_MAX or int(seq) >= _U64_MAX:
         raise Invalid.field("query.page_token", "not a page token from this API")
     return after
 

@@ -147,8 +147,10 @@ class Lifecycle:
         cancel_reason: str,
         event_type: str,
         event: dict[str, Any],
+        quiet: bool = False,
     ) -> list[str]:
-        """Cancel the contact's enrollments with only `channel` steps left; write the event.
+        """Cancel the contact's enrollments with only `channel` steps left; write the event
+        (`quiet`: only if one was cancelled).
 
         With no contact (a value nobody holds), only the event is written, in the shard
         `shard_of_value` picks.
@@ -164,7 +166,17 @@ class Lifecycle:
 
         def build(args: list[str | int]) -> calls.Call:
             return calls.stop_channel(
-                self.keys, shard, now, tenant, cid, channel, cancel_reason, event_type, text, args
+                self.keys,
+                shard,
+                now,
+                tenant,
+                cid,
+                channel,
+                cancel_reason,
+                event_type,
+                text,
+                quiet,
+                args,
             )
 
         cancelled = await self._call_fresh(build, tenant, sequences, on_reply=False)

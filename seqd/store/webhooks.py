@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from seqd import ids
+from seqd import ids, redact
 from seqd.errors import Conflict, NotFound
 from seqd.event_models import WebhookEndpoint
 from seqd.store import calls, event_types
@@ -50,10 +50,11 @@ class EndpointRecord(msgspec.Struct, kw_only=True):
         return self.enabled and event_types.matches(self.events, etype)
 
     def public(self, now: int) -> WebhookEndpoint:
+        """As the API shows it: the URL's password (and secret query values) masked."""
         previous = self.previous_expires_at
         return WebhookEndpoint(
             id=self.id,
-            url=self.url,
+            url=redact.mask_url(self.url),
             events=self.events,
             description=self.description,
             enabled=self.enabled,

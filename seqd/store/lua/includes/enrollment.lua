@@ -125,7 +125,7 @@ end
 
 -- The hash fields an event carries: those the API's enrollment is made of (store/event_types.py
 -- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
-local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'cr', 'ca'}
+local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca'}
 
 local function enrollment_event(etype, id, e, now, extra)
   local fields = {}
@@ -145,12 +145,14 @@ local function finish(id, e, new_status, reason, now, more)
   local ekey = k_enrollment(tag, id)
   if new_status == 'cancelled' then
     rcall('HSET', ekey, 'cr', reason); e['cr'] = reason
-    rcall('HDEL', ekey, 'pr'); e['pr'] = nil
+    rcall('HDEL', ekey, 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
   elseif new_status == 'completed' then
     rcall('HSET', ekey, 'ca', now); e['ca'] = now
-    rcall('HDEL', ekey, 'pr'); e['pr'] = nil
+    rcall('HDEL', ekey, 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
   elseif new_status == 'paused' then
     rcall('HSET', ekey, 'pr', reason); e['pr'] = reason
+    -- The variable a missing_variable pause waits for, shown on the enrollment.
+    if more and more.variable then rcall('HSET', ekey, 'pv', more.variable); e['pv'] = more.variable end
   end
   move_status(id, e, new_status, now)
   local extra = nil
