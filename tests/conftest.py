@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -20,7 +20,13 @@ from seqd.embedded import find_binary
 from seqd.store import scripts
 from seqd.store.db import Store, connect
 
+if TYPE_CHECKING:
+    from tests.clusterutil import ValkeyCluster
+
 scripts.CHECK_SLOTS = True
+
+# A test (or a parameter) that runs on a real Valkey cluster: in the slow tier.
+ON_CLUSTER = (pytest.mark.slow, pytest.mark.cluster)
 
 
 def free_port() -> int:
@@ -109,6 +115,19 @@ def valkey_factory(tmp_path: Path) -> Iterator[type[ValkeyProcess]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """3 primaries, no replicas: shared by the tests, each on a prefix of its own."""
+    from tests.clusterutil import ValkeyCluster  # clusterutil imports this module
+
+    cluster = ValkeyCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
@@ -117,6 +136,13 @@ def prefix() -> str:
 @pytest.fixture
 async def store(valkey: ValkeyProcess, prefix: str) -> AsyncIterator[Store]:
     s = await Store.open(connect(valkey.url), prefix, 4)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def cluster_store(valkey_cluster: ValkeyCluster, prefix: str) -> AsyncIterator[Store]:
+    s = await Store.open(connect(valkey_cluster.url), prefix, 4)
     yield s
     await s.close()
 
@@ -131,10 +157,14 @@ async def fake_store(prefix: str) -> AsyncIterator[Store]:
     await s.close()
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
+@pytest.fixture(
+    params=["valkey", "fakeredis", pytest.param("cluster", marks=ON_CLUSTER)],
+)
 def any_store(request: pytest.FixtureRequest) -> Store:
-    """Each test twice: on a real valkey-server, and on fakeredis (the scripts run there too)."""
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
+    """Each test on a real valkey-server and on fakeredis (the scripts run there too), and in
+    the slow tier on a 3-primary Valkey cluster."""
+    fixture = {"valkey": "store", "fakeredis": "fake_store", "cluster": "cluster_store"}
+    store: Store = request.getfixturevalue(fixture[request.param])
     return store
 
 

@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING
 from seqd import ids, models
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import Pipeline
-
+    from seqd.store.client import Pipe
     from seqd.store.db import Store
 
 # The contact field a channel's suppression list is keyed by.
 ADDRESS = {"sms": "phone", "email": "email"}
 
 
-def listed_in(pipe: Pipeline, store: Store, tenant: str) -> None:
+def listed_in(pipe: Pipe, store: Store, tenant: str) -> None:
     """Queue on `pipe` the check of which channels the tenant has suppressions on (one
     reply per channel of ADDRESS; `listed_from` reads them), so it rides along the
     sequence read of the enroll paths."""

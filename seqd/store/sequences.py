@@ -20,8 +20,7 @@ from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import Pipeline
-
+    from seqd.store.client import Pipe
     from seqd.store.db import Store
 
 # Enrollments one syncSequence call handles: bounds how long it holds Redis (~1 ms/100).
@@ -43,7 +42,7 @@ class Sequences:
         reply = await self.store.client.hmget(self.keys.sequence(tenant, sid), "doc", "v")
         return self.parse_read(sid, reply)
 
-    def read_in(self, pipe: Pipeline, tenant: str, sid: str) -> None:
+    def read_in(self, pipe: Pipe, tenant: str, sid: str) -> None:
         """Queue the read of a sequence on `pipe` (others' reads ride along the same round
         trip); `parse_read` turns its reply into what `get_versioned` returns."""
         if ids.is_valid(sid, ids.SEQUENCE):

@@ -1,0 +1,119 @@
+"""seqd on a Valkey cluster: the seed-node URL, the cluster client, scripts on every primary.
+
+The tests marked ON_CLUSTER run on the session's 3-primary cluster (tests/clusterutil.py), in
+the slow tier; the rest check the configuration without a server.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from seqd import config as configmod
+from seqd.config import ConfigError, cluster_seeds
+from seqd.store import scripts
+from seqd.store.client import _StoreConnection, connect, derive
+from seqd.store.db import Store
+from tests.clusterutil import ValkeyCluster
+from tests.dispatchutil import contacts, enroll, sequence, sms
+
+
+def test_a_cluster_url_names_its_seed_nodes_and_keeps_credentials_and_options() -> None:
+    first, seeds = cluster_seeds(
+        "rediss+cluster://u:p%40w@h1:7000,[::1]:7001,h3/0?ssl_cert_reqs=none"
+    )
+    assert seeds == [("h1", 7000), ("::1", 7001), ("h3", 6379)]
+    assert first == "rediss://u:p%40w@h1:7000/0?ssl_cert_reqs=none"
+    assert cluster_seeds("valkey+cluster://127.0.0.1:1")[0] == "redis://127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SEQD_REDIS_CLUSTER": "true"}, "redis: cluster = true needs a url"),
+        ({"SEQD_REDIS_URL": "valkey+cluster://h:1,:2"}, "redis: url: bad seed node ':2'"),
+        ({"SEQD_REDIS_URL": "valkey+cluster://h:99999"}, "redis: url: bad seed node"),
+        ({"SEQD_REDIS_URL": "valkey+cluster://h:1/2"}, "redis: url: a cluster has one database"),
+        (
+            {"SEQD_REDIS_URL": "unix:///tmp/v.sock", "SEQD_REDIS_CLUSTER": "1"},
+            "redis: url: a cluster's url is valkey+cluster://",
+        ),
+    ],
+)
+def test_a_cluster_setting_that_cannot_work_is_a_config_error(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        configmod.load(environ=environ)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_cluster_url_or_the_setting_makes_a_cluster_client() -> None:
+    by_url = configmod.load(environ={"SEQD_REDIS_URL": "valkey+cluster://127.0.0.1:1"})
+    by_flag = configmod.load(
+        environ={"SEQD_REDIS_URL": "redis://127.0.0.1:1", "SEQD_REDIS_CLUSTER": "true"}
+    )
+    assert by_url.redis.is_cluster and by_flag.redis.is_cluster
+    assert not configmod.load(environ={"SEQD_REDIS_URL": "redis://h:1"}).redis.is_cluster
+    client = connect("redis://127.0.0.1:1", cluster=True)
+    assert isinstance(client, RedisCluster)
+    # The connections pack with hiredis and turn uvloop's RuntimeError into ConnectionError.
+    assert issubclass(client.connection_kwargs["connection_class"], _StoreConnection)
+    assert all(issubclass(node.connection_class, _StoreConnection) for node in client.startup_nodes)
+
+
+def test_check_config_masks_a_password_in_a_cluster_url() -> None:
+    loaded = configmod.load(environ={"SEQD_REDIS_URL": "valkey+cluster://u:hunter2@h:1,h2:2"})
+    assert configmod.masked(loaded)["redis"]["url"] == "valkey+cluster://u:***@h:1,h2:2"
+
+
+async def _on_each_primary(cluster: ValkeyCluster, *command: object) -> list[object]:
+    answers = []
+    for port in cluster.primary_ports():
+        async with aioredis.Redis(port=port) as node:
+            answers.append(await node.execute_command(*command))
+    return answers
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_opening_a_store_loads_every_script_on_every_primary(
+    valkey_cluster: ValkeyCluster, cluster_store: Store
+) -> None:
+    shas = [script.sha for script in scripts.SCRIPTS.values()]
+    for loaded in await _on_each_primary(valkey_cluster, "SCRIPT", "EXISTS", *shas):
+        assert loaded == [1] * len(shas)
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_a_primary_that_lost_its_scripts_gets_them_on_the_next_call(
+    valkey_cluster: ValkeyCluster, cluster_store: Store
+) -> None:
+    """A promoted replica or a restarted node has no scripts: NOSCRIPT, then EVAL, per call
+    and within a pipelined round trip."""
+    seq = await sequence(cluster_store, sms())
+    cids = await contacts(cluster_store, 8)
+    await _on_each_primary(valkey_cluster, "SCRIPT", "FLUSH")
+    enrolled = await enroll(cluster_store, seq, cids)
+    assert {e.contact_id for e in enrolled} == set(cids)
+    assert (await cluster_store.enrollments.get("acme", enrolled[0].id)).status == "active"
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_a_derived_client_reaches_the_same_cluster_with_its_own_options(
+    cluster_store: Store,
+) -> None:
+    derived = derive(
+        cluster_store.client, encoding_errors="surrogateescape", wait_longer=2, max_connections=2
+    )
+    try:
+        assert isinstance(derived, RedisCluster)
+        await cluster_store.client.set(f"{cluster_store.keys.prefix}:x", b"caf\xe9")
+        text = await derived.get(f"{cluster_store.keys.prefix}:x")
+        assert text == b"caf\xe9".decode("utf-8", "surrogateescape")
+        assert derived.connection_kwargs["socket_timeout"] == 7.0
+    finally:
+        await derived.aclose()
