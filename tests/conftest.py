@@ -133,9 +133,51 @@ def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+# Test modules whose `store` tests run on the 3-primary cluster too, in the slow tier: the
+# dispatch, lifecycle, webhook, intake-free CLI and ops paths a cluster serves as one server
+# does. (Modules of `any_store` and `api` tests have those fixtures' cluster parameter.)
+STORE_ON_CLUSTER = frozenset(
+    {
+        "test_dispatch_engine",
+        "test_dispatch_slow_channel",
+        "test_idempotency_key",
+        "test_importer",
+        "test_intake",
+        "test_lifecycle_email",
+        "test_lifecycle_sms",
+        "test_lifecycle_status",
+        "test_lifecycle_suppressions",
+        "test_lifecycle_unsubscribe",
+        "test_ops_health",
+        "test_ops_status",
+        "test_store_groups",
+        "test_webhooks_delivery",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "store_url" in metafunc.fixturenames and module in STORE_ON_CLUSTER:
+        metafunc.parametrize(
+            "store_url", ["valkey", pytest.param("cluster", marks=ON_CLUSTER)], indirect=True
+        )
+
+
 @pytest.fixture
-async def store(valkey: ValkeyProcess, prefix: str) -> AsyncIterator[Store]:
-    s = await Store.open(connect(valkey.url), prefix, 4)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The `store` fixture's server: the session's valkey-server, or (a module in
+    STORE_ON_CLUSTER, slow tier) the session's cluster."""
+    on = getattr(request, "param", "valkey")
+    server: ValkeyProcess | ValkeyCluster = request.getfixturevalue(
+        "valkey" if on == "valkey" else "valkey_cluster"
+    )
+    return server.url
+
+
+@pytest.fixture
+async def store(store_url: str, prefix: str) -> AsyncIterator[Store]:
+    s = await Store.open(connect(store_url), prefix, 4)
     yield s
     await s.close()
 
@@ -192,13 +234,23 @@ class Api:
         return resp.status, (jsonlib.loads(text) if text else None)
 
 
+@pytest.fixture(params=["valkey", pytest.param("cluster", marks=ON_CLUSTER)])
+def api_store(request: pytest.FixtureRequest) -> Store:
+    """The `api` fixture's store: a real valkey-server, and in the slow tier the cluster."""
+    store: Store = request.getfixturevalue(
+        "store" if request.param == "valkey" else "cluster_store"
+    )
+    return store
+
+
 @pytest.fixture
-async def api(store: Store) -> AsyncIterator[Api]:
+async def api(api_store: Store) -> AsyncIterator[Api]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from seqd.api.app import create_app
     from seqd.config import Config
 
+    store = api_store
     _, key = await store.tenants.create_key("acme")
     app = create_app(Config(), store)
     async with TestClient(TestServer(app)) as client:

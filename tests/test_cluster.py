@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from seqd import cli
 from seqd import config as configmod
 from seqd.config import ConfigError, cluster_seeds
 from seqd.store import scripts
@@ -117,3 +118,26 @@ async def test_a_derived_client_reaches_the_same_cluster_with_its_own_options(
         assert derived.connection_kwargs["socket_timeout"] == 7.0
     finally:
         await derived.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_seqd_keys_creates_lists_and_revokes_on_a_cluster(
+    valkey_cluster: ValkeyCluster,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("SEQD_CHECK_SLOTS")  # the tests' switch, not a setting
+    monkeypatch.setenv("SEQD_REDIS_URL", valkey_cluster.url)
+    monkeypatch.setenv("SEQD_REDIS_PREFIX", prefix)
+    assert cli.main(["keys", "create", "--tenant", "acme", "--label", "ci"]) == 0
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert secret.startswith("sk_live_")
+    assert cli.main(["keys", "list", "--tenant", "acme"]) == 0
+    [line] = capsys.readouterr().out.strip().splitlines()
+    key_id, shown, _, label = line.split("\t")
+    assert secret.startswith(shown.rstrip("…")) and label == "ci"
+    assert cli.main(["keys", "revoke", key_id]) == 0
+    assert cli.main(["keys", "list", "--tenant", "acme"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == [f"revoked {key_id}"]

@@ -45,10 +45,11 @@ class Sequences:
     def read_in(self, pipe: Pipe, tenant: str, sid: str) -> None:
         """Queue the read of a sequence on `pipe` (others' reads ride along the same round
         trip); `parse_read` turns its reply into what `get_versioned` returns."""
-        if ids.is_valid(sid, ids.SEQUENCE):
-            pipe.hmget(self.keys.sequence(tenant, sid), "doc", "v")
-        else:
-            pipe.echo("")  # keeps the replies in step; parse_read answers NotFound
+        # A bad id reads the sequence "" that never exists (a keyless ECHO cannot go in a
+        # cluster pipeline): the replies stay in step, and parse_read answers NotFound.
+        pipe.hmget(
+            self.keys.sequence(tenant, sid if ids.is_valid(sid, ids.SEQUENCE) else ""), "doc", "v"
+        )
 
     @staticmethod
     def parse_read(sid: str, reply: Any) -> tuple[models.Sequence, int]:
