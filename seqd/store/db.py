@@ -34,6 +34,7 @@ class Store:
         from seqd.store.lifecycle import Lifecycle
         from seqd.store.outbox import Outbox
         from seqd.store.ratelimits import RateLimits
+        from seqd.store.replays import Replays
         from seqd.store.sequences import Sequences
         from seqd.store.suppressions import Suppressions
         from seqd.store.tenants import Tenants
@@ -54,6 +55,7 @@ class Store:
         self.webhooks = Webhooks(self)
         self.ratelimits = RateLimits(self)
         self.deliveries = Deliveries(self)
+        self.replays = Replays(self)
 
     @classmethod
     async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:
