@@ -6,9 +6,13 @@ the slow tier; the rest check the configuration without a server.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from seqd import cli
 from seqd import config as configmod
@@ -16,6 +20,7 @@ from seqd.config import ConfigError, cluster_seeds
 from seqd.store import scripts
 from seqd.store.client import _StoreConnection, connect, derive
 from seqd.store.db import Store
+from seqd.store.keys import SLOTS, SPREAD, Keys, spread_tags
 from tests.clusterutil import ValkeyCluster
 from tests.dispatchutil import contacts, enroll, sequence, sms
 
@@ -141,3 +146,67 @@ def test_seqd_keys_creates_lists_and_revokes_on_a_cluster(
     assert cli.main(["keys", "revoke", key_id]) == 0
     assert cli.main(["keys", "list", "--tenant", "acme"]) == 0
     assert capsys.readouterr().out.strip().splitlines() == [f"revoked {key_id}"]
+
+
+def _primary_ranges(primaries: int) -> list[range]:
+    """The slot runs `valkey-cli --cluster create` gives `primaries` primaries, about equal."""
+    bounds = [round(i * SLOTS / primaries) for i in range(primaries + 1)]
+    return [range(low, high) for low, high in itertools.pairwise(bounds)]
+
+
+@pytest.mark.parametrize("prefix", ["seqd", "abc", "t0a1b2c3d4e", "x"])
+def test_spread_shard_tags_put_at_most_ceil_s_over_n_plus_one_shards_on_a_primary(
+    prefix: str,
+) -> None:
+    for shards in (1, 2, 3, 4, 16, 24, 64, 100):
+        tags = spread_tags(prefix, shards)
+        slots = [key_slot(tag.encode()) for tag in tags]
+        assert len(set(tags)) == shards
+        for shard, slot in enumerate(slots):
+            assert shard * SLOTS // shards <= slot < (shard + 1) * SLOTS // shards
+        for primaries in range(1, 11):
+            held = [sum(slot in run for slot in slots) for run in _primary_ranges(primaries)]
+            assert max(held) <= -(-shards // primaries) + 1, (shards, primaries, held)
+
+
+async def test_a_new_store_spreads_its_shard_tags_and_an_older_one_keeps_its_own(
+    fake_store: Store, prefix: str
+) -> None:
+    assert fake_store.keys.shard_tag(1) == spread_tags(prefix, 4)[1]
+    assert await fake_store.client.hget(fake_store.keys.meta(), "tags") == SPREAD
+    # A store made before the tags spread: its meta has no `tags`.
+    older = f"{prefix}old"
+    await fake_store.client.hset(Keys(older, 1).meta(), mapping={"shards": 4, "schema": 2})
+    reopened = await Store.open(fake_store.client, older, 16)
+    assert reopened.shards == 4
+    assert [reopened.keys.shard_tag(s) for s in range(4)] == [f"{{{older}:{s}}}" for s in range(4)]
+
+
+async def test_processes_opening_a_new_store_at_once_agree_on_its_layout(
+    fake_store: Store, prefix: str
+) -> None:
+    fresh = f"{prefix}new"
+    opened = await asyncio.gather(*(Store.open(fake_store.client, fresh, 8) for _ in range(6)))
+    assert {(s.shards, s.keys.shard_tag(5)) for s in opened} == {(8, spread_tags(fresh, 8)[5])}
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_a_new_stores_shards_spread_evenly_over_the_primaries(
+    valkey_cluster: ValkeyCluster, prefix: str
+) -> None:
+    for shards in (3, 16, 32):
+        store = await Store.open(connect(valkey_cluster.url), f"{prefix}s{shards}", shards)
+        try:
+            owners: dict[int, int] = {}
+            async with aioredis.Redis(port=valkey_cluster.primary_ports()[0]) as node:
+                ranges = await node.execute_command("CLUSTER", "SLOTS")
+            for low, high, (_, port, *_rest), *_replicas in ranges:
+                for shard in range(shards):
+                    if low <= key_slot(store.keys.shard_tag(shard).encode()) <= high:
+                        owners[shard] = port
+            held = sorted(list(owners.values()).count(port) for port in set(owners.values()))
+            assert len(owners) == shards and len(held) == 3
+            assert max(held) <= -(-shards // 3) + 1, held
+        finally:
+            await store.close()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from redis.exceptions import WatchError
+
+from seqd.store import keys as keymod
 from seqd.store import migrate
 from seqd.store.client import Client, connect
 from seqd.store.keys import Keys
@@ -13,14 +16,33 @@ from seqd.store.scripts import Runner
 __all__ = ["Store", "connect", "init_meta"]
 
 
-async def init_meta(client: Client, prefix: str, default_shards: int) -> tuple[int, int]:
-    """Fix the shard count and the schema on first use of a store; later starts read them
-    back: (shards, schema)."""
+async def init_meta(client: Client, prefix: str, default_shards: int) -> tuple[int, int, bool]:
+    """Fix the shard count, the schema and the shard tags on first use of a store; later
+    starts read them back: (shards, schema, whether the shard tags spread).
+
+    A new store's shard tags spread over the cluster slots (keys.spread_tags); one made
+    before keeps `{<prefix>:<shard>}`. The three are written at once (WATCH, MULTI: one
+    key), so a process starting beside the first never takes a half-made store for an old
+    one."""
     meta = Keys(prefix, 1).meta()
-    if await client.hsetnx(meta, "shards", default_shards):
-        await client.hset(meta, "schema", migrate.SCHEMA)
-    shards, schema = await client.hmget(meta, ["shards", "schema"])
-    return int(shards or default_shards), int(schema or 1)
+    async with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(meta)
+                shards, schema, tags = await pipe.hmget(meta, ["shards", "schema", "tags"])
+                if shards is not None:
+                    return int(shards), int(schema or 1), tags == keymod.SPREAD
+                pipe.multi()  # type: ignore[no-untyped-call]
+                made: list[str | int] = [
+                    *("shards", default_shards),
+                    *("schema", migrate.SCHEMA),
+                    *("tags", keymod.SPREAD),
+                ]
+                pipe.hset(meta, items=made)
+                await pipe.execute()
+                return default_shards, migrate.SCHEMA, True
+            except WatchError:
+                continue
 
 
 class Store:
@@ -59,8 +81,8 @@ class Store:
 
     @classmethod
     async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:
-        shards, schema = await init_meta(client, prefix, default_shards)
-        store = cls(client, Keys(prefix, shards))
+        shards, schema, spread = await init_meta(client, prefix, default_shards)
+        store = cls(client, Keys(prefix, shards, spread=spread))
         await store.runner.load_all()
         await migrate.upgrade(store, schema)
         if schema < migrate.SCHEMA:
