@@ -210,3 +210,26 @@ async def test_a_new_stores_shards_spread_evenly_over_the_primaries(
             assert max(held) <= -(-shards // 3) + 1, held
         finally:
             await store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_reading_the_outbox_costs_no_key_lookup_round_trip(
+    valkey_cluster: ValkeyCluster, cluster_store: Store
+) -> None:
+    """redis-py would ask the server for XREADGROUP's keys (COMMAND GETKEYS) before every
+    read of every shard; the store's cluster client finds them after STREAMS itself."""
+
+    async def lookups() -> int:
+        total = 0
+        for port in valkey_cluster.primary_ports():
+            async with aioredis.Redis(port=port, decode_responses=True) as node:
+                stats = await node.info("commandstats")
+            total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+        return total
+
+    await cluster_store.outbox.ensure_group()
+    before = await lookups()
+    for _ in range(3):
+        assert await cluster_store.outbox.read("reader-1", 10) == []
+    assert await lookups() == before

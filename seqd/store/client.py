@@ -17,8 +17,16 @@ from redis.asyncio.connection import AbstractConnection as Connection
 from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    DataError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from seqd.config import cluster_seeds, is_cluster_url
@@ -26,6 +34,21 @@ from seqd.config import cluster_seeds, is_cluster_url
 # What `Store.client` is: one server's client, or a cluster's; and a pipeline of either.
 Client = aioredis.Redis | RedisCluster
 Pipe = Pipeline | ClusterPipeline
+
+# The errors that mean the store cannot answer now but may soon (a restart, a failover: the
+# API's 503 with Retry-After). On a cluster: CLUSTERDOWN, TRYAGAIN (a slot migrating), a slot
+# no primary serves, no node reachable, and READONLY (a write reached a primary just
+# demoted to replica), once the client's own retries are spent.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
+    ReadOnlyError,
+)
 
 
 class _StoreConnection(Connection):
@@ -131,6 +154,19 @@ class StoreCluster(RedisCluster):
     """
 
     url: str
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        # redis-py asks the server (COMMAND GETKEYS, a round trip) for the keys of a command
+        # whose keys move, every time; XREADGROUP's (the outbox and intake reads) follow
+        # STREAMS, the first half of what is left.
+        if command.upper() == "XREADGROUP":
+            words = [a.upper() if isinstance(a, str | bytes) else a for a in args]
+            after = next((i + 1 for i, w in enumerate(words) if w in ("STREAMS", b"STREAMS")), 0)
+            streams = args[after : after + (len(args) - after) // 2]
+            slots = {self.keyslot(name) for name in streams}
+            if after and len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
 
     @classmethod
     def connect(
