@@ -97,7 +97,7 @@ async def test_a_primary_killed_during_a_burst_fails_over_without_a_500_or_a_los
         tmp_path / "seqd",
         SEQD_CHANNELS_LOG_PATH=str(provider.path),
         SEQD_DISPATCH_BATCH_SIZE="20",
-        SEQD_DISPATCH_LEASE_SECONDS="2",
+        SEQD_DISPATCH_LEASE_SECONDS="6",
         SEQD_DISPATCH_CONCURRENCY="8",
     ).start()
     statuses: Counter[int] = Counter()
