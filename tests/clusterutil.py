@@ -110,6 +110,41 @@ class ValkeyCluster:
             shards = client.execute_command("CLUSTER", "SLOTS")
         return sorted({int(entry[2][1]) for entry in shards})
 
+    def owner(self, key: str) -> int:
+        """The port of the primary serving `key`'s slot now."""
+        node = self.running()[0]
+        with redis.Redis(port=node.port, decode_responses=True) as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        return next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+
+    def reshard(self, source: int, target: int, slots: int) -> None:
+        """Move `slots` slots (with their keys) from the primary on port `source` to the one
+        on `target`, as an operator would: `valkey-cli --cluster reshard`."""
+
+        def node_id(port: int) -> str:
+            with redis.Redis(port=port, decode_responses=True) as client:
+                return str(client.execute_command("CLUSTER", "MYID"))
+
+        subprocess.run(
+            [
+                cli_binary(),
+                "--cluster",
+                "reshard",
+                f"127.0.0.1:{source}",
+                "--cluster-from",
+                node_id(source),
+                "--cluster-to",
+                node_id(target),
+                "--cluster-slots",
+                str(slots),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
     def node(self, port: int) -> ValkeyProcess:
         return next(node for node in self.nodes if node.port == port)
 

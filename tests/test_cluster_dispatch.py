@@ -61,7 +61,7 @@ async def test_a_burst_is_sent_once_each_by_processes_sharing_a_cluster(
         async def all_done() -> bool:
             for daemon in daemons:
                 assert daemon.process is not None
-                assert daemon.process.poll() is None, daemon.stderr()
+                assert daemon.process.poll() is None, daemon.stderr()[-4000:]
             stats = (await store.sequences.stats([sid]))[sid]
             return stats.completed == enrollments
 
@@ -69,7 +69,7 @@ async def test_a_burst_is_sent_once_each_by_processes_sharing_a_cluster(
         for daemon in daemons:
             daemon.signal(signal.SIGTERM)
         for daemon in daemons:
-            assert daemon.wait() == 0, daemon.stderr()
+            assert daemon.wait() == 0, daemon.stderr()[-4000:]
     finally:
         for daemon in daemons:
             daemon.stop()
@@ -77,8 +77,11 @@ async def test_a_burst_is_sent_once_each_by_processes_sharing_a_cluster(
     for log in logs:
         log.read()
         sent.update(log.sent)
-    assert set(sent) == {(eid, step) for eid in eids for step in range(STEPS)}, "a step was lost"
-    assert max(sent.values()) == 1, "a step was sent twice"
+    shares = [log.lines for log in logs]
+    lost = {(eid, step) for eid in eids for step in range(STEPS)} - set(sent)
+    assert not lost, f"lost: {sorted(lost)[:5]}; lines per process {shares}"
+    twice = {step: n for step, n in sent.items() if n > 1}
+    assert not twice, f"sent more than once: {twice}; lines per process {shares}"
     assert all(log.torn == 0 for log in logs)
     if processes > 1:
         # Each process took part (leases, not a leader, share the work).
