@@ -11,7 +11,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestServer
 
-from seqd import intake, models
+from seqd import intake, models, service
 from seqd.api.app import create_app
 from seqd.api.appkeys import LIVENESS
 from seqd.config import Config, IntakeConfig
@@ -106,7 +106,7 @@ async def test_writer_xadd_is_enrolled_by_the_running_server(
     contacts = await _contacts(store, tenant, 20)
     config = _config()
     app = create_app(config, store)
-    app.cleanup_ctx.append(intake.part(config))
+    app.cleanup_ctx.append(service.background(intake.part, config))
     async with TestServer(app):
         pipe = writer.pipeline(transaction=False)
         for cid in contacts:
@@ -136,7 +136,7 @@ async def test_a_process_runs_its_configured_consumers_and_leaves_the_group_on_s
     contacts = await _contacts(store, tenant, 30)
     config = _config(consumers=3, batch_size=4)
     app = create_app(config, store)
-    app.cleanup_ctx.append(intake.part(config))
+    app.cleanup_ctx.append(service.background(intake.part, config))
     async with TestServer(app):
         assert [n for n in app[LIVENESS].running() if n.startswith("intake")] == [
             "intake-1",

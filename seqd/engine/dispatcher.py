@@ -44,10 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from seqd import models
-from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import Config, DispatchConfig
 from seqd.engine.compose import Job, compose, suppressed_reason
@@ -56,7 +54,7 @@ from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.rounds import Lane, Round, cut_pieces
 from seqd.engine.slots import Slots
 from seqd.errors import NotFound
-from seqd.health import Heart
+from seqd.loop import Heart, Loop
 from seqd.store.db import Store
 from seqd.store.dispatch import (
     Advanced,
@@ -104,14 +102,23 @@ class Dispatcher:
         self.senders = senders
         self.clock = clock
         self.observer: Observer = observer or Quiet()
-        self.liveness = liveness
         self.dispatch = Dispatch(store)
         self.plans = Plans(store)
         self._lease_ms = int(config.lease_seconds * 1000)
         self._backoff_ms = [s * 1000 for s in config.retry_backoff_seconds] or [0]
         self._limits: dict[str, Slots] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        idle_s = config.idle_poll_ms / 1000
+        self.loop = Loop(
+            NAME,
+            self._turn,
+            idle_seconds=idle_s,
+            # A turn may take the drain timeout (slow provider) plus a few polls.
+            deadline_seconds=config.drain_timeout_seconds + 10 * idle_s + 30,
+            failed_event="dispatch.round_failed",
+            liveness=liveness,
+            finish=self._finish,
+        )
+        self._stopping = self.loop.stopping
         # Set when the drain timeout passes: sends in flight are given up and released.
         self._abort: asyncio.Future[None] | None = None
         # Sends a round stopped waiting for (send_wait_seconds): their outcomes, per shard,
@@ -122,62 +129,34 @@ class Dispatcher:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        self._stopping.clear()
         self._abort = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(), name=NAME)
+        log.info("dispatch.started", batch_size=self.config.batch_size)
+        self.loop.start()
 
     async def stop(self) -> None:
         """Stop claiming, let the batch in flight finish (bounded), release the rest."""
-        self._stopping.set()
-        task = self._task
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.config.drain_timeout_seconds)
-        except TimeoutError:
-            log.warning("dispatch.drain_timeout", seconds=self.config.drain_timeout_seconds)
+        timeout = self.config.drain_timeout_seconds
+
+        def give_up() -> None:
+            # Releasing is one script call per shard; it gets the same time again at most.
+            log.warning("dispatch.drain_timeout", seconds=timeout)
             if self._abort is not None and not self._abort.done():
                 self._abort.set_result(None)
-            # Releasing is one script call per shard; it gets the same time again at most.
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.config.drain_timeout_seconds)
-            except TimeoutError:
-                task.cancel()
-                await asyncio.wait({task})
-        finally:
-            self._task = None
-            if self.liveness is not None:
-                self.liveness.stopped(NAME)
 
-    async def _run(self) -> None:
-        idle_s = self.config.idle_poll_ms / 1000
-        # A turn may legitimately take the drain timeout (slow provider) plus a few polls.
-        deadline = self.config.drain_timeout_seconds + 10 * idle_s + 30
-        log.info("dispatch.started", batch_size=self.config.batch_size)
-        backoff = Backoff(idle_s)
-        while not self._stopping.is_set():
-            if self.liveness is not None:
-                self.liveness.beat(NAME, deadline)
-            now = self.clock()
-            try:
-                done = await self.run_once(now)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Redis away, a bug in one batch: claimed steps come back after their
-                # lease, so the loop only has to survive and try again shortly.
-                log.exception("dispatch.round_failed")
-                await self._sleep(backoff.failed())
-                continue
-            backoff.reset()
-            if done.more or done.claimed:
-                continue
-            # Jitter only the idle cap: a known due time is slept to exactly.
-            cap = idle_s * (0.75 + 0.25 * random.random())
-            wait = cap
-            if done.next_due is not None:
-                wait = min(cap, max(0.0, (done.next_due - self.clock()) / 1000))
-            await self._sleep(wait)
+        await self.loop.stop(timeout, give_up=give_up)
+
+    async def _turn(self) -> float:
+        """One round, then at once again while there is more; else sleep until the next
+        due time, at most the idle poll (jittered: a known due time is slept to exactly)."""
+        done = await self.run_once(self.clock())
+        if done.more or done.claimed:
+            return 0.0
+        cap = self.config.idle_poll_ms / 1000 * (0.75 + 0.25 * random.random())
+        if done.next_due is None:
+            return cap
+        return min(cap, max(0.0, (done.next_due - self.clock()) / 1000))
+
+    async def _finish(self) -> None:
         await self._drain_stragglers()
         log.info("dispatch.stopped")
 
@@ -206,12 +185,6 @@ class Dispatcher:
             )
         )
         self.observer.settled(sum(len(items) for items in late.values()))
-
-    async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     # -- one round ------------------------------------------------------------------------
     async def run_once(self, now: int) -> Round:
@@ -702,37 +675,32 @@ def _of(job: Job, at: int, outcome: Outcome, **fields: Any) -> Settle:
     )
 
 
-def background(
-    config: Config,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """The dispatcher as an aiohttp cleanup_ctx part of `seqd serve`."""
+@contextlib.asynccontextmanager
+async def background(
+    config: Config, store: Store, *, liveness: Heart, observer: Observer
+) -> AsyncIterator[None]:
+    """The dispatcher as a background part of `seqd serve` (service.BACKGROUND)."""
+    if not config.dispatch.enabled:
+        yield
+        return
+    from seqd.channels import registry
+    from seqd.lifecycle import unsubscribe
 
-    @contextlib.asynccontextmanager
-    async def part(app: web.Application) -> AsyncIterator[None]:
-        if not config.dispatch.enabled:
-            yield
-            return
-        from seqd.api.appkeys import LIVENESS, METRICS, STORE
-        from seqd.channels import registry
-        from seqd.lifecycle import unsubscribe
-
-        await unsubscribe.ensure_secret(config, app[STORE])
-        senders = registry.build(config)
-        dispatcher = Dispatcher(
-            app[STORE],
-            config.dispatch,
-            senders,
-            observer=app.get(METRICS),
-            liveness=app.get(LIVENESS),
-            email_headers=unsubscribe.message_headers(config),
-        )
-        dispatcher.start()
+    await unsubscribe.ensure_secret(config, store)
+    senders = registry.build(config)
+    dispatcher = Dispatcher(
+        store,
+        config.dispatch,
+        senders,
+        observer=observer,
+        liveness=liveness,
+        email_headers=unsubscribe.message_headers(config),
+    )
+    dispatcher.start()
+    try:
+        yield
+    finally:
         try:
-            yield
+            await dispatcher.stop()
         finally:
-            try:
-                await dispatcher.stop()
-            finally:
-                await senders.close()
-
-    return part
+            await senders.close()
