@@ -362,7 +362,12 @@ async def test_an_entry_that_keeps_failing_is_rejected_after_max_deliveries(
 async def test_stop_leaves_no_consumer_behind(store: Store, tenant: str) -> None:
     c = Intake(_config(), store)
     await c.start()
-    await asyncio.sleep(0.1)  # blocked in XREADGROUP
+
+    async def reading() -> bool:  # its first XREADGROUP made it a consumer of the group
+        consumers = await store.client.xinfo_consumers(store.keys.intake(), "seqd")
+        return [x["name"] for x in consumers] == [c.consumer]
+
+    await _eventually(reading)
     await c.stop()
     consumers = await store.client.xinfo_consumers(store.keys.intake(), "seqd")
     assert consumers == []
