@@ -18,6 +18,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from seqd.engine import render
 from seqd.errors import FieldError, Invalid
+from seqd.kinds import SPECS, Channel, Kind
 from seqd.sms import segments
 
 
@@ -196,7 +197,7 @@ def new_contact_fields(body: ContactCreate, region: str | None, root: str = "") 
 
 # -- sequences -------------------------------------------------------------------------
 class StepIn(Input, kw_only=True):
-    kind: Literal["sms", "email"]
+    kind: Kind
     wait_minutes: WaitMinutes = 0
     body: Body
     subject: Subject | None = None
@@ -205,7 +206,7 @@ class StepIn(Input, kw_only=True):
 
 
 class Step(Output, kw_only=True):
-    kind: Literal["sms", "email"]
+    kind: Kind
     wait_minutes: int
     body: str
     subject: str | None = None
@@ -256,15 +257,21 @@ class SequenceEnvelope(Output, kw_only=True):
     sequence: Sequence
 
 
+_SUBJECT_ONLY = "only {} steps take a subject".format(
+    " and ".join(kind for kind, spec in SPECS.items() if spec.subject)
+)
+
+
 def build_steps(steps: list[StepIn]) -> list[Step]:
     """Validate step rules and templates; compute SMS segments."""
     errors = []
     out = []
     for i, step in enumerate(steps):
-        if step.kind == "email" and step.subject is None:
-            errors.append(FieldError(f"steps[{i}].subject", "required for email steps"))
-        if step.kind == "sms" and step.subject is not None:
-            errors.append(FieldError(f"steps[{i}].subject", "only email steps take a subject"))
+        spec = SPECS[step.kind]
+        if spec.subject and step.subject is None:
+            errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
+        if not spec.subject and step.subject is not None:
+            errors.append(FieldError(f"steps[{i}].subject", _SUBJECT_ONLY))
         for field in ("body", "subject"):
             text = getattr(step, field)
             if text is None:
@@ -273,7 +280,7 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 render.parse(text)
             except render.TemplateError as exc:
                 errors.append(FieldError(f"steps[{i}].{field}", f"template error: {exc}"))
-        seg, enc = segments(step.body) if step.kind == "sms" else (None, None)
+        seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(
             Step(
                 kind=step.kind,
@@ -350,7 +357,6 @@ class EnrollmentList(Page, kw_only=True):
 
 
 # -- suppressions --------------------------------------------------------------------------
-Channel = Literal["sms", "email"]
 
 
 class SuppressionReason(StrEnum):

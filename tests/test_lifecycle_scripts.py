@@ -9,9 +9,9 @@ import pytest
 
 from seqd import ids
 from seqd.errors import NotFound
+from seqd.kinds import letters
 from seqd.store import calls
 from seqd.store.db import Store
-from seqd.store.lifecycle import kinds
 from seqd.store.scripts import ScriptError
 from tests.dispatchutil import Clock, email, enroll, events, raw, sequence, sms
 from tests.lifecycleutil import PHONE, contact, send_due
@@ -25,7 +25,7 @@ async def test_reply_contact_refuses_a_stale_sequence_version(any_store: Store) 
     shard = ids.shard_of(cid, s.shards)
 
     def reply(version: int) -> calls.Call:
-        at = [seq.id, version, kinds(seq), "pause"]
+        at = [seq.id, version, letters([step.kind for step in seq.steps]), "pause"]
         return calls.reply_contact(s.keys, shard, 1, "acme", cid, "", "sms", at)
 
     with pytest.raises(ScriptError) as info:

@@ -54,6 +54,7 @@ from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.rounds import Lane, Round, cut_pieces
 from seqd.engine.slots import Slots
 from seqd.errors import NotFound
+from seqd.kinds import ADDRESS_FIELD
 from seqd.loop import Heart, Loop
 from seqd.store.db import Store
 from seqd.store.dispatch import (
@@ -67,7 +68,7 @@ from seqd.store.dispatch import (
     SuppressionRecord,
     Trip,
 )
-from seqd.store.mirrors import ADDRESS_FIELD, version_of
+from seqd.store.mirrors import version_of
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from seqd import ids, models
+from seqd import ids, kinds
 from seqd.errors import NotFound
 from seqd.store import calls
 from seqd.store.scripts import ScriptError
@@ -29,11 +29,6 @@ _encode = msgspec.json.Encoder().encode
 _STALE_RETRIES = 5
 # Reads the ids of the sequences a call is about (again, after a STALE answer).
 SequenceIds = Callable[[], Awaitable[set[str]]]
-
-
-def kinds(seq: models.Sequence) -> str:
-    """One letter per step, as the lifecycle scripts read them."""
-    return "".join("s" if step.kind == "sms" else "e" for step in seq.steps)
 
 
 def _fixed(sids: set[str]) -> SequenceIds:
@@ -77,7 +72,7 @@ class Lifecycle:
             if isinstance(doc, BaseException):
                 raise doc
             seq, version = doc
-            args += [sid, version, kinds(seq)]
+            args += [sid, version, kinds.letters([step.kind for step in seq.steps])]
             if on_reply:
                 args.append(seq.on_reply)
         return args

@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from seqd import kinds
 from seqd.store import keys as keymod
 from seqd.store import outbox
 from seqd.store.calls import Call, refusal
@@ -64,7 +65,7 @@ BULK = 1000
 
 def _constants() -> str:
     """Values the scripts share with Python, defined on the Python side."""
-    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n"
+    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n" + kinds.lua_constants()
 
 
 def _expand(source: str, seen: set[str] | None = None) -> str:
