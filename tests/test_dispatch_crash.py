@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from seqd.store.db import Store, connect
 from seqd.store.dispatch import is_unsettled
 from tests.conftest import ValkeyProcess
@@ -83,6 +85,7 @@ async def _wait_for(predicate, seconds: float, what: str) -> None:  # type: igno
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.slow  # a fault test: a daemon killed mid-run and restarted
 async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
     valkey_factory: type[ValkeyProcess], prefix: str, tmp_path: Path
 ) -> None:
