@@ -371,3 +371,25 @@ async def test_stop_leaves_no_consumer_behind(store: Store, tenant: str) -> None
     await c.stop()
     consumers = await store.client.xinfo_consumers(store.keys.intake(), "seqd")
     assert consumers == []
+
+
+async def test_stop_cuts_the_pause_after_a_failed_batch_short(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away: a failed batch is followed by a back-off pause, which stop() wakes
+    instead of waiting out (the intake used to sleep through it)."""
+    monkeypatch.setattr(intake, "RETRY_SECONDS", 30.0)
+    c = Intake(_config(), store, consumer="c")
+    failed = asyncio.Event()
+
+    async def away(*args: object, **kwargs: object) -> list[Any]:
+        failed.set()
+        raise ConnectionError("down")
+
+    c.stream.read = away  # type: ignore[method-assign]
+    await c.start()
+    await failed.wait()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await c.stop()
+    assert loop.time() - started < 10, "stop waited out the 30 s pause"
