@@ -134,32 +134,34 @@ class Deliverer:
         claimed: list[Claimed] = []
         # Start at a different shard each round: no shard is always served last.
         self._shard_turn = (self._shard_turn + 1) % shards
-        for i in range(shards):
-            shard = (self._shard_turn + i) % shards
-            head = heads[shard]
-            if capacity <= 0:
-                break
-            if head is None or head > now:
-                continue
-            free = {ep: max(per_endpoint - n, 0) for ep, n in self.in_flight.items() if n}
-            got = await self.store.deliveries.claim(
-                shard,
-                now=now,
-                lease_ms=self.lease_ms,
-                limit=capacity,
-                per_endpoint=per_endpoint,
-                free=free,
-            )
-            for item in got:
-                self.in_flight[item.endpoint_id] = self.in_flight.get(item.endpoint_id, 0) + 1
-            capacity -= len(got)
-            claimed += got
-        if not claimed:
-            return 0
         try:
+            for i in range(shards):
+                shard = (self._shard_turn + i) % shards
+                head = heads[shard]
+                if capacity <= 0:
+                    break
+                if head is None or head > now:
+                    continue
+                free = {ep: max(per_endpoint - n, 0) for ep, n in self.in_flight.items() if n}
+                got = await self.store.deliveries.claim(
+                    shard,
+                    now=now,
+                    lease_ms=self.lease_ms,
+                    limit=capacity,
+                    per_endpoint=per_endpoint,
+                    free=free,
+                )
+                for item in got:
+                    self.in_flight[item.endpoint_id] = self.in_flight.get(item.endpoint_id, 0) + 1
+                capacity -= len(got)
+                claimed += got
+            if not claimed:
+                return 0
             endpoints = await self.store.webhooks.lookup((c.tenant, c.endpoint_id) for c in claimed)
         except BaseException:
-            # Nothing will be sent: free the slots (the claims come back after the lease).
+            # Nothing will be sent (a later shard's claim or the lookup failed): free the
+            # slots, or an endpoint whose slots are all held this way is never claimed
+            # again; the claims come back after the lease.
             for item in claimed:
                 self._release(item.endpoint_id)
             raise
