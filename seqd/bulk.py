@@ -38,7 +38,7 @@ class Item(msgspec.Struct, frozen=True):
 
 
 @dataclass(slots=True)
-class Outcome:
+class ItemOutcome:
     """An item's result: an enrollment (maybe one that existed), or an error with its
     machine-readable `reason` (the intake stream and the import report it)."""
 
@@ -104,13 +104,9 @@ async def active_sequence(store: Store, tenant: str, sid: str) -> tuple[models.S
 
 async def target(store: Store, tenant: str, sid: str) -> Target:
     """`active_sequence` and the suppression lists' presence in one round trip."""
-    pipe = store.client.pipeline(transaction=False)
-    store.sequences.read_in(pipe, tenant, sid)
-    screening.listed_in(pipe, store, tenant)
-    replies = await pipe.execute()
-    seq, version = store.sequences.parse_read(sid, replies[0])
+    seq, version, listed = await store.sequences.get_listed(tenant, sid)
     _active(seq)
-    return Target(seq, version, screening.listed_from(replies[1:]))
+    return Target(seq, version, listed)
 
 
 def under(error: SeqdError, root: str) -> SeqdError:
@@ -142,11 +138,11 @@ async def enroll(
     *,
     full: bool = True,
     listed: frozenset[Channel] | None = None,
-) -> list[Outcome]:
-    """Enroll each item in `seq` (from `active_sequence` or `target`); one Outcome per
-    item, in order. `full` False leaves `Outcome.enrollment` unset (only
+) -> list[ItemOutcome]:
+    """Enroll each item in `seq` (from `active_sequence` or `target`); one ItemOutcome per
+    item, in order. `full` False leaves `ItemOutcome.enrollment` unset (only
     `enrollment_id`); `listed` is `Target.listed` (None: read here)."""
-    outcomes = [Outcome(contact_id=item.contact_id) for item in items]
+    outcomes = [ItemOutcome(contact_id=item.contact_id) for item in items]
     known: dict[str, models.Contact] = {}
     inline = [i for i, item in enumerate(items) if item.contact is not None]
     if inline:

@@ -39,6 +39,9 @@ class RedisConfig(Section, kw_only=True):
     # How long one Redis command may take before the caller sees an error.
     socket_timeout: PositiveFloat = 5.0
     max_connections: Positive = 64
+    # /healthz answers 503 once the store has not answered for this long, so a supervisor
+    # (systemd, docker, kubernetes) restarts seqd; /readyz fails at once. 0: never.
+    unhealthy_after_seconds: Annotated[float, Meta(ge=0)] = 60.0
 
 
 class EmbeddedConfig(Section, kw_only=True):
@@ -127,8 +130,17 @@ class DispatchConfig(Section, kw_only=True):
     # Enrollments claimed per shard per script call: bounds how long one script holds Redis
     # (200: about 3 ms for an advance; 500 held it 7-9 ms, for the same steps/s).
     batch_size: Annotated[int, Meta(ge=1, le=5000)] = 200
-    # A claimed step not advanced within the lease is claimable again (crashed worker).
+    # A leased step not advanced within the lease is taken back (a send that hangs past
+    # every timeout); must exceed the longest a send may take (checked at load). A process
+    # that dies has its leases taken back sooner, when its heartbeat stops.
     lease_seconds: PositiveFloat = 60.0
+    # This process's id among those sharing the store (its leases are recorded under it);
+    # "" = "<hostname>:<http.port>". A process restarted with the same id takes its previous
+    # leases back at once.
+    worker_id: Annotated[str, Meta(pattern=r"^[^\s]{0,200}$")] = ""
+    # Each process records a heartbeat this often; one not heard from for 3 heartbeats is
+    # gone, and its leases are taken back (by any process) within about one more.
+    heartbeat_seconds: Annotated[float, Meta(gt=0, le=60)] = 1.0
     # Upper bound of the sleep between polls when nothing is due soon: a step enrolled due
     # at once waits up to this (an idle poll is one pipeline of 2 commands per shard).
     idle_poll_ms: Positive = 50
@@ -354,10 +366,46 @@ class Config(Section, kw_only=True):
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        longest, setting = longest_send(self)
+        if self.dispatch.lease_seconds < longest + LEASE_MARGIN_SECONDS:
+            raise ValueError(
+                f"dispatch.lease_seconds ({self.dispatch.lease_seconds:g}) must be at least the"
+                f" longest a send may take ({setting} = {longest:g}) plus"
+                f" {LEASE_MARGIN_SECONDS:g} s to record it: a lease that ends during a send"
+                " has the step sent again"
+            )
+
     def channels_for(self, tenant: str) -> ChannelsConfig:
         """The channel settings that apply to `tenant`."""
         own = self.tenants.get(tenant)
         return own.channels if own is not None else self.channels
+
+
+# Time a send that took its provider's whole timeout still needs before its outcome is
+# recorded (the round's advance, or the next round's for a send that outlived the round).
+LEASE_MARGIN_SECONDS = 5.0
+
+
+def longest_send(config: Config) -> tuple[float, str]:
+    """The longest a send may take in this config, and the setting that says so: the
+    timeout of each provider a channel uses (top level and per tenant); the log channel's
+    sends take no time."""
+    longest, setting = 0.0, "no provider with a timeout"
+    sections = [("channels", config.channels)]
+    sections += [(f"tenants.{name}.channels", t.channels) for name, t in config.tenants.items()]
+    for where, channels in sections:
+        timeouts = []
+        if channels.sms == "twilio":
+            timeouts.append(("twilio", channels.twilio.timeout_seconds))
+        elif channels.sms == "http":
+            timeouts.append(("http", channels.http.timeout_seconds))
+        if channels.email == "smtp":
+            timeouts.append(("smtp", channels.smtp.timeout_seconds))
+        for provider, seconds in timeouts:
+            if seconds > longest:
+                longest, setting = seconds, f"{where}.{provider}.timeout_seconds"
+    return longest, setting
 
 
 class ConfigError(Exception):

@@ -6,17 +6,18 @@ named `Annotated` aliases so the OpenAPI document carries them too.
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import email_validator
 import msgspec
 import phonenumbers
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd.engine import render
+from seqd import templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
 from seqd.sms import segments
@@ -43,6 +44,19 @@ Attributes = Annotated[dict[AttrKey, AttrValue], Meta(max_length=100)]
 Metadata = Annotated[dict[str, Any], Meta(max_length=100)]
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with milliseconds")]
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
+# Checked beyond their shape when a contact is written (`normalize_contact_fields`).
+Phone = Annotated[
+    str,
+    Meta(
+        max_length=64,
+        description="E.164, or national with contacts.default_region; "
+        "a number possible in its country's numbering plan",
+    ),
+]
+TimeZone = Annotated[str, Meta(max_length=64, description="an IANA time zone (Europe/Paris)")]
+Email = Annotated[
+    str, Meta(max_length=320, description="an email address", extra_json_schema={"format": "email"})
+]
 
 METADATA_MAX_BYTES = 16 * 1024
 
@@ -84,11 +98,19 @@ class CancelReason(StrEnum):
 
 # -- contacts --------------------------------------------------------------------------
 class ContactCreate(Input, kw_only=True):
+    # OpenAPI: the rule between fields that `new_contact_fields` enforces.
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"required": [name], "properties": {name: {"type": "string"}}}
+            for name in ("phone", "email")
+        ]
+    }
+
     first_name: ShortText | None = None
     last_name: ShortText | None = None
-    phone: Annotated[str, Meta(max_length=64)] | None = None
-    email: Annotated[str, Meta(max_length=320)] | None = None
-    timezone: Annotated[str, Meta(max_length=64)] | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    timezone: TimeZone | None = None
     external_id: ShortText | None = None
     attributes: Attributes = msgspec.field(default_factory=dict)
 
@@ -98,9 +120,9 @@ class ContactPatch(Input, kw_only=True):
 
     first_name: ShortText | UnsetType | None = UNSET
     last_name: ShortText | UnsetType | None = UNSET
-    phone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
-    email: Annotated[str, Meta(max_length=320)] | UnsetType | None = UNSET
-    timezone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
+    phone: Phone | UnsetType | None = UNSET
+    email: Email | UnsetType | None = UNSET
+    timezone: TimeZone | UnsetType | None = UNSET
     external_id: ShortText | UnsetType | None = UNSET
     attributes: Attributes | UnsetType = UNSET
 
@@ -122,8 +144,21 @@ class ContactEnvelope(Output, kw_only=True):
     contact: Contact
 
 
+# What a phone may hold besides digits: spaces, + . - / ( ).
+_PHONE_JUNK = re.compile(r"[^\d\s+.\-/()]")
+# Every character str.splitlines() breaks on (email folds headers by it), and NUL.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
+
+
 def normalize_phone(value: str, region: str | None) -> str:
-    """E.164 form of `value`; ValueError with the reason when it is not a phone number."""
+    """E.164 form of `value`; ValueError with the reason when it is not a phone number.
+
+    Only digits and the usual separators are read: libphonenumber would drop a trailing
+    `x` or `ext. 12` as an extension and spell out letters, so `+1 (415) 555-0199x` would
+    be stored as another number than the one written."""
+    junk = _PHONE_JUNK.search(value)
+    if junk is not None:
+        raise ValueError(f"not a phone number (unexpected {junk.group()!r})")
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as exc:
@@ -165,9 +200,21 @@ def check_timezone(value: str) -> str:
     return value
 
 
+def _one_line(fields: dict[str, Any]) -> list[FieldError]:
+    """Text fields that could end up in a header (a Subject template may use any of them)
+    hold no line break and no NUL: refused when given, not when the first email fails."""
+    found = []
+    values = [(k, v) for k, v in fields.items() if k != "attributes"]
+    values += [(f"attributes.{k}", v) for k, v in (fields.get("attributes") or {}).items()]
+    for path, value in values:
+        if isinstance(value, str) and _LINE_BREAK.search(value):
+            found.append(FieldError(path, "contains a line break or NUL (one line of text)"))
+    return found
+
+
 def normalize_contact_fields(fields: dict[str, Any], region: str | None) -> list[FieldError]:
     """Normalise phone/email/timezone in place; return the errors found."""
-    errors = []
+    errors = _one_line(fields)
     checks = {"phone": lambda v: normalize_phone(v, region), "email": normalize_email}
     checks["timezone"] = check_timezone
     for name, check in checks.items():
@@ -196,7 +243,22 @@ def new_contact_fields(body: ContactCreate, region: str | None, root: str = "") 
 
 
 # -- sequences -------------------------------------------------------------------------
+def _subject_rule() -> list[dict[str, Any]]:
+    takes = sorted(k for k, spec in SPECS.items() if spec.subject)
+    never = sorted(k for k, spec in SPECS.items() if not spec.subject)
+    branches: list[dict[str, Any]] = []
+    if takes:
+        kind: dict[str, Any] = {"kind": {"enum": takes}, "subject": {"type": "string"}}
+        branches.append({"properties": kind, "required": ["subject"]})
+    if never:
+        branches.append({"properties": {"kind": {"enum": never}, "subject": {"type": "null"}}})
+    return branches
+
+
 class StepIn(Input, kw_only=True):
+    # OpenAPI: the kinds that take a subject need one, the others take none (`build_steps`).
+    json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": _subject_rule()}
+
     kind: Kind
     wait_minutes: WaitMinutes = 0
     body: Body
@@ -272,13 +334,15 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
         if not spec.subject and step.subject is not None:
             errors.append(FieldError(f"steps[{i}].subject", _SUBJECT_ONLY))
+        if step.subject is not None and _LINE_BREAK.search(step.subject):
+            errors.append(FieldError(f"steps[{i}].subject", "a Subject is one line of text"))
         for field in ("body", "subject"):
             text = getattr(step, field)
             if text is None:
                 continue
             try:
-                render.parse(text)
-            except render.TemplateError as exc:
+                templates.parse(text)
+            except templates.TemplateError as exc:
                 errors.append(FieldError(f"steps[{i}].{field}", f"template error: {exc}"))
         seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(
@@ -302,6 +366,20 @@ class EnrollmentCreate(Input, kw_only=True):
     """Exactly one of `contact_id` (an existing contact) or `contact` (upserted: matched by
     external_id, then phone, then email; created when none matches)."""
 
+    # OpenAPI: exactly one of the two (`enrollment_contact`).
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "required": [name],
+                "properties": {name: {"type": kind}, other: {"type": "null"}},
+            }
+            for name, kind, other in (
+                ("contact_id", "string", "contact"),
+                ("contact", "object", "contact_id"),
+            )
+        ]
+    }
+
     contact_id: Id | None = None
     contact: ContactCreate | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
@@ -318,12 +396,17 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     id: str
     sequence_id: str
     contact_id: str
-    current_step: int
+    current_step: Annotated[
+        int,
+        Meta(description="index of the next step to send; completed: the number of steps"),
+    ]
     status: EnrollmentStatus
     next_run_at: Timestamp | None
     enrolled_at: Timestamp
     metadata: dict[str, Any]
     paused_reason: str | None = None
+    # A `missing_variable` pause: the template variable (or address field) it waits for.
+    paused_variable: str | None = None
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
     updated_at: Timestamp | None = None

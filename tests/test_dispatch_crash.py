@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from seqd.store.claims import is_unsettled
 from seqd.store.db import Store, connect
-from seqd.store.dispatch import is_unsettled
 from tests.conftest import ValkeyProcess
 from tests.dispatchutil import TENANT, enroll, queued, sequence, sms
 from tests.opsutil import Daemon
@@ -99,7 +99,6 @@ async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
         total = ENROLLMENTS * STEPS
         env = {
             "SEQD_CHANNELS_LOG_PATH": str(provider.path),
-            "SEQD_DISPATCH_LEASE_SECONDS": "1",
             "SEQD_DISPATCH_BATCH_SIZE": "100",
         }
         first = Daemon(server.url, prefix, tmp_path / "first", **env).start()
@@ -117,7 +116,8 @@ async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
             first.wait()
         finally:
             first.stop()
-        # Claims the dead process never settled: these steps come back after the lease.
+        # Claims the dead process never settled: these steps come back when its heartbeat
+        # is gone (seconds), not after the lease (60 s).
         pipe = store.client.pipeline(transaction=False)
         for eid in eids:
             pipe.zscore(store.keys.queue(_shard(store, eid), sid), eid)

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from seqd.config import Config
-from seqd.events.deliverer import Deliverer, Observer, session
+from seqd.events.deliverer import Deliverer, DeliveryObserver, session
 from seqd.events.reader import Reader
 from seqd.loop import Heart
 from seqd.store.db import Store
@@ -14,7 +14,7 @@ from seqd.store.db import Store
 
 @contextlib.asynccontextmanager
 async def part(
-    config: Config, store: Store, *, liveness: Heart, observer: Observer
+    config: Config, store: Store, *, liveness: Heart, observer: DeliveryObserver
 ) -> AsyncIterator[None]:
     """Start both on enter; on exit stop reading, then let requests in flight finish."""
     if not config.webhooks.enabled:

@@ -55,7 +55,7 @@ def _shard_keys(keys: Keys, shard: int) -> list[str]:
 
 
 def _mirror_keys(keys: Keys, shard: int) -> list[str]:
-    return [keys.heads(shard), keys.outbox(shard), keys.shard_sequences(shard)]
+    return [keys.heads(shard), keys.outbox(shard), keys.mirrors(shard)]
 
 
 # -- enrollments ---------------------------------------------------------------------------
@@ -118,6 +118,58 @@ def peek_due(keys: Keys, shard: int, now: int, cap: int) -> Call:
     return Call("peekDue", [keys.heads(shard)], [tag, now, cap], tag)
 
 
+def claim_due(
+    keys: Keys, shard: int, now: int, limit: int, on_unknown: str, contact_fields: Sequence[str]
+) -> Call:
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag, now, limit, on_unknown, *contact_fields]
+    return Call("claimDue", _mirror_keys(keys, shard), args, tag)
+
+
+def lease_peeked(
+    keys: Keys,
+    shard: int,
+    now: int,
+    lease_ms: int,
+    max_attempts: int,
+    worker: str,
+    queues: Mapping[str, tuple[str, Sequence[tuple[str, str]]]],
+) -> Call:
+    """`queues`: sequence id -> (its mirror as peeked, [(enrollment id, score as peeked)])."""
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag, now, lease_ms, max_attempts, worker]
+    for seq, (mirror, members) in queues.items():
+        args += (seq, mirror, len(members), ",".join([score for _, score in members]))
+        args += [eid for eid, _ in members]
+    return Call("leasePeeked", _mirror_keys(keys, shard), args, tag)
+
+
+def advance(
+    keys: Keys,
+    shard: int,
+    now: int,
+    max_attempts: int,
+    items: bytes,
+    groups: bytes,
+    passed: Sequence[str | bytes],
+) -> Call:
+    """`items`, `groups`, `passed`: store/settles.py `advance_args`."""
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag, now, max_attempts, items, groups, *passed]
+    return Call("advance", _shard_keys(keys, shard), args, tag)
+
+
+def reclaim_leases(keys: Keys, shard: int, now: int, limit: int, dead: Sequence[str]) -> Call:
+    tag = keys.shard_tag(shard)
+    lease_keys = [
+        keys.heads(shard),
+        keys.leases(shard),
+        keys.lease_owners(shard),
+        keys.lease_starts(shard),
+    ]
+    return Call("reclaimLeases", lease_keys, [tag, now, limit, *dead], tag)
+
+
 # -- sequences -----------------------------------------------------------------------------
 def put_sequence(
     keys: Keys, tenant: str, sequence_id: str, doc: str | bytes, status: str, expected: int
@@ -149,7 +201,7 @@ def sync_sequence(
 def migrate_queues(keys: Keys, shard: int, due: str, parked: str, limit: int) -> Call:
     """`due`, `parked`: the schema 1 key names (keys.V1_SHARD_DUE, keys.V1_PARKED)."""
     tag = keys.shard_tag(shard)
-    call_keys = [keys.heads(shard), due, keys.shard_sequences(shard)]
+    call_keys = [keys.heads(shard), due, keys.mirrors(shard)]
     return Call("migrateQueues", call_keys, [tag, parked, limit], tag)
 
 
@@ -221,11 +273,13 @@ def stop_channel(
     cancel_reason: str,
     event_type: str,
     event_data: str,
+    quiet: bool,
     sequences: Iterable[Arg],
 ) -> Call:
     """`sequences`: per sequence, flat: id, version, kinds."""
     tag = keys.shard_tag(shard)
     args = [tag, now, tenant, contact_id, channel, cancel_reason, event_type, event_data]
+    args.append(int(quiet))
     return Call("stopChannel", _mirror_keys(keys, shard), [*args, *sequences], tag)
 
 

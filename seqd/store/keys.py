@@ -54,6 +54,15 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # HASH sequence id -> "<version>:<fields>": the contact fields the sequence's messages
     # can use at that version (store/mirrors.py), beside the shard's mirror (`sq`).
     "sequence_fields": "{tag}:sf",
+    # ZSET lease token -> its expiry (the token's value): the shard's leases (leasePeeked),
+    # each token one lease call's, until reclaimLeases takes it out after it ends.
+    "leases": "{tag}:ls",
+    # HASH lease token -> "<worker id> <sequence id>,...": who holds it, and the queues of
+    # its members.
+    "lease_owners": "{tag}:lo",
+    # SET of the lease tokens whose sends have started (written right before the first of
+    # them): a lease not in it was never handed to a channel, so it is no attempt.
+    "lease_starts": "{tag}:lst",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -68,7 +77,7 @@ TENANT_TEMPLATES: Final[Mapping[str, str]] = {
 # whose queue then waits untouched until the sequence resumes (syncSequence puts it back).
 SHARD_HEADS = "{tag}:hd"
 SHARD_OUTBOX = "{tag}:outbox"
-SHARD_SEQUENCES = "{tag}:sq"
+SHARD_MIRRORS = "{tag}:sq"
 # ZSET endpoint id -> earliest score in its `delivery_queue`: what the deliverer polls.
 SHARD_DELIVERY_DUE = "{tag}:wdue"
 # ZSET of every failed delivery of the shard (all endpoints), scores 0: trimmed by age.
@@ -105,6 +114,11 @@ class Keys:
     def api_key_ids(self) -> str:
         """HASH key id -> sha256(key), for listing and revoking."""
         return f"{self.global_tag}:apikey_ids"
+
+    def workers(self) -> str:
+        """ZSET worker id -> its last heartbeat (ms): the dispatching processes, so that the
+        leases of one whose heartbeat stopped are reclaimed (store/dispatch.py `Workers`)."""
+        return f"{self.global_tag}:workers"
 
     def intake(self) -> str:
         """STREAM other services XADD enrollment requests to (docs/redis-intake.md)."""
@@ -196,9 +210,18 @@ class Keys:
     def outbox(self, shard: int) -> str:
         return SHARD_OUTBOX.format(tag=self.shard_tag(shard))
 
-    def shard_sequences(self, shard: int) -> str:
+    def mirrors(self, shard: int) -> str:
         """HASH sequence id -> "<status>:<version>:<steps>", the shard's mirror of each."""
-        return SHARD_SEQUENCES.format(tag=self.shard_tag(shard))
+        return SHARD_MIRRORS.format(tag=self.shard_tag(shard))
+
+    def leases(self, shard: int) -> str:
+        return SHARD_TEMPLATES["leases"].format(tag=self.shard_tag(shard))
+
+    def lease_owners(self, shard: int) -> str:
+        return SHARD_TEMPLATES["lease_owners"].format(tag=self.shard_tag(shard))
+
+    def lease_starts(self, shard: int) -> str:
+        return SHARD_TEMPLATES["lease_starts"].format(tag=self.shard_tag(shard))
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

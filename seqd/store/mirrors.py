@@ -15,27 +15,28 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from seqd import models
-from seqd.engine import render
+from seqd import models, templates
 from seqd.kinds import SPECS
 from seqd.store.codec import CONTACT_TEXT_FIELDS
 
 # Every contact field a message can use: its owner (checked before a send), the text fields
 # (templates and addresses) and attributes (templates' attributes.<key>).
-CONTACT_READ = ("tenant", *CONTACT_TEXT_FIELDS, "attributes")
+# The contact hash's field naming its owner (the tenant).
+CONTACT_OWNER = "tenant"
+CONTACT_READ = (CONTACT_OWNER, *CONTACT_TEXT_FIELDS, "attributes")
 
 
 def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
     """The fields of CONTACT_READ the steps' messages read: the owner, the address of every
     channel among them (the send and the suppression reads) and what their templates name."""
-    needed = {"tenant"}
+    needed = {CONTACT_OWNER}
     for step in steps:
         address = SPECS[step.kind].address
         if address is not None:
             needed.add(address)
         try:
-            needed |= render.roots(step.body, step.subject)
-        except render.TemplateError:  # (saved steps parse; if one did not: read them all)
+            needed |= templates.roots(step.body, step.subject)
+        except templates.TemplateError:  # (saved steps parse; if one did not: read them all)
             return CONTACT_READ
     return tuple(field for field in CONTACT_READ if field in needed)
 

@@ -1,4 +1,5 @@
-"""API shapes of events, webhook endpoints and deliveries (beside `seqd.models`, same rules)."""
+"""API shapes of events, webhook endpoints and deliveries (beside `seqd.models`, same rules):
+on the floor, so the store returns them without importing `events/`."""
 
 from __future__ import annotations
 
@@ -6,13 +7,32 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
+from seqd import event_names
 from seqd.models import Input, Output, Page, Timestamp
 
-Url = Annotated[str, Meta(min_length=1, max_length=2000, description="http(s) URL")]
+Url = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL of a public host (unless webhooks.allow_private_targets)",
+    ),
+]
 EventType = Annotated[str, Meta(min_length=1, max_length=100)]
 Subscription = Annotated[
     list[EventType],
-    Meta(min_length=1, max_length=50, description='event types, or ["*"] for every type'),
+    Meta(
+        min_length=1,
+        max_length=50,
+        description='event types, or ["*"] for every type',
+        # Checked by `event_types.check_subscription`, stated here for the document.
+        extra_json_schema={
+            "anyOf": [
+                {"items": {"const": event_names.WILDCARD}, "maxItems": 1},
+                {"items": {"enum": sorted(event_names.KNOWN)}},
+            ]
+        },
+    ),
 ]
 Description = Annotated[str, Meta(max_length=500)]
 
@@ -35,8 +55,13 @@ class EventList(Output, kw_only=True):
     # A page can hold fewer than `limit` events while more follow (a filter scans the log in
     # bounded steps): follow next_page_token until it is null.
     next_page_token: str | None
-    # Events in the log; null when filters are given (counting them would scan the log).
-    total: int | None = None
+    total: Annotated[
+        int | None,
+        Meta(
+            description="events in the log; null when a filter is given: counting the "
+            "matches would read the whole log, where a page reads a bounded part of it"
+        ),
+    ] = None
 
 
 class EndpointCreate(Input, kw_only=True):
@@ -54,7 +79,8 @@ class EndpointPatch(Input, kw_only=True):
 
 class WebhookEndpoint(Output, kw_only=True):
     id: str
-    url: str
+    # A password in it (and secret-looking query values) shown as `***`.
+    url: Annotated[str, Meta(description="the URL, its password masked as ***")]
     events: list[str]
     description: str = ""
     enabled: bool

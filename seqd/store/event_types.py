@@ -13,36 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import structlog
 
 from seqd import ids
 from seqd.errors import FieldError
+from seqd.event_names import ENROLLMENT_TYPES, KNOWN, WILDCARD
 from seqd.store import codec
 from seqd.times import to_rfc3339
 
-ENROLLMENT_TYPES = (
-    "sequence.enrollment.created",
-    "sequence.enrollment.paused",
-    "sequence.enrollment.resumed",
-    "sequence.enrollment.completed",
-    "sequence.enrollment.cancelled",
-)
-TYPES: tuple[str, ...] = (
-    *ENROLLMENT_TYPES,
-    "sequence.step.sent",
-    "sequence.step.skipped",
-    "sequence.step.failed",
-    "message.delivered",
-    "message.undelivered",
-    "contact.opted_out",
-    "contact.opted_in",
-    "contact.bounced",
-    "contact.soft_bounced",
-    "contact.auto_replied",
-    "contact.deleted",
-)
-KNOWN = frozenset(TYPES)
-# An endpoint's `events` may be just this: every type, present and future.
-WILDCARD = "*"
+log = structlog.get_logger(__name__)
+
 # Extra keys named like this holding integers are times in ms in storage, RFC 3339 on the wire.
 _TIME_SUFFIX = "_at"
 
@@ -106,6 +86,16 @@ def shape(etype: str, raw: dict[str, Any]) -> dict[str, Any]:
         "contact_id": enrollment["contact_id"],
         "enrollment": enrollment,
     }
+
+
+def shape_or_raw(etype: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """`shape`, and the stored data as it is if that fails: a shape bug must not
+    stop the outbox or hide an event."""
+    try:
+        return shape(etype, raw)
+    except Exception:
+        log.exception("event.shape_failed", type=etype)
+        return raw
 
 
 def refs(raw: dict[str, Any]) -> tuple[str, str]:

@@ -1,0 +1,19 @@
+"""Typed keys for what the aiohttp application carries that the background parts read too
+(the API's own keys are in `api/appkeys.py`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from seqd.config import Config
+from seqd.health import Liveness, StoreWatch
+from seqd.metrics import Metrics
+from seqd.store.db import Store
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+# Counters and gauges of this app (seqd.metrics) and the heartbeats of its loops.
+METRICS = web.AppKey("metrics", Metrics)
+LIVENESS = web.AppKey("liveness", Liveness)
+# When the store last answered (/healthz).
+STORE_WATCH = web.AppKey("store_watch", StoreWatch)
