@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from seqd.config import Config
-from seqd.health import Liveness, StoreWatch
+from seqd.health import Liveness
 from seqd.metrics import Metrics
 from seqd.store.db import Store
 
@@ -15,5 +15,3 @@ STORE = web.AppKey("store", Store)
 # Counters and gauges of this app (seqd.metrics) and the heartbeats of its loops.
 METRICS = web.AppKey("metrics", Metrics)
 LIVENESS = web.AppKey("liveness", Liveness)
-# When the store last answered (/healthz).
-STORE_WATCH = web.AppKey("store_watch", StoreWatch)

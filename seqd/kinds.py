@@ -81,11 +81,7 @@ SPECS: dict[Kind, KindSpec] = {
 KINDS: tuple[Kind, ...] = get_args(Kind)
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
 # The contact field each suppression list is keyed by.
-CHANNEL_ADDRESS: dict[Channel, str] = {
-    kind: spec.address
-    for kind, spec in SPECS.items()
-    if spec.suppression and spec.address is not None
-}
+CHANNEL_ADDRESS: dict[Channel, str] = {ch: SPECS[ch].address or "" for ch in CHANNELS}
 # Kinds sent to a contact field, and that field.
 ADDRESS_FIELD: dict[Kind, str] = {
     kind: spec.address for kind, spec in SPECS.items() if spec.address is not None
@@ -105,7 +101,7 @@ def _check() -> None:
         # (one plain letter each: the scripts match them in Lua patterns)
         raise ValueError("kinds: each kind needs its own lowercase lifecycle letter")
     listed = tuple(k for k, s in SPECS.items() if s.suppression)
-    if listed != CHANNELS or len(CHANNEL_ADDRESS) != len(CHANNELS):
+    if listed != CHANNELS or not all(CHANNEL_ADDRESS.values()):
         raise ValueError("kinds.Channel must name each kind with a list, each with an address")
     if any(s.suppression and s.cancel_reason is None for s in SPECS.values()):
         raise ValueError("kinds: a kind with a suppression list needs a cancel reason")

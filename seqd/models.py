@@ -33,13 +33,18 @@ class Output(msgspec.Struct, kw_only=True):
 
 # -- constraints ---------------------------------------------------------------------
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-ShortText = Annotated[str, Meta(max_length=200)]
+# Every character str.splitlines() breaks on (email folds headers by it), and NUL: none may
+# be in a contact's text fields (`_one_line`), since templates put them into headers.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00"
+# A lookahead, not `^[^...]*$`: Python's `$` also matches before a final newline.
+ONE_LINE = {"pattern": "^(?![\\s\\S]*[" + "".join(f"\\u{ord(c):04x}" for c in LINE_BREAKS) + "])"}
+ShortText = Annotated[str, Meta(max_length=200, extra_json_schema=ONE_LINE)]
 LongText = Annotated[str, Meta(max_length=2000)]
 Body = Annotated[str, Meta(min_length=1, max_length=10_000)]
 Subject = Annotated[str, Meta(min_length=1, max_length=500)]
 WaitMinutes = Annotated[int, Meta(ge=0, le=5_256_000, description="minutes; at most 10 years")]
 AttrKey = Annotated[str, Meta(min_length=1, max_length=100)]
-AttrValue = Annotated[str, Meta(max_length=2000)] | int | float | bool
+AttrValue = Annotated[str, Meta(max_length=2000, extra_json_schema=ONE_LINE)] | int | float | bool
 Attributes = Annotated[dict[AttrKey, AttrValue], Meta(max_length=100)]
 Metadata = Annotated[dict[str, Any], Meta(max_length=100)]
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with milliseconds")]
@@ -146,8 +151,7 @@ class ContactEnvelope(Output, kw_only=True):
 
 # What a phone may hold besides digits: spaces, + . - / ( ).
 _PHONE_JUNK = re.compile(r"[^\d\s+.\-/()]")
-# Every character str.splitlines() breaks on (email folds headers by it), and NUL.
-_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
+_LINE_BREAK = re.compile(f"[{LINE_BREAKS}]")
 
 
 def normalize_phone(value: str, region: str | None) -> str:

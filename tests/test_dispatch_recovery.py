@@ -178,7 +178,7 @@ async def test_a_piece_leased_and_never_handed_to_a_channel_is_no_attempt(
     config = DispatchConfig(on_unknown="hold")
     dying = Dispatcher(store, config, OneSender(sender), clock=clock, worker="dying")
 
-    async def killed(self: Dispatch, tokens: object) -> None:
+    async def killed(self: Dispatch, tokens: object, **_: object) -> None:
         raise ConnectionError("killed")
 
     monkeypatch.setattr(Dispatch, "started", killed)

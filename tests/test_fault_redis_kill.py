@@ -180,6 +180,7 @@ async def test_redis_killed_and_restarted_from_aof(
             # Nothing but the expected complaints: no unretrieved task exception, no crash.
             expected = {
                 "dispatch.round_failed",
+                "dispatch.recovery_failed",
                 "events.read_failed",
                 "webhook.round_failed",
                 "webhook.finish_failed",

@@ -98,6 +98,35 @@ def test_the_floor_imports_no_layer_above_it() -> None:
     assert wrong == set()
 
 
+# The packages from the bottom up: each imports only packages of a lower rank (and the floor
+# and the top-level modules).
+RANKS = {
+    "seqd.store": 1,
+    "seqd.channels": 1,
+    "seqd.lifecycle": 2,
+    "seqd.events": 2,
+    "seqd.engine": 3,
+    "seqd.api": 4,
+}
+
+
+def _package(module: str) -> str | None:
+    return next((p for p in RANKS if _in(module, p)), None)
+
+
+def test_the_packages_import_only_packages_below_them() -> None:
+    wrong = set()
+    for name, targets in GRAPH.items():
+        own = _package(name)
+        if own is None:
+            continue
+        for target in targets:
+            other = _package(target)
+            if other is not None and other != own and RANKS[other] >= RANKS[own]:
+                wrong.add((name, target))
+    assert wrong == set()
+
+
 def test_no_import_cycle_among_seqd_modules() -> None:
     """Tarjan's strongly connected components: every one is a single module."""
     index: dict[str, int] = {}

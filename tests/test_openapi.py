@@ -92,6 +92,11 @@ async def test_document_states_the_rules_the_api_enforces(api: Api) -> None:
     email_field = schemas["ContactCreate"]["properties"]["email"]["anyOf"]
     assert {"type": "null"} in email_field
     assert any(s.get("format") == "email" for s in email_field)
+    # A contact's text fields are one line (they can end up in an email header).
+    name = schemas["ContactCreate"]["properties"]["first_name"]["anyOf"]
+    one_line = re.compile(next(s["pattern"] for s in name if s.get("type") == "string"))
+    assert one_line.search("Ada Lovelace") and one_line.search("")
+    assert not any(one_line.search(f"Ada{c}") for c in "\n\r\x00\u2028\u2029")
     # An enrollment names exactly one of contact_id and contact.
     assert [b["required"] for b in schemas["EnrollmentCreate"]["oneOf"]] == [
         ["contact_id"],

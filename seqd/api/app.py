@@ -19,14 +19,14 @@ from seqd.api import (  # noqa: F401
     webhooks,
 )
 from seqd.api.access import access_middleware
-from seqd.api.appkeys import COALESCER, MAX_BODY, OPENAPI, RATE_LEASES
+from seqd.api.appkeys import COALESCER, MAX_BODY, OPENAPI, RATE_LEASES, STORE_WATCH
 from seqd.api.auth import auth_middleware
 from seqd.api.coalesce import Coalescer
 from seqd.api.errors import problems_middleware
 from seqd.api.idempotency import idempotency_middleware
 from seqd.api.ratelimit import add_headers, ratelimit_middleware
 from seqd.api.routing import ROUTES
-from seqd.appkeys import CONFIG, LIVENESS, METRICS, STORE, STORE_WATCH
+from seqd.appkeys import CONFIG, LIVENESS, METRICS, STORE
 from seqd.config import Config
 from seqd.health import Liveness, StoreWatch
 from seqd.metrics import Metrics

@@ -111,6 +111,8 @@ class _Owed:
     settles: dict[int, list[Settled]]
     claimed: dict[str, ClaimedEnrollment]
     jobs: list[Job]
+    # What was advanced with the mark of the sends' start (the steps not sent).
+    early: list[Advanced]
 
 
 class Lane:
@@ -265,6 +267,7 @@ class Lane:
         crew.observer.claimed(len(items))
         settles: dict[int, list[Settled]] = defaultdict(list)
         jobs: list[Job] = []
+        early: dict[int, Advanced] = {}
         for n, item in enumerate(items, 1):
             if n % YIELD_EVERY == 0:
                 # The API shares this event loop: let its requests in between.
@@ -281,19 +284,27 @@ class Lane:
             else:
                 settles[shard_of[item.id]].append(composed)
         if jobs:
-            jobs, put_back, deferred = crew.sending.admit(jobs)
+            jobs, put_back, deferred = await crew.sending.admit(jobs)
             for job in put_back:
                 settles[shard_of[job.id]].append(outcomes.released(job, now))
             for job in deferred:
                 settles[shard_of[job.id]].append(outcomes.released(job, now, delay=DEFER_MS))
             if jobs:
                 # Before the first send: from here on a lease taken back is a send that
-                # may have happened; before it, a step no channel was handed.
+                # may have happened; before it, a step no channel was handed. The rest of
+                # the piece under the same tokens is settled first, in the same round trip.
                 tokens: dict[int, set[str]] = defaultdict(set)
                 for job in jobs:
                     tokens[shard_of[job.id]].add(job.token)
+                now_settled = {shard: settles.pop(shard) for shard in tokens if shard in settles}
                 try:
-                    await crew.dispatch.started(tokens)
+                    early = await crew.dispatch.started(
+                        tokens,
+                        now=crew.clock(),
+                        max_attempts=crew.config.max_attempts,
+                        settles=now_settled,
+                        claimed={item.id: item.enrollment for item in items},
+                    )
                 except BaseException:
                     crew.sending.not_sent(jobs)
                     raise
@@ -311,18 +322,19 @@ class Lane:
                     shard_of,
                 )
         claimed = {item.id: item.enrollment for item in items}
-        return _Owed(len(items), settles, claimed, jobs)
+        return _Owed(len(items), settles, claimed, jobs, list(early.values()))
 
     async def _settled(self, owed: _Owed, advanced: Mapping[int, Advanced]) -> Tally:
         """What a piece came to, once its advance is done."""
         crew = self.crew
         crew.observer.settled(owed.count)
-        stale = sum(len(a.stale) for a in advanced.values())
+        results = [*advanced.values(), *owed.early]
+        stale = sum(len(a.stale) for a in results)
         if stale:
             log.info("dispatch.stale", shards=sorted(advanced), count=stale)
         await crew.report_opt_outs(owed.jobs)
         sent = sum(1 for job in owed.jobs if job.started)
-        settled = sum(a.applied + a.late for a in advanced.values())
+        settled = sum(a.applied + a.late for a in results)
         return Tally(owed.count, sent, settled, stale)
 
     async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:

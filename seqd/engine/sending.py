@@ -55,8 +55,10 @@ class Sending:
         self.late: dict[int, list[Settled]] = defaultdict(list)
         self.stragglers: set[asyncio.Task[None]] = set()
         self.busy: dict[str, int] = defaultdict(int)
-        # Jobs admitted whose send has not started yet, per channel.
+        # Jobs admitted whose send has not started yet, per channel, and the lanes waiting
+        # for them to start.
         self.pending: dict[str, int] = defaultdict(int)
+        self._started: list[asyncio.Future[None]] = []
 
     def take_late(self) -> dict[int, list[Settled]]:
         late, self.late = self.late, defaultdict(list)
@@ -93,43 +95,55 @@ class Sending:
         """The fewest free send slots of any channel (every slot of one not sent on yet)."""
         return min((slots.free for slots in self._limits.values()), default=self.config.concurrency)
 
-    def admit(self, jobs: list[Job]) -> tuple[list[Job], list[Job], list[Job]]:
+    async def admit(self, jobs: list[Job]) -> tuple[list[Job], list[Job], list[Job]]:
         """Jobs to send now, those put back at once and those put back for a moment.
 
-        While a channel has sends in flight (a provider that takes its time), it admits no
-        more jobs than its free slots not promised to jobs admitted before (`pending`), so
-        a job admitted (and so marked as started) never waits for a slot behind a send
-        that hangs; the rest are put back, for a moment when sends that outlived their
-        round hold every slot. A channel with nothing in flight admits every job: its sends
-        end as fast as they start."""
-        admitted: list[Job] = []
-        now: list[Job] = []
-        later: list[Job] = []
+        A channel admits no more jobs than its free slots not promised to jobs admitted
+        before (`pending`, other lanes' pieces about to start), so a job admitted, and so
+        marked as started, never waits for a slot: it starts at once. While other lanes'
+        admitted jobs hold the slots it needs, it waits for them to start (they end as
+        fast as they start with a fast provider); what sends in flight still leave no slot
+        for is put back, for a moment when sends that outlived their round hold every
+        slot. (It waits holding nothing, so no two lanes wait on each other.)"""
         by_kind: dict[str, list[Job]] = {}
         for job in jobs:
             by_kind.setdefault(job.kind, []).append(job)
+        for kind in sorted(by_kind):
+            slots, want = self._limit(kind), len(by_kind[kind])
+            while self.pending[kind] and slots.free - self.pending[kind] < want:
+                waiter = asyncio.get_running_loop().create_future()
+                self._started.append(waiter)
+                await waiter
+        admitted: list[Job] = []
+        now: list[Job] = []
+        later: list[Job] = []
         for kind, group in by_kind.items():
-            slots = self._limit(kind)
-            if slots.free < self.config.concurrency:
-                room = max(0, slots.free - self.pending[kind])
-                if self.busy[kind] >= self.config.concurrency:
-                    room = 0
-                    later += group
-                else:
-                    now += group[room:]
-                group = group[:room]
+            if self.busy[kind] >= self.config.concurrency:
+                later += group
+                continue
+            room = max(0, self._limit(kind).free - self.pending[kind])
+            now += group[room:]
+            group = group[:room]
             self.pending[kind] += len(group)
             for job in group:
                 job.pending = True
             admitted += group
         return admitted, now, later
 
+    def _settled_pending(self, job: Job) -> None:
+        """`job` is no longer admitted-and-waiting: wake the lanes waiting to admit."""
+        job.pending = False
+        self.pending[job.kind] -= 1
+        waiters, self._started = self._started, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def not_sent(self, jobs: list[Job]) -> None:
         """Admitted jobs whose send will not start (given up, or their mark failed)."""
         for job in jobs:
             if job.pending:
-                job.pending = False
-                self.pending[job.kind] -= 1
+                self._settled_pending(job)
 
     async def send(self, jobs: list[Job]) -> tuple[set[Job], asyncio.Task[None] | None]:
         """Send every job, waiting at most `send_wait_seconds`; returns the jobs whose send
@@ -228,8 +242,7 @@ class Sending:
         if not slots.try_take():
             await slots.take()
         if job.pending:
-            job.pending = False
-            self.pending[job.kind] -= 1
+            self._settled_pending(job)
         try:
             start = self.clock()
             job.started = True

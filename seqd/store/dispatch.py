@@ -270,13 +270,38 @@ class Dispatch:
         advanced = await self.advance_many({shard: items}, now=now, max_attempts=max_attempts)
         return advanced[shard]
 
-    async def started(self, tokens: Mapping[int, Iterable[str]]) -> None:
+    async def started(
+        self,
+        tokens: Mapping[int, Iterable[str]],
+        *,
+        now: int = 0,
+        max_attempts: int = 1,
+        settles: Mapping[int, Sequence[Settled]] | None = None,
+        claimed: Mapping[str, ClaimedEnrollment] | None = None,
+    ) -> dict[int, Advanced]:
         """Record that the sends of these leases (shard -> tokens) start now: taken back
-        after their worker is gone, their steps are then sends that may have happened."""
-        pipe = self.store.client.pipeline(transaction=False)
-        for shard, shard_tokens in tokens.items():
-            pipe.sadd(self.keys.lease_starts(shard), *shard_tokens)
-        await pipe.execute()
+        after their worker is gone, their steps are then sends that may have happened.
+        `settles` (the piece's steps that will not be sent, with `claimed` as for
+        `Trip.advance`) are advanced first, in the same round trip, so that no step under
+        a marked token is one that was never handed to a channel."""
+        advances = []
+        for shard, items in (settles or {}).items():
+            if items:
+                general, groups, values = advance_args(list(items), claimed, now)
+                call = calls.advance(self.keys, shard, now, max_attempts, general, groups, values)
+                advances.append((shard, call))
+        marks = [
+            ("SADD", self.keys.lease_starts(shard), *shard_tokens)
+            for shard, shard_tokens in tokens.items()
+        ]
+        replies = await self.store.runner.call_many([call for _, call in advances], marks)
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+        return {
+            shard: _decode_advanced(reply)
+            for (shard, _), reply in zip(advances, replies, strict=False)
+        }
 
     async def reclaim(self, now: int, dead: Sequence[str] = (), limit: int = 1000) -> Reclaimed:
         """`reclaimLeases` in every shard (one round trip): the leases of the `dead`
