@@ -20,7 +20,9 @@ from seqd.store.lifecycle import Lifecycle
 from seqd.store.outbox import Outbox
 from seqd.store.ratelimits import RateLimits
 from seqd.store.replays import Replays
+from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
+from seqd.store.settings import TenantSettingsStore
 from seqd.store.suppressions import Suppressions
 from seqd.store.tenants import Tenants
 from seqd.store.webhooks import Webhooks
@@ -74,6 +76,8 @@ class Store(StoreContext):
         self.deliveries = Deliveries(self)
         self.webhooks = Webhooks(self, self.deliveries)
         self.replays = Replays(self)
+        self.senders = SenderRecords(self)
+        self.settings = TenantSettingsStore(self)
 
     @classmethod
     async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:

@@ -54,6 +54,9 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "delivery_queue": "{tag}:wq:{endpoint_id}",
     # ZSET of an endpoint's failed (dead-lettered) deliveries; all scores 0, id order.
     "failed_deliveries": "{tag}:wf:{endpoint_id}",
+    # ZSET "<enrollment id>:<step>" -> sent ms: a contact's messages of one kind in the
+    # tenant's frequency cap window (takeFrequency-1.lua), expiring with the window.
+    "frequency": "{tag}:fq:{contact_id}:{kind}",
     # HASH sequence id -> "<version>:<fields>": the contact fields the sequence's messages
     # can use at that version (store/mirrors.py), beside the shard's mirror (`sq`).
     "sequence_fields": "{tag}:sf",
@@ -181,6 +184,11 @@ class Keys:
         """
         return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
 
+    def sender_addresses(self) -> str:
+        """HASH "<channel>:<address>" -> "<tenant> <sender id>": whose sender an address is
+        (inbound replies and opt-outs find their tenant by the address they arrived on)."""
+        return f"{self.global_tag}:senders"
+
     def provider_message(self, message_id: str) -> str:
         """STRING (first arrival ms, with a TTL): a provider's inbound message or status
         callback already applied, by its id (Twilio's MessageSid, `<sid>:<status>` for a
@@ -218,6 +226,21 @@ class Keys:
     def webhook_endpoints(self, tenant: str) -> str:
         """HASH endpoint id -> endpoint record (JSON, with its signing secrets)."""
         return f"{self.tenant_tag(tenant)}:whe"
+
+    def senders(self, tenant: str) -> str:
+        """HASH sender id -> sender record (JSON): the tenant's numbers and mailboxes."""
+        return f"{self.tenant_tag(tenant)}:snd"
+
+    def tenant_settings(self, tenant: str) -> str:
+        """STRING (JSON): the tenant's settings set through the API (senders/models.py
+        `StoredSettings`)."""
+        return f"{self.tenant_tag(tenant)}:settings"
+
+    def sender_budgets(self, tenant: str) -> str:
+        """HASH of the tenant's senders' budgets (takeBudget-1.lua): "<sender id>:s|h|g" ->
+        GCRA arrival time (ms) of its per-second, per-hour and min-gap limits,
+        "<sender id>:d" -> "<local day>:<sends that day>", "rr:<pool>" -> rotation cursor."""
+        return f"{self.tenant_tag(tenant)}:sndb"
 
     def events(self, tenant: str) -> str:
         """STREAM: the tenant's event log (id, type, refs per entry), trimmed by age."""

@@ -97,6 +97,8 @@ class Sequences:
             status=SequenceStatus(body.status),
             steps=steps,
             on_reply=body.on_reply,
+            senders=body.senders,
+            rotation=body.rotation,
             created_at=now,
             updated_at=now,
         )
@@ -155,7 +157,7 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply"):
+            for field in ("name", "description", "on_reply", "senders", "rotation"):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value
