@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -182,13 +183,28 @@ async def authed_gets(base: str, headers: dict[str, str], eid: str, n: int, clie
 async def batches(
     base: str, headers: dict[str, str], sid: str, contacts: list[str], clients: int = 2
 ) -> float:
+    """Existing contacts by id, 1,000 items a request."""
+    return await batch_items(base, headers, sid, [{"contact_id": c} for c in contacts], clients)
+
+
+async def inline_batches(
+    base: str, headers: dict[str, str], sid: str, start: int, n: int, clients: int = 2
+) -> float:
+    """New contacts given inline (E.164 phones no contact has yet), 1,000 items a request."""
+    items = [{"contact": {"phone": f"+1646{i:07d}"}} for i in range(start, start + n)]
+    return await batch_items(base, headers, sid, items, clients)
+
+
+async def batch_items(
+    base: str, headers: dict[str, str], sid: str, items: list[dict[str, Any]], clients: int
+) -> float:
     url = f"{base}/sequences/{sid}/enrollments/batch"
-    chunks = [contacts[i : i + 1000] for i in range(0, len(contacts), 1000)]
+    chunks = [items[i : i + 1000] for i in range(0, len(items), 1000)]
 
     async def client(session: aiohttp.ClientSession) -> None:
         while chunks:
-            items = [{"contact_id": c} for c in chunks.pop()]
-            async with session.post(url, json={"items": items}, headers=headers) as resp:
+            chunk = chunks.pop()
+            async with session.post(url, json={"items": chunk}, headers=headers) as resp:
                 assert resp.status == 200, await resp.text()
                 body = await resp.json()
                 assert all(r["outcome"] == "enrolled" for r in body["results"])
@@ -197,7 +213,7 @@ async def batches(
         async with aiohttp.ClientSession() as session:
             await asyncio.gather(*(client(session) for _ in range(clients)))
 
-    return await timed(len(contacts), run)
+    return await timed(len(items), run)
 
 
 async def plain_hset(client: aioredis.Redis, n: int) -> float:
@@ -280,6 +296,7 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
         contacts = await make_contacts(store, n)
         config = Config(intake=IntakeConfig(batch_size=1000))
         single, gets, batch, peer_hset, intake, xadd = [], [], [], [], [], []
+        inline: list[float] = []
         costs = Costs(store.client, valkey.pid, server.pid)
         for _ in range(repeat):
             small = contacts[: max(1, n // 4)]
@@ -292,6 +309,9 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             gets.append(await costs.measure("gets", len(small), work))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
             batch.append(await costs.measure("batch", n, batches(base, headers, sid, contacts)))
+            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+            work = inline_batches(base, headers, sid, len(inline) * n, n)
+            inline.append(await costs.measure("inline", n, work))
             peer_hset.append(await plain_hset(store.client, n))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
             xadd.append(await fill_intake(store.client, store.keys.intake(), sid, contacts))
@@ -333,6 +353,8 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             row("batch endpoint (1,000/request, 2 clients)", batch, 30000,
                 "pipelined HSET+ZADD per job (BullMQ-like bulk add, no logic)", peer_hset,
                 "batch"),
+            row("batch endpoint, new contacts inline (1,000/request, 2 clients)", inline,
+                20000, "the batch endpoint with contact_id items (above)", batch, "inline"),
             row(f"intake stream ({consumers} consumers draining)", intake, 50000,
                 "raw redis-py XADD, pipelined (the writer)", xadd, "intake"),
             "",
