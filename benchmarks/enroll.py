@@ -1,7 +1,7 @@
 """Enrollments per second through each way in: single POSTs, the batch endpoint, the intake
 stream; each beside a peer measured in the same run on the same valkey-server.
 
-    python -m benchmarks.enroll [--n 4000] [--repeat 3] [--clients 32]
+    python -m benchmarks.enroll [--n 4000] [--repeat 3] [--clients 32] [--load 1000000]
 
 A private valkey-server (no persistence) and a real `seqd serve` subprocess (dispatcher and
 intake consumer off, so only enrolling runs) on free ports; the HTTP clients run in this
@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from benchmarks.e2e import cpu_model
 from benchmarks.results import median, record
 from seqd import collector, models
 from seqd.config import Config, IntakeConfig
@@ -269,7 +270,7 @@ async def drain_intake(config: Config, store: Store, n: int, consumers: int) -> 
             await c.stream.close()
 
 
-async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
+async def main(n: int, repeat: int, clients: int, consumers: int, load: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="seqd-bench-"))
     rport, hport = free_port(), free_port()
     valkey = start_valkey(rport, tmp)
@@ -320,6 +321,12 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             intake.append(await costs.measure("intake", n, drained, seqd=os.getpid()))
             stats = (await store.sequences.stats([sid]))[sid]
             assert stats.active == n, stats
+        loaded = math.nan
+        if load:
+            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+            # Phones from 5,000,000 on: none of the runs above used them.
+            work = inline_batches(base, headers, sid, 5_000_000, load)
+            loaded = await costs.measure("load", load, work)
         await store.close()
     finally:
         for proc in (server, valkey):
@@ -342,7 +349,8 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             f"N = {n:,} enrollments per run ({max(1, n // 4):,} for single POSTs, "
             f"{clients} concurrent clients), {repeat} runs, medians; valkey (AOF off, "
             f"allocator: {server_env(find_binary())[1]}) and `seqd serve` on this machine "
-            f"({os.cpu_count()} cores, shared), clients in the benchmark process.",
+            f"(CPU: {cpu_model()}, {os.cpu_count()} cores, shared), clients in the "
+            "benchmark process.",
             "",
             "| way in | rate | target | peer (same run) | peer rate | ratio "
             "| valkey CPU µs/item | seqd CPU µs/item | clients CPU µs/item "
@@ -357,6 +365,20 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
                 20000, "the batch endpoint with contact_id items (above)", batch, "inline"),
             row(f"intake stream ({consumers} consumers draining)", intake, 50000,
                 "raw redis-py XADD, pipelined (the writer)", xadd, "intake"),
+            "",
+            f"Inline new contacts against `contact_id` items in the same run: "
+            f"{median(inline) / median(batch):.2f}× the rate (target 0.6×).",
+            *(
+                [
+                    "",
+                    f"Loading {load:,} new contacts through the batch endpoint (inline, 1,000 a "
+                    f"request, 2 clients, one run): {load / loaded:.1f} s, {loaded:,.0f}/s "
+                    f"(target under 60 s); valkey, seqd, clients CPU and scripts µs/item "
+                    f"{costs.cells('load').replace(' | ', ', ')}.",
+                ]
+                if load
+                else []
+            ),
             "",
             "The single POST's peer, per GET: valkey, seqd, clients CPU and scripts µs "
             f"{costs.cells('gets').replace(' | ', ', ')}.",
@@ -386,5 +408,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--consumers", type=int, default=IntakeConfig().consumers, help="intake consumers"
     )
+    parser.add_argument(
+        "--load", type=int, default=0, help="then load this many new contacts, once (0: no)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.repeat, args.clients, args.consumers))
+    asyncio.run(main(args.n, args.repeat, args.clients, args.consumers, args.load))
