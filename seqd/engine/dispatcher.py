@@ -46,6 +46,7 @@ import structlog
 
 from seqd.channels.base import OutboundMessage
 from seqd.config import Config, DispatchConfig
+from seqd.engine.budgets import Budgets
 from seqd.engine.compose import Job
 from seqd.engine.lane import Crew, Lane, Work, total
 from seqd.engine.plans import Plans
@@ -75,6 +76,7 @@ class Dispatcher:
         liveness: Heart | None = None,
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
         worker: str = "",
+        budgets: Budgets | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -111,6 +113,8 @@ class Dispatcher:
             lease_ms=int(config.lease_seconds * 1000),
             backoff_ms=[s * 1000 for s in config.retry_backoff_seconds],
             worker=worker or config.worker_id or default_worker(),
+            # Sender budgets and frequency caps (engine/budgets.py).
+            budgets=budgets or Budgets(store),
         )
 
     @property
@@ -255,6 +259,7 @@ async def background(
         liveness=liveness,
         email_headers=unsubscribe.message_headers(config, secret),
         worker=worker,
+        budgets=Budgets(store, config.senders, config.frequency_caps_for),
     )
     dispatcher.start()
     try:
