@@ -29,9 +29,53 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of every config section: an unknown key is an error, not a silent no-op."""
 
 
+# `<scheme>+cluster://host:port,host:port/...`: seed nodes of a cluster, and the plain scheme
+# each node is reached with.
+CLUSTER_SCHEMES = {
+    "redis+cluster": "redis",
+    "valkey+cluster": "redis",
+    "rediss+cluster": "rediss",
+    "valkeys+cluster": "rediss",
+}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL's seed nodes, and the URL of the first as redis-py reads one (scheme,
+    credentials, options); raises ValueError naming what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower(), scheme.lower())
+    if not sep or plain not in ("redis", "rediss"):
+        raise ValueError(
+            "a cluster's url is valkey+cluster://, redis+cluster:// or rediss+cluster:// "
+            "(redis:// or rediss:// with cluster = true)"
+        )
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:cut].rpartition("@")
+    if rest[cut:].partition("?")[0] not in ("", "/", "/0"):
+        raise ValueError("a cluster has one database, 0")
+    seeds = []
+    for host in hosts.split(","):
+        try:
+            parsed = urlsplit(f"//{host}")
+            port = parsed.port or 6379
+        except ValueError:
+            parsed, port = None, 0
+        if parsed is None or not parsed.hostname:
+            raise ValueError(f"bad seed node {host!r} (host:port)")
+        seeds.append((parsed.hostname, port))
+    return f"{plain}://{userinfo}{at}{hosts.split(',')[0]}{rest[cut:]}", seeds
+
+
 class RedisConfig(Section, kw_only=True):
-    # Unset: seqd starts its own valkey-server (see [embedded]).
+    # Unset: seqd starts its own valkey-server (see [embedded]). A cluster's seed nodes:
+    # valkey+cluster://host:port,host:port (or redis+cluster://, rediss+cluster:// for TLS).
     url: str | None = None
+    # The url is a Valkey / Redis Cluster node (implied by a <scheme>+cluster:// url).
+    cluster: bool = False
     # Every key seqd writes starts with this prefix; several deployments can share a server.
     prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "seqd"
     # Shards of per-contact data; read only when a store is initialised, then fixed in its meta key.
@@ -42,6 +86,20 @@ class RedisConfig(Section, kw_only=True):
     # /healthz answers 503 once the store has not answered for this long, so a supervisor
     # (systemd, docker, kubernetes) restarts seqd; /readyz fails at once. 0: never.
     unhealthy_after_seconds: Annotated[float, Meta(ge=0)] = 60.0
+
+    def __post_init__(self) -> None:
+        if not (self.cluster or (self.url and is_cluster_url(self.url))):
+            return
+        if self.url is None:
+            raise ValueError("cluster = true needs a url (the embedded store is one server)")
+        try:
+            cluster_seeds(self.url)
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.cluster or (self.url is not None and is_cluster_url(self.url))
 
 
 class EmbeddedConfig(Section, kw_only=True):
@@ -192,17 +250,27 @@ class HttpSmsConfig(Section, kw_only=True):
     timeout_seconds: PositiveFloat = 10.0
 
 
-class SmtpConfig(Section, kw_only=True):
+class SmtpServer(Section, kw_only=True):
+    """An SMTP server and its login: [channels.smtp] and each of its named profiles."""
+
     host: str = "localhost"
     port: Port = 587
     username: str | None = None
     password: str | None = None
     tls: Literal["starttls", "implicit", "none"] = "starttls"
-    from_address: str = "seqd@localhost"
-    from_name: str | None = None
     pool_size: Positive = 4
     timeout_seconds: PositiveFloat = 30.0
     validate_certs: bool = True
+
+
+class SmtpConfig(SmtpServer, kw_only=True):
+    from_address: str = "seqd@localhost"
+    from_name: str | None = None
+    # [channels.smtp.profiles.<name>]: other servers an email sender (POST /v1/senders,
+    # `smtp_profile`) sends through, its address as the From; the default is this one.
+    profiles: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], SmtpServer] = (
+        msgspec.field(default_factory=dict)
+    )
 
 
 class ChannelsConfig(Section, kw_only=True):
@@ -273,6 +341,30 @@ class TenantRateLimit(Section, kw_only=True):
     period_seconds: Annotated[int, Meta(ge=1, le=86_400)] | None = None
 
 
+class FrequencyCap(Section, kw_only=True):
+    """At most `limit` messages of one channel to one contact in any `window_hours`; a
+    limit of 0 is no cap."""
+
+    limit: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    # At least 36 s (0.01 h), at most a year.
+    window_hours: Annotated[float, Meta(ge=0.01, le=8760)] = 24.0
+
+
+class FrequencyCapsConfig(Section, kw_only=True):
+    """Messages per channel to one contact across every sequence of a tenant (none: no cap).
+    A step over its channel's cap is deferred until the window allows it, or skipped, as
+    `action` says; transactional steps are exempt."""
+
+    sms: FrequencyCap = msgspec.field(default_factory=FrequencyCap)
+    email: FrequencyCap = msgspec.field(default_factory=FrequencyCap)
+    action: Literal["defer", "skip"] = "defer"
+
+    def of(self, kind: str) -> FrequencyCap | None:
+        """The cap of `kind`'s steps; None when it has none."""
+        cap: FrequencyCap | None = getattr(self, kind, None)
+        return cap if cap is not None and cap.limit > 0 else None
+
+
 class TenantConfig(Section, kw_only=True):
     """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
 
@@ -281,6 +373,9 @@ class TenantConfig(Section, kw_only=True):
     # Secret of this tenant's inbound email URL, POST {base_path}/inbound/email/<secret>
     # (for inbound-parse services that cannot send an API key).
     inbound_email_secret: Annotated[str, Meta(min_length=16)] | None = None
+    # [tenants.<name>.frequency_caps]: replaces the top-level [frequency_caps] whole; a cap
+    # set through PATCH /v1/tenant/settings replaces both.
+    frequency_caps: FrequencyCapsConfig | None = None
 
 
 class IntakeConfig(Section, kw_only=True):
@@ -349,6 +444,15 @@ class WebhooksConfig(Section, kw_only=True):
             raise ValueError("lease_seconds must exceed timeout_seconds")
 
 
+class SendersConfig(Section, kw_only=True):
+    """A tenant's numbers and mailboxes with limits (POST /v1/senders, seqd/senders/)."""
+
+    max_per_tenant: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    # How long the dispatcher uses a tenant's sender settings (limits, paused) before it
+    # reads them again; changes made through the same process apply at once.
+    refresh_ms: Positive = 1000
+
+
 class Config(Section, kw_only=True):
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
@@ -362,9 +466,18 @@ class Config(Section, kw_only=True):
     intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    senders: SendersConfig = msgspec.field(default_factory=SendersConfig)
+    frequency_caps: FrequencyCapsConfig = msgspec.field(default_factory=FrequencyCapsConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
+
+    def frequency_caps_for(self, tenant: str) -> FrequencyCapsConfig:
+        """The configured frequency caps of `tenant` (the API's settings go over them)."""
+        own = self.tenants.get(tenant)
+        if own is not None and own.frequency_caps is not None:
+            return own.frequency_caps
+        return self.frequency_caps
 
     def __post_init__(self) -> None:
         longest, setting = longest_send(self)
@@ -402,6 +515,8 @@ def longest_send(config: Config) -> tuple[float, str]:
             timeouts.append(("http", channels.http.timeout_seconds))
         if channels.email == "smtp":
             timeouts.append(("smtp", channels.smtp.timeout_seconds))
+            for name, profile in channels.smtp.profiles.items():
+                timeouts.append((f"smtp.profiles.{name}", profile.timeout_seconds))
         for provider, seconds in timeouts:
             if seconds > longest:
                 longest, setting = seconds, f"{where}.{provider}.timeout_seconds"

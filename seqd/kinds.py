@@ -46,6 +46,9 @@ class KindSpec:
     # The enrollment field `advance` sets once a step of this kind was sent (replies on the
     # channel count it as sent); None when the provider ids alone tell.
     sent_field: str | None = None
+    # The enrollment field holding the sender (POST /v1/senders) a sticky rotation pinned
+    # the contact to on this kind's steps; None when no sender pool can send the kind.
+    sender_field: str | None = None
     # The step has a subject, which is then required.
     subject: bool = False
     # A step threads under the sequence's first step of its kind ("Re: " + that step's
@@ -64,6 +67,7 @@ SPECS: dict[Kind, KindSpec] = {
         cancel_reason="opted_out",
         provider="sms",
         sent_field="sm",
+        sender_field="ys",
         segments=True,
     ),
     "email": KindSpec(
@@ -75,6 +79,7 @@ SPECS: dict[Kind, KindSpec] = {
         provider="email",
         subject=True,
         threads=True,
+        sender_field="ye",
     ),
 }
 
@@ -118,4 +123,8 @@ def lua_constants() -> str:
     """The kinds' facts the scripts read, as Lua locals for the script prelude."""
     letter = {k: s.letter for k, s in SPECS.items()}
     sent = {k: s.sent_field for k, s in SPECS.items() if s.sent_field is not None}
-    return f"local KIND_LETTER = {_lua_map(letter)}\nlocal KIND_SENT_FIELD = {_lua_map(sent)}\n"
+    pins = ", ".join(repr(s.sender_field) for s in SPECS.values() if s.sender_field)
+    return (
+        f"local KIND_LETTER = {_lua_map(letter)}\nlocal KIND_SENT_FIELD = {_lua_map(sent)}\n"
+        f"local KIND_SENDER_FIELDS = {{{pins}}}\n"
+    )

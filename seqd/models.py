@@ -282,6 +282,21 @@ class Step(Output, kw_only=True):
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
+SenderIds = Annotated[list[Id], Meta(max_length=100, description="sender ids (POST /senders)")]
+# sticky: a contact keeps the sender it first got; round_robin: each step takes the next
+# sender of the pool with budget.
+Rotation = Literal["sticky", "round_robin"]
+
+
+class SenderPools(Input, kw_only=True):
+    """The senders a sequence sends each channel's steps from; an empty pool sends from the
+    tenant's configured number or address."""
+
+    sms: SenderIds = msgspec.field(default_factory=list)
+    email: SenderIds = msgspec.field(default_factory=list)
+
+    def of(self, kind: str) -> list[str]:
+        return self.sms if kind == "sms" else self.email
 
 
 class SequenceCreate(Input, kw_only=True):
@@ -290,6 +305,8 @@ class SequenceCreate(Input, kw_only=True):
     status: Literal["draft", "active"] = "draft"
     steps: Steps
     on_reply: Literal["pause", "complete"] = "pause"
+    senders: SenderPools = msgspec.field(default_factory=SenderPools)
+    rotation: Rotation = "sticky"
 
 
 class SequencePatch(Input, kw_only=True):
@@ -298,6 +315,8 @@ class SequencePatch(Input, kw_only=True):
     steps: Steps | UnsetType = UNSET
     status: Literal["draft", "active"] | UnsetType = UNSET
     on_reply: Literal["pause", "complete"] | UnsetType = UNSET
+    senders: SenderPools | UnsetType = UNSET
+    rotation: Rotation | UnsetType = UNSET
 
 
 class SequenceStats(Output, kw_only=True):
@@ -314,6 +333,8 @@ class Sequence(Output, kw_only=True):
     status: SequenceStatus
     steps: list[Step]
     on_reply: Literal["pause", "complete"] = "pause"
+    senders: SenderPools = msgspec.field(default_factory=SenderPools)
+    rotation: Rotation = "sticky"
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)

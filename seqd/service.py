@@ -50,6 +50,7 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         url = await embedded.start(own=own)
     client = connect(
         url,
+        cluster=config.redis.cluster,
         socket_timeout=config.redis.socket_timeout,
         max_connections=config.redis.max_connections,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
 from aiohttp import web
 
 from seqd import models
@@ -32,6 +33,7 @@ class SequenceListQuery(ListQuery, kw_only=True):
 )
 async def create_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequenceCreate)
+    await request.app[STORE].senders.check_pools(tenant_of(request), body.senders)
     seq = await request.app[STORE].sequences.create(tenant_of(request), body)
     return respond(models.SequenceEnvelope(sequence=seq), 201)
 
@@ -79,6 +81,8 @@ async def get_sequence(request: web.Request) -> web.Response:
 )
 async def patch_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequencePatch)
+    if not isinstance(body.senders, msgspec.UnsetType):
+        await request.app[STORE].senders.check_pools(tenant_of(request), body.senders)
     seq = await request.app[STORE].sequences.change(
         tenant_of(request), request.match_info["id"], patch=body
     )

@@ -49,6 +49,7 @@ from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage
 from seqd.config import Config, DispatchConfig
+from seqd.engine.budgets import Budgets
 from seqd.engine.compose import Job
 from seqd.engine.lane import Crew, Lane, Work, total
 from seqd.engine.plans import Plans
@@ -78,6 +79,7 @@ class Dispatcher:
         liveness: Heart | None = None,
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
         worker: str = "",
+        budgets: Budgets | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -105,6 +107,8 @@ class Dispatcher:
             lease_ms=int(config.lease_seconds * 1000),
             backoff_ms=[s * 1000 for s in config.retry_backoff_seconds],
             worker=worker or config.worker_id or default_worker(),
+            # Sender budgets and frequency caps (engine/budgets.py).
+            budgets=budgets or Budgets(store),
         )
 
     @property
@@ -284,6 +288,7 @@ def background(
             liveness=app.get(LIVENESS),
             email_headers=unsubscribe.message_headers(config, secret),
             worker=worker,
+            budgets=Budgets(app[STORE], config.senders, config.frequency_caps_for),
         )
         dispatcher.start()
         try:

@@ -22,6 +22,7 @@ import structlog
 from seqd.channels.base import OutboundMessage
 from seqd.config import DispatchConfig
 from seqd.engine import settle as outcomes
+from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls, route
 from seqd.engine.compose import Job, compose
 from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer
@@ -29,10 +30,11 @@ from seqd.engine.rounds import Round, Tally
 from seqd.engine.sending import YIELD_EVERY, Sending
 from seqd.errors import NotFound
 from seqd.kinds import ADDRESS_FIELD
+from seqd.store.calls import Call
 from seqd.store.claims import ClaimBatch, Claimed, ClaimedEnrollment, Leased
 from seqd.store.dispatch import Advanced, Dispatch, Found, SuppressionRecord
 from seqd.store.mirrors import version_of
-from seqd.store.settles import Settled
+from seqd.store.settles import Settled, Skipped
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +64,8 @@ class Crew:
     backoff_ms: list[float]
     # This process's id (keys.workers): its leases are recorded under it.
     worker: str
+    # Sender budgets and frequency caps (engine/budgets.py).
+    budgets: Budgets
 
     def outcome(
         self, job: Job, plan: Plan, suppressed: Mapping[str, Mapping[str, SuppressionRecord]]
@@ -99,6 +103,8 @@ class _Held:
     lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]]
     # Shards of steps left out for want of free send slots (they stay due).
     trimmed: set[int]
+    # The budget and frequency-cap asks of its steps (engine/budgets.py).
+    asked: Asked | None = None
 
 
 @dataclass(slots=True)
@@ -113,6 +119,8 @@ class _Owed:
     jobs: list[Job]
     # What was advanced with the mark of the sends' start (the steps not sent).
     early: list[Advanced]
+    # shard -> (enrollment id, field, sender id): sticky contacts to pin to their sender.
+    pins: dict[int, list[tuple[str, str, str]]]
 
 
 class Lane:
@@ -140,7 +148,7 @@ class Lane:
                 held = None  # peeked at, not leased: nothing of it is ours to send
             if not shards and owed is None and held is None:
                 return
-            advanced, leased, found, claims = await self._trip(owed, held, shards)
+            advanced, leased, found, claims, extra = await self._trip(owed, held, shards)
             if owed is not None:
                 self.tallies.append(await self._settled(owed, advanced))
             owed = None
@@ -148,7 +156,8 @@ class Lane:
             if held is not None:
                 taken = _leased(held, leased)
                 if held.items:
-                    owed = await self._work(held, _hits(held, found))
+                    picks = _picks(held, extra, crew.clock())
+                    owed = await self._work(held, _hits(held, found), picks)
             # (Not a shard where another worker, another process, leased some of the peek
             # first: it works that shard, and chasing it would peek at the same steps as it
             # again.)
@@ -164,12 +173,13 @@ class Lane:
 
     async def _trip(
         self, owed: _Owed | None, held: _Held | None, shards: list[int]
-    ) -> tuple[dict[int, Advanced], dict[int, Leased], Found, dict[int, ClaimBatch]]:
+    ) -> tuple[dict[int, Advanced], dict[int, Leased], Found, dict[int, ClaimBatch], list[object]]:
         """Advance what `owed` sent, lease `held` and read the suppressions of its
-        addresses, peek at `shards`: one round trip. The sends happened: recording them
-        must not be interrupted by a cancellation. (When a script of the trip fails, the
-        trip releases what it leased; when the connection fails, what it may have leased
-        comes back when the lease passes.)"""
+        addresses, peek at `shards`, take `held`'s budgets and pin what `owed` sent: one
+        round trip. The sends happened: recording them must not be interrupted by a
+        cancellation. (When a script of the trip fails, the trip releases what it leased;
+        when the connection fails, what it may have leased comes back when the lease
+        passes.)"""
         crew = self.crew
         config = crew.config
         trip = crew.dispatch.trip(now=crew.clock(), max_attempts=config.max_attempts)
@@ -182,12 +192,15 @@ class Lane:
         peek = trip.peek(
             shards, now=self.work.now, limit=config.batch_size, on_unknown=config.on_unknown
         )
+        extra = _extra(crew, owed, held)
+        scripts = trip.scripts(extra) if extra else None
         await asyncio.shield(trip.run())
         return (
             advance.done if advance is not None else {},
             lease.leased if lease is not None else {},
             lease.found if lease is not None else {},
             peek.claims,
+            scripts.replies if scripts is not None else [],
         )
 
     async def _held(self, batches: Mapping[int, ClaimBatch]) -> _Held | None:
@@ -226,7 +239,8 @@ class Lane:
             if queue is None:
                 queue = lease[shard][seq] = (batches[shard].m[seq], [])
             queue[1].append((item.id, e.token))
-        return _Held(items, shard_of, plans, lookups, lease, trimmed)
+        asked = await self.crew.budgets.ask(items, plans, shard_of, self.crew.clock())
+        return _Held(items, shard_of, plans, lookups, lease, trimmed, asked)
 
     def _room(
         self, items: list[Claimed], plans: Mapping[str, Plan], shard_of: Mapping[str, int]
@@ -259,13 +273,18 @@ class Lane:
         return kept, trimmed
 
     async def _work(
-        self, held: _Held, suppressed: Mapping[str, Mapping[str, SuppressionRecord]]
+        self,
+        held: _Held,
+        suppressed: Mapping[str, Mapping[str, SuppressionRecord]],
+        picks: Mapping[str, Pick],
     ) -> _Owed:
-        """Compose and send a leased and screened piece: what its advance will need."""
+        """Compose and send a leased and screened piece: what its advance will need.
+        `picks`: the senders (or the deferrals) of its steps that budgets or caps hold."""
         crew, now = self.crew, self.work.now
         items, shard_of, plans = held.items, held.shard_of, held.plans
         crew.observer.claimed(len(items))
         settles: dict[int, list[Settled]] = defaultdict(list)
+        pins: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
         jobs: list[Job] = []
         early: dict[int, Advanced] = {}
         for n, item in enumerate(items, 1):
@@ -278,6 +297,16 @@ class Lane:
                 continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
             if isinstance(composed, Job):
+                pick = picks.get(item.id)
+                if pick is not None:
+                    held_back = _held_back(composed, plan, pick, now)
+                    if held_back is not None:
+                        settles[shard_of[item.id]].append(held_back)
+                        continue
+                    if pick.sender is not None:
+                        composed.message.sender = route(pick.sender)
+                        if pick.pin is not None:
+                            pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
                 if composed.kind == "email" and crew.email_headers is not None:
                     composed.message.headers.update(crew.email_headers(composed.message))
                 jobs.append(composed)
@@ -322,7 +351,7 @@ class Lane:
                     shard_of,
                 )
         claimed = {item.id: item.enrollment for item in items}
-        return _Owed(len(items), settles, claimed, jobs, list(early.values()))
+        return _Owed(len(items), settles, claimed, jobs, list(early.values()), pins)
 
     async def _settled(self, owed: _Owed, advanced: Mapping[int, Advanced]) -> Tally:
         """What a piece came to, once its advance is done."""
@@ -363,6 +392,38 @@ class Lane:
                 else:
                     out[sid] = got
         return out
+
+
+def _extra(crew: Crew, owed: _Owed | None, held: _Held | None) -> list[Call]:
+    """The trip's other script calls: the budget asks of `held` (first: `_picks` reads
+    their replies), then the pins of what `owed` sent."""
+    out: list[Call] = []
+    if held is not None and held.asked is not None:
+        out += held.asked.calls
+    if owed is not None and owed.pins:
+        out += pin_calls(crew.dispatch.store, owed.pins)
+    return out
+
+
+def _picks(held: _Held, replies: Sequence[object], now: int) -> dict[str, Pick]:
+    asked = held.asked
+    if asked is None:
+        return {}
+    return Budgets.picks(asked, replies[: len(asked.calls)], now)
+
+
+def _held_back(job: Job, plan: Plan, pick: Pick, now: int) -> Settled | None:
+    """The outcome of a step its sender's budget or its contact's cap holds back: skipped
+    (the cap's policy), or deferred to `pick.until`, no attempt counted; None: it goes."""
+    if pick.skip:
+        return Skipped(
+            id=job.id, token=job.token, step=job.step, kind=job.kind, at=now,
+            reason=pick.reason, wait=plan.wait_after(job.step),
+        )  # fmt: skip
+    if pick.until is None:
+        return None
+    # (Until the send-time `defer` outcome lands: a release moves the due time alone.)
+    return outcomes.released(job, now, delay=max(0, pick.until - now))
 
 
 def _hits(held: _Held, found: Found) -> dict[str, dict[str, SuppressionRecord]]:

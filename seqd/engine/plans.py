@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from seqd import models, templates
 from seqd.kinds import SPECS, Kind
+from seqd.models import Rotation
 from seqd.store.db import Store
 
 # Plans kept at most; the oldest loaded is dropped past this.
@@ -35,6 +38,8 @@ class StepPlan:
     # Roots the templates read beyond plain contact fields: decode only what is needed.
     needs_attributes: bool
     needs_metadata: bool
+    # A message the contact asked for: exempt from frequency caps.
+    transactional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,10 @@ class Plan:
     # Per step index: the kinds with a suppression list among that step and the ones after
     # it (the suppression reads).
     kinds_left: tuple[tuple[Kind, ...], ...]
+    # Channel -> the sender ids its steps send from (absent: the tenant's configured one),
+    # and how a step picks among them (seqd/senders/budget.py).
+    senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rotation: Rotation = "sticky"
 
     def kinds_from(self, step: int) -> tuple[Kind, ...]:
         return self.kinds_left[step] if step < len(self.kinds_left) else ()
@@ -79,13 +88,17 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 wait_ms=step.wait_minutes * 60_000,
                 needs_attributes="attributes" in roots,
                 needs_metadata="metadata" in roots,
+                # (Step.transactional comes with the schedules work; absent, False.)
+                transactional=bool(getattr(step, "transactional", False)),
             )
         )
     kinds_left = tuple(
         tuple(sorted({s.kind for s in seq.steps[i:] if SPECS[s.kind].suppression}))
         for i in range(len(seq.steps))
     )
-    return Plan(seq.id, version, tuple(steps), kinds_left)
+    pools = {kind: tuple(seq.senders.of(kind)) for kind in ("sms", "email")}
+    senders = MappingProxyType({kind: pool for kind, pool in pools.items() if pool})
+    return Plan(seq.id, version, tuple(steps), kinds_left, senders, seq.rotation)
 
 
 class Plans:

@@ -248,7 +248,11 @@ class Sending:
             job.started = True
             self.observer.lateness((start - job.due) / 1000)
             try:
-                sender = self.senders.get(message.tenant, job.kind)
+                origin = message.sender
+                if origin is not None and origin.smtp_profile is not None:
+                    sender = self.senders.get(message.tenant, job.kind, origin.smtp_profile)
+                else:
+                    sender = self.senders.get(message.tenant, job.kind)
                 result = await sender.send(message)
             except asyncio.CancelledError:
                 raise

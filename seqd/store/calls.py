@@ -342,6 +342,40 @@ def put_endpoint(
     )
 
 
+def put_sender(
+    keys: Keys, tenant: str, sender_id: str, expected: str, record: str, max_senders: int
+) -> Call:
+    return Call(
+        "putSender",
+        [keys.senders(tenant), keys.sender_budgets(tenant)],
+        [sender_id, expected, record, max_senders],
+        keys.tenant_tag(tenant),
+    )
+
+
+def take_budget(keys: Keys, tenant: str, now: int, mode: str, asks: Iterable[Arg]) -> Call:
+    """`mode`: take | peek; `asks`: the senders, then the asks (seqd/senders/budget.py
+    `encode`)."""
+    return Call(
+        "takeBudget", [keys.sender_budgets(tenant)], [now, mode, *asks], keys.tenant_tag(tenant)
+    )
+
+
+def pin_senders(keys: Keys, shard: int, pins: Iterable[tuple[str, str, str]]) -> Call:
+    """`pins`: (enrollment id, sender field, sender id) of enrollments of `shard`."""
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag]
+    for pin in pins:
+        args += pin
+    return Call("pinSenders", [keys.heads(shard)], args, tag)
+
+
+def take_frequency(keys: Keys, shard: int, now: int, asks: Iterable[Arg]) -> Call:
+    """`asks`: flat, per step of `shard`: contact id, kind, member, limit, window ms."""
+    tag = keys.shard_tag(shard)
+    return Call("takeFrequency", [keys.heads(shard)], [tag, now, *asks], tag)
+
+
 def claim_webhooks(
     keys: Keys,
     shard: int,

@@ -32,6 +32,16 @@ class ClaimedEnrollment(msgspec.Struct, gc=False):
     attempts: str | None = msgspec.field(name="a", default=None)
     # The enrollment's metadata (JSON text).
     metadata: str | None = msgspec.field(name="md", default=None)
+    # The senders (POST /v1/senders) a sticky rotation pinned the contact to, per kind
+    # (the fields are kinds.py `sender_field`).
+    sms_sender: str | None = msgspec.field(name="ys", default=None)
+    email_sender: str | None = msgspec.field(name="ye", default=None)
+
+    def pinned(self, kind: str) -> str | None:
+        """The sender of `kind`'s steps the contact is pinned to, if any."""
+        if kind == "sms":
+            return self.sms_sender
+        return self.email_sender if kind == "email" else None
 
 
 class Claimed(msgspec.Struct, gc=False):

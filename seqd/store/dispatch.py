@@ -101,9 +101,21 @@ class PeekHandle:
         self.claims: dict[int, ClaimBatch] = {}
 
 
+class ScriptsHandle:
+    """Other script calls riding the trip (the senders' budgets and pins,
+    engine/budgets.py); after it, their replies in order."""
+
+    __slots__ = ("calls", "replies")
+
+    def __init__(self, script_calls: Sequence[calls.Call]) -> None:
+        self.calls = list(script_calls)
+        self.replies: list[Any] = []
+
+
 class Trip:
     """One round trip of script calls and suppression reads, built part by part: the
-    advances, then the leases, then the peeks, then the reads (one pipeline).
+    advances, then the leases, then the peeks, then other scripts, then the reads (one
+    pipeline).
 
     When a script or a read of the trip fails, what its leases took is released (due again
     at once, no attempt counted: nothing of it was sent) before the error is raised; a
@@ -117,6 +129,7 @@ class Trip:
         self._advance: AdvanceHandle | None = None
         self._lease: LeaseHandle | None = None
         self._peek: PeekHandle | None = None
+        self._scripts: ScriptsHandle | None = None
 
     def advance(
         self,
@@ -146,10 +159,15 @@ class Trip:
         self._peek = PeekHandle(shards, now, limit, on_unknown)
         return self._peek
 
+    def scripts(self, script_calls: Sequence[calls.Call]) -> ScriptsHandle:
+        self._scripts = ScriptsHandle(script_calls)
+        return self._scripts
+
     async def run(self) -> None:
         keys = self._dispatch.keys
         script_calls: list[calls.Call] = []
         advance, lease, peek = self._advance, self._lease, self._peek
+        others = self._scripts
         if advance is not None:
             for shard, items in advance.batches.items():
                 general, groups, values = advance_args(items, advance.claimed, self.now)
@@ -169,6 +187,8 @@ class Trip:
                         keys, shard, peek.now, peek.limit, peek.on_unknown, CONTACT_READ
                     )
                 )
+        if others is not None:
+            script_calls += others.calls
         lookups = lease.lookups if lease is not None else []
         reads = [
             ("HMGET", keys.suppressions(tenant, channel), *values)
@@ -193,6 +213,9 @@ class Trip:
             take(lease.request, decode_leased, lease.leased)
         if peek is not None:
             take(peek.shards, decode_claim, peek.claims)
+        if others is not None:
+            others.replies = [next(replies) for _ in others.calls]
+            failed += [r for r in others.replies if isinstance(r, Exception)]
         rows = list(replies)
         failed += [row for row in rows if isinstance(row, Exception)]
         if failed:

@@ -46,10 +46,10 @@ class Sequences:
         """`get_versioned` and the suppression lists the tenant has entries on
         (`screening.listed_in`) in one round trip: the enroll paths' first read."""
         pipe = self.store.client.pipeline(transaction=False)
-        if ids.is_valid(sid, ids.SEQUENCE):
-            pipe.hmget(self.keys.sequence(tenant, sid), "doc", "v")
-        else:
-            pipe.echo("")  # keeps the replies in step; parse_read answers NotFound
+        # A bad id reads the sequence "" that never exists (a keyless ECHO cannot go in a
+        # cluster pipeline): the replies stay in step, and parse_read answers NotFound.
+        valid = ids.is_valid(sid, ids.SEQUENCE)
+        pipe.hmget(self.keys.sequence(tenant, sid if valid else ""), "doc", "v")
         screening.listed_in(pipe, self.store, tenant)
         replies = await pipe.execute()
         seq, version = self.parse_read(sid, replies[0])
@@ -97,6 +97,8 @@ class Sequences:
             status=SequenceStatus(body.status),
             steps=steps,
             on_reply=body.on_reply,
+            senders=body.senders,
+            rotation=body.rotation,
             created_at=now,
             updated_at=now,
         )
@@ -155,7 +157,7 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply"):
+            for field in ("name", "description", "on_reply", "senders", "rotation"):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value

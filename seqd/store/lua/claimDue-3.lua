@@ -37,7 +37,8 @@
   "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
-  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a and md where set; the
+  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a, md and the
+  sender pins (kinds.py `sender_field`) where set; the
   whole hash for a lease run out) with `k` = the member's score as it was left, which
   leasePeeked checks; the contact values an array in the order of its sequence's fields
   in "f", or of ARGV[5..] for a sequence not in "f" (false where unset); seen = members
@@ -82,7 +83,10 @@ end
 -- What the dispatcher reads of a claimed enrollment (engine/compose.py), spelled out as
 -- JSON rather than built by cjson: this is the hot path. (Its sequence, `s`, is the
 -- queue's.)
+-- Then the kinds' sender pins (kinds.py `sender_field`), read by engine/budgets.py.
 local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md'}
+local PINS = #READ
+for _, f in ipairs(KIND_SENDER_FIELDS) do READ[#READ + 1] = f end
 
 local parts = {}
 -- tenant -> its JSON text (a batch is mostly one tenant's)
@@ -114,10 +118,15 @@ local function claim_queue(seq, state, qkey, room)
         t = cjson.encode(h[4])
         tenants[h[4]] = t
       end
+      local pins = ''
+      for i = 1, #KIND_SENDER_FIELDS do
+        local pin = h[PINS + i]
+        if pin then pins = pins .. ',"' .. KIND_SENDER_FIELDS[i] .. '":"' .. pin .. '"' end
+      end
       parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
-        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. '},' .. c .. ']'
+        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. pins .. '},' .. c .. ']'
     elseif st ~= 'active' then
       rcall('ZREM', qkey, id)
     else
