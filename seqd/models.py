@@ -282,7 +282,9 @@ class Step(Output, kw_only=True):
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
-SenderIds = Annotated[list[Id], Meta(max_length=100, description="sender ids (POST /senders)")]
+SenderIds = Annotated[
+    list[Id], Meta(max_length=100, description="ids of the tenant's senders of that channel")
+]
 # sticky: a contact keeps the sender it first got; round_robin: each step takes the next
 # sender of the pool with budget.
 Rotation = Literal["sticky", "round_robin"]

@@ -108,6 +108,7 @@ class Server:
             return resp.json()
 
         post("/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]})
+        post("/senders", {"channel": "sms", "address": "+14155550177"})
         contact = post("/contacts", {"phone": "+14155550100", "email": "a@example.com"})
         steps = [
             {"kind": "sms", "body": "hi"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -289,3 +290,10 @@ def test_enroll_rows_read_as_one_error_type() -> None:
     assert existing == calls.Enrolled("enr_b", True, ["st", "active"])
     assert isinstance(refused, ScriptError)
     assert (refused.code, refused.detail) == ("CONTACT_NOT_FOUND", "con_x")
+
+
+def test_the_docs_script_table_points_at_each_script_once() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    linked = re.findall(r"\]\(\.\./seqd/store/lua/([\w-]+)\.lua\)", doc)
+    files = [e.name.removesuffix(".lua") for e in LUA.iterdir() if e.name.endswith(".lua")]
+    assert sorted(linked) == sorted(files)

@@ -20,8 +20,8 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
-# msgspec's message for a float where an int (or an optional int) is expected.
-_INT_GOT_FLOAT = re.compile(r"Expected `int[^`]*`, got `float`")
+# "Expected `int`, got `float`", and the same of an optional int ("`int | null`").
+_INT_GOT_FLOAT = re.compile(r"Expected `int( \| [^`]+)?`, got `float`")
 
 
 def _integral(value: Any) -> Any:
