@@ -33,6 +33,8 @@ from tests.opsutil import Daemon
 STEPS = 3
 # Seconds from a restart (the new process started) to its first send, at most.
 RESUME_S = 5.0
+# The crash-loop test's processes: one lane of 20-step pieces.
+SLOW = {"SEQD_DISPATCH_LANES": "1", "SEQD_DISPATCH_BATCH_SIZE": "20"}
 
 
 def _env(provider: LogTail) -> dict[str, str]:
@@ -160,9 +162,10 @@ async def test_kills_right_after_each_start_lose_nothing_and_fail_nothing(
 ) -> None:
     # A crash loop: each process is killed 0.5 s after it began sending, while most of what
     # it leased has not gone out. None of that may count an attempt (6 kills > max_attempts)
-    # or be lost. (Three times the other test's enrollments: 6 half seconds of sending must
-    # not finish the work.)
-    enrollments, kills = 3 * size("ENROLLMENTS", 2000), 6
+    # or be lost. Ten times the other test's enrollments, sent by one lane of small pieces
+    # (SLOW), so that 6 half seconds of sending cannot finish the work on a fast machine:
+    # the loop checks that each run still found work to send.
+    enrollments, kills = 10 * size("ENROLLMENTS", 2000), 6
     server = valkey_factory()  # type: ignore[call-arg]
     server.start()
     store = await Store.open(connect(server.url), prefix, 4)
@@ -172,7 +175,9 @@ async def test_kills_right_after_each_start_lose_nothing_and_fail_nothing(
         held: Counter[tuple[str, int]] = Counter()
         for kill in range(kills):
             before = provider.read()
-            daemon = Daemon(server.url, prefix, tmp_path / f"run{kill}", **_env(provider)).start()
+            assert before < enrollments * STEPS, f"the work was done before kill {kill}"
+            env = {**_env(provider), **SLOW}
+            daemon = Daemon(server.url, prefix, tmp_path / f"run{kill}", **env).start()
             try:
                 await _first_send(daemon, provider, before, kill)
                 kill_at = time.monotonic() + 0.5
