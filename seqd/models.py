@@ -19,6 +19,7 @@ from msgspec import UNSET, Meta, UnsetType
 from seqd.engine import render
 from seqd.errors import FieldError, Invalid
 from seqd.sms import segments
+from seqd.timing.local import parse_hhmm
 
 
 class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -195,9 +196,20 @@ def new_contact_fields(body: ContactCreate, region: str | None, root: str = "") 
 
 
 # -- sequences -------------------------------------------------------------------------
+WaitDays = Annotated[
+    int, Meta(ge=0, le=3650, description="whole days; open days of the schedule if it has one")
+]
+SendAt = Annotated[str, Meta(max_length=5, description="local time of day, HH:MM")]
+
+
 class StepIn(Input, kw_only=True):
     kind: Literal["sms", "email"]
     wait_minutes: WaitMinutes = 0
+    wait_days: WaitDays = 0
+    # The first open moment at or after this local time once the wait is over.
+    send_at: SendAt | None = None
+    # A message the contact asked for (a reply, a code): exempt from SMS quiet hours.
+    transactional: bool = False
     body: Body
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
@@ -207,6 +219,9 @@ class StepIn(Input, kw_only=True):
 class Step(Output, kw_only=True):
     kind: Literal["sms", "email"]
     wait_minutes: int
+    wait_days: int = 0
+    send_at: str | None = None
+    transactional: bool = False
     body: str
     subject: str | None = None
     thread: bool = True
@@ -223,6 +238,8 @@ class SequenceCreate(Input, kw_only=True):
     status: Literal["draft", "active"] = "draft"
     steps: Steps
     on_reply: Literal["pause", "complete"] = "pause"
+    # The send windows its steps wait for (GET /schedules); none: any time.
+    schedule_id: Id | None = None
 
 
 class SequencePatch(Input, kw_only=True):
@@ -231,6 +248,7 @@ class SequencePatch(Input, kw_only=True):
     steps: Steps | UnsetType = UNSET
     status: Literal["draft", "active"] | UnsetType = UNSET
     on_reply: Literal["pause", "complete"] | UnsetType = UNSET
+    schedule_id: Id | UnsetType | None = UNSET
 
 
 class SequenceStats(Output, kw_only=True):
@@ -247,6 +265,7 @@ class Sequence(Output, kw_only=True):
     status: SequenceStatus
     steps: list[Step]
     on_reply: Literal["pause", "complete"] = "pause"
+    schedule_id: str | None = None
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
@@ -273,11 +292,20 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 render.parse(text)
             except render.TemplateError as exc:
                 errors.append(FieldError(f"steps[{i}].{field}", f"template error: {exc}"))
+        if step.send_at is not None:
+            try:
+                if parse_hhmm(step.send_at) >= 24 * 60:
+                    raise ValueError("a time of day is before 24:00")
+            except ValueError as exc:
+                errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
         seg, enc = segments(step.body) if step.kind == "sms" else (None, None)
         out.append(
             Step(
                 kind=step.kind,
                 wait_minutes=step.wait_minutes,
+                wait_days=step.wait_days,
+                send_at=step.send_at,
+                transactional=step.transactional,
                 body=step.body,
                 subject=step.subject,
                 thread=step.thread,

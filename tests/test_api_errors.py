@@ -178,6 +178,7 @@ _KIND_BY_PREFIX = {
     "/enrollments/": "enrollment",
     "/events/": "event",
     "/webhook-endpoints/": "webhook_endpoint",
+    "/schedules/": "schedule",
 }
 _MISSING = {
     "contact": ids.new(ids.CONTACT),
@@ -185,6 +186,7 @@ _MISSING = {
     "enrollment": ids.new(ids.ENROLLMENT),
     "event": ids.new(ids.EVENT),
     "webhook_endpoint": ids.new(ids.WEBHOOK),
+    "schedule": ids.new(ids.SCHEDULE),
 }
 
 
@@ -211,6 +213,10 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         "POST", "/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]}
     )
     owned["webhook_endpoint"] = w["webhook_endpoint"]["id"]  # type: ignore[index]
+    _, sch = await api.call(
+        "POST", "/schedules", {"name": "x", "windows": {"mon": [["09:00", "17:00"]]}}
+    )
+    owned["schedule"] = sch["schedule"]["id"]  # type: ignore[index]
     _, other = await api.store.tenants.create_key("bravo")
 
     routes = [r for r in ROUTES if "{id}" in r.path and r.auth]
@@ -222,7 +228,7 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         theirs = await api.call(r.method, r.path.replace("{id}", owned[kind]), body, key=other)
         missing = await api.call(r.method, r.path.replace("{id}", _MISSING[kind]), body, key=other)
         assert theirs[0] == 404, (r.method, r.path, theirs)
-        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe)_\w+", "<id>", str(b))  # noqa: E731
+        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe|sch)_\w+", "<id>", str(b))  # noqa: E731
         assert scrub(theirs[1]) == scrub(missing[1]), (r.method, r.path)
 
     # Lists of the other tenant show nothing of the first.
@@ -232,6 +238,7 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         f"/contacts?phone={cid and '%2B14155550100'}",
         "/events",
         "/webhook-endpoints",
+        "/schedules",
     ):
         status, listing = await api.call("GET", path, key=other)
         assert status == 200 and listing["total"] == 0, path  # type: ignore[index]

@@ -24,8 +24,12 @@ async def _tenant_a(api: Api) -> dict[str, str]:
     _, w = await api.call(
         "POST", "/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]}
     )
+    _, sch = await api.call(
+        "POST", "/schedules", {"name": "x", "windows": {"mon": [["09:00", "17:00"]]}}
+    )
     await Reader(api.store, WebhooksConfig()).run_once()
     return {
+        "schedule": sch["schedule"]["id"],  # type: ignore[index]
         "contact": cid,
         "sequence": sid,
         "enrollment": e["enrollment"]["id"],  # type: ignore[index]
@@ -40,11 +44,13 @@ async def _view(api: Api, owned: dict[str, str]) -> list[object]:
         f"/sequences/{owned['sequence']}",
         f"/enrollments/{owned['enrollment']}",
         f"/webhook-endpoints/{owned['endpoint']}",
+        f"/schedules/{owned['schedule']}",
         f"/sequences/{owned['sequence']}/enrollments",
         "/contacts",
         "/sequences",
         "/suppressions",
         "/webhook-endpoints",
+        "/schedules",
         "/events",
     ]
     return [await api.call("GET", p) for p in paths]
@@ -54,7 +60,14 @@ async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
     owned = await _tenant_a(api)
     _, bravo = await api.store.tenants.create_key("bravo")
     lists = {r.path for r in ROUTES if r.method == "GET" and r.auth and "{" not in r.path}
-    assert lists == {"/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints"}
+    assert lists == {
+        "/contacts",
+        "/sequences",
+        "/events",
+        "/suppressions",
+        "/webhook-endpoints",
+        "/schedules",
+    }
     queries = [
         *sorted(lists),
         "/contacts?phone=%2B14155550100",

@@ -13,6 +13,7 @@ from seqd.api import (  # noqa: F401
     inbound,
     openapi,
     ops,
+    schedules,
     sequences,
     suppressions,
     unsubscribe,

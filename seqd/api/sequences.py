@@ -11,6 +11,7 @@ from seqd.api.appkeys import STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
+from seqd.api.schedules import check_schedule_id
 from seqd.api.wire import read_body, read_query, respond
 from seqd.models import SequenceStatus
 
@@ -31,6 +32,7 @@ class SequenceListQuery(ListQuery, kw_only=True):
 )
 async def create_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequenceCreate)
+    await check_schedule_id(request.app[STORE], tenant_of(request), body.schedule_id)
     seq = await request.app[STORE].sequences.create(tenant_of(request), body)
     return respond(models.SequenceEnvelope(sequence=seq), 201)
 
@@ -78,6 +80,8 @@ async def get_sequence(request: web.Request) -> web.Response:
 )
 async def patch_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequencePatch)
+    if isinstance(body.schedule_id, str):
+        await check_schedule_id(request.app[STORE], tenant_of(request), body.schedule_id)
     seq = await request.app[STORE].sequences.change(
         tenant_of(request), request.match_info["id"], patch=body
     )

@@ -118,6 +118,7 @@ class Store:
         from seqd.store.lifecycle import Lifecycle
         from seqd.store.outbox import Outbox
         from seqd.store.ratelimits import RateLimits
+        from seqd.store.schedules import Schedules
         from seqd.store.sequences import Sequences
         from seqd.store.suppressions import Suppressions
         from seqd.store.tenants import Tenants
@@ -138,6 +139,7 @@ class Store:
         self.webhooks = Webhooks(self)
         self.ratelimits = RateLimits(self)
         self.deliveries = Deliveries(self)
+        self.schedules = Schedules(self)
 
     @classmethod
     async def open(cls, client: aioredis.Redis, prefix: str, default_shards: int) -> Store:

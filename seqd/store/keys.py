@@ -169,6 +169,10 @@ class Keys:
         """HASH endpoint id -> endpoint record (JSON, with its signing secrets)."""
         return f"{self.tenant_tag(tenant)}:whe"
 
+    def schedules(self, tenant: str) -> str:
+        """HASH schedule id -> schedule document (JSON), seqd/schedules.py."""
+        return f"{self.tenant_tag(tenant)}:sch"
+
     def events(self, tenant: str) -> str:
         """STREAM: the tenant's event log (id, type, refs per entry), trimmed by age."""
         return f"{self.tenant_tag(tenant)}:events"

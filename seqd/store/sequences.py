@@ -93,6 +93,7 @@ class Sequences:
             status=SequenceStatus(body.status),
             steps=steps,
             on_reply=body.on_reply,
+            schedule_id=body.schedule_id,
             created_at=now,
             updated_at=now,
         )
@@ -154,7 +155,7 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply"):
+            for field in ("name", "description", "on_reply", "schedule_id"):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value
