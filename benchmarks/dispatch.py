@@ -48,7 +48,9 @@ from seqd.config import ChannelsConfig, Config, DispatchConfig, TwilioConfig
 from seqd.embedded import find_binary, server_env
 from seqd.engine.dispatcher import Dispatcher
 from seqd.engine.ports import Quiet
+from seqd.store import calls
 from seqd.store.db import Store, connect
+from seqd.store.enrollments import ENROLL_BATCH
 
 TENANT = "bench"
 PREFIX = "bench"
@@ -170,18 +172,14 @@ async def make_contacts(store: Store, n: int) -> list[str]:
     out: list[str] = []
     now = int(time.time() * 1000)
     for start in range(0, n, 1000):
-        calls = []
+        trip = []
         for i in range(start, min(n, start + 1000)):
             cid = ids.new(ids.CONTACT)
             shard = ids.shard_of(cid, store.shards)
-            tag = store.keys.shard_tag(shard)
             fields = ["first_name", f"c{i}", "phone", f"+1415{i:07d}"]
-            calls.append(
-                ("putContact", [store.keys.contact(shard, cid)],
-                 [tag, now, TENANT, cid, "create", *fields], tag)
-            )  # fmt: skip
+            trip.append(calls.put_contact(store.keys, shard, now, TENANT, cid, "create", fields))
             out.append(cid)
-        for result in await store.runner.call_many(calls):
+        for result in await store.runner.call_many(trip):
             if isinstance(result, Exception):
                 raise result
     return out
@@ -194,27 +192,21 @@ async def enroll_direct(
     by_shard: dict[int, list[str]] = defaultdict(list)
     for cid in cids:
         by_shard[ids.shard_of(cid, store.shards)].append(cid)
-    calls = []
+    trip = []
     for shard, members in by_shard.items():
-        tag = store.keys.shard_tag(shard)
-        keys = [
-            store.keys.heads(shard),
-            store.keys.outbox(shard),
-            store.keys.shard_sequences(shard),
-        ]
-        for start in range(0, len(members), 500):
-            args: list[Any] = [tag, now, TENANT, seq_id, wait_ms]
-            for cid in members[start : start + 500]:
-                eid = ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now)
-                args += [eid, cid, ""]
-            calls.append(("enroll", keys, args, tag))
+        for start in range(0, len(members), ENROLL_BATCH):
+            items = [
+                (ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now), cid, "")
+                for cid in members[start : start + ENROLL_BATCH]
+            ]
+            trip.append(calls.enroll(store.keys, shard, now, TENANT, seq_id, wait_ms, items))
     due = {}
-    for reply in await store.runner.call_many(calls):
+    for reply in await store.runner.call_many(trip):
         if isinstance(reply, Exception):
             raise reply
-        for row in reply:
-            if row[0] == 1 and row[2] == 0:
-                due[row[1]] = now + wait_ms
+        for row in calls.enrolled(reply):
+            if isinstance(row, calls.Enrolled) and not row.idempotent:
+                due[row.id] = now + wait_ms
     return due
 
 

@@ -19,6 +19,7 @@ import msgspec
 
 from seqd import models
 from seqd.errors import Conflict, FieldError, Invalid, NotFound, SeqdError
+from seqd.kinds import Channel
 from seqd.models import SequenceStatus
 from seqd.store import screening, upserts
 from seqd.store.codec import encode_json
@@ -84,7 +85,7 @@ class Target:
 
     seq: models.Sequence
     version: int
-    listed: frozenset[str] | None = None
+    listed: frozenset[Channel] | None = None
 
 
 def _active(seq: models.Sequence) -> None:
@@ -140,7 +141,7 @@ async def enroll(
     items: list[Item],
     *,
     full: bool = True,
-    listed: frozenset[str] | None = None,
+    listed: frozenset[Channel] | None = None,
 ) -> list[Outcome]:
     """Enroll each item in `seq` (from `active_sequence` or `target`); one Outcome per
     item, in order. `full` False leaves `Outcome.enrollment` unset (only

@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return ingest_cli.run(args, config, _run)
         if args.command == "check-config":
             print(msgspec.json.format(msgspec.json.encode(configmod.masked(config))).decode())
+            warning = config.http.public_url_warning()
+            if warning:
+                print(f"seqd: warning: {warning}", file=sys.stderr)
             return 0
     except EmbeddedError as exc:
         print(f"seqd: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ import tomllib
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -58,12 +59,44 @@ class HttpConfig(Section, kw_only=True):
     port: Port = 8080
     base_path: Annotated[str, Meta(pattern=r"^(/[A-Za-z0-9_.-]+)*$")] = "/v1"
     max_body_bytes: Positive = 1024 * 1024
-    # The URL the world reaches seqd at (signed webhooks, unsubscribe links).
-    public_url: str = "http://127.0.0.1:8080"
+    # The URL the world reaches seqd at (unsubscribe links, Twilio callbacks and their
+    # signature check). Unset (""): http://<host>:<port>, the listener itself.
+    public_url: str = ""
+    # public_url is a reverse proxy's address, so its port differing from `port` is intended.
+    behind_proxy: bool = False
     # How long a POST's response is kept for replay under its Idempotency-Key.
     idempotency_ttl_seconds: Positive = 86_400
     # A request still running after this long (its process died) no longer holds its key.
     idempotency_lock_seconds: Positive = 60
+
+    def __post_init__(self) -> None:
+        if not self.public_url:
+            self.public_url = f"http://{_reachable_host(self.host)}:{self.port}"
+
+    def public_url_warning(self) -> str | None:
+        """Why `public_url` looks wrong for this listener (a port that is not the
+        listener's, with no proxy said to be in front), or None."""
+        parts = urlsplit(self.public_url)
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            port = None
+        if self.behind_proxy or port == self.port:
+            return None
+        return (
+            f"http.public_url {self.public_url} is not port {self.port} that seqd listens on "
+            "(http.port): unsubscribe links and Twilio callbacks would miss seqd. Set "
+            "http.behind_proxy = true if a proxy forwards that URL to seqd."
+        )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _reachable_host(host: str) -> str:
+    """The listener's host as a URL host: a wildcard address is reached on the loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
 
 
 class LogConfig(Section, kw_only=True):
@@ -253,6 +286,13 @@ class LifecycleConfig(Section, kw_only=True):
     opt_in_keywords: list[str] = msgspec.field(default_factory=lambda: ["START", "UNSTOP", "YES"])
     # Answered by the provider; seqd changes nothing (not even a pause).
     help_keywords: list[str] = msgspec.field(default_factory=lambda: ["HELP", "INFO"])
+    # A Twilio webhook (message or status callback) is applied once per MessageSid: one seen
+    # again within this window is answered and changes nothing. Twilio retries a webhook
+    # for minutes at most (connection overrides: 5 retries of at most 15 s each).
+    replay_window_hours: Annotated[int, Meta(ge=1, le=8784)] = 24
+    # An opt-out or opt-in keyword message is remembered this long instead, so a captured
+    # START replayed after a later STOP cannot lift it.
+    keyword_replay_days: Annotated[int, Meta(ge=1, le=3660)] = 400
     # Subjects (regular expressions, case-insensitive, searched) of automatic email replies.
     auto_reply_subjects: list[str] = msgspec.field(default_factory=lambda: list(_AUTO_SUBJECTS))
 

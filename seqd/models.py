@@ -18,6 +18,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from seqd.engine import render
 from seqd.errors import FieldError, Invalid
+from seqd.kinds import SPECS, Channel, Kind
 from seqd.sms import segments
 from seqd.timing.local import parse_hhmm
 
@@ -203,7 +204,7 @@ SendAt = Annotated[str, Meta(max_length=5, description="local time of day, HH:MM
 
 
 class StepIn(Input, kw_only=True):
-    kind: Literal["sms", "email"]
+    kind: Kind
     wait_minutes: WaitMinutes = 0
     wait_days: WaitDays = 0
     # The first open moment at or after this local time once the wait is over.
@@ -217,7 +218,7 @@ class StepIn(Input, kw_only=True):
 
 
 class Step(Output, kw_only=True):
-    kind: Literal["sms", "email"]
+    kind: Kind
     wait_minutes: int
     wait_days: int = 0
     send_at: str | None = None
@@ -275,15 +276,21 @@ class SequenceEnvelope(Output, kw_only=True):
     sequence: Sequence
 
 
+_SUBJECT_ONLY = "only {} steps take a subject".format(
+    " and ".join(kind for kind, spec in SPECS.items() if spec.subject)
+)
+
+
 def build_steps(steps: list[StepIn]) -> list[Step]:
     """Validate step rules and templates; compute SMS segments."""
     errors = []
     out = []
     for i, step in enumerate(steps):
-        if step.kind == "email" and step.subject is None:
-            errors.append(FieldError(f"steps[{i}].subject", "required for email steps"))
-        if step.kind == "sms" and step.subject is not None:
-            errors.append(FieldError(f"steps[{i}].subject", "only email steps take a subject"))
+        spec = SPECS[step.kind]
+        if spec.subject and step.subject is None:
+            errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
+        if not spec.subject and step.subject is not None:
+            errors.append(FieldError(f"steps[{i}].subject", _SUBJECT_ONLY))
         for field in ("body", "subject"):
             text = getattr(step, field)
             if text is None:
@@ -298,7 +305,7 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                     raise ValueError("a time of day is before 24:00")
             except ValueError as exc:
                 errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
-        seg, enc = segments(step.body) if step.kind == "sms" else (None, None)
+        seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(
             Step(
                 kind=step.kind,
@@ -378,7 +385,6 @@ class EnrollmentList(Page, kw_only=True):
 
 
 # -- suppressions --------------------------------------------------------------------------
-Channel = Literal["sms", "email"]
 
 
 class SuppressionReason(StrEnum):

@@ -109,6 +109,9 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, logs.reload, config_path)
     warn_quiet_hours_off(config)
+    warning = config.http.public_url_warning()
+    if warning:
+        log.warning("config.public_url_port", detail=warning)
     try:
         async with open_store(config, own=True) as store:
             secret = await store.tenants.bootstrap()

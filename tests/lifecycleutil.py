@@ -3,6 +3,7 @@ signed Twilio requests, and running the dispatcher so steps are really sent."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from seqd.store.db import Store
 from tests.dispatchutil import Clock, Recorder, dispatcher
 
 PUBLIC = "https://seqd.example.com"
+_sids = itertools.count(1)
 # tenant -> (auth token, sender number)
 SENDERS = {
     "acme": ("acme-token", "+15005550001"),
@@ -95,9 +97,13 @@ class Client:
         resp = await self.http.post("/v1" + path, data=urlencode(params), headers=headers)
         return resp.status, await resp.text()
 
-    async def sms(self, tenant: str, phone: str, body: str, **kw: Any) -> tuple[int, str]:
+    async def sms(
+        self, tenant: str, phone: str, body: str, *, sid: str | None = None, **kw: Any
+    ) -> tuple[int, str]:
+        """A new message (its own MessageSid, as Twilio gives each) unless `sid` repeats one."""
         token, number = SENDERS[tenant]
-        params = {"From": phone, "To": number, "Body": body, "MessageSid": "SM1"}
+        sid = sid or f"SM{next(_sids):032x}"
+        params = {"From": phone, "To": number, "Body": body, "MessageSid": sid}
         return await self.twilio("/inbound/twilio/sms", params, token=kw.get("token", token))
 
 

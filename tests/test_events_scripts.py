@@ -8,6 +8,7 @@ import pytest
 
 from seqd import models
 from seqd.events.reader import Reader
+from seqd.store import calls
 from seqd.store import events as events_mod
 from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem
@@ -166,7 +167,7 @@ async def test_record_logs_a_batch_under_one_payload_once(
     s = any_store
     now = await _server_now(s)
     monkeypatch.setattr(events_mod, "RECORD_BATCH", 2)
-    calls = ScriptCalls(s, monkeypatch).calls
+    spied = ScriptCalls(s, monkeypatch).calls
     batch = LogItem(
         tenant=TENANT,
         type="sequence.step.sent",
@@ -176,7 +177,7 @@ async def test_record_logs_a_batch_under_one_payload_once(
     )
     items = [_item(1), batch, _item(2), batch]
     assert await s.events.record(items, now=now, retention_ms=DAY) == 5
-    assert len(calls) == 4  # [1], [batch], [2], [batch again]
+    assert len(spied) == 4  # [1], [batch], [2], [batch again]
     assert await _logged(s, TENANT) == [_eid(n) for n in (1, 10, 11, 12, 2)]
     rows = await s.client.xrange(s.keys.events(TENANT))
     assert rows[2][1] == {
@@ -190,11 +191,8 @@ async def test_record_logs_a_batch_under_one_payload_once(
     assert not await s.client.exists(s.keys.event(TENANT, _eid(11)))
     assert await s.events.record([batch], now=now, retention_ms=DAY) == 0
     with pytest.raises(ScriptError, match="BAD_ITEMS"):
-        await s.runner.call(
-            "recordEvents",
-            [s.keys.events(TENANT)],
-            [s.keys.tenant_tag(TENANT), DAY, "0-0", "t", NOW, b"{}", 2, _eid(20), "", ""],
-            tag=s.keys.tenant_tag(TENANT),
+        await s.runner.run(
+            calls.record_events(s.keys, TENANT, DAY, "0-0", ["t", NOW, b"{}", 2, _eid(20), "", ""])
         )
     assert len(await _logged(s, TENANT)) == 5
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from seqd import ids
 from seqd.errors import NotFound
+from seqd.kinds import letters
+from seqd.store import calls
 from seqd.store.db import Store
-from seqd.store.lifecycle import kinds
 from seqd.store.scripts import ScriptError
 from tests.dispatchutil import Clock, email, enroll, events, raw, sequence, sms
 from tests.lifecycleutil import PHONE, contact, send_due
@@ -21,16 +23,17 @@ async def test_reply_contact_refuses_a_stale_sequence_version(any_store: Store) 
     cid = await contact(s)
     (e,) = await enroll(s, seq, [cid])
     shard = ids.shard_of(cid, s.shards)
-    tag = s.keys.shard_tag(shard)
-    keys = [s.keys.heads(shard), s.keys.outbox(shard), s.keys.shard_sequences(shard)]
-    args = [tag, 1, "acme", cid, "", "sms", seq.id, 99, kinds(seq), "pause"]
+
+    def reply(version: int) -> calls.Call:
+        at = [seq.id, version, letters([step.kind for step in seq.steps]), "pause"]
+        return calls.reply_contact(s.keys, shard, 1, "acme", cid, "", "sms", at)
+
     with pytest.raises(ScriptError) as info:
-        await s.runner.call("replyContact", keys, args, tag=tag)
+        await s.runner.run(reply(99))
     assert (info.value.code, info.value.detail) == ("STALE", seq.id)
     assert (await raw(s, e.id))["st"] == "active"
     # At the mirror's version: not sent yet, so nothing happens.
-    args[7] = 1
-    assert await s.runner.call("replyContact", keys, args, tag=tag) == [e.id, "not_sent"]
+    assert await s.runner.run(reply(1)) == [e.id, "not_sent"]
 
 
 async def test_reply_for_another_tenant_touches_nothing(any_store: Store) -> None:
@@ -102,15 +105,20 @@ async def test_record_delivery_ranks_and_not_found(any_store: Store) -> None:
 
 async def test_suppress_and_emit(any_store: Store) -> None:
     s = any_store
-    keys = [s.keys.suppressions("acme", "sms"), s.keys.suppression_index("acme", "sms")]
+
+    async def suppress(action: str, record: str, keep: str) -> Any:
+        return await s.runner.run(
+            calls.suppress(s.keys, "acme", "sms", action, PHONE, record, keep)
+        )
+
     with pytest.raises(ScriptError) as info:
-        await s.runner.call("suppress", keys, ["replace", PHONE, "{}", ""])
+        await suppress("replace", "{}", "")
     assert info.value.code == "BAD_ACTION"
     record = json.dumps({"reason": "manual", "created_at": 1})
-    assert await s.runner.call("suppress", keys, ["add", PHONE, record, ""]) == [1, record]
-    assert await s.runner.call("suppress", keys, ["remove", PHONE, "", "manual"]) == [0, record]
-    assert await s.runner.call("suppress", keys, ["remove", PHONE, "", ""]) == [1, record]
-    assert await s.runner.call("suppress", keys, ["remove", PHONE, "", ""]) == [0, ""]
+    assert await suppress("add", record, "") == [1, record]
+    assert await suppress("remove", "", "manual") == [0, record]
+    assert await suppress("remove", "", "") == [1, record]
+    assert await suppress("remove", "", "") == [0, ""]
     await s.lifecycle.emit(
         "acme", "contact.opted_in", {"value": PHONE}, contact_id=None, value=PHONE
     )

@@ -319,3 +319,112 @@ async def test_a_reply_goes_to_each_verified_tenant_of_a_shared_number(store: St
         assert (await api.twilio("/inbound/twilio/sms", params, token="t"))[0] == 200
     assert await store.suppressions.get("acme", "sms", PHONE) is not None
     assert await store.suppressions.get("default", "sms", PHONE) is not None
+
+
+TOP_LEVEL = ("top-token", "+15005550042")
+
+
+def keys_only_config() -> Config:
+    """No [tenants.<name>] sections: every tenant made with `seqd keys create` (acme, beta
+    in `client`) sends from the top-level Twilio number."""
+    token, number = TOP_LEVEL
+    cfg = Config(
+        channels=ChannelsConfig(
+            sms="twilio",
+            twilio=TwilioConfig(account_sid="AC1", auth_token=token, from_number=number),
+        )
+    )
+    cfg.http.public_url = "https://seqd.example.com"
+    return cfg
+
+
+async def both_tenants_texted(store: Store) -> tuple[str, str]:
+    """PHONE is a contact of acme and of beta, each enrolled in an SMS ladder, first SMS sent."""
+    from seqd import models
+    from seqd.store.enrollments import EnrollItem
+
+    enrolled = []
+    for tenant in ("acme", "beta"):
+        seq = await store.sequences.create(
+            tenant, models.SequenceCreate(name="s", status="active", steps=[sms(), sms(wait=10)])
+        )
+        cid = await contact(store, tenant)
+        [res] = await store.enrollments.enroll(tenant, seq, [EnrollItem(cid, {})])
+        assert res.enrollment is not None
+        enrolled.append(res.enrollment.id)
+    await send_due(store, Clock())
+    return enrolled[0], enrolled[1]
+
+
+async def test_a_stop_to_the_top_level_number_reaches_every_tenant_made_by_keys(
+    store: Store,
+) -> None:
+    """Both tenants texted PHONE from the one top-level number; the STOP cannot tell which
+    it answers, so both apply it (an opt-out is never lost to ambiguity)."""
+    acme, beta = await both_tenants_texted(store)
+    token, number = TOP_LEVEL
+    async with client(store, keys_only_config()) as api:
+        params = {"From": PHONE, "To": number, "Body": "STOP", "MessageSid": "SMstop1"}
+        assert (await api.twilio("/inbound/twilio/sms", params, token=token))[0] == 200
+        for tenant in ("acme", "beta"):
+            listed = (await api.call("GET", "/suppressions", tenant=tenant))[1]
+            assert [(s["value"], s["reason"]) for s in listed["data"]] == [(PHONE, "opted_out")]
+    assert await status(store, acme) == ("cancelled", "opted_out")
+    assert await status(store, beta) == ("cancelled", "opted_out")
+
+
+async def test_a_reply_to_a_shared_number_pauses_each_tenant_that_texted_the_phone(
+    store: Store,
+) -> None:
+    """A reply is applied where the phone is a contact: both tenants texted it, both pause;
+    a third tenant that never knew the phone records nothing."""
+    acme, beta = await both_tenants_texted(store)
+    token, number = TOP_LEVEL
+    async with client(store, keys_only_config()) as api:
+        params = {"From": PHONE, "To": number, "Body": "who is this?", "MessageSid": "SMr1"}
+        assert (await api.twilio("/inbound/twilio/sms", params, token=token))[0] == 200
+    assert await status(store, acme) == ("paused", "reply_received")
+    assert await status(store, beta) == ("paused", "reply_received")
+
+
+async def test_a_replayed_start_does_not_lift_a_later_stop(store: Store) -> None:
+    """A captured, validly signed START replayed after the phone said STOP again: the
+    replay is dropped by its MessageSid, the phone stays suppressed and is not texted."""
+    token, number = SENDERS["acme"]
+    seq = await sequence(store, sms(), sms(wait=10))
+    cid = await contact(store)
+
+    def message(body: str, sid: str) -> dict[str, str]:
+        return {"From": PHONE, "To": number, "Body": body, "MessageSid": sid, "SmsSid": sid}
+
+    async with client(store) as api:
+        start = message("START", "SM" + "b" * 32)
+        for params in (message("STOP", "SM" + "a" * 32), start, message("STOP", "SM" + "c" * 32)):
+            assert (await api.twilio("/inbound/twilio/sms", params, token=token))[0] == 200
+        assert (await api.twilio("/inbound/twilio/sms", start, token=token))[0] == 200
+        listed = (await api.call("GET", "/suppressions?channel=sms"))[1]
+        assert [(s["value"], s["reason"]) for s in listed["data"]] == [(PHONE, "opted_out")]
+        code, _ = await api.call("POST", f"/sequences/{seq.id}/enrollments", {"contact_id": cid})
+        assert code == 409
+    assert [e["type"] for e in await events(store) if e["type"].startswith("contact.")] == [
+        "contact.opted_out",
+        "contact.opted_in",
+        "contact.opted_out",
+    ]
+
+
+async def test_a_retried_reply_pauses_once_and_is_acknowledged(store: Store) -> None:
+    """Twilio retries a webhook it got no answer to: the retry is answered, not applied
+    again (the paused enrollment, resumed meanwhile, stays active)."""
+    seq = await sequence(store, sms(), sms(wait=10))
+    cid = await contact(store)
+    (e,) = await enroll(store, seq, [cid])
+    await send_due(store, Clock())
+    async with client(store) as api:
+        sid = "SM" + "d" * 32
+        assert (await api.sms("acme", PHONE, "call me", sid=sid))[0] == 200
+        assert await status(store, e.id) == ("paused", "reply_received")
+        assert (await api.call("POST", f"/enrollments/{e.id}/resume"))[0] == 200
+        code, body = await api.sms("acme", PHONE, "call me", sid=sid)
+    assert code == 200 and "<Response/>" in body
+    assert await status(store, e.id) == ("active", None)

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from seqd import models
+from seqd import ids, models
 from seqd.store.db import Store
 from tests.dispatchutil import Clock, enroll, events, raw, sequence, sms
 from tests.lifecycleutil import PHONE, Client, client, contact, send_due
@@ -112,3 +112,17 @@ async def test_unknown_enrollment_and_bad_input(store: Store) -> None:
         assert await callback(api, e.id, 0, "read") == 204  # a status seqd does not track
     assert "d0" not in await raw(store, e.id)
     assert await message_events(store) == []
+
+
+async def test_a_replayed_callback_is_answered_and_not_applied(store: Store) -> None:
+    """The same sid and status again (Twilio's retry, or a capture) is dropped before the
+    store; the same sid with a later status is applied."""
+    e = await sent_enrollment(store)
+    async with client(store) as api:
+        assert await callback(api, e.id, 0, "sent") == 204
+        await store.client.hset(store.keys.enrollment(ids.shard_of(e.id, store.shards), e.id),
+                                "d0", "0:queued")  # fmt: skip
+        assert await callback(api, e.id, 0, "sent") == 204  # a replay: not recorded again
+        assert (await raw(store, e.id))["d0"] == "0:queued"
+        assert await callback(api, e.id, 0, "delivered") == 204
+    assert (await raw(store, e.id))["d0"] == "3:delivered"

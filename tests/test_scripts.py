@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
 import pytest
 
 from seqd import ids, models
+from seqd.store import calls
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch, Settle
 from seqd.store.enrollments import EnrollItem
@@ -163,20 +165,10 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     ]
     runner = Runner(s.client)
     with pytest.raises(ScriptError) as info:
-        await runner.call(
-            "transition",
-            [s.keys.heads(shard), s.keys.outbox(shard)],
-            [s.keys.shard_tag(shard), 1, "acme", eid, "explode", ""],
-            tag=s.keys.shard_tag(shard),
-        )
+        await runner.run(calls.transition(s.keys, shard, 1, "acme", eid, "explode", ""))
     assert info.value.code == "BAD_ACTION"
     with pytest.raises(ScriptError) as info:
-        await runner.call(
-            "transition",
-            [s.keys.heads(shard), s.keys.outbox(shard)],
-            [s.keys.shard_tag(shard), 1, "acme", eid, "resume", ""],
-            tag=s.keys.shard_tag(shard),
-        )
+        await runner.run(calls.transition(s.keys, shard, 1, "acme", eid, "resume", ""))
     assert (info.value.code, info.value.detail) == ("INVALID_TRANSITION", "completed")
 
 
@@ -205,16 +197,10 @@ async def test_sync_sequence_sweeps_in_batches(
 
 async def test_sync_sequence_never_lowers_the_mirror_version(store: Store) -> None:
     seq = await store.sequences.create("acme", SEQ)
-    shard = 0
-    keys = [store.keys.heads(shard), store.keys.outbox(shard), store.keys.shard_sequences(shard)]
-    tag = store.keys.shard_tag(shard)
-    await store.runner.call(
-        "syncSequence", keys, [tag, 1, seq.id, "paused:5:2", "", 10, ""], tag=tag
-    )
-    await store.runner.call(
-        "syncSequence", keys, [tag, 1, seq.id, "active:4:2", "", 10, ""], tag=tag
-    )
-    assert await store.client.hget(keys[2], seq.id) == "paused:5:2"
+    k = store.keys
+    await store.runner.run(calls.sync_sequence(k, 0, 1, seq.id, "paused:5:2", "", 10, "", ""))
+    await store.runner.run(calls.sync_sequence(k, 0, 1, seq.id, "active:4:2", "", 10, "", ""))
+    assert await store.client.hget(k.shard_sequences(0), seq.id) == "paused:5:2"
 
 
 async def test_link_contact_conflict_and_stale_entries(any_store: Store) -> None:
@@ -233,16 +219,14 @@ async def test_link_contact_conflict_and_stale_entries(any_store: Store) -> None
 async def test_put_sequence_optimistic_concurrency(any_store: Store) -> None:
     s = any_store
     seq = await s.sequences.create("acme", SEQ)
-    keys = [s.keys.sequence("acme", seq.id), s.keys.sequences("acme")]
     with pytest.raises(ScriptError) as info:
-        await s.runner.call("putSequence", keys, [seq.id, "{}", "active", 7])
+        await s.runner.run(calls.put_sequence(s.keys, "acme", seq.id, "{}", "active", 7))
     assert info.value.code == "CONFLICT"
     with pytest.raises(ScriptError) as info:
-        await s.runner.call("putSequence", keys, [seq.id, "{}", "active", 0])
+        await s.runner.run(calls.put_sequence(s.keys, "acme", seq.id, "{}", "active", 0))
     assert info.value.code == "EXISTS"
-    missing = [s.keys.sequence("acme", "seq_x"), s.keys.sequences("acme")]
     with pytest.raises(ScriptError) as info:
-        await s.runner.call("putSequence", missing, ["seq_x", "{}", "active", 1])
+        await s.runner.run(calls.put_sequence(s.keys, "acme", "seq_x", "{}", "active", 1))
     assert info.value.code == "NOT_FOUND"
 
 
@@ -250,24 +234,14 @@ async def test_put_and_delete_contact_codes(any_store: Store) -> None:
     s = any_store
     c = await s.contacts.create("acme", {"phone": "+14155550100"})
     shard = ids.shard_of(c.id, s.shards)
-    tag = s.keys.shard_tag(shard)
     with pytest.raises(ScriptError) as info:
-        await s.runner.call(
-            "putContact", [s.keys.contact(shard, c.id)], [tag, 1, "acme", c.id, "create"], tag=tag
-        )
+        await s.runner.run(calls.put_contact(s.keys, shard, 1, "acme", c.id, "create", []))
     assert info.value.code == "EXISTS"
     with pytest.raises(ScriptError) as info:
-        await s.runner.call(
-            "putContact", [s.keys.contact(shard, c.id)], [tag, 1, "bravo", c.id, "update"], tag=tag
-        )
+        await s.runner.run(calls.put_contact(s.keys, shard, 1, "bravo", c.id, "update", []))
     assert info.value.code == "NOT_FOUND"
     with pytest.raises(ScriptError) as info:
-        await s.runner.call(
-            "deleteContact",
-            [s.keys.heads(shard), s.keys.outbox(shard)],
-            [tag, 1, "bravo", c.id],
-            tag=tag,
-        )
+        await s.runner.run(calls.delete_contact(s.keys, shard, 1, "bravo", c.id))
     assert info.value.code == "NOT_FOUND"
 
 
@@ -277,10 +251,9 @@ async def test_trim_intake_deletes_only_the_finished_head(any_store: Store) -> N
     nothing) everything from it on."""
     s = any_store
     key = s.keys.intake()
-    tag = s.keys.intake_tag()
 
     async def trim() -> int:
-        return int(await s.runner.call("trimIntake", [key], [], tag=tag))
+        return int(await s.runner.run(calls.trim_intake(s.keys)))
 
     assert await trim() == 0, "no stream (yet, or deleted): nothing to do"
     ids_ = [await s.client.xadd(key, {"n": str(n)}) for n in range(5)]
@@ -303,3 +276,20 @@ async def test_trim_intake_deletes_only_the_finished_head(any_store: Store) -> N
     await s.client.xack(key, "other", ids_[4])
     assert await trim() == 1 and await s.client.xlen(key) == 0
     assert await trim() == 0
+
+
+def test_each_script_has_one_builder() -> None:
+    """Every script is called through its builder in store/calls.py (claimDue, leasePeeked
+    and advance are still called by store/dispatch.py directly)."""
+    built = re.findall(r'Call\(\s*"(\w+)"', inspect.getsource(calls))
+    assert len(built) == len(set(built))
+    assert sorted(built) == sorted(set(SCRIPTS) - {"claimDue", "leasePeeked", "advance"})
+
+
+def test_enroll_rows_read_as_one_error_type() -> None:
+    rows = [[1, "enr_a", 0], [1, "enr_b", 1, ["st", "active"]], [0, "CONTACT_NOT_FOUND", "con_x"]]
+    created, existing, refused = calls.enrolled(rows)
+    assert created == calls.Enrolled("enr_a", False, [])
+    assert existing == calls.Enrolled("enr_b", True, ["st", "active"])
+    assert isinstance(refused, ScriptError)
+    assert (refused.code, refused.detail) == ("CONTACT_NOT_FOUND", "con_x")

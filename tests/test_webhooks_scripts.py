@@ -8,7 +8,7 @@ import pytest
 
 from seqd import ids
 from seqd.events import envelope
-from seqd.store import outbox
+from seqd.store import calls, outbox
 from seqd.store.db import Store
 from seqd.store.outbox import GROUP, Delivery, Fanout
 from seqd.store.scripts import ScriptError
@@ -267,23 +267,24 @@ async def test_purge_and_trim(any_store: Store) -> None:
 
 async def test_put_endpoint_compare_and_set(any_store: Store) -> None:
     s = any_store
-    key = [s.keys.webhook_endpoints(TENANT)]
-    tag = s.keys.tenant_tag(TENANT)
-    call = s.runner.call
-    assert await call("putEndpoint", key, ["whe_1", "", "v1", 2], tag=tag) == 1
+
+    async def put(eid: str, expected: str, record: str, limit: int) -> Any:
+        return await s.runner.run(calls.put_endpoint(s.keys, TENANT, eid, expected, record, limit))
+
+    assert await put("whe_1", "", "v1", 2) == 1
     with pytest.raises(ScriptError) as err:
-        await call("putEndpoint", key, ["whe_1", "", "v1", 2], tag=tag)
+        await put("whe_1", "", "v1", 2)
     assert err.value.code == "CONFLICT"
-    assert await call("putEndpoint", key, ["whe_2", "", "v2", 2], tag=tag) == 1
+    assert await put("whe_2", "", "v2", 2) == 1
     with pytest.raises(ScriptError) as err:
-        await call("putEndpoint", key, ["whe_3", "", "v3", 2], tag=tag)
+        await put("whe_3", "", "v3", 2)
     assert (err.value.code, err.value.detail) == ("LIMIT", "2")
     with pytest.raises(ScriptError) as err:
-        await call("putEndpoint", key, ["whe_1", "stale", "v1b", 0], tag=tag)
+        await put("whe_1", "stale", "v1b", 0)
     assert err.value.code == "CONFLICT"
     with pytest.raises(ScriptError) as err:
-        await call("putEndpoint", key, ["whe_9", "v9", "x", 0], tag=tag)
+        await put("whe_9", "v9", "x", 0)
     assert err.value.code == "NOT_FOUND"
-    assert await call("putEndpoint", key, ["whe_1", "v1", "v1b", 0], tag=tag) == 1
-    assert await call("putEndpoint", key, ["whe_2", "v2", "", 0], tag=tag) == 1
-    assert await s.client.hgetall(key[0]) == {"whe_1": "v1b"}
+    assert await put("whe_1", "v1", "v1b", 0) == 1
+    assert await put("whe_2", "v2", "", 0) == 1
+    assert await s.client.hgetall(s.keys.webhook_endpoints(TENANT)) == {"whe_1": "v1b"}

@@ -103,7 +103,10 @@ async def twilio_sms(request: web.Request) -> web.Response:
     params, url, sig = await _signed_form(request)
     fields = dict(params)
     candidates = sms_inbound.tenants_for_sender(
-        config, fields.get("To", ""), fields.get("MessagingServiceSid", "")
+        config,
+        fields.get("To", ""),
+        fields.get("MessagingServiceSid", ""),
+        await store.tenants.names(),
     )
     owners = _verified(config, candidates, url, params, sig)
     if not owners:
@@ -113,8 +116,8 @@ async def twilio_sms(request: web.Request) -> web.Response:
         phone = models.normalize_phone(fields.get("From", ""), None)
     except ValueError as exc:
         raise Invalid.field("From", str(exc)) from None
-    for tenant in owners:
-        await sms_inbound.handle_sms(config, store, tenant, phone, fields.get("Body", ""))
+    sid = fields.get("MessageSid") or fields.get("SmsSid", "")
+    await sms_inbound.receive_sms(config, store, owners, phone, fields.get("Body", ""), sid)
     return _twiml()
 
 
@@ -150,14 +153,15 @@ async def twilio_status(request: web.Request) -> web.Response:
     if owner is None or not status:
         return web.Response(status=204)
     try:
-        await sms_inbound.handle_status(
+        await sms_inbound.receive_status(
+            config,
             store,
             owner[0],
             owner[1],
             query.e,
             query.s,
             status,
-            message_sid=fields.get("MessageSid", ""),
+            message_sid=fields.get("MessageSid") or fields.get("SmsSid", ""),
             error_code=fields.get("ErrorCode", "").strip(),
             to=fields.get("To", ""),
         )

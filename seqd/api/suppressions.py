@@ -15,26 +15,26 @@ from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
 from seqd.config import Config
 from seqd.errors import Invalid, NotFound
-from seqd.store.suppressions import CHANNELS
+from seqd.kinds import CHANNEL_ADDRESS, CHANNELS, Channel
 
 TAG = "suppressions"
 Value = Annotated[str, Meta(min_length=1, max_length=320)]
 
 
 class SuppressionListQuery(ListQuery, kw_only=True):
-    channel: models.Channel | None = None
+    channel: Channel | None = None
     value: Value | None = None
 
 
 class SuppressionKey(models.Input, kw_only=True):
-    channel: models.Channel
+    channel: Channel
     value: Value
 
 
-def normalise(config: Config, channel: str, value: str, path: str = "value") -> str:
+def normalise(config: Config, channel: Channel, value: str, path: str = "value") -> str:
     """A phone in E.164 or a normalised address; 422 naming `path` when it is neither."""
     try:
-        if channel == "sms":
+        if CHANNEL_ADDRESS[channel] == "phone":
             return models.normalize_phone(value, config.contacts.default_region)
         return models.normalize_email(value)
     except ValueError as exc:
@@ -69,7 +69,7 @@ async def create_suppression(request: web.Request) -> web.Response:
 async def list_suppressions(request: web.Request) -> web.Response:
     query = read_query(request, SuppressionListQuery)
     store, tenant = request.app[STORE], tenant_of(request)
-    channels: list[str] = [query.channel] if query.channel else list(CHANNELS)
+    channels: list[Channel] = [query.channel] if query.channel else list(CHANNELS)
     if query.value is not None:
         found = []
         for channel in channels:

@@ -13,6 +13,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from seqd.kinds import Kind
+
 Outcome = Literal["sent", "retry", "failed", "unknown"]
 
 
@@ -27,7 +29,7 @@ class OutboundMessage(msgspec.Struct, kw_only=True):
     contact_id: str
     sequence_id: str
     step: int
-    kind: Literal["sms", "email"]
+    kind: Kind
     to: str
     body: str
     # Email only.

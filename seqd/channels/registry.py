@@ -1,6 +1,7 @@
 """Which sender sends a tenant's SMS and email, built once and shared.
 
-`config.channels_for(tenant)` names a provider per kind (`channels.sms`, `channels.email`)
+`config.channels_for(tenant)` names a provider per kind (the setting `kinds.SPECS` names:
+`channels.sms`, `channels.email`)
 and carries its settings, already merged over the top-level `[channels]`. Senders are built
 on first use and cached per (provider, settings): tenants whose settings are equal share
 one sender and so one connection pool, and a tenant with its own Twilio account gets its
@@ -10,15 +11,13 @@ stops `seqd serve` with the setting's name instead of failing every send later.
 
 from __future__ import annotations
 
-from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
 from seqd.channels.base import Sender
 from seqd.config import ChannelsConfig, Config, ConfigError
-
-Kind = Literal["sms", "email"]
+from seqd.kinds import SPECS, Kind
 
 
 class Senders:
@@ -37,7 +36,10 @@ class Senders:
         return sender
 
     def _resolve(self, channels: ChannelsConfig, kind: Kind) -> Sender:
-        provider = channels.sms if kind == "sms" else channels.email
+        setting = SPECS[kind].provider
+        if setting is None:
+            raise ValueError(f"no channel provider sends {kind} steps")
+        provider: str = getattr(channels, setting)
         settings = getattr(channels, provider)
         cache_key = (provider, msgspec.json.encode(settings))
         sender = self._by_settings.get(cache_key)

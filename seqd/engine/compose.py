@@ -9,20 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from seqd.channels.base import OutboundMessage, SendResult, message_key
 from seqd.engine import render
 from seqd.engine.plans import Plan
+from seqd.kinds import ADDRESS_FIELD, SPECS, Kind
 from seqd.models import CancelReason, PausedReason
 from seqd.store.dispatch import Claimed, Settle, SuppressionRecord
-from seqd.store.mirrors import ADDRESS_FIELD
 
-# A contact whose every remaining step is suppressed is cancelled with this reason, unless
-# the suppression record names one of the cancel reasons itself.
-SUPPRESSED_REASON = {"sms": CancelReason.OPTED_OUT.value, "email": CancelReason.BOUNCED.value}
 _CANCEL_REASONS = frozenset(r.value for r in CancelReason)
 
 _decode = msgspec.json.Decoder().decode
@@ -35,7 +32,7 @@ class Job:
     id: str
     token: str
     step: int
-    kind: Literal["sms", "email"]
+    kind: Kind
     # next_run_at of the step (ms), for lateness.
     due: int
     # Attempts already made at this step.
@@ -51,9 +48,13 @@ def _settle(item: Claimed, step: int, kind: str, now: int, **fields: Any) -> Set
     return Settle(id=item.id, token=item.e["k"], step=step, kind=kind, at=now, **fields)
 
 
-def suppressed_reason(record: SuppressionRecord, kind: str) -> str:
+def suppressed_reason(record: SuppressionRecord, kind: Kind) -> str:
+    """Why a contact whose every remaining step is suppressed is cancelled: the record's
+    reason when it is a cancel reason, else the kind's."""
     reason = record.reason
-    return reason if reason in _CANCEL_REASONS else SUPPRESSED_REASON[kind]
+    if reason in _CANCEL_REASONS:
+        return reason
+    return SPECS[kind].cancel_reason or CancelReason.MANUAL.value
 
 
 def compose(
@@ -110,7 +111,7 @@ def compose(
         contact_id=e["c"],
         sequence_id=e["s"],
         step=step,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         to=to,
         body=body,
         subject=subject,
@@ -120,7 +121,7 @@ def compose(
         id=item.id,
         token=e["k"],
         step=step,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         due=int(e["n"]),
         attempts=int(e.get("a") or 0),
         message=message,

@@ -57,6 +57,7 @@ from seqd.engine.rounds import Lane, Round, cut_pieces
 from seqd.engine.slots import Slots
 from seqd.errors import NotFound
 from seqd.health import Heart
+from seqd.kinds import ADDRESS_FIELD
 from seqd.store.db import Store
 from seqd.store.dispatch import (
     Advanced,
@@ -69,7 +70,7 @@ from seqd.store.dispatch import (
     SuppressionRecord,
     Trip,
 )
-from seqd.store.mirrors import ADDRESS_FIELD, version_of
+from seqd.store.mirrors import version_of
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from seqd import models
 from seqd.engine import render
+from seqd.kinds import SPECS, Kind
 from seqd.store.db import Store
 
 # Plans kept at most; the oldest loaded is dropped past this.
@@ -22,13 +23,13 @@ CACHE_SIZE = 10_000
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
-    kind: str
+    kind: Kind
     body: str
-    # The subject sent (email): own, or "Re: " + the first email's when threaded.
+    # The subject sent: own, or "Re: " + the first threading step's when threaded.
     subject: str | None
     # True when `subject` is the first email step's subject to be prefixed with "Re: ".
     reply_subject: bool
-    # Index of the first email step when this one threads under it.
+    # Index of the first step of its kind when this one threads under it.
     thread_root: int | None
     # ms from the previous step's send (or the enrollment) to this step.
     wait_ms: int
@@ -42,10 +43,11 @@ class Plan:
     sequence_id: str
     version: int
     steps: tuple[StepPlan, ...]
-    # Per step index: the channels of that step and the ones after it (suppression reads).
-    kinds_left: tuple[tuple[str, ...], ...]
+    # Per step index: the kinds with a suppression list among that step and the ones after
+    # it (the suppression reads).
+    kinds_left: tuple[tuple[Kind, ...], ...]
 
-    def kinds_from(self, step: int) -> tuple[str, ...]:
+    def kinds_from(self, step: int) -> tuple[Kind, ...]:
         return self.kinds_left[step] if step < len(self.kinds_left) else ()
 
     def wait_after(self, step: int) -> int:
@@ -55,15 +57,18 @@ class Plan:
 
 
 def build(seq: models.Sequence, version: int) -> Plan:
-    first_email = next((i for i, s in enumerate(seq.steps) if s.kind == "email"), None)
+    # The first step of each threading kind: the later ones thread under it.
+    roots_at: dict[Kind, int] = {}
+    for i, step in enumerate(seq.steps):
+        if SPECS[step.kind].threads:
+            roots_at.setdefault(step.kind, i)
     steps = []
     for i, step in enumerate(seq.steps):
-        threaded = (
-            step.kind == "email" and first_email is not None and i > first_email and step.thread
-        )
+        first = roots_at.get(step.kind)
+        threaded = first is not None and i > first and step.thread
         subject = step.subject
-        if threaded and first_email is not None:
-            subject = seq.steps[first_email].subject
+        if threaded and first is not None:
+            subject = seq.steps[first].subject
         roots = render.roots(step.body, subject)
         steps.append(
             StepPlan(
@@ -71,14 +76,15 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 body=step.body,
                 subject=subject,
                 reply_subject=threaded,
-                thread_root=first_email if threaded else None,
+                thread_root=first if threaded else None,
                 wait_ms=step.wait_minutes * 60_000,
                 needs_attributes="attributes" in roots,
                 needs_metadata="metadata" in roots,
             )
         )
     kinds_left = tuple(
-        tuple(sorted({s.kind for s in seq.steps[i:]})) for i in range(len(seq.steps))
+        tuple(sorted({s.kind for s in seq.steps[i:] if SPECS[s.kind].suppression}))
+        for i in range(len(seq.steps))
     )
     return Plan(seq.id, version, tuple(steps), kinds_left)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 from seqd.channels.base import Sender
+from seqd.kinds import Kind
 
 
 class SenderSource(Protocol):
     """Who sends a tenant's SMS and email (`channels.registry.Senders`)."""
 
-    def get(self, tenant: str, kind: Literal["sms", "email"]) -> Sender: ...
+    def get(self, tenant: str, kind: Kind) -> Sender: ...
 
     async def close(self) -> None: ...
 

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import structlog
 
+from seqd.kinds import CHANNEL_ADDRESS, Channel
 from seqd.models import CancelReason, SuppressionReason
 from seqd.store.db import Store
-from seqd.store.screening import ADDRESS
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +23,7 @@ log = structlog.get_logger(__name__)
 class Stopped(msgspec.Struct, frozen=True):
     """The outcome of an opt-out or bounce: suppression new or not, enrollments cancelled."""
 
-    channel: str
+    channel: Channel
     value: str
     contact_id: str | None
     newly_suppressed: bool
@@ -33,7 +33,7 @@ class Stopped(msgspec.Struct, frozen=True):
 async def _stop(
     store: Store,
     tenant: str,
-    channel: str,
+    channel: Channel,
     value: str,
     *,
     reason: SuppressionReason,
@@ -43,7 +43,7 @@ async def _stop(
     contact_id: str | None,
 ) -> Stopped:
     if contact_id is None:
-        contact_id = await store.contacts.find(tenant, ADDRESS[channel], value)
+        contact_id = await store.contacts.find(tenant, CHANNEL_ADDRESS[channel], value)
     _, new = await store.suppressions.add(tenant, channel, value, reason.value)
     cancelled = await store.lifecycle.stop_channel(
         tenant,
@@ -68,7 +68,7 @@ async def _stop(
 async def opt_out(
     store: Store,
     tenant: str,
-    channel: str,
+    channel: Channel,
     value: str,
     *,
     source: str,
@@ -105,7 +105,7 @@ async def bounce(
     )
 
 
-async def opt_in(store: Store, tenant: str, channel: str, value: str, *, source: str) -> bool:
+async def opt_in(store: Store, tenant: str, channel: Channel, value: str, *, source: str) -> bool:
     """Lift an opt-out (future enrollments only: nothing cancelled comes back).
 
     A `manual` suppression (added through the API by an operator) is not lifted by the
@@ -116,7 +116,7 @@ async def opt_in(store: Store, tenant: str, channel: str, value: str, *, source:
     )
     if removed is None:
         return False
-    contact_id = await store.contacts.find(tenant, ADDRESS[channel], value)
+    contact_id = await store.contacts.find(tenant, CHANNEL_ADDRESS[channel], value)
     data = {"id": contact_id, "contact_id": contact_id, "channel": channel, "value": value}
     await store.lifecycle.emit(
         tenant, "contact.opted_in", data | {"source": source}, contact_id=contact_id, value=value

@@ -1,12 +1,21 @@
 """Inbound SMS and delivery status callbacks in Twilio's format.
 
-A number may send for several tenants (a tenant that sets no `from_number` of its own
-inherits [channels.twilio]'s), so an inbound message belongs to every tenant whose sender
-matches `To` (or `MessagingServiceSid`) AND whose auth token verifies the signature.
+A number may send for several tenants (a tenant without a `[tenants.<name>]` section, made
+with `seqd keys create`, sends from [channels.twilio]'s), so an inbound message belongs to
+every tenant whose sender matches `To` (or `MessagingServiceSid`) AND whose auth token
+verifies the signature: an opt-out is applied to each of them, never lost to ambiguity, and
+a reply to each where the phone is a contact.
+
+Each message and status callback is applied once per MessageSid (store/replays.py), so a
+retried or captured-and-replayed webhook changes nothing. Twilio's webhooks carry no send
+time, so messages are ordered by arrival, and a keyword message's arrival is its first
+one: remembered `keyword_replay_days`, an old START cannot lift a newer STOP.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Final, Literal
 
 import msgspec
@@ -24,6 +33,10 @@ log = structlog.get_logger(__name__)
 
 # https://www.twilio.com/docs/api/errors/21610: the recipient has replied STOP to the sender.
 UNSUBSCRIBED: Final = "21610"
+
+# A Twilio id (SM..., MM..., 34 characters); anything else is not remembered as one.
+_SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
+_HOUR: Final = 3600
 
 # Message statuses by progress. A stored status is replaced only by a higher rank: finals
 # (3) are never replaced, not even by another final.
@@ -47,12 +60,13 @@ FINAL_EVENT: Final[dict[str, str]] = {
 }
 
 
-def tenants(config: Config) -> list[str]:
-    """Every configured tenant, `default` (the top-level [channels]) included."""
+def tenants(config: Config, known: Iterable[str] = ()) -> list[str]:
+    """Every configured tenant, `default` (the top-level [channels]) included, then the
+    `known` ones (the store's: made by keys alone, they send with the top-level channels)."""
     names = list(config.tenants)
     if DEFAULT_TENANT not in names:
         names.append(DEFAULT_TENANT)
-    return names
+    return names + sorted(set(known).difference(names))
 
 
 def _same_number(a: str, b: str) -> bool:
@@ -62,10 +76,13 @@ def _same_number(a: str, b: str) -> bool:
         return a == b
 
 
-def tenants_for_sender(config: Config, to: str, messaging_service_sid: str) -> list[str]:
-    """Tenants whose Twilio sender is `To` (or the messaging service) and that can verify."""
+def tenants_for_sender(
+    config: Config, to: str, messaging_service_sid: str, known: Iterable[str] = ()
+) -> list[str]:
+    """Tenants whose Twilio sender is `To` (or the messaging service) and that can verify;
+    `known`: the tenants the store has, configured or not."""
     found = []
-    for tenant in tenants(config):
+    for tenant in tenants(config, known):
         twilio = config.channels_for(tenant).twilio
         if not twilio.auth_token:
             continue
@@ -110,7 +127,29 @@ async def handle_sms(
     return SmsOutcome(tenant, "reply", cid, changed)
 
 
-async def handle_status(
+def _replay_id(sid: str) -> str | None:
+    return sid if _SID.match(sid) else None
+
+
+async def receive_sms(
+    config: Config, store: Store, tenants: list[str], phone: str, body: str, message_sid: str
+) -> list[SmsOutcome]:
+    """An SMS to a sender of each of `tenants`, applied to each unless its sid was seen."""
+    sid = _replay_id(message_sid)
+    if sid is not None and await store.replays.seen(sid):
+        log.info("sms.replayed", message_sid=sid)
+        return []
+    outcomes = [await handle_sms(config, store, t, phone, body) for t in tenants]
+    if sid is not None:
+        keyword = any(o.action in ("opted_out", "opted_in") for o in outcomes)
+        lifecycle = config.lifecycle
+        keep = lifecycle.keyword_replay_days * 24 if keyword else lifecycle.replay_window_hours
+        await store.replays.remember(sid, seconds=keep * _HOUR)
+    return outcomes
+
+
+async def receive_status(
+    config: Config,
     store: Store,
     tenant: str,
     contact_id: str,
@@ -122,10 +161,15 @@ async def handle_status(
     error_code: str,
     to: str,
 ) -> Delivery | None:
-    """Record a status callback; a 21610 error also opts the phone out. None: a status
-    seqd does not track (read, receiving, ...)."""
+    """Record a status callback unless the same sid and status was seen; a 21610 error also
+    opts the phone out. None: a replay, or a status seqd does not track (read, ...)."""
     rank = STATUS_RANK.get(status)
     if rank is None:
+        return None
+    sid = _replay_id(message_sid)
+    seen_as = f"{sid}:{status}" if sid is not None else None
+    if seen_as is not None and await store.replays.seen(seen_as):
+        log.info("sms.status.replayed", message_sid=sid, status=status)
         return None
     event = {"status": status, "message_sid": message_sid, "error_code": error_code or None}
     delivery = await store.lifecycle.record_delivery(
@@ -144,6 +188,9 @@ async def handle_status(
             await optout.opt_out(
                 store, tenant, "sms", phone, source="twilio_21610", contact_id=None
             )
+    if seen_as is not None:
+        hours = config.lifecycle.replay_window_hours
+        await store.replays.remember(seen_as, seconds=hours * _HOUR)
     return delivery
 
 

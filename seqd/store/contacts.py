@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
-from seqd.store import codec
+from seqd.store import calls, codec
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
 
-LOOKUP_FIELDS = ("phone", "email", "external_id")
+# The lookup indexes, in linkContact's order.
+LOOKUP_FIELDS = calls.LINK_FIELDS
 
 
 class Contacts:
@@ -48,13 +49,10 @@ class Contacts:
         return await self._raw(tenant, cid) is not None
 
     async def _link(self, tenant: str, cid: str, new: dict[str, Any], old: dict[str, Any]) -> None:
-        lookup_keys = [self.keys.contact_lookup(tenant, f) for f in LOOKUP_FIELDS]
         stale: list[str] = []
         while True:
-            args = [cid, " ".join(stale)]
-            args += [new.get(f) or "" for f in LOOKUP_FIELDS]
-            args += [old.get(f) or "" for f in LOOKUP_FIELDS]
-            conflict = await self.store.runner.call("linkContact", lookup_keys, args)
+            link = calls.link_contact(self.keys, tenant, cid, stale, new, old)
+            conflict = await self.store.runner.run(link)
             if not conflict:
                 return
             field, owner = conflict
@@ -72,15 +70,10 @@ class Contacts:
     async def _put(
         self, tenant: str, cid: str, mode: str, fields: dict[str, Any]
     ) -> models.Contact:
-        shard = self._shard(cid)
-        tag = self.keys.shard_tag(shard)
+        values = codec.contact_values(fields)
+        put = calls.put_contact(self.keys, self._shard(cid), now_ms(), tenant, cid, mode, values)
         try:
-            flat = await self.store.runner.call(
-                "putContact",
-                [self.keys.contact(shard, cid)],
-                [tag, now_ms(), tenant, cid, mode, *codec.contact_values(fields)],
-                tag=tag,
-            )
+            flat = await self.store.runner.run(put)
         except ScriptError as exc:
             if exc.code == "NOT_FOUND":  # deleted meanwhile
                 raise NotFound(f"no contact {cid}", field="id") from None
@@ -100,13 +93,9 @@ class Contacts:
     async def delete(self, tenant: str, cid: str) -> None:
         if not ids.is_valid(cid, ids.CONTACT):
             raise NotFound(f"no contact {cid}", field="id")
-        shard = self._shard(cid)
         try:
-            flat = await self.store.runner.call(
-                "deleteContact",
-                [self.keys.heads(shard), self.keys.outbox(shard)],
-                [self.keys.shard_tag(shard), now_ms(), tenant, cid],
-                tag=self.keys.shard_tag(shard),
+            flat = await self.store.runner.run(
+                calls.delete_contact(self.keys, self._shard(cid), now_ms(), tenant, cid)
             )
         except ScriptError as exc:
             if exc.code == "NOT_FOUND":

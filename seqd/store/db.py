@@ -118,6 +118,7 @@ class Store:
         from seqd.store.lifecycle import Lifecycle
         from seqd.store.outbox import Outbox
         from seqd.store.ratelimits import RateLimits
+        from seqd.store.replays import Replays
         from seqd.store.schedules import Schedules
         from seqd.store.sequences import Sequences
         from seqd.store.suppressions import Suppressions
@@ -139,6 +140,7 @@ class Store:
         self.webhooks = Webhooks(self)
         self.ratelimits = RateLimits(self)
         self.deliveries = Deliveries(self)
+        self.replays = Replays(self)
         self.schedules = Schedules(self)
 
     @classmethod

@@ -22,7 +22,7 @@ import msgspec
 from seqd import ids
 from seqd.errors import Conflict, NotFound
 from seqd.events.models import WebhookDelivery
-from seqd.store import codec
+from seqd.store import calls, codec
 from seqd.store.scripts import ScriptError
 from seqd.times import to_rfc3339
 
@@ -107,12 +107,8 @@ class Deliveries:
         free: dict[str, int],
     ) -> list[Claimed]:
         """Due deliveries of one shard; `free` caps endpoints that already have some in flight."""
-        tag = self.keys.shard_tag(shard)
-        args: list[str | int] = [tag, now, lease_ms, limit, per_endpoint]
-        for endpoint, slots in free.items():
-            args += [endpoint, slots]
-        rows = await self.store.runner.call(
-            "claimWebhooks", [self.keys.delivery_due(shard)], args, tag=tag
+        rows = await self.store.runner.run(
+            calls.claim_webhooks(self.keys, shard, now, lease_ms, limit, per_endpoint, free)
         )
         return [_claimed(shard, row) for row in rows]
 
@@ -133,23 +129,20 @@ class Deliveries:
         With `chain_lease_ms`, a delivered outcome also claims the endpoint's next due
         delivery in the same shard (returned), so a busy endpoint's slot goes on at the
         cost of this one call."""
-        tag = self.keys.shard_tag(item.shard)
-        reply = await self.store.runner.call(
-            "finishWebhook",
-            [self.keys.delivery_due(item.shard), self.keys.failed_all(item.shard)],
-            [
-                tag,
+        reply = await self.store.runner.run(
+            calls.finish_webhook(
+                self.keys,
+                item.shard,
                 now,
                 item.id,
                 item.token,
                 outcome,
                 due_at,
-                1 if attempted else 0,
-                "" if status is None else status,
+                attempted,
+                status,
                 error,
                 chain_lease_ms,
-            ],
-            tag=tag,
+            )
         )
         nxt = _claimed(item.shard, reply[1]) if len(reply) > 1 else None
         return bool(reply[0]), nxt
@@ -158,15 +151,9 @@ class Deliveries:
         """Put a failed delivery back in its queue, due now, with a fresh schedule."""
         if not ids.is_valid(did, ids.DELIVERY):
             raise NotFound(f"no failed delivery {did}", field="delivery_id")
-        shard = self._shard(did)
-        tag = self.keys.shard_tag(shard)
+        retry = calls.retry_webhook(self.keys, self._shard(did), now, tenant, endpoint_id, did)
         try:
-            flat = await self.store.runner.call(
-                "retryWebhook",
-                [self.keys.delivery_due(shard), self.keys.failed_all(shard)],
-                [tag, now, tenant, endpoint_id, did],
-                tag=tag,
-            )
+            flat = await self.store.runner.run(retry)
         except ScriptError as exc:
             if exc.code == "NOT_FOUND":
                 raise NotFound(f"no failed delivery {did}", field="delivery_id") from None
@@ -197,11 +184,8 @@ class Deliveries:
     async def purge(self, endpoint_id: str) -> None:
         """Delete every delivery of a deleted endpoint, shard by shard, in bounded batches."""
         for shard in range(self.keys.shards):
-            tag = self.keys.shard_tag(shard)
-            keys = [self.keys.delivery_due(shard), self.keys.failed_all(shard)]
-            while await self.store.runner.call(
-                "purgeWebhooks", keys, [tag, endpoint_id, SWEEP_BATCH], tag=tag
-            ):
+            purge = calls.purge_webhooks(self.keys, shard, endpoint_id, SWEEP_BATCH)
+            while await self.store.runner.run(purge):
                 pass
 
     async def trim(self, before_ms: int) -> int:
@@ -209,16 +193,9 @@ class Deliveries:
         bound = ids.new(ids.DELIVERY, before_ms, 0)
         removed = 0
         for shard in range(self.keys.shards):
-            tag = self.keys.shard_tag(shard)
+            trim = calls.trim_webhooks(self.keys, shard, bound, SWEEP_BATCH)
             while True:
-                n = int(
-                    await self.store.runner.call(
-                        "trimWebhooks",
-                        [self.keys.failed_all(shard)],
-                        [tag, bound, SWEEP_BATCH],
-                        tag=tag,
-                    )
-                )
+                n = int(await self.store.runner.run(trim))
                 removed += n
                 if n < SWEEP_BATCH:
                     break

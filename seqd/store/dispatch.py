@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import msgspec
 
 from seqd import ids
+from seqd.store import calls
 from seqd.store.mirrors import CONTACT_READ, fields_of
 
 if TYPE_CHECKING:
@@ -241,12 +242,9 @@ class Dispatch:
 
         The counts let the dispatcher cut the due shards into batch-sized pieces of work.
         """
-        calls = []
-        for shard in range(self.keys.shards):
-            tag = self.keys.shard_tag(shard)
-            calls.append(("peekDue", [self.keys.heads(shard)], [tag, now, cap], tag))
+        peeks = [calls.peek_due(self.keys, shard, now, cap) for shard in range(self.keys.shards)]
         out = []
-        for reply in await self.store.runner.call_many(calls):
+        for reply in await self.store.runner.call_many(peeks):
             if isinstance(reply, Exception):
                 raise reply
             first, count = reply

@@ -11,7 +11,7 @@ import msgspec
 
 from seqd import ids, models
 from seqd.errors import Conflict, Invalid, NotFound
-from seqd.store import codec
+from seqd.store import calls, codec
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
 
@@ -69,51 +69,45 @@ class Enrollments:
                 results[i] = EnrollResult(code="CONTACT_NOT_FOUND", detail=item.contact_id)
                 continue
             by_shard[ids.shard_of(item.contact_id, shards)].append(i)
-        calls = []
+        trip: list[calls.Call] = []
         batches: list[list[int]] = []
         for shard, positions in by_shard.items():
-            tag = self.keys.shard_tag(shard)
-            keys = [
-                self.keys.heads(shard),
-                self.keys.outbox(shard),
-                self.keys.shard_sequences(shard),
-            ]
             for start in range(0, len(positions), ENROLL_BATCH):
                 batch = positions[start : start + ENROLL_BATCH]
-                args: list[Any] = [tag, now, tenant, seq.id, wait_ms]
                 fresh = ids.many_in_shard(ids.ENROLLMENT, shard, shards, len(batch), now)
+                values = []
                 for i, eid in zip(batch, fresh, strict=True):
                     item = items[i]
                     md = item.metadata_json
                     if md is None:
                         md = _encode(item.metadata).decode() if item.metadata else ""
-                    args += [eid, item.contact_id, md]
-                calls.append(("enroll", keys, args, tag))
+                    values.append((eid, item.contact_id, md))
+                trip.append(calls.enroll(self.keys, shard, now, tenant, seq.id, wait_ms, values))
                 batches.append(batch)
-        if len(calls) == 1:  # the single enrollment: no pipeline to build
-            name, keys, args, tag = calls[0]
+        replies: list[Any]
+        if len(trip) == 1:  # the single enrollment: no pipeline to build
             try:
-                replies = [await self.store.runner.call(name, keys, args, tag=tag)]
+                replies = [await self.store.runner.run(trip[0])]
             except ScriptError as exc:
                 replies = [exc]
         else:
-            replies = await self.store.runner.call_many(calls) if calls else []
+            replies = await self.store.runner.call_many(trip) if trip else []
         # What every enrollment created by this call has in common.
         enrolled_at = to_rfc3339(now)
         next_run_at = to_rfc3339(now + wait_ms)
         for batch, reply in zip(batches, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            for i, row in zip(batch, reply, strict=True):
-                if row[0] != 1:
-                    results[i] = EnrollResult(code=row[1], detail=row[2])
-                elif row[2]:
-                    enrollment = codec.enrollment(row[1], codec.pairs(row[3])) if full else None
-                    results[i] = EnrollResult(id=row[1], enrollment=enrollment, idempotent=True)
+            for i, row in zip(batch, calls.enrolled(reply), strict=True):
+                if isinstance(row, ScriptError):
+                    results[i] = EnrollResult(code=row.code, detail=row.detail)
+                elif row.idempotent:
+                    enrollment = codec.enrollment(row.id, codec.pairs(row.flat)) if full else None
+                    results[i] = EnrollResult(id=row.id, enrollment=enrollment, idempotent=True)
                 elif full:
                     item = items[i]
                     new = models.Enrollment(
-                        id=row[1],
+                        id=row.id,
                         sequence_id=seq.id,
                         contact_id=item.contact_id,
                         current_step=0,
@@ -123,9 +117,9 @@ class Enrollments:
                         metadata=item.metadata,
                         updated_at=enrolled_at,
                     )
-                    results[i] = EnrollResult(id=row[1], enrollment=new)
+                    results[i] = EnrollResult(id=row.id, enrollment=new)
                 else:
-                    results[i] = EnrollResult(id=row[1])
+                    results[i] = EnrollResult(id=row.id)
         return [r for r in results if r is not None]
 
     async def get(self, tenant: str, eid: str) -> models.Enrollment:
@@ -141,14 +135,9 @@ class Enrollments:
     ) -> models.Enrollment:
         if not ids.is_valid(eid, ids.ENROLLMENT):
             raise NotFound(f"no enrollment {eid}", field="id")
-        shard = self._shard(eid)
+        move = calls.transition(self.keys, self._shard(eid), now_ms(), tenant, eid, action, reason)
         try:
-            flat = await self.store.runner.call(
-                "transition",
-                [self.keys.heads(shard), self.keys.outbox(shard)],
-                [self.keys.shard_tag(shard), now_ms(), tenant, eid, action, reason],
-                tag=self.keys.shard_tag(shard),
-            )
+            flat = await self.store.runner.run(move)
         except ScriptError as exc:
             if exc.code == "NOT_FOUND":
                 raise NotFound(f"no enrollment {eid}", field="id") from None
@@ -165,16 +154,11 @@ class Enrollments:
         """Up to `limit` ids of the sequence's queues (all shards) after an active cursor,
         and the cursor after them (None when none follow)."""
         score, eid = parse_active_cursor(after) if after else ("", "")
-        calls = [
-            (
-                "pageQueue",
-                [self.keys.queue(shard, sid)],
-                [score, eid, limit + 1],
-                self.keys.shard_tag(shard),
-            )
+        pages = [
+            calls.page_queue(self.keys, shard, sid, score, eid, limit + 1)
             for shard in range(self.keys.shards)
         ]
-        return _merge_queue_pages(await self.store.runner.call_many(calls), limit)
+        return _merge_queue_pages(await self.store.runner.call_many(pages), limit)
 
     async def list(
         self,

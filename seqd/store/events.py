@@ -18,6 +18,7 @@ from seqd import ids
 from seqd.errors import Invalid, NotFound
 from seqd.events import envelope
 from seqd.events.models import Event
+from seqd.store import calls
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
@@ -95,23 +96,21 @@ class Events:
         by_tenant: dict[str, list[LogItem]] = {}
         for it in items:
             by_tenant.setdefault(it.tenant, []).append(it)
-        calls: list[tuple[str, list[str], list[str | int | bytes], str | None]] = []
+        trip: list[calls.Call] = []
         for tenant, group in by_tenant.items():
-            tag = self.keys.tenant_tag(tenant)
-            log_key = self.keys.events(tenant)
-            head: list[str | int | bytes] = [tag, retention_ms, min_id]
-            args, held = list(head), 0
+            args: list[str | int | bytes] = []
+            held = 0
             for it in group:
                 if held and held + len(it.events) > RECORD_BATCH:
-                    calls.append(("recordEvents", [log_key], args, tag))
-                    args, held = list(head), 0
+                    trip.append(calls.record_events(self.keys, tenant, retention_ms, min_id, args))
+                    args, held = [], 0
                 args += (it.type, it.created_at, it.payload, len(it.events))
                 for event in it.events:
                     args += event
                 held += len(it.events)
-            if len(args) > len(head):
-                calls.append(("recordEvents", [log_key], args, tag))
-        results = await self.store.runner.call_many(calls)
+            if args:
+                trip.append(calls.record_events(self.keys, tenant, retention_ms, min_id, args))
+        results = await self.store.runner.call_many(trip)
         for result in results:
             if isinstance(result, Exception):
                 raise result

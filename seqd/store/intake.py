@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from seqd.store import groups
+from seqd.store import calls, groups
 from seqd.store.scripts import Runner
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class IntakeStream:
         await pipe.execute()
         # Finished entries leave the stream's head together (trimIntake); a crash before
         # this leaves them to the next batch's trim.
-        await self.runner.call("trimIntake", [self.name], [], tag=self.keys.intake_tag())
+        await self.runner.run(calls.trim_intake(self.keys))
 
     async def drop_consumer(self, consumer: str) -> None:
         """Forget a consumer that holds nothing (a clean stop), so the group's list stays short."""

@@ -137,6 +137,12 @@ class Keys:
         """
         return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
 
+    def provider_message(self, message_id: str) -> str:
+        """STRING (first arrival ms, with a TTL): a provider's inbound message or status
+        callback already applied, by its id (Twilio's MessageSid, `<sid>:<status>` for a
+        status). Its own hash tag, so the keys spread over a cluster's slots."""
+        return "{" + f"{self.prefix}:pm:{message_id}" + "}"
+
     # -- tenant ---------------------------------------------------------------
     def tenant_tag(self, tenant: str) -> str:
         return "{" + f"{self.prefix}:t:{tenant}" + "}"

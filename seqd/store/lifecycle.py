@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from seqd import ids, models
+from seqd import ids, kinds
 from seqd.errors import NotFound
+from seqd.store import calls
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms
 
@@ -28,11 +29,6 @@ _encode = msgspec.json.Encoder().encode
 _STALE_RETRIES = 5
 # Reads the ids of the sequences a call is about (again, after a STALE answer).
 SequenceIds = Callable[[], Awaitable[set[str]]]
-
-
-def kinds(seq: models.Sequence) -> str:
-    """One letter per step, as the lifecycle scripts read them."""
-    return "".join("s" if step.kind == "sms" else "e" for step in seq.steps)
 
 
 def _fixed(sids: set[str]) -> SequenceIds:
@@ -63,9 +59,6 @@ class Lifecycle:
         """Where events about a phone or address that no contact holds go."""
         return zlib.crc32(value.encode()) % self.keys.shards
 
-    def _shard_keys(self, shard: int) -> list[str]:
-        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
-
     async def _sequence_args(
         self, tenant: str, sids: set[str], *, on_reply: bool
     ) -> list[str | int]:
@@ -79,7 +72,7 @@ class Lifecycle:
             if isinstance(doc, BaseException):
                 raise doc
             seq, version = doc
-            args += [sid, version, kinds(seq)]
+            args += [sid, version, kinds.letters([step.kind for step in seq.steps])]
             if on_reply:
                 args.append(seq.on_reply)
         return args
@@ -95,25 +88,22 @@ class Lifecycle:
 
     async def _call_fresh(
         self,
-        name: str,
-        shard: int,
-        head: list[Any],
+        build: Callable[[list[str | int]], calls.Call],
         tenant: str,
         sequences: SequenceIds,
         *,
         on_reply: bool,
     ) -> Any:
+        """`build(sequence args)` run until no sequence changed under it."""
         for _ in range(_STALE_RETRIES):
             sids = await sequences()
-            args = head + await self._sequence_args(tenant, sids, on_reply=on_reply)
+            call = build(await self._sequence_args(tenant, sids, on_reply=on_reply))
             try:
-                return await self.store.runner.call(
-                    name, self._shard_keys(shard), args, tag=self.keys.shard_tag(shard)
-                )
+                return await self.store.runner.run(call)
             except ScriptError as exc:
                 if exc.code != "STALE":
                     raise
-        raise RuntimeError(f"{name}: sequence kept changing under the call")
+        raise RuntimeError(f"{call.name}: sequence kept changing under the call")
 
     async def reply(
         self,
@@ -139,8 +129,12 @@ class Lifecycle:
             shard = ids.shard_of(contact_id, self.keys.shards)
             target, cid = "", contact_id
             sequences = self._live_sequences(shard, contact_id)
-        head = [self.keys.shard_tag(shard), now_ms(), tenant, cid, target, channel]
-        flat = await self._call_fresh("replyContact", shard, head, tenant, sequences, on_reply=True)
+        now = now_ms()
+
+        def build(args: list[str | int]) -> calls.Call:
+            return calls.reply_contact(self.keys, shard, now, tenant, cid, target, channel, args)
+
+        flat = await self._call_fresh(build, tenant, sequences, on_reply=True)
         return [Reaction(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def stop_channel(
@@ -166,19 +160,14 @@ class Lifecycle:
             shard, cid, sequences = self.shard_of_value(value), "", _fixed(set())
         data = {"id": cid or None, "contact_id": cid or None, "channel": channel, "value": value}
         data |= event
-        head = [
-            self.keys.shard_tag(shard),
-            now_ms(),
-            tenant,
-            cid,
-            channel,
-            cancel_reason,
-            event_type,
-            _encode(data).decode(),
-        ]
-        cancelled = await self._call_fresh(
-            "stopChannel", shard, head, tenant, sequences, on_reply=False
-        )
+        now, text = now_ms(), _encode(data).decode()
+
+        def build(args: list[str | int]) -> calls.Call:
+            return calls.stop_channel(
+                self.keys, shard, now, tenant, cid, channel, cancel_reason, event_type, text, args
+            )
+
+        cancelled = await self._call_fresh(build, tenant, sequences, on_reply=False)
         return list(cancelled)
 
     async def emit(
@@ -195,11 +184,9 @@ class Lifecycle:
             shard = ids.shard_of(contact_id, self.keys.shards)
         else:
             shard = self.shard_of_value(value)
-        await self.store.runner.call(
-            "emitEvent",
-            [self.keys.outbox(shard)],
-            [now_ms(), tenant, event_type, _encode(data).decode()],
-            tag=self.keys.shard_tag(shard),
+        text = _encode(data).decode()
+        await self.store.runner.run(
+            calls.emit_event(self.keys, shard, now_ms(), tenant, event_type, text)
         )
 
     async def record_delivery(
@@ -220,11 +207,10 @@ class Lifecycle:
             raise NotFound(f"no enrollment {enrollment_id}", field="e")
         shard = ids.shard_of(enrollment_id, self.keys.shards)
         try:
-            recorded, previous = await self.store.runner.call(
-                "recordDelivery",
-                [self.keys.outbox(shard)],
-                [
-                    self.keys.shard_tag(shard),
+            recorded, previous = await self.store.runner.run(
+                calls.record_delivery(
+                    self.keys,
+                    shard,
                     now_ms(),
                     tenant,
                     enrollment_id,
@@ -234,8 +220,7 @@ class Lifecycle:
                     error_code,
                     event_type,
                     _encode(event).decode(),
-                ],
-                tag=self.keys.shard_tag(shard),
+                )
             )
         except ScriptError as exc:
             if exc.code == "NOT_FOUND":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from seqd.store import calls
 from seqd.store import keys as keymod
 
 if TYPE_CHECKING:
@@ -27,15 +28,11 @@ async def to_queues(store: Store) -> int:
     moved = 0
     for shard in range(keys.shards):
         tag = keys.shard_tag(shard)
-        call_keys = [
-            keys.heads(shard),
-            keymod.V1_SHARD_DUE.format(tag=tag),
-            keys.shard_sequences(shard),
-        ]
-        args = [tag, keymod.V1_PARKED.format(tag=tag), STEP]
+        due, parked = keymod.V1_SHARD_DUE.format(tag=tag), keymod.V1_PARKED.format(tag=tag)
+        move = calls.migrate_queues(keys, shard, due, parked, STEP)
         done = 0
         while not done:
-            done, count = await store.runner.call("migrateQueues", call_keys, args, tag=tag)
+            done, count = await store.runner.run(move)
             moved += int(count)
     return moved
 

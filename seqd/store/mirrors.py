@@ -17,14 +17,12 @@ from functools import lru_cache
 
 from seqd import models
 from seqd.engine import render
+from seqd.kinds import SPECS
 from seqd.store.codec import CONTACT_TEXT_FIELDS
 
 # Every contact field a message can use: its owner (checked before a send), the text fields
 # (templates and addresses) and attributes (templates' attributes.<key>).
 CONTACT_READ = ("tenant", *CONTACT_TEXT_FIELDS, "attributes")
-
-# The contact field a channel sends to, which is also the suppression list's key.
-ADDRESS_FIELD = {"sms": "phone", "email": "email"}
 
 
 def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
@@ -32,7 +30,9 @@ def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
     channel among them (the send and the suppression reads) and what their templates name."""
     needed = {"tenant"}
     for step in steps:
-        needed.add(ADDRESS_FIELD[step.kind])
+        address = SPECS[step.kind].address
+        if address is not None:
+            needed.add(address)
         try:
             needed |= render.roots(step.body, step.subject)
         except render.TemplateError:  # (saved steps parse; if one did not: read them all)

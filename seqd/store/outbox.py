@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from redis.exceptions import ResponseError
 
-from seqd.store import groups
+from seqd.store import calls, groups
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
@@ -156,10 +156,8 @@ class Outbox:
     async def fanout(self, by_shard: Mapping[int, list[Fanout]], now: int) -> int:
         """Acknowledge entries of each shard and schedule their deliveries, every call in one
         round trip; returns how many deliveries were written."""
-        calls: list[tuple[str, list[str], list[Any], str]] = []
+        trip: list[calls.Call] = []
         for shard, items in by_shard.items():
-            tag = self.keys.shard_tag(shard)
-            keys = [self.keys.outbox(shard), self.keys.delivery_due(shard)]
             args: list[Any] = []
             entries = deliveries = 0
             for item in items:
@@ -167,7 +165,7 @@ class Outbox:
                 if args and (
                     entries == FANOUT_BATCH or deliveries + len(item.deliveries) > FANOUT_DELIVERIES
                 ):
-                    calls.append(("fanoutEvents", keys, [tag, GROUP, now, *args], tag))
+                    trip.append(calls.fanout_events(self.keys, shard, GROUP, now, args))
                     args, entries, deliveries = [], 0, 0
                 # Only acknowledged when it has no deliveries: its tenant is not sent.
                 args += [item.entry_id, item.tenant if item.deliveries else "", item.due]
@@ -177,9 +175,9 @@ class Outbox:
                 entries += 1
                 deliveries += len(item.deliveries)
             if args:
-                calls.append(("fanoutEvents", keys, [tag, GROUP, now, *args], tag))
+                trip.append(calls.fanout_events(self.keys, shard, GROUP, now, args))
         written = 0
-        for result in await self.store.runner.call_many(calls) if calls else []:
+        for result in await self.store.runner.call_many(trip) if trip else []:
             if isinstance(result, Exception):
                 raise result
             written += int(result)

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from seqd.store import calls
+
 if TYPE_CHECKING:
     from seqd.store.db import Store
 
@@ -29,7 +31,7 @@ class RateLimits:
     ) -> Verdict:
         """Count `cost` requests of the key whose sha256 is `key_digest` (all or none): one
         EVALSHA."""
-        allowed, remaining, retry_after, reset = await self.store.runner.call(
-            "limitRate", [self.store.keys.rate_limit(key_digest)], [now, limit, period_ms, cost]
+        allowed, remaining, retry_after, reset = await self.store.runner.run(
+            calls.limit_rate(self.store.keys, key_digest, now, limit, period_ms, cost)
         )
         return Verdict(bool(allowed), limit, int(remaining), int(retry_after), int(reset))

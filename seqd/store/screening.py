@@ -9,26 +9,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seqd import ids, models
+from seqd.kinds import CHANNEL_ADDRESS, CHANNELS, Channel
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
     from seqd.store.db import Store
 
-# The contact field a channel's suppression list is keyed by.
-ADDRESS = {"sms": "phone", "email": "email"}
-
 
 def listed_in(pipe: Pipeline, store: Store, tenant: str) -> None:
     """Queue on `pipe` the check of which channels the tenant has suppressions on (one
-    reply per channel of ADDRESS; `listed_from` reads them), so it rides along the
+    reply per channel of CHANNELS; `listed_from` reads them), so it rides along the
     sequence read of the enroll paths."""
-    for ch in ADDRESS:
+    for ch in CHANNELS:
         pipe.exists(store.keys.suppressions(tenant, ch))
 
 
-def listed_from(replies: list[int]) -> frozenset[str]:
-    return frozenset(ch for ch, n in zip(ADDRESS, replies, strict=True) if n)
+def listed_from(replies: list[int]) -> frozenset[Channel]:
+    return frozenset(ch for ch, n in zip(CHANNELS, replies, strict=True) if n)
 
 
 async def suppressed(
@@ -37,7 +35,7 @@ async def suppressed(
     seq: models.Sequence,
     contact_ids: list[str],
     known: dict[str, models.Contact],
-    listed: frozenset[str] | None = None,
+    listed: frozenset[Channel] | None = None,
 ) -> set[str]:
     """The ids among `contact_ids` suppressed on every channel `seq` uses.
 
@@ -46,8 +44,9 @@ async def suppressed(
     channel with no suppression at all lets everyone through, which settles the usual
     case without reading a contact.
     """
-    channels = sorted({step.kind for step in seq.steps})
-    if not contact_ids or any(ch not in ADDRESS for ch in channels):
+    kinds = sorted({step.kind for step in seq.steps})
+    channels = [ch for ch in CHANNELS if ch in kinds]
+    if not contact_ids or len(channels) < len(kinds):  # (a kind no list blocks)
         return set()
     keys = store.keys
     if listed is None:
@@ -56,7 +55,7 @@ async def suppressed(
         listed = listed_from(await pipe.execute())
     if not all(ch in listed for ch in channels):
         return set()
-    fields = [ADDRESS[ch] for ch in channels]
+    fields = [CHANNEL_ADDRESS[ch] for ch in channels]
     addresses: dict[str, list[str | None]] = {}
     unread = sorted({c for c in contact_ids if c not in known and ids.is_valid(c, ids.CONTACT)})
     pipe = store.client.pipeline(transaction=False)

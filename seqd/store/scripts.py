@@ -6,7 +6,8 @@ wrapper here builds them in that order. `-- @include name` pulls in `includes/na
 `k_<family>(tag, ...)` helpers generated from `keys.SHARD_TEMPLATES` and
 `keys.TENANT_TEMPLATES`, so key names are spelled in one place for Python and Lua alike
 (and with the constants they share, `_constants`).
-Script errors (`redis.error_reply('CODE:detail')`) surface as one `ScriptError`.
+Each script is called through its builder in `calls.py`; its refusals surface as one
+`ScriptError` (calls.py says how).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from seqd import kinds
 from seqd.store import keys as keymod
 from seqd.store import outbox
+from seqd.store.calls import Call, refusal
+from seqd.store.calls import ScriptError as ScriptError  # re-exported: the facades' one error
 
 LUA = resources.files("seqd.store") / "lua"
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
@@ -31,15 +35,6 @@ _FIELD = re.compile(r"\{(\w+)\}")
 
 # Tests set this so a call whose keys span two cluster slots fails on its first run.
 CHECK_SLOTS = os.environ.get("SEQD_CHECK_SLOTS") == "1"
-
-
-class ScriptError(Exception):
-    """A script refused the change: `code` is its error code, `detail` what followed it."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        super().__init__(f"{code}:{detail}" if detail else code)
-        self.code = code
-        self.detail = detail
 
 
 class CrossSlotError(AssertionError):
@@ -70,7 +65,7 @@ BULK = 1000
 
 def _constants() -> str:
     """Values the scripts share with Python, defined on the Python side."""
-    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n"
+    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n" + kinds.lua_constants()
 
 
 def _expand(source: str, seen: set[str] | None = None) -> str:
@@ -114,14 +109,6 @@ def load_scripts() -> dict[str, Script]:
 SCRIPTS = load_scripts()
 
 
-def _parse_error(exc: ResponseError) -> ScriptError | None:
-    text = str(exc)
-    match = re.match(r"^(?:ERR )?([A-Z_]+)(?::(.*))?$", text.split("\n")[0].strip())
-    if not match:
-        return None
-    return ScriptError(match.group(1), match.group(2) or "")
-
-
 def _check_slots(name: str, keys: Sequence[str], tag: str | None) -> None:
     probe = list(keys) + ([f"{tag}:probe"] if tag else [])
     if not keymod.same_slot(probe):
@@ -138,6 +125,10 @@ class Runner:
         for script in SCRIPTS.values():
             await self.client.script_load(script.source)
 
+    async def run(self, call: Call) -> Any:
+        """One call from its builder (store/calls.py)."""
+        return await self.call(call.name, call.keys, call.args, tag=call.tag)
+
     async def call(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, tag: str | None = None
     ) -> Any:
@@ -152,7 +143,7 @@ class Runner:
             except NoScriptError:
                 return await self.client.eval(script.source, len(keys), *keys, *args)
         except ResponseError as exc:
-            parsed = _parse_error(exc)
+            parsed = refusal(str(exc))
             if parsed is None:
                 raise
             raise parsed from None
@@ -183,7 +174,7 @@ class Runner:
                 except ScriptError as exc:
                     results[i] = exc
             elif isinstance(result, ResponseError):
-                parsed = _parse_error(result)
+                parsed = refusal(str(result))
                 if parsed is None:
                     raise result
                 results[i] = parsed

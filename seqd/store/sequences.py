@@ -15,7 +15,7 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.models import SequenceStatus
-from seqd.store import mirrors
+from seqd.store import calls, mirrors
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
 
@@ -103,13 +103,10 @@ class Sequences:
 
     async def _put(self, tenant: str, seq: models.Sequence, expected: int) -> int:
         doc = msgspec.structs.replace(seq, stats=models.SequenceStats())
-        return int(
-            await self.store.runner.call(
-                "putSequence",
-                [self.keys.sequence(tenant, seq.id), self.keys.sequences(tenant)],
-                [seq.id, _encode(doc), seq.status.value, expected],
-            )
+        put = calls.put_sequence(
+            self.keys, tenant, seq.id, _encode(doc), seq.status.value, expected
         )
+        return int(await self.store.runner.run(put))
 
     async def change(
         self,
@@ -180,29 +177,14 @@ class Sequences:
         for sweep in ["", *sweeps]:
             cursors = {shard: "" for shard in range(self.keys.shards)}
             while cursors:
-                calls = [
-                    (
-                        "syncSequence",
-                        [
-                            self.keys.heads(shard),
-                            self.keys.outbox(shard),
-                            self.keys.shard_sequences(shard),
-                        ],
-                        [
-                            self.keys.shard_tag(shard),
-                            now_ms(),
-                            seq.id,
-                            mirror,
-                            sweep,
-                            SWEEP_BATCH,
-                            cursor,
-                            fields,
-                        ],
-                        self.keys.shard_tag(shard),
+                now = now_ms()
+                trip = [
+                    calls.sync_sequence(
+                        self.keys, shard, now, seq.id, mirror, sweep, SWEEP_BATCH, cursor, fields
                     )
                     for shard, cursor in cursors.items()
                 ]
-                results = await self.store.runner.call_many(calls)
+                results = await self.store.runner.call_many(trip)
                 for (shard, _), result in zip(list(cursors.items()), results, strict=True):
                     if isinstance(result, Exception):
                         raise result

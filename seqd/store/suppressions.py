@@ -7,17 +7,17 @@ Values are normalised by the caller (E.164 phones, `models.normalize_email` addr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from seqd import models
+from seqd.kinds import Channel
+from seqd.store import calls
 from seqd.times import now_ms, to_rfc3339
 
 if TYPE_CHECKING:
     from seqd.store.db import Store
-
-CHANNELS: tuple[str, ...] = get_args(models.Channel)
 
 
 class Record(msgspec.Struct, frozen=True):
@@ -31,10 +31,10 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Record).decode
 
 
-def _public(channel: str, value: str, raw: str) -> models.Suppression:
+def _public(channel: Channel, value: str, raw: str) -> models.Suppression:
     record = _decode(raw)
     return models.Suppression(
-        channel=channel,  # type: ignore[arg-type]
+        channel=channel,
         value=value,
         reason=record.reason,
         created_at=to_rfc3339(record.created_at),
@@ -46,32 +46,26 @@ class Suppressions:
         self.store = store
         self.keys = store.keys
 
-    def _keys(self, tenant: str, channel: str) -> list[str]:
-        return [
-            self.keys.suppressions(tenant, channel),
-            self.keys.suppression_index(tenant, channel),
-        ]
-
     async def add(
-        self, tenant: str, channel: str, value: str, reason: str
+        self, tenant: str, channel: Channel, value: str, reason: str
     ) -> tuple[models.Suppression, bool]:
         """Suppress `value`; returns the record and whether it is new (an existing one stays)."""
         record = _encode(Record(reason=reason, created_at=now_ms())).decode()
-        changed, raw = await self.store.runner.call(
-            "suppress", self._keys(tenant, channel), ["add", value, record, ""]
+        changed, raw = await self.store.runner.run(
+            calls.suppress(self.keys, tenant, channel, "add", value, record, "")
         )
         return _public(channel, value, raw), bool(changed)
 
     async def remove(
-        self, tenant: str, channel: str, value: str, *, keep: str = ""
+        self, tenant: str, channel: Channel, value: str, *, keep: str = ""
     ) -> models.Suppression | None:
         """Lift a suppression; returns what was removed. A record whose reason is `keep` stays."""
-        changed, raw = await self.store.runner.call(
-            "suppress", self._keys(tenant, channel), ["remove", value, "", keep]
+        changed, raw = await self.store.runner.run(
+            calls.suppress(self.keys, tenant, channel, "remove", value, "", keep)
         )
         return _public(channel, value, raw) if changed else None
 
-    async def get(self, tenant: str, channel: str, value: str) -> models.Suppression | None:
+    async def get(self, tenant: str, channel: Channel, value: str) -> models.Suppression | None:
         raw = await self.store.client.hget(self.keys.suppressions(tenant, channel), value)
         return _public(channel, value, str(raw)) if raw else None
 
@@ -85,7 +79,7 @@ class Suppressions:
         return {c for c, hit in zip(channels, found, strict=True) if hit}
 
     async def list(
-        self, tenant: str, *, channels: list[str], limit: int, after: str | None
+        self, tenant: str, *, channels: list[Channel], limit: int, after: str | None
     ) -> tuple[list[models.Suppression], str | None, int]:
         """A page in value order across `channels` (phones start with "+", so they never
         collide with addresses and one cursor serves both lists)."""

@@ -62,6 +62,11 @@ class Tenants:
     async def ensure(self, tenant: str) -> None:
         await self.client.sadd(self.keys.tenants(), tenant)
 
+    async def names(self) -> set[str]:
+        """Every tenant the store knows: given a key, or written to by a configured one."""
+        found: set[str] = await self.client.smembers(self.keys.tenants())  # type: ignore[assignment]
+        return found
+
     async def exists(self, tenant: str) -> bool:
         return bool(await self.client.sismember(self.keys.tenants(), tenant))
 

@@ -21,8 +21,7 @@ import msgspec
 
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
-from seqd.store import codec
-from seqd.store.contacts import LOOKUP_FIELDS
+from seqd.store import calls, codec
 from seqd.times import now_ms
 
 if TYPE_CHECKING:
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
 
 # The order in which a row's values pick its contact.
 MATCH_ORDER = ("external_id", "phone", "email")
-# linkContact's KEYS and ARGV order (the contacts module's LOOKUP_FIELDS).
-_LINK_ORDER = LOOKUP_FIELDS
 Change = Literal["created", "updated", "unchanged"]
 # One-row fallbacks a row may go through when its values keep being taken meanwhile.
 _RETRIES = 3
@@ -105,13 +102,7 @@ async def _create_many(
     new_ids = [ids.new(ids.CONTACT) for _ in rows]
     links = await store.runner.call_many(
         [
-            (
-                "linkContact",
-                [keys.contact_lookup(tenant, f) for f in _LINK_ORDER],
-                # ARGV: id, no stale ids, new phone/email/external_id, no old values.
-                [cid, "", *(row.get(f) or "" for f in _LINK_ORDER), "", "", ""],
-                None,
-            )
+            calls.link_contact(keys, tenant, cid, [], row, {})
             for cid, row in zip(new_ids, rows, strict=True)
         ]
     )
@@ -119,18 +110,14 @@ async def _create_many(
     linked = [i for i, reply in enumerate(links) if reply == []]
     puts = await store.runner.call_many(
         [
-            (
-                "putContact",
-                [keys.contact(ids.shard_of(new_ids[i], keys.shards), new_ids[i])],
-                [
-                    keys.shard_tag(ids.shard_of(new_ids[i], keys.shards)),
-                    now,
-                    tenant,
-                    new_ids[i],
-                    "create",
-                    *codec.contact_values(rows[i]),
-                ],
-                keys.shard_tag(ids.shard_of(new_ids[i], keys.shards)),
+            calls.put_contact(
+                keys,
+                ids.shard_of(new_ids[i], keys.shards),
+                now,
+                tenant,
+                new_ids[i],
+                "create",
+                codec.contact_values(rows[i]),
             )
             for i in linked
         ]

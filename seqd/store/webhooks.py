@@ -16,6 +16,7 @@ from seqd import ids
 from seqd.errors import Conflict, NotFound
 from seqd.events import signing, types
 from seqd.events.models import WebhookEndpoint
+from seqd.store import calls
 from seqd.store.scripts import ScriptError
 from seqd.times import to_rfc3339
 
@@ -80,11 +81,8 @@ class Webhooks:
         self.keys = store.keys
 
     async def _put(self, tenant: str, eid: str, expected: str, record: str, limit: int) -> None:
-        await self.store.runner.call(
-            "putEndpoint",
-            [self.keys.webhook_endpoints(tenant)],
-            [eid, expected, record, limit],
-            tag=self.keys.tenant_tag(tenant),
+        await self.store.runner.run(
+            calls.put_endpoint(self.keys, tenant, eid, expected, record, limit)
         )
 
     async def _raw(self, tenant: str, eid: str) -> str:

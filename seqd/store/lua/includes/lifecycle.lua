@@ -1,10 +1,9 @@
 -- Shared by the lifecycle scripts (replies, opt-outs, bounces): what a sequence's steps say
 -- about one enrollment. A sequence's step kinds come in ARGV as one letter per step
--- ('s' sms, 'e' email) with the sequence version they were read at; the shard's mirror
--- (`sq`) must still hold that version, else the caller read a stale document and retries.
+-- (KIND_LETTER, from `kinds.py`) with the sequence version they were read at; the shard's
+-- mirror (`sq`) must still hold that version, else the caller read a stale document and
+-- retries.
 -- Expects: rcall, the enrollment include, and `seqs_key` (the shard's sequence mirror).
-
-local LETTER = {sms = 's', email = 'e'}
 
 local function mirror_version(seq)
   return tonumber(string.match(rcall('HGET', seqs_key, seq) or '', '^[^:]+:(%d+):'))
@@ -26,15 +25,15 @@ local function read_sequences(from, width)
 end
 
 -- Has the sequence sent the contact a message on this channel? A step counts once the
--- dispatcher recorded it sent (`advance` stores its provider id as `p<step>`, and sets
--- `sm` on the first SMS), or while it is being sent (`claimed`: its due member is leased,
--- not yet advanced), since the message may already be on the contact's phone. Skipped
--- steps (suppressed) have no provider id and do not count.
+-- dispatcher recorded it sent (`advance` stores its provider id as `p<step>`, and sets the
+-- kind's KIND_SENT_FIELD, `sm` for SMS, on the first), or while it is being sent
+-- (`claimed`: its due member is leased, not yet advanced), since the message may already
+-- be with the contact. Skipped steps (suppressed) have no provider id and do not count.
 local function sent_on(e, kinds, channel, claimed)
-  local letter = LETTER[channel]
+  local letter, sent_field = KIND_LETTER[channel], KIND_SENT_FIELD[channel]
   local current = tonumber(e['i']) or 0
   if claimed and string.sub(kinds, current + 1, current + 1) == letter then return true end
-  if channel == 'sms' and e['sm'] then return true end
+  if sent_field and e[sent_field] then return true end
   for j = 1, math.min(current, #kinds) do
     if string.sub(kinds, j, j) == letter and e['p' .. (j - 1)] then return true end
   end
@@ -45,8 +44,7 @@ end
 local function only_left(e, kinds, channel)
   local rest = string.sub(kinds, (tonumber(e['i']) or 0) + 1)
   if rest == '' then return false end
-  local other = channel == 'sms' and 'e' or 's'
-  return string.find(rest, other, 1, true) == nil
+  return string.find(rest, '[^' .. KIND_LETTER[channel] .. ']') == nil
 end
 
 -- The contact's live enrollments: {enrollment id -> sequence id} from its `e:<seq>` fields.
