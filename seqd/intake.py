@@ -35,6 +35,7 @@ from seqd.store.codec import encode_json
 from seqd.store.db import Store
 from seqd.store.intake import Entry, Finished, IntakeStream, has_bad_bytes
 from seqd.store.tenants import valid_tenant
+from seqd.timing.policy import Policy
 
 log = structlog.get_logger(__name__)
 # This loop's name in /readyz.
@@ -176,6 +177,7 @@ class Intake:
         self.liveness = liveness
         self.liveness_name = liveness_name
         self.region = config.contacts.default_region
+        self.policy = Policy(config)
         self.store = store
         self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
         self.consumer = consumer or groups.consumer_name()
@@ -326,8 +328,9 @@ class Intake:
                 return self._reject_all(group, rejection_of("sequence_not_active", exc))
             items = [p.item for p in group if p.item is not None]
             outcomes = await bulk.enroll(
-                self.store, tenant, into.seq, into.version, items, full=False, listed=into.listed
-            )
+                self.store, tenant, into.seq, into.version, items, full=False,
+                listed=into.listed, timing=into.timing(self.policy),
+            )  # fmt: skip
         except asyncio.CancelledError:
             raise
         except Exception:

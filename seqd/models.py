@@ -355,6 +355,11 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
     updated_at: Timestamp | None = None
+    # The zone its step times are read in, and where it came from (contact | phone | default).
+    timezone_used: str | None = None
+    timezone_source: Literal["contact", "phone", "default"] | None = None
+    # Why the current step was put off when it came due (window | skip_date | quiet_hours).
+    deferred_reason: str | None = None
 
 
 class EnrollmentEnvelope(Output, kw_only=True):

@@ -16,6 +16,7 @@ import redis
 
 os.environ["SEQD_CHECK_SLOTS"] = "1"
 
+from seqd.config import ComplianceConfig, SmsQuietHours
 from seqd.embedded import find_binary
 from seqd.store import scripts
 from seqd.store.db import Store, connect
@@ -138,6 +139,9 @@ def any_store(request: pytest.FixtureRequest) -> Store:
     return store
 
 
+QUIET_OFF = ComplianceConfig(sms_quiet_hours=SmsQuietHours(enabled=False))
+
+
 class Api:
     """A TestClient on the app, with one tenant's key; `as_tenant` gives another tenant's view."""
 
@@ -170,7 +174,9 @@ async def api(store: Store) -> AsyncIterator[Api]:
     from seqd.config import Config
 
     _, key = await store.tenants.create_key("acme")
-    app = create_app(Config(), store)
+    # SMS quiet hours off: what these tests assert must not depend on the time of day they
+    # run at (tests/test_timing_*.py turn them on with an injected clock).
+    app = create_app(Config(compliance=QUIET_OFF), store)
     async with TestClient(TestServer(app)) as client:
         yield Api(client, key, store)
 

@@ -27,6 +27,7 @@ from seqd.api.appkeys import (
     MAX_BODY,
     METRICS,
     OPENAPI,
+    POLICY,
     RATE_LEASES,
     STORE,
 )
@@ -40,6 +41,7 @@ from seqd.config import Config
 from seqd.health import Liveness
 from seqd.metrics import Metrics
 from seqd.store.db import Store
+from seqd.timing.policy import Policy
 
 
 async def _drain(app: web.Application) -> None:
@@ -65,7 +67,8 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[METRICS] = Metrics()
     app[LIVENESS] = Liveness()
     app[RATE_LEASES] = {}
-    app[COALESCER] = Coalescer(store)
+    app[POLICY] = Policy(config)
+    app[COALESCER] = Coalescer(store, app[POLICY])
     app.on_cleanup.append(_drain)
     base = config.http.base_path
     routes = [r for r in ROUTES if r.served(config)]

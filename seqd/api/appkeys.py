@@ -9,6 +9,7 @@ from seqd.config import Config
 from seqd.health import Liveness
 from seqd.metrics import Metrics
 from seqd.store.db import Store
+from seqd.timing.policy import Policy
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
@@ -21,6 +22,8 @@ LIVENESS = web.AppKey("liveness", Liveness)
 RATE_LEASES = web.AppKey("rate_leases", dict)
 # Single enrollment requests grouped per sequence and turn of the loop (seqd/api/coalesce.py).
 COALESCER = web.AppKey("coalescer", Coalescer)
+# The tenants' time rules (quiet hours, default zones) from the config.
+POLICY = web.AppKey("policy", Policy)
 # Per request: the tenant the API key belongs to.
 TENANT = web.RequestKey("tenant", str)
 # Per request: sha256 of the API key presented (what the rate limit counts by).

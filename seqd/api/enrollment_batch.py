@@ -15,7 +15,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from seqd import bulk, models
-from seqd.api.appkeys import CONFIG, STORE
+from seqd.api.appkeys import CONFIG, POLICY, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.problems import Problem, build
 from seqd.api.routing import route
@@ -103,7 +103,15 @@ async def create_enrollment_batch(request: web.Request) -> web.Response:
         except SeqdError as exc:
             results[i] = item_problem(bulk.under(exc, f"items[{i}]."), i)
     outcomes = (
-        await bulk.enroll(store, tenant, into.seq, into.version, items, listed=into.listed)
+        await bulk.enroll(
+            store,
+            tenant,
+            into.seq,
+            into.version,
+            items,
+            listed=into.listed,
+            timing=into.timing(request.app[POLICY]),
+        )
         if items
         else []
     )

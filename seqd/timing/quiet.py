@@ -4,7 +4,7 @@ start of the next are the window a text may go in, per region of the number."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from seqd.timing.calendar import Calendar
 from seqd.timing.local import WEEKDAYS
@@ -20,7 +20,7 @@ class QuietSpec(Protocol):
     @property
     def end(self) -> str: ...
     @property
-    def days(self) -> Mapping[str, list[str]]: ...
+    def days(self) -> Mapping[Any, list[str]]: ...
 
 
 def allowed(spec: QuietSpec) -> Calendar:

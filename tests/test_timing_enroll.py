@@ -1,0 +1,114 @@
+"""The first step's due time, decided at enrollment in the contact's zone (every way in)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from seqd import bulk
+from seqd.store import enrollments
+from seqd.store.db import Store
+from tests.conftest import Api
+
+# Monday 2026-04-06 06:00 UTC: 02:00 in New York, 11:30 in Kolkata.
+NOW = int(datetime(2026, 4, 6, 6, 0, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
+HOURS = {"name": "9-17", "windows": {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed")}}
+
+
+def local(text: str, tz: str) -> str:
+    at = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(ZoneInfo(tz))
+    return at.strftime("%Y-%m-%d %H:%M")
+
+
+@pytest.fixture
+async def quiet_api(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    """The API under the default config (quiet hours on), its clock at NOW."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from seqd.api.app import create_app
+    from seqd.config import Config
+
+    monkeypatch.setattr(bulk, "now_ms", lambda: NOW)
+    monkeypatch.setattr(enrollments, "now_ms", lambda: NOW)
+    _, key = await store.tenants.create_key("acme")
+    async with TestClient(TestServer(create_app(Config(), store))) as client:
+        yield Api(client, key, store)
+
+
+async def _sequence(api: Api, steps: list[dict[str, Any]], schedule: bool) -> str:
+    body: dict[str, Any] = {"name": "S", "status": "active", "steps": steps}
+    if schedule:
+        status, made = await api.call("POST", "/schedules", HOURS)
+        assert status == 201, made
+        body["schedule_id"] = made["schedule"]["id"]  # type: ignore[index]
+    status, seq = await api.call("POST", "/sequences", body)
+    assert status == 201, seq
+    return seq["sequence"]["id"]  # type: ignore[index,no-any-return]
+
+
+async def test_an_sms_enrolled_at_night_waits_for_morning_in_the_contacts_zone(
+    quiet_api: Api,
+) -> None:
+    sid = await _sequence(quiet_api, [{"kind": "sms", "body": "hi"}], schedule=False)
+    status, body = await quiet_api.call(
+        "POST", f"/sequences/{sid}/enrollments", {"contact": {"phone": "+12125550100"}}
+    )
+    assert status == 201, body
+    enr = body["enrollment"]  # type: ignore[index]
+    assert local(enr["next_run_at"], "America/New_York") == "2026-04-06 08:00"
+    assert (enr["timezone_used"], enr["timezone_source"]) == ("America/New_York", "phone")
+    # What the API answered is what was stored.
+    status, again = await quiet_api.call("GET", f"/enrollments/{enr['id']}")
+    assert again["enrollment"] == enr  # type: ignore[index]
+
+
+async def test_a_schedule_times_each_contact_in_its_own_zone_in_a_batch(quiet_api: Api) -> None:
+    steps = [{"kind": "email", "subject": "s", "body": "hi"}]
+    sid = await _sequence(quiet_api, steps, schedule=True)
+    _, kolkata = await quiet_api.call(
+        "POST", "/contacts", {"email": "a@example.com", "timezone": "Asia/Kolkata"}
+    )
+    items = [
+        {"contact_id": kolkata["contact"]["id"]},  # type: ignore[index]
+        {"contact": {"email": "b@example.com", "phone": "+14155550100"}},
+        {"contact": {"email": "c@example.com"}},
+    ]
+    status, body = await quiet_api.call(
+        "POST", f"/sequences/{sid}/enrollments/batch", {"items": items}
+    )
+    assert status == 200, body
+    got = [r["enrollment"] for r in body["results"]]  # type: ignore[index]
+    # Kolkata is open (11:30); Los Angeles waits for 09:00; no zone at all: the tenant's (UTC).
+    assert got[0]["next_run_at"] == got[0]["enrolled_at"]
+    assert (got[0]["timezone_used"], got[0]["timezone_source"]) == ("Asia/Kolkata", "contact")
+    assert local(got[1]["next_run_at"], "America/Los_Angeles") == "2026-04-06 09:00"
+    assert got[1]["timezone_source"] == "phone"
+    assert local(got[2]["next_run_at"], "UTC") == "2026-04-06 09:00"
+    assert (got[2]["timezone_used"], got[2]["timezone_source"]) == ("UTC", "default")
+
+
+async def test_an_email_without_a_schedule_reads_no_zone(quiet_api: Api) -> None:
+    sid = await _sequence(
+        quiet_api, [{"kind": "email", "subject": "s", "body": "b"}], schedule=False
+    )
+    status, body = await quiet_api.call(
+        "POST", f"/sequences/{sid}/enrollments", {"contact": {"email": "a@example.com"}}
+    )
+    assert status == 201, body
+    enr = body["enrollment"]  # type: ignore[index]
+    assert "timezone_used" not in enr and enr["next_run_at"] == enr["enrolled_at"]
+
+
+async def test_a_transactional_sms_goes_at_night(quiet_api: Api) -> None:
+    steps = [{"kind": "sms", "body": "your code", "transactional": True}]
+    sid = await _sequence(quiet_api, steps, schedule=False)
+    status, body = await quiet_api.call(
+        "POST", f"/sequences/{sid}/enrollments", {"contact": {"phone": "+12125550100"}}
+    )
+    assert status == 201, body
+    enr = body["enrollment"]  # type: ignore[index]
+    assert enr["next_run_at"] == enr["enrolled_at"]
