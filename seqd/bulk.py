@@ -28,7 +28,7 @@ from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem, EnrollResult
 from seqd.times import now_ms
 from seqd.timing.due import due
-from seqd.timing.policy import Policy, step_timing, zone_text
+from seqd.timing.policy import Policy, jitter_key, step_timing, zone_text
 
 
 class Item(msgspec.Struct, frozen=True):
@@ -141,12 +141,6 @@ class Timing:
 
     def timing(self, policy: Policy) -> Timing:
         return Timing(policy, self.schedule)
-
-
-def jitter_key(contact_id: str, sequence_id: str, step: int) -> str:
-    """What fixes a step's jitter: one live enrollment per (sequence, contact), so this is
-    per enrollment and step, and known before the enrollment's id is made."""
-    return f"{contact_id}:{sequence_id}:{step}"
 
 
 async def _first_dues(

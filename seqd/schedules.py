@@ -9,7 +9,7 @@ per (id, version) and a change is seen by the next step that comes due.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -142,3 +142,38 @@ def compile_calendar(schedule: Schedule) -> calendar.Calendar:
 def fixed_zone(schedule: Schedule) -> str | None:
     """The zone every recipient's windows are read in, or None for each one's own."""
     return None if schedule.timezone == CONTACT_ZONE else schedule.timezone
+
+
+# -- preview ---------------------------------------------------------------------------
+class PreviewContact(Input, kw_only=True):
+    """An inline contact for a preview: only what decides its zone matters."""
+
+    timezone: ZoneName | None = None
+    phone: Annotated[str, Meta(max_length=64)] | None = None
+    email: Annotated[str, Meta(max_length=320)] | None = None
+
+
+class PreviewRequest(Input, kw_only=True):
+    """Exactly one of `contact_id` or `contact`; `start_at` (RFC 3339) defaults to now."""
+
+    contact_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    contact: PreviewContact | None = None
+    start_at: Timestamp | None = None
+
+
+MovedBy = Literal["window", "quiet_hours", "skip_date", "sender_limit", "frequency_cap"]
+
+
+class PreviewStep(Output, kw_only=True):
+    step: int
+    send_at: Timestamp
+    # The same moment in the recipient's zone, with its offset.
+    local_time: str
+    sender_id: str | None = None
+    moved_by: list[MovedBy] = msgspec.field(default_factory=list)
+
+
+class Preview(Output, kw_only=True):
+    timezone: str
+    timezone_source: Literal["contact", "phone", "default"]
+    steps: list[PreviewStep]

@@ -191,7 +191,10 @@ _MISSING = {
 
 
 # A valid body for routes whose body has required fields; others get {}.
-_SAMPLE_BODIES = {"EnrollmentCreate": {"contact_id": ids.new(ids.CONTACT)}}
+_SAMPLE_BODIES = {
+    "EnrollmentCreate": {"contact_id": ids.new(ids.CONTACT)},
+    "PreviewRequest": {"contact": {}},
+}
 
 
 def _kind(path: str) -> str | None:

@@ -112,3 +112,72 @@ async def test_a_transactional_sms_goes_at_night(quiet_api: Api) -> None:
     assert status == 201, body
     enr = body["enrollment"]  # type: ignore[index]
     assert enr["next_run_at"] == enr["enrolled_at"]
+
+
+# -- preview ---------------------------------------------------------------------------------
+async def test_preview_shows_each_steps_moment_and_what_moved_it(quiet_api: Api) -> None:
+    steps = [
+        {"kind": "sms", "body": "hi"},
+        {"kind": "sms", "wait_minutes": 600, "body": "again"},
+        {"kind": "email", "wait_days": 1, "send_at": "10:00", "subject": "s", "body": "b"},
+    ]
+    sid = await _sequence(quiet_api, steps, schedule=True)
+    start = "2026-04-06T06:00:00.000Z"  # Monday 02:00 in New York
+    status, body = await quiet_api.call(
+        "POST",
+        f"/sequences/{sid}/preview",
+        {"contact": {"phone": "+12125550100"}, "start_at": start},
+    )
+    assert status == 200, body
+    assert (body["timezone"], body["timezone_source"]) == ("America/New_York", "phone")  # type: ignore[index]
+    got = body["steps"]  # type: ignore[index]
+    assert [(s["step"], s["local_time"], s["moved_by"]) for s in got] == [
+        (0, "2026-04-06T09:00:00-04:00", ["window"]),  # 02:00: closed, and quiet
+        (1, "2026-04-07T09:00:00-04:00", ["window"]),  # 19:00: closed until Tuesday
+        (2, "2026-04-08T10:00:00-04:00", []),  # the next open day, at its send_at
+    ]
+    assert got[0]["send_at"] == "2026-04-06T13:00:00.000Z" and got[0]["sender_id"] is None
+
+
+async def test_preview_of_a_stored_contact_is_what_enrolling_it_does(quiet_api: Api) -> None:
+    sid = await _sequence(quiet_api, [{"kind": "sms", "body": "hi"}], schedule=True)
+    _, made = await quiet_api.call("POST", "/contacts", {"phone": "+14155550100"})
+    cid = made["contact"]["id"]  # type: ignore[index]
+    status, preview = await quiet_api.call(
+        "POST", f"/sequences/{sid}/preview", {"contact_id": cid, "start_at": "2026-04-06T06:00:00Z"}
+    )
+    assert status == 200, preview
+    status, body = await quiet_api.call(
+        "POST", f"/sequences/{sid}/enrollments", {"contact_id": cid}
+    )
+    assert status == 201, body
+    enr = body["enrollment"]  # type: ignore[index]
+    assert enr["next_run_at"] == preview["steps"][0]["send_at"]  # type: ignore[index]
+    assert enr["timezone_used"] == preview["timezone"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "contact_id"),
+        ({"contact_id": "con_x", "contact": {}}, "contact_id"),
+        ({"contact": {"timezone": "Moon/Base"}}, "contact.timezone"),
+        ({"contact": {"phone": "12"}}, "contact.phone"),
+        ({"contact": {}, "start_at": "yesterday"}, "start_at"),
+    ],
+)
+async def test_a_bad_preview_request_is_a_422(
+    quiet_api: Api, body: dict[str, Any], field: str
+) -> None:
+    sid = await _sequence(quiet_api, [{"kind": "sms", "body": "hi"}], schedule=False)
+    status, answer = await quiet_api.call("POST", f"/sequences/{sid}/preview", body)
+    assert status == 422, answer
+    assert answer["errors"][0]["path"] == field  # type: ignore[index]
+
+
+async def test_preview_of_an_unknown_contact_is_a_404(quiet_api: Api) -> None:
+    sid = await _sequence(quiet_api, [{"kind": "sms", "body": "hi"}], schedule=False)
+    status, answer = await quiet_api.call(
+        "POST", f"/sequences/{sid}/preview", {"contact_id": "con_x"}
+    )
+    assert status == 404, answer

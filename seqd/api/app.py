@@ -13,6 +13,7 @@ from seqd.api import (  # noqa: F401
     inbound,
     openapi,
     ops,
+    preview,
     schedules,
     sequences,
     suppressions,
