@@ -181,6 +181,25 @@ async def api(store: Store) -> AsyncIterator[Api]:
         yield Api(client, key, store)
 
 
+@pytest.fixture
+async def quiet_api(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    """The API under the default config (SMS quiet hours on), its enroll clock fixed at
+    tests.timingutil.NOW."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from seqd import bulk
+    from seqd.api.app import create_app
+    from seqd.config import Config
+    from seqd.store import enrollments
+    from tests.timingutil import NOW
+
+    monkeypatch.setattr(bulk, "now_ms", lambda: NOW)
+    monkeypatch.setattr(enrollments, "now_ms", lambda: NOW)
+    _, key = await store.tenants.create_key("acme")
+    async with TestClient(TestServer(create_app(Config(), store))) as client:
+        yield Api(client, key, store)
+
+
 class ScriptCalls:
     """Every `call_many` of a store's runner, still made: (script, keys, tag) of each
     call in `calls`, and how many calls each round trip carried in `trips`."""

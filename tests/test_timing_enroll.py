@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from seqd import bulk
-from seqd.store import enrollments
-from seqd.store.db import Store
 from tests.conftest import Api
+from tests.timingutil import local
 
-# Monday 2026-04-06 06:00 UTC: 02:00 in New York, 11:30 in Kolkata.
-NOW = int(datetime(2026, 4, 6, 6, 0, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
 HOURS = {"name": "9-17", "windows": {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed")}}
-
-
-def local(text: str, tz: str) -> str:
-    at = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(ZoneInfo(tz))
-    return at.strftime("%Y-%m-%d %H:%M")
-
-
-@pytest.fixture
-async def quiet_api(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
-    """The API under the default config (quiet hours on), its clock at NOW."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from seqd.api.app import create_app
-    from seqd.config import Config
-
-    monkeypatch.setattr(bulk, "now_ms", lambda: NOW)
-    monkeypatch.setattr(enrollments, "now_ms", lambda: NOW)
-    _, key = await store.tenants.create_key("acme")
-    async with TestClient(TestServer(create_app(Config(), store))) as client:
-        yield Api(client, key, store)
 
 
 async def _sequence(api: Api, steps: list[dict[str, Any]], schedule: bool) -> str:

@@ -38,6 +38,8 @@ class Job:
     # Attempts already made at this step.
     attempts: int
     message: OutboundMessage
+    # What was claimed: the next step's time is read in the contact's zone (timetable).
+    item: Claimed | None = None
     started: bool = False
     result: SendResult | None = None
     # ms when the send ended.
@@ -125,6 +127,7 @@ def compose(
         due=int(e["n"]),
         attempts=int(e.get("a") or 0),
         message=message,
+        item=item,
     )
 
 

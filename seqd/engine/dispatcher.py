@@ -55,6 +55,7 @@ from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.rounds import Lane, Round, cut_pieces
 from seqd.engine.slots import Slots
+from seqd.engine.timetable import Timetable
 from seqd.errors import NotFound
 from seqd.health import Heart
 from seqd.kinds import ADDRESS_FIELD
@@ -72,6 +73,7 @@ from seqd.store.dispatch import (
 )
 from seqd.store.mirrors import version_of
 from seqd.times import now_ms
+from seqd.timing.policy import Policy
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +99,7 @@ class Dispatcher:
         observer: Observer | None = None,
         liveness: Heart | None = None,
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.store = store
         # Headers added to every email (List-Unsubscribe: lifecycle.unsubscribe).
@@ -108,6 +111,8 @@ class Dispatcher:
         self.liveness = liveness
         self.dispatch = Dispatch(store)
         self.plans = Plans(store)
+        # Windows and quiet hours (none without a policy: every step at its wait_minutes).
+        self.timetable = Timetable(store, policy, clock=clock) if policy is not None else None
         self._lease_ms = int(config.lease_seconds * 1000)
         self._backoff_ms = [s * 1000 for s in config.retry_backoff_seconds] or [0]
         self._limits: dict[str, Slots] = {}
@@ -335,6 +340,8 @@ class Dispatcher:
         if not items:
             return None
         plans = await self._plans(items, mirrors)
+        if self.timetable is not None:
+            await self.timetable.load(plans, items)
         # The address of each channel a remaining step uses, per (tenant, channel).
         lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for item in items:
@@ -386,7 +393,18 @@ class Dispatcher:
             if plan is None:
                 settles[shard_of[item.id]].append(self._unavailable(item, now))
                 continue
+            if self.timetable is not None:
+                closed = self.timetable.deferral(item, plan, now)
+                if closed is not None:
+                    self.observer.step_deferred(closed.reason or "")
+                    settles[shard_of[item.id]].append(closed)
+                    continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
+            if isinstance(composed, Settle) and composed.wait is not None and composed.wait >= 0:
+                if self.timetable is not None:  # a skipped step: the next one's time
+                    composed.wait = self.timetable.wait_after(
+                        plan, item.e, item.c, composed.step, composed.at
+                    )
             if isinstance(composed, Job):
                 if composed.kind == "email" and self.email_headers is not None:
                     composed.message.headers.update(self.email_headers(composed.message))
@@ -611,7 +629,7 @@ class Dispatcher:
             # Spelled out (no **fields): this is the one per step of a burst.
             return Settle(
                 id=job.id, token=job.token, step=job.step, kind=job.kind, at=at,
-                outcome="sent", provider_id=result.provider_id, wait=plan.wait_after(job.step),
+                outcome="sent", provider_id=result.provider_id, wait=self._wait_after(job, plan),
             )  # fmt: skip
         if result.suppress:
             # The provider says the recipient unsubscribed: this step is not sent, and the
@@ -619,7 +637,9 @@ class Dispatcher:
             now_suppressed = dict(suppressed.get(job.id, _NO_SUPPRESSIONS))
             now_suppressed[job.kind] = SuppressionRecord(reason=models.CancelReason.OPTED_OUT.value)
             if any(s.kind not in now_suppressed for s in plan.steps[job.step + 1 :]):
-                return _of(job, at, "skipped", reason="suppressed", wait=plan.wait_after(job.step))
+                return _of(
+                    job, at, "skipped", reason="suppressed", wait=self._wait_after(job, plan)
+                )
             reason = suppressed_reason(now_suppressed[job.kind], job.kind)
             return _of(job, at, "cancel", reason=reason, error=result.error)
         if outcome == "failed":
@@ -629,6 +649,12 @@ class Dispatcher:
             return _of(job, at, "pause", reason=reason, error=result.error)
         delay = self._delay(job.attempts, result.retry_after)
         return _of(job, at, "retry", error=result.error or outcome, delay=delay)
+
+    def _wait_after(self, job: Job, plan: Plan) -> int:
+        """ms from the end of `job`'s send to the next step's due time; -1 after the last."""
+        if self.timetable is None or job.item is None:
+            return plan.wait_after(job.step)
+        return self.timetable.wait_after(plan, job.item.e, job.item.c, job.step, job.at)
 
     async def _report_opt_outs(self, jobs: list[Job]) -> None:
         """A provider's "recipient unsubscribed" is an opt-out like a STOP keyword."""
@@ -713,7 +739,7 @@ def background(
         if not config.dispatch.enabled:
             yield
             return
-        from seqd.api.appkeys import LIVENESS, METRICS, STORE
+        from seqd.api.appkeys import LIVENESS, METRICS, POLICY, STORE
         from seqd.channels import registry
         from seqd.lifecycle import unsubscribe
 
@@ -726,6 +752,7 @@ def background(
             observer=app.get(METRICS),
             liveness=app.get(LIVENESS),
             email_headers=unsubscribe.message_headers(config),
+            policy=app[POLICY],
         )
         dispatcher.start()
         try:

@@ -16,6 +16,8 @@ from seqd import models
 from seqd.engine import render
 from seqd.kinds import SPECS, Kind
 from seqd.store.db import Store
+from seqd.timing.due import StepTiming
+from seqd.timing.policy import step_timing
 
 # Plans kept at most; the oldest loaded is dropped past this.
 CACHE_SIZE = 10_000
@@ -36,6 +38,8 @@ class StepPlan:
     # Roots the templates read beyond plain contact fields: decode only what is needed.
     needs_attributes: bool
     needs_metadata: bool
+    # Its waits and time rules as the timing core takes them.
+    timing: StepTiming
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,8 @@ class Plan:
     # Per step index: the kinds with a suppression list among that step and the ones after
     # it (the suppression reads).
     kinds_left: tuple[tuple[Kind, ...], ...]
+    # The sequence's schedule (its send windows), if it has one.
+    schedule_id: str | None = None
 
     def kinds_from(self, step: int) -> tuple[Kind, ...]:
         return self.kinds_left[step] if step < len(self.kinds_left) else ()
@@ -80,13 +86,14 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 wait_ms=step.wait_minutes * 60_000,
                 needs_attributes="attributes" in roots,
                 needs_metadata="metadata" in roots,
+                timing=step_timing(step),
             )
         )
     kinds_left = tuple(
         tuple(sorted({s.kind for s in seq.steps[i:] if SPECS[s.kind].suppression}))
         for i in range(len(seq.steps))
     )
-    return Plan(seq.id, version, tuple(steps), kinds_left)
+    return Plan(seq.id, version, tuple(steps), kinds_left, seq.schedule_id)
 
 
 class Plans:

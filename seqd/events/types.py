@@ -31,6 +31,8 @@ TYPES: tuple[str, ...] = (
     "sequence.step.sent",
     "sequence.step.skipped",
     "sequence.step.failed",
+    # A step that came due outside its window or in quiet hours: `reason`, `until`.
+    "sequence.step.deferred",
     "message.delivered",
     "message.undelivered",
     "contact.opted_out",
@@ -43,7 +45,8 @@ TYPES: tuple[str, ...] = (
 KNOWN = frozenset(TYPES)
 # An endpoint's `events` may be just this: every type, present and future.
 WILDCARD = "*"
-# Extra keys named like this holding integers are times in ms in storage, RFC 3339 on the wire.
+# Extra keys named like this (and `until`) holding integers are times in ms in storage,
+# RFC 3339 on the wire.
 _TIME_SUFFIX = "_at"
 
 
@@ -51,7 +54,7 @@ def _times(extra: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in extra.items():
         if (
-            key.endswith(_TIME_SUFFIX)
+            (key.endswith(_TIME_SUFFIX) or key == "until")
             and isinstance(value, int | float)
             and not isinstance(value, bool)
             and value > 0

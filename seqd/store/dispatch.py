@@ -22,7 +22,9 @@ from seqd.store.mirrors import CONTACT_READ, fields_of
 if TYPE_CHECKING:
     from seqd.store.db import Store
 
-Outcome = Literal["sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release"]
+Outcome = Literal[
+    "sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release", "defer"
+]
 
 
 class Claimed(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -74,6 +76,9 @@ class Settle(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str | None = None
     variable: str | None = None
     started: bool = False
+    # defer: when the step goes instead (ms), and the enrollment's zone then (`z`).
+    until: int | None = None
+    zone: str | None = None
     # The claimed enrollment's `s` (its queue): advance then need not read it.
     seq: str | None = None
 

@@ -19,20 +19,25 @@ from seqd import models
 from seqd.engine import render
 from seqd.kinds import SPECS
 from seqd.store.codec import CONTACT_TEXT_FIELDS
+from seqd.timing.policy import QUIET_KINDS
 
 # Every contact field a message can use: its owner (checked before a send), the text fields
 # (templates and addresses) and attributes (templates' attributes.<key>).
 CONTACT_READ = ("tenant", *CONTACT_TEXT_FIELDS, "attributes")
 
 
-def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
+def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tuple[str, ...]:
     """The fields of CONTACT_READ the steps' messages read: the owner, the address of every
-    channel among them (the send and the suppression reads) and what their templates name."""
-    needed = {"tenant"}
+    channel among them (the send and the suppression reads) and what their templates name;
+    and what gives the contact's zone (timezone, phone) where windows or quiet hours apply:
+    under a schedule (`scheduled`), for SMS steps."""
+    needed = {"tenant", "timezone", "phone"} if scheduled else {"tenant"}
     for step in steps:
         address = SPECS[step.kind].address
         if address is not None:
             needed.add(address)
+        if step.kind in QUIET_KINDS:
+            needed.add("timezone")
         try:
             needed |= render.roots(step.body, step.subject)
         except render.TemplateError:  # (saved steps parse; if one did not: read them all)
@@ -44,9 +49,9 @@ def mirror(status: str, version: int, steps: list[models.Step]) -> str:
     return f"{status}:{version}:{len(steps)}"
 
 
-def fields_text(steps: list[models.Step]) -> str:
+def fields_text(steps: list[models.Step], scheduled: bool = False) -> str:
     """The `fields` of the sequence's `sf` entry (its version goes before them)."""
-    return ",".join(contact_fields(steps))
+    return ",".join(contact_fields(steps, scheduled))
 
 
 def version_of(text: str) -> int:

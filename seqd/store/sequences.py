@@ -173,7 +173,7 @@ class Sequences:
     async def sync(self, seq: models.Sequence, version: int, sweeps: list[str]) -> None:
         """Write the mirror in every shard, then run each sweep to completion."""
         mirror = mirrors.mirror(seq.status.value, version, seq.steps)
-        fields = mirrors.fields_text(seq.steps)
+        fields = mirrors.fields_text(seq.steps, seq.schedule_id is not None)
         for sweep in ["", *sweeps]:
             cursors = {shard: "" for shard in range(self.keys.shards)}
             while cursors:

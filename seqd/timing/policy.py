@@ -17,13 +17,17 @@ if TYPE_CHECKING:
     from seqd.models import Step
 
 
+# The step kinds SMS quiet hours hold back (unless the step is transactional).
+QUIET_KINDS = frozenset({"sms"})
+
+
 def step_timing(step: Step) -> StepTiming:
     """What a step says about its time; quiet hours apply to SMS that is not transactional."""
     return StepTiming(
         wait_minutes=step.wait_minutes,
         wait_days=step.wait_days,
         send_at=None if step.send_at is None else parse_hhmm(step.send_at),
-        quiet=step.kind == "sms" and not step.transactional,
+        quiet=step.kind in QUIET_KINDS and not step.transactional,
     )
 
 

@@ -25,6 +25,9 @@
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
+    defer     until (ms), reason, zone (optional "<source>:<zone>"): not sent now (its
+              window or quiet hours are closed); due again at `until`, `n` rewritten,
+              `dr` = "<step>:<reason>", no attempt counted, event sequence.step.deferred
     and optionally seq: the claimed sequence (`s`; else read here)
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
@@ -59,7 +62,8 @@ end
 -- outcome -> the field it needs and that field's type
 local NEEDS = {sent = {'wait', 'number'}, skipped = {'wait', 'number'},
                retry = {'delay', 'number'}, failed = {}, pause = {'reason', 'string'},
-               cancel = {'reason', 'string'}, complete = {}, release = {}}
+               cancel = {'reason', 'string'}, complete = {}, release = {},
+               defer = {'until', 'number'}}
 for n, it in ipairs(items) do
   if type(it) ~= 'table' then return redis.error_reply('BAD_ITEMS:item ' .. n) end
   local need = NEEDS[it.outcome]
@@ -70,6 +74,9 @@ for n, it in ipairs(items) do
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
+  if it.outcome == 'defer' and (type(it.reason) ~= 'string' or it['until'] % 1 ~= 0) then
+    return redis.error_reply('BAD_ITEMS:item ' .. n)
+  end
 end
 -- Passed step n's values are ARGV[5n + 1 .. 5n + 5]: id, group, due, detail, event.
 local groups, passed, group_of, dues = {}, 0, {}, {}
@@ -312,6 +319,17 @@ local function settle(id, ekey, it, current)
       finish(id, e, 'cancelled', it.reason, now, {step = it.step, error = it.error})
     elseif outcome == 'complete' then
       finish(id, e, 'completed', '', now)
+    elseif outcome == 'defer' then
+      local due_at = string.format('%d', it['until'])
+      local fields = {'n', due_at, 'ua', now, 'dr', it.step .. ':' .. it.reason}
+      if type(it.zone) == 'string' and it.zone ~= '' then
+        fields[#fields + 1] = 'z'; fields[#fields + 1] = it.zone
+      end
+      rcall('HSET', ekey, unpack(fields))
+      for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
+      schedule(id, e['s'], due_at)
+      enrollment_event('sequence.step.deferred', id, e, now,
+        {step = it.step, kind = it.kind, reason = it.reason, ['until'] = it['until']})
     elseif outcome == 'release' then
       local at = tonumber(now) + (tonumber(it.delay) or 0)
       schedule(id, e['s'], it.started and lease_token(at) or at)
