@@ -35,6 +35,7 @@ from benchmarks.dispatch import free_port, start_valkey
 from benchmarks.results import record
 from seqd import collector, logs
 from seqd.config import LogConfig, WebhooksConfig
+from seqd.events import signing
 from seqd.events.deliverer import Deliverer, session
 from seqd.events.reader import Reader
 from seqd.store.db import Store, connect
@@ -158,7 +159,13 @@ async def main(n: int, levels: list[int]) -> None:
         rows.append(("reader, log only", f"{n / log_only_s:,.0f} events/s", ""))
 
         await store.webhooks.create(
-            TENANT, url=f"{base}/hook", events=["*"], description="", now=now_ms(), max_endpoints=5
+            TENANT,
+            url=f"{base}/hook",
+            events=["*"],
+            description="",
+            secret=signing.new_secret(),
+            now=now_ms(),
+            max_endpoints=5,
         )
         for i, level in enumerate(levels):
             await fill_outbox(store, n)

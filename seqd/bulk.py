@@ -42,7 +42,7 @@ class Item(msgspec.Struct, frozen=True):
 
 
 @dataclass(slots=True)
-class Outcome:
+class ItemOutcome:
     """An item's result: an enrollment (maybe one that existed), or an error with its
     machine-readable `reason` (the intake stream and the import report it)."""
 
@@ -113,15 +113,9 @@ async def active_sequence(store: Store, tenant: str, sid: str) -> tuple[models.S
 async def target(store: Store, tenant: str, sid: str) -> Target:
     """`active_sequence` and the suppression lists' presence in one round trip, and the
     sequence's schedule (a second one, when it has a schedule)."""
-    pipe = store.client.pipeline(transaction=False)
-    store.sequences.read_in(pipe, tenant, sid)
-    screening.listed_in(pipe, store, tenant)
-    replies = await pipe.execute()
-    seq, version = store.sequences.parse_read(sid, replies[0])
+    seq, version, listed = await store.sequences.get_listed(tenant, sid)
     _active(seq)
-    return Target(
-        seq, version, screening.listed_from(replies[1:]), await schedule_of(store, tenant, seq)
-    )
+    return Target(seq, version, listed, await schedule_of(store, tenant, seq))
 
 
 async def schedule_of(store: Store, tenant: str, seq: models.Sequence) -> Schedule | None:
@@ -212,12 +206,12 @@ async def enroll(
     full: bool = True,
     listed: frozenset[Channel] | None = None,
     timing: Timing | None = None,
-) -> list[Outcome]:
-    """Enroll each item in `seq` (from `active_sequence` or `target`); one Outcome per
-    item, in order. `full` False leaves `Outcome.enrollment` unset (only
+) -> list[ItemOutcome]:
+    """Enroll each item in `seq` (from `active_sequence` or `target`); one ItemOutcome per
+    item, in order. `full` False leaves `ItemOutcome.enrollment` unset (only
     `enrollment_id`); `listed` is `Target.listed` (None: read here); `timing` decides the
     first step's time in each contact's zone (None: enrollment + its wait_minutes)."""
-    outcomes = [Outcome(contact_id=item.contact_id) for item in items]
+    outcomes = [ItemOutcome(contact_id=item.contact_id) for item in items]
     known: dict[str, models.Contact] = {}
     inline = [i for i, item in enumerate(items) if item.contact is not None]
     if inline:

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from seqd import collector, importer, logs
+from seqd import __version__, collector, importer, logs, rediscli
 from seqd import config as configmod
 from seqd.channels import registry as channel_registry
 from seqd.config import Config, ConfigError
@@ -36,6 +36,11 @@ async def _keys(args: argparse.Namespace, config: Config) -> int:
             key, secret = await store.tenants.create_key(args.tenant, args.label, test=args.test)
             print(f"created key {key.id} for tenant {key.tenant}; it is shown only now:")
             print(secret)
+        elif args.keys_command == "list" and args.tenant is None:
+            keys = await store.tenants.all_keys()
+            for tenant in sorted(await store.tenants.names() | {k.tenant for k in keys}):
+                count = sum(1 for k in keys if k.tenant == tenant)
+                print(f"{tenant}\t{count} key{'' if count == 1 else 's'}")
         elif args.keys_command == "list":
             for key in await store.tenants.list_keys(args.tenant):
                 print(f"{key.id}\t{key.prefix}…\t{key.created_at}\t{key.label}")
@@ -79,6 +84,7 @@ def _tenant(value: str) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqd", description="Self-hosted sequence engine")
     p.add_argument("--config", "-c", help="TOML config file (default: $SEQD_CONFIG)")
+    p.add_argument("--version", action="version", version=f"seqd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the API and the dispatcher")
@@ -91,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
     kc.add_argument("--tenant", required=True, type=_tenant)
     kc.add_argument("--label", default="")
     kc.add_argument("--test", action="store_true", help="a test key (prefix sk_test_)")
-    kl = ks.add_parser("list", help="list a tenant's keys")
-    kl.add_argument("--tenant", required=True, type=_tenant)
+    kl = ks.add_parser("list", help="list a tenant's keys; without --tenant, the tenants")
+    kl.add_argument("--tenant", type=_tenant)
     kr = ks.add_parser("revoke", help="revoke a key by id")
     kr.add_argument("key_id")
 
@@ -111,6 +117,14 @@ def parser() -> argparse.ArgumentParser:
     )
 
     ingest_cli.add_parser(sub, _tenant)
+
+    rc = sub.add_parser(
+        "redis-cli",
+        help="valkey-cli on seqd's store (the embedded one's socket, or redis.url)",
+        description="Arguments after the command go to valkey-cli; none: interactive.",
+    )
+    rc.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
+    rc.add_argument("args", nargs=argparse.REMAINDER, help="a command and its arguments")
 
     im = sub.add_parser("import", help="upsert contacts from a CSV file, optionally enroll them")
     im.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
@@ -147,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         if args.command == "import":
             return importer.main(config, args.file, args.tenant, args.sequence, _run)
+        if args.command == "redis-cli":
+            return _run(rediscli.run(config, args.args))
         if args.command == "ingest-email":
             return ingest_cli.run(args, config, _run)
         if args.command == "check-config":

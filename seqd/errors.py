@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -12,6 +13,26 @@ class FieldError(msgspec.Struct, frozen=True):
 
     path: str
     message: str
+
+
+_PATH = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
+
+
+def field_error(exc: msgspec.ValidationError, root: str = "") -> FieldError:
+    """msgspec's "Expected `int`, got `str` - at `$.steps[0].wait_minutes`" as a FieldError."""
+    message = str(exc)
+    match = _PATH.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    reason = _PATH.sub("", message)
+    missing = re.match(r"Object missing required field `([^`]+)`", reason)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
+    if missing or unknown:
+        name = (missing or unknown).group(1)  # type: ignore[union-attr]
+        path = f"{path}.{name}" if path else name
+        reason = "required" if missing else "unknown field"
+    if root:
+        path = f"{root}.{path}" if path else root
+    return FieldError(path or "body", reason)
 
 
 class SeqdError(Exception):

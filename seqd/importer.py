@@ -23,9 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from seqd import bulk, models
-from seqd.api.wire import field_error
 from seqd.config import Config
-from seqd.errors import Invalid, SeqdError
+from seqd.errors import Invalid, SeqdError, field_error
 from seqd.service import open_store
 from seqd.store import upserts
 from seqd.store.db import Store
@@ -234,9 +233,11 @@ async def _main(config: Config, source: Path, tenant: str, sequence_id: str | No
     console = Console(stderr=True)
     async with open_store(config) as store:
         if not await store.tenants.exists(tenant):
+            # soft_wrap: the command stays on one line, to be copied whole.
             console.print(
                 f"seqd import: no tenant {tenant!r} (create one with: seqd keys create "
-                f"--tenant {tenant})"
+                f"--tenant {tenant})",
+                soft_wrap=True,
             )
             return 2
         try:

@@ -25,15 +25,14 @@ import structlog
 from aiohttp import web
 
 from seqd import bulk, models
-from seqd.api.appkeys import LIVENESS, STORE
-from seqd.api.wire import field_error
+from seqd.appkeys import LIVENESS, STORE
 from seqd.config import Config
-from seqd.errors import Conflict, Invalid, NotFound, SeqdError
+from seqd.errors import Conflict, Invalid, NotFound, SeqdError, field_error
 from seqd.health import Liveness
 from seqd.store import groups
 from seqd.store.codec import encode_json
 from seqd.store.db import Store
-from seqd.store.intake import Entry, Finished, IntakeStream, has_bad_bytes
+from seqd.store.intake import Finished, IntakeEntry, IntakeStream, has_bad_bytes
 from seqd.store.tenants import valid_tenant
 from seqd.timing.policy import Policy
 
@@ -62,7 +61,7 @@ def rejection_of(reason: str, error: SeqdError) -> Rejected:
 
 
 @dataclass(slots=True)
-class Parsed:
+class ParsedItem:
     entry_id: str
     fields: dict[str, str]
     tenant: str = ""
@@ -74,8 +73,8 @@ class Parsed:
     followers: list[str] = field(default_factory=list)
 
 
-def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | None) -> Parsed:
-    p = Parsed(entry_id, fields)
+def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | None) -> ParsedItem:
+    p = ParsedItem(entry_id, fields)
     try:
         for name, value in fields.items():
             # (isascii first: it is what almost every field is, and cheap to tell)
@@ -127,7 +126,7 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
     return p
 
 
-def result_text(p: Parsed, outcome: bulk.Outcome | None) -> str:
+def result_text(p: ParsedItem, outcome: bulk.ItemOutcome | None) -> str:
     """What the request_id key holds: the enrollment made, or why there is none."""
     if outcome is not None and outcome.enrollment_id is not None:
         return encode_json(
@@ -147,7 +146,7 @@ def result_text(p: Parsed, outcome: bulk.Outcome | None) -> str:
     return encode_json(data)
 
 
-def finished(p: Parsed, outcome: bulk.Outcome | None = None) -> list[Finished]:
+def finished(p: ParsedItem, outcome: bulk.ItemOutcome | None = None) -> list[Finished]:
     rejected = None
     if p.rejected is not None:
         rejected = {**p.fields, "reason": p.rejected.reason, "detail": p.rejected.detail}
@@ -268,7 +267,9 @@ class Intake:
             forced.append(p)
         return await self.process(fresh, forced)
 
-    async def process(self, entries: list[Entry], forced: list[Parsed] | None = None) -> int:
+    async def process(
+        self, entries: list[IntakeEntry], forced: list[ParsedItem] | None = None
+    ) -> int:
         """Enroll a batch; returns how many entries were finished (acknowledged)."""
         parsed = [parse(self.store, eid, f, self.region) for eid, f in entries]
         parsed += forced or []
@@ -277,7 +278,7 @@ class Intake:
         tenants = sorted({p.tenant for p in live if p.rejected is None})
         exists = await asyncio.gather(*(self.store.tenants.exists(t) for t in tenants))
         unknown = {t for t, ok in zip(tenants, exists, strict=True) if not ok}
-        groups: dict[tuple[str, str], list[Parsed]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[ParsedItem]] = defaultdict(list)
         for p in live:
             if p.rejected is None and p.tenant in unknown:
                 p.rejected = Rejected("unknown_tenant", f"no tenant {p.tenant}", "tenant")
@@ -298,12 +299,14 @@ class Intake:
             log.info("intake.rejected", entries=rejected)
         return len(done)
 
-    async def _new_requests(self, parsed: list[Parsed], done: list[Finished]) -> list[Parsed]:
+    async def _new_requests(
+        self, parsed: list[ParsedItem], done: list[Finished]
+    ) -> list[ParsedItem]:
         """Entries to handle: not a request_id already answered (those are only
         acknowledged), and one per request_id in this batch (the rest follow it)."""
         keyed = [p for p in parsed if p.result_key]
         answered = await self.stream.known_results([p.result_key or "" for p in keyed])
-        first: dict[str, Parsed] = {}
+        first: dict[str, ParsedItem] = {}
         skip: set[str] = set()
         for p, known in zip(keyed, answered, strict=True):
             key = p.result_key or ""
@@ -317,7 +320,7 @@ class Intake:
                 first[key] = p
         return [p for p in parsed if p.entry_id not in skip]
 
-    async def _enroll(self, tenant: str, sid: str, group: list[Parsed]) -> list[Finished]:
+    async def _enroll(self, tenant: str, sid: str, group: list[ParsedItem]) -> list[Finished]:
         """One (tenant, sequence) group; on an unexpected error its entries stay pending."""
         try:
             try:
@@ -344,7 +347,7 @@ class Intake:
         return out
 
     @staticmethod
-    def _reject_all(group: list[Parsed], rejection: Rejected) -> list[Finished]:
+    def _reject_all(group: list[ParsedItem], rejection: Rejected) -> list[Finished]:
         rejection.field = "sequence_id"
         out: list[Finished] = []
         for p in group:

@@ -100,8 +100,8 @@ def letters(kinds: list[Kind] | tuple[Kind, ...]) -> str:
 def _check() -> None:
     if tuple(SPECS) != KINDS or any(k != s.name for k, s in SPECS.items()):
         raise ValueError("kinds.SPECS must have one spec per Kind, in order")
-    letters = [s.letter for s in SPECS.values()]
-    if len(set(letters)) != len(letters) or not all(re.fullmatch("[a-z]", c) for c in letters):
+    used = [s.letter for s in SPECS.values()]
+    if len(set(used)) != len(used) or not all(re.fullmatch("[a-z]", c) for c in used):
         # (one plain letter each: the scripts match them in Lua patterns)
         raise ValueError("kinds: each kind needs its own lowercase lifecycle letter")
     listed = tuple(k for k, s in SPECS.items() if s.suppression)

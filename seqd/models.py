@@ -6,6 +6,7 @@ named `Annotated` aliases so the OpenAPI document carries them too.
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from enum import StrEnum
 from functools import cache
@@ -16,7 +17,7 @@ import msgspec
 import phonenumbers
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd.engine import render
+from seqd import templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
 from seqd.sms import segments
@@ -123,8 +124,21 @@ class ContactEnvelope(Output, kw_only=True):
     contact: Contact
 
 
+# What a phone may hold besides digits: spaces, + . - / ( ).
+_PHONE_JUNK = re.compile(r"[^\d\s+.\-/()]")
+# Every character str.splitlines() breaks on (email folds headers by it), and NUL.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
+
+
 def normalize_phone(value: str, region: str | None) -> str:
-    """E.164 form of `value`; ValueError with the reason when it is not a phone number."""
+    """E.164 form of `value`; ValueError with the reason when it is not a phone number.
+
+    Only digits and the usual separators are read: libphonenumber would drop a trailing
+    `x` or `ext. 12` as an extension and spell out letters, so `+1 (415) 555-0199x` would
+    be stored as another number than the one written."""
+    junk = _PHONE_JUNK.search(value)
+    if junk is not None:
+        raise ValueError(f"not a phone number (unexpected {junk.group()!r})")
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as exc:
@@ -166,9 +180,21 @@ def check_timezone(value: str) -> str:
     return value
 
 
+def _one_line(fields: dict[str, Any]) -> list[FieldError]:
+    """Text fields that could end up in a header (a Subject template may use any of them)
+    hold no line break and no NUL: refused when given, not when the first email fails."""
+    found = []
+    values = [(k, v) for k, v in fields.items() if k != "attributes"]
+    values += [(f"attributes.{k}", v) for k, v in (fields.get("attributes") or {}).items()]
+    for path, value in values:
+        if isinstance(value, str) and _LINE_BREAK.search(value):
+            found.append(FieldError(path, "contains a line break or NUL (one line of text)"))
+    return found
+
+
 def normalize_contact_fields(fields: dict[str, Any], region: str | None) -> list[FieldError]:
     """Normalise phone/email/timezone in place; return the errors found."""
-    errors = []
+    errors = _one_line(fields)
     checks = {"phone": lambda v: normalize_phone(v, region), "email": normalize_email}
     checks["timezone"] = check_timezone
     for name, check in checks.items():
@@ -296,8 +322,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             if text is None:
                 continue
             try:
-                render.parse(text)
-            except render.TemplateError as exc:
+                templates.parse(text)
+            except templates.TemplateError as exc:
                 errors.append(FieldError(f"steps[{i}].{field}", f"template error: {exc}"))
         if step.send_at is not None:
             try:
@@ -346,12 +372,17 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     id: str
     sequence_id: str
     contact_id: str
-    current_step: int
+    current_step: Annotated[
+        int,
+        Meta(description="index of the next step to send; completed: the number of steps"),
+    ]
     status: EnrollmentStatus
     next_run_at: Timestamp | None
     enrolled_at: Timestamp
     metadata: dict[str, Any]
     paused_reason: str | None = None
+    # A `missing_variable` pause: the template variable (or address field) it waits for.
+    paused_variable: str | None = None
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
     updated_at: Timestamp | None = None

@@ -21,9 +21,9 @@ from seqd.timing.zones import valid_zone
 
 CONTACT_ZONE = "contact"
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
-Interval = Annotated[list[Annotated[str, Meta(max_length=5)]], Meta(min_length=2, max_length=2)]
+IntervalText = Annotated[list[Annotated[str, Meta(max_length=5)]], Meta(min_length=2, max_length=2)]
 Windows = Annotated[
-    dict[Annotated[str, Meta(max_length=16)], Annotated[list[Interval], Meta(max_length=48)]],
+    dict[Annotated[str, Meta(max_length=16)], Annotated[list[IntervalText], Meta(max_length=48)]],
     Meta(max_length=7, description="weekday (mon..sun) -> [[start, end], ...] as HH:MM"),
 ]
 SkipDates = Annotated[list[Annotated[str, Meta(max_length=10)]], Meta(max_length=1000)]

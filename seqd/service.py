@@ -16,7 +16,7 @@ from aiohttp import web
 
 from seqd import collector, intake, logs, metrics, systemd
 from seqd.api.app import create_app
-from seqd.api.appkeys import METRICS, STORE
+from seqd.appkeys import METRICS, STORE
 from seqd.config import Config
 from seqd.embedded import EmbeddedServer
 from seqd.engine import dispatcher

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from seqd import ids
 from seqd.store import backlog
 from seqd.store.db import Store
 from seqd.store.rates import WEBHOOK_CHANNEL, SendRates, SendWindow
@@ -28,6 +29,8 @@ SHOWN_SEQUENCES = 12
 # Sequences read per tenant: bounds the cost of one refresh on a large deployment.
 SEQUENCES_PER_TENANT = 200
 OUTCOMES = ("sent", "retry", "failed", "unknown")
+# Narrower than this, the panels stack: two columns of panels need about 110.
+WIDE_COLUMNS = 110
 
 
 class SequenceRow(msgspec.Struct, kw_only=True):
@@ -159,18 +162,16 @@ def _queues(status: Status) -> Panel:
 
 
 def _sequence_table(status: Status) -> Panel:
-    table = Table(box=None, pad_edge=False, header_style="dim")
-    for name, justify in (
-        ("tenant", "left"),
-        ("sequence", "left"),
-        ("name", "left"),
-        ("status", "left"),
-        ("active", "right"),
-        ("paused", "right"),
-        ("completed", "right"),
-        ("cancelled", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    # One space between columns, and the full id never cut (an operator copies it into a
+    # command); the name gives way first when the screen is narrow.
+    table = Table(box=None, pad_edge=False, header_style="dim", collapse_padding=True)
+    widest = max((len(r.tenant) for r in status.sequences), default=6)
+    table.add_column("tenant", overflow="fold", min_width=min(widest, 12))
+    table.add_column("sequence", no_wrap=True, min_width=len(ids.new(ids.SEQUENCE)))
+    table.add_column("name", overflow="ellipsis")
+    table.add_column("status", no_wrap=True)
+    for name in ("active", "paused", "done", "cancelled"):  # enrollments, "done": completed
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for r in status.sequences:
         table.add_row(
             r.tenant,
@@ -187,17 +188,33 @@ def _sequence_table(status: Status) -> Panel:
     return Panel(table, title="Sequences (most active first)", border_style="cyan")
 
 
+class Screen:
+    """The screen, laid out for the terminal's width: side by side when wide, one panel
+    under the other below WIDE_COLUMNS (an 80-column terminal reads it unwrapped)."""
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        status = self.status
+        yield Text.assemble(
+            ("seqd status", "bold"),
+            f"  prefix {status.prefix}  ",
+            (to_rfc3339(status.backlog.at_ms), "dim"),
+        )
+        if options.max_width >= WIDE_COLUMNS:
+            top = Table.grid(expand=True, padding=(0, 1))
+            top.add_column(ratio=1)
+            top.add_column(ratio=1)
+            top.add_row(_due(status), Group(_sends(status), _queues(status)))
+            yield top
+        else:
+            yield from (_due(status), _sends(status), _queues(status))
+        yield _sequence_table(status)
+
+
 def render(status: Status) -> RenderableType:
-    title = Text.assemble(
-        ("seqd status", "bold"),
-        f"  prefix {status.prefix}  ",
-        (to_rfc3339(status.backlog.at_ms), "dim"),
-    )
-    top = Table.grid(expand=True, padding=(0, 1))
-    top.add_column(ratio=1)
-    top.add_column(ratio=1)
-    top.add_row(_due(status), Group(_sends(status), _queues(status)))
-    return Group(title, top, _sequence_table(status))
+    return Screen(status)
 
 
 async def show(store: Store, console: Console, watch: float | None = None) -> None:

@@ -198,6 +198,23 @@ async def test_sequence_pause_resume(api: Api) -> None:
     assert status == 409
 
 
+async def test_a_draft_is_started_with_activate(api: Api) -> None:
+    """`/resume` is for a paused sequence; a draft's 409 says how to start it, and
+    `/activate` does (draft to active only)."""
+    _, body = await api.call("POST", "/sequences", {**SEQUENCE, "status": "draft"})
+    sid = body["sequence"]["id"]  # type: ignore[index]
+    status, problem = await api.call("POST", f"/sequences/{sid}/resume")
+    assert status == 409 and problem["current_status"] == "draft"  # type: ignore[index]
+    assert f"POST /v1/sequences/{sid}/activate" in problem["detail"]  # type: ignore[index]
+    status, body = await api.call("POST", f"/sequences/{sid}/activate")
+    assert status == 200 and body["sequence"]["status"] == "active"  # type: ignore[index]
+    status, problem = await api.call("POST", f"/sequences/{sid}/activate")
+    assert status == 409 and problem["current_status"] == "active"  # type: ignore[index]
+    await api.call("POST", f"/sequences/{sid}/pause")
+    status, problem = await api.call("POST", f"/sequences/{sid}/activate")
+    assert status == 409 and "resume" in problem["detail"]  # type: ignore[index]
+
+
 async def test_contact_crud_and_uniqueness(api: Api) -> None:
     cid = await _contact(api, email="a@example.com", external_id="x1")
     status, problem = await api.call("POST", "/contacts", {"phone": "+1 415 555 0100"})

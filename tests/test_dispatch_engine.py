@@ -226,7 +226,7 @@ async def test_archived_sequence_cancels_instead_of_sending(store: Store) -> Non
     seq = await sequence(store, sms())
     (e,) = await enroll(store, seq, await contacts(store, 1))
     shard = ids.shard_of(e.id, store.shards)
-    await store.client.hset(store.keys.shard_sequences(shard), seq.id, "archived:99:1")
+    await store.client.hset(store.keys.mirrors(shard), seq.id, "archived:99:1")
     sender = Recorder()
     clock = Clock()
     await dispatcher(store, sender, clock).run_once(clock.at)
@@ -603,3 +603,35 @@ async def test_stop_releases_sends_that_outlast_the_drain_timeout(store: Store) 
     assert await due_score(store, e.id) != leased
     score = await due_score(store, e.id)
     assert score is not None and before - 1 <= score <= now_ms()
+
+
+async def test_the_missing_variable_is_shown_on_the_enrollment_until_it_resumes(
+    store: Store,
+) -> None:
+    """GET /enrollments/{id} names the variable a `missing_variable` pause is waiting
+    for (before, only the event did); a resume clears it."""
+    seq = await sequence(store, sms("Hi {{first_name}} from {{attributes.company}}"))
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    clock = Clock()
+    await dispatcher(store, Recorder(), clock).run_once(clock.at)
+    paused = await store.enrollments.get(TENANT, e.id)
+    assert (paused.paused_reason, paused.paused_variable) == ("missing_variable",
+                                                              "attributes.company")  # fmt: skip
+    await store.enrollments.transition(TENANT, e.id, "resume")
+    resumed = await store.enrollments.get(TENANT, e.id)
+    assert (resumed.paused_reason, resumed.paused_variable) == (None, None)
+
+
+async def test_a_completed_enrollment_shows_the_step_count_as_its_current_step(
+    store: Store,
+) -> None:
+    """`current_step` is the next step to send: after the last one, the step count
+    (as documented in the README and the OpenAPI description)."""
+    seq = await sequence(store, sms(), sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    clock = Clock()
+    await dispatcher(store, Recorder(), clock).run_once(clock.at)
+    await dispatcher(store, Recorder(), clock).run_once(clock.at)
+    done = await store.enrollments.get(TENANT, e.id)
+    assert done.status == "completed" and done.completed_at is not None
+    assert done.current_step == len(seq.steps) == 2

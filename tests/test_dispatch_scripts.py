@@ -8,8 +8,7 @@ import msgspec
 import pytest
 
 from seqd import ids, models
-from seqd.events import types
-from seqd.store import codec
+from seqd.store import codec, event_types
 from seqd.store.db import Store
 from seqd.store.dispatch import ClaimBatch, Dispatch, Leased, Settle
 from seqd.store.enrollments import EnrollItem
@@ -162,7 +161,7 @@ async def test_a_claim_takes_out_the_head_of_a_sequence_paused_in_the_mirror_onl
     # leaves the queue as it is.
     s = any_store
     seq, e, sh, due = await one(s)
-    await s.client.hset(s.keys.shard_sequences(sh), seq.id, "paused:9:2")
+    await s.client.hset(s.keys.mirrors(sh), seq.id, "paused:9:2")
     batch = await claim(s, sh, due)
     assert batch.items == [] and batch.seen == 0
     assert await s.client.zscore(s.keys.heads(sh), seq.id) is None
@@ -174,7 +173,7 @@ async def test_claim_cancels_when_the_sequence_is_archived(any_store: Store) -> 
     s = any_store
     seq, e, sh, due = await one(s)
     # The mirror alone says archived (the sweep has not reached this enrollment yet).
-    await s.client.hset(s.keys.shard_sequences(sh), seq.id, "archived:9:2")
+    await s.client.hset(s.keys.mirrors(sh), seq.id, "archived:9:2")
     assert (await claim(s, sh, due)).items == []
     h = await raw(s, e.id)
     assert h["st"] == "cancelled" and h["cr"] == "sequence_archived"
@@ -316,7 +315,7 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store, buil
         ev = (await events(s, sh))[-1]
         data = {k: v for k, v in ev.items() if k != "type"}
         assert set(data["fields"]) <= {"s", "c", "st", "i", "n", "ua", "md", "pr", "cr"}
-        shaped = types.shape(ev["type"], data)
+        shaped = event_types.shape(ev["type"], data)
         stored = codec.enrollment(e.id, await raw(s, e.id))
         assert shaped["enrollment"] == msgspec.to_builtins(stored)
         for key, value in extra.items():
@@ -716,7 +715,7 @@ async def test_without_fields_of_the_mirrors_version_every_field_a_message_can_u
     seq, _e, sh, due = await one(s, last_name="Lovelace", timezone="Europe/London")
     fields = s.keys.sequence_fields(sh)
     assert await s.client.hget(fields, seq.id) == "1:tenant,first_name,phone,timezone"
-    await s.client.hset(s.keys.shard_sequences(sh), seq.id, f"active:2:{len(seq.steps)}")
+    await s.client.hset(s.keys.mirrors(sh), seq.id, f"active:2:{len(seq.steps)}")
     for state in ("fields of an older version", "no fields"):
         (item,) = (await claim(s, sh, due)).items
         assert item.c["last_name"] == "Lovelace" and item.c["timezone"] == "Europe/London"
@@ -889,7 +888,7 @@ async def test_lease_peeked_refuses_malformed_groups_and_writes_nothing(
     s = any_store
     sh = 0
     tag = s.keys.shard_tag(sh)
-    keys = [s.keys.heads(sh), s.keys.outbox(sh), s.keys.shard_sequences(sh)]
+    keys = [s.keys.heads(sh), s.keys.outbox(sh), s.keys.mirrors(sh)]
     with pytest.raises(ScriptError) as err:
         await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, 3, *args], tag=tag)
     assert err.value.code == "BAD_ITEMS"

@@ -219,7 +219,7 @@ async def test_a_group_logs_under_no_request_s_id(
     target = CountingTarget(monkeypatch)
     group = Coalescer(store)
 
-    async def request() -> bulk.Outcome:
+    async def request() -> bulk.ItemOutcome:
         structlog.contextvars.bind_contextvars(request_id="first-request")
         return await group.enroll("acme", sid, bulk.Item(contact_id=cid))
 
@@ -236,7 +236,7 @@ async def test_a_fault_while_answering_still_answers_every_request(
     c = await _contacts(store, 3)
     real = bulk.enroll
 
-    async def one_short(*args: Any, **kwargs: Any) -> list[bulk.Outcome]:
+    async def one_short(*args: Any, **kwargs: Any) -> list[bulk.ItemOutcome]:
         return (await real(*args, **kwargs))[:-1]
 
     monkeypatch.setattr(bulk, "enroll", one_short)
@@ -245,5 +245,5 @@ async def test_a_fault_while_answering_still_answers_every_request(
     results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
     # The items answered before the fault keep their outcomes; the rest get the error.
     assert isinstance(results[-1], ValueError), results
-    assert all(isinstance(r, bulk.Outcome | ValueError) for r in results), results
+    assert all(isinstance(r, bulk.ItemOutcome | ValueError) for r in results), results
     assert not group._in_flight  # the next group of this sequence is not held back

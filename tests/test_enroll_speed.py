@@ -13,7 +13,7 @@ import pytest
 
 from seqd import bulk, ids, models
 from seqd.errors import Conflict, NotFound
-from seqd.events import types
+from seqd.store import event_types
 from seqd.store import tenants as tenants_mod
 from seqd.store.codec import decode_json
 from seqd.store.db import Store
@@ -86,7 +86,7 @@ async def test_a_new_hash_holds_no_zero_or_duplicate_fields(api: Api) -> None:
     assert event["type"] == "sequence.enrollment.created" and event["tenant"] == "acme"
     [data] = Entry(shard, sid, event).events() or []
     assert data == {"id": eid, "fields": {f: v for f, v in h.items() if f != "t"}}
-    shaped = types.shape(event["type"], data)
+    shaped = event_types.shape(event["type"], data)
     assert shaped == body["enrollment"]  # type: ignore[index]
     # The first change writes `ua`, and the API reports it.
     await asyncio.sleep(0.002)

@@ -8,8 +8,10 @@ import msgspec
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from seqd import ids
-from seqd.events import envelope, signing, ssrf, types
+from seqd import event_ids, ids
+from seqd.events import envelope, signing, ssrf
+from seqd.store import event_types
+from seqd.store.events import read_logged
 from seqd.store.outbox import Entry
 from seqd.times import to_rfc3339
 
@@ -37,13 +39,13 @@ def _entry(etype: str, data: object, *, shard: int = 1, entry: str = f"{AT}-0") 
 def test_enrollment_event_data_is_the_enrollment() -> None:
     eid = ids.new_in_shard(ids.ENROLLMENT, 1, 4)
     raw = {"id": eid, "fields": FIELDS, "paused_reason": "manual"}
-    data = types.shape("sequence.enrollment.paused", raw)
+    data = event_types.shape("sequence.enrollment.paused", raw)
     assert data["id"] == eid and data["status"] == "paused" and data["paused_reason"] == "manual"
     assert data["sequence_id"] == "seq_1" and data["contact_id"] == "con_1"
     assert data["next_run_at"] is None and data["updated_at"] == to_rfc3339(AT)
     assert data["enrolled_at"] == to_rfc3339(ids.time_of(eid))  # the id's time: not stored
     assert "fields" not in data and "t" not in data
-    assert types.refs(raw) == (eid, "con_1")
+    assert event_types.refs(raw) == (eid, "con_1")
 
 
 def test_step_event_nests_the_enrollment_and_converts_times() -> None:
@@ -56,7 +58,7 @@ def test_step_event_nests_the_enrollment_and_converts_times() -> None:
         "provider_id": "SM1",
         "sent_at": AT,
     }
-    data = types.shape("sequence.step.sent", raw)
+    data = event_types.shape("sequence.step.sent", raw)
     assert data["step"] == 0 and data["kind"] == "sms" and data["sent_at"] == to_rfc3339(AT)
     assert data["enrollment_id"] == eid and data["contact_id"] == "con_1"
     assert data["enrollment"]["status"] == "active"
@@ -65,20 +67,20 @@ def test_step_event_nests_the_enrollment_and_converts_times() -> None:
 
 def test_unknown_type_passes_through_with_generic_conversion() -> None:
     eid = ids.new_in_shard(ids.ENROLLMENT, 1, 4)
-    enrollment_shaped = types.shape("sequence.something.new", {"id": eid, "fields": FIELDS})
+    enrollment_shaped = event_types.shape("sequence.something.new", {"id": eid, "fields": FIELDS})
     assert enrollment_shaped["enrollment"]["id"] == eid
-    plain = types.shape("brand.new", {"a": 1, "seen_at": AT, "label_at": "x"})
+    plain = event_types.shape("brand.new", {"a": 1, "seen_at": AT, "label_at": "x"})
     assert plain == {"a": 1, "seen_at": to_rfc3339(AT), "label_at": "x"}
     # Enrollment-looking data that cannot be read goes out as stored.
     broken = {"id": eid, "fields": {"st": "nonsense"}}
-    assert types.shape("sequence.enrollment.created", broken) == broken
+    assert event_types.shape("sequence.enrollment.created", broken) == broken
 
 
 def test_contact_events_and_their_refs() -> None:
-    assert types.shape("contact.deleted", {"id": "con_9"}) == {"id": "con_9"}
-    assert types.refs({"id": "con_9"}) == ("", "con_9")
-    assert types.refs({"contact_id": "con_2", "cancelled": ["enr_x"]}) == ("", "con_2")
-    assert types.refs({"id": "enr_1", "enrollment_id": "enr_1", "contact_id": "con_3"}) == (
+    assert event_types.shape("contact.deleted", {"id": "con_9"}) == {"id": "con_9"}
+    assert event_types.refs({"id": "con_9"}) == ("", "con_9")
+    assert event_types.refs({"contact_id": "con_2", "cancelled": ["enr_x"]}) == ("", "con_2")
+    assert event_types.refs({"id": "enr_1", "enrollment_id": "enr_1", "contact_id": "con_3"}) == (
         "enr_1",
         "con_3",
     )
@@ -116,32 +118,32 @@ def test_a_batched_entry_gives_each_event_its_own_stable_id() -> None:
         assert batch == sorted(batch) and len(set(batch)) == 200
         assert {ids.shard_of(e, shards) for e in batch} == {shard}
         assert {ids.time_of(e) for e in batch} == {AT}
-        singles = {envelope.event_id(shard, f"{AT}-{n}", shards) for n in range(300)}
-        others = {envelope.event_id(shard, f"{AT}-{n}", shards, 0) for n in (4, 6)}
+        singles = {event_ids.event_id(shard, f"{AT}-{n}", shards) for n in range(300)}
+        others = {event_ids.event_id(shard, f"{AT}-{n}", shards, 0) for n in (4, 6)}
         assert not singles & set(batch) and not others & set(batch)
         # The largest sequence numbers stay inside the id's 60 bits.
         for seq in ((1 << 37) - 1, (1 << 49) - 1):
-            assert ids.is_valid(envelope.event_id(shard, f"{AT}-{seq}", shards, 4095), ids.EVENT)
-            assert ids.is_valid(envelope.event_id(shard, f"{AT}-{seq}", shards), ids.EVENT)
+            assert ids.is_valid(event_ids.event_id(shard, f"{AT}-{seq}", shards, 4095), ids.EVENT)
+            assert ids.is_valid(event_ids.event_id(shard, f"{AT}-{seq}", shards), ids.EVENT)
 
 
 def test_event_ids_are_stable_unique_sorted_and_name_their_shard() -> None:
-    one = envelope.event_id(3, f"{AT}-0", 4)
-    assert one == envelope.event_id(3, f"{AT}-0", 4)
+    one = event_ids.event_id(3, f"{AT}-0", 4)
+    assert one == event_ids.event_id(3, f"{AT}-0", 4)
     assert ids.is_valid(one, ids.EVENT) and ids.shard_of(one, 4) == 3 and ids.time_of(one) == AT
-    seen = {envelope.event_id(s, f"{AT}-{n}", 4) for s in range(4) for n in range(50)}
+    seen = {event_ids.event_id(s, f"{AT}-{n}", 4) for s in range(4) for n in range(50)}
     assert len(seen) == 200
-    assert envelope.event_id(0, f"{AT}-9", 4) < envelope.event_id(0, f"{AT + 1}-0", 4)
-    assert envelope.event_id(0, f"{AT}-1", 4) < envelope.event_id(0, f"{AT}-2", 4)
+    assert event_ids.event_id(0, f"{AT}-9", 4) < event_ids.event_id(0, f"{AT + 1}-0", 4)
+    assert event_ids.event_id(0, f"{AT}-1", 4) < event_ids.event_id(0, f"{AT}-2", 4)
     # Odd shard counts keep the residue too.
-    assert ids.shard_of(envelope.event_id(6, f"{AT}-12345", 7), 7) == 6
+    assert ids.shard_of(event_ids.event_id(6, f"{AT}-12345", 7), 7) == 6
 
 
 def test_delivery_ids_derive_from_event_and_endpoint() -> None:
-    evt = envelope.event_id(2, f"{AT}-5", 4)
-    a = envelope.delivery_id(evt, "whe_a", 4)
-    assert a == envelope.delivery_id(evt, "whe_a", 4)
-    assert a != envelope.delivery_id(evt, "whe_b", 4)
+    evt = event_ids.event_id(2, f"{AT}-5", 4)
+    a = event_ids.delivery_id(evt, "whe_a", 4)
+    assert a == event_ids.delivery_id(evt, "whe_a", 4)
+    assert a != event_ids.delivery_id(evt, "whe_b", 4)
     assert ids.is_valid(a, ids.DELIVERY) and ids.shard_of(a, 4) == 2 and ids.time_of(a) == AT
 
 
@@ -162,11 +164,11 @@ def test_the_log_keeps_data_as_stored_and_reads_it_shaped() -> None:
     [c] = envelope.convert(_entry("sequence.enrollment.created", {"id": eid, "fields": fields}), 4)
     logged = json.loads(c.logged())
     assert logged["data"] == {"id": eid, "fields": fields} and logged["shaped"] is False
-    event = envelope.read_logged(c.logged()).event(c.id, 4)
+    event = read_logged(c.logged()).event(c.id, 4)
     assert event == c.event() and msgspec.json.encode(event) == c.payload()
     assert event.data["id"] == eid and event.data["next_run_at"] == to_rfc3339(AT)
-    assert envelope.read_logged(c.payload()).event(c.id, 4) == event
-    assert envelope.read_logged(c.logged()).event(ids.new(ids.EVENT), 4) is None
+    assert read_logged(c.payload()).event(c.id, 4) == event
+    assert read_logged(c.logged()).event(ids.new(ids.EVENT), 4) is None
 
 
 def test_a_batch_is_logged_as_one_payload_and_each_event_read_from_it() -> None:
@@ -182,28 +184,28 @@ def test_a_batch_is_logged_as_one_payload_and_each_event_read_from_it() -> None:
             "items": json.dumps(data),
         }
         converted = envelope.convert(Entry(shard, f"{AT}-{shards}", fields), shards)
-        payload = envelope.read_logged(envelope.logged_batch(converted))
+        payload = read_logged(envelope.logged_batch(converted))
         for n, c in enumerate(converted):
-            assert envelope.payload_id(c.id, shards) == converted[0].id
-            assert envelope.batch_event_id(converted[0].id, n, shards) == c.id
+            assert event_ids.payload_id(c.id, shards) == converted[0].id
+            assert event_ids.batch_event_id(converted[0].id, n, shards) == c.id
             assert payload.event(c.id, shards) == c.event()
         assert converted[2].event().data == {}
-        past = envelope.batch_event_id(converted[0].id, 5, shards)
-        assert envelope.payload_id(past, shards) == converted[0].id
+        past = event_ids.batch_event_id(converted[0].id, 5, shards)
+        assert event_ids.payload_id(past, shards) == converted[0].id
         assert payload.event(past, shards) is None
         for seq in (0, 9, (1 << 49) - 1):
-            single = envelope.event_id(shard, f"{AT}-{seq}", shards)
-            assert envelope.payload_id(single, shards) == single
+            single = event_ids.event_id(shard, f"{AT}-{seq}", shards)
+            assert event_ids.payload_id(single, shards) == single
 
 
 def test_subscription_rules() -> None:
-    assert types.check_subscription(["*"]) == []
-    assert types.check_subscription(list(types.TYPES)) == []
-    [err] = types.check_subscription(["sequence.enrollment.created", "nope"])
+    assert event_types.check_subscription(["*"]) == []
+    assert event_types.check_subscription(list(event_types.TYPES)) == []
+    [err] = event_types.check_subscription(["sequence.enrollment.created", "nope"])
     assert err.path == "events[1]"
-    assert types.check_subscription(["*", "contact.bounced"])[0].path == "events"
-    assert types.matches(["*"], "anything.at.all")
-    assert not types.matches(["contact.bounced"], "contact.opted_out")
+    assert event_types.check_subscription(["*", "contact.bounced"])[0].path == "events"
+    assert event_types.matches(["*"], "anything.at.all")
+    assert not event_types.matches(["contact.bounced"], "contact.opted_out")
 
 
 def test_signature_header_verifies_with_each_secret() -> None:

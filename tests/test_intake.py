@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from seqd import intake, models
 from seqd.api.app import create_app
-from seqd.api.appkeys import LIVENESS
+from seqd.appkeys import LIVENESS
 from seqd.config import Config, IntakeConfig
 from seqd.intake import Intake
 from seqd.store.db import Store

@@ -49,11 +49,11 @@ async def test_stop_channel_keeps_an_enrollment_with_a_step_of_a_third_kind_left
     await send_due(s, Clock())
     shard = ids.shard_of(cid, s.shards)
     tag = s.keys.shard_tag(shard)
-    keys = [s.keys.heads(shard), s.keys.outbox(shard), s.keys.shard_sequences(shard)]
+    keys = [s.keys.heads(shard), s.keys.outbox(shard), s.keys.mirrors(shard)]
 
     def args(letters: str) -> list[object]:
-        return [tag, 2, "acme", cid, "sms", "opted_out", "contact.opted_out", "{}", seq.id, 1,
-                letters]  # fmt: skip
+        return [tag, 2, "acme", cid, "sms", "opted_out", "contact.opted_out", "{}", 0, seq.id,
+                1, letters]  # fmt: skip
 
     assert await s.runner.call("stopChannel", keys, args("st"), tag=tag) == []
     assert (await raw(s, e.id))["st"] == "active"

@@ -283,7 +283,9 @@ def test_parse_dsn_with_rfc822_headers_names_the_enrollment() -> None:
     [b"", b"\x00\xff garbage", b"Subject: only a header\r\n", b"From: <>\r\n\r\nbody", b"x" * 10],
 )
 def test_parse_never_raises(raw_message: bytes) -> None:
-    assert email_inbound.parse(raw_message, ["out of office"]).kind in set(email_inbound.Kind)
+    assert email_inbound.parse(raw_message, ["out of office"]).kind in set(
+        email_inbound.MessageKind
+    )
 
 
 # -- the mailto: of List-Unsubscribe ----------------------------------------------------------

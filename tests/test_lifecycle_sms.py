@@ -428,3 +428,16 @@ async def test_a_retried_reply_pauses_once_and_is_acknowledged(store: Store) -> 
         code, body = await api.sms("acme", PHONE, "call me", sid=sid)
     assert code == 200 and "<Response/>" in body
     assert await status(store, e.id) == ("active", None)
+
+
+async def test_a_repeated_stop_emits_one_opted_out(store: Store) -> None:
+    """STOP from a number already suppressed changes nothing and tells nothing new."""
+    seq = await sequence(store, sms(), sms(wait=10))
+    cid = await contact(store)
+    (e,) = await enroll(store, seq, [cid])
+    await send_due(store, Clock())
+    async with client(store) as api:
+        for _ in range(3):
+            assert (await api.sms("acme", PHONE, "STOP"))[0] == 200
+    opted = [x for x in await events(store) if x["type"] == "contact.opted_out"]
+    assert [x["cancelled"] for x in opted] == [[e.id]]

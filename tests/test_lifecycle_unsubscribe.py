@@ -56,7 +56,7 @@ def test_a_correctly_signed_payload_that_is_not_claims_does_not_verify() -> None
 
 def test_headers() -> None:
     cfg = config(unsubscribe_secret=SECRET)
-    headers = unsubscribe.unsubscribe_headers(cfg, "acme", "con_1", "ada@example.com")
+    headers = unsubscribe.unsubscribe_headers(cfg, SECRET, "acme", "con_1", "ada@example.com")
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     https, mailto = headers["List-Unsubscribe"].split(", ")
     token = unsubscribe.sign(SECRET, "acme", "con_1", "ada@example.com")
@@ -64,20 +64,18 @@ def test_headers() -> None:
     assert mailto.startswith("<mailto:hello@acme.example.com?subject=") and mailto.endswith(">")
     assert unquote(mailto[1:-1].split("subject=")[1]) == f"unsubscribe {token}"
     cfg.lifecycle.unsubscribe_mailto = "unsub@bounces.example.com"
-    headers = unsubscribe.unsubscribe_headers(cfg, "acme", "con_1", "ada@example.com")
+    headers = unsubscribe.unsubscribe_headers(cfg, SECRET, "acme", "con_1", "ada@example.com")
     assert "<mailto:unsub@bounces.example.com?subject=" in headers["List-Unsubscribe"]
-    with pytest.raises(RuntimeError):
-        unsubscribe.unsubscribe_headers(Config(), "acme", "con_1", "ada@example.com")
 
 
 async def test_secret_is_generated_once_per_store(store: Store) -> None:
     a, b = Config(), Config()
-    first = await unsubscribe.ensure_secret(a, store)
+    first = await unsubscribe.signing_secret(a, store)
     assert len(first) >= 32
-    assert await unsubscribe.ensure_secret(b, store) == first  # another process, same store
-    assert a.lifecycle.unsubscribe_secret == first
+    assert await unsubscribe.signing_secret(b, store) == first  # another process, same store
+    assert a.lifecycle.unsubscribe_secret is None  # read from the store, not written to config
     own = Config(lifecycle=LifecycleConfig(unsubscribe_secret=SECRET))
-    assert await unsubscribe.ensure_secret(own, store) == SECRET
+    assert await unsubscribe.signing_secret(own, store) == SECRET
 
 
 async def setup(store: Store) -> tuple[str, str, str, str]:
@@ -174,7 +172,7 @@ async def test_generated_secret_serves_the_endpoint(store: Store) -> None:
     """No secret configured: the one the store holds signs and verifies."""
     cfg = config()
     async with client(store, cfg) as api:
-        secret = await unsubscribe.ensure_secret(Config(), store)
+        secret = await unsubscribe.signing_secret(Config(), store)
         cid = await contact(store)
         token = unsubscribe.sign(secret, "acme", cid, EMAIL)
         assert await one_click(api, token) == 200
@@ -190,11 +188,11 @@ async def test_every_email_the_dispatcher_sends_carries_the_headers(store: Store
     from tests.dispatchutil import Recorder, dispatcher
 
     cfg = config()  # no secret configured: generated and kept in the store
-    await unsubscribe.ensure_secret(cfg, store)
+    secret = await unsubscribe.signing_secret(cfg, store)
     _, only_email, _, _ = await setup_without_sending(store)
     sender = Recorder()
     d = dispatcher(store, sender, Clock())
-    d.email_headers = unsubscribe.message_headers(cfg)
+    d.email_headers = unsubscribe.message_headers(cfg, secret)
     await d.run_once(Clock()())
     mails = [m for m in sender.messages if m.kind == "email"]
     texts = [m for m in sender.messages if m.kind == "sms"]

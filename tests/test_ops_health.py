@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from seqd.api.app import create_app
-from seqd.api.appkeys import LIVENESS
+from seqd.appkeys import LIVENESS
 from seqd.config import Config, HttpConfig
 from seqd.health import Liveness
 from seqd.store.db import Store, connect

@@ -126,7 +126,7 @@ async def test_lines_logged_while_handling_carry_the_request_id(
     from aiohttp import web
 
     from seqd.api.access import access_middleware
-    from seqd.api.appkeys import METRICS
+    from seqd.appkeys import METRICS
     from seqd.metrics import Metrics
 
     async def handler(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from seqd import models
 from seqd.api.app import create_app
-from seqd.api.appkeys import METRICS
+from seqd.appkeys import METRICS
 from seqd.config import Config, MetricsConfig
 from seqd.metrics import Metrics
 from seqd.service import build_app

@@ -58,10 +58,24 @@ async def seed(store: Store) -> None:
         await store.client.xadd(store.keys.intake(), {"n": str(i)})
 
 
-def screen(value: status.Status) -> str:
-    console = Console(record=True, width=140, file=io.StringIO())
+def screen(value: status.Status, width: int = 140) -> str:
+    console = Console(record=True, width=width, file=io.StringIO())
     console.print(status.render(value))
     return console.export_text()
+
+
+async def test_an_80_column_terminal_reads_it_whole(store: Store) -> None:
+    """Nothing cut or wrapped mid-word at 80 columns: the panels stack, every header
+    reads whole, and the sequence ids are complete (an operator copies them)."""
+    await seed(store)
+    value = await status.collect(store)
+    text = screen(value, width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in "".join(line for line in text.splitlines() if "seq_" not in line)
+    for header in ("channel", "sent/s", "unknown", "webhooks failed (dead letters)", "cancelled"):
+        assert header in text, header
+    for row in value.sequences:
+        assert row.id in text
 
 
 async def test_collect_and_render(store: Store) -> None:

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from seqd.config import LifecycleConfig
-from seqd.engine.render import CONTACT_FIELDS, MissingVariable, TemplateError, parse, render
 from seqd.lifecycle.keywords import classify, normalise
 from seqd.models import normalize_email, normalize_phone
+from seqd.templates import CONTACT_FIELDS, MissingVariable, TemplateError, parse, render
 
 # Enough to find the boundary cases; the whole file stays within a few seconds.
 # SEQD_PROPERTY_EXAMPLES raises it for a longer hunt.

@@ -189,7 +189,7 @@ async def test_sync_sequence_sweeps_in_batches(
     archived = await s.sequences.change("acme", seq.id, status=models.SequenceStatus.ARCHIVED)
     assert archived.stats.cancelled == 10 and archived.stats.active == 0
     for shard in range(s.shards):
-        mirror = await s.client.hget(s.keys.shard_sequences(shard), seq.id)
+        mirror = await s.client.hget(s.keys.mirrors(shard), seq.id)
         assert mirror is not None and mirror.startswith("archived:")
         assert await s.client.zcard(s.keys.queue(shard, seq.id)) == 0
         assert await s.client.zcard(s.keys.heads(shard)) == 0
@@ -200,7 +200,7 @@ async def test_sync_sequence_never_lowers_the_mirror_version(store: Store) -> No
     k = store.keys
     await store.runner.run(calls.sync_sequence(k, 0, 1, seq.id, "paused:5:2", "", 10, "", ""))
     await store.runner.run(calls.sync_sequence(k, 0, 1, seq.id, "active:4:2", "", 10, "", ""))
-    assert await store.client.hget(k.shard_sequences(0), seq.id) == "paused:5:2"
+    assert await store.client.hget(k.mirrors(0), seq.id) == "paused:5:2"
 
 
 async def test_link_contact_conflict_and_stale_entries(any_store: Store) -> None:

@@ -12,7 +12,7 @@ from seqd.config import SmsQuietHours
 from seqd.timing import calendar as cal
 from seqd.timing.due import Rules, StepTiming, due
 from seqd.timing.local import parse_hhmm, wall_ms
-from seqd.timing.quiet import QuietHours
+from seqd.timing.quiet import QuietCalendars
 from seqd.timing.zones import phone_facts, resolve
 
 NY = "America/New_York"
@@ -28,9 +28,9 @@ def local(at: int, tz: str) -> str:
     return datetime.fromtimestamp(at / 1000, ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def quiet() -> QuietHours:
+def quiet() -> QuietCalendars:
     spec = SmsQuietHours()
-    return QuietHours(spec, spec.all_regions())
+    return QuietCalendars(spec, spec.all_regions())
 
 
 def fixed(tz: str) -> object:

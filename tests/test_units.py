@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from seqd import ids, models
-from seqd.engine import render
+from seqd import ids, models, templates
 from seqd.sms import segments
 from seqd.times import from_rfc3339, to_rfc3339
 
@@ -69,12 +68,12 @@ def test_render_variables_fallbacks_and_missing() -> None:
         "last_name": "",
     }
     text = "Hi {{first_name}} of {{ attributes.company }} ({{metadata.source}}) {{attributes.n}}"
-    assert render.render(text, ctx) == "Hi Ada of Acme (call) 3"
-    assert render.render("{{attributes.vip}}", ctx) == "true"
-    assert render.render("Hi {{last_name|there}}", ctx) == "Hi there"
-    assert render.render("Hi {{email | friend}}!", ctx) == "Hi friend!"
-    with pytest.raises(render.MissingVariable) as info:
-        render.render("Hi {{attributes.missing}}", ctx)
+    assert templates.render(text, ctx) == "Hi Ada of Acme (call) 3"
+    assert templates.render("{{attributes.vip}}", ctx) == "true"
+    assert templates.render("Hi {{last_name|there}}", ctx) == "Hi there"
+    assert templates.render("Hi {{email | friend}}!", ctx) == "Hi friend!"
+    with pytest.raises(templates.MissingVariable) as info:
+        templates.render("Hi {{attributes.missing}}", ctx)
     assert info.value.variable == "attributes.missing"
 
 
@@ -92,8 +91,8 @@ def test_render_variables_fallbacks_and_missing() -> None:
     ],
 )
 def test_template_syntax_errors(bad: str) -> None:
-    with pytest.raises(render.TemplateError):
-        render.parse(bad)
+    with pytest.raises(templates.TemplateError):
+        templates.parse(bad)
 
 
 def test_sms_segments() -> None:

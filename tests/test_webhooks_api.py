@@ -89,6 +89,19 @@ async def test_create_validation_names_the_field(
         "http://0.0.0.0/hook",
         "https://192.168.1.20/hook",
         "http://224.0.0.1/hook",
+        # 6to4 (2002::/16) embedding link-local, loopback and private IPv4.
+        "http://[2002:a9fe:a9fe::]/latest/meta-data",
+        "http://[2002:7f00:1::]/hook",
+        "http://[2002:c0a8:114::1]/hook",
+        # Teredo (2001::/32): a tunnel, never a webhook receiver.
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
+        "http://[2001:0:a9fe:a9fe::1]/hook",
+        # NAT64: the well-known prefix embedding private IPv4, and the local-use prefix.
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "http://[64:ff9b::7f00:1]/hook",
+        "http://[64:ff9b::10.0.0.5]/hook",
+        "http://[64:ff9b:1::a9fe:a9fe]/hook",
+        "http://[64:ff9b:1:2:3::8.8.8.8]/hook",
     ],
 )
 async def test_ssrf_guard_refuses_private_targets(store: Store, url: str) -> None:
@@ -100,6 +113,37 @@ async def test_ssrf_guard_refuses_private_targets(store: Store, url: str) -> Non
         assert status == 422
         assert "not a public address" in _errors(problem)["url"]
         assert "allow_private_targets" in _errors(problem)["url"]
+
+
+@pytest.mark.parametrize(
+    "address", ["2002:808:808::1", "64:ff9b::8.8.8.8", "2606:4700:4700::1111", "8.8.8.8"]
+)
+def test_ssrf_guard_lets_public_addresses_through(address: str) -> None:
+    """6to4 and NAT64 forms of a public IPv4 are as public as the IPv4 itself."""
+    from seqd.events import ssrf
+
+    assert not ssrf.forbidden(address)
+
+
+async def test_a_webhook_urls_password_is_never_shown(store: Store) -> None:
+    """The endpoint's URL may carry basic-auth credentials: used for delivery, masked in
+    every answer (create, get, list, patch)."""
+    secret_url = "http://hook-user:s3cr3t-pa55@127.0.0.1:9/hook?x=1"
+    masked = "http://hook-user:***@127.0.0.1:9/hook?x=1"
+    async with api_client(store) as api:
+        created = (await _create(api, url=secret_url))["webhook_endpoint"]
+        eid = created["id"]
+        _, one = await api.call("GET", f"/webhook-endpoints/{eid}")
+        _, listing = await api.call("GET", "/webhook-endpoints")
+        _, patched = await api.call("PATCH", f"/webhook-endpoints/{eid}", {"description": "d"})
+        answers = [created, one, listing, patched]
+        assert all("s3cr3t-pa55" not in str(a) for a in answers), answers
+        assert created["url"] == masked and one["webhook_endpoint"]["url"] == masked
+        # The masked URL sent back as shown keeps the stored one.
+        code, _ = await api.call("PATCH", f"/webhook-endpoints/{eid}", {"url": masked})
+        assert code == 200
+    stored = await store.webhooks.get("acme", eid)
+    assert stored.url == secret_url  # deliveries still authenticate
 
 
 async def test_ssrf_guard_also_checks_a_patched_url(store: Store) -> None:

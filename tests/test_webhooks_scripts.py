@@ -6,11 +6,10 @@ from typing import Any
 
 import pytest
 
-from seqd import ids
-from seqd.events import envelope
+from seqd import event_ids, ids
 from seqd.store import calls, outbox
 from seqd.store.db import Store
-from seqd.store.outbox import GROUP, Delivery, Fanout
+from seqd.store.outbox import GROUP, Fanout, ScheduledDelivery
 from seqd.store.scripts import ScriptError
 from tests.conftest import ScriptCalls
 
@@ -32,9 +31,9 @@ async def _schedule(
     for _ in range(n):
         await s.client.xadd(s.keys.outbox(shard), {"type": "t", "tenant": TENANT, "at": NOW})
     for entry in await s.outbox.read("c1", n):
-        evt = envelope.event_id(shard, entry.id, s.shards)
-        did = envelope.delivery_id(evt, endpoint, s.shards)
-        delivery = Delivery(did, endpoint, evt, "t", b'{"x":1}')
+        evt = event_ids.event_id(shard, entry.id, s.shards)
+        did = event_ids.delivery_id(evt, endpoint, s.shards)
+        delivery = ScheduledDelivery(did, endpoint, evt, "t", b'{"x":1}')
         item = Fanout(entry.id, TENANT, due + len(out), [delivery])
         await s.outbox.fanout({shard: [item]}, NOW)
         out.append(did)
@@ -47,9 +46,9 @@ async def test_fanout_acks_deletes_and_writes_each_delivery_once(any_store: Stor
     key = s.keys.outbox(0)
     await s.client.xadd(key, {"type": "t", "tenant": TENANT, "at": NOW})
     [entry] = await s.outbox.read("c1", 10)
-    evt = envelope.event_id(0, entry.id, s.shards)
+    evt = event_ids.event_id(0, entry.id, s.shards)
     deliveries = [
-        Delivery(envelope.delivery_id(evt, ep, s.shards), ep, evt, "t", b"{}")
+        ScheduledDelivery(event_ids.delivery_id(evt, ep, s.shards), ep, evt, "t", b"{}")
         for ep in ("whe_a", "whe_b")
     ]
     item = Fanout(entry.id, TENANT, NOW, deliveries)
@@ -77,9 +76,9 @@ async def test_fanout_acknowledges_entries_no_endpoint_wants_together(any_store:
     entries = await s.outbox.read("c1", 10)
     items = []
     for n, entry in enumerate(entries):
-        evt = envelope.event_id(0, entry.id, s.shards)
-        did = envelope.delivery_id(evt, "whe_a", s.shards)
-        wanted = [Delivery(did, "whe_a", evt, "t", b"{}")] if n == 2 else []
+        evt = event_ids.event_id(0, entry.id, s.shards)
+        did = event_ids.delivery_id(evt, "whe_a", s.shards)
+        wanted = [ScheduledDelivery(did, "whe_a", evt, "t", b"{}")] if n == 2 else []
         items.append(Fanout(entry.id, TENANT, NOW, wanted))
     assert await s.outbox.fanout({0: items}, NOW) == 1
     assert await s.client.xlen(key) == 0
@@ -104,9 +103,9 @@ async def test_fanout_of_several_shards_goes_in_one_round_trip(
     entries = await s.outbox.read("c1", 500)
     by_shard: dict[int, list[Fanout]] = {0: [], 1: []}
     for entry in entries:
-        evt = envelope.event_id(entry.shard, entry.id, s.shards)
-        did = envelope.delivery_id(evt, "whe_a", s.shards)
-        wanted = [Delivery(did, "whe_a", evt, "t", b"{}")]
+        evt = event_ids.event_id(entry.shard, entry.id, s.shards)
+        did = event_ids.delivery_id(evt, "whe_a", s.shards)
+        wanted = [ScheduledDelivery(did, "whe_a", evt, "t", b"{}")]
         by_shard[entry.shard].append(Fanout(entry.id, TENANT, NOW, wanted))
     spy = ScriptCalls(s, monkeypatch)
     assert await s.outbox.fanout(by_shard, NOW) == sum(per_shard.values())

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from seqd.api.app import create_app
 from seqd.config import Config, WebhooksConfig
+from seqd.events import signing
 from seqd.events.deliverer import Deliverer, session
 from seqd.events.reader import Reader
 from seqd.store.db import Store
@@ -169,14 +170,17 @@ async def endpoint(
     tenant: str = TENANT,
     now: int | None = None,
 ) -> tuple[EndpointRecord, str]:
-    return await store.webhooks.create(
+    secret = signing.new_secret()
+    record = await store.webhooks.create(
         tenant,
         url=url,
         events=events or ["*"],
         description="",
+        secret=secret,
         now=now or now_ms(),
         max_endpoints=50,
     )
+    return record, secret
 
 
 async def emit(

@@ -18,8 +18,8 @@ import uuid
 import structlog
 from aiohttp import web
 
-from seqd.api.appkeys import METRICS
 from seqd.api.routing import Handler
+from seqd.appkeys import METRICS
 
 log = structlog.get_logger("seqd.access")
 

@@ -21,23 +21,14 @@ from seqd.api import (  # noqa: F401
     webhooks,
 )
 from seqd.api.access import access_middleware
-from seqd.api.appkeys import (
-    COALESCER,
-    CONFIG,
-    LIVENESS,
-    MAX_BODY,
-    METRICS,
-    OPENAPI,
-    POLICY,
-    RATE_LEASES,
-    STORE,
-)
+from seqd.api.appkeys import COALESCER, MAX_BODY, OPENAPI, RATE_LEASES
 from seqd.api.auth import auth_middleware
 from seqd.api.coalesce import Coalescer
 from seqd.api.errors import problems_middleware
 from seqd.api.idempotency import idempotency_middleware
 from seqd.api.ratelimit import add_headers, ratelimit_middleware
 from seqd.api.routing import ROUTES
+from seqd.appkeys import CONFIG, LIVENESS, METRICS, POLICY, STORE
 from seqd.config import Config
 from seqd.health import Liveness
 from seqd.metrics import Metrics

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from seqd.api.appkeys import KEY_DIGEST, STORE, TENANT
+from seqd.api.appkeys import KEY_DIGEST, TENANT
 from seqd.api.routing import Handler, requires_auth
+from seqd.appkeys import STORE
 from seqd.errors import Unauthorized
 from seqd.store.tenants import hash_key
 
+# What a key that cannot be one of ours is taken for: it authenticates no tenant.
+WRONG_KEY = "-"
+
 
 def presented_key(request: web.Request) -> str | None:
+    """The key as sent; a header that is not printable ASCII (aiohttp hands bytes that are
+    not UTF-8 on as surrogates) holds no key seqd issued, so it counts as a wrong key."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    key = request.headers.get("X-Api-Key", "").strip()
-    return key or None
+        key = value.strip()
+    else:
+        key = request.headers.get("X-Api-Key", "").strip()
+    if not key:
+        return None
+    return key if key.isascii() and key.isprintable() else WRONG_KEY
 
 
 @web.middleware

@@ -28,7 +28,7 @@ MAX_GROUP = 500
 # one of them to finish (a round trip or two), then go together (group commit).
 MAX_IN_FLIGHT = 2
 # Requests waiting on one group: each item and its request's answer.
-Group = list[tuple[bulk.Item, asyncio.Future[bulk.Outcome]]]
+Group = list[tuple[bulk.Item, asyncio.Future[bulk.ItemOutcome]]]
 
 
 class Coalescer:
@@ -44,7 +44,7 @@ class Coalescer:
         # Strong references: the loop keeps only weak ones to tasks.
         self._running: set[asyncio.Task[None]] = set()
 
-    def enroll(self, tenant: str, sid: str, item: bulk.Item) -> asyncio.Future[bulk.Outcome]:
+    def enroll(self, tenant: str, sid: str, item: bulk.Item) -> asyncio.Future[bulk.ItemOutcome]:
         """The item's outcome; a failure of its whole group (an unknown or inactive
         sequence, Redis unreachable) is raised by the future instead."""
         loop = asyncio.get_running_loop()
@@ -54,7 +54,7 @@ class Coalescer:
             group = self._groups[key] = []
             if self._in_flight.get(key, 0) < MAX_IN_FLIGHT:
                 loop.call_soon(self._flush, key, group)
-        future: asyncio.Future[bulk.Outcome] = loop.create_future()
+        future: asyncio.Future[bulk.ItemOutcome] = loop.create_future()
         group.append((item, future))
         if len(group) >= MAX_GROUP:
             self._flush(key, group)

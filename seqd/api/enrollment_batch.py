@@ -15,12 +15,12 @@ from aiohttp import web
 from msgspec import Meta
 
 from seqd import bulk, models
-from seqd.api.appkeys import CONFIG, POLICY, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.problems import Problem, build
 from seqd.api.routing import route
-from seqd.api.wire import field_error, read_body, respond
-from seqd.errors import Invalid, SeqdError
+from seqd.api.wire import read_body, respond
+from seqd.appkeys import CONFIG, POLICY, STORE
+from seqd.errors import Invalid, SeqdError, field_error
 
 TAG = "enrollments"
 

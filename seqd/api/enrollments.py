@@ -8,11 +8,12 @@ from aiohttp import web
 from msgspec import Meta
 
 from seqd import bulk, models
-from seqd.api.appkeys import COALESCER, CONFIG, STORE
+from seqd.api.appkeys import COALESCER
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.models import EnrollmentStatus
 
 TAG = "enrollments"

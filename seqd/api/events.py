@@ -7,15 +7,15 @@ from typing import Annotated
 from aiohttp import web
 from msgspec import Meta
 
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_query, respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.errors import FieldError, Invalid
-from seqd.events import types
-from seqd.events.models import EventEnvelope, EventList
+from seqd.event_models import EventEnvelope, EventList
 from seqd.models import Id
+from seqd.store import event_types
 from seqd.store.events import EventFilter
 from seqd.times import from_rfc3339, now_ms
 
@@ -38,7 +38,7 @@ def _filter(query: EventListQuery) -> EventFilter:
     if query.type is not None:
         given = [query.type] if isinstance(query.type, str) else query.type
         names = [n.strip() for value in given for n in value.split(",") if n.strip()]
-        unknown = [n for n in names if n not in types.KNOWN]
+        unknown = [n for n in names if n not in event_types.KNOWN]
         if unknown or not names:
             errors.append(
                 FieldError(

@@ -17,9 +17,10 @@ import hashlib
 
 from aiohttp import web
 
-from seqd.api.appkeys import CONFIG, STORE, TENANT
+from seqd.api.appkeys import TENANT
 from seqd.api.errors import problem_for
 from seqd.api.routing import Handler
+from seqd.appkeys import CONFIG, STORE
 from seqd.errors import Conflict, Invalid, SeqdError
 from seqd.store.idempotency import Claim, IdempotencyKeys
 

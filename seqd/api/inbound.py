@@ -16,12 +16,12 @@ from aiohttp import web
 from msgspec import Meta
 
 from seqd import models
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.routing import route
-from seqd.api.wire import field_error, respond
+from seqd.api.wire import read_form, respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.config import Config
-from seqd.errors import FieldError, Forbidden, Invalid, NotFound, UnsupportedMediaType
+from seqd.errors import FieldError, Forbidden, Invalid, NotFound, UnsupportedMediaType, field_error
 from seqd.lifecycle import email_inbound, sms_inbound, twilio_signature
 
 log = structlog.get_logger(__name__)
@@ -65,8 +65,7 @@ def _twiml() -> web.Response:
 
 async def _signed_form(request: web.Request) -> tuple[list[tuple[str, str]], str, str | None]:
     """The POST parameters, the URL Twilio signed, and the signature presented."""
-    form = await request.post()
-    params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+    params = await read_form(request)
     config = request.app[CONFIG]
     url = config.http.public_url.rstrip("/") + request.raw_path
     return params, url, request.headers.get(twilio_signature.HEADER)

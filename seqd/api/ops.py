@@ -14,10 +14,10 @@ import structlog
 from aiohttp import web
 
 from seqd import health
-from seqd.api.appkeys import CONFIG, LIVENESS, METRICS, STORE
 from seqd.api.problems import problem
 from seqd.api.routing import route
 from seqd.api.wire import respond
+from seqd.appkeys import CONFIG, LIVENESS, METRICS, STORE
 from seqd.config import Config
 from seqd.metrics import CONTENT_TYPE
 

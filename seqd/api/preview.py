@@ -8,10 +8,10 @@ from datetime import datetime
 from aiohttp import web
 
 from seqd import bulk, models, schedules
-from seqd.api.appkeys import CONFIG, POLICY, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.routing import route
 from seqd.api.wire import read_body, respond
+from seqd.appkeys import CONFIG, POLICY, STORE
 from seqd.errors import FieldError, Invalid
 from seqd.times import from_rfc3339, now_ms, to_rfc3339
 from seqd.timing.local import zone

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from seqd.api.appkeys import CONFIG, KEY_DIGEST, RATE_HEADERS, RATE_LEASES, STORE, TENANT
+from seqd.api.appkeys import KEY_DIGEST, RATE_HEADERS, RATE_LEASES, TENANT
 from seqd.api.problems import problem
 from seqd.api.routing import Handler
+from seqd.appkeys import CONFIG, STORE
 from seqd.config import Config, RateLimitConfig
 from seqd.store.ratelimits import Verdict
 from seqd.times import now_ms

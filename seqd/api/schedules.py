@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from seqd import schedules
-from seqd.api.appkeys import STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
+from seqd.appkeys import STORE
 from seqd.errors import Conflict, FieldError, Invalid
 from seqd.store.db import Store
 

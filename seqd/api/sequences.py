@@ -7,12 +7,13 @@ from typing import Literal
 from aiohttp import web
 
 from seqd import models
-from seqd.api.appkeys import STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.schedules import check_schedule_id
 from seqd.api.wire import read_body, read_query, respond
+from seqd.appkeys import STORE
+from seqd.errors import Conflict
 from seqd.models import SequenceStatus
 
 TAG = "sequences"
@@ -109,7 +110,21 @@ async def pause_sequence(request: web.Request) -> web.Response:
     errors=(404, 409),
 )
 async def resume_sequence(request: web.Request) -> web.Response:
-    return await _set_status(request, SequenceStatus.ACTIVE, {SequenceStatus.PAUSED})
+    hint = {SequenceStatus.DRAFT: "a draft is started with POST {here}/activate"}
+    return await _set_status(request, SequenceStatus.ACTIVE, {SequenceStatus.PAUSED}, hint)
+
+
+@route(
+    "POST",
+    "/sequences/{id}/activate",
+    summary="Start a draft sequence: enrollments may be made and steps go out",
+    tag=TAG,
+    responses={200: models.SequenceEnvelope},
+    errors=(404, 409),
+)
+async def activate_sequence(request: web.Request) -> web.Response:
+    hint = {SequenceStatus.PAUSED: "a paused sequence goes on with POST {here}/resume"}
+    return await _set_status(request, SequenceStatus.ACTIVE, {SequenceStatus.DRAFT}, hint)
 
 
 @route(
@@ -125,12 +140,24 @@ async def delete_sequence(request: web.Request) -> web.Response:
 
 
 async def _set_status(
-    request: web.Request, status: SequenceStatus, allowed_from: set[SequenceStatus] | None
+    request: web.Request,
+    status: SequenceStatus,
+    allowed_from: set[SequenceStatus] | None,
+    hints: dict[SequenceStatus, str] | None = None,
 ) -> web.Response:
-    seq = await request.app[STORE].sequences.change(
-        tenant_of(request),
-        request.match_info["id"],
-        status=status,
-        allowed_from=None if allowed_from is None else frozenset(allowed_from),
-    )
+    """`hints`: by the status the sequence is in, what the 409 tells to do instead
+    (`{here}`: this sequence's path)."""
+    try:
+        seq = await request.app[STORE].sequences.change(
+            tenant_of(request),
+            request.match_info["id"],
+            status=status,
+            allowed_from=None if allowed_from is None else frozenset(allowed_from),
+        )
+    except Conflict as exc:
+        hint = (hints or {}).get(exc.extra.get("status"))  # type: ignore[arg-type]
+        if hint is None:
+            raise
+        here = request.path.rsplit("/", 1)[0]
+        raise Conflict(f"{exc.detail}; {hint.format(here=here)}", **exc.extra) from None
     return respond(models.SequenceEnvelope(sequence=seq))

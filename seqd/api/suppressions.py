@@ -8,11 +8,11 @@ from aiohttp import web
 from msgspec import Meta
 
 from seqd import models
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.config import Config
 from seqd.errors import Invalid, NotFound
 from seqd.kinds import CHANNEL_ADDRESS, CHANNELS, Channel

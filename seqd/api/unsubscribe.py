@@ -12,8 +12,9 @@ import html
 import msgspec
 from aiohttp import web
 
-from seqd.api.appkeys import CONFIG, STORE
 from seqd.api.routing import route
+from seqd.api.wire import read_form
+from seqd.appkeys import CONFIG, STORE
 from seqd.errors import BadRequest, NotFound
 from seqd.lifecycle import unsubscribe
 
@@ -43,7 +44,7 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 
 
 async def _claims(request: web.Request) -> unsubscribe.Claims | None:
-    secret = await unsubscribe.ensure_secret(request.app[CONFIG], request.app[STORE])
+    secret = await unsubscribe.signing_secret(request.app[CONFIG], request.app[STORE])
     return unsubscribe.verify(secret, request.match_info["token"])
 
 
@@ -85,7 +86,7 @@ async def unsubscribe_one_click(request: web.Request) -> web.Response:
     claims = await _claims(request)
     if claims is None:
         raise NotFound("this unsubscribe link is not valid", field="token")
-    form = await request.post()
+    form = dict(await read_form(request))
     if form.get("List-Unsubscribe") != ONE_CLICK:
         raise BadRequest("the body must be List-Unsubscribe=One-Click (RFC 8058)")
     await unsubscribe.apply(request.app[STORE], claims, source="one_click")

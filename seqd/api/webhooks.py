@@ -5,15 +5,15 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from seqd.api.appkeys import CONFIG, STORE
+from seqd import redact
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
+from seqd.appkeys import CONFIG, STORE
 from seqd.config import WebhooksConfig
 from seqd.errors import Conflict, Invalid
-from seqd.events import signing, ssrf, types
-from seqd.events.models import (
+from seqd.event_models import (
     DeliveryEnvelope,
     DeliveryList,
     EndpointCreate,
@@ -22,6 +22,8 @@ from seqd.events.models import (
     EndpointPatch,
     EndpointWithSecret,
 )
+from seqd.events import signing, ssrf
+from seqd.store import event_types
 from seqd.store.webhooks import EndpointRecord
 from seqd.times import now_ms
 
@@ -33,7 +35,7 @@ def _settings(request: web.Request) -> WebhooksConfig:
 
 
 def _subscription(events: list[str]) -> list[str]:
-    errors = types.check_subscription(events)
+    errors = event_types.check_subscription(events)
     if errors:
         raise Invalid(errors)
     return list(dict.fromkeys(events))
@@ -58,11 +60,13 @@ async def create_endpoint(request: web.Request) -> web.Response:
     events = _subscription(body.events)
     url = await _url(request, body.url)
     now = now_ms()
-    record, secret = await request.app[STORE].webhooks.create(
+    secret = signing.new_secret()
+    record = await request.app[STORE].webhooks.create(
         tenant_of(request),
         url=url,
         events=events,
         description=body.description,
+        secret=secret,
         now=now,
         max_endpoints=_settings(request).max_endpoints_per_tenant,
     )
@@ -131,6 +135,8 @@ async def patch_endpoint(request: web.Request) -> web.Response:
     now = now_ms()
 
     def apply(record: EndpointRecord) -> EndpointRecord:
+        if changes.get("url") == redact.mask_url(record.url):
+            del changes["url"]  # the masked URL as shown, sent back: the stored one stays
         if changes.get("enabled") is False and not record.enabled:
             # Disabling a disabled endpoint keeps the reason it was disabled for.
             changes["disabled_reason"] = record.disabled_reason

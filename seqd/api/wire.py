@@ -6,34 +6,17 @@ Decoding errors become `Invalid` (422) with the path of the bad field, or `BadRe
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from aiohttp.helpers import parse_mimetype
+from aiohttp.http_exceptions import HttpProcessingError
 
-from seqd.errors import BadRequest, FieldError, Invalid, UnsupportedMediaType
+from seqd.errors import BadRequest, FieldError, Invalid, UnsupportedMediaType, field_error
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
-_PATH = re.compile(r" - at (?:`key` in )?`\$(.*)`$")
-
-
-def field_error(exc: msgspec.ValidationError, root: str = "") -> FieldError:
-    """msgspec's "Expected `int`, got `str` - at `$.steps[0].wait_minutes`" as a FieldError."""
-    message = str(exc)
-    match = _PATH.search(message)
-    path = match.group(1).lstrip(".") if match else ""
-    reason = _PATH.sub("", message)
-    missing = re.match(r"Object missing required field `([^`]+)`", reason)
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
-    if missing or unknown:
-        name = (missing or unknown).group(1)  # type: ignore[union-attr]
-        path = f"{path}.{name}" if path else name
-        reason = "required" if missing else "unknown field"
-    if root:
-        path = f"{root}.{path}" if path else root
-    return FieldError(path or "body", reason)
 
 
 async def read_body(request: web.Request, kind: type[T]) -> T:
@@ -52,6 +35,24 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
     except RecursionError:
         # msgspec's decoder stops at its nesting limit (about 1000 levels) this way.
         raise BadRequest("body is not valid JSON: nested too deeply") from None
+
+
+async def read_form(request: web.Request) -> list[tuple[str, str]]:
+    """A form's text fields, urlencoded or multipart; a form that does not parse (a
+    multipart body without its boundary, cut short, with a nameless part) is a 400."""
+    if request.content_type.startswith("multipart/"):
+        boundary = parse_mimetype(request.headers.get("Content-Type", "")).parameters.get(
+            "boundary"
+        )
+        if not boundary:
+            raise BadRequest("a multipart body needs a boundary parameter in its Content-Type")
+    try:
+        form = await request.post()
+    except ValueError as exc:  # aiohttp's multipart reader: a malformed body
+        raise BadRequest(f"the form does not parse: {exc}") from None
+    except HttpProcessingError as exc:  # a part's headers do not parse
+        raise BadRequest(f"the form does not parse: {exc.message}") from None
+    return [(k, v) for k, v in form.items() if isinstance(v, str)]
 
 
 def read_query(request: web.Request, kind: type[T]) -> T:

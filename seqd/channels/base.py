@@ -15,7 +15,7 @@ import msgspec
 
 from seqd.kinds import Kind
 
-Outcome = Literal["sent", "retry", "failed", "unknown"]
+SendOutcome = Literal["sent", "retry", "failed", "unknown"]
 
 
 def message_key(enrollment_id: str, step: int) -> str:
@@ -45,7 +45,7 @@ class OutboundMessage(msgspec.Struct, kw_only=True):
 
 
 class SendResult(msgspec.Struct, kw_only=True):
-    outcome: Outcome
+    outcome: SendOutcome
     # The provider's id of the message (Twilio sid, SMTP Message-ID, …) when sent.
     provider_id: str | None = None
     error: str | None = None

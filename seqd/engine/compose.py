@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
+from seqd import templates
 from seqd.channels.base import OutboundMessage, SendResult, message_key
-from seqd.engine import render
 from seqd.engine.plans import Plan
 from seqd.kinds import ADDRESS_FIELD, SPECS, Kind
 from seqd.models import CancelReason, PausedReason
@@ -95,9 +95,9 @@ def compose(
             ctx["metadata"] = _decode(e.get("md") or "{}")
         context = ctx
     try:
-        body = render.render(sp.body, context)
-        subject = None if sp.subject is None else render.render(sp.subject, context)
-    except render.MissingVariable as exc:
+        body = templates.render(sp.body, context)
+        subject = None if sp.subject is None else templates.render(sp.subject, context)
+    except templates.MissingVariable as exc:
         return _pause_missing(item, step, kind, now, exc.variable)
     if subject is not None:
         if sp.reply_subject and not subject[:3].lower() == "re:":

@@ -47,6 +47,7 @@ import structlog
 from aiohttp import web
 
 from seqd import models
+from seqd.appkeys import LIVENESS, METRICS, POLICY, STORE
 from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import Config, DispatchConfig
@@ -739,11 +740,10 @@ def background(
         if not config.dispatch.enabled:
             yield
             return
-        from seqd.api.appkeys import LIVENESS, METRICS, POLICY, STORE
         from seqd.channels import registry
         from seqd.lifecycle import unsubscribe
 
-        await unsubscribe.ensure_secret(config, app[STORE])
+        secret = await unsubscribe.signing_secret(config, app[STORE])
         senders = registry.build(config)
         dispatcher = Dispatcher(
             app[STORE],
@@ -751,7 +751,7 @@ def background(
             senders,
             observer=app.get(METRICS),
             liveness=app.get(LIVENESS),
-            email_headers=unsubscribe.message_headers(config),
+            email_headers=unsubscribe.message_headers(config, secret),
             policy=app[POLICY],
         )
         dispatcher.start()

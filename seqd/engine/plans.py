@@ -12,8 +12,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from seqd import models
-from seqd.engine import render
+from seqd import models, templates
 from seqd.kinds import SPECS, Kind
 from seqd.store.db import Store
 from seqd.timing.due import StepTiming
@@ -75,7 +74,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
         subject = step.subject
         if threaded and first is not None:
             subject = seq.steps[first].subject
-        roots = render.roots(step.body, subject)
+        roots = templates.roots(step.body, subject)
         steps.append(
             StepPlan(
                 kind=step.kind,

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.config import Config
 from seqd.events.deliverer import Deliverer, session
 from seqd.events.reader import Reader
@@ -22,8 +23,6 @@ def part(
         if not config.webhooks.enabled:
             yield
             return
-        from seqd.api.appkeys import LIVENESS, METRICS, STORE
-
         store = app[STORE]
         http = session(config.webhooks)
         reader = Reader(store, config.webhooks, liveness=app.get(LIVENESS))

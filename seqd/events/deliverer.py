@@ -31,7 +31,7 @@ from seqd.config import WebhooksConfig
 from seqd.events import signing, ssrf
 from seqd.health import Heart
 from seqd.store.db import Store
-from seqd.store.deliveries import Claimed, Outcome
+from seqd.store.deliveries import ClaimedDelivery, DeliveryOutcome
 from seqd.store.webhooks import EndpointRecord
 from seqd.times import now_ms
 
@@ -49,7 +49,7 @@ GONE = 410
 ENDPOINT_REFRESH_SECONDS = 1.0
 
 
-class Observer(Protocol):
+class DeliveryObserver(Protocol):
     def webhook_delivery(self, outcome: str) -> None: ...
 
 
@@ -95,7 +95,7 @@ class Deliverer:
         *,
         clock: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
-        observer: Observer | None = None,
+        observer: DeliveryObserver | None = None,
         liveness: Heart | None = None,
     ) -> None:
         self.store = store
@@ -103,7 +103,7 @@ class Deliverer:
         self.session = session
         self.clock = clock
         self.rng = rng or random.Random()
-        self.observer: Observer = observer or _Quiet()
+        self.observer: DeliveryObserver = observer or _Quiet()
         self.liveness = liveness
         self.lease_ms = int(config.lease_seconds * 1000)
         self.in_flight: dict[str, int] = {}
@@ -128,7 +128,7 @@ class Deliverer:
         per_endpoint = self.config.concurrency_per_endpoint
         heads = await self.store.deliveries.heads()
         shards = len(heads)
-        claimed: list[Claimed] = []
+        claimed: list[ClaimedDelivery] = []
         # Start at a different shard each round: no shard is always served last.
         self._shard_turn = (self._shard_turn + 1) % shards
         for i in range(shards):
@@ -175,11 +175,11 @@ class Deliverer:
             await asyncio.wait(set(self.tasks))
 
     async def _deliver(
-        self, item: Claimed, endpoint: EndpointRecord | None, now: int, started: float
+        self, item: ClaimedDelivery, endpoint: EndpointRecord | None, now: int, started: float
     ) -> None:
         """Send `item`, then whatever its endpoint's slot is handed next (a chain)."""
         fetched = time.monotonic()
-        current: Claimed | None = item
+        current: ClaimedDelivery | None = item
         try:
             while current is not None:
                 current, now = await self._attempt(current, endpoint, now, started)
@@ -207,8 +207,8 @@ class Deliverer:
             self.in_flight.pop(endpoint_id, None)
 
     async def _attempt(
-        self, item: Claimed, endpoint: EndpointRecord | None, now: int, started: float
-    ) -> tuple[Claimed | None, int]:
+        self, item: ClaimedDelivery, endpoint: EndpointRecord | None, now: int, started: float
+    ) -> tuple[ClaimedDelivery | None, int]:
         """One delivery; returns the next one claimed for this slot (if any) and the time."""
         finish = self.store.deliveries.finish
         if endpoint is None:
@@ -227,7 +227,7 @@ class Deliverer:
         # The outcome's time: the round's clock plus the request's own duration.
         at = now + int((time.monotonic() - started) * 1000)
         attempts = item.attempts + 1
-        outcome: Outcome
+        outcome: DeliveryOutcome
         due_at = 0
         if result.ok:
             outcome = "delivered"
@@ -265,7 +265,7 @@ class Deliverer:
             log.warning("webhook.stale_claim", delivery=item.id)
         return nxt, at
 
-    async def post(self, endpoint: EndpointRecord, item: Claimed, now: int) -> Attempt:
+    async def post(self, endpoint: EndpointRecord, item: ClaimedDelivery, now: int) -> Attempt:
         """One signed POST of the delivery's body. Never raises for the receiver's faults."""
         # The receiver checks the timestamp against its clock: it is the wall clock's.
         timestamp = int(time.time())

@@ -22,15 +22,17 @@ from collections.abc import Callable
 
 import structlog
 
+from seqd import event_ids
 from seqd.backoff import Backoff
 from seqd.config import WebhooksConfig
 from seqd.events import envelope
 from seqd.events.envelope import Converted
 from seqd.health import Heart
-from seqd.store import groups, outbox
+from seqd.store import groups
 from seqd.store.db import Store
 from seqd.store.events import LogItem
-from seqd.store.outbox import Delivery, Entry, Fanout
+from seqd.store.outbox import Entry, Fanout, ScheduledDelivery
+from seqd.store.scripts import OUTBOX_ITEMS
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
@@ -66,8 +68,8 @@ class Reader:
         self._group_ready = False
         # Events per entry, as the last read found them. Until then a guess between one
         # event and a full batch: a first read after a long outage holds at most
-        # batch_size * ITEMS_MAX / 50 events per shard.
-        self._per_entry = outbox.ITEMS_MAX // 4
+        # batch_size * OUTBOX_ITEMS / 50 events per shard.
+        self._per_entry = OUTBOX_ITEMS // 4
         # Whether the last read may have left entries behind.
         self.more = False
 
@@ -95,7 +97,7 @@ class Reader:
         handled = 0
         if entries:
             handled = await self.handle(entries, now)
-            self._per_entry = max(1, min(outbox.ITEMS_MAX, round(handled / len(entries))))
+            self._per_entry = max(1, min(OUTBOX_ITEMS, round(handled / len(entries))))
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_MS
             await self.store.events.trim(now=now, retention_ms=self.retention_ms)
@@ -150,8 +152,12 @@ class Reader:
                     if ep.wants(c.type):
                         body = body or c.payload()
                         deliveries.append(
-                            Delivery(
-                                envelope.delivery_id(c.id, ep.id, shards), ep.id, c.id, c.type, body
+                            ScheduledDelivery(
+                                event_ids.delivery_id(c.id, ep.id, shards),
+                                ep.id,
+                                c.id,
+                                c.type,
+                                body,
                             )
                         )
             by_shard[entry.shard].append(Fanout(entry.id, tenant, due, deliveries))

@@ -28,11 +28,34 @@ class ForbiddenTarget(OSError):
     """The target resolves to an address webhooks may not reach."""
 
 
+# NAT64 (RFC 6052): the well-known prefix carries the IPv4 in its last 32 bits; the
+# local-use prefix (RFC 8215) is the operator's own network, never a public target.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def _embedded(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form reaches (mapped, 6to4, NAT64), if it is one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def forbidden(address: str) -> bool:
-    """True for loopback, link-local, private, multicast, unspecified and other non-public."""
+    """True for loopback, link-local, private, multicast, unspecified and other non-public,
+    and for an IPv6 form (6to4, NAT64, mapped) of such an IPv4 address. Teredo and local
+    NAT64 are tunnels into networks seqd cannot judge: always refused."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _TEREDO or ip in _NAT64_LOCAL:
+            return True
+        ip = _embedded(ip) or ip
     return (
         not ip.is_global
         or ip.is_multicast

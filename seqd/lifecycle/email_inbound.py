@@ -44,7 +44,7 @@ _AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponder")
 _DAEMONS = frozenset({"mailer-daemon", "postmaster"})
 
 
-class Kind(StrEnum):
+class MessageKind(StrEnum):
     BOUNCE = "bounce"
     SOFT_BOUNCE = "soft_bounce"
     UNSUBSCRIBE = "unsubscribe"
@@ -69,8 +69,8 @@ class Recipient(msgspec.Struct, frozen=True):
         )
 
 
-class Parsed(msgspec.Struct, frozen=True):
-    kind: Kind
+class ParsedEmail(msgspec.Struct, frozen=True):
+    kind: MessageKind
     sender: str | None = None
     subject: str = ""
     # Enrollments named by seqd Message-IDs, most recent reference first.
@@ -80,7 +80,7 @@ class Parsed(msgspec.Struct, frozen=True):
     why: str = ""
 
 
-class Change(msgspec.Struct, frozen=True):
+class EnrollmentChange(msgspec.Struct, frozen=True):
     id: str
     outcome: str
 
@@ -88,13 +88,13 @@ class Change(msgspec.Struct, frozen=True):
 class IngestResult(models.Output, kw_only=True):
     """What seqd made of an inbound message."""
 
-    kind: Kind
+    kind: MessageKind
     tenant: str
     address: str | None = None
     contact_id: str | None = None
     # Why it was classified so (auto-reply) or the DSN status (bounces).
     detail: str = ""
-    enrollments: list[Change] = msgspec.field(default_factory=list)
+    enrollments: list[EnrollmentChange] = msgspec.field(default_factory=list)
     suppressed: bool = False
 
 
@@ -206,27 +206,31 @@ def _automatic(msg: Message, sender: str | None, subjects: tuple[str, ...]) -> s
     return None
 
 
-def parse(raw: bytes, auto_reply_subjects: list[str]) -> Parsed:
+def parse(raw: bytes, auto_reply_subjects: list[str]) -> ParsedEmail:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     sender = _address(str(msg.get("From", "")))
     subject = str(msg.get("Subject", ""))
     dsn = _dsn(msg)
     if dsn is not None:
         recipients, original = dsn
-        kind = Kind.BOUNCE if any(r.permanent for r in recipients) else Kind.SOFT_BOUNCE
-        return Parsed(kind, sender, subject, original, recipients)
+        kind = (
+            MessageKind.BOUNCE if any(r.permanent for r in recipients) else MessageKind.SOFT_BOUNCE
+        )
+        return ParsedEmail(kind, sender, subject, original, recipients)
     match = _UNSUBSCRIBE_SUBJECT.match(subject)
     if match:
         # Kept as a reply (references and all) should the token not verify.
-        return Parsed(Kind.UNSUBSCRIBE, sender, subject, _referenced(msg), token=match.group(1))
+        return ParsedEmail(
+            MessageKind.UNSUBSCRIBE, sender, subject, _referenced(msg), token=match.group(1)
+        )
     why = _automatic(msg, sender, tuple(auto_reply_subjects))
     if why is not None:
-        return Parsed(Kind.AUTO_REPLY, sender, subject, _referenced(msg), why=why)
-    return Parsed(Kind.REPLY, sender, subject, _referenced(msg))
+        return ParsedEmail(MessageKind.AUTO_REPLY, sender, subject, _referenced(msg), why=why)
+    return ParsedEmail(MessageKind.REPLY, sender, subject, _referenced(msg))
 
 
 # -- applying ---------------------------------------------------------------------------
-async def _tenant_of(store: Store, parsed: Parsed) -> str:
+async def _tenant_of(store: Store, parsed: ParsedEmail) -> str:
     """For a trusted caller that named no tenant (a shared MTA pipe): the tenant of the
     enrollment the message refers to, else `default`."""
     for eid in parsed.enrollments:
@@ -239,40 +243,40 @@ async def _tenant_of(store: Store, parsed: Parsed) -> str:
 async def ingest(config: Config, store: Store, raw: bytes, tenant: str | None) -> IngestResult:
     """Classify `raw` and act on it for `tenant` (None: the tenant the message names)."""
     parsed = parse(raw, config.lifecycle.auto_reply_subjects)
-    if parsed.kind == Kind.UNSUBSCRIBE:
+    if parsed.kind == MessageKind.UNSUBSCRIBE:
         result = await _unsubscribe(config, store, parsed, tenant)
         if result is not None:
             return result
-        parsed = msgspec.structs.replace(parsed, kind=Kind.REPLY, token=None)
+        parsed = msgspec.structs.replace(parsed, kind=MessageKind.REPLY, token=None)
     if tenant is None:
         tenant = await _tenant_of(store, parsed)
-    if parsed.kind in (Kind.BOUNCE, Kind.SOFT_BOUNCE):
+    if parsed.kind in (MessageKind.BOUNCE, MessageKind.SOFT_BOUNCE):
         return await _bounce(store, tenant, parsed)
-    if parsed.kind == Kind.AUTO_REPLY:
+    if parsed.kind == MessageKind.AUTO_REPLY:
         return await _auto_reply(store, tenant, parsed)
     return await _reply(store, tenant, parsed)
 
 
 async def _unsubscribe(
-    config: Config, store: Store, parsed: Parsed, tenant: str | None
+    config: Config, store: Store, parsed: ParsedEmail, tenant: str | None
 ) -> IngestResult | None:
-    secret = await unsubscribe.ensure_secret(config, store)
+    secret = await unsubscribe.signing_secret(config, store)
     claims = unsubscribe.verify(secret, parsed.token or "")
     if claims is None or (tenant is not None and claims.tenant != tenant):
         return None  # not our token: an ordinary message that happens to say "unsubscribe"
     stopped = await unsubscribe.apply(store, claims, source="mailto")
     return IngestResult(
-        kind=Kind.UNSUBSCRIBE,
+        kind=MessageKind.UNSUBSCRIBE,
         tenant=claims.tenant,
         address=claims.email,
         contact_id=stopped.contact_id,
-        enrollments=[Change(e, "cancelled") for e in stopped.cancelled],
+        enrollments=[EnrollmentChange(e, "cancelled") for e in stopped.cancelled],
         suppressed=True,
     )
 
 
-async def _bounce(store: Store, tenant: str, parsed: Parsed) -> IngestResult:
-    changes: list[Change] = []
+async def _bounce(store: Store, tenant: str, parsed: ParsedEmail) -> IngestResult:
+    changes: list[EnrollmentChange] = []
     suppressed = False
     contact_id = None
     for rcpt in parsed.recipients:
@@ -280,7 +284,7 @@ async def _bounce(store: Store, tenant: str, parsed: Parsed) -> IngestResult:
             stopped = await optout.bounce(
                 store, tenant, rcpt.address, status=rcpt.status, diagnostic=rcpt.diagnostic
             )
-            changes += [Change(e, "cancelled") for e in stopped.cancelled]
+            changes += [EnrollmentChange(e, "cancelled") for e in stopped.cancelled]
             suppressed = True
             contact_id = contact_id or stopped.contact_id
         elif rcpt.action in ("failed", "delayed"):
@@ -312,7 +316,7 @@ async def _bounce(store: Store, tenant: str, parsed: Parsed) -> IngestResult:
     )
 
 
-async def _auto_reply(store: Store, tenant: str, parsed: Parsed) -> IngestResult:
+async def _auto_reply(store: Store, tenant: str, parsed: ParsedEmail) -> IngestResult:
     cid = await store.contacts.find(tenant, "email", parsed.sender) if parsed.sender else None
     data = {
         "id": cid,
@@ -327,7 +331,7 @@ async def _auto_reply(store: Store, tenant: str, parsed: Parsed) -> IngestResult
     )
     log.info("email.auto_reply", tenant=tenant, contact_id=cid, why=parsed.why)
     return IngestResult(
-        kind=Kind.AUTO_REPLY,
+        kind=MessageKind.AUTO_REPLY,
         tenant=tenant,
         address=parsed.sender,
         contact_id=cid,
@@ -335,7 +339,7 @@ async def _auto_reply(store: Store, tenant: str, parsed: Parsed) -> IngestResult
     )
 
 
-async def _reply(store: Store, tenant: str, parsed: Parsed) -> IngestResult:
+async def _reply(store: Store, tenant: str, parsed: ParsedEmail) -> IngestResult:
     reactions = []
     cid = None
     for eid in parsed.enrollments:
@@ -355,9 +359,9 @@ async def _reply(store: Store, tenant: str, parsed: Parsed) -> IngestResult:
         matched=[r.enrollment_id for r in reactions],
     )
     return IngestResult(
-        kind=Kind.REPLY,
+        kind=MessageKind.REPLY,
         tenant=tenant,
         address=parsed.sender,
         contact_id=cid,
-        enrollments=[Change(r.enrollment_id, r.outcome) for r in reactions],
+        enrollments=[EnrollmentChange(r.enrollment_id, r.outcome) for r in reactions],
     )

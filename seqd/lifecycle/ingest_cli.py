@@ -20,7 +20,7 @@ from seqd.config import Config
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
-Runner = Callable[[Coroutine[Any, Any, int]], int]
+RunCoroutine = Callable[[Coroutine[Any, Any, int]], int]
 
 
 def add_parser(
@@ -52,7 +52,7 @@ async def _ingest(config: Config, raw: bytes, tenant: str | None, out: TextIO) -
 def run(
     args: argparse.Namespace,
     config: Config,
-    runner: Runner,
+    runner: RunCoroutine,
     stdin: BinaryIO | None = None,
     out: TextIO | None = None,
 ) -> int:

@@ -53,6 +53,7 @@ async def _stop(
         cancel_reason=cancel_reason.value,
         event_type=event_type,
         event=event,
+        quiet=not new,  # told when it was suppressed; again only if this cancels something
     )
     log.info(
         event_type,

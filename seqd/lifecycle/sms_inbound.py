@@ -26,7 +26,7 @@ from seqd.config import Config
 from seqd.errors import NotFound
 from seqd.lifecycle import keywords, optout
 from seqd.store.db import Store
-from seqd.store.lifecycle import Delivery
+from seqd.store.lifecycle import DeliveryReport
 from seqd.store.tenants import DEFAULT_TENANT
 
 log = structlog.get_logger(__name__)
@@ -160,7 +160,7 @@ async def receive_status(
     message_sid: str,
     error_code: str,
     to: str,
-) -> Delivery | None:
+) -> DeliveryReport | None:
     """Record a status callback unless the same sid and status was seen; a 21610 error also
     opts the phone out. None: a replay, or a status seqd does not track (read, ...)."""
     rank = STATUS_RANK.get(status)

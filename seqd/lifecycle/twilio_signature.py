@@ -42,8 +42,8 @@ def _variants(url: str) -> list[str]:
 def valid(
     auth_token: str, url: str, params: Iterable[tuple[str, str]], signature: str | None
 ) -> bool:
-    if not auth_token or not signature:
-        return False
+    if not auth_token or not signature or not signature.isascii():
+        return False  # base64 is ASCII; other bytes arrive as surrogates, never a match
     items = list(params)
     return any(
         hmac.compare_digest(compute(auth_token, candidate, items).encode(), signature.encode())

@@ -5,8 +5,8 @@ A token names the tenant, the contact and the address the message went to:
 "unsubscribe." + first part)[:16])`. 128 bits of MAC: it cannot be forged or altered
 without the secret. The secret is `[lifecycle] unsubscribe_secret`, or, when unset, one
 generated on the store's first use and kept in its meta key (so every process sharing the
-store agrees, and links keep working across restarts); `ensure_secret` fills it into the
-running config. Tokens do not expire: an unsubscribe link must work as long as the mail
+store agrees, and links keep working across restarts: `Store.secret`); `signing_secret`
+reads it. Tokens do not expire: an unsubscribe link must work as long as the mail
 that carries it can be read.
 """
 
@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -72,30 +71,20 @@ def verify(secret: str, token: str) -> Claims | None:
     return Claims(tenant, contact_id, email)
 
 
-async def ensure_secret(config: Config, store: Store) -> str:
-    """The signing secret; generated once per store when the config has none."""
-    secret = config.lifecycle.unsubscribe_secret
-    if secret:
-        return secret
-    meta = store.keys.meta()
-    await store.client.hsetnx(meta, META_FIELD, secrets.token_urlsafe(32))
-    secret = str(await store.client.hget(meta, META_FIELD))
-    config.lifecycle.unsubscribe_secret = secret
-    return secret
+async def signing_secret(config: Config, store: Store) -> str:
+    """The signing secret: the configured one, else the store's (generated on first use)."""
+    return config.lifecycle.unsubscribe_secret or await store.secret(META_FIELD)
 
 
 def url(config: Config, token: str) -> str:
     return f"{config.http.public_url.rstrip('/')}{config.http.base_path}/unsubscribe/{token}"
 
 
-def unsubscribe_headers(config: Config, tenant: str, contact_id: str, email: str) -> dict[str, str]:
-    """`List-Unsubscribe` (https one-click URL and mailto) and `List-Unsubscribe-Post`.
-
-    Needs the secret in the config: `ensure_secret` runs when the service starts.
-    """
-    secret = config.lifecycle.unsubscribe_secret
-    if not secret:
-        raise RuntimeError("lifecycle.unsubscribe_secret is not loaded: await ensure_secret()")
+def unsubscribe_headers(
+    config: Config, secret: str, tenant: str, contact_id: str, email: str
+) -> dict[str, str]:
+    """`List-Unsubscribe` (https one-click URL and mailto) and `List-Unsubscribe-Post`,
+    signed with `secret` (`signing_secret`)."""
     token = sign(secret, tenant, contact_id, email)
     mailbox = config.lifecycle.unsubscribe_mailto or config.channels_for(tenant).smtp.from_address
     mailto = f"mailto:{mailbox}?subject={quote('unsubscribe ' + token)}"
@@ -105,11 +94,11 @@ def unsubscribe_headers(config: Config, tenant: str, contact_id: str, email: str
     }
 
 
-def message_headers(config: Config) -> Callable[[OutboundMessage], dict[str, str]]:
+def message_headers(config: Config, secret: str) -> Callable[[OutboundMessage], dict[str, str]]:
     """The dispatcher's hook: the unsubscribe headers of an email about to be sent."""
 
     def headers(message: OutboundMessage) -> dict[str, str]:
-        return unsubscribe_headers(config, message.tenant, message.contact_id, message.to)
+        return unsubscribe_headers(config, secret, message.tenant, message.contact_id, message.to)
 
     return headers
 

@@ -6,13 +6,12 @@ and `seqd status` agree, whichever process does the work. One pipeline per read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from redis.exceptions import ResponseError
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 
 class ShardDue(msgspec.Struct, kw_only=True):
@@ -43,7 +42,7 @@ class StreamBacklog(msgspec.Struct, kw_only=True):
         )
 
 
-class Webhooks(msgspec.Struct, kw_only=True):
+class WebhookBacklog(msgspec.Struct, kw_only=True):
     # Deliveries waiting for their first attempt or a retry (in flight ones included).
     queued: int = 0
     # Deliveries that used every attempt and wait for a manual retry (dead letters).
@@ -58,7 +57,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     intake_rejected: int = 0
     # The outbox streams of all shards, as the outbox reader (events, webhooks) sees them.
     outbox: StreamBacklog
-    webhooks: Webhooks = msgspec.field(default_factory=Webhooks)
+    webhooks: WebhookBacklog = msgspec.field(default_factory=WebhookBacklog)
 
     @property
     def scheduled(self) -> int:
@@ -98,7 +97,7 @@ async def _execute(pipe: Any) -> list[Any]:
     return rows
 
 
-async def read(store: Store, now_ms: int) -> Snapshot:
+async def read(store: StoreContext, now_ms: int) -> Snapshot:
     """Two round trips: everything countable directly, then each sequence queue's and each
     endpoint queue's size."""
     keys = store.keys
@@ -155,5 +154,5 @@ async def read(store: Store, now_ms: int) -> Snapshot:
         intake=intake,
         intake_rejected=int(rows[-1]),
         outbox=outbox,
-        webhooks=Webhooks(queued=queued, failed=failed),
+        webhooks=WebhookBacklog(queued=queued, failed=failed),
     )

@@ -55,7 +55,7 @@ def _shard_keys(keys: Keys, shard: int) -> list[str]:
 
 
 def _mirror_keys(keys: Keys, shard: int) -> list[str]:
-    return [keys.heads(shard), keys.outbox(shard), keys.shard_sequences(shard)]
+    return [keys.heads(shard), keys.outbox(shard), keys.mirrors(shard)]
 
 
 # -- enrollments ---------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def sync_sequence(
 def migrate_queues(keys: Keys, shard: int, due: str, parked: str, limit: int) -> Call:
     """`due`, `parked`: the schema 1 key names (keys.V1_SHARD_DUE, keys.V1_PARKED)."""
     tag = keys.shard_tag(shard)
-    call_keys = [keys.heads(shard), due, keys.shard_sequences(shard)]
+    call_keys = [keys.heads(shard), due, keys.mirrors(shard)]
     return Call("migrateQueues", call_keys, [tag, parked, limit], tag)
 
 
@@ -222,11 +222,13 @@ def stop_channel(
     cancel_reason: str,
     event_type: str,
     event_data: str,
+    quiet: bool,
     sequences: Iterable[Arg],
 ) -> Call:
     """`sequences`: per sequence, flat: id, version, kinds."""
     tag = keys.shard_tag(shard)
     args = [tag, now, tenant, contact_id, channel, cancel_reason, event_type, event_data]
+    args.append(int(quiet))
     return Call("stopChannel", _mirror_keys(keys, shard), [*args, *sequences], tag)
 
 

@@ -26,6 +26,7 @@ ENROLLMENT_FIELDS = {
     "ua": "updated_at (ms); absent until the first change after enrolling (enrolled_at)",
     "md": "metadata (JSON), absent when empty",
     "pr": "paused_reason",
+    "pv": "paused_variable: the template variable a missing_variable pause waits for",
     "cr": "cancel_reason",
     "ca": "completed_at (ms)",
     "a": "send attempts of the current step; absent means 0",
@@ -62,6 +63,7 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         enrolled_at=to_rfc3339(enrolled_at),
         metadata=_json_decode(md) if md else {},
         paused_reason=h.get("pr"),
+        paused_variable=h.get("pv"),
         cancel_reason=h.get("cr"),
         completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
         # `enroll` does not write `ua`: until the first change it is the enrollment time.

@@ -8,23 +8,21 @@ indexes are written first, and an entry left pointing at a contact that never ca
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # The lookup indexes, in linkContact's order.
 LOOKUP_FIELDS = calls.LINK_FIELDS
 
 
 class Contacts:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

@@ -1,9 +1,10 @@
-"""The Store: one Redis client, the deployment's key builder, and a facade per resource."""
+"""The Store: one Redis client, the deployment's key builder, and a facade per resource
+(each built on the `StoreContext` the Store is)."""
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Iterable
 
 import hiredis
 import redis.asyncio as aioredis
@@ -16,8 +17,21 @@ from redis.exceptions import DataError
 from redis.typing import EncodableT
 
 from seqd.store import migrate
+from seqd.store.contacts import Contacts
+from seqd.store.context import StoreContext
+from seqd.store.deliveries import Deliveries
+from seqd.store.enrollments import Enrollments
+from seqd.store.events import Events
 from seqd.store.keys import Keys
-from seqd.store.scripts import Runner
+from seqd.store.lifecycle import Lifecycle
+from seqd.store.outbox import Outbox
+from seqd.store.ratelimits import RateLimits
+from seqd.store.replays import Replays
+from seqd.store.schedules import Schedules
+from seqd.store.sequences import Sequences
+from seqd.store.suppressions import Suppressions
+from seqd.store.tenants import Tenants
+from seqd.store.webhooks import Webhooks
 
 
 class _StoreConnection(Connection):
@@ -107,39 +121,22 @@ async def init_meta(client: aioredis.Redis, prefix: str, default_shards: int) ->
     return int(shards or default_shards), int(schema or 1)
 
 
-class Store:
+class Store(StoreContext):
     """Facade over Redis; construct with `await Store.open(...)`."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
-        from seqd.store.contacts import Contacts
-        from seqd.store.deliveries import Deliveries
-        from seqd.store.enrollments import Enrollments
-        from seqd.store.events import Events
-        from seqd.store.lifecycle import Lifecycle
-        from seqd.store.outbox import Outbox
-        from seqd.store.ratelimits import RateLimits
-        from seqd.store.replays import Replays
-        from seqd.store.schedules import Schedules
-        from seqd.store.sequences import Sequences
-        from seqd.store.suppressions import Suppressions
-        from seqd.store.tenants import Tenants
-        from seqd.store.webhooks import Webhooks
-
-        self.client = client
-        self.keys = keys
-        self.shards = keys.shards
-        self.runner = Runner(client)
+        super().__init__(client, keys)
         self.tenants = Tenants(self)
         self.contacts = Contacts(self)
         self.sequences = Sequences(self)
         self.enrollments = Enrollments(self)
         self.suppressions = Suppressions(self)
-        self.lifecycle = Lifecycle(self)
+        self.lifecycle = Lifecycle(self, self.sequences)
         self.events = Events(self)
         self.outbox = Outbox(self)
-        self.webhooks = Webhooks(self)
         self.ratelimits = RateLimits(self)
         self.deliveries = Deliveries(self)
+        self.webhooks = Webhooks(self, self.deliveries)
         self.replays = Replays(self)
         self.schedules = Schedules(self)
 
@@ -153,26 +150,12 @@ class Store:
             await client.hset(Keys(prefix, 1).meta(), "schema", migrate.SCHEMA)
         return store
 
+    async def secret(self, name: str) -> str:
+        """The secret `name` of this store: generated on first use and kept in its meta key,
+        so every process sharing the store agrees and it outlives restarts."""
+        meta = self.keys.meta()
+        await self.client.hsetnx(meta, name, secrets.token_urlsafe(32))
+        return str(await self.client.hget(meta, name))
+
     async def close(self) -> None:
         await self.client.aclose()
-
-    async def merged_range(
-        self, index_keys: Sequence[str], after: str | None, limit: int
-    ) -> tuple[list[str], bool]:
-        """Ids from several lex-ordered ZSETs (scores all 0), merged, after a cursor.
-
-        Returns up to `limit` ids and whether more follow.
-        """
-        start = f"({after}" if after else "-"
-        pipe = self.client.pipeline(transaction=False)
-        for key in index_keys:
-            pipe.zrange(key, start, "+", bylex=True, offset=0, num=limit + 1)
-        ranges: list[list[str]] = await pipe.execute()
-        merged = list(heapq.merge(*ranges))
-        return merged[:limit], len(merged) > limit
-
-    async def total(self, index_keys: Sequence[str]) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        for key in index_keys:
-            pipe.zcard(key)
-        return sum(await pipe.execute())

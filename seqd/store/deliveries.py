@@ -15,27 +15,25 @@ Delivery hash fields: `t` tenant, `w` endpoint, `v` event id, `y` event type, `b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from seqd import ids
 from seqd.errors import Conflict, NotFound
-from seqd.events.models import WebhookDelivery
+from seqd.event_models import WebhookDelivery
 from seqd.store import calls, codec
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # Deliveries one purge or trim call deletes at most: bounds how long it holds Redis.
 SWEEP_BATCH = 500
 
-Outcome = Literal["delivered", "retry", "failed", "drop"]
+DeliveryOutcome = Literal["delivered", "retry", "failed", "drop"]
 
 
-class Claimed(msgspec.Struct, kw_only=True):
+class ClaimedDelivery(msgspec.Struct, kw_only=True):
     """A delivery claimed for sending, with the token that lets its claimer finish it."""
 
     id: str
@@ -72,10 +70,10 @@ def delivery(did: str, h: dict[str, str]) -> WebhookDelivery:
     )
 
 
-def _claimed(shard: int, row: list[Any]) -> Claimed:
+def _claimed(shard: int, row: list[Any]) -> ClaimedDelivery:
     did, token, flat = row
     h = codec.pairs(flat)
-    return Claimed(
+    return ClaimedDelivery(
         id=did,
         shard=shard,
         token=str(token),
@@ -89,7 +87,7 @@ def _claimed(shard: int, row: list[Any]) -> Claimed:
 
 
 class Deliveries:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 
@@ -105,7 +103,7 @@ class Deliveries:
         limit: int,
         per_endpoint: int,
         free: dict[str, int],
-    ) -> list[Claimed]:
+    ) -> list[ClaimedDelivery]:
         """Due deliveries of one shard; `free` caps endpoints that already have some in flight."""
         rows = await self.store.runner.run(
             calls.claim_webhooks(self.keys, shard, now, lease_ms, limit, per_endpoint, free)
@@ -114,8 +112,8 @@ class Deliveries:
 
     async def finish(
         self,
-        item: Claimed,
-        outcome: Outcome,
+        item: ClaimedDelivery,
+        outcome: DeliveryOutcome,
         *,
         now: int,
         due_at: int = 0,
@@ -123,7 +121,7 @@ class Deliveries:
         status: int | None = None,
         error: str = "",
         chain_lease_ms: int = 0,
-    ) -> tuple[bool, Claimed | None]:
+    ) -> tuple[bool, ClaimedDelivery | None]:
         """Record an attempt's outcome: False when the claim was taken over meanwhile.
 
         With `chain_lease_ms`, a delivered outcome also claims the endpoint's next due

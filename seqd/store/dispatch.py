@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import msgspec
 
 from seqd import ids
 from seqd.store import calls
+from seqd.store.context import StoreContext
 from seqd.store.mirrors import CONTACT_READ, fields_of
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 Outcome = Literal[
     "sent", "skipped", "retry", "failed", "pause", "cancel", "complete", "release", "defer"
@@ -231,7 +229,7 @@ PEEK_CAP = 1000
 
 
 class Dispatch:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 
@@ -239,7 +237,7 @@ class Dispatch:
         return [self.keys.heads(shard), self.keys.outbox(shard)]
 
     def _claim_keys(self, shard: int) -> list[str]:
-        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.shard_sequences(shard)]
+        return [self.keys.heads(shard), self.keys.outbox(shard), self.keys.mirrors(shard)]
 
     async def heads(self, now: int, cap: int = PEEK_CAP) -> list[tuple[int | None, int]]:
         """Per shard, (earliest due score or None, members due at `now`, at most `cap`): one

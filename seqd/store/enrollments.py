@@ -5,18 +5,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from seqd import ids, models
 from seqd.errors import Conflict, Invalid, NotFound
 from seqd.store import calls, codec
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # Items one enroll call takes at most: bounds how long it holds Redis.
 ENROLL_BATCH = 500
@@ -48,7 +46,7 @@ class EnrollResult(msgspec.Struct, frozen=True):
 
 
 class Enrollments:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

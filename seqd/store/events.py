@@ -2,7 +2,7 @@
 
 Per tenant a STREAM of small entries (event id, type, time, enrollment and contact ids) in
 the order the reader recorded them, trimmed by age (XTRIM MINID), and per event a STRING
-with the payload (`envelope.Logged`: shaped when read), expiring after the retention.
+with the payload (`Logged`: shaped when read), expiring after the retention.
 Filters scan the stream in bounded steps, so a page costs at most `SCAN_MAX` entries read
 however selective the filter is.
 """
@@ -10,18 +10,15 @@ however selective the filter is.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Any
 
 import msgspec
 
-from seqd import ids
+from seqd import event_ids, ids
 from seqd.errors import Invalid, NotFound
-from seqd.events import envelope
-from seqd.events.models import Event
-from seqd.store import calls
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.event_models import Event
+from seqd.store import calls, event_types
+from seqd.store.context import StoreContext
 
 # Entries read per XRANGE while filtering, and at most per page.
 SCAN_CHUNK = 500
@@ -30,14 +27,54 @@ SCAN_MAX = 5000
 # ids (the store's clock): the scan starts this much earlier so skew loses nothing.
 CLOCK_SLACK_MS = 300_000
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_U64_MAX = 2**64 - 1
 # Events per `recordEvents` call at most (unless one batch has more), so a call holds the
 # server for a few ms at most.
 RECORD_BATCH = 200
 
 
+class Logged(msgspec.Struct, frozen=True):
+    """A payload of the log: one event (`data`), or every event of a batched outbox entry
+    (`items`, each event's data in order; `id` is the first event's, the others' follow
+    from it, `batch_event_id`). The reader logs data as the outbox had it (`shaped`
+    false) and it is shaped when read, so events nobody reads are never shaped; payloads
+    logged before that hold one event in the API form (no `shaped`)."""
+
+    id: str
+    type: str
+    created_at: str
+    data: dict[str, Any] | None = None
+    items: list[Any] | None = None
+    shaped: bool = True
+
+    def event(self, event_id: str, shards: int) -> Event | None:
+        """Event `event_id` of this payload; None when it holds no such event."""
+        if self.items is None:
+            data = self.data if self.data is not None and event_id == self.id else None
+            if data is None:
+                return None
+        else:
+            index = (ids.random_of(event_id) - ids.random_of(self.id)) // shards
+            if not 0 <= index < len(self.items) or event_id != event_ids.batch_event_id(
+                self.id, index, shards
+            ):
+                return None
+            data = self.items[index] if isinstance(self.items[index], dict) else {}
+        if not self.shaped:
+            data = event_types.shape_or_raw(self.type, data)
+        return Event(id=event_id, type=self.type, created_at=self.created_at, data=data)
+
+
+_decode_logged = msgspec.json.Decoder(Logged).decode
+
+
+def read_logged(payload: bytes | str) -> Logged:
+    return _decode_logged(payload)
+
+
 class LogItem(msgspec.Struct, frozen=True):
     """One payload for a tenant's log and the events it holds: one event, or those of a
-    batched outbox entry (`envelope.Logged`); the payload's key is its first event's id."""
+    batched outbox entry (`Logged`); the payload's key is its first event's id."""
 
     tenant: str
     type: str
@@ -72,14 +109,17 @@ def _next_id(stream_id: str) -> str:
 
 
 def check_position(after: str) -> str:
-    """A page token's stream position, or a 422 naming the page token."""
-    if not STREAM_ID.match(after):
+    """A page token's stream position, or a 422 naming the page token. Both parts are
+    64-bit in Redis, and the page goes on from the next sequence number, so that one
+    stops one short of the limit."""
+    ms, _, seq = after.partition("-")
+    if not STREAM_ID.match(after) or int(ms) > _U64_MAX or int(seq) >= _U64_MAX:
         raise Invalid.field("query.page_token", "not a page token from this API")
     return after
 
 
 class Events:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 
@@ -119,10 +159,10 @@ class Events:
     async def get(self, tenant: str, event_id: str) -> Event:
         event = None
         if ids.is_valid(event_id, ids.EVENT):
-            key = self.keys.event(tenant, envelope.payload_id(event_id, self.store.shards))
+            key = self.keys.event(tenant, event_ids.payload_id(event_id, self.store.shards))
             raw = await self.store.client.get(key)
             if raw is not None:
-                event = envelope.read_logged(raw).event(event_id, self.store.shards)
+                event = read_logged(raw).event(event_id, self.store.shards)
         if event is None:
             raise NotFound(f"no event {event_id}", field="id")
         return event
@@ -172,11 +212,11 @@ class Events:
         if found:
             shards = self.store.shards
             # A batch's payload is read (and decoded) once for all its events on the page.
-            keys = list(dict.fromkeys(envelope.payload_id(e, shards) for e in found))
+            keys = list(dict.fromkeys(event_ids.payload_id(e, shards) for e in found))
             bodies = await self.store.client.mget([self.keys.event(tenant, k) for k in keys])
-            payloads = {k: envelope.read_logged(b) for k, b in zip(keys, bodies, strict=True) if b}
+            payloads = {k: read_logged(b) for k, b in zip(keys, bodies, strict=True) if b}
             for e in found:
-                logged = payloads.get(envelope.payload_id(e, shards))
+                logged = payloads.get(event_ids.payload_id(e, shards))
                 event = logged.event(e, shards) if logged is not None else None
                 if event is not None:
                     events.append(event)

@@ -10,16 +10,14 @@ overwrite the answer of the one that took the key over.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
 
 import msgspec
 from redis.exceptions import WatchError
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 
-class Record(msgspec.Struct, omit_defaults=True):
+class IdempotencyRecord(msgspec.Struct, omit_defaults=True):
     # sha256 of method, path and body.
     fp: str
     # The running request's token; empty once answered.
@@ -30,7 +28,7 @@ class Record(msgspec.Struct, omit_defaults=True):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(Record).decode
+_decode = msgspec.json.Decoder(IdempotencyRecord).decode
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -39,16 +37,16 @@ class Claim(msgspec.Struct, frozen=True):
 
 
 class IdempotencyKeys:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.client = store.client
         self.keys = store.keys
 
     async def claim(
         self, tenant: str, key_digest: str, fp: str, lock_seconds: int
-    ) -> Claim | Record:
+    ) -> Claim | IdempotencyRecord:
         """Take the key for a new request (a Claim), or the record already under it."""
         key = self.keys.idempotency(tenant, key_digest)
-        value = _encode(Record(fp=fp, owner=secrets.token_hex(8))).decode()
+        value = _encode(IdempotencyRecord(fp=fp, owner=secrets.token_hex(8))).decode()
         while True:
             if await self.client.set(key, value, nx=True, ex=lock_seconds):
                 return Claim(key, value)
@@ -74,7 +72,7 @@ class IdempotencyKeys:
     async def answer(
         self, claim: Claim, fp: str, status: int, content_type: str, body: str, ttl_seconds: int
     ) -> None:
-        record = Record(fp=fp, status=status, content_type=content_type, body=body)
+        record = IdempotencyRecord(fp=fp, status=status, content_type=content_type, body=body)
         await self._swap(claim, _encode(record).decode(), ttl_seconds)
 
     async def release(self, claim: Claim) -> None:

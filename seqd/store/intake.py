@@ -18,18 +18,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from seqd.store import calls, groups
+from seqd.store.context import StoreContext
 from seqd.store.scripts import Runner
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
-
-Entry = tuple[str, dict[str, str]]
+IntakeEntry = tuple[str, dict[str, str]]
 
 
 _ESCAPED = re.compile("[\udc80-\udcff]")
@@ -52,7 +50,7 @@ class Finished:
 
 
 class IntakeStream:
-    def __init__(self, store: Store, group: str, *, block_ms: int) -> None:
+    def __init__(self, store: StoreContext, group: str, *, block_ms: int) -> None:
         self.keys = store.keys
         self.group = group
         self.name = store.keys.intake()
@@ -82,7 +80,7 @@ class IntakeStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[IntakeEntry]:
         reply: Any = await self.client.xreadgroup(
             self.group, consumer, {self.name: ">"}, count=count, block=block_ms
         )
@@ -94,7 +92,7 @@ class IntakeStream:
 
     async def reclaim(
         self, consumer: str, min_idle_ms: int, count: int, start: str
-    ) -> tuple[str, list[Entry]]:
+    ) -> tuple[str, list[IntakeEntry]]:
         """Entries idle longer than the lease (their consumer died), now ours; and the
         cursor to continue from ("0-0" once the whole pending list was scanned)."""
         reply = await self.client.xautoclaim(

@@ -68,7 +68,7 @@ TENANT_TEMPLATES: Final[Mapping[str, str]] = {
 # whose queue then waits untouched until the sequence resumes (syncSequence puts it back).
 SHARD_HEADS = "{tag}:hd"
 SHARD_OUTBOX = "{tag}:outbox"
-SHARD_SEQUENCES = "{tag}:sq"
+SHARD_MIRRORS = "{tag}:sq"
 # ZSET endpoint id -> earliest score in its `delivery_queue`: what the deliverer polls.
 SHARD_DELIVERY_DUE = "{tag}:wdue"
 # ZSET of every failed delivery of the shard (all endpoints), scores 0: trimmed by age.
@@ -200,9 +200,9 @@ class Keys:
     def outbox(self, shard: int) -> str:
         return SHARD_OUTBOX.format(tag=self.shard_tag(shard))
 
-    def shard_sequences(self, shard: int) -> str:
+    def mirrors(self, shard: int) -> str:
         """HASH sequence id -> "<status>:<version>:<steps>", the shard's mirror of each."""
-        return SHARD_SEQUENCES.format(tag=self.shard_tag(shard))
+        return SHARD_MIRRORS.format(tag=self.shard_tag(shard))
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from seqd import ids, kinds
 from seqd.errors import NotFound
 from seqd.store import calls
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
+from seqd.store.sequences import Sequences
 from seqd.times import now_ms
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 _encode = msgspec.json.Encoder().encode
 # A sequence changing under one call this many times in a row is a bug, not a race.
@@ -45,14 +44,15 @@ class Reaction(msgspec.Struct, frozen=True):
     outcome: str
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class DeliveryReport(msgspec.Struct, frozen=True):
     recorded: bool
     previous: str | None
 
 
 class Lifecycle:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext, sequences: Sequences) -> None:
         self.store = store
+        self.sequences = sequences
         self.keys = store.keys
 
     def shard_of_value(self, value: str) -> int:
@@ -63,7 +63,7 @@ class Lifecycle:
         self, tenant: str, sids: set[str], *, on_reply: bool
     ) -> list[str | int]:
         order = sorted(sids)
-        read = self.store.sequences.get_versioned
+        read = self.sequences.get_versioned
         docs = await asyncio.gather(*(read(tenant, sid) for sid in order), return_exceptions=True)
         args: list[str | int] = []
         for sid, doc in zip(order, docs, strict=True):
@@ -147,8 +147,10 @@ class Lifecycle:
         cancel_reason: str,
         event_type: str,
         event: dict[str, Any],
+        quiet: bool = False,
     ) -> list[str]:
-        """Cancel the contact's enrollments with only `channel` steps left; write the event.
+        """Cancel the contact's enrollments with only `channel` steps left; write the event
+        (`quiet`: only if one was cancelled).
 
         With no contact (a value nobody holds), only the event is written, in the shard
         `shard_of_value` picks.
@@ -164,7 +166,17 @@ class Lifecycle:
 
         def build(args: list[str | int]) -> calls.Call:
             return calls.stop_channel(
-                self.keys, shard, now, tenant, cid, channel, cancel_reason, event_type, text, args
+                self.keys,
+                shard,
+                now,
+                tenant,
+                cid,
+                channel,
+                cancel_reason,
+                event_type,
+                text,
+                quiet,
+                args,
             )
 
         cancelled = await self._call_fresh(build, tenant, sequences, on_reply=False)
@@ -200,7 +212,7 @@ class Lifecycle:
         *,
         event_type: str,
         event: dict[str, Any],
-    ) -> Delivery:
+    ) -> DeliveryReport:
         """Store a step's delivery status unless a later one is stored; NotFound if no such
         enrollment of `tenant`."""
         if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
@@ -226,7 +238,7 @@ class Lifecycle:
             if exc.code == "NOT_FOUND":
                 raise NotFound(f"no enrollment {enrollment_id}", field="e") from None
             raise
-        return Delivery(bool(recorded), previous or None)
+        return DeliveryReport(bool(recorded), previous or None)
 
     async def enrollment_owner(self, enrollment_id: str) -> tuple[str, str] | None:
         """(tenant, contact id) of an enrollment, or None: whose auth token signs its

@@ -7,13 +7,9 @@ shard, the items of paused sequences parked aside, and an active listing per seq
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from seqd.store import calls
 from seqd.store import keys as keymod
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 SCHEMA = 2
 
@@ -21,7 +17,7 @@ SCHEMA = 2
 STEP = 1000
 
 
-async def to_queues(store: Store) -> int:
+async def to_queues(store: StoreContext) -> int:
     """Move every shard's schema 1 due index and parked items into the queues; returns the
     members moved."""
     keys = store.keys
@@ -37,7 +33,7 @@ async def to_queues(store: Store) -> int:
     return moved
 
 
-async def upgrade(store: Store, schema: int) -> None:
+async def upgrade(store: StoreContext, schema: int) -> None:
     """Bring a store at `schema` to SCHEMA (the caller then records it).
 
     Also at schema 2: a seqd of schema 1 still running beside a new one (an upgrade that
@@ -48,7 +44,7 @@ async def upgrade(store: Store, schema: int) -> None:
         await to_queues(store)
 
 
-async def _v1_left(store: Store) -> bool:
+async def _v1_left(store: StoreContext) -> bool:
     keys = store.keys
     pipe = store.client.pipeline(transaction=False)
     for shard in range(keys.shards):

@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from seqd import models
-from seqd.engine import render
+from seqd import models, templates
 from seqd.kinds import SPECS
 from seqd.store.codec import CONTACT_TEXT_FIELDS
 from seqd.timing.policy import QUIET_KINDS
@@ -39,8 +38,8 @@ def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tup
         if step.kind in QUIET_KINDS:
             needed.add("timezone")
         try:
-            needed |= render.roots(step.body, step.subject)
-        except render.TemplateError:  # (saved steps parse; if one did not: read them all)
+            needed |= templates.roots(step.body, step.subject)
+        except templates.TemplateError:  # (saved steps parse; if one did not: read them all)
             return CONTACT_READ
     return tuple(field for field in CONTACT_READ if field in needed)
 

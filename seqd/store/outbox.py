@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from redis.exceptions import ResponseError
 
 from seqd.store import calls, groups
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 GROUP = "seqd-events"
 # One fanout call handles at most this many entries and, unless a single entry has more,
 # this many deliveries: bounds its ARGV and how long it runs.
 FANOUT_BATCH = 100
 FANOUT_DELIVERIES = 400
-# Events one batched entry holds at most (OUTBOX_ITEMS in the scripts, scripts.py).
-ITEMS_MAX = 200
 
 _decode = msgspec.json.Decoder().decode
 
@@ -54,7 +50,7 @@ class Entry(msgspec.Struct, frozen=True):
             return None
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class ScheduledDelivery(msgspec.Struct, frozen=True):
     """A webhook delivery to schedule: one event to one endpoint."""
 
     id: str
@@ -70,7 +66,7 @@ class Fanout(msgspec.Struct, frozen=True):
     entry_id: str
     tenant: str
     due: int
-    deliveries: list[Delivery]
+    deliveries: list[ScheduledDelivery]
 
 
 def _stream_rows(reply: Any) -> list[tuple[str, dict[str, str] | None]]:
@@ -84,7 +80,7 @@ def _stream_rows(reply: Any) -> list[tuple[str, dict[str, str] | None]]:
 
 
 class Outbox:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

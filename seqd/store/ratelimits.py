@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from seqd.store import calls
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 
 class Verdict(msgspec.Struct, frozen=True):
@@ -23,7 +19,7 @@ class Verdict(msgspec.Struct, frozen=True):
 
 
 class RateLimits:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
 
     async def take(

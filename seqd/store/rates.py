@@ -9,12 +9,10 @@ on their own; the cost is one small pipeline per process per second, not per ste
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import msgspec
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
+from seqd.store.context import StoreContext
 
 BUCKET_SECONDS = 10
 # Webhook delivery attempts are counted in the same buckets under this channel name.
@@ -38,7 +36,7 @@ def bucket_of(now_ms: int) -> int:
 
 
 class SendRates:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.client = store.client
         self.keys = store.keys
 

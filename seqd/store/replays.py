@@ -8,16 +8,12 @@ applied, which the opt-out, opt-in and reply changes tolerate (each is idempoten
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from seqd.store.context import StoreContext
 from seqd.times import now_ms
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 
 class Replays:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

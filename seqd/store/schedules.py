@@ -8,18 +8,15 @@ calendars are kept by.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from seqd import ids
 from seqd.errors import Conflict, NotFound
 from seqd.schedules import Schedule, ScheduleCreate, SchedulePatch, check, patched
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # Schedules a tenant may have: a schedule is a shared policy, not per contact.
 MAX_PER_TENANT = 1000
@@ -30,7 +27,7 @@ _decode = msgspec.json.Decoder(Schedule).decode
 
 
 class Schedules:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 
 from seqd import ids, models
 from seqd.kinds import CHANNEL_ADDRESS, CHANNELS, Channel
+from seqd.store.context import StoreContext
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
-    from seqd.store.db import Store
 
-
-def listed_in(pipe: Pipeline, store: Store, tenant: str) -> None:
+def listed_in(pipe: Pipeline, store: StoreContext, tenant: str) -> None:
     """Queue on `pipe` the check of which channels the tenant has suppressions on (one
     reply per channel of CHANNELS; `listed_from` reads them), so it rides along the
     sequence read of the enroll paths."""
@@ -30,7 +29,7 @@ def listed_from(replies: list[int]) -> frozenset[Channel]:
 
 
 async def suppressed(
-    store: Store,
+    store: StoreContext,
     tenant: str,
     seq: models.Sequence,
     contact_ids: list[str],

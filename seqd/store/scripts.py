@@ -25,7 +25,6 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from seqd import kinds
 from seqd.store import keys as keymod
-from seqd.store import outbox
 from seqd.store.calls import Call, refusal
 from seqd.store.calls import ScriptError as ScriptError  # re-exported: the facades' one error
 
@@ -61,11 +60,13 @@ def _key_helpers() -> str:
 # next due times: dispatch.lua `zadd_chunked`), so that unpack() stays under Lua's limit on
 # the values it spreads at once (8,000) whatever the batch size.
 BULK = 1000
+# Events one batched outbox entry holds at most (OUTBOX_ITEMS in the scripts).
+OUTBOX_ITEMS = 200
 
 
 def _constants() -> str:
     """Values the scripts share with Python, defined on the Python side."""
-    return f"local OUTBOX_ITEMS = {outbox.ITEMS_MAX}\nlocal BULK = {BULK}\n" + kinds.lua_constants()
+    return f"local OUTBOX_ITEMS = {OUTBOX_ITEMS}\nlocal BULK = {BULK}\n" + kinds.lua_constants()
 
 
 def _expand(source: str, seen: set[str] | None = None) -> str:

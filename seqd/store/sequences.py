@@ -8,21 +8,18 @@ fewer steps). The document is the source of truth; the mirror never goes back in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
+from seqd.kinds import Channel
 from seqd.models import SequenceStatus
-from seqd.store import calls, mirrors
+from seqd.store import calls, mirrors, screening
+from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
-
-if TYPE_CHECKING:
-    from redis.asyncio.client import Pipeline
-
-    from seqd.store.db import Store
 
 # Enrollments one syncSequence call handles: bounds how long it holds Redis (~1 ms/100).
 SWEEP_BATCH = 500
@@ -33,7 +30,7 @@ _RETRIES = 10
 
 
 class Sequences:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 
@@ -43,13 +40,20 @@ class Sequences:
         reply = await self.store.client.hmget(self.keys.sequence(tenant, sid), "doc", "v")
         return self.parse_read(sid, reply)
 
-    def read_in(self, pipe: Pipeline, tenant: str, sid: str) -> None:
-        """Queue the read of a sequence on `pipe` (others' reads ride along the same round
-        trip); `parse_read` turns its reply into what `get_versioned` returns."""
+    async def get_listed(
+        self, tenant: str, sid: str
+    ) -> tuple[models.Sequence, int, frozenset[Channel]]:
+        """`get_versioned` and the suppression lists the tenant has entries on
+        (`screening.listed_in`) in one round trip: the enroll paths' first read."""
+        pipe = self.store.client.pipeline(transaction=False)
         if ids.is_valid(sid, ids.SEQUENCE):
             pipe.hmget(self.keys.sequence(tenant, sid), "doc", "v")
         else:
             pipe.echo("")  # keeps the replies in step; parse_read answers NotFound
+        screening.listed_in(pipe, self.store, tenant)
+        replies = await pipe.execute()
+        seq, version = self.parse_read(sid, replies[0])
+        return seq, version, screening.listed_from(replies[1:])
 
     @staticmethod
     def parse_read(sid: str, reply: Any) -> tuple[models.Sequence, int]:

@@ -7,20 +7,16 @@ Values are normalised by the caller (E.164 phones, `models.normalize_email` addr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from seqd import models
 from seqd.kinds import Channel
 from seqd.store import calls
+from seqd.store.context import StoreContext
 from seqd.times import now_ms, to_rfc3339
 
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
-
-class Record(msgspec.Struct, frozen=True):
+class StoredSuppression(msgspec.Struct, frozen=True):
     """What the HASH stores per value."""
 
     reason: str
@@ -28,7 +24,7 @@ class Record(msgspec.Struct, frozen=True):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(Record).decode
+_decode = msgspec.json.Decoder(StoredSuppression).decode
 
 
 def _public(channel: Channel, value: str, raw: str) -> models.Suppression:
@@ -42,7 +38,7 @@ def _public(channel: Channel, value: str, raw: str) -> models.Suppression:
 
 
 class Suppressions:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
 
@@ -50,7 +46,7 @@ class Suppressions:
         self, tenant: str, channel: Channel, value: str, reason: str
     ) -> tuple[models.Suppression, bool]:
         """Suppress `value`; returns the record and whether it is new (an existing one stays)."""
-        record = _encode(Record(reason=reason, created_at=now_ms())).decode()
+        record = _encode(StoredSuppression(reason=reason, created_at=now_ms())).decode()
         changed, raw = await self.store.runner.run(
             calls.suppress(self.keys, tenant, channel, "add", value, record, "")
         )

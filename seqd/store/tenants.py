@@ -7,16 +7,13 @@ import re
 import secrets
 import string
 import time
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from seqd import ids
 from seqd.models import ApiKey
+from seqd.store.context import StoreContext
 from seqd.times import now_ms, to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ALPHABET = string.ascii_letters + string.digits
@@ -52,7 +49,7 @@ def valid_tenant(name: str) -> bool:
 
 
 class Tenants:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext) -> None:
         self.store = store
         self.keys = store.keys
         self.client = store.client
@@ -110,10 +107,12 @@ class Tenants:
         self._known[digest] = (tenant, now + AUTH_CACHE_SECONDS)
         return tenant
 
-    async def list_keys(self, tenant: str) -> list[ApiKey]:
+    async def all_keys(self) -> list[ApiKey]:
         raw = await self.client.hgetall(self.keys.api_keys())
-        records = [_decode(v) for v in raw.values()]
-        return sorted((self._public(r) for r in records if r.tenant == tenant), key=lambda k: k.id)
+        return sorted((self._public(_decode(v)) for v in raw.values()), key=lambda k: k.id)
+
+    async def list_keys(self, tenant: str) -> list[ApiKey]:
+        return [k for k in await self.all_keys() if k.tenant == tenant]
 
     async def revoke(self, key_id: str) -> bool:
         digest = await self.client.hget(self.keys.api_key_ids(), key_id)

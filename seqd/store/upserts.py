@@ -15,17 +15,15 @@ running the same rows twice changes nothing the second time.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
+from seqd.store.db import Store
 from seqd.times import now_ms
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # The order in which a row's values pick its contact.
 MATCH_ORDER = ("external_id", "phone", "email")

@@ -8,20 +8,17 @@ deliverer disabling an endpoint on a 410 cannot overwrite each other's change.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import msgspec
 
-from seqd import ids
+from seqd import ids, redact
 from seqd.errors import Conflict, NotFound
-from seqd.events import signing, types
-from seqd.events.models import WebhookEndpoint
-from seqd.store import calls
+from seqd.event_models import WebhookEndpoint
+from seqd.store import calls, event_types
+from seqd.store.context import StoreContext
+from seqd.store.deliveries import Deliveries
 from seqd.store.scripts import ScriptError
 from seqd.times import to_rfc3339
-
-if TYPE_CHECKING:
-    from seqd.store.db import Store
 
 # Writers that lose the compare-and-set race re-read and retry this many times.
 _RETRIES = 10
@@ -50,13 +47,14 @@ class EndpointRecord(msgspec.Struct, kw_only=True):
         return out
 
     def wants(self, etype: str) -> bool:
-        return self.enabled and types.matches(self.events, etype)
+        return self.enabled and event_types.matches(self.events, etype)
 
     def public(self, now: int) -> WebhookEndpoint:
+        """As the API shows it: the URL's password (and secret query values) masked."""
         previous = self.previous_expires_at
         return WebhookEndpoint(
             id=self.id,
-            url=self.url,
+            url=redact.mask_url(self.url),
             events=self.events,
             description=self.description,
             enabled=self.enabled,
@@ -76,8 +74,9 @@ _decode = msgspec.json.Decoder(EndpointRecord).decode
 
 
 class Webhooks:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContext, deliveries: Deliveries) -> None:
         self.store = store
+        self.deliveries = deliveries
         self.keys = store.keys
 
     async def _put(self, tenant: str, eid: str, expected: str, record: str, limit: int) -> None:
@@ -100,11 +99,11 @@ class Webhooks:
         url: str,
         events: list[str],
         description: str,
+        secret: str,
         now: int,
         max_endpoints: int,
-    ) -> tuple[EndpointRecord, str]:
-        """A new endpoint and its secret (returned here only)."""
-        secret = signing.new_secret()
+    ) -> EndpointRecord:
+        """A new endpoint signing with `secret`."""
         record = EndpointRecord(
             id=ids.new(ids.WEBHOOK, now),
             url=url,
@@ -122,7 +121,7 @@ class Webhooks:
                     f"a tenant has at most {exc.detail} webhook endpoints; delete one first"
                 ) from None
             raise
-        return record, secret
+        return record
 
     async def get(self, tenant: str, eid: str) -> EndpointRecord:
         return _decode(await self._raw(tenant, eid))
@@ -160,7 +159,7 @@ class Webhooks:
                 if exc.code == "CONFLICT":
                     continue
                 raise
-            await self.store.deliveries.purge(eid)
+            await self.deliveries.purge(eid)
             return
         raise Conflict(f"webhook endpoint {eid} keeps changing; try again")
 

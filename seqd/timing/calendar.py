@@ -23,7 +23,7 @@ HORIZON_DAYS = 400
 # (zone, day) entries a calendar keeps before it starts over.
 CACHE_DAYS = 20_000
 
-Interval = tuple[int, int]
+Span = tuple[int, int]
 
 
 class Opening(NamedTuple):
@@ -107,9 +107,9 @@ class Calendar:
         self.week = tuple(tuple(_merged(sorted(spans))) for spans in week)
         self.closed = frozenset(d.toordinal() for d in closed)
         self.holiday_codes = tuple(holiday_codes)
-        self._days: dict[tuple[str, int], tuple[tuple[Interval, ...], bool]] = {}
+        self._days: dict[tuple[str, int], tuple[tuple[Span, ...], bool]] = {}
         # zone -> the interval found open last: most asks of a busy window fall inside it.
-        self._last: dict[str, Interval] = {}
+        self._last: dict[str, Span] = {}
 
     def is_closed_date(self, day: int) -> bool:
         if day in self.closed:
@@ -119,7 +119,7 @@ class Calendar:
             return any(d in _holidays(code) for code in self.holiday_codes)
         return False
 
-    def day(self, tz: ZoneInfo, day: int) -> tuple[tuple[Interval, ...], bool]:
+    def day(self, tz: ZoneInfo, day: int) -> tuple[tuple[Span, ...], bool]:
         """The UTC intervals (ms) that start on local day `day` in `tz`, and whether the
         day has windows that a closed date took away."""
         key = (tz.key, day)

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 from seqd.timing.calendar import HORIZON_DAYS, Calendar
 from seqd.timing.local import DAY_MINUTES, local_minute, wall_ms, zone
-from seqd.timing.quiet import QuietHours
-from seqd.timing.zones import Recipient, Source
+from seqd.timing.quiet import QuietCalendars
+from seqd.timing.zones import RecipientZone, Source
 
 # Days searched for a moment open in every candidate zone before the fallback zone is used:
 # a weekly pattern that never agrees in two weeks never will.
@@ -43,7 +43,7 @@ class Rules(NamedTuple):
     schedule: Calendar | None = None
     schedule_zone: str | None = None
     jitter_ms: int = 0
-    quiet: QuietHours | None = None
+    quiet: QuietCalendars | None = None
 
 
 class Due(NamedTuple):
@@ -178,7 +178,7 @@ def _plan(
 def due(
     rules: Rules,
     step: StepTiming,
-    recipient: Recipient,
+    recipient: RecipientZone,
     after: int,
     key: str,
     *,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from seqd.schedules import Schedule, compile_calendar, fixed_zone
 from seqd.timing.due import Due, Rules, StepTiming, due
 from seqd.timing.local import parse_hhmm
-from seqd.timing.quiet import QuietHours
-from seqd.timing.zones import Recipient, resolve
+from seqd.timing.quiet import QuietCalendars
+from seqd.timing.zones import RecipientZone, resolve
 
 if TYPE_CHECKING:
     from seqd.config import Config
@@ -38,13 +38,13 @@ class Policy:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._quiet: dict[str, QuietHours | None] = {}
+        self._quiet: dict[str, QuietCalendars | None] = {}
         self._rules: dict[tuple[str, str, int], Rules] = {}
 
-    def quiet(self, tenant: str) -> QuietHours | None:
+    def quiet(self, tenant: str) -> QuietCalendars | None:
         if tenant not in self._quiet:
             spec = self.config.quiet_hours_for(tenant)
-            self._quiet[tenant] = QuietHours(spec, spec.all_regions()) if spec.enabled else None
+            self._quiet[tenant] = QuietCalendars(spec, spec.all_regions()) if spec.enabled else None
         return self._quiet[tenant]
 
     def rules(self, tenant: str, schedule: Schedule | None) -> Rules:
@@ -68,7 +68,7 @@ class Policy:
 
     def recipient(
         self, tenant: str, schedule: Schedule | None, timezone: str | None, phone: str | None
-    ) -> Recipient:
+    ) -> RecipientZone:
         """Where a contact with `timezone` and `phone` is, for a sequence under `schedule`."""
         default = schedule.default_timezone if schedule is not None else None
         return resolve(timezone, phone, default, self.config.default_timezone_for(tenant))

@@ -32,7 +32,7 @@ def allowed(spec: QuietSpec) -> Calendar:
     return Calendar(windows)
 
 
-class QuietHours:
+class QuietCalendars:
     """One tenant's quiet hours: the default calendar and one per region ("US-FL", "US")."""
 
     __slots__ = ("by_region", "default")

@@ -19,7 +19,7 @@ from seqd.timing.local import zone
 Source = Literal["contact", "phone", "default"]
 
 
-class Recipient(NamedTuple):
+class RecipientZone(NamedTuple):
     """Where a contact is: the zones a moment must be open in, the one shown as
     `timezone_used` (the first candidate), where it came from, the zone used when the
     candidates never agree (`fallback`), and the number's region for quiet hours
@@ -73,7 +73,7 @@ def _subdivision(number: phonenumbers.PhoneNumber, country: str) -> str:
 @lru_cache(maxsize=65_536)
 def resolve(
     contact_zone: str | None, phone: str | None, default_zone: str | None, tenant_zone: str
-) -> Recipient:
+) -> RecipientZone:
     """The recipient of a contact with `timezone` `contact_zone` and `phone`, under a
     schedule's `default_timezone` (or None) and the tenant's default zone."""
     fallback = default_zone if valid_zone(default_zone) else tenant_zone
@@ -81,7 +81,7 @@ def resolve(
     zones, region = phone_facts(phone) if phone else ((), None)
     if valid_zone(contact_zone):
         assert contact_zone is not None
-        return Recipient((contact_zone,), "contact", fallback, region)
+        return RecipientZone((contact_zone,), "contact", fallback, region)
     if zones:
-        return Recipient(zones, "phone", fallback, region)
-    return Recipient((fallback,), "default", fallback, region)
+        return RecipientZone(zones, "phone", fallback, region)
+    return RecipientZone((fallback,), "default", fallback, region)

@@ -20,7 +20,7 @@
 
   KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
-  KEYS[3] sequences HASH   sequence id -> its mirror "<status>:<version>:<steps>"
+  KEYS[3] mirrors HASH   sequence id -> its mirror "<status>:<version>:<steps>"
                            (store/mirrors.py; beside it the shard's `sf` hash, sequence id
                            -> "<version>:<fields>", built here from the tag)
   ARGV[1] tag
@@ -52,7 +52,7 @@
   unset); seen = members looked at (equal to the limit: more may be due).
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hold, max_attempts = ARGV[5] == 'hold', tonumber(ARGV[6])
 local peek = ARGV[7] == 'peek'
@@ -67,7 +67,7 @@ local mirrors, fields_of, states = {}, {}, {}
 local function sequence_state(seq)
   local s = states[seq]
   if s == nil then
-    local m = rcall('HGET', seqs_key, seq)
+    local m = rcall('HGET', mirrors_key, seq)
     local status, version, steps = string.match(m or '', '^([^:]+):(%d+):(%d+)$')
     local read, fields = contact_fields, nil
     -- (Contacts are read only for an active sequence's steps.)

@@ -11,7 +11,7 @@
 
   KEYS[1] heads     ZSET  the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
-  KEYS[3] sequences HASH  the shard's mirror of sequence states ("<status>:<version>:<steps>")
+  KEYS[3] mirrors HASH  the shard's mirror of sequence states ("<status>:<version>:<steps>")
   ARGV[1] tag       the shard's hash tag
   ARGV[2] now       ms
   ARGV[3] tenant
@@ -30,11 +30,11 @@
     {0, code, detail}   code: CONTACT_NOT_FOUND | SEQUENCE_NOT_ACTIVE (detail: status)
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, tenant, seq, wait = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 -- @include enrollment
 
-local mirror = rcall('HGET', seqs_key, seq)
+local mirror = rcall('HGET', mirrors_key, seq)
 local seq_status = mirror and string.match(mirror, '^([^:]+)') or 'missing'
 local default_due = string.format('%d', tonumber(now) + tonumber(wait))
 local active = seq_status == 'active'

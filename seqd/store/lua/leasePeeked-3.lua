@@ -12,7 +12,7 @@
 
   KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM
-  KEYS[3] sequences HASH   sequence id -> "<status>:<version>:<steps>"
+  KEYS[3] mirrors HASH   sequence id -> "<status>:<version>:<steps>"
   ARGV[1] tag
   ARGV[2] now           ms
   ARGV[3] lease         ms
@@ -27,7 +27,7 @@
   Errors: BAD_ITEMS:<which> (nothing is written)
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, lease, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 -- @include enrollment
 -- @include dispatch
@@ -57,7 +57,7 @@ local lost, counted = {}, {}
 for _, g in ipairs(groups) do
   local seq, mirror, seen, first, n = g[1], g[2], g[3], g[4], g[5]
   local qkey = k_queue(tag, seq)
-  if rcall('HGET', seqs_key, seq) ~= mirror then
+  if rcall('HGET', mirrors_key, seq) ~= mirror then
     for j = first, first + n - 1 do lost[#lost + 1] = ARGV[j] end
   elseif n > 0 then
     local ids = {unpack(ARGV, first, first + n - 1)}

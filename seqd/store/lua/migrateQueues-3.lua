@@ -5,7 +5,7 @@
 
   KEYS[1] heads     ZSET  (schema 2)
   KEYS[2] due       ZSET  (schema 1) enrollment id -> due time or lease token
-  KEYS[3] sequences HASH  sequence id -> "<status>:<version>:<steps>"
+  KEYS[3] mirrors HASH  sequence id -> "<status>:<version>:<steps>"
   ARGV[1] tag
   ARGV[2] parked    the schema 1 parked key of a sequence, less its id (keys.V1_PARKED)
   ARGV[3] limit     members moved at most
@@ -13,7 +13,7 @@
   Returns {done (0|1), members moved}
 ]]
 local rcall = redis.call
-local heads_key, due_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, due_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, parked_prefix, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- @include enrollment
 
@@ -32,7 +32,7 @@ end
 local items = rcall('ZRANGE', due_key, 0, limit - 1, 'WITHSCORES')
 if #items > 0 then return {0, move(due_key, items, nil)} end
 
-local seqs = rcall('HKEYS', seqs_key)
+local seqs = rcall('HKEYS', mirrors_key)
 for _, seq in ipairs(seqs) do
   local pkey = parked_prefix .. seq
   items = rcall('ZRANGE', pkey, 0, limit - 1, 'WITHSCORES')
@@ -41,6 +41,6 @@ end
 
 for _, seq in ipairs(seqs) do
   rcall('UNLINK', k_status_index(tag, seq, 'active'))
-  refresh_head(seq, string.match(rcall('HGET', seqs_key, seq), '^([^:]+)'))
+  refresh_head(seq, string.match(rcall('HGET', mirrors_key, seq), '^([^:]+)'))
 end
 return {1, 0}

@@ -7,7 +7,7 @@
 
   KEYS[1] heads      ZSET   the shard's sequence heads
   KEYS[2] outbox     STREAM the shard's events
-  KEYS[3] sequences  HASH   the shard's sequence mirror
+  KEYS[3] mirrors HASH   the shard's sequence mirror
   ARGV[1] tag
   ARGV[2] now            ms
   ARGV[3] tenant
@@ -22,7 +22,7 @@
   Errors: STALE:<sequence_id> (the mirror moved past the version given: re-read, retry)
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, tenant, cid, eid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 -- @include enrollment
 -- @include lifecycle

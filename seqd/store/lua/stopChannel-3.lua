@@ -4,7 +4,7 @@
 
   KEYS[1] heads      ZSET
   KEYS[2] outbox     STREAM
-  KEYS[3] sequences  HASH   the shard's sequence mirror
+  KEYS[3] mirrors HASH   the shard's sequence mirror
   ARGV[1] tag
   ARGV[2] now            ms
   ARGV[3] tenant
@@ -13,19 +13,21 @@
   ARGV[6] cancel_reason  opted_out | bounced
   ARGV[7] event_type     contact.opted_out | contact.bounced
   ARGV[8] event_data     JSON object; `cancelled` (the ids, if any) is added to it
-  ARGV[9..] per sequence, 3 values: sequence_id, version, kinds
+  ARGV[9] quiet          1: write the event only if an enrollment was cancelled (the value
+                         was suppressed already, and its event written then)
+  ARGV[10..] per sequence, 3 values: sequence_id, version, kinds
 
   Returns the ids of the enrollments cancelled.
   Errors: STALE:<sequence_id>
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, tenant, cid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local reason, etype, edata = ARGV[6], ARGV[7], cjson.decode(ARGV[8])
+local reason, etype, edata, quiet = ARGV[6], ARGV[7], cjson.decode(ARGV[8]), ARGV[9] == '1'
 -- @include enrollment
 -- @include lifecycle
 
-local seqs, stale = read_sequences(9, 3)
+local seqs, stale = read_sequences(10, 3)
 if stale then return redis.error_reply('STALE:' .. stale) end
 
 local cancelled = {}
@@ -44,5 +46,5 @@ if cid ~= '' then
 end
 -- An empty Lua table would encode as {}: the field is left out when nothing was cancelled.
 if #cancelled > 0 then edata['cancelled'] = cancelled end
-emit(etype, tenant, now, edata)
+if #cancelled > 0 or not quiet then emit(etype, tenant, now, edata) end
 return cancelled

@@ -10,7 +10,7 @@
 
   KEYS[1] heads     ZSET
   KEYS[2] outbox    STREAM
-  KEYS[3] sequences HASH   sequence id -> "<status>:<version>:<steps>"
+  KEYS[3] mirrors HASH   sequence id -> "<status>:<version>:<steps>"
   ARGV[1] tag
   ARGV[2] now        ms
   ARGV[3] sequence_id
@@ -26,16 +26,16 @@
   Returns {done (0|1), next_cursor, handled}
 ]]
 local rcall = redis.call
-local heads_key, outbox_key, seqs_key = KEYS[1], KEYS[2], KEYS[3]
+local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, seq, mirror, sweep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit, cursor = tonumber(ARGV[6]), ARGV[7]
 -- @include enrollment
 
-local current = rcall('HGET', seqs_key, seq)
+local current = rcall('HGET', mirrors_key, seq)
 local function version_of(m) return tonumber(string.match(m or '', '^[^:]+:(%d+):')) or -1 end
 -- An older writer never overwrites a newer mirror.
 if version_of(current) <= version_of(mirror) then
-  rcall('HSET', seqs_key, seq, mirror)
+  rcall('HSET', mirrors_key, seq, mirror)
   current = mirror
   if ARGV[8] then
     rcall('HSET', k_sequence_fields(tag), seq, version_of(mirror) .. ':' .. ARGV[8])

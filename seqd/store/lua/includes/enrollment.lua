@@ -19,11 +19,11 @@ local function emit(etype, tenant, now, data)
 end
 
 -- The hot paths' events (enroll's `created`, advance's `sent`/`skipped`) go out batched:
--- one outbox entry per (tenant, type) of a call, holding up to OUTBOX_ITEMS (outbox.py
--- ITEMS_MAX, in every script's prelude) events' data as a JSON array in `items`
+-- one outbox entry per (tenant, type) of a call, holding up to OUTBOX_ITEMS (scripts.py,
+-- in every script's prelude) events' data as a JSON array in `items`
 -- (store/outbox.py `Entry.events`), appended when full and at the end of the call
 -- (`flush_batched`). One XADD, read, ack and delete per entry instead of per event; each
--- event's id is still derived from the entry (events/envelope.py). Events of one
+-- event's id is still derived from the entry (event_ids.py). Events of one
 -- enrollment keep their order: a call touches an enrollment once.
 local batched, batched_order = {}, {}
 
@@ -123,9 +123,9 @@ local function refresh_head(seq, status)
   end
 end
 
--- The hash fields an event carries: those the API's enrollment is made of (events/types.py
+-- The hash fields an event carries: those the API's enrollment is made of (store/event_types.py
 -- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
-local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'cr', 'ca', 'z', 'dr'}
+local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr'}
 
 local function enrollment_event(etype, id, e, now, extra)
   local fields = {}
@@ -145,12 +145,14 @@ local function finish(id, e, new_status, reason, now, more)
   local ekey = k_enrollment(tag, id)
   if new_status == 'cancelled' then
     rcall('HSET', ekey, 'cr', reason); e['cr'] = reason
-    rcall('HDEL', ekey, 'pr'); e['pr'] = nil
+    rcall('HDEL', ekey, 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
   elseif new_status == 'completed' then
     rcall('HSET', ekey, 'ca', now); e['ca'] = now
-    rcall('HDEL', ekey, 'pr'); e['pr'] = nil
+    rcall('HDEL', ekey, 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
   elseif new_status == 'paused' then
     rcall('HSET', ekey, 'pr', reason); e['pr'] = reason
+    -- The variable a missing_variable pause waits for, shown on the enrollment.
+    if more and more.variable then rcall('HSET', ekey, 'pv', more.variable); e['pv'] = more.variable end
   end
   move_status(id, e, new_status, now)
   local extra = nil

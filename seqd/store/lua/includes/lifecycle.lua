@@ -3,10 +3,10 @@
 -- (KIND_LETTER, from `kinds.py`) with the sequence version they were read at; the shard's
 -- mirror (`sq`) must still hold that version, else the caller read a stale document and
 -- retries.
--- Expects: rcall, the enrollment include, and `seqs_key` (the shard's sequence mirror).
+-- Expects: rcall, the enrollment include, and `mirrors_key` (the shard's sequence mirror).
 
 local function mirror_version(seq)
-  return tonumber(string.match(rcall('HGET', seqs_key, seq) or '', '^[^:]+:(%d+):'))
+  return tonumber(string.match(rcall('HGET', mirrors_key, seq) or '', '^[^:]+:(%d+):'))
 end
 
 -- Per-sequence ARGV groups of `width` values starting at `from`, keyed by sequence id:

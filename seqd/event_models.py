@@ -1,4 +1,5 @@
-"""API shapes of events, webhook endpoints and deliveries (beside `seqd.models`, same rules)."""
+"""API shapes of events, webhook endpoints and deliveries (beside `seqd.models`, same rules):
+on the floor, so the store returns them without importing `events/`."""
 
 from __future__ import annotations
 
@@ -35,8 +36,13 @@ class EventList(Output, kw_only=True):
     # A page can hold fewer than `limit` events while more follow (a filter scans the log in
     # bounded steps): follow next_page_token until it is null.
     next_page_token: str | None
-    # Events in the log; null when filters are given (counting them would scan the log).
-    total: int | None = None
+    total: Annotated[
+        int | None,
+        Meta(
+            description="events in the log; null when a filter is given: counting the "
+            "matches would read the whole log, where a page reads a bounded part of it"
+        ),
+    ] = None
 
 
 class EndpointCreate(Input, kw_only=True):
@@ -54,7 +60,8 @@ class EndpointPatch(Input, kw_only=True):
 
 class WebhookEndpoint(Output, kw_only=True):
     id: str
-    url: str
+    # A password in it (and secret-looking query values) shown as `***`.
+    url: Annotated[str, Meta(description="the URL, its password masked as ***")]
     events: list[str]
     description: str = ""
     enabled: bool

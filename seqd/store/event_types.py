@@ -13,11 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import structlog
 
 from seqd import ids
 from seqd.errors import FieldError
 from seqd.store import codec
 from seqd.times import to_rfc3339
+
+log = structlog.get_logger(__name__)
 
 ENROLLMENT_TYPES = (
     "sequence.enrollment.created",
@@ -109,6 +112,16 @@ def shape(etype: str, raw: dict[str, Any]) -> dict[str, Any]:
         "contact_id": enrollment["contact_id"],
         "enrollment": enrollment,
     }
+
+
+def shape_or_raw(etype: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """`shape`, and the stored data as it is if that fails: a shape bug must not
+    stop the outbox or hide an event."""
+    try:
+        return shape(etype, raw)
+    except Exception:
+        log.exception("event.shape_failed", type=etype)
+        return raw
 
 
 def refs(raw: dict[str, Any]) -> tuple[str, str]:

