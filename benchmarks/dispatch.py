@@ -196,7 +196,7 @@ async def enroll_direct(
     for shard, members in by_shard.items():
         for start in range(0, len(members), ENROLL_BATCH):
             items = [
-                (ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now), cid, "")
+                (ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now), cid, "", "", "")
                 for cid in members[start : start + ENROLL_BATCH]
             ]
             trip.append(calls.enroll(store.keys, shard, now, TENANT, seq_id, wait_ms, items))

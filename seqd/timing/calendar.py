@@ -20,6 +20,8 @@ from seqd.timing.local import DAY_MINUTES, WEEKDAYS, local_day, parse_hhmm, wall
 
 # Days searched ahead for an opening: a calendar with no open day in a year is closed.
 HORIZON_DAYS = 400
+# Open intervals a calendar remembers per zone for its fast path.
+RECENT = 4
 # (zone, day) entries a calendar keeps before it starts over.
 CACHE_DAYS = 20_000
 
@@ -108,8 +110,9 @@ class Calendar:
         self.closed = frozenset(d.toordinal() for d in closed)
         self.holiday_codes = tuple(holiday_codes)
         self._days: dict[tuple[str, int], tuple[tuple[Span, ...], bool]] = {}
-        # zone -> the interval found open last: most asks of a busy window fall inside it.
-        self._last: dict[str, Span] = {}
+        # zone -> the intervals last found open, newest first: most asks fall inside one
+        # (a step checked now, its next step timed a day on).
+        self._last: dict[str, tuple[Span, ...]] = {}
 
     def is_closed_date(self, day: int) -> bool:
         if day in self.closed:
@@ -150,9 +153,9 @@ class Calendar:
     def next_opening(self, tz: ZoneInfo, at: int, horizon: int = HORIZON_DAYS) -> Opening | None:
         """The interval open at `at` (reason "") or the next one to open after it; None when
         none opens within `horizon` days."""
-        last = self._last.get(tz.key)
-        if last is not None and last[0] <= at < last[1]:
-            return Opening(last[0], last[1], "")
+        for start, end in self._last.get(tz.key, ()):
+            if start <= at < end:
+                return Opening(start, end, "")
         first = local_day(at, tz)
         skipped = False
         # The day before may hold an interval that crosses midnight into `at`'s day.
@@ -162,7 +165,8 @@ class Calendar:
             for start, end in intervals:
                 if end > at:
                     if start <= at:
-                        self._last[tz.key] = (start, end)
+                        recent = self._last.get(tz.key, ())
+                        self._last[tz.key] = ((start, end), *recent[: RECENT - 1])
                         return Opening(start, end, "")
                     return Opening(start, end, "skip_date" if skipped else "window")
         return None

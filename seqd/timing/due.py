@@ -80,7 +80,12 @@ def _first_open(
     """The first moment at or after `at` open under every check, the end of the interval
     open then, and the reasons it moved; None when there is none within `horizon` days."""
     moved: list[str] = []
+    # Rules that never agree (a window wholly inside quiet hours) would move `at` from one
+    # to the other for ever: give up past the horizon.
+    limit = at + horizon * DAY_MINUTES * 60_000
     for _ in range(_MAX_ROUNDS):
+        if at > limit:
+            return None
         end = _FOREVER
         for calendar, tz, label in checks:
             opening = calendar.next_opening(tz, at, horizon)
