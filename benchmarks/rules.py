@@ -33,14 +33,14 @@ from benchmarks.dispatch import (
     NoopSender,
     One,
     enroll_direct,
+    make_contacts,
     start_valkey,
 )
 from benchmarks.results import median, record
-from seqd import ids, models
+from seqd import models
 from seqd.config import ComplianceConfig, Config, DispatchConfig, SmsQuietHours
 from seqd.engine.dispatcher import Dispatcher
 from seqd.schedules import ScheduleCreate
-from seqd.store import calls
 from seqd.store.db import Store, connect
 from seqd.timing.policy import Policy
 
@@ -56,20 +56,7 @@ def midday_zone() -> str:
 
 
 async def contacts(store: Store, n: int, zone: str) -> list[str]:
-    out: list[str] = []
-    now = int(time.time() * 1000)
-    for start in range(0, n, 1000):
-        trip = []
-        for i in range(start, min(n, start + 1000)):
-            cid = ids.new(ids.CONTACT)
-            shard = ids.shard_of(cid, store.shards)
-            fields = ["first_name", f"c{i}", "phone", f"+1415{i:07d}", "timezone", zone]
-            trip.append(calls.put_contact(store.keys, shard, now, TENANT, cid, "create", fields))
-            out.append(cid)
-        for result in await store.runner.call_many(trip):
-            if isinstance(result, Exception):
-                raise result
-    return out
+    return await make_contacts(store, n, ("timezone", zone))
 
 
 async def sequence(store: Store, name: str, windows: dict[str, list[list[str]]] | None) -> str:
