@@ -17,7 +17,7 @@ from seqd.channels import registry as channel_registry
 from seqd.config import Config, ConfigError
 from seqd.embedded import EmbeddedError
 from seqd.lifecycle import ingest_cli
-from seqd.service import open_store, serve
+from seqd.service import ListenError, open_store, serve
 from seqd.store.tenants import valid_tenant
 
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             if warning:
                 print(f"seqd: warning: {warning}", file=sys.stderr)
             return 0
-    except EmbeddedError as exc:
+    except (EmbeddedError, ListenError) as exc:
         print(f"seqd: {exc}", file=sys.stderr)
         return 1
     return 2

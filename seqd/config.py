@@ -40,6 +40,9 @@ class RedisConfig(Section, kw_only=True):
     # How long one Redis command may take before the caller sees an error.
     socket_timeout: PositiveFloat = 5.0
     max_connections: Positive = 64
+    # /healthz answers 503 once the store has not answered for this long, so a supervisor
+    # (systemd, docker, kubernetes) restarts seqd; /readyz fails at once. 0: never.
+    unhealthy_after_seconds: Annotated[float, Meta(ge=0)] = 60.0
 
 
 class EmbeddedConfig(Section, kw_only=True):
@@ -187,8 +190,17 @@ class DispatchConfig(Section, kw_only=True):
     # Enrollments claimed per shard per script call: bounds how long one script holds Redis
     # (200: about 3 ms for an advance; 500 held it 7-9 ms, for the same steps/s).
     batch_size: Annotated[int, Meta(ge=1, le=5000)] = 200
-    # A claimed step not advanced within the lease is claimable again (crashed worker).
+    # A leased step not advanced within the lease is taken back (a send that hangs past
+    # every timeout); must exceed the longest a send may take (checked at load). A process
+    # that dies has its leases taken back sooner, when its heartbeat stops.
     lease_seconds: PositiveFloat = 60.0
+    # This process's id among those sharing the store (its leases are recorded under it);
+    # "" = "<hostname>:<http.port>". A process restarted with the same id takes its previous
+    # leases back at once.
+    worker_id: Annotated[str, Meta(pattern=r"^[^\s]{0,200}$")] = ""
+    # Each process records a heartbeat this often; one not heard from for 3 heartbeats is
+    # gone, and its leases are taken back (by any process) within about one more.
+    heartbeat_seconds: Annotated[float, Meta(gt=0, le=60)] = 1.0
     # Upper bound of the sleep between polls when nothing is due soon: a step enrolled due
     # at once waits up to this (an idle poll is one pipeline of 2 commands per shard).
     idle_poll_ms: Positive = 50
@@ -240,17 +252,27 @@ class HttpSmsConfig(Section, kw_only=True):
     timeout_seconds: PositiveFloat = 10.0
 
 
-class SmtpConfig(Section, kw_only=True):
+class SmtpServer(Section, kw_only=True):
+    """An SMTP server and its login: [channels.smtp] and each of its named profiles."""
+
     host: str = "localhost"
     port: Port = 587
     username: str | None = None
     password: str | None = None
     tls: Literal["starttls", "implicit", "none"] = "starttls"
-    from_address: str = "seqd@localhost"
-    from_name: str | None = None
     pool_size: Positive = 4
     timeout_seconds: PositiveFloat = 30.0
     validate_certs: bool = True
+
+
+class SmtpConfig(SmtpServer, kw_only=True):
+    from_address: str = "seqd@localhost"
+    from_name: str | None = None
+    # [channels.smtp.profiles.<name>]: other servers an email sender (POST /v1/senders,
+    # `smtp_profile`) sends through, its address as the From; the default is this one.
+    profiles: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], SmtpServer] = (
+        msgspec.field(default_factory=dict)
+    )
 
 
 class ChannelsConfig(Section, kw_only=True):
@@ -321,6 +343,30 @@ class TenantRateLimit(Section, kw_only=True):
     period_seconds: Annotated[int, Meta(ge=1, le=86_400)] | None = None
 
 
+class FrequencyCap(Section, kw_only=True):
+    """At most `limit` messages of one channel to one contact in any `window_hours`; a
+    limit of 0 is no cap."""
+
+    limit: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    # At least 36 s (0.01 h), at most a year.
+    window_hours: Annotated[float, Meta(ge=0.01, le=8760)] = 24.0
+
+
+class FrequencyCapsConfig(Section, kw_only=True):
+    """Messages per channel to one contact across every sequence of a tenant (none: no cap).
+    A step over its channel's cap is deferred until the window allows it, or skipped, as
+    `action` says; transactional steps are exempt."""
+
+    sms: FrequencyCap = msgspec.field(default_factory=FrequencyCap)
+    email: FrequencyCap = msgspec.field(default_factory=FrequencyCap)
+    action: Literal["defer", "skip"] = "defer"
+
+    def of(self, kind: str) -> FrequencyCap | None:
+        """The cap of `kind`'s steps; None when it has none."""
+        cap: FrequencyCap | None = getattr(self, kind, None)
+        return cap if cap is not None and cap.limit > 0 else None
+
+
 class TenantConfig(Section, kw_only=True):
     """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
 
@@ -336,6 +382,10 @@ class TenantConfig(Section, kw_only=True):
     def __post_init__(self) -> None:
         if self.default_timezone is not None:
             _check_zone(self.default_timezone)
+
+    # [tenants.<name>.frequency_caps]: replaces the top-level [frequency_caps] whole; a cap
+    # set through PATCH /v1/tenant/settings replaces both.
+    frequency_caps: FrequencyCapsConfig | None = None
 
 
 class IntakeConfig(Section, kw_only=True):
@@ -404,6 +454,15 @@ class WebhooksConfig(Section, kw_only=True):
             raise ValueError("lease_seconds must exceed timeout_seconds")
 
 
+class SendersConfig(Section, kw_only=True):
+    """A tenant's numbers and mailboxes with limits (POST /v1/senders, seqd/senders/)."""
+
+    max_per_tenant: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    # How long the dispatcher uses a tenant's sender settings (limits, paused) before it
+    # reads them again; changes made through the same process apply at once.
+    refresh_ms: Positive = 1000
+
+
 class Config(Section, kw_only=True):
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
@@ -418,9 +477,28 @@ class Config(Section, kw_only=True):
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
+    senders: SendersConfig = msgspec.field(default_factory=SendersConfig)
+    frequency_caps: FrequencyCapsConfig = msgspec.field(default_factory=FrequencyCapsConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
+
+    def frequency_caps_for(self, tenant: str) -> FrequencyCapsConfig:
+        """The configured frequency caps of `tenant` (the API's settings go over them)."""
+        own = self.tenants.get(tenant)
+        if own is not None and own.frequency_caps is not None:
+            return own.frequency_caps
+        return self.frequency_caps
+
+    def __post_init__(self) -> None:
+        longest, setting = longest_send(self)
+        if self.dispatch.lease_seconds < longest + LEASE_MARGIN_SECONDS:
+            raise ValueError(
+                f"dispatch.lease_seconds ({self.dispatch.lease_seconds:g}) must be at least the"
+                f" longest a send may take ({setting} = {longest:g}) plus"
+                f" {LEASE_MARGIN_SECONDS:g} s to record it: a lease that ends during a send"
+                " has the step sent again"
+            )
 
     def channels_for(self, tenant: str) -> ChannelsConfig:
         """The channel settings that apply to `tenant`."""
@@ -438,6 +516,34 @@ class Config(Section, kw_only=True):
         if own is not None and own.default_timezone is not None:
             return own.default_timezone
         return self.contacts.default_timezone
+
+
+# Time a send that took its provider's whole timeout still needs before its outcome is
+# recorded (the round's advance, or the next round's for a send that outlived the round).
+LEASE_MARGIN_SECONDS = 5.0
+
+
+def longest_send(config: Config) -> tuple[float, str]:
+    """The longest a send may take in this config, and the setting that says so: the
+    timeout of each provider a channel uses (top level and per tenant); the log channel's
+    sends take no time."""
+    longest, setting = 0.0, "no provider with a timeout"
+    sections = [("channels", config.channels)]
+    sections += [(f"tenants.{name}.channels", t.channels) for name, t in config.tenants.items()]
+    for where, channels in sections:
+        timeouts = []
+        if channels.sms == "twilio":
+            timeouts.append(("twilio", channels.twilio.timeout_seconds))
+        elif channels.sms == "http":
+            timeouts.append(("http", channels.http.timeout_seconds))
+        if channels.email == "smtp":
+            timeouts.append(("smtp", channels.smtp.timeout_seconds))
+            for name, profile in channels.smtp.profiles.items():
+                timeouts.append((f"smtp.profiles.{name}", profile.timeout_seconds))
+        for provider, seconds in timeouts:
+            if seconds > longest:
+                longest, setting = seconds, f"{where}.{provider}.timeout_seconds"
+    return longest, setting
 
 
 class ConfigError(Exception):

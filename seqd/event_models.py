@@ -9,11 +9,26 @@ from msgspec import UNSET, Meta, UnsetType
 
 from seqd.models import Input, Output, Page, Timestamp
 
-Url = Annotated[str, Meta(min_length=1, max_length=2000, description="http(s) URL")]
+Url = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL of a public host (unless webhooks.allow_private_targets)",
+    ),
+]
 EventType = Annotated[str, Meta(min_length=1, max_length=100)]
+# The known types live with the store (`store/event_types.py`); the document's builder
+# (`api/openapi.py`) states them where this marker is.
+SUBSCRIPTION_MARK = "x-seqd-subscription"
 Subscription = Annotated[
     list[EventType],
-    Meta(min_length=1, max_length=50, description='event types, or ["*"] for every type'),
+    Meta(
+        min_length=1,
+        max_length=50,
+        description='event types, or ["*"] for every type',
+        extra_json_schema={SUBSCRIPTION_MARK: True},
+    ),
 ]
 Description = Annotated[str, Meta(max_length=500)]
 

@@ -1,4 +1,5 @@
-"""Readiness: the store answers, the scripts are loaded, every running loop is alive.
+"""Readiness: the store answers, the scripts are loaded, every running loop is alive; and
+how long the store has been unreachable, which /healthz reports past a configured limit.
 
 Background loops (dispatcher, webhook deliverer, intake consumer) call
 `liveness.beat(name, deadline)` on every turn, with the longest time a healthy turn can
@@ -55,6 +56,30 @@ class Liveness:
 
     def running(self) -> list[str]:
         return sorted(self._beats)
+
+
+class StoreWatch:
+    """When the store last answered a ping (`probe`, every PROBE_SECONDS): /healthz turns
+    unhealthy once that is longer ago than redis.unhealthy_after_seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.answered_at = clock()
+
+    def unreachable_for(self) -> float:
+        return self.clock() - self.answered_at
+
+    async def probe(self, store: Store) -> None:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                await store.client.ping()
+        except (RedisError, OSError, TimeoutError):
+            return
+        self.answered_at = self.clock()
+
+
+# How often the store is pinged for /healthz: its unreachable time is known to this much.
+PROBE_SECONDS = 0.5
 
 
 class Readiness(msgspec.Struct, kw_only=True):

@@ -31,6 +31,7 @@ API_KEY = "key"
 DELIVERY = "dlv"
 EVENT = "evt"
 SCHEDULE = "sch"
+SENDER = "snd"
 
 
 def _encode(value: int, width: int) -> str:

@@ -46,6 +46,9 @@ class KindSpec:
     # The enrollment field `advance` sets once a step of this kind was sent (replies on the
     # channel count it as sent); None when the provider ids alone tell.
     sent_field: str | None = None
+    # The enrollment field holding the sender (POST /v1/senders) a sticky rotation pinned
+    # the contact to on this kind's steps; None when no sender pool can send the kind.
+    sender_field: str | None = None
     # The step has a subject, which is then required.
     subject: bool = False
     # A step threads under the sequence's first step of its kind ("Re: " + that step's
@@ -64,6 +67,7 @@ SPECS: dict[Kind, KindSpec] = {
         cancel_reason="opted_out",
         provider="sms",
         sent_field="sm",
+        sender_field="ys",
         segments=True,
     ),
     "email": KindSpec(
@@ -75,17 +79,14 @@ SPECS: dict[Kind, KindSpec] = {
         provider="email",
         subject=True,
         threads=True,
+        sender_field="ye",
     ),
 }
 
 KINDS: tuple[Kind, ...] = get_args(Kind)
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
 # The contact field each suppression list is keyed by.
-CHANNEL_ADDRESS: dict[Channel, str] = {
-    kind: spec.address
-    for kind, spec in SPECS.items()
-    if spec.suppression and spec.address is not None
-}
+CHANNEL_ADDRESS: dict[Channel, str] = {ch: SPECS[ch].address or "" for ch in CHANNELS}
 # Kinds sent to a contact field, and that field.
 ADDRESS_FIELD: dict[Kind, str] = {
     kind: spec.address for kind, spec in SPECS.items() if spec.address is not None
@@ -105,7 +106,7 @@ def _check() -> None:
         # (one plain letter each: the scripts match them in Lua patterns)
         raise ValueError("kinds: each kind needs its own lowercase lifecycle letter")
     listed = tuple(k for k, s in SPECS.items() if s.suppression)
-    if listed != CHANNELS or len(CHANNEL_ADDRESS) != len(CHANNELS):
+    if listed != CHANNELS or not all(CHANNEL_ADDRESS.values()):
         raise ValueError("kinds.Channel must name each kind with a list, each with an address")
     if any(s.suppression and s.cancel_reason is None for s in SPECS.values()):
         raise ValueError("kinds: a kind with a suppression list needs a cancel reason")
@@ -122,4 +123,8 @@ def lua_constants() -> str:
     """The kinds' facts the scripts read, as Lua locals for the script prelude."""
     letter = {k: s.letter for k, s in SPECS.items()}
     sent = {k: s.sent_field for k, s in SPECS.items() if s.sent_field is not None}
-    return f"local KIND_LETTER = {_lua_map(letter)}\nlocal KIND_SENT_FIELD = {_lua_map(sent)}\n"
+    pins = ", ".join(repr(s.sender_field) for s in SPECS.values() if s.sender_field)
+    return (
+        f"local KIND_LETTER = {_lua_map(letter)}\nlocal KIND_SENT_FIELD = {_lua_map(sent)}\n"
+        f"local KIND_SENDER_FIELDS = {{{pins}}}\n"
+    )

@@ -10,7 +10,7 @@ import re
 import zoneinfo
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import email_validator
 import msgspec
@@ -34,17 +34,35 @@ class Output(msgspec.Struct, kw_only=True):
 
 # -- constraints ---------------------------------------------------------------------
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-ShortText = Annotated[str, Meta(max_length=200)]
+# Every character str.splitlines() breaks on (email folds headers by it), and NUL: none may
+# be in a contact's text fields (`_one_line`), since templates put them into headers.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00"
+# A lookahead, not `^[^...]*$`: Python's `$` also matches before a final newline.
+ONE_LINE = {"pattern": "^(?![\\s\\S]*[" + "".join(f"\\u{ord(c):04x}" for c in LINE_BREAKS) + "])"}
+ShortText = Annotated[str, Meta(max_length=200, extra_json_schema=ONE_LINE)]
 LongText = Annotated[str, Meta(max_length=2000)]
 Body = Annotated[str, Meta(min_length=1, max_length=10_000)]
 Subject = Annotated[str, Meta(min_length=1, max_length=500)]
 WaitMinutes = Annotated[int, Meta(ge=0, le=5_256_000, description="minutes; at most 10 years")]
 AttrKey = Annotated[str, Meta(min_length=1, max_length=100)]
-AttrValue = Annotated[str, Meta(max_length=2000)] | int | float | bool
+AttrValue = Annotated[str, Meta(max_length=2000, extra_json_schema=ONE_LINE)] | int | float | bool
 Attributes = Annotated[dict[AttrKey, AttrValue], Meta(max_length=100)]
 Metadata = Annotated[dict[str, Any], Meta(max_length=100)]
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with milliseconds")]
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
+# Checked beyond their shape when a contact is written (`normalize_contact_fields`).
+Phone = Annotated[
+    str,
+    Meta(
+        max_length=64,
+        description="E.164, or national with contacts.default_region; "
+        "a number possible in its country's numbering plan",
+    ),
+]
+TimeZone = Annotated[str, Meta(max_length=64, description="an IANA time zone (Europe/Paris)")]
+Email = Annotated[
+    str, Meta(max_length=320, description="an email address", extra_json_schema={"format": "email"})
+]
 
 METADATA_MAX_BYTES = 16 * 1024
 
@@ -86,11 +104,19 @@ class CancelReason(StrEnum):
 
 # -- contacts --------------------------------------------------------------------------
 class ContactCreate(Input, kw_only=True):
+    # OpenAPI: the rule between fields that `new_contact_fields` enforces.
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"required": [name], "properties": {name: {"type": "string"}}}
+            for name in ("phone", "email")
+        ]
+    }
+
     first_name: ShortText | None = None
     last_name: ShortText | None = None
-    phone: Annotated[str, Meta(max_length=64)] | None = None
-    email: Annotated[str, Meta(max_length=320)] | None = None
-    timezone: Annotated[str, Meta(max_length=64)] | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    timezone: TimeZone | None = None
     external_id: ShortText | None = None
     attributes: Attributes = msgspec.field(default_factory=dict)
 
@@ -100,9 +126,9 @@ class ContactPatch(Input, kw_only=True):
 
     first_name: ShortText | UnsetType | None = UNSET
     last_name: ShortText | UnsetType | None = UNSET
-    phone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
-    email: Annotated[str, Meta(max_length=320)] | UnsetType | None = UNSET
-    timezone: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
+    phone: Phone | UnsetType | None = UNSET
+    email: Email | UnsetType | None = UNSET
+    timezone: TimeZone | UnsetType | None = UNSET
     external_id: ShortText | UnsetType | None = UNSET
     attributes: Attributes | UnsetType = UNSET
 
@@ -126,8 +152,7 @@ class ContactEnvelope(Output, kw_only=True):
 
 # What a phone may hold besides digits: spaces, + . - / ( ).
 _PHONE_JUNK = re.compile(r"[^\d\s+.\-/()]")
-# Every character str.splitlines() breaks on (email folds headers by it), and NUL.
-_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
+_LINE_BREAK = re.compile(f"[{LINE_BREAKS}]")
 
 
 def normalize_phone(value: str, region: str | None) -> str:
@@ -223,6 +248,18 @@ def new_contact_fields(body: ContactCreate, region: str | None, root: str = "") 
 
 
 # -- sequences -------------------------------------------------------------------------
+def _subject_rule() -> list[dict[str, Any]]:
+    takes = sorted(k for k, spec in SPECS.items() if spec.subject)
+    never = sorted(k for k, spec in SPECS.items() if not spec.subject)
+    branches: list[dict[str, Any]] = []
+    if takes:
+        kind: dict[str, Any] = {"kind": {"enum": takes}, "subject": {"type": "string"}}
+        branches.append({"properties": kind, "required": ["subject"]})
+    if never:
+        branches.append({"properties": {"kind": {"enum": never}, "subject": {"type": "null"}}})
+    return branches
+
+
 WaitDays = Annotated[
     int, Meta(ge=0, le=3650, description="whole days; open days of the schedule if it has one")
 ]
@@ -230,6 +267,9 @@ SendAt = Annotated[str, Meta(max_length=5, description="local time of day, HH:MM
 
 
 class StepIn(Input, kw_only=True):
+    # OpenAPI: the kinds that take a subject need one, the others take none (`build_steps`).
+    json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": _subject_rule()}
+
     kind: Kind
     wait_minutes: WaitMinutes = 0
     wait_days: WaitDays = 0
@@ -257,6 +297,21 @@ class Step(Output, kw_only=True):
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
+SenderIds = Annotated[list[Id], Meta(max_length=100, description="sender ids (POST /senders)")]
+# sticky: a contact keeps the sender it first got; round_robin: each step takes the next
+# sender of the pool with budget.
+Rotation = Literal["sticky", "round_robin"]
+
+
+class SenderPools(Input, kw_only=True):
+    """The senders a sequence sends each channel's steps from; an empty pool sends from the
+    tenant's configured number or address."""
+
+    sms: SenderIds = msgspec.field(default_factory=list)
+    email: SenderIds = msgspec.field(default_factory=list)
+
+    def of(self, kind: str) -> list[str]:
+        return self.sms if kind == "sms" else self.email
 
 
 class SequenceCreate(Input, kw_only=True):
@@ -267,6 +322,8 @@ class SequenceCreate(Input, kw_only=True):
     on_reply: Literal["pause", "complete"] = "pause"
     # The send windows its steps wait for (GET /schedules); none: any time.
     schedule_id: Id | None = None
+    senders: SenderPools = msgspec.field(default_factory=SenderPools)
+    rotation: Rotation = "sticky"
 
 
 class SequencePatch(Input, kw_only=True):
@@ -276,6 +333,8 @@ class SequencePatch(Input, kw_only=True):
     status: Literal["draft", "active"] | UnsetType = UNSET
     on_reply: Literal["pause", "complete"] | UnsetType = UNSET
     schedule_id: Id | UnsetType | None = UNSET
+    senders: SenderPools | UnsetType = UNSET
+    rotation: Rotation | UnsetType = UNSET
 
 
 class SequenceStats(Output, kw_only=True):
@@ -293,6 +352,8 @@ class Sequence(Output, kw_only=True):
     steps: list[Step]
     on_reply: Literal["pause", "complete"] = "pause"
     schedule_id: str | None = None
+    senders: SenderPools = msgspec.field(default_factory=SenderPools)
+    rotation: Rotation = "sticky"
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
@@ -317,6 +378,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
         if not spec.subject and step.subject is not None:
             errors.append(FieldError(f"steps[{i}].subject", _SUBJECT_ONLY))
+        if step.subject is not None and _LINE_BREAK.search(step.subject):
+            errors.append(FieldError(f"steps[{i}].subject", "a Subject is one line of text"))
         for field in ("body", "subject"):
             text = getattr(step, field)
             if text is None:
@@ -355,6 +418,20 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
 class EnrollmentCreate(Input, kw_only=True):
     """Exactly one of `contact_id` (an existing contact) or `contact` (upserted: matched by
     external_id, then phone, then email; created when none matches)."""
+
+    # OpenAPI: exactly one of the two (`enrollment_contact`).
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "required": [name],
+                "properties": {name: {"type": kind}, other: {"type": "null"}},
+            }
+            for name, kind, other in (
+                ("contact_id", "string", "contact"),
+                ("contact", "object", "contact_id"),
+            )
+        ]
+    }
 
     contact_id: Id | None = None
     contact: ContactCreate | None = None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -51,6 +53,10 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         socket_timeout=config.redis.socket_timeout,
         max_connections=config.redis.max_connections,
     )
+    # The owner restarts the embedded server if it dies, until the store is closed.
+    supervisor = None
+    if embedded is not None and embedded.owner:
+        supervisor = asyncio.create_task(embedded.supervise())
     try:
         store = await Store.open(client, config.redis.prefix, config.redis.shards)
         try:
@@ -58,6 +64,10 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         finally:
             await store.close()
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         if embedded is not None:
             await embedded.stop()
 
@@ -73,7 +83,8 @@ def build_app(config: Config, store: Store) -> web.Application:
 def _banner(secret: str, config: Config, out: TextIO) -> None:
     base = f"http://{config.http.host}:{config.http.port}{config.http.base_path}"
     out.write(
-        "\nseqd: created tenant 'default' with this API key (shown once, stored only as a hash):\n"
+        "\nseqd: tenant 'default' has this API key (shown by the first start that completes, "
+        "stored only as a hash):\n"
         f"\n    {secret}\n\n"
         f"    curl -H 'Authorization: Bearer {secret}' {base}/sequences\n\n"
     )
@@ -88,6 +99,45 @@ def warn_quiet_hours_off(config: Config) -> list[str]:
     for tenant in off:
         log.warning("compliance.sms_quiet_hours_off", tenant=tenant or None)
     return off
+
+
+class ListenError(RuntimeError):
+    """The HTTP listener could not be bound; the message is the one line to show."""
+
+
+def bind(config: Config) -> list[socket.socket]:
+    """The listening sockets of http.host:http.port (each address the host resolves to).
+
+    Bound before the store is opened and before any background part or key is made, so a
+    port in use stops the start with nothing done."""
+    host, port = config.http.host, config.http.port
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {where}: {exc.strerror} (http.host)") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the address is in use (another seqd or another program); set http.port"
+        else:
+            reason = f"{exc.strerror or exc} (http.host, http.port)"
+        raise ListenError(f"cannot listen on {where}: {reason}") from None
+    return sockets
 
 
 async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | None = None) -> int:
@@ -105,6 +155,7 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
         log.info("service.stopping")
         stop.set()
 
+    sockets = bind(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, logs.reload, config_path)
@@ -114,15 +165,18 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
         log.warning("config.public_url_port", detail=warning)
     try:
         async with open_store(config, own=True) as store:
-            secret = await store.tenants.bootstrap()
-            if secret:
-                _banner(secret, config, out)
             app = build_app(config, store)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            site = web.TCPSite(runner, config.http.host, config.http.port)
             try:
-                await site.start()
+                await runner.setup()
+                # Once the port is ours and everything else started: a start that fails
+                # before this makes no key; the key is shown before the API answers.
+                secret = await store.tenants.bootstrap()
+                if secret:
+                    _banner(secret, config, out)
+                    await store.tenants.bootstrap_shown()
+                for sock in sockets:
+                    await web.SockSite(runner, sock).start()
                 log.info(
                     "service.listening",
                     host=config.http.host,
@@ -141,6 +195,8 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
                 notifier.stopping()
                 await runner.cleanup()
     finally:
+        for sock in sockets:
+            sock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         notifier.close()

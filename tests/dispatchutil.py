@@ -7,16 +7,23 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from seqd import ids, models
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import DispatchConfig
 from seqd.engine.dispatcher import Dispatcher
+from seqd.store.claims import ClaimBatch, Leased
 from seqd.store.db import Store
+from seqd.store.dispatch import Dispatch
 from seqd.store.enrollments import EnrollItem
 from seqd.store.outbox import Entry
+from seqd.store.settles import Settled
 from seqd.times import now_ms
 
 TENANT = "acme"
+# The worker id the tests' leases are recorded under (keys.workers).
+WORKER = "test-worker"
 
 
 def sms(body: str = "Hi {{first_name|there}}", wait: int = 0) -> models.StepIn:
@@ -176,7 +183,7 @@ async def queued(store: Store) -> int:
 
 async def unsettled(store: Store, eid: str) -> bool:
     """Whether the enrollment's due member is a claim not settled yet (a lease score)."""
-    from seqd.store.dispatch import is_unsettled
+    from seqd.store.claims import is_unsettled
 
     return is_unsettled(await due_score(store, eid))
 
@@ -186,3 +193,76 @@ async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 - polling a plain condition
             await asyncio.sleep(0.001)
+
+
+async def peek(
+    store: Store, shard: int, now: int, *, limit: int = 100, on_unknown: str = "resend"
+) -> ClaimBatch:
+    """claimDue (it only reads) of one shard, as the dispatcher calls it."""
+    trip = Dispatch(store).trip(now=now, max_attempts=3)
+    handle = trip.peek([shard], now=now, limit=limit, on_unknown=on_unknown)
+    await trip.run()
+    return handle.claims[shard]
+
+
+async def lease(
+    store: Store,
+    shard: int,
+    now: int,
+    batch: ClaimBatch,
+    *,
+    lease_ms: int,
+    max_attempts: int = 3,
+    worker: str = WORKER,
+) -> Leased:
+    """leasePeeked of every item of `batch` (of `shard`), as the dispatcher leases a peek."""
+    request: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for item in batch.items:
+        seq = item.enrollment.sequence
+        request.setdefault(seq, (batch.m[seq], []))[1].append((item.id, item.enrollment.token))
+    trip = Dispatch(store).trip(now=now, max_attempts=max_attempts)
+    handle = trip.lease({shard: request}, lease_ms=lease_ms, worker=worker)
+    await trip.run()
+    return handle.leased[shard]
+
+
+async def claim(
+    store: Store,
+    shard: int,
+    now: int,
+    *,
+    limit: int = 100,
+    lease_ms: int = 60_000,
+    on_unknown: str = "resend",
+    max_attempts: int = 3,
+    worker: str = WORKER,
+    started: bool = True,
+) -> ClaimBatch:
+    """The dispatcher's claim of a shard's due steps: the leases past their end taken back
+    (as every process's recovery loop does), a peek, then the lease of what it found (in
+    one go here), and, when `started`, the mark that their sends start. The items leased,
+    with their tokens (and attempts counted)."""
+    await Dispatch(store).reclaim(now)
+    batch = await peek(store, shard, now, limit=limit, on_unknown=on_unknown)
+    if not batch.items:
+        return batch
+    got = await lease(
+        store, shard, now, batch, lease_ms=lease_ms, max_attempts=max_attempts, worker=worker
+    )
+    lost = set(got.lost)
+    items = []
+    for item in batch.items:
+        if item.id in lost:
+            continue
+        item.enrollment.token = got.token
+        if item.id in got.attempts:
+            item.enrollment.attempts = got.attempts[item.id]
+        items.append(item)
+    if started and items:
+        await Dispatch(store).started({shard: [got.token]})
+    return ClaimBatch(batch.seen, batch.m, items)
+
+
+def settled(**fields: Any) -> Settled:
+    """An outcome from its fields, `outcome` naming its kind (store/settles.py)."""
+    return msgspec.convert(fields, Settled)  # type: ignore[return-value]

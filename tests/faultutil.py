@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -11,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from seqd import ids, models
+from seqd.store.claims import is_unsettled
 from seqd.store.db import Store
-from seqd.store.dispatch import is_unsettled
 from tests.dispatchutil import TENANT, enroll, sequence
 
 
@@ -88,9 +89,13 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], seconds: float, wha
         await asyncio.sleep(0.01)
 
 
-async def unsettled(store: Store, eids: list[str]) -> set[tuple[str, int]]:
+async def unsettled(
+    store: Store, eids: list[str], *, started_only: bool = False
+) -> set[tuple[str, int]]:
     """(enrollment, step) of every claim left unsettled (a lease score in its queue):
-    the steps a crash may have sent without recording it."""
+    the steps a crash may have sent without recording it. `started_only`: only those
+    whose sends had started (a lease whose token is in `lease_starts`, or a lease score
+    with no lease record: a send released or taken back after it started)."""
     pipe = store.client.pipeline(transaction=False)
     for eid in eids:
         pipe.hget(store.keys.enrollment(ids.shard_of(eid, store.shards), eid), "s")
@@ -101,11 +106,24 @@ async def unsettled(store: Store, eids: list[str]) -> set[tuple[str, int]]:
         pipe.zscore(store.keys.queue(shard, seq or ""), eid)
         pipe.hget(store.keys.enrollment(shard, eid), "i")
     rows = await pipe.execute()
-    return {
-        (eid, int(step))
-        for eid, score, step in zip(eids, rows[::2], rows[1::2], strict=True)
-        if is_unsettled(score)
-    }
+    pipe = store.client.pipeline(transaction=False)
+    for shard in range(store.shards):
+        pipe.smembers(store.keys.lease_starts(shard))
+        pipe.zrange(store.keys.leases(shard), 0, -1)
+    marks = await pipe.execute()
+    starts = [set(m) for m in marks[::2]]
+    records = [set(m) for m in marks[1::2]]
+    out = set()
+    for eid, score, step in zip(eids, rows[::2], rows[1::2], strict=True):
+        if not is_unsettled(score):
+            continue
+        if started_only:
+            shard = ids.shard_of(eid, store.shards)
+            token = f"{math.floor(score)}.5"
+            if token in records[shard] and token not in starts[shard]:
+                continue
+        out.add((eid, int(step)))
+    return out
 
 
 async def counter_mismatches(store: Store, sid: str) -> list[str]:

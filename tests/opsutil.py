@@ -40,6 +40,7 @@ class Daemon:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.stderr_path = workdir / "stderr.log"
+        self.stdout_path = workdir / "stdout.log"
 
     @property
     def url(self) -> str:
@@ -47,12 +48,12 @@ class Daemon:
 
     def start(self, *args: str) -> Daemon:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.stderr_path, "wb") as err:
+        with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "seqd", *args, "serve"],
                 env=self.env,
                 cwd=self.workdir,
-                stdout=subprocess.DEVNULL,
+                stdout=out,
                 stderr=err,
             )
         return self
@@ -71,6 +72,17 @@ class Daemon:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"seqd did not answer in time: {self.stderr()}")
+
+    def wait_output(self, text: str) -> str:
+        """Standard output once it contains `text` (the banner is written after /healthz
+        first answers)."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while text not in self.stdout():
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the output: {self.stderr()}")
+            time.sleep(0.05)
+        return self.stdout()
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         request = urllib.request.Request(self.url + path, headers=headers or {})
@@ -97,6 +109,9 @@ class Daemon:
             tail = "\n".join(self.stderr().splitlines()[-40:])
             message = f"seqd still running {timeout} s later; its log ends:\n{tail}"
             raise AssertionError(message) from None
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

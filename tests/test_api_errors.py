@@ -179,6 +179,7 @@ _KIND_BY_PREFIX = {
     "/events/": "event",
     "/webhook-endpoints/": "webhook_endpoint",
     "/schedules/": "schedule",
+    "/senders/": "sender",
 }
 _MISSING = {
     "contact": ids.new(ids.CONTACT),
@@ -187,6 +188,7 @@ _MISSING = {
     "event": ids.new(ids.EVENT),
     "webhook_endpoint": ids.new(ids.WEBHOOK),
     "schedule": ids.new(ids.SCHEDULE),
+    "sender": ids.new(ids.SENDER),
 }
 
 
@@ -220,6 +222,8 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         "POST", "/schedules", {"name": "x", "windows": {"mon": [["09:00", "17:00"]]}}
     )
     owned["schedule"] = sch["schedule"]["id"]  # type: ignore[index]
+    _, snd = await api.call("POST", "/senders", {"channel": "sms", "address": "+14155550199"})
+    owned["sender"] = snd["sender"]["id"]  # type: ignore[index]
     _, other = await api.store.tenants.create_key("bravo")
 
     routes = [r for r in ROUTES if "{id}" in r.path and r.auth]
@@ -231,7 +235,7 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         theirs = await api.call(r.method, r.path.replace("{id}", owned[kind]), body, key=other)
         missing = await api.call(r.method, r.path.replace("{id}", _MISSING[kind]), body, key=other)
         assert theirs[0] == 404, (r.method, r.path, theirs)
-        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe|sch)_\w+", "<id>", str(b))  # noqa: E731
+        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe|snd|sch)_\w+", "<id>", str(b))  # noqa: E731
         assert scrub(theirs[1]) == scrub(missing[1]), (r.method, r.path)
 
     # Lists of the other tenant show nothing of the first.
@@ -242,6 +246,7 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         "/events",
         "/webhook-endpoints",
         "/schedules",
+        "/senders",
     ):
         status, listing = await api.call("GET", path, key=other)
         assert status == 200 and listing["total"] == 0, path  # type: ignore[index]

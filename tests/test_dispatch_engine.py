@@ -14,6 +14,7 @@ from seqd.config import DispatchConfig
 from seqd.engine.dispatcher import Dispatcher
 from seqd.models import SequenceStatus
 from seqd.store.db import Store, connect
+from seqd.store.dispatch import Dispatch
 from seqd.times import now_ms
 from tests.conftest import ValkeyProcess
 from tests.dispatchutil import (
@@ -134,8 +135,9 @@ async def test_a_round_goes_on_past_a_full_batch_with_nothing_to_send(one_shard:
 
 async def test_a_lane_waits_on_redis_once_per_batch(one_shard: Store) -> None:
     # 23 steps due in batches of 5, one lane: each wait settles the batch sent, leases and
-    # screens the batch peeked at and peeks at the next (advance, leasePeeked, claimDue in
-    # peek mode and the suppression HMGET in one pipeline), so 5 batches are 7 round
+    # screens the batch peeked at and peeks at the next (advance, leasePeeked, claimDue and
+    # the suppression HMGET in one pipeline), then, right before a batch's sends, one more
+    # marks its lease as started (SADD: engine/recovery.py), so 5 batches are 12 round
     # trips, where claim, screen and advance each waiting on their own took 15. The shard
     # is peeked at again right after its lease, in the same pipeline.
     seq = await sequence(one_shard, sms("hi"), sms("later", wait=60))
@@ -156,11 +158,14 @@ async def test_a_lane_waits_on_redis_once_per_batch(one_shard: Store) -> None:
     done = await d.run_once(clock.at)
     assert (done.claimed, done.settled) == (23, 23)
     assert len(sender.messages) == 23
+    started = ([], ["SADD"])
     assert trips == [
         (["claimDue"], []),
         (["leasePeeked", "claimDue"], ["HMGET"]),
-        *[(["advance", "leasePeeked", "claimDue"], ["HMGET"])] * 3,
+        *[started, (["advance", "leasePeeked", "claimDue"], ["HMGET"])] * 3,
+        started,
         (["advance", "leasePeeked"], ["HMGET"]),
+        started,
         (["advance"], []),
     ]
 
@@ -519,6 +524,8 @@ async def test_a_stale_worker_cannot_advance_twice(store: Store) -> None:
     stuck = asyncio.create_task(first.run_once(clock.at))
     await until(lambda: bool(slow.messages))
     clock.advance(1000)  # the lease passes; another worker claims and sends the step
+    # (Every process's recovery loop takes back leases past their end: engine/recovery.py.)
+    await Dispatch(store).reclaim(clock.at)
     await dispatcher(store, fast, clock, lease_seconds=1).run_once(clock.at)
     gate.set()
     done = await stuck

@@ -9,13 +9,16 @@ import pytest
 
 from seqd import ids, models
 from seqd.store import codec, event_types
+from seqd.store.claims import ClaimBatch, Claimed, Leased
 from seqd.store.db import Store
-from seqd.store.dispatch import ClaimBatch, Dispatch, Leased, Settle
+from seqd.store.dispatch import Dispatch
 from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import ScriptError
+from seqd.store.settles import Sent, Settled, Skipped
 from seqd.times import now_ms, to_rfc3339
 from tests.dispatchutil import (
     TENANT,
+    WORKER,
     contacts,
     contacts_in_shard,
     due_score,
@@ -24,8 +27,11 @@ from tests.dispatchutil import (
     events,
     raw,
     sequence,
+    settled,
     sms,
 )
+from tests.dispatchutil import claim as claim_leased
+from tests.dispatchutil import peek as peek_at
 
 LEASE = 60_000
 
@@ -34,12 +40,14 @@ def shard(store: Store, eid: str) -> int:
     return ids.shard_of(eid, store.shards)
 
 
-async def claim(store: Store, sh: int, now: int, limit: int = 100, **kw: object):  # type: ignore[no-untyped-def]
-    args = {"lease_ms": LEASE, "limit": limit, "on_unknown": "resend", "max_attempts": 3} | kw
-    return await Dispatch(store).claim(sh, now=now, **args)  # type: ignore[arg-type]
+async def claim(
+    store: Store, sh: int, now: int, limit: int = 100, on_unknown: str = "resend"
+) -> ClaimBatch:
+    """A peek and the lease of what it found, as the dispatcher claims a batch."""
+    return await claim_leased(store, sh, now, limit=limit, lease_ms=LEASE, on_unknown=on_unknown)
 
 
-async def advance(store: Store, sh: int, now: int, *items: Settle, claimed=None):  # type: ignore[no-untyped-def]
+async def advance(store: Store, sh: int, now: int, *items: Settled, claimed=None):  # type: ignore[no-untyped-def]
     """`claimed` (id -> fields as claimed): the dispatcher's way, with the step events built
     in Python (`step_event`) and no read of the hash in the script."""
     if claimed is None:
@@ -50,8 +58,8 @@ async def advance(store: Store, sh: int, now: int, *items: Settle, claimed=None)
     return done[sh]
 
 
-def settle(eid: str, token: str, step: int, at: int, outcome: str, **kw: object) -> Settle:
-    return Settle(id=eid, token=token, step=step, kind="sms", at=at, outcome=outcome, **kw)  # type: ignore[arg-type]
+def settle(eid: str, token: str, step: int, at: int, outcome: str, **kw: object) -> Settled:
+    return settled(id=eid, token=token, step=step, kind="sms", at=at, outcome=outcome, **kw)
 
 
 async def one(store: Store, *steps, **contact):  # type: ignore[no-untyped-def]
@@ -74,16 +82,16 @@ async def test_claim_leases_with_a_token_and_returns_what_the_sender_needs(
     assert item.id == e.id
     # The token is the lease: due again half a ms before now + lease (the half marks an
     # unsettled claim); the enrollment hash itself is not written.
-    assert item.e["k"] == f"{due + LEASE - 1}.5" and item.e["i"] == "0"
+    assert item.enrollment.token == f"{due + LEASE - 1}.5" and item.enrollment.index == "0"
     assert await due_score(s, e.id) == due + LEASE - 0.5
     assert await raw(s, e.id) == before
-    assert item.e["md"] == '{"source":"test"}'
-    assert item.c["first_name"] == "n0" and item.c["phone"].startswith("+1415555")
+    assert item.enrollment.metadata == '{"source":"test"}'
+    assert item.contact["first_name"] == "n0" and item.contact["phone"].startswith("+1415555")
     assert batch.m == {seq.id: f"active:1:{len(seq.steps)}"}
     # Leased: not claimable again before the lease passes, claimable after.
     assert (await claim(s, sh, due + LEASE - 1)).items == []
     again = await claim(s, sh, due + LEASE)
-    assert again.items[0].e["k"] == f"{due + 2 * LEASE - 1}.5"
+    assert again.items[0].enrollment.token == f"{due + 2 * LEASE - 1}.5"
 
 
 async def test_heads_report_a_lease_due_from_the_ms_it_can_be_claimed(any_store: Store) -> None:
@@ -130,7 +138,7 @@ async def test_a_claim_larger_than_one_lease_command_leases_every_member(
     now = now_ms() + 1
     batch = await claim(store, 0, now, limit=n)
     assert batch.seen == n and len(batch.items) == n
-    tokens = {item.e["k"] for item in batch.items}
+    tokens = {item.enrollment.token for item in batch.items}
     assert len(tokens) == 1
     scores = await store.client.zrange(store.keys.queue(0, seq.id), 0, -1, withscores=True)
     assert len(scores) == n and {score for _, score in scores} == {float(tokens.pop())}
@@ -208,7 +216,7 @@ async def test_reclaim_after_a_lost_worker_counts_attempts_then_fails(any_store:
     for attempt in (1, 2, 3):
         batch = await claim(s, sh, now)
         # An absent `a` means no attempt yet (enroll does not write it).
-        assert batch.items[0].e.get("a", "0") == str(attempt - 1)
+        assert (batch.items[0].enrollment.attempts or "0") == str(attempt - 1)
         now += LEASE  # the worker died: the lease passes
     # Three attempts lost (max_attempts = 3): the next claim ends it.
     assert (await claim(s, sh, now)).items == []
@@ -238,9 +246,12 @@ async def test_advance_sent_schedules_the_next_step_then_completes(
     item = (await claim(s, sh, due)).items[0]
     at = due + 150
     done = await advance(
-        s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id="SM1", wait=600_000),
-        claimed={e.id: item.e} if built else None,
-    )  # fmt: skip
+        s,
+        sh,
+        at,
+        settle(e.id, item.enrollment.token, 0, at, "sent", provider_id="SM1", wait=600_000),
+        claimed={e.id: item.enrollment} if built else None,
+    )
     assert (done.applied, done.late, done.stale) == (1, 0, [])
     h = await raw(s, e.id)
     assert h["i"] == "1" and h["p0"] == "SM1" and h["sm"] == "1"
@@ -251,7 +262,9 @@ async def test_advance_sent_schedules_the_next_step_then_completes(
     assert sent["step"] == 0 and sent["provider_id"] == "SM1" and sent["sent_at"] == at
     item = (await claim(s, sh, at + 600_000)).items[0]
     end = at + 600_100
-    await advance(s, sh, end, settle(e.id, item.e["k"], 1, end, "sent", provider_id="SM2", wait=-1))
+    await advance(
+        s, sh, end, settle(e.id, item.enrollment.token, 1, end, "sent", provider_id="SM2", wait=-1)
+    )
     h = await raw(s, e.id)
     assert h["st"] == "completed" and h["ca"] == str(end) and h["p1"] == "SM2"
     assert await due_score(s, e.id) is None
@@ -284,7 +297,7 @@ async def test_advance_batches_the_fast_paths_events_one_entry_per_type(
         "skipped": {"reason": "r", "wait": 0},
     }
     items = [
-        settle(c.id, c.e["k"], 0, at, outcome, **extra[outcome])
+        settle(c.id, c.enrollment.token, 0, at, outcome, **extra[outcome])
         for c, outcome in zip(claimed, outcomes, strict=False)
     ]
     done = await advance(s, sh, at, *items)
@@ -298,17 +311,19 @@ async def test_advance_batches_the_fast_paths_events_one_entry_per_type(
     ]
     assert "data" in rows[0][1] and "items" not in rows[0][1]
     sent, skipped = (json.loads(f["items"]) for _, f in rows[2:])
-    assert [d["id"] for d in sent] == [i.id for i in items if i.outcome == "sent"]
-    assert [d["id"] for d in skipped] == [i.id for i in items if i.outcome == "skipped"]
+    assert [d["id"] for d in sent] == [i.id for i in items if isinstance(i, Sent)]
+    assert [d["id"] for d in skipped] == [i.id for i in items if isinstance(i, Skipped)]
     assert {d["step"] for d in sent + skipped} == {0}
 
 
-@pytest.mark.parametrize("built", [False, True], ids=["script-built", "python-built"])
-async def test_step_events_carry_the_enrollment_as_stored(any_store: Store, built: bool) -> None:
+@pytest.mark.parametrize("path", ["script-built", "python-built", "general"])
+async def test_step_events_carry_the_enrollment_as_stored(any_store: Store, path: str) -> None:
     # Sent and skipped steps with a step after them take advance's fast path, which spells
     # the event out by hand (in the script, or in Python when the caller passes what it
-    # claimed): each must read back as the enrollment the API shows.
+    # claimed); the general path builds it from the hash (a send recorded after a pause
+    # took the enrollment over): each must read back as the enrollment the API shows.
     s = any_store
+    built = path == "python-built"
     _seq, e, sh, due = await one(s, sms(), sms(wait=10), email(wait=10), sms(wait=10))
 
     async def check(at: int, **extra: object) -> dict[str, object]:
@@ -322,25 +337,44 @@ async def test_step_events_carry_the_enrollment_as_stored(any_store: Store, buil
             assert shaped[key] == value, key
         return shaped
 
+    async def sent(at: int, item: Claimed, step: int, **extra: object) -> None:
+        if path == "general":
+            await s.enrollments.transition(TENANT, e.id, "pause", "manual")
+        c = {e.id: item.enrollment} if built else None
+        outcome = settle(e.id, item.enrollment.token, step, at, "sent", wait=10, **extra)
+        done = await advance(s, sh, at, outcome, claimed=c)
+        assert (done.applied, done.late) == ((0, 1) if path == "general" else (1, 0))
+        if path == "general":
+            assert (await events(s, sh))[-1]["fields"]["st"] == "paused"
+
     item = (await claim(s, sh, due)).items[0]
-    assert set(item.e) == {"t", "s", "c", "st", "i", "n", "k", "md"}
+    assert item.enrollment.attempts is None and item.enrollment.status == "active"
     at = due + 5
     odd = 'SM"1\\é'
-    c = {e.id: item.e} if built else None
-    await advance(
-        s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", provider_id=odd, wait=10), claimed=c
-    )
+    await sent(at, item, 0, provider_id=odd)
     await check(at, provider_id=odd, step=0, kind="sms", sent_at=to_rfc3339(at))
-    item = (await claim(s, sh, at + 10)).items[0]
     at += 10
-    c = {e.id: item.e} if built else None
-    await advance(s, sh, at, settle(e.id, item.e["k"], 1, at, "sent", wait=10), claimed=c)
+    if path == "general":
+        await s.enrollments.transition(TENANT, e.id, "resume", "")
+        at = max(at, int(await due_score(s, e.id) or 0))
+    item = (await claim(s, sh, at)).items[0]
+    await sent(at, item, 1)
     await check(at, provider_id=None, step=1)
+    if path == "general":
+        return  # (a skipped step is only ever recorded while its claim holds)
     item = (await claim(s, sh, at + 10)).items[0]
     at += 10
-    skip = Settle(id=e.id, token=item.e["k"], step=2, kind="email", at=at, outcome="skipped",
-                  reason="suppressed", wait=10)  # fmt: skip
-    await advance(s, sh, at, skip, claimed={e.id: item.e} if built else None)
+    skip = settled(
+        id=e.id,
+        token=item.enrollment.token,
+        step=2,
+        kind="email",
+        at=at,
+        outcome="skipped",
+        reason="suppressed",
+        wait=10,
+    )
+    await advance(s, sh, at, skip, claimed={e.id: item.enrollment} if built else None)
     shaped = await check(at, reason="suppressed", step=2, kind="email")
     assert (await events(s, sh))[-1]["type"] == "sequence.step.skipped"
     assert shaped["enrollment"]["current_step"] == 3 and shaped["enrollment"]["metadata"] == {
@@ -366,8 +400,8 @@ async def test_python_built_step_events_equal_the_scripts(any_store: Store) -> N
         out = []
         for n, e in enumerate(mine):
             c = got[e.id]
-            item = settle(e.id, c.e["k"], int(c.e["i"]), at, outcome, **extra)
-            await advance(s, sh, at, item, claimed={e.id: c.e} if n else None)
+            item = settle(e.id, c.enrollment.token, int(c.enrollment.index), at, outcome, **extra)
+            await advance(s, sh, at, item, claimed={e.id: c.enrollment} if n else None)
             ev = (await events(s, sh))[-1]
             h = await raw(s, e.id)
             # Two enrollments of two contacts: all else must be equal.
@@ -398,10 +432,10 @@ async def test_advance_of_an_enrollment_whose_hash_is_gone_writes_nothing(
     item = (await claim(s, sh, due)).items[0]
     await s.client.delete(s.keys.enrollment(sh, e.id))
     before = await events(s, sh)
-    c = {e.id: item.e} if built else None
+    c = {e.id: item.enrollment} if built else None
     for outcome, extra in (("sent", {"wait": 5}), ("retry", {"delay": 5, "error": "503"})):
         done = await advance(
-            s, sh, due, settle(e.id, item.e["k"], 0, due, outcome, **extra), claimed=c
+            s, sh, due, settle(e.id, item.enrollment.token, 0, due, outcome, **extra), claimed=c
         )
         assert done.stale == [e.id]
     assert await raw(s, e.id) == {}
@@ -414,8 +448,8 @@ async def test_a_call_that_repeats_an_item_advances_it_once(any_store: Store) ->
     s = any_store
     _seq, e, sh, due = await one(s, sms(), sms(wait=10), sms(wait=10))
     item = (await claim(s, sh, due)).items[0]
-    sent = settle(e.id, item.e["k"], 0, due, "sent", wait=10)
-    for claimed in (None, {e.id: item.e}):
+    sent = settle(e.id, item.enrollment.token, 0, due, "sent", wait=10)
+    for claimed in (None, {e.id: item.enrollment}):
         done = await advance(s, sh, due, sent, sent, claimed=claimed)
         assert (done.applied, done.stale) == ((1, [e.id]) if claimed is None else (0, [e.id, e.id]))
     assert (await raw(s, e.id))["i"] == "1"
@@ -427,11 +461,13 @@ async def test_advance_ignores_a_stale_token_and_reports_it(any_store: Store) ->
     _seq, e, sh, due = await one(s)
     first = (await claim(s, sh, due)).items[0]
     second = (await claim(s, sh, due + LEASE)).items[0]  # the first worker's lease passed
-    done = await advance(s, sh, due + LEASE, settle(e.id, first.e["k"], 0, due, "sent", wait=5))
+    done = await advance(
+        s, sh, due + LEASE, settle(e.id, first.enrollment.token, 0, due, "sent", wait=5)
+    )
     assert (done.applied, done.stale) == (0, [e.id])
     assert (await raw(s, e.id))["i"] == "0"
     done = await advance(
-        s, sh, due + LEASE, settle(e.id, second.e["k"], 0, due + LEASE, "sent", wait=5)
+        s, sh, due + LEASE, settle(e.id, second.enrollment.token, 0, due + LEASE, "sent", wait=5)
     )
     assert done.applied == 1
     assert (await raw(s, e.id))["i"] == "1"
@@ -447,8 +483,8 @@ async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store, bui
         s,
         sh,
         due + 5,
-        settle(e.id, item.e["k"], 0, due + 5, "sent", provider_id="SM9", wait=600_000),
-        claimed={e.id: item.e} if built else None,
+        settle(e.id, item.enrollment.token, 0, due + 5, "sent", provider_id="SM9", wait=600_000),
+        claimed={e.id: item.enrollment} if built else None,
     )
     assert (done.applied, done.late, done.stale) == (0, 1, [])
     h = await raw(s, e.id)
@@ -458,7 +494,9 @@ async def test_a_send_that_raced_a_pause_is_still_recorded(any_store: Store, bui
     assert sent["sent_at"] == due + 5 and sent["provider_id"] == "SM9"
     assert await due_score(s, e.id) is None
     # A retry outcome racing the pause changes nothing.
-    done = await advance(s, sh, due + 5, settle(e.id, item.e["k"], 1, due + 5, "retry", delay=1))
+    done = await advance(
+        s, sh, due + 5, settle(e.id, item.enrollment.token, 1, due + 5, "retry", delay=1)
+    )
     assert done.stale == [e.id]
 
 
@@ -472,8 +510,8 @@ async def test_passed_steps_of_several_groups_are_each_judged_by_their_own_score
     a, b, c = (e.id for e in await enroll(s, seq, await contacts_in_shard(s, 3)))
     due = int((await raw(s, a))["n"])
     batch = await claim(s, 0, due)
-    claimed = {item.id: item.e for item in batch.items}
-    token = claimed[a]["k"]
+    claimed = {item.id: item.enrollment for item in batch.items}
+    token = claimed[a].token
     await s.enrollments.transition(TENANT, a, "pause", "reply_received")
     done = await advance(
         s,
@@ -497,7 +535,10 @@ async def test_advance_retry_backs_off_then_fails_when_attempts_run_out(any_stor
     for attempt in (1, 2):
         item = (await claim(s, sh, now)).items[0]
         await advance(
-            s, sh, now, settle(e.id, item.e["k"], 0, now, "retry", error="503", delay=30_000)
+            s,
+            sh,
+            now,
+            settle(e.id, item.enrollment.token, 0, now, "retry", error="503", delay=30_000),
         )
         assert (await raw(s, e.id))["a"] == str(attempt)
         assert await due_score(s, e.id) == now + 30_000
@@ -506,7 +547,9 @@ async def test_advance_retry_backs_off_then_fails_when_attempts_run_out(any_stor
         assert ev["attempts"] == attempt and ev["error"] == "503"
         now += 30_000
     item = (await claim(s, sh, now)).items[0]
-    await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "retry", error="503", delay=30_000))
+    await advance(
+        s, sh, now, settle(e.id, item.enrollment.token, 0, now, "retry", error="503", delay=30_000)
+    )
     h = await raw(s, e.id)
     assert h["st"] == "cancelled" and h["cr"] == "failed"
     failed, cancelled = (await events(s, sh))[-2:]
@@ -519,7 +562,10 @@ async def test_advance_permanent_failure_cancels(any_store: Store) -> None:
     _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     await advance(
-        s, sh, due, settle(e.id, item.e["k"], 0, due, "failed", error="twilio 400 code 21211")
+        s,
+        sh,
+        due,
+        settle(e.id, item.enrollment.token, 0, due, "failed", error="twilio 400 code 21211"),
     )
     h = await raw(s, e.id)
     assert h["st"] == "cancelled" and h["cr"] == "failed"
@@ -532,11 +578,19 @@ async def test_advance_pause_names_the_missing_variable(any_store: Store) -> Non
     _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     await advance(
-        s, sh, due,
+        s,
+        sh,
+        due,
         settle(
-            e.id, item.e["k"], 0, due, "pause", reason="missing_variable", variable="first_name"
+            e.id,
+            item.enrollment.token,
+            0,
+            due,
+            "pause",
+            reason="missing_variable",
+            variable="first_name",
         ),
-    )  # fmt: skip
+    )
     h = await raw(s, e.id)
     assert h["st"] == "paused" and h["pr"] == "missing_variable"
     ev = (await events(s, sh))[-1]
@@ -549,20 +603,25 @@ async def test_advance_skip_cancel_complete(any_store: Store) -> None:
     _, e, sh, due = await one(s, sms(), email(wait=3))
     item = (await claim(s, sh, due)).items[0]
     await advance(
-        s, sh, due, settle(e.id, item.e["k"], 0, due, "skipped", reason="suppressed", wait=180_000)
+        s,
+        sh,
+        due,
+        settle(e.id, item.enrollment.token, 0, due, "skipped", reason="suppressed", wait=180_000),
     )
     h = await raw(s, e.id)
     assert h["i"] == "1" and "sm" not in h and "p0" not in h
     assert await due_score(s, e.id) == due + 180_000
     assert (await events(s, sh))[-1]["type"] == "sequence.step.skipped"
     item = (await claim(s, sh, due + 180_000)).items[0]
-    await advance(s, sh, due, settle(e.id, item.e["k"], 1, due, "cancel", reason="bounced"))
+    await advance(
+        s, sh, due, settle(e.id, item.enrollment.token, 1, due, "cancel", reason="bounced")
+    )
     h = await raw(s, e.id)
     assert h["st"] == "cancelled" and h["cr"] == "bounced"
 
     _seq, e, sh, due = await one(s, sms())
     item = (await claim(s, sh, due)).items[0]
-    await advance(s, sh, due, settle(e.id, item.e["k"], 0, due, "complete"))
+    await advance(s, sh, due, settle(e.id, item.enrollment.token, 0, due, "complete"))
     assert (await raw(s, e.id))["st"] == "completed"
 
 
@@ -571,20 +630,20 @@ async def test_advance_release_makes_the_step_due_now(any_store: Store) -> None:
     _seq, e, sh, due = await one(s)
     item = (await claim(s, sh, due)).items[0]
     now = due + 10
-    await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "release", started=False))
+    await advance(s, sh, now, settle(e.id, item.enrollment.token, 0, now, "release", started=False))
     h = await raw(s, e.id)
     assert h["st"] == "active" and h["i"] == "0" and h.get("a", "0") == "0"
     assert await due_score(s, e.id) == now
     # Released and not started: claimed again as a fresh step, no attempt counted.
     item = (await claim(s, sh, now)).items[0]
-    assert item.e.get("a", "0") == "0"
-    await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "release", started=True))
+    assert (item.enrollment.attempts or "0") == "0"
+    await advance(s, sh, now, settle(e.id, item.enrollment.token, 0, now, "release", started=True))
     # A started send may have reached the provider: due now, still an unsettled claim,
     # so the next claim counts it as an attempt (resend) or holds it.
     assert await due_score(s, e.id) == now - 0.5
-    assert (await claim(s, sh, now + 1)).items[0].e["a"] == "1"
+    assert (await claim(s, sh, now + 1)).items[0].enrollment.attempts == "1"
     # The released claim's token no longer applies.
-    done = await advance(s, sh, now, settle(e.id, item.e["k"], 0, now, "sent", wait=5))
+    done = await advance(s, sh, now, settle(e.id, item.enrollment.token, 0, now, "sent", wait=5))
     assert done.stale == [e.id]
 
 
@@ -594,8 +653,15 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
     item = (await claim(s, sh, due)).items[0]
     keys = [s.keys.heads(sh), s.keys.outbox(sh)]
     tag = s.keys.shard_tag(sh)
-    good = {"id": e.id, "token": item.e["k"], "step": 0, "kind": "sms", "at": due,
-            "outcome": "sent", "wait": 5}  # fmt: skip
+    good = {
+        "id": e.id,
+        "token": item.enrollment.token,
+        "step": 0,
+        "kind": "sms",
+        "at": due,
+        "outcome": "sent",
+        "wait": 5,
+    }
     bad = [
         "not json",
         json.dumps({"id": e.id}),
@@ -608,7 +674,16 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
             await s.runner.call("advance", keys, [tag, due, 3, text], tag=tag)
         assert info.value.code == "BAD_ITEMS"
     # Passed steps: their groups (PASSED_GROUP) as JSON, then five values each (PASSED_STEP).
-    group = [item.e["k"], item.e["s"], 0, "sms", "sent", item.e["t"], "", 5]
+    group = [
+        item.enrollment.token,
+        item.enrollment.sequence,
+        0,
+        "sms",
+        "sent",
+        item.enrollment.tenant,
+        "",
+        5,
+    ]
     step = [e.id, 1, due + 5, "", json.dumps({"id": e.id})]
     groups = json.dumps([group])
 
@@ -653,9 +728,9 @@ async def test_enrollment_without_token_attempts_or_updated_at_reads_as_their_de
     _seq, e, sh, due = await one(s, sms(), sms(wait=10), sms(wait=10))
     await s.client.hdel(s.keys.enrollment(sh, e.id), "k", "a", "ua")
     item = (await claim(s, sh, due)).items[0]
-    assert "a" not in item.e
+    assert item.enrollment.attempts is None
     at = due + 5
-    await advance(s, sh, at, settle(e.id, item.e["k"], 0, at, "sent", wait=600_000))
+    await advance(s, sh, at, settle(e.id, item.enrollment.token, 0, at, "sent", wait=600_000))
     h = await raw(s, e.id)
     assert h["i"] == "1" and "a" not in h and h["ua"] == str(at)
     sent = (await events(s, sh))[-1]
@@ -663,16 +738,20 @@ async def test_enrollment_without_token_attempts_or_updated_at_reads_as_their_de
     # A retry counts an attempt; the next step's send resets it to 0.
     at += 600_000
     item = (await claim(s, sh, at)).items[0]
-    await advance(s, sh, at, settle(e.id, item.e["k"], 1, at, "retry", error="503", delay=5))
+    await advance(
+        s, sh, at, settle(e.id, item.enrollment.token, 1, at, "retry", error="503", delay=5)
+    )
     assert (await raw(s, e.id))["a"] == "1"
     item = (await claim(s, sh, at + 5)).items[0]
-    await advance(s, sh, at + 5, settle(e.id, item.e["k"], 1, at + 5, "sent", wait=0))
+    await advance(s, sh, at + 5, settle(e.id, item.enrollment.token, 1, at + 5, "sent", wait=0))
     assert (await raw(s, e.id))["a"] == "0"
     # A step that fails for good reports its attempts even when none were counted.
     _seq, e, sh, due = await one(s)
     await s.client.hdel(s.keys.enrollment(sh, e.id), "k", "a", "ua")
     item = (await claim(s, sh, due)).items[0]
-    await advance(s, sh, due, settle(e.id, item.e["k"], 0, due, "failed", error="bad number"))
+    await advance(
+        s, sh, due, settle(e.id, item.enrollment.token, 0, due, "failed", error="bad number")
+    )
     failed = [ev for ev in await events(s, sh) if ev["type"] == "sequence.step.failed"]
     assert failed[-1]["attempts"] == 0 and failed[-1]["retrying"] is False
     assert (await s.enrollments.get(TENANT, e.id)).updated_at is not None
@@ -688,22 +767,25 @@ async def test_claim_reads_only_the_contact_fields_the_sequences_messages_use(
     item = (await claim(s, sh, due)).items[0]
     # The steps send SMS and name first_name: the owner, the phone, first_name, and the
     # zone SMS quiet hours are read in.
-    assert item.c == {
+    assert item.contact == {
         "tenant": TENANT,
         "first_name": "n0",
-        "phone": item.c["phone"],
+        "phone": item.contact["phone"],
         "timezone": "Europe/London",
     }
     _seq, _e, sh, due = await one(
         s, email("For {{attributes.company}}", "Dear {{last_name|you}}"), **full, **attributes
     )
     item = (await claim(s, sh, due)).items[0]
-    assert set(item.c) == {"tenant", "email", "attributes", "last_name"}
-    assert item.c["last_name"] == "Lovelace" and json.loads(item.c["attributes"])["company"]
+    assert set(item.contact) == {"tenant", "email", "attributes", "last_name"}
+    assert (
+        item.contact["last_name"] == "Lovelace"
+        and json.loads(item.contact["attributes"])["company"]
+    )
     # Unset fields are absent, and the contact's bookkeeping fields are never read.
     _seq, _e, sh, due = await one(s, sms("{{first_name}} {{last_name|x}}"), last_name=None)
     item = (await claim(s, sh, due)).items[0]
-    assert set(item.c) == {"tenant", "first_name", "phone"}
+    assert set(item.contact) == {"tenant", "first_name", "phone"}
 
 
 async def test_without_fields_of_the_mirrors_version_every_field_a_message_can_use_is_read(
@@ -718,10 +800,15 @@ async def test_without_fields_of_the_mirrors_version_every_field_a_message_can_u
     await s.client.hset(s.keys.mirrors(sh), seq.id, f"active:2:{len(seq.steps)}")
     for state in ("fields of an older version", "no fields"):
         (item,) = (await claim(s, sh, due)).items
-        assert item.c["last_name"] == "Lovelace" and item.c["timezone"] == "Europe/London"
-        assert item.c["email"] and item.c["first_name"] == "n0", state
-        assert not any(f.startswith("e:") for f in item.c) and "created_at" not in item.c
-        await Dispatch(s).release([(item.id, item.e["k"], item.e["s"])], now=due)
+        assert (
+            item.contact["last_name"] == "Lovelace" and item.contact["timezone"] == "Europe/London"
+        )
+        assert item.contact["email"] and item.contact["first_name"] == "n0", state
+        assert not any(f.startswith("e:") for f in item.contact)
+        assert "created_at" not in item.contact
+        await Dispatch(s).release(
+            [(item.id, item.enrollment.token, item.enrollment.sequence)], now=due
+        )
         await s.client.hdel(fields, seq.id)
 
 
@@ -735,13 +822,14 @@ async def two_in_a_shard(s: Store) -> tuple[list[str], int, int]:
     return eids, 0, due
 
 
-async def test_advance_and_claim_settles_one_batch_and_claims_the_next_in_one_round_trip(
+async def test_a_trip_settles_one_batch_leases_the_next_and_peeks_at_the_one_after(
     any_store: Store,
 ) -> None:
     s = any_store
     eids, sh, due = await two_in_a_shard(s)
     first = (await claim(s, sh, due, limit=1)).items[0]
-    sent = settle(first.id, first.e["k"], 0, due + 1, "sent", provider_id="SM1", wait=10)
+    (second,) = [i for i in (await peek(s, sh, due)).items if i.id != first.id]
+    sent = settle(first.id, first.enrollment.token, 0, due + 1, "sent", provider_id="SM1", wait=10)
     calls = []
     real = s.runner.call_many
 
@@ -752,51 +840,35 @@ async def test_advance_and_claim_settles_one_batch_and_claims_the_next_in_one_ro
     s.runner.call_many = counted  # type: ignore[method-assign]
     await s.client.hset(s.keys.suppressions(TENANT, "sms"), "+15550000001", '{"reason": "x"}')
     lookups = {(TENANT, "sms"): ["+15550000001", "+15550000002"]}
-    trip = await Dispatch(s).advance_and_claim(
-        {sh: [sent]}, now=due + 1, max_attempts=3, claimed={first.id: first.e},
-        shards=[sh], claim_now=due + 1, lease_ms=LEASE, limit=10, on_unknown="resend",
+    seq = second.enrollment.sequence
+    mirror = await s.client.hget(s.keys.mirrors(sh), seq)
+    trip = Dispatch(s).trip(now=due + 1, max_attempts=3)
+    advanced = trip.advance({sh: [sent]}, {first.id: first.enrollment})
+    leased = trip.lease(
+        {sh: {seq: (mirror, [(second.id, second.enrollment.token)])}},
+        lease_ms=LEASE,
+        worker=WORKER,
         lookups=lookups,
-    )  # fmt: skip
-    # The advance runs first, then the claim, then the suppression reads: one pipeline.
-    assert calls == [(["advance", "claimDue"], ["HMGET"])]
-    assert (trip.advanced[sh].applied, trip.advanced[sh].stale) == (1, [])
+    )
+    peeked = trip.peek([sh], now=due + 1, limit=10, on_unknown="resend")
+    await trip.run()
+    # The advance runs first, then the lease, then the peek, then the suppression reads:
+    # one pipeline.
+    assert calls == [(["advance", "leasePeeked", "claimDue"], ["HMGET"])]
+    assert (advanced.done[sh].applied, advanced.done[sh].stale) == (1, [])
     assert (await raw(s, first.id))["i"] == "1"
-    assert list(trip.found) == [(TENANT, "sms")]
-    assert list(trip.found[(TENANT, "sms")]) == ["+15550000001"]
-    assert trip.found[(TENANT, "sms")]["+15550000001"].reason == "x"
-    (second,) = trip.claims[sh].items
-    assert second.id != first.id and second.id in eids
+    assert list(leased.found) == [(TENANT, "sms")]
+    assert list(leased.found[(TENANT, "sms")]) == ["+15550000001"]
+    assert leased.found[(TENANT, "sms")]["+15550000001"].reason == "x"
+    assert leased.leased[sh].lost == [] and second.id in eids
     assert await due_score(s, second.id) == due + 1 + LEASE - 0.5
-
-
-async def test_a_failed_advance_releases_the_claims_of_its_round_trip(any_store: Store) -> None:
-    # An advance that fails (here a malformed item) raises; the claims that went with it
-    # are given back at once, no attempt counted, rather than left to a lease that would
-    # read, when it ran out, as a send that may have happened.
-    s = any_store
-    _eids, sh, due = await two_in_a_shard(s)
-    first = (await claim(s, sh, due, limit=1)).items[0]
-    broken = Settle(id=first.id, token=first.e["k"], step=0, kind="sms", at=due, outcome="sent")
-    with pytest.raises(ScriptError) as info:
-        await Dispatch(s).advance_and_claim(
-            {sh: [broken]}, now=due + 1, max_attempts=3,
-            shards=[sh], claim_now=due + 1, lease_ms=LEASE, limit=10, on_unknown="resend",
-        )  # fmt: skip
-    assert info.value.code == "BAD_ITEMS"
-    # The first is still under its claim; the second was claimed and released: due now.
-    (again,) = (await claim(s, sh, due + 1, limit=10)).items
-    assert again.id != first.id
-    assert again.e.get("a", "0") == "0"
-    assert (await raw(s, first.id))["i"] == "0"
+    # The peek ran after the lease: nothing of the shard is due now.
+    assert peeked.claims[sh].items == []
 
 
 async def peek(store: Store, sh: int, at: int, on_unknown: str = "resend") -> ClaimBatch:
-    """claimDue in peek mode, as the dispatcher calls it."""
-    trip = await Dispatch(store).advance_and_claim(
-        {}, now=at, max_attempts=3, shards=[sh], claim_now=at, lease_ms=LEASE, limit=10,
-        on_unknown=on_unknown, peek=True,
-    )  # fmt: skip
-    return trip.claims[sh]
+    """claimDue (it only reads), as the dispatcher calls it."""
+    return await peek_at(store, sh, at, limit=10, on_unknown=on_unknown)
 
 
 async def lease_peeked(
@@ -804,10 +876,10 @@ async def lease_peeked(
 ) -> Leased:
     """leasePeeked of `members` (id, score as peeked) of the one sequence of `batch`."""
     (seq,) = batch.m
-    trip = await Dispatch(store).advance_and_claim(
-        {}, now=at, max_attempts=3, lease_ms=LEASE, lease={sh: {seq: (batch.m[seq], members)}}
-    )
-    return trip.leased[sh]
+    trip = Dispatch(store).trip(now=at, max_attempts=3)
+    handle = trip.lease({sh: {seq: (batch.m[seq], members)}}, lease_ms=LEASE, worker=WORKER)
+    await trip.run()
+    return handle.leased[sh]
 
 
 async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_change(
@@ -821,14 +893,14 @@ async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_chang
     batch = await peek(s, sh, due, "hold")
     items = batch.items
     assert {i.id for i in items} == set(eids)
-    assert {i.e["k"] for i in items} == {str(due)}
+    assert {i.enrollment.token for i in items} == {str(due)}
     assert [await due_score(s, eid) for eid in eids] == [due, due]
     # A peek twice sees the same (nothing moved), and a claim still takes them.
     assert {i.id for i in (await peek(s, sh, due, "hold")).items} == set(eids)
     # One of them is paused meanwhile: the lease takes the other and reports it.
     paused, kept = items[0].id, items[1].id
     await s.enrollments.transition(TENANT, paused, "pause", "reply_received")
-    members = [(i.id, i.e["k"]) for i in items]
+    members = [(i.id, i.enrollment.token) for i in items]
     token, lost, _ = await lease_peeked(s, sh, due + 5, batch, members)
     assert lost == [paused] and token == f"{due + 5 + LEASE - 1}.5"
     assert await due_score(s, kept) == due + 5 + LEASE - 0.5
@@ -837,7 +909,9 @@ async def test_a_peek_leases_nothing_and_its_lease_takes_only_what_did_not_chang
     again = await lease_peeked(s, sh, due + 6, batch, members)
     assert sorted(again.lost) == sorted([paused, kept])
     assert await due_score(s, kept) == due + 5 + LEASE - 0.5
-    # The lease is a send that may have happened: one that runs out is held.
+    # Once its sends start, the lease is a send that may have happened: one that runs out
+    # is held.
+    await Dispatch(s).started({sh: [token]})
     assert (await claim(s, sh, due + 5 + LEASE, on_unknown="hold")).items == []
     assert (await raw(s, kept))["st"] == "paused"
     assert (await raw(s, kept))["pr"] == "delivery_unknown"
@@ -849,8 +923,10 @@ async def test_a_lease_takes_nothing_of_a_sequence_changed_since_the_peek(
     s = any_store
     eids, sh, due = await two_in_a_shard(s)
     batch = await peek(s, sh, due)
-    members = [(i.id, i.e["k"]) for i in batch.items]
-    await s.sequences.change(TENANT, batch.items[0].e["s"], status=models.SequenceStatus.PAUSED)
+    members = [(i.id, i.enrollment.token) for i in batch.items]
+    await s.sequences.change(
+        TENANT, batch.items[0].enrollment.sequence, status=models.SequenceStatus.PAUSED
+    )
     leased = await lease_peeked(s, sh, due + 1, batch, members)
     assert sorted(leased.lost) == sorted(eids)
     assert [await due_score(s, eid) for eid in eids] == [due, due]
@@ -862,9 +938,9 @@ async def test_a_lease_of_changed_scores_takes_each_member_on_its_own(any_store:
     s = any_store
     _, sh, due = await two_in_a_shard(s)
     batch = await peek(s, sh, due)
-    members = [(i.id, i.e["k"]) for i in batch.items]
+    members = [(i.id, i.enrollment.token) for i in batch.items]
     moved = members[0][0]
-    await s.client.zadd(s.keys.queue(sh, batch.items[0].e["s"]), {moved: due - 7})
+    await s.client.zadd(s.keys.queue(sh, batch.items[0].enrollment.sequence), {moved: due - 7})
     # A score spelled another way (as a float) is the same number: leased.
     members[1] = (members[1][0], f"{due}.0")
     token, lost, _ = await lease_peeked(s, sh, due + 1, batch, members)
@@ -890,7 +966,7 @@ async def test_lease_peeked_refuses_malformed_groups_and_writes_nothing(
     tag = s.keys.shard_tag(sh)
     keys = [s.keys.heads(sh), s.keys.outbox(sh), s.keys.mirrors(sh)]
     with pytest.raises(ScriptError) as err:
-        await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, 3, *args], tag=tag)
+        await s.runner.call("leasePeeked", keys, [tag, 1000, LEASE, 3, WORKER, *args], tag=tag)
     assert err.value.code == "BAD_ITEMS"
     assert await s.client.exists(s.keys.queue(sh, "seq_x")) == 0
 
@@ -904,16 +980,17 @@ async def test_a_failed_advance_releases_what_its_round_trip_leased(any_store: S
     first = (await claim(s, sh, due, limit=1)).items[0]
     peeked = await peek(s, sh, due, "hold")
     (other,) = peeked.items
-    seq = other.e["s"]
-    broken = Settle(id=first.id, token=first.e["k"], step=0, kind="sms", at=due, outcome="sent")
+    seq = other.enrollment.sequence
+    broken = Sent(id=first.id, token=first.enrollment.token, step=0, kind="sms", at=due, wait=None)  # type: ignore[arg-type]
+    trip = Dispatch(s).trip(now=due + 1, max_attempts=3)
+    trip.advance({sh: [broken]})
+    members = [(other.id, other.enrollment.token)]
+    trip.lease({sh: {seq: (peeked.m[seq], members)}}, lease_ms=LEASE, worker=WORKER)
     with pytest.raises(ScriptError):
-        await Dispatch(s).advance_and_claim(
-            {sh: [broken]}, now=due + 1, max_attempts=3, lease_ms=LEASE,
-            lease={sh: {seq: (peeked.m[seq], [(other.id, other.e["k"])])}},
-        )  # fmt: skip
+        await trip.run()
     assert other.id in eids and await due_score(s, other.id) == due + 1
     (again,) = (await claim(s, sh, due + 1, limit=10, on_unknown="hold")).items
-    assert again.id == other.id and again.e.get("a", "0") == "0"
+    assert again.id == other.id and (again.enrollment.attempts or "0") == "0"
 
 
 @pytest.mark.parametrize("on_unknown", ["resend", "hold"])
@@ -928,16 +1005,19 @@ async def test_a_lease_that_ran_out_has_its_attempt_counted_when_leased_not_when
     _, e, sh, due = await one(s)
     await claim(s, sh, due)
     later = due + LEASE
+    await Dispatch(s).reclaim(later)  # its sends had started: a send that may have happened
     batch = await peek(s, sh, later, on_unknown)
     if on_unknown == "hold":
         assert batch.items == []
         assert (await raw(s, e.id))["pr"] == "delivery_unknown"
         return
     (item,) = batch.items
-    assert item.e["k"] == f"{due + LEASE - 1}.5" and item.e.get("a", "0") == "0"
+    assert (
+        item.enrollment.token == f"{due + LEASE - 1}.5" and (item.enrollment.attempts or "0") == "0"
+    )
     assert (await peek(s, sh, later + 1)).items[0].id == e.id  # again: nothing counted
     assert (await raw(s, e.id)).get("a", "0") == "0"
-    leased = await lease_peeked(s, sh, later + 2, batch, [(item.id, item.e["k"])])
+    leased = await lease_peeked(s, sh, later + 2, batch, [(item.id, item.enrollment.token)])
     assert leased == (f"{later + 2 + LEASE - 1}.5", [], {e.id: "1"})
     assert (await raw(s, e.id))["a"] == "1"
     assert await due_score(s, e.id) == later + 2 + LEASE - 0.5
@@ -951,9 +1031,10 @@ async def test_a_lease_that_ran_out_with_attempts_used_up_is_cancelled_by_the_le
     await claim(s, sh, due)
     await s.client.hset(s.keys.enrollment(sh, e.id), "a", "2")
     later = due + LEASE
+    await Dispatch(s).reclaim(later)
     batch = await peek(s, sh, later)
     (item,) = batch.items
-    leased = await lease_peeked(s, sh, later + 1, batch, [(item.id, item.e["k"])])
+    leased = await lease_peeked(s, sh, later + 1, batch, [(item.id, item.enrollment.token)])
     assert leased.lost == [e.id]
     h = await raw(s, e.id)
     assert (h["st"], h["cr"], h["a"]) == ("cancelled", "failed", "3")
@@ -971,12 +1052,12 @@ async def test_a_failed_advance_leaves_what_its_round_trip_only_peeked_at(
     _, e, sh, due = await one(s)
     first = (await claim(s, sh, due)).items[0]
     later = due + LEASE
-    broken = Settle(id=first.id, token=first.e["k"], step=0, kind="sms", at=due, outcome="sent")
+    broken = Sent(id=first.id, token=first.enrollment.token, step=0, kind="sms", at=due, wait=None)  # type: ignore[arg-type]
+    trip = Dispatch(s).trip(now=later, max_attempts=3)
+    trip.advance({sh: [broken]})
+    trip.peek([sh], now=later, limit=10, on_unknown="resend")
     with pytest.raises(ScriptError):
-        await Dispatch(s).advance_and_claim(
-            {sh: [broken]}, now=later, max_attempts=3, shards=[sh], claim_now=later,
-            lease_ms=LEASE, limit=10, on_unknown="resend", peek=True,
-        )  # fmt: skip
+        await trip.run()
     assert await due_score(s, e.id) == due + LEASE - 0.5
     assert (await raw(s, e.id)).get("a", "0") == "0"
 
@@ -989,13 +1070,16 @@ async def test_a_failed_suppression_read_releases_what_its_round_trip_leased(
     s = any_store
     eids, sh, due = await two_in_a_shard(s)
     batch = await peek(s, sh, due)
-    seq = batch.items[0].e["s"]
+    seq = batch.items[0].enrollment.sequence
     await s.client.set(s.keys.suppressions(TENANT, "sms"), "not a hash")
+    trip = Dispatch(s).trip(now=due + 1, max_attempts=3)
+    trip.lease(
+        {sh: {seq: (batch.m[seq], [(i.id, i.enrollment.token) for i in batch.items])}},
+        lease_ms=LEASE,
+        worker=WORKER,
+        lookups={(TENANT, "sms"): ["+15550000001"]},
+    )
     with pytest.raises(Exception, match="WRONGTYPE"):
-        await Dispatch(s).advance_and_claim(
-            {}, now=due + 1, max_attempts=3, lease_ms=LEASE,
-            lease={sh: {seq: (batch.m[seq], [(i.id, i.e["k"]) for i in batch.items])}},
-            lookups={(TENANT, "sms"): ["+15550000001"]},
-        )  # fmt: skip
+        await trip.run()
     assert [await due_score(s, eid) for eid in eids] == [due + 1, due + 1]
     assert {(await raw(s, eid)).get("a", "0") for eid in eids} == {"0"}

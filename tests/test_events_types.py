@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from seqd import event_ids, ids
+from seqd import event_ids, event_names, ids
 from seqd.events import envelope, signing, ssrf
 from seqd.store import event_types
 from seqd.store.events import read_logged
@@ -200,7 +200,7 @@ def test_a_batch_is_logged_as_one_payload_and_each_event_read_from_it() -> None:
 
 def test_subscription_rules() -> None:
     assert event_types.check_subscription(["*"]) == []
-    assert event_types.check_subscription(list(event_types.TYPES)) == []
+    assert event_types.check_subscription(list(event_names.TYPES)) == []
     [err] = event_types.check_subscription(["sequence.enrollment.created", "nope"])
     assert err.path == "events[1]"
     assert event_types.check_subscription(["*", "contact.bounced"])[0].path == "events"

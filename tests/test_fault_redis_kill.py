@@ -55,7 +55,7 @@ async def test_redis_killed_and_restarted_from_aof(
                 prefix,
                 tmp_path / "seqd",
                 SEQD_CHANNELS_LOG_PATH=str(provider.path),
-                SEQD_DISPATCH_LEASE_SECONDS="1",
+                SEQD_DISPATCH_LEASE_SECONDS="5",
                 SEQD_DISPATCH_BATCH_SIZE="100",
                 SEQD_WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
                 SEQD_WEBHOOKS_IDLE_POLL_MS="50",
@@ -180,6 +180,7 @@ async def test_redis_killed_and_restarted_from_aof(
             # Nothing but the expected complaints: no unretrieved task exception, no crash.
             expected = {
                 "dispatch.round_failed",
+                "dispatch.recovery_failed",
                 "events.read_failed",
                 "webhook.round_failed",
                 "webhook.finish_failed",

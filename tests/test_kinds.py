@@ -33,7 +33,8 @@ def test_every_kind_has_a_spec_the_layers_can_use() -> None:
 
 def test_the_scripts_read_the_kinds_from_python() -> None:
     prelude = kinds.lua_constants()
-    assert "local KIND_LETTER = {['sms'] = 's', ['email'] = 'e'}" in prelude
+    assert "local KIND_LETTER = {['sms'] = 's', ['email'] = 'e'" in prelude
+    assert all(f"['{kind}'] = '{spec.letter}'" in prelude for kind, spec in SPECS.items())
     assert all(prelude in script.source for script in SCRIPTS.values())
 
 

@@ -86,7 +86,7 @@ def test_the_floor_imports_no_layer_above_it() -> None:
     """The shared vocabulary (kinds, templates, ids, errors, the models) sits below every
     layer: it imports none of them."""
     floor = ("seqd.kinds", "seqd.templates", "seqd.ids", "seqd.event_ids", "seqd.errors")
-    floor += ("seqd.models", "seqd.event_models")
+    floor += ("seqd.models", "seqd.event_models", "seqd.event_names")
     layers = ("seqd.store", "seqd.engine", "seqd.events", "seqd.api", "seqd.channels")
     layers += ("seqd.lifecycle",)
     wrong = {
@@ -95,6 +95,35 @@ def test_the_floor_imports_no_layer_above_it() -> None:
         for target in GRAPH[name]
         if any(_in(target, layer) for layer in layers)
     }
+    assert wrong == set()
+
+
+# The packages from the bottom up: each imports only packages of a lower rank (and the floor
+# and the top-level modules).
+RANKS = {
+    "seqd.store": 1,
+    "seqd.channels": 1,
+    "seqd.lifecycle": 2,
+    "seqd.events": 2,
+    "seqd.engine": 3,
+    "seqd.api": 4,
+}
+
+
+def _package(module: str) -> str | None:
+    return next((p for p in RANKS if _in(module, p)), None)
+
+
+def test_the_packages_import_only_packages_below_them() -> None:
+    wrong = set()
+    for name, targets in GRAPH.items():
+        own = _package(name)
+        if own is None:
+            continue
+        for target in targets:
+            other = _package(target)
+            if other is not None and other != own and RANKS[other] >= RANKS[own]:
+                wrong.add((name, target))
     assert wrong == set()
 
 

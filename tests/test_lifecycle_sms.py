@@ -9,15 +9,17 @@ from seqd import ids
 from seqd.config import ChannelsConfig, Config, TenantConfig, TwilioConfig
 from seqd.lifecycle import sms_inbound
 from seqd.store.db import Store
-from seqd.store.dispatch import Dispatch, Settle
+from seqd.store.dispatch import Dispatch
 from tests.dispatchutil import (
     TENANT,
     Clock,
+    claim,
     email,
     enroll,
     events,
     raw,
     sequence,
+    settled,
     sms,
 )
 from tests.lifecycleutil import PHONE, SENDERS, client, contact, send_due
@@ -83,12 +85,10 @@ async def test_reply_while_the_step_is_being_sent(store: Store) -> None:
     clock.advance(10 * 60_000)
     shard = ids.shard_of(e.id, store.shards)
     dispatch = Dispatch(store)
-    batch = await dispatch.claim(
-        shard, now=clock(), lease_ms=60_000, limit=10, on_unknown="resend", max_attempts=3
-    )
+    batch = await claim(store, shard, clock(), lease_ms=60_000, limit=10)
     (item,) = batch.items
-    token = item.e["k"]
-    assert item.e["i"] == "1"
+    token = item.enrollment.token
+    assert item.enrollment.index == "1"
     async with client(store) as api:
         assert (await api.sms("acme", PHONE, "wait, who is this?"))[0] == 200
     h = await raw(store, e.id)
@@ -96,7 +96,7 @@ async def test_reply_while_the_step_is_being_sent(store: Store) -> None:
     # Out of its queue: the claim's lease score, its token, is gone.
     assert await store.client.zscore(store.keys.queue(shard, e.sequence_id), e.id) is None
     # The send finished after all: the step is recorded as sent, the pause stands.
-    done = Settle(
+    done = settled(
         id=e.id, token=token, step=1, kind="sms", at=clock(), outcome="sent",
         provider_id="SM2", wait=600_000,
     )  # fmt: skip
@@ -106,7 +106,7 @@ async def test_reply_while_the_step_is_being_sent(store: Store) -> None:
     assert h["st"] == "paused" and h["i"] == "2" and h["p1"] == "SM2"
     assert await store.client.zscore(store.keys.queue(shard, e.sequence_id), e.id) is None
     # A retry from the same stale worker is ignored outright.
-    retry = Settle(
+    retry = settled(
         id=e.id, token=token, step=1, kind="sms", at=clock(), outcome="retry", delay=1000
     )
     result = await dispatch.advance(shard, [retry], now=clock(), max_attempts=3)
@@ -121,9 +121,7 @@ async def test_reply_while_the_first_sms_is_being_sent(store: Store) -> None:
     cid = await contact(store)
     (e,) = await enroll(store, seq, [cid])
     shard = ids.shard_of(e.id, store.shards)
-    await Dispatch(store).claim(
-        shard, now=Clock()(), lease_ms=60_000, limit=10, on_unknown="resend", max_attempts=3
-    )
+    await claim(store, shard, Clock()(), lease_ms=60_000, limit=10)
     async with client(store) as api:
         assert (await api.sms("acme", PHONE, "hello?"))[0] == 200
     assert await status(store, e.id) == ("paused", "reply_received")

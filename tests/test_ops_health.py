@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -9,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from seqd.api.app import create_app
 from seqd.appkeys import LIVENESS
-from seqd.config import Config, HttpConfig
+from seqd.config import Config, HttpConfig, RedisConfig
 from seqd.health import Liveness
 from seqd.store.db import Store, connect
 from seqd.store.scripts import SCRIPTS
@@ -98,3 +99,32 @@ def test_liveness_bookkeeping() -> None:
     clock[0] = 2.0
     assert liveness.late() == {"intake": 2.0}
     assert liveness.running() == ["dispatcher", "intake"]
+
+
+async def test_store_unreachable_too_long_is_unhealthy(
+    valkey_factory: type[ValkeyProcess],
+) -> None:
+    """Past redis.unhealthy_after_seconds without the store, /healthz is a 503 (a supervisor
+    restarts seqd); it is healthy again once the store answers."""
+    server = valkey_factory()
+    server.start()
+    store = await Store.open(connect(server.url, socket_timeout=0.5), "h", 2)
+    config = Config(redis=RedisConfig(unhealthy_after_seconds=1.0))
+    try:
+        async with TestClient(TestServer(create_app(config, store))) as c:
+            assert (await c.get("/healthz")).status == 200
+            server.kill()
+            async with asyncio.timeout(15):
+                while (resp := await c.get("/healthz")).status == 200:  # noqa: ASYNC110 - polling HTTP
+                    await asyncio.sleep(0.05)
+            assert resp.status == 503
+            assert resp.content_type == "application/problem+json"
+            problem = await resp.json()
+            assert problem["type"] == "urn:seqd:problem:store_unreachable"
+            assert "redis.unhealthy_after_seconds" in problem["detail"]
+            server.start()
+            async with asyncio.timeout(15):
+                while (await c.get("/healthz")).status != 200:  # noqa: ASYNC110 - polling HTTP
+                    await asyncio.sleep(0.05)
+    finally:
+        await store.close()

@@ -13,17 +13,19 @@ from seqd import ids, models
 from seqd.api.pagination import encode_token
 from seqd.store import migrate, sequences
 from seqd.store.db import Store, connect
-from seqd.store.dispatch import Dispatch, Settle
+from seqd.store.dispatch import Dispatch
 from seqd.store.keys import V1_PARKED, V1_SHARD_DUE
 from tests.conftest import Api
 from tests.dispatchutil import (
     TENANT,
+    claim,
     contacts,
     contacts_in_shard,
     due_score,
     enroll,
     raw,
     sequence,
+    settled,
     sms,
 )
 
@@ -149,24 +151,19 @@ async def test_a_claim_sets_the_head_and_an_advance_lowers_it(any_store: Store) 
     (e,) = await enroll(s, seq, await contacts_in_shard(s, 1, shard=0))
     due = int(await due_score(s, e.id) or 0)
     dispatch = Dispatch(s)
-    batch = await dispatch.claim(
-        0, now=due, lease_ms=LEASE, limit=10, on_unknown="resend", max_attempts=3
-    )
+    batch = await claim(s, 0, due, lease_ms=LEASE, limit=10)
     (item,) = batch.items
-    token = item.e["k"]
+    token = item.enrollment.token
     assert await s.client.zscore(s.keys.heads(0), seq.id) == float(token)
     # The next step is due before the lease would end: the head comes down to it.
-    done = Settle(id=e.id, token=token, step=0, kind="sms", at=due + 5, outcome="sent", wait=1000)
-    for claimed in (None, {e.id: item.e}):
+    done = settled(id=e.id, token=token, step=0, kind="sms", at=due + 5, outcome="sent", wait=1000)
+    for claimed in (None, {e.id: item.enrollment}):
         if claimed is not None:  # the dispatcher's way (the bulk writes) on a second step
             (item,) = (
-                await dispatch.claim(
-                    0, now=due + 1005, lease_ms=LEASE, limit=10, on_unknown="resend",
-                    max_attempts=3,
-                )
+                await claim(s, 0, due + 1005, lease_ms=LEASE, limit=10)
             ).items  # fmt: skip
-            done = Settle(
-                id=e.id, token=item.e["k"], step=1, kind="sms", at=due + 1010,
+            done = settled(
+                id=e.id, token=item.enrollment.token, step=1, kind="sms", at=due + 1010,
                 outcome="sent", wait=1000,
             )  # fmt: skip
         advanced = await dispatch.advance_many(
@@ -256,11 +253,8 @@ async def test_a_schema_1_store_moves_into_queues_when_opened(
             assert heads == ({seq.id: min(mine)} if mine else {})  # type: ignore[type-var]
         # And the dispatcher finds every step.
         now = int(max(v or 0 for v in scores.values()))
-        claimed = await Dispatch(s).claim_many(
-            range(s.shards), now=now, lease_ms=LEASE, limit=100, on_unknown="resend",
-            max_attempts=3,
-        )  # fmt: skip
-        assert sorted(i.id for b in claimed.values() for i in b.items) == sorted(scores)
+        claimed = [await claim(s, sh, now, lease_ms=LEASE) for sh in range(s.shards)]
+        assert sorted(i.id for b in claimed for i in b.items) == sorted(scores)
         # A schema 1 process still running writes to its due index after the move: the
         # next start moves that too.
         straggler = enrolled[0]

@@ -11,11 +11,11 @@ import pytest
 from seqd import ids, models
 from seqd.store import calls
 from seqd.store.db import Store
-from seqd.store.dispatch import Dispatch, Settle
+from seqd.store.dispatch import Dispatch
 from seqd.store.enrollments import EnrollItem
 from seqd.store.scripts import LUA, SCRIPTS, CrossSlotError, Runner, ScriptError
 from seqd.times import to_rfc3339
-from tests.dispatchutil import contacts_in_shard, events
+from tests.dispatchutil import claim, contacts_in_shard, events, settled
 
 SEQ = models.SequenceCreate(
     name="s",
@@ -132,17 +132,14 @@ async def test_transition_codes_and_fencing(any_store: Store) -> None:
     # score) is gone with the due member, so its outcome is stale.
     far = 10**13
     dispatch = Dispatch(s)
-    [claimed] = (
-        await dispatch.claim(
-            shard, now=far, lease_ms=60_000, limit=10, on_unknown="resend", max_attempts=3
-        )
-    ).items
+    [claimed] = (await claim(s, shard, far, lease_ms=60_000, limit=10)).items
     paused = await s.enrollments.transition("acme", eid, "pause", "manual")
     assert paused.status == "paused"
     assert await s.client.zscore(s.keys.queue(shard, seq.id), eid) is None
     assert await s.client.zrange(s.keys.status_index(shard, seq.id, "paused"), 0, -1) == [eid]
-    retry = Settle(id=eid, token=claimed.e["k"], step=0, kind="sms", at=far, outcome="retry",
-                   delay=5)  # fmt: skip
+    retry = settled(
+        id=eid, token=claimed.enrollment.token, step=0, kind="sms", at=far, outcome="retry", delay=5
+    )
     assert (await dispatch.advance(shard, [retry], now=far, max_attempts=3)).stale == [eid]
     assert (await s.client.hgetall(ekey)).get("a") is None
     with pytest.raises(Exception, match="cannot pause an enrollment that is paused"):
@@ -279,11 +276,10 @@ async def test_trim_intake_deletes_only_the_finished_head(any_store: Store) -> N
 
 
 def test_each_script_has_one_builder() -> None:
-    """Every script is called through its builder in store/calls.py (claimDue, leasePeeked
-    and advance are still called by store/dispatch.py directly)."""
+    """Every script is called through its builder in store/calls.py."""
     built = re.findall(r'Call\(\s*"(\w+)"', inspect.getsource(calls))
     assert len(built) == len(set(built))
-    assert sorted(built) == sorted(set(SCRIPTS) - {"claimDue", "leasePeeked", "advance"})
+    assert sorted(built) == sorted(SCRIPTS)
 
 
 def test_enroll_rows_read_as_one_error_type() -> None:

@@ -153,3 +153,14 @@ async def test_a_phone_written_the_usual_ways_is_stored_in_e164(api: Api) -> Non
         code, body = await api.call("POST", "/contacts", {"phone": phone})
         assert code == 201, body
         assert body["contact"]["phone"] == f"+1415555019{n}"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("char", LINE_BREAKS)
+async def test_a_subject_with_a_line_break_is_422(api: Api, char: str) -> None:
+    """Every email of the step would fail at its Subject header; refused when written."""
+    step = {"kind": "email", "subject": f"Hi{char}Bcc: victim@example.com", "body": "b"}
+    code, body = await api.call(
+        "POST", "/sequences", {"name": "s", "status": "active", "steps": [step]}
+    )
+    assert code == 422, body
+    assert [e["path"] for e in body["errors"]] == ["steps[0].subject"]  # type: ignore[index]

@@ -27,9 +27,11 @@ async def _tenant_a(api: Api) -> dict[str, str]:
     _, sch = await api.call(
         "POST", "/schedules", {"name": "x", "windows": {"mon": [["09:00", "17:00"]]}}
     )
+    _, snd = await api.call("POST", "/senders", {"channel": "sms", "address": "+14155550188"})
     await Reader(api.store, WebhooksConfig()).run_once()
     return {
         "schedule": sch["schedule"]["id"],  # type: ignore[index]
+        "sender": snd["sender"]["id"],  # type: ignore[index]
         "contact": cid,
         "sequence": sid,
         "enrollment": e["enrollment"]["id"],  # type: ignore[index]
@@ -59,15 +61,16 @@ async def _view(api: Api, owned: dict[str, str]) -> list[object]:
 async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
     owned = await _tenant_a(api)
     _, bravo = await api.store.tenants.create_key("bravo")
-    lists = {r.path for r in ROUTES if r.method == "GET" and r.auth and "{" not in r.path}
-    assert lists == {
-        "/contacts",
-        "/sequences",
-        "/events",
-        "/suppressions",
-        "/webhook-endpoints",
-        "/schedules",
+    # (GET /tenant/settings is the caller's own settings, not a list.)
+    lists = {
+        r.path
+        for r in ROUTES
+        if r.method == "GET" and r.auth and "{" not in r.path and r.path != "/tenant/settings"
     }
+    assert lists == {
+        "/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints", "/senders",
+        "/schedules",
+    }  # fmt: skip
     queries = [
         *sorted(lists),
         "/contacts?phone=%2B14155550100",
@@ -114,6 +117,8 @@ async def test_other_tenants_writes_with_my_ids_change_nothing(api: Api) -> None
         ("PATCH", f"/webhook-endpoints/{owned['endpoint']}", {"enabled": False}),
         ("POST", f"/webhook-endpoints/{owned['endpoint']}/rotate-secret", None),
         ("DELETE", f"/webhook-endpoints/{owned['endpoint']}", None),
+        ("PATCH", f"/senders/{owned['sender']}", {"paused": True}),
+        ("DELETE", f"/senders/{owned['sender']}", None),
         # A's contact enrolled in B's own sequence, by id: not B's contact.
         ("POST", f"/sequences/{b_seq}/enrollments", {"contact_id": owned["contact"]}),
         (
@@ -141,3 +146,5 @@ async def test_other_tenants_writes_with_my_ids_change_nothing(api: Api) -> None
     await api.call("DELETE", "/suppressions?channel=sms&value=%2B14155550199", None, key=bravo)
     await Reader(api.store, WebhooksConfig()).run_once()
     assert await _view(api, owned) == before
+    sender = await api.store.senders.get("acme", owned["sender"])
+    assert not sender.paused and sender.updated_at == sender.created_at

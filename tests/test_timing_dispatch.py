@@ -140,15 +140,16 @@ async def test_a_contact_moved_to_a_zone_in_quiet_hours_is_deferred_to_its_morni
     assert ids.is_valid(eid, ids.ENROLLMENT)
 
 
-async def test_advance_refuses_a_defer_without_its_reason_or_a_whole_until(store: Store) -> None:
-    from seqd.store.dispatch import Dispatch, Settle
+async def test_advance_refuses_a_defer_without_a_whole_until(store: Store) -> None:
+    from seqd.store.dispatch import Dispatch
     from seqd.store.scripts import ScriptError
+    from seqd.store.settles import Defer
 
-    for bad in ({"until": 5}, {"reason": "window", "until": 5.5}):
-        item = Settle(id="enr_x", token="1", step=0, kind="sms", at=1, outcome="defer", **bad)  # type: ignore[arg-type]
+    for reason, until in ((None, 5.5), ("window", 5.5)):
+        item = Defer(id="enr_x", token="1", step=0, kind="sms", at=1, until=until, reason=reason)  # type: ignore[arg-type]
         try:
-            await Dispatch(store).advance_many({0: [item]}, now=1, max_attempts=3)
+            await Dispatch(store).advance(0, [item], now=1, max_attempts=3)
         except ScriptError as exc:
             assert exc.code == "BAD_ITEMS", exc
         else:
-            raise AssertionError(f"accepted {bad}")
+            raise AssertionError(f"accepted {reason!r}, {until}")

@@ -15,13 +15,15 @@ from seqd.api import (  # noqa: F401
     ops,
     preview,
     schedules,
+    senders,
     sequences,
+    settings,
     suppressions,
     unsubscribe,
     webhooks,
 )
 from seqd.api.access import access_middleware
-from seqd.api.appkeys import COALESCER, MAX_BODY, OPENAPI, RATE_LEASES
+from seqd.api.appkeys import COALESCER, MAX_BODY, OPENAPI, RATE_LEASES, STORE_WATCH
 from seqd.api.auth import auth_middleware
 from seqd.api.coalesce import Coalescer
 from seqd.api.errors import problems_middleware
@@ -30,7 +32,7 @@ from seqd.api.ratelimit import add_headers, ratelimit_middleware
 from seqd.api.routing import ROUTES
 from seqd.appkeys import CONFIG, LIVENESS, METRICS, POLICY, STORE
 from seqd.config import Config
-from seqd.health import Liveness
+from seqd.health import Liveness, StoreWatch
 from seqd.metrics import Metrics
 from seqd.store.db import Store
 from seqd.timing.policy import Policy
@@ -58,6 +60,7 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[MAX_BODY] = config.http.max_body_bytes
     app[METRICS] = Metrics()
     app[LIVENESS] = Liveness()
+    app[STORE_WATCH] = StoreWatch()
     app[RATE_LEASES] = {}
     app[POLICY] = Policy(config)
     app[COALESCER] = Coalescer(store, app[POLICY])
@@ -69,4 +72,6 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[OPENAPI] = openapi.build(base, routes)
     if config.metrics.enabled and config.metrics.listen is not None:
         app.cleanup_ctx.append(ops.metrics_listener)
+    if config.redis.unhealthy_after_seconds:
+        app.cleanup_ctx.append(ops.watching_store)
     return app

@@ -6,9 +6,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from seqd.api.coalesce import Coalescer
+from seqd.health import StoreWatch
 
 OPENAPI = web.AppKey("openapi", dict)
 MAX_BODY = web.AppKey("max_body", int)
+# When the store last answered (/healthz).
+STORE_WATCH = web.AppKey("store_watch", StoreWatch)
 # Requests this process took ahead of use from each API key's limit (seqd/api/ratelimit.py).
 RATE_LEASES = web.AppKey("rate_leases", dict)
 # Single enrollment requests grouped per sequence and turn of the loop (seqd/api/coalesce.py).

@@ -37,10 +37,19 @@ class EnrollmentBatchResult(models.Output, kw_only=True):
     results: list[BatchEnrolled | BatchProblem]
 
 
-class _RawBatch(models.Input, kw_only=True):
-    """The body as the handler reads it: items left raw, to be decoded one by one."""
+class EnrollmentBatchBody(models.Input, kw_only=True):
+    """Up to 1,000 enrollments, each as POST /sequences/{id}/enrollments takes it (an
+    EnrollmentCreate). Items are read one by one: an item that is not one is a problem
+    result in its place, and the others go through."""
 
-    items: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=models.BATCH_MAX_ITEMS)]
+    items: Annotated[
+        list[msgspec.Raw],
+        Meta(
+            min_length=1,
+            max_length=models.BATCH_MAX_ITEMS,
+            description="each an EnrollmentCreate; one that is not is a problem result",
+        ),
+    ]
 
 
 _decode_item = msgspec.json.Decoder(models.EnrollmentCreate).decode
@@ -55,7 +64,7 @@ async def _decoded(request: web.Request) -> list[models.EnrollmentCreate | Batch
             return list(_decode_batch(await request.read()).items)
         except (msgspec.DecodeError, RecursionError):  # ValidationError included
             pass  # read_body below answers 400 for a body nested too deeply
-    raw = await read_body(request, _RawBatch)
+    raw = await read_body(request, EnrollmentBatchBody)
     out: list[models.EnrollmentCreate | BatchProblem] = []
     for i, text in enumerate(raw.items):
         try:
@@ -79,7 +88,7 @@ def item_problem(error: SeqdError, index: int) -> BatchProblem:
     "/sequences/{id}/enrollments/batch",
     summary="Enroll up to 1,000 contacts (by id or inline); one result per item, in order",
     tag=TAG,
-    body=models.EnrollmentBatch,
+    body=EnrollmentBatchBody,
     responses={200: EnrollmentBatchResult},
     errors=(404, 409),
 )

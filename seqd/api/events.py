@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from aiohttp import web
 from msgspec import Meta
 
+from seqd import event_names
 from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
@@ -15,12 +17,20 @@ from seqd.appkeys import CONFIG, STORE
 from seqd.errors import FieldError, Invalid
 from seqd.event_models import EventEnvelope, EventList
 from seqd.models import Id
-from seqd.store import event_types
 from seqd.store.events import EventFilter
 from seqd.times import from_rfc3339, now_ms
 
 TAG = "events"
-TypeFilter = Annotated[str, Meta(max_length=1000, description="a type, or several comma-separated")]
+_ONE_TYPE = "(" + "|".join(re.escape(t) for t in sorted(event_names.KNOWN)) + ")"
+TypeFilter = Annotated[
+    str,
+    Meta(
+        max_length=1000,
+        description="a type, or several comma-separated",
+        # Checked by `_filter` (naming the unknown type), stated here for the document.
+        extra_json_schema={"pattern": rf"^\s*{_ONE_TYPE}(\s*,\s*{_ONE_TYPE})*\s*$"},
+    ),
+]
 
 
 class EventListQuery(ListQuery, kw_only=True):
@@ -28,7 +38,15 @@ class EventListQuery(ListQuery, kw_only=True):
     enrollment_id: Id | None = None
     contact_id: Id | None = None
     since: (
-        Annotated[str, Meta(max_length=64, description="RFC 3339; events at or after")] | None
+        Annotated[
+            str,
+            Meta(
+                max_length=64,
+                description="RFC 3339; events at or after",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
     ) = None
 
 
@@ -38,7 +56,7 @@ def _filter(query: EventListQuery) -> EventFilter:
     if query.type is not None:
         given = [query.type] if isinstance(query.type, str) else query.type
         names = [n.strip() for value in given for n in value.split(",") if n.strip()]
-        unknown = [n for n in names if n not in event_types.KNOWN]
+        unknown = [n for n in names if n not in event_names.KNOWN]
         if unknown or not names:
             errors.append(
                 FieldError(

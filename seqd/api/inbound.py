@@ -101,8 +101,9 @@ async def twilio_sms(request: web.Request) -> web.Response:
     config, store = request.app[CONFIG], request.app[STORE]
     params, url, sig = await _signed_form(request)
     fields = dict(params)
-    candidates = sms_inbound.tenants_for_sender(
+    candidates = await sms_inbound.tenants_for_address(
         config,
+        store,
         fields.get("To", ""),
         fields.get("MessagingServiceSid", ""),
         await store.tenants.names(),

@@ -9,11 +9,15 @@ import msgspec
 from aiohttp import web
 
 import seqd
+from seqd import event_names
 from seqd.api.appkeys import OPENAPI
+from seqd.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from seqd.api.idempotency import MAX_KEY_LENGTH
 from seqd.api.problems import CONTENT_TYPE as PROBLEM_TYPE
 from seqd.api.problems import Problem
 from seqd.api.routing import ROUTES, Route, route
 from seqd.api.wire import respond
+from seqd.event_models import SUBSCRIPTION_MARK
 
 _REF = "#/components/schemas/{name}"
 _PARAM = re.compile(r"\{(\w+)\}")
@@ -52,6 +56,104 @@ def _query_parameters(kind: type, components: dict[str, Any]) -> list[dict[str, 
     ]
 
 
+# Every authenticated POST may carry it (api/idempotency.py): printable ASCII, no
+# surrounding spaces (HTTP strips them).
+_IDEMPOTENCY_KEY = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Replays this request's first answer for the same key and request; "
+    "the key with another request is a 422, while the first still runs a 409",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_LENGTH,
+        "pattern": r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
+    },
+}
+
+
+def _rules(kind: type, components: dict[str, Any]) -> None:
+    """Add what a Struct states beyond its fields' own constraints (`json_schema_extra`:
+    a rule between fields, like "a phone or an email") to its component."""
+    extra = getattr(kind, "json_schema_extra", None)
+    if extra is not None and kind.__name__ in components:
+        components[kind.__name__].update(extra)
+
+
+def _subscriptions(node: Any) -> None:
+    """State what `event_types.check_subscription` enforces wherever the document has a
+    webhook subscription (`event_models.SUBSCRIPTION_MARK`): known types, or "*" alone."""
+    if isinstance(node, list):
+        for item in node:
+            _subscriptions(item)
+    elif isinstance(node, dict):
+        if node.pop(SUBSCRIPTION_MARK, False):
+            node["anyOf"] = [
+                {"items": {"const": event_names.WILDCARD}, "maxItems": 1},
+                {"items": {"enum": sorted(event_names.KNOWN)}},
+            ]
+        for value in node.values():
+            _subscriptions(value)
+
+
+def _body_optional(kind: type, content_type: str) -> bool:
+    """An empty JSON body reads as `{}` (api/wire.py): optional when `{}` is valid."""
+    if content_type != "application/json" or getattr(kind, "json_schema_extra", None):
+        return False
+    try:
+        msgspec.json.decode(b"{}", type=kind)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _links(routes: list[Route], base_path: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """OpenAPI links, so a client (and schemathesis's stateful phase) can follow an object
+    from the answer that made or listed it to every operation on it: from `POST /<things>`
+    or `GET .../<things>` (the object's `id` in the answer) to each `/<things>/{id}...`."""
+    links: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in routes:
+        if r.method not in ("POST", "GET") or r.path.endswith("}"):
+            continue
+        things = r.path.rsplit("/", 1)[1]
+        targets = [t for t in routes if t.path.startswith(f"/{things}/{{id}}")]
+        for status, kind in r.responses.items():
+            pointer = _id_pointer(kind) if 200 <= status < 300 else None
+            if pointer is None or not targets:
+                continue
+            links[(f"{r.method} {r.path}", str(status))] = {
+                t.handler.__name__: {
+                    "operationId": t.handler.__name__,
+                    "parameters": {"path.id": f"$response.body#{pointer}"},
+                }
+                for t in targets
+            }
+    return links
+
+
+def _id_pointer(kind: type | None) -> str | None:
+    """Where the object's id is in an answer: `/<field>/id` of an envelope, `/data/0/id`
+    of a page."""
+    if kind is None:
+        return None
+    info = msgspec.inspect.type_info(kind)
+    if not isinstance(info, msgspec.inspect.StructType):
+        return None
+    for f in info.fields:
+        inner = f.type
+        if isinstance(inner, msgspec.inspect.ListType) and f.encode_name == "data":
+            inner = inner.item_type
+            prefix = "/data/0"
+        else:
+            prefix = f"/{f.encode_name}"
+        if isinstance(inner, msgspec.inspect.StructType) and any(
+            g.encode_name == "id" for g in inner.fields
+        ):
+            return f"{prefix}/id"
+    return None
+
+
 def build(base_path: str, routes: list[Route] | None = None) -> dict[str, Any]:
     """The document of `routes` (default: every declared route)."""
     routes = ROUTES if routes is None else routes
@@ -69,6 +171,13 @@ def build(base_path: str, routes: list[Route] | None = None) -> dict[str, Any]:
         paths.setdefault(r.full_path(base_path), {})[r.method.lower()] = _operation(
             r, ref_of, components
         )
+    for kind in _struct_types(ordered):
+        _rules(kind, components)
+    _subscriptions(components)
+    for (key, status), links in _links(routes, base_path).items():
+        method, path = key.split(" ", 1)
+        r = next(r for r in routes if r.method == method and r.path == path)
+        paths[r.full_path(base_path)][method.lower()]["responses"][status]["links"] = links
     return {
         "openapi": "3.1.0",
         "info": {
@@ -88,6 +197,28 @@ def build(base_path: str, routes: list[Route] | None = None) -> dict[str, Any]:
     }
 
 
+def _struct_types(roots: list[type]) -> list[type]:
+    """Every Struct type reachable from `roots` (the components of the document)."""
+    seen: dict[type, None] = {}
+
+    def walk(info: msgspec.inspect.Type) -> None:
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in seen:
+                return
+            seen[info.cls] = None
+            for f in info.fields:
+                walk(f.type)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            for t in info.types:
+                walk(t)
+        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.DictType):
+            walk(info.item_type if isinstance(info, msgspec.inspect.ListType) else info.value_type)
+
+    for root in roots:
+        walk(msgspec.inspect.type_info(root))
+    return list(seen)
+
+
 def _operation(r: Route, ref_of: dict[type, Any], components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": r.handler.__name__,
@@ -103,7 +234,7 @@ def _operation(r: Route, ref_of: dict[type, Any], components: dict[str, Any]) ->
         op["parameters"] += _query_parameters(r.query, components)
     if r.body is not None:
         op["requestBody"] = {
-            "required": True,
+            "required": not _body_optional(r.body, r.body_content_type),
             "content": {r.body_content_type: {"schema": ref_of[r.body]}},
         }
     for status, kind in sorted(r.responses.items()):
@@ -116,6 +247,9 @@ def _operation(r: Route, ref_of: dict[type, Any], components: dict[str, Any]) ->
     errors = set(r.errors) | {400, 500}
     if r.body is not None or r.query is not None:
         errors |= {413, 415, 422}
+    if r.auth and r.method == "POST":
+        op["parameters"].append(_IDEMPOTENCY_KEY)
+        errors |= {409, 422}
     if r.auth:
         errors |= {401, 429}
         op["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -7,6 +7,8 @@ deployment, not per API version. /metrics moves to its own listener when
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -14,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from seqd import health
+from seqd.api.appkeys import STORE_WATCH
 from seqd.api.problems import problem
 from seqd.api.routing import route
 from seqd.api.wire import respond
@@ -37,14 +40,39 @@ class Ready(msgspec.Struct, kw_only=True):
 @route(
     "GET",
     "/healthz",
-    summary="The process answers (no store access)",
+    summary="The process answers, and the store answered within redis.unhealthy_after_seconds",
     tag="operations",
     responses={200: Health},
     auth=False,
     root=True,
 )
 async def healthz(request: web.Request) -> web.Response:
+    limit = request.app[CONFIG].redis.unhealthy_after_seconds
+    down = request.app[STORE_WATCH].unreachable_for()
+    if limit and down > limit:
+        detail = (
+            f"the store has not answered for {down:.0f} s "
+            f"(redis.unhealthy_after_seconds = {limit:g})"
+        )
+        return problem(503, "store_unreachable", "Unhealthy", detail)
     return respond(Health(status="ok"))
+
+
+async def watching_store(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: ping the store every PROBE_SECONDS for /healthz."""
+
+    async def run() -> None:
+        while True:
+            await app[STORE_WATCH].probe(app[STORE])
+            await asyncio.sleep(health.PROBE_SECONDS)
+
+    task = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @route(

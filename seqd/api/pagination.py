@@ -16,7 +16,13 @@ Limit = Annotated[int, Meta(ge=1, le=200, description="items per page")]
 
 class ListQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     limit: Limit = 50
-    page_token: Annotated[str, Meta(max_length=200)] | None = None
+    page_token: (
+        Annotated[
+            str,
+            Meta(max_length=200, description="opaque: this list's previous next_page_token"),
+        ]
+        | None
+    ) = None
 
 
 def encode_token(after: str | None) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
 from aiohttp import web
 
 from seqd import models
@@ -33,6 +34,7 @@ class SequenceListQuery(ListQuery, kw_only=True):
 )
 async def create_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequenceCreate)
+    await request.app[STORE].senders.check_pools(tenant_of(request), body.senders)
     await check_schedule_id(request.app[STORE], tenant_of(request), body.schedule_id)
     seq = await request.app[STORE].sequences.create(tenant_of(request), body)
     return respond(models.SequenceEnvelope(sequence=seq), 201)
@@ -81,6 +83,8 @@ async def get_sequence(request: web.Request) -> web.Response:
 )
 async def patch_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequencePatch)
+    if not isinstance(body.senders, msgspec.UnsetType):
+        await request.app[STORE].senders.check_pools(tenant_of(request), body.senders)
     if isinstance(body.schedule_id, str):
         await check_schedule_id(request.app[STORE], tenant_of(request), body.schedule_id)
     seq = await request.app[STORE].sequences.change(

@@ -23,6 +23,17 @@ def message_key(enrollment_id: str, step: int) -> str:
     return f"{enrollment_id}.{step}"
 
 
+class FromSender(msgspec.Struct, frozen=True, kw_only=True):
+    """The sender (POST /v1/senders) a message goes out from: its number or address is the
+    From, through its messaging service (Twilio) or SMTP profile when it names one."""
+
+    id: str
+    address: str
+    name: str = ""
+    messaging_service_sid: str | None = None
+    smtp_profile: str | None = None
+
+
 class OutboundMessage(msgspec.Struct, kw_only=True):
     tenant: str
     enrollment_id: str
@@ -38,6 +49,8 @@ class OutboundMessage(msgspec.Struct, kw_only=True):
     thread_root: str | None = None
     # Extra headers (email) decided by the engine, e.g. List-Unsubscribe.
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # The sequence's sender the step took; None: the tenant's configured number or address.
+    sender: FromSender | None = None
 
     @property
     def key(self) -> str:

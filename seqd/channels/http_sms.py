@@ -65,7 +65,7 @@ class HttpSmsSender:
     def document(self, message: OutboundMessage) -> WebhookSms:
         return WebhookSms(
             to=message.to,
-            sender=self._config.from_number,
+            sender=message.sender.address if message.sender else self._config.from_number,
             body=message.body,
             tenant=message.tenant,
             enrollment_id=message.enrollment_id,

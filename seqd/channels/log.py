@@ -31,6 +31,8 @@ class LogLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     step: int
     kind: str
     to: str
+    # The sender's address, when the sequence's senders chose one.
+    sender: str | None = None
     body: str
     subject: str | None = None
     thread_root: str | None = None
@@ -86,6 +88,7 @@ class LogSender:
             step=message.step,
             kind=message.kind,
             to=message.to,
+            sender=message.sender.address if message.sender else None,
             body=message.body,
             subject=message.subject,
             thread_root=message.thread_root,

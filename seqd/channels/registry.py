@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from seqd.channels.base import Sender
-from seqd.config import ChannelsConfig, Config, ConfigError
+from seqd.config import ChannelsConfig, Config, ConfigError, SmtpConfig
 from seqd.kinds import SPECS, Kind
 
 
@@ -25,14 +25,22 @@ class Senders:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._by_tenant: dict[tuple[str, Kind], Sender] = {}
+        self._by_tenant: dict[tuple[str, Kind, str | None], Sender] = {}
         self._by_settings: dict[tuple[str, bytes], Sender] = {}
 
-    def get(self, tenant: str, kind: Kind) -> Sender:
-        sender = self._by_tenant.get((tenant, kind))
+    def get(self, tenant: str, kind: Kind, profile: str | None = None) -> Sender:
+        """The sender of `tenant`'s `kind` steps; through the SMTP profile `profile` (an
+        email sender's, POST /v1/senders) when the config still names it."""
+        sender = self._by_tenant.get((tenant, kind, profile))
         if sender is None:
-            sender = self._resolve(self._config.channels_for(tenant), kind)
-            self._by_tenant[(tenant, kind)] = sender
+            channels = self._config.channels_for(tenant)
+            server = channels.smtp.profiles.get(profile) if profile is not None else None
+            if server is not None:
+                own = msgspec.structs.asdict(server)
+                smtp = SmtpConfig(**own, from_address=channels.smtp.from_address)
+                channels = msgspec.structs.replace(channels, smtp=smtp)
+            sender = self._resolve(channels, kind)
+            self._by_tenant[(tenant, kind, profile)] = sender
         return sender
 
     def _resolve(self, channels: ChannelsConfig, kind: Kind) -> Sender:
@@ -121,6 +129,14 @@ def _check_channels(where: str, channels: ChannelsConfig) -> None:
                 raise ConfigError(f"{where}.smtp.{field}: contains a line break")
         if smtp.password and not smtp.username:
             raise ConfigError(f"{where}.smtp.username: required when a password is set")
+        for name, profile in smtp.profiles.items():
+            at = f"{where}.smtp.profiles.{name}"
+            if not profile.host:
+                raise ConfigError(f"{at}.host: required")
+            if profile.username and ("\r" in profile.username or "\n" in profile.username):
+                raise ConfigError(f"{at}.username: contains a line break")
+            if profile.password and not profile.username:
+                raise ConfigError(f"{at}.username: required when a password is set")
 
 
 def _check_url(setting: str, url: str) -> None:

@@ -100,24 +100,31 @@ class SmtpSender:
 
     async def send(self, message: OutboundMessage) -> SendResult:
         c = self._config
+        sender = message.sender
+        from_address = c.from_address if sender is None else sender.address
+        from_name = c.from_name if sender is None else sender.name or None
         try:
-            msg = mime.build(message, c.from_address, c.from_name)
+            msg = mime.build(message, from_address, from_name)
         except mime.Refused as exc:
             return SendResult(outcome="failed", error=f"smtp: {exc}")
         data = mime.to_bytes(msg)
         message_id = str(msg["Message-ID"])  # a header object (str subclass) does not encode
-        utf8 = mime.needs_utf8(c.from_address, message.to)
+        utf8 = mime.needs_utf8(from_address, message.to)
         session = await self._idle.get()
         try:
             fresh = session.client is None or not session.client.is_connected
             try:
-                return await self._transact(session, message.to, data, message_id, utf8)
+                return await self._transact(
+                    session, from_address, message.to, data, message_id, utf8
+                )
             except _NotSent as exc:
                 if not exc.stale or fresh:
                     return exc.result
             # The pooled session was dead at MAIL: nothing was delivered; once more, fresh.
             try:
-                return await self._transact(session, message.to, data, message_id, utf8)
+                return await self._transact(
+                    session, from_address, message.to, data, message_id, utf8
+                )
             except _NotSent as exc:
                 return exc.result
         finally:
@@ -128,7 +135,13 @@ class SmtpSender:
             self._idle.put_nowait(session)
 
     async def _transact(
-        self, session: _Session, to: str, data: bytes, message_id: str, utf8: bool
+        self,
+        session: _Session,
+        from_address: str,
+        to: str,
+        data: bytes,
+        message_id: str,
+        utf8: bool,
     ) -> SendResult:
         client = await self._connect(session)
         options = []
@@ -142,7 +155,7 @@ class SmtpSender:
             options.append("SMTPUTF8")
         encoding = "utf-8" if utf8 else "ascii"
         try:
-            await client.mail(self._config.from_address, options=options, encoding=encoding)
+            await client.mail(from_address, options=options, encoding=encoding)
             await client.rcpt(to, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
             await _reset(client)

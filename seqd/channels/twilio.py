@@ -69,7 +69,13 @@ class TwilioSender:
     def form(self, message: OutboundMessage) -> dict[str, str]:
         """The request's form fields."""
         fields = {"To": message.to, "Body": message.body}
-        if self._config.messaging_service_sid:
+        sender = message.sender
+        if sender is not None:
+            if sender.messaging_service_sid:
+                fields["MessagingServiceSid"] = sender.messaging_service_sid
+            else:
+                fields["From"] = sender.address
+        elif self._config.messaging_service_sid:
             fields["MessagingServiceSid"] = self._config.messaging_service_sid
         elif self._config.from_number:
             fields["From"] = self._config.from_number

@@ -18,7 +18,10 @@ from seqd.channels.base import OutboundMessage, SendResult, message_key
 from seqd.engine.plans import Plan
 from seqd.kinds import ADDRESS_FIELD, SPECS, Kind
 from seqd.models import CancelReason, PausedReason
-from seqd.store.dispatch import Claimed, Settle, SuppressionRecord
+from seqd.store.claims import Claimed
+from seqd.store.dispatch import SuppressionRecord
+from seqd.store.mirrors import CONTACT_OWNER
+from seqd.store.settles import Cancel, Complete, Failed, Pause, Settled, Skipped
 
 _CANCEL_REASONS = frozenset(r.value for r in CancelReason)
 
@@ -41,13 +44,11 @@ class Job:
     # What was claimed: the next step's time is read in the contact's zone (timetable).
     item: Claimed | None = None
     started: bool = False
+    # Admitted to send, its send not started yet (engine/sending.py `pending`).
+    pending: bool = False
     result: SendResult | None = None
     # ms when the send ended.
     at: int = 0
-
-
-def _settle(item: Claimed, step: int, kind: str, now: int, **fields: Any) -> Settle:
-    return Settle(id=item.id, token=item.e["k"], step=step, kind=kind, at=now, **fields)
 
 
 def suppressed_reason(record: SuppressionRecord, kind: Kind) -> str:
@@ -61,27 +62,30 @@ def suppressed_reason(record: SuppressionRecord, kind: Kind) -> str:
 
 def compose(
     item: Claimed, plan: Plan, suppressed: Mapping[str, SuppressionRecord], now: int
-) -> Job | Settle:
-    """The Job for `item`'s current step, or the Settle that ends it without a send.
+) -> Job | Settled:
+    """The Job for `item`'s current step, or the outcome that ends it without a send.
 
     `suppressed` maps a channel to the suppression record of this contact's address on it.
     """
-    e, c = item.e, item.c
-    step = int(e["i"])
+    e, c = item.enrollment, item.contact
+    step = int(e.index)
+    token = e.token
     if step >= len(plan.steps):
-        return _settle(item, step, "", now, outcome="complete")
+        return Complete(id=item.id, token=token, step=step, kind="", at=now)
     sp = plan.steps[step]
     kind = sp.kind
-    if c.get("tenant") != e["t"]:
-        return _settle(item, step, kind, now, outcome="failed", error="contact not found")
+    if c.get(CONTACT_OWNER) != e.tenant:
+        return Failed(
+            id=item.id, token=token, step=step, kind=kind, at=now, error="contact not found"
+        )
     if kind in suppressed:
         if any(later.kind not in suppressed for later in plan.steps[step + 1 :]):
-            return _settle(
-                item, step, kind, now, outcome="skipped", reason="suppressed",
+            return Skipped(
+                id=item.id, token=token, step=step, kind=kind, at=now, reason="suppressed",
                 wait=plan.wait_after(step),
             )  # fmt: skip
         reason = suppressed_reason(suppressed[kind], kind)
-        return _settle(item, step, kind, now, outcome="cancel", reason=reason)
+        return Cancel(id=item.id, token=token, step=step, kind=kind, at=now, reason=reason)
     field = ADDRESS_FIELD[kind]
     to = c.get(field)
     if not to:
@@ -92,7 +96,7 @@ def compose(
         if sp.needs_attributes:
             ctx["attributes"] = _decode(c.get("attributes") or "{}")
         if sp.needs_metadata:
-            ctx["metadata"] = _decode(e.get("md") or "{}")
+            ctx["metadata"] = _decode(e.metadata or "{}")
         context = ctx
     try:
         body = templates.render(sp.body, context)
@@ -103,15 +107,15 @@ def compose(
         if sp.reply_subject and not subject[:3].lower() == "re:":
             subject = "Re: " + subject
         if "\r" in subject or "\n" in subject:
-            return _settle(
-                item, step, kind, now, outcome="failed",
+            return Failed(
+                id=item.id, token=token, step=step, kind=kind, at=now,
                 error="subject: contains a line break (CR or LF); refused as a header value",
             )  # fmt: skip
     message = OutboundMessage(
-        tenant=e["t"],
+        tenant=e.tenant,
         enrollment_id=item.id,
-        contact_id=e["c"],
-        sequence_id=e["s"],
+        contact_id=e.contact,
+        sequence_id=e.sequence,
         step=step,
         kind=kind,
         to=to,
@@ -121,18 +125,18 @@ def compose(
     )
     return Job(
         id=item.id,
-        token=e["k"],
+        token=token,
         step=step,
         kind=kind,
-        due=int(e["n"]),
-        attempts=int(e.get("a") or 0),
+        due=int(e.due),
+        attempts=int(e.attempts or 0),
         message=message,
         item=item,
     )
 
 
-def _pause_missing(item: Claimed, step: int, kind: str, now: int, variable: str) -> Settle:
-    return _settle(
-        item, step, kind, now, outcome="pause",
+def _pause_missing(item: Claimed, step: int, kind: str, now: int, variable: str) -> Pause:
+    return Pause(
+        id=item.id, token=item.enrollment.token, step=step, kind=kind, at=now,
         reason=PausedReason.MISSING_VARIABLE.value, variable=variable,
     )  # fmt: skip

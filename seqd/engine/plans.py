@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from seqd import models, templates
 from seqd.kinds import SPECS, Kind
+from seqd.models import Rotation
 from seqd.store.db import Store
 from seqd.timing.due import StepTiming
 from seqd.timing.policy import step_timing
+
+# A step's timing when none is given: its wait_minutes (0) and nothing else.
+NO_RULES = StepTiming()
 
 # Plans kept at most; the oldest loaded is dropped past this.
 CACHE_SIZE = 10_000
@@ -37,8 +43,10 @@ class StepPlan:
     # Roots the templates read beyond plain contact fields: decode only what is needed.
     needs_attributes: bool
     needs_metadata: bool
+    # A message the contact asked for: exempt from frequency caps.
+    transactional: bool = False
     # Its waits and time rules as the timing core takes them.
-    timing: StepTiming
+    timing: StepTiming = NO_RULES
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,10 @@ class Plan:
     # Per step index: the kinds with a suppression list among that step and the ones after
     # it (the suppression reads).
     kinds_left: tuple[tuple[Kind, ...], ...]
+    # Channel -> the sender ids its steps send from (absent: the tenant's configured one),
+    # and how a step picks among them (seqd/senders/budget.py).
+    senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rotation: Rotation = "sticky"
     # The sequence's schedule (its send windows), if it has one.
     schedule_id: str | None = None
 
@@ -85,6 +97,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 wait_ms=step.wait_minutes * 60_000,
                 needs_attributes="attributes" in roots,
                 needs_metadata="metadata" in roots,
+                transactional=step.transactional,
                 timing=step_timing(step),
             )
         )
@@ -92,7 +105,9 @@ def build(seq: models.Sequence, version: int) -> Plan:
         tuple(sorted({s.kind for s in seq.steps[i:] if SPECS[s.kind].suppression}))
         for i in range(len(seq.steps))
     )
-    return Plan(seq.id, version, tuple(steps), kinds_left, seq.schedule_id)
+    pools = {kind: tuple(seq.senders.of(kind)) for kind in ("sms", "email")}
+    senders = MappingProxyType({kind: pool for kind, pool in pools.items() if pool})
+    return Plan(seq.id, version, tuple(steps), kinds_left, senders, seq.rotation, seq.schedule_id)
 
 
 class Plans:

@@ -21,7 +21,9 @@ class Round:
 
 
 @dataclass(slots=True)
-class Lane:
+class Tally:
+    """What one piece of a round came to."""
+
     claimed: int
     sent: int
     settled: int

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 from seqd.engine.plans import Plan
 from seqd.schedules import Schedule
+from seqd.store.claims import Claimed
 from seqd.store.db import Store
-from seqd.store.dispatch import Claimed, Settle
+from seqd.store.settles import Defer
 from seqd.times import now_ms
 from seqd.timing.due import Rules, StepTiming, due
 from seqd.timing.policy import Policy, jitter_key, zone_text
@@ -50,9 +51,9 @@ class Timetable:
         now = self.clock()
         wanted = set()
         for item in items:
-            plan = plans.get(item.e["s"])
+            plan = plans.get(item.enrollment.sequence)
             if plan is not None and plan.schedule_id is not None:
-                key = (item.e["t"], plan.schedule_id)
+                key = (item.enrollment.tenant, plan.schedule_id)
                 kept = self._schedules.get(key)
                 if kept is None or now - kept[1] >= self.refresh_ms:
                     wanted.add(key)
@@ -67,44 +68,42 @@ class Timetable:
         kept = self._schedules.get((tenant, plan.schedule_id))
         return kept[0] if kept is not None else None
 
-    def wait_after(
-        self, plan: Plan, e: Mapping[str, str], c: Mapping[str, str], step: int, at: int
-    ) -> int:
-        """ms from a send of step `step` at `at` to the next step's due time; -1 after the
-        last. `e` and `c`: the claimed enrollment and contact."""
+    def wait_after(self, plan: Plan, item: Claimed, step: int, at: int) -> int:
+        """ms from a send of step `step` of claimed `item` at `at` to the next step's due
+        time; -1 after the last."""
         nxt = step + 1
         if nxt >= len(plan.steps):
             return -1
         timing = plan.steps[nxt].timing
-        tenant = e["t"]
-        schedule = self._schedule(tenant, plan)
-        rules = self.policy.rules(tenant, schedule)
+        e = item.enrollment
+        schedule = self._schedule(e.tenant, plan)
+        rules = self.policy.rules(e.tenant, schedule)
         if _inert(rules, timing):
             return plan.steps[nxt].wait_ms
-        recipient = self.policy.recipient(tenant, schedule, c.get("timezone"), c.get("phone"))
-        decided = due(rules, timing, recipient, at, jitter_key(e["c"], e["s"], nxt))
+        c = item.contact
+        recipient = self.policy.recipient(e.tenant, schedule, c.get("timezone"), c.get("phone"))
+        decided = due(rules, timing, recipient, at, jitter_key(e.contact, e.sequence, nxt))
         return max(0, decided.at - at)
 
-    def deferral(self, item: Claimed, plan: Plan, now: int) -> Settle | None:
+    def deferral(self, item: Claimed, plan: Plan, now: int) -> Defer | None:
         """The `defer` of a step that came due while its window or quiet hours are closed
         (the zone or the schedule changed since its time was set); None when it may go."""
-        e = item.e
-        step = int(e["i"])
+        e = item.enrollment
+        step = int(e.index)
         if step >= len(plan.steps):
             return None
         sp = plan.steps[step]
-        tenant = e["t"]
-        schedule = self._schedule(tenant, plan)
-        rules = self.policy.rules(tenant, schedule)
+        schedule = self._schedule(e.tenant, plan)
+        rules = self.policy.rules(e.tenant, schedule)
         if _inert(rules, sp.timing):
             return None
-        c = item.c
-        recipient = self.policy.recipient(tenant, schedule, c.get("timezone"), c.get("phone"))
-        key = jitter_key(e["c"], e["s"], step)
+        c = item.contact
+        recipient = self.policy.recipient(e.tenant, schedule, c.get("timezone"), c.get("phone"))
+        key = jitter_key(e.contact, e.sequence, step)
         decided = due(rules, sp.timing, recipient, now, key, waits=False)
         if decided.at <= now:
             return None
-        return Settle(
-            id=item.id, token=e["k"], step=step, kind=sp.kind, at=now, outcome="defer",
-            until=decided.at, reason=decided.moved_by[0], zone=zone_text(decided), seq=e["s"],
+        return Defer(
+            id=item.id, token=e.token, step=step, kind=sp.kind, at=now, seq=e.sequence,
+            until=decided.at, reason=decided.moved_by[0], zone=zone_text(decided),
         )  # fmt: skip

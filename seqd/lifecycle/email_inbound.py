@@ -78,6 +78,8 @@ class ParsedEmail(msgspec.Struct, frozen=True):
     recipients: list[Recipient] = msgspec.field(default_factory=list)
     token: str | None = None
     why: str = ""
+    # The addresses it was delivered to (Delivered-To, X-Original-To, To, Cc), normalised.
+    to: list[str] = msgspec.field(default_factory=list)
 
 
 class EnrollmentChange(msgspec.Struct, frozen=True):
@@ -208,6 +210,18 @@ def _automatic(msg: Message, sender: str | None, subjects: tuple[str, ...]) -> s
 
 def parse(raw: bytes, auto_reply_subjects: list[str]) -> ParsedEmail:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
+    return msgspec.structs.replace(_parse(msg, auto_reply_subjects), to=_delivered_to(msg))
+
+
+def _delivered_to(msg: Message) -> list[str]:
+    values = [
+        str(v) for h in ("Delivered-To", "X-Original-To", "To", "Cc") for v in msg.get_all(h) or []
+    ]
+    found = (_address(addr) for _, addr in email.utils.getaddresses(values))
+    return list(dict.fromkeys(a for a in found if a))
+
+
+def _parse(msg: Message, auto_reply_subjects: list[str]) -> ParsedEmail:
     sender = _address(str(msg.get("From", "")))
     subject = str(msg.get("Subject", ""))
     dsn = _dsn(msg)
@@ -232,11 +246,16 @@ def parse(raw: bytes, auto_reply_subjects: list[str]) -> ParsedEmail:
 # -- applying ---------------------------------------------------------------------------
 async def _tenant_of(store: Store, parsed: ParsedEmail) -> str:
     """For a trusted caller that named no tenant (a shared MTA pipe): the tenant of the
-    enrollment the message refers to, else `default`."""
+    enrollment the message refers to, else of the sender (POST /v1/senders) whose mailbox it
+    was delivered to, else `default`."""
     for eid in parsed.enrollments:
         owner = await store.lifecycle.enrollment_owner(eid)
         if owner is not None:
             return owner[0]
+    for address in parsed.to:
+        sender = await store.senders.owner("email", address)
+        if sender is not None:
+            return sender[0]
     return DEFAULT_TENANT
 
 

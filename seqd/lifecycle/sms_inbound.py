@@ -97,6 +97,21 @@ def tenants_for_sender(
     return found
 
 
+async def tenants_for_address(
+    config: Config, store: Store, to: str, messaging_service_sid: str, known: Iterable[str] = ()
+) -> list[str]:
+    """The tenant whose sender (POST /v1/senders) is the number `To`, when one is and can
+    verify; else `tenants_for_sender`'s (the configured numbers and services)."""
+    try:
+        number = models.normalize_phone(to, None)
+    except ValueError:
+        number = None
+    owner = await store.senders.owner("sms", number) if number else None
+    if owner is not None and config.channels_for(owner[0]).twilio.auth_token:
+        return [owner[0]]
+    return tenants_for_sender(config, to, messaging_service_sid, known)
+
+
 class SmsOutcome(msgspec.Struct, frozen=True):
     tenant: str
     action: Literal["opted_out", "opted_in", "help", "reply"]

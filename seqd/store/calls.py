@@ -119,6 +119,58 @@ def peek_due(keys: Keys, shard: int, now: int, cap: int) -> Call:
     return Call("peekDue", [keys.heads(shard)], [tag, now, cap], tag)
 
 
+def claim_due(
+    keys: Keys, shard: int, now: int, limit: int, on_unknown: str, contact_fields: Sequence[str]
+) -> Call:
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag, now, limit, on_unknown, *contact_fields]
+    return Call("claimDue", _mirror_keys(keys, shard), args, tag)
+
+
+def lease_peeked(
+    keys: Keys,
+    shard: int,
+    now: int,
+    lease_ms: int,
+    max_attempts: int,
+    worker: str,
+    queues: Mapping[str, tuple[str, Sequence[tuple[str, str]]]],
+) -> Call:
+    """`queues`: sequence id -> (its mirror as peeked, [(enrollment id, score as peeked)])."""
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag, now, lease_ms, max_attempts, worker]
+    for seq, (mirror, members) in queues.items():
+        args += (seq, mirror, len(members), ",".join([score for _, score in members]))
+        args += [eid for eid, _ in members]
+    return Call("leasePeeked", _mirror_keys(keys, shard), args, tag)
+
+
+def advance(
+    keys: Keys,
+    shard: int,
+    now: int,
+    max_attempts: int,
+    items: bytes,
+    groups: bytes,
+    passed: Sequence[str | bytes],
+) -> Call:
+    """`items`, `groups`, `passed`: store/settles.py `advance_args`."""
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag, now, max_attempts, items, groups, *passed]
+    return Call("advance", _shard_keys(keys, shard), args, tag)
+
+
+def reclaim_leases(keys: Keys, shard: int, now: int, limit: int, dead: Sequence[str]) -> Call:
+    tag = keys.shard_tag(shard)
+    lease_keys = [
+        keys.heads(shard),
+        keys.leases(shard),
+        keys.lease_owners(shard),
+        keys.lease_starts(shard),
+    ]
+    return Call("reclaimLeases", lease_keys, [tag, now, limit, *dead], tag)
+
+
 # -- sequences -----------------------------------------------------------------------------
 def put_sequence(
     keys: Keys, tenant: str, sequence_id: str, doc: str | bytes, status: str, expected: int
@@ -289,6 +341,40 @@ def put_endpoint(
         [endpoint_id, expected, record, max_endpoints],
         keys.tenant_tag(tenant),
     )
+
+
+def put_sender(
+    keys: Keys, tenant: str, sender_id: str, expected: str, record: str, max_senders: int
+) -> Call:
+    return Call(
+        "putSender",
+        [keys.senders(tenant), keys.sender_budgets(tenant)],
+        [sender_id, expected, record, max_senders],
+        keys.tenant_tag(tenant),
+    )
+
+
+def take_budget(keys: Keys, tenant: str, now: int, mode: str, asks: Iterable[Arg]) -> Call:
+    """`mode`: take | peek; `asks`: the senders, then the asks (seqd/senders/budget.py
+    `encode`)."""
+    return Call(
+        "takeBudget", [keys.sender_budgets(tenant)], [now, mode, *asks], keys.tenant_tag(tenant)
+    )
+
+
+def pin_senders(keys: Keys, shard: int, pins: Iterable[tuple[str, str, str]]) -> Call:
+    """`pins`: (enrollment id, sender field, sender id) of enrollments of `shard`."""
+    tag = keys.shard_tag(shard)
+    args: list[Any] = [tag]
+    for pin in pins:
+        args += pin
+    return Call("pinSenders", [keys.heads(shard)], args, tag)
+
+
+def take_frequency(keys: Keys, shard: int, now: int, asks: Iterable[Arg]) -> Call:
+    """`asks`: flat, per step of `shard`: contact id, kind, member, limit, window ms."""
+    tag = keys.shard_tag(shard)
+    return Call("takeFrequency", [keys.heads(shard)], [tag, now, *asks], tag)
 
 
 def claim_webhooks(

@@ -31,6 +31,8 @@ ENROLLMENT_FIELDS = {
     "ca": "completed_at (ms)",
     "a": "send attempts of the current step; absent means 0",
     "sm": "set once an SMS step was sent to the contact",
+    "ys": "the sms sender (POST /v1/senders) the contact is pinned to (sticky rotation)",
+    "ye": "the email sender the contact is pinned to (sticky rotation)",
     "p<step>": "the provider's message id of a sent step",
     "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
 }

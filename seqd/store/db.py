@@ -28,7 +28,9 @@ from seqd.store.outbox import Outbox
 from seqd.store.ratelimits import RateLimits
 from seqd.store.replays import Replays
 from seqd.store.schedules import Schedules
+from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
+from seqd.store.settings import TenantSettingsStore
 from seqd.store.suppressions import Suppressions
 from seqd.store.tenants import Tenants
 from seqd.store.webhooks import Webhooks
@@ -139,6 +141,8 @@ class Store(StoreContext):
         self.webhooks = Webhooks(self, self.deliveries)
         self.replays = Replays(self)
         self.schedules = Schedules(self)
+        self.senders = SenderRecords(self)
+        self.settings = TenantSettingsStore(self)
 
     @classmethod
     async def open(cls, client: aioredis.Redis, prefix: str, default_shards: int) -> Store:

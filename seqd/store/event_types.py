@@ -17,37 +17,12 @@ import structlog
 
 from seqd import ids
 from seqd.errors import FieldError
+from seqd.event_names import ENROLLMENT_TYPES, KNOWN, WILDCARD
 from seqd.store import codec
 from seqd.times import to_rfc3339
 
 log = structlog.get_logger(__name__)
 
-ENROLLMENT_TYPES = (
-    "sequence.enrollment.created",
-    "sequence.enrollment.paused",
-    "sequence.enrollment.resumed",
-    "sequence.enrollment.completed",
-    "sequence.enrollment.cancelled",
-)
-TYPES: tuple[str, ...] = (
-    *ENROLLMENT_TYPES,
-    "sequence.step.sent",
-    "sequence.step.skipped",
-    "sequence.step.failed",
-    # A step that came due outside its window or in quiet hours: `reason`, `until`.
-    "sequence.step.deferred",
-    "message.delivered",
-    "message.undelivered",
-    "contact.opted_out",
-    "contact.opted_in",
-    "contact.bounced",
-    "contact.soft_bounced",
-    "contact.auto_replied",
-    "contact.deleted",
-)
-KNOWN = frozenset(TYPES)
-# An endpoint's `events` may be just this: every type, present and future.
-WILDCARD = "*"
 # Extra keys named like this (and `until`) holding integers are times in ms in storage,
 # RFC 3339 on the wire.
 _TIME_SUFFIX = "_at"

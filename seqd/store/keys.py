@@ -51,9 +51,21 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "delivery_queue": "{tag}:wq:{endpoint_id}",
     # ZSET of an endpoint's failed (dead-lettered) deliveries; all scores 0, id order.
     "failed_deliveries": "{tag}:wf:{endpoint_id}",
+    # ZSET "<enrollment id>:<step>" -> sent ms: a contact's messages of one kind in the
+    # tenant's frequency cap window (takeFrequency-1.lua), expiring with the window.
+    "frequency": "{tag}:fq:{contact_id}:{kind}",
     # HASH sequence id -> "<version>:<fields>": the contact fields the sequence's messages
     # can use at that version (store/mirrors.py), beside the shard's mirror (`sq`).
     "sequence_fields": "{tag}:sf",
+    # ZSET lease token -> its expiry (the token's value): the shard's leases (leasePeeked),
+    # each token one lease call's, until reclaimLeases takes it out after it ends.
+    "leases": "{tag}:ls",
+    # HASH lease token -> "<worker id> <sequence id>,...": who holds it, and the queues of
+    # its members.
+    "lease_owners": "{tag}:lo",
+    # SET of the lease tokens whose sends have started (written right before the first of
+    # them): a lease not in it was never handed to a channel, so it is no attempt.
+    "lease_starts": "{tag}:lst",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -106,6 +118,11 @@ class Keys:
         """HASH key id -> sha256(key), for listing and revoking."""
         return f"{self.global_tag}:apikey_ids"
 
+    def workers(self) -> str:
+        """ZSET worker id -> its last heartbeat (ms): the dispatching processes, so that the
+        leases of one whose heartbeat stopped are reclaimed (store/dispatch.py `Workers`)."""
+        return f"{self.global_tag}:workers"
+
     def intake(self) -> str:
         """STREAM other services XADD enrollment requests to (docs/redis-intake.md)."""
         return f"{self.prefix}:intake"
@@ -136,6 +153,11 @@ class Keys:
         Its own hash tag, so on Redis Cluster the keys' limits spread over the slots.
         """
         return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
+
+    def sender_addresses(self) -> str:
+        """HASH "<channel>:<address>" -> "<tenant> <sender id>": whose sender an address is
+        (inbound replies and opt-outs find their tenant by the address they arrived on)."""
+        return f"{self.global_tag}:senders"
 
     def provider_message(self, message_id: str) -> str:
         """STRING (first arrival ms, with a TTL): a provider's inbound message or status
@@ -179,6 +201,21 @@ class Keys:
         """HASH schedule id -> schedule document (JSON), seqd/schedules.py."""
         return f"{self.tenant_tag(tenant)}:sch"
 
+    def senders(self, tenant: str) -> str:
+        """HASH sender id -> sender record (JSON): the tenant's numbers and mailboxes."""
+        return f"{self.tenant_tag(tenant)}:snd"
+
+    def tenant_settings(self, tenant: str) -> str:
+        """STRING (JSON): the tenant's settings set through the API (senders/models.py
+        `StoredSettings`)."""
+        return f"{self.tenant_tag(tenant)}:settings"
+
+    def sender_budgets(self, tenant: str) -> str:
+        """HASH of the tenant's senders' budgets (takeBudget-1.lua): "<sender id>:s|h|g" ->
+        GCRA arrival time (ms) of its per-second, per-hour and min-gap limits,
+        "<sender id>:d" -> "<local day>:<sends that day>", "rr:<pool>" -> rotation cursor."""
+        return f"{self.tenant_tag(tenant)}:sndb"
+
     def events(self, tenant: str) -> str:
         """STREAM: the tenant's event log (id, type, refs per entry), trimmed by age."""
         return f"{self.tenant_tag(tenant)}:events"
@@ -203,6 +240,15 @@ class Keys:
     def mirrors(self, shard: int) -> str:
         """HASH sequence id -> "<status>:<version>:<steps>", the shard's mirror of each."""
         return SHARD_MIRRORS.format(tag=self.shard_tag(shard))
+
+    def leases(self, shard: int) -> str:
+        return SHARD_TEMPLATES["leases"].format(tag=self.shard_tag(shard))
+
+    def lease_owners(self, shard: int) -> str:
+        return SHARD_TEMPLATES["lease_owners"].format(tag=self.shard_tag(shard))
+
+    def lease_starts(self, shard: int) -> str:
+        return SHARD_TEMPLATES["lease_starts"].format(tag=self.shard_tag(shard))
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

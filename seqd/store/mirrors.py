@@ -22,7 +22,9 @@ from seqd.timing.policy import QUIET_KINDS
 
 # Every contact field a message can use: its owner (checked before a send), the text fields
 # (templates and addresses) and attributes (templates' attributes.<key>).
-CONTACT_READ = ("tenant", *CONTACT_TEXT_FIELDS, "attributes")
+# The contact hash's field naming its owner (the tenant).
+CONTACT_OWNER = "tenant"
+CONTACT_READ = (CONTACT_OWNER, *CONTACT_TEXT_FIELDS, "attributes")
 
 
 def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tuple[str, ...]:
@@ -30,7 +32,7 @@ def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tup
     channel among them (the send and the suppression reads) and what their templates name;
     and what gives the contact's zone (timezone, phone) where windows or quiet hours apply:
     under a schedule (`scheduled`), for SMS steps."""
-    needed = {"tenant", "timezone", "phone"} if scheduled else {"tenant"}
+    needed = {CONTACT_OWNER, "timezone", "phone"} if scheduled else {CONTACT_OWNER}
     for step in steps:
         address = SPECS[step.kind].address
         if address is not None:

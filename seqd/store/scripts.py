@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from seqd import kinds
 from seqd.store import keys as keymod
+from seqd.store import settles
 from seqd.store.calls import Call, refusal
 from seqd.store.calls import ScriptError as ScriptError  # re-exported: the facades' one error
 
@@ -69,6 +70,10 @@ def _constants() -> str:
     return f"local OUTBOX_ITEMS = {OUTBOX_ITEMS}\nlocal BULK = {BULK}\n" + kinds.lua_constants()
 
 
+# Includes generated from Python definitions, beside the files of includes/.
+GENERATED = {"settles": settles.lua_prelude()}
+
+
 def _expand(source: str, seen: set[str] | None = None) -> str:
     """`source` with its includes in place, theirs too; each include once per script."""
     seen = set() if seen is None else seen
@@ -78,7 +83,10 @@ def _expand(source: str, seen: set[str] | None = None) -> str:
         if name in seen:
             return ""
         seen.add(name)
-        return _expand((LUA / "includes" / f"{name}.lua").read_text(), seen)
+        text = GENERATED.get(name)
+        if text is None:
+            text = (LUA / "includes" / f"{name}.lua").read_text()
+        return _expand(text, seen)
 
     return _INCLUDE.sub(include, source)
 

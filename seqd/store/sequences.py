@@ -98,6 +98,8 @@ class Sequences:
             steps=steps,
             on_reply=body.on_reply,
             schedule_id=body.schedule_id,
+            senders=body.senders,
+            rotation=body.rotation,
             created_at=now,
             updated_at=now,
         )
@@ -156,7 +158,7 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply", "schedule_id"):
+            for field in ("name", "description", "on_reply", "senders", "rotation", "schedule_id"):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value

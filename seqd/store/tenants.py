@@ -28,6 +28,17 @@ AUTH_CACHE_SECONDS = 1.0
 AUTH_CACHE_MAX = 10_000
 
 
+# Meta hash fields: the first key has been shown; its secret until then.
+_BOOTSTRAPPED = "bootstrapped"
+_BOOTSTRAP_SECRET = "bootstrap_secret"
+
+
+def _new_secret(test: bool) -> str:
+    return ("sk_test_" if test else "sk_live_") + "".join(
+        secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS)
+    )
+
+
 class KeyRecord(msgspec.Struct):
     id: str
     tenant: str
@@ -71,9 +82,10 @@ class Tenants:
         self, tenant: str, label: str = "", *, test: bool = False
     ) -> tuple[ApiKey, str]:
         """A new key for `tenant`; the secret is returned once and never stored."""
-        secret = ("sk_test_" if test else "sk_live_") + "".join(
-            secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS)
-        )
+        secret = _new_secret(test)
+        return await self._add_key(tenant, label, secret), secret
+
+    async def _add_key(self, tenant: str, label: str, secret: str) -> ApiKey:
         record = KeyRecord(
             id=ids.new(ids.API_KEY),
             tenant=tenant,
@@ -87,7 +99,7 @@ class Tenants:
         pipe.hset(self.keys.api_keys(), digest, _encode(record))
         pipe.hset(self.keys.api_key_ids(), record.id, digest)
         await pipe.execute()
-        return self._public(record), secret
+        return self._public(record)
 
     async def authenticate(self, secret: str) -> str | None:
         """The tenant a key belongs to. The lookup is by hash, so timing reveals nothing of it.
@@ -126,11 +138,26 @@ class Tenants:
         return True
 
     async def bootstrap(self) -> str | None:
-        """On a store's first start: tenant `default` and one key, returned once."""
-        if not await self.client.hsetnx(self.keys.meta(), "bootstrapped", now_ms()):
+        """Until a start has shown it (`bootstrap_shown`): tenant `default`'s first key.
+
+        The secret is kept in the meta hash only until then, so a start that created it and
+        died before showing it (or whose output was lost) leaves it to the next start to
+        show; the first writer's secret wins when two processes start at once."""
+        meta = self.keys.meta()
+        if await self.client.hexists(meta, _BOOTSTRAPPED):
             return None
-        _, secret = await self.create_key(DEFAULT_TENANT, "created on first start")
+        await self.client.hsetnx(meta, _BOOTSTRAP_SECRET, _new_secret(False))
+        secret = str(await self.client.hget(meta, _BOOTSTRAP_SECRET))
+        if not await self.client.hexists(self.keys.api_keys(), hash_key(secret)):
+            await self._add_key(DEFAULT_TENANT, "created on first start", secret)
         return secret
+
+    async def bootstrap_shown(self) -> None:
+        """The first key has been shown: forget its secret, and never show one again."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.meta(), _BOOTSTRAPPED, now_ms())
+        pipe.hdel(self.keys.meta(), _BOOTSTRAP_SECRET)
+        await pipe.execute()
 
     @staticmethod
     def _public(record: KeyRecord) -> ApiKey:

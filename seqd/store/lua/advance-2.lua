@@ -22,12 +22,10 @@
     pause     reason, variable (optional), error (optional)
     cancel    reason (opted_out, bounced, ...), error (optional)
     complete  (the step is past the sequence's end)
+    defer     until (ms), reason, zone (optional): see store/settles.py Defer
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
-    defer     until (ms), reason, zone (optional "<source>:<zone>"): not sent now (its
-              window or quiet hours are closed); due again at `until`, `n` rewritten,
-              `dr` = "<step>:<reason>", no attempt counted, event sequence.step.deferred
     and optionally seq: the claimed sequence (`s`; else read here)
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
@@ -53,17 +51,14 @@ local heads_key, outbox_key = KEYS[1], KEYS[2]
 local tag, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- @include enrollment
 -- @include dispatch
+-- @include settles
 
 -- Every item is checked before anything is written: a script error does not roll back.
 local ok, items = pcall(cjson.decode, ARGV[4])
 if not ok or type(items) ~= 'table' or (#items == 0 and next(items) ~= nil) then
   return redis.error_reply('BAD_ITEMS:not a JSON array')
 end
--- outcome -> the field it needs and that field's type
-local NEEDS = {sent = {'wait', 'number'}, skipped = {'wait', 'number'},
-               retry = {'delay', 'number'}, failed = {}, pause = {'reason', 'string'},
-               cancel = {'reason', 'string'}, complete = {}, release = {},
-               defer = {'until', 'number'}}
+-- (NEEDS: outcome -> the field it needs and that field's type, from store/settles.py.)
 for n, it in ipairs(items) do
   if type(it) ~= 'table' then return redis.error_reply('BAD_ITEMS:item ' .. n) end
   local need = NEEDS[it.outcome]
@@ -74,42 +69,48 @@ for n, it in ipairs(items) do
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
-  if it.outcome == 'defer' and (type(it.reason) ~= 'string' or it['until'] % 1 ~= 0) then
-    return redis.error_reply('BAD_ITEMS:item ' .. n)
+  if it.outcome == 'defer' then
+    if it['until'] % 1 ~= 0 then return redis.error_reply('BAD_ITEMS:item ' .. n) end
+    if type(it.reason) ~= 'string' then it.reason = 'window' end
   end
 end
--- Passed step n's values are ARGV[5n + 1 .. 5n + 5]: id, group, due, detail, event.
+-- Passed step n's values are ARGV[P_WIDTH * n + SKIP + P_ID ..] (PASSED_STEP): they start
+-- at ARGV[6].
+local SKIP = 5 - P_WIDTH
 local groups, passed, group_of, dues = {}, 0, {}, {}
 if #ARGV >= 5 then
   local decoded, got = pcall(cjson.decode, ARGV[5])
   if not decoded or type(got) ~= 'table' or (#got == 0 and next(got) ~= nil) then
     return redis.error_reply('BAD_ITEMS:passed groups not a JSON array')
   end
-  groups, passed = got, (#ARGV - 5) / 5
+  groups, passed = got, (#ARGV - 5) / P_WIDTH
   if passed % 1 ~= 0 then
-    return redis.error_reply('BAD_ITEMS:passed steps not five values each')
+    return redis.error_reply('BAD_ITEMS:passed steps not ' .. P_WIDTH .. ' values each')
   end
 end
 for n, g in ipairs(groups) do
-  if type(g) ~= 'table' or type(g[1]) ~= 'string' or g[1] == '' or type(g[2]) ~= 'string'
-    or g[2] == '' or type(g[3]) ~= 'number' or type(g[4]) ~= 'string'
-    or (g[5] ~= 'sent' and g[5] ~= 'skipped') or type(g[6]) ~= 'string' or g[6] == ''
-    or type(g[7]) ~= 'string' or type(g[8]) ~= 'number' or g[8] < 0 then
+  if type(g) ~= 'table' or type(g[G_TOKEN]) ~= 'string' or g[G_TOKEN] == ''
+    or type(g[G_SEQ]) ~= 'string' or g[G_SEQ] == '' or type(g[G_STEP]) ~= 'number'
+    or type(g[G_KIND]) ~= 'string' or (g[G_OUTCOME] ~= 'sent' and g[G_OUTCOME] ~= 'skipped')
+    or type(g[G_TENANT]) ~= 'string' or g[G_TENANT] == '' or type(g[G_ATTEMPTS]) ~= 'string'
+    or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0 then
     return redis.error_reply('BAD_ITEMS:passed group ' .. n)
   end
   -- What the group's steps write: `i` after the step, the provider id's field, and whether
   -- a step with a provider id writes exactly {i ua n p<step> [sm]} (`plain`: no attempts
   -- to reset), spelled as one table constructor on the hot path.
-  g.next, g.pfield = string.format('%d', g[3] + 1), 'p' .. string.format('%d', g[3])
-  g.plain = g[5] == 'sent' and (g[7] == '' or g[7] == '0')
-  g.sms = g[4] == 'sms'
-  g.queue = k_queue(tag, g[2])
-  g.etype = g[5] == 'sent' and 'sequence.step.sent' or 'sequence.step.skipped'
+  g.next, g.pfield = string.format('%d', g[G_STEP] + 1), 'p' .. string.format('%d', g[G_STEP])
+  g.sent = g[G_OUTCOME] == 'sent'
+  g.plain = g.sent and (g[G_ATTEMPTS] == '' or g[G_ATTEMPTS] == '0')
+  g.sms = g[G_KIND] == 'sms'
+  g.queue = k_queue(tag, g[G_SEQ])
+  g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
 end
 for n = 1, passed do
-  local b = 5 * n
-  local group, due = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  if not due or due % 1 ~= 0 or ARGV[b + 1] == '' or not groups[group] or ARGV[b + 5] == ''
+  local b = P_WIDTH * n + SKIP
+  local group, due = tonumber(ARGV[b + P_GROUP]), tonumber(ARGV[b + P_DUE])
+  if not due or due % 1 ~= 0 or ARGV[b + P_ID] == '' or not groups[group]
+    or ARGV[b + P_EVENT] == ''
   then
     return redis.error_reply('BAD_ITEMS:passed step ' .. n)
   end
@@ -155,7 +156,7 @@ local function pass_step(id, e, it, ekey)
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
-      {step = it.step, kind = it.kind, provider_id = it.provider_id, sent_at = it.at})
+      {step = it.step, kind = it.kind, provider_id = it.provider_id or cjson.null, sent_at = it.at})
   else
     enrollment_event('sequence.step.skipped', id, e, now,
       {step = it.step, kind = it.kind, reason = it.reason})
@@ -178,7 +179,7 @@ do
     distinct[it.id] = true
   end
   for n = 1, passed do
-    local id = ARGV[5 * n + 1]
+    local id = ARGV[P_WIDTH * n + SKIP + P_ID]
     if not zadds or distinct[id] then zadds = nil; break end
     distinct[id] = true
   end
@@ -220,8 +221,8 @@ end
 -- writes found no hash (deleted by hand), and is undone; returns false then (the general
 -- path decides).
 local function pass_built(n, id, g, ekey)
-  local b = 5 * n
-  local due_at, detail = ARGV[b + 3], ARGV[b + 4]
+  local b = P_WIDTH * n + SKIP
+  local due_at, detail = ARGV[b + P_DUE], ARGV[b + P_DETAIL]
   local fields
   if g.plain and detail ~= '' then
     if g.sms then
@@ -230,25 +231,24 @@ local function pass_built(n, id, g, ekey)
       fields = {'i', g.next, 'ua', now, 'n', due_at, g.pfield, detail}
     end
   else
-    local sent = g[5] == 'sent'
-    fields = step_writes(g.next, due_at, sent, g.pfield, detail ~= '' and detail or nil, g[4],
-      g[7], nil)
+    fields = step_writes(g.next, due_at, g.sent, g.pfield, detail ~= '' and detail or nil,
+      g[G_KIND], g[G_ATTEMPTS], nil)
   end
   if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
     rcall('DEL', ekey)
     return false
   end
-  schedule_next(g[2], due_at, id, dues[n])
-  emit_batched(g.etype, g[6], now, ARGV[b + 5])
+  schedule_next(g[G_SEQ], due_at, id, dues[n])
+  emit_batched(g.etype, g[G_TENANT], now, ARGV[b + P_EVENT])
   return true
 end
 
 -- Passed step `n` as an item, for the general path (it was sent `wait` before it is due).
 local function passed_item(n, id, g)
-  local sent, detail = g[5] == 'sent', ARGV[5 * n + 4]
+  local sent, detail = g.sent, ARGV[P_WIDTH * n + SKIP + P_DETAIL]
   if detail == '' then detail = nil end
-  return {id = id, token = g[1], seq = g[2], step = g[3], kind = g[4], outcome = g[5],
-          at = dues[n] - g[8], wait = g[8],
+  return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
+          outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
           provider_id = sent and detail or nil, reason = (not sent) and detail or nil}
 end
 
@@ -271,12 +271,9 @@ local function pass_read(id, ekey, it, seq)
   end
   rcall('HSET', ekey, unpack(fields))
   schedule_next(seq, due_at, id)
-  local md = h[6] and (',"md":' .. cjson.encode(h[6])) or ''
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
-    '{"id":"' .. id .. '","fields":{"s":"' .. h[4] .. '","c":"' .. h[5]
-    .. '","st":"active","i":"' .. next_step .. '","n":"' .. due_at
-    .. '","ua":"' .. now .. '"' .. md .. '},"step":' .. step
-    .. ',"kind":' .. (KIND_JSON[it.kind] or cjson.encode(it.kind)) .. tail .. '}')
+    step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
+      step, KIND_JSON[it.kind] or cjson.encode(it.kind), tail))
   return true
 end
 
@@ -351,9 +348,9 @@ for _, it in ipairs(items) do
   end
 end
 for n = 1, passed do
-  local id, g = ARGV[5 * n + 1], groups[group_of[n]]
+  local id, g = ARGV[P_WIDTH * n + SKIP + P_ID], groups[group_of[n]]
   local ekey = k_enrollment(tag, id)
-  local current = holds(id, g[1], g.queue)
+  local current = holds(id, g[G_TOKEN], g.queue)
   if current and pass_built(n, id, g, ekey) then
     applied = applied + 1
   else

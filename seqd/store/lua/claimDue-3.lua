@@ -1,22 +1,22 @@
---[[ Claim a shard's due steps for sending: one bounded batch, earliest sequence first.
+--[[ Peek at a shard's due steps for sending: one bounded batch, earliest sequence first.
 
-  The sequences with something due are those whose head (heads_key) has come; each one's
-  queue gives its due members, earliest first, until `limit` members were looked at. Each
-  claimed enrollment's score in its queue moves to the lease token, now + lease - 0.5 ms
-  (enrollment.lua `lease_token`), so it comes back by itself if the claiming worker dies;
-  the half marks it as claimed and unsettled, and only the holder of that score may
-  advance it. Nothing else is written per member. Then the sequence's head is set to its
-  queue's first score (or taken out with the queue empty). Members that must not be sent
-  now are settled here instead:
+  Nothing is leased: the dispatcher leases what it found with leasePeeked in the round trip
+  right before the send, so a worker that dies holding a peek left nothing to undo. The
+  sequences with something due are those whose head (heads_key) has come; each one's
+  queue gives its due members, earliest first, until `limit` members were looked at. Then
+  the sequence's head is set to its queue's first score (or taken out with the queue
+  empty). Members that must not be sent now are settled here instead:
   - enrollment gone or not active: a stale member, dropped from the queue;
   - sequence paused or draft (or its mirror missing): its head is taken out and its queue
     waits as it is, due times and all, until syncSequence puts the head back on resume;
   - sequence archived: cancelled (sequence_archived);
   - current step past the last one (the sequence lost steps): completed;
-  - a lease that ran out (its score has the half: the previous claim's worker died
-    mid-send, so the provider may or may not have the message): on_unknown = hold pauses
-    it (delivery_unknown); resend counts an attempt and sends again, or cancels it
-    (failed) when attempts are used up (dispatch.lua `count_unknown`).
+  - a lease that ran out (its score has the half) is left alone while its lease is
+    recorded: reclaimLeases decides whether its send had started. Without a record (a
+    send that had started: reclaimed, or released after its send had started) the
+    provider may or may not have the message: on_unknown = hold pauses it
+    (delivery_unknown); resend returns it as it is, and leasePeeked counts its attempt
+    (a peek may come to nothing).
 
   KEYS[1] heads     ZSET   the shard's sequence heads
   KEYS[2] outbox    STREAM the shard's events
@@ -25,17 +25,9 @@
                            -> "<version>:<fields>", built here from the tag)
   ARGV[1] tag
   ARGV[2] now           ms
-  ARGV[3] lease         ms
-  ARGV[4] limit         members looked at, at most
-  ARGV[5] on_unknown    resend | hold
-  ARGV[6] max_attempts
-  ARGV[7]   lease | peek: lease the members (a send follows at once), or only look (the
-            dispatcher peeks at its next batch while it sends one, and leases what it
-            found with leasePeeked in the round trip before that batch's send; a worker
-            that dies in between left nothing to undo). A peek still settles what needs
-            no send (stale, archived, completed, held); a lease run out that is to be
-            sent again is returned as it is, its attempt counted by leasePeeked.
-  ARGV[8..] contact fields to read for a sequence without `sf` fields at its mirror's
+  ARGV[3] limit         members looked at, at most
+  ARGV[4] on_unknown    resend | hold
+  ARGV[5..] contact fields to read for a sequence without `sf` fields at its mirror's
             version (written by a seqd from before them): the owner and what any message
             can use. A sequence's `sf` fields are what its messages use: a field the contact
             lacks costs a scan of its hash, which also holds one `e:<seq>` field per
@@ -45,22 +37,18 @@
   "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
-  the dispatcher reads (t s c st i n, a and md where set; the whole hash on the rare path
-  of an unsettled claim sent again) with `k` = the lease token (peek: the member's score
-  as it was left, which leasePeeked checks), the contact values an array in the order of
-  its sequence's fields in "f", or of ARGV[8..] for a sequence not in "f" (false where
-  unset); seen = members looked at (equal to the limit: more may be due).
+  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a, md and the
+  sender pins (kinds.py `sender_field`) where set; the
+  whole hash for a lease run out) with `k` = the member's score as it was left, which
+  leasePeeked checks; the contact values an array in the order of its sequence's fields
+  in "f", or of ARGV[5..] for a sequence not in "f" (false where unset); seen = members
+  looked at (equal to the limit: more may be due).
 ]]
 local rcall = redis.call
 local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
-local tag, now, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local hold, max_attempts = ARGV[5] == 'hold', tonumber(ARGV[6])
-local peek = ARGV[7] == 'peek'
-local contact_fields = {unpack(ARGV, 8)}
+local tag, now, limit, hold = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == 'hold'
+local contact_fields = {unpack(ARGV, 5)}
 -- @include enrollment
--- @include dispatch
-
-local token = lease_token(tonumber(now) + lease)
 
 -- sequence id -> its mirror, and its `sf` fields where they are the mirror's version
 local mirrors, fields_of, states = {}, {}, {}
@@ -95,27 +83,19 @@ end
 -- What the dispatcher reads of a claimed enrollment (engine/compose.py), spelled out as
 -- JSON rather than built by cjson: this is the hot path. (Its sequence, `s`, is the
 -- queue's.)
+-- Then the kinds' sender pins (kinds.py `sender_field`), read by engine/budgets.py.
 local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md'}
+local PINS = #READ
+for _, f in ipairs(KIND_SENDER_FIELDS) do READ[#READ + 1] = f end
 
 local parts = {}
 -- tenant -> its JSON text (a batch is mostly one tenant's)
 local tenants = {}
 
--- ZADD arguments (token, id, ...) of the members of the current queue leased, written
--- when the queue is done, in chunks: one command per chunk instead of one per member
--- (0.8 µs a step less; every member is distinct, and nothing here reads a leased member's
--- score again).
-local leased = {}
-
--- Take a member for sending: its score becomes the token (unless `keep`: a peek), its
--- sequence's mirror goes in the reply; returns its contact's values as JSON (an array:
--- pairing them with their names is the dispatcher's work, which costs less there than in
--- this script).
-local function lease(id, seq, state, cid, keep)
-  if not keep then
-    leased[#leased + 1] = token
-    leased[#leased + 1] = id
-  end
+-- Take a member for sending: its sequence's mirror goes in the reply; returns its contact's
+-- values as JSON (an array: pairing them with their names is the dispatcher's work, which
+-- costs less there than in this script).
+local function take(seq, state, cid)
   mirrors[seq] = state.mirror
   if state.fields then fields_of[seq] = state.fields end
   return cjson.encode(rcall('HMGET', k_contact(tag, cid), unpack(state.read)))
@@ -124,7 +104,6 @@ end
 -- The members of `seq`'s queue due now, at most `room` of them; returns how many.
 local function claim_queue(seq, state, qkey, room)
   local members = rcall('ZRANGEBYSCORE', qkey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
-  leased = {}
   for j = 1, #members, 2 do
     local id, score = members[j], members[j + 1]
     local ekey = k_enrollment(tag, id)
@@ -133,17 +112,21 @@ local function claim_queue(seq, state, qkey, room)
     if st == 'active' and state.status == 'active' and step < state.steps
       and not is_leased(score) then
       -- The hot path: an active step due, not a lease run out.
-      local c = lease(id, seq, state, h[5], peek)
-      local k = peek and score or token
+      local c = take(seq, state, h[5])
       local t = tenants[h[4]]
       if not t then
         t = cjson.encode(h[4])
         tenants[h[4]] = t
       end
+      local pins = ''
+      for i = 1, #KIND_SENDER_FIELDS do
+        local pin = h[PINS + i]
+        if pin then pins = pins .. ',"' .. KIND_SENDER_FIELDS[i] .. '":"' .. pin .. '"' end
+      end
       parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
-        .. '","k":"' .. k .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
-        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. '},' .. c .. ']'
+        .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
+        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. pins .. '},' .. c .. ']'
     elseif st ~= 'active' then
       rcall('ZREM', qkey, id)
     else
@@ -152,25 +135,20 @@ local function claim_queue(seq, state, qkey, room)
         finish(id, e, 'cancelled', 'sequence_archived', now)
       elseif step >= state.steps then
         finish(id, e, 'completed', '', now)
-      else
-        -- A lease ran out unsettled: the previous claim's worker died mid-send.
+      elseif not rcall('ZSCORE', k_leases(tag), lease_token(tonumber(score) + 0.5)) then
+        -- A send that had started and was not settled: the provider may have the message.
         if hold then
           finish(id, e, 'paused', 'delivery_unknown', now, {step = step})
-        elseif peek then
+        else
           -- Its attempt is counted by the lease right before its send (leasePeeked), not
           -- here: a peek may come to nothing.
-          local c = lease(id, seq, state, e['c'], true)
+          local c = take(seq, state, e['c'])
           e['k'] = score
-          parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
-        elseif count_unknown(id, e, ekey, step, now) then
-          local c = lease(id, seq, state, e['c'])
-          e['k'] = token
           parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
         end
       end
     end
   end
-  zadd_chunked(qkey, leased)
   return #members / 2
 end
 

@@ -5,7 +5,9 @@
   write that changes what a send of it would be (a claim, an advance, a transition) moves
   or removes it. A sequence whose mirror is no longer the one the peek read (paused,
   archived, edited) has none of its members leased: the next claim looks at them again.
-  Then the sequence's head is set to its queue's first score. A peeked lease that had run
+  Then the sequence's head is set to its queue's first score. The lease is recorded for
+  reclaimLeases: its token (one per call: a token another call of the shard holds is
+  taken one ms earlier) with its worker and its queues. A peeked lease that had run
   out (a send that may have happened, to be sent again: claimDue's peek leaves it as it
   is) has its attempt counted here, as a claim counts it (dispatch.lua `count_unknown`):
   counted when it is about to be sent, not when a peek that may come to nothing saw it.
@@ -17,7 +19,8 @@
   ARGV[2] now           ms
   ARGV[3] lease         ms
   ARGV[4] max_attempts
-  ARGV[5..] per sequence: its id, its mirror as the peek read it, n, the n scores as the
+  ARGV[5] worker        the leasing process's id (keys.workers)
+  ARGV[6..] per sequence: its id, its mirror as the peek read it, n, the n scores as the
             peek left them (the items' `k`) joined by ",", then the n enrollment ids
             (the scores in one text: a Lua string per ARGV is most of what an argument
             costs, and the usual answer, none changed, is one comparison)
@@ -29,12 +32,16 @@
 local rcall = redis.call
 local heads_key, outbox_key, mirrors_key = KEYS[1], KEYS[2], KEYS[3]
 local tag, now, lease, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local worker = ARGV[5]
 -- @include enrollment
 -- @include dispatch
 
 -- {sequence id, mirror, scores, first id's ARGV, n}; checked before anything is written.
 local groups = {}
-local i = 5
+if not worker or worker == '' or string.find(worker, ' ', 1, true) then
+  return redis.error_reply('BAD_ITEMS:worker id')
+end
+local i = 6
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 2])
   if not n or n < 0 or n % 1 ~= 0 or i + 3 + n > #ARGV then
@@ -52,8 +59,14 @@ local function unchanged(scores, seen)
   return table.concat(scores, ',') == seen
 end
 
-local token = lease_token(tonumber(now) + lease)
-local lost, counted = {}, {}
+local leases_key = k_leases(tag)
+local at = tonumber(now) + lease
+local token = lease_token(at)
+while rcall('ZSCORE', leases_key, token) do
+  at = at - 1
+  token = lease_token(at)
+end
+local lost, counted, queues = {}, {}, {}
 for _, g in ipairs(groups) do
   local seq, mirror, seen, first, n = g[1], g[2], g[3], g[4], g[5]
   local qkey = k_queue(tag, seq)
@@ -102,7 +115,12 @@ for _, g in ipairs(groups) do
       end
     end
     zadd_chunked(qkey, leased)
+    if #leased > 0 then queues[#queues + 1] = seq end
     set_head(heads_key, seq, qkey)
   end
+end
+if #queues > 0 then
+  rcall('ZADD', leases_key, token, token)
+  rcall('HSET', k_lease_owners(tag), token, worker .. ' ' .. table.concat(queues, ','))
 end
 return {token, lost, counted}
