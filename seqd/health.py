@@ -19,6 +19,7 @@ from typing import Protocol
 import msgspec
 from redis.exceptions import RedisError
 
+from seqd.store.client import UNAVAILABLE
 from seqd.store.db import Store
 from seqd.store.scripts import SCRIPTS
 
@@ -88,12 +89,16 @@ class Readiness(msgspec.Struct, kw_only=True):
     checks: dict[str, str]
 
 
+# What a check that did not get its answer from the store reports, rather than raises.
+_NOT_READY: tuple[type[Exception], ...] = (RedisError, *UNAVAILABLE)
+
+
 async def _store_checks(store: Store) -> dict[str, str]:
     checks = {}
     try:
         await store.client.ping()
         checks["store"] = "ok"
-    except (RedisError, OSError) as exc:
+    except _NOT_READY as exc:
         return {"store": f"unreachable ({type(exc).__name__})", "scripts": "unknown"}
     try:
         shas = [s.sha for s in SCRIPTS.values()]
@@ -102,7 +107,7 @@ async def _store_checks(store: Store) -> dict[str, str]:
             # A restarted Redis lost its script cache: load them again (idempotent).
             await store.runner.load_all()
         checks["scripts"] = "ok"
-    except (RedisError, OSError) as exc:
+    except _NOT_READY as exc:
         checks["scripts"] = f"not loaded ({type(exc).__name__})"
     return checks
 

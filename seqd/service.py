@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 from aiohttp import web
@@ -50,6 +50,7 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         url = await embedded.start(own=own)
     client = connect(
         url,
+        cluster=config.redis.cluster,
         socket_timeout=config.redis.socket_timeout,
         max_connections=config.redis.max_connections,
     )
@@ -121,14 +122,15 @@ def bind(config: Config) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
+            try:
+                sockets.append(_listen(family, address))
+            except OSError as exc:
+                # An address of a family the host has disabled (IPv6 for "localhost"), as
+                # asyncio's create_server skips it (bpo-30945).
+                if exc.errno != errno.EADDRNOTAVAIL or family != socket.AF_INET6:
+                    raise
+        if not sockets:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -138,6 +140,21 @@ def bind(config: Config) -> list[socket.socket]:
             reason = f"{exc.strerror or exc} (http.host, http.port)"
         raise ListenError(f"cannot listen on {where}: {reason}") from None
     return sockets
+
+
+def _listen(family: socket.AddressFamily, address: Any) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | None = None) -> int:

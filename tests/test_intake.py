@@ -14,10 +14,9 @@ from aiohttp.test_utils import TestServer
 from seqd import intake, models
 from seqd.api.app import create_app
 from seqd.appkeys import LIVENESS
-from seqd.config import Config, IntakeConfig
+from seqd.config import Config, IntakeConfig, cluster_seeds, is_cluster_url
 from seqd.intake import Intake
 from seqd.store.db import Store
-from tests.conftest import ValkeyProcess
 from tests.dispatchutil import events
 
 SMS_ONLY = models.SequenceCreate(
@@ -33,9 +32,14 @@ def _config(**intake_settings: Any) -> Config:
 
 
 @pytest.fixture
-def writer(valkey: ValkeyProcess) -> redis.Redis:
-    """Another service: plain redis-py, bytes in and out, knows nothing of seqd's code."""
-    client = redis.Redis.from_url(valkey.url)
+def writer(store_url: str) -> redis.Redis:
+    """Another service: plain redis-py (its cluster client on a cluster), bytes in and out,
+    knows nothing of seqd's code."""
+    if is_cluster_url(store_url):
+        host, port = cluster_seeds(store_url)[1][0]
+        client = redis.RedisCluster(host, port)
+    else:
+        client = redis.Redis.from_url(store_url)
     yield client
     client.close()
 

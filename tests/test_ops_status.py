@@ -146,7 +146,7 @@ def _env(valkey: ValkeyProcess, prefix: str) -> dict[str, str]:
 
 
 def test_cli_prints_one_screen(
-    valkey: ValkeyProcess,
+    store_url: str,
     prefix: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -154,7 +154,7 @@ def test_cli_prints_one_screen(
     for name in list(os.environ):
         if name.startswith("SEQD_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("SEQD_REDIS_URL", valkey.url)
+    monkeypatch.setenv("SEQD_REDIS_URL", store_url)
     monkeypatch.setenv("SEQD_REDIS_PREFIX", prefix)
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out
