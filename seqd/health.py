@@ -1,12 +1,12 @@
 """Readiness: the store answers, the scripts are loaded, every running loop is alive; and
 how long the store has been unreachable, which /healthz reports past a configured limit.
 
-Background loops (dispatcher, webhook deliverer, intake consumer) call
-`liveness.beat(name, deadline)` on every turn, with the longest time a healthy turn can
-take, and `liveness.stopped(name)` when they stop. A loop that has never beaten is not
-required (the dispatcher may be disabled in this process); one whose last beat is older
-than its deadline makes the process not ready, so an orchestrator stops sending it work
-and systemd/docker can restart it.
+Background loops (`loop.Loop`: dispatcher, outbox reader, webhook deliverer, intake
+consumers) call `liveness.beat(name, deadline)` on every turn, with the longest time a
+healthy turn can take, and `liveness.stopped(name)` when they stop. A loop that has never
+beaten is not required (the dispatcher may be disabled in this process); one whose last
+beat is older than its deadline makes the process not ready, so an orchestrator stops
+sending it work and systemd/docker can restart it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import msgspec
 from redis.exceptions import RedisError
@@ -27,16 +26,8 @@ from seqd.store.scripts import SCRIPTS
 CHECK_TIMEOUT_SECONDS = 2.0
 
 
-class Heart(Protocol):
-    """What a background loop reports to (`Liveness`, or nothing in tests)."""
-
-    def beat(self, name: str, deadline_seconds: float) -> None: ...
-
-    def stopped(self, name: str) -> None: ...
-
-
 class Liveness:
-    """Last beat of each background loop, on the monotonic clock."""
+    """Last beat of each background loop, on the monotonic clock (a `loop.Heart`)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock

@@ -11,27 +11,45 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 from aiohttp import web
 
 from seqd import collector, intake, logs, metrics, systemd
 from seqd.api.app import create_app
-from seqd.appkeys import METRICS, STORE
+from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.config import Config
 from seqd.embedded import EmbeddedServer
 from seqd.engine import dispatcher
 from seqd.events import background as webhooks
+from seqd.loop import Heart
+from seqd.metrics import Metrics
 from seqd.store.db import Store, connect
 
 log = structlog.get_logger(__name__)
 
-# Background parts of the daemon (dispatcher, webhook deliverer, intake consumer), each an
-# aiohttp cleanup_ctx factory taking the config: start on enter, stop and await on exit.
-BackgroundPart = Callable[
-    [Config], Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
-]
+
+class BackgroundPart(Protocol):
+    """A background part of the daemon (dispatcher, webhook deliverer, intake consumer),
+    given what it needs: started on enter, stopped and awaited on exit."""
+
+    def __call__(
+        self, config: Config, store: Store, *, liveness: Heart, observer: Metrics
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+def background(
+    part: BackgroundPart, config: Config
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """`part` as an aiohttp cleanup_ctx, with the app's store, liveness and metrics."""
+
+    def running(app: web.Application) -> contextlib.AbstractAsyncContextManager[None]:
+        return part(config, app[STORE], liveness=app[LIVENESS], observer=app[METRICS])
+
+    return running
+
+
 BACKGROUND: list[BackgroundPart] = []
 # The dispatcher (a no-op part when dispatch.enabled is false).
 BACKGROUND.append(dispatcher.background)
@@ -77,7 +95,7 @@ def build_app(config: Config, store: Store) -> web.Application:
     app = create_app(config, store)
     app.cleanup_ctx.append(lambda app: metrics.recording(app[METRICS], app[STORE]))
     for part in BACKGROUND:
-        app.cleanup_ctx.append(part(config))
+        app.cleanup_ctx.append(background(part, config))
     return app
 
 

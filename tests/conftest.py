@@ -140,6 +140,12 @@ def prefix() -> str:
 STORE_ON_CLUSTER = frozenset(
     {
         "test_dispatch_engine",
+        "test_dispatch_recovery",
+        "test_senders_api",
+        "test_senders_budget",
+        "test_senders_channels",
+        "test_senders_dispatch",
+        "test_senders_inbound",
         "test_dispatch_slow_channel",
         "test_idempotency_key",
         "test_importer",

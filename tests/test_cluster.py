@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from seqd import cli
+from seqd import cli, ids
 from seqd import config as configmod
 from seqd.config import ConfigError, cluster_seeds
-from seqd.store import scripts
+from seqd.store import scripts, upserts
 from seqd.store.client import _StoreConnection, connect, derive
 from seqd.store.db import Store
 from seqd.store.keys import SLOTS, SPREAD, Keys, spread_tags
@@ -233,3 +233,22 @@ async def test_reading_the_outbox_costs_no_key_lookup_round_trip(
     for _ in range(3):
         assert await cluster_store.outbox.read("reader-1", 10) == []
     assert await lookups() == before
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+async def test_a_batch_of_new_inline_contacts_is_upserted_across_the_primaries(
+    cluster_store: Store,
+) -> None:
+    """One linkContacts call in the tenant's slot, one createContacts call per shard (each
+    on the primary owning that shard's slot); the same rows again change nothing."""
+    rows = [{"phone": f"+1415555{i:04d}", "first_name": f"n{i}"} for i in range(64)]
+    first = await upserts.upsert_many(cluster_store, "acme", [dict(r) for r in rows])
+    assert [r.change for r in first if isinstance(r, upserts.Upserted)] == ["created"] * 64
+    again = await upserts.upsert_many(cluster_store, "acme", [dict(r) for r in rows])
+    assert [(r.contact.id, r.change) for r in again if isinstance(r, upserts.Upserted)] == [
+        (r.contact.id, "unchanged") for r in first if isinstance(r, upserts.Upserted)
+    ]
+    shards = {ids.shard_of(r.contact.id, cluster_store.shards) for r in first
+              if isinstance(r, upserts.Upserted)}  # fmt: skip
+    assert len(shards) > 1

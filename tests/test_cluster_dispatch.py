@@ -1,6 +1,6 @@
 """`seqd serve` processes dispatching a burst on a 3-primary Valkey cluster: every step sent,
 none twice (no process dies here, so at-least-once allows no duplicate), and with three
-processes each one takes a share. Size: `SEQD_FAULT_ENROLLMENTS` (default 600 × 2 steps).
+processes the work is shared. Size: `SEQD_FAULT_ENROLLMENTS` (default 600 × 2 steps).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ async def test_a_burst_is_sent_once_each_by_processes_sharing_a_cluster(
     assert not twice, f"sent more than once: {twice}; lines per process {shares}"
     assert all(log.torn == 0 for log in logs)
     if processes > 1:
-        # Each process took part (leases, not a leader, share the work).
-        assert all(log.lines > 0 for log in logs), [log.lines for log in logs]
+        # Leases, not a leader, share the work: more than one process sent steps (which ones
+        # and how many is a race of their polls; on a loaded machine one may get none).
+        assert sum(1 for n in shares if n > 0) > 1, shares
     assert await counter_mismatches(store, sid) == []
     assert await queued(store) == 0

@@ -1,6 +1,7 @@
 """A primary of the cluster killed while `seqd serve` dispatches a burst and clients call the
 API: its replica takes over (cluster-node-timeout 1 s), the API answers 503 with Retry-After
-in the gap and never 500, and dispatch resumes on the new primary by itself.
+in the gap and never 500, and dispatch and the outbox reader resume on the new primary by
+themselves.
 
 Replication is asynchronous: what the killed primary acknowledged in its last moment may not
 have reached its replica. The enrollments are in place (and on the replicas) before the kill,
@@ -99,6 +100,8 @@ async def test_a_primary_killed_during_a_burst_fails_over_without_a_500_or_a_los
         SEQD_DISPATCH_BATCH_SIZE="20",
         SEQD_DISPATCH_LEASE_SECONDS="6",
         SEQD_DISPATCH_CONCURRENCY="8",
+        SEQD_WEBHOOKS_TIMEOUT_SECONDS="1",
+        SEQD_WEBHOOKS_LEASE_SECONDS="3",
     ).start()
     statuses: Counter[int] = Counter()
     stop = asyncio.Event()
@@ -124,6 +127,13 @@ async def test_a_primary_killed_during_a_burst_fails_over_without_a_500_or_a_los
             return stats.completed == enrollments
 
         await wait_for(all_done, 120, "every enrollment to complete after the failover")
+
+        async def outbox_drained() -> bool:
+            return await store.outbox.backlog() == 0
+
+        # The outbox reader resumed on the new primary too: every event handled. Entries it
+        # had read whose acknowledgement the failover lost come back after its lease.
+        await wait_for(outbox_drained, 30, "the outbox read to the end after the failover")
         stop.set()
         await client
         daemon.signal(signal.SIGTERM)
