@@ -169,8 +169,9 @@ class Counting(Quiet):
 
 
 # -- seeding ---------------------------------------------------------------------------------
-async def make_contacts(store: Store, n: int) -> list[str]:
-    """Contacts written straight with putContact (lookup indexes are not what is measured)."""
+async def make_contacts(store: Store, n: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """Contacts written straight with putContact (lookup indexes are not what is measured);
+    `extra`: more field/value pairs for each."""
     out: list[str] = []
     now = int(time.time() * 1000)
     for start in range(0, n, 1000):
@@ -178,7 +179,7 @@ async def make_contacts(store: Store, n: int) -> list[str]:
         for i in range(start, min(n, start + 1000)):
             cid = ids.new(ids.CONTACT)
             shard = ids.shard_of(cid, store.shards)
-            fields = ["first_name", f"c{i}", "phone", f"+1415{i:07d}"]
+            fields = ["first_name", f"c{i}", "phone", f"+1415{i:07d}", *extra]
             trip.append(calls.put_contact(store.keys, shard, now, TENANT, cid, "create", fields))
             out.append(cid)
         for result in await store.runner.call_many(trip):
@@ -198,7 +199,7 @@ async def enroll_direct(
     for shard, members in by_shard.items():
         for start in range(0, len(members), ENROLL_BATCH):
             items = [
-                (ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now), cid, "")
+                (ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now), cid, "", "", "")
                 for cid in members[start : start + ENROLL_BATCH]
             ]
             trip.append(calls.enroll(store.keys, shard, now, TENANT, seq_id, wait_ms, items))

@@ -9,9 +9,12 @@ from seqd.config import Config
 from seqd.health import Liveness
 from seqd.metrics import Metrics
 from seqd.store.db import Store
+from seqd.timing.policy import Policy
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 # Counters and gauges of this app (seqd.metrics) and the heartbeats of its loops.
 METRICS = web.AppKey("metrics", Metrics)
 LIVENESS = web.AppKey("liveness", Liveness)
+# The tenants' time rules (quiet hours, default zones) from the config.
+POLICY = web.AppKey("policy", Policy)

@@ -17,14 +17,18 @@ from typing import Any
 
 import msgspec
 
-from seqd import models
+from seqd import ids, models
 from seqd.errors import Conflict, FieldError, Invalid, NotFound, SeqdError
 from seqd.kinds import Channel
 from seqd.models import SequenceStatus
+from seqd.schedules import Schedule
 from seqd.store import screening, upserts
 from seqd.store.codec import encode_json
 from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem, EnrollResult
+from seqd.times import now_ms
+from seqd.timing.due import due
+from seqd.timing.policy import Policy, jitter_key, step_timing, zone_text
 
 
 class Item(msgspec.Struct, frozen=True):
@@ -80,12 +84,16 @@ def prepare(body: models.EnrollmentCreate, region: str | None) -> Item:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What a group of items is enrolled into: the sequence, its version, and the channels
-    the tenant has any suppression on (for the screen)."""
+    """What a group of items is enrolled into: the sequence, its version, the channels
+    the tenant has any suppression on (for the screen) and the sequence's schedule."""
 
     seq: models.Sequence
     version: int
     listed: frozenset[Channel] | None = None
+    schedule: Schedule | None = None
+
+    def timing(self, policy: Policy) -> Timing:
+        return Timing(policy, self.schedule)
 
 
 def _active(seq: models.Sequence) -> None:
@@ -103,10 +111,69 @@ async def active_sequence(store: Store, tenant: str, sid: str) -> tuple[models.S
 
 
 async def target(store: Store, tenant: str, sid: str) -> Target:
-    """`active_sequence` and the suppression lists' presence in one round trip."""
+    """`active_sequence` and the suppression lists' presence in one round trip, and the
+    sequence's schedule (a second one, when it has a schedule)."""
     seq, version, listed = await store.sequences.get_listed(tenant, sid)
     _active(seq)
-    return Target(seq, version, listed)
+    return Target(seq, version, listed, await schedule_of(store, tenant, seq))
+
+
+async def schedule_of(store: Store, tenant: str, seq: models.Sequence) -> Schedule | None:
+    """The sequence's schedule; None without one (or when it was deleted meanwhile)."""
+    if seq.schedule_id is None:
+        return None
+    found = await store.schedules.lookup([(tenant, seq.schedule_id)])
+    return found.get((tenant, seq.schedule_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How the first step's time is decided: the process's policy and the schedule."""
+
+    policy: Policy
+    schedule: Schedule | None = None
+
+    def timing(self, policy: Policy) -> Timing:
+        return Timing(policy, self.schedule)
+
+
+async def _first_dues(
+    store: Store,
+    tenant: str,
+    seq: models.Sequence,
+    timing: Timing,
+    contact_ids: list[str],
+    known: dict[str, models.Contact],
+) -> dict[str, tuple[int, str]]:
+    """contact id -> (when its first step goes, its enrollment's `z`), for the contacts
+    whose zone matters to that: under a schedule, for a quiet-hours step, a send_at or
+    wait_days. Contacts not in `known` are read (their timezone and phone)."""
+    step = step_timing(seq.steps[0])
+    rules = timing.policy.rules(tenant, timing.schedule)
+    if not (rules.schedule or (step.quiet and rules.quiet) or step.send_at or step.wait_days):
+        return {}
+    facts: dict[str, tuple[str | None, str | None]] = {
+        cid: (c.timezone, c.phone) for cid, c in known.items()
+    }
+    unread = [
+        c for c in dict.fromkeys(contact_ids) if c not in facts and ids.is_valid(c, ids.CONTACT)
+    ]
+    if unread:
+        pipe = store.client.pipeline(transaction=False)
+        for cid in unread:
+            pipe.hmget(
+                store.keys.contact(ids.shard_of(cid, store.keys.shards), cid), ["timezone", "phone"]
+            )
+        for cid, (tz, phone) in zip(unread, await pipe.execute(), strict=True):
+            facts[cid] = (tz, phone)
+    now = now_ms()
+    out = {}
+    for cid in contact_ids:
+        tz, phone = facts.get(cid, (None, None))
+        recipient = timing.policy.recipient(tenant, timing.schedule, tz, phone)
+        got = due(rules, step, recipient, now, jitter_key(cid, seq.id, 0))
+        out[cid] = (got.at, zone_text(got))
+    return out
 
 
 def under(error: SeqdError, root: str) -> SeqdError:
@@ -138,10 +205,12 @@ async def enroll(
     *,
     full: bool = True,
     listed: frozenset[Channel] | None = None,
+    timing: Timing | None = None,
 ) -> list[ItemOutcome]:
     """Enroll each item in `seq` (from `active_sequence` or `target`); one ItemOutcome per
     item, in order. `full` False leaves `ItemOutcome.enrollment` unset (only
-    `enrollment_id`); `listed` is `Target.listed` (None: read here)."""
+    `enrollment_id`); `listed` is `Target.listed` (None: read here); `timing` decides the
+    first step's time in each contact's zone (None: enrollment + its wait_minutes)."""
     outcomes = [ItemOutcome(contact_id=item.contact_id) for item in items]
     known: dict[str, models.Contact] = {}
     inline = [i for i, item in enumerate(items) if item.contact is not None]
@@ -174,11 +243,18 @@ async def enroll(
                 )
         todo = [i for i in todo if outcomes[i].error is None]
 
+    dues: dict[str, tuple[int, str]] = {}
+    if timing is not None and todo:
+        cids = [outcomes[i].contact_id or "" for i in todo]
+        dues = await _first_dues(store, tenant, seq, timing, cids, known)
+
     def enroll_items(positions: list[int]) -> list[EnrollItem]:
-        return [
-            EnrollItem(outcomes[i].contact_id or "", items[i].metadata, items[i].metadata_json)
-            for i in positions
-        ]
+        out = []
+        for i in positions:
+            cid = outcomes[i].contact_id or ""
+            at, zone = dues.get(cid, (None, ""))
+            out.append(EnrollItem(cid, items[i].metadata, items[i].metadata_json, at, zone))
+        return out
 
     results = await store.enrollments.enroll(tenant, seq, enroll_items(todo), full=full)
     missing = [

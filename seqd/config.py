@@ -10,6 +10,7 @@ import copy
 import os
 import re
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -178,9 +179,68 @@ class MetricsConfig(Section, kw_only=True):
             raise ValueError("listen: the port must be 1-65535")
 
 
+def _check_zone(name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (KeyError, ValueError, OSError):
+        raise ValueError(f"{name!r} is not an IANA time zone name") from None
+
+
 class ContactsConfig(Section, kw_only=True):
     # ISO 3166 region for phone numbers written without a country code; unset: "+" required.
     default_region: str | None = None
+    # The zone of a contact with no `timezone`, no phone number that names a zone, under a
+    # schedule without a `default_timezone`: where its send windows and quiet hours are read.
+    default_timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        _check_zone(self.default_timezone)
+
+
+HHMM = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class QuietHours(Section, kw_only=True):
+    """Texts wait from `start` to `end` local time (across midnight); `days` gives a
+    weekday its own [start, end] where the law differs by day (the quiet that ends that
+    morning ends at its `end`, the one that starts that evening starts at its `start`)."""
+
+    start: HHMM = "21:00"
+    end: HHMM = "08:00"
+    days: dict[Weekday, Annotated[list[HHMM], Meta(min_length=2, max_length=2)]] = msgspec.field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        for day, (start, end) in [("", (self.start, self.end)), *self.days.items()]:
+            if start == end:
+                raise ValueError(f"{'days.' + day if day else 'start'}: start equals end")
+
+
+# The state rules that apply unless `regions` says otherwise: Florida, Oklahoma and Maryland
+# allow 08:00-20:00; Texas 09:00-21:00 Monday to Saturday and 12:00-21:00 on Sunday.
+BUILTIN_QUIET_REGIONS: dict[str, QuietHours] = {
+    "US-FL": QuietHours(start="20:00", end="08:00"),
+    "US-OK": QuietHours(start="20:00", end="08:00"),
+    "US-MD": QuietHours(start="20:00", end="08:00"),
+    "US-TX": QuietHours(start="21:00", end="09:00", days={"sun": ["21:00", "12:00"]}),
+}
+
+
+class SmsQuietHours(QuietHours, kw_only=True):
+    # SMS steps (not marked transactional) wait out these hours in the recipient's zone.
+    enabled: bool = True
+    # "US-<state>" (the state of the number's area code) or a country code; added to,
+    # or replacing, BUILTIN_QUIET_REGIONS.
+    regions: dict[str, QuietHours] = msgspec.field(default_factory=dict)
+
+    def all_regions(self) -> dict[str, QuietHours]:
+        return {**BUILTIN_QUIET_REGIONS, **self.regions}
+
+
+class ComplianceConfig(Section, kw_only=True):
+    sms_quiet_hours: SmsQuietHours = msgspec.field(default_factory=SmsQuietHours)
 
 
 class DispatchConfig(Section, kw_only=True):
@@ -373,6 +433,14 @@ class TenantConfig(Section, kw_only=True):
     # Secret of this tenant's inbound email URL, POST {base_path}/inbound/email/<secret>
     # (for inbound-parse services that cannot send an API key).
     inbound_email_secret: Annotated[str, Meta(min_length=16)] | None = None
+    # The tenant's own default zone and quiet hours (else [contacts] and [compliance]).
+    default_timezone: str | None = None
+    compliance: ComplianceConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.default_timezone is not None:
+            _check_zone(self.default_timezone)
+
     # [tenants.<name>.frequency_caps]: replaces the top-level [frequency_caps] whole; a cap
     # set through PATCH /v1/tenant/settings replaces both.
     frequency_caps: FrequencyCapsConfig | None = None
@@ -466,6 +534,7 @@ class Config(Section, kw_only=True):
     intake: IntakeConfig = msgspec.field(default_factory=IntakeConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
     senders: SendersConfig = msgspec.field(default_factory=SendersConfig)
     frequency_caps: FrequencyCapsConfig = msgspec.field(default_factory=FrequencyCapsConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
@@ -493,6 +562,18 @@ class Config(Section, kw_only=True):
         """The channel settings that apply to `tenant`."""
         own = self.tenants.get(tenant)
         return own.channels if own is not None else self.channels
+
+    def quiet_hours_for(self, tenant: str) -> SmsQuietHours:
+        own = self.tenants.get(tenant)
+        if own is not None and own.compliance is not None:
+            return own.compliance.sms_quiet_hours
+        return self.compliance.sms_quiet_hours
+
+    def default_timezone_for(self, tenant: str) -> str:
+        own = self.tenants.get(tenant)
+        if own is not None and own.default_timezone is not None:
+            return own.default_timezone
+        return self.contacts.default_timezone
 
 
 # Time a send that took its provider's whole timeout still needs before its outcome is

@@ -15,6 +15,8 @@ TYPES: tuple[str, ...] = (
     "sequence.step.sent",
     "sequence.step.skipped",
     "sequence.step.failed",
+    # A step that came due outside its window or in quiet hours: `reason`, `until`.
+    "sequence.step.deferred",
     "message.delivered",
     "message.undelivered",
     "contact.opted_out",

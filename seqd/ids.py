@@ -30,6 +30,7 @@ WEBHOOK = "whe"
 API_KEY = "key"
 DELIVERY = "dlv"
 EVENT = "evt"
+SCHEDULE = "sch"
 SENDER = "snd"
 
 

@@ -28,6 +28,7 @@ from seqd.errors import Invalid, SeqdError, field_error
 from seqd.service import open_store
 from seqd.store import upserts
 from seqd.store.db import Store
+from seqd.timing.policy import Policy
 
 CONTACT_COLUMNS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")
 # Rows handled per round of store calls.
@@ -140,6 +141,9 @@ async def run(
     the sequence is unknown or not active, before any row is written."""
     region = config.contacts.default_region
     seq = await bulk.active_sequence(store, tenant, sequence_id) if sequence_id else None
+    timing = None
+    if seq is not None:
+        timing = bulk.Timing(Policy(config), await bulk.schedule_of(store, tenant, seq[0]))
     summary = Summary()
     with source.open(newline="", encoding="utf-8-sig") as handle:
         total = sum(1 for _ in csv.DictReader(handle))
@@ -158,7 +162,7 @@ async def run(
             with progress:
                 task = progress.add_task("rows", total=total)
                 for chunk in _chunks(reader):
-                    await _chunk(store, tenant, seq, region, chunk, summary, rejects)
+                    await _chunk(store, tenant, seq, timing, region, chunk, summary, rejects)
                     progress.advance(task, len(chunk))
         finally:
             rejects.close()
@@ -171,6 +175,7 @@ async def _chunk(
     store: Store,
     tenant: str,
     seq: tuple[models.Sequence, int] | None,
+    timing: bulk.Timing | None,
     region: str | None,
     chunk: list[tuple[int, dict[str, str]]],
     summary: Summary,
@@ -196,7 +201,7 @@ async def _chunk(
                 summary.contacts[result.change] += 1
         return
     items = [bulk.Item(contact=fields) for _, _, fields in good]
-    outcomes = await bulk.enroll(store, tenant, seq[0], seq[1], items, full=False)
+    outcomes = await bulk.enroll(store, tenant, seq[0], seq[1], items, full=False, timing=timing)
     for (line, row, _), outcome in zip(good, outcomes, strict=True):
         if outcome.change:
             summary.contacts[outcome.change] += 1

@@ -32,6 +32,7 @@ from seqd.store.codec import encode_json
 from seqd.store.db import Store
 from seqd.store.intake import Finished, IntakeEntry, IntakeStream, has_bad_bytes
 from seqd.store.tenants import valid_tenant
+from seqd.timing.policy import Policy
 
 log = structlog.get_logger(__name__)
 # This loop's name in /readyz.
@@ -172,6 +173,7 @@ class Intake:
     ) -> None:
         self.config = config.intake
         self.region = config.contacts.default_region
+        self.policy = Policy(config)
         self.store = store
         self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
         self.consumer = consumer or groups.consumer_name()
@@ -311,8 +313,9 @@ class Intake:
                 return self._reject_all(group, rejection_of("sequence_not_active", exc))
             items = [p.item for p in group if p.item is not None]
             outcomes = await bulk.enroll(
-                self.store, tenant, into.seq, into.version, items, full=False, listed=into.listed
-            )
+                self.store, tenant, into.seq, into.version, items, full=False,
+                listed=into.listed, timing=into.timing(self.policy),
+            )  # fmt: skip
         except asyncio.CancelledError:
             raise
         except Exception:

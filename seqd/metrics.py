@@ -51,6 +51,13 @@ class Metrics:
             ["channel", "outcome"],
             registry=r,
         )
+        self.deferred = Counter(
+            "seqd_steps_deferred",
+            "Steps that came due outside their window or in quiet hours and were put off, by"
+            " reason (window, skip_date, quiet_hours)",
+            ["reason"],
+            registry=r,
+        )
         self.lateness_seconds = Histogram(
             "seqd_dispatch_lateness_seconds",
             "Send time minus the step's next_run_at",
@@ -135,6 +142,9 @@ class Metrics:
 
     def settled(self, n: int) -> None:
         self.in_flight.dec(n)
+
+    def step_deferred(self, reason: str) -> None:
+        self.deferred.labels(reason).inc()
 
     def webhook_delivery(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()

@@ -21,6 +21,7 @@ from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
 from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
 from seqd.sms import segments
+from seqd.timing.local import parse_hhmm
 
 
 class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -227,12 +228,23 @@ def _subject_rule() -> list[dict[str, Any]]:
     return branches
 
 
+WaitDays = Annotated[
+    int, Meta(ge=0, le=3650, description="whole days; open days of the schedule if it has one")
+]
+SendAt = Annotated[str, Meta(max_length=5, description="local time of day, HH:MM")]
+
+
 class StepIn(Input, kw_only=True):
     # OpenAPI: the kinds that take a subject need one, the others take none (`build_steps`).
     json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": _subject_rule()}
 
     kind: Kind
     wait_minutes: WaitMinutes = 0
+    wait_days: WaitDays = 0
+    # The first open moment at or after this local time once the wait is over.
+    send_at: SendAt | None = None
+    # A message the contact asked for (a reply, a code): exempt from SMS quiet hours.
+    transactional: bool = False
     body: Body
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
@@ -242,6 +254,9 @@ class StepIn(Input, kw_only=True):
 class Step(Output, kw_only=True):
     kind: Kind
     wait_minutes: int
+    wait_days: int = 0
+    send_at: str | None = None
+    transactional: bool = False
     body: str
     subject: str | None = None
     thread: bool = True
@@ -275,6 +290,8 @@ class SequenceCreate(Input, kw_only=True):
     status: Literal["draft", "active"] = "draft"
     steps: Steps
     on_reply: Literal["pause", "complete"] = "pause"
+    # The send windows its steps wait for (GET /schedules); none: any time.
+    schedule_id: Id | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
 
@@ -285,6 +302,7 @@ class SequencePatch(Input, kw_only=True):
     steps: Steps | UnsetType = UNSET
     status: Literal["draft", "active"] | UnsetType = UNSET
     on_reply: Literal["pause", "complete"] | UnsetType = UNSET
+    schedule_id: Id | UnsetType | None = UNSET
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
 
@@ -303,6 +321,7 @@ class Sequence(Output, kw_only=True):
     status: SequenceStatus
     steps: list[Step]
     on_reply: Literal["pause", "complete"] = "pause"
+    schedule_id: str | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
     created_at: Timestamp
@@ -339,11 +358,20 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 templates.parse(text)
             except templates.TemplateError as exc:
                 errors.append(FieldError(f"steps[{i}].{field}", f"template error: {exc}"))
+        if step.send_at is not None:
+            try:
+                if parse_hhmm(step.send_at) >= 24 * 60:
+                    raise ValueError("a time of day is before 24:00")
+            except ValueError as exc:
+                errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
         seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(
             Step(
                 kind=step.kind,
                 wait_minutes=step.wait_minutes,
+                wait_days=step.wait_days,
+                send_at=step.send_at,
+                transactional=step.transactional,
                 body=step.body,
                 subject=step.subject,
                 thread=step.thread,
@@ -405,6 +433,11 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
     updated_at: Timestamp | None = None
+    # The zone its step times are read in, and where it came from (contact | phone | default).
+    timezone_used: str | None = None
+    timezone_source: Literal["contact", "phone", "default"] | None = None
+    # Why the current step was put off when it came due (window | skip_date | quiet_hours).
+    deferred_reason: str | None = None
 
 
 class EnrollmentEnvelope(Output, kw_only=True):

@@ -110,6 +110,16 @@ def _banner(secret: str, config: Config, out: TextIO) -> None:
     out.flush()
 
 
+def warn_quiet_hours_off(config: Config) -> list[str]:
+    """Log each place SMS quiet hours are turned off (the default, a tenant's own): texts
+    may then reach phones at night. Returns the tenants concerned ("" for the default)."""
+    off = [""] if not config.compliance.sms_quiet_hours.enabled else []
+    off += [name for name in config.tenants if not config.quiet_hours_for(name).enabled]
+    for tenant in off:
+        log.warning("compliance.sms_quiet_hours_off", tenant=tenant or None)
+    return off
+
+
 class ListenError(RuntimeError):
     """The HTTP listener could not be bound; the message is the one line to show."""
 
@@ -184,6 +194,7 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, logs.reload, config_path)
+    warn_quiet_hours_off(config)
     warning = config.http.public_url_warning()
     if warning:
         log.warning("config.public_url_port", detail=warning)

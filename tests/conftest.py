@@ -16,6 +16,7 @@ import redis
 
 os.environ["SEQD_CHECK_SLOTS"] = "1"
 
+from seqd.config import ComplianceConfig, SmsQuietHours
 from seqd.embedded import find_binary
 from seqd.store import scripts
 from seqd.store.db import Store, connect
@@ -216,6 +217,9 @@ def any_store(request: pytest.FixtureRequest) -> Store:
     return store
 
 
+QUIET_OFF = ComplianceConfig(sms_quiet_hours=SmsQuietHours(enabled=False))
+
+
 class Api:
     """A TestClient on the app, with one tenant's key; `as_tenant` gives another tenant's view."""
 
@@ -258,8 +262,29 @@ async def api(api_store: Store) -> AsyncIterator[Api]:
 
     store = api_store
     _, key = await store.tenants.create_key("acme")
-    app = create_app(Config(), store)
+    # SMS quiet hours off: what these tests assert must not depend on the time of day they
+    # run at (tests/test_timing_*.py turn them on with an injected clock).
+    app = create_app(Config(compliance=QUIET_OFF), store)
     async with TestClient(TestServer(app)) as client:
+        yield Api(client, key, store)
+
+
+@pytest.fixture
+async def quiet_api(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    """The API under the default config (SMS quiet hours on), its enroll clock fixed at
+    tests.timingutil.NOW."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from seqd import bulk
+    from seqd.api.app import create_app
+    from seqd.config import Config
+    from seqd.store import enrollments
+    from tests.timingutil import NOW
+
+    monkeypatch.setattr(bulk, "now_ms", lambda: NOW)
+    monkeypatch.setattr(enrollments, "now_ms", lambda: NOW)
+    _, key = await store.tenants.create_key("acme")
+    async with TestClient(TestServer(create_app(Config(), store))) as client:
         yield Api(client, key, store)
 
 

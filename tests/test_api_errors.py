@@ -178,6 +178,7 @@ _KIND_BY_PREFIX = {
     "/enrollments/": "enrollment",
     "/events/": "event",
     "/webhook-endpoints/": "webhook_endpoint",
+    "/schedules/": "schedule",
     "/senders/": "sender",
 }
 _MISSING = {
@@ -186,12 +187,16 @@ _MISSING = {
     "enrollment": ids.new(ids.ENROLLMENT),
     "event": ids.new(ids.EVENT),
     "webhook_endpoint": ids.new(ids.WEBHOOK),
+    "schedule": ids.new(ids.SCHEDULE),
     "sender": ids.new(ids.SENDER),
 }
 
 
 # A valid body for routes whose body has required fields; others get {}.
-_SAMPLE_BODIES = {"EnrollmentCreate": {"contact_id": ids.new(ids.CONTACT)}}
+_SAMPLE_BODIES = {
+    "EnrollmentCreate": {"contact_id": ids.new(ids.CONTACT)},
+    "PreviewRequest": {"contact": {}},
+}
 
 
 def _kind(path: str) -> str | None:
@@ -213,6 +218,10 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         "POST", "/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]}
     )
     owned["webhook_endpoint"] = w["webhook_endpoint"]["id"]  # type: ignore[index]
+    _, sch = await api.call(
+        "POST", "/schedules", {"name": "x", "windows": {"mon": [["09:00", "17:00"]]}}
+    )
+    owned["schedule"] = sch["schedule"]["id"]  # type: ignore[index]
     _, snd = await api.call("POST", "/senders", {"channel": "sms", "address": "+14155550199"})
     owned["sender"] = snd["sender"]["id"]  # type: ignore[index]
     _, other = await api.store.tenants.create_key("bravo")
@@ -226,7 +235,7 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         theirs = await api.call(r.method, r.path.replace("{id}", owned[kind]), body, key=other)
         missing = await api.call(r.method, r.path.replace("{id}", _MISSING[kind]), body, key=other)
         assert theirs[0] == 404, (r.method, r.path, theirs)
-        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe|snd)_\w+", "<id>", str(b))  # noqa: E731
+        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe|snd|sch)_\w+", "<id>", str(b))  # noqa: E731
         assert scrub(theirs[1]) == scrub(missing[1]), (r.method, r.path)
 
     # Lists of the other tenant show nothing of the first.
@@ -236,6 +245,7 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         f"/contacts?phone={cid and '%2B14155550100'}",
         "/events",
         "/webhook-endpoints",
+        "/schedules",
         "/senders",
     ):
         status, listing = await api.call("GET", path, key=other)

@@ -765,8 +765,14 @@ async def test_claim_reads_only_the_contact_fields_the_sequences_messages_use(
     attributes = {"attributes": {"company": "Acme"}}
     _seq, _e, sh, due = await one(s, **full, **attributes, external_id="x1")
     item = (await claim(s, sh, due)).items[0]
-    # The steps send SMS and name first_name: the owner, the phone and first_name.
-    assert item.contact == {"tenant": TENANT, "first_name": "n0", "phone": item.contact["phone"]}
+    # The steps send SMS and name first_name: the owner, the phone, first_name, and the
+    # zone SMS quiet hours are read in.
+    assert item.contact == {
+        "tenant": TENANT,
+        "first_name": "n0",
+        "phone": item.contact["phone"],
+        "timezone": "Europe/London",
+    }
     _seq, _e, sh, due = await one(
         s, email("For {{attributes.company}}", "Dear {{last_name|you}}"), **full, **attributes
     )
@@ -790,7 +796,7 @@ async def test_without_fields_of_the_mirrors_version_every_field_a_message_can_u
     s = any_store
     seq, _e, sh, due = await one(s, last_name="Lovelace", timezone="Europe/London")
     fields = s.keys.sequence_fields(sh)
-    assert await s.client.hget(fields, seq.id) == "1:tenant,first_name,phone"
+    assert await s.client.hget(fields, seq.id) == "1:tenant,first_name,phone,timezone"
     await s.client.hset(s.keys.mirrors(sh), seq.id, f"active:2:{len(seq.steps)}")
     for state in ("fields of an older version", "no fields"):
         (item,) = (await claim(s, sh, due)).items

@@ -13,12 +13,18 @@ def steps(*given: models.StepIn) -> list[models.Step]:
 
 
 def test_a_claim_reads_the_owner_the_addresses_and_what_the_templates_name() -> None:
-    assert mirrors.contact_fields(steps(sms("Hello"))) == ("tenant", "phone")
+    # SMS steps also read the contact's zone: quiet hours are kept in it.
+    assert mirrors.contact_fields(steps(sms("Hello"))) == ("tenant", "phone", "timezone")
     assert mirrors.contact_fields(steps(sms("Hi {{first_name|there}}"))) == (
         "tenant",
         "first_name",
         "phone",
+        "timezone",
     )
+    # Under a schedule, every sequence reads what gives the zone.
+    mail = steps(email("Hi", "Hello"))
+    assert mirrors.contact_fields(mail) == ("tenant", "email")
+    assert mirrors.contact_fields(mail, True) == ("tenant", "phone", "email", "timezone")
     both = steps(
         sms("{{attributes.company}}"),
         email("Re {{last_name}}", "{{metadata.source}} {{external_id}}"),
@@ -29,6 +35,7 @@ def test_a_claim_reads_the_owner_the_addresses_and_what_the_templates_name() -> 
         "last_name",
         "phone",
         "email",
+        "timezone",
         "external_id",
         "attributes",
     )
@@ -40,7 +47,7 @@ def test_mirror_text_and_what_is_read_back_from_it() -> None:
     text = mirrors.mirror("active", 7, two)
     assert text == "active:7:2"
     assert mirrors.version_of(text) == 7
-    assert mirrors.fields_text(two) == "tenant,first_name,phone"
+    assert mirrors.fields_text(two) == "tenant,first_name,phone,timezone"
     assert mirrors.fields_of("tenant,first_name,phone") == ("tenant", "first_name", "phone")
     # No fields answered for a sequence: every field a message can use.
     assert mirrors.fields_of(None) == mirrors.fields_of("") == CONTACT_READ

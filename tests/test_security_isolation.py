@@ -24,9 +24,13 @@ async def _tenant_a(api: Api) -> dict[str, str]:
     _, w = await api.call(
         "POST", "/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]}
     )
+    _, sch = await api.call(
+        "POST", "/schedules", {"name": "x", "windows": {"mon": [["09:00", "17:00"]]}}
+    )
     _, snd = await api.call("POST", "/senders", {"channel": "sms", "address": "+14155550188"})
     await Reader(api.store, WebhooksConfig()).run_once()
     return {
+        "schedule": sch["schedule"]["id"],  # type: ignore[index]
         "sender": snd["sender"]["id"],  # type: ignore[index]
         "contact": cid,
         "sequence": sid,
@@ -42,11 +46,13 @@ async def _view(api: Api, owned: dict[str, str]) -> list[object]:
         f"/sequences/{owned['sequence']}",
         f"/enrollments/{owned['enrollment']}",
         f"/webhook-endpoints/{owned['endpoint']}",
+        f"/schedules/{owned['schedule']}",
         f"/sequences/{owned['sequence']}/enrollments",
         "/contacts",
         "/sequences",
         "/suppressions",
         "/webhook-endpoints",
+        "/schedules",
         "/events",
     ]
     return [await api.call("GET", p) for p in paths]
@@ -62,7 +68,8 @@ async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
         if r.method == "GET" and r.auth and "{" not in r.path and r.path != "/tenant/settings"
     }
     assert lists == {
-        "/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints", "/senders"
+        "/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints", "/senders",
+        "/schedules",
     }  # fmt: skip
     queries = [
         *sorted(lists),

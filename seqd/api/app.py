@@ -13,6 +13,8 @@ from seqd.api import (  # noqa: F401
     inbound,
     openapi,
     ops,
+    preview,
+    schedules,
     senders,
     sequences,
     settings,
@@ -28,11 +30,12 @@ from seqd.api.errors import problems_middleware
 from seqd.api.idempotency import idempotency_middleware
 from seqd.api.ratelimit import add_headers, ratelimit_middleware
 from seqd.api.routing import ROUTES
-from seqd.appkeys import CONFIG, LIVENESS, METRICS, STORE
+from seqd.appkeys import CONFIG, LIVENESS, METRICS, POLICY, STORE
 from seqd.config import Config
 from seqd.health import Liveness, StoreWatch
 from seqd.metrics import Metrics
 from seqd.store.db import Store
+from seqd.timing.policy import Policy
 
 
 async def _drain(app: web.Application) -> None:
@@ -59,7 +62,8 @@ def create_app(config: Config, store: Store) -> web.Application:
     app[LIVENESS] = Liveness()
     app[STORE_WATCH] = StoreWatch()
     app[RATE_LEASES] = {}
-    app[COALESCER] = Coalescer(store)
+    app[POLICY] = Policy(config)
+    app[COALESCER] = Coalescer(store, app[POLICY])
     app.on_cleanup.append(_drain)
     base = config.http.base_path
     routes = [r for r in ROUTES if r.served(config)]

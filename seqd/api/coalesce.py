@@ -20,6 +20,7 @@ import contextvars
 
 from seqd import bulk
 from seqd.store.db import Store
+from seqd.timing.policy import Policy
 
 # Items enrolled in one go at most; more arriving in the same turn start another group.
 MAX_GROUP = 500
@@ -33,10 +34,11 @@ Group = list[tuple[bulk.Item, asyncio.Future[bulk.ItemOutcome]]]
 class Coalescer:
     """Groups `bulk.Item`s by (tenant, sequence) until the end of the loop's turn."""
 
-    __slots__ = ("_groups", "_in_flight", "_running", "store")
+    __slots__ = ("_groups", "_in_flight", "_running", "policy", "store")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, policy: Policy | None = None) -> None:
         self.store = store
+        self.policy = policy
         self._groups: dict[tuple[str, str], Group] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
         # Strong references: the loop keeps only weak ones to tasks.
@@ -84,7 +86,7 @@ class Coalescer:
             into = await bulk.target(self.store, tenant, sid)
             outcomes = await bulk.enroll(
                 self.store, tenant, into.seq, into.version, [item for item, _ in group],
-                listed=into.listed,
+                listed=into.listed, timing=into.timing(self.policy) if self.policy else None,
             )  # fmt: skip
             for (_, future), outcome in zip(group, outcomes, strict=True):
                 if not future.done():

@@ -19,7 +19,7 @@ from seqd.api.auth import tenant_of
 from seqd.api.problems import Problem, build
 from seqd.api.routing import route
 from seqd.api.wire import read_body, respond
-from seqd.appkeys import CONFIG, STORE
+from seqd.appkeys import CONFIG, POLICY, STORE
 from seqd.errors import Invalid, SeqdError, field_error
 
 TAG = "enrollments"
@@ -112,7 +112,15 @@ async def create_enrollment_batch(request: web.Request) -> web.Response:
         except SeqdError as exc:
             results[i] = item_problem(bulk.under(exc, f"items[{i}]."), i)
     outcomes = (
-        await bulk.enroll(store, tenant, into.seq, into.version, items, listed=into.listed)
+        await bulk.enroll(
+            store,
+            tenant,
+            into.seq,
+            into.version,
+            items,
+            listed=into.listed,
+            timing=into.timing(request.app[POLICY]),
+        )
         if items
         else []
     )

@@ -41,6 +41,8 @@ class Job:
     # Attempts already made at this step.
     attempts: int
     message: OutboundMessage
+    # What was claimed: the next step's time is read in the contact's zone (timetable).
+    item: Claimed | None = None
     started: bool = False
     # Admitted to send, its send not started yet (engine/sending.py `pending`).
     pending: bool = False
@@ -129,6 +131,7 @@ def compose(
         due=int(e.due),
         attempts=int(e.attempts or 0),
         message=message,
+        item=item,
     )
 
 

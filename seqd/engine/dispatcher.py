@@ -54,10 +54,12 @@ from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.recovery import Recovery
 from seqd.engine.rounds import Round, cut_pieces
 from seqd.engine.sending import Sending
+from seqd.engine.timetable import Timetable
 from seqd.loop import Heart, Loop
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch
 from seqd.times import now_ms
+from seqd.timing.policy import Policy
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +79,7 @@ class Dispatcher:
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
         worker: str = "",
         budgets: Budgets | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -115,6 +118,8 @@ class Dispatcher:
             worker=worker or config.worker_id or default_worker(),
             # Sender budgets and frequency caps (engine/budgets.py).
             budgets=budgets or Budgets(store),
+            # Windows and quiet hours (none without a policy: every step at wait_minutes).
+            timetable=Timetable(store, policy, clock=clock) if policy is not None else None,
         )
 
     @property
@@ -260,6 +265,7 @@ async def background(
         email_headers=unsubscribe.message_headers(config, secret),
         worker=worker,
         budgets=Budgets(store, config.senders, config.frequency_caps_for),
+        policy=Policy(config),
     )
     dispatcher.start()
     try:

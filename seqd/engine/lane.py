@@ -28,13 +28,14 @@ from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer
 from seqd.engine.rounds import Round, Tally
 from seqd.engine.sending import YIELD_EVERY, Sending
+from seqd.engine.timetable import Timetable
 from seqd.errors import NotFound
 from seqd.kinds import ADDRESS_FIELD
 from seqd.store.calls import Call
 from seqd.store.claims import ClaimBatch, Claimed, ClaimedEnrollment, Leased
 from seqd.store.dispatch import Advanced, Dispatch, Found, SuppressionRecord
 from seqd.store.mirrors import version_of
-from seqd.store.settles import Settled, Skipped
+from seqd.store.settles import Sent, Settled, Skipped
 
 log = structlog.get_logger(__name__)
 
@@ -66,11 +67,13 @@ class Crew:
     worker: str
     # Sender budgets and frequency caps (engine/budgets.py).
     budgets: Budgets
+    # Windows and quiet hours (engine/timetable.py); None: every step at its wait_minutes.
+    timetable: Timetable | None = None
 
     def outcome(
         self, job: Job, plan: Plan, suppressed: Mapping[str, Mapping[str, SuppressionRecord]]
     ) -> Settled:
-        return outcomes.settle(
+        settled = outcomes.settle(
             job,
             plan,
             suppressed,
@@ -78,6 +81,12 @@ class Crew:
             on_unknown=self.config.on_unknown,
             backoff_ms=self.backoff_ms,
         )
+        # The next step's time in the contact's zone, from the end of this send.
+        timetable = self.timetable
+        if timetable is not None and job.item is not None and isinstance(settled, Sent | Skipped):
+            if settled.wait >= 0:
+                settled.wait = timetable.wait_after(plan, job.item, job.step, settled.at)
+        return settled
 
 
 @dataclass(slots=True)
@@ -219,6 +228,8 @@ class Lane:
         if not items:
             return None
         plans = await self._plans(items, mirrors)
+        if self.crew.timetable is not None:
+            await self.crew.timetable.load(plans, items)
         items, trimmed = self._room(items, plans, shard_of)
         # The address of each channel a remaining step uses, per (tenant, channel).
         lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -295,7 +306,16 @@ class Lane:
             if plan is None:
                 settles[shard_of[item.id]].append(outcomes.unavailable(item, now, crew.backoff_ms))
                 continue
+            timetable = crew.timetable
+            if timetable is not None:
+                closed = timetable.deferral(item, plan, now)
+                if closed is not None:
+                    crew.observer.step_deferred(closed.reason or "window")
+                    settles[shard_of[item.id]].append(closed)
+                    continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
+            if timetable is not None and isinstance(composed, Skipped) and composed.wait >= 0:
+                composed.wait = timetable.wait_after(plan, item, composed.step, composed.at)
             if isinstance(composed, Job):
                 pick = picks.get(item.id)
                 if pick is not None:

@@ -18,6 +18,11 @@ from seqd import models, templates
 from seqd.kinds import SPECS, Kind
 from seqd.models import Rotation
 from seqd.store.db import Store
+from seqd.timing.due import StepTiming
+from seqd.timing.policy import step_timing
+
+# A step's timing when none is given: its wait_minutes (0) and nothing else.
+NO_RULES = StepTiming()
 
 # Plans kept at most; the oldest loaded is dropped past this.
 CACHE_SIZE = 10_000
@@ -40,6 +45,8 @@ class StepPlan:
     needs_metadata: bool
     # A message the contact asked for: exempt from frequency caps.
     transactional: bool = False
+    # Its waits and time rules as the timing core takes them.
+    timing: StepTiming = NO_RULES
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,8 @@ class Plan:
     # and how a step picks among them (seqd/senders/budget.py).
     senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rotation: Rotation = "sticky"
+    # The sequence's schedule (its send windows), if it has one.
+    schedule_id: str | None = None
 
     def kinds_from(self, step: int) -> tuple[Kind, ...]:
         return self.kinds_left[step] if step < len(self.kinds_left) else ()
@@ -88,8 +97,8 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 wait_ms=step.wait_minutes * 60_000,
                 needs_attributes="attributes" in roots,
                 needs_metadata="metadata" in roots,
-                # (Step.transactional comes with the schedules work; absent, False.)
-                transactional=bool(getattr(step, "transactional", False)),
+                transactional=step.transactional,
+                timing=step_timing(step),
             )
         )
     kinds_left = tuple(
@@ -98,7 +107,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
     )
     pools = {kind: tuple(seq.senders.of(kind)) for kind in ("sms", "email")}
     senders = MappingProxyType({kind: pool for kind, pool in pools.items() if pool})
-    return Plan(seq.id, version, tuple(steps), kinds_left, senders, seq.rotation)
+    return Plan(seq.id, version, tuple(steps), kinds_left, senders, seq.rotation, seq.schedule_id)
 
 
 class Plans:

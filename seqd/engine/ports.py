@@ -27,6 +27,8 @@ class Observer(Protocol):
 
     def settled(self, n: int) -> None: ...
 
+    def step_deferred(self, reason: str) -> None: ...
+
 
 class Quiet:
     """The observer when nobody listens."""
@@ -41,4 +43,7 @@ class Quiet:
         pass
 
     def settled(self, n: int) -> None:
+        pass
+
+    def step_deferred(self, reason: str) -> None:
         pass

@@ -66,9 +66,10 @@ def enroll(
     tenant: str,
     sequence_id: str,
     first_wait_ms: int,
-    items: Iterable[tuple[str, str, str]],
+    items: Iterable[tuple[str, str, str, str, str]],
 ) -> Call:
-    """`items`: (new enrollment id, contact id, metadata JSON text or "")."""
+    """`items`: (new enrollment id, contact id, metadata JSON text or "", due ms as text or
+    "" for now + first_wait_ms, "<timezone_source>:<timezone_used>" or "")."""
     tag = keys.shard_tag(shard)
     args: list[Any] = [tag, now, tenant, sequence_id, first_wait_ms]
     for item in items:

@@ -52,6 +52,9 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
     status = models.EnrollmentStatus(h["st"])
     md = h.get("md")
     enrolled_at = ids.time_of(eid)
+    source, _, zone = h.get("z", "").partition(":")
+    # `dr` is "<step>:<reason>" of the last deferral: it tells of the current step only.
+    deferred_step, _, deferred = h.get("dr", "").partition(":")
     return models.Enrollment(
         id=eid,
         sequence_id=h["s"],
@@ -67,6 +70,9 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
         # `enroll` does not write `ua`: until the first change it is the enrollment time.
         updated_at=to_rfc3339(int(h.get("ua") or enrolled_at)),
+        timezone_used=zone or None,
+        timezone_source=source or None,  # type: ignore[arg-type]
+        deferred_reason=deferred if deferred_step == h["i"] else None,
     )
 
 

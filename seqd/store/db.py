@@ -20,6 +20,7 @@ from seqd.store.lifecycle import Lifecycle
 from seqd.store.outbox import Outbox
 from seqd.store.ratelimits import RateLimits
 from seqd.store.replays import Replays
+from seqd.store.schedules import Schedules
 from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
 from seqd.store.settings import TenantSettingsStore
@@ -76,6 +77,7 @@ class Store(StoreContext):
         self.deliveries = Deliveries(self)
         self.webhooks = Webhooks(self, self.deliveries)
         self.replays = Replays(self)
+        self.schedules = Schedules(self)
         self.senders = SenderRecords(self)
         self.settings = TenantSettingsStore(self)
 

@@ -27,6 +27,11 @@ class EnrollItem(msgspec.Struct, frozen=True):
     metadata: dict[str, Any]
     # `metadata` already encoded ("" for none), or None to encode it here.
     metadata_json: str | None = None
+    # When the first step goes (ms), decided in the contact's zone (seqd/timing); None:
+    # enrollment + the first step's wait_minutes.
+    due: int | None = None
+    # "<timezone_source>:<timezone_used>" of that decision ("" when no zone mattered).
+    zone: str = ""
 
 
 class EnrollResult(msgspec.Struct, frozen=True):
@@ -79,7 +84,8 @@ class Enrollments:
                     md = item.metadata_json
                     if md is None:
                         md = _encode(item.metadata).decode() if item.metadata else ""
-                    values.append((eid, item.contact_id, md))
+                    due = "" if item.due is None else str(item.due)
+                    values.append((eid, item.contact_id, md, due, item.zone))
                 trip.append(calls.enroll(self.keys, shard, now, tenant, seq.id, wait_ms, values))
                 batches.append(batch)
         replies: list[Any]
@@ -92,7 +98,7 @@ class Enrollments:
             replies = await self.store.runner.call_many(trip) if trip else []
         # What every enrollment created by this call has in common.
         enrolled_at = to_rfc3339(now)
-        next_run_at = to_rfc3339(now + wait_ms)
+        default_due = now + wait_ms
         for batch, reply in zip(batches, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
@@ -104,16 +110,19 @@ class Enrollments:
                     results[i] = EnrollResult(id=row.id, enrollment=enrollment, idempotent=True)
                 elif full:
                     item = items[i]
+                    source, _, zone = item.zone.partition(":")
                     new = models.Enrollment(
                         id=row.id,
                         sequence_id=seq.id,
                         contact_id=item.contact_id,
                         current_step=0,
                         status=models.EnrollmentStatus.ACTIVE,
-                        next_run_at=next_run_at,
+                        next_run_at=to_rfc3339(default_due if item.due is None else item.due),
                         enrolled_at=enrolled_at,
                         metadata=item.metadata,
                         updated_at=enrolled_at,
+                        timezone_used=zone or None,
+                        timezone_source=source or None,  # type: ignore[arg-type]
                     )
                     results[i] = EnrollResult(id=row.id, enrollment=new)
                 else:

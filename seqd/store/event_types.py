@@ -23,7 +23,8 @@ from seqd.times import to_rfc3339
 
 log = structlog.get_logger(__name__)
 
-# Extra keys named like this holding integers are times in ms in storage, RFC 3339 on the wire.
+# Extra keys named like this (and `until`) holding integers are times in ms in storage,
+# RFC 3339 on the wire.
 _TIME_SUFFIX = "_at"
 
 
@@ -31,7 +32,7 @@ def _times(extra: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in extra.items():
         if (
-            key.endswith(_TIME_SUFFIX)
+            (key.endswith(_TIME_SUFFIX) or key == "until")
             and isinstance(value, int | float)
             and not isinstance(value, bool)
             and value > 0

@@ -227,6 +227,10 @@ class Keys:
         """HASH endpoint id -> endpoint record (JSON, with its signing secrets)."""
         return f"{self.tenant_tag(tenant)}:whe"
 
+    def schedules(self, tenant: str) -> str:
+        """HASH schedule id -> schedule document (JSON), seqd/schedules.py."""
+        return f"{self.tenant_tag(tenant)}:sch"
+
     def senders(self, tenant: str) -> str:
         """HASH sender id -> sender record (JSON): the tenant's numbers and mailboxes."""
         return f"{self.tenant_tag(tenant)}:snd"

@@ -18,6 +18,7 @@ from functools import lru_cache
 from seqd import models, templates
 from seqd.kinds import SPECS
 from seqd.store.codec import CONTACT_TEXT_FIELDS
+from seqd.timing.policy import QUIET_KINDS
 
 # Every contact field a message can use: its owner (checked before a send), the text fields
 # (templates and addresses) and attributes (templates' attributes.<key>).
@@ -26,14 +27,18 @@ CONTACT_OWNER = "tenant"
 CONTACT_READ = (CONTACT_OWNER, *CONTACT_TEXT_FIELDS, "attributes")
 
 
-def contact_fields(steps: Iterable[models.Step]) -> tuple[str, ...]:
+def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tuple[str, ...]:
     """The fields of CONTACT_READ the steps' messages read: the owner, the address of every
-    channel among them (the send and the suppression reads) and what their templates name."""
-    needed = {CONTACT_OWNER}
+    channel among them (the send and the suppression reads) and what their templates name;
+    and what gives the contact's zone (timezone, phone) where windows or quiet hours apply:
+    under a schedule (`scheduled`), for SMS steps."""
+    needed = {CONTACT_OWNER, "timezone", "phone"} if scheduled else {CONTACT_OWNER}
     for step in steps:
         address = SPECS[step.kind].address
         if address is not None:
             needed.add(address)
+        if step.kind in QUIET_KINDS:
+            needed.add("timezone")
         try:
             needed |= templates.roots(step.body, step.subject)
         except templates.TemplateError:  # (saved steps parse; if one did not: read them all)
@@ -45,9 +50,9 @@ def mirror(status: str, version: int, steps: list[models.Step]) -> str:
     return f"{status}:{version}:{len(steps)}"
 
 
-def fields_text(steps: list[models.Step]) -> str:
+def fields_text(steps: list[models.Step], scheduled: bool = False) -> str:
     """The `fields` of the sequence's `sf` entry (its version goes before them)."""
-    return ",".join(contact_fields(steps))
+    return ",".join(contact_fields(steps, scheduled))
 
 
 def version_of(text: str) -> int:

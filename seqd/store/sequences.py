@@ -97,6 +97,7 @@ class Sequences:
             status=SequenceStatus(body.status),
             steps=steps,
             on_reply=body.on_reply,
+            schedule_id=body.schedule_id,
             senders=body.senders,
             rotation=body.rotation,
             created_at=now,
@@ -157,7 +158,7 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply", "senders", "rotation"):
+            for field in ("name", "description", "on_reply", "senders", "rotation", "schedule_id"):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value
@@ -178,7 +179,7 @@ class Sequences:
     async def sync(self, seq: models.Sequence, version: int, sweeps: list[str]) -> None:
         """Write the mirror in every shard, then run each sweep to completion."""
         mirror = mirrors.mirror(seq.status.value, version, seq.steps)
-        fields = mirrors.fields_text(seq.steps)
+        fields = mirrors.fields_text(seq.steps, seq.schedule_id is not None)
         for sweep in ["", *sweeps]:
             cursors = {shard: "" for shard in range(self.keys.shards)}
             while cursors:

@@ -78,7 +78,18 @@ class Release(StepOutcome, tag="release"):
     delay: int | None = None
 
 
-Settled = Sent | Skipped | Retry | Failed | Pause | Cancel | Complete | Release
+class Defer(StepOutcome, tag="defer"):
+    """Not sent now: its window or quiet hours are closed (seqd/timing). Due again at
+    `until` (ms), `n` rewritten, `dr` = "<step>:<reason>", `z` = `zone` when given, no
+    attempt counted; event sequence.step.deferred."""
+
+    until: int
+    # window | skip_date | quiet_hours (absent: window)
+    reason: str | None = None
+    zone: str | None = None
+
+
+Settled = Sent | Skipped | Retry | Failed | Pause | Cancel | Complete | Release | Defer
 OUTCOMES: tuple[type[StepOutcome], ...] = (
     Sent,
     Skipped,
@@ -88,6 +99,7 @@ OUTCOMES: tuple[type[StepOutcome], ...] = (
     Cancel,
     Complete,
     Release,
+    Defer,
 )
 
 _LUA_TYPE = {int: "number", str: "string", bool: "boolean"}

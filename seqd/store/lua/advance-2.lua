@@ -22,6 +22,7 @@
     pause     reason, variable (optional), error (optional)
     cancel    reason (opted_out, bounced, ...), error (optional)
     complete  (the step is past the sequence's end)
+    defer     until (ms), reason, zone (optional): see store/settles.py Defer
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
@@ -68,6 +69,10 @@ for n, it in ipairs(items) do
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
+  if it.outcome == 'defer' then
+    if it['until'] % 1 ~= 0 then return redis.error_reply('BAD_ITEMS:item ' .. n) end
+    if type(it.reason) ~= 'string' then it.reason = 'window' end
+  end
 end
 -- Passed step n's values are ARGV[P_WIDTH * n + SKIP + P_ID ..] (PASSED_STEP): they start
 -- at ARGV[6].
@@ -311,6 +316,17 @@ local function settle(id, ekey, it, current)
       finish(id, e, 'cancelled', it.reason, now, {step = it.step, error = it.error})
     elseif outcome == 'complete' then
       finish(id, e, 'completed', '', now)
+    elseif outcome == 'defer' then
+      local due_at = string.format('%d', it['until'])
+      local fields = {'n', due_at, 'ua', now, 'dr', it.step .. ':' .. it.reason}
+      if type(it.zone) == 'string' and it.zone ~= '' then
+        fields[#fields + 1] = 'z'; fields[#fields + 1] = it.zone
+      end
+      rcall('HSET', ekey, unpack(fields))
+      for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
+      schedule(id, e['s'], due_at)
+      enrollment_event('sequence.step.deferred', id, e, now,
+        {step = it.step, kind = it.kind, reason = it.reason, ['until'] = it['until']})
     elseif outcome == 'release' then
       local at = tonumber(now) + (tonumber(it.delay) or 0)
       schedule(id, e['s'], it.started and lease_token(at) or at)

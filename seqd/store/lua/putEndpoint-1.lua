@@ -1,4 +1,5 @@
---[[ Create, replace or delete a webhook endpoint record, compare-and-set.
+--[[ Create, replace or delete a webhook endpoint record, compare-and-set (also a
+  schedule's: any JSON record in a tenant's HASH of records).
 
   KEYS[1] endpoints  HASH endpoint id -> record (JSON), the tenant's endpoints
   ARGV[1] endpoint_id
