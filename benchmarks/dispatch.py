@@ -135,7 +135,9 @@ class LatenessSender:
 
     @property
     def late_ms(self) -> list[float]:
-        return [at - self.due[eid] for eid, at in self.sent.items()]
+        # (A step of an earlier phase still due when its dispatcher stopped, on a loaded
+        # machine, is sent by this one: not one of this phase's.)
+        return [at - self.due[eid] for eid, at in self.sent.items() if eid in self.due]
 
     async def close(self) -> None:
         pass

@@ -1,7 +1,7 @@
 """Enrollments per second through each way in: single POSTs, the batch endpoint, the intake
 stream; each beside a peer measured in the same run on the same valkey-server.
 
-    python -m benchmarks.enroll [--n 4000] [--repeat 3] [--clients 32]
+    python -m benchmarks.enroll [--n 4000] [--repeat 3] [--clients 32] [--load 1000000]
 
 A private valkey-server (no persistence) and a real `seqd serve` subprocess (dispatcher and
 intake consumer off, so only enrolling runs) on free ports; the HTTP clients run in this
@@ -27,10 +27,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 
+from benchmarks.e2e import cpu_model
 from benchmarks.results import median, record
 from seqd import collector, models
 from seqd.config import Config, IntakeConfig
@@ -182,13 +184,28 @@ async def authed_gets(base: str, headers: dict[str, str], eid: str, n: int, clie
 async def batches(
     base: str, headers: dict[str, str], sid: str, contacts: list[str], clients: int = 2
 ) -> float:
+    """Existing contacts by id, 1,000 items a request."""
+    return await batch_items(base, headers, sid, [{"contact_id": c} for c in contacts], clients)
+
+
+async def inline_batches(
+    base: str, headers: dict[str, str], sid: str, start: int, n: int, clients: int = 2
+) -> float:
+    """New contacts given inline (E.164 phones no contact has yet), 1,000 items a request."""
+    items = [{"contact": {"phone": f"+1646{i:07d}"}} for i in range(start, start + n)]
+    return await batch_items(base, headers, sid, items, clients)
+
+
+async def batch_items(
+    base: str, headers: dict[str, str], sid: str, items: list[dict[str, Any]], clients: int
+) -> float:
     url = f"{base}/sequences/{sid}/enrollments/batch"
-    chunks = [contacts[i : i + 1000] for i in range(0, len(contacts), 1000)]
+    chunks = [items[i : i + 1000] for i in range(0, len(items), 1000)]
 
     async def client(session: aiohttp.ClientSession) -> None:
         while chunks:
-            items = [{"contact_id": c} for c in chunks.pop()]
-            async with session.post(url, json={"items": items}, headers=headers) as resp:
+            chunk = chunks.pop()
+            async with session.post(url, json={"items": chunk}, headers=headers) as resp:
                 assert resp.status == 200, await resp.text()
                 body = await resp.json()
                 assert all(r["outcome"] == "enrolled" for r in body["results"])
@@ -197,7 +214,7 @@ async def batches(
         async with aiohttp.ClientSession() as session:
             await asyncio.gather(*(client(session) for _ in range(clients)))
 
-    return await timed(len(contacts), run)
+    return await timed(len(items), run)
 
 
 async def plain_hset(client: aioredis.Redis, n: int) -> float:
@@ -253,7 +270,7 @@ async def drain_intake(config: Config, store: Store, n: int, consumers: int) -> 
             await c.stream.close()
 
 
-async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
+async def main(n: int, repeat: int, clients: int, consumers: int, load: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="seqd-bench-"))
     rport, hport = free_port(), free_port()
     valkey = start_valkey(rport, tmp)
@@ -280,6 +297,7 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
         contacts = await make_contacts(store, n)
         config = Config(intake=IntakeConfig(batch_size=1000))
         single, gets, batch, peer_hset, intake, xadd = [], [], [], [], [], []
+        inline: list[float] = []
         costs = Costs(store.client, valkey.pid, server.pid)
         for _ in range(repeat):
             small = contacts[: max(1, n // 4)]
@@ -292,6 +310,9 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             gets.append(await costs.measure("gets", len(small), work))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
             batch.append(await costs.measure("batch", n, batches(base, headers, sid, contacts)))
+            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+            work = inline_batches(base, headers, sid, len(inline) * n, n)
+            inline.append(await costs.measure("inline", n, work))
             peer_hset.append(await plain_hset(store.client, n))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
             xadd.append(await fill_intake(store.client, store.keys.intake(), sid, contacts))
@@ -300,6 +321,12 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             intake.append(await costs.measure("intake", n, drained, seqd=os.getpid()))
             stats = (await store.sequences.stats([sid]))[sid]
             assert stats.active == n, stats
+        loaded = math.nan
+        if load:
+            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+            # Phones from 5,000,000 on: none of the runs above used them.
+            work = inline_batches(base, headers, sid, 5_000_000, load)
+            loaded = await costs.measure("load", load, work)
         await store.close()
     finally:
         for proc in (server, valkey):
@@ -322,7 +349,8 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             f"N = {n:,} enrollments per run ({max(1, n // 4):,} for single POSTs, "
             f"{clients} concurrent clients), {repeat} runs, medians; valkey (AOF off, "
             f"allocator: {server_env(find_binary())[1]}) and `seqd serve` on this machine "
-            f"({os.cpu_count()} cores, shared), clients in the benchmark process.",
+            f"(CPU: {cpu_model()}, {os.cpu_count()} cores, shared), clients in the "
+            "benchmark process.",
             "",
             "| way in | rate | target | peer (same run) | peer rate | ratio "
             "| valkey CPU µs/item | seqd CPU µs/item | clients CPU µs/item "
@@ -333,8 +361,24 @@ async def main(n: int, repeat: int, clients: int, consumers: int) -> None:
             row("batch endpoint (1,000/request, 2 clients)", batch, 30000,
                 "pipelined HSET+ZADD per job (BullMQ-like bulk add, no logic)", peer_hset,
                 "batch"),
+            row("batch endpoint, new contacts inline (1,000/request, 2 clients)", inline,
+                20000, "the batch endpoint with contact_id items (above)", batch, "inline"),
             row(f"intake stream ({consumers} consumers draining)", intake, 50000,
                 "raw redis-py XADD, pipelined (the writer)", xadd, "intake"),
+            "",
+            f"Inline new contacts against `contact_id` items in the same run: "
+            f"{median(inline) / median(batch):.2f}× the rate (target 0.6×).",
+            *(
+                [
+                    "",
+                    f"Loading {load:,} new contacts through the batch endpoint (inline, 1,000 a "
+                    f"request, 2 clients, one run): {load / loaded:.1f} s, {loaded:,.0f}/s "
+                    f"(target under 60 s); valkey, seqd, clients CPU and scripts µs/item "
+                    f"{costs.cells('load').replace(' | ', ', ')}.",
+                ]
+                if load
+                else []
+            ),
             "",
             "The single POST's peer, per GET: valkey, seqd, clients CPU and scripts µs "
             f"{costs.cells('gets').replace(' | ', ', ')}.",
@@ -364,5 +408,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--consumers", type=int, default=IntakeConfig().consumers, help="intake consumers"
     )
+    parser.add_argument(
+        "--load", type=int, default=0, help="then load this many new contacts, once (0: no)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.repeat, args.clients, args.consumers))
+    asyncio.run(main(args.n, args.repeat, args.clients, args.consumers, args.load))

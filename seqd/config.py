@@ -29,9 +29,53 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of every config section: an unknown key is an error, not a silent no-op."""
 
 
+# `<scheme>+cluster://host:port,host:port/...`: seed nodes of a cluster, and the plain scheme
+# each node is reached with.
+CLUSTER_SCHEMES = {
+    "redis+cluster": "redis",
+    "valkey+cluster": "redis",
+    "rediss+cluster": "rediss",
+    "valkeys+cluster": "rediss",
+}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL's seed nodes, and the URL of the first as redis-py reads one (scheme,
+    credentials, options); raises ValueError naming what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower(), scheme.lower())
+    if not sep or plain not in ("redis", "rediss"):
+        raise ValueError(
+            "a cluster's url is valkey+cluster://, redis+cluster:// or rediss+cluster:// "
+            "(redis:// or rediss:// with cluster = true)"
+        )
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:cut].rpartition("@")
+    if rest[cut:].partition("?")[0] not in ("", "/", "/0"):
+        raise ValueError("a cluster has one database, 0")
+    seeds = []
+    for host in hosts.split(","):
+        try:
+            parsed = urlsplit(f"//{host}")
+            port = parsed.port or 6379
+        except ValueError:
+            parsed, port = None, 0
+        if parsed is None or not parsed.hostname:
+            raise ValueError(f"bad seed node {host!r} (host:port)")
+        seeds.append((parsed.hostname, port))
+    return f"{plain}://{userinfo}{at}{hosts.split(',')[0]}{rest[cut:]}", seeds
+
+
 class RedisConfig(Section, kw_only=True):
-    # Unset: seqd starts its own valkey-server (see [embedded]).
+    # Unset: seqd starts its own valkey-server (see [embedded]). A cluster's seed nodes:
+    # valkey+cluster://host:port,host:port (or redis+cluster://, rediss+cluster:// for TLS).
     url: str | None = None
+    # The url is a Valkey / Redis Cluster node (implied by a <scheme>+cluster:// url).
+    cluster: bool = False
     # Every key seqd writes starts with this prefix; several deployments can share a server.
     prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "seqd"
     # Shards of per-contact data; read only when a store is initialised, then fixed in its meta key.
@@ -42,6 +86,20 @@ class RedisConfig(Section, kw_only=True):
     # /healthz answers 503 once the store has not answered for this long, so a supervisor
     # (systemd, docker, kubernetes) restarts seqd; /readyz fails at once. 0: never.
     unhealthy_after_seconds: Annotated[float, Meta(ge=0)] = 60.0
+
+    def __post_init__(self) -> None:
+        if not (self.cluster or (self.url and is_cluster_url(self.url))):
+            return
+        if self.url is None:
+            raise ValueError("cluster = true needs a url (the embedded store is one server)")
+        try:
+            cluster_seeds(self.url)
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.cluster or (self.url is not None and is_cluster_url(self.url))
 
 
 class EmbeddedConfig(Section, kw_only=True):

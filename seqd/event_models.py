@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
+from seqd import event_names
 from seqd.models import Input, Output, Page, Timestamp
 
 Url = Annotated[
@@ -18,16 +19,19 @@ Url = Annotated[
     ),
 ]
 EventType = Annotated[str, Meta(min_length=1, max_length=100)]
-# The known types live with the store (`store/event_types.py`); the document's builder
-# (`api/openapi.py`) states them where this marker is.
-SUBSCRIPTION_MARK = "x-seqd-subscription"
 Subscription = Annotated[
     list[EventType],
     Meta(
         min_length=1,
         max_length=50,
         description='event types, or ["*"] for every type',
-        extra_json_schema={SUBSCRIPTION_MARK: True},
+        # Checked by `event_types.check_subscription`, stated here for the document.
+        extra_json_schema={
+            "anyOf": [
+                {"items": {"const": event_names.WILDCARD}, "maxItems": 1},
+                {"items": {"enum": sorted(event_names.KNOWN)}},
+            ]
+        },
     ),
 ]
 Description = Annotated[str, Meta(max_length=500)]

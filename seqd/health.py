@@ -1,12 +1,12 @@
 """Readiness: the store answers, the scripts are loaded, every running loop is alive; and
 how long the store has been unreachable, which /healthz reports past a configured limit.
 
-Background loops (dispatcher, webhook deliverer, intake consumer) call
-`liveness.beat(name, deadline)` on every turn, with the longest time a healthy turn can
-take, and `liveness.stopped(name)` when they stop. A loop that has never beaten is not
-required (the dispatcher may be disabled in this process); one whose last beat is older
-than its deadline makes the process not ready, so an orchestrator stops sending it work
-and systemd/docker can restart it.
+Background loops (`loop.Loop`: dispatcher, outbox reader, webhook deliverer, intake
+consumers) call `liveness.beat(name, deadline)` on every turn, with the longest time a
+healthy turn can take, and `liveness.stopped(name)` when they stop. A loop that has never
+beaten is not required (the dispatcher may be disabled in this process); one whose last
+beat is older than its deadline makes the process not ready, so an orchestrator stops
+sending it work and systemd/docker can restart it.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import msgspec
 from redis.exceptions import RedisError
 
+from seqd.store.client import UNAVAILABLE
 from seqd.store.db import Store
 from seqd.store.scripts import SCRIPTS
 
@@ -26,16 +26,8 @@ from seqd.store.scripts import SCRIPTS
 CHECK_TIMEOUT_SECONDS = 2.0
 
 
-class Heart(Protocol):
-    """What a background loop reports to (`Liveness`, or nothing in tests)."""
-
-    def beat(self, name: str, deadline_seconds: float) -> None: ...
-
-    def stopped(self, name: str) -> None: ...
-
-
 class Liveness:
-    """Last beat of each background loop, on the monotonic clock."""
+    """Last beat of each background loop, on the monotonic clock (a `loop.Heart`)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -102,12 +94,16 @@ class Readiness(msgspec.Struct, kw_only=True):
     details: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+# What a check that did not get its answer from the store reports, rather than raises.
+_NOT_READY: tuple[type[Exception], ...] = (RedisError, *UNAVAILABLE)
+
+
 async def _store_checks(store: Store) -> dict[str, str]:
     checks = {}
     try:
         await store.client.ping()
         checks["store"] = "ok"
-    except (RedisError, OSError) as exc:
+    except _NOT_READY as exc:
         return {"store": f"unreachable ({type(exc).__name__})", "scripts": "unknown"}
     try:
         shas = [s.sha for s in SCRIPTS.values()]
@@ -116,7 +112,7 @@ async def _store_checks(store: Store) -> dict[str, str]:
             # A restarted Redis lost its script cache: load them again (idempotent).
             await store.runner.load_all()
         checks["scripts"] = "ok"
-    except (RedisError, OSError) as exc:
+    except _NOT_READY as exc:
         checks["scripts"] = f"not loaded ({type(exc).__name__})"
     return checks
 

@@ -17,18 +17,16 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import msgspec
 import structlog
-from aiohttp import web
 
 from seqd import bulk, models
-from seqd.appkeys import LIVENESS, STORE
 from seqd.config import Config
 from seqd.errors import Conflict, Invalid, NotFound, SeqdError, field_error
-from seqd.health import Liveness
+from seqd.loop import Heart, Loop
 from seqd.store import groups
 from seqd.store.codec import encode_json
 from seqd.store.db import Store
@@ -38,6 +36,8 @@ from seqd.store.tenants import valid_tenant
 log = structlog.get_logger(__name__)
 # This loop's name in /readyz.
 LIVENESS_NAME = "intake"
+# The first pause after a failed batch (doubling from there, backoff.py).
+RETRY_SECONDS = 0.1
 
 FIELDS = frozenset({"tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id"})
 REQUEST_ID_MAX = 200
@@ -167,13 +167,10 @@ class Intake:
         store: Store,
         *,
         consumer: str | None = None,
-        liveness: Liveness | None = None,
+        liveness: Heart | None = None,
         liveness_name: str = LIVENESS_NAME,
     ) -> None:
         self.config = config.intake
-        # /readyz: each turn beats; a turn is a blocking read plus one batch's enrollments.
-        self.liveness = liveness
-        self.liveness_name = liveness_name
         self.region = config.contacts.default_region
         self.store = store
         self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
@@ -181,45 +178,33 @@ class Intake:
         self._cursor = "0-0"
         self._next_reclaim = 0.0
         self._next_prune = 0.0
-        self._stopping = False
-        self._reading = False
-        self._task: asyncio.Task[None] | None = None
+        # A turn is a blocking read (its own wait: no sleep after it) and one batch.
+        self.loop = Loop(
+            liveness_name,
+            self._turn,
+            idle_seconds=RETRY_SECONDS,
+            deadline_seconds=self.config.block_ms / 1000 + self.config.lease_seconds + 30,
+            failed_event="intake.batch_failed",
+            liveness=liveness,
+        )
 
     async def start(self) -> None:
         await self.stream.ensure_group()
-        self._task = asyncio.create_task(self._run(), name="seqd.intake")
+        self.loop.start()
         log.info("intake.started", consumer=self.consumer, stream=self.stream.name)
 
     async def stop(self) -> None:
-        """Finish the batch in hand, stop reading; entries read but not finished stay
-        pending and are taken over after the lease."""
-        self._stopping = True
-        if self._task is not None:
-            if self._reading:
-                self._task.cancel()
-            await asyncio.wait([self._task])
-        if self.liveness is not None:
-            self.liveness.stopped(self.liveness_name)
+        """Stop reading, give the batch in hand the lease to finish; entries read but not
+        finished stay pending and are taken over after the lease."""
+        await self.loop.stop(self.config.lease_seconds)
         with contextlib.suppress(Exception):
             await self.stream.drop_consumer(self.consumer)
         await self.stream.close()
         log.info("intake.stopped", consumer=self.consumer)
 
-    async def _run(self) -> None:
-        backoff = 0.1
-        deadline = self.config.block_ms / 1000 + self.config.lease_seconds + 30
-        while not self._stopping:
-            if self.liveness is not None:
-                self.liveness.beat(self.liveness_name, deadline)
-            try:
-                await self.run_once()
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("intake.batch_failed", consumer=self.consumer)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+    async def _turn(self) -> float:
+        await self.run_once()
+        return 0.0
 
     async def run_once(self, block_ms: int | None = None) -> int:
         """Take over abandoned entries when due, read one batch, finish it; the number of
@@ -228,11 +213,8 @@ class Intake:
         if time.monotonic() >= self._next_reclaim:
             done += await self.reclaim()
         block = self.config.block_ms if block_ms is None else block_ms
-        self._reading = True
-        try:
+        with self.loop.interruptible():
             entries = await self.stream.read(self.consumer, self.config.batch_size, block or None)
-        finally:
-            self._reading = False
         if entries:
             done += await self.process(entries)
         return done
@@ -356,34 +338,30 @@ class Intake:
         return await self.stream.backlog()
 
 
-def part(
-    config: Config,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+@contextlib.asynccontextmanager
+async def part(
+    config: Config, store: Store, *, liveness: Heart, observer: object = None
+) -> AsyncIterator[None]:
     """The consumers (`intake.consumers`) as a background part of `seqd serve`
     (service.BACKGROUND): each its own consumer of the group, `intake-1`, `intake-2`, ... in
     /readyz."""
-
-    @contextlib.asynccontextmanager
-    async def running(app: web.Application) -> AsyncIterator[None]:
-        if not config.intake.enabled:
-            yield
-            return
-        base = groups.consumer_name()
-        intakes = [
-            Intake(
-                config,
-                app[STORE],
-                consumer=f"{base}-{i}",
-                liveness=app.get(LIVENESS),
-                liveness_name=f"{LIVENESS_NAME}-{i}",
-            )
-            for i in range(1, config.intake.consumers + 1)
-        ]
-        try:
-            for one in intakes:
-                await one.start()
-            yield
-        finally:
-            await asyncio.gather(*(one.stop() for one in intakes))
-
-    return running
+    if not config.intake.enabled:
+        yield
+        return
+    base = groups.consumer_name()
+    intakes = [
+        Intake(
+            config,
+            store,
+            consumer=f"{base}-{i}",
+            liveness=liveness,
+            liveness_name=f"{LIVENESS_NAME}-{i}",
+        )
+        for i in range(1, config.intake.consumers + 1)
+    ]
+    try:
+        for one in intakes:
+            await one.start()
+        yield
+    finally:
+        await asyncio.gather(*(one.stop() for one in intakes))

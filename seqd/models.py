@@ -14,12 +14,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import email_validator
 import msgspec
-import phonenumbers
 from msgspec import UNSET, Meta, UnsetType
 
 from seqd import templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
+from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
 from seqd.sms import segments
 
 
@@ -149,39 +149,7 @@ class ContactEnvelope(Output, kw_only=True):
     contact: Contact
 
 
-# What a phone may hold besides digits: spaces, + . - / ( ).
-_PHONE_JUNK = re.compile(r"[^\d\s+.\-/()]")
 _LINE_BREAK = re.compile(f"[{LINE_BREAKS}]")
-
-
-def normalize_phone(value: str, region: str | None) -> str:
-    """E.164 form of `value`; ValueError with the reason when it is not a phone number.
-
-    Only digits and the usual separators are read: libphonenumber would drop a trailing
-    `x` or `ext. 12` as an extension and spell out letters, so `+1 (415) 555-0199x` would
-    be stored as another number than the one written."""
-    junk = _PHONE_JUNK.search(value)
-    if junk is not None:
-        raise ValueError(f"not a phone number (unexpected {junk.group()!r})")
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"not a phone number ({exc._msg})") from None
-    if not phonenumbers.is_possible_number(number):
-        raise ValueError("not a possible phone number (wrong length for its country)")
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    # Some impossible-in-practice numbers lose a digit each time round (+310000000 ->
-    # +31000000 -> +3100000: a national prefix read again); one stored form must map to
-    # itself, or lookups and suppressions would miss it (tests/test_properties.py).
-    try:
-        again = phonenumbers.format_number(
-            phonenumbers.parse(e164, None), phonenumbers.PhoneNumberFormat.E164
-        )
-    except phonenumbers.NumberParseException:
-        again = None
-    if again != e164:
-        raise ValueError("not a phone number (no stable E.164 form)")
-    return e164
 
 
 def normalize_email(value: str) -> str:
@@ -282,7 +250,9 @@ class Step(Output, kw_only=True):
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
-SenderIds = Annotated[list[Id], Meta(max_length=100, description="sender ids (POST /senders)")]
+SenderIds = Annotated[
+    list[Id], Meta(max_length=100, description="ids of the tenant's senders of that channel")
+]
 # sticky: a contact keeps the sender it first got; round_robin: each step takes the next
 # sender of the pool with budget.
 Rotation = Literal["sticky", "round_robin"]

@@ -11,28 +11,46 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 from aiohttp import web
 
 from seqd import collector, intake, logs, metrics, systemd
 from seqd.api.app import create_app
-from seqd.appkeys import METRICS, STORE
+from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.config import Config
 from seqd.embedded import EmbeddedServer
 from seqd.engine import dispatcher
 from seqd.events import background as webhooks
 from seqd.lifecycle import mailbox
+from seqd.loop import Heart
+from seqd.metrics import Metrics
 from seqd.store.db import Store, connect
 
 log = structlog.get_logger(__name__)
 
-# Background parts of the daemon (dispatcher, webhook deliverer, intake consumer), each an
-# aiohttp cleanup_ctx factory taking the config: start on enter, stop and await on exit.
-BackgroundPart = Callable[
-    [Config], Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
-]
+
+class BackgroundPart(Protocol):
+    """A background part of the daemon (dispatcher, webhook deliverer, intake consumer),
+    given what it needs: started on enter, stopped and awaited on exit."""
+
+    def __call__(
+        self, config: Config, store: Store, *, liveness: Heart, observer: Metrics
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+def background(
+    part: BackgroundPart, config: Config
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """`part` as an aiohttp cleanup_ctx, with the app's store, liveness and metrics."""
+
+    def running(app: web.Application) -> contextlib.AbstractAsyncContextManager[None]:
+        return part(config, app[STORE], liveness=app[LIVENESS], observer=app[METRICS])
+
+    return running
+
+
 BACKGROUND: list[BackgroundPart] = []
 # The dispatcher (a no-op part when dispatch.enabled is false).
 BACKGROUND.append(dispatcher.background)
@@ -53,6 +71,7 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         url = await embedded.start(own=own)
     client = connect(
         url,
+        cluster=config.redis.cluster,
         socket_timeout=config.redis.socket_timeout,
         max_connections=config.redis.max_connections,
     )
@@ -79,7 +98,7 @@ def build_app(config: Config, store: Store) -> web.Application:
     app = create_app(config, store)
     app.cleanup_ctx.append(lambda app: metrics.recording(app[METRICS], app[STORE]))
     for part in BACKGROUND:
-        app.cleanup_ctx.append(part(config))
+        app.cleanup_ctx.append(background(part, config))
     return app
 
 
@@ -114,14 +133,15 @@ def bind(config: Config) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
+            try:
+                sockets.append(_listen(family, address))
+            except OSError as exc:
+                # An address of a family the host has disabled (IPv6 for "localhost"), as
+                # asyncio's create_server skips it (bpo-30945).
+                if exc.errno != errno.EADDRNOTAVAIL or family != socket.AF_INET6:
+                    raise
+        if not sockets:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -131,6 +151,21 @@ def bind(config: Config) -> list[socket.socket]:
             reason = f"{exc.strerror or exc} (http.host, http.port)"
         raise ListenError(f"cannot listen on {where}: {reason}") from None
     return sockets
+
+
+def _listen(family: socket.AddressFamily, address: Any) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | None = None) -> int:

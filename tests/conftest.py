@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -20,7 +20,13 @@ from seqd.embedded import find_binary
 from seqd.store import scripts
 from seqd.store.db import Store, connect
 
+if TYPE_CHECKING:
+    from tests.clusterutil import ValkeyCluster
+
 scripts.CHECK_SLOTS = True
+
+# A test (or a parameter) that runs on a real Valkey cluster: in the slow tier.
+ON_CLUSTER = (pytest.mark.slow, pytest.mark.cluster)
 
 
 def free_port() -> int:
@@ -109,14 +115,82 @@ def valkey_factory(tmp_path: Path) -> Iterator[type[ValkeyProcess]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """3 primaries, no replicas: shared by the tests, each on a prefix of its own."""
+    from tests.clusterutil import ValkeyCluster  # clusterutil imports this module
+
+    cluster = ValkeyCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+# Test modules whose `store` tests run on the 3-primary cluster too, in the slow tier: the
+# dispatch, lifecycle, webhook, intake-free CLI and ops paths a cluster serves as one server
+# does. (Modules of `any_store` and `api` tests have those fixtures' cluster parameter.)
+STORE_ON_CLUSTER = frozenset(
+    {
+        "test_dispatch_engine",
+        "test_dispatch_recovery",
+        "test_senders_api",
+        "test_senders_budget",
+        "test_senders_channels",
+        "test_senders_dispatch",
+        "test_senders_inbound",
+        "test_dispatch_slow_channel",
+        "test_idempotency_key",
+        "test_importer",
+        "test_intake",
+        "test_lifecycle_email",
+        "test_lifecycle_sms",
+        "test_lifecycle_status",
+        "test_lifecycle_suppressions",
+        "test_lifecycle_unsubscribe",
+        "test_ops_health",
+        "test_ops_status",
+        "test_store_groups",
+        "test_webhooks_delivery",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "store_url" in metafunc.fixturenames and module in STORE_ON_CLUSTER:
+        metafunc.parametrize(
+            "store_url", ["valkey", pytest.param("cluster", marks=ON_CLUSTER)], indirect=True
+        )
+
+
 @pytest.fixture
-async def store(valkey: ValkeyProcess, prefix: str) -> AsyncIterator[Store]:
-    s = await Store.open(connect(valkey.url), prefix, 4)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The `store` fixture's server: the session's valkey-server, or (a module in
+    STORE_ON_CLUSTER, slow tier) the session's cluster."""
+    on = getattr(request, "param", "valkey")
+    server: ValkeyProcess | ValkeyCluster = request.getfixturevalue(
+        "valkey" if on == "valkey" else "valkey_cluster"
+    )
+    return server.url
+
+
+@pytest.fixture
+async def store(store_url: str, prefix: str) -> AsyncIterator[Store]:
+    s = await Store.open(connect(store_url), prefix, 4)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def cluster_store(valkey_cluster: ValkeyCluster, prefix: str) -> AsyncIterator[Store]:
+    s = await Store.open(connect(valkey_cluster.url), prefix, 4)
     yield s
     await s.close()
 
@@ -131,10 +205,14 @@ async def fake_store(prefix: str) -> AsyncIterator[Store]:
     await s.close()
 
 
-@pytest.fixture(params=["valkey", "fakeredis"])
+@pytest.fixture(
+    params=["valkey", "fakeredis", pytest.param("cluster", marks=ON_CLUSTER)],
+)
 def any_store(request: pytest.FixtureRequest) -> Store:
-    """Each test twice: on a real valkey-server, and on fakeredis (the scripts run there too)."""
-    store: Store = request.getfixturevalue("store" if request.param == "valkey" else "fake_store")
+    """Each test on a real valkey-server and on fakeredis (the scripts run there too), and in
+    the slow tier on a 3-primary Valkey cluster."""
+    fixture = {"valkey": "store", "fakeredis": "fake_store", "cluster": "cluster_store"}
+    store: Store = request.getfixturevalue(fixture[request.param])
     return store
 
 
@@ -162,13 +240,23 @@ class Api:
         return resp.status, (jsonlib.loads(text) if text else None)
 
 
+@pytest.fixture(params=["valkey", pytest.param("cluster", marks=ON_CLUSTER)])
+def api_store(request: pytest.FixtureRequest) -> Store:
+    """The `api` fixture's store: a real valkey-server, and in the slow tier the cluster."""
+    store: Store = request.getfixturevalue(
+        "store" if request.param == "valkey" else "cluster_store"
+    )
+    return store
+
+
 @pytest.fixture
-async def api(store: Store) -> AsyncIterator[Api]:
+async def api(api_store: Store) -> AsyncIterator[Api]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from seqd.api.app import create_app
     from seqd.config import Config
 
+    store = api_store
     _, key = await store.tenants.create_key("acme")
     app = create_app(Config(), store)
     async with TestClient(TestServer(app)) as client:

@@ -19,7 +19,7 @@ from seqd.store.dispatch import Dispatch
 from seqd.store.enrollments import EnrollItem
 from seqd.store.outbox import Entry
 from seqd.store.settles import Settled
-from seqd.times import now_ms
+from seqd.times import from_rfc3339, now_ms
 
 TENANT = "acme"
 # The worker id the tests' leases are recorded under (keys.workers).
@@ -152,7 +152,20 @@ async def events(store: Store, shard: int | None = None) -> list[dict[str, Any]]
     return out
 
 
+async def read(store: Store, eid: str, tenant: str = TENANT) -> models.Enrollment:
+    """The enrollment as the store's API reads it."""
+    return await store.enrollments.get(tenant, eid)
+
+
+def due_ms(enrollment: models.Enrollment) -> int:
+    """An active enrollment's next_run_at, in ms."""
+    assert enrollment.next_run_at is not None, enrollment
+    return from_rfc3339(enrollment.next_run_at)
+
+
 async def raw(store: Store, eid: str) -> dict[str, str]:
+    """The enrollment's hash: for tests of the layout and of fields the API does not show
+    (attempts `a`, provider ids `p<step>`)."""
     from seqd import ids
 
     shard = ids.shard_of(eid, store.shards)

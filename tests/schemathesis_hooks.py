@@ -5,12 +5,16 @@ predict.
 A JSON Schema states shapes, not facts about the world: whether a phone number is possible
 in its country's numbering plan, whether an email address is deliverable-looking, whether
 a time zone is in the tz database, whether a webhook URL's host is public (the SSRF guard),
-whether a text is a valid template, whether a page token is one this API issued, or
-whether an Idempotency-Key was already used for another request. The document names these
-rules in the fields' descriptions; a schema-valid request that breaks one of them is
-answered 422 naming the field. `positive_data_acceptance_beyond_schema` is schemathesis's
-own check except that such a 422 passes when every field it names is one of those fields,
-so any other rejection of schema-valid input still fails the run.
+whether a text is a valid template, whether a page token is one this API issued,
+whether an Idempotency-Key was already used for another request, whether a sender's
+address is one (phone or mailbox as its channel says) and free, whether an SMTP profile
+is in the config, whether a messaging service or profile suits the sender's channel, or
+whether a sequence's sender pool names the tenant's senders of that channel. The
+document names these rules in the fields' descriptions; a schema-valid request that
+breaks one of them is answered 422 naming the field.
+`positive_data_acceptance_beyond_schema` is schemathesis's own check except that such a
+422 passes when every field it names is one of those fields, so any other rejection of
+schema-valid input still fails the run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ BEYOND_SCHEMA = frozenset(
         "body",
         "subject",
         "Idempotency-Key",
+        "address",
+        "smtp_profile",
+        "messaging_service_sid",
+        "sms",
     }
 )
 _LAST_NAME = re.compile(r"([A-Za-z_-]+)(?:\[\d+\])*$")

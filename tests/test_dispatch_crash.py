@@ -87,6 +87,7 @@ async def _wait_for(predicate, seconds: float, what: str) -> None:  # type: igno
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.slow  # a fault test: a daemon killed mid-run and restarted
 async def test_sigkill_mid_run_loses_no_step_and_restart_completes_all(
     valkey_factory: type[ValkeyProcess], prefix: str, tmp_path: Path
 ) -> None:

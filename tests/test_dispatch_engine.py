@@ -15,7 +15,7 @@ from seqd.engine.dispatcher import Dispatcher
 from seqd.models import SequenceStatus
 from seqd.store.db import Store, connect
 from seqd.store.dispatch import Dispatch
-from seqd.times import now_ms
+from seqd.times import from_rfc3339, now_ms
 from tests.conftest import ValkeyProcess
 from tests.dispatchutil import (
     TENANT,
@@ -24,11 +24,13 @@ from tests.dispatchutil import (
     Recorder,
     contacts,
     dispatcher,
+    due_ms,
     due_score,
     email,
     enroll,
     events,
     raw,
+    read,
     sequence,
     sms,
     unsettled,
@@ -64,7 +66,7 @@ async def test_first_step_fires_at_enrollment_plus_wait_later_ones_after_the_sen
     assert (done.claimed, done.sent, done.settled) == (1, 1, 1)
     assert [m.body for m in sender.messages] == ["one"]
     sent_at = clock.at
-    assert int((await raw(store, e.id))["n"]) == sent_at + 3 * MINUTE
+    assert due_ms(await read(store, e.id)) == sent_at + 3 * MINUTE
 
     clock.at = sent_at + 3 * MINUTE - 1
     assert (await d.run_once(clock.at)).claimed == 0
@@ -73,11 +75,11 @@ async def test_first_step_fires_at_enrollment_plus_wait_later_ones_after_the_sen
     )  # the send itself takes 40 ms: the next wait counts from it
     await d.run_once(sent_at + 3 * MINUTE)
     assert [m.body for m in sender.messages] == ["one", "two"]
-    h = await raw(store, e.id)
-    assert int(h["n"]) == clock.at  # "three" waits 0 minutes after "two"'s send
+    got = await read(store, e.id)
+    assert due_ms(got) == clock.at  # "three" waits 0 minutes after "two"'s send
     await d.run_once(clock.at)
-    h = await raw(store, e.id)
-    assert h["st"] == "completed" and int(h["ca"]) == clock.at
+    got = await read(store, e.id)
+    assert got.status == "completed" and from_rfc3339(got.completed_at or "") == clock.at
     types = [ev["type"] for ev in await events(store) if ev["id"] == e.id]
     assert types == [
         "sequence.enrollment.created",
@@ -94,7 +96,7 @@ async def test_first_step_fires_at_enrollment_plus_wait_later_ones_after_the_sen
 async def test_round_reports_the_next_due_time(store: Store) -> None:
     seq = await sequence(store, sms(wait=5))
     (e,) = await enroll(store, seq, await contacts(store, 1))
-    due = int((await raw(store, e.id))["n"])
+    due = due_ms(await read(store, e.id))
     d = dispatcher(store, Recorder(), Clock(due - 1000))
     done = await d.run_once(due - 1000)
     assert done.claimed == 0 and done.next_due == due
@@ -113,7 +115,7 @@ async def test_a_round_works_through_a_backlog_many_batches_deep(
     done = await dispatcher(one_shard, sender, clock, batch_size=5, lanes=lanes).run_once(clock.at)
     assert (done.claimed, done.sent, done.settled, done.more) == (23, 23, 23, False)
     assert sorted(m.enrollment_id for m in sender.messages) == sorted(e.id for e in enrolled)
-    assert {(await raw(one_shard, e.id))["i"] for e in enrolled} == {"1"}
+    assert {(await read(one_shard, e.id)).current_step for e in enrolled} == {1}
 
 
 async def test_a_round_goes_on_past_a_full_batch_with_nothing_to_send(one_shard: Store) -> None:
@@ -215,9 +217,7 @@ async def test_paused_sequence_waits_and_resume_fires_overdue_steps_in_due_order
     assert done.sent == 5
     assert [m.body for m in sender.messages] == [f"n{i}" for i in range(5)]
     # The second step waits a minute after these (late) sends, not after the original time.
-    assert {int((await raw(store, eid))["n"]) for eid in await _ids(store, seq)} == {
-        clock.at + MINUTE
-    }
+    assert {due_ms(await read(store, eid)) for eid in await _ids(store, seq)} == {clock.at + MINUTE}
 
 
 async def _ids(store: Store, seq: models.Sequence) -> list[str]:
@@ -236,8 +236,8 @@ async def test_archived_sequence_cancels_instead_of_sending(store: Store) -> Non
     clock = Clock()
     await dispatcher(store, sender, clock).run_once(clock.at)
     assert sender.messages == []
-    h = await raw(store, e.id)
-    assert h["st"] == "cancelled" and h["cr"] == "sequence_archived"
+    got = await read(store, e.id)
+    assert got.status == "cancelled" and got.cancel_reason == "sequence_archived"
 
 
 async def test_a_newer_sequence_version_is_read_before_sending(store: Store) -> None:
@@ -268,7 +268,7 @@ async def test_an_edit_that_names_another_contact_field_sends_it(store: Store) -
     clock.advance(MINUTE)
     await d.run_once(clock.at)
     assert [m.body for m in sender.messages] == ["Hi n0", "Bye n0 Lovelace"]
-    assert (await raw(store, e.id))["st"] == "completed"
+    assert (await read(store, e.id)).status == "completed"
 
 
 async def test_missing_variable_pauses_and_names_it(store: Store) -> None:
@@ -278,8 +278,8 @@ async def test_missing_variable_pauses_and_names_it(store: Store) -> None:
     clock = Clock()
     await dispatcher(store, sender, clock).run_once(clock.at)
     assert sender.messages == []
-    h = await raw(store, e.id)
-    assert h["st"] == "paused" and h["pr"] == "missing_variable"
+    got = await read(store, e.id)
+    assert got.status == "paused" and got.paused_reason == "missing_variable"
     ev = (await events(store))[-1]
     assert ev["type"] == "sequence.enrollment.paused" and ev["variable"] == "attributes.company"
 
@@ -302,7 +302,7 @@ async def test_no_phone_pauses_with_the_field_as_the_missing_variable(store: Sto
     (e,) = await enroll(store, seq, await contacts(store, 1, phone=None))
     clock = Clock()
     await dispatcher(store, Recorder(), clock).run_once(clock.at)
-    assert (await raw(store, e.id))["pr"] == "missing_variable"
+    assert (await read(store, e.id)).paused_reason == "missing_variable"
     assert (await events(store))[-1]["variable"] == "phone"
 
 
@@ -322,8 +322,8 @@ async def test_retry_backs_off_and_cancels_failed_when_attempts_run_out(store: S
     clock.at = int(second)
     await d.run_once(clock.at)
     assert len(sender.messages) == 3
-    h = await raw(store, e.id)
-    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    got = await read(store, e.id)
+    assert got.status == "cancelled" and got.cancel_reason == "failed"
     assert await due_score(store, e.id) is None
     evs = [ev for ev in await events(store) if ev["id"] == e.id]
     assert [ev.get("retrying") for ev in evs if ev["type"] == "sequence.step.failed"] == [
@@ -349,8 +349,8 @@ async def test_permanent_failure_cancels_with_the_error(store: Store) -> None:
     sender = Recorder(answer=lambda m: SendResult(outcome="failed", error="twilio 400 code 21211"))
     clock = Clock()
     await dispatcher(store, sender, clock).run_once(clock.at)
-    h = await raw(store, e.id)
-    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    got = await read(store, e.id)
+    assert got.status == "cancelled" and got.cancel_reason == "failed"
     assert (await events(store))[-1]["error"] == "twilio 400 code 21211"
 
 
@@ -366,8 +366,8 @@ async def test_unknown_outcome_resends_or_holds(store: Store) -> None:
     clock.advance(6_000)
     await dispatcher(store, sender, clock, on_unknown="hold").run_once(clock.at)
     for e in (a, b):
-        h = await raw(store, e.id)
-        assert h["st"] == "paused" and h["pr"] == "delivery_unknown"
+        got = await read(store, e.id)
+        assert got.status == "paused" and got.paused_reason == "delivery_unknown"
 
 
 async def test_a_sender_that_raises_is_an_unknown_outcome(store: Store) -> None:
@@ -400,8 +400,8 @@ async def test_suppressed_step_is_skipped_when_another_channel_remains(store: St
     d = dispatcher(store, sender, clock)
     await d.run_once(clock.at)
     assert sender.messages == []
-    h = await raw(store, e.id)
-    assert h["i"] == "1" and h["st"] == "active"
+    got = await read(store, e.id)
+    assert got.current_step == 1 and got.status == "active"
     assert await due_score(store, e.id) == clock.at + MINUTE
     assert (await events(store))[-1]["type"] == "sequence.step.skipped"
     clock.advance(MINUTE)
@@ -409,8 +409,8 @@ async def test_suppressed_step_is_skipped_when_another_channel_remains(store: St
     assert [m.kind for m in sender.messages] == ["email"]
     # Only suppressed SMS is left: cancelled as opted out.
     await d.run_once(clock.at)
-    h = await raw(store, e.id)
-    assert h["st"] == "cancelled" and h["cr"] == "opted_out"
+    got = await read(store, e.id)
+    assert got.status == "cancelled" and got.cancel_reason == "opted_out"
 
 
 async def test_a_suppression_found_while_composing_decides_over_the_template(
@@ -431,8 +431,8 @@ async def test_a_suppression_found_while_composing_decides_over_the_template(
     await dispatcher(store, sender, clock).run_once(clock.at)
     assert sorted(m.contact_id for m in sender.messages) == sorted(cids)
     assert {m.body for m in sender.messages} == {"Hi blue"}
-    h = await raw(store, enrolled[-1].id)
-    assert (h["st"], h["i"]) == ("active", "1")
+    got = await read(store, enrolled[-1].id)
+    assert (got.status, got.current_step) == ("active", 1)
     skipped = [ev for ev in await events(store) if ev["type"] == "sequence.step.skipped"]
     assert [(ev["id"], ev["reason"]) for ev in skipped] == [(enrolled[-1].id, "suppressed")]
 
@@ -454,8 +454,8 @@ async def test_all_remaining_steps_suppressed_cancels(
     clock = Clock()
     await dispatcher(store, sender, clock).run_once(clock.at)
     assert sender.messages == []
-    h = await raw(store, e.id)
-    assert h["st"] == "cancelled" and h["cr"] == expected
+    got = await read(store, e.id)
+    assert got.status == "cancelled" and got.cancel_reason == expected
 
 
 async def test_email_threading_and_header_injection(store: Store) -> None:
@@ -486,8 +486,8 @@ async def test_email_threading_and_header_injection(store: Store) -> None:
     clock.at = now_ms()
     await dispatcher(store, sender, clock).run_once(clock.at)
     assert sender.messages == []
-    h = await raw(store, e.id)
-    assert h["st"] == "cancelled" and h["cr"] == "failed"
+    got = await read(store, e.id)
+    assert got.status == "cancelled" and got.cancel_reason == "failed"
     mine = [ev for ev in await events(store) if ev["id"] == e.id]
     assert "subject" in mine[-1]["error"]
 
@@ -501,8 +501,8 @@ async def test_provider_unsubscribed_answer_suppresses_and_skips(store: Store) -
     )
     clock = Clock()
     await dispatcher(store, sender, clock).run_once(clock.at)
-    h = await raw(store, e.id)
-    assert h["i"] == "1" and h["st"] == "active"
+    got = await read(store, e.id)
+    assert got.current_step == 1 and got.status == "active"
     phone = (await store.contacts.get(TENANT, cid)).phone
     assert await store.client.hexists(store.keys.suppressions(TENANT, "sms"), phone)
 
@@ -551,7 +551,7 @@ async def test_two_dispatchers_on_one_store_send_every_step_once(store: Store) -
     assert sorted(sent) == sorted(e.id for e in enrolled)
     assert all(r.messages for r in senders)  # both took part
     for e in enrolled:
-        assert (await raw(store, e.id))["i"] == "1"
+        assert (await read(store, e.id)).current_step == 1
 
 
 async def test_stop_drains_the_batch_in_flight(store: Store) -> None:
@@ -563,8 +563,8 @@ async def test_stop_drains_the_batch_in_flight(store: Store) -> None:
     await until(lambda: len(sender.messages) >= 3)
     await d.stop()
     for e in enrolled:
-        h = await raw(store, e.id)
-        assert h["i"] == "1" and not await unsettled(store, e.id)
+        got = await read(store, e.id)
+        assert got.current_step == 1 and not await unsettled(store, e.id)
 
 
 async def test_stop_drops_the_piece_peeked_at_without_leasing_it(one_shard: Store) -> None:
@@ -602,8 +602,8 @@ async def test_stop_releases_sends_that_outlast_the_drain_timeout(store: Store) 
     before = now_ms()
     assert leased is not None and leased > before  # claimed: due again when the lease ends
     await d.stop()
-    h = await raw(store, e.id)
-    assert h["i"] == "0" and h["st"] == "active"
+    got = await read(store, e.id)
+    assert got.current_step == 0 and got.status == "active"
     # The send had started, so the provider may have it: released as an unsettled claim
     # (the next claim applies dispatch.on_unknown), and the old lease no longer holds.
     assert await unsettled(store, e.id)

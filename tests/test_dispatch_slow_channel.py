@@ -16,6 +16,7 @@ from tests.dispatchutil import (
     email,
     enroll,
     raw,
+    read,
     sequence,
     sms,
     unsettled,
@@ -73,15 +74,15 @@ async def test_hanging_sms_does_not_hold_up_email_and_loses_nothing(store: Store
     for _ in range(20):
         clock.advance(1_000)
         await d.run_once(clock())
-        states = [(await raw(store, e.id))["st"] for e in sms_enrollments]
+        states = [(await read(store, e.id)).status for e in sms_enrollments]
         if len(source.sms.messages) == 10 and set(states) == {"completed"}:
             break
     assert sorted(m.enrollment_id for m in source.sms.messages) == sorted(
         e.id for e in sms_enrollments
     )
     for e in sms_enrollments:
-        h = await raw(store, e.id)
-        assert h["st"] == "completed" and await due_score(store, e.id) is None
+        got = await read(store, e.id)
+        assert got.status == "completed" and await due_score(store, e.id) is None
 
 
 async def test_stop_records_background_sends_or_releases_them(store: Store) -> None:
@@ -96,8 +97,7 @@ async def test_stop_records_background_sends_or_releases_them(store: Store) -> N
     d.start()
     await d.stop()  # the sends never end: given up after the drain timeout, released
     for e in enrollments:
-        h = await raw(store, e.id)
-        assert h["st"] == "active"
+        assert (await read(store, e.id)).status == "active"
         # The provider may have the message: the claim stays marked as unsettled, so the
         # next claim applies dispatch.on_unknown.
         assert await unsettled(store, e.id)

@@ -160,8 +160,9 @@ async def test_kills_right_after_each_start_lose_nothing_and_fail_nothing(
 ) -> None:
     # A crash loop: each process is killed 0.5 s after it began sending, while most of what
     # it leased has not gone out. None of that may count an attempt (6 kills > max_attempts)
-    # or be lost.
-    enrollments, kills = size("ENROLLMENTS", 2000), 6
+    # or be lost. (Three times the other test's enrollments: 6 half seconds of sending must
+    # not finish the work.)
+    enrollments, kills = 3 * size("ENROLLMENTS", 2000), 6
     server = valkey_factory()  # type: ignore[call-arg]
     server.start()
     store = await Store.open(connect(server.url), prefix, 4)

@@ -165,7 +165,8 @@ async def test_no_cap_no_counting(store: Store) -> None:
     assert (await raw(store, e.id))["st"] == "completed"
 
 
-async def test_take_frequency_counts_a_step_once(store: Store) -> None:
+async def test_take_frequency_counts_a_step_once(any_store: Store) -> None:
+    store = any_store
     now = ms("2027-06-01T12:00:00")
 
     async def take(at: int, *members: str) -> list[int]:

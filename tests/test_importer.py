@@ -11,7 +11,6 @@ import pytest
 from seqd import cli, importer, models
 from seqd.config import Config
 from seqd.store.db import Store, connect
-from tests.conftest import ValkeyProcess
 
 ROWS = """first_name,last_name,phone,email,timezone,external_id,company,plan
 Ada,,+14155550100,ada@example.com,Europe/London,crm-1,Acme,pro
@@ -115,7 +114,7 @@ async def test_import_refuses_an_inactive_sequence_before_writing(
 
 
 def test_the_cli_command(
-    valkey: ValkeyProcess,
+    store_url: str,
     prefix: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -123,10 +122,10 @@ def test_the_cli_command(
 ) -> None:
     monkeypatch.delenv("SEQD_CHECK_SLOTS")  # the tests' switch, not a setting
     config = tmp_path / "seqd.toml"
-    config.write_text(f'[redis]\nurl = "{valkey.url}"\nprefix = "{prefix}"\nshards = 4\n')
+    config.write_text(f'[redis]\nurl = "{store_url}"\nprefix = "{prefix}"\nshards = 4\n')
 
     async def key() -> None:
-        store = await Store.open(connect(valkey.url), prefix, 4)
+        store = await Store.open(connect(store_url), prefix, 4)
         await store.tenants.create_key("acme")
         await store.close()
 

@@ -11,13 +11,12 @@ import pytest
 import redis
 from aiohttp.test_utils import TestServer
 
-from seqd import intake, models
+from seqd import intake, models, service
 from seqd.api.app import create_app
 from seqd.appkeys import LIVENESS
-from seqd.config import Config, IntakeConfig
+from seqd.config import Config, IntakeConfig, cluster_seeds, is_cluster_url
 from seqd.intake import Intake
 from seqd.store.db import Store
-from tests.conftest import ValkeyProcess
 from tests.dispatchutil import events
 
 SMS_ONLY = models.SequenceCreate(
@@ -33,9 +32,14 @@ def _config(**intake_settings: Any) -> Config:
 
 
 @pytest.fixture
-def writer(valkey: ValkeyProcess) -> redis.Redis:
-    """Another service: plain redis-py, bytes in and out, knows nothing of seqd's code."""
-    client = redis.Redis.from_url(valkey.url)
+def writer(store_url: str) -> redis.Redis:
+    """Another service: plain redis-py (its cluster client on a cluster), bytes in and out,
+    knows nothing of seqd's code."""
+    if is_cluster_url(store_url):
+        host, port = cluster_seeds(store_url)[1][0]
+        client = redis.RedisCluster(host, port)
+    else:
+        client = redis.Redis.from_url(store_url)
     yield client
     client.close()
 
@@ -106,7 +110,7 @@ async def test_writer_xadd_is_enrolled_by_the_running_server(
     contacts = await _contacts(store, tenant, 20)
     config = _config()
     app = create_app(config, store)
-    app.cleanup_ctx.append(intake.part(config))
+    app.cleanup_ctx.append(service.background(intake.part, config))
     async with TestServer(app):
         pipe = writer.pipeline(transaction=False)
         for cid in contacts:
@@ -136,7 +140,7 @@ async def test_a_process_runs_its_configured_consumers_and_leaves_the_group_on_s
     contacts = await _contacts(store, tenant, 30)
     config = _config(consumers=3, batch_size=4)
     app = create_app(config, store)
-    app.cleanup_ctx.append(intake.part(config))
+    app.cleanup_ctx.append(service.background(intake.part, config))
     async with TestServer(app):
         assert [n for n in app[LIVENESS].running() if n.startswith("intake")] == [
             "intake-1",
@@ -362,7 +366,34 @@ async def test_an_entry_that_keeps_failing_is_rejected_after_max_deliveries(
 async def test_stop_leaves_no_consumer_behind(store: Store, tenant: str) -> None:
     c = Intake(_config(), store)
     await c.start()
-    await asyncio.sleep(0.1)  # blocked in XREADGROUP
+
+    async def reading() -> bool:  # its first XREADGROUP made it a consumer of the group
+        consumers = await store.client.xinfo_consumers(store.keys.intake(), "seqd")
+        return [x["name"] for x in consumers] == [c.consumer]
+
+    await _eventually(reading)
     await c.stop()
     consumers = await store.client.xinfo_consumers(store.keys.intake(), "seqd")
     assert consumers == []
+
+
+async def test_stop_cuts_the_pause_after_a_failed_batch_short(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away: a failed batch is followed by a back-off pause, which stop() wakes
+    instead of waiting out (the intake used to sleep through it)."""
+    monkeypatch.setattr(intake, "RETRY_SECONDS", 30.0)
+    c = Intake(_config(), store, consumer="c")
+    failed = asyncio.Event()
+
+    async def away(*args: object, **kwargs: object) -> list[Any]:
+        failed.set()
+        raise ConnectionError("down")
+
+    c.stream.read = away  # type: ignore[method-assign]
+    await c.start()
+    await failed.wait()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await c.stop()
+    assert loop.time() - started < 10, "stop waited out the 30 s pause"

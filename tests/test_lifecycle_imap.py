@@ -13,9 +13,11 @@ from typing import Any
 import aioimaplib
 import pytest
 
+from seqd import health
 from seqd.config import ChannelsConfig, Config, ImapConfig, TenantConfig
 from seqd.lifecycle import mailbox
 from seqd.lifecycle.email_inbound import IngestResult
+from seqd.metrics import Metrics
 from seqd.store.db import Store
 from tests.dispatchutil import Clock, email, enroll, events, raw, sequence, until
 from tests.imaputil import OTHER, PASSWORD, USER, Dovecot, needs_dovecot
@@ -271,3 +273,22 @@ def test_mailboxes_shared_and_per_tenant(tmp_path: Path) -> None:
     )
     found = {m.label: m.tenant for m in mailbox.mailboxes(cfg)}
     assert found == {"a@imap.example.com:993": None, "b@imap.example.com:993": "acme"}
+
+
+async def test_the_part_reports_each_mailbox_on_readyz_details_and_a_metric(
+    store: Store, inbox: Inbox
+) -> None:
+    cfg = imap_config(inbox)
+    liveness, observer = health.Liveness(), Metrics()
+    (label,) = [m.label for m in mailbox.mailboxes(cfg)]
+    async with mailbox.part(cfg, store, liveness=liveness, observer=observer):
+        await until(lambda: liveness.notes().get(f"imap {label}") == "idle", 15)
+        result = await health.check(store, liveness)
+        assert result.ready and result.details == {f"imap {label}": "idle"}
+        assert observer.registry.get_sample_value("seqd_imap_mailbox_up", {"mailbox": label}) == 1
+        await inbox.deliver(reply(sender="stranger@example.org"))
+        sample = {"kind": "reply"}
+        await until(
+            lambda: observer.registry.get_sample_value("seqd_imap_messages_total", sample) == 1
+        )
+    assert liveness.notes() == {}

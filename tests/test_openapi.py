@@ -155,6 +155,11 @@ async def test_integral_numbers_are_integers(api: Api) -> None:
     status, body = await api.call("POST", "/sequences", {"name": "S", "steps": steps})
     assert status == 201, body
     assert body["sequence"]["steps"][0]["wait_minutes"] == 60  # type: ignore[index]
+    # An optional integer too (msgspec says "Expected `int | null`").
+    sender = {"channel": "sms", "address": "+14155550100", "limits": {"per_second": 5.0}}
+    status, body = await api.call("POST", "/senders", sender)
+    assert status == 201, body
+    assert body["sender"]["limits"]["per_second"] == 5  # type: ignore[index]
     steps[0]["wait_minutes"] = 60.5
     status, body = await api.call("POST", "/sequences", {"name": "S", "steps": steps})
     assert status == 422 and body["errors"][0]["path"] == "steps[0].wait_minutes"  # type: ignore[index]

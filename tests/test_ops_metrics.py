@@ -122,13 +122,16 @@ async def test_http_metrics_use_route_templates(client: TestClient) -> None:
 
 
 async def test_due_backlog_per_shard_from_redis(client: TestClient, store: Store) -> None:
+    before = now_ms()
     await enroll(store, 6)
     await enroll(store, 3, wait_minutes=60, first=100)
     text = await (await client.get("/metrics")).text()
     due = sum(value(text, "seqd_due_backlog", shard=str(s)) for s in range(4))
     scheduled = sum(value(text, "seqd_due_scheduled", shard=str(s)) for s in range(4))
     assert (due, scheduled) == (6, 9)
-    assert value(text, "seqd_due_oldest_overdue_seconds") >= 0
+    # Due since they were enrolled: overdue by no more than the time since then.
+    overdue = value(text, "seqd_due_oldest_overdue_seconds")
+    assert 0 <= overdue <= (now_ms() - before) / 1000
     snap = await backlog.read(store, now_ms() + 5000)
     assert snap.due == 6 and snap.oldest_overdue_seconds >= 5
 

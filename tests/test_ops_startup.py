@@ -7,9 +7,13 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
+from seqd.config import Config, HttpConfig
+from seqd.service import ListenError, bind
 from seqd.store.db import Store
 from seqd.store.tenants import DEFAULT_TENANT
-from tests.conftest import ValkeyProcess
+from tests.conftest import ValkeyProcess, free_port
 from tests.opsutil import Daemon
 
 
@@ -52,3 +56,19 @@ async def test_first_key_is_shown_again_until_a_start_completes(store: Store) ->
     await store.tenants.bootstrap_shown()
     assert await store.tenants.bootstrap() is None
     assert await store.tenants.authenticate(secret) == DEFAULT_TENANT
+
+
+def test_bind_every_address_of_the_host_and_name_a_busy_one() -> None:
+    port = free_port()
+    config = Config(http=HttpConfig(host="localhost", port=port))
+    sockets = bind(config)
+    try:
+        assert sockets and all(s.getsockname()[1] == port for s in sockets)
+        with pytest.raises(ListenError, match=f"cannot listen on localhost:{port}: .*in use"):
+            bind(config)
+    finally:
+        for s in sockets:
+            s.close()
+    unknown = Config(http=HttpConfig(host="no-such-host.invalid", port=1))
+    with pytest.raises(ListenError, match=r"on no-such-host\.invalid:1: .*http\.host"):
+        bind(unknown)

@@ -20,6 +20,7 @@ from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem
 from seqd.times import now_ms
 from tests.conftest import ValkeyProcess
+from tests.dispatchutil import until
 
 
 async def seed(store: Store) -> None:
@@ -131,7 +132,7 @@ async def test_watch_refreshes_in_place_on_a_terminal(store: Store) -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)
     task = asyncio.create_task(status.show(store, console, watch=0.05))
-    await asyncio.sleep(0.3)
+    await until(lambda: out.getvalue().count("seqd status") >= 2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -146,7 +147,7 @@ def _env(valkey: ValkeyProcess, prefix: str) -> dict[str, str]:
 
 
 def test_cli_prints_one_screen(
-    valkey: ValkeyProcess,
+    store_url: str,
     prefix: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -154,7 +155,7 @@ def test_cli_prints_one_screen(
     for name in list(os.environ):
         if name.startswith("SEQD_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("SEQD_REDIS_URL", valkey.url)
+    monkeypatch.setenv("SEQD_REDIS_URL", store_url)
     monkeypatch.setenv("SEQD_REDIS_PREFIX", prefix)
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out

@@ -101,13 +101,15 @@ async def test_abstract_socket_and_heartbeat() -> None:
     sock.bind("\0" + name)
     sock.setblocking(False)
     notifier = systemd.Notifier("@" + name, watchdog_usec=40_000)
+    messages: list[str] = []
     try:
         notifier.ready("starting")
         async with systemd.heartbeat(notifier, lambda: "ready; sending 1.0 steps/s"):
-            await asyncio.sleep(0.1)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(5):
+                while sum(m.startswith("WATCHDOG=1") for m in messages) < 2:
+                    messages.append((await loop.sock_recv(sock, 4096)).decode())
         notifier.stopping()
-        await asyncio.sleep(0)
-        messages = []
         while True:
             try:
                 messages.append(sock.recv(4096).decode())

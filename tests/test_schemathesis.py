@@ -12,6 +12,7 @@ A bounded number of examples per operation (`EXAMPLES`) keeps it to a couple of 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import shutil
@@ -26,7 +27,8 @@ from typing import Any
 import pytest
 import requests
 
-from seqd.config import Config, HttpConfig, LifecycleConfig
+from seqd import logs
+from seqd.config import Config, HttpConfig, LifecycleConfig, LogConfig
 from seqd.service import build_app
 from seqd.store.db import Store, connect
 from tests.conftest import ValkeyProcess, free_port
@@ -106,6 +108,7 @@ class Server:
             return resp.json()
 
         post("/webhook-endpoints", {"url": "https://93.184.216.34/hook", "events": ["*"]})
+        post("/senders", {"channel": "sms", "address": "+14155550177"})
         contact = post("/contacts", {"phone": "+14155550100", "email": "a@example.com"})
         steps = [
             {"kind": "sms", "body": "hi"},
@@ -134,11 +137,19 @@ class Server:
 
 
 @pytest.fixture
-def server(valkey: ValkeyProcess, prefix: str) -> Iterator[Server]:
-    srv = Server(valkey.url, prefix)
-    srv.start()
-    yield srv
-    srv.stop()
+def server(valkey: ValkeyProcess, prefix: str, tmp_path: Path) -> Iterator[Server]:
+    # Logged as the daemon logs off a terminal (JSON lines), to a file: the console renderer
+    # drew each logged traceback with its locals, seconds of the server's loop apiece, so a
+    # long hunt's failing webhook deliveries starved the API (and then the Redis pool).
+    with open(tmp_path / "seqd.log", "w") as log:
+        logs.setup(LogConfig(format="json", level="info"), stream=log)
+        srv = Server(valkey.url, prefix)
+        srv.start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+            logs.setup(LogConfig(), stream=io.StringIO())
 
 
 def test_every_operation_answers_as_documented(server: Server, tmp_path: Path) -> None:

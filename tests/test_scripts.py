@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -213,6 +214,49 @@ async def test_link_contact_conflict_and_stale_entries(any_store: Store) -> None
     assert a.id != b.id
 
 
+async def test_link_contacts_claims_values_in_order(any_store: Store) -> None:
+    """A later contact of the batch conflicts with an earlier one (or one stored before)
+    that took its value, and then links none of its values."""
+    s = any_store
+    old = await s.contacts.create("acme", {"email": "old@example.com"})
+    a, b, c = (ids.new(ids.CONTACT) for _ in range(3))
+    rows = [
+        (a, {"phone": "+14155550120", "external_id": "x1"}),
+        (b, {"phone": "+14155550120", "email": "b@example.com"}),
+        (c, {"phone": "+14155550121", "email": "old@example.com"}),
+    ]
+    replies = await s.runner.run(calls.link_contacts(s.keys, "acme", rows))
+    assert replies == [[], ["phone", a], ["email", old.id]]
+
+    async def owner(field: str, value: str) -> str | None:
+        return await s.client.hget(s.keys.contact_lookup("acme", field), value)  # type: ignore[no-any-return]
+
+    assert await owner("phone", "+14155550120") == a
+    assert await owner("external_id", "x1") == a
+    assert await owner("email", "b@example.com") is None
+    assert await owner("phone", "+14155550121") is None
+
+
+async def test_create_contacts_writes_all_or_nothing(any_store: Store) -> None:
+    s = any_store
+    taken = await s.contacts.create("acme", {"phone": "+14155550130"})
+    shard = ids.shard_of(taken.id, s.shards)
+    fresh = next(i for i in (ids.new(ids.CONTACT) for _ in range(200))
+                 if ids.shard_of(i, s.shards) == shard)  # fmt: skip
+    fields = ["phone", "+14155550131", "attributes", "\0"]
+    with pytest.raises(ScriptError) as info:
+        await s.runner.run(
+            calls.create_contacts(s.keys, shard, 5, "acme", [(fresh, fields), (taken.id, [])])
+        )
+    assert info.value.code == "EXISTS"
+    assert not await s.client.exists(s.keys.contact(shard, fresh))
+    await s.runner.run(calls.create_contacts(s.keys, shard, 5, "acme", [(fresh, fields)]))
+    assert await s.client.hgetall(s.keys.contact(shard, fresh)) == {
+        "tenant": "acme", "created_at": "5", "updated_at": "5", "phone": "+14155550131"
+    }  # fmt: skip
+    assert await s.client.zscore(s.keys.tenant_contacts(shard, "acme"), fresh) == 0
+
+
 async def test_put_sequence_optimistic_concurrency(any_store: Store) -> None:
     s = any_store
     seq = await s.sequences.create("acme", SEQ)
@@ -289,3 +333,10 @@ def test_enroll_rows_read_as_one_error_type() -> None:
     assert existing == calls.Enrolled("enr_b", True, ["st", "active"])
     assert isinstance(refused, ScriptError)
     assert (refused.code, refused.detail) == ("CONTACT_NOT_FOUND", "con_x")
+
+
+def test_the_docs_script_table_points_at_each_script_once() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    linked = re.findall(r"\]\(\.\./seqd/store/lua/([\w-]+)\.lua\)", doc)
+    files = [e.name.removesuffix(".lua") for e in LUA.iterdir() if e.name.endswith(".lua")]
+    assert sorted(linked) == sorted(files)

@@ -226,3 +226,14 @@ async def test_a_record_that_does_not_decode_is_left_out(store: Store) -> None:
         await store.client.hset(store.keys.senders("acme"), "snd_bad", '{"id": "snd_bad"}')
         status, listing = await api.call("GET", "/senders")
         assert status == 200 and [s["id"] for s in listing["data"]] == [made["id"]]  # type: ignore[index]
+
+
+async def test_a_whole_float_is_an_int_in_optional_limits(store: Store) -> None:
+    # JSON does not tell 2 from 2.0 (JSON Schema's integer takes both).
+    async with api_client(store, _config()) as api:
+        made = await _create(api, limits={"per_second": 2.0, "per_day": None})
+        assert made["limits"]["per_second"] == 2
+        status, answer = await api.call("POST", "/senders", {
+            "channel": "sms", "address": "+14155550111", "limits": {"per_second": 2.5}
+        })  # fmt: skip
+        assert status == 422 and "limits.per_second" in _errors(answer)

@@ -7,6 +7,7 @@ an injected clock, so retries hours apart take no time.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -217,6 +218,36 @@ async def test_a_crashed_deliverer_claim_is_taken_over_after_the_lease(store: St
         assert not recorded
 
 
+async def test_a_round_that_fails_after_claiming_frees_its_slots(store: Store) -> None:
+    """Redis lost between two shards' claims: the first shard's claims are not sent, and
+    their slots are freed, or an endpoint whose slots were all held that way would never
+    be claimed again."""
+    clock = Clock()
+    async with receiving() as rx, pipeline(store, settings(), clock) as p:
+        await endpoint(store, rx.url())
+        for shard in (0, 1):
+            await emit(store, shard=shard)
+        await p.read()
+        claim = store.deliveries.claim
+        calls = 0
+
+        async def second_fails(*args: Any, **kwargs: Any) -> list[Any]:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise ConnectionError("redis went away")
+            return await claim(*args, **kwargs)
+
+        store.deliveries.claim = second_fails  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await p.deliverer.run_once()
+        assert calls == 2 and p.deliverer.in_flight == {}
+        store.deliveries.claim = claim  # type: ignore[method-assign]
+        clock.advance(5_001)  # the first shard's claim comes back after its lease
+        assert await p.step() == 2
+        assert len(rx.requests) == 2
+
+
 async def test_two_processes_deliver_each_event_once(store: Store) -> None:
     config = settings(batch_size=7)
     events = 60
@@ -232,10 +263,12 @@ async def test_two_processes_deliver_each_event_once(store: Store) -> None:
             two.deliverer.start()
             try:
                 await until(lambda: len(rx.requests) >= 2 * events, seconds=15)
-                await asyncio.sleep(0.2)
             finally:
+                # Requests in flight finish (and reach the receiver) before stop returns.
                 for part in (one.reader, two.reader, one.deliverer, two.deliverer):
                     await part.stop()
+        # Every delivery is finished: none is scheduled to be sent (again).
+        assert await store.deliveries.heads() == [None] * store.shards
         for path in ("/a", "/b"):
             ids = [r.id for r in rx.at(path)]
             assert len(ids) == events and len(set(ids)) == events, path

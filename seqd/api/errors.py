@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.exceptions
 import structlog
 from aiohttp import web
 
@@ -13,6 +12,7 @@ from seqd.api.appkeys import MAX_BODY
 from seqd.api.problems import problem
 from seqd.api.routing import Handler
 from seqd.errors import Invalid, SeqdError
+from seqd.store.client import UNAVAILABLE
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             detail = f"the body exceeds {request.app[MAX_BODY]} bytes"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return problem(exc.status, code, title, detail, headers=headers)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+    except UNAVAILABLE as exc:
         log.warning("store.unavailable", error=type(exc).__name__)
         return problem(
             503,

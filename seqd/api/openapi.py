@@ -9,7 +9,6 @@ import msgspec
 from aiohttp import web
 
 import seqd
-from seqd import event_names
 from seqd.api.appkeys import OPENAPI
 from seqd.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from seqd.api.idempotency import MAX_KEY_LENGTH
@@ -17,7 +16,6 @@ from seqd.api.problems import CONTENT_TYPE as PROBLEM_TYPE
 from seqd.api.problems import Problem
 from seqd.api.routing import ROUTES, Route, route
 from seqd.api.wire import respond
-from seqd.event_models import SUBSCRIPTION_MARK
 
 _REF = "#/components/schemas/{name}"
 _PARAM = re.compile(r"\{(\w+)\}")
@@ -79,22 +77,6 @@ def _rules(kind: type, components: dict[str, Any]) -> None:
     extra = getattr(kind, "json_schema_extra", None)
     if extra is not None and kind.__name__ in components:
         components[kind.__name__].update(extra)
-
-
-def _subscriptions(node: Any) -> None:
-    """State what `event_types.check_subscription` enforces wherever the document has a
-    webhook subscription (`event_models.SUBSCRIPTION_MARK`): known types, or "*" alone."""
-    if isinstance(node, list):
-        for item in node:
-            _subscriptions(item)
-    elif isinstance(node, dict):
-        if node.pop(SUBSCRIPTION_MARK, False):
-            node["anyOf"] = [
-                {"items": {"const": event_names.WILDCARD}, "maxItems": 1},
-                {"items": {"enum": sorted(event_names.KNOWN)}},
-            ]
-        for value in node.values():
-            _subscriptions(value)
 
 
 def _body_optional(kind: type, content_type: str) -> bool:
@@ -173,7 +155,6 @@ def build(base_path: str, routes: list[Route] | None = None) -> dict[str, Any]:
         )
     for kind in _struct_types(ordered):
         _rules(kind, components)
-    _subscriptions(components)
     for (key, status), links in _links(routes, base_path).items():
         method, path = key.split(" ", 1)
         r = next(r for r in routes if r.method == method and r.path == path)

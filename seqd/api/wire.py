@@ -6,6 +6,7 @@ Decoding errors become `Invalid` (422) with the path of the bad field, or `BadRe
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -19,7 +20,8 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
-_INT_GOT_FLOAT = "Expected `int`, got `float`"
+# "Expected `int`, got `float`", and the same of an optional int ("`int | null`").
+_INT_GOT_FLOAT = re.compile(r"Expected `int( \| [^`]+)?`, got `float`")
 
 
 def _integral(value: Any) -> Any:
@@ -43,7 +45,7 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
-        if _INT_GOT_FLOAT not in str(exc):
+        if not _INT_GOT_FLOAT.search(str(exc)):
             raise Invalid([field_error(exc)]) from None
         # JSON does not tell 60 from 60.0 (JSON Schema's integer takes both); msgspec does.
         try:

@@ -43,10 +43,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
-from aiohttp import web
 
-from seqd.appkeys import LIVENESS, METRICS, STORE
-from seqd.backoff import Backoff
 from seqd.channels.base import OutboundMessage
 from seqd.config import Config, DispatchConfig
 from seqd.engine.budgets import Budgets
@@ -57,7 +54,7 @@ from seqd.engine.ports import Observer, Quiet, SenderSource
 from seqd.engine.recovery import Recovery
 from seqd.engine.rounds import Round, cut_pieces
 from seqd.engine.sending import Sending
-from seqd.health import Heart
+from seqd.loop import Heart, Loop
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch
 from seqd.times import now_ms
@@ -86,11 +83,20 @@ class Dispatcher:
         self.senders = senders
         self.clock = clock
         self.observer: Observer = observer or Quiet()
-        self.liveness = liveness
         self.dispatch = Dispatch(store)
         self.plans = Plans(store)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        idle_s = config.idle_poll_ms / 1000
+        self.loop = Loop(
+            NAME,
+            self._turn,
+            idle_seconds=idle_s,
+            # A turn may take the drain timeout (slow provider) plus a few polls.
+            deadline_seconds=config.drain_timeout_seconds + 10 * idle_s + 30,
+            failed_event="dispatch.round_failed",
+            liveness=liveness,
+            finish=self._finish,
+        )
+        self._stopping = self.loop.stopping
         # Set when the drain timeout passes: sends in flight are given up and released.
         self._abort: asyncio.Future[None] | None = None
         self.sending = Sending(config, senders, self.observer, clock, lambda: self._abort)
@@ -122,62 +128,34 @@ class Dispatcher:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        self._stopping.clear()
         self._abort = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(), name=NAME)
+        log.info("dispatch.started", batch_size=self.config.batch_size)
+        self.loop.start()
 
     async def stop(self) -> None:
         """Stop claiming, let the batch in flight finish (bounded), release the rest."""
-        self._stopping.set()
-        task = self._task
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.config.drain_timeout_seconds)
-        except TimeoutError:
-            log.warning("dispatch.drain_timeout", seconds=self.config.drain_timeout_seconds)
+        timeout = self.config.drain_timeout_seconds
+
+        def give_up() -> None:
+            # Releasing is one script call per shard; it gets the same time again at most.
+            log.warning("dispatch.drain_timeout", seconds=timeout)
             if self._abort is not None and not self._abort.done():
                 self._abort.set_result(None)
-            # Releasing is one script call per shard; it gets the same time again at most.
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.config.drain_timeout_seconds)
-            except TimeoutError:
-                task.cancel()
-                await asyncio.wait({task})
-        finally:
-            self._task = None
-            if self.liveness is not None:
-                self.liveness.stopped(NAME)
 
-    async def _run(self) -> None:
-        idle_s = self.config.idle_poll_ms / 1000
-        # A turn may legitimately take the drain timeout (slow provider) plus a few polls.
-        deadline = self.config.drain_timeout_seconds + 10 * idle_s + 30
-        log.info("dispatch.started", batch_size=self.config.batch_size)
-        backoff = Backoff(idle_s)
-        while not self._stopping.is_set():
-            if self.liveness is not None:
-                self.liveness.beat(NAME, deadline)
-            now = self.clock()
-            try:
-                done = await self.run_once(now)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Redis away, a bug in one batch: claimed steps come back after their
-                # lease, so the loop only has to survive and try again shortly.
-                log.exception("dispatch.round_failed")
-                await self._sleep(backoff.failed())
-                continue
-            backoff.reset()
-            if done.more or done.claimed:
-                continue
-            # Jitter only the idle cap: a known due time is slept to exactly.
-            cap = idle_s * (0.75 + 0.25 * random.random())
-            wait = cap
-            if done.next_due is not None:
-                wait = min(cap, max(0.0, (done.next_due - self.clock()) / 1000))
-            await self._sleep(wait)
+        await self.loop.stop(timeout, give_up=give_up)
+
+    async def _turn(self) -> float:
+        """One round, then at once again while there is more; else sleep until the next
+        due time, at most the idle poll (jittered: a known due time is slept to exactly)."""
+        done = await self.run_once(self.clock())
+        if done.more or done.claimed:
+            return 0.0
+        cap = self.config.idle_poll_ms / 1000 * (0.75 + 0.25 * random.random())
+        if done.next_due is None:
+            return cap
+        return min(cap, max(0.0, (done.next_due - self.clock()) / 1000))
+
+    async def _finish(self) -> None:
         await self._drain_stragglers()
         log.info("dispatch.stopped")
 
@@ -198,12 +176,6 @@ class Dispatcher:
             )
         )
         self.observer.settled(sum(len(items) for items in late.values()))
-
-    async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     # -- one round ------------------------------------------------------------------------
     async def run_once(self, now: int) -> Round:
@@ -260,46 +232,43 @@ def default_worker(port: int | None = None) -> str:
     return f"{socket.gethostname()}:{port if port is not None else os.getpid()}"
 
 
-def background(
-    config: Config,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """The dispatcher as an aiohttp cleanup_ctx part of `seqd serve`, with its heartbeat
-    and the taking back of leases of processes that stopped beating (engine/recovery.py)."""
+@contextlib.asynccontextmanager
+async def background(
+    config: Config, store: Store, *, liveness: Heart, observer: Observer
+) -> AsyncIterator[None]:
+    """The dispatcher as a background part of `seqd serve` (service.BACKGROUND), with its
+    heartbeat and the taking back of leases of processes that stopped beating
+    (engine/recovery.py)."""
+    if not config.dispatch.enabled:
+        yield
+        return
+    from seqd.channels import registry
+    from seqd.lifecycle import unsubscribe
 
-    @contextlib.asynccontextmanager
-    async def part(app: web.Application) -> AsyncIterator[None]:
-        if not config.dispatch.enabled:
-            yield
-            return
-        from seqd.channels import registry
-        from seqd.lifecycle import unsubscribe
-
-        secret = await unsubscribe.signing_secret(config, app[STORE])
-        worker = config.dispatch.worker_id or default_worker(config.http.port)
-        recovery = Recovery(app[STORE], config.dispatch, worker)
-        # Before the first lease: what this id leased before a crash comes back now.
-        await recovery.start()
-        senders = registry.build(config)
-        dispatcher = Dispatcher(
-            app[STORE],
-            config.dispatch,
-            senders,
-            observer=app.get(METRICS),
-            liveness=app.get(LIVENESS),
-            email_headers=unsubscribe.message_headers(config, secret),
-            worker=worker,
-            budgets=Budgets(app[STORE], config.senders, config.frequency_caps_for),
-        )
-        dispatcher.start()
+    secret = await unsubscribe.signing_secret(config, store)
+    worker = config.dispatch.worker_id or default_worker(config.http.port)
+    recovery = Recovery(store, config.dispatch, worker)
+    # Before the first lease: what this id leased before a crash comes back now.
+    await recovery.start()
+    senders = registry.build(config)
+    dispatcher = Dispatcher(
+        store,
+        config.dispatch,
+        senders,
+        observer=observer,
+        liveness=liveness,
+        email_headers=unsubscribe.message_headers(config, secret),
+        worker=worker,
+        budgets=Budgets(store, config.senders, config.frequency_caps_for),
+    )
+    dispatcher.start()
+    try:
+        yield
+    finally:
         try:
-            yield
+            await dispatcher.stop()
         finally:
             try:
-                await dispatcher.stop()
+                await recovery.stop()
             finally:
-                try:
-                    await recovery.stop()
-                finally:
-                    await senders.close()
-
-    return part
+                await senders.close()

@@ -176,10 +176,10 @@ class Lane:
     ) -> tuple[dict[int, Advanced], dict[int, Leased], Found, dict[int, ClaimBatch], list[object]]:
         """Advance what `owed` sent, lease `held` and read the suppressions of its
         addresses, peek at `shards`, take `held`'s budgets and pin what `owed` sent: one
-        round trip. The sends happened: recording them
-        must not be interrupted by a cancellation. (When a script of the trip fails, the
-        trip releases what it leased; when the connection fails, what it may have leased
-        comes back when the lease passes.)"""
+        round trip. The sends happened: recording them must not be interrupted by a
+        cancellation. (When a script of the trip fails, the trip releases what it leased;
+        when the connection fails, what it may have leased comes back when the lease
+        passes.)"""
         crew = self.crew
         config = crew.config
         trip = crew.dispatch.trip(now=crew.clock(), max_attempts=config.max_attempts)

@@ -16,13 +16,13 @@ never handed to a channel comes back as a plain due step, no attempt counted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 
 import structlog
 
 from seqd.config import DispatchConfig
+from seqd.loop import Loop
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch, Reclaimed, Workers
 from seqd.times import now_ms
@@ -49,8 +49,15 @@ class Recovery:
         self.clock = clock
         self.interval = config.heartbeat_seconds
         self.dead_after = int(DEAD_AFTER * config.heartbeat_seconds * 1000)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        # A failed beat (Redis away) is tried again after the interval, then back-off; the
+        # leases wait for the next beat (or their end).
+        self.loop = Loop(
+            "dispatch.recovery",
+            self._turn,
+            idle_seconds=self.interval,
+            deadline_seconds=DEAD_AFTER * self.interval,
+            failed_event="dispatch.recovery_failed",
+        )
 
     async def start(self) -> None:
         """Beat, take back this id's previous leases (its process is gone: this one has its
@@ -59,16 +66,12 @@ class Recovery:
         await self.workers.beat(self.worker, now)
         got = await self.dispatch.reclaim(now, [self.worker])
         self._report(got, [self.worker])
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="dispatch.recovery")
+        self.loop.start()
 
     async def stop(self) -> None:
         """Stop beating and leave the registry (the dispatcher has settled or released its
         leases by now)."""
-        self._stopping.set()
-        if self._task is not None:
-            await asyncio.wait({self._task})
-            self._task = None
+        await self.loop.stop(self.interval)
         with contextlib.suppress(Exception):
             await self.workers.forget([self.worker], self.clock() + 1)
 
@@ -93,16 +96,6 @@ class Recovery:
                 started=got.unknown,
             )
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
-            if self._stopping.is_set():
-                break
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Redis away: the leases wait for the next beat (or their end).
-                log.exception("dispatch.recovery_failed")
+    async def _turn(self) -> float:
+        await self.run_once()
+        return self.interval

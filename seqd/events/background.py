@@ -3,45 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-from aiohttp import web
-
-from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.config import Config
-from seqd.events.deliverer import Deliverer, session
+from seqd.events.deliverer import Deliverer, DeliveryObserver, session
 from seqd.events.reader import Reader
+from seqd.loop import Heart
+from seqd.store.db import Store
 
 
-def part(
-    config: Config,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+@contextlib.asynccontextmanager
+async def part(
+    config: Config, store: Store, *, liveness: Heart, observer: DeliveryObserver
+) -> AsyncIterator[None]:
     """Start both on enter; on exit stop reading, then let requests in flight finish."""
-
-    @contextlib.asynccontextmanager
-    async def running(app: web.Application) -> AsyncIterator[None]:
-        if not config.webhooks.enabled:
-            yield
-            return
-        store = app[STORE]
-        http = session(config.webhooks)
-        reader = Reader(store, config.webhooks, liveness=app.get(LIVENESS))
-        deliverer = Deliverer(
-            store,
-            config.webhooks,
-            http,
-            observer=app.get(METRICS),
-            liveness=app.get(LIVENESS),
-        )
-        reader.start()
-        deliverer.start()
+    if not config.webhooks.enabled:
+        yield
+        return
+    http = session(config.webhooks)
+    reader = Reader(store, config.webhooks, liveness=liveness)
+    deliverer = Deliverer(store, config.webhooks, http, observer=observer, liveness=liveness)
+    reader.start()
+    deliverer.start()
+    try:
+        yield
+    finally:
         try:
-            yield
+            await reader.stop()
+            await deliverer.stop()
         finally:
-            try:
-                await reader.stop()
-                await deliverer.stop()
-            finally:
-                await http.close()
-
-    return running
+            await http.close()

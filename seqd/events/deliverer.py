@@ -26,10 +26,9 @@ import msgspec
 import structlog
 
 import seqd
-from seqd.backoff import Backoff
 from seqd.config import WebhooksConfig
 from seqd.events import signing, ssrf
-from seqd.health import Heart
+from seqd.loop import Heart, Loop
 from seqd.store.db import Store
 from seqd.store.deliveries import ClaimedDelivery, DeliveryOutcome
 from seqd.store.webhooks import EndpointRecord
@@ -104,15 +103,19 @@ class Deliverer:
         self.clock = clock
         self.rng = rng or random.Random()
         self.observer: DeliveryObserver = observer or _Quiet()
-        self.liveness = liveness
         self.lease_ms = int(config.lease_seconds * 1000)
         self.in_flight: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._next_maintenance = 0
         self._shard_turn = 0
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.loop = Loop(
+            NAME,
+            self._turn,
+            idle_seconds=config.idle_poll_ms / 1000,
+            deadline_seconds=config.timeout_seconds + 10 * config.idle_poll_ms / 1000 + 30,
+            failed_event="webhook.round_failed",
+            liveness=liveness,
+        )
 
     # -- one round ------------------------------------------------------------------------
     async def run_once(self, now: int | None = None) -> int:
@@ -131,32 +134,34 @@ class Deliverer:
         claimed: list[ClaimedDelivery] = []
         # Start at a different shard each round: no shard is always served last.
         self._shard_turn = (self._shard_turn + 1) % shards
-        for i in range(shards):
-            shard = (self._shard_turn + i) % shards
-            head = heads[shard]
-            if capacity <= 0:
-                break
-            if head is None or head > now:
-                continue
-            free = {ep: max(per_endpoint - n, 0) for ep, n in self.in_flight.items() if n}
-            got = await self.store.deliveries.claim(
-                shard,
-                now=now,
-                lease_ms=self.lease_ms,
-                limit=capacity,
-                per_endpoint=per_endpoint,
-                free=free,
-            )
-            for item in got:
-                self.in_flight[item.endpoint_id] = self.in_flight.get(item.endpoint_id, 0) + 1
-            capacity -= len(got)
-            claimed += got
-        if not claimed:
-            return 0
         try:
+            for i in range(shards):
+                shard = (self._shard_turn + i) % shards
+                head = heads[shard]
+                if capacity <= 0:
+                    break
+                if head is None or head > now:
+                    continue
+                free = {ep: max(per_endpoint - n, 0) for ep, n in self.in_flight.items() if n}
+                got = await self.store.deliveries.claim(
+                    shard,
+                    now=now,
+                    lease_ms=self.lease_ms,
+                    limit=capacity,
+                    per_endpoint=per_endpoint,
+                    free=free,
+                )
+                for item in got:
+                    self.in_flight[item.endpoint_id] = self.in_flight.get(item.endpoint_id, 0) + 1
+                capacity -= len(got)
+                claimed += got
+            if not claimed:
+                return 0
             endpoints = await self.store.webhooks.lookup((c.tenant, c.endpoint_id) for c in claimed)
         except BaseException:
-            # Nothing will be sent: free the slots (the claims come back after the lease).
+            # Nothing will be sent (a later shard's claim or the lookup failed): free the
+            # slots, or an endpoint whose slots are all held this way is never claimed
+            # again; the claims come back after the lease.
             for item in claimed:
                 self._release(item.endpoint_id)
             raise
@@ -197,7 +202,7 @@ class Deliverer:
             log.exception("webhook.finish_failed", delivery=(current or item).id)
         finally:
             self._release(item.endpoint_id)
-            self._wake.set()
+            self.loop.wake()
 
     def _release(self, endpoint_id: str) -> None:
         left = self.in_flight.get(endpoint_id, 1) - 1
@@ -247,7 +252,7 @@ class Deliverer:
             due_at=due_at,
             status=result.status,
             error=result.error,
-            chain_lease_ms=0 if self._stopping.is_set() else self.lease_ms,
+            chain_lease_ms=0 if self.loop.stopping.is_set() else self.lease_ms,
         )
         self.observer.webhook_delivery(outcome)
         (log.debug if result.ok else log.info)(
@@ -319,60 +324,28 @@ class Deliverer:
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=NAME)
+        self.loop.start()
 
     async def stop(self) -> None:
         """Stop claiming; give requests in flight the timeout, then cancel them (their
         deliveries are sent again after the lease)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            # Its round ends at the next check of _stopping; one stuck on a Redis call gets
-            # the same bound as a request, then is cancelled (a stop is never unbounded).
-            task, self._task = self._task, None
-            _, stuck = await asyncio.wait({task}, timeout=self.config.timeout_seconds)
-            for t in stuck:
-                t.cancel()
-            if stuck:
-                await asyncio.wait(stuck)
+        # A round stuck on a Redis call gets the same bound as a request.
+        await self.loop.stop(self.config.timeout_seconds)
         if self.tasks:
             _, pending = await asyncio.wait(set(self.tasks), timeout=self.config.timeout_seconds)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        if self.liveness is not None:
-            self.liveness.stopped(NAME)
 
-    async def _run(self) -> None:
+    async def _turn(self) -> float:
+        """One round; with nothing claimable, sleep until the next due time, a finished
+        request (free slots: `loop.wake`) or the poll interval, whichever comes first."""
+        if await self.run_once():
+            return 0.0
         idle_ms = self.config.idle_poll_ms
-        deadline = self.config.timeout_seconds + 10 * idle_ms / 1000 + 30
-        backoff = Backoff(idle_ms / 1000)
-        while not self._stopping.is_set():
-            if self.liveness is not None:
-                self.liveness.beat(NAME, deadline)
-            self._wake.clear()
-            sleep_ms = idle_ms
-            try:
-                if await self.run_once():
-                    sleep_ms = 0
-                else:
-                    # Nothing claimable: sleep until the next due time, a finished request
-                    # (free slots: `_wake`) or the poll interval, whichever comes first.
-                    nxt = await self.store.deliveries.next_due()
-                    now = self.clock()
-                    if nxt is not None and nxt > now:
-                        sleep_ms = min(idle_ms, nxt - now)
-                backoff.reset()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Redis away: claims come back after their lease; survive and retry shortly.
-                log.exception("webhook.round_failed")
-                sleep_ms = int(backoff.failed() * 1000)
-            if sleep_ms > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), sleep_ms / 1000)
-                except TimeoutError:
-                    pass
+        nxt = await self.store.deliveries.next_due()
+        now = self.clock()
+        if nxt is not None and nxt > now:
+            idle_ms = min(idle_ms, nxt - now)
+        return idle_ms / 1000

@@ -15,7 +15,6 @@ and skips an entry already acknowledged, so deliveries are written exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -23,11 +22,10 @@ from collections.abc import Callable
 import structlog
 
 from seqd import event_ids
-from seqd.backoff import Backoff
 from seqd.config import WebhooksConfig
 from seqd.events import envelope
 from seqd.events.envelope import Converted
-from seqd.health import Heart
+from seqd.loop import Heart, Loop
 from seqd.store import groups
 from seqd.store.db import Store
 from seqd.store.events import LogItem
@@ -58,14 +56,20 @@ class Reader:
         self.config = config
         self.consumer = consumer or groups.consumer_name()
         self.clock = clock
-        self.liveness = liveness
         self.lease_ms = int(config.lease_seconds * 1000)
         self.retention_ms = config.events_retention_hours * 3_600_000
         self._next_reclaim = 0
         self._next_maintenance = 0
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._group_ready = False
+        idle_s = config.idle_poll_ms / 1000
+        self.loop = Loop(
+            NAME,
+            self._turn,
+            idle_seconds=idle_s,
+            deadline_seconds=config.lease_seconds + 10 * idle_s + 30,
+            failed_event="events.read_failed",
+            liveness=liveness,
+        )
         # Events per entry, as the last read found them. Until then a guess between one
         # event and a full batch: a first read after a long outage holds at most
         # batch_size * OUTBOX_ITEMS / 50 events per shard.
@@ -167,47 +171,20 @@ class Reader:
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=NAME)
+        self.loop.start()
 
     async def stop(self) -> None:
         """Stop reading; what was read and not handled comes back to a reader after the lease."""
-        self._stopping.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.config.timeout_seconds)
-            except TimeoutError:
-                task.cancel()
-                await asyncio.wait({task})
-        if self.liveness is not None:
-            self.liveness.stopped(NAME)
+        await self.loop.stop(self.config.timeout_seconds)
         with contextlib.suppress(Exception):
             await self.store.outbox.drop(self.consumer)
 
-    async def _run(self) -> None:
-        idle_s = self.config.idle_poll_ms / 1000
-        deadline = self.config.lease_seconds + 10 * idle_s + 30
-        backoff = Backoff(idle_s)
-        while not self._stopping.is_set():
-            if self.liveness is not None:
-                self.liveness.beat(NAME, deadline)
-            pause = idle_s
-            try:
-                await self.run_once()
-                backoff.reset()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Redis away or a bad batch: unacknowledged entries stay pending and come
-                # back after the lease, so surviving and retrying is enough.
-                log.exception("events.read_failed")
-                self.more, pause = False, backoff.failed()
-            if not self.more:
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), pause)
-                except TimeoutError:
-                    pass
+    async def _turn(self) -> float:
+        """One read; at once again while shards may hold more (a failed read's entries stay
+        pending and come back after the lease)."""
+        self.more = False
+        await self.run_once()
+        return 0.0 if self.more else self.config.idle_poll_ms / 1000
 
 
 def _filled(entries: list[Entry], count: int) -> bool:

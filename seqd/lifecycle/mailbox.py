@@ -31,13 +31,14 @@ from enum import StrEnum
 import aioimaplib
 import msgspec
 import structlog
-from aiohttp import web
 from redis.exceptions import RedisError
 
-from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.backoff import Backoff
 from seqd.config import Config, ImapConfig
+from seqd.health import Liveness
 from seqd.lifecycle import email_inbound
+from seqd.loop import Heart
+from seqd.metrics import Metrics
 from seqd.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -335,39 +336,35 @@ def _seen_key(mailbox: str, raw: bytes, folder: str, validity: int, uid: int) ->
     return f"imap:{mailbox}:{folder}:{validity}:{uid}"
 
 
-def part(
-    config: Config,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """A reader per configured mailbox as a background part of `seqd serve`."""
+@contextlib.asynccontextmanager
+async def part(
+    config: Config, store: Store, *, liveness: Heart, observer: Metrics | None = None
+) -> AsyncIterator[None]:
+    """A reader per configured mailbox as a background part of `seqd serve`
+    (service.BACKGROUND); each mailbox's state on /readyz details, not gating readiness."""
+    found = mailboxes(config)
+    notes = liveness if isinstance(liveness, Liveness) else None
 
-    @contextlib.asynccontextmanager
-    async def running(app: web.Application) -> AsyncIterator[None]:
-        found = mailboxes(config)
-        liveness, metrics = app.get(LIVENESS), app.get(METRICS)
+    def report(label: str, state: State, detail: str) -> None:
+        if notes is not None:
+            notes.note(f"imap {label}", f"{state}: {detail}" if detail else str(state))
+        if observer is not None:
+            up = state in (State.IDLE, State.POLLING, State.STANDBY)
+            observer.imap_up.labels(label).set(1 if up else 0)
 
-        def report(label: str, state: State, detail: str) -> None:
-            if liveness is not None:
-                liveness.note(f"imap {label}", f"{state}: {detail}" if detail else str(state))
-            if metrics is not None:
-                up = state in (State.IDLE, State.POLLING, State.STANDBY)
-                metrics.imap_up.labels(label).set(1 if up else 0)
+    def count(result: email_inbound.IngestResult) -> None:
+        if observer is not None:
+            observer.imap_messages.labels(str(result.kind)).inc()
 
-        def count(result: email_inbound.IngestResult) -> None:
-            if metrics is not None:
-                metrics.imap_messages.labels(str(result.kind)).inc()
-
-        readers = [
-            MailboxReader(config, app[STORE], one, on_state=report, on_message=count)
-            for one in found
-        ]
-        try:
-            for reader in readers:
-                await reader.start()
-            yield
-        finally:
-            await asyncio.gather(*(reader.stop() for reader in readers))
-            if liveness is not None:
-                for one in found:
-                    liveness.note(f"imap {one.label}", None)
-
-    return running
+    readers = [
+        MailboxReader(config, store, one, on_state=report, on_message=count) for one in found
+    ]
+    try:
+        for reader in readers:
+            await reader.start()
+        yield
+    finally:
+        await asyncio.gather(*(reader.stop() for reader in readers))
+        if notes is not None:
+            for one in found:
+                notes.note(f"imap {one.label}", None)

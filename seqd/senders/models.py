@@ -19,7 +19,6 @@ from seqd.models import (
     Input,
     Output,
     Page,
-    ShortText,
     Timestamp,
     check_timezone,
     normalize_email,
@@ -34,8 +33,20 @@ GapSeconds = Annotated[int, Meta(ge=0, le=86_400, description="seconds between t
 Address = Annotated[
     str, Meta(min_length=1, max_length=320, description="E.164 number (sms) or address (email)")
 ]
-ProfileName = Annotated[str, Meta(min_length=1, max_length=64)]
-ServiceSid = Annotated[str, Meta(pattern=r"^MG[0-9a-fA-F]{32}$")]
+ProfileName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        description="a [channels.smtp.profiles.<name>] of the config; email senders only",
+    ),
+]
+ServiceSid = Annotated[
+    str,
+    Meta(pattern=r"^MG[0-9a-fA-F]{32}$", description="a Twilio messaging service; sms only"),
+]
+# A label, and an email sender's From display name: one line.
+SenderName = Annotated[str, Meta(max_length=200, pattern=r"^[^\r\n]*$")]
 
 
 class Limits(Input, kw_only=True):
@@ -60,7 +71,7 @@ class SenderCreate(Input, kw_only=True):
     channel: Channel
     address: Address
     # A label; for email also the From display name.
-    name: ShortText = ""
+    name: SenderName = ""
     limits: Limits = msgspec.field(default_factory=Limits)
     ramp: Ramp | None = None
     min_gap_seconds: GapSeconds = 0
@@ -75,7 +86,7 @@ class SenderPatch(Input, kw_only=True):
     """Only the fields present change; `limits` and `ramp` are replaced whole. The channel
     and address of a sender never change (create another)."""
 
-    name: ShortText | UnsetType = UNSET
+    name: SenderName | UnsetType = UNSET
     limits: Limits | UnsetType = UNSET
     ramp: Ramp | UnsetType | None = UNSET
     min_gap_seconds: GapSeconds | UnsetType = UNSET
@@ -182,7 +193,5 @@ def check_record(record: SenderRecord, profiles: frozenset[str]) -> None:
         errors.append(
             FieldError("messaging_service_sid", "only sms senders take a messaging service")
         )
-    if "\r" in record.name or "\n" in record.name:
-        errors.append(FieldError("name", "contains a line break"))
     if errors:
         raise Invalid(errors)

@@ -226,6 +226,32 @@ def link_contact(
     return Call("linkContact", call_keys, args, keys.tenant_tag(tenant))
 
 
+def link_contacts(
+    keys: Keys, tenant: str, contacts: Iterable[tuple[str, Mapping[str, Any]]]
+) -> Call:
+    """`contacts`: (new contact id, its fields), in the order their values are claimed."""
+    args: list[Arg] = []
+    for contact_id, fields in contacts:
+        args += [contact_id, *(fields.get(f) or "" for f in LINK_FIELDS)]
+    call_keys = [keys.contact_lookup(tenant, f) for f in LINK_FIELDS]
+    return Call("linkContacts", call_keys, args, keys.tenant_tag(tenant))
+
+
+def create_contacts(
+    keys: Keys,
+    shard: int,
+    now: int,
+    tenant: str,
+    contacts: Iterable[tuple[str, Sequence[str]]],
+) -> Call:
+    """`contacts`: (new contact id in `shard`, its field/value pairs, flat)."""
+    tag = keys.shard_tag(shard)
+    args: list[Arg] = [tag, now, tenant]
+    for contact_id, fields in contacts:
+        args += [contact_id, len(fields) // 2, *fields]
+    return Call("createContacts", [keys.tenant_contacts(shard, tenant)], args, tag)
+
+
 def put_contact(
     keys: Keys,
     shard: int,

@@ -10,14 +10,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-
+from seqd.store.client import Client
 from seqd.store.keys import Keys
 from seqd.store.scripts import Runner
 
 
 class StoreContext:
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys) -> None:
         self.client = client
         self.keys = keys
         self.shards = keys.shards

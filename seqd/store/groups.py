@@ -17,8 +17,9 @@ import secrets
 import socket
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+from seqd.store.client import Client
 
 
 def consumer_name() -> str:
@@ -37,7 +38,7 @@ def dead_after_ms(lease_ms: int) -> int:
     return max(10 * lease_ms, 600_000)
 
 
-async def prune(client: aioredis.Redis, stream: str, group: str, idle_ms: int) -> list[str]:
+async def prune(client: Client, stream: str, group: str, idle_ms: int) -> list[str]:
     """Delete the consumers of `group` on `stream` idle over `idle_ms` with nothing
     pending; the names deleted."""
     try:
@@ -57,7 +58,7 @@ async def prune(client: aioredis.Redis, stream: str, group: str, idle_ms: int) -
     return gone
 
 
-async def drop(client: aioredis.Redis, stream: str, group: str, consumer: str) -> bool:
+async def drop(client: Client, stream: str, group: str, consumer: str) -> bool:
     """Remove `consumer` if it holds nothing (a clean stop); whether it was removed."""
     pending = await client.xpending_range(stream, group, "-", "+", 1, consumername=consumer)
     if pending:

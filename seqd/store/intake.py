@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from seqd.store import calls, groups
+from seqd.store.client import derive
 from seqd.store.context import StoreContext
 from seqd.store.scripts import Runner
 
@@ -54,17 +54,12 @@ class IntakeStream:
         self.keys = store.keys
         self.group = group
         self.name = store.keys.intake()
-        pool = store.client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kwargs["encoding_errors"] = "surrogateescape"
         # A blocked read must not trip the socket timeout.
-        timeout = kwargs.get("socket_timeout") or 5.0
-        kwargs["socket_timeout"] = timeout + block_ms / 1000
-        # from_pool: the client owns its pool and closes it on aclose().
-        self.client: aioredis.Redis = aioredis.Redis.from_pool(
-            aioredis.ConnectionPool(
-                connection_class=pool.connection_class, max_connections=8, **kwargs
-            )
+        self.client = derive(
+            store.client,
+            encoding_errors="surrogateescape",
+            wait_longer=block_ms / 1000,
+            max_connections=8,
         )
         self.runner = Runner(self.client)
 

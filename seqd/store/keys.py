@@ -12,7 +12,9 @@ Three hash tags, so that each Lua script touches one slot (Redis Cluster safe):
                           webhook endpoints, the event log.
 - `{<prefix>:<shard>}`    a shard of per-contact data: contacts, enrollments, sequence
                           queues and their heads, listing indexes, counters, outbox,
-                          webhook deliveries.
+                          webhook deliveries. A store made since shard tags spread
+                          (`spread_tags`) may give a shard `{<prefix>:<shard>:<n>}`
+                          instead, so the shards' slots spread evenly over a cluster.
 
 Keys that depend on ids read inside a script (an enrollment claimed from a queue,
 say, or an event's payload in a batch appended to the log) are built in Lua from the
@@ -22,6 +24,7 @@ shard or tenant tag by helpers that `scripts.py` generates from `SHARD_TEMPLATES
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Final
 
@@ -93,15 +96,42 @@ V1_SHARD_DUE = "{tag}:due"
 V1_PARKED = "{tag}:park:"
 
 
+# Cluster hash slots: a key's slot is the CRC16 of its hash tag, modulo this.
+SLOTS = 16384
+# The meta key's `tags` of a store whose shard tags spread over the slots (`spread_tags`);
+# a store made before they did has none and keeps `{<prefix>:<shard>}`.
+SPREAD = "spread"
+
+
+@functools.cache
+def spread_tags(prefix: str, shards: int) -> tuple[str, ...]:
+    """Shard tags whose slots spread evenly: shard s's slot lies in the s-th of `shards`
+    equal ranges of the slots. A cluster whose N primaries hold equal runs of slots (as
+    `valkey-cli --cluster create` makes them) then holds at most ceil(S/N)+1 shards on a
+    primary, where the CRC16 of `{<prefix>:<shard>}` falls as it may (8 of 16 on one of
+    3 primaries for the prefix "abc"). A tag is `{<prefix>:<shard>}` when its slot is in
+    range, else `{<prefix>:<shard>:<n>}` for the first n that is: about S tries a shard."""
+    tags = []
+    for shard in range(shards):
+        low, high = shard * SLOTS // shards, (shard + 1) * SLOTS // shards
+        tag, n = f"{prefix}:{shard}", 0
+        while not low <= key_slot(tag.encode()) < high:
+            tag, n = f"{prefix}:{shard}:{n}", n + 1
+        tags.append("{" + tag + "}")
+    return tuple(tags)
+
+
 class Keys:
-    """Key builder for one deployment prefix and shard count."""
+    """Key builder for one deployment prefix and shard count; `spread` gives the shards the
+    tags of `spread_tags` (what the store's meta key says)."""
 
-    __slots__ = ("global_tag", "prefix", "shards")
+    __slots__ = ("_shard_tags", "global_tag", "prefix", "shards")
 
-    def __init__(self, prefix: str, shards: int) -> None:
+    def __init__(self, prefix: str, shards: int, *, spread: bool = False) -> None:
         self.prefix = prefix
         self.shards = shards
         self.global_tag = "{" + prefix + "}"
+        self._shard_tags = spread_tags(prefix, shards) if spread else None
 
     # -- global ---------------------------------------------------------------
     def meta(self) -> str:
@@ -236,6 +266,8 @@ class Keys:
 
     # -- shard ----------------------------------------------------------------
     def shard_tag(self, shard: int) -> str:
+        if self._shard_tags is not None:
+            return self._shard_tags[shard]
         return "{" + f"{self.prefix}:{shard}" + "}"
 
     def heads(self, shard: int) -> str:

@@ -13,10 +13,10 @@ from seqd.kinds import CHANNEL_ADDRESS, CHANNELS, Channel
 from seqd.store.context import StoreContext
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import Pipeline
+    from seqd.store.client import Pipe
 
 
-def listed_in(pipe: Pipeline, store: StoreContext, tenant: str) -> None:
+def listed_in(pipe: Pipe, store: StoreContext, tenant: str) -> None:
     """Queue on `pipe` the check of which channels the tenant has suppressions on (one
     reply per channel of CHANNELS; `listed_from` reads them), so it rides along the
     sequence read of the enroll paths."""

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from seqd import kinds
@@ -28,6 +27,7 @@ from seqd.store import keys as keymod
 from seqd.store import settles
 from seqd.store.calls import Call, refusal
 from seqd.store.calls import ScriptError as ScriptError  # re-exported: the facades' one error
+from seqd.store.client import Client
 
 LUA = resources.files("seqd.store") / "lua"
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
@@ -127,7 +127,7 @@ def _check_slots(name: str, keys: Sequence[str], tag: str | None) -> None:
 class Runner:
     """Calls scripts by name with EVALSHA, loading them on NOSCRIPT."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
 
     async def load_all(self) -> None:

@@ -46,10 +46,10 @@ class Sequences:
         """`get_versioned` and the suppression lists the tenant has entries on
         (`screening.listed_in`) in one round trip: the enroll paths' first read."""
         pipe = self.store.client.pipeline(transaction=False)
-        if ids.is_valid(sid, ids.SEQUENCE):
-            pipe.hmget(self.keys.sequence(tenant, sid), "doc", "v")
-        else:
-            pipe.echo("")  # keeps the replies in step; parse_read answers NotFound
+        # A bad id reads the sequence "" that never exists (a keyless ECHO cannot go in a
+        # cluster pipeline): the replies stay in step, and parse_read answers NotFound.
+        valid = ids.is_valid(sid, ids.SEQUENCE)
+        pipe.hmget(self.keys.sequence(tenant, sid if valid else ""), "doc", "v")
         screening.listed_in(pipe, self.store, tenant)
         replies = await pipe.execute()
         seq, version = self.parse_read(sid, replies[0])

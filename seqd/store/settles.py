@@ -217,8 +217,8 @@ def advance_args(
             general.append(s)
             continue
         event = step_event(s, e, now_text)
-        if event:
-            passed.add(s, e, event)  # type: ignore[arg-type]
+        if event and isinstance(s, Sent | Skipped):
+            passed.add(s, e, event)
         else:
             s.seq = e.sequence
             general.append(s)

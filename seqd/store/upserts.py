@@ -4,12 +4,14 @@ row matched by phone or email to a contact with another external_id is a conflic
 takeover of that contact.
 
 Every path that takes inline contacts uses this (enrollments with `contact`, the intake
-stream, the CSV import), a batch at a time in a fixed number of round trips: the lookups
-in one pipeline, the matched contacts in another, then one pipeline of `linkContact` and
-one of `putContact` for the new ones. A row that loses a race for one of its values (to
-another writer, or to an earlier row of the same batch) falls back to the one-row path,
-which then finds the contact that won. A row equal to its match writes nothing, so
-running the same rows twice changes nothing the second time.
+stream, the CSV import), a batch at a time in a fixed number of round trips, each a few
+commands whatever the batch's size: the lookups (one HMGET per index), the matched
+contacts, then one `linkContacts` call for the new ones and one `createContacts` call per
+shard (a reply per command costs the client more than the command costs the server). A
+row that loses a race for one of its values (to another writer, or to an earlier row of
+the same batch) falls back to the one-row path, which then finds the contact that won. A
+row equal to its match writes nothing, so running the same rows twice changes nothing the
+second time.
 """
 
 from __future__ import annotations
@@ -70,14 +72,19 @@ def mismatch(row: dict[str, Any], match: Match) -> Conflict | None:
 async def _matches(store: Store, tenant: str, rows: list[dict[str, Any]]) -> list[Match | None]:
     """Each row's existing contact (id, stored hash, field matched by), if one matches."""
     keys = store.keys
-    probes: list[tuple[int, str]] = []
+    asked = {name: [(i, row[name]) for i, row in enumerate(rows) if row.get(name)]
+             for name in MATCH_ORDER}  # fmt: skip
+    asked = {name: values for name, values in asked.items() if values}
     pipe = store.client.pipeline(transaction=False)
-    for i, row in enumerate(rows):
-        for name in MATCH_ORDER:
-            if row.get(name):
-                probes.append((i, name))
-                pipe.hget(keys.contact_lookup(tenant, name), row[name])
-    found: list[str | None] = await pipe.execute() if probes else []
+    for name, values in asked.items():
+        pipe.hmget(keys.contact_lookup(tenant, name), [value for _, value in values])
+    owners: dict[tuple[int, str], str | None] = {}
+    replies_by_name = await pipe.execute() if asked else []
+    for (name, values), replies in zip(asked.items(), replies_by_name, strict=True):
+        owners.update(((i, name), owner) for (i, _), owner in zip(values, replies, strict=True))
+    # In MATCH_ORDER within a row.
+    probes = [(i, name) for i in range(len(rows)) for name in MATCH_ORDER if (i, name) in owners]
+    found = [owners[probe] for probe in probes]
     candidates = sorted({c for c in found if c and ids.is_valid(c, ids.CONTACT)})
     pipe = store.client.pipeline(transaction=False)
     for cid in candidates:
@@ -98,33 +105,32 @@ async def _create_many(
     """New contacts for rows that matched none; None where a value was taken meanwhile."""
     keys = store.keys
     new_ids = [ids.new(ids.CONTACT) for _ in rows]
-    links = await store.runner.call_many(
-        [
-            calls.link_contact(keys, tenant, cid, [], row, {})
-            for cid, row in zip(new_ids, rows, strict=True)
-        ]
+    links = await store.runner.run(
+        calls.link_contacts(keys, tenant, zip(new_ids, rows, strict=True))
     )
     now = now_ms()
-    linked = [i for i, reply in enumerate(links) if reply == []]
-    puts = await store.runner.call_many(
-        [
-            calls.put_contact(
-                keys,
-                ids.shard_of(new_ids[i], keys.shards),
-                now,
-                tenant,
-                new_ids[i],
-                "create",
-                codec.contact_values(rows[i]),
+    by_shard: dict[int, list[tuple[str, list[str]]]] = {}
+    out: list[models.Contact | None] = [None] * len(rows)
+    for i, reply in enumerate(links):
+        if reply == []:
+            values = codec.contact_values(rows[i])
+            by_shard.setdefault(ids.shard_of(new_ids[i], keys.shards), []).append(
+                (new_ids[i], values)
             )
-            for i in linked
+            # The hash createContacts writes: the values given ("\0" ones left out).
+            stored = dict(zip(values[::2], values[1::2], strict=True))
+            stored = {k: v for k, v in stored.items() if v != "\0"}
+            stored["created_at"] = stored["updated_at"] = str(now)
+            out[i] = codec.contact(new_ids[i], stored)
+    created = await store.runner.call_many(
+        [
+            calls.create_contacts(keys, shard, now, tenant, batch)
+            for shard, batch in by_shard.items()
         ]
     )
-    out: list[models.Contact | None] = [None] * len(rows)
-    for i, flat in zip(linked, puts, strict=True):
-        if isinstance(flat, Exception):
-            raise flat
-        out[i] = codec.contact(new_ids[i], codec.pairs(flat))
+    for reply in created:
+        if isinstance(reply, Exception):
+            raise reply
     return out
 
 

@@ -1,4 +1,5 @@
---[[ Delete a contact, cancelling its active and paused enrollments first.
+--[[ Delete a contact, cancelling its active and paused enrollments first
+  (cancel_reason contact_deleted).
 
   KEYS[1] heads   ZSET
   KEYS[2] outbox  STREAM

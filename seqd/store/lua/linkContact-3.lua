@@ -15,23 +15,7 @@
   Returns {} on success, or {field, existing_contact_id} of the first conflict.
 ]]
 local rcall = redis.call
-local cid, stale = ARGV[1], ' ' .. ARGV[2] .. ' '
-local names = {'phone', 'email', 'external_id'}
+-- @include contacts
 
-for i = 1, 3 do
-  local value = ARGV[2 + i]
-  if value ~= '' then
-    local owner = rcall('HGET', KEYS[i], value)
-    if owner and owner ~= cid and not string.find(stale, ' ' .. owner .. ' ', 1, true) then
-      return {names[i], owner}
-    end
-  end
-end
-for i = 1, 3 do
-  local old, value = ARGV[5 + i], ARGV[2 + i]
-  if old ~= '' and old ~= value and rcall('HGET', KEYS[i], old) == cid then
-    rcall('HDEL', KEYS[i], old)
-  end
-  if value ~= '' then rcall('HSET', KEYS[i], value, cid) end
-end
-return {}
+return link_contact(ARGV[1], ' ' .. ARGV[2] .. ' ', {ARGV[3], ARGV[4], ARGV[5]},
+  {ARGV[6], ARGV[7], ARGV[8]})

@@ -3,7 +3,10 @@
   With an enrollment id (an email reply whose In-Reply-To/References names the message
   seqd sent), only that enrollment. Without one, every active enrollment of the contact
   whose sequence has already sent it a message on `channel` (an SMS reply names no
-  message, so it is about every conversation held on that channel).
+  message, so it is about every conversation held on that channel). A step being sent
+  right now counts as sent (lifecycle.lua `sent_on`). Pause and complete take the member
+  out of its queue: an advance from the worker sending meanwhile is stale (a send that
+  did happen is still recorded; the pause stands).
 
   KEYS[1] heads      ZSET   the shard's sequence heads
   KEYS[2] outbox     STREAM the shard's events

@@ -1,5 +1,9 @@
 --[[ Pause, resume, cancel or complete one enrollment.
 
+  Resume puts it due at max(next_run_at, now). Every action changes or removes the
+  member's score in its queue, so a claim in flight loses its lease and its advance is
+  stale (advance-2.lua).
+
   KEYS[1] heads   ZSET   the shard's sequence heads
   KEYS[2] outbox  STREAM the shard's events
   ARGV[1] tag

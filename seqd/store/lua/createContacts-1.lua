@@ -1,0 +1,36 @@
+--[[ Create new contacts of one shard, a batch at a time (putContact's create for each).
+
+  KEYS[1] tenant_contacts ZSET  the tenant's contacts in this shard
+  ARGV[1] tag      the shard's hash tag (the contacts' keys are built from it)
+  ARGV[2] now      ms
+  ARGV[3] tenant
+  ARGV[4..] contacts, each: contact_id, n, then n field, value pairs ("\0" values are
+            left out)
+
+  Returns {} once all are created; nothing is written when one fails.
+  Errors: EXISTS (an id in use)
+]]
+local rcall = redis.call
+local listing = KEYS[1]
+local tag, now, tenant = ARGV[1], ARGV[2], ARGV[3]
+
+local i = 4
+local starts = {}
+while i <= #ARGV do
+  if rcall('EXISTS', k_contact(tag, ARGV[i])) == 1 then return redis.error_reply('EXISTS') end
+  starts[#starts + 1] = i
+  i = i + 2 + 2 * tonumber(ARGV[i + 1])
+end
+for _, s in ipairs(starts) do
+  local cid = ARGV[s]
+  local values = {'tenant', tenant, 'created_at', now, 'updated_at', now}
+  for f = s + 2, s + 1 + 2 * tonumber(ARGV[s + 1]), 2 do
+    if ARGV[f + 1] ~= '\0' then
+      values[#values + 1] = ARGV[f]
+      values[#values + 1] = ARGV[f + 1]
+    end
+  end
+  rcall('HSET', k_contact(tag, cid), unpack(values))
+  rcall('ZADD', listing, 0, cid)
+end
+return {}
