@@ -168,7 +168,8 @@ async def test_a_reply_in_the_mailbox_pauses_the_enrollment(
     store: Store, inbox: Inbox, reading: Any, idle: bool
 ) -> None:
     eid = await mailed_enrollment(store)
-    running = await reading(imap_config(inbox, idle=idle))
+    # With IDLE a long poll_seconds: only the server's push can be what reads the reply.
+    running = await reading(imap_config(inbox, idle=idle, poll_seconds=30.0 if idle else 0.2))
     assert running.states[-1][0] == (mailbox.State.IDLE if idle else mailbox.State.POLLING)
     arrived = await inbox.deliver(reply(sender="assistant@other.example", in_reply_to=sent_id(eid)))
     paused = await until_state(store, eid, ("paused", "reply_received"))
