@@ -333,6 +333,33 @@ class SmtpConfig(SmtpServer, kw_only=True):
     )
 
 
+class ImapConfig(Section, kw_only=True):
+    """[channels.imap]: the mailbox seqd reads replies, bounces and auto-replies from
+    (seqd/lifecycle/mailbox.py). One connection per mailbox; IDLE where offered."""
+
+    host: str
+    # 993 for implicit TLS, 143 without. (STARTTLS: not offered by the IMAP client library.)
+    port: Port = 993
+    tls: Literal["implicit", "none"] = "implicit"
+    username: str
+    password: str
+    folders: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)] = (
+        msgspec.field(default_factory=lambda: ["INBOX"])
+    )
+    # Polling interval when IDLE is off or not offered; with IDLE, how often the
+    # connection is checked (IDLE is renewed well within the servers' 30-minute limit).
+    poll_seconds: PositiveFloat = 60.0
+    idle: bool = True
+    # One IMAP command (login, select, fetch) or connection attempt.
+    timeout_seconds: PositiveFloat = 30.0
+    validate_certs: bool = True
+    # A folder read for the first time (or under a new UIDVALIDITY): its messages that
+    # arrived within this many days are applied, older ones are history. 0: today's only.
+    lookback_days: NonNegative = 1
+    # A mailbox that refuses login, times out or drops is retried after 1 s, doubling up to this.
+    retry_max_seconds: PositiveFloat = 300.0
+
+
 class ChannelsConfig(Section, kw_only=True):
     # Which provider sends each step kind.
     sms: Literal["log", "twilio", "http"] = "log"
@@ -341,6 +368,8 @@ class ChannelsConfig(Section, kw_only=True):
     twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
     http: HttpSmsConfig = msgspec.field(default_factory=HttpSmsConfig)
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    # The mailbox replies come back to (read over IMAP); unset: none is read.
+    imap: ImapConfig | None = None
 
 
 # fmt: off

@@ -32,6 +32,7 @@ class Liveness:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._beats: dict[str, tuple[float, float]] = {}
+        self._notes: dict[str, str] = {}
 
     def beat(self, name: str, deadline_seconds: float) -> None:
         self._beats[name] = (self.clock(), deadline_seconds)
@@ -48,6 +49,17 @@ class Liveness:
 
     def running(self) -> list[str]:
         return sorted(self._beats)
+
+    def note(self, name: str, state: str | None) -> None:
+        """The state of a part that does not decide readiness (an IMAP mailbox: a broken
+        one must not take the API out of service); None forgets it."""
+        if state is None:
+            self._notes.pop(name, None)
+        else:
+            self._notes[name] = state
+
+    def notes(self) -> dict[str, str]:
+        return dict(sorted(self._notes.items()))
 
 
 class StoreWatch:
@@ -78,6 +90,8 @@ class Readiness(msgspec.Struct, kw_only=True):
     ready: bool
     # check name -> "ok" or what is wrong
     checks: dict[str, str]
+    # parts that do not decide readiness (IMAP mailboxes) -> their state
+    details: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 # What a check that did not get its answer from the store reports, rather than raises.
@@ -112,4 +126,6 @@ async def check(store: Store, liveness: Liveness) -> Readiness:
     late = liveness.late()
     for name in liveness.running():
         checks[name] = f"no heartbeat for {late[name]:.1f} s" if name in late else "ok"
-    return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
+    return Readiness(
+        ready=all(v == "ok" for v in checks.values()), checks=checks, details=liveness.notes()
+    )

@@ -73,6 +73,19 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.imap_up = Gauge(
+            "seqd_imap_mailbox_up",
+            "1 while this process reads the mailbox (or another process holds it), 0 while it"
+            " is retried after a refused login, a timeout or a dropped connection",
+            ["mailbox"],
+            registry=r,
+        )
+        self.imap_messages = Counter(
+            "seqd_imap_messages",
+            "Messages read from IMAP mailboxes and applied, by kind (reply, bounce, ...)",
+            ["kind"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "seqd_http_requests",
             "HTTP requests by route template and status",

@@ -23,6 +23,7 @@ from seqd.config import Config
 from seqd.embedded import EmbeddedServer
 from seqd.engine import dispatcher
 from seqd.events import background as webhooks
+from seqd.lifecycle import mailbox
 from seqd.loop import Heart
 from seqd.metrics import Metrics
 from seqd.store.db import Store, connect
@@ -56,6 +57,8 @@ BACKGROUND.append(dispatcher.background)
 BACKGROUND.append(intake.part)
 # The outbox reader and the webhook deliverer (no-op when webhooks.enabled is false).
 BACKGROUND.append(webhooks.part)
+# A reader per IMAP mailbox ([channels.imap]; none configured: a no-op).
+BACKGROUND.append(mailbox.part)
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ from typing import Any
 from seqd import ids, models
 from seqd.senders.models import Limits, SenderRecord
 from seqd.store.db import Store
+from seqd.times import to_rfc3339
 from tests.dispatchutil import (
     TENANT,
     Clock,
@@ -78,6 +79,13 @@ async def test_a_cap_reached_mid_burst_defers_and_sends_later(store: Store) -> N
     # Deferred to the moment the bucket allows a send: no attempt counted, nothing failed.
     assert [await due_at(store, eid) - clock.at for eid in held] == [500] * 3
     assert ["a" in await raw(store, eid) for eid in held] == [False] * 3
+    # Recorded as a send-time deferral: the enrollment names the reason, due at the new time.
+    for eid in held:
+        shown = await store.enrollments.get(TENANT, eid)
+        assert (shown.deferred_reason, shown.next_run_at) == (
+            "sender_limit",
+            to_rfc3339(clock.at + 500),
+        )
     sent_at = [clock.at] * 2
     for _ in range(20):
         if len(recorder.messages) == 5:

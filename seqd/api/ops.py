@@ -31,10 +31,12 @@ class Health(msgspec.Struct, kw_only=True):
     status: str
 
 
-class Ready(msgspec.Struct, kw_only=True):
+class Ready(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str
     # check name (store, scripts, each running loop) -> "ok"
     checks: dict[str, str]
+    # parts that do not decide readiness (each IMAP mailbox) -> their state; absent: none
+    details: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 @route(
@@ -87,7 +89,7 @@ async def watching_store(app: web.Application) -> AsyncIterator[None]:
 async def readyz(request: web.Request) -> web.Response:
     result = await health.check(request.app[STORE], request.app[LIVENESS])
     if result.ready:
-        return respond(Ready(status="ready", checks=result.checks))
+        return respond(Ready(status="ready", checks=result.checks, details=result.details))
     failing = "; ".join(f"{k}: {v}" for k, v in result.checks.items() if v != "ok")
     return problem(503, "not_ready", "Not ready", failing, headers={"Retry-After": "1"})
 

@@ -35,7 +35,7 @@ from seqd.store.calls import Call
 from seqd.store.claims import ClaimBatch, Claimed, ClaimedEnrollment, Leased
 from seqd.store.dispatch import Advanced, Dispatch, Found, SuppressionRecord
 from seqd.store.mirrors import version_of
-from seqd.store.settles import Sent, Settled, Skipped
+from seqd.store.settles import Defer, Sent, Settled, Skipped
 
 log = structlog.get_logger(__name__)
 
@@ -442,8 +442,10 @@ def _held_back(job: Job, plan: Plan, pick: Pick, now: int) -> Settled | None:
         )  # fmt: skip
     if pick.until is None:
         return None
-    # (Until the send-time `defer` outcome lands: a release moves the due time alone.)
-    return outcomes.released(job, now, delay=max(0, pick.until - now))
+    return Defer(
+        id=job.id, token=job.token, step=job.step, kind=job.kind, at=now,
+        until=max(now, pick.until), reason=pick.reason,
+    )  # fmt: skip
 
 
 def _hits(held: _Held, found: Found) -> dict[str, dict[str, SuppressionRecord]]:

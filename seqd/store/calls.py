@@ -480,3 +480,14 @@ def limit_rate(
 
 def trim_intake(keys: Keys) -> Call:
     return Call("trimIntake", [keys.intake()], [], keys.intake_tag())
+
+
+def hold_mailbox(keys: Keys, mailbox: str, owner: str, ttl_ms: int) -> Call:
+    return Call("holdMailbox", [keys.mailbox_lease(mailbox)], [owner, ttl_ms], None)
+
+
+def advance_mailbox(
+    keys: Keys, mailbox: str, owner: str, folder: str, uidvalidity: int, uid: int
+) -> Call:
+    lease, cursor = keys.mailbox_lease(mailbox), keys.mailbox_cursor(mailbox)
+    return Call("advanceMailbox", [lease, cursor], [owner, folder, uidvalidity, uid], None)

@@ -17,6 +17,7 @@ from seqd.store.enrollments import Enrollments
 from seqd.store.events import Events
 from seqd.store.keys import Keys
 from seqd.store.lifecycle import Lifecycle
+from seqd.store.mailboxes import Mailboxes
 from seqd.store.outbox import Outbox
 from seqd.store.ratelimits import RateLimits
 from seqd.store.replays import Replays
@@ -78,6 +79,7 @@ class Store(StoreContext):
         self.webhooks = Webhooks(self, self.deliveries)
         self.replays = Replays(self)
         self.schedules = Schedules(self)
+        self.mailboxes = Mailboxes(self)
         self.senders = SenderRecords(self)
         self.settings = TenantSettingsStore(self)
 

@@ -195,6 +195,20 @@ class Keys:
         status). Its own hash tag, so the keys spread over a cluster's slots."""
         return "{" + f"{self.prefix}:pm:{message_id}" + "}"
 
+    def mailbox_tag(self, mailbox: str) -> str:
+        """`{<prefix>:mb:<mailbox>}`: one IMAP mailbox's keys (seqd/lifecycle/mailbox.py), by
+        a digest of its server and login."""
+        return "{" + f"{self.prefix}:mb:{mailbox}" + "}"
+
+    def mailbox_lease(self, mailbox: str) -> str:
+        """STRING (with a TTL): the reader process that holds the mailbox, so one process
+        reads it at a time."""
+        return f"{self.mailbox_tag(mailbox)}:lease"
+
+    def mailbox_cursor(self, mailbox: str) -> str:
+        """HASH folder -> "<uidvalidity>:<last uid applied>"."""
+        return f"{self.mailbox_tag(mailbox)}:cursor"
+
     # -- tenant ---------------------------------------------------------------
     def tenant_tag(self, tenant: str) -> str:
         return "{" + f"{self.prefix}:t:{tenant}" + "}"
