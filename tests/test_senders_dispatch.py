@@ -20,6 +20,7 @@ from tests.dispatchutil import (
     dispatcher,
     due_score,
     enroll,
+    events,
     raw,
     sms,
 )
@@ -86,6 +87,9 @@ async def test_a_cap_reached_mid_burst_defers_and_sends_later(store: Store) -> N
             "sender_limit",
             to_rfc3339(clock.at + 500),
         )
+    deferred = [e for e in await events(store) if e["type"] == "sequence.step.deferred"]
+    assert sorted(e["id"] for e in deferred) == sorted(held)
+    assert {e["reason"] for e in deferred} == {"sender_limit"}
     sent_at = [clock.at] * 2
     for _ in range(20):
         if len(recorder.messages) == 5:

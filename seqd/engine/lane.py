@@ -321,6 +321,8 @@ class Lane:
                 if pick is not None:
                     held_back = _held_back(composed, plan, pick, now)
                     if held_back is not None:
+                        if isinstance(held_back, Defer):
+                            crew.observer.step_deferred(held_back.reason or "sender_limit")
                         settles[shard_of[item.id]].append(held_back)
                         continue
                     if pick.sender is not None:
