@@ -231,7 +231,14 @@ def _subject_rule() -> list[dict[str, Any]]:
 WaitDays = Annotated[
     int, Meta(ge=0, le=3650, description="whole days; open days of the schedule if it has one")
 ]
-SendAt = Annotated[str, Meta(max_length=5, description="local time of day, HH:MM")]
+SendAt = Annotated[
+    str,
+    Meta(
+        max_length=5,
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="local time of day, HH:MM",
+    ),
+]
 
 
 class StepIn(Input, kw_only=True):
@@ -385,23 +392,22 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
 
 
 # -- enrollments -----------------------------------------------------------------------
+# The document's rule for a body naming a contact by id or inline: exactly one of the two.
+ONE_CONTACT = [
+    {"required": [name], "properties": {name: {"type": kind}, other: {"type": "null"}}}
+    for name, kind, other in (
+        ("contact_id", "string", "contact"),
+        ("contact", "object", "contact_id"),
+    )
+]
+
+
 class EnrollmentCreate(Input, kw_only=True):
     """Exactly one of `contact_id` (an existing contact) or `contact` (upserted: matched by
     external_id, then phone, then email; created when none matches)."""
 
     # OpenAPI: exactly one of the two (`enrollment_contact`).
-    json_schema_extra: ClassVar[dict[str, Any]] = {
-        "oneOf": [
-            {
-                "required": [name],
-                "properties": {name: {"type": kind}, other: {"type": "null"}},
-            }
-            for name, kind, other in (
-                ("contact_id", "string", "contact"),
-                ("contact", "object", "contact_id"),
-            )
-        ]
-    }
+    json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": ONE_CONTACT}
 
     contact_id: Id | None = None
     contact: ContactCreate | None = None

@@ -9,24 +9,31 @@ per (id, version) and a change is seen by the next step that comes due.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from seqd.errors import FieldError, Invalid
-from seqd.models import Input, Name, Output, Page, Timestamp
+from seqd.models import ONE_CONTACT, Input, Name, Output, Page, Timestamp
 from seqd.timing import calendar
+from seqd.timing.local import WEEKDAYS
 from seqd.timing.zones import valid_zone
 
 CONTACT_ZONE = "contact"
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
-IntervalText = Annotated[list[Annotated[str, Meta(max_length=5)]], Meta(min_length=2, max_length=2)]
+HHMM = Annotated[str, Meta(max_length=5, pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
+# The weekday names `calendar` accepts, stated for the document.
+Weekday = Annotated[str, Meta(max_length=16, extra_json_schema={"enum": list(WEEKDAYS)})]
+IntervalText = Annotated[list[HHMM], Meta(min_length=2, max_length=2)]
 Windows = Annotated[
-    dict[Annotated[str, Meta(max_length=16)], Annotated[list[IntervalText], Meta(max_length=48)]],
+    dict[Weekday, Annotated[list[IntervalText], Meta(max_length=48)]],
     Meta(max_length=7, description="weekday (mon..sun) -> [[start, end], ...] as HH:MM"),
 ]
-SkipDates = Annotated[list[Annotated[str, Meta(max_length=10)]], Meta(max_length=1000)]
+SkipDates = Annotated[
+    list[Annotated[str, Meta(max_length=10, extra_json_schema={"format": "date"})]],
+    Meta(max_length=1000),
+]
 HolidayCodes = Annotated[
     list[Annotated[str, Meta(max_length=16)]],
     Meta(max_length=20, description="public-holiday calendars: US, US-CA, DE-BY, ..."),
@@ -156,9 +163,14 @@ class PreviewContact(Input, kw_only=True):
 class PreviewRequest(Input, kw_only=True):
     """Exactly one of `contact_id` or `contact`; `start_at` (RFC 3339) defaults to now."""
 
+    # OpenAPI: exactly one of the two, as an enrollment's.
+    json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": ONE_CONTACT}
+
     contact_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
     contact: PreviewContact | None = None
-    start_at: Timestamp | None = None
+    start_at: (
+        Annotated[str, Meta(max_length=64, extra_json_schema={"format": "date-time"})] | None
+    ) = None
 
 
 MovedBy = Literal["window", "quiet_hours", "skip_date", "sender_limit", "frequency_cap"]

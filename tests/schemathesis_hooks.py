@@ -9,7 +9,10 @@ whether a text is a valid template, whether a page token is one this API issued,
 whether an Idempotency-Key was already used for another request, whether a sender's
 address is one (phone or mailbox as its channel says) and free, whether an SMTP profile
 is in the config, whether a messaging service or profile suits the sender's channel, or
-whether a sequence's sender pool names the tenant's senders of that channel. The
+whether a sequence's sender pool names the tenant's senders of that channel, whether a
+`schedule_id` names one of the tenant's schedules, whether a schedule's windows open on
+at least one day, whether a day's intervals are non-empty and do not overlap, or whether
+the holidays library knows a calendar code. The
 document names these rules in the fields' descriptions; a schema-valid request that
 breaks one of them is answered 422 naming the field.
 `positive_data_acceptance_beyond_schema` is schemathesis's own check except that such a
@@ -45,6 +48,11 @@ BEYOND_SCHEMA = frozenset(
         "smtp_profile",
         "messaging_service_sid",
         "sms",
+        "schedule_id",
+        "default_timezone",
+        "holidays",
+        "windows",
+        *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )
 _LAST_NAME = re.compile(r"([A-Za-z_-]+)(?:\[\d+\])*$")
