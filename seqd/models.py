@@ -231,12 +231,13 @@ def _subject_rule() -> list[dict[str, Any]]:
 WaitDays = Annotated[
     int, Meta(ge=0, le=3650, description="whole days; open days of the schedule if it has one")
 ]
+# The pattern is stated for the document; the sequence's validation names the step.
 SendAt = Annotated[
     str,
     Meta(
         max_length=5,
-        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
         description="local time of day, HH:MM",
+        extra_json_schema={"pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$"},
     ),
 ]
 

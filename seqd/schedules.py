@@ -22,7 +22,11 @@ from seqd.timing.zones import valid_zone
 
 CONTACT_ZONE = "contact"
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
-HHMM = Annotated[str, Meta(max_length=5, pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
+# The pattern is stated for the document; `calendar` checks it, naming the day and interval.
+HHMM = Annotated[
+    str,
+    Meta(max_length=5, extra_json_schema={"pattern": r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"}),
+]
 # The weekday names `calendar` accepts, stated for the document.
 Weekday = Annotated[str, Meta(max_length=16, extra_json_schema={"enum": list(WEEKDAYS)})]
 IntervalText = Annotated[list[HHMM], Meta(min_length=2, max_length=2)]
