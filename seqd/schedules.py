@@ -23,15 +23,15 @@ from seqd.timing.zones import valid_zone
 CONTACT_ZONE = "contact"
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
 # The pattern is stated for the document; `calendar` checks it, naming the day and interval.
-HHMM = Annotated[
+WindowTime = Annotated[
     str,
     Meta(max_length=5, extra_json_schema={"pattern": r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"}),
 ]
 # The weekday names `calendar` accepts, stated for the document.
-Weekday = Annotated[str, Meta(max_length=16, extra_json_schema={"enum": list(WEEKDAYS)})]
-IntervalText = Annotated[list[HHMM], Meta(min_length=2, max_length=2)]
+WindowDay = Annotated[str, Meta(max_length=16, extra_json_schema={"enum": list(WEEKDAYS)})]
+IntervalText = Annotated[list[WindowTime], Meta(min_length=2, max_length=2)]
 Windows = Annotated[
-    dict[Weekday, Annotated[list[IntervalText], Meta(max_length=48)]],
+    dict[WindowDay, Annotated[list[IntervalText], Meta(max_length=48)]],
     Meta(max_length=7, description="weekday (mon..sun) -> [[start, end], ...] as HH:MM"),
 ]
 SkipDates = Annotated[
