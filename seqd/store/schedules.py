@@ -14,6 +14,7 @@ import msgspec
 from seqd import ids
 from seqd.errors import Conflict, NotFound
 from seqd.schedules import Schedule, ScheduleCreate, SchedulePatch, check, patched
+from seqd.store.cas import swap
 from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import now_ms, to_rfc3339
@@ -21,7 +22,6 @@ from seqd.times import now_ms, to_rfc3339
 # Schedules a tenant may have: a schedule is a shared policy, not per contact.
 MAX_PER_TENANT = 1000
 # Writers that lose the compare-and-set race re-read and retry this many times.
-_RETRIES = 10
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Schedule).decode
 
@@ -90,30 +90,16 @@ class Schedules:
         }
 
     async def change(self, tenant: str, sid: str, patch: SchedulePatch) -> Schedule:
-        for _ in range(_RETRIES):
-            raw = await self._raw(tenant, sid)
+        async def write(raw: str) -> Schedule:
             schedule = check(patched(_decode(raw), patch, to_rfc3339(now_ms())))
-            try:
-                await self._put(tenant, sid, raw, _encode(schedule).decode(), 0)
-            except ScriptError as exc:
-                if exc.code == "NOT_FOUND":
-                    raise NotFound(f"no schedule {sid}", field="id") from None
-                if exc.code == "CONFLICT":
-                    continue
-                raise
+            await self._put(tenant, sid, raw, _encode(schedule).decode(), 0)
             return schedule
-        raise Conflict(f"schedule {sid} keeps changing; try again")
+
+        return (await swap(lambda: self._raw(tenant, sid), write, f"schedule {sid}"))[1]
 
     async def delete(self, tenant: str, sid: str) -> Schedule:
-        for _ in range(_RETRIES):
-            raw = await self._raw(tenant, sid)
-            try:
-                await self._put(tenant, sid, raw, "", 0)
-            except ScriptError as exc:
-                if exc.code == "NOT_FOUND":
-                    raise NotFound(f"no schedule {sid}", field="id") from None
-                if exc.code == "CONFLICT":
-                    continue
-                raise
-            return _decode(raw)
-        raise Conflict(f"schedule {sid} keeps changing; try again")
+        async def write(raw: str) -> None:
+            await self._put(tenant, sid, raw, "", 0)
+
+        raw, _ = await swap(lambda: self._raw(tenant, sid), write, f"schedule {sid}")
+        return _decode(raw)

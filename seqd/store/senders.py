@@ -22,6 +22,7 @@ from seqd.models import SenderPools
 from seqd.senders import budget
 from seqd.senders.models import SenderRecord
 from seqd.store import calls
+from seqd.store.cas import swap
 from seqd.store.scripts import ScriptError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # Writers that lose the compare-and-set race re-read and retry this many times.
-_RETRIES = 10
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(SenderRecord).decode
@@ -131,34 +131,20 @@ class SenderRecords:
         self, tenant: str, sid: str, change: Callable[[SenderRecord], SenderRecord]
     ) -> SenderRecord:
         """Apply `change` to the stored record, re-reading when another writer got first."""
-        for _ in range(_RETRIES):
-            raw = await self._raw(tenant, sid)
+
+        async def write(raw: str) -> SenderRecord:
             record = change(_decode(raw))
-            try:
-                await self._put(tenant, sid, raw, _encode(record).decode(), 0)
-            except ScriptError as exc:
-                if exc.code == "NOT_FOUND":
-                    raise NotFound(f"no sender {sid}", field="id") from None
-                if exc.code == "CONFLICT":
-                    continue
-                raise
+            await self._put(tenant, sid, raw, _encode(record).decode(), 0)
             return record
-        raise Conflict(f"sender {sid} keeps changing; try again")
+
+        return (await swap(lambda: self._raw(tenant, sid), write, f"sender {sid}"))[1]
 
     async def delete(self, tenant: str, sid: str) -> None:
-        for _ in range(_RETRIES):
-            raw = await self._raw(tenant, sid)
-            try:
-                await self._put(tenant, sid, raw, "", 0)
-            except ScriptError as exc:
-                if exc.code == "NOT_FOUND":
-                    raise NotFound(f"no sender {sid}", field="id") from None
-                if exc.code == "CONFLICT":
-                    continue
-                raise
-            await self._release(tenant, _decode(raw))
-            return
-        raise Conflict(f"sender {sid} keeps changing; try again")
+        async def write(raw: str) -> None:
+            await self._put(tenant, sid, raw, "", 0)
+
+        raw, _ = await swap(lambda: self._raw(tenant, sid), write, f"sender {sid}")
+        await self._release(tenant, _decode(raw))
 
     async def owner(self, channel: str, address: str) -> tuple[str, SenderRecord] | None:
         """The tenant and sender whose address (normalised) `address` is, if any."""
