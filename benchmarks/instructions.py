@@ -15,6 +15,7 @@ Needs `valgrind` (and its `callgrind_control`) on the PATH.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import shutil
@@ -79,7 +80,7 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.1)
 
 
-async def _burst(port: int, n: int, lanes: int) -> None:
+async def _burst(port: int, n: int, lanes: int, counters: bool = True) -> None:
     """Seed `n` due steps, then count the burst that sends them."""
     from benchmarks.dispatch import (
         PREFIX,
@@ -90,6 +91,7 @@ async def _burst(port: int, n: int, lanes: int) -> None:
         enroll_direct,
         make_contacts,
         new_sequence,
+        without_counters,
     )
     from seqd.config import DispatchConfig
     from seqd.store.db import Store, connect
@@ -100,15 +102,17 @@ async def _burst(port: int, n: int, lanes: int) -> None:
     cids = await make_contacts(store, n)
     seq = await new_sequence(store, "instructions")
     await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
-    _control("-i", "on")
-    _control("-z")
-    await burst(store, One(NoopSender()), n, DispatchConfig(lanes=lanes))
+    switch = contextlib.nullcontext() if counters else without_counters()
+    with switch:
+        _control("-i", "on")
+        _control("-z")
+        await burst(store, One(NoopSender()), n, DispatchConfig(lanes=lanes))
     _control("-i", "off")
     _control("-d")
     await store.close()
 
 
-def _run(n: int, lanes: int) -> dict[str, float]:
+def _run(n: int, lanes: int, counters: bool = True) -> dict[str, float]:
     """One counted burst: instructions per step of valkey and of the dispatching process."""
     with tempfile.TemporaryDirectory(prefix="seqd-callgrind-") as out:
         command = [
@@ -125,6 +129,7 @@ def _run(n: int, lanes: int) -> dict[str, float]:
             str(n),
             "--lanes",
             str(lanes),
+            *([] if counters else ["--no-counters"]),
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return {
@@ -159,6 +164,12 @@ def cli() -> None:
     parser.add_argument("--n", type=int, default=4000, help="steps in the counted burst")
     parser.add_argument("--lanes", type=int, default=DispatchConfig().lanes)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--no-counters", action="store_true", help="the per-step counters switched off"
+    )
+    parser.add_argument(
+        "--counters-ab", action="store_true", help="runs with counters on and off, alternated"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -170,7 +181,7 @@ def cli() -> None:
         collector.tune()
         server, port = _server(args.child)
         try:
-            uvloop.run(_burst(port, args.n, args.lanes))
+            uvloop.run(_burst(port, args.n, args.lanes, not args.no_counters))
         finally:
             server.terminate()
             server.wait()
@@ -178,7 +189,36 @@ def cli() -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("benchmarks.instructions needs valgrind and callgrind_control on the PATH")
         raise SystemExit(2)
+    if args.counters_ab:
+        counters_ab(args.n, args.lanes, args.runs)
+        return
     main(args.n, args.lanes, args.runs)
+
+
+def counters_ab(n: int, lanes: int, runs: int) -> None:
+    """Instructions per step with the per-step counters on and off, runs alternated."""
+    counts: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for k in range(runs):
+        for counters in (True, False) if k % 2 == 0 else (False, True):
+            counts[counters].append(_run(n, lanes, counters))
+            got = {a: round(b) for a, b in counts[counters][-1].items()}
+            print(f"run {k + 1}/{runs}, counters {'on' if counters else 'off'}: {json.dumps(got)}")
+    rows = []
+    for part, what in (("valkey", "valkey-server"), ("process", "the dispatching process")):
+        on = median([c[part] for c in counts[True]])
+        off = median([c[part] for c in counts[False]])
+        rows.append(f"| {what} | {on:,.0f} | {off:,.0f} | {on / off:.4f} |")
+    table = "\n".join(rows)
+    body = f"""
+`python -m benchmarks.instructions --counters-ab --n {n} --runs {runs}`: the counted no-op
+burst of {n:,} steps with the per-step counters on and off (`dispatch.without_counters`),
+runs alternated; medians.
+
+| instructions per step | counters on | off | ratio |
+| --- | --- | --- | --- |
+{table}
+"""
+    record("instructions: per-step counters on and off (issue 24)", body)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # No sequence or step label: per-step counts are the stats API's (store/stats.py).
+        self.clicks = Counter(
+            "seqd_clicks",
+            "Tracked links followed; suspected_bot: a link scanner's (not counted in stats)",
+            ["suspected_bot"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "seqd_http_requests",
             "HTTP requests by route template and status",
@@ -162,6 +169,9 @@ class Metrics:
     def webhook_delivery(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()
         self.rates.add(WEBHOOK_CHANNEL, outcome, 1)
+
+    def click(self, suspected_bot: bool) -> None:
+        self.clicks.labels("true" if suspected_bot else "false").inc()
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         # Children cached per label set: labels() costs more than the increment itself.

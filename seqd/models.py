@@ -16,7 +16,7 @@ import email_validator
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd import templates
+from seqd import links, templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
 from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
@@ -242,6 +242,13 @@ SendAt = Annotated[
 ]
 
 
+class Tracking(Input, kw_only=True):
+    """What is tracked of a step's messages: `clicks` rewrites the links of its body to
+    seqd's redirect (seqd/clicks.py)."""
+
+    clicks: bool = False
+
+
 class StepIn(Input, kw_only=True):
     # OpenAPI: the kinds that take a subject need one, the others take none (`build_steps`).
     json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": _subject_rule()}
@@ -257,6 +264,8 @@ class StepIn(Input, kw_only=True):
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
     thread: bool = True
+    # Overrides the sequence's `track` for this step.
+    track: Tracking | None = None
 
 
 class Step(Output, kw_only=True):
@@ -268,6 +277,7 @@ class Step(Output, kw_only=True):
     body: str
     subject: str | None = None
     thread: bool = True
+    track: Tracking | None = None
     segments: int | None = None
     encoding: Literal["gsm7", "ucs2"] | None = None
 
@@ -302,6 +312,8 @@ class SequenceCreate(Input, kw_only=True):
     schedule_id: Id | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    # What is tracked of every step's messages (a step's own `track` overrides it).
+    track: Tracking | None = None
 
 
 class SequencePatch(Input, kw_only=True):
@@ -313,6 +325,7 @@ class SequencePatch(Input, kw_only=True):
     schedule_id: Id | UnsetType | None = UNSET
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
+    track: Tracking | UnsetType | None = UNSET
 
 
 class SequenceStats(Output, kw_only=True):
@@ -332,6 +345,7 @@ class Sequence(Output, kw_only=True):
     schedule_id: str | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    track: Tracking | None = None
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
@@ -346,8 +360,15 @@ _SUBJECT_ONLY = "only {} steps take a subject".format(
 )
 
 
-def build_steps(steps: list[StepIn]) -> list[Step]:
-    """Validate step rules and templates; compute SMS segments."""
+def tracks_clicks(step: StepIn | Step, track: Tracking | None) -> bool:
+    """Whether `step`'s links are tracked, under its sequence's `track`."""
+    own = step.track if step.track is not None else track
+    return own is not None and own.clicks
+
+
+def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step]:
+    """Validate step rules and templates; compute SMS segments (of the body as sent: with
+    its links tracked under the sequence's `track`, as links.placeholder_links counts)."""
     errors = []
     out = []
     for i, step in enumerate(steps):
@@ -372,7 +393,10 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                     raise ValueError("a time of day is before 24:00")
             except ValueError as exc:
                 errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
-        seg, enc = segments(step.body) if spec.segments else (None, None)
+        counted = step.body
+        if spec.segments and tracks_clicks(step, track):
+            counted = links.placeholder_links(counted, links.COUNTED_BASE_CHARS)
+        seg, enc = segments(counted) if spec.segments else (None, None)
         out.append(
             Step(
                 kind=step.kind,
@@ -383,6 +407,7 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 body=step.body,
                 subject=step.subject,
                 thread=step.thread,
+                track=step.track,
                 segments=seg,
                 encoding=enc,
             )

@@ -11,8 +11,9 @@ address is one (phone or mailbox as its channel says) and free, whether an SMTP 
 is in the config, whether a messaging service or profile suits the sender's channel, or
 whether a sequence's sender pool names the tenant's senders of that channel, whether a
 `schedule_id` names one of the tenant's schedules, whether a schedule's windows open on
-at least one day, whether a day's intervals are non-empty and do not overlap, or whether
-the holidays library knows a calendar code. The
+at least one day, whether a day's intervals are non-empty and do not overlap, whether
+the holidays library knows a calendar code, or whether a stats range (`from`) ends after
+it starts and spans at most 400 days. The
 document names these rules in the fields' descriptions; a schema-valid request that
 breaks one of them is answered 422 naming the field.
 `positive_data_acceptance_beyond_schema` is schemathesis's own check except that such a
@@ -52,6 +53,7 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        "from",
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )

@@ -6,6 +6,7 @@ from aiohttp import web
 
 # Importing a resource module registers its routes.
 from seqd.api import (  # noqa: F401
+    clicks,
     contacts,
     enrollment_batch,
     enrollments,
@@ -18,6 +19,7 @@ from seqd.api import (  # noqa: F401
     senders,
     sequences,
     settings,
+    stats,
     suppressions,
     unsubscribe,
     webhooks,

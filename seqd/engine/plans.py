@@ -47,6 +47,8 @@ class StepPlan:
     transactional: bool = False
     # Its waits and time rules as the timing core takes them.
     timing: StepTiming = NO_RULES
+    # Its links go through seqd's click redirect (seqd/clicks.py).
+    track_clicks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 needs_metadata="metadata" in roots,
                 transactional=step.transactional,
                 timing=step_timing(step),
+                track_clicks=models.tracks_clicks(step, seq.track),
             )
         )
     kinds_left = tuple(

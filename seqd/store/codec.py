@@ -35,6 +35,7 @@ ENROLLMENT_FIELDS = {
     "ye": "the email sender the contact is pinned to (sticky rotation)",
     "p<step>": "the provider's message id of a sent step",
     "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
+    "k<step>": "ms of the first click (not a scanner's) on a tracked link of the step",
 }
 
 CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")

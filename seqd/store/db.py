@@ -25,6 +25,7 @@ from seqd.store.schedules import Schedules
 from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
 from seqd.store.settings import TenantSettingsStore
+from seqd.store.stats import Stats
 from seqd.store.suppressions import Suppressions
 from seqd.store.tenants import Tenants
 from seqd.store.webhooks import Webhooks
@@ -82,6 +83,7 @@ class Store(StoreContext):
         self.mailboxes = Mailboxes(self)
         self.senders = SenderRecords(self)
         self.settings = TenantSettingsStore(self)
+        self.stats = Stats(self, self.sequences)
 
     @classmethod
     async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:

@@ -69,6 +69,12 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # SET of the lease tokens whose sends have started (written right before the first of
     # them): a lease not in it was never handed to a channel, so it is no attempt.
     "lease_starts": "{tag}:lst",
+    # HASH "<step>:<variant>:<counter code>" -> count: what one sequence's steps did in this
+    # shard on one UTC day (epoch ms // 86,400,000), store/stats.py; expires after the
+    # retention.
+    "stats": "{tag}:st:{sequence_id}:{day}",
+    # STRING: days a `stats` hash is kept after its day ends (`[stats] retention_days`).
+    "stats_ttl": "{tag}:stt",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -295,6 +301,14 @@ class Keys:
 
     def lease_starts(self, shard: int) -> str:
         return SHARD_TEMPLATES["lease_starts"].format(tag=self.shard_tag(shard))
+
+    def stats(self, shard: int, sequence_id: str, day: int) -> str:
+        return SHARD_TEMPLATES["stats"].format(
+            tag=self.shard_tag(shard), sequence_id=sequence_id, day=day
+        )
+
+    def stats_ttl(self, shard: int) -> str:
+        return SHARD_TEMPLATES["stats_ttl"].format(tag=self.shard_tag(shard))
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

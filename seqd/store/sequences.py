@@ -88,7 +88,7 @@ class Sequences:
         return out
 
     async def create(self, tenant: str, body: models.SequenceCreate) -> models.Sequence:
-        steps = models.build_steps(body.steps)
+        steps = models.build_steps(body.steps, body.track)
         now = to_rfc3339(now_ms())
         seq = models.Sequence(
             id=ids.new(ids.SEQUENCE),
@@ -100,6 +100,7 @@ class Sequences:
             schedule_id=body.schedule_id,
             senders=body.senders,
             rotation=body.rotation,
+            track=body.track,
             created_at=now,
             updated_at=now,
         )
@@ -158,12 +159,13 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply", "senders", "rotation", "schedule_id"):
+            fields = ("name", "description", "on_reply", "senders", "rotation", "schedule_id")
+            for field in (*fields, "track"):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value
             if patch.steps is not msgspec.UNSET:
-                changes["steps"] = models.build_steps(patch.steps)
+                changes["steps"] = models.build_steps(patch.steps, changes.get("track", old.track))
             if patch.status is not msgspec.UNSET:
                 target = SequenceStatus(patch.status)
                 if target != old.status:

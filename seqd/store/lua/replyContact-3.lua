@@ -53,9 +53,11 @@ for _, id in ipairs(targets) do
         is_leased(rcall('ZSCORE', k_queue(tag, e['s']), id))) then
       outcome = 'not_sent'
     elseif seq.extra[1] == 'complete' then
+      stats_credit(e, 'replied', now)
       finish(id, e, 'completed', '', now)
       outcome = 'completed'
     else
+      stats_credit(e, 'replied', now)
       finish(id, e, 'paused', 'reply_received', now)
       outcome = 'paused'
     end
