@@ -11,6 +11,7 @@ from seqd.api import (  # noqa: F401
     enrollment_batch,
     enrollments,
     events,
+    forecast,
     inbound,
     openapi,
     ops,
