@@ -260,6 +260,9 @@ async def counters_ab(n: int, runs: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-counters-"))
     proc, url = start_valkey(workdir)
     rates: dict[str, list[float]] = {"on": [], "off": []}
+    stats_bytes: list[float] = []
+    # Redis commands per step in each burst, by command (those inside scripts included).
+    commands: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     try:
         client = connect(url, max_connections=256)
         store = await Store.open(client, PREFIX, SHARDS)
@@ -269,9 +272,19 @@ async def counters_ab(n: int, runs: int) -> None:
             for mode in ("on", "off") if k % 2 == 0 else ("off", "on"):
                 switch = contextlib.nullcontext() if mode == "on" else without_counters()
                 with switch:
+                    await store.runner.load_all()
                     seq = await new_sequence(store, f"{mode}{k}")
                     await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
+                    before = await command_calls(client)
                     rates[mode].append(await burst(store, One(NoopSender()), n, config))
+                    after = await command_calls(client)
+                    commands[mode].append({c: (after[c] - before.get(c, 0)) / n for c in after})
+                if mode == "on":
+                    # The counters of a 2-step sequence's day, every shard: n enrolled, sent
+                    # step 0, scheduled step 1.
+                    day = int(time.time() * 1000) // 86_400_000
+                    keys = [store.keys.stats(s, seq.id, day) for s in range(SHARDS)]
+                    stats_bytes.append(await memory_of(client, keys) * len(keys))
             print(f"run {k + 1}/{runs}: on {rates['on'][-1]:,.0f}, off {rates['off'][-1]:,.0f}")
         await store.close()
     finally:
@@ -279,6 +292,13 @@ async def counters_ab(n: int, runs: int) -> None:
         proc.wait()
     on, off = median(rates["on"]), median(rates["off"])
     pairs = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+
+    def per_step(mode: str, command: str | None = None) -> float:
+        runs_of = commands[mode]
+        if command is None:
+            return median([sum(c.values()) for c in runs_of])
+        return median([c.get(command, 0.0) for c in runs_of])
+
     body = f"""
 `python -m benchmarks.dispatch --counters-ab --n {n} --runs {runs}`: no-op bursts of
 {n:,} steps (16 shards, batch_size {DispatchConfig().batch_size}) on one valkey-server, the
@@ -292,7 +312,10 @@ each run's pair is the figure.
 | median steps/s, counters on / off | {on:,.0f} / {off:,.0f} |
 | ratio of the medians (on / off) | {on / off:.3f} |
 | each run's ratio | {", ".join(f"{r:.3f}" for r in pairs)} (median {median(pairs):.3f}) |
-"""
+| Redis commands per step, counters on / off (inside scripts included) | {per_step("on"):.3f} / {per_step("off"):.3f} |
+| HINCRBY per step, counters on / off | {per_step("on", "hincrby"):.4f} / {per_step("off", "hincrby"):.4f} |
+| memory of the counters of one sequence-day, all {SHARDS} shards (2 steps, {n:,} enrolled and sent) | {median(stats_bytes):,.0f} B |
+"""  # noqa: E501
     record("dispatch: per-step counters on and off (issue 24)", body)
 
 

@@ -28,9 +28,16 @@ from benchmarks.results import median, record
 from seqd.config import DispatchConfig
 
 
-def _control(*args: str) -> None:
-    # Without a pid it acts on every callgrind run: valkey's and this process's.
-    subprocess.run(["callgrind_control", *args], capture_output=True, check=False)
+def _vgdb(out: str) -> str:
+    """The vgdb prefix of one counted run's two callgrind processes: their own, so that
+    `callgrind_control` reaches only them, and another run's (someone else's benchmark on a
+    shared machine) neither zeroes nor switches off this one's counting."""
+    return f"--vgdb-prefix={out}/vgdb"
+
+
+def _control(out: str, *args: str) -> None:
+    # Without a pid it acts on every callgrind run of the prefix: valkey's and this process's.
+    subprocess.run(["callgrind_control", _vgdb(out), *args], capture_output=True, check=False)
 
 
 def _total(pattern: str) -> int:
@@ -61,6 +68,7 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
         "--tool=callgrind",
         "--instr-atstart=no",
         f"--callgrind-out-file={out}/valkey.%p",
+        _vgdb(out),
         binary,
         *("--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", ""),
         *("--appendonly", "yes", "--appendfsync", "everysec"),
@@ -80,7 +88,7 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.1)
 
 
-async def _burst(port: int, n: int, lanes: int, counters: bool = True) -> None:
+async def _burst(out: str, port: int, n: int, lanes: int, counters: bool = True) -> None:
     """Seed `n` due steps, then count the burst that sends them."""
     from benchmarks.dispatch import (
         PREFIX,
@@ -104,11 +112,12 @@ async def _burst(port: int, n: int, lanes: int, counters: bool = True) -> None:
     await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
     switch = contextlib.nullcontext() if counters else without_counters()
     with switch:
-        _control("-i", "on")
-        _control("-z")
+        await store.runner.load_all()  # (not a NOSCRIPT and a compile in the count)
+        _control(out, "-i", "on")
+        _control(out, "-z")
         await burst(store, One(NoopSender()), n, DispatchConfig(lanes=lanes))
-    _control("-i", "off")
-    _control("-d")
+    _control(out, "-i", "off")
+    _control(out, "-d")
     await store.close()
 
 
@@ -120,6 +129,7 @@ def _run(n: int, lanes: int, counters: bool = True) -> dict[str, float]:
             "--tool=callgrind",
             "--instr-atstart=no",
             f"--callgrind-out-file={out}/process.%p",
+            _vgdb(out),
             sys.executable,
             "-m",
             "benchmarks.instructions",
@@ -181,7 +191,7 @@ def cli() -> None:
         collector.tune()
         server, port = _server(args.child)
         try:
-            uvloop.run(_burst(port, args.n, args.lanes, not args.no_counters))
+            uvloop.run(_burst(args.child, port, args.n, args.lanes, not args.no_counters))
         finally:
             server.terminate()
             server.wait()

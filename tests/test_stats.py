@@ -114,3 +114,34 @@ async def test_counter_hashes_expire_after_the_retention(store: Store) -> None:
     assert await store.client.hget(key, "0:-:sc") == "1"
     # Expires at the end of the day plus two days.
     assert await store.client.expiretime(key) == (day + 1 + 2) * 86_400
+
+
+async def test_deferrals_and_failures_count_on_their_step(any_store: Store) -> None:
+    from seqd import ids
+    from seqd.store.counters import DAY_MS
+    from seqd.store.dispatch import Dispatch
+    from tests.dispatchutil import claim, raw, settled
+
+    store = any_store
+    seq = await sequence(store, sms(), sms(wait=10))
+    (e,) = await enroll(store, seq, [await contact(store)])
+    shard = ids.shard_of(e.id, store.shards)
+    due = int((await raw(store, e.id))["n"])
+
+    async def settle(at: int, outcome: str, **kw: object) -> None:
+        (item,) = (await claim(store, shard, at)).items
+        done = settled(
+            id=e.id, token=item.enrollment.token, step=0, kind="sms", at=at, outcome=outcome, **kw
+        )
+        await Dispatch(store).advance(shard, [done], now=at, max_attempts=2)
+
+    await settle(due, "defer", until=due + 60_000, reason="window")
+    await settle(due + 60_000, "retry", delay=0, error="busy")
+    await settle(due + 60_000, "retry", delay=0, error="busy")  # attempts run out: failed
+    cells = await store.stats.cells(seq.id, [due // DAY_MS, due // DAY_MS + 1])
+    counts: dict[str, dict[str, int]] = {}
+    for cell in cells:
+        for name, n in cell.counts.items():
+            counts.setdefault(cell.step, {})[name] = counts.get(cell.step, {}).get(name, 0) + n
+    # Nothing was sent: the enrollment's end is credited to no step ("-").
+    assert counts == {"0": {"scheduled": 1, "deferred": 1, "failed": 1}, "-": {"cancelled": 1}}
