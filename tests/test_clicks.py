@@ -145,6 +145,10 @@ async def test_untracked_steps_keep_their_links_and_segments_count_tracked_links
         # The link as sent (a tracked link of about 85 characters) makes it two segments.
         assert body["sequence"]["steps"][0]["segments"] == 2
         assert body["sequence"]["track"] == {"clicks": True}
+        # Tracking turned off later: the step is counted with its own link again.
+        sid = body["sequence"]["id"]
+        status, body = await api.call("PATCH", f"/sequences/{sid}", {"track": None})
+        assert status == 200 and body["sequence"]["steps"][0]["segments"] == 1
         status, problem = await api.call(
             "POST", "/sequences", {**plain, "track": {"clicks": "yes"}}
         )

@@ -166,6 +166,11 @@ class Sequences:
                     changes[field] = value
             if patch.steps is not msgspec.UNSET:
                 changes["steps"] = models.build_steps(patch.steps, changes.get("track", old.track))
+            elif "track" in changes:
+                # The segments of SMS steps count their links as tracked or not.
+                changes["steps"] = models.build_steps(
+                    [_step_in(step) for step in old.steps], changes["track"]
+                )
             if patch.status is not msgspec.UNSET:
                 target = SequenceStatus(patch.status)
                 if target != old.status:
@@ -237,3 +242,11 @@ class Sequences:
             seq.stats = stats[seq.id]
         more = start + limit < total
         return seqs, (page[-1] if more and page else None), total
+
+
+def _step_in(step: models.Step) -> models.StepIn:
+    """A stored step as the input it was built from (its computed fields left out)."""
+    given = msgspec.to_builtins(step)
+    for computed in ("segments", "encoding"):
+        given.pop(computed, None)
+    return msgspec.convert(given, models.StepIn)
