@@ -52,6 +52,8 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        # GET /enrollments: a paused reason goes with no status or `paused` only.
+        "paused_reason",
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )
