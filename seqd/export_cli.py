@@ -140,5 +140,7 @@ async def export(
             next_token = encode_token(chunk.cursor)
             cursor_path(args.out).write_text(f"{next_token} {out.tell()}" if next_token else "")
             written += chunk.rows
-            progress.update(task, advance=chunk.rows, total=chunk.total)
+            progress.advance(task, chunk.rows)
+            if chunk.total is not None:
+                progress.update(task, total=chunk.total)
     return written

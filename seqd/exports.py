@@ -86,11 +86,15 @@ def _cell(value: Any) -> Any:
 async def enrollments(
     store: Store, tenant: str, where: EnrollmentFilter, fmt: Format, cursor: str | None
 ) -> AsyncIterator[Chunk]:
+    total: int | None = None
+    if cursor is None and not where.post_filtered():
+        _, _, total = await store.enrollment_search.page(tenant, where, 1, None)
     while True:
-        page, cursor, total = await store.enrollment_search.page(tenant, where, PAGE, cursor)
+        page, cursor = await store.enrollment_search.export_page(tenant, where, cursor)
         rows: list[models.Enrollment] = page
         body = encode_rows(fmt, ENROLLMENT_COLUMNS, rows, cursor)
         yield Chunk(body, len(rows), cursor, total)
+        total = None
         if cursor is None:
             return
 
