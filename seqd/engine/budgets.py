@@ -133,8 +133,11 @@ class Budgets:
         plans: Mapping[str, Plan],
         shard_of: Mapping[str, int],
         now: int,
+        *,
+        charge_as: str | None = None,
     ) -> Asked | None:
-        """The asks of the items' steps; None when none has any."""
+        """The asks of the items' steps; None when none has any. `charge_as`: the tenant
+        whose budgets key the asks take from (a preview's scratch copy), else their own."""
         steps: list[tuple[Claimed, Plan, int, Kind]] = []
         for item in items:
             plan = plans.get(item.enrollment.sequence)
@@ -179,7 +182,8 @@ class Budgets:
             asks.of.append((item.id, pin_field if new_pin else None))
         store = self.store
         for name, asks in by_tenant.items():
-            out.calls.append(store.senders.take_call(name, asks.asks, asks.records, now))
+            charged = charge_as or name
+            out.calls.append(store.senders.take_call(charged, asks.asks, asks.records, now))
             out.budgets.append(asks)
         for shard, (values, ids) in by_shard.items():
             out.calls.append(calls.take_frequency(store.keys, shard, now, values))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seqd.schedules import Schedule, compile_calendar, fixed_zone
-from seqd.timing.due import Due, Rules, StepTiming, due
+from seqd.timing.due import Due, Rules, StepTiming
 from seqd.timing.local import parse_hhmm
 from seqd.timing.quiet import QuietCalendars
 from seqd.timing.zones import RecipientZone, resolve
@@ -77,33 +77,6 @@ class Policy:
 def zone_text(decided: Due) -> str:
     """The enrollment's `z` field: "<source>:<zone>" (timezone_source, timezone_used)."""
     return f"{decided.source}:{decided.zone}"
-
-
-def timeline(
-    policy: Policy,
-    tenant: str,
-    steps: list[Step],
-    sequence_id: str,
-    schedule: Schedule | None,
-    contact_id: str,
-    timezone: str | None,
-    phone: str | None,
-    start: int,
-) -> list[Due]:
-    """When each step goes for this contact if enrolled at `start` and every step is sent
-    at its planned time: the computation the enroll path and the dispatcher make, step by
-    step (the first from the enrollment, each next one from the previous send)."""
-    rules = policy.rules(tenant, schedule)
-    recipient = policy.recipient(tenant, schedule, timezone, phone)
-    out: list[Due] = []
-    at = start
-    for n, step in enumerate(steps):
-        decided = due(
-            rules, step_timing(step), recipient, at, jitter_key(contact_id, sequence_id, n)
-        )
-        out.append(decided)
-        at = decided.at
-    return out
 
 
 def jitter_key(contact_id: str, sequence_id: str, step: int) -> str:
