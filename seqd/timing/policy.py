@@ -31,13 +31,20 @@ def step_timing(step: Step) -> StepTiming:
     )
 
 
+# Contacts' zones kept; cleared when there are more.
+RECIPIENTS_KEPT = 65_536
+
+
 class Policy:
     """Timing settings of every tenant, from config, built once per tenant."""
 
-    __slots__ = ("_quiet", "_rules", "config")
+    __slots__ = ("_quiet", "_recipients", "_rules", "config")
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # (tenant, schedule's default zone, timezone, phone) -> the contact's zones: a step
+        # resolves them at its send-time check and again for its next step's time.
+        self._recipients: dict[tuple[str | None, ...], RecipientZone] = {}
         self._quiet: dict[str, QuietCalendars | None] = {}
         self._rules: dict[tuple[str, str, int], Rules] = {}
 
@@ -71,7 +78,14 @@ class Policy:
     ) -> RecipientZone:
         """Where a contact with `timezone` and `phone` is, for a sequence under `schedule`."""
         default = schedule.default_timezone if schedule is not None else None
-        return resolve(timezone, phone, default, self.config.default_timezone_for(tenant))
+        key = (tenant, default, timezone, phone)
+        found = self._recipients.get(key)
+        if found is None:
+            if len(self._recipients) >= RECIPIENTS_KEPT:
+                self._recipients.clear()
+            found = resolve(timezone, phone, default, self.config.default_timezone_for(tenant))
+            self._recipients[key] = found
+        return found
 
 
 def zone_text(decided: Due) -> str:
