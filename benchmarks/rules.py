@@ -90,7 +90,11 @@ async def senders(store: Store) -> list[str]:
 
 
 async def sequence(
-    store: Store, name: str, windows: dict[str, list[list[str]]] | None, pool: Sequence[str] = ()
+    store: Store,
+    name: str,
+    windows: dict[str, list[list[str]]] | None,
+    pool: Sequence[str] = (),
+    rotation: models.Rotation = "sticky",
 ) -> str:
     schedule_id = None
     if windows is not None:
@@ -105,6 +109,7 @@ async def sequence(
             models.StepIn(kind="sms", body="Again", wait_minutes=1440),
         ],
         senders=models.SenderPools(sms=list(pool)),
+        rotation=rotation,
     )
     return (await store.sequences.create(TENANT, body)).id
 

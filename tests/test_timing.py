@@ -367,3 +367,27 @@ def test_quiet_hours_turned_off_is_logged_at_startup() -> None:
     with capture_logs() as logs:
         assert warn_quiet_hours_off(loaded) == [""]
     assert [e["event"] for e in logs] == ["compliance.sms_quiet_hours_off"]
+
+
+def test_a_tenants_own_quiet_hours_go_over_the_default_and_turning_them_off_is_logged() -> None:
+    from structlog.testing import capture_logs
+
+    from seqd.config import ComplianceConfig, Config, TenantConfig
+    from seqd.service import warn_quiet_hours_off
+    from seqd.timing.policy import Policy
+
+    def own(**quiet: object) -> TenantConfig:
+        return TenantConfig(compliance=ComplianceConfig(sms_quiet_hours=SmsQuietHours(**quiet)))  # type: ignore[arg-type]
+
+    config = Config(tenants={"early": own(end="07:00"), "off": own(enabled=False)})
+    policy = Policy(config)
+    text = StepTiming(quiet=True)  # an SMS step, not transactional
+    at = ms("2026-04-08 07:30", NY)
+    for tenant, expected in (("early", "07:30"), ("acme", "08:00"), ("off", "07:30")):
+        rules = policy.rules(tenant, None)
+        got = due(rules, text, fixed(NY), at, "k")  # type: ignore[arg-type]
+        assert local(got.at, NY) == f"2026-04-08 {expected} EDT", tenant
+    # A tenant's quiet hours turned off are logged at startup, by name.
+    with capture_logs() as logs:
+        assert warn_quiet_hours_off(config) == ["off"]
+    assert [(e["event"], e["tenant"]) for e in logs] == [("compliance.sms_quiet_hours_off", "off")]

@@ -22,7 +22,7 @@ import structlog
 from seqd.channels.base import OutboundMessage
 from seqd.config import DispatchConfig
 from seqd.engine import settle as outcomes
-from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls, route
+from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls
 from seqd.engine.compose import Job, compose
 from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer
@@ -396,7 +396,7 @@ class Lane:
                         settles[shard_of[item.id]].append(held_back)
                         continue
                     if pick.sender is not None:
-                        composed.message.sender = route(pick.sender)
+                        composed.message.sender = pick.route
                         if pick.pin is not None:
                             pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
                 if composed.kind == "email" and crew.email_headers is not None:

@@ -36,8 +36,9 @@ def _plain(timing: StepTiming) -> bool:
     return timing.send_at is None and not timing.wait_days
 
 
-# Open spans kept (one per rules and recipient zones); cleared when there are more.
+# Rules and zones whose open spans are kept, and spans kept for each.
 OPEN_KEPT = 4096
+SPANS_KEPT = 4
 
 
 class Timetable:
@@ -55,24 +56,27 @@ class Timetable:
         self.refresh_ms = refresh_ms
         # (tenant, schedule id) -> (the schedule, None when gone; when it was read)
         self._schedules: dict[tuple[str, str], tuple[Schedule | None, int]] = {}
-        # (rules, quiet, region, zones) -> the last span found open under them
+        # (rules, quiet, region, zones) -> the last spans found open under them
         # (timing.due.open_span): the steps of a burst share it, and a moment inside it
         # needs no more work.
-        self._open: dict[tuple[object, ...], tuple[int, int]] = {}
+        self._open: dict[tuple[object, ...], tuple[tuple[int, int], ...]] = {}
         # The same key -> (a closed moment, its reopening): the answer until `stable`.
         self._closed: dict[tuple[object, ...], tuple[int, Reopening]] = {}
 
     def _is_open(self, rules: Rules, timing: StepTiming, recipient: RecipientZone, at: int) -> bool:
         key = (rules, timing.quiet, recipient.region, recipient.zones)
-        known = self._open.get(key)
-        if known is not None and known[0] <= at < known[1]:
-            return True
+        known = self._open.get(key, ())
+        for start, end in known:
+            if start <= at < end:
+                return True
         span = open_span(rules, timing, recipient, at)
         if span is None:
             return False
         if len(self._open) >= OPEN_KEPT:
             self._open.clear()
-        self._open[key] = span
+        # The newest first; a few kept: a step's check (now) and its next step's time (a
+        # wait later) fall in different spans.
+        self._open[key] = (span, *known[: SPANS_KEPT - 1])
         return True
 
     async def load(self, plans: Mapping[str, Plan], items: Iterable[Claimed]) -> None:
