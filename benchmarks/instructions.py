@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,10 +28,15 @@ import time
 from benchmarks.results import median, record
 from seqd.config import DispatchConfig
 
+# The processes counted: this one and its valkey-server (set by the child). Without pids,
+# callgrind_control acts on every callgrind run of the machine, other users' included.
+_COUNTED: list[int] = []
+
 
 def _control(*args: str) -> None:
-    # Without a pid it acts on every callgrind run: valkey's and this process's.
-    subprocess.run(["callgrind_control", *args], capture_output=True, check=False)
+    for pid in _COUNTED or [None]:
+        target = [] if pid is None else [str(pid)]
+        subprocess.run(["callgrind_control", *args, *target], capture_output=True, check=False)
 
 
 def _total(pattern: str) -> int:
@@ -224,6 +230,7 @@ def cli() -> None:
 
         collector.tune()
         server, port = _server(args.child)
+        _COUNTED[:] = [os.getpid(), server.pid]
         try:
             uvloop.run(_burst(port, args.n, args.lanes, args.rules))
         finally:
