@@ -52,6 +52,8 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        # Step conditions: an earlier step, nesting depth and size (seqd/conditions.py).
+        *("step", "only_if", "skip_if", "all", "any", "not"),
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )

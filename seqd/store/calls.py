@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from seqd import conditions
 from seqd.store.keys import Keys
 
 Arg = str | int | float | bytes
@@ -330,7 +331,8 @@ def record_delivery(
 ) -> Call:
     tag = keys.shard_tag(shard)
     args = [tag, now, tenant, enrollment_id, step, status, rank, error_code, event_type]
-    return Call("recordDelivery", [keys.outbox(shard)], [*args, event_data], tag)
+    letter = conditions.OUTCOME_LETTER.get(status, "")
+    return Call("recordDelivery", [keys.outbox(shard)], [*args, event_data, letter], tag)
 
 
 def suppress(

@@ -35,6 +35,8 @@ ENROLLMENT_FIELDS = {
     "ye": "the email sender the contact is pinned to (sticky rotation)",
     "p<step>": "the provider's message id of a sent step",
     "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
+    "o": "what became of each step, one letter per step, read by step conditions "
+    "(seqd/conditions.py): skipped (advance), a final receipt (recordDelivery), a reply",
 }
 
 CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")
