@@ -182,25 +182,22 @@ class Facts:
     def letter(self, step: int) -> str:
         return self.outcomes[step] if step < len(self.outcomes) else ""
 
-    def value(self, root: str, path: tuple[str, ...]) -> Any:
-        if root == "attributes":
-            if self._attributes is None:
-                self._attributes = _decode(self.contact.get("attributes") or "{}")
-            value = self._attributes
-        elif root == "metadata":
-            if self._metadata is None:
-                self._metadata = _decode(self.metadata_text or "{}")
-            value = self._metadata
-        else:
-            return self.contact.get(root) or None
-        for key in path:
-            if type(value) is not dict or key not in value:
-                return None
-            value = value[key]
-        return value
+    def attributes(self) -> Any:
+        if self._attributes is None:
+            text = self.contact.get("attributes")
+            self._attributes = _decode(text) if text else _EMPTY
+        return self._attributes
+
+    def metadata(self) -> Any:
+        if self._metadata is None:
+            text = self.metadata_text
+            self._metadata = _decode(text) if text else _EMPTY
+        return self._metadata
 
 
+_EMPTY: dict[str, Any] = {}
 Predicate = Callable[[Facts], bool]
+Getter = Callable[[Facts], Any]
 _REACHED = frozenset((OUTCOME_LETTER["delivered"], REPLIED))
 
 
@@ -222,6 +219,28 @@ STEP_FACTS: Mapping[str, Callable[[Facts, int], bool]] = {
 }
 
 
+def _walk(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if type(value) is not dict:
+            return None
+        value = value.get(key)
+    return value
+
+
+def _getter(name: str) -> Getter:
+    """The value a field names (None: absent), as a function of the Facts."""
+    root, *rest = name.split(".")
+    path = tuple(rest)
+    if root in ("attributes", "metadata"):
+        read: Getter = Facts.attributes if root == "attributes" else Facts.metadata
+        if len(path) == 1:
+            key = path[0]
+            return lambda f: read(f).get(key)
+        return lambda f: _walk(read(f), path)
+    # A contact's text field: an empty one reads as unset everywhere.
+    return lambda f: f.contact.get(root) or None
+
+
 def _same(a: Any, b: Any) -> bool:
     """JSON equality: true is not 1, 1 is 1.0."""
     if isinstance(a, bool) or isinstance(b, bool):
@@ -233,14 +252,34 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float)
 
 
+def _equals(get: Getter, expected: Scalar) -> Predicate:
+    # Specialised by the expected value's type: a str equals only a str, a bool is only
+    # itself (Python's True == 1 is not JSON's).
+    if isinstance(expected, str):
+        return lambda f: get(f) == expected
+    if expected is None or isinstance(expected, bool):
+        return lambda f: get(f) is expected
+    return lambda f: _same(get(f), expected)
+
+
+def _joined(parts: list[Predicate], every: bool) -> Predicate:
+    """all (`every`) or any of `parts`; one or two without a generator (the usual case)."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return (lambda f: a(f) and b(f)) if every else (lambda f: a(f) or b(f))
+    if every:
+        return lambda f: all(p(f) for p in parts)
+    return lambda f: any(p(f) for p in parts)
+
+
 def compile_condition(cond: Condition) -> Predicate:
     """`cond` as a function of the Facts (built once per plan)."""
     if isinstance(cond.all, list):
-        parts = [compile_condition(c) for c in cond.all]
-        return lambda f: all(p(f) for p in parts)
+        return _joined([compile_condition(c) for c in cond.all], True)
     if isinstance(cond.any, list):
-        parts = [compile_condition(c) for c in cond.any]
-        return lambda f: any(p(f) for p in parts)
+        return _joined([compile_condition(c) for c in cond.any], False)
     if isinstance(cond.not_, Condition):
         inner = compile_condition(cond.not_)
         return lambda f: not inner(f)
@@ -248,16 +287,19 @@ def compile_condition(cond: Condition) -> Predicate:
         fact, n = STEP_FACTS[cond.is_], cond.step
         return lambda f: fact(f, n)
     assert isinstance(cond.field, str)
-    root, *rest = cond.field.split(".")
-    path = tuple(rest)
+    get = _getter(cond.field)
     if isinstance(cond.exists, bool):
-        want = cond.exists
-        return lambda f: (f.value(root, path) is not None) is want
+        if cond.exists:
+            return lambda f: get(f) is not None
+        return lambda f: get(f) is None
     if isinstance(cond.in_, list):
         options = cond.in_
-        return lambda f: any(_same(f.value(root, path), o) for o in options)
-    expected = cond.eq
-    return lambda f: _same(f.value(root, path), expected)
+        if all(isinstance(o, str) for o in options):
+            strings = frozenset(options)
+            return lambda f: type(v := get(f)) is str and v in strings
+        return _joined([_equals(get, o) for o in options], False)
+    assert not isinstance(cond.eq, UnsetType)
+    return _equals(get, cond.eq)
 
 
 def gate(only_if: Condition | None, skip_if: Condition | None) -> Predicate | None:

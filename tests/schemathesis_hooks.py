@@ -54,6 +54,8 @@ BEYOND_SCHEMA = frozenset(
         "windows",
         # Step conditions: an earlier step, nesting depth and size (seqd/conditions.py).
         *("step", "only_if", "skip_if", "all", "any", "not"),
+        # Contact events: an RFC 3339 time, properties' size as JSON.
+        *("occurred_at", "properties"),
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )

@@ -5,17 +5,23 @@ email instead" with real Twilio status callbacks arriving late and out of order.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import msgspec
 import pytest
 
 from seqd import conditions
+from seqd.channels.twilio import TwilioSender
 from seqd.conditions import Condition, Facts
+from seqd.config import DispatchConfig
+from seqd.engine.dispatcher import Dispatcher
 from seqd.store.db import Store
 from tests.conftest import QUIET_OFF, Api
 from tests.dispatchutil import Clock, Recorder, events, raw
 from tests.lifecycleutil import Client, client, config, send_due
+from tests.test_channels_twilio import FakeTwilio, make_sender, twilio
+
+__all__ = ["twilio"]  # the fixture, used by name
 
 MINUTE = 60_000
 
@@ -84,6 +90,12 @@ def test_fields_attributes_metadata_and_combinators() -> None:
     assert holds({"field": "first_name", "exists": True}, f)
     assert holds({"field": "last_name", "exists": False}, f)
     assert not holds({"field": "metadata.owner.nope", "exists": True}, f)
+    assert holds({"field": "attributes.seats", "in": ["3", 3.0]}, f)  # mixed options
+    assert not holds({"field": "attributes.trial", "in": [0, "false"]}, f)
+    assert not holds({"field": "metadata.owner", "in": ["east"]}, f)  # an object is no str
+    assert holds({"field": "last_name", "eq": None}, f)  # null: unset
+    assert holds({"field": "first_name", "in": ["Bo", "Ada"]}, f)
+    assert not holds({"field": "metadata.owner.team.x", "eq": "east"}, f)
     assert holds(
         {
             "all": [
@@ -286,3 +298,49 @@ async def test_a_receipt_after_the_wait_changes_nothing_sent(store: Store) -> No
         await status_callback(api, eid, 0, "delivered")
     h = await raw(store, eid)
     assert h["d0"] == "3:delivered" and h["o"][0] == "d"
+
+
+class SmsByTwilio:
+    """The dispatcher's senders: SMS through the Twilio channel (to the local server that
+    speaks Twilio's wire format), email recorded."""
+
+    def __init__(self, sms: TwilioSender, email: Recorder) -> None:
+        self.sms, self.email = sms, email
+
+    def get(self, tenant: str, kind: str) -> TwilioSender | Recorder:
+        return self.sms if kind == "sms" else self.email
+
+    async def close(self) -> None:
+        await self.sms.close()
+
+
+@pytest.mark.parametrize(("receipts", "emailed"), [(["delivered"], False), (["undelivered"], True)])
+async def test_fallback_through_the_twilio_wire_format(
+    store: Store, twilio: FakeTwilio, receipts: list[str], emailed: bool
+) -> None:
+    """The SMS goes to the Twilio server with its StatusCallback; the receipt comes back to
+    that URL, signed; the email step reads it ten minutes later."""
+    senders = SmsByTwilio(
+        make_sender(twilio.base_url, auth_token="acme-token", status_callback=True), Recorder()
+    )
+    cfg = config()
+    cfg.compliance = QUIET_OFF
+    async with client(store, cfg) as api:
+        eid = await fallback_enrollment(api)
+        clock = Clock()
+        dispatch = Dispatcher(store, DispatchConfig(), senders, clock=clock)
+        await dispatch.run_once(clock())
+        (sent,) = twilio.seen
+        callback = urlsplit(sent.form["StatusCallback"])
+        assert parse_qs(callback.query) == {"e": [eid], "s": ["0"]}
+        for status in receipts:
+            params = {"MessageSid": "SM1", "MessageStatus": status, "To": sent.form["To"]}
+            code, _ = await api.twilio(
+                callback.path.removeprefix("/v1") + "?" + callback.query, params,
+                token="acme-token",
+            )  # fmt: skip
+            assert code == 204
+        clock.advance(10 * MINUTE + 1)
+        await dispatch.run_once(clock())
+        await senders.close()
+    assert [m.kind for m in senders.email.messages] == (["email"] if emailed else [])

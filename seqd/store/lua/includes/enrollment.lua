@@ -136,7 +136,8 @@ end
 
 -- The hash fields an event carries: those the API's enrollment is made of (store/event_types.py
 -- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
-local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr'}
+local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr', 'cq',
+  'gl'}
 
 local function enrollment_event(etype, id, e, now, extra)
   local fields = {}
