@@ -13,6 +13,7 @@ from seqd.store.client import Client, connect
 from seqd.store.contacts import Contacts
 from seqd.store.context import StoreContext
 from seqd.store.deliveries import Deliveries
+from seqd.store.enrollment_search import EnrollmentSearch
 from seqd.store.enrollments import Enrollments
 from seqd.store.events import Events
 from seqd.store.forecast import Forecasts
@@ -84,6 +85,7 @@ class Store(StoreContext):
         self.senders = SenderRecords(self)
         self.settings = TenantSettingsStore(self)
         self.forecasts = Forecasts(self)
+        self.enrollment_search = EnrollmentSearch(self, self.enrollments, self.sequences)
 
     @classmethod
     async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:
