@@ -72,6 +72,8 @@ def prepare(body: ContactEventCreate, root: str = "") -> NewContactEvent:
     if body.occurred_at is not None:
         try:
             occurred = from_rfc3339(body.occurred_at)
+            if occurred <= 0:
+                raise ValueError("before 1970")
         except ValueError as exc:
             errors.append(FieldError(f"{root}occurred_at", f"not an RFC 3339 time: {exc}"))
     try:

@@ -344,3 +344,74 @@ async def test_fallback_through_the_twilio_wire_format(
         await dispatch.run_once(clock())
         await senders.close()
     assert [m.kind for m in senders.email.messages] == (["email"] if emailed else [])
+
+
+async def test_conditions_on_attributes_and_metadata_read_what_templates_do_not(
+    store: Store,
+) -> None:
+    """The claim reads the contact fields a condition names even when no template does."""
+    cfg = config()
+    cfg.compliance = QUIET_OFF
+    sender = Recorder()
+    body = seq_body(
+        {"kind": "sms", "body": "Hi", "skip_if": {"field": "attributes.plan", "eq": "pro"}},
+        {"kind": "sms", "body": "Again", "only_if": {"field": "metadata.source", "in": ["ads"]}},
+    )
+    async with client(store, cfg) as api:
+        code, made = await api.call("POST", "/sequences", body)
+        assert code == 201, made
+        sid = made["sequence"]["id"]
+        people = {
+            "pro": ({"phone": "+14155550101", "attributes": {"plan": "pro"}}, {"source": "ads"}),
+            "free": ({"phone": "+14155550102", "attributes": {"plan": "free"}}, {"source": "ads"}),
+            "organic": ({"phone": "+14155550103"}, {"source": "seo"}),
+        }
+        eids = {}
+        for name, (person, metadata) in people.items():
+            code, got = await api.call(
+                "POST", f"/sequences/{sid}/enrollments", {"contact": person, "metadata": metadata}
+            )
+            assert code == 201, got
+            eids[got["enrollment"]["id"]] = name
+        clock = Clock()
+        for _ in range(3):
+            await send_due(store, clock, sender)
+    sent = sorted((eids[m.enrollment_id], m.body) for m in sender.messages)
+    assert sent == [("free", "Again"), ("free", "Hi"), ("organic", "Hi"), ("pro", "Again")]
+    skipped = [e for e in await events(store) if e["type"] == "sequence.step.skipped"]
+    assert sorted((eids[e["id"]], e["step"]) for e in skipped) == [
+        ("organic", 1), ("pro", 0),
+    ]  # fmt: skip
+    assert {e["reason"] for e in skipped} == {"condition"}
+
+
+async def test_a_reply_is_a_fact_of_the_step_it_answers(store: Store) -> None:
+    """A reply pauses the enrollment; once resumed, a step `only_if` the reply goes."""
+    cfg = config()
+    cfg.compliance = QUIET_OFF
+    sender = Recorder()
+    body = seq_body(
+        {"kind": "sms", "body": "Hi"},
+        {"kind": "sms", "body": "Thanks for answering", "only_if": {"step": 0, "is": "replied"}},
+        {"kind": "sms", "body": "Still there?", "skip_if": {"step": 0, "is": "replied"}},
+    )
+    async with client(store, cfg) as api:
+        code, made = await api.call("POST", "/sequences", body)
+        assert code == 201, made
+        code, got = await api.call(
+            "POST", f"/sequences/{made['sequence']['id']}/enrollments",
+            {"contact": {"phone": "+14155550100"}},
+        )  # fmt: skip
+        eid = got["enrollment"]["id"]
+        clock = Clock()
+        await send_due(store, clock, sender)
+        code, _ = await api.sms("acme", "+14155550100", "who is this?")
+        assert code in (200, 204)
+        _, got = await api.call("GET", f"/enrollments/{eid}")
+        assert got["enrollment"]["paused_reason"] == "reply_received"
+        assert (await api.call("POST", f"/enrollments/{eid}/resume"))[0] == 200
+        clock.advance(60_000)  # (resumed at the real now, after the test's clock)
+        for _ in range(3):
+            await send_due(store, clock, sender)
+    assert [m.body for m in sender.messages] == ["Hi", "Thanks for answering"]
+    assert (await raw(store, eid))["o"][:1] == "r"

@@ -182,6 +182,7 @@ async def test_bad_input_names_the_field(api: Api) -> None:
         ("/sequences", seq(MEETING, {"event": "has space"}), "exit_on[1].event"),
         ("/sequences", seq({"where": {}}), "exit_on[0].event"),
         (f"/contacts/{cid}/events", {"name": "x", "occurred_at": "yesterday"}, "occurred_at"),
+        (f"/contacts/{cid}/events", {"name": "x", "occurred_at": "1969-12-31T23:59:59Z"}, "occurred_at"),  # noqa: E501
         (f"/contacts/{cid}/events", {"name": ""}, "name"),
         (f"/contacts/{cid}/events", {"name": "x", "properties": {"a": "x" * 17_000}}, "properties"),
         (f"/contacts/{cid}/events", {"name": "x", "colour": 1}, "colour"),
