@@ -530,7 +530,7 @@ class WebhooksConfig(Section, kw_only=True):
     idle_poll_ms: Positive = 200
     # Outbox entries read per shard per poll.
     batch_size: Annotated[int, Meta(ge=1, le=5000)] = 200
-    # GET /v1/events keeps events this long.
+    # GET /v1/events keeps events this long; a contact event id is remembered as long.
     events_retention_hours: Positive = 168
     # Failed (dead-lettered) deliveries are kept this long after their event, for retries.
     failed_retention_hours: Positive = 720

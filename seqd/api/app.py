@@ -6,6 +6,7 @@ from aiohttp import web
 
 # Importing a resource module registers its routes.
 from seqd.api import (  # noqa: F401
+    contact_events,
     contacts,
     enrollment_batch,
     enrollments,
