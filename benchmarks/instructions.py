@@ -15,9 +15,11 @@ Needs `valgrind` (and its `callgrind_control`) on the PATH.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,17 +29,15 @@ import time
 from benchmarks.results import median, record
 from seqd.config import DispatchConfig
 
-
-def _vgdb(out: str) -> str:
-    """The vgdb prefix of one counted run's two callgrind processes: their own, so that
-    `callgrind_control` reaches only them, and another run's (someone else's benchmark on a
-    shared machine) neither zeroes nor switches off this one's counting."""
-    return f"--vgdb-prefix={out}/vgdb"
+# The processes counted: this one and its valkey-server (set by the child). Without pids,
+# callgrind_control acts on every callgrind run of the machine, other users' included.
+_COUNTED: list[int] = []
 
 
-def _control(out: str, *args: str) -> None:
-    # Without a pid it acts on every callgrind run of the prefix: valkey's and this process's.
-    subprocess.run(["callgrind_control", _vgdb(out), *args], capture_output=True, check=False)
+def _control(*args: str) -> None:
+    for pid in _COUNTED or [None]:
+        target = [] if pid is None else [str(pid)]
+        subprocess.run(["callgrind_control", *args, *target], capture_output=True, check=False)
 
 
 def _total(pattern: str) -> int:
@@ -68,7 +68,6 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
         "--tool=callgrind",
         "--instr-atstart=no",
         f"--callgrind-out-file={out}/valkey.%p",
-        _vgdb(out),
         binary,
         *("--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", ""),
         *("--appendonly", "yes", "--appendfsync", "everysec"),
@@ -88,11 +87,21 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.1)
 
 
-async def _burst(out: str, port: int, n: int, lanes: int, counters: bool = True) -> None:
+# Bursts under sending rules (`--rules`; benchmarks/rules.py describes them): none (the plain
+# burst), off (benchmarks.rules' "off" drain), on (schedule, quiet hours, 16 senders),
+# closed (every step deferred by a closed window), open (the same, window open: sent);
+# no_counters: the plain burst with the per-step counters off (`dispatch.without_counters`).
+RULES = ("none", "off", "on", "closed", "open", "no_counters")
+PLAIN = ("none", "no_counters")
+
+
+async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> None:
     """Seed `n` due steps, then count the burst that sends them."""
+    from benchmarks import rules
     from benchmarks.dispatch import (
         PREFIX,
         SHARDS,
+        Counting,
         NoopSender,
         One,
         burst,
@@ -101,27 +110,53 @@ async def _burst(out: str, port: int, n: int, lanes: int, counters: bool = True)
         new_sequence,
         without_counters,
     )
-    from seqd.config import DispatchConfig
+    from seqd.config import ComplianceConfig, Config, DispatchConfig, SmsQuietHours
+    from seqd.engine.dispatcher import Dispatcher
     from seqd.store.db import Store, connect
+    from seqd.timing.policy import Policy
 
     # Slow under valgrind: generous timeouts.
     client = connect(f"redis://127.0.0.1:{port}/0", max_connections=256, socket_timeout=60)
     store = await Store.open(client, PREFIX, SHARDS)
-    cids = await make_contacts(store, n)
-    seq = await new_sequence(store, "instructions")
-    await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
-    switch = contextlib.nullcontext() if counters else without_counters()
+    config = DispatchConfig(lanes=lanes)
+    if rules_mode in PLAIN:
+        cids = await make_contacts(store, n)
+        seq_id = (await new_sequence(store, "instructions")).id
+    else:
+        cids = await make_contacts(store, n, ("timezone", rules.midday_zone()))
+        always = {d: [["00:00", "24:00"]] for d in rules.DAYS}
+        windows = {
+            "off": None,
+            "on": always,
+            "closed": {d: [["15:00", "16:00"]] for d in rules.DAYS},
+            "open": always,
+        }[rules_mode]
+        pool = await rules.senders(store) if rules_mode == "on" else []
+        seq_id = await rules.sequence(store, rules_mode, windows, pool)
+        quiet = SmsQuietHours(enabled=rules_mode != "off")
+        policy = Policy(Config(compliance=ComplianceConfig(sms_quiet_hours=quiet)))
+    await enroll_direct(store, seq_id, cids, 0, int(time.time() * 1000))
+    switch = without_counters() if rules_mode == "no_counters" else contextlib.nullcontext()
     with switch:
         await store.runner.load_all()  # (not a NOSCRIPT and a compile in the count)
-        _control(out, "-i", "on")
-        _control(out, "-z")
-        await burst(store, One(NoopSender()), n, DispatchConfig(lanes=lanes))
-    _control(out, "-i", "off")
-    _control(out, "-d")
+        _control("-i", "on")
+        _control("-z")
+        if rules_mode in PLAIN:
+            await burst(store, One(NoopSender()), n, config)
+        else:
+            counting = Counting(n)
+            dispatcher = Dispatcher(
+                store, config, One(NoopSender()), observer=counting, policy=policy
+            )
+            dispatcher.start()
+            await asyncio.wait_for(counting.done.wait(), 3600)
+            await dispatcher.stop()
+    _control("-i", "off")
+    _control("-d")
     await store.close()
 
 
-def _run(n: int, lanes: int, counters: bool = True) -> dict[str, float]:
+def _run(n: int, lanes: int, rules_mode: str = "none") -> dict[str, float]:
     """One counted burst: instructions per step of valkey and of the dispatching process."""
     with tempfile.TemporaryDirectory(prefix="seqd-callgrind-") as out:
         command = [
@@ -129,7 +164,6 @@ def _run(n: int, lanes: int, counters: bool = True) -> dict[str, float]:
             "--tool=callgrind",
             "--instr-atstart=no",
             f"--callgrind-out-file={out}/process.%p",
-            _vgdb(out),
             sys.executable,
             "-m",
             "benchmarks.instructions",
@@ -139,13 +173,28 @@ def _run(n: int, lanes: int, counters: bool = True) -> dict[str, float]:
             str(n),
             "--lanes",
             str(lanes),
-            *([] if counters else ["--no-counters"]),
+            "--rules",
+            rules_mode,
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return {
             "valkey": _total(f"{out}/valkey.*") / n,
             "process": _total(f"{out}/process.*") / n,
         }
+
+
+def compare(n: int, lanes: int, runs: int, modes: list[str]) -> None:
+    """Interleaved counted bursts of `modes` (RULES), printed per run and as medians."""
+    counts: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for k in range(runs):
+        for mode in modes:
+            counts[mode].append(_run(n, lanes, mode))
+            got = {a: round(b) for a, b in counts[mode][-1].items()}
+            print(f"run {k + 1}/{runs} {mode}: " + json.dumps(got))
+    for mode in modes:
+        valkey = median([c["valkey"] for c in counts[mode]])
+        process = median([c["process"] for c in counts[mode]])
+        print(f"{mode}: valkey {valkey:,.0f}, process {process:,.0f} instructions per step")
 
 
 def main(n: int, lanes: int, runs: int) -> None:
@@ -175,10 +224,10 @@ def cli() -> None:
     parser.add_argument("--lanes", type=int, default=DispatchConfig().lanes)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--no-counters", action="store_true", help="the per-step counters switched off"
-    )
-    parser.add_argument(
-        "--counters-ab", action="store_true", help="runs with counters on and off, alternated"
+        "--rules",
+        default="none",
+        help="bursts under sending rules, comma-separated, counted in turn and printed "
+        f"(not recorded): {', '.join(RULES)}",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,8 +239,9 @@ def cli() -> None:
 
         collector.tune()
         server, port = _server(args.child)
+        _COUNTED[:] = [os.getpid(), server.pid]
         try:
-            uvloop.run(_burst(args.child, port, args.n, args.lanes, not args.no_counters))
+            uvloop.run(_burst(port, args.n, args.lanes, args.rules))
         finally:
             server.terminate()
             server.wait()
@@ -199,36 +249,10 @@ def cli() -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("benchmarks.instructions needs valgrind and callgrind_control on the PATH")
         raise SystemExit(2)
-    if args.counters_ab:
-        counters_ab(args.n, args.lanes, args.runs)
+    if args.rules != "none":
+        compare(args.n, args.lanes, args.runs, args.rules.split(","))
         return
     main(args.n, args.lanes, args.runs)
-
-
-def counters_ab(n: int, lanes: int, runs: int) -> None:
-    """Instructions per step with the per-step counters on and off, runs alternated."""
-    counts: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-    for k in range(runs):
-        for counters in (True, False) if k % 2 == 0 else (False, True):
-            counts[counters].append(_run(n, lanes, counters))
-            got = {a: round(b) for a, b in counts[counters][-1].items()}
-            print(f"run {k + 1}/{runs}, counters {'on' if counters else 'off'}: {json.dumps(got)}")
-    rows = []
-    for part, what in (("valkey", "valkey-server"), ("process", "the dispatching process")):
-        on = median([c[part] for c in counts[True]])
-        off = median([c[part] for c in counts[False]])
-        rows.append(f"| {what} | {on:,.0f} | {off:,.0f} | {on / off:.4f} |")
-    table = "\n".join(rows)
-    body = f"""
-`python -m benchmarks.instructions --counters-ab --n {n} --runs {runs}`: the counted no-op
-burst of {n:,} steps with the per-step counters on and off (`dispatch.without_counters`),
-runs alternated; medians.
-
-| instructions per step | counters on | off | ratio |
-| --- | --- | --- | --- |
-{table}
-"""
-    record("instructions: per-step counters on and off (issue 24)", body)
 
 
 if __name__ == "__main__":

@@ -145,3 +145,32 @@ async def test_deferrals_and_failures_count_on_their_step(any_store: Store) -> N
             counts.setdefault(cell.step, {})[name] = counts.get(cell.step, {}).get(name, 0) + n
     # Nothing was sent: the enrollment's end is credited to no step ("-").
     assert counts == {"0": {"scheduled": 1, "deferred": 1, "failed": 1}, "-": {"cancelled": 1}}
+
+
+async def test_the_batched_deferral_counts_too(any_store: Store) -> None:
+    """A peeked step deferred with its event built in Python (deferSteps) is counted as
+    advance's `defer` is."""
+    from seqd import ids
+    from seqd.store.counters import DAY_MS
+    from seqd.store.dispatch import Dispatch
+    from tests.dispatchutil import peek, raw, settled
+
+    store = any_store
+    seq = await sequence(store, sms(), sms(wait=10))
+    cids = [await contact(store, phone=p, email=None) for p in PHONES[:2]]
+    enrolled = await enroll(store, seq, cids)
+    for e in enrolled:
+        shard = ids.shard_of(e.id, store.shards)
+        due = int((await raw(store, e.id))["n"])
+        (item,) = [c for c in (await peek(store, shard, due)).items if c.id == e.id]
+        defer = settled(
+            id=e.id, token=item.enrollment.token, step=0, kind="sms", at=due, outcome="defer",
+            until=due + 3_600_000, reason="quiet_hours",
+        )  # fmt: skip
+        done = await Dispatch(store).advance_many(
+            {shard: [defer]}, now=due, max_attempts=3, claimed={e.id: item.enrollment}
+        )
+        assert done[shard].applied == 1
+    cells = await store.stats.cells(seq.id, [due // DAY_MS])
+    deferred = sum(c.counts.get("deferred", 0) for c in cells if c.step == "0")
+    assert deferred == 2

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from seqd import models, templates
+from seqd import conditions, models, templates
 from seqd.kinds import SPECS, Kind
 from seqd.models import Rotation
 from seqd.store.db import Store
@@ -49,6 +49,8 @@ class StepPlan:
     timing: StepTiming = NO_RULES
     # Its links go through seqd's click redirect (seqd/clicks.py).
     track_clicks: bool = False
+    # Whether it is sent when due (its only_if / skip_if); None: always.
+    gate: conditions.Predicate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 transactional=step.transactional,
                 timing=step_timing(step),
                 track_clicks=models.tracks_clicks(step, seq.track),
+                gate=conditions.gate(step.only_if, step.skip_if),
             )
         )
     kinds_left = tuple(

@@ -101,6 +101,7 @@ class Sequences:
             senders=body.senders,
             rotation=body.rotation,
             track=body.track,
+            exit_on=body.exit_on,
             created_at=now,
             updated_at=now,
         )
@@ -171,6 +172,8 @@ class Sequences:
                 changes["steps"] = models.build_steps(
                     [_step_in(step) for step in old.steps], changes["track"]
                 )
+            if patch.exit_on is not msgspec.UNSET:
+                changes["exit_on"] = patch.exit_on
             if patch.status is not msgspec.UNSET:
                 target = SequenceStatus(patch.status)
                 if target != old.status:

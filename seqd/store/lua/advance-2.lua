@@ -156,6 +156,7 @@ local function pass_step(id, e, it, ekey)
   rcall('HSET', ekey, unpack(fields))
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
   stats_count(e['s'], it.step, stats_variant(e, it.step), it.outcome, now)
+  if it.outcome ~= 'sent' then set_outcome(ekey, it.step, 'k') end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
       {step = it.step, kind = it.kind, provider_id = it.provider_id or cjson.null, sent_at = it.at})
@@ -209,13 +210,6 @@ end
 -- A step's kind as JSON, for the kinds there are (any other is encoded).
 local KIND_JSON = {sms = '"sms"', email = '"email"'}
 
--- Whether the claim that gave `token` still holds the member in queue `qkey`.
-local function holds(id, token, qkey)
-  local score = rcall('ZSCORE', qkey, id)
-  -- The token is the score as Redis prints it; the numbers decide when the text differs.
-  return score ~= false and (score == token or tonumber(score) == tonumber(token))
-end
-
 -- The hot path: passed step `n` (id `id`) of group `g` whose claim still holds. One write
 -- of each structure and the step's event as the caller built it, batched with the call's
 -- others (`emit_batched`), with no read. `sm` is written on every SMS step (it is there
@@ -240,6 +234,7 @@ local function pass_built(n, id, g, ekey)
     rcall('DEL', ekey)
     return false
   end
+  if not g.sent then set_outcome(ekey, g[G_STEP], 'k') end
   schedule_next(g[G_SEQ], due_at, id, dues[n])
   emit_batched(g.etype, g[G_TENANT], now, ARGV[b + P_EVENT])
   g.passed = g.passed + 1
@@ -273,6 +268,7 @@ local function pass_read(id, ekey, it, seq)
     tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''
   end
   rcall('HSET', ekey, unpack(fields))
+  if not sent then set_outcome(ekey, step, 'k') end
   schedule_next(seq, due_at, id)
   -- (Variants: stats_variant, once the claim tells them.)
   stats_count(seq, step, NO_VARIANT, it.outcome, now)

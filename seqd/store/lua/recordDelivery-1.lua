@@ -16,6 +16,8 @@
   ARGV[8] error_code     "" for none
   ARGV[9] event_type     written when the status is recorded; "" for none
   ARGV[10] event_data    JSON object; enrollment, contact, sequence and step are added
+  ARGV[11] outcome       the step's letter in `o` the status writes (step conditions,
+                         seqd/conditions.py OUTCOME_LETTER); "" for none
 
   Returns {recorded (0|1), previous status ("" for none)}
   Errors: NOT_FOUND
@@ -45,6 +47,7 @@ local counter = DELIVERY_COUNTER[etype]
 if counter then
   stats_count(seq, step, stats_variant({t = t, s = seq, c = cid}, step), counter, now)
 end
+if ARGV[11] ~= '' then set_outcome(ekey, step, ARGV[11]) end
 if etype ~= '' then
   emit_message(etype, tenant, now, cjson.decode(ARGV[10]), id, cid, seq, step)
 end
