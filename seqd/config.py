@@ -404,6 +404,11 @@ class LifecycleConfig(Section, kw_only=True):
     keyword_replay_days: Annotated[int, Meta(ge=1, le=3660)] = 400
     # Subjects (regular expressions, case-insensitive, searched) of automatic email replies.
     auto_reply_subjects: list[str] = msgspec.field(default_factory=lambda: list(_AUTO_SUBJECTS))
+    # A sequence's `on_out_of_office = "pause_until_return"`: the pause ends the day after
+    # the return date the auto-reply gives, at most this many days after the reply's Date,
+    # and this many days after it when the reply gives no date.
+    max_out_of_office_days: Annotated[int, Meta(ge=1, le=366)] = 30
+    out_of_office_default_days: Annotated[int, Meta(ge=1, le=366)] = 7
 
     def __post_init__(self) -> None:
         for pattern in self.auto_reply_subjects:

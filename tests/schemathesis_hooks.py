@@ -52,6 +52,8 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        # Names paused enrollments only: with another status it is a 422.
+        "paused_reason",
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )

@@ -14,6 +14,7 @@ from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
 from seqd.appkeys import CONFIG, STORE
+from seqd.errors import Invalid
 from seqd.models import EnrollmentStatus
 
 TAG = "enrollments"
@@ -28,6 +29,17 @@ class EnrollmentListQuery(ListQuery, kw_only=True):
                 "next step is due (then id), the others by id; with no status, the active "
                 "ones come first, then the rest. An enrollment whose step goes out while "
                 "you page can appear again at its new place."
+            ),
+        ]
+        | None
+    ) = None
+    paused_reason: (
+        Annotated[
+            str,
+            Meta(
+                pattern=r"^[a-z_]{1,64}$",
+                description="only the paused enrollments paused for this reason "
+                "(out_of_office: with resume_at, when each resumes by itself), in id order",
             ),
         ]
         | None
@@ -80,9 +92,19 @@ async def list_enrollments(request: web.Request) -> web.Response:
     store = request.app[STORE]
     tenant, sid = tenant_of(request), request.match_info["id"]
     await store.sequences.get(tenant, sid, with_stats=False)
+    after = decode_token(query.page_token)
+    if query.paused_reason is not None:
+        if query.status not in (None, "paused"):
+            raise Invalid.field("query.paused_reason", "lists paused enrollments only")
+        data, after, total = await store.enrollments.paused_for(
+            tenant, sid, query.paused_reason, limit=query.limit, after=after
+        )
+        return respond(
+            models.EnrollmentList(data=data, next_page_token=encode_token(after), total=total)
+        )
     statuses: list[str] = [query.status] if query.status else [s.value for s in EnrollmentStatus]
     data, after, total = await store.enrollments.list(
-        tenant, sid, limit=query.limit, after=decode_token(query.page_token), statuses=statuses
+        tenant, sid, limit=query.limit, after=after, statuses=statuses
     )
     return respond(
         models.EnrollmentList(data=data, next_page_token=encode_token(after), total=total)

@@ -27,6 +27,7 @@ ENROLLMENT_FIELDS = {
     "md": "metadata (JSON), absent when empty",
     "pr": "paused_reason",
     "pv": "paused_variable: the template variable a missing_variable pause waits for",
+    "ra": "resume_at (ms): a pause that ends by itself (out_of_office) resumes then",
     "cr": "cancel_reason",
     "ca": "completed_at (ms)",
     "a": "send attempts of the current step; absent means 0",
@@ -66,6 +67,7 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         metadata=_json_decode(md) if md else {},
         paused_reason=h.get("pr"),
         paused_variable=h.get("pv"),
+        resume_at=to_rfc3339(int(h["ra"])) if "ra" in h else None,
         cancel_reason=h.get("cr"),
         completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
         # `enroll` does not write `ua`: until the first change it is the enrollment time.
