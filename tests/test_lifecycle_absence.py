@@ -184,7 +184,12 @@ async def test_pause_until_return_then_resume_by_itself(store: Store) -> None:
             "GET", f"/sequences/{seq_id}/enrollments?paused_reason=reply_received"
         )
         assert code == 200 and page["data"] == [] and page["total"] == 0
+        code, page = await api.call("GET", "/enrollments?paused_reason=out_of_office")
+        assert code == 200, page
+        assert [(e["id"], e["resume_at"]) for e in page["data"]] == [(eid, paused.resume_at)]
         code, page = await api.call("GET", f"/sequences/{seq_id}/enrollments?status=active")
+        assert code == 200 and page["data"] == []
+        code, page = await api.call("GET", "/enrollments?status=active")
         assert code == 200 and page["data"] == []
         code, problem = await api.call(
             "GET", f"/sequences/{seq_id}/enrollments?status=active&paused_reason=out_of_office"
