@@ -338,9 +338,10 @@ class ImapConfig(Section, kw_only=True):
     (seqd/lifecycle/mailbox.py). One connection per mailbox; IDLE where offered."""
 
     host: str
-    # 993 for implicit TLS, 143 without. (STARTTLS: not offered by the IMAP client library.)
+    # 993 for implicit TLS, 143 for STARTTLS or none. With "starttls" a server that does
+    # not offer it is refused, never read in the clear.
     port: Port = 993
-    tls: Literal["implicit", "none"] = "implicit"
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
     username: str
     password: str
     folders: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)] = (

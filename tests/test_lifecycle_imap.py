@@ -87,7 +87,7 @@ def imap_config(inbox: Inbox, **kw: Any) -> Config:
     imap = ImapConfig(
         host="127.0.0.1",
         port=inbox.server.port,
-        tls="none",
+        tls=kw.pop("tls", "none"),
         username=kw.pop("username", USER),
         password=kw.pop("password", PASSWORD),
         folders=[inbox.folder],
@@ -372,3 +372,12 @@ async def test_a_reply_in_the_mailbox_stops_the_whole_account(
         await until_state(store, enrolled[cid], ("paused", "account_replied"))
     await until_state(store, enrolled[people[2]], ("paused", "reply_received"))
     assert await state(store, enrolled[other]) == ("active", None)
+
+
+@pytest.mark.slow
+async def test_starttls_where_the_server_offers_none_is_refused_not_read_in_the_clear(
+    store: Store, inbox: Inbox, reading: Any
+) -> None:
+    running = await reading(imap_config(inbox, tls="starttls"), wait=False)
+    await running.until_state(mailbox.State.RETRYING)
+    assert any("does not offer STARTTLS" in detail for _, detail in running.states)

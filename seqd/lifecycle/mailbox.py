@@ -164,21 +164,26 @@ class MailboxReader:
                 self._set(State.RETRYING, f"store: {type(exc).__name__}")
                 await asyncio.sleep(pause)
 
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if not self.imap.validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
     async def _connect(self) -> aioimaplib.IMAP4:
         timeout = self.imap.timeout_seconds
         client: aioimaplib.IMAP4
         if self.imap.tls == "implicit":
-            context = ssl.create_default_context()
-            if not self.imap.validate_certs:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
             client = aioimaplib.IMAP4_SSL(
-                self.imap.host, self.imap.port, timeout=timeout, ssl_context=context
+                self.imap.host, self.imap.port, timeout=timeout, ssl_context=self._tls()
             )
         else:
             client = aioimaplib.IMAP4(self.imap.host, self.imap.port, timeout=timeout)
         try:
             await client.wait_hello_from_server()
+            if self.imap.tls == "starttls":
+                await asyncio.wait_for(self._starttls(client), timeout)
             response = await client.login(self.imap.username, self.imap.password)
         except BaseException:
             _close(client)
@@ -188,6 +193,32 @@ class MailboxReader:
             # The server's words only: never the password.
             raise ImapRefused(f"login refused: {_text(response.lines)}")
         return client
+
+    async def _starttls(self, client: aioimaplib.IMAP4) -> None:
+        """Upgrade the connection before the login (RFC 3501 6.2.1). aioimaplib knows the
+        command but has no method for it: it is sent through the client's protocol, and
+        asyncio's `loop.start_tls` wraps the same transport and protocol, which go on
+        reading the server's lines, now decrypted. The capabilities are read again, as
+        the RFC asks (a server may announce others, LOGINDISABLED gone, after TLS)."""
+        protocol = client.protocol
+        await protocol.wait("NONAUTH")
+        if "STARTTLS" not in protocol.capabilities:
+            await protocol.capability()  # (the greeting's may still be on its way)
+        if "STARTTLS" not in protocol.capabilities:
+            raise ImapRefused("the server does not offer STARTTLS")
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        response = await protocol.execute(command)
+        if response.result != "OK":
+            raise ImapRefused(f"STARTTLS refused: {_text(response.lines)}")
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            protocol.transport, protocol, self._tls(), server_hostname=self.imap.host
+        )
+        if transport is None:
+            raise ImapRefused("STARTTLS: no TLS transport")
+        protocol.transport = transport
+        protocol.capabilities = set()
+        await protocol.capability()
 
     async def _session(self) -> None:
         client = await self._connect()
