@@ -408,6 +408,9 @@ class LifecycleConfig(Section, kw_only=True):
     # A sequence's `on_out_of_office = "pause_until_return"`: the pause ends the day after
     # the return date the auto-reply gives, at most this many days after the reply's Date,
     # and this many days after it when the reply gives no date.
+    # The email senders' mailboxes (POST /v1/senders with `imap`) are read again this often:
+    # a sender added, changed or deleted starts, restarts or stops its reader.
+    imap_senders_refresh_seconds: PositiveFloat = 10.0
     max_out_of_office_days: Annotated[int, Meta(ge=1, le=366)] = 30
     out_of_office_default_days: Annotated[int, Meta(ge=1, le=366)] = 7
 

@@ -54,6 +54,10 @@ BEYOND_SCHEMA = frozenset(
         "windows",
         # Names paused enrollments only: with another status it is a 422.
         "paused_reason",
+        # A sender's mailbox: email senders only, a password on create, TLS off the loopback.
+        "imap",
+        "password",
+        "tls",
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )

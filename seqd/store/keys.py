@@ -187,6 +187,11 @@ class Keys:
         """
         return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
 
+    def mailbox_states(self) -> str:
+        """HASH mailbox label -> "<state>\t<ms>\t<detail>": each IMAP mailbox's reader state
+        as its reading process last reported it (`seqd status`)."""
+        return f"{self.global_tag}:mbstate"
+
     def sender_addresses(self) -> str:
         """HASH "<channel>:<address>" -> "<tenant> <sender id>": whose sender an address is
         (inbound replies and opt-outs find their tenant by the address they arrived on)."""
