@@ -58,6 +58,10 @@ BEYOND_SCHEMA = frozenset(
         "imap",
         "password",
         "tls",
+        # Step conditions: an earlier step, nesting depth and size (seqd/conditions.py).
+        *("step", "only_if", "skip_if", "all", "any", "not"),
+        # Contact events: an RFC 3339 time, properties' size as JSON.
+        *("occurred_at", "properties"),
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )

@@ -34,7 +34,14 @@ local tag, now, tenant, cid, eid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], 
 local seqs, stale = read_sequences(7, 4)
 if stale then return redis.error_reply('STALE:' .. stale) end
 
+-- Step conditions read a reply on the last step sent before it (seqd/conditions.py).
+local function mark_reply(id, e)
+  local last = (tonumber(e['i']) or 0) - 1
+  if last >= 0 then set_outcome(k_enrollment(tag, id), last, 'r') end
+end
+
 return react(seqs, function(id, e, seq)
+  mark_reply(id, e)
   if seq.extra[1] == 'complete' then
     finish(id, e, 'completed', '', now)
     return 'completed'
