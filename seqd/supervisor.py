@@ -137,17 +137,17 @@ class Pool:
         self.failed: str | None = None
         self._changed = asyncio.Event()
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._notify.setblocking(False)
         # An abstract name: nothing on disk to clean up, reachable under PrivateTmp=.
         self.notify_address = f"@seqd-supervisor-{os.getpid()}-{secrets.token_hex(4)}"
-        self._notify.bind("\0" + self.notify_address[1:])
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- starting ------------------------------------------------------------------
 
     async def start(self) -> bool:
         """Start every worker; True once all are ready, False when one exited first."""
+        self._notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._notify.setblocking(False)
+        self._notify.bind("\0" + self.notify_address[1:])
         loop = asyncio.get_running_loop()
         loop.add_reader(self._notify.fileno(), self._on_datagram)
         self._tasks = [
