@@ -21,10 +21,12 @@ from seqd import service, supervisor
 from seqd.store.db import Store
 from tests.conftest import ValkeyProcess
 from tests.dispatchutil import sms
-from tests.faultutil import seed, wait_for
+from tests.faultutil import LogTail, seed, wait_for
 from tests.opsutil import Daemon
 from tests.test_dispatch_crash import PipeProvider
+from tests.test_fault_webhook_hang import Receivers
 from tests.test_ops_systemd import notify_socket, receive  # noqa: F401 - a fixture
+from tests.webhookutil import endpoint
 
 PID = re.compile(rb'^seqd_process\{pid="(\d+)"\} 1\.0$', re.M)
 
@@ -158,6 +160,49 @@ async def test_sigterm_drains_every_worker_and_no_step_is_lost_or_sent_twice(
     assert max(sent.values()) == 1
     stats = (await store.sequences.stats([sid]))[sid]
     assert stats.completed == n
+
+
+@pytest.mark.slow  # real processes, a webhook receiver
+async def test_two_workers_send_each_step_and_deliver_each_event_once(
+    valkey: ValkeyProcess, prefix: str, store: Store, tmp_path: Path
+) -> None:
+    """Both workers read the outbox and deliver webhooks beside dispatching: every event
+    reaches the endpoint once, every step the provider once."""
+    n, steps = 500, 2
+    provider = LogTail(tmp_path / "provider.log")
+    async with Receivers() as receivers:
+        sid, eids = await seed(store, [sms(f"step {i}") for i in range(steps)], n)
+        await endpoint(store, receivers.url("/good"), ["sequence.step.sent"])
+        d = Daemon(
+            valkey.url,
+            prefix,
+            tmp_path / "d",
+            SEQD_HTTP_WORKERS="2",
+            SEQD_CHANNELS_LOG_PATH=str(provider.path),
+            SEQD_WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
+        ).start()
+        try:
+
+            async def delivered() -> bool:
+                assert d.process is not None and d.process.poll() is None, d.stderr()
+                return len({e["id"] for _, e in receivers.good}) == n * steps
+
+            await wait_for(delivered, 120, "every event at the endpoint")
+
+            async def settled() -> bool:
+                return await store.client.zcard(store.keys.workers()) == 2 and (
+                    (await store.sequences.stats([sid]))[sid].completed == n
+                )
+
+            await wait_for(settled, 30, "every enrollment complete, both workers beating")
+            d.signal(signal.SIGTERM)
+            assert d.wait() == 0, d.stderr()
+        finally:
+            d.stop()
+    provider.read()
+    assert set(provider.sent) == {(eid, step) for eid in eids for step in range(steps)}
+    assert max(provider.sent.values()) == 1
+    assert len(receivers.good) == n * steps  # no event delivered twice
 
 
 def test_each_worker_dispatches_under_its_own_id_on_the_supervisor_store() -> None:
