@@ -129,6 +129,10 @@ class HttpConfig(Section, kw_only=True):
     idempotency_ttl_seconds: Positive = 86_400
     # A request still running after this long (its process died) no longer holds its key.
     idempotency_lock_seconds: Positive = 60
+    # Worker processes of `seqd serve`, each running the API and its share of dispatch,
+    # intake and webhooks on the shared listening socket; 0: one per core it may run on;
+    # 1: a single process with no supervisor (`seqd serve --workers N` overrides).
+    workers: Annotated[int, Meta(ge=0, le=512)] = 0
 
     def __post_init__(self) -> None:
         if not self.public_url:
