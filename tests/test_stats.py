@@ -174,3 +174,19 @@ async def test_the_batched_deferral_counts_too(any_store: Store) -> None:
     cells = await store.stats.cells(seq.id, [due // DAY_MS])
     deferred = sum(c.counts.get("deferred", 0) for c in cells if c.step == "0")
     assert deferred == 2
+
+
+async def test_an_out_of_office_reply_counts_as_auto_replied(store: Store) -> None:
+    seq = await sequence(store, sms(), sms(wait=10))
+    cid = await contact(store, phone=PHONES[0], email=None)
+    (e,) = await enroll(store, seq, [cid])
+    async with client(store) as api:
+        await send_due(store, Clock())
+
+        async def never(_: Any) -> int:
+            return 0
+
+        (reaction,) = await store.lifecycle.absent("acme", "sms", never, contact_id=cid)
+        assert reaction.enrollment_id == e.id
+        body = await stats(api, seq.id)
+    assert by_step(body)[0]["auto_replied"] == 1 and by_step(body)[0]["sent"] == 1

@@ -97,6 +97,8 @@ class Sequences:
             status=SequenceStatus(body.status),
             steps=steps,
             on_reply=body.on_reply,
+            on_reply_scope=body.on_reply_scope,
+            on_out_of_office=body.on_out_of_office,
             schedule_id=body.schedule_id,
             senders=body.senders,
             rotation=body.rotation,
@@ -160,8 +162,17 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            fields = ("name", "description", "on_reply", "senders", "rotation", "schedule_id")
-            for field in (*fields, "track"):
+            for field in (
+                "name",
+                "description",
+                "on_reply",
+                "on_reply_scope",
+                "on_out_of_office",
+                "senders",
+                "rotation",
+                "schedule_id",
+                "track",
+            ):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value
