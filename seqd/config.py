@@ -172,20 +172,34 @@ class LogConfig(Section, kw_only=True):
     file: str | None = None
 
 
+# "host:port" of a listener of its own (metrics, the dashboard).
+ListenAddress = Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s]+):\d{1,5}$")]
+
+
+def _check_listen(listen: str | None) -> None:
+    if listen is not None and not 0 < int(listen.rpartition(":")[2]) <= 65535:
+        raise ValueError("listen: the port must be 1-65535")
+
+
 class MetricsConfig(Section, kw_only=True):
     # Serve GET /metrics (Prometheus text format, no auth) at all.
     enabled: bool = True
     # Unset: /metrics is served by the API listener. "host:port": only on that listener.
-    listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s]+):\d{1,5}$")] | None = None
+    listen: ListenAddress | None = None
 
     def __post_init__(self) -> None:
-        if self.listen is not None and not 0 < int(self.listen.rpartition(":")[2]) <= 65535:
-            raise ValueError("listen: the port must be 1-65535")
+        _check_listen(self.listen)
 
 
 class UiConfig(Section, kw_only=True):
-    # Serve the web dashboard at /ui (sign-in with an API key) on the API listener.
+    # Serve the web dashboard at /ui (sign-in with an API key).
     enabled: bool = True
+    # Unset: on the API's listener. "host:port": only on a listener of its own (e.g. one
+    # reachable from the office network while the API stays on loopback).
+    listen: ListenAddress | None = None
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
 
 
 def _check_zone(name: str) -> None:

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from seqd.store import backlog
 from seqd.store.db import Store
-from seqd.store.rates import WEBHOOK_CHANNEL, SendRates
+from seqd.store.rates import LATENESS_CHANNEL, WEBHOOK_CHANNEL, SendRates
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
@@ -165,7 +165,10 @@ class Metrics:
             self._sent_total += n
 
     def lateness(self, seconds: float) -> None:
-        self.lateness_seconds.observe(max(0.0, seconds))
+        late = max(0.0, seconds)
+        self.lateness_seconds.observe(late)
+        self.rates.add(LATENESS_CHANNEL, "ms", round(late * 1000))
+        self.rates.add(LATENESS_CHANNEL, "n", 1)
 
     def claimed(self, n: int) -> None:
         self.in_flight.inc(n)

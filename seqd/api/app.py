@@ -76,8 +76,10 @@ def create_app(config: Config, store: Store) -> web.Application:
     for r in routes:
         app.router.add_route(r.method, r.full_path(base), r.handler)
     app[OPENAPI] = openapi.build(base, routes)
-    if config.ui.enabled:
+    if config.ui.enabled and config.ui.listen is None:
         ui.setup(app)
+    elif config.ui.enabled:
+        app.cleanup_ctx.append(ui.listener)
     if config.metrics.enabled and config.metrics.listen is not None:
         app.cleanup_ctx.append(ops.metrics_listener)
     if config.redis.unhealthy_after_seconds:
