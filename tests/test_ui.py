@@ -42,6 +42,9 @@ async def test_sign_in_pages_csrf_and_revocation(store: object) -> None:
         assert 'data-label="paused" data-value="3"' in html
         status, html = await _get(api, f"/ui/sequences/{world['sequence']}?status=paused")
         assert status == 200
+        # Per step, from the counters: step 0 went to the five active ones.
+        assert 'data-step="0" data-sent="5"' in html and 'data-step="1" data-sent="0"' in html
+        assert 'data-label="step 0" data-value="5"' in html
         assert sorted(re.findall(r'/ui/enrollments/(enr_\w+)"', html)) == sorted(world["paused"])
         status, html = await _get(api, f"/ui/enrollments/{world['paused'][0]}")
         assert status == 200 and "sequence.enrollment.paused" in html

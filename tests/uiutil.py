@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import Api
+from tests.dispatchutil import Clock as DispatchClock
+from tests.lifecycleutil import send_due
 from tests.webhookutil import SCHEDULE, Clock, Receiver, emit, pipeline
 
 
@@ -22,6 +24,11 @@ async def seed(api: Api, rx: Receiver) -> dict[str, Any]:
     for eid in eids[:3]:
         code, body = await api.call("POST", f"/enrollments/{eid}/pause")
         assert code == 200, body
+    # Step 0 goes to the five still active (the dispatcher, 91 minutes on).
+    clock = DispatchClock()
+    clock.advance(91 * 60_000)
+    sent = await send_due(api.store, clock)
+    assert len(sent.messages) == 5, sent.messages
     code, w = await api.call("POST", "/webhook-endpoints", {"url": rx.url(), "events": ["*"]})
     assert code == 201, w
     wid = w["webhook_endpoint"]["id"]  # type: ignore[index]

@@ -23,6 +23,7 @@ from seqd.cursors import decode_token, encode_token
 from seqd.errors import SeqdError
 from seqd.kinds import Kind
 from seqd.store import backlog
+from seqd.store.counters import DAY_MS, NO_STEP
 from seqd.store.enrollment_search import EnrollmentFilter
 from seqd.store.events import EventFilter
 from seqd.store.rates import SendRates
@@ -193,6 +194,7 @@ async def sequence(request: web.Request, s: session.Session) -> web.StreamRespon
     after = decode_token(request.query.get("page_token"))
     rows, after, total = await store.enrollment_search.page(s.tenant, where, PAGE, after)
     funnel = _by_status(seq.stats)
+    steps = await _per_step(request, seq.id, len(seq.steps))
     context = {
         "s": s,
         "seq": seq,
@@ -203,8 +205,34 @@ async def sequence(request: web.Request, s: session.Session) -> web.StreamRespon
         "paused_reason": reason or "",
         "statuses": sorted(statuses),
         "funnel": funnel,
+        "steps": steps,
+        "step_chart": charts.bars(
+            [(f"step {n}", row["sent"]) for n, row in enumerate(steps)], width=70, funnel=True
+        ),
     }
     return _render(request, "sequence.html", context)
+
+
+# The per-step columns of a sequence's page, from its counters (store/stats.py).
+STEP_COLUMNS = ("sent", "delivered", "replied", "clicked", "opted_out", "bounced", "failed")
+
+
+async def _per_step(request: web.Request, sid: str, steps: int) -> list[dict[str, Any]]:
+    """Counts per step over the last 30 UTC days, and reply rate (replied / delivered where
+    delivery is known, else / sent: the stats endpoint's rule)."""
+    today = now_ms() // DAY_MS
+    cells = await request.app[STORE].stats.cells(sid, range(today - 29, today + 1))
+    rows: list[dict[str, Any]] = [dict.fromkeys(STEP_COLUMNS, 0) for _ in range(steps)]
+    for cell in cells:
+        if cell.step == NO_STEP or not cell.step.isdigit() or int(cell.step) >= steps:
+            continue
+        row = rows[int(cell.step)]
+        for name in STEP_COLUMNS:
+            row[name] += cell.counts.get(name, 0)
+    for row in rows:
+        base = row["delivered"] or row["sent"]
+        row["reply_rate"] = f"{100 * row['replied'] / base:.1f}%" if base else ""
+    return rows
 
 
 @page
