@@ -25,6 +25,10 @@ TYPES: tuple[str, ...] = (
     "contact.soft_bounced",
     "contact.auto_replied",
     "contact.deleted",
+    # Task steps (GET /v1/tasks): data is the task.
+    "task.created",
+    "task.completed",
+    "task.timed_out",
 )
 KNOWN = frozenset(TYPES)
 # An endpoint's `events` may be just this: every type, present and future.

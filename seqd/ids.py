@@ -32,6 +32,7 @@ DELIVERY = "dlv"
 EVENT = "evt"
 SCHEDULE = "sch"
 SENDER = "snd"
+TASK = "tsk"
 
 
 def _encode(value: int, width: int) -> str:

@@ -5,9 +5,12 @@ cannot enroll A's contact, and B's writes with A's ids change nothing A sees."""
 from __future__ import annotations
 
 from seqd.api.routing import ROUTES
-from seqd.config import WebhooksConfig
+from seqd.config import DispatchConfig, WebhooksConfig
+from seqd.engine.dispatcher import Dispatcher
 from seqd.events.reader import Reader
+from seqd.times import now_ms
 from tests.conftest import Api
+from tests.dispatchutil import OneSender, Recorder
 
 PHONE = "+14155550100"
 EMAIL = "ann@example.com"
@@ -69,9 +72,20 @@ async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
     }
     assert lists == {
         "/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints", "/senders",
-        "/schedules",
+        "/schedules", "/tasks",
     }  # fmt: skip
+    # A task of A's: a task step, sent by a dispatcher.
+    steps = [{"kind": "task", "title": "Call", "assignee": "grace"}]
+    _, t = await api.call("POST", "/sequences", {"name": "t", "status": "active", "steps": steps})
+    await api.call(
+        "POST",
+        f"/sequences/{t['sequence']['id']}/enrollments",
+        {"contact_id": owned["contact"]},  # type: ignore[index]
+    )
+    await Dispatcher(api.store, DispatchConfig(), OneSender(Recorder())).run_once(now_ms())
     queries = [
+        "/tasks?assignee=grace",
+        "/tasks?status=open",
         *sorted(lists),
         "/contacts?phone=%2B14155550100",
         f"/contacts?email={EMAIL}",

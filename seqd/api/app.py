@@ -19,6 +19,7 @@ from seqd.api import (  # noqa: F401
     sequences,
     settings,
     suppressions,
+    tasks,
     unsubscribe,
     webhooks,
 )

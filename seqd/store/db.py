@@ -26,6 +26,7 @@ from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
 from seqd.store.settings import TenantSettingsStore
 from seqd.store.suppressions import Suppressions
+from seqd.store.tasks import Tasks
 from seqd.store.tenants import Tenants
 from seqd.store.webhooks import Webhooks
 
@@ -70,6 +71,7 @@ class Store(StoreContext):
         self.contacts = Contacts(self)
         self.sequences = Sequences(self)
         self.enrollments = Enrollments(self)
+        self.tasks = Tasks(self)
         self.suppressions = Suppressions(self)
         self.lifecycle = Lifecycle(self, self.sequences)
         self.events = Events(self)

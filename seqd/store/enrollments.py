@@ -183,8 +183,12 @@ class Enrollments:
         page: list[str] = []
         cursor: str | None = None
         others = [s for s in statuses if s != "active"]
+        # A queue also holds the enrollments a blocking task holds (paused, awaiting_task:
+        # their member is the task's due time): listed with the paused ones, not here.
+        queued = 0
         if "active" in statuses and (after is None or is_active_cursor(after)):
             page, cursor = await self._active_page(sid, limit, after)
+            queued = len(page)
             after = None
         elif after == REST_START:
             after = None
@@ -205,16 +209,21 @@ class Enrollments:
         rows = await pipe.execute()
         data = [
             codec.enrollment(eid, h)
-            for eid, h in zip(page, rows, strict=True)
-            if h.get("t") == tenant
+            for n, (eid, h) in enumerate(zip(page, rows, strict=True))
+            if h.get("t") == tenant and (n >= queued or h.get("st") == "active")
         ]
         total = await self.store.total(
             [
                 self.keys.status_index(shard, sid, status)
                 for shard in range(self.keys.shards)
-                for status in statuses
+                for status in others
             ]
         )
+        if "active" in statuses:
+            pipe = self.store.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.hget(self.keys.counts(shard, sid), "active")
+            total += sum(int(n or 0) for n in await pipe.execute())
         return data, cursor, total
 
 

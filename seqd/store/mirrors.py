@@ -40,7 +40,7 @@ def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tup
         if step.kind in QUIET_KINDS:
             needed.add("timezone")
         try:
-            needed |= templates.roots(step.body, step.subject)
+            needed |= templates.roots(*models.step_templates(step))
         except templates.TemplateError:  # (saved steps parse; if one did not: read them all)
             return CONTACT_READ
     return tuple(field for field in CONTACT_READ if field in needed)

@@ -6,7 +6,9 @@
   queue gives its due members, earliest first, until `limit` members were looked at. Then
   the sequence's head is set to its queue's first score (or taken out with the queue
   empty). Members that must not be sent now are settled here instead:
-  - enrollment gone or not active: a stale member, dropped from the queue;
+  - enrollment gone or not active: a stale member, dropped from the queue, except one a
+    blocking task holds (paused awaiting_task: its member is the task's due time), which
+    is returned like an active one;
   - sequence paused or draft (or its mirror missing): its head is taken out and its queue
     waits as it is, due times and all, until syncSequence puts the head back on resume;
   - sequence archived: cancelled (sequence_archived);
@@ -127,8 +129,20 @@ local function claim_queue(seq, state, qkey, room)
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
         .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. pins .. '},' .. c .. ']'
-    elseif st ~= 'active' then
+    elseif st ~= 'active' and not (st == 'paused'
+      and rcall('HGET', ekey, 'pr') == 'awaiting_task') then
       rcall('ZREM', qkey, id)
+    elseif st == 'paused' and state.status == 'active' and step < state.steps then
+      -- A task step's hold came due (its task's due time): the step is claimed again and
+      -- its task decides (includes/tasks.lua). A lease run out and still recorded is
+      -- reclaimLeases' to settle.
+      if not is_leased(score)
+        or not rcall('ZSCORE', k_leases(tag), lease_token(tonumber(score) + 0.5)) then
+        local e = to_table(rcall('HGETALL', ekey))
+        local c = take(seq, state, e['c'])
+        e['k'] = score
+        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
+      end
     else
       local e = to_table(rcall('HGETALL', ekey))
       if state.status == 'archived' then
