@@ -248,9 +248,18 @@ def step_templates(step: Step) -> tuple[str | None, ...]:
 
 
 # The action kinds' fields (kinds.py: which kind takes which).
-TaskTitle = Annotated[str, Meta(min_length=1, max_length=500, description="a template")]
+TaskTitle = Annotated[
+    str,
+    Meta(min_length=1, max_length=500, description="a template", extra_json_schema=ONE_LINE),
+]
 Assignee = Annotated[
-    str, Meta(min_length=1, max_length=200, description="a template: who the task is for")
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        description="a template: who the task is for",
+        extra_json_schema=ONE_LINE,
+    ),
 ]
 DueInMinutes = Annotated[int, Meta(ge=1, le=5_256_000, description="minutes; at most 10 years")]
 StepUrl = Annotated[
@@ -265,7 +274,9 @@ HttpMethod = Literal["POST", "PUT", "PATCH", "GET", "DELETE"]
 HeaderName = Annotated[
     str, Meta(min_length=1, max_length=100, pattern="^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 ]
-HeaderValue = Annotated[str, Meta(max_length=2000, description="a template")]
+HeaderValue = Annotated[
+    str, Meta(max_length=2000, description="a template", extra_json_schema=ONE_LINE)
+]
 StepHeaders = Annotated[dict[HeaderName, HeaderValue], Meta(max_length=50)]
 CallTimeout = Annotated[float, Meta(gt=0, le=60, description="seconds")]
 OnTimeout = Literal["continue", "cancel"]
@@ -427,18 +438,18 @@ def _kind_fields(i: int, step: StepIn) -> list[FieldError]:
         elif name not in spec.fields and given:
             takes = " and ".join(k for k, s in SPECS.items() if name in s.fields)
             errors.append(FieldError(f"steps[{i}].{name}", f"only {takes} steps take a {name}"))
-    texts: list[tuple[str, Any]] = [(n, getattr(step, n)) for n in _TEMPLATED]
+    texts: list[tuple[str, str, Any]] = [(n, "", getattr(step, n)) for n in _TEMPLATED]
     if isinstance(step.headers, dict):
-        texts += [(f"headers.{k}", v) for k, v in step.headers.items()]
-    for path, text in texts:
+        texts += [("headers", f"{k}: ", v) for k, v in step.headers.items()]
+    for name, which, text in texts:
         if not isinstance(text, str):
             continue
         try:
             templates.parse(text)
         except templates.TemplateError as exc:
-            errors.append(FieldError(f"steps[{i}].{path}", f"template error: {exc}"))
-        if path in _TEMPLATED and _LINE_BREAK.search(text):
-            errors.append(FieldError(f"steps[{i}].{path}", "one line of text"))
+            errors.append(FieldError(f"steps[{i}].{name}", f"{which}template error: {exc}"))
+        if _LINE_BREAK.search(text):
+            errors.append(FieldError(f"steps[{i}].{name}", f"{which}one line of text"))
     return errors
 
 

@@ -111,6 +111,10 @@ class WebhookStepSender:
         method = call.method if call is not None else "POST"
         timeout = call.timeout_seconds if call is not None else self.config.timeout_seconds
         body = message.body.encode() if method in _WITH_BODY else b""
+        broken = [k for k, v in message.headers.items() if _LINE_BREAK.search(v)]
+        if broken:
+            # (A template put a line break from the contact or metadata into a header.)
+            return SendResult(outcome="failed", error=f"webhook: header {broken[0]}: line break")
         try:
             if not self.config.allow_private_targets:
                 ssrf.check_literal(str(ssrf.parse(message.to).host))
