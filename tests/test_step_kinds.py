@@ -440,3 +440,24 @@ async def test_webhook_endpoints_can_subscribe_to_task_events(world: World) -> N
         {"url": "http://127.0.0.1:9/hooks", "events": ["task.created", "task.completed"]},
     )
     assert code == 201, body
+
+
+async def test_task_events_are_delivered_as_the_task_is_shown(world: World) -> None:
+    from tests.webhookutil import endpoint, pipeline, receiving
+
+    async with receiving() as receiver, pipeline(world.store) as deliveries:
+        _, secret = await endpoint(world.store, receiver.url(), ["task.created", "task.completed"])
+        sid = await world.sequence(TASK, SMS)
+        await world.enroll(sid, {"owner": "grace"})
+        await world.run()
+        (task,) = (await world.tasks())["data"]
+        await world.api.call("POST", f"/tasks/{task['id']}/complete", {"outcome": "done"})
+        await deliveries.step()
+        got = {r.json()["type"]: r for r in receiver.requests}
+        assert sorted(got) == ["task.completed", "task.created"]
+        for received in got.values():
+            Webhook(secret).verify(received.body, received.headers)
+        created = got["task.created"].json()["data"]
+        assert created == {**task, "status": "open", "completed_at": None, "outcome": None}
+        done = got["task.completed"].json()["data"]
+        assert (done["status"], done["outcome"], done["id"]) == ("completed", "done", task["id"])

@@ -18,7 +18,7 @@ end
 
 -- The task as its events carry it (store/tasks.py `task_of` reads the same names).
 local function task_data(tid, t)
-  return {id = tid, tenant = t['t'], enrollment_id = t['e'], sequence_id = t['s'],
+  return {id = tid, enrollment_id = t['e'], sequence_id = t['s'],
           contact_id = t['c'], step = tonumber(t['i']), title = t['ti'],
           assignee = t['as'] or cjson.null, status = t['st'], blocking = t['b'] == '1',
           on_timeout = t['to'], due_at = tonumber(t['d']) or cjson.null,
