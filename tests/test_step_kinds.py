@@ -461,3 +461,20 @@ async def test_task_events_are_delivered_as_the_task_is_shown(world: World) -> N
         assert created == {**task, "status": "open", "completed_at": None, "outcome": None}
         done = got["task.completed"].json()["data"]
         assert (done["status"], done["outcome"], done["id"]) == ("completed", "done", task["id"])
+
+
+async def test_a_hold_resumed_by_hand_waits_for_its_task_then_goes_on(world: World) -> None:
+    sid = await world.sequence(TASK, SMS)
+    eid = await world.enroll(sid)
+    await world.run()
+    code, body = await world.api.call("POST", f"/enrollments/{eid}/resume")
+    assert code == 200 and body["enrollment"]["status"] == "active"
+    # Its task step comes due again at the task's due time; nothing goes out before.
+    (task,) = (await world.tasks())["data"]
+    assert body["enrollment"]["next_run_at"] == task["due_at"]
+    await world.run()
+    assert world.recorder.messages == []
+    await world.api.call("POST", f"/tasks/{task['id']}/complete")
+    await world.run()
+    await world.run()
+    assert [m.step for m in world.recorder.messages] == [1]

@@ -3,8 +3,9 @@
   An open task becomes completed (with its outcome) and `task.completed` is emitted. The
   enrollment a blocking task holds (paused awaiting_task on the task's step) becomes active
   again, due now: its task step is claimed again and, the task being completed, passed on
-  to the next step (includes/tasks.lua). Completing a completed task changes nothing but
-  that release, so a retry after a crash finishes the work.
+  to the next step (includes/tasks.lua); so does one resumed by hand meanwhile (active on
+  the task step, due at the task's due time). Completing a completed task changes nothing
+  but that release, so a retry after a crash finishes the work.
 
   KEYS[1] heads   ZSET   the shard's sequence heads
   KEYS[2] outbox  STREAM the shard's events
@@ -33,10 +34,15 @@ if t['st'] == 'open' then
 end
 local id = t['e']
 local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
-if t['b'] == '1' and e['st'] == 'paused' and e['pr'] == 'awaiting_task' and e['i'] == t['i']
-  and e['p' .. t['i']] == tid then
+local holds = t['b'] == '1' and e['i'] == t['i'] and e['p' .. t['i']] == tid
+if holds and e['st'] == 'paused' and e['pr'] == 'awaiting_task' then
   rcall('HSET', k_enrollment(tag, id), 'n', now); e['n'] = now
   task_release(id, e, now)
+  schedule(id, e['s'], now)
+elseif holds and e['st'] == 'active' then
+  -- Resumed by hand while its task was open: its task step waits for the task's due time,
+  -- and is due now instead.
+  rcall('HSET', k_enrollment(tag, id), 'n', now)
   schedule(id, e['s'], now)
 end
 return rcall('HGETALL', tkey)
