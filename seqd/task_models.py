@@ -8,6 +8,11 @@ from msgspec import UNSET, Meta, UnsetType
 
 from seqd.models import Assignee, Input, Output, Page, TaskTitle, Timestamp
 
+DueAt = Annotated[
+    str,
+    Meta(max_length=64, description="RFC 3339", extra_json_schema={"format": "date-time"}),
+]
+
 TaskStatus = Literal["open", "completed", "timed_out"]
 TaskOutcome = Annotated[str, Meta(max_length=2000, description="what came of it, free text")]
 
@@ -47,7 +52,7 @@ class TaskPatch(Input, kw_only=True):
 
     title: TaskTitle | UnsetType = UNSET
     assignee: Assignee | UnsetType | None = UNSET
-    due_at: Timestamp | UnsetType | None = UNSET
+    due_at: DueAt | UnsetType | None = UNSET
 
 
 class TaskComplete(Input, kw_only=True):
