@@ -478,3 +478,19 @@ async def test_a_hold_resumed_by_hand_waits_for_its_task_then_goes_on(world: Wor
     await world.run()
     await world.run()
     assert [m.step for m in world.recorder.messages] == [1]
+
+
+async def test_a_webhook_step_is_never_sent_unsigned(app_api: Api) -> None:
+    """The secret gone from the config after the step was saved: the step fails, no call."""
+    unsigned = Config(compliance=QUIET_OFF, webhooks=WebhooksConfig(allow_private_targets=True))
+    world = World(app_api, unsigned)
+    try:
+        async with Receiver() as receiver:
+            sid = await world.sequence({"kind": "webhook", "url": receiver.url()}, SMS)
+            eid = await world.enroll(sid)
+            await world.run()
+            e = await raw(world.store, eid)
+            assert (e["st"], e["cr"]) == ("cancelled", "failed")
+            assert receiver.requests == []
+    finally:
+        await world.close()

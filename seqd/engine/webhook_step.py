@@ -89,21 +89,19 @@ class WebhookStepSender:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
-    def headers(self, message: OutboundMessage, body: bytes) -> dict[str, str]:
+    def headers(self, message: OutboundMessage, body: bytes, secret: str) -> dict[str, str]:
         """The request's headers: the step's, then seqd's (which a step cannot replace)."""
         headers = {"Content-Type": "application/json", **message.headers}
         timestamp = int(time.time())  # the receiver compares it with its wall clock
-        secret = self.secret_for(message.tenant)
         headers.update(
             {
                 "User-Agent": USER_AGENT,
                 "Idempotency-Key": message.key,
                 "webhook-id": message.key,
                 "webhook-timestamp": str(timestamp),
+                "webhook-signature": signing.header([secret], message.key, timestamp, body),
             }
         )
-        if secret is not None:
-            headers["webhook-signature"] = signing.header([secret], message.key, timestamp, body)
         return headers
 
     async def send(self, message: OutboundMessage) -> SendResult:
@@ -111,6 +109,10 @@ class WebhookStepSender:
         method = call.method if call is not None else "POST"
         timeout = call.timeout_seconds if call is not None else self.config.timeout_seconds
         body = message.body.encode() if method in _WITH_BODY else b""
+        secret = self.secret_for(message.tenant)
+        if secret is None:
+            # (The secret was removed from the config after the step was saved.)
+            return SendResult(outcome="failed", error="webhook: no webhooks.step_secret to sign")
         broken = [k for k, v in message.headers.items() if _LINE_BREAK.search(v)]
         if broken:
             # (A template put a line break from the contact or metadata into a header.)
@@ -122,7 +124,7 @@ class WebhookStepSender:
                 method,
                 message.to,
                 data=body or None,
-                headers=self.headers(message, body),
+                headers=self.headers(message, body, secret),
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
