@@ -29,6 +29,9 @@ TYPES: tuple[str, ...] = (
     "task.created",
     "task.completed",
     "task.timed_out",
+    # A contact event (POST /v1/contacts/{id}/events): its data, and `completed`, the
+    # enrollments a goal (exit_on) completed.
+    "contact.event_recorded",
 )
 KNOWN = frozenset(TYPES)
 # An endpoint's `events` may be just this: every type, present and future.

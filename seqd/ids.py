@@ -33,6 +33,8 @@ EVENT = "evt"
 SCHEDULE = "sch"
 SENDER = "snd"
 TASK = "tsk"
+# A contact event whose caller gave it no id (POST /v1/contacts/{id}/events).
+CONTACT_EVENT = "cev"
 
 
 def _encode(value: int, width: int) -> str:

@@ -16,7 +16,7 @@ import email_validator
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd import templates
+from seqd import conditions, goals, templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import KIND_FIELDS, SPECS, Channel, Kind
 from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
@@ -299,6 +299,10 @@ class StepIn(Input, kw_only=True):
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
     thread: bool = True
+    # Checked when the step comes due (seqd/conditions.py): sent only if `only_if` holds
+    # and `skip_if` does not, else skipped (reason "condition").
+    skip_if: conditions.Condition | None = None
+    only_if: conditions.Condition | None = None
     # task: what to do and for whom; `due_in_minutes` from its creation; a blocking task
     # holds the enrollment (paused, awaiting_task) until completed or due, then `on_timeout`.
     # (Absent, not null, on other kinds' steps: each kind's fields are its own.)
@@ -329,6 +333,8 @@ class Step(Output, kw_only=True):
     thread: bool = True
     segments: int | None = None
     encoding: Literal["gsm7", "ucs2"] | None = None
+    skip_if: conditions.Condition | None = None
+    only_if: conditions.Condition | None = None
     # The action kinds' fields, present on their kind's steps only (kinds.py `fields`).
     title: str | UnsetType = UNSET
     assignee: str | UnsetType = UNSET
@@ -373,6 +379,8 @@ class SequenceCreate(Input, kw_only=True):
     schedule_id: Id | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    # Goals (seqd/goals.py): a contact event meeting one completes the enrollment.
+    exit_on: goals.ExitOn = msgspec.field(default_factory=list)
 
 
 class SequencePatch(Input, kw_only=True):
@@ -384,6 +392,7 @@ class SequencePatch(Input, kw_only=True):
     schedule_id: Id | UnsetType | None = UNSET
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
+    exit_on: goals.ExitOn | UnsetType = UNSET
 
 
 class SequenceStats(Output, kw_only=True):
@@ -403,6 +412,7 @@ class Sequence(Output, kw_only=True):
     schedule_id: str | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    exit_on: list[goals.ExitRule] = msgspec.field(default_factory=list)
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
@@ -505,6 +515,10 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                     raise ValueError("a time of day is before 24:00")
             except ValueError as exc:
                 errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
+        for name in ("only_if", "skip_if"):
+            cond = getattr(step, name)
+            if cond is not None:
+                errors += conditions.check(cond, f"steps[{i}].{name}", i)
         seg, enc = segments(step.body) if spec.segments and step.body else (None, None)
         out.append(
             Step(
@@ -518,6 +532,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 thread=step.thread,
                 segments=seg,
                 encoding=enc,
+                skip_if=step.skip_if,
+                only_if=step.only_if,
                 **_action_fields(step),
             )
         )
@@ -573,6 +589,10 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     paused_variable: str | None = None
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
+    # "goal" when a contact event met one of the sequence's `exit_on` rules (named by
+    # `goal`); absent when the steps ran out or a reply completed it.
+    completed_reason: Literal["goal"] | None = None
+    goal: str | None = None
     updated_at: Timestamp | None = None
     # The zone its step times are read in, and where it came from (contact | phone | default).
     timezone_used: str | None = None

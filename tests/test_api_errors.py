@@ -201,6 +201,7 @@ _MISSING = {
 _SAMPLE_BODIES = {
     "EnrollmentCreate": {"contact_id": ids.new(ids.CONTACT)},
     "PreviewRequest": {"contact": {}},
+    "ContactEventCreate": {"name": "meeting_booked"},
 }
 
 

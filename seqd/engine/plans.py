@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from seqd import models, templates
+from seqd import conditions, models, templates
 from seqd.kinds import SPECS, Kind
 from seqd.models import Rotation
 from seqd.store.db import Store
@@ -51,6 +51,8 @@ class StepPlan:
     action: models.Step | None = None
     # The enrollment completes after this step (an enroll step with then = complete).
     ends: bool = False
+    # Whether it is sent when due (its only_if / skip_if); None: always.
+    gate: conditions.Predicate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 timing=step_timing(step),
                 action=action,
                 ends=step.kind == "enroll" and step.then == "complete",
+                gate=conditions.gate(step.only_if, step.skip_if),
             )
         )
     kinds_left = tuple(

@@ -100,6 +100,7 @@ class Sequences:
             schedule_id=body.schedule_id,
             senders=body.senders,
             rotation=body.rotation,
+            exit_on=body.exit_on,
             created_at=now,
             updated_at=now,
         )
@@ -164,6 +165,8 @@ class Sequences:
                     changes[field] = value
             if patch.steps is not msgspec.UNSET:
                 changes["steps"] = models.build_steps(patch.steps)
+            if patch.exit_on is not msgspec.UNSET:
+                changes["exit_on"] = patch.exit_on
             if patch.status is not msgspec.UNSET:
                 target = SequenceStatus(patch.status)
                 if target != old.status:
