@@ -494,3 +494,16 @@ async def test_a_webhook_step_is_never_sent_unsigned(app_api: Api) -> None:
             assert receiver.requests == []
     finally:
         await world.close()
+
+
+async def test_a_condition_skips_an_action_step(world: World) -> None:
+    only_vip = {**TASK, "only_if": {"field": "metadata.tier", "eq": "vip"}}
+    sid = await world.sequence(only_vip, SMS)
+    skipped = await world.enroll(sid, {"tier": "basic"})
+    held = await world.enroll(sid, {"tier": "vip"}, phone="+14155550109")
+    await world.run()
+    await world.run()
+    assert [t["enrollment_id"] for t in (await world.tasks())["data"]] == [held]
+    assert (await world.enrollment(held))["paused_reason"] == "awaiting_task"
+    assert (await world.enrollment(skipped))["status"] == "completed"
+    assert [m.enrollment_id for m in world.recorder.messages] == [skipped]
