@@ -97,6 +97,8 @@ class Sequences:
             status=SequenceStatus(body.status),
             steps=steps,
             on_reply=body.on_reply,
+            on_reply_scope=body.on_reply_scope,
+            on_out_of_office=body.on_out_of_office,
             schedule_id=body.schedule_id,
             senders=body.senders,
             rotation=body.rotation,
@@ -159,7 +161,16 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply", "senders", "rotation", "schedule_id"):
+            for field in (
+                "name",
+                "description",
+                "on_reply",
+                "on_reply_scope",
+                "on_out_of_office",
+                "senders",
+                "rotation",
+                "schedule_id",
+            ):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value

@@ -37,8 +37,7 @@ local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
 local holds = t['b'] == '1' and e['i'] == t['i'] and e['p' .. t['i']] == tid
 if holds and e['st'] == 'paused' and e['pr'] == 'awaiting_task' then
   rcall('HSET', k_enrollment(tag, id), 'n', now); e['n'] = now
-  task_release(id, e, now)
-  schedule(id, e['s'], now)
+  resume(id, e, now, {task_id = tid})
 elseif holds and e['st'] == 'active' then
   -- Resumed by hand while its task was open: its task step waits for the task's due time,
   -- and is due now instead.

@@ -42,7 +42,7 @@ end
 -- An enrollment held by its task (paused, awaiting_task) goes on: active again.
 local function task_release(id, e, now)
   if e['st'] ~= 'paused' then return end
-  rcall('HDEL', k_enrollment(tag, id), 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
+  clear_pause(k_enrollment(tag, id), e)
   move_status(id, e, 'active', now)
   enrollment_event('sequence.enrollment.resumed', id, e, now, nil)
 end
