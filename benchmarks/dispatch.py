@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import os
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ from seqd.config import ChannelsConfig, Config, DispatchConfig, TwilioConfig
 from seqd.embedded import find_binary, server_env
 from seqd.engine.dispatcher import Dispatcher
 from seqd.engine.ports import Quiet
-from seqd.store import calls
+from seqd.store import calls, scripts
 from seqd.store.db import Store, connect
 from seqd.store.enrollments import ENROLL_BATCH
 
@@ -255,6 +257,97 @@ async def new_sequence(
         ],
     )  # fmt: skip
     return await store.sequences.create(TENANT, body)
+
+
+# includes/stats.lua with every count a no-op: the scripts as they were before counters
+# (`without_counters`), for interleaved runs against the same code with them.
+_NO_COUNTERS = """-- @include stat_codes
+local function stats_count() end
+local function stats_variant() return NO_VARIANT end
+local function stats_credit() end
+"""
+
+
+@contextlib.contextmanager
+def without_counters() -> Iterator[None]:
+    """Run the scripts with the per-step counters switched off (a benchmark switch only: the
+    product always counts). Script calls read `scripts.SCRIPTS` when they run."""
+    saved = scripts.SCRIPTS
+    scripts.GENERATED["stats"] = _NO_COUNTERS
+    try:
+        scripts.SCRIPTS = scripts.load_scripts()
+    finally:
+        del scripts.GENERATED["stats"]
+    try:
+        yield
+    finally:
+        scripts.SCRIPTS = saved
+
+
+async def counters_ab(n: int, runs: int) -> None:
+    """No-op bursts of `n` steps with the per-step counters on and off, interleaved (the
+    order alternating per run) on one valkey-server: the counters' cost as a ratio of
+    medians measured in the same conditions."""
+    workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-counters-"))
+    proc, url = start_valkey(workdir)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    stats_bytes: list[float] = []
+    # Redis commands per step in each burst, by command (those inside scripts included).
+    commands: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    try:
+        client = connect(url, max_connections=256)
+        store = await Store.open(client, PREFIX, SHARDS)
+        config = DispatchConfig()
+        cids = await make_contacts(store, n)
+        for k in range(runs):
+            for mode in ("on", "off") if k % 2 == 0 else ("off", "on"):
+                switch = contextlib.nullcontext() if mode == "on" else without_counters()
+                with switch:
+                    await store.runner.load_all()
+                    seq = await new_sequence(store, f"{mode}{k}")
+                    await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
+                    before = await command_calls(client)
+                    rates[mode].append(await burst(store, One(NoopSender()), n, config))
+                    after = await command_calls(client)
+                    commands[mode].append({c: (after[c] - before.get(c, 0)) / n for c in after})
+                if mode == "on":
+                    # The counters of a 2-step sequence's day, every shard: n enrolled, sent
+                    # step 0, scheduled step 1.
+                    day = int(time.time() * 1000) // 86_400_000
+                    keys = [store.keys.stats(s, seq.id, day) for s in range(SHARDS)]
+                    stats_bytes.append(await memory_of(client, keys) * len(keys))
+            print(f"run {k + 1}/{runs}: on {rates['on'][-1]:,.0f}, off {rates['off'][-1]:,.0f}")
+        await store.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+    on, off = median(rates["on"]), median(rates["off"])
+    pairs = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+
+    def per_step(mode: str, command: str | None = None) -> float:
+        runs_of = commands[mode]
+        if command is None:
+            return median([sum(c.values()) for c in runs_of])
+        return median([c.get(command, 0.0) for c in runs_of])
+
+    body = f"""
+`python -m benchmarks.dispatch --counters-ab --n {n} --runs {runs}`: no-op bursts of
+{n:,} steps (16 shards, batch_size {DispatchConfig().batch_size}) on one valkey-server, the
+per-step counters on (the scripts as shipped) and off (`without_counters`: includes/stats.lua
+with every count a no-op, the scripts as they were before counters), the order alternating
+per run. Steps/s are this loaded 2-core machine's and move between runs; the ratio of
+each run's pair is the figure.
+
+| | value |
+| --- | --- |
+| median steps/s, counters on / off | {on:,.0f} / {off:,.0f} |
+| ratio of the medians (on / off) | {on / off:.3f} |
+| each run's ratio | {", ".join(f"{r:.3f}" for r in pairs)} (median {median(pairs):.3f}) |
+| Redis commands per step, counters on / off (inside scripts included) | {per_step("on"):.3f} / {per_step("off"):.3f} |
+| HINCRBY per step, counters on / off | {per_step("on", "hincrby"):.4f} / {per_step("off", "hincrby"):.4f} |
+| memory of the counters of one sequence-day, all {SHARDS} shards (2 steps, {n:,} enrolled and sent) | {median(stats_bytes):,.0f} B |
+"""  # noqa: E501
+    record("dispatch: per-step counters on and off (issue 24)", body)
 
 
 def contact_key(store: Store, cid: str) -> str:
@@ -705,6 +798,11 @@ def cli() -> None:
     parser.add_argument("--arq-n", type=int, default=None, help="arq jobs (default: --n)")
     parser.add_argument("--runs", type=int, default=3, help="whole runs; medians are reported")
     parser.add_argument("--profile", action="store_true", help="cProfile the first no-op burst")
+    parser.add_argument(
+        "--counters-ab",
+        action="store_true",
+        help="only no-op bursts with the per-step counters on and off, interleaved",
+    )
     parser.add_argument("--twilio-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--conditions", action="store_true", help="only plain vs conditional bursts, interleaved"
@@ -715,6 +813,9 @@ def cli() -> None:
         return
     import uvloop
 
+    if args.counters_ab:
+        uvloop.run(counters_ab(args.n, args.runs))
+        return
     if args.conditions:
         uvloop.run(conditions_run(args.n, max(2, args.runs * 2)))
         return

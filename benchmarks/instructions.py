@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -88,8 +89,10 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
 
 # Bursts under sending rules (`--rules`; benchmarks/rules.py describes them): none (the plain
 # burst), off (benchmarks.rules' "off" drain), on (schedule, quiet hours, 16 senders),
-# closed (every step deferred by a closed window), open (the same, window open: sent).
-RULES = ("none", "off", "on", "closed", "open")
+# closed (every step deferred by a closed window), open (the same, window open: sent);
+# no_counters: the plain burst with the per-step counters off (`dispatch.without_counters`).
+RULES = ("none", "off", "on", "closed", "open", "no_counters")
+PLAIN = ("none", "no_counters")
 
 
 async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> None:
@@ -105,6 +108,7 @@ async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> Non
         enroll_direct,
         make_contacts,
         new_sequence,
+        without_counters,
     )
     from seqd.config import ComplianceConfig, Config, DispatchConfig, SmsQuietHours
     from seqd.engine.dispatcher import Dispatcher
@@ -115,7 +119,7 @@ async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> Non
     client = connect(f"redis://127.0.0.1:{port}/0", max_connections=256, socket_timeout=60)
     store = await Store.open(client, PREFIX, SHARDS)
     config = DispatchConfig(lanes=lanes)
-    if rules_mode == "none":
+    if rules_mode in PLAIN:
         cids = await make_contacts(store, n)
         seq_id = (await new_sequence(store, "instructions")).id
     else:
@@ -132,16 +136,21 @@ async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> Non
         quiet = SmsQuietHours(enabled=rules_mode != "off")
         policy = Policy(Config(compliance=ComplianceConfig(sms_quiet_hours=quiet)))
     await enroll_direct(store, seq_id, cids, 0, int(time.time() * 1000))
-    _control("-i", "on")
-    _control("-z")
-    if rules_mode == "none":
-        await burst(store, One(NoopSender()), n, config)
-    else:
-        counting = Counting(n)
-        dispatcher = Dispatcher(store, config, One(NoopSender()), observer=counting, policy=policy)
-        dispatcher.start()
-        await asyncio.wait_for(counting.done.wait(), 3600)
-        await dispatcher.stop()
+    switch = without_counters() if rules_mode == "no_counters" else contextlib.nullcontext()
+    with switch:
+        await store.runner.load_all()  # (not a NOSCRIPT and a compile in the count)
+        _control("-i", "on")
+        _control("-z")
+        if rules_mode in PLAIN:
+            await burst(store, One(NoopSender()), n, config)
+        else:
+            counting = Counting(n)
+            dispatcher = Dispatcher(
+                store, config, One(NoopSender()), observer=counting, policy=policy
+            )
+            dispatcher.start()
+            await asyncio.wait_for(counting.done.wait(), 3600)
+            await dispatcher.stop()
     _control("-i", "off")
     _control("-d")
     await store.close()

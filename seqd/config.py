@@ -172,20 +172,34 @@ class LogConfig(Section, kw_only=True):
     file: str | None = None
 
 
+# "host:port" of a listener of its own (metrics, the dashboard).
+ListenAddress = Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s]+):\d{1,5}$")]
+
+
+def _check_listen(listen: str | None) -> None:
+    if listen is not None and not 0 < int(listen.rpartition(":")[2]) <= 65535:
+        raise ValueError("listen: the port must be 1-65535")
+
+
 class MetricsConfig(Section, kw_only=True):
     # Serve GET /metrics (Prometheus text format, no auth) at all.
     enabled: bool = True
     # Unset: /metrics is served by the API listener. "host:port": only on that listener.
-    listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s]+):\d{1,5}$")] | None = None
+    listen: ListenAddress | None = None
 
     def __post_init__(self) -> None:
-        if self.listen is not None and not 0 < int(self.listen.rpartition(":")[2]) <= 65535:
-            raise ValueError("listen: the port must be 1-65535")
+        _check_listen(self.listen)
 
 
 class UiConfig(Section, kw_only=True):
-    # Serve the web dashboard at /ui (sign-in with an API key) on the API listener.
+    # Serve the web dashboard at /ui (sign-in with an API key).
     enabled: bool = True
+    # Unset: on the API's listener. "host:port": only on a listener of its own (e.g. one
+    # reachable from the office network while the API stays on loopback).
+    listen: ListenAddress | None = None
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
 
 
 def _check_zone(name: str) -> None:
@@ -431,6 +445,29 @@ class LifecycleConfig(Section, kw_only=True):
                 raise ValueError(f"auto_reply_subjects: bad pattern {pattern!r}: {exc}") from None
 
 
+# User agents (substrings, case-insensitive) of link scanners that follow every link of a
+# message on arrival (mail security gateways, link previews).
+_SCANNER_AGENTS = ("barracuda", "proofpoint", "mimecast", "safelinks", "symantec",
+                   "trendmicro", "forcepoint", "sophos", "fortiguard", "messagelabs",
+                   "bot", "crawler", "spider", "preview", "slurp", "headless",
+                   "python-requests", "curl/", "wget/", "go-http-client")  # fmt: skip
+
+
+class StatsConfig(Section, kw_only=True):
+    """Per-step counters and click tracking (store/stats.py, seqd/clicks.py)."""
+
+    # Days a day's counters are kept after the day ends (UTC days).
+    retention_days: Annotated[int, Meta(ge=1, le=3660)] = 400
+    # A click this soon after its message was sent is a scanner's (`suspected_bot`), not
+    # counted; as are HEAD requests and the user agents in `scanner_agents`.
+    scanner_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0
+    scanner_agents: list[str] = msgspec.field(default_factory=lambda: list(_SCANNER_AGENTS))
+    # Base URL of tracked links in SMS, a link being `<this>/<token>` (a short domain whose
+    # paths are proxied to seqd's `{base_path}/c/`); unset: `http.public_url` +
+    # `http.base_path` + "/c", as in email.
+    sms_click_base_url: str | None = None
+
+
 class RateLimitConfig(Section, kw_only=True):
     """Requests per API key (GCRA in Redis, shared by every seqd process; seqd/api/ratelimit.py)."""
 
@@ -595,6 +632,7 @@ class Config(Section, kw_only=True):
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
     senders: SendersConfig = msgspec.field(default_factory=SendersConfig)
     frequency_caps: FrequencyCapsConfig = msgspec.field(default_factory=FrequencyCapsConfig)
+    stats: StatsConfig = msgspec.field(default_factory=StatsConfig)
     # [tenants.<name>.channels.<provider>]: a tenant's own senders (from number, auth token,
     # from address); whatever it does not set comes from [channels].
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)

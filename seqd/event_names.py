@@ -19,6 +19,8 @@ TYPES: tuple[str, ...] = (
     "sequence.step.deferred",
     "message.delivered",
     "message.undelivered",
+    # A tracked link followed (seqd/clicks.py): `link`, `url`, `suspected_bot`, `first`.
+    "message.clicked",
     "contact.opted_out",
     "contact.opted_in",
     "contact.bounced",

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from seqd.store import backlog
 from seqd.store.db import Store
-from seqd.store.rates import WEBHOOK_CHANNEL, SendRates
+from seqd.store.rates import LATENESS_CHANNEL, WEBHOOK_CHANNEL, SendRates
 from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,13 @@ class Metrics:
             "seqd_imap_messages",
             "Messages read from IMAP mailboxes and applied, by kind (reply, bounce, ...)",
             ["kind"],
+            registry=r,
+        )
+        # No sequence or step label: per-step counts are the stats API's (store/stats.py).
+        self.clicks = Counter(
+            "seqd_clicks",
+            "Tracked links followed; suspected_bot: a link scanner's (not counted in stats)",
+            ["suspected_bot"],
             registry=r,
         )
         self.http_requests = Counter(
@@ -158,7 +165,10 @@ class Metrics:
             self._sent_total += n
 
     def lateness(self, seconds: float) -> None:
-        self.lateness_seconds.observe(max(0.0, seconds))
+        late = max(0.0, seconds)
+        self.lateness_seconds.observe(late)
+        self.rates.add(LATENESS_CHANNEL, "ms", round(late * 1000))
+        self.rates.add(LATENESS_CHANNEL, "n", 1)
 
     def claimed(self, n: int) -> None:
         self.in_flight.inc(n)
@@ -172,6 +182,9 @@ class Metrics:
     def webhook_delivery(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()
         self.rates.add(WEBHOOK_CHANNEL, outcome, 1)
+
+    def click(self, suspected_bot: bool) -> None:
+        self.clicks.labels("true" if suspected_bot else "false").inc()
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         # Children cached per label set: labels() costs more than the increment itself.

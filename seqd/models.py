@@ -16,7 +16,7 @@ import email_validator
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd import conditions, goals, templates
+from seqd import conditions, goals, links, templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import KIND_FIELDS, SPECS, Channel, Kind
 from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
@@ -283,6 +283,13 @@ OnTimeout = Literal["continue", "cancel"]
 Then = Literal["continue", "complete"]
 
 
+class Tracking(Input, kw_only=True):
+    """What is tracked of a step's messages: `clicks` rewrites the links of its body to
+    seqd's redirect (seqd/clicks.py)."""
+
+    clicks: bool = False
+
+
 class StepIn(Input, kw_only=True):
     """One step of a sequence: the fields every step takes and its kind's own (kinds.py;
     the OpenAPI document has one schema per kind, api/step_schemas.py)."""
@@ -299,6 +306,8 @@ class StepIn(Input, kw_only=True):
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
     thread: bool = True
+    # Overrides the sequence's `track` for this step.
+    track: Tracking | None = None
     # Checked when the step comes due (seqd/conditions.py): sent only if `only_if` holds
     # and `skip_if` does not, else skipped (reason "condition").
     skip_if: conditions.Condition | None = None
@@ -331,6 +340,7 @@ class Step(Output, kw_only=True):
     body: str
     subject: str | None = None
     thread: bool = True
+    track: Tracking | None = None
     segments: int | None = None
     encoding: Literal["gsm7", "ucs2"] | None = None
     skip_if: conditions.Condition | None = None
@@ -389,6 +399,8 @@ class SequenceCreate(Input, kw_only=True):
     schedule_id: Id | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    # What is tracked of every step's messages (a step's own `track` overrides it).
+    track: Tracking | None = None
     # Goals (seqd/goals.py): a contact event meeting one completes the enrollment.
     exit_on: goals.ExitOn = msgspec.field(default_factory=list)
 
@@ -404,6 +416,7 @@ class SequencePatch(Input, kw_only=True):
     schedule_id: Id | UnsetType | None = UNSET
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
+    track: Tracking | UnsetType | None = UNSET
     exit_on: goals.ExitOn | UnsetType = UNSET
 
 
@@ -426,6 +439,7 @@ class Sequence(Output, kw_only=True):
     schedule_id: str | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    track: Tracking | None = None
     exit_on: list[goals.ExitRule] = msgspec.field(default_factory=list)
     created_at: Timestamp
     updated_at: Timestamp
@@ -502,8 +516,15 @@ def _action_fields(step: StepIn) -> dict[str, Any]:
     return {}
 
 
-def build_steps(steps: list[StepIn]) -> list[Step]:
-    """Validate step rules and templates; compute SMS segments."""
+def tracks_clicks(step: StepIn | Step, track: Tracking | None) -> bool:
+    """Whether `step`'s links are tracked, under its sequence's `track`."""
+    own = step.track if step.track is not None else track
+    return own is not None and own.clicks
+
+
+def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step]:
+    """Validate step rules and templates; compute SMS segments (of the body as sent: with
+    its links tracked under the sequence's `track`, as links.placeholder_links counts)."""
     errors = []
     out = []
     for i, step in enumerate(steps):
@@ -533,7 +554,10 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             cond = getattr(step, name)
             if cond is not None:
                 errors += conditions.check(cond, f"steps[{i}].{name}", i)
-        seg, enc = segments(step.body) if spec.segments and step.body else (None, None)
+        counted = step.body or ""
+        if spec.segments and counted and tracks_clicks(step, track):
+            counted = links.placeholder_links(counted, links.COUNTED_BASE_CHARS)
+        seg, enc = segments(counted) if spec.segments and counted else (None, None)
         out.append(
             Step(
                 kind=step.kind,
@@ -544,6 +568,7 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 body=step.body or "",
                 subject=step.subject,
                 thread=step.thread,
+                track=step.track,
                 segments=seg,
                 encoding=enc,
                 skip_if=step.skip_if,

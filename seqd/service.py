@@ -82,6 +82,7 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         supervisor = asyncio.create_task(embedded.supervise())
     try:
         store = await Store.open(client, config.redis.prefix, config.redis.shards)
+        await store.stats.keep_for(config.stats.retention_days)
         try:
             yield store
         finally:

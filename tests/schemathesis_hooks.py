@@ -13,8 +13,9 @@ whether a sequence's sender pool names the tenant's senders of that channel, whe
 `schedule_id` (or an enroll step's `sequence_id`) names one of the tenant's sequences or
 schedules, whether a task step's title, assignee or a webhook step's headers are valid
 templates, whether a schedule's windows open on
-at least one day, whether a day's intervals are non-empty and do not overlap, or whether
-the holidays library knows a calendar code. The
+at least one day, whether a day's intervals are non-empty and do not overlap, whether
+the holidays library knows a calendar code, or whether a stats range (`from`) ends after
+it starts and spans at most 400 days. The
 document names these rules in the fields' descriptions; a schema-valid request that
 breaks one of them is answered 422 naming the field.
 `positive_data_acceptance_beyond_schema` is schemathesis's own check except that such a
@@ -58,6 +59,7 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        "from",
         # Names paused enrollments only: with another status it is a 422.
         "paused_reason",
         # A sender's mailbox: email senders only, a password on create, TLS off the loopback.

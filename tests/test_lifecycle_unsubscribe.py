@@ -8,6 +8,7 @@ from urllib.parse import unquote
 import pytest
 from aiohttp import FormData
 
+from seqd import tokens
 from seqd.config import Config, LifecycleConfig
 from seqd.lifecycle import unsubscribe
 from seqd.store.db import Store
@@ -49,8 +50,8 @@ def test_forged_tokens_do_not_verify(forge: object) -> None:
 
 
 def test_a_correctly_signed_payload_that_is_not_claims_does_not_verify() -> None:
-    payload = unsubscribe._b64(b'{"not": "a list"}')
-    token = f"{payload}.{unsubscribe._mac(SECRET, payload)}"
+    payload = tokens.b64(b'{"not": "a list"}')
+    token = f"{payload}.{tokens.mac(SECRET, b'unsubscribe.', payload)}"
     assert unsubscribe.verify(SECRET, token) is None
 
 

@@ -101,3 +101,42 @@ def test_cookie_signature_and_expiry() -> None:
         assert session.decode("secret", bad, now=1001.0) is None
     assert not session.csrf_ok(s, None) and not session.csrf_ok(s, "x")
     assert session.csrf_ok(s, s.csrf)
+
+
+async def test_the_hours_series_sums_minutes_and_means_lateness(store: object) -> None:
+    from seqd.store.rates import LATENESS_CHANNEL, SendRates
+
+    rates = SendRates(store)  # type: ignore[arg-type]
+    now = 1_800_000_000_000 + 25_000  # 25 s into a minute
+    minute = 60_000
+    await rates.add({("sms", "sent"): 4, ("webhook", "sent"): 9}, now - 2 * minute)
+    await rates.add({("email", "sent"): 2, ("sms", "failed"): 1}, now - 2 * minute + 30_000)
+    await rates.add({(LATENESS_CHANNEL, "ms"): 3000, (LATENESS_CHANNEL, "n"): 6}, now - 2 * minute)
+    await rates.add({("sms", "sent"): 5}, now)
+    series = await rates.series(now, minutes=5)
+    assert [m.start for m in series] == [now - 25_000 - k * minute for k in (4, 3, 2, 1, 0)]
+    assert [m.sent for m in series] == [0, 0, 6, 0, 5]
+    assert [m.lateness for m in series] == [0.0, 0.0, 0.5, 0.0, 0.0]
+    window = await rates.window(now)
+    assert LATENESS_CHANNEL not in window.counts
+
+
+async def test_on_a_listener_of_its_own_or_off(store: object) -> None:
+    import aiohttp
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from seqd.api.app import create_app
+    from seqd.config import Config, UiConfig
+    from tests.conftest import free_port
+
+    port = free_port()
+    app = create_app(Config(ui=UiConfig(listen=f"127.0.0.1:{port}")), store)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client, aiohttp.ClientSession() as http:
+        assert (await client.get("/ui/login")).status == 404
+        async with http.get(f"http://127.0.0.1:{port}/ui/login") as resp:
+            assert resp.status == 200 and "API key" in await resp.text()
+        async with http.get(f"http://127.0.0.1:{port}/v1/sequences") as resp:
+            assert resp.status == 404  # the API stays on its own listener
+    app = create_app(Config(ui=UiConfig(enabled=False)), store)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/ui/login")).status == 404

@@ -6,6 +6,7 @@ from aiohttp import web
 
 # Importing a resource module registers its routes.
 from seqd.api import (  # noqa: F401
+    clicks,
     contact_events,
     contacts,
     enrollment_batch,
@@ -21,6 +22,7 @@ from seqd.api import (  # noqa: F401
     senders,
     sequences,
     settings,
+    stats,
     suppressions,
     tasks,
     ui,
@@ -75,8 +77,10 @@ def create_app(config: Config, store: Store) -> web.Application:
     for r in routes:
         app.router.add_route(r.method, r.full_path(base), r.handler)
     app[OPENAPI] = openapi.build(base, routes)
-    if config.ui.enabled:
+    if config.ui.enabled and config.ui.listen is None:
         ui.setup(app)
+    elif config.ui.enabled:
+        app.cleanup_ctx.append(ui.listener)
     if config.metrics.enabled and config.metrics.listen is not None:
         app.cleanup_ctx.append(ops.metrics_listener)
     if config.redis.unhealthy_after_seconds:

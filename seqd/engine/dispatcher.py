@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
 
+from seqd import clicks
 from seqd.channels.base import OutboundMessage
 from seqd.config import Config, DispatchConfig
 from seqd.engine.budgets import Budgets
@@ -77,6 +78,7 @@ class Dispatcher:
         observer: Observer | None = None,
         liveness: Heart | None = None,
         email_headers: Callable[[OutboundMessage], Mapping[str, str]] | None = None,
+        track_links: Callable[[OutboundMessage, int], str] | None = None,
         worker: str = "",
         budgets: Budgets | None = None,
         policy: Policy | None = None,
@@ -120,6 +122,7 @@ class Dispatcher:
             budgets=budgets or Budgets(store),
             # Windows and quiet hours (none without a policy: every step at wait_minutes).
             timetable=Timetable(store, policy, clock=clock) if policy is not None else None,
+            track_links=track_links,
         )
 
     @property
@@ -266,6 +269,7 @@ async def background(
         observer=observer,
         liveness=liveness,
         email_headers=unsubscribe.message_headers(config, secret),
+        track_links=clicks.message_links(config, secret),
         worker=worker,
         budgets=Budgets(store, config.senders, config.frequency_caps_for),
         policy=Policy(config),

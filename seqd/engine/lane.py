@@ -70,6 +70,8 @@ class Crew:
     budgets: Budgets
     # Windows and quiet hours (engine/timetable.py); None: every step at its wait_minutes.
     timetable: Timetable | None = None
+    # The body of a step that tracks clicks, its links rewritten (seqd/clicks.py), at `now`.
+    track_links: Callable[[OutboundMessage, int], str] | None = None
 
     def outcome(
         self, job: Job, plan: Plan, suppressed: Mapping[str, Mapping[str, SuppressionRecord]]
@@ -410,6 +412,8 @@ class Lane:
                             pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
                 if composed.kind == "email" and crew.email_headers is not None:
                     composed.message.headers.update(crew.email_headers(composed.message))
+                if plan.steps[composed.step].track_clicks and crew.track_links is not None:
+                    composed.message.body = crew.track_links(composed.message, now)
                 jobs.append(composed)
             else:
                 settles[shard_of[item.id]].append(composed)

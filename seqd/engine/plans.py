@@ -51,6 +51,8 @@ class StepPlan:
     action: models.Step | None = None
     # The enrollment completes after this step (an enroll step with then = complete).
     ends: bool = False
+    # Its links go through seqd's click redirect (seqd/clicks.py).
+    track_clicks: bool = False
     # Whether it is sent when due (its only_if / skip_if); None: always.
     gate: conditions.Predicate | None = None
 
@@ -110,6 +112,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 timing=step_timing(step),
                 action=action,
                 ends=step.kind == "enroll" and step.then == "complete",
+                track_clicks=models.tracks_clicks(step, seq.track),
                 gate=conditions.gate(step.only_if, step.skip_if),
             )
         )

@@ -12,10 +12,7 @@ that carries it can be read.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
-import hmac
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -25,9 +22,9 @@ from seqd.channels.base import OutboundMessage
 from seqd.config import Config
 from seqd.lifecycle import optout
 from seqd.store.db import Store
+from seqd.tokens import b64, mac, unb64, verified
 
 META_FIELD = "unsubscribe_secret"
-_MAC_BYTES = 16
 _DOMAIN = b"unsubscribe."
 _decode_claims = msgspec.json.Decoder(tuple[str, str, str]).decode
 _encode = msgspec.json.Encoder().encode
@@ -39,33 +36,18 @@ class Claims(msgspec.Struct, frozen=True):
     email: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(secret: str, payload: str) -> str:
-    digest = hmac.new(secret.encode(), _DOMAIN + payload.encode(), hashlib.sha256).digest()
-    return _b64(digest[:_MAC_BYTES])
-
-
 def sign(secret: str, tenant: str, contact_id: str, email: str) -> str:
-    payload = _b64(_encode((tenant, contact_id, email)))
-    return f"{payload}.{_mac(secret, payload)}"
+    payload = b64(_encode((tenant, contact_id, email)))
+    return f"{payload}.{mac(secret, _DOMAIN, payload)}"
 
 
 def verify(secret: str, token: str) -> Claims | None:
     """The claims of a token this secret signed, else None (never raises on bad input)."""
-    payload, dot, mac = token.partition(".")
-    if not dot or not payload.isascii() or not mac.isascii():
-        return None
-    if not hmac.compare_digest(_mac(secret, payload), mac):
+    payload, dot, given = token.partition(".")
+    if not dot or not verified(secret, _DOMAIN, payload, given):
         return None
     try:
-        tenant, contact_id, email = _decode_claims(_unb64(payload))
+        tenant, contact_id, email = _decode_claims(unb64(payload))
     except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
         return None
     return Claims(tenant, contact_id, email)

@@ -392,6 +392,14 @@ def record_delivery(
     return Call("recordDelivery", [keys.outbox(shard)], [*args, event_data, letter], tag)
 
 
+def record_click(
+    keys: Keys, shard: int, now: int, enrollment_id: str, step: int, bot: bool, event_data: str
+) -> Call:
+    tag = keys.shard_tag(shard)
+    args = [tag, now, enrollment_id, step, int(bot), event_data]
+    return Call("recordClick", [keys.outbox(shard)], args, tag)
+
+
 def suppress(
     keys: Keys, tenant: str, channel: str, action: str, value: str, record: str, keep: str
 ) -> Call:

@@ -36,6 +36,7 @@ ENROLLMENT_FIELDS = {
     "ye": "the email sender the contact is pinned to (sticky rotation)",
     "p<step>": "the provider's message id of a sent step",
     "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
+    "k<step>": "ms of the first click (not a scanner's) on a tracked link of the step",
     "cq": "completed_reason: goal (a contact event met the sequence's exit_on)",
     "gl": "goal: the name of the event that completed it",
     "o": "what became of each step, one letter per step, read by step conditions "

@@ -27,6 +27,7 @@ from seqd.store.schedules import Schedules
 from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
 from seqd.store.settings import TenantSettingsStore
+from seqd.store.stats import Stats
 from seqd.store.suppressions import Suppressions
 from seqd.store.tasks import Tasks
 from seqd.store.tenants import Tenants
@@ -86,6 +87,7 @@ class Store(StoreContext):
         self.mailboxes = Mailboxes(self)
         self.senders = SenderRecords(self)
         self.settings = TenantSettingsStore(self)
+        self.stats = Stats(self, self.sequences)
         self.forecasts = Forecasts(self)
         self.enrollment_search = EnrollmentSearch(self, self.enrollments, self.sequences)
 

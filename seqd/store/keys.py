@@ -80,6 +80,12 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # ZSET of a tenant's tasks in this shard, scores 0, id order: by status ("" any) and
     # assignee ("" any, else "=" + the assignee), the filters of GET /v1/tasks.
     "task_index": "{tag}:tki:{tenant}:{status}:{assignee}",
+    # HASH "<step>:<variant>:<counter code>" -> count: what one sequence's steps did in this
+    # shard on one UTC day (epoch ms // 86,400,000), store/stats.py; expires after the
+    # retention.
+    "stats": "{tag}:st:{sequence_id}:{day}",
+    # STRING: days a `stats` hash is kept after its day ends (`[stats] retention_days`).
+    "stats_ttl": "{tag}:stt",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -311,6 +317,14 @@ class Keys:
 
     def lease_starts(self, shard: int) -> str:
         return SHARD_TEMPLATES["lease_starts"].format(tag=self.shard_tag(shard))
+
+    def stats(self, shard: int, sequence_id: str, day: int) -> str:
+        return SHARD_TEMPLATES["stats"].format(
+            tag=self.shard_tag(shard), sequence_id=sequence_id, day=day
+        )
+
+    def stats_ttl(self, shard: int) -> str:
+        return SHARD_TEMPLATES["stats_ttl"].format(tag=self.shard_tag(shard))
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

@@ -23,8 +23,8 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from seqd import kinds
+from seqd.store import counters, settles
 from seqd.store import keys as keymod
-from seqd.store import settles
 from seqd.store.calls import Call, refusal
 from seqd.store.calls import ScriptError as ScriptError  # re-exported: the facades' one error
 from seqd.store.client import Client
@@ -71,7 +71,7 @@ def _constants() -> str:
 
 
 # Includes generated from Python definitions, beside the files of includes/.
-GENERATED = {"settles": settles.lua_prelude()}
+GENERATED = {"settles": settles.lua_prelude(), "stat_codes": counters.lua_prelude()}
 
 
 def _expand(source: str, seen: set[str] | None = None) -> str:

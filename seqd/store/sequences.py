@@ -88,7 +88,7 @@ class Sequences:
         return out
 
     async def create(self, tenant: str, body: models.SequenceCreate) -> models.Sequence:
-        steps = models.build_steps(body.steps)
+        steps = models.build_steps(body.steps, body.track)
         now = to_rfc3339(now_ms())
         seq = models.Sequence(
             id=ids.new(ids.SEQUENCE),
@@ -102,6 +102,7 @@ class Sequences:
             schedule_id=body.schedule_id,
             senders=body.senders,
             rotation=body.rotation,
+            track=body.track,
             exit_on=body.exit_on,
             created_at=now,
             updated_at=now,
@@ -170,12 +171,18 @@ class Sequences:
                 "senders",
                 "rotation",
                 "schedule_id",
+                "track",
             ):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value
             if patch.steps is not msgspec.UNSET:
-                changes["steps"] = models.build_steps(patch.steps)
+                changes["steps"] = models.build_steps(patch.steps, changes.get("track", old.track))
+            elif "track" in changes:
+                # The segments of SMS steps count their links as tracked or not.
+                changes["steps"] = models.build_steps(
+                    [_step_in(step) for step in old.steps], changes["track"]
+                )
             if patch.exit_on is not msgspec.UNSET:
                 changes["exit_on"] = patch.exit_on
             if patch.status is not msgspec.UNSET:
@@ -249,3 +256,11 @@ class Sequences:
             seq.stats = stats[seq.id]
         more = start + limit < total
         return seqs, (page[-1] if more and page else None), total
+
+
+def _step_in(step: models.Step) -> models.StepIn:
+    """A stored step as the input it was built from (its computed fields left out)."""
+    given = msgspec.to_builtins(step)
+    for computed in ("segments", "encoding"):
+        given.pop(computed, None)
+    return msgspec.convert(given, models.StepIn)

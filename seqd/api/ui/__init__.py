@@ -4,6 +4,6 @@ script, no build step) over the same store calls as the API, signed in with an A
 
 from __future__ import annotations
 
-from seqd.api.ui.pages import setup
+from seqd.api.ui.pages import listener, setup
 
-__all__ = ["setup"]
+__all__ = ["listener", "setup"]

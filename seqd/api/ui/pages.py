@@ -6,15 +6,17 @@ saying so, never a 500."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 import aiohttp_jinja2
 import jinja2
+import structlog
 from aiohttp import web
 
 from seqd import kinds, models
+from seqd.api.ops import split_listen
 from seqd.api.ui import charts, session
 from seqd.appkeys import CONFIG, STORE
 from seqd.cursors import decode_token, encode_token
@@ -27,6 +29,7 @@ from seqd.store.rates import SendRates
 from seqd.store.tenants import hash_key
 from seqd.times import now_ms
 
+log = structlog.get_logger("seqd.ui")
 PREFIX = "/ui"
 PAGE = 50
 # The session secret, read from the store on the first request that needs it.
@@ -311,7 +314,21 @@ async def dispatcher(request: web.Request, s: session.Session) -> web.StreamResp
         for outcome, n in by.items()
     )
     chart = charts.bars([(f"{c} {o}", round(r)) for c, o, r in rates], width=90)
-    context = {"s": s, "snap": snap, "rates": rates, "plot": chart, "window": sends.seconds}
+    hour = await SendRates(store).series(at)
+    minute = [f"{m.start // 60_000 % 60:02d}" for m in hour]
+    sent = charts.bars([(label, m.sent) for label, m in zip(minute, hour, strict=True)], 10)
+    late = charts.bars(
+        [(label, round(m.lateness * 1000)) for label, m in zip(minute, hour, strict=True)], 10
+    )
+    context = {
+        "s": s,
+        "snap": snap,
+        "rates": rates,
+        "plot": chart,
+        "window": sends.seconds,
+        "sent_hour": sent,
+        "late_hour": late,
+    }
     return _render(request, "dispatcher.html", context)
 
 
@@ -324,6 +341,24 @@ async def static(request: web.Request) -> web.StreamResponse:
     return web.Response(
         text=text, content_type="text/css", headers={"Cache-Control": "max-age=3600"}
     )
+
+
+async def listener(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the dashboard alone on `ui.listen`."""
+    config = app[CONFIG]
+    assert config.ui.listen is not None
+    host, port = split_listen(config.ui.listen)
+    side = web.Application()
+    side[CONFIG], side[STORE] = config, app[STORE]
+    setup(side)
+    runner = web.AppRunner(side, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("ui.listening", host=host, port=port)
+        yield
+    finally:
+        await runner.cleanup()
 
 
 def setup(app: web.Application) -> None:

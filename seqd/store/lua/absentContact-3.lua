@@ -35,6 +35,7 @@ local seqs, stale = read_sequences(7, 5)
 if stale then return redis.error_reply('STALE:' .. stale) end
 
 return react(seqs, function(id, e, seq)
+  stats_credit(e, 'auto_replied', now)  -- whatever on_out_of_office does with it
   local action = seq.extra[1]
   if action == 'pause' then
     finish(id, e, 'paused', 'out_of_office', now)

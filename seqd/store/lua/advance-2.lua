@@ -111,6 +111,7 @@ for n, g in ipairs(groups) do
   g.sms = g[G_KIND] == 'sms'
   g.queue = k_queue(tag, g[G_SEQ])
   g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
+  g.passed = 0  -- its steps passed on the hot path, counted once at the end
 end
 for n = 1, passed do
   local b = P_WIDTH * n + SKIP
@@ -160,6 +161,7 @@ local function pass_step(id, e, it, ekey)
   local fields, due_at = item_writes(it, e['a'], e['sm'])
   rcall('HSET', ekey, unpack(fields))
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
+  stats_count(e['s'], it.step, stats_variant(e, it.step), it.outcome, now)
   if it.outcome ~= 'sent' then set_outcome(ekey, it.step, 'k') end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
@@ -241,6 +243,7 @@ local function pass_built(n, id, g, ekey)
   if not g.sent then set_outcome(ekey, g[G_STEP], 'k') end
   schedule_next(g[G_SEQ], due_at, id, dues[n])
   emit_batched(g.etype, g[G_TENANT], now, ARGV[b + P_EVENT])
+  g.passed = g.passed + 1
   return true
 end
 
@@ -273,6 +276,9 @@ local function pass_read(id, ekey, it, seq)
   rcall('HSET', ekey, unpack(fields))
   if not sent then set_outcome(ekey, step, 'k') end
   schedule_next(seq, due_at, id)
+  -- (Variants: stats_variant, once the claim tells them.)
+  stats_count(seq, step, NO_VARIANT, it.outcome, now)
+  stats_count(seq, step + 1, NO_VARIANT, 'scheduled', now)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
       step, KIND_JSON[it.kind] or cjson.encode(it.kind), tail))
@@ -295,8 +301,12 @@ local function settle(id, ekey, it, current)
     applied = applied + 1
     if outcome == 'sent' or outcome == 'skipped' then
       local due_at = pass_step(id, e, it, ekey)
-      if due_at then schedule(id, e['s'], due_at)
-      else finish(id, e, 'completed', '', now) end
+      if due_at then
+        schedule(id, e['s'], due_at)
+        stats_count(e['s'], it.step + 1, stats_variant(e, it.step + 1), 'scheduled', now)
+      else
+        finish(id, e, 'completed', '', now)
+      end
     elseif outcome == 'retry' then
       local attempts = rcall('HINCRBY', ekey, 'a', 1)
       e['a'] = tostring(attempts)
@@ -327,6 +337,7 @@ local function settle(id, ekey, it, current)
       rcall('HSET', ekey, unpack(fields))
       for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
       schedule(id, e['s'], due_at)
+      stats_count(e['s'], it.step, stats_variant(e, it.step), 'deferred', now)
       enrollment_event('sequence.step.deferred', id, e, now,
         {step = it.step, kind = it.kind, reason = it.reason, ['until'] = it['until']})
     elseif outcome == 'task' then
@@ -369,6 +380,13 @@ if zadds then
   for seq, args in pairs(zadds) do
     zadd_chunked(k_queue(tag, seq), args)
     rcall('ZADD', heads_key, 'LT', string.format('%d', earliest[seq]), seq)
+  end
+end
+for _, g in ipairs(groups) do
+  if g.passed > 0 then
+    -- (Variants: stats_variant, once the group tells them.)
+    stats_count(g[G_SEQ], g[G_STEP], NO_VARIANT, g[G_OUTCOME], now, g.passed)
+    stats_count(g[G_SEQ], g[G_STEP] + 1, NO_VARIANT, 'scheduled', now, g.passed)
   end
 end
 flush_batched(now)

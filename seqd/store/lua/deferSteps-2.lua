@@ -43,6 +43,7 @@ for n, g in ipairs(groups) do
   g.queue = k_queue(tag, g[DG_SEQ])
   g.dr = string.format('%d', g[DG_STEP]) .. ':' .. g[DG_REASON]
   g.i = string.format('%d', g[DG_STEP])
+  g.deferred = 0  -- its steps deferred, counted once at the end (includes/stats.lua)
 end
 local count = (#ARGV - 3) / D_WIDTH
 if count % 1 ~= 0 then
@@ -94,6 +95,7 @@ for n = 1, count do
     args[#args + 1] = until_at
     args[#args + 1] = id
     emit_batched('sequence.step.deferred', g[DG_TENANT], now, ARGV[b + D_EVENT])
+    g.deferred = g.deferred + 1
   else
     stale[#stale + 1] = id
   end
@@ -101,6 +103,12 @@ end
 for seq, args in pairs(zadds) do
   zadd_chunked(k_queue(tag, seq), args)
   rcall('ZADD', heads_key, 'LT', string.format('%d', earliest[seq]), seq)
+end
+for _, g in ipairs(groups) do
+  if g.deferred > 0 then
+    -- (Variants: stats_variant, once the group tells them.)
+    stats_count(g[DG_SEQ], g[DG_STEP], NO_VARIANT, 'deferred', now, g.deferred)
+  end
 end
 flush_batched(now)
 return {applied, 0, stale}

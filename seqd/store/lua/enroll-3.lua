@@ -87,6 +87,7 @@ if #due > 0 then
   rcall('HINCRBY', k_counts(tag, seq), 'active', #due / 2)
   rcall('ZADD', k_queue(tag, seq), unpack(due))
   rcall('ZADD', heads_key, 'LT', string.format('%d', earliest), seq)
+  stats_count(seq, 0, NO_VARIANT, 'scheduled', now, #due / 2)
   flush_batched(now)
 end
 return out

@@ -28,6 +28,9 @@ local tag, now, tenant, id, step = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local status, rank, code, etype = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
 -- @include enrollment
 
+local DELIVERY_COUNTER = {['message.delivered'] = 'delivered',
+                          ['message.undelivered'] = 'undelivered'}
+
 local ekey = k_enrollment(tag, id)
 local t, seq, cid = unpack(rcall('HMGET', ekey, 't', 's', 'c'))
 if t ~= tenant then return redis.error_reply('NOT_FOUND') end
@@ -39,14 +42,13 @@ if rank <= old_rank then return {0, previous} end
 local value = rank .. ':' .. status
 if code ~= '' then value = value .. ':' .. code end
 rcall('HSET', ekey, field, value)
+-- A final status counts once: no later status outranks it.
+local counter = DELIVERY_COUNTER[etype]
+if counter then
+  stats_count(seq, step, stats_variant({t = t, s = seq, c = cid}, step), counter, now)
+end
 if ARGV[11] ~= '' then set_outcome(ekey, step, ARGV[11]) end
 if etype ~= '' then
-  local data = cjson.decode(ARGV[10])
-  data['id'] = id
-  data['enrollment_id'] = id
-  data['contact_id'] = cid
-  data['sequence_id'] = seq
-  data['step'] = tonumber(step)
-  emit(etype, tenant, now, data)
+  emit_message(etype, tenant, now, cjson.decode(ARGV[10]), id, cid, seq, step)
 end
 return {1, previous}

@@ -42,6 +42,7 @@ end
 
 return react(seqs, function(id, e, seq)
   mark_reply(id, e)
+  stats_credit(e, 'replied', now)
   if seq.extra[1] == 'complete' then
     finish(id, e, 'completed', '', now)
     return 'completed'

@@ -27,6 +27,10 @@ local reason, etype, edata, quiet = ARGV[6], ARGV[7], cjson.decode(ARGV[8]), ARG
 -- @include enrollment
 -- @include lifecycle
 
+-- The counter a stop adds to: an email opt-out is an unsubscribe (the link, the mailto).
+local counter = reason == 'bounced' and 'bounced'
+  or (channel == 'email' and 'unsubscribed' or 'opted_out')
+
 local seqs, stale = read_sequences(10, 3)
 if stale then return redis.error_reply('STALE:' .. stale) end
 
@@ -38,6 +42,10 @@ if cid ~= '' then
   for _, id in ipairs(ids) do
     local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
     local seq = seqs[e['s']]
+    -- Counted once, when the value is first stopped, on each enrollment that had sent to it.
+    if e['t'] == tenant and seq and not quiet and sent_on(e, seq.kinds, channel, false) then
+      stats_credit(e, counter, now)
+    end
     if e['t'] == tenant and seq and only_left(e, seq.kinds, channel)
         and finish(id, e, 'cancelled', reason, now) == nil then
       cancelled[#cancelled + 1] = id

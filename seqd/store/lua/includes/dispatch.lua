@@ -20,6 +20,7 @@ end
 -- A step that failed for good: `sequence.step.failed` (not retrying), then the enrollment
 -- is cancelled with cancel_reason "failed" and the error in both events.
 local function fail_step(id, e, step, kind, err, now)
+  stats_count(e['s'], step, stats_variant(e, step), 'failed', now)
   enrollment_event('sequence.step.failed', id, e, now,
     {step = step, kind = kind, error = err, retrying = false, attempts = tonumber(e['a']) or 0})
   finish(id, e, 'cancelled', 'failed', now, {step = step, error = err})

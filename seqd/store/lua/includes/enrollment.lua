@@ -4,6 +4,7 @@
 -- Expects: rcall, tag (the shard's hash tag), heads_key (the shard's heads), outbox_key,
 -- and the generated k_* helpers.
 -- @include heads
+-- @include stats
 
 local TERMINAL = {completed = true, cancelled = true}
 
@@ -16,6 +17,17 @@ end
 local function emit(etype, tenant, now, data)
   return rcall('XADD', outbox_key, '*', 'type', etype, 'tenant', tenant, 'at', now,
     'data', cjson.encode(data))
+end
+
+-- An event about one message (step `step` of enrollment `id`): `data` (a table) with the
+-- ids that name it added.
+local function emit_message(etype, tenant, now, data, id, cid, seq, step)
+  data['id'] = id
+  data['enrollment_id'] = id
+  data['contact_id'] = cid
+  data['sequence_id'] = seq
+  data['step'] = tonumber(step)
+  return emit(etype, tenant, now, data)
 end
 
 -- The hot paths' events (enroll's `created`, advance's `sent`/`skipped`) go out batched:
@@ -192,6 +204,7 @@ local function finish(id, e, new_status, reason, now, more)
     end
   end
   move_status(id, e, new_status, now)
+  if new_status ~= 'paused' then stats_credit(e, new_status, now) end
   if e['ra'] then schedule(id, e['s'], e['ra']) end
   local extra = nil
   if new_status == 'cancelled' then extra = {cancel_reason = reason}

@@ -1,0 +1,42 @@
+-- Per-step counters (store/stats.py): HINCRBY into the shard's hash of (sequence, UTC day)
+-- the call's `now` falls on, field "<step>:<variant>:<code>", in the script that makes the
+-- change counted, so the counts agree with the events. A hash gets its expiry (its day's
+-- end plus the shard's retention) when a field of it is first written.
+-- Expects: rcall, tag, and the k_* helpers.
+-- @include stat_codes
+
+-- Add `n` (default 1) to `counter` of (seq, step, variant) on the day of `now` (ms).
+local function stats_count(seq, step, variant, counter, now, n)
+  n = n or 1
+  local day = math.floor(tonumber(now) / STAT_DAY_MS)
+  local key = k_stats(tag, seq, string.format('%d', day))
+  if rcall('HINCRBY', key, step .. ':' .. (variant or NO_VARIANT) .. ':' .. STAT[counter], n)
+    == n then
+    local days = tonumber(rcall('GET', k_stats_ttl(tag))) or STATS_RETENTION_DAYS
+    rcall('EXPIREAT', key, string.format('%d', (day + 1 + days) * 86400))
+  end
+end
+
+-- The variant of `step` that enrollment `e` (its hash, read) was given: the one place the
+-- counters learn of variants. (None exist yet: every step counts under NO_VARIANT.)
+local function stats_variant(e, step)
+  return NO_VARIANT
+end
+
+-- The step an outcome of the whole enrollment (a reply, an opt-out, a bounce, its end) is
+-- credited to: the last step sent to the contact, i.e. the highest step before the current
+-- one with a provider id (`p<step>`), else the one before the current, else NO_STEP.
+local function credit_step(e)
+  local current = tonumber(e['i']) or 0
+  for j = current - 1, 0, -1 do
+    if e['p' .. j] then return tostring(j) end
+  end
+  if current > 0 then return tostring(current - 1) end
+  return NO_STEP
+end
+
+-- Count an outcome of the whole enrollment `e` (a hash read whole) on its credited step.
+local function stats_credit(e, counter, now)
+  local step = credit_step(e)
+  stats_count(e['s'], step, stats_variant(e, step), counter, now)
+end

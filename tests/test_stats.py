@@ -1,0 +1,192 @@
+"""Per-step stats through the API: counters written by the scripts that change state,
+summed over the shards, with the README's rates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from seqd.store.db import Store
+from tests.dispatchutil import Clock, enroll, sequence, sms
+from tests.lifecycleutil import Client, client, contact, send_due
+from tests.test_lifecycle_status import callback
+
+PHONES = ["+14155550101", "+14155550102", "+14155550103"]
+
+
+def by_step(body: Any) -> dict[int | None, dict[str, int]]:
+    return {row["step"]: row["counts"] for row in body["rows"]}
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v}
+
+
+async def stats(api: Client, sid: str, query: str = "", tenant: str = "acme") -> Any:
+    status, body = await api.call("GET", f"/sequences/{sid}/stats{query}", tenant=tenant)
+    assert status == 200, body
+    return body
+
+
+async def test_sends_replies_opt_outs_and_ends_are_counted_per_step(store: Store) -> None:
+    seq = await sequence(store, sms(), sms(), sms())
+    cids = [await contact(store, phone=p, email=None) for p in PHONES]
+    _, b, c = await enroll(store, seq, cids)
+    clock = Clock()
+    async with client(store) as api:
+        await send_due(store, clock)  # step 0 to all three
+        assert (await api.sms("acme", PHONES[0], "sounds good"))[0] == 200  # a pauses
+        await send_due(store, clock)  # step 1 to b and c
+        assert await callback(api, b.id, 1, "delivered") == 204
+        assert await callback(api, c.id, 1, "undelivered") == 204
+        assert (await api.sms("acme", PHONES[1], "STOP"))[0] == 200  # b cancelled
+        await send_due(store, clock)  # step 2 to c, who completes
+        body = await stats(api, seq.id)
+    steps = {step: nonzero(counts) for step, counts in by_step(body).items()}
+    assert steps == {
+        0: {"scheduled": 3, "sent": 3, "replied": 1},
+        1: {
+            "scheduled": 3,
+            "sent": 2,
+            "delivered": 1,
+            "undelivered": 1,
+            "opted_out": 1,
+            "cancelled": 1,
+        },
+        2: {"scheduled": 2, "sent": 1, "completed": 1},
+    }
+    assert nonzero(body["totals"]["counts"]) == {
+        "scheduled": 8,
+        "sent": 6,
+        "delivered": 1,
+        "undelivered": 1,
+        "replied": 1,
+        "opted_out": 1,
+        "cancelled": 1,
+        "completed": 1,
+    }
+    rates = {row["step"]: row["rates"] for row in body["rows"]}
+    # Step 0 had no delivery reports: its replies are over what was sent.
+    assert rates[0]["reply_rate"] == round(1 / 3, 6) and rates[0]["delivery_rate"] is None
+    # Step 1 had: its opt-outs are over what was delivered.
+    assert rates[1]["delivery_rate"] == 0.5 and rates[1]["opt_out_rate"] == 1.0
+    assert body["totals"]["step"] is None and body["group_by"] == "step"
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert body["to"] == today
+
+
+async def test_group_by_day_and_variant_and_the_range(store: Store) -> None:
+    seq = await sequence(store, sms(), sms(wait=10))
+    await enroll(store, seq, [await contact(store)])
+    async with client(store) as api:
+        await send_due(store, Clock())
+        today = dt.datetime.now(dt.UTC).date()
+        by_day = await stats(api, seq.id, "?group_by=day")
+        assert [(r["day"], r["counts"]["sent"]) for r in by_day["rows"]] == [(today.isoformat(), 1)]
+        # No variants yet: one row, variant null.
+        by_variant = await stats(api, seq.id, "?group_by=variant")
+        assert [(r["variant"], r["counts"]["scheduled"]) for r in by_variant["rows"]] == [(None, 2)]
+        before = (today - dt.timedelta(days=3)).isoformat()
+        empty = await stats(api, seq.id, f"?from={before}&to={before}")
+        assert empty["rows"] == [] and empty["totals"]["counts"]["sent"] == 0
+        later = (today + dt.timedelta(days=1)).isoformat()
+        query = f"?from={later}&to={today}"
+        status, problem = await api.call("GET", f"/sequences/{seq.id}/stats{query}")
+        assert status == 422 and problem["errors"][0]["path"] == "query.from"
+        status, problem = await api.call("GET", f"/sequences/{seq.id}/stats?from=2020-01-01")
+        assert status == 422 and "400 days" in problem["errors"][0]["message"]
+        status, problem = await api.call("GET", f"/sequences/{seq.id}/stats?group_by=sender_x")
+        assert status == 422 and problem["errors"][0]["path"] == "query.group_by"
+        status, _ = await api.call("GET", f"/sequences/{seq.id}/stats", tenant="beta")
+        assert status == 404
+
+
+async def test_counter_hashes_expire_after_the_retention(store: Store) -> None:
+    await store.stats.keep_for(2)
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, [await contact(store)])
+    from seqd import ids
+    from seqd.store.counters import DAY_MS
+
+    shard = ids.shard_of(e.id, store.shards)
+    day = Clock()() // DAY_MS
+    key = store.keys.stats(shard, seq.id, day)
+    assert await store.client.hget(key, "0:-:sc") == "1"
+    # Expires at the end of the day plus two days.
+    assert await store.client.expiretime(key) == (day + 1 + 2) * 86_400
+
+
+async def test_deferrals_and_failures_count_on_their_step(any_store: Store) -> None:
+    from seqd import ids
+    from seqd.store.counters import DAY_MS
+    from seqd.store.dispatch import Dispatch
+    from tests.dispatchutil import claim, raw, settled
+
+    store = any_store
+    seq = await sequence(store, sms(), sms(wait=10))
+    (e,) = await enroll(store, seq, [await contact(store)])
+    shard = ids.shard_of(e.id, store.shards)
+    due = int((await raw(store, e.id))["n"])
+
+    async def settle(at: int, outcome: str, **kw: object) -> None:
+        (item,) = (await claim(store, shard, at)).items
+        done = settled(
+            id=e.id, token=item.enrollment.token, step=0, kind="sms", at=at, outcome=outcome, **kw
+        )
+        await Dispatch(store).advance(shard, [done], now=at, max_attempts=2)
+
+    await settle(due, "defer", until=due + 60_000, reason="window")
+    await settle(due + 60_000, "retry", delay=0, error="busy")
+    await settle(due + 60_000, "retry", delay=0, error="busy")  # attempts run out: failed
+    cells = await store.stats.cells(seq.id, [due // DAY_MS, due // DAY_MS + 1])
+    counts: dict[str, dict[str, int]] = {}
+    for cell in cells:
+        for name, n in cell.counts.items():
+            counts.setdefault(cell.step, {})[name] = counts.get(cell.step, {}).get(name, 0) + n
+    # Nothing was sent: the enrollment's end is credited to no step ("-").
+    assert counts == {"0": {"scheduled": 1, "deferred": 1, "failed": 1}, "-": {"cancelled": 1}}
+
+
+async def test_the_batched_deferral_counts_too(any_store: Store) -> None:
+    """A peeked step deferred with its event built in Python (deferSteps) is counted as
+    advance's `defer` is."""
+    from seqd import ids
+    from seqd.store.counters import DAY_MS
+    from seqd.store.dispatch import Dispatch
+    from tests.dispatchutil import peek, raw, settled
+
+    store = any_store
+    seq = await sequence(store, sms(), sms(wait=10))
+    cids = [await contact(store, phone=p, email=None) for p in PHONES[:2]]
+    enrolled = await enroll(store, seq, cids)
+    for e in enrolled:
+        shard = ids.shard_of(e.id, store.shards)
+        due = int((await raw(store, e.id))["n"])
+        (item,) = [c for c in (await peek(store, shard, due)).items if c.id == e.id]
+        defer = settled(
+            id=e.id, token=item.enrollment.token, step=0, kind="sms", at=due, outcome="defer",
+            until=due + 3_600_000, reason="quiet_hours",
+        )  # fmt: skip
+        done = await Dispatch(store).advance_many(
+            {shard: [defer]}, now=due, max_attempts=3, claimed={e.id: item.enrollment}
+        )
+        assert done[shard].applied == 1
+    cells = await store.stats.cells(seq.id, [due // DAY_MS])
+    deferred = sum(c.counts.get("deferred", 0) for c in cells if c.step == "0")
+    assert deferred == 2
+
+
+async def test_an_out_of_office_reply_counts_as_auto_replied(store: Store) -> None:
+    seq = await sequence(store, sms(), sms(wait=10))
+    cid = await contact(store, phone=PHONES[0], email=None)
+    (e,) = await enroll(store, seq, [cid])
+    async with client(store) as api:
+        await send_due(store, Clock())
+
+        async def never(_: Any) -> int:
+            return 0
+
+        (reaction,) = await store.lifecycle.absent("acme", "sms", never, contact_id=cid)
+        assert reaction.enrollment_id == e.id
+        body = await stats(api, seq.id)
+    assert by_step(body)[0]["auto_replied"] == 1 and by_step(body)[0]["sent"] == 1
