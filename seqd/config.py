@@ -509,6 +509,11 @@ class FrequencyCapsConfig(Section, kw_only=True):
         return cap if cap is not None and cap.limit > 0 else None
 
 
+WebhookSecret = Annotated[
+    str, Meta(pattern=r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$", description="whsec_<base64>")
+]
+
+
 class TenantConfig(Section, kw_only=True):
     """Per-tenant settings; `channels` is merged over the top-level [channels] at load."""
 
@@ -517,6 +522,8 @@ class TenantConfig(Section, kw_only=True):
     # Secret of this tenant's inbound email URL, POST {base_path}/inbound/email/<secret>
     # (for inbound-parse services that cannot send an API key).
     inbound_email_secret: Annotated[str, Meta(min_length=16)] | None = None
+    # This tenant's webhook steps' signing secret, over [webhooks] step_secret.
+    webhook_step_secret: WebhookSecret | None = None
     # The tenant's own default zone and quiet hours (else [contacts] and [compliance]).
     default_timezone: str | None = None
     compliance: ComplianceConfig | None = None
@@ -590,6 +597,9 @@ class WebhooksConfig(Section, kw_only=True):
     # Allow endpoints on loopback, private, link-local, multicast or unspecified addresses
     # (an SSRF guard: off in production unless receivers live on your network).
     allow_private_targets: bool = False
+    # The Standard Webhooks secret (whsec_<base64>) webhook steps sign their calls with;
+    # [tenants.<name>] webhook_step_secret overrides it. None: no webhook step can be saved.
+    step_secret: WebhookSecret | None = None
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= self.timeout_seconds:
@@ -648,6 +658,13 @@ class Config(Section, kw_only=True):
         """The channel settings that apply to `tenant`."""
         own = self.tenants.get(tenant)
         return own.channels if own is not None else self.channels
+
+    def webhook_step_secret_for(self, tenant: str) -> str | None:
+        """The secret `tenant`'s webhook steps sign with (None: they cannot be saved)."""
+        own = self.tenants.get(tenant)
+        if own is not None and own.webhook_step_secret is not None:
+            return own.webhook_step_secret
+        return self.webhooks.step_secret
 
     def quiet_hours_for(self, tenant: str) -> SmsQuietHours:
         own = self.tenants.get(tenant)

@@ -27,6 +27,10 @@ TYPES: tuple[str, ...] = (
     "contact.soft_bounced",
     "contact.auto_replied",
     "contact.deleted",
+    # Task steps (GET /v1/tasks): data is the task.
+    "task.created",
+    "task.completed",
+    "task.timed_out",
     # A contact event (POST /v1/contacts/{id}/events): its data, and `completed`, the
     # enrollments a goal (exit_on) completed.
     "contact.event_recorded",

@@ -32,6 +32,7 @@ DELIVERY = "dlv"
 EVENT = "evt"
 SCHEDULE = "sch"
 SENDER = "snd"
+TASK = "tsk"
 # A contact event whose caller gave it no id (POST /v1/contacts/{id}/events).
 CONTACT_EVENT = "cev"
 

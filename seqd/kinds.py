@@ -6,10 +6,13 @@ the letter the lifecycle scripts read it by, which `[channels]` setting names it
 and the message rules the models and the plan apply. The Lua prelude gets the same facts from
 `lua_constants`, so a kind is spelled once for Python and the scripts alike.
 
-A kind that is not a message to the contact (a task, a webhook call, an enrollment into
-another sequence) leaves `address` and `provider` None and `suppression` False: it has no
-address, no list blocks it, and no channel provider sends it. docs/architecture.md
-("Adding a step kind") lists what else a new kind touches.
+Two families: a `message` kind is sent to the contact's address through a channel
+provider; an `action` kind (a task, a webhook call, an enrollment into another sequence)
+leaves `address` and `provider` None and `suppression` False: it has no address, no list
+blocks it, and no channel provider sends it (seqd/engine/actions.py runs it). Each kind
+names the step fields it takes (`fields`, `required`): the models refuse the others, and
+the OpenAPI document shows one schema per kind. docs/architecture.md ("Adding a step kind")
+lists what else a new kind touches.
 """
 
 from __future__ import annotations
@@ -20,14 +23,23 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 # The kinds a step may be; `SPECS` has one entry per member, in this order.
-Kind = Literal["sms", "email"]
+Kind = Literal["sms", "email", "task", "webhook", "enroll"]
 # The kinds with a suppression list (the `channel` of a suppression), in `Kind`'s order.
 Channel = Literal["sms", "email"]
+
+
+Family = Literal["message", "action"]
 
 
 @dataclass(frozen=True, slots=True)
 class KindSpec:
     name: Kind
+    # message: sent to the contact's address by a channel provider; action: run by seqd.
+    family: Family
+    # The step fields of this kind beyond those every step takes (waits, send_at, ...), and
+    # those of them it requires: another kind's field on its step is refused.
+    fields: tuple[str, ...]
+    required: tuple[str, ...]
     # One letter per step in the kinds string the lifecycle scripts read (`store/lifecycle.py`).
     letter: str
     # The contact field the step is sent to (also read for the suppression check); None when
@@ -61,6 +73,9 @@ class KindSpec:
 SPECS: dict[Kind, KindSpec] = {
     "sms": KindSpec(
         name="sms",
+        family="message",
+        fields=("body", "transactional"),
+        required=("body",),
         letter="s",
         address="phone",
         suppression=True,
@@ -72,6 +87,9 @@ SPECS: dict[Kind, KindSpec] = {
     ),
     "email": KindSpec(
         name="email",
+        family="message",
+        fields=("body", "subject", "thread", "transactional"),
+        required=("body", "subject"),
         letter="e",
         address="email",
         suppression=True,
@@ -81,12 +99,53 @@ SPECS: dict[Kind, KindSpec] = {
         threads=True,
         sender_field="ye",
     ),
+    # A task for a person (GET /v1/tasks); a blocking one holds the enrollment until it is
+    # completed or times out.
+    "task": KindSpec(
+        name="task",
+        family="action",
+        fields=("title", "assignee", "due_in_minutes", "blocking", "on_timeout"),
+        required=("title",),
+        letter="t",
+        address=None,
+        suppression=False,
+        cancel_reason=None,
+        provider=None,
+    ),
+    # An HTTP call to another system, signed like seqd's webhooks.
+    "webhook": KindSpec(
+        name="webhook",
+        family="action",
+        fields=("url", "method", "headers", "body", "timeout_seconds"),
+        required=("url",),
+        letter="w",
+        address=None,
+        suppression=False,
+        cancel_reason=None,
+        provider=None,
+    ),
+    # The contact handed to another sequence (enrolled there, idempotently).
+    "enroll": KindSpec(
+        name="enroll",
+        family="action",
+        fields=("sequence_id", "then"),
+        required=("sequence_id",),
+        letter="n",
+        address=None,
+        suppression=False,
+        cancel_reason=None,
+        provider=None,
+    ),
 }
 
 KINDS: tuple[Kind, ...] = get_args(Kind)
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
 # The contact field each suppression list is keyed by.
 CHANNEL_ADDRESS: dict[Channel, str] = {ch: SPECS[ch].address or "" for ch in CHANNELS}
+MESSAGE_KINDS: tuple[Kind, ...] = tuple(k for k, s in SPECS.items() if s.family == "message")
+ACTION_KINDS: tuple[Kind, ...] = tuple(k for k, s in SPECS.items() if s.family == "action")
+# Every field some kind owns: the step fields not in it are common to every kind.
+KIND_FIELDS: frozenset[str] = frozenset(f for s in SPECS.values() for f in s.fields)
 # Kinds sent to a contact field, and that field.
 ADDRESS_FIELD: dict[Kind, str] = {
     kind: spec.address for kind, spec in SPECS.items() if spec.address is not None
@@ -110,6 +169,11 @@ def _check() -> None:
         raise ValueError("kinds.Channel must name each kind with a list, each with an address")
     if any(s.suppression and s.cancel_reason is None for s in SPECS.values()):
         raise ValueError("kinds: a kind with a suppression list needs a cancel reason")
+    for s in SPECS.values():
+        if (s.family == "message") != (s.address is not None and s.provider is not None):
+            raise ValueError(f"kinds: {s.name}: a message kind has an address and a provider")
+        if not set(s.required) <= set(s.fields):
+            raise ValueError(f"kinds: {s.name}: a required field must be one of its fields")
 
 
 _check()

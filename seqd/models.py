@@ -18,7 +18,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from seqd import conditions, goals, links, templates
 from seqd.errors import FieldError, Invalid
-from seqd.kinds import SPECS, Channel, Kind
+from seqd.kinds import KIND_FIELDS, SPECS, Channel, Kind
 from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
 from seqd.sms import segments
 from seqd.timing.local import parse_hhmm
@@ -91,6 +91,8 @@ class PausedReason(StrEnum):
     REPLY_RECEIVED = "reply_received"
     MISSING_VARIABLE = "missing_variable"
     DELIVERY_UNKNOWN = "delivery_unknown"
+    # A blocking task step waits for its task (GET /v1/tasks) to be completed or time out.
+    AWAITING_TASK = "awaiting_task"
 
 
 class CancelReason(StrEnum):
@@ -100,6 +102,8 @@ class CancelReason(StrEnum):
     FAILED = "failed"
     SEQUENCE_ARCHIVED = "sequence_archived"
     CONTACT_DELETED = "contact_deleted"
+    # A blocking task step with on_timeout = cancel whose task was not completed in time.
+    TASK_TIMED_OUT = "task_timed_out"
 
 
 # -- contacts --------------------------------------------------------------------------
@@ -216,18 +220,6 @@ def new_contact_fields(body: ContactCreate, region: str | None, root: str = "") 
 
 
 # -- sequences -------------------------------------------------------------------------
-def _subject_rule() -> list[dict[str, Any]]:
-    takes = sorted(k for k, spec in SPECS.items() if spec.subject)
-    never = sorted(k for k, spec in SPECS.items() if not spec.subject)
-    branches: list[dict[str, Any]] = []
-    if takes:
-        kind: dict[str, Any] = {"kind": {"enum": takes}, "subject": {"type": "string"}}
-        branches.append({"properties": kind, "required": ["subject"]})
-    if never:
-        branches.append({"properties": {"kind": {"enum": never}, "subject": {"type": "null"}}})
-    return branches
-
-
 WaitDays = Annotated[
     int, Meta(ge=0, le=3650, description="whole days; open days of the schedule if it has one")
 ]
@@ -242,6 +234,55 @@ SendAt = Annotated[
 ]
 
 
+def step_templates(step: Step) -> tuple[str | None, ...]:
+    """Every template of a step: its body and subject, a task's title and assignee, a
+    webhook's header values."""
+    out: list[str | None] = [step.body, step.subject]
+    for name in ("title", "assignee"):
+        value = getattr(step, name)
+        if isinstance(value, str):
+            out.append(value)
+    if isinstance(step.headers, dict):
+        out += step.headers.values()
+    return tuple(out)
+
+
+# The action kinds' fields (kinds.py: which kind takes which).
+TaskTitle = Annotated[
+    str,
+    Meta(min_length=1, max_length=500, description="a template", extra_json_schema=ONE_LINE),
+]
+Assignee = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        description="a template: who the task is for",
+        extra_json_schema=ONE_LINE,
+    ),
+]
+DueInMinutes = Annotated[int, Meta(ge=1, le=5_256_000, description="minutes; at most 10 years")]
+StepUrl = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL; a public address unless webhooks.allow_private_targets",
+    ),
+]
+HttpMethod = Literal["POST", "PUT", "PATCH", "GET", "DELETE"]
+HeaderName = Annotated[
+    str, Meta(min_length=1, max_length=100, pattern="^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+]
+HeaderValue = Annotated[
+    str, Meta(max_length=2000, description="a template", extra_json_schema=ONE_LINE)
+]
+StepHeaders = Annotated[dict[HeaderName, HeaderValue], Meta(max_length=50)]
+CallTimeout = Annotated[float, Meta(gt=0, le=60, description="seconds")]
+OnTimeout = Literal["continue", "cancel"]
+Then = Literal["continue", "complete"]
+
+
 class Tracking(Input, kw_only=True):
     """What is tracked of a step's messages: `clicks` rewrites the links of its body to
     seqd's redirect (seqd/clicks.py)."""
@@ -250,8 +291,8 @@ class Tracking(Input, kw_only=True):
 
 
 class StepIn(Input, kw_only=True):
-    # OpenAPI: the kinds that take a subject need one, the others take none (`build_steps`).
-    json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": _subject_rule()}
+    """One step of a sequence: the fields every step takes and its kind's own (kinds.py;
+    the OpenAPI document has one schema per kind, api/step_schemas.py)."""
 
     kind: Kind
     wait_minutes: WaitMinutes = 0
@@ -260,7 +301,8 @@ class StepIn(Input, kw_only=True):
     send_at: SendAt | None = None
     # A message the contact asked for (a reply, a code): exempt from SMS quiet hours.
     transactional: bool = False
-    body: Body
+    # Required for sms and email; a webhook step's request body (a template).
+    body: Body | None = None
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
     thread: bool = True
@@ -270,6 +312,23 @@ class StepIn(Input, kw_only=True):
     # and `skip_if` does not, else skipped (reason "condition").
     skip_if: conditions.Condition | None = None
     only_if: conditions.Condition | None = None
+    # task: what to do and for whom; `due_in_minutes` from its creation; a blocking task
+    # holds the enrollment (paused, awaiting_task) until completed or due, then `on_timeout`.
+    # (Absent, not null, on other kinds' steps: each kind's fields are its own.)
+    title: TaskTitle | UnsetType = UNSET
+    assignee: Assignee | UnsetType = UNSET
+    due_in_minutes: DueInMinutes | UnsetType = UNSET
+    blocking: bool | UnsetType = UNSET
+    on_timeout: OnTimeout | UnsetType = UNSET
+    # webhook: the request (defaults POST, no extra headers, 10 s).
+    url: StepUrl | UnsetType = UNSET
+    method: HttpMethod | UnsetType = UNSET
+    headers: StepHeaders | UnsetType = UNSET
+    timeout_seconds: CallTimeout | UnsetType = UNSET
+    # enroll: the sequence the contact is enrolled in, and what this one does then
+    # (default continue).
+    sequence_id: Id | UnsetType = UNSET
+    then: Then | UnsetType = UNSET
 
 
 class Step(Output, kw_only=True):
@@ -286,6 +345,18 @@ class Step(Output, kw_only=True):
     encoding: Literal["gsm7", "ucs2"] | None = None
     skip_if: conditions.Condition | None = None
     only_if: conditions.Condition | None = None
+    # The action kinds' fields, present on their kind's steps only (kinds.py `fields`).
+    title: str | UnsetType = UNSET
+    assignee: str | UnsetType = UNSET
+    due_in_minutes: int | UnsetType = UNSET
+    blocking: bool | UnsetType = UNSET
+    on_timeout: OnTimeout | UnsetType = UNSET
+    url: str | UnsetType = UNSET
+    method: HttpMethod | UnsetType = UNSET
+    headers: dict[str, str] | UnsetType = UNSET
+    timeout_seconds: float | UnsetType = UNSET
+    sequence_id: str | UnsetType = UNSET
+    then: Then | UnsetType = UNSET
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
@@ -384,6 +455,67 @@ _SUBJECT_ONLY = "only {} steps take a subject".format(
 )
 
 
+# Fields every kind may carry as they were before kinds named their fields.
+LENIENT_FIELDS = frozenset({"subject", "thread", "transactional"})
+_TEMPLATED = ("title", "assignee")
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value is not UNSET
+
+
+def _kind_fields(i: int, step: StepIn) -> list[FieldError]:
+    """A kind's required fields present, another kind's absent (kinds.py `fields`), and
+    the templates among them parsed (body and subject: `build_steps`)."""
+    spec = SPECS[step.kind]
+    errors = []
+    for name in sorted(KIND_FIELDS - LENIENT_FIELDS):
+        given = _given(getattr(step, name))
+        if name in spec.required and not given:
+            errors.append(FieldError(f"steps[{i}].{name}", f"required for {step.kind} steps"))
+        elif name not in spec.fields and given:
+            takes = " and ".join(k for k, s in SPECS.items() if name in s.fields)
+            errors.append(FieldError(f"steps[{i}].{name}", f"only {takes} steps take a {name}"))
+    texts: list[tuple[str, str, Any]] = [(n, "", getattr(step, n)) for n in _TEMPLATED]
+    if isinstance(step.headers, dict):
+        texts += [("headers", f"{k}: ", v) for k, v in step.headers.items()]
+    for name, which, text in texts:
+        if not isinstance(text, str):
+            continue
+        try:
+            templates.parse(text)
+        except templates.TemplateError as exc:
+            errors.append(FieldError(f"steps[{i}].{name}", f"{which}template error: {exc}"))
+        if _LINE_BREAK.search(text):
+            errors.append(FieldError(f"steps[{i}].{name}", f"{which}one line of text"))
+    return errors
+
+
+def _or(value: Any, default: Any) -> Any:
+    return value if _given(value) else default
+
+
+def _action_fields(step: StepIn) -> dict[str, Any]:
+    """The Step fields of an action kind's step, defaults filled in."""
+    if step.kind == "task":
+        out: dict[str, Any] = {"title": step.title, "blocking": _or(step.blocking, False)}
+        out["on_timeout"] = _or(step.on_timeout, "continue")
+        for name in ("assignee", "due_in_minutes"):
+            if _given(getattr(step, name)):
+                out[name] = getattr(step, name)
+        return out
+    if step.kind == "webhook":
+        return {
+            "url": step.url,
+            "method": _or(step.method, "POST"),
+            "headers": _or(step.headers, {}),
+            "timeout_seconds": float(_or(step.timeout_seconds, 10.0)),
+        }
+    if step.kind == "enroll":
+        return {"sequence_id": step.sequence_id, "then": _or(step.then, "continue")}
+    return {}
+
+
 def tracks_clicks(step: StepIn | Step, track: Tracking | None) -> bool:
     """Whether `step`'s links are tracked, under its sequence's `track`."""
     own = step.track if step.track is not None else track
@@ -397,6 +529,7 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
     out = []
     for i, step in enumerate(steps):
         spec = SPECS[step.kind]
+        errors += _kind_fields(i, step)
         if spec.subject and step.subject is None:
             errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
         if not spec.subject and step.subject is not None:
@@ -421,10 +554,10 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
             cond = getattr(step, name)
             if cond is not None:
                 errors += conditions.check(cond, f"steps[{i}].{name}", i)
-        counted = step.body
-        if spec.segments and tracks_clicks(step, track):
+        counted = step.body or ""
+        if spec.segments and counted and tracks_clicks(step, track):
             counted = links.placeholder_links(counted, links.COUNTED_BASE_CHARS)
-        seg, enc = segments(counted) if spec.segments else (None, None)
+        seg, enc = segments(counted) if spec.segments and counted else (None, None)
         out.append(
             Step(
                 kind=step.kind,
@@ -432,7 +565,7 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
                 wait_days=step.wait_days,
                 send_at=step.send_at,
                 transactional=step.transactional,
-                body=step.body,
+                body=step.body or "",
                 subject=step.subject,
                 thread=step.thread,
                 track=step.track,
@@ -440,6 +573,7 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
                 encoding=enc,
                 skip_if=step.skip_if,
                 only_if=step.only_if,
+                **_action_fields(step),
             )
         )
     if errors:

@@ -10,7 +10,9 @@ whether an Idempotency-Key was already used for another request, whether a sende
 address is one (phone or mailbox as its channel says) and free, whether an SMTP profile
 is in the config, whether a messaging service or profile suits the sender's channel, or
 whether a sequence's sender pool names the tenant's senders of that channel, whether a
-`schedule_id` names one of the tenant's schedules, whether a schedule's windows open on
+`schedule_id` (or an enroll step's `sequence_id`) names one of the tenant's sequences or
+schedules, whether a task step's title, assignee or a webhook step's headers are valid
+templates, whether a schedule's windows open on
 at least one day, whether a day's intervals are non-empty and do not overlap, whether
 the holidays library knows a calendar code, or whether a stats range (`from`) ends after
 it starts and spans at most 400 days. The
@@ -50,6 +52,10 @@ BEYOND_SCHEMA = frozenset(
         "messaging_service_sid",
         "sms",
         "schedule_id",
+        "sequence_id",
+        "title",
+        "assignee",
+        "headers",
         "default_timezone",
         "holidays",
         "windows",

@@ -9,9 +9,12 @@ import pytest
 
 from seqd import ids
 from seqd.api.routing import ROUTES
-from seqd.config import WebhooksConfig
+from seqd.config import DispatchConfig, WebhooksConfig
+from seqd.engine.dispatcher import Dispatcher
 from seqd.events.reader import Reader
+from seqd.times import now_ms
 from tests.conftest import Api
+from tests.dispatchutil import OneSender, Recorder
 
 SEQ = {"name": "S", "status": "active", "steps": [{"kind": "sms", "body": "hi"}]}
 
@@ -180,6 +183,7 @@ _KIND_BY_PREFIX = {
     "/webhook-endpoints/": "webhook_endpoint",
     "/schedules/": "schedule",
     "/senders/": "sender",
+    "/tasks/": "task",
 }
 _MISSING = {
     "contact": ids.new(ids.CONTACT),
@@ -189,6 +193,7 @@ _MISSING = {
     "webhook_endpoint": ids.new(ids.WEBHOOK),
     "schedule": ids.new(ids.SCHEDULE),
     "sender": ids.new(ids.SENDER),
+    "task": ids.new(ids.TASK),
 }
 
 
@@ -208,8 +213,20 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
     _, c = await api.call("POST", "/contacts", {"phone": "+14155550100"})
     _, s = await api.call("POST", "/sequences", SEQ)
     cid, sid = c["contact"]["id"], s["sequence"]["id"]  # type: ignore[index]
+    # A task: a task step sent by a dispatcher.
+    _, t = await api.call(
+        "POST",
+        "/sequences",
+        {"name": "t", "status": "active", "steps": [{"kind": "task", "title": "Call"}]},
+    )
+    await api.call("POST", f"/sequences/{t['sequence']['id']}/enrollments", {"contact_id": cid})  # type: ignore[index]
+    dispatcher = Dispatcher(api.store, DispatchConfig(), OneSender(Recorder()))
+    await dispatcher.run_once(now_ms())
+    _, tasks = await api.call("GET", "/tasks")
+    task = tasks["data"][0]["id"]  # type: ignore[index]
     _, e = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
     owned = {"contact": cid, "sequence": sid, "enrollment": e["enrollment"]["id"]}  # type: ignore[index]
+    owned["task"] = task
     # An event in the log (the enrollment's) and a webhook endpoint (a public IP literal:
     # nothing is resolved, nothing is sent).
     await Reader(api.store, WebhooksConfig()).run_once()
@@ -236,7 +253,7 @@ async def test_other_tenant_gets_the_same_404_as_for_a_missing_id(api: Api) -> N
         theirs = await api.call(r.method, r.path.replace("{id}", owned[kind]), body, key=other)
         missing = await api.call(r.method, r.path.replace("{id}", _MISSING[kind]), body, key=other)
         assert theirs[0] == 404, (r.method, r.path, theirs)
-        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe|snd|sch)_\w+", "<id>", str(b))  # noqa: E731
+        scrub = lambda b: re.sub(r"(con|seq|enr|evt|whe|snd|sch|tsk)_\w+", "<id>", str(b))  # noqa: E731
         assert scrub(theirs[1]) == scrub(missing[1]), (r.method, r.path)
 
     # Lists of the other tenant show nothing of the first.

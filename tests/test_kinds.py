@@ -29,6 +29,14 @@ def test_every_kind_has_a_spec_the_layers_can_use() -> None:
             assert spec.cancel_reason in cancel_reasons, kind
             assert kinds.CHANNEL_ADDRESS[kind] == spec.address
     assert kinds.letters(["sms", "email", "sms"]) == "ses"
+    # Each kind's own step fields are fields of the step shapes; an action kind has no
+    # address, no provider and no list.
+    for kind, spec in SPECS.items():
+        assert set(spec.fields) <= set(models.StepIn.__struct_fields__), kind
+        assert set(spec.fields) <= set(models.Step.__struct_fields__), kind
+        if spec.family == "action":
+            assert (spec.address, spec.provider, spec.suppression) == (None, None, False), kind
+    assert kinds.ACTION_KINDS == ("task", "webhook", "enroll")
 
 
 def test_the_scripts_read_the_kinds_from_python() -> None:

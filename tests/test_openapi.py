@@ -7,6 +7,7 @@ import re
 from openapi_spec_validator import validate
 
 from seqd.api.routing import ROUTES
+from seqd.kinds import KIND_FIELDS, SPECS
 from tests.conftest import Api
 
 
@@ -106,10 +107,11 @@ async def test_document_states_the_rules_the_api_enforces(api: Api) -> None:
         ["contact"],
     ]
     # Only email steps take a subject, and they need one.
-    email, others = schemas["StepIn"]["oneOf"]
-    assert email["properties"]["kind"]["enum"] == ["email"] and email["required"] == ["subject"]
-    assert "sms" in others["properties"]["kind"]["enum"]
-    assert others["properties"]["subject"] == {"type": "null"}
+    email, sms = schemas["EmailStepIn"], schemas["SmsStepIn"]
+    assert email["properties"]["kind"] == {"const": "email"} and "subject" in email["required"]
+    assert email["properties"]["subject"]["type"] == "string"
+    assert sms["properties"]["kind"] == {"const": "sms"}
+    assert sms["properties"]["subject"] == {"type": "null"}
     # Webhook subscriptions: known event types, or "*" alone.
     subscription = schemas["EndpointCreate"]["properties"]["events"]
     alone, known = subscription["anyOf"]
@@ -166,3 +168,29 @@ async def test_integral_numbers_are_integers(api: Api) -> None:
     steps[0]["wait_minutes"] = 60.5
     status, body = await api.call("POST", "/sequences", {"name": "S", "steps": steps})
     assert status == 422 and body["errors"][0]["path"] == "steps[0].wait_minutes"  # type: ignore[index]
+
+
+async def test_steps_are_a_tagged_union_of_one_schema_per_kind(api: Api) -> None:
+    """A generated client gets a type per step kind: `kind` is the discriminator, and each
+    kind's schema has the fields every step takes and its own (kinds.py), no other's."""
+    schemas = (await _document(api))["components"]["schemas"]
+    for name in ("StepIn", "Step"):
+        union = schemas[name]
+        assert union["discriminator"]["propertyName"] == "kind"
+        mapping = union["discriminator"]["mapping"]
+        assert sorted(mapping) == sorted(SPECS)
+        assert [b["$ref"] for b in union["oneOf"]] == list(mapping.values())
+        for kind, ref in mapping.items():
+            schema = schemas[ref.rsplit("/", 1)[1]]
+            props = schema["properties"]
+            assert props["kind"] == {"const": kind}
+            assert "wait_minutes" in props and "send_at" in props
+            own = set(SPECS[kind].fields)
+            assert own - {"thread", "transactional"} <= set(props), kind
+            others = KIND_FIELDS - own - {"subject", "thread", "transactional"}
+            # (An input's other-kind field is absent, or null where null reads as absent.)
+            assert all(props.get(f, {"type": "null"}) == {"type": "null"} for f in others), kind
+    task = schemas["TaskStepIn"]
+    assert task["required"] == ["kind", "title"] and task["additionalProperties"] is False
+    assert "title" not in schemas["SmsStepIn"]["properties"]
+    assert "POST" in schemas["WebhookStepIn"]["properties"]["method"]["enum"]

@@ -28,7 +28,8 @@ import pytest
 import requests
 
 from seqd import logs
-from seqd.config import Config, HttpConfig, LifecycleConfig, LogConfig
+from seqd.config import Config, HttpConfig, LifecycleConfig, LogConfig, WebhooksConfig
+from seqd.events import signing
 from seqd.service import build_app
 from seqd.store.db import Store, connect
 from tests.conftest import ValkeyProcess, free_port
@@ -77,6 +78,7 @@ class Server:
         config = Config(
             http=HttpConfig(public_url=self.base_url),
             lifecycle=LifecycleConfig(unsubscribe_secret="s" * 32),
+            webhooks=WebhooksConfig(step_secret=signing.new_secret()),
         )
         # The whole daemon's app: the outbox reader records the event log /events serves.
         self.runner = web.AppRunner(build_app(config, self.store), access_log=None)

@@ -24,6 +24,7 @@ from seqd.api import (  # noqa: F401
     settings,
     stats,
     suppressions,
+    tasks,
     ui,
     unsubscribe,
     webhooks,

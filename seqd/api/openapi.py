@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 import seqd
+from seqd.api import step_schemas
 from seqd.api.appkeys import OPENAPI
 from seqd.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from seqd.api.idempotency import MAX_KEY_LENGTH
@@ -172,6 +173,7 @@ def build(base_path: str, routes: list[Route] | None = None) -> dict[str, Any]:
         )
     for kind in _struct_types(ordered):
         _rules(kind, components)
+    step_schemas.tagged(components)
     for (key, status), links in _links(routes, base_path).items():
         method, path = key.split(" ", 1)
         r = next(r for r in routes if r.method == method and r.path == path)

@@ -12,6 +12,7 @@ from seqd.api.auth import tenant_of
 from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.schedules import check_schedule_id
+from seqd.api.steps import check_steps
 from seqd.api.wire import read_body, read_query, respond
 from seqd.appkeys import STORE
 from seqd.errors import Conflict
@@ -34,6 +35,7 @@ class SequenceListQuery(ListQuery, kw_only=True):
 )
 async def create_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequenceCreate)
+    await check_steps(request, tenant_of(request), body.steps)
     await request.app[STORE].senders.check_pools(tenant_of(request), body.senders)
     await check_schedule_id(request.app[STORE], tenant_of(request), body.schedule_id)
     seq = await request.app[STORE].sequences.create(tenant_of(request), body)
@@ -83,6 +85,8 @@ async def get_sequence(request: web.Request) -> web.Response:
 )
 async def patch_sequence(request: web.Request) -> web.Response:
     body = await read_body(request, models.SequencePatch)
+    if not isinstance(body.steps, msgspec.UnsetType):
+        await check_steps(request, tenant_of(request), body.steps)
     if not isinstance(body.senders, msgspec.UnsetType):
         await request.app[STORE].senders.check_pools(tenant_of(request), body.senders)
     if isinstance(body.schedule_id, str):

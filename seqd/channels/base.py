@@ -34,6 +34,14 @@ class FromSender(msgspec.Struct, frozen=True, kw_only=True):
     smtp_profile: str | None = None
 
 
+class WebhookCall(msgspec.Struct, frozen=True, kw_only=True):
+    """How a webhook step calls its URL (`OutboundMessage.to`): the rest is the message's
+    body and headers."""
+
+    method: str = "POST"
+    timeout_seconds: float = 10.0
+
+
 class OutboundMessage(msgspec.Struct, kw_only=True):
     tenant: str
     enrollment_id: str
@@ -51,6 +59,8 @@ class OutboundMessage(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     # The sequence's sender the step took; None: the tenant's configured number or address.
     sender: FromSender | None = None
+    # A webhook step's request (seqd/engine/webhook_step.py).
+    call: WebhookCall | None = None
 
     @property
     def key(self) -> str:

@@ -14,15 +14,15 @@ from typing import Any
 import msgspec
 
 from seqd import templates
-from seqd.channels.base import OutboundMessage, SendResult, message_key
+from seqd.channels.base import OutboundMessage, SendResult, WebhookCall, message_key
 from seqd.conditions import Facts
-from seqd.engine.plans import Plan
+from seqd.engine.plans import Plan, StepPlan
 from seqd.kinds import ADDRESS_FIELD, SPECS, Kind
 from seqd.models import CancelReason, PausedReason
 from seqd.store.claims import Claimed
 from seqd.store.dispatch import SuppressionRecord
 from seqd.store.mirrors import CONTACT_OWNER
-from seqd.store.settles import Cancel, Complete, Failed, Pause, Settled, Skipped
+from seqd.store.settles import Cancel, Complete, Failed, Pause, Settled, Skipped, TaskStep
 
 _CANCEL_REASONS = frozenset(r.value for r in CancelReason)
 
@@ -84,6 +84,8 @@ def compose(
             id=item.id, token=token, step=step, kind=kind, at=now, reason="condition",
             wait=plan.wait_after(step),
         )  # fmt: skip
+    if sp.action is not None:
+        return _action(item, plan, sp, step, now)
     if kind in suppressed:
         if any(later.kind not in suppressed for later in plan.steps[step + 1 :]):
             return Skipped(
@@ -96,14 +98,7 @@ def compose(
     to = c.get(field)
     if not to:
         return _pause_missing(item, step, kind, now, field)
-    context: Mapping[str, Any] = c
-    if sp.needs_attributes or sp.needs_metadata:
-        ctx = dict(c)
-        if sp.needs_attributes:
-            ctx["attributes"] = _decode(c.get("attributes") or "{}")
-        if sp.needs_metadata:
-            ctx["metadata"] = _decode(e.metadata or "{}")
-        context = ctx
+    context = _context(item, sp)
     try:
         body = templates.render(sp.body, context)
         subject = None if sp.subject is None else templates.render(sp.subject, context)
@@ -139,6 +134,67 @@ def compose(
         message=message,
         item=item,
     )
+
+
+def _context(item: Claimed, sp: StepPlan) -> Mapping[str, Any]:
+    """What the step's templates read: the contact's fields, and its `attributes` and the
+    enrollment's `metadata` decoded when they read them."""
+    c = item.contact
+    if not (sp.needs_attributes or sp.needs_metadata):
+        return c
+    ctx = dict(c)
+    if sp.needs_attributes:
+        ctx["attributes"] = _decode(c.get("attributes") or "{}")
+    if sp.needs_metadata:
+        ctx["metadata"] = _decode(item.enrollment.metadata or "{}")
+    return ctx
+
+
+def _action(item: Claimed, plan: Plan, sp: StepPlan, step: int, now: int) -> Job | Settled:
+    """An action kind's step (kinds.py `family`): a task is settled as it is (advance makes
+    it, includes/tasks.lua; the lane names it); a webhook call or an enrollment is a Job
+    for its sender (engine/actions.py)."""
+    e, a = item.enrollment, sp.action
+    assert a is not None
+    context = _context(item, sp)
+    try:
+        if sp.kind == "task":
+            title = templates.render(a.title if isinstance(a.title, str) else "", context)
+            assignee = None
+            if isinstance(a.assignee, str):
+                assignee = templates.render(a.assignee, context).strip() or None
+            due = a.due_in_minutes if isinstance(a.due_in_minutes, int) else None
+            return TaskStep(
+                id=item.id, token=e.token, step=step, kind=sp.kind, at=now,
+                wait=plan.wait_after(step), title=title, assignee=assignee,
+                due_in=-1 if due is None else due * 60_000, blocking=a.blocking is True,
+                on_timeout="cancel" if a.on_timeout == "cancel" else "continue",
+            )  # fmt: skip
+        # An enroll step's body is the metadata the new enrollment gets: this one's.
+        body = e.metadata or "" if sp.kind == "enroll" else ""
+        if a.body:
+            body = templates.render(a.body, context)
+        headers = {}
+        if isinstance(a.headers, dict):
+            headers = {k: templates.render(v, context) for k, v in a.headers.items()}
+    except templates.MissingVariable as exc:
+        return _pause_missing(item, step, sp.kind, now, exc.variable)
+    call = None
+    if sp.kind == "webhook":
+        call = WebhookCall(
+            method=a.method if isinstance(a.method, str) else "POST",
+            timeout_seconds=a.timeout_seconds if isinstance(a.timeout_seconds, float) else 10.0,
+        )
+    to = a.url if sp.kind == "webhook" else a.sequence_id
+    message = OutboundMessage(
+        tenant=e.tenant, enrollment_id=item.id, contact_id=e.contact, sequence_id=e.sequence,
+        step=step, kind=sp.kind, to=to if isinstance(to, str) else "", body=body,
+        headers=headers, call=call,
+    )  # fmt: skip
+    return Job(
+        id=item.id, token=e.token, step=step, kind=sp.kind, due=int(e.due),
+        attempts=int(e.attempts or 0), message=message, item=item,
+    )  # fmt: skip
 
 
 def _pause_missing(item: Claimed, step: int, kind: str, now: int, variable: str) -> Pause:

@@ -214,7 +214,9 @@ class Dispatcher:
         """A provider's "recipient unsubscribed" is an opt-out like a STOP keyword."""
         for job in jobs:
             result = job.result
-            if result is None or not result.suppress:
+            kind = job.kind
+            # (Only a kind with a suppression list can be opted out of: kinds.Channel.)
+            if result is None or not result.suppress or (kind != "sms" and kind != "email"):
                 continue
             from seqd.lifecycle import optout
 
@@ -223,7 +225,7 @@ class Dispatcher:
                 await optout.opt_out(
                     self.store,
                     message.tenant,
-                    job.kind,
+                    kind,
                     message.to,
                     source="provider",
                     contact_id=message.contact_id,
@@ -251,6 +253,7 @@ async def background(
         yield
         return
     from seqd.channels import registry
+    from seqd.engine import actions
     from seqd.lifecycle import unsubscribe
 
     secret = await unsubscribe.signing_secret(config, store)
@@ -258,7 +261,7 @@ async def background(
     recovery = Recovery(store, config.dispatch, worker)
     # Before the first lease: what this id leased before a crash comes back now.
     await recovery.start()
-    senders = registry.build(config)
+    senders = actions.ActionSenders(registry.build(config), store, config)
     dispatcher = Dispatcher(
         store,
         config.dispatch,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from seqd import ids
 from seqd.channels.base import OutboundMessage
 from seqd.config import DispatchConfig
 from seqd.engine import settle as outcomes
@@ -35,7 +36,7 @@ from seqd.store.calls import Call
 from seqd.store.claims import ClaimBatch, Claimed, ClaimedEnrollment, Leased
 from seqd.store.dispatch import Advanced, Dispatch, Found, SuppressionRecord
 from seqd.store.mirrors import version_of
-from seqd.store.settles import Defer, Sent, Settled, Skipped
+from seqd.store.settles import Defer, Sent, Settled, Skipped, TaskStep
 
 log = structlog.get_logger(__name__)
 
@@ -383,7 +384,15 @@ class Lane:
                     settles[shard_of[item.id]].append(closed)
                     continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
-            if timetable is not None and isinstance(composed, Skipped) and composed.wait >= 0:
+            if isinstance(composed, TaskStep):
+                # (Used only when its task is made: the enrollment names it from then on.)
+                shards = crew.dispatch.store.shards
+                composed.task_id = ids.new_in_shard(ids.TASK, shard_of[item.id], shards, now)
+            if (
+                timetable is not None
+                and isinstance(composed, Skipped | TaskStep)
+                and composed.wait >= 0
+            ):
                 composed.wait = timetable.wait_after(plan, item, composed.step, composed.at)
             if isinstance(composed, Job):
                 pick = picks.get(item.id)

@@ -47,6 +47,10 @@ class StepPlan:
     transactional: bool = False
     # Its waits and time rules as the timing core takes them.
     timing: StepTiming = NO_RULES
+    # An action kind's step (kinds.py `family`): its fields, read at send time.
+    action: models.Step | None = None
+    # The enrollment completes after this step (an enroll step with then = complete).
+    ends: bool = False
     # Its links go through seqd's click redirect (seqd/clicks.py).
     track_clicks: bool = False
     # Whether it is sent when due (its only_if / skip_if); None: always.
@@ -74,7 +78,9 @@ class Plan:
     def wait_after(self, step: int) -> int:
         """ms from step `step`'s send to the next one; -1 when it is the last."""
         nxt = step + 1
-        return self.steps[nxt].wait_ms if nxt < len(self.steps) else -1
+        if nxt >= len(self.steps) or self.steps[step].ends:
+            return -1
+        return self.steps[nxt].wait_ms
 
 
 def build(seq: models.Sequence, version: int) -> Plan:
@@ -90,7 +96,8 @@ def build(seq: models.Sequence, version: int) -> Plan:
         subject = step.subject
         if threaded and first is not None:
             subject = seq.steps[first].subject
-        roots = templates.roots(step.body, subject)
+        roots = templates.roots(subject, *models.step_templates(step))
+        action = step if SPECS[step.kind].family == "action" else None
         steps.append(
             StepPlan(
                 kind=step.kind,
@@ -103,6 +110,8 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 needs_metadata="metadata" in roots,
                 transactional=step.transactional,
                 timing=step_timing(step),
+                action=action,
+                ends=step.kind == "enroll" and step.then == "complete",
                 track_clicks=models.tracks_clicks(step, seq.track),
                 gate=conditions.gate(step.only_if, step.skip_if),
             )

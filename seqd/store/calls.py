@@ -558,3 +558,16 @@ def advance_mailbox(
 ) -> Call:
     lease, cursor = keys.mailbox_lease(mailbox), keys.mailbox_cursor(mailbox)
     return Call("advanceMailbox", [lease, cursor], [owner, folder, uidvalidity, uid], None)
+
+
+# -- tasks ---------------------------------------------------------------------------------
+def complete_task(
+    keys: Keys, shard: int, now: int, tenant: str, task_id: str, outcome: str
+) -> Call:
+    tag = keys.shard_tag(shard)
+    return Call("completeTask", _shard_keys(keys, shard), [tag, now, tenant, task_id, outcome], tag)
+
+
+def patch_task(keys: Keys, shard: int, now: int, tenant: str, task_id: str, changes: bytes) -> Call:
+    tag = keys.shard_tag(shard)
+    return Call("patchTask", _shard_keys(keys, shard), [tag, now, tenant, task_id, changes], tag)

@@ -54,6 +54,14 @@ def pairs(flat: list[Any]) -> dict[str, str]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+def _timed(status: str, h: dict[str, str]) -> bool:
+    """Whether the enrollment's `n` is a time it waits for: an active one's next step, or
+    the due time of the task a blocking task step holds it for (includes/tasks.lua)."""
+    if status == models.EnrollmentStatus.ACTIVE:
+        return True
+    return h.get("pr") == models.PausedReason.AWAITING_TASK and "n" in h
+
+
 def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
     status = models.EnrollmentStatus(h["st"])
     md = h.get("md")
@@ -67,7 +75,7 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         contact_id=h["c"],
         current_step=int(h["i"]),
         status=status,
-        next_run_at=to_rfc3339(int(h["n"])) if status == models.EnrollmentStatus.ACTIVE else None,
+        next_run_at=to_rfc3339(int(h["n"])) if _timed(status, h) else None,
         enrolled_at=to_rfc3339(enrolled_at),
         metadata=_json_decode(md) if md else {},
         paused_reason=h.get("pr"),

@@ -29,6 +29,7 @@ from seqd.store.sequences import Sequences
 from seqd.store.settings import TenantSettingsStore
 from seqd.store.stats import Stats
 from seqd.store.suppressions import Suppressions
+from seqd.store.tasks import Tasks
 from seqd.store.tenants import Tenants
 from seqd.store.webhooks import Webhooks
 
@@ -73,6 +74,7 @@ class Store(StoreContext):
         self.contacts = Contacts(self)
         self.sequences = Sequences(self)
         self.enrollments = Enrollments(self)
+        self.tasks = Tasks(self)
         self.suppressions = Suppressions(self)
         self.lifecycle = Lifecycle(self, self.sequences)
         self.events = Events(self)

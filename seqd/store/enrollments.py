@@ -234,7 +234,8 @@ class Enrollments:
             pipe.hgetall(self.keys.enrollment(self._shard(eid), eid))
         rows = await pipe.execute()
         # A queue also holds the pauses that end by themselves (out_of_office, waiting for
-        # their resume_at there): they are listed with the paused ones, not here.
+        # their resume_at there) and the enrollments a blocking task holds (awaiting_task,
+        # until the task's due time): they are listed with the paused ones, not here.
         data = [
             codec.enrollment(eid, h)
             for i, (eid, h) in enumerate(zip(page, rows, strict=True))
@@ -246,9 +247,14 @@ class Enrollments:
             [
                 self.keys.status_index(shard, sid, status)
                 for shard in range(self.keys.shards)
-                for status in statuses
+                for status in others
             ]
         )
+        if "active" in statuses:
+            pipe = self.store.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.hget(self.keys.counts(shard, sid), "active")
+            total += sum(int(n or 0) for n in await pipe.execute())
         return data, cursor, total
 
 

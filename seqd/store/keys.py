@@ -75,6 +75,11 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # SET of the lease tokens whose sends have started (written right before the first of
     # them): a lease not in it was never handed to a channel, so it is no attempt.
     "lease_starts": "{tag}:lst",
+    # HASH: one task of a task step (store/tasks.py), in its enrollment's shard.
+    "task": "{tag}:tk:{task_id}",
+    # ZSET of a tenant's tasks in this shard, scores 0, id order: by status ("" any) and
+    # assignee ("" any, else "=" + the assignee), the filters of GET /v1/tasks.
+    "task_index": "{tag}:tki:{tenant}:{status}:{assignee}",
     # HASH "<step>:<variant>:<counter code>" -> count: what one sequence's steps did in this
     # shard on one UTC day (epoch ms // 86,400,000), store/stats.py; expires after the
     # retention.
@@ -339,6 +344,18 @@ class Keys:
             return self.queue(shard, sequence_id)
         return SHARD_TEMPLATES["status_index"].format(
             tag=self.shard_tag(shard), sequence_id=sequence_id, status=status
+        )
+
+    def task(self, shard: int, task_id: str) -> str:
+        return SHARD_TEMPLATES["task"].format(tag=self.shard_tag(shard), task_id=task_id)
+
+    def task_index(self, shard: int, tenant: str, status: str, assignee: str | None) -> str:
+        """The listing of a tenant's tasks in one shard; status "" and assignee None: any."""
+        return SHARD_TEMPLATES["task_index"].format(
+            tag=self.shard_tag(shard),
+            tenant=tenant,
+            status=status,
+            assignee="" if assignee is None else "=" + assignee,
         )
 
     def counts(self, shard: int, sequence_id: str) -> str:

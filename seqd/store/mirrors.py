@@ -41,7 +41,7 @@ def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tup
             needed.add("timezone")
         needed |= conditions.roots(step.only_if) | conditions.roots(step.skip_if)
         try:
-            needed |= templates.roots(step.body, step.subject)
+            needed |= templates.roots(*models.step_templates(step))
         except templates.TemplateError:  # (saved steps parse; if one did not: read them all)
             return CONTACT_READ
     return tuple(field for field in CONTACT_READ if field in needed)

@@ -89,7 +89,23 @@ class Defer(StepOutcome, tag="defer"):
     zone: str | None = None
 
 
-Settled = Sent | Skipped | Retry | Failed | Pause | Cancel | Complete | Release | Defer
+class TaskStep(StepOutcome, tag="task"):
+    """A task step came due (or its hold did): its task is made once per (enrollment, step),
+    under `task_id` unless the enrollment already names one (`p<step>`); then, as the task
+    says (includes/tasks.lua): passed on at once (not blocking, completed, timed out with
+    on_timeout continue), held (paused awaiting_task, due again at the task's due time), or
+    cancelled (timed out with on_timeout cancel). `due_in`: ms from now, -1 for none."""
+
+    wait: int
+    task_id: str = ""
+    title: str = ""
+    assignee: str | None = None
+    due_in: int = -1
+    blocking: bool = False
+    on_timeout: str = "continue"
+
+
+Settled = Sent | Skipped | Retry | Failed | Pause | Cancel | Complete | Release | Defer | TaskStep
 OUTCOMES: tuple[type[StepOutcome], ...] = (
     Sent,
     Skipped,
@@ -100,6 +116,7 @@ OUTCOMES: tuple[type[StepOutcome], ...] = (
     Complete,
     Release,
     Defer,
+    TaskStep,
 )
 
 _LUA_TYPE = {int: "number", str: "string", bool: "boolean"}

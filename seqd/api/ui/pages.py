@@ -21,7 +21,7 @@ from seqd.api.ui import charts, session
 from seqd.appkeys import CONFIG, STORE
 from seqd.cursors import decode_token, encode_token
 from seqd.errors import SeqdError
-from seqd.kinds import Kind
+from seqd.kinds import Channel
 from seqd.store import backlog
 from seqd.store.counters import DAY_MS, NO_STEP
 from seqd.store.enrollment_search import EnrollmentFilter
@@ -282,7 +282,7 @@ async def contact(request: web.Request, s: session.Session) -> web.StreamRespons
 async def suppressions(request: web.Request, s: session.Session) -> web.StreamResponse:
     store = request.app[STORE]
     after = decode_token(request.query.get("page_token"))
-    channels: list[Kind] = list(kinds.SPECS)
+    channels: list[Channel] = list(kinds.CHANNELS)
     rows, after, total = await store.suppressions.list(
         s.tenant, channels=channels, limit=PAGE, after=after
     )

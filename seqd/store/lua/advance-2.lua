@@ -23,6 +23,8 @@
     cancel    reason (opted_out, bounced, ...), error (optional)
     complete  (the step is past the sequence's end)
     defer     until (ms), reason, zone (optional): see store/settles.py Defer
+    task      wait (as for sent), task_id, title, assignee, due_in, blocking, on_timeout:
+              a task step, settled as its task says (includes/tasks.lua `settle_task`)
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
@@ -52,6 +54,7 @@ local tag, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- @include enrollment
 -- @include dispatch
 -- @include settles
+-- @include tasks
 
 -- Every item is checked before anything is written: a script error does not roll back.
 local ok, items = pcall(cjson.decode, ARGV[4])
@@ -72,6 +75,9 @@ for n, it in ipairs(items) do
   if it.outcome == 'defer' then
     if it['until'] % 1 ~= 0 then return redis.error_reply('BAD_ITEMS:item ' .. n) end
     if type(it.reason) ~= 'string' then it.reason = 'window' end
+  end
+  if it.outcome == 'task' and (type(it.task_id) ~= 'string' or it.task_id == '') then
+    return redis.error_reply('BAD_ITEMS:item ' .. n)
   end
 end
 -- Passed step n's values are ARGV[P_WIDTH * n + SKIP + P_ID ..] (PASSED_STEP): they start
@@ -334,6 +340,12 @@ local function settle(id, ekey, it, current)
       stats_count(e['s'], it.step, stats_variant(e, it.step), 'deferred', now)
       enrollment_event('sequence.step.deferred', id, e, now,
         {step = it.step, kind = it.kind, reason = it.reason, ['until'] = it['until']})
+    elseif outcome == 'task' then
+      settle_task(id, e, it, now, function()
+        it.outcome = 'sent'
+        local due_at = pass_step(id, e, it, ekey)
+        if due_at then schedule(id, e['s'], due_at) else finish(id, e, 'completed', '', now) end
+      end)
     elseif outcome == 'release' then
       local at = tonumber(now) + (tonumber(it.delay) or 0)
       schedule(id, e['s'], it.started and lease_token(at) or at)

@@ -9,6 +9,8 @@
   - enrollment gone or not active: a stale member, dropped from the queue; but a pause
     that ends by itself (`ra`, resume_at: out_of_office) waits there until then, and is
     resumed (sequence.enrollment.resumed, reason `<paused_reason>_ended`) and due from now;
+    and one a blocking task holds (paused awaiting_task: its member is the task's due
+    time) is returned like an active one;
   - sequence paused or draft (or its mirror missing): its head is taken out and its queue
     waits as it is, due times and all, until syncSequence puts the head back on resume;
   - sequence archived: cancelled (sequence_archived);
@@ -131,13 +133,25 @@ local function claim_queue(seq, state, qkey, room)
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
         .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '')
         .. (h[8] and (',"o":"' .. h[8] .. '"') or '') .. pins .. '},' .. c .. ']'
-    elseif st ~= 'active' then
+    elseif st ~= 'active' and not (st == 'paused'
+      and rcall('HGET', ekey, 'pr') == 'awaiting_task') then
       local e = st == 'paused' and to_table(rcall('HGETALL', ekey))
       if e and e['ra'] and state.status == 'active' then
         -- A pause that ends by itself (out_of_office) is over: due again from now.
         resume(id, e, now, {reason = e['pr'] .. '_ended'})
       else
         rcall('ZREM', qkey, id)
+      end
+    elseif st == 'paused' and state.status == 'active' and step < state.steps then
+      -- A task step's hold came due (its task's due time): the step is claimed again and
+      -- its task decides (includes/tasks.lua). A lease run out and still recorded is
+      -- reclaimLeases' to settle.
+      if not is_leased(score)
+        or not rcall('ZSCORE', k_leases(tag), lease_token(tonumber(score) + 0.5)) then
+        local e = to_table(rcall('HGETALL', ekey))
+        local c = take(seq, state, e['c'])
+        e['k'] = score
+        parts[#parts + 1] = '[' .. cjson.encode(id) .. ',' .. object(e) .. ',' .. c .. ']'
       end
     else
       local e = to_table(rcall('HGETALL', ekey))

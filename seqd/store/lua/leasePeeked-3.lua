@@ -97,7 +97,9 @@ for _, g in ipairs(groups) do
           if is_leased(score) then
             local ekey = k_enrollment(tag, id)
             local e = to_table(rcall('HGETALL', ekey))
-            send = e['st'] == 'active' and count_unknown(id, e, ekey, tonumber(e['i']), now)
+            -- (Or held by its task: includes/tasks.lua.)
+            local live = e['st'] == 'active' or e['pr'] == 'awaiting_task'
+            send = live and count_unknown(id, e, ekey, tonumber(e['i']), now)
             if send then
               counted[#counted + 1] = id
               counted[#counted + 1] = e['a']
