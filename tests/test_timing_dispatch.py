@@ -260,3 +260,47 @@ async def test_a_step_in_a_closed_window_is_deferred_at_its_peek(quiet_api: Api)
     assert await store.client.zcard(store.keys.leases(shard)) == 0
     assert await store.client.hgetall(store.keys.sender_budgets("acme")) == {}
     assert await store.client.exists(store.keys.frequency(shard, cid, "sms")) == 0
+
+
+async def test_a_step_the_cap_skips_is_shown_skipped_and_the_dispatcher_skips_it(
+    quiet_api: Api,
+) -> None:
+    api, store = quiet_api, quiet_api.store
+    caps = {"frequency_caps": {"sms": {"limit": 1, "window_hours": 24}, "action": "skip"}}
+    assert (await api.call("PATCH", "/tenant/settings", caps))[0] == 200
+    steps: list[dict[str, Any]] = [
+        {"kind": "sms", "body": "s0"},
+        {"kind": "sms", "wait_minutes": 10, "body": "s1"},
+        {"kind": "email", "wait_minutes": 10, "subject": "s", "body": "e2"},
+    ]
+    status, seq = await api.call(
+        "POST", "/sequences", {"name": "S", "status": "active", "steps": steps}
+    )
+    assert status == 201, seq
+    sid = seq["sequence"]["id"]  # type: ignore[index]
+    _, contact = await api.call(
+        "POST", "/contacts", {"phone": "+12125550100", "email": "c@example.com"}
+    )
+    cid = contact["contact"]["id"]  # type: ignore[index]
+    status, preview = await api.call(
+        "POST", f"/sequences/{sid}/preview", {"contact_id": cid, "start_at": to_rfc3339(NOW)}
+    )
+    assert status == 200, preview
+    planned = preview["steps"]  # type: ignore[index]
+    assert [(local(p["send_at"], NY), p["moved_by"], p["skipped"]) for p in planned] == [
+        ("2026-04-06 08:00", ["quiet_hours"], False),
+        ("2026-04-06 08:10", ["frequency_cap"], True),
+        ("2026-04-06 08:20", [], False),
+    ]
+    _, body = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
+    eid = body["enrollment"]["id"]  # type: ignore[index]
+    clock = Clock(NOW)
+    d, sender = dispatcher(store, clock)
+    for p in planned:
+        clock.at = int((await raw(store, eid))["n"])
+        assert clock.at == from_rfc3339(p["send_at"])
+        await d.run_once(clock.at)
+    assert [m.body for m in sender.messages] == ["s0", "e2"]
+    (skipped,) = [e for e in await events(store) if e["type"] == "sequence.step.skipped"]
+    assert (skipped["step"], skipped["reason"]) == (1, "frequency_cap")
+    assert (await raw(store, eid))["st"] == "completed"
