@@ -52,6 +52,8 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        # GET /enrollments: a paused reason goes with no status or `paused` only.
+        "paused_reason",
         # Step conditions: an earlier step, nesting depth and size (seqd/conditions.py).
         *("step", "only_if", "skip_if", "all", "any", "not"),
         # Contact events: an RFC 3339 time, properties' size as JSON.

@@ -262,7 +262,8 @@ def _operation(r: Route, ref_of: dict[type, Any], components: dict[str, Any]) ->
     op["responses"]["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
     for status, media in r.media.items():
         response = op["responses"].setdefault(str(status), {"description": r.summary})
-        response["content"] = {media: {"schema": {"type": "string"}}}
+        # Several types, comma-separated: one body, as the request chose (an export's format).
+        response["content"] = {m.strip(): {"schema": {"type": "string"}} for m in media.split(",")}
     return op
 
 

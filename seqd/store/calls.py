@@ -161,6 +161,14 @@ def advance(
     return Call("advance", _shard_keys(keys, shard), args, tag)
 
 
+def defer_steps(
+    keys: Keys, shard: int, now: int, groups: bytes, steps: Sequence[str | bytes]
+) -> Call:
+    """`groups`, `steps`: store/settles.py `Deferrals`."""
+    tag = keys.shard_tag(shard)
+    return Call("deferSteps", _shard_keys(keys, shard), [tag, now, groups, *steps], tag)
+
+
 def reclaim_leases(keys: Keys, shard: int, now: int, limit: int, dead: Sequence[str]) -> Call:
     tag = keys.shard_tag(shard)
     lease_keys = [

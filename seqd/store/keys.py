@@ -325,6 +325,12 @@ class Keys:
     def tenant_contacts(self, shard: int, tenant: str) -> str:
         return SHARD_TEMPLATES["tenant_contacts"].format(tag=self.shard_tag(shard), tenant=tenant)
 
+    def frequency(self, shard: int, contact_id: str, kind: str) -> str:
+        """ZSET of a contact's messages of `kind` in its tenant's frequency-cap window."""
+        return SHARD_TEMPLATES["frequency"].format(
+            tag=self.shard_tag(shard), contact_id=contact_id, kind=kind
+        )
+
     def message(self, shard: int, message_id: str) -> str:
         return SHARD_TEMPLATES["message"].format(tag=self.shard_tag(shard), message_id=message_id)
 

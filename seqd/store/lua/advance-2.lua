@@ -208,13 +208,6 @@ end
 -- A step's kind as JSON, for the kinds there are (any other is encoded).
 local KIND_JSON = {sms = '"sms"', email = '"email"'}
 
--- Whether the claim that gave `token` still holds the member in queue `qkey`.
-local function holds(id, token, qkey)
-  local score = rcall('ZSCORE', qkey, id)
-  -- The token is the score as Redis prints it; the numbers decide when the text differs.
-  return score ~= false and (score == token or tonumber(score) == tonumber(token))
-end
-
 -- The hot path: passed step `n` (id `id`) of group `g` whose claim still holds. One write
 -- of each structure and the step's event as the caller built it, batched with the call's
 -- others (`emit_batched`), with no read. `sm` is written on every SMS step (it is there
