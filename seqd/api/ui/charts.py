@@ -13,6 +13,7 @@ class Bar(msgspec.Struct, frozen=True):
     label: str
     value: int
     x: int
+    width: int
     height: int  # px, of HEIGHT
     rate: str = ""  # e.g. "42%" of the first bar, for funnels
 
@@ -25,5 +26,5 @@ def bars(points: Sequence[tuple[str, int]], width: int = 24, funnel: bool = Fals
     out = []
     for n, (label, value) in enumerate(points):
         rate = f"{100 * value / first:.0f}%" if funnel and first else ""
-        out.append(Bar(label, value, n * (width + 4), round(HEIGHT * value / top), rate))
+        out.append(Bar(label, value, n * (width + 4), width, round(HEIGHT * value / top), rate))
     return out

@@ -31,7 +31,7 @@ PREFIX = "/ui"
 PAGE = 50
 # The session secret, read from the store on the first request that needs it.
 SECRET = web.AppKey("ui_secret", dict[str, str])
-Page = Callable[[web.Request, session.Session], Awaitable[web.StreamResponse]]
+PageHandler = Callable[[web.Request, session.Session], Awaitable[web.StreamResponse]]
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'",
@@ -45,7 +45,7 @@ _STATUSES = ("active", "paused", "completed", "cancelled")
 
 
 def _by_status(stats: models.SequenceStats) -> list[charts.Bar]:
-    return charts.bars([(st, int(getattr(stats, st))) for st in _STATUSES])
+    return charts.bars([(st, int(getattr(stats, st))) for st in _STATUSES], width=70)
 
 
 def _render(
@@ -81,7 +81,7 @@ async def current(request: web.Request) -> session.Session | None:
     return found
 
 
-def page(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def page(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """A page for the signed in: others go to the sign-in form; a POST without the
     session's CSRF token is refused (403)."""
 
@@ -310,7 +310,7 @@ async def dispatcher(request: web.Request, s: session.Session) -> web.StreamResp
         for channel, by in sends.counts.items()
         for outcome, n in by.items()
     )
-    chart = charts.bars([(f"{c} {o}", round(r)) for c, o, r in rates], width=60)
+    chart = charts.bars([(f"{c} {o}", round(r)) for c, o, r in rates], width=90)
     context = {"s": s, "snap": snap, "rates": rates, "plot": chart, "window": sends.seconds}
     return _render(request, "dispatcher.html", context)
 
