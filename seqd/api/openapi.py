@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -120,6 +121,7 @@ def _links(routes: list[Route], base_path: str) -> dict[tuple[str, str], dict[st
     return links
 
 
+@functools.cache
 def _object(kind: type | None) -> tuple[str, type] | None:
     """Where an answer's object is and its Struct: `/<field>` of an envelope, `/data/0` of
     a page (the first Struct field with an `id`)."""
