@@ -27,6 +27,7 @@ from seqd.lifecycle import mailbox
 from seqd.loop import Heart
 from seqd.metrics import Metrics
 from seqd.store.db import Store, connect
+from seqd.store.replication import ReplicaWait
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +81,10 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
     if embedded is not None and embedded.owner:
         supervisor = asyncio.create_task(embedded.supervise())
     try:
-        store = await Store.open(client, config.redis.prefix, config.redis.shards)
+        wait = None
+        if config.redis.wait_replicas:
+            wait = ReplicaWait(config.redis.wait_replicas, config.redis.wait_timeout_ms)
+        store = await Store.open(client, config.redis.prefix, config.redis.shards, wait=wait)
         try:
             yield store
         finally:

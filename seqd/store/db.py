@@ -21,6 +21,7 @@ from seqd.store.mailboxes import Mailboxes
 from seqd.store.outbox import Outbox
 from seqd.store.ratelimits import RateLimits
 from seqd.store.replays import Replays
+from seqd.store.replication import ReplicaWait
 from seqd.store.schedules import Schedules
 from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
@@ -84,9 +85,14 @@ class Store(StoreContext):
         self.settings = TenantSettingsStore(self)
 
     @classmethod
-    async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:
+    async def open(
+        cls, client: Client, prefix: str, default_shards: int, *, wait: ReplicaWait | None = None
+    ) -> Store:
+        """The store `prefix` on `client`; `wait`: enrollments and transitions answer once
+        that many replicas have them (`redis.wait_replicas`)."""
         shards, schema, spread = await init_meta(client, prefix, default_shards)
         store = cls(client, Keys(prefix, shards, spread=spread))
+        store.runner.wait = wait
         await store.runner.load_all()
         await migrate.upgrade(store, schema)
         if schema < migrate.SCHEMA:

@@ -99,7 +99,7 @@ class Lifecycle:
             sids = await sequences()
             call = build(await self._sequence_args(tenant, sids, on_reply=on_reply))
             try:
-                return await self.store.runner.run(call)
+                return await self.store.runner.run(call, acknowledged=True)
             except ScriptError as exc:
                 if exc.code != "STALE":
                     raise
