@@ -496,6 +496,11 @@ class IntakeConfig(Section, kw_only=True):
     # while Redis runs another's scripts (drained here, 2 cores: 2 -> 4 about 49k -> 53k
     # entries/s; 6 no better than 4).
     consumers: Annotated[int, Meta(ge=1, le=16)] = 4
+    # Intake streams: 1, `<prefix>:intake` alone; n > 1 (a cluster), also `<prefix>:intake:0`
+    # to `<prefix>:intake:<n-1>`, each in its own slot, so intake is not bound to one node;
+    # writers pick one (docs/redis-intake.md). Every process reads them all, with
+    # ceil(consumers / streams) consumers each.
+    streams: Annotated[int, Meta(ge=1, le=64)] = 1
     # How long one XREADGROUP waits for new entries.
     block_ms: Positive = 1000
     # An entry delivered to a consumer that has not acknowledged it within this long (the

@@ -84,7 +84,13 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
         wait = None
         if config.redis.wait_replicas:
             wait = ReplicaWait(config.redis.wait_replicas, config.redis.wait_timeout_ms)
-        store = await Store.open(client, config.redis.prefix, config.redis.shards, wait=wait)
+        store = await Store.open(
+            client,
+            config.redis.prefix,
+            config.redis.shards,
+            wait=wait,
+            intake_streams=config.intake.streams,
+        )
         try:
             yield store
         finally:

@@ -146,6 +146,7 @@ STORE_ON_CLUSTER = frozenset(
         "test_idempotency_key",
         "test_importer",
         "test_intake",
+        "test_intake_split",
         "test_lifecycle_email",
         "test_lifecycle_sms",
         "test_lifecycle_status",

@@ -86,12 +86,19 @@ class Store(StoreContext):
 
     @classmethod
     async def open(
-        cls, client: Client, prefix: str, default_shards: int, *, wait: ReplicaWait | None = None
+        cls,
+        client: Client,
+        prefix: str,
+        default_shards: int,
+        *,
+        wait: ReplicaWait | None = None,
+        intake_streams: int = 1,
     ) -> Store:
         """The store `prefix` on `client`; `wait`: enrollments and transitions answer once
-        that many replicas have them (`redis.wait_replicas`)."""
+        that many replicas have them (`redis.wait_replicas`); `intake_streams`: how many
+        the intake is split into (`intake.streams`)."""
         shards, schema, spread = await init_meta(client, prefix, default_shards)
-        store = cls(client, Keys(prefix, shards, spread=spread))
+        store = cls(client, Keys(prefix, shards, spread=spread, intake_split=intake_streams))
         store.runner.wait = wait
         await store.runner.load_all()
         await migrate.upgrade(store, schema)
