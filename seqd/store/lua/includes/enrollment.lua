@@ -81,6 +81,9 @@ local function move_status(id, e, new_status, now)
   if TERMINAL[new_status] then
     local ckey = k_contact(tag, e['c'])
     if rcall('HGET', ckey, 'e:' .. seq) == id then rcall('HDEL', ckey, 'e:' .. seq) end
+    -- `x:<sequence>`: the contact's last ended enrollment there (GET /enrollments by
+    -- contact lists its live ones, `e:`, and these); never a hash for a deleted contact.
+    if rcall('EXISTS', ckey) == 1 then rcall('HSET', ckey, 'x:' .. seq, id) end
   end
 end
 
