@@ -181,3 +181,17 @@ def test_the_wait_must_end_before_the_socket_timeout() -> None:
         )
     loaded = configmod.load(environ={"SEQD_REDIS_WAIT_REPLICAS": "2"})
     assert (loaded.redis.wait_replicas, loaded.redis.wait_timeout_ms) == (2, 1000)
+
+
+async def test_a_primary_that_lost_its_scripts_runs_them_within_the_acknowledged_call(
+    pair: tuple[ValkeyProcess, ValkeyProcess], waiting: Store
+) -> None:
+    """A restarted primary has no scripts: NOSCRIPT, then EVAL, then WAIT for that."""
+    seq = await sequence(waiting, sms(wait=60))
+    cids = await contacts(waiting, 8)
+    await waiting.client.script_flush()
+    made = await enroll(waiting, seq, cids)
+    async with aioredis.Redis(port=pair[1].port, decode_responses=True) as replica:
+        for e in made:
+            key = waiting.keys.enrollment(ids.shard_of(e.id, 4), e.id)
+            assert await replica.hget(key, "st") == "active"
