@@ -16,7 +16,7 @@ import email_validator
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd import templates
+from seqd import conditions, goals, templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
 from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
@@ -257,6 +257,10 @@ class StepIn(Input, kw_only=True):
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
     thread: bool = True
+    # Checked when the step comes due (seqd/conditions.py): sent only if `only_if` holds
+    # and `skip_if` does not, else skipped (reason "condition").
+    skip_if: conditions.Condition | None = None
+    only_if: conditions.Condition | None = None
 
 
 class Step(Output, kw_only=True):
@@ -270,6 +274,8 @@ class Step(Output, kw_only=True):
     thread: bool = True
     segments: int | None = None
     encoding: Literal["gsm7", "ucs2"] | None = None
+    skip_if: conditions.Condition | None = None
+    only_if: conditions.Condition | None = None
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
@@ -292,16 +298,28 @@ class SenderPools(Input, kw_only=True):
         return self.sms if kind == "sms" else self.email
 
 
+# What an out-of-office reply does to the enrollment it is about (seqd/lifecycle/absence.py):
+# nothing, a pause, or a pause that ends by itself after the return date the reply gives.
+OnOutOfOffice = Literal["ignore", "pause", "pause_until_return"]
+# Whom a reply stops: the contact's enrollments, or those of every contact of its account
+# (its `account_id` attribute, else its email domain unless a free-mail one: accounts.py).
+OnReplyScope = Literal["contact", "account"]
+
+
 class SequenceCreate(Input, kw_only=True):
     name: Name
     description: LongText = ""
     status: Literal["draft", "active"] = "draft"
     steps: Steps
     on_reply: Literal["pause", "complete"] = "pause"
+    on_reply_scope: OnReplyScope = "contact"
+    on_out_of_office: OnOutOfOffice = "ignore"
     # The send windows its steps wait for (GET /schedules); none: any time.
     schedule_id: Id | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    # Goals (seqd/goals.py): a contact event meeting one completes the enrollment.
+    exit_on: goals.ExitOn = msgspec.field(default_factory=list)
 
 
 class SequencePatch(Input, kw_only=True):
@@ -310,9 +328,12 @@ class SequencePatch(Input, kw_only=True):
     steps: Steps | UnsetType = UNSET
     status: Literal["draft", "active"] | UnsetType = UNSET
     on_reply: Literal["pause", "complete"] | UnsetType = UNSET
+    on_reply_scope: OnReplyScope | UnsetType = UNSET
+    on_out_of_office: OnOutOfOffice | UnsetType = UNSET
     schedule_id: Id | UnsetType | None = UNSET
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
+    exit_on: goals.ExitOn | UnsetType = UNSET
 
 
 class SequenceStats(Output, kw_only=True):
@@ -329,9 +350,12 @@ class Sequence(Output, kw_only=True):
     status: SequenceStatus
     steps: list[Step]
     on_reply: Literal["pause", "complete"] = "pause"
+    on_reply_scope: OnReplyScope = "contact"
+    on_out_of_office: OnOutOfOffice = "ignore"
     schedule_id: str | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    exit_on: list[goals.ExitRule] = msgspec.field(default_factory=list)
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
@@ -372,6 +396,10 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                     raise ValueError("a time of day is before 24:00")
             except ValueError as exc:
                 errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
+        for name in ("only_if", "skip_if"):
+            cond = getattr(step, name)
+            if cond is not None:
+                errors += conditions.check(cond, f"steps[{i}].{name}", i)
         seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(
             Step(
@@ -385,6 +413,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 thread=step.thread,
                 segments=seg,
                 encoding=enc,
+                skip_if=step.skip_if,
+                only_if=step.only_if,
             )
         )
     if errors:
@@ -437,8 +467,14 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     paused_reason: str | None = None
     # A `missing_variable` pause: the template variable (or address field) it waits for.
     paused_variable: str | None = None
+    # A pause that ends by itself (out_of_office until the return date): when it resumes.
+    resume_at: Timestamp | None = None
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
+    # "goal" when a contact event met one of the sequence's `exit_on` rules (named by
+    # `goal`); absent when the steps ran out or a reply completed it.
+    completed_reason: Literal["goal"] | None = None
+    goal: str | None = None
     updated_at: Timestamp | None = None
     # The zone its step times are read in, and where it came from (contact | phone | default).
     timezone_used: str | None = None

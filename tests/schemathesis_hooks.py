@@ -52,6 +52,16 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        # Names paused enrollments only: with another status it is a 422.
+        "paused_reason",
+        # A sender's mailbox: email senders only, a password on create, TLS off the loopback.
+        "imap",
+        "password",
+        "tls",
+        # Step conditions: an earlier step, nesting depth and size (seqd/conditions.py).
+        *("step", "only_if", "skip_if", "all", "any", "not"),
+        # Contact events: an RFC 3339 time, properties' size as JSON.
+        *("occurred_at", "properties"),
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
     }
 )

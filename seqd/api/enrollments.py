@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from aiohttp import web
 from msgspec import Meta
 
 from seqd import bulk, models
 from seqd.api.appkeys import COALESCER
 from seqd.api.auth import tenant_of
-from seqd.api.pagination import ListQuery, decode_token, encode_token
+from seqd.api.pagination import Limit, ListQuery, PageToken, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
 from seqd.appkeys import CONFIG, STORE
@@ -31,6 +32,17 @@ class EnrollmentListQuery(ListQuery, kw_only=True):
                 "next step is due (then id), the others by id; with no status, the active "
                 "ones come first, then the rest. An enrollment whose step goes out while "
                 "you page can appear again at its new place."
+            ),
+        ]
+        | None
+    ) = None
+    paused_reason: (
+        Annotated[
+            str,
+            Meta(
+                pattern=r"^[a-z_]{1,64}$",
+                description="only the paused enrollments paused for this reason "
+                "(out_of_office: with resume_at, when each resumes by itself), in id order",
             ),
         ]
         | None
@@ -83,16 +95,26 @@ async def list_enrollments(request: web.Request) -> web.Response:
     store = request.app[STORE]
     tenant, sid = tenant_of(request), request.match_info["id"]
     await store.sequences.get(tenant, sid, with_stats=False)
+    after = decode_token(query.page_token)
+    if query.paused_reason is not None:
+        if query.status not in (None, "paused"):
+            raise Invalid.field("query.paused_reason", "lists paused enrollments only")
+        data, after, total = await store.enrollments.paused_for(
+            tenant, sid, query.paused_reason, limit=query.limit, after=after
+        )
+        return respond(
+            models.EnrollmentList(data=data, next_page_token=encode_token(after), total=total)
+        )
     statuses: list[str] = [query.status] if query.status else [s.value for s in EnrollmentStatus]
     data, after, total = await store.enrollments.list(
-        tenant, sid, limit=query.limit, after=decode_token(query.page_token), statuses=statuses
+        tenant, sid, limit=query.limit, after=after, statuses=statuses
     )
     return respond(
         models.EnrollmentList(data=data, next_page_token=encode_token(after), total=total)
     )
 
 
-class EnrollmentSearchQuery(ListQuery, kw_only=True):
+class EnrollmentFilters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     contact_id: Annotated[str, Meta(max_length=64, description="only this contact's")] | None = None
     sequence_id: Annotated[str, Meta(max_length=64, description="only this sequence's")] | None = (
         None
@@ -111,8 +133,45 @@ class EnrollmentSearchQuery(ListQuery, kw_only=True):
         | None
     ) = None
     updated_since: (
-        Annotated[str, Meta(description="RFC 3339: only those changed at or after it")] | None
+        Annotated[
+            str,
+            Meta(
+                max_length=64,
+                description="RFC 3339: only those changed at or after it",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
     ) = None
+
+
+class EnrollmentSearchQuery(EnrollmentFilters, kw_only=True):
+    limit: Limit = 50
+    page_token: PageToken | None = None
+
+
+async def enrollment_filter(request: web.Request, query: EnrollmentFilters) -> EnrollmentFilter:
+    """The store's filter of a query (a 422 naming a bad field; a 404 for a sequence of
+    another tenant or none)."""
+    since = None
+    if query.updated_since is not None:
+        try:
+            since = from_rfc3339(query.updated_since)
+        except ValueError as exc:
+            raise Invalid.field("query.updated_since", str(exc)) from None
+    if query.paused_reason is not None and query.status not in (None, EnrollmentStatus.PAUSED):
+        raise Invalid.field("query.paused_reason", "only paused enrollments have a paused reason")
+    if query.sequence_id is not None:
+        await request.app[STORE].sequences.get(
+            tenant_of(request), query.sequence_id, with_stats=False
+        )
+    return EnrollmentFilter(
+        contact_id=query.contact_id,
+        sequence_id=query.sequence_id,
+        status=query.status,
+        paused_reason=query.paused_reason,
+        updated_since=since,
+    )
 
 
 @route(
@@ -126,26 +185,9 @@ class EnrollmentSearchQuery(ListQuery, kw_only=True):
 )
 async def search_enrollments(request: web.Request) -> web.Response:
     query = read_query(request, EnrollmentSearchQuery)
-    since = None
-    if query.updated_since is not None:
-        try:
-            since = from_rfc3339(query.updated_since)
-        except ValueError as exc:
-            raise Invalid.field("query.updated_since", str(exc)) from None
-    if query.paused_reason is not None and query.status not in (None, EnrollmentStatus.PAUSED):
-        raise Invalid.field("query.paused_reason", "only paused enrollments have a paused reason")
-    where = EnrollmentFilter(
-        contact_id=query.contact_id,
-        sequence_id=query.sequence_id,
-        status=query.status,
-        paused_reason=query.paused_reason,
-        updated_since=since,
-    )
-    store, tenant = request.app[STORE], tenant_of(request)
-    if query.sequence_id is not None:
-        await store.sequences.get(tenant, query.sequence_id, with_stats=False)
-    data, after, total = await store.enrollment_search.page(
-        tenant, where, query.limit, decode_token(query.page_token)
+    where = await enrollment_filter(request, query)
+    data, after, total = await request.app[STORE].enrollment_search.page(
+        tenant_of(request), where, query.limit, decode_token(query.page_token)
     )
     return respond(
         models.EnrollmentSearchList(data=data, next_page_token=encode_token(after), total=total)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from seqd import models, templates
+from seqd import conditions, models, templates
 from seqd.kinds import SPECS, Kind
 from seqd.models import Rotation
 from seqd.store.db import Store
@@ -47,6 +47,8 @@ class StepPlan:
     transactional: bool = False
     # Its waits and time rules as the timing core takes them.
     timing: StepTiming = NO_RULES
+    # Whether it is sent when due (its only_if / skip_if); None: always.
+    gate: conditions.Predicate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 needs_metadata="metadata" in roots,
                 transactional=step.transactional,
                 timing=step_timing(step),
+                gate=conditions.gate(step.only_if, step.skip_if),
             )
         )
     kinds_left = tuple(

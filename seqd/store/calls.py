@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from seqd import conditions
 from seqd.store.keys import Keys
 
 Arg = str | int | float | bytes
@@ -160,6 +161,14 @@ def advance(
     return Call("advance", _shard_keys(keys, shard), args, tag)
 
 
+def defer_steps(
+    keys: Keys, shard: int, now: int, groups: bytes, steps: Sequence[str | bytes]
+) -> Call:
+    """`groups`, `steps`: store/settles.py `Deferrals`."""
+    tag = keys.shard_tag(shard)
+    return Call("deferSteps", _shard_keys(keys, shard), [tag, now, groups, *steps], tag)
+
+
 def reclaim_leases(keys: Keys, shard: int, now: int, limit: int, dead: Sequence[str]) -> Call:
     tag = keys.shard_tag(shard)
     lease_keys = [
@@ -290,6 +299,38 @@ def reply_contact(
     return Call("replyContact", _mirror_keys(keys, shard), args, tag)
 
 
+def absent_contact(
+    keys: Keys,
+    shard: int,
+    now: int,
+    tenant: str,
+    contact_id: str,
+    enrollment_id: str,
+    channel: str,
+    sequences: Iterable[Arg],
+) -> Call:
+    """As `reply_contact` (the same KEYS and ARGV); `sequences`: per sequence, flat: id,
+    version, kinds, on_out_of_office, resume_at."""
+    tag = keys.shard_tag(shard)
+    args = [tag, now, tenant, contact_id, enrollment_id, channel, *sequences]
+    return Call("absentContact", _mirror_keys(keys, shard), args, tag)
+
+
+def reply_account(
+    keys: Keys,
+    shard: int,
+    now: int,
+    tenant: str,
+    account: str,
+    replied_by: str,
+    sequences: Iterable[Arg],
+) -> Call:
+    """`sequences`: per sequence, flat: id, version, kinds, on_reply, on_reply_scope."""
+    tag = keys.shard_tag(shard)
+    args = [tag, now, tenant, account, replied_by, *sequences]
+    return Call("replyAccount", _mirror_keys(keys, shard), args, tag)
+
+
 def stop_channel(
     keys: Keys,
     shard: int,
@@ -315,6 +356,23 @@ def emit_event(keys: Keys, shard: int, now: int, tenant: str, event_type: str, d
     return Call("emitEvent", [keys.outbox(shard)], [now, tenant, event_type, data], tag)
 
 
+def record_contact_event(
+    keys: Keys,
+    shard: int,
+    now: int,
+    tenant: str,
+    contact_id: str,
+    event_id: str,
+    event: str,
+    retention_ms: int,
+    sequences: Iterable[Arg],
+) -> Call:
+    """`sequences`: per sequence, flat: id, version (-1: gone), goal ("" for none)."""
+    tag = keys.shard_tag(shard)
+    args = [tag, now, tenant, contact_id, event_id, event, retention_ms, *sequences]
+    return Call("recordContactEvent", _mirror_keys(keys, shard), args, tag)
+
+
 def record_delivery(
     keys: Keys,
     shard: int,
@@ -330,7 +388,8 @@ def record_delivery(
 ) -> Call:
     tag = keys.shard_tag(shard)
     args = [tag, now, tenant, enrollment_id, step, status, rank, error_code, event_type]
-    return Call("recordDelivery", [keys.outbox(shard)], [*args, event_data], tag)
+    letter = conditions.OUTCOME_LETTER.get(status, "")
+    return Call("recordDelivery", [keys.outbox(shard)], [*args, event_data, letter], tag)
 
 
 def suppress(

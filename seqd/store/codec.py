@@ -27,6 +27,7 @@ ENROLLMENT_FIELDS = {
     "md": "metadata (JSON), absent when empty",
     "pr": "paused_reason",
     "pv": "paused_variable: the template variable a missing_variable pause waits for",
+    "ra": "resume_at (ms): a pause that ends by itself (out_of_office) resumes then",
     "cr": "cancel_reason",
     "ca": "completed_at (ms)",
     "a": "send attempts of the current step; absent means 0",
@@ -35,6 +36,10 @@ ENROLLMENT_FIELDS = {
     "ye": "the email sender the contact is pinned to (sticky rotation)",
     "p<step>": "the provider's message id of a sent step",
     "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
+    "cq": "completed_reason: goal (a contact event met the sequence's exit_on)",
+    "gl": "goal: the name of the event that completed it",
+    "o": "what became of each step, one letter per step, read by step conditions "
+    "(seqd/conditions.py): skipped (advance), a final receipt (recordDelivery), a reply",
 }
 
 CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")
@@ -66,8 +71,11 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         metadata=_json_decode(md) if md else {},
         paused_reason=h.get("pr"),
         paused_variable=h.get("pv"),
+        resume_at=to_rfc3339(int(h["ra"])) if "ra" in h else None,
         cancel_reason=h.get("cr"),
         completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
+        completed_reason="goal" if h.get("cq") == "goal" else None,
+        goal=h.get("gl"),
         # `enroll` does not write `ua`: until the first change it is the enrollment time.
         updated_at=to_rfc3339(int(h.get("ua") or enrolled_at)),
         timezone_used=zone or None,

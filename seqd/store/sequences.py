@@ -97,9 +97,12 @@ class Sequences:
             status=SequenceStatus(body.status),
             steps=steps,
             on_reply=body.on_reply,
+            on_reply_scope=body.on_reply_scope,
+            on_out_of_office=body.on_out_of_office,
             schedule_id=body.schedule_id,
             senders=body.senders,
             rotation=body.rotation,
+            exit_on=body.exit_on,
             created_at=now,
             updated_at=now,
         )
@@ -158,12 +161,23 @@ class Sequences:
         if status is not None:
             changes["status"] = status
         if patch is not None:
-            for field in ("name", "description", "on_reply", "senders", "rotation", "schedule_id"):
+            for field in (
+                "name",
+                "description",
+                "on_reply",
+                "on_reply_scope",
+                "on_out_of_office",
+                "senders",
+                "rotation",
+                "schedule_id",
+            ):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
                     changes[field] = value
             if patch.steps is not msgspec.UNSET:
                 changes["steps"] = models.build_steps(patch.steps)
+            if patch.exit_on is not msgspec.UNSET:
+                changes["exit_on"] = patch.exit_on
             if patch.status is not msgspec.UNSET:
                 target = SequenceStatus(patch.status)
                 if target != old.status:

@@ -6,7 +6,9 @@
   queue gives its due members, earliest first, until `limit` members were looked at. Then
   the sequence's head is set to its queue's first score (or taken out with the queue
   empty). Members that must not be sent now are settled here instead:
-  - enrollment gone or not active: a stale member, dropped from the queue;
+  - enrollment gone or not active: a stale member, dropped from the queue; but a pause
+    that ends by itself (`ra`, resume_at: out_of_office) waits there until then, and is
+    resumed (sequence.enrollment.resumed, reason `<paused_reason>_ended`) and due from now;
   - sequence paused or draft (or its mirror missing): its head is taken out and its queue
     waits as it is, due times and all, until syncSequence puts the head back on resume;
   - sequence archived: cancelled (sequence_archived);
@@ -37,7 +39,7 @@
   "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
-  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a, md and the
+  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a, md, o and the
   sender pins (kinds.py `sender_field`) where set; the
   whole hash for a lease run out) with `k` = the member's score as it was left, which
   leasePeeked checks; the contact values an array in the order of its sequence's fields
@@ -84,7 +86,8 @@ end
 -- JSON rather than built by cjson: this is the hot path. (Its sequence, `s`, is the
 -- queue's.)
 -- Then the kinds' sender pins (kinds.py `sender_field`), read by engine/budgets.py.
-local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md'}
+-- `o`: what became of earlier steps (step conditions), where any did.
+local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md', 'o'}
 local PINS = #READ
 for _, f in ipairs(KIND_SENDER_FIELDS) do READ[#READ + 1] = f end
 
@@ -126,9 +129,16 @@ local function claim_queue(seq, state, qkey, room)
       parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
-        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. pins .. '},' .. c .. ']'
+        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '')
+        .. (h[8] and (',"o":"' .. h[8] .. '"') or '') .. pins .. '},' .. c .. ']'
     elseif st ~= 'active' then
-      rcall('ZREM', qkey, id)
+      local e = st == 'paused' and to_table(rcall('HGETALL', ekey))
+      if e and e['ra'] and state.status == 'active' then
+        -- A pause that ends by itself (out_of_office) is over: due again from now.
+        resume(id, e, now, {reason = e['pr'] .. '_ended'})
+      else
+        rcall('ZREM', qkey, id)
+      end
     else
       local e = to_table(rcall('HGETALL', ekey))
       if state.status == 'archived' then
