@@ -87,8 +87,17 @@ class RedisConfig(Section, kw_only=True):
     # /healthz answers 503 once the store has not answered for this long, so a supervisor
     # (systemd, docker, kubernetes) restarts seqd; /readyz fails at once. 0: never.
     unhealthy_after_seconds: Annotated[float, Meta(ge=0)] = 60.0
+    # An enrollment (API, batch, intake, import) or a transition (pause, resume, cancel, a
+    # reply, an opt-out) answers only once this many replicas of the primary that took it
+    # have it (WAIT), so a failover cannot lose it; 0: off (replication is asynchronous).
+    wait_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
+    # How long WAIT waits for them: then the API answers 503 with Retry-After (the write is
+    # on the primary; retrying is safe). Below socket_timeout.
+    wait_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
 
     def __post_init__(self) -> None:
+        if self.wait_replicas and self.wait_timeout_ms >= self.socket_timeout * 1000:
+            raise ValueError("wait_timeout_ms: must be below socket_timeout")
         if not (self.cluster or (self.url and is_cluster_url(self.url))):
             return
         if self.url is None:
@@ -549,6 +558,11 @@ class IntakeConfig(Section, kw_only=True):
     # while Redis runs another's scripts (drained here, 2 cores: 2 -> 4 about 49k -> 53k
     # entries/s; 6 no better than 4).
     consumers: Annotated[int, Meta(ge=1, le=16)] = 4
+    # Intake streams: 1, `<prefix>:intake` alone; n > 1 (a cluster), also `<prefix>:intake:0`
+    # to `<prefix>:intake:<n-1>`, each in its own slot, so intake is not bound to one node;
+    # writers pick one (docs/redis-intake.md). Every process reads them all, with
+    # ceil(consumers / streams) consumers each.
+    streams: Annotated[int, Meta(ge=1, le=64)] = 1
     # How long one XREADGROUP waits for new entries.
     block_ms: Positive = 1000
     # An entry delivered to a consumer that has not acknowledged it within this long (the

@@ -87,7 +87,14 @@ class ParsedItem:
     followers: list[str] = field(default_factory=list)
 
 
-def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | None) -> ParsedItem:
+def parse(
+    store: Store,
+    entry_id: str,
+    fields: dict[str, str],
+    region: str | None,
+    stream: int | None = None,
+) -> ParsedItem:
+    """An entry of intake stream `stream` (its request_id's outcome is kept beside it)."""
     p = ParsedItem(entry_id, fields)
     try:
         for name, value in fields.items():
@@ -101,7 +108,7 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
             p.tenant = tenant
             request_id = fields.get("request_id")
             if request_id is not None and 0 < len(request_id) <= REQUEST_ID_MAX:
-                p.result_key = store.keys.intake_result(tenant, request_id)
+                p.result_key = store.keys.intake_result(tenant, request_id, stream)
         kind = fields.get("type", ENROLL)
         if kind not in (ENROLL, CONTACT_EVENT):
             raise Rejected("invalid", f"{ENROLL} or {CONTACT_EVENT}", "type")
@@ -230,6 +237,7 @@ class Intake:
         consumer: str | None = None,
         liveness: Heart | None = None,
         liveness_name: str = LIVENESS_NAME,
+        stream: int | None = None,
     ) -> None:
         self.config = config.intake
         # A contact event's id is remembered as long as the event log keeps events.
@@ -237,7 +245,9 @@ class Intake:
         self.region = config.contacts.default_region
         self.policy = Policy(config)
         self.store = store
-        self.stream = IntakeStream(store, self.config.group, block_ms=self.config.block_ms)
+        self.stream = IntakeStream(
+            store, self.config.group, block_ms=self.config.block_ms, stream=stream
+        )
         self.consumer = consumer or groups.consumer_name()
         self._cursor = "0-0"
         self._next_reclaim = 0.0
@@ -306,7 +316,7 @@ class Intake:
         fresh = [e for e in entries if counts.get(e[0], 0) <= self.config.max_deliveries]
         forced = []
         for eid, fields in worn:
-            p = parse(self.store, eid, fields, self.region)
+            p = parse(self.store, eid, fields, self.region, self.stream.stream)
             p.rejected = Rejected("failed", f"not enrolled after {counts[eid]} deliveries")
             forced.append(p)
         return await self.process(fresh, forced)
@@ -315,7 +325,7 @@ class Intake:
         self, entries: list[IntakeEntry], forced: list[ParsedItem] | None = None
     ) -> int:
         """Enroll a batch; returns how many entries were finished (acknowledged)."""
-        parsed = [parse(self.store, eid, f, self.region) for eid, f in entries]
+        parsed = [parse(self.store, eid, f, self.region, self.stream.stream) for eid, f in entries]
         parsed += forced or []
         done: list[Finished] = []
         live = await self._new_requests(parsed, done)
@@ -436,11 +446,14 @@ async def part(
 ) -> AsyncIterator[None]:
     """The consumers (`intake.consumers`) as a background part of `seqd serve`
     (service.BACKGROUND): each its own consumer of the group, `intake-1`, `intake-2`, ... in
-    /readyz."""
+    /readyz. Split (`intake.streams` > 1), every stream gets its share of them, one at least,
+    so each process reads every stream."""
     if not config.intake.enabled:
         yield
         return
     base = groups.consumer_name()
+    streams = store.keys.intake_streams()
+    each = -(-config.intake.consumers // len(streams))
     intakes = [
         Intake(
             config,
@@ -448,8 +461,9 @@ async def part(
             consumer=f"{base}-{i}",
             liveness=liveness,
             liveness_name=f"{LIVENESS_NAME}-{i}",
+            stream=stream,
         )
-        for i in range(1, config.intake.consumers + 1)
+        for i, stream in enumerate((s for s in streams for _ in range(each)), 1)
     ]
     try:
         for one in intakes:

@@ -28,6 +28,7 @@ from seqd.lifecycle import mailbox
 from seqd.loop import Heart
 from seqd.metrics import Metrics
 from seqd.store.db import Store, connect
+from seqd.store.replication import ReplicaWait
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +82,16 @@ async def open_store(config: Config, *, own: bool = False) -> AsyncIterator[Stor
     if embedded is not None and embedded.owner:
         supervisor = asyncio.create_task(embedded.supervise())
     try:
-        store = await Store.open(client, config.redis.prefix, config.redis.shards)
+        wait = None
+        if config.redis.wait_replicas:
+            wait = ReplicaWait(config.redis.wait_replicas, config.redis.wait_timeout_ms)
+        store = await Store.open(
+            client,
+            config.redis.prefix,
+            config.redis.shards,
+            wait=wait,
+            intake_streams=config.intake.streams,
+        )
         await store.stats.keep_for(config.stats.retention_days)
         try:
             yield store

@@ -3,9 +3,11 @@ joined by the `valkey-cli` that ships beside the `valkey-server` the store tests
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -151,3 +153,14 @@ class ValkeyCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+@contextlib.contextmanager
+def running(directory: Path, primaries: int = 3, replicas: int = 0) -> Iterator[ValkeyCluster]:
+    """A cluster started in `directory`, stopped on the way out."""
+    cluster = ValkeyCluster(directory, primaries=primaries, replicas=replicas)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from seqd.store.db import Store, connect
-from tests.clusterutil import ValkeyCluster
+from tests.clusterutil import ValkeyCluster, running
 from tests.dispatchutil import queued, sms
 from tests.faultutil import LogTail, seed, size, wait_for
 from tests.opsutil import Daemon
@@ -36,12 +36,8 @@ STEPS = 2
 @pytest.fixture
 def replicated(tmp_path: Path) -> Iterator[ValkeyCluster]:
     """3 primaries with a replica each: this test kills one, so the cluster is its own."""
-    cluster = ValkeyCluster(tmp_path / "cluster", primaries=3, replicas=1)
-    try:
-        cluster.start()
+    with running(tmp_path / "cluster", replicas=1) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

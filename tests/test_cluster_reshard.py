@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from seqd.store.db import Store, connect
-from tests.clusterutil import ValkeyCluster
+from tests.clusterutil import ValkeyCluster, running
 from tests.dispatchutil import queued, sms
 from tests.faultutil import LogTail, counter_mismatches, seed, size, wait_for
 from tests.opsutil import Daemon
@@ -26,12 +26,8 @@ STEPS = 2
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
     """A cluster of the test's own: its slots move."""
-    own = ValkeyCluster(tmp_path / "cluster")
-    try:
-        own.start()
+    with running(tmp_path / "cluster") as own:
         yield own
-    finally:
-        own.stop()
 
 
 @pytest.fixture

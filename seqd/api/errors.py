@@ -13,6 +13,7 @@ from seqd.api.problems import problem
 from seqd.api.routing import Handler
 from seqd.errors import Invalid, SeqdError
 from seqd.store.client import UNAVAILABLE
+from seqd.store.replication import ReplicasBehind
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,15 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             detail = f"the body exceeds {request.app[MAX_BODY]} bytes"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return problem(exc.status, code, title, detail, headers=headers)
+    except ReplicasBehind as exc:
+        log.warning("store.replicas_behind", error=str(exc))
+        return problem(
+            503,
+            "replicas_behind",
+            "Not acknowledged by enough replicas",
+            f"{exc}: the change is on the primary only; retrying it is safe",
+            headers={"Retry-After": "1"},
+        )
     except UNAVAILABLE as exc:
         log.warning("store.unavailable", error=type(exc).__name__)
         return problem(

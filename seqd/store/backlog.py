@@ -110,10 +110,12 @@ async def read(store: StoreContext, now_ms: int) -> Snapshot:
         # Endpoints with queued deliveries in this shard, and its dead letters.
         pipe.zrange(keys.delivery_due(shard), 0, -1)
         pipe.zcard(keys.failed_all(shard))
-    for stream in [keys.intake(), *(keys.outbox(s) for s in range(n))]:
+    intakes = keys.intake_streams()
+    for stream in [*(keys.intake(i) for i in intakes), *(keys.outbox(s) for s in range(n))]:
         pipe.xlen(stream)
         pipe.xinfo_groups(stream)
-    pipe.xlen(keys.intake_rejected())
+    for i in intakes:
+        pipe.xlen(keys.intake_rejected(i))
     rows = await _execute(pipe)
     sequences: list[tuple[int, str]] = []
     queues = []
@@ -123,11 +125,14 @@ async def read(store: StoreContext, now_ms: int) -> Snapshot:
         sequences += [(shard, str(seq)) for seq in heads]
         queues += [keys.delivery_queue(shard, str(e)) for e in endpoints]
         failed += int(dead)
-    streams = rows[n * 3 : -1]
-    intake = stream_backlog(streams[0], streams[1])
-    outbox = StreamBacklog()
-    for i in range(2, len(streams), 2):
-        outbox = outbox + stream_backlog(streams[i], streams[i + 1])
+    streams = rows[n * 3 : -len(intakes)]
+    intake, outbox = StreamBacklog(), StreamBacklog()
+    for i in range(0, len(streams), 2):
+        backlog = stream_backlog(streams[i], streams[i + 1])
+        if i < 2 * len(intakes):
+            intake = intake + backlog
+        else:
+            outbox = outbox + backlog
     pipe = store.client.pipeline(transaction=False)
     for shard, seq in sequences:
         queue = keys.queue(shard, seq)
@@ -152,7 +157,7 @@ async def read(store: StoreContext, now_ms: int) -> Snapshot:
         at_ms=now_ms,
         shards=shards,
         intake=intake,
-        intake_rejected=int(rows[-1]),
+        intake_rejected=sum(int(r) for r in rows[-len(intakes) :]),
         outbox=outbox,
         webhooks=WebhookBacklog(queued=queued, failed=failed),
     )

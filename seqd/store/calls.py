@@ -545,8 +545,8 @@ def limit_rate(
     return Call("limitRate", [keys.rate_limit(key_digest)], [now, limit, period_ms, cost], None)
 
 
-def trim_intake(keys: Keys) -> Call:
-    return Call("trimIntake", [keys.intake()], [], keys.intake_tag())
+def trim_intake(keys: Keys, stream: int | None = None) -> Call:
+    return Call("trimIntake", [keys.intake(stream)], [], keys.intake_tag(stream))
 
 
 def hold_mailbox(keys: Keys, mailbox: str, owner: str, ttl_ms: int) -> Call:

@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     DataError,
     ReadOnlyError,
     RedisClusterUnreachableError,
@@ -37,13 +38,15 @@ Pipe = Pipeline | ClusterPipeline
 
 # The errors that mean the store cannot answer now but may soon (a restart, a failover: the
 # API's 503 with Retry-After). On a cluster: CLUSTERDOWN, TRYAGAIN (a slot migrating), a slot
-# no primary serves, no node reachable, and READONLY (a write reached a primary just
-# demoted to replica), once the client's own retries are spent.
+# no primary serves, no node reachable, READONLY (a write reached a primary just demoted to
+# replica), and ClusterError "TTL exhausted" (redirected or refused, TRYAGAIN included, more
+# times than the client follows), once the client's own retries are spent.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     OSError,
     ClusterDownError,
+    ClusterError,
     TryAgainError,
     SlotNotCoveredError,
     RedisClusterUnreachableError,

@@ -23,6 +23,7 @@ from seqd.store.mailboxes import Mailboxes
 from seqd.store.outbox import Outbox
 from seqd.store.ratelimits import RateLimits
 from seqd.store.replays import Replays
+from seqd.store.replication import ReplicaWait
 from seqd.store.schedules import Schedules
 from seqd.store.senders import SenderRecords
 from seqd.store.sequences import Sequences
@@ -92,9 +93,21 @@ class Store(StoreContext):
         self.enrollment_search = EnrollmentSearch(self, self.enrollments, self.sequences)
 
     @classmethod
-    async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:
+    async def open(
+        cls,
+        client: Client,
+        prefix: str,
+        default_shards: int,
+        *,
+        wait: ReplicaWait | None = None,
+        intake_streams: int = 1,
+    ) -> Store:
+        """The store `prefix` on `client`; `wait`: enrollments and transitions answer once
+        that many replicas have them (`redis.wait_replicas`); `intake_streams`: how many
+        the intake is split into (`intake.streams`)."""
         shards, schema, spread = await init_meta(client, prefix, default_shards)
-        store = cls(client, Keys(prefix, shards, spread=spread))
+        store = cls(client, Keys(prefix, shards, spread=spread, intake_split=intake_streams))
+        store.runner.wait = wait
         await store.runner.load_all()
         await migrate.upgrade(store, schema)
         if schema < migrate.SCHEMA:

@@ -91,11 +91,11 @@ class Enrollments:
         replies: list[Any]
         if len(trip) == 1:  # the single enrollment: no pipeline to build
             try:
-                replies = [await self.store.runner.run(trip[0])]
+                replies = [await self.store.runner.run(trip[0], acknowledged=True)]
             except ScriptError as exc:
                 replies = [exc]
         else:
-            replies = await self.store.runner.call_many(trip) if trip else []
+            replies = await self.store.runner.call_many(trip, acknowledged=True) if trip else []
         # What every enrollment created by this call has in common.
         enrolled_at = to_rfc3339(now)
         default_due = now + wait_ms
@@ -144,7 +144,7 @@ class Enrollments:
             raise NotFound(f"no enrollment {eid}", field="id")
         move = calls.transition(self.keys, self._shard(eid), now_ms(), tenant, eid, action, reason)
         try:
-            flat = await self.store.runner.run(move)
+            flat = await self.store.runner.run(move, acknowledged=True)
         except ScriptError as exc:
             if exc.code == "NOT_FOUND":
                 raise NotFound(f"no enrollment {eid}", field="id") from None

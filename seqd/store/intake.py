@@ -50,10 +50,14 @@ class Finished:
 
 
 class IntakeStream:
-    def __init__(self, store: StoreContext, group: str, *, block_ms: int) -> None:
+    def __init__(
+        self, store: StoreContext, group: str, *, block_ms: int, stream: int | None = None
+    ) -> None:
         self.keys = store.keys
         self.group = group
-        self.name = store.keys.intake()
+        # Which of the intake streams (keys.intake_streams): None, the plain one.
+        self.stream = stream
+        self.name = store.keys.intake(stream)
         # A blocked read must not trip the socket timeout.
         self.client = derive(
             store.client,
@@ -134,7 +138,7 @@ class IntakeStream:
                 pipe.set(item.result_key, item.result, nx=True, px=result_ttl_ms)
             if item.rejected is not None:
                 pipe.xadd(
-                    self.keys.intake_rejected(),
+                    self.keys.intake_rejected(self.stream),
                     dict(item.rejected),  # type: ignore[arg-type]
                     maxlen=rejected_max_len,
                     approximate=True,
@@ -143,7 +147,7 @@ class IntakeStream:
         await pipe.execute()
         # Finished entries leave the stream's head together (trimIntake); a crash before
         # this leaves them to the next batch's trim.
-        await self.runner.run(calls.trim_intake(self.keys))
+        await self.runner.run(calls.trim_intake(self.keys, self.stream))
 
     async def drop_consumer(self, consumer: str) -> None:
         """Forget a consumer that holds nothing (a clean stop), so the group's list stays short."""

@@ -7,7 +7,9 @@ Three hash tags, so that each Lua script touches one slot (Redis Cluster safe):
                           writers type a plain name; its companions (rejected stream, request
                           results) carry the tag `{<prefix>:intake}`, whose slot is by the
                           hash-tag rule the slot of the plain name, so seqd acks an entry and
-                          stores its outcome in one MULTI, on Redis Cluster too.
+                          stores its outcome in one MULTI, on Redis Cluster too. Split
+                          (`intake.streams` > 1), `<prefix>:intake:<n>` are more such
+                          streams, each with its companions in its own slot.
 - `{<prefix>:t:<tenant>}` a tenant's own data: sequences, contact lookup indexes,
                           webhook endpoints, the event log.
 - `{<prefix>:<shard>}`    a shard of per-contact data: contacts, enrollments, sequence
@@ -142,11 +144,15 @@ class Keys:
     """Key builder for one deployment prefix and shard count; `spread` gives the shards the
     tags of `spread_tags` (what the store's meta key says)."""
 
-    __slots__ = ("_shard_tags", "global_tag", "prefix", "shards")
+    __slots__ = ("_shard_tags", "global_tag", "intake_split", "prefix", "shards")
 
-    def __init__(self, prefix: str, shards: int, *, spread: bool = False) -> None:
+    def __init__(
+        self, prefix: str, shards: int, *, spread: bool = False, intake_split: int = 1
+    ) -> None:
         self.prefix = prefix
         self.shards = shards
+        # `intake.streams`: 1, the plain stream alone; n > 1, it and streams 0 to n-1.
+        self.intake_split = intake_split
         self.global_tag = "{" + prefix + "}"
         self._shard_tags = spread_tags(prefix, shards) if spread else None
 
@@ -170,21 +176,26 @@ class Keys:
         leases of one whose heartbeat stopped are reclaimed (store/dispatch.py `Workers`)."""
         return f"{self.global_tag}:workers"
 
-    def intake(self) -> str:
-        """STREAM other services XADD enrollment requests to (docs/redis-intake.md)."""
-        return f"{self.prefix}:intake"
+    def intake(self, stream: int | None = None) -> str:
+        """STREAM other services XADD enrollment requests to (docs/redis-intake.md): the
+        plain one, or split stream `stream` (`<prefix>:intake:<n>`)."""
+        return f"{self.prefix}:intake" if stream is None else f"{self.prefix}:intake:{stream}"
 
-    def intake_tag(self) -> str:
+    def intake_streams(self) -> list[int | None]:
+        """The intake streams seqd reads: the plain one (None), and the split ones."""
+        return [None] if self.intake_split == 1 else [None, *range(self.intake_split)]
+
+    def intake_tag(self, stream: int | None = None) -> str:
         """`{<prefix>:intake}`: hashes to the slot of `intake()` (the tag is its whole name)."""
-        return "{" + self.intake() + "}"
+        return "{" + self.intake(stream) + "}"
 
-    def intake_rejected(self) -> str:
+    def intake_rejected(self, stream: int | None = None) -> str:
         """STREAM of intake entries that could not be enrolled: original fields + reason."""
-        return f"{self.intake_tag()}:rejected"
+        return f"{self.intake_tag(stream)}:rejected"
 
-    def intake_result(self, tenant: str, request_id: str) -> str:
+    def intake_result(self, tenant: str, request_id: str, stream: int | None = None) -> str:
         """STRING (JSON, with a TTL): the outcome of the intake entry with this request_id."""
-        return f"{self.intake_tag()}:rq:{tenant}:{request_id}"
+        return f"{self.intake_tag(stream)}:rq:{tenant}:{request_id}"
 
     def sends(self, bucket: int) -> str:
         """HASH "<channel>:<outcome>" -> steps, for one 10-second bucket (epoch s // 10).

@@ -134,7 +134,7 @@ class Lifecycle:
             sids = await sequences()
             call = build(await self._sequence_args(tenant, sids, extra))
             try:
-                return await self.store.runner.run(call)
+                return await self.store.runner.run(call, acknowledged=True)
             except ScriptError as exc:
                 if exc.code != "STALE":
                     raise

@@ -28,6 +28,7 @@ from seqd.store import keys as keymod
 from seqd.store.calls import Call, refusal
 from seqd.store.calls import ScriptError as ScriptError  # re-exported: the facades' one error
 from seqd.store.client import Client
+from seqd.store.replication import ReplicaWait, Write, write_and_wait
 
 LUA = resources.files("seqd.store") / "lua"
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
@@ -125,17 +126,28 @@ def _check_slots(name: str, keys: Sequence[str], tag: str | None) -> None:
 
 
 class Runner:
-    """Calls scripts by name with EVALSHA, loading them on NOSCRIPT."""
+    """Calls scripts by name with EVALSHA, loading them on NOSCRIPT.
 
-    def __init__(self, client: Client) -> None:
+    A call made `acknowledged` (an enrollment, a transition: what the API answers for)
+    answers only once `wait` says enough replicas have it, when `wait` is set
+    (`redis.wait_replicas`, store/replication.py).
+    """
+
+    def __init__(self, client: Client, wait: ReplicaWait | None = None) -> None:
         self.client = client
+        self.wait = wait
 
     async def load_all(self) -> None:
         for script in SCRIPTS.values():
             await self.client.script_load(script.source)
 
-    async def run(self, call: Call) -> Any:
+    async def run(self, call: Call, *, acknowledged: bool = False) -> Any:
         """One call from its builder (store/calls.py)."""
+        if acknowledged and self.wait is not None:
+            [result] = await self._acknowledged([call], self.wait)
+            if isinstance(result, Exception):
+                raise result
+            return result
         return await self.call(call.name, call.keys, call.args, tag=call.tag)
 
     async def call(
@@ -161,11 +173,15 @@ class Runner:
         self,
         calls: Sequence[tuple[str, Sequence[str], Sequence[Any], str | None]],
         reads: Sequence[Sequence[Any]] = (),
+        *,
+        acknowledged: bool = False,
     ) -> list[Any]:
         """Run several script calls in one round trip; each result or its ScriptError. Plain
         commands in `reads` (a command and its arguments, each of one key) go in the same
         round trip, after the scripts; their results (or errors) follow the scripts'.
         """
+        if acknowledged and self.wait is not None and not reads:
+            return await self._acknowledged(calls, self.wait)
         pipe = self.client.pipeline(transaction=False)
         for name, keys, args, tag in calls:
             script = SCRIPTS[name]
@@ -182,11 +198,40 @@ class Runner:
                     results[i] = await self.call(name, keys, args, tag=tag)
                 except ScriptError as exc:
                     results[i] = exc
-            elif isinstance(result, ResponseError):
-                parsed = refusal(str(result))
-                if parsed is None:
-                    raise result
-                results[i] = parsed
-            elif isinstance(result, Exception):
-                raise result
+            else:
+                results[i] = _answer(result)
         return results
+
+    async def _acknowledged(
+        self,
+        calls: Sequence[tuple[str, Sequence[str], Sequence[Any], str | None]],
+        wait: ReplicaWait,
+    ) -> list[Any]:
+        """`call_many`'s answers, once `wait.replicas` replicas of each call's node have it."""
+        writes = []
+        for name, keys, args, tag in calls:
+            script = SCRIPTS[name]
+            if CHECK_SLOTS:
+                _check_slots(name, keys, tag)
+            call_args = (len(keys), *keys, *args)
+            writes.append(
+                Write(
+                    ("EVALSHA", script.sha, *call_args),
+                    keys[0],
+                    ("EVAL", script.source, *call_args),
+                )
+            )
+        return [_answer(result) for result in await write_and_wait(self.client, writes, wait)]
+
+
+def _answer(result: Any) -> Any:
+    """A script's result in a round trip: its value, or the ScriptError of its refusal;
+    any other error is raised."""
+    if isinstance(result, ResponseError):
+        parsed = refusal(str(result))
+        if parsed is None:
+            raise result
+        return parsed
+    if isinstance(result, Exception):
+        raise result
+    return result
