@@ -116,7 +116,10 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
             except (msgspec.DecodeError, RecursionError):  # nested too deeply: RecursionError
                 raise Rejected("invalid", "not a JSON object", "metadata") from None
         body = models.EnrollmentCreate(
-            contact_id=fields.get("contact_id") or None, contact=contact, metadata=metadata
+            contact_id=fields.get("contact_id") or None,
+            contact=contact,
+            metadata=metadata,
+            if_busy="queue" if fields.get("if_busy") == "queue" else "reject",
         )
         p.item = bulk.prepare(body, region)
     except Rejected as exc:
@@ -131,7 +134,8 @@ def result_text(p: ParsedItem, outcome: bulk.ItemOutcome | None) -> str:
     if outcome is not None and outcome.enrollment_id is not None:
         return encode_json(
             {
-                "status": "enrolled",
+                # queued: made when the contact's live exclusive enrollment ends.
+                "status": "enrolled" if outcome.behind is None else "queued",
                 "enrollment_id": outcome.enrollment_id,
                 "contact_id": outcome.contact_id,
                 "idempotent": outcome.idempotent,

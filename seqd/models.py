@@ -242,6 +242,33 @@ SendAt = Annotated[
 ]
 
 
+VariantId = Annotated[
+    str,
+    Meta(min_length=1, max_length=32, pattern="^[A-Za-z0-9_-]+$", description="a variant's name"),
+]
+VariantWeight = Annotated[int, Meta(ge=1, le=1_000_000, description="its share among the step's")]
+
+
+class VariantIn(Input, kw_only=True):
+    """One A/B variant of a step: its `body` and (email) `subject` replace the step's; absent,
+    the step's own is sent."""
+
+    id: VariantId
+    weight: VariantWeight = 1
+    body: Body | None = None
+    subject: Subject | None = None
+
+
+class Variant(Output, kw_only=True):
+    id: str
+    weight: int
+    body: str | None = None
+    subject: str | None = None
+
+
+Variants = Annotated[list[VariantIn], Meta(min_length=1, max_length=26)]
+
+
 class StepIn(Input, kw_only=True):
     # OpenAPI: the kinds that take a subject need one, the others take none (`build_steps`).
     json_schema_extra: ClassVar[dict[str, Any]] = {"oneOf": _subject_rule()}
@@ -257,6 +284,8 @@ class StepIn(Input, kw_only=True):
     subject: Subject | None = None
     # Email only: thread this step under the first email (In-Reply-To, "Re: " subject).
     thread: bool = True
+    # A/B: each enrollment gets one, picked by weight from (enrollment id, step index).
+    variants: Variants | None = None
 
 
 class Step(Output, kw_only=True):
@@ -270,6 +299,11 @@ class Step(Output, kw_only=True):
     thread: bool = True
     segments: int | None = None
     encoding: Literal["gsm7", "ucs2"] | None = None
+    variants: list[Variant] | None = None
+    # Set by POST .../steps/{n}/winner: only this variant is sent from `winner_at` on; the
+    # others stay listed (their sends are in the events and on the enrollments).
+    winner: str | None = None
+    winner_at: Timestamp | None = None
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
@@ -292,6 +326,18 @@ class SenderPools(Input, kw_only=True):
         return self.sms if kind == "sms" else self.email
 
 
+class ReenrollAfter(Input, kw_only=True):
+    """A contact may be enrolled again once this many days passed since its last
+    enrollment in the sequence ended."""
+
+    after_days: Annotated[int, Meta(ge=1, le=3650)]
+
+
+# never: once per contact, ever; after_completion (the default, and the behaviour before
+# the rule existed): again once the previous enrollment ended (completed or cancelled).
+Reenroll = Literal["never", "after_completion"] | ReenrollAfter
+
+
 class SequenceCreate(Input, kw_only=True):
     name: Name
     description: LongText = ""
@@ -302,6 +348,9 @@ class SequenceCreate(Input, kw_only=True):
     schedule_id: Id | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    reenroll: Reenroll = "after_completion"
+    # A contact is live in at most one exclusive sequence of the tenant at a time.
+    exclusive: bool = False
 
 
 class SequencePatch(Input, kw_only=True):
@@ -313,6 +362,11 @@ class SequencePatch(Input, kw_only=True):
     schedule_id: Id | UnsetType | None = UNSET
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
+    reenroll: Reenroll | UnsetType = UNSET
+    exclusive: bool | UnsetType = UNSET
+    # Changed steps make a new version: "new" leaves live enrollments on the version they
+    # run on; "all" moves them to the new steps (README, "Editing a live sequence").
+    apply_to: Literal["new", "all"] = "new"
 
 
 class SequenceStats(Output, kw_only=True):
@@ -332,6 +386,11 @@ class Sequence(Output, kw_only=True):
     schedule_id: str | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
+    reenroll: Reenroll = "after_completion"
+    exclusive: bool = False
+    # The version of `steps`: each change of the steps makes a new one; enrollments run on
+    # the version they were enrolled on (their `sequence_version`).
+    version: int = 1
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
@@ -350,8 +409,13 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
     """Validate step rules and templates; compute SMS segments."""
     errors = []
     out = []
+    roots: set[str] = set()
     for i, step in enumerate(steps):
         spec = SPECS[step.kind]
+        # A later step of a threading kind (email) sends its first one's subject.
+        threaded = spec.threads and step.kind in roots and step.thread
+        if spec.threads:
+            roots.add(step.kind)
         if spec.subject and step.subject is None:
             errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
         if not spec.subject and step.subject is not None:
@@ -372,6 +436,7 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                     raise ValueError("a time of day is before 24:00")
             except ValueError as exc:
                 errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
+        variants = _variants(i, step, errors, threaded)
         seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(
             Step(
@@ -385,11 +450,51 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 thread=step.thread,
                 segments=seg,
                 encoding=enc,
+                variants=variants,
             )
         )
     if errors:
         raise Invalid(errors)
     return out
+
+
+def _variants(
+    i: int, step: StepIn, errors: list[FieldError], threaded: bool
+) -> list[Variant] | None:
+    """Step `i`'s variants, checked: unique ids, a subject only where the kind takes one
+    and the step is not `threaded` (it sends its first email's subject), templates that
+    parse. Errors are appended to `errors`."""
+    if step.variants is None:
+        return None
+    seen: set[str] = set()
+    takes_subject = SPECS[step.kind].subject
+    for j, v in enumerate(step.variants):
+        path = f"steps[{i}].variants[{j}]"
+        if v.id in seen:
+            errors.append(FieldError(f"{path}.id", f"variant id {v.id!r} is used twice"))
+        seen.add(v.id)
+        if v.subject is not None and not takes_subject:
+            errors.append(FieldError(f"{path}.subject", _SUBJECT_ONLY))
+        elif v.subject is not None and threaded:
+            errors.append(
+                FieldError(
+                    f"{path}.subject",
+                    "a threaded step sends its first email's subject; "
+                    "set thread: false to give it its own",
+                )
+            )
+        if v.subject is not None and _LINE_BREAK.search(v.subject):
+            errors.append(FieldError(f"{path}.subject", "a Subject is one line of text"))
+        for field in ("body", "subject"):
+            text = getattr(v, field)
+            if text is not None:
+                try:
+                    templates.parse(text)
+                except templates.TemplateError as exc:
+                    errors.append(FieldError(f"{path}.{field}", f"template error: {exc}"))
+    return [
+        Variant(id=v.id, weight=v.weight, body=v.body, subject=v.subject) for v in step.variants
+    ]
 
 
 # -- enrollments -----------------------------------------------------------------------
@@ -413,6 +518,9 @@ class EnrollmentCreate(Input, kw_only=True):
     contact_id: Id | None = None
     contact: ContactCreate | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
+    # Into an exclusive sequence while the contact is live in another one: reject (409
+    # naming that enrollment) or queue (enrolled when that one ends).
+    if_busy: Literal["reject", "queue"] = "reject"
 
 
 BATCH_MAX_ITEMS = 1000
@@ -445,6 +553,24 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     timezone_source: Literal["contact", "phone", "default"] | None = None
     # Why the current step was put off when it came due (window | skip_date | quiet_hours).
     deferred_reason: str | None = None
+    # The version of the sequence's steps it runs on (Sequence.version).
+    sequence_version: int
+    # Step index -> the A/B variant it was sent.
+    variants: dict[str, str] | None = None
+
+
+class QueuedEnrollment(Output, kw_only=True):
+    """An enrollment waiting for the contact's live exclusive enrollment `behind` to end:
+    it is made then, with this `id`."""
+
+    id: str
+    sequence_id: str
+    contact_id: str
+    behind: str
+
+
+class QueuedEnvelope(Output, kw_only=True):
+    queued: QueuedEnrollment
 
 
 class EnrollmentEnvelope(Output, kw_only=True):

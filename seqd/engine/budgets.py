@@ -137,7 +137,7 @@ class Budgets:
         """The asks of the items' steps; None when none has any."""
         steps: list[tuple[Claimed, Plan, int, Kind]] = []
         for item in items:
-            plan = plans.get(item.enrollment.sequence)
+            plan = plans.get(item.plan_key)
             step = int(item.enrollment.index)
             if plan is not None and step < len(plan.steps):
                 steps.append((item, plan, step, plan.steps[step].kind))

@@ -36,6 +36,8 @@ class ClaimedEnrollment(msgspec.Struct, gc=False):
     # (the fields are kinds.py `sender_field`).
     sms_sender: str | None = msgspec.field(name="ys", default=None)
     email_sender: str | None = msgspec.field(name="ye", default=None)
+    # The version of its sequence's steps it runs on (absent: 1).
+    steps_version: str | None = msgspec.field(name="sv", default=None)
 
     def pinned(self, kind: str) -> str | None:
         """The sender of `kind`'s steps the contact is pinned to, if any."""
@@ -51,6 +53,13 @@ class Claimed(msgspec.Struct, gc=False):
     id: str
     enrollment: ClaimedEnrollment
     contact: dict[str, str]
+
+    @property
+    def plan_key(self) -> str:
+        """Its plan's key (engine/plans.py): the sequence id for version 1 of its steps,
+        "<sequence id>@<version>" for a later one."""
+        e = self.enrollment
+        return e.sequence if e.steps_version is None else f"{e.sequence}@{e.steps_version}"
 
 
 class ClaimBatch(msgspec.Struct, frozen=True, gc=False):

@@ -69,6 +69,13 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # SET of the lease tokens whose sends have started (written right before the first of
     # them): a lease not in it was never handed to a channel, so it is no attempt.
     "lease_starts": "{tag}:lst",
+    # LIST of enrollments (JSON: id, sequence, tenant, metadata, first wait, steps version)
+    # waiting for the contact's live exclusive enrollment (contact field `x`) to end;
+    # the script that ends that one makes the first of them (enrollment.lua).
+    "exclusive_waiting": "{tag}:xq:{contact_id}",
+    # HASH sequence id -> "<status>:<version>:<steps>": the shard's mirror of each sequence
+    # (SHARD_MIRRORS; a template too, for the scripts that read it by name).
+    "mirrors": "{tag}:sq",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -83,7 +90,7 @@ TENANT_TEMPLATES: Final[Mapping[str, str]] = {
 # whose queue then waits untouched until the sequence resumes (syncSequence puts it back).
 SHARD_HEADS = "{tag}:hd"
 SHARD_OUTBOX = "{tag}:outbox"
-SHARD_MIRRORS = "{tag}:sq"
+SHARD_MIRRORS = SHARD_TEMPLATES["mirrors"]
 # ZSET endpoint id -> earliest score in its `delivery_queue`: what the deliverer polls.
 SHARD_DELIVERY_DUE = "{tag}:wdue"
 # ZSET of every failed delivery of the shard (all endpoints), scores 0: trimmed by age.
@@ -295,6 +302,11 @@ class Keys:
 
     def lease_starts(self, shard: int) -> str:
         return SHARD_TEMPLATES["lease_starts"].format(tag=self.shard_tag(shard))
+
+    def exclusive_waiting(self, shard: int, contact_id: str) -> str:
+        return SHARD_TEMPLATES["exclusive_waiting"].format(
+            tag=self.shard_tag(shard), contact_id=contact_id
+        )
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

@@ -34,6 +34,8 @@ class Sent(StepOutcome, tag="sent"):
     # ms from `at` to the next step's due time; -1 after the last step.
     wait: int
     provider_id: str | None = None
+    # The A/B variant sent: recorded as the enrollment's `v<step>` and in the event.
+    variant: str | None = None
 
 
 class Skipped(StepOutcome, tag="skipped"):
@@ -229,7 +231,8 @@ def advance_args(
             general.append(s)
             continue
         event = step_event(s, e, now_text)
-        if event and isinstance(s, Sent | Skipped):
+        # (A variant's step takes the general path, which records the variant.)
+        if event and isinstance(s, Sent | Skipped) and getattr(s, "variant", None) is None:
             passed.add(s, e, event)
         else:
             s.seq = e.sequence

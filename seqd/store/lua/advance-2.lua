@@ -68,6 +68,7 @@ for n, it in ipairs(items) do
     return redis.error_reply('BAD_ITEMS:item ' .. n)
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
+  if type(it.variant) ~= 'string' then it.variant = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
   if it.outcome == 'defer' then
     if it['until'] % 1 ~= 0 then return redis.error_reply('BAD_ITEMS:item ' .. n) end
@@ -144,8 +145,12 @@ end
 -- time (text; nil after the last step).
 local function item_writes(it, attempts, sms_sent)
   local due_at = it.wait >= 0 and string.format('%d', it.at + it.wait) or nil
-  return step_writes(string.format('%d', it.step + 1), due_at, it.outcome == 'sent',
-    'p' .. it.step, it.provider_id, it.kind, attempts, sms_sent), due_at
+  local fields = step_writes(string.format('%d', it.step + 1), due_at, it.outcome == 'sent',
+    'p' .. it.step, it.provider_id, it.kind, attempts, sms_sent)
+  if it.variant and it.outcome == 'sent' then
+    fields[#fields + 1] = 'v' .. it.step; fields[#fields + 1] = it.variant
+  end
+  return fields, due_at
 end
 
 -- The step was sent (or skipped): move the enrollment past it, with its event.
@@ -156,7 +161,8 @@ local function pass_step(id, e, it, ekey)
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
-      {step = it.step, kind = it.kind, provider_id = it.provider_id or cjson.null, sent_at = it.at})
+      {step = it.step, kind = it.kind, provider_id = it.provider_id or cjson.null, sent_at = it.at,
+       variant = it.variant})
   else
     enrollment_event('sequence.step.skipped', id, e, now,
       {step = it.step, kind = it.kind, reason = it.reason})
@@ -266,6 +272,7 @@ local function pass_read(id, ekey, it, seq)
   if sent then
     local pid = it.provider_id and cjson.encode(it.provider_id) or 'null'
     tail = ',"provider_id":' .. pid .. ',"sent_at":' .. string.format('%d', it.at)
+      .. (it.variant and (',"variant":' .. cjson.encode(it.variant)) or '')
   else
     tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''
   end

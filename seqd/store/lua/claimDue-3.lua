@@ -84,7 +84,7 @@ end
 -- JSON rather than built by cjson: this is the hot path. (Its sequence, `s`, is the
 -- queue's.)
 -- Then the kinds' sender pins (kinds.py `sender_field`), read by engine/budgets.py.
-local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md'}
+local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md', 'sv'}
 local PINS = #READ
 for _, f in ipairs(KIND_SENDER_FIELDS) do READ[#READ + 1] = f end
 
@@ -126,7 +126,8 @@ local function claim_queue(seq, state, qkey, room)
       parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
-        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '') .. pins .. '},' .. c .. ']'
+        .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '')
+        .. (h[8] and (',"sv":"' .. h[8] .. '"') or '') .. pins .. '},' .. c .. ']'
     elseif st ~= 'active' then
       rcall('ZREM', qkey, id)
     else

@@ -63,6 +63,9 @@ local function flush_batched(now)
   end
 end
 
+-- Makes the first enrollment waiting for a contact's exclusive one (defined below).
+local promote_waiting
+
 -- Move enrollment `id` (hash already read into `e`) from its status to `new_status`. An
 -- active enrollment is listed by its queue entry, which `schedule` and `unschedule` keep:
 -- only the other statuses have an index of their own.
@@ -79,8 +82,19 @@ local function move_status(id, e, new_status, now)
   e['ua'] = now
   rcall('HSET', k_enrollment(tag, id), 'st', new_status, 'ua', now)
   if TERMINAL[new_status] then
+    -- The contact keeps its last enrollment in the sequence, "<id>:<ended ms>" in `l:<seq>`
+    -- (reenroll rules); if this was its live exclusive one (`x`), the first enrollment
+    -- waiting for it is made now, in this script.
     local ckey = k_contact(tag, e['c'])
-    if rcall('HGET', ckey, 'e:' .. seq) == id then rcall('HDEL', ckey, 'e:' .. seq) end
+    local owner, live, exclusive = unpack(rcall('HMGET', ckey, 'tenant', 'e:' .. seq, 'x'))
+    if owner then
+      if live == id then rcall('HDEL', ckey, 'e:' .. seq) end
+      rcall('HSET', ckey, 'l:' .. seq, id .. ':' .. now)
+      if exclusive == id then
+        rcall('HDEL', ckey, 'x')
+        promote_waiting(e['c'], now)
+      end
+    end
   end
 end
 
@@ -125,7 +139,7 @@ end
 
 -- The hash fields an event carries: those the API's enrollment is made of (store/event_types.py
 -- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
-local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr'}
+local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr', 'sv'}
 
 local function enrollment_event(etype, id, e, now, extra)
   local fields = {}
@@ -133,6 +147,40 @@ local function enrollment_event(etype, id, e, now, extra)
   local data = {id = id, fields = fields}
   if extra then for k, v in pairs(extra) do data[k] = v end end
   emit(etype, e['t'], now, data)
+end
+
+-- The first waiting enrollment of contact `cid` (exclusive_waiting, in request order) whose
+-- sequence is still active and has no live enrollment of the contact is made, due its
+-- first step's wait from now; the ones before it are dropped. It becomes the contact's
+-- live exclusive enrollment (`x`).
+promote_waiting = function(cid, now)
+  local ckey, wkey = k_contact(tag, cid), k_exclusive_waiting(tag, cid)
+  while true do
+    local raw = rcall('LPOP', wkey)
+    if not raw then return end
+    local w = cjson.decode(raw)
+    rcall('HDEL', ckey, 'q:' .. w.s)
+    local mirror = rcall('HGET', k_mirrors(tag), w.s)
+    if mirror and string.match(mirror, '^([^:]+)') == 'active'
+      and not rcall('HGET', ckey, 'e:' .. w.s) then
+      local due = string.format('%d', tonumber(now) + w.w)
+      local e = {t = w.t, s = w.s, c = cid, st = 'active', i = '0', n = due, ua = now}
+      local fields = {'t', w.t, 's', w.s, 'c', cid, 'st', 'active', 'i', '0', 'n', due, 'ua', now}
+      if w.md ~= '' then
+        fields[#fields + 1] = 'md'; fields[#fields + 1] = w.md; e['md'] = w.md
+      end
+      if w.v ~= '' then
+        fields[#fields + 1] = 'sv'; fields[#fields + 1] = w.v; e['sv'] = w.v
+      end
+      rcall('HSET', k_enrollment(tag, w.id), unpack(fields))
+      rcall('HSET', ckey, 'e:' .. w.s, w.id, 'x', w.id)
+      rcall('HINCRBY', k_counts(tag, w.s), 'active', 1)
+      rcall('ZADD', k_queue(tag, w.s), due, w.id)
+      rcall('ZADD', heads_key, 'LT', due, w.s)
+      enrollment_event('sequence.enrollment.created', w.id, e, now, {queued = true})
+      return
+    end
+  end
 end
 
 -- Terminal or pause transition shared by transition, syncSequence, deleteContact and the
