@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
 import structlog
@@ -40,7 +41,9 @@ LIVENESS_NAME = "intake"
 # The first pause after a failed batch (doubling from there, backoff.py).
 RETRY_SECONDS = 0.1
 
-FIELDS = frozenset({"tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id"})
+FIELDS = frozenset(
+    {"tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id", "if_busy"}
+)
 REQUEST_ID_MAX = 200
 
 _decode_contact = msgspec.json.Decoder(models.ContactCreate).decode
@@ -119,7 +122,7 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
             contact_id=fields.get("contact_id") or None,
             contact=contact,
             metadata=metadata,
-            if_busy="queue" if fields.get("if_busy") == "queue" else "reject",
+            if_busy=_if_busy(fields.get("if_busy")),
         )
         p.item = bulk.prepare(body, region)
     except Rejected as exc:
@@ -127,6 +130,15 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
     except Invalid as exc:
         p.rejected = rejection_of("invalid", exc)
     return p
+
+
+def _if_busy(value: str | None) -> Literal["reject", "queue"]:
+    """The entry's `if_busy` (absent or empty: reject)."""
+    if value in (None, "", "reject"):
+        return "reject"
+    if value == "queue":
+        return "queue"
+    raise Rejected("invalid", "reject or queue", "if_busy")
 
 
 def result_text(p: ParsedItem, outcome: bulk.ItemOutcome | None) -> str:

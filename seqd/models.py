@@ -600,6 +600,20 @@ class EnrollmentList(Page, kw_only=True):
     data: list[Enrollment]
 
 
+class EnrollmentSearchList(Output, kw_only=True):
+    data: list[Enrollment]
+    next_page_token: Annotated[
+        str | None,
+        Meta(
+            description="where to go on; a page filtered by paused_reason or updated_since "
+            "can hold fewer than `limit` items (even none) and still have one"
+        ),
+    ]
+    total: Annotated[
+        int | None, Meta(description="all that match; null with paused_reason or updated_since")
+    ]
+
+
 # -- suppressions --------------------------------------------------------------------------
 
 

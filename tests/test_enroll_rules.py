@@ -155,3 +155,56 @@ async def test_queue_in_batch_and_a_deleted_contact_drops_its_wait(api: Api) -> 
     assert status in (200, 204)
     status, _ = await api.call("GET", f"/enrollments/{first['queued']['id']}")
     assert status == 404
+
+
+async def test_intake_entries_queue_with_if_busy(api: Api) -> None:
+    """The intake stream's `if_busy` field: the request's result says `queued`."""
+    import json
+
+    from seqd.config import Config, IntakeConfig
+    from seqd.intake import Intake
+
+    a, b = await _sequence(api, exclusive=True), await _sequence(api, exclusive=True)
+    cid = await _contact(api)
+    _, in_a = await _enroll(api, a, cid)
+    store = api.store
+    consumer = Intake(
+        Config(intake=IntakeConfig(block_ms=50, lease_seconds=0.2)), store, consumer="t-1"
+    )
+    await consumer.stream.ensure_group()
+    try:
+        for request_id, busy in (("r-queue", "queue"), ("r-refuse", "")):
+            entry = {"tenant": "acme", "sequence_id": b, "contact_id": cid}
+            entry |= {"request_id": request_id, "if_busy": busy}
+            await store.client.xadd(store.keys.intake(), entry)
+        for _ in range(50):
+            await consumer.run_once(block_ms=0)
+            if await consumer.backlog() == 0:
+                break
+        queued = json.loads(await store.client.get(store.keys.intake_result("acme", "r-queue")))
+        refused = json.loads(await store.client.get(store.keys.intake_result("acme", "r-refuse")))
+    finally:
+        await consumer.stream.close()
+    assert queued["status"] == "queued", queued
+    assert refused["status"] == "rejected" and refused["reason"] == "busy", refused
+    await api.call("POST", f"/enrollments/{in_a['enrollment']['id']}/cancel")
+    status, got = await api.call("GET", f"/enrollments/{queued['enrollment_id']}")
+    assert status == 200 and got["enrollment"]["sequence_id"] == b  # type: ignore[index]
+
+
+async def test_a_waiting_enrollment_goes_to_a_paused_sequence_not_an_archived_one(
+    api: Api,
+) -> None:
+    a = await _sequence(api, exclusive=True)
+    paused, archived = await _sequence(api, exclusive=True), await _sequence(api, exclusive=True)
+    cid = await _contact(api)
+    _, in_a = await _enroll(api, a, cid)
+    _, to_archived = await _enroll(api, archived, cid, if_busy="queue")
+    _, to_paused = await _enroll(api, paused, cid, if_busy="queue")
+    await api.call("DELETE", f"/sequences/{archived}")
+    await api.call("POST", f"/sequences/{paused}/pause")
+    await api.call("POST", f"/enrollments/{in_a['enrollment']['id']}/cancel")
+    status, _ = await api.call("GET", f"/enrollments/{to_archived['queued']['id']}")
+    assert status == 404
+    status, got = await api.call("GET", f"/enrollments/{to_paused['queued']['id']}")
+    assert status == 200 and got["enrollment"]["status"] == "active"  # type: ignore[index]

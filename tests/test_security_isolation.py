@@ -61,15 +61,18 @@ async def _view(api: Api, owned: dict[str, str]) -> list[object]:
 async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
     owned = await _tenant_a(api)
     _, bravo = await api.store.tenants.create_key("bravo")
-    # (GET /tenant/settings is the caller's own settings, not a list.)
+    # (GET /tenant/settings is the caller's own settings and /forecast counts, not lists.)
     lists = {
         r.path
         for r in ROUTES
-        if r.method == "GET" and r.auth and "{" not in r.path and r.path != "/tenant/settings"
+        if r.method == "GET"
+        and r.auth
+        and "{" not in r.path
+        and r.path not in ("/tenant/settings", "/forecast")
     }
     assert lists == {
         "/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints", "/senders",
-        "/schedules",
+        "/schedules", "/enrollments",
     }  # fmt: skip
     queries = [
         *sorted(lists),
@@ -81,6 +84,7 @@ async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
         f"/events?contact_id={owned['contact']}",
         "/events?type=sequence.enrollment.created",
         "/sequences?status=active",
+        "/enrollments?status=active",
     ]
     # A really has something on each of them.
     for path in queries:
@@ -90,6 +94,15 @@ async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
         status, listing = await api.call("GET", path, key=bravo)
         assert status == 200, (path, listing)
         assert listing["data"] == [] and listing["total"] in (0, None), path  # type: ignore[index]
+    # A's step counts in A's forecast only.
+    _, forecast = await api.call("GET", "/forecast")
+    assert forecast["overdue"] + forecast["total"] == 1  # type: ignore[index]
+    _, forecast = await api.call("GET", "/forecast", key=bravo)
+    assert forecast["overdue"] + forecast["total"] == 0  # type: ignore[index]
+    # A's contact and sequence are not B's to filter by.
+    for query in (f"contact_id={owned['contact']}", f"sequence_id={owned['sequence']}"):
+        status, body = await api.call("GET", f"/enrollments?{query}", key=bravo)
+        assert status == 404, (query, body)
     # The enrollments of A's sequence: the same 404 as a sequence that does not exist.
     status, body = await api.call("GET", f"/sequences/{owned['sequence']}/enrollments", key=bravo)
     assert status == 404 and body["type"] == "urn:seqd:problem:not_found"  # type: ignore[index]

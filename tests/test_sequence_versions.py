@@ -9,6 +9,7 @@ from typing import Any
 from seqd.times import from_rfc3339
 from tests.conftest import Api
 from tests.dispatchutil import Clock, Recorder, dispatcher
+from tests.webhookutil import pipeline
 
 MINUTE = 60_000
 THREE = [
@@ -65,6 +66,15 @@ async def test_an_edit_leaves_live_enrollments_on_their_version(api: Api) -> Non
         by.setdefault(m.enrollment_id, []).append(m.body)
     # The old one sends all three steps of its version (more than the newest has).
     assert by == {old: ["one", "two", "three"], new: ["new"]}
+    # Its events tell the version too.
+    async with pipeline(api.store) as p:
+        await p.read()
+    _, sent = await api.call("GET", "/events?type=sequence.step.sent")
+    versions = {
+        e["data"]["enrollment_id"]: e["data"]["enrollment"]["sequence_version"]
+        for e in sent["data"]
+    }  # type: ignore[index]
+    assert versions == {old: 1, new: 2}
     assert (await _enrollment(api, old))["status"] == "completed"
     assert (await _enrollment(api, new))["status"] == "completed"
 

@@ -10,6 +10,7 @@ from seqd.api import (  # noqa: F401
     enrollment_batch,
     enrollments,
     events,
+    forecast,
     inbound,
     openapi,
     ops,

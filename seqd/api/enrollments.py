@@ -1,4 +1,4 @@
-"""Enrollments: /sequences/{id}/enrollments and /enrollments/{id}."""
+"""Enrollments: /sequences/{id}/enrollments, /enrollments and /enrollments/{id}."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from seqd.api.pagination import ListQuery, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
 from seqd.appkeys import CONFIG, STORE
+from seqd.errors import Invalid
 from seqd.models import EnrollmentStatus
+from seqd.store.enrollment_search import EnrollmentFilter
+from seqd.times import from_rfc3339
 
 TAG = "enrollments"
 
@@ -103,6 +106,66 @@ async def list_enrollments(request: web.Request) -> web.Response:
     )
     return respond(
         models.EnrollmentList(data=data, next_page_token=encode_token(after), total=total)
+    )
+
+
+class EnrollmentSearchQuery(ListQuery, kw_only=True):
+    contact_id: Annotated[str, Meta(max_length=64, description="only this contact's")] | None = None
+    sequence_id: Annotated[str, Meta(max_length=64, description="only this sequence's")] | None = (
+        None
+    )
+    status: EnrollmentStatus | None = None
+    paused_reason: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=64,
+                description="only paused enrollments paused for this reason (e.g. "
+                "out_of_office, reply, missing_variable)",
+            ),
+        ]
+        | None
+    ) = None
+    updated_since: (
+        Annotated[str, Meta(description="RFC 3339: only those changed at or after it")] | None
+    ) = None
+
+
+@route(
+    "GET",
+    "/enrollments",
+    summary="List enrollments across sequences: by contact, sequence, status, paused reason",
+    tag=TAG,
+    query=EnrollmentSearchQuery,
+    responses={200: models.EnrollmentSearchList},
+    errors=(404,),
+)
+async def search_enrollments(request: web.Request) -> web.Response:
+    query = read_query(request, EnrollmentSearchQuery)
+    since = None
+    if query.updated_since is not None:
+        try:
+            since = from_rfc3339(query.updated_since)
+        except ValueError as exc:
+            raise Invalid.field("query.updated_since", str(exc)) from None
+    if query.paused_reason is not None and query.status not in (None, EnrollmentStatus.PAUSED):
+        raise Invalid.field("query.paused_reason", "only paused enrollments have a paused reason")
+    where = EnrollmentFilter(
+        contact_id=query.contact_id,
+        sequence_id=query.sequence_id,
+        status=query.status,
+        paused_reason=query.paused_reason,
+        updated_since=since,
+    )
+    store, tenant = request.app[STORE], tenant_of(request)
+    if query.sequence_id is not None:
+        await store.sequences.get(tenant, query.sequence_id, with_stats=False)
+    data, after, total = await store.enrollment_search.page(
+        tenant, where, query.limit, decode_token(query.page_token)
+    )
+    return respond(
+        models.EnrollmentSearchList(data=data, next_page_token=encode_token(after), total=total)
     )
 
 

@@ -101,7 +101,8 @@ def _links(routes: list[Route], base_path: str) -> dict[tuple[str, str], dict[st
         things = r.path.rsplit("/", 1)[1]
         targets = [t for t in routes if t.path.startswith(f"/{things}/{{id}}")]
         for status, kind in r.responses.items():
-            pointer = _id_pointer(kind) if 200 <= status < 300 else None
+            # (Not from a 202: its object is accepted, not made yet.)
+            pointer = _id_pointer(kind) if status in (200, 201) else None
             if pointer is None or not targets:
                 continue
             links[(f"{r.method} {r.path}", str(status))] = {

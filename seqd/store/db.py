@@ -13,8 +13,10 @@ from seqd.store.client import Client, connect
 from seqd.store.contacts import Contacts
 from seqd.store.context import StoreContext
 from seqd.store.deliveries import Deliveries
+from seqd.store.enrollment_search import EnrollmentSearch
 from seqd.store.enrollments import Enrollments
 from seqd.store.events import Events
+from seqd.store.forecast import Forecasts
 from seqd.store.keys import Keys
 from seqd.store.lifecycle import Lifecycle
 from seqd.store.mailboxes import Mailboxes
@@ -82,6 +84,8 @@ class Store(StoreContext):
         self.mailboxes = Mailboxes(self)
         self.senders = SenderRecords(self)
         self.settings = TenantSettingsStore(self)
+        self.forecasts = Forecasts(self)
+        self.enrollment_search = EnrollmentSearch(self, self.enrollments, self.sequences)
 
     @classmethod
     async def open(cls, client: Client, prefix: str, default_shards: int) -> Store:

@@ -70,7 +70,7 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # them): a lease not in it was never handed to a channel, so it is no attempt.
     "lease_starts": "{tag}:lst",
     # LIST of enrollments (JSON: id, sequence, tenant, metadata, first wait, steps version)
-    # waiting for the contact's live exclusive enrollment (contact field `x`) to end;
+    # waiting for the contact's live exclusive enrollment (contact field `ex`) to end;
     # the script that ends that one makes the first of them (enrollment.lua).
     "exclusive_waiting": "{tag}:xq:{contact_id}",
     # HASH sequence id -> "<status>:<version>:<steps>": the shard's mirror of each sequence

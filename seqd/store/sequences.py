@@ -283,6 +283,16 @@ class Sequences:
                     else:
                         cursors[shard] = cursor
 
+    async def all_of(self, tenant: str) -> list[models.Sequence]:
+        """Every sequence of the tenant (a tenant has tens to thousands, not millions)."""
+        client = self.store.client
+        listed = await client.zrange(self.keys.sequences(tenant), "-", "+", bylex=True)
+        sids = [str(s) for s in listed]
+        pipe = client.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hget(self.keys.sequence(tenant, sid), "doc")
+        return [_decode_seq(d) for d in await pipe.execute() if d]
+
     async def list(
         self, tenant: str, *, limit: int, after: str | None, status: str | None
     ) -> tuple[list[models.Sequence], str | None, int]:

@@ -138,6 +138,8 @@ class _StepFields(msgspec.Struct, omit_defaults=True):
     n: str
     ua: str
     md: str | None = None
+    # The version of the sequence's steps it runs on (absent: 1).
+    sv: str | None = None
 
 
 class _SentEvent(msgspec.Struct):
@@ -171,13 +173,15 @@ def step_event(s: Settled, e: ClaimedEnrollment, now: str) -> bytes:
         if s.wait < 0:
             return b""
         fields = _StepFields(
-            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now, e.metadata
-        )
+            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now,
+            e.metadata, e.steps_version,
+        )  # fmt: skip
         return _encode_event(_SentEvent(s.id, fields, s.step, s.kind, s.provider_id, s.at))
     if isinstance(s, Skipped) and s.wait >= 0:
         fields = _StepFields(
-            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now, e.metadata
-        )
+            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now,
+            e.metadata, e.steps_version,
+        )  # fmt: skip
         return _encode_event(_SkippedEvent(s.id, fields, s.step, s.kind, s.reason))
     return b""
 
@@ -232,7 +236,7 @@ def advance_args(
             continue
         event = step_event(s, e, now_text)
         # (A variant's step takes the general path, which records the variant.)
-        if event and isinstance(s, Sent | Skipped) and getattr(s, "variant", None) is None:
+        if event and (isinstance(s, Skipped) or (isinstance(s, Sent) and s.variant is None)):
             passed.add(s, e, event)
         else:
             s.seq = e.sequence
@@ -268,7 +272,7 @@ def lua_prelude() -> str:
 # How step_event_json writes each of _StepFields: its value as text, a constant, or JSON
 # text that may be absent.
 _EVENT_CONSTANT = {"st": "active"}
-_EVENT_OPTIONAL_JSON = {"md"}
+_EVENT_OPTIONAL_JSON = {"md", "sv"}
 
 
 def _step_event_lua() -> str:

@@ -263,7 +263,7 @@ end
 -- here (its `fields` are those the API's enrollment is made of).
 -- Returns false, having left nothing written, when the hash is gone.
 local function pass_read(id, ekey, it, seq)
-  local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'md')
+  local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'md', 'sv')
   if not (h[3] and h[4] and h[5]) then return false end
   local sent = it.outcome == 'sent'
   local fields, due_at = item_writes(it, h[1], h[2])
@@ -280,7 +280,8 @@ local function pass_read(id, ekey, it, seq)
   schedule_next(seq, due_at, id)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
-      step, KIND_JSON[it.kind] or cjson.encode(it.kind), tail))
+      h[7] and cjson.encode(h[7]) or '', step, KIND_JSON[it.kind] or cjson.encode(it.kind),
+      tail))
   return true
 end
 

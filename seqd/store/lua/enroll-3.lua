@@ -19,8 +19,10 @@
   ARGV[5] first_wait_ms
   ARGV[6] steps_version  the sequence's version of its steps (field `sv`; "" for 1)
   ARGV[7] reenroll       "" (again once the last one ended) | "never" | ms that must pass
-                         since the last one ended (the contact's `l:<seq>`: "<id>:<ms>")
-  ARGV[8] exclusive      "1": the contact may have one live exclusive enrollment (its `x`)
+                         since the last one ended (the contact's `x:<seq>`; its end is its
+                         `ca`, else `ua`)
+  ARGV[8] exclusive      "1": the contact may have one live exclusive enrollment (its `ex`;
+                         `w:<seq>` marks one waiting in its exclusive_waiting list)
   ARGV[9..] items, 6 values each:
             enrollment_id (new, from ids.new; used only if none is active), contact_id,
             metadata (JSON object text, "" for none), due (ms the first step goes, as the
@@ -62,24 +64,30 @@ local out, due, earliest = {}, {}, nil
 local ruled = reenroll ~= '' or exclusive
 local function refused(ckey, cid, id, md, if_busy)
   if reenroll ~= '' then
-    local last = rcall('HGET', ckey, 'l:' .. seq)
-    if last then
-      local last_id, ended = string.match(last, '^(.*):(%d+)$')
+    local last_id = rcall('HGET', ckey, 'x:' .. seq)
+    if last_id then
       if reenroll == 'never' then return {0, 'REENROLL_NEVER', last_id} end
-      local allowed = tonumber(ended) + tonumber(reenroll)
+      local ca, ua = unpack(rcall('HMGET', k_enrollment(tag, last_id), 'ca', 'ua'))
+      local allowed = tonumber(ca or ua or 0) + tonumber(reenroll)
       if tonumber(now) < allowed then
         return {0, 'REENROLL_TOO_SOON', last_id .. ':' .. string.format('%d', allowed)}
       end
     end
   end
   if exclusive then
-    local busy, queued = unpack(rcall('HMGET', ckey, 'x', 'q:' .. seq))
+    local busy, queued = unpack(rcall('HMGET', ckey, 'ex', 'w:' .. seq))
+    local st = busy and rcall('HGET', k_enrollment(tag, busy), 'st')
+    if busy and st ~= 'active' and st ~= 'paused' then
+      -- Ended without move_status (its hash deleted by hand): the contact is free.
+      rcall('HDEL', ckey, 'ex')
+      busy = nil
+    end
     if busy then
       if if_busy ~= 'queue' then return {0, 'BUSY', busy} end
       if queued then return {2, queued, busy} end
       rcall('RPUSH', k_exclusive_waiting(tag, cid), cjson.encode(
         {id = id, s = seq, t = tenant, md = md, w = tonumber(wait), v = steps_version}))
-      rcall('HSET', ckey, 'q:' .. seq, id)
+      rcall('HSET', ckey, 'w:' .. seq, id)
       return {2, id, busy}
     end
   end
@@ -121,7 +129,7 @@ for i = 9, #ARGV, 6 do
     end
     rcall('HSET', ekey, unpack(fields))
     if exclusive then
-      rcall('HSET', ckey, field, id, 'x', id)
+      rcall('HSET', ckey, field, id, 'ex', id)
     else
       rcall('HSET', ckey, field, id)
     end

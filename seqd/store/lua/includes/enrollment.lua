@@ -82,16 +82,18 @@ local function move_status(id, e, new_status, now)
   e['ua'] = now
   rcall('HSET', k_enrollment(tag, id), 'st', new_status, 'ua', now)
   if TERMINAL[new_status] then
-    -- The contact keeps its last enrollment in the sequence, "<id>:<ended ms>" in `l:<seq>`
-    -- (reenroll rules); if this was its live exclusive one (`x`), the first enrollment
-    -- waiting for it is made now, in this script.
     local ckey = k_contact(tag, e['c'])
-    local owner, live, exclusive = unpack(rcall('HMGET', ckey, 'tenant', 'e:' .. seq, 'x'))
-    if owner then
-      if live == id then rcall('HDEL', ckey, 'e:' .. seq) end
-      rcall('HSET', ckey, 'l:' .. seq, id .. ':' .. now)
+    local live, exclusive = unpack(rcall('HMGET', ckey, 'e:' .. seq, 'ex'))
+    if live == id then rcall('HDEL', ckey, 'e:' .. seq) end
+    -- `x:<sequence>`: the contact's last ended enrollment there (GET /enrollments by
+    -- contact lists its live ones, `e:`, and these; reenroll rules read it); never a hash
+    -- for a deleted contact.
+    if rcall('EXISTS', ckey) == 1 then
+      rcall('HSET', ckey, 'x:' .. seq, id)
+      -- If this was its live exclusive enrollment (`ex`), the first enrollment waiting
+      -- for it is made now, in this script.
       if exclusive == id then
-        rcall('HDEL', ckey, 'x')
+        rcall('HDEL', ckey, 'ex')
         promote_waiting(e['c'], now)
       end
     end
@@ -150,19 +152,19 @@ local function enrollment_event(etype, id, e, now, extra)
 end
 
 -- The first waiting enrollment of contact `cid` (exclusive_waiting, in request order) whose
--- sequence is still active and has no live enrollment of the contact is made, due its
+-- sequence is still active or paused and has no live enrollment of the contact is made, due its
 -- first step's wait from now; the ones before it are dropped. It becomes the contact's
--- live exclusive enrollment (`x`).
+-- live exclusive enrollment (`ex`).
 promote_waiting = function(cid, now)
   local ckey, wkey = k_contact(tag, cid), k_exclusive_waiting(tag, cid)
   while true do
     local raw = rcall('LPOP', wkey)
     if not raw then return end
     local w = cjson.decode(raw)
-    rcall('HDEL', ckey, 'q:' .. w.s)
-    local mirror = rcall('HGET', k_mirrors(tag), w.s)
-    if mirror and string.match(mirror, '^([^:]+)') == 'active'
-      and not rcall('HGET', ckey, 'e:' .. w.s) then
+    rcall('HDEL', ckey, 'w:' .. w.s)
+    local status = string.match(rcall('HGET', k_mirrors(tag), w.s) or '', '^([^:]+)')
+    -- (A paused sequence takes it: its queue waits for the resume, as every other's.)
+    if (status == 'active' or status == 'paused') and not rcall('HGET', ckey, 'e:' .. w.s) then
       local due = string.format('%d', tonumber(now) + w.w)
       local e = {t = w.t, s = w.s, c = cid, st = 'active', i = '0', n = due, ua = now}
       local fields = {'t', w.t, 's', w.s, 'c', cid, 'st', 'active', 'i', '0', 'n', due, 'ua', now}
@@ -173,7 +175,7 @@ promote_waiting = function(cid, now)
         fields[#fields + 1] = 'sv'; fields[#fields + 1] = w.v; e['sv'] = w.v
       end
       rcall('HSET', k_enrollment(tag, w.id), unpack(fields))
-      rcall('HSET', ckey, 'e:' .. w.s, w.id, 'x', w.id)
+      rcall('HSET', ckey, 'e:' .. w.s, w.id, 'ex', w.id)
       rcall('HINCRBY', k_counts(tag, w.s), 'active', 1)
       rcall('ZADD', k_queue(tag, w.s), due, w.id)
       rcall('ZADD', heads_key, 'LT', due, w.s)
