@@ -624,9 +624,12 @@ Commands in the no-op burst (first run), most called: {", ".join(f"`{k}` {v / n:
         print(out.getvalue())
 
 
-async def variant_burst(store: Store, n: int, variants: bool) -> float:
-    """Steps/s for the dispatcher loop to send and settle `n` first steps due now of a
-    two-step SMS sequence, each step with two A/B variants when `variants`."""
+async def variant_burst(
+    store: Store, n: int, variants: bool, pid: int
+) -> tuple[float, float, float]:
+    """For the dispatcher loop to send and settle `n` first steps due now of a two-step SMS
+    sequence, each step with two A/B variants when `variants`: steps/s, and CPU µs per
+    step of this process and of the valkey-server `pid` (less moved by other load)."""
     ab = [
         models.VariantIn(id="a", weight=50, body="Hi {{first_name|there}}, A"),
         models.VariantIn(id="b", weight=50, body="Hello {{first_name|there}}, B"),
@@ -643,7 +646,10 @@ async def variant_burst(store: Store, n: int, variants: bool) -> float:
     )  # fmt: skip
     seq = await store.sequences.create(TENANT, body)
     await enroll_direct(store, seq.id, await make_contacts(store, n), 0, int(time.time() * 1000))
-    return await burst(store, One(NoopSender()), n, DispatchConfig())
+    redis_cpu, python_cpu = cpu_seconds(pid), time.process_time()
+    rate = await burst(store, One(NoopSender()), n, DispatchConfig())
+    redis_us = (cpu_seconds(pid) - redis_cpu) / n * 1e6
+    return rate, (time.process_time() - python_cpu) / n * 1e6, redis_us
 
 
 async def variants_main(n: int, runs: int) -> None:
@@ -652,15 +658,24 @@ async def variants_main(n: int, runs: int) -> None:
         proc, url = start_valkey(Path(tmp))
         try:
             store = await Store.open(connect(url), PREFIX, SHARDS)
-            rates: dict[str, list[float]] = {"plain": [], "variants": [], "ratio": []}
+            rates: dict[str, list[float]] = defaultdict(list)
             for k in range(runs):
                 # Alternate which goes first, so a drift of the machine's load is shared.
                 order = [False, True] if k % 2 == 0 else [True, False]
-                got = {v: await variant_burst(store, n, v) for v in order}
-                rates["plain"].append(got[False])
-                rates["variants"].append(got[True])
-                rates["ratio"].append(got[True] / got[False])
-                print(f"run {k + 1}/{runs}: plain {got[False]:,.0f}/s, variants {got[True]:,.0f}/s")
+                got = {v: await variant_burst(store, n, v, proc.pid) for v in order}
+                for name, v in (("plain", False), ("variants", True)):
+                    rate, python_us, redis_us = got[v]
+                    rates[name].append(rate)
+                    rates[f"{name}_py"].append(python_us)
+                    rates[f"{name}_redis"].append(redis_us)
+                rates["ratio"].append(got[True][0] / got[False][0])
+                rates["py_ratio"].append(got[True][1] / got[False][1])
+                rates["redis_ratio"].append(got[True][2] / got[False][2])
+                print(
+                    f"run {k + 1}/{runs}: plain {got[False][0]:,.0f}/s "
+                    f"({got[False][1]:.0f} + {got[False][2]:.0f} µs CPU), "
+                    f"variants {got[True][0]:,.0f}/s ({got[True][1]:.0f} + {got[True][2]:.0f} µs)"
+                )
             await store.close()
         finally:
             proc.terminate()
@@ -677,12 +692,12 @@ id and step) and settled by advance's general path, which records `v<step>`: tha
 reads the enrollment's fields where the fast path reads none. The machine is shared
 (2 cores, other work running): compare the ratio, not the steps/s.
 
-| figure | value |
-| --- | --- |
-| steps/s, plain | {median(rates["plain"]):,.0f} |
-| steps/s, variants on every step | {median(rates["variants"]):,.0f} |
-| ratio variants / plain | {median(rates["ratio"]):.2f} (runs: {each}) |
-""",
+| figure | plain | variants on every step | ratio variants / plain |
+| --- | --- | --- | --- |
+| steps/s | {median(rates["plain"]):,.0f} | {median(rates["variants"]):,.0f} | {median(rates["ratio"]):.2f} (runs: {each}) |
+| CPU per step, this process | {median(rates["plain_py"]):.0f} µs | {median(rates["variants_py"]):.0f} µs | {median(rates["py_ratio"]):.2f} |
+| CPU per step, valkey-server | {median(rates["plain_redis"]):.1f} µs | {median(rates["variants_redis"]):.1f} µs | {median(rates["redis_ratio"]):.2f} |
+""",  # noqa: E501
     )
 
 
