@@ -366,7 +366,14 @@ class SequencePatch(Input, kw_only=True):
     exclusive: bool | UnsetType = UNSET
     # Changed steps make a new version: "new" leaves live enrollments on the version they
     # run on; "all" moves them to the new steps (README, "Editing a live sequence").
-    apply_to: Literal["new", "all"] = "new"
+    apply_to: Annotated[
+        Literal["new", "all"],
+        Meta(
+            description="with steps: new = live enrollments keep the version they run on; "
+            "all = they move to these steps, their next step re-timed from their last send "
+            "(completed when its index is gone)"
+        ),
+    ] = "new"
 
 
 class SequenceStats(Output, kw_only=True):
@@ -520,7 +527,13 @@ class EnrollmentCreate(Input, kw_only=True):
     metadata: Metadata = msgspec.field(default_factory=dict)
     # Into an exclusive sequence while the contact is live in another one: reject (409
     # naming that enrollment) or queue (enrolled when that one ends).
-    if_busy: Literal["reject", "queue"] = "reject"
+    if_busy: Annotated[
+        Literal["reject", "queue"],
+        Meta(
+            description="into an exclusive sequence while the contact is live in another: "
+            "reject (409) or queue (202; enrolled when that one ends)"
+        ),
+    ] = "reject"
 
 
 BATCH_MAX_ITEMS = 1000
