@@ -151,10 +151,10 @@ local function enrollment_event(etype, id, e, now, extra)
   emit(etype, e['t'], now, data)
 end
 
--- The first waiting enrollment of contact `cid` (exclusive_waiting, in request order) whose
--- sequence is still active or paused and has no live enrollment of the contact is made, due its
--- first step's wait from now; the ones before it are dropped. It becomes the contact's
--- live exclusive enrollment (`ex`).
+-- The first waiting enrollment of contact `cid` (exclusive_waiting, in request order)
+-- whose sequence is still active or paused and has no live enrollment of the contact is
+-- made, due its first step's wait from now; the ones before it are dropped. It becomes
+-- the contact's live exclusive enrollment (`ex`).
 promote_waiting = function(cid, now)
   local ckey, wkey = k_contact(tag, cid), k_exclusive_waiting(tag, cid)
   while true do
@@ -163,7 +163,7 @@ promote_waiting = function(cid, now)
     local w = cjson.decode(raw)
     rcall('HDEL', ckey, 'w:' .. w.s)
     local status = string.match(rcall('HGET', k_mirrors(tag), w.s) or '', '^([^:]+)')
-    -- (A paused sequence takes it: its queue waits for the resume, as every other's.)
+    -- (A paused sequence takes it: its queue waits for the resume.)
     if (status == 'active' or status == 'paused') and not rcall('HGET', ckey, 'e:' .. w.s) then
       local due = string.format('%d', tonumber(now) + w.w)
       local e = {t = w.t, s = w.s, c = cid, st = 'active', i = '0', n = due, ua = now}
@@ -178,7 +178,8 @@ promote_waiting = function(cid, now)
       rcall('HSET', ckey, 'e:' .. w.s, w.id, 'ex', w.id)
       rcall('HINCRBY', k_counts(tag, w.s), 'active', 1)
       rcall('ZADD', k_queue(tag, w.s), due, w.id)
-      rcall('ZADD', heads_key, 'LT', due, w.s)
+      -- (A paused sequence has no head: its resume sets it.)
+      if status == 'active' then rcall('ZADD', heads_key, 'LT', due, w.s) end
       enrollment_event('sequence.enrollment.created', w.id, e, now, {queued = true})
       return
     end
