@@ -123,7 +123,8 @@ def _needs(cls: type[StepOutcome]) -> list[tuple[str, str]]:
 # What a claim's steps share is written once (a group, in one JSON array), each step as
 # five plain values: decoding JSON was the script's largest cost after its writes, and a
 # decoded step is one more table for Lua to make and collect.
-PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait")
+# (`variant` is there only for a step sent as an A/B variant.)
+PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant")
 PASSED_STEP = ("id", "group", "due", "detail", "event")
 
 
@@ -151,6 +152,10 @@ class _SentEvent(msgspec.Struct):
     sent_at: int
 
 
+class _VariantSentEvent(_SentEvent):
+    variant: str
+
+
 class _SkippedEvent(msgspec.Struct, omit_defaults=True):
     id: str
     fields: _StepFields
@@ -176,6 +181,10 @@ def step_event(s: Settled, e: ClaimedEnrollment, now: str) -> bytes:
             e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now,
             e.metadata, e.steps_version,
         )  # fmt: skip
+        if s.variant is not None:
+            return _encode_event(
+                _VariantSentEvent(s.id, fields, s.step, s.kind, s.provider_id, s.at, s.variant)
+            )
         return _encode_event(_SentEvent(s.id, fields, s.step, s.kind, s.provider_id, s.at))
     if isinstance(s, Skipped) and s.wait >= 0:
         fields = _StepFields(
@@ -198,7 +207,7 @@ class Passed:
 
     def add(self, s: Sent | Skipped, e: ClaimedEnrollment, event: bytes) -> None:
         sent = isinstance(s, Sent)
-        group = (
+        group: tuple[str | int, ...] = (
             s.token,
             e.sequence,
             s.step,
@@ -208,6 +217,8 @@ class Passed:
             e.attempts or "",
             s.wait,
         )
+        if isinstance(s, Sent) and s.variant is not None:
+            group += (s.variant,)
         place = self.groups.get(group)
         if place is None:
             place = self.groups[group] = str(len(self.groups) + 1)
@@ -235,8 +246,7 @@ def advance_args(
             general.append(s)
             continue
         event = step_event(s, e, now_text)
-        # (A variant's step takes the general path, which records the variant.)
-        if event and (isinstance(s, Skipped) or (isinstance(s, Sent) and s.variant is None)):
+        if event and isinstance(s, Sent | Skipped):
             passed.add(s, e, event)
         else:
             s.seq = e.sequence

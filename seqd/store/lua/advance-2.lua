@@ -29,7 +29,8 @@
     and optionally seq: the claimed sequence (`s`; else read here)
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
-            none), wait (ms from the send to the next step, >= 0)]: what the steps of one
+            none), wait (ms from the send to the next step, >= 0), and optionally the A/B
+            variant its sent steps were sent as]: what the steps of one
             claim share, written once per call (store/dispatch.py PASSED_GROUP)
   ARGV[6..] the passed steps, the hot path: a sent or skipped step with a step after it,
             of a claim the caller read, five values each (PASSED_STEP): id, group (its
@@ -94,7 +95,8 @@ for n, g in ipairs(groups) do
     or type(g[G_SEQ]) ~= 'string' or g[G_SEQ] == '' or type(g[G_STEP]) ~= 'number'
     or type(g[G_KIND]) ~= 'string' or (g[G_OUTCOME] ~= 'sent' and g[G_OUTCOME] ~= 'skipped')
     or type(g[G_TENANT]) ~= 'string' or g[G_TENANT] == '' or type(g[G_ATTEMPTS]) ~= 'string'
-    or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0 then
+    or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0
+    or (g[G_VARIANT] ~= nil and (type(g[G_VARIANT]) ~= 'string' or g[G_VARIANT] == '')) then
     return redis.error_reply('BAD_ITEMS:passed group ' .. n)
   end
   -- What the group's steps write: `i` after the step, the provider id's field, and whether
@@ -106,6 +108,9 @@ for n, g in ipairs(groups) do
   g.sms = g[G_KIND] == 'sms'
   g.queue = k_queue(tag, g[G_SEQ])
   g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
+  -- The A/B variant its steps were sent as (optional), recorded as `v<step>`.
+  g.variant = g.sent and g[G_VARIANT] or nil
+  g.vfield = 'v' .. string.format('%d', g[G_STEP])
 end
 for n = 1, passed do
   local b = P_WIDTH * n + SKIP
@@ -240,6 +245,9 @@ local function pass_built(n, id, g, ekey)
     fields = step_writes(g.next, due_at, g.sent, g.pfield, detail ~= '' and detail or nil,
       g[G_KIND], g[G_ATTEMPTS], nil)
   end
+  if g.variant then
+    fields[#fields + 1] = g.vfield; fields[#fields + 1] = g.variant
+  end
   if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
     rcall('DEL', ekey)
     return false
@@ -255,7 +263,8 @@ local function passed_item(n, id, g)
   if detail == '' then detail = nil end
   return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
           outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
-          provider_id = sent and detail or nil, reason = (not sent) and detail or nil}
+          provider_id = sent and detail or nil, reason = (not sent) and detail or nil,
+          variant = g.variant}
 end
 
 -- A sent or skipped item with a step after it, on an enrollment whose claim still holds:
