@@ -688,9 +688,9 @@ N = {n:,} first steps of a two-step SMS sequence due at once, {SHARDS} shards, d
 dispatch settings, a no-op sink; {runs} runs, each a plain burst and a burst with two
 variants on every step in turn (which goes first alternates), medians (the ratio: the
 median of each run's own). A variant step is picked per enrollment (BLAKE2b of enrollment
-id and step) and settled by advance's general path, which records `v<step>`: that path
-reads the enrollment's fields where the fast path reads none. The machine is shared
-(2 cores, other work running): compare the ratio, not the steps/s.
+id and step) and recorded as `v<step>` by advance's fast path (one more hash field, and a
+passed group per variant). The machine is shared (2 cores, other work running): compare
+the ratios, not the steps/s.
 
 | figure | plain | variants on every step | ratio variants / plain |
 | --- | --- | --- | --- |
