@@ -21,6 +21,12 @@ are enrolled through the real `enroll` script, all due at once, and the real dis
 - arq: N deferred jobs of a no-op function, drained by an arq worker in burst mode.
 
 `--profile` runs the no-op burst under cProfile and prints the top of the Python side.
+
+`--conditions` measures only the no-op burst of plain sequences against the same burst of
+sequences with conditions on every step (`only_if` / `skip_if` over contact fields,
+attributes, metadata and an earlier step's outcome, all holding so the same steps are
+sent), interleaved in one run on one server: the ratio, not the bare rate, is the figure
+on a loaded machine.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from benchmarks.results import median, percentile, record
@@ -213,13 +220,37 @@ async def enroll_direct(
     return due
 
 
-async def new_sequence(store: Store, name: str, steps: int = 2) -> models.Sequence:
+# Conditions on every step that hold for the benchmark's contacts (so the same steps go):
+# a contact field, an attribute, the metadata, and (after the first) an earlier step.
+_FIRST_ONLY_IF = {
+    "all": [
+        {"field": "first_name", "exists": True},
+        {"not": {"field": "attributes.plan", "in": ["blocked", "churned"]}},
+    ]
+}
+_SKIP_IF = {"field": "metadata.stop", "eq": True}
+
+
+def _conditions(step: int) -> dict[str, Any]:
+    only_if: dict[str, Any] = _FIRST_ONLY_IF
+    if step:
+        only_if = {"any": [{"step": step - 1, "is": "sent"}, _FIRST_ONLY_IF]}
+    return {"only_if": only_if, "skip_if": _SKIP_IF}
+
+
+async def new_sequence(
+    store: Store, name: str, steps: int = 2, conditions: bool = False
+) -> models.Sequence:
     body = models.SequenceCreate(
         name=name,
         status="active",
         steps=[
-            models.StepIn(kind="sms", body=f"Hi {{{{first_name|there}}}}, step {i}",
-                          wait_minutes=0 if i == 0 else 1440)
+            msgspec.convert(
+                {"kind": "sms", "body": f"Hi {{{{first_name|there}}}}, step {i}",
+                 "wait_minutes": 0 if i == 0 else 1440,
+                 **(_conditions(i) if conditions else {})},
+                models.StepIn,
+            )
             for i in range(steps)
         ],
     )  # fmt: skip
@@ -555,6 +586,46 @@ async def once(
     return figures, parts, delta
 
 
+async def conditions_run(n: int, rounds: int) -> None:
+    """Plain and conditional no-op bursts, interleaved (ABBA...) on one server."""
+    workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-conditions-"))
+    proc, url = start_valkey(workdir)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        store = await Store.open(connect(url, max_connections=256), PREFIX, SHARDS)
+        config = DispatchConfig()
+        cids = await make_contacts(store, n)
+        for k in range(rounds):
+            for conditional in (False, True) if k % 2 == 0 else (True, False):
+                seq = await new_sequence(store, f"c{k}{conditional}", conditions=conditional)
+                await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
+                started = time.process_time()
+                rates[conditional].append(await burst(store, One(NoopSender()), n, config))
+                cpu[conditional].append((time.process_time() - started) / n * 1e6)
+        await store.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+    ratios = [c / p for p, c in zip(rates[False], rates[True], strict=True)]
+    plain, cond = median(rates[False]), median(rates[True])
+    body = f"""
+N = {n:,} enrollments due at once per burst, {SHARDS} shards, a no-op sink, the real
+dispatcher loop; {rounds} rounds of a plain two-step SMS sequence and the same sequence
+with conditions on every step (`only_if` over a contact field, an attribute and, after the
+first step, an earlier step's outcome; `skip_if` over the enrollment's metadata; all
+holding, so the same steps are sent), interleaved on one valkey-server on a shared 2-core
+machine: read the ratio (same run), not the rates.
+
+| figure | plain | conditions on every step |
+| --- | --- | --- |
+| steps/s, no-op sink (median) | {plain:,.0f} | {cond:,.0f} |
+| benchmark process CPU per step (median) | {median(cpu[False]):.1f} µs | {median(cpu[True]):.1f} µs |
+| ratio conditional / plain, median of the rounds' own | | {median(ratios):.3f} |
+"""  # noqa: E501
+    record("dispatch, conditions on every step", body)
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of process `pid` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -715,6 +786,9 @@ def cli() -> None:
     parser.add_argument(
         "--variants", action="store_true", help="only plain vs A/B variant bursts, in turn"
     )
+    parser.add_argument(
+        "--conditions", action="store_true", help="only plain vs conditional bursts, interleaved"
+    )
     args = parser.parse_args()
     if args.twilio_server:
         twilio_server(args.twilio_server)
@@ -723,6 +797,9 @@ def cli() -> None:
 
     if args.variants:
         uvloop.run(variants_main(args.n, args.runs))
+        return
+    if args.conditions:
+        uvloop.run(conditions_run(args.n, max(2, args.runs * 2)))
         return
 
     uvloop.run(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n, args.runs))

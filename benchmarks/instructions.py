@@ -15,8 +15,10 @@ Needs `valgrind` (and its `callgrind_control`) on the PATH.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +28,15 @@ import time
 from benchmarks.results import median, record
 from seqd.config import DispatchConfig
 
+# The processes counted: this one and its valkey-server (set by the child). Without pids,
+# callgrind_control acts on every callgrind run of the machine, other users' included.
+_COUNTED: list[int] = []
+
 
 def _control(*args: str) -> None:
-    # Without a pid it acts on every callgrind run: valkey's and this process's.
-    subprocess.run(["callgrind_control", *args], capture_output=True, check=False)
+    for pid in _COUNTED or [None]:
+        target = [] if pid is None else [str(pid)]
+        subprocess.run(["callgrind_control", *args, *target], capture_output=True, check=False)
 
 
 def _total(pattern: str) -> int:
@@ -79,11 +86,19 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.1)
 
 
-async def _burst(port: int, n: int, lanes: int) -> None:
+# Bursts under sending rules (`--rules`; benchmarks/rules.py describes them): none (the plain
+# burst), off (benchmarks.rules' "off" drain), on (schedule, quiet hours, 16 senders),
+# closed (every step deferred by a closed window), open (the same, window open: sent).
+RULES = ("none", "off", "on", "closed", "open")
+
+
+async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> None:
     """Seed `n` due steps, then count the burst that sends them."""
+    from benchmarks import rules
     from benchmarks.dispatch import (
         PREFIX,
         SHARDS,
+        Counting,
         NoopSender,
         One,
         burst,
@@ -91,24 +106,48 @@ async def _burst(port: int, n: int, lanes: int) -> None:
         make_contacts,
         new_sequence,
     )
-    from seqd.config import DispatchConfig
+    from seqd.config import ComplianceConfig, Config, DispatchConfig, SmsQuietHours
+    from seqd.engine.dispatcher import Dispatcher
     from seqd.store.db import Store, connect
+    from seqd.timing.policy import Policy
 
     # Slow under valgrind: generous timeouts.
     client = connect(f"redis://127.0.0.1:{port}/0", max_connections=256, socket_timeout=60)
     store = await Store.open(client, PREFIX, SHARDS)
-    cids = await make_contacts(store, n)
-    seq = await new_sequence(store, "instructions")
-    await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
+    config = DispatchConfig(lanes=lanes)
+    if rules_mode == "none":
+        cids = await make_contacts(store, n)
+        seq_id = (await new_sequence(store, "instructions")).id
+    else:
+        cids = await make_contacts(store, n, ("timezone", rules.midday_zone()))
+        always = {d: [["00:00", "24:00"]] for d in rules.DAYS}
+        windows = {
+            "off": None,
+            "on": always,
+            "closed": {d: [["15:00", "16:00"]] for d in rules.DAYS},
+            "open": always,
+        }[rules_mode]
+        pool = await rules.senders(store) if rules_mode == "on" else []
+        seq_id = await rules.sequence(store, rules_mode, windows, pool)
+        quiet = SmsQuietHours(enabled=rules_mode != "off")
+        policy = Policy(Config(compliance=ComplianceConfig(sms_quiet_hours=quiet)))
+    await enroll_direct(store, seq_id, cids, 0, int(time.time() * 1000))
     _control("-i", "on")
     _control("-z")
-    await burst(store, One(NoopSender()), n, DispatchConfig(lanes=lanes))
+    if rules_mode == "none":
+        await burst(store, One(NoopSender()), n, config)
+    else:
+        counting = Counting(n)
+        dispatcher = Dispatcher(store, config, One(NoopSender()), observer=counting, policy=policy)
+        dispatcher.start()
+        await asyncio.wait_for(counting.done.wait(), 3600)
+        await dispatcher.stop()
     _control("-i", "off")
     _control("-d")
     await store.close()
 
 
-def _run(n: int, lanes: int) -> dict[str, float]:
+def _run(n: int, lanes: int, rules_mode: str = "none") -> dict[str, float]:
     """One counted burst: instructions per step of valkey and of the dispatching process."""
     with tempfile.TemporaryDirectory(prefix="seqd-callgrind-") as out:
         command = [
@@ -125,12 +164,28 @@ def _run(n: int, lanes: int) -> dict[str, float]:
             str(n),
             "--lanes",
             str(lanes),
+            "--rules",
+            rules_mode,
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return {
             "valkey": _total(f"{out}/valkey.*") / n,
             "process": _total(f"{out}/process.*") / n,
         }
+
+
+def compare(n: int, lanes: int, runs: int, modes: list[str]) -> None:
+    """Interleaved counted bursts of `modes` (RULES), printed per run and as medians."""
+    counts: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for k in range(runs):
+        for mode in modes:
+            counts[mode].append(_run(n, lanes, mode))
+            got = {a: round(b) for a, b in counts[mode][-1].items()}
+            print(f"run {k + 1}/{runs} {mode}: " + json.dumps(got))
+    for mode in modes:
+        valkey = median([c["valkey"] for c in counts[mode]])
+        process = median([c["process"] for c in counts[mode]])
+        print(f"{mode}: valkey {valkey:,.0f}, process {process:,.0f} instructions per step")
 
 
 def main(n: int, lanes: int, runs: int) -> None:
@@ -159,6 +214,12 @@ def cli() -> None:
     parser.add_argument("--n", type=int, default=4000, help="steps in the counted burst")
     parser.add_argument("--lanes", type=int, default=DispatchConfig().lanes)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--rules",
+        default="none",
+        help="bursts under sending rules, comma-separated, counted in turn and printed "
+        f"(not recorded): {', '.join(RULES)}",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -169,8 +230,9 @@ def cli() -> None:
 
         collector.tune()
         server, port = _server(args.child)
+        _COUNTED[:] = [os.getpid(), server.pid]
         try:
-            uvloop.run(_burst(port, args.n, args.lanes))
+            uvloop.run(_burst(port, args.n, args.lanes, args.rules))
         finally:
             server.terminate()
             server.wait()
@@ -178,6 +240,9 @@ def cli() -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("benchmarks.instructions needs valgrind and callgrind_control on the PATH")
         raise SystemExit(2)
+    if args.rules != "none":
+        compare(args.n, args.lanes, args.runs, args.rules.split(","))
+        return
     main(args.n, args.lanes, args.runs)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from seqd import __version__, collector, importer, logs, rediscli
+from seqd import __version__, collector, export_cli, importer, logs, rediscli
 from seqd import config as configmod
 from seqd.channels import registry as channel_registry
 from seqd.config import Config, ConfigError
@@ -126,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
     rc.add_argument("args", nargs=argparse.REMAINDER, help="a command and its arguments")
 
+    export_cli.add_parser(sub, _tenant)
+
     im = sub.add_parser("import", help="upsert contacts from a CSV file, optionally enroll them")
     im.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
     im.add_argument("file", type=Path, help="CSV with a header row; rejects: FILE.rejected.csv")
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(_status(config, args.watch))
             except KeyboardInterrupt:  # Ctrl-C ends --watch
                 return 0
+        if args.command == "export":
+            return export_cli.run(args, config, _run)
         if args.command == "import":
             return importer.main(config, args.file, args.tenant, args.sequence, _run)
         if args.command == "redis-cli":

@@ -179,6 +179,11 @@ class MetricsConfig(Section, kw_only=True):
             raise ValueError("listen: the port must be 1-65535")
 
 
+class UiConfig(Section, kw_only=True):
+    # Serve the web dashboard at /ui (sign-in with an API key) on the API listener.
+    enabled: bool = True
+
+
 def _check_zone(name: str) -> None:
     try:
         zoneinfo.ZoneInfo(name)
@@ -525,7 +530,7 @@ class WebhooksConfig(Section, kw_only=True):
     idle_poll_ms: Positive = 200
     # Outbox entries read per shard per poll.
     batch_size: Annotated[int, Meta(ge=1, le=5000)] = 200
-    # GET /v1/events keeps events this long.
+    # GET /v1/events keeps events this long; a contact event id is remembered as long.
     events_retention_hours: Positive = 168
     # Failed (dead-lettered) deliveries are kept this long after their event, for retries.
     failed_retention_hours: Positive = 720
@@ -556,6 +561,7 @@ class Config(Section, kw_only=True):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    ui: UiConfig = msgspec.field(default_factory=UiConfig)
     contacts: ContactsConfig = msgspec.field(default_factory=ContactsConfig)
     dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)

@@ -25,6 +25,9 @@ TYPES: tuple[str, ...] = (
     "contact.soft_bounced",
     "contact.auto_replied",
     "contact.deleted",
+    # A contact event (POST /v1/contacts/{id}/events): its data, and `completed`, the
+    # enrollments a goal (exit_on) completed.
+    "contact.event_recorded",
 )
 KNOWN = frozenset(TYPES)
 # An endpoint's `events` may be just this: every type, present and future.

@@ -32,6 +32,8 @@ DELIVERY = "dlv"
 EVENT = "evt"
 SCHEDULE = "sch"
 SENDER = "snd"
+# A contact event whose caller gave it no id (POST /v1/contacts/{id}/events).
+CONTACT_EVENT = "cev"
 
 
 def _encode(value: int, width: int) -> str:

@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import structlog
 
-from seqd import bulk, models
+from seqd import bulk, contact_events, models
 from seqd.config import Config
 from seqd.errors import Conflict, Invalid, NotFound, SeqdError, field_error
 from seqd.loop import Heart, Loop
@@ -32,22 +32,30 @@ from seqd.store import groups
 from seqd.store.codec import encode_json
 from seqd.store.db import Store
 from seqd.store.intake import Finished, IntakeEntry, IntakeStream, has_bad_bytes
+from seqd.store.lifecycle import NewContactEvent
 from seqd.store.tenants import valid_tenant
 from seqd.timing.policy import Policy
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 # This loop's name in /readyz.
 LIVENESS_NAME = "intake"
 # The first pause after a failed batch (doubling from there, backoff.py).
 RETRY_SECONDS = 0.1
 
+# An entry's `type`: an enrollment (the default) or a contact event, and each one's fields.
+ENROLL, CONTACT_EVENT = "enroll", "contact_event"
 FIELDS = frozenset(
-    {"tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id", "if_busy"}
+    {"type", "tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id", "if_busy"}
+)
+EVENT_FIELDS = frozenset(
+    {"type", "tenant", "contact_id", "event_id", "name", "properties", "occurred_at", "request_id"}
 )
 REQUEST_ID_MAX = 200
 
 _decode_contact = msgspec.json.Decoder(models.ContactCreate).decode
 _decode_metadata = msgspec.json.Decoder(models.Metadata).decode
+_decode_properties = msgspec.json.Decoder(contact_events.Properties).decode
 
 
 class Rejected(Exception):
@@ -70,6 +78,9 @@ class ParsedItem:
     tenant: str = ""
     sequence_id: str = ""
     item: bulk.Item | None = None
+    # A contact event entry: its contact and the event (`item` stays None).
+    contact_id: str = ""
+    event: NewContactEvent | None = None
     result_key: str | None = None
     rejected: Rejected | None = None
     # Entries of this batch with the same request_id: finished along with this one.
@@ -91,33 +102,26 @@ def parse(store: Store, entry_id: str, fields: dict[str, str], region: str | Non
             request_id = fields.get("request_id")
             if request_id is not None and 0 < len(request_id) <= REQUEST_ID_MAX:
                 p.result_key = store.keys.intake_result(tenant, request_id)
-        if not fields.keys() <= FIELDS:
-            raise Rejected("invalid", "unknown field", sorted(fields.keys() - FIELDS)[0])
+        kind = fields.get("type", ENROLL)
+        if kind not in (ENROLL, CONTACT_EVENT):
+            raise Rejected("invalid", f"{ENROLL} or {CONTACT_EVENT}", "type")
+        allowed = EVENT_FIELDS if kind == CONTACT_EVENT else FIELDS
+        if not fields.keys() <= allowed:
+            raise Rejected("invalid", "unknown field", sorted(fields.keys() - allowed)[0])
         if "request_id" in fields and p.result_key is None and p.tenant:
             raise Rejected("invalid", f"1 to {REQUEST_ID_MAX} characters", "request_id")
         if not tenant:
             raise Rejected("invalid", "required", "tenant")
         if not p.tenant:
             raise Rejected("unknown_tenant", f"no tenant {tenant}", "tenant")
+        if kind == CONTACT_EVENT:
+            p.contact_id, p.event = _event(fields)
+            return p
         p.sequence_id = fields.get("sequence_id", "")
         if not p.sequence_id:
             raise Rejected("invalid", "required", "sequence_id")
-        contact = None
-        if "contact" in fields:
-            try:
-                contact = _decode_contact(fields["contact"])
-            except msgspec.ValidationError as exc:
-                raise Rejected("invalid", str(exc), field_error(exc, "contact").path) from None
-            except (msgspec.DecodeError, RecursionError):  # nested too deeply: RecursionError
-                raise Rejected("invalid", "not a JSON object", "contact") from None
-        metadata = {}
-        if fields.get("metadata"):
-            try:
-                metadata = _decode_metadata(fields["metadata"])
-            except msgspec.ValidationError as exc:
-                raise Rejected("invalid", str(exc), field_error(exc, "metadata").path) from None
-            except (msgspec.DecodeError, RecursionError):  # nested too deeply: RecursionError
-                raise Rejected("invalid", "not a JSON object", "metadata") from None
+        contact = _json_field(fields, "contact", _decode_contact, empty=False)
+        metadata = _json_field(fields, "metadata", _decode_metadata) or {}
         body = models.EnrollmentCreate(
             contact_id=fields.get("contact_id") or None,
             contact=contact,
@@ -141,8 +145,57 @@ def _if_busy(value: str | None) -> Literal["reject", "queue"]:
     raise Rejected("invalid", "reject or queue", "if_busy")
 
 
-def result_text(p: ParsedItem, outcome: bulk.ItemOutcome | None) -> str:
-    """What the request_id key holds: the enrollment made, or why there is none."""
+def _json_field(
+    fields: dict[str, str], name: str, decode: Callable[[str], T], *, empty: bool = True
+) -> T | None:
+    """Field `name` decoded (None when absent, or empty where `empty` allows it); Rejected
+    naming it (or the path in it) when it is not what `decode` takes."""
+    if name not in fields or (empty and not fields[name]):
+        return None
+    try:
+        return decode(fields[name])
+    except msgspec.ValidationError as exc:
+        raise Rejected("invalid", str(exc), field_error(exc, name).path) from None
+    except (msgspec.DecodeError, RecursionError):  # nested too deeply: RecursionError
+        raise Rejected("invalid", "not a JSON object", name) from None
+
+
+def _event(fields: dict[str, str]) -> tuple[str, NewContactEvent]:
+    """A contact event entry's contact and event, as POST /contacts/{id}/events takes it."""
+    contact_id = fields.get("contact_id", "")
+    if not contact_id:
+        raise Rejected("invalid", "required", "contact_id")
+    properties = _json_field(fields, "properties", _decode_properties) or {}
+    raw = {"name": fields.get("name", ""), "properties": properties}
+    for name, key in (("event_id", "id"), ("occurred_at", "occurred_at")):
+        if fields.get(name):
+            raw[key] = fields[name]
+    try:
+        body = msgspec.convert(raw, contact_events.ContactEventCreate)
+    except msgspec.ValidationError as exc:
+        path = field_error(exc).path
+        raise Rejected("invalid", str(exc), "event_id" if path == "id" else path) from None
+    return contact_id, contact_events.prepare(body)
+
+
+def result_text(
+    p: ParsedItem,
+    outcome: bulk.ItemOutcome | None,
+    recorded: contact_events.ContactEventResult | None = None,
+) -> str:
+    """What the request_id key holds: the enrollment made or the event recorded, or why
+    there is none."""
+    if recorded is not None:
+        return encode_json(
+            {
+                "status": "recorded",
+                "event_id": recorded.event.id,
+                "contact_id": recorded.event.contact_id,
+                "completed": recorded.completed,
+                "idempotent": recorded.idempotent,
+                "intake_id": p.entry_id,
+            }
+        )
     if outcome is not None and outcome.enrollment_id is not None:
         return encode_json(
             {
@@ -162,14 +215,18 @@ def result_text(p: ParsedItem, outcome: bulk.ItemOutcome | None) -> str:
     return encode_json(data)
 
 
-def finished(p: ParsedItem, outcome: bulk.ItemOutcome | None = None) -> list[Finished]:
+def finished(
+    p: ParsedItem,
+    outcome: bulk.ItemOutcome | None = None,
+    recorded: contact_events.ContactEventResult | None = None,
+) -> list[Finished]:
     rejected = None
     if p.rejected is not None:
         rejected = {**p.fields, "reason": p.rejected.reason, "detail": p.rejected.detail}
         if p.rejected.field:
             rejected["field"] = p.rejected.field
         rejected["intake_id"] = p.entry_id
-    text = result_text(p, outcome) if p.result_key else ""
+    text = result_text(p, outcome, recorded) if p.result_key else ""
     return [Finished(p.entry_id, p.result_key, text, rejected)] + [
         Finished(eid) for eid in p.followers
     ]
@@ -188,6 +245,8 @@ class Intake:
         liveness_name: str = LIVENESS_NAME,
     ) -> None:
         self.config = config.intake
+        # A contact event's id is remembered as long as the event log keeps events.
+        self.event_retention_ms = config.webhooks.events_retention_hours * 3_600_000
         self.region = config.contacts.default_region
         self.policy = Policy(config)
         self.store = store
@@ -277,14 +336,20 @@ class Intake:
         exists = await asyncio.gather(*(self.store.tenants.exists(t) for t in tenants))
         unknown = {t for t, ok in zip(tenants, exists, strict=True) if not ok}
         groups: dict[tuple[str, str], list[ParsedItem]] = defaultdict(list)
+        events: dict[str, list[ParsedItem]] = defaultdict(list)
         for p in live:
             if p.rejected is None and p.tenant in unknown:
                 p.rejected = Rejected("unknown_tenant", f"no tenant {p.tenant}", "tenant")
             if p.rejected is not None:
                 done += finished(p)
+            elif p.event is not None:
+                events[p.tenant].append(p)
             else:
                 groups[(p.tenant, p.sequence_id)].append(p)
-        enrolled = await asyncio.gather(*(self._enroll(*k, ps) for k, ps in groups.items()))
+        enrolled = await asyncio.gather(
+            *(self._enroll(*k, ps) for k, ps in groups.items()),
+            *(self._record(tenant, ps) for tenant, ps in events.items()),
+        )
         for part in enrolled:
             done += part
         await self.stream.finish(
@@ -342,6 +407,27 @@ class Intake:
             if outcome.error is not None:
                 p.rejected = rejection_of(outcome.reason, outcome.error)
             out += finished(p, outcome)
+        return out
+
+    async def _record(self, tenant: str, group: list[ParsedItem]) -> list[Finished]:
+        """One tenant's contact events; on an unexpected error they stay pending."""
+        items = [(p.contact_id, p.event) for p in group if p.event is not None]
+        try:
+            outcomes = await contact_events.record_all(
+                self.store, tenant, items, self.event_retention_ms
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("intake.events_failed", tenant=tenant, entries=len(group))
+            return []
+        out: list[Finished] = []
+        for p, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, SeqdError):
+                p.rejected = Rejected("contact_not_found", outcome.detail, "contact_id")
+                out += finished(p)
+            else:
+                out += finished(p, recorded=outcome)
         return out
 
     @staticmethod

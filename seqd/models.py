@@ -16,7 +16,7 @@ import email_validator
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from seqd import templates
+from seqd import conditions, goals, templates
 from seqd.errors import FieldError, Invalid
 from seqd.kinds import SPECS, Channel, Kind
 from seqd.phones import normalize_phone as normalize_phone  # re-exported: callers use models
@@ -286,6 +286,10 @@ class StepIn(Input, kw_only=True):
     thread: bool = True
     # A/B: each enrollment gets one, picked by weight from (enrollment id, step index).
     variants: Variants | None = None
+    # Checked when the step comes due (seqd/conditions.py): sent only if `only_if` holds
+    # and `skip_if` does not, else skipped (reason "condition").
+    skip_if: conditions.Condition | None = None
+    only_if: conditions.Condition | None = None
 
 
 class Step(Output, kw_only=True):
@@ -304,6 +308,8 @@ class Step(Output, kw_only=True):
     # others stay listed (their sends are in the events and on the enrollments).
     winner: str | None = None
     winner_at: Timestamp | None = None
+    skip_if: conditions.Condition | None = None
+    only_if: conditions.Condition | None = None
 
 
 Steps = Annotated[list[StepIn], Meta(min_length=1, max_length=50)]
@@ -351,6 +357,8 @@ class SequenceCreate(Input, kw_only=True):
     reenroll: Reenroll = "after_completion"
     # A contact is live in at most one exclusive sequence of the tenant at a time.
     exclusive: bool = False
+    # Goals (seqd/goals.py): a contact event meeting one completes the enrollment.
+    exit_on: goals.ExitOn = msgspec.field(default_factory=list)
 
 
 class SequencePatch(Input, kw_only=True):
@@ -374,6 +382,7 @@ class SequencePatch(Input, kw_only=True):
             "(completed when its index is gone)"
         ),
     ] = "new"
+    exit_on: goals.ExitOn | UnsetType = UNSET
 
 
 class SequenceStats(Output, kw_only=True):
@@ -398,6 +407,7 @@ class Sequence(Output, kw_only=True):
     # The version of `steps`: each change of the steps makes a new one; enrollments run on
     # the version they were enrolled on (their `sequence_version`).
     version: int = 1
+    exit_on: list[goals.ExitRule] = msgspec.field(default_factory=list)
     created_at: Timestamp
     updated_at: Timestamp
     stats: SequenceStats = msgspec.field(default_factory=SequenceStats)
@@ -444,6 +454,10 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
             except ValueError as exc:
                 errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
         variants = _variants(i, step, errors, threaded)
+        for name in ("only_if", "skip_if"):
+            cond = getattr(step, name)
+            if cond is not None:
+                errors += conditions.check(cond, f"steps[{i}].{name}", i)
         seg, enc = segments(step.body) if spec.segments else (None, None)
         out.append(
             Step(
@@ -458,6 +472,8 @@ def build_steps(steps: list[StepIn]) -> list[Step]:
                 segments=seg,
                 encoding=enc,
                 variants=variants,
+                skip_if=step.skip_if,
+                only_if=step.only_if,
             )
         )
     if errors:
@@ -560,6 +576,10 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     paused_variable: str | None = None
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
+    # "goal" when a contact event met one of the sequence's `exit_on` rules (named by
+    # `goal`); absent when the steps ran out or a reply completed it.
+    completed_reason: Literal["goal"] | None = None
+    goal: str | None = None
     updated_at: Timestamp | None = None
     # The zone its step times are read in, and where it came from (contact | phone | default).
     timezone_used: str | None = None

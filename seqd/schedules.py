@@ -185,8 +185,11 @@ class PreviewStep(Output, kw_only=True):
     send_at: Timestamp
     # The same moment in the recipient's zone, with its offset.
     local_time: str
+    # The sender it goes from (POST /senders); null: the tenant's configured one.
     sender_id: str | None = None
     moved_by: list[MovedBy] = msgspec.field(default_factory=list)
+    # The tenant's frequency cap skips it (policy `skip`): `send_at` is when it is passed over.
+    skipped: bool = False
 
 
 class Preview(Output, kw_only=True):

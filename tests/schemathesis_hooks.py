@@ -52,6 +52,12 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
+        # GET /enrollments: a paused reason goes with no status or `paused` only.
+        "paused_reason",
+        # Step conditions: an earlier step, nesting depth and size (seqd/conditions.py).
+        *("step", "only_if", "skip_if", "all", "any", "not"),
+        # Contact events: an RFC 3339 time, properties' size as JSON.
+        *("occurred_at", "properties"),
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
         # A step's variant ids are unique (`steps[0].variants[1].id`); a winner is one of
         # the step's variants.

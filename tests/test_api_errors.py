@@ -196,6 +196,7 @@ _MISSING = {
 _SAMPLE_BODIES = {
     "EnrollmentCreate": {"contact_id": ids.new(ids.CONTACT)},
     "PreviewRequest": {"contact": {}},
+    "ContactEventCreate": {"name": "meeting_booked"},
 }
 
 

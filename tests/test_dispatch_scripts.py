@@ -1083,3 +1083,92 @@ async def test_a_failed_suppression_read_releases_what_its_round_trip_leased(
         await trip.run()
     assert [await due_score(s, eid) for eid in eids] == [due + 1, due + 1]
     assert {(await raw(s, eid)).get("a", "0") for eid in eids} == {"0"}
+
+
+# -- deferSteps: the batched deferral ----------------------------------------------------
+def _defer(eid: str, token: str, at: int, until: int, zone: str | None = "phone:UTC") -> Settled:
+    return settle(eid, token, 0, at, "defer", until=until, reason="quiet_hours", zone=zone)
+
+
+async def test_deferred_steps_built_in_python_equal_advances_deferral(any_store: Store) -> None:
+    """A peeked step deferred with its event built in Python (deferSteps) writes the same
+    hash, queue score, head and event data as advance's general path; neither counts an
+    attempt, and both are fenced by the score the peek saw."""
+    s = any_store
+    eids, sh, due = await two_in_a_shard(s)
+    batch = await peek(s, sh, due)
+    got = {c.id: c for c in batch.items}
+    until = due + 3_600_000
+    out = []
+    for n, eid in enumerate(eids):
+        item = _defer(eid, got[eid].enrollment.token, due + 3, until)
+        done = await advance(
+            s, sh, due + 3, item, claimed={eid: got[eid].enrollment} if n else None
+        )
+        assert (done.applied, done.stale) == (1, [])
+        ev = (await events(s, sh))[-1]
+        h = await raw(s, eid)
+        assert ev.pop("id") == eid and ev["fields"].pop("c") == h.pop("c")
+        assert h["dr"] == "0:quiet_hours" and h["z"] == "phone:UTC" and "a" not in h
+        assert await due_score(s, eid) == until
+        out.append((ev, h))
+    assert out[0] == out[1]
+    assert out[0][0]["until"] == until and out[0][0]["reason"] == "quiet_hours"
+    # The head is a lower bound of the queue's first score.
+    head = await s.client.zscore(s.keys.heads(sh), batch.items[0].enrollment.sequence)
+    assert head is not None and head <= until
+    # The built path's event went batched (an `items` entry), the general path's alone.
+    entries = [
+        "items" in fields
+        for _, fields in await s.client.xrange(s.keys.outbox(sh))
+        if fields["type"] == "sequence.step.deferred"
+    ]
+    assert entries == [False, True]
+
+
+async def test_deferred_steps_moved_since_their_peek_are_left_alone(any_store: Store) -> None:
+    s = any_store
+    eids, sh, due = await two_in_a_shard(s)
+    batch = await peek(s, sh, due)
+    got = {c.id: c for c in batch.items}
+    # Another process leases both after this peek.
+    await lease_peeked(s, sh, due + 1, batch, [(c.id, c.enrollment.token) for c in batch.items])
+    items = [_defer(eid, got[eid].enrollment.token, due + 2, due + 99_000) for eid in eids]
+    done = await advance(s, sh, due + 2, *items, claimed={eid: got[eid].enrollment for eid in eids})
+    assert done.applied == 0 and sorted(done.stale) == sorted(eids)
+    for eid in eids:
+        assert "dr" not in await raw(s, eid)
+        assert await due_score(s, eid) == due + 1 + LEASE - 0.5
+
+
+async def test_defer_steps_refuses_malformed_values_and_writes_nothing(any_store: Store) -> None:
+    s = any_store
+    _, sh, due = await two_in_a_shard(s)
+    batch = await peek(s, sh, due)
+    c = batch.items[0]
+    keys = [s.keys.heads(sh), s.keys.outbox(sh)]
+    tag = s.keys.shard_tag(sh)
+    group = [c.enrollment.sequence, TENANT, 0, "window"]
+    groups = json.dumps([group])
+    step = [c.id, 1, c.enrollment.token, due + 60_000, "", json.dumps({"id": c.id})]
+    bad: list[tuple[str, list[object]]] = [
+        ("not json", step),
+        (json.dumps({"g": [group]}), step),
+        (groups, step[:5]),  # no event
+        (groups, [*step[:5], ""]),  # an empty event
+        (groups, ["", *step[1:]]),  # no id
+        (groups, [c.id, 2, *step[2:]]),  # no such group
+        (groups, [*step[:3], "soon", *step[4:]]),  # until not a number
+        (groups, [*step[:3], due + 0.5, *step[4:]]),  # until not a whole ms
+        (json.dumps([[*group[:3], ""]]), step),  # no reason
+        (json.dumps([["", *group[1:]]]), step),  # no sequence
+        (json.dumps([[*group[:2], "0", group[3]]]), step),  # the step as text
+    ]
+    for text, values in bad:
+        with pytest.raises(ScriptError) as info:
+            await s.runner.call("deferSteps", keys, [tag, due, text, *values], tag=tag)
+        assert info.value.code == "BAD_ITEMS", (text, values)
+    assert "dr" not in await raw(s, c.id) and await due_score(s, c.id) == due
+    await s.runner.call("deferSteps", keys, [tag, due, groups, *step], tag=tag)
+    assert (await raw(s, c.id))["dr"] == "0:window"
+    assert await due_score(s, c.id) == due + 60_000

@@ -69,6 +69,7 @@ async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
         and r.auth
         and "{" not in r.path
         and r.path not in ("/tenant/settings", "/forecast")
+        and not r.path.startswith("/exports/")
     }
     assert lists == {
         "/contacts", "/sequences", "/events", "/suppressions", "/webhook-endpoints", "/senders",
@@ -99,6 +100,11 @@ async def test_other_tenant_lists_nothing_on_every_list_route(api: Api) -> None:
     assert forecast["overdue"] + forecast["total"] == 1  # type: ignore[index]
     _, forecast = await api.call("GET", "/forecast", key=bravo)
     assert forecast["overdue"] + forecast["total"] == 0  # type: ignore[index]
+    # A's enrollments and events are exported to A only.
+    for path in ("/exports/enrollments", "/exports/events"):
+        for key, rows in ((None, True), (bravo, False)):
+            resp = await api.client.get("/v1" + path, headers=api.headers(key))  # type: ignore[attr-defined]
+            assert resp.status == 200 and bool((await resp.text()).strip()) is rows, path
     # A's contact and sequence are not B's to filter by.
     for query in (f"contact_id={owned['contact']}", f"sequence_id={owned['sequence']}"):
         status, body = await api.call("GET", f"/enrollments?{query}", key=bravo)

@@ -222,3 +222,31 @@ async def test_without_senders_the_configured_one_sends(store: Store) -> None:
     await d.run_once(clock.at)
     # Its only sender deleted: the tenant's configured number, as for a sequence with none.
     assert senders_of(recorder) == [None, None]
+
+
+async def test_get_sender_shows_the_day_a_burst_used(store: Store) -> None:
+    """GET /v1/senders/{id} after its daily cap was reached mid-burst: used_today,
+    remaining_today 0, next_free_at its next local midnight (where the held steps wait)."""
+    from seqd.senders.budget import today
+    from seqd.times import now_ms
+    from tests.webhookutil import api_client
+
+    clock = Clock(now_ms())
+    line = await add_sender(
+        store, clock.at, 1, limits=Limits(per_day=2, timezone="America/Chicago")
+    )
+    seq = await pooled(store, [line], sms("hi"))
+    enrolled = await enroll(store, seq, await contacts(store, 3))
+    recorder = Recorder()
+    clock.at = max([await due_at(store, e.id) for e in enrolled])
+    await dispatcher(store, recorder, clock).run_once(clock.at)
+    assert len(recorder.messages) == 2
+    midnight = today(line, clock.at).end
+    (held,) = [e.id for e in enrolled if (await raw(store, e.id))["st"] == "active"]
+    assert await due_at(store, held) == midnight
+    async with api_client(store) as api:
+        status, got = await api.call("GET", f"/senders/{line.id}")
+    assert status == 200, got
+    view = got["sender"]  # type: ignore[index]
+    assert (view["daily_cap"], view["used_today"], view["remaining_today"]) == (2, 2, 0)
+    assert view["next_free_at"] == to_rfc3339(midnight)

@@ -10,7 +10,7 @@ import pytest
 
 from seqd.config import SmsQuietHours
 from seqd.timing import calendar as cal
-from seqd.timing.due import Rules, StepTiming, due
+from seqd.timing.due import Reopening, Rules, StepTiming, due, jittered, open_span, reopening
 from seqd.timing.local import parse_hhmm, wall_ms
 from seqd.timing.quiet import QuietCalendars
 from seqd.timing.zones import phone_facts, resolve
@@ -246,6 +246,48 @@ def test_the_send_time_check_leaves_an_open_moment_alone() -> None:
     assert local(moved.at, NY) == "2026-04-09 09:00 EDT"
 
 
+@pytest.mark.parametrize(
+    "zones",
+    [("America/New_York",), ("America/New_York", "America/Chicago"), ("Asia/Kolkata",)],
+)
+def test_the_shortcuts_answer_what_due_answers(zones: tuple[str, ...]) -> None:
+    """The dispatcher's shortcuts (engine/timetable.py): a moment inside a span `open_span`
+    found is due then, and a closed moment before a `reopening`'s `stable` gets its answer,
+    both equal to `due` computed afresh, across a week (windows across midnight, a skip date,
+    quiet hours, the spring-forward night, every candidate zone)."""
+    windows = {d: [["07:30", "12:00"], ["20:00", "01:30"]] for d in cal.WEEKDAYS}
+    rules = Rules(
+        schedule=cal.Calendar(windows, [date(2026, 3, 10)]), quiet=quiet(), jitter_ms=600_000
+    )
+    recipient = resolve(None, None, None, zones[0])._replace(zones=zones, region="US")
+    step = StepTiming(quiet=True)
+    known: tuple[int, int] | None = None
+    closed: tuple[int, Reopening] | None = None
+    checked = [0, 0]
+    for at in range(ms("2026-03-06 00:00"), ms("2026-03-13 00:00"), 7 * 60_000 + 13_000):
+        fresh = due(rules, step, recipient, at, "k", waits=False)
+        if known is not None and known[0] <= at < known[1]:
+            assert fresh.at == at and fresh.moved_by == (), local(at, zones[0])
+            checked[0] += 1
+            continue
+        span = open_span(rules, step, recipient, at)
+        if span is not None:
+            known = span
+            assert fresh.at == at
+            continue
+        if closed is None or not closed[0] <= at < closed[1].stable:
+            found = reopening(rules, step, recipient, at)
+            assert found is not None
+            closed = (at, found)
+        else:
+            checked[1] += 1
+        r = closed[1]
+        assert (jittered(rules, "k", r.at, r.end, r.moved), r.moved) == (
+            fresh.at, fresh.moved_by
+        ), local(at, zones[0])  # fmt: skip
+    assert min(checked) > 50
+
+
 # -- validation ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("windows", "message"),
@@ -325,3 +367,27 @@ def test_quiet_hours_turned_off_is_logged_at_startup() -> None:
     with capture_logs() as logs:
         assert warn_quiet_hours_off(loaded) == [""]
     assert [e["event"] for e in logs] == ["compliance.sms_quiet_hours_off"]
+
+
+def test_a_tenants_own_quiet_hours_go_over_the_default_and_turning_them_off_is_logged() -> None:
+    from structlog.testing import capture_logs
+
+    from seqd.config import ComplianceConfig, Config, TenantConfig
+    from seqd.service import warn_quiet_hours_off
+    from seqd.timing.policy import Policy
+
+    def own(**quiet: object) -> TenantConfig:
+        return TenantConfig(compliance=ComplianceConfig(sms_quiet_hours=SmsQuietHours(**quiet)))  # type: ignore[arg-type]
+
+    config = Config(tenants={"early": own(end="07:00"), "off": own(enabled=False)})
+    policy = Policy(config)
+    text = StepTiming(quiet=True)  # an SMS step, not transactional
+    at = ms("2026-04-08 07:30", NY)
+    for tenant, expected in (("early", "07:30"), ("acme", "08:00"), ("off", "07:30")):
+        rules = policy.rules(tenant, None)
+        got = due(rules, text, fixed(NY), at, "k")  # type: ignore[arg-type]
+        assert local(got.at, NY) == f"2026-04-08 {expected} EDT", tenant
+    # A tenant's quiet hours turned off are logged at startup, by name.
+    with capture_logs() as logs:
+        assert warn_quiet_hours_off(config) == ["off"]
+    assert [(e["event"], e["tenant"]) for e in logs] == [("compliance.sms_quiet_hours_off", "off")]

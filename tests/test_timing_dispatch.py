@@ -153,3 +153,110 @@ async def test_advance_refuses_a_defer_without_a_whole_until(store: Store) -> No
             assert exc.code == "BAD_ITEMS", exc
         else:
             raise AssertionError(f"accepted {reason!r}, {until}")
+
+
+async def test_the_preview_with_senders_and_a_cap_is_what_the_dispatcher_does(
+    quiet_api: Api,
+) -> None:
+    """Senders (a sticky SMS pool, an email sender with a daily cap of one) and an SMS cap
+    of one a day move steps as the preview says, from the senders it names."""
+    api, store = quiet_api, quiet_api.store
+    made = {}
+    for name, body in {
+        "a": {"channel": "sms", "address": "+13125550101"},
+        "b": {"channel": "sms", "address": "+13125550102"},
+        "e": {
+            "channel": "email",
+            "address": "ana@acme.io",
+            "limits": {"per_day": 1, "timezone": "America/Chicago"},
+        },
+    }.items():
+        status, got = await api.call("POST", "/senders", body)
+        assert status == 201, got
+        made[name] = got["sender"]  # type: ignore[index]
+    caps = {"frequency_caps": {"sms": {"limit": 1, "window_hours": 24}}}
+    status, got = await api.call("PATCH", "/tenant/settings", caps)
+    assert status == 200, got
+    steps: list[dict[str, Any]] = [
+        {"kind": "sms", "body": "s0"},
+        {"kind": "email", "wait_minutes": 10, "subject": "s", "body": "e1"},
+        {"kind": "email", "wait_minutes": 10, "subject": "s", "body": "e2"},
+        {"kind": "sms", "wait_minutes": 10, "body": "s3"},
+        {"kind": "sms", "wait_minutes": 10, "body": "s4"},
+    ]
+    pools = {"sms": [made["a"]["id"], made["b"]["id"]], "email": [made["e"]["id"]]}
+    body = {"name": "S", "status": "active", "steps": steps, "senders": pools}
+    status, seq = await api.call("POST", "/sequences", body)
+    assert status == 201, seq
+    sid = seq["sequence"]["id"]  # type: ignore[index]
+    _, contact = await api.call(
+        "POST", "/contacts", {"phone": "+12125550100", "email": "c@example.com"}
+    )
+    cid = contact["contact"]["id"]  # type: ignore[index]
+    status, preview = await api.call(
+        "POST", f"/sequences/{sid}/preview", {"contact_id": cid, "start_at": to_rfc3339(NOW)}
+    )
+    assert status == 200, preview
+    planned = preview["steps"]  # type: ignore[index]
+    # What the preview says, in the contact's time (New York): quiet hours until 08:00; the
+    # second email waits for its sender's next day (midnight in Chicago); the second text
+    # of Tuesday waits a day for the cap.
+    by_id = {s["id"]: n for n, s in made.items()}
+    assert [
+        (local(p["send_at"], NY), by_id.get(p["sender_id"]), p["moved_by"]) for p in planned
+    ] == [
+        ("2026-04-06 08:00", "a", ["quiet_hours"]),
+        ("2026-04-06 08:10", "e", []),
+        ("2026-04-07 01:00", "e", ["sender_limit"]),
+        ("2026-04-07 08:00", "a", ["quiet_hours"]),
+        ("2026-04-08 08:00", "a", ["frequency_cap"]),
+    ]
+    # The preview took nothing and left none of its scratch copies behind.
+    assert [k async for k in store.client.scan_iter(match="*preview*")] == []
+    status, body = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
+    assert status == 201, body
+    eid = body["enrollment"]["id"]  # type: ignore[index]
+    clock = Clock(NOW)
+    d, sender = dispatcher(store, clock)
+    went: list[tuple[int, str | None]] = []
+    for _ in range(20):
+        h = await raw(store, eid)
+        if h["st"] != "active":
+            break
+        clock.at = int(h["n"])
+        before = len(sender.messages)
+        await d.run_once(clock.at)
+        if len(sender.messages) > before:
+            message = sender.messages[-1]
+            went.append((clock.at, message.sender.id if message.sender else None))
+    assert went == [(from_rfc3339(p["send_at"]), p["sender_id"]) for p in planned]
+
+
+async def test_a_step_in_a_closed_window_is_deferred_at_its_peek(quiet_api: Api) -> None:
+    """Deferred in the round trip after the peek that found it: never leased, its sender's
+    budget and its contact's cap untouched."""
+    api, store = quiet_api, quiet_api.store
+    status, got = await api.call(
+        "POST", "/senders", {"channel": "sms", "address": "+13125550101", "limits": {"per_day": 5}}
+    )
+    assert status == 201, got
+    sender_id = got["sender"]["id"]  # type: ignore[index]
+    caps = {"frequency_caps": {"sms": {"limit": 5, "window_hours": 24}}}
+    assert (await api.call("PATCH", "/tenant/settings", caps))[0] == 200
+    sid, cid = await _setup(api)
+    status, _ = await api.call("PATCH", f"/sequences/{sid}", {"senders": {"sms": [sender_id]}})
+    assert status == 200
+    _, body = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
+    eid = body["enrollment"]["id"]  # type: ignore[index]
+    due = int((await raw(store, eid))["n"])
+    _, seq = await api.call("GET", f"/sequences/{sid}")
+    schedule_id = seq["sequence"]["schedule_id"]  # type: ignore[index]
+    windows = {**WEEKDAYS, "mon": [["14:00", "17:00"]]}
+    assert (await api.call("PATCH", f"/schedules/{schedule_id}", {"windows": windows}))[0] == 200
+    d, sender = dispatcher(store, Clock(due))
+    await d.run_once(due)
+    assert sender.messages == [] and (await raw(store, eid))["dr"] == "0:window"
+    shard = ids.shard_of(eid, store.shards)
+    assert await store.client.zcard(store.keys.leases(shard)) == 0
+    assert await store.client.hgetall(store.keys.sender_budgets("acme")) == {}
+    assert await store.client.exists(store.keys.frequency(shard, cid, "sms")) == 0

@@ -6,10 +6,12 @@ from aiohttp import web
 
 # Importing a resource module registers its routes.
 from seqd.api import (  # noqa: F401
+    contact_events,
     contacts,
     enrollment_batch,
     enrollments,
     events,
+    exports,
     forecast,
     inbound,
     openapi,
@@ -20,6 +22,7 @@ from seqd.api import (  # noqa: F401
     sequences,
     settings,
     suppressions,
+    ui,
     unsubscribe,
     webhooks,
 )
@@ -71,6 +74,8 @@ def create_app(config: Config, store: Store) -> web.Application:
     for r in routes:
         app.router.add_route(r.method, r.full_path(base), r.handler)
     app[OPENAPI] = openapi.build(base, routes)
+    if config.ui.enabled:
+        ui.setup(app)
     if config.metrics.enabled and config.metrics.listen is not None:
         app.cleanup_ctx.append(ops.metrics_listener)
     if config.redis.unhealthy_after_seconds:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from aiohttp import web
 from msgspec import Meta
 
 from seqd import bulk, models
 from seqd.api.appkeys import COALESCER
 from seqd.api.auth import tenant_of
-from seqd.api.pagination import ListQuery, decode_token, encode_token
+from seqd.api.pagination import Limit, ListQuery, PageToken, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_body, read_query, respond
 from seqd.appkeys import CONFIG, STORE
@@ -109,7 +110,7 @@ async def list_enrollments(request: web.Request) -> web.Response:
     )
 
 
-class EnrollmentSearchQuery(ListQuery, kw_only=True):
+class EnrollmentFilters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     contact_id: Annotated[str, Meta(max_length=64, description="only this contact's")] | None = None
     sequence_id: Annotated[str, Meta(max_length=64, description="only this sequence's")] | None = (
         None
@@ -128,8 +129,45 @@ class EnrollmentSearchQuery(ListQuery, kw_only=True):
         | None
     ) = None
     updated_since: (
-        Annotated[str, Meta(description="RFC 3339: only those changed at or after it")] | None
+        Annotated[
+            str,
+            Meta(
+                max_length=64,
+                description="RFC 3339: only those changed at or after it",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
     ) = None
+
+
+class EnrollmentSearchQuery(EnrollmentFilters, kw_only=True):
+    limit: Limit = 50
+    page_token: PageToken | None = None
+
+
+async def enrollment_filter(request: web.Request, query: EnrollmentFilters) -> EnrollmentFilter:
+    """The store's filter of a query (a 422 naming a bad field; a 404 for a sequence of
+    another tenant or none)."""
+    since = None
+    if query.updated_since is not None:
+        try:
+            since = from_rfc3339(query.updated_since)
+        except ValueError as exc:
+            raise Invalid.field("query.updated_since", str(exc)) from None
+    if query.paused_reason is not None and query.status not in (None, EnrollmentStatus.PAUSED):
+        raise Invalid.field("query.paused_reason", "only paused enrollments have a paused reason")
+    if query.sequence_id is not None:
+        await request.app[STORE].sequences.get(
+            tenant_of(request), query.sequence_id, with_stats=False
+        )
+    return EnrollmentFilter(
+        contact_id=query.contact_id,
+        sequence_id=query.sequence_id,
+        status=query.status,
+        paused_reason=query.paused_reason,
+        updated_since=since,
+    )
 
 
 @route(
@@ -143,26 +181,9 @@ class EnrollmentSearchQuery(ListQuery, kw_only=True):
 )
 async def search_enrollments(request: web.Request) -> web.Response:
     query = read_query(request, EnrollmentSearchQuery)
-    since = None
-    if query.updated_since is not None:
-        try:
-            since = from_rfc3339(query.updated_since)
-        except ValueError as exc:
-            raise Invalid.field("query.updated_since", str(exc)) from None
-    if query.paused_reason is not None and query.status not in (None, EnrollmentStatus.PAUSED):
-        raise Invalid.field("query.paused_reason", "only paused enrollments have a paused reason")
-    where = EnrollmentFilter(
-        contact_id=query.contact_id,
-        sequence_id=query.sequence_id,
-        status=query.status,
-        paused_reason=query.paused_reason,
-        updated_since=since,
-    )
-    store, tenant = request.app[STORE], tenant_of(request)
-    if query.sequence_id is not None:
-        await store.sequences.get(tenant, query.sequence_id, with_stats=False)
-    data, after, total = await store.enrollment_search.page(
-        tenant, where, query.limit, decode_token(query.page_token)
+    where = await enrollment_filter(request, query)
+    data, after, total = await request.app[STORE].enrollment_search.page(
+        tenant_of(request), where, query.limit, decode_token(query.page_token)
     )
     return respond(
         models.EnrollmentSearchList(data=data, next_page_token=encode_token(after), total=total)

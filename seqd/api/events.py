@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
+import msgspec
 from aiohttp import web
 from msgspec import Meta
 
 from seqd import event_names
 from seqd.api.auth import tenant_of
-from seqd.api.pagination import ListQuery, decode_token, encode_token
+from seqd.api.pagination import Limit, PageToken, decode_token, encode_token
 from seqd.api.routing import route
 from seqd.api.wire import read_query, respond
 from seqd.appkeys import CONFIG, STORE
@@ -27,13 +28,13 @@ TypeFilter = Annotated[
     Meta(
         max_length=1000,
         description="a type, or several comma-separated",
-        # Checked by `_filter` (naming the unknown type), stated here for the document.
+        # Checked by `event_filter` (naming the unknown type), stated here for the document.
         extra_json_schema={"pattern": rf"^\s*{_ONE_TYPE}(\s*,\s*{_ONE_TYPE})*\s*$"},
     ),
 ]
 
 
-class EventListQuery(ListQuery, kw_only=True):
+class EventFilters(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     type: TypeFilter | list[TypeFilter] | None = None
     enrollment_id: Id | None = None
     contact_id: Id | None = None
@@ -50,7 +51,12 @@ class EventListQuery(ListQuery, kw_only=True):
     ) = None
 
 
-def _filter(query: EventListQuery) -> EventFilter:
+class EventListQuery(EventFilters, kw_only=True):
+    limit: Limit = 50
+    page_token: PageToken | None = None
+
+
+def event_filter(query: EventFilters) -> EventFilter:
     errors = []
     wanted: frozenset[str] | None = None
     if query.type is not None:
@@ -90,7 +96,7 @@ def _filter(query: EventListQuery) -> EventFilter:
 )
 async def list_events(request: web.Request) -> web.Response:
     query = read_query(request, EventListQuery)
-    flt = _filter(query)
+    flt = event_filter(query)
     config = request.app[CONFIG].webhooks
     data, after, total = await request.app[STORE].events.list(
         tenant_of(request),

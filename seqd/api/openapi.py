@@ -100,10 +100,15 @@ def _links(routes: list[Route], base_path: str) -> dict[tuple[str, str], dict[st
             continue
         things = r.path.rsplit("/", 1)[1]
         targets = [t for t in routes if t.path.startswith(f"/{things}/{{id}}")]
+        # The kind of object GET /<things>/{id} answers: an answer of another kind under the
+        # same name (a contact's events are not the event log's) links to none of them.
+        reads = [_object_type(t.responses.get(200)) for t in targets if t.method == "GET"]
         for status, kind in r.responses.items():
             # (Not from a 202: its object is accepted, not made yet.)
             pointer = _id_pointer(kind) if status in (200, 201) else None
             if pointer is None or not targets:
+                continue
+            if reads and _object_type(kind) not in reads:
                 continue
             links[(f"{r.method} {r.path}", str(status))] = {
                 t.handler.__name__: {
@@ -115,9 +120,9 @@ def _links(routes: list[Route], base_path: str) -> dict[tuple[str, str], dict[st
     return links
 
 
-def _id_pointer(kind: type | None) -> str | None:
-    """Where the object's id is in an answer: `/<field>/id` of an envelope, `/data/0/id`
-    of a page."""
+def _object(kind: type | None) -> tuple[str, type] | None:
+    """Where an answer's object is and its Struct: `/<field>` of an envelope, `/data/0` of
+    a page (the first Struct field with an `id`)."""
     if kind is None:
         return None
     info = msgspec.inspect.type_info(kind)
@@ -133,8 +138,20 @@ def _id_pointer(kind: type | None) -> str | None:
         if isinstance(inner, msgspec.inspect.StructType) and any(
             g.encode_name == "id" for g in inner.fields
         ):
-            return f"{prefix}/id"
+            return prefix, inner.cls
     return None
+
+
+def _object_type(kind: type | None) -> type | None:
+    found = _object(kind)
+    return None if found is None else found[1]
+
+
+def _id_pointer(kind: type | None) -> str | None:
+    """Where the object's id is in an answer: `/<field>/id` of an envelope, `/data/0/id`
+    of a page."""
+    found = _object(kind)
+    return None if found is None else f"{found[0]}/id"
 
 
 def build(base_path: str, routes: list[Route] | None = None) -> dict[str, Any]:
@@ -246,7 +263,8 @@ def _operation(r: Route, ref_of: dict[type, Any], components: dict[str, Any]) ->
     op["responses"]["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
     for status, media in r.media.items():
         response = op["responses"].setdefault(str(status), {"description": r.summary})
-        response["content"] = {media: {"schema": {"type": "string"}}}
+        # Several types, comma-separated: one body, as the request chose (an export's format).
+        response["content"] = {m.strip(): {"schema": {"type": "string"}} for m in media.split(",")}
     return op
 
 

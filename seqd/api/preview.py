@@ -1,5 +1,5 @@
-"""POST /sequences/{id}/preview: when each step would go for one contact, computed by the
-code the enroll path and the dispatcher use (seqd/timing/policy.py `timeline`)."""
+"""POST /sequences/{id}/preview: when each step would go for one contact and from which
+sender, computed by the code the enroll path and the dispatcher use (engine/forecast.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from seqd.api.auth import tenant_of
 from seqd.api.routing import route
 from seqd.api.wire import read_body, respond
 from seqd.appkeys import CONFIG, POLICY, STORE
+from seqd.engine.budgets import Budgets
+from seqd.engine.forecast import forecast
 from seqd.errors import FieldError, Invalid
 from seqd.times import from_rfc3339, now_ms, to_rfc3339
 from seqd.timing.local import zone
-from seqd.timing.policy import timeline
 
 
 @route(
     "POST",
     "/sequences/{id}/preview",
-    summary="When each step would go for a contact: windows, quiet hours, its zone",
+    summary="When each step would go for a contact, and from which sender",
     tag="sequences",
     body=schedules.PreviewRequest,
     responses={200: schedules.Preview},
@@ -42,7 +43,8 @@ async def preview_sequence(request: web.Request) -> web.Response:
     seq = await store.sequences.get(tenant, request.match_info["id"], with_stats=False)
     if body.contact_id is not None:
         contact = await store.contacts.get(tenant, body.contact_id, field="contact_id")
-        cid, tz, phone = contact.id, contact.timezone, contact.phone
+        cid: str | None = contact.id
+        tz, phone = contact.timezone, contact.phone
     else:
         assert body.contact is not None
         fields = {
@@ -54,10 +56,12 @@ async def preview_sequence(request: web.Request) -> web.Response:
         errors = models.normalize_contact_fields(fields, region)
         if errors:
             raise Invalid([FieldError(f"contact.{e.path}", e.message) for e in errors])
-        cid, tz, phone = "", fields.get("timezone"), fields.get("phone")
+        cid, tz, phone = None, fields.get("timezone"), fields.get("phone")
     schedule = await bulk.schedule_of(store, tenant, seq)
-    decided = timeline(
-        request.app[POLICY], tenant, seq.steps, seq.id, schedule, cid, tz, phone, start
+    config = request.app[CONFIG]
+    budgets = Budgets(store, config.senders, config.frequency_caps_for)
+    decided = await forecast(
+        store, request.app[POLICY], budgets, tenant, seq, schedule, cid, tz, phone, start
     )
     steps = [
         schedules.PreviewStep(
@@ -66,11 +70,17 @@ async def preview_sequence(request: web.Request) -> web.Response:
             local_time=datetime.fromtimestamp(d.at / 1000, zone(d.zone)).isoformat(
                 timespec="seconds"
             ),
+            sender_id=d.sender,
             moved_by=list(d.moved_by),  # type: ignore[arg-type]
+            skipped=d.skipped,
         )
         for n, d in enumerate(decided)
     ]
     first = decided[0]
     return respond(
-        schedules.Preview(timezone=first.zone, timezone_source=first.source, steps=steps)
+        schedules.Preview(
+            timezone=first.zone,
+            timezone_source=first.source,  # type: ignore[arg-type]
+            steps=steps,
+        )
     )

@@ -36,7 +36,8 @@ class Route:
     # Served only when this says so for the config (e.g. /metrics not on a separate listener).
     when: Callable[[Config], bool] | None = None
     # Statuses answered with a text body instead of JSON or problem+json: status -> media
-    # type (the unsubscribe pages' text/html, the metrics' text/plain).
+    # type (the unsubscribe pages' text/html, the metrics' text/plain), or several
+    # comma-separated when the request picks one (an export's NDJSON or CSV).
     media: dict[int, str] = field(default_factory=dict)
 
     def full_path(self, base_path: str) -> str:

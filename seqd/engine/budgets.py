@@ -52,6 +52,8 @@ class Pick(NamedTuple):
     when the step pins its contact to its sender, the enrollment field to pin it in."""
 
     sender: SenderRecord | None = None
+    # What the channel needs of `sender` (`route`), made once per sender record.
+    route: FromSender | None = None
     until: int | None = None
     skip: bool = False
     reason: Reason | None = None
@@ -63,6 +65,7 @@ class _Asks(NamedTuple):
     field to pin a sticky contact in when the ask may pin it)."""
 
     records: Mapping[str, SenderRecord]
+    routes: Mapping[str, FromSender]
     asks: list[budget.Ask]
     of: list[tuple[str, str | None]]
 
@@ -82,6 +85,7 @@ class Asked:
 
 class _Cached(NamedTuple):
     records: Mapping[str, SenderRecord]
+    routes: Mapping[str, FromSender]
     caps: FrequencyCapsConfig
     read_at: int
     version: tuple[int, int]
@@ -124,7 +128,10 @@ class Budgets:
             stored = await self.store.settings.many(stale)
             for tenant, own in zip(stale, records, strict=True):
                 caps = stored[tenant].frequency_caps or self.caps_for(tenant)
-                self._cache[tenant] = _Cached({r.id: r for r in own}, caps, now, versions[tenant])
+                self._cache[tenant] = _Cached(
+                    {r.id: r for r in own}, {r.id: route(r) for r in own}, caps, now,
+                    versions[tenant],
+                )  # fmt: skip
         return {t: self._cache[t] for t in tenants}
 
     async def ask(
@@ -133,8 +140,11 @@ class Budgets:
         plans: Mapping[str, Plan],
         shard_of: Mapping[str, int],
         now: int,
+        *,
+        charge_as: str | None = None,
     ) -> Asked | None:
-        """The asks of the items' steps; None when none has any."""
+        """The asks of the items' steps; None when none has any. `charge_as`: the tenant
+        whose budgets key the asks take from (a preview's scratch copy), else their own."""
         steps: list[tuple[Claimed, Plan, int, Kind]] = []
         for item in items:
             plan = plans.get(item.plan_key)
@@ -148,7 +158,7 @@ class Budgets:
         by_shard: dict[int, tuple[list[str | int], list[str]]] = defaultdict(lambda: ([], []))
         out = Asked()
         # (sequence, kind) -> its pool's senders that exist: worked out once per piece.
-        pools: dict[tuple[str, Kind], list[str]] = {}
+        pools: dict[tuple[str, Kind], tuple[str, ...]] = {}
         for item, plan, step, kind in steps:
             e = item.enrollment
             tenant = tenants[e.tenant]
@@ -164,7 +174,9 @@ class Budgets:
             own = tenant.records
             pool = pools.get((plan.sequence_id, kind))
             if pool is None:
-                pool = [s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind]
+                pool = tuple(
+                    s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind
+                )
                 pools[(plan.sequence_id, kind)] = pool
             pin_field = SPECS[kind].sender_field
             asked = budget.ask(plan.rotation, pool, e.pinned(kind), f"{plan.sequence_id}:{kind}")
@@ -172,14 +184,15 @@ class Budgets:
                 continue  # every sender of the pool is gone: the tenant's own, as with none
             asks = by_tenant.get(e.tenant)
             if asks is None:
-                asks = by_tenant[e.tenant] = _Asks(own, [], [])
+                asks = by_tenant[e.tenant] = _Asks(own, tenant.routes, [], [])
             asks.asks.append(asked)
             # A sticky contact not pinned to its ask's one sender is pinned to its pick.
             new_pin = plan.rotation == "sticky" and asked.pool != ""
             asks.of.append((item.id, pin_field if new_pin else None))
         store = self.store
         for name, asks in by_tenant.items():
-            out.calls.append(store.senders.take_call(name, asks.asks, asks.records, now))
+            charged = charge_as or name
+            out.calls.append(store.senders.take_call(charged, asks.asks, asks.records, now))
             out.budgets.append(asks)
         for shard, (values, ids) in by_shard.items():
             out.calls.append(calls.take_frequency(store.keys, shard, now, values))
@@ -191,11 +204,14 @@ class Budgets:
         """item id -> its Pick, from the replies of `asked.calls` (in order)."""
         out: dict[str, Pick] = {}
         budgets = len(asked.budgets)
-        for (records, asks, of), reply in zip(asked.budgets, replies[:budgets], strict=True):
+        for (records, routes, asks, of), reply in zip(
+            asked.budgets, replies[:budgets], strict=True
+        ):
             answers = budget.decode(asks, reply)  # type: ignore[arg-type]
             for answer, (item_id, pin) in zip(answers, of, strict=True):
-                if answer.sender is not None:
-                    out[item_id] = Pick(sender=records[answer.sender], pin=pin)
+                sid = answer.sender
+                if sid is not None:
+                    out[item_id] = Pick(sender=records[sid], route=routes[sid], pin=pin)
                     continue
                 until = now + PAUSED_WAIT_MS if answer.until == budget.PAUSED else answer.until
                 out[item_id] = Pick(until=max(until, now), reason="sender_limit")

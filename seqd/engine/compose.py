@@ -15,6 +15,7 @@ import msgspec
 
 from seqd import templates
 from seqd.channels.base import OutboundMessage, SendResult, message_key
+from seqd.conditions import Facts
 from seqd.engine.plans import Plan
 from seqd.kinds import ADDRESS_FIELD, SPECS, Kind
 from seqd.models import CancelReason, PausedReason
@@ -80,6 +81,11 @@ def compose(
         return Failed(
             id=item.id, token=token, step=step, kind=kind, at=now, error="contact not found"
         )
+    if sp.gate is not None and not sp.gate(Facts(c, e.metadata, e.outcomes, step)):
+        return Skipped(
+            id=item.id, token=token, step=step, kind=kind, at=now, reason="condition",
+            wait=plan.wait_after(step),
+        )  # fmt: skip
     if kind in suppressed:
         if any(later.kind not in suppressed for later in plan.steps[step + 1 :]):
             return Skipped(

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from seqd.channels.base import OutboundMessage
 from seqd.config import DispatchConfig
 from seqd.engine import settle as outcomes
-from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls, route
+from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls
 from seqd.engine.compose import Job, compose
 from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer
@@ -100,6 +100,18 @@ class Work:
 
 
 @dataclass(slots=True)
+class _Closed:
+    """Steps peeked at while their window or quiet hours are closed: deferred in the round
+    trip that leases the rest of their piece (fenced by the peeked score, as a lease is),
+    never leased, screened, asked for budget or composed. `recheck`: the steps whose peeked
+    score was a lease come back, checked after their lease instead."""
+
+    settles: dict[int, list[Settled]] = field(default_factory=dict)
+    claimed: dict[str, ClaimedEnrollment] = field(default_factory=dict)
+    recheck: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
 class _Held:
     """A piece peeked at and not yet sent: its items (with their shards), the plans of their
     sequences, the addresses to screen, per (tenant, channel), and what to lease."""
@@ -114,6 +126,8 @@ class _Held:
     trimmed: set[int]
     # The budget and frequency-cap asks of its steps (engine/budgets.py).
     asked: Asked | None = None
+    # Its steps whose window or quiet hours were closed at the peek.
+    closed: _Closed = field(default_factory=lambda: _Closed())
 
 
 @dataclass(slots=True)
@@ -157,6 +171,8 @@ class Lane:
                 held = None  # peeked at, not leased: nothing of it is ours to send
             if not shards and owed is None and held is None:
                 return
+            if held is not None and held.closed.settles:
+                owed = self._with_closed(owed, held.closed)
             advanced, leased, found, claims, extra = await self._trip(owed, held, shards)
             if owed is not None:
                 self.tallies.append(await self._settled(owed, advanced))
@@ -179,6 +195,23 @@ class Lane:
             if held is not None:
                 # Steps left out for want of send slots: peeked at again after the lease.
                 full += [shard for shard in sorted(held.trimmed) if shard not in full]
+
+    def _with_closed(self, owed: _Owed | None, closed: _Closed) -> _Owed:
+        """`owed` with the deferrals of `closed` added: they settle in its advance."""
+        observer = self.crew.observer
+        count = sum(len(items) for items in closed.settles.values())
+        observer.claimed(count)
+        for items in closed.settles.values():
+            for d in items:
+                if isinstance(d, Defer):
+                    observer.step_deferred(d.reason or "window")
+        if owed is None:
+            return _Owed(count, closed.settles, closed.claimed, [], [], {})
+        owed.count += count
+        for shard, items in closed.settles.items():
+            owed.settles.setdefault(shard, []).extend(items)
+        owed.claimed.update(closed.claimed)
+        return owed
 
     async def _trip(
         self, owed: _Owed | None, held: _Held | None, shards: list[int]
@@ -228,8 +261,10 @@ class Lane:
         if not items:
             return None
         plans = await self._plans(items, mirrors)
+        closed = _Closed()
         if self.crew.timetable is not None:
             await self.crew.timetable.load(plans, items)
+            items = self._closed(items, plans, shard_of, closed)
         items, trimmed = self._room(items, plans, shard_of)
         # The address of each channel a remaining step uses, per (tenant, channel).
         lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -251,7 +286,39 @@ class Lane:
                 queue = lease[shard][seq] = (batches[shard].m[seq], [])
             queue[1].append((item.id, e.token))
         asked = await self.crew.budgets.ask(items, plans, shard_of, self.crew.clock())
-        return _Held(items, shard_of, plans, lookups, lease, trimmed, asked)
+        return _Held(items, shard_of, plans, lookups, lease, trimmed, asked, closed)
+
+    def _closed(
+        self,
+        items: list[Claimed],
+        plans: Mapping[str, Plan],
+        shard_of: Mapping[str, int],
+        closed: _Closed,
+    ) -> list[Claimed]:
+        """`items` but the steps whose window or quiet hours are closed now, which go into
+        `closed` as deferrals. A step whose peeked score is a lease come back (its send may
+        have happened) is leased as before and checked after its lease, which counts it."""
+        timetable = self.crew.timetable
+        assert timetable is not None
+        now = self.work.now
+        kept: list[Claimed] = []
+        for item in items:
+            e = item.enrollment
+            plan = plans.get(e.sequence)
+            if plan is None:
+                kept.append(item)
+                continue
+            if "." in e.token:
+                closed.recheck.add(item.id)
+                kept.append(item)
+                continue
+            defer = timetable.deferral(item, plan, now)
+            if defer is None:
+                kept.append(item)
+                continue
+            closed.settles.setdefault(shard_of[item.id], []).append(defer)
+            closed.claimed[item.id] = e
+        return kept
 
     def _room(
         self, items: list[Claimed], plans: Mapping[str, Plan], shard_of: Mapping[str, int]
@@ -307,7 +374,7 @@ class Lane:
                 settles[shard_of[item.id]].append(outcomes.unavailable(item, now, crew.backoff_ms))
                 continue
             timetable = crew.timetable
-            if timetable is not None:
+            if timetable is not None and item.id in held.closed.recheck:
                 closed = timetable.deferral(item, plan, now)
                 if closed is not None:
                     crew.observer.step_deferred(closed.reason or "window")
@@ -323,10 +390,13 @@ class Lane:
                     if held_back is not None:
                         if isinstance(held_back, Defer):
                             crew.observer.step_deferred(held_back.reason or "sender_limit")
+                        elif isinstance(held_back, Skipped) and timetable is not None:
+                            # Skipped by the cap: the next step's time in the contact's zone.
+                            held_back.wait = timetable.wait_after(plan, item, held_back.step, now)
                         settles[shard_of[item.id]].append(held_back)
                         continue
                     if pick.sender is not None:
-                        composed.message.sender = route(pick.sender)
+                        composed.message.sender = pick.route
                         if pick.pin is not None:
                             pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
                 if composed.kind == "email" and crew.email_headers is not None:
@@ -462,9 +532,9 @@ def _hits(held: _Held, found: Found) -> dict[str, dict[str, SuppressionRecord]]:
     out: dict[str, dict[str, SuppressionRecord]] = {}
     for item in held.items:
         tenant = item.enrollment.tenant
-        for kind, field in ADDRESS_FIELD.items():
+        for kind, name in ADDRESS_FIELD.items():
             hits = found.get((tenant, kind))
-            value = item.contact.get(field)
+            value = item.contact.get(name)
             if hits and value and value in hits:
                 out.setdefault(item.id, {})[kind] = hits[value]
     return out

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import msgspec
 
-from seqd import models, templates
+from seqd import conditions, models, templates
 from seqd.kinds import SPECS, Kind
 from seqd.models import Rotation
 from seqd.store.db import Store
@@ -74,6 +74,9 @@ class StepPlan:
         pick = int.from_bytes(digest, "big") % variants[-1].upto
         return next(v for v in variants if pick < v.upto)
 
+    # Whether it is sent when due (its only_if / skip_if); None: always.
+    gate: conditions.Predicate | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -129,6 +132,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 transactional=step.transactional,
                 timing=step_timing(step),
                 variants=variants,
+                gate=conditions.gate(step.only_if, step.skip_if),
             )
         )
     kinds_left = tuple(

@@ -13,8 +13,9 @@ from seqd.store.claims import Claimed
 from seqd.store.db import Store
 from seqd.store.settles import Defer
 from seqd.times import now_ms
-from seqd.timing.due import Rules, StepTiming, due
+from seqd.timing.due import Reopening, Rules, StepTiming, due, jittered, open_span, reopening
 from seqd.timing.policy import Policy, jitter_key, zone_text
+from seqd.timing.zones import RecipientZone
 
 # How long a schedule read from the store is used before it is read again.
 REFRESH_MS = 5_000
@@ -28,6 +29,16 @@ def _inert(rules: Rules, timing: StepTiming) -> bool:
         and timing.send_at is None
         and not timing.wait_days
     )
+
+
+def _plain(timing: StepTiming) -> bool:
+    """True when the step's time is its wait_minutes after the last unless a rule moves it."""
+    return timing.send_at is None and not timing.wait_days
+
+
+# Rules and zones whose open spans are kept, and spans kept for each.
+OPEN_KEPT = 4096
+SPANS_KEPT = 4
 
 
 class Timetable:
@@ -45,6 +56,28 @@ class Timetable:
         self.refresh_ms = refresh_ms
         # (tenant, schedule id) -> (the schedule, None when gone; when it was read)
         self._schedules: dict[tuple[str, str], tuple[Schedule | None, int]] = {}
+        # (rules, quiet, region, zones) -> the last spans found open under them
+        # (timing.due.open_span): the steps of a burst share it, and a moment inside it
+        # needs no more work.
+        self._open: dict[tuple[object, ...], tuple[tuple[int, int], ...]] = {}
+        # The same key -> (a closed moment, its reopening): the answer until `stable`.
+        self._closed: dict[tuple[object, ...], tuple[int, Reopening]] = {}
+
+    def _is_open(self, rules: Rules, timing: StepTiming, recipient: RecipientZone, at: int) -> bool:
+        key = (rules, timing.quiet, recipient.region, recipient.zones)
+        known = self._open.get(key, ())
+        for start, end in known:
+            if start <= at < end:
+                return True
+        span = open_span(rules, timing, recipient, at)
+        if span is None:
+            return False
+        if len(self._open) >= OPEN_KEPT:
+            self._open.clear()
+        # The newest first; a few kept: a step's check (now) and its next step's time (a
+        # wait later) fall in different spans.
+        self._open[key] = (span, *known[: SPANS_KEPT - 1])
+        return True
 
     async def load(self, plans: Mapping[str, Plan], items: Iterable[Claimed]) -> None:
         """Read the schedules of the items' sequences not read in the last `refresh_ms`."""
@@ -82,6 +115,9 @@ class Timetable:
             return plan.steps[nxt].wait_ms
         c = item.contact
         recipient = self.policy.recipient(e.tenant, schedule, c.get("timezone"), c.get("phone"))
+        wait = plan.steps[nxt].wait_ms
+        if _plain(timing) and self._is_open(rules, timing, recipient, at + wait):
+            return wait
         decided = due(rules, timing, recipient, at, jitter_key(e.contact, e.sequence, nxt))
         return max(0, decided.at - at)
 
@@ -99,11 +135,42 @@ class Timetable:
             return None
         c = item.contact
         recipient = self.policy.recipient(e.tenant, schedule, c.get("timezone"), c.get("phone"))
+        found = self._known_closed(rules, sp.timing, recipient, now)
+        if found is None:
+            if self._is_open(rules, sp.timing, recipient, now):
+                return None
+            found = self._reopening(rules, sp.timing, recipient, now)
         key = jitter_key(e.contact, e.sequence, step)
-        decided = due(rules, sp.timing, recipient, now, key, waits=False)
-        if decided.at <= now:
-            return None
+        if found is None:
+            decided = due(rules, sp.timing, recipient, now, key, waits=False)
+            if decided.at <= now:
+                return None
+            until, reason, zone = decided.at, decided.moved_by[0], zone_text(decided)
+        else:
+            until = jittered(rules, key, found.at, found.end, found.moved)
+            reason, zone = found.moved[0], f"{recipient.source}:{recipient.used}"
         return Defer(
             id=item.id, token=e.token, step=step, kind=sp.kind, at=now, seq=e.sequence,
-            until=decided.at, reason=decided.moved_by[0], zone=zone_text(decided),
+            until=until, reason=reason, zone=zone,
         )  # fmt: skip
+
+    def _known_closed(
+        self, rules: Rules, timing: StepTiming, recipient: RecipientZone, at: int
+    ) -> Reopening | None:
+        """The reopening kept for these rules and zones when `at` is within its answer."""
+        known = self._closed.get((rules, timing.quiet, recipient.region, recipient.zones))
+        if known is not None and known[0] <= at < known[1].stable:
+            return known[1]
+        return None
+
+    def _reopening(
+        self, rules: Rules, timing: StepTiming, recipient: RecipientZone, at: int
+    ) -> Reopening | None:
+        """timing.due.reopening of a closed moment, kept for the steps after it."""
+        key = (rules, timing.quiet, recipient.region, recipient.zones)
+        found = reopening(rules, timing, recipient, at)
+        if found is not None:
+            if len(self._closed) >= OPEN_KEPT:
+                self._closed.clear()
+            self._closed[key] = (at, found)
+        return found

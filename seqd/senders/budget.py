@@ -112,15 +112,15 @@ def encode(asks: Sequence[Ask], records: Mapping[str, SenderRecord], now: int) -
     pooled: list[str | int] = []
     chosen: list[int] = []
     for a in asks:
-        for sid in a.senders:
-            if sid not in place:
-                place[sid] = len(place) + 1
-                specs += spec(records[sid], now)
-        if not a.pool and len(a.senders) == 1:
-            chosen.append(-place[a.senders[0]])
-            continue
         number = pools.get(a)
         if number is None:
+            for sid in a.senders:
+                if sid not in place:
+                    place[sid] = len(place) + 1
+                    specs += spec(records[sid], now)
+            if not a.pool and len(a.senders) == 1:
+                chosen.append(-place[a.senders[0]])
+                continue
             number = pools[a] = len(pools) + 1
             pooled += (a.pool, len(a.senders), *(place[sid] for sid in a.senders))
         chosen.append(number)

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from seqd import conditions
 from seqd.store.keys import Keys
 
 Arg = str | int | float | bytes
@@ -164,6 +165,14 @@ def advance(
     tag = keys.shard_tag(shard)
     args: list[Any] = [tag, now, max_attempts, items, groups, *passed]
     return Call("advance", _shard_keys(keys, shard), args, tag)
+
+
+def defer_steps(
+    keys: Keys, shard: int, now: int, groups: bytes, steps: Sequence[str | bytes]
+) -> Call:
+    """`groups`, `steps`: store/settles.py `Deferrals`."""
+    tag = keys.shard_tag(shard)
+    return Call("deferSteps", _shard_keys(keys, shard), [tag, now, groups, *steps], tag)
 
 
 def reclaim_leases(keys: Keys, shard: int, now: int, limit: int, dead: Sequence[str]) -> Call:
@@ -335,6 +344,23 @@ def emit_event(keys: Keys, shard: int, now: int, tenant: str, event_type: str, d
     return Call("emitEvent", [keys.outbox(shard)], [now, tenant, event_type, data], tag)
 
 
+def record_contact_event(
+    keys: Keys,
+    shard: int,
+    now: int,
+    tenant: str,
+    contact_id: str,
+    event_id: str,
+    event: str,
+    retention_ms: int,
+    sequences: Iterable[Arg],
+) -> Call:
+    """`sequences`: per sequence, flat: id, version (-1: gone), goal ("" for none)."""
+    tag = keys.shard_tag(shard)
+    args = [tag, now, tenant, contact_id, event_id, event, retention_ms, *sequences]
+    return Call("recordContactEvent", _mirror_keys(keys, shard), args, tag)
+
+
 def record_delivery(
     keys: Keys,
     shard: int,
@@ -350,7 +376,8 @@ def record_delivery(
 ) -> Call:
     tag = keys.shard_tag(shard)
     args = [tag, now, tenant, enrollment_id, step, status, rank, error_code, event_type]
-    return Call("recordDelivery", [keys.outbox(shard)], [*args, event_data], tag)
+    letter = conditions.OUTCOME_LETTER.get(status, "")
+    return Call("recordDelivery", [keys.outbox(shard)], [*args, event_data, letter], tag)
 
 
 def suppress(

@@ -36,6 +36,8 @@ class ClaimedEnrollment(msgspec.Struct, gc=False):
     # (the fields are kinds.py `sender_field`).
     sms_sender: str | None = msgspec.field(name="ys", default=None)
     email_sender: str | None = msgspec.field(name="ye", default=None)
+    # What became of earlier steps, a letter per step (seqd/conditions.py), where any did.
+    outcomes: str | None = msgspec.field(name="o", default=None)
     # The version of its sequence's steps it runs on (absent: 1).
     steps_version: str | None = msgspec.field(name="sv", default=None)
 

@@ -37,6 +37,10 @@ ENROLLMENT_FIELDS = {
     "p<step>": "the provider's message id of a sent step",
     "v<step>": "the A/B variant a step was sent as",
     "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
+    "cq": "completed_reason: goal (a contact event met the sequence's exit_on)",
+    "gl": "goal: the name of the event that completed it",
+    "o": "what became of each step, one letter per step, read by step conditions "
+    "(seqd/conditions.py): skipped (advance), a final receipt (recordDelivery), a reply",
 }
 
 CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")
@@ -70,6 +74,8 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         paused_variable=h.get("pv"),
         cancel_reason=h.get("cr"),
         completed_at=to_rfc3339(int(h["ca"])) if "ca" in h else None,
+        completed_reason="goal" if h.get("cq") == "goal" else None,
+        goal=h.get("gl"),
         # `enroll` does not write `ua`: until the first change it is the enrollment time.
         updated_at=to_rfc3339(int(h.get("ua") or enrolled_at)),
         timezone_used=zone or None,

@@ -17,8 +17,9 @@ from seqd import ids
 from seqd.store import calls
 from seqd.store.claims import ClaimBatch, ClaimedEnrollment, Leased, decode_claim, decode_leased
 from seqd.store.context import StoreContext
+from seqd.store.keys import Keys
 from seqd.store.mirrors import CONTACT_READ
-from seqd.store.settles import Release, Settled, advance_args
+from seqd.store.settles import Deferrals, Release, Settled, advance_args
 
 
 class Advanced(msgspec.Struct, frozen=True):
@@ -168,12 +169,15 @@ class Trip:
         script_calls: list[calls.Call] = []
         advance, lease, peek = self._advance, self._lease, self._peek
         others = self._scripts
+        # Per shard of the advance: its calls (advance, and deferSteps when it defers).
+        made: list[int] = []
         if advance is not None:
             for shard, items in advance.batches.items():
-                general, groups, values = advance_args(items, advance.claimed, self.now)
-                script_calls.append(
-                    calls.advance(keys, shard, self.now, self.max_attempts, general, groups, values)
+                shard_calls = _advance_calls(
+                    keys, shard, items, advance.claimed, self.now, self.max_attempts
                 )
+                script_calls += shard_calls
+                made.append(len(shard_calls))
         if lease is not None:
             for shard, queues in lease.request.items():
                 call = calls.lease_peeked(
@@ -208,7 +212,13 @@ class Trip:
                     into[shard] = decode(reply)
 
         if advance is not None:
-            take(advance.batches, _decode_advanced, advance.done)
+            for shard, n in zip(advance.batches, made, strict=True):
+                got = [next(replies) for _ in range(n)]
+                errors = [r for r in got if isinstance(r, Exception)]
+                if errors:
+                    failed += errors
+                else:
+                    advance.done[shard] = _merged([_decode_advanced(r) for r in got])
         if lease is not None:
             take(lease.request, decode_leased, lease.leased)
         if peek is not None:
@@ -229,6 +239,36 @@ class Trip:
 def _decode_advanced(reply: list[Any]) -> Advanced:
     applied, late, stale = reply
     return Advanced(int(applied), int(late), [str(s) for s in stale])
+
+
+def _merged(results: Sequence[Advanced]) -> Advanced:
+    if len(results) == 1:
+        return results[0]
+    return Advanced(
+        sum(a.applied for a in results),
+        sum(a.late for a in results),
+        [eid for a in results for eid in a.stale],
+    )
+
+
+def _advance_calls(
+    keys: Keys,
+    shard: int,
+    items: list[Settled],
+    claimed: Mapping[str, ClaimedEnrollment] | None,
+    now: int,
+    max_attempts: int,
+) -> list[calls.Call]:
+    """The calls that settle `items` of `shard`: `advance`, and `deferSteps` for the
+    deferrals whose events are built here (store/settles.py)."""
+    deferrals = Deferrals()
+    general, groups, values = advance_args(items, claimed, now, deferrals)
+    out = []
+    if general != b"[]" or values or not deferrals.values:
+        out.append(calls.advance(keys, shard, now, max_attempts, general, groups, values))
+    if deferrals.values:
+        out.append(calls.defer_steps(keys, shard, now, deferrals.encode_groups(), deferrals.values))
+    return out
 
 
 def _taken(lease: LeaseHandle) -> list[tuple[str, str, str]]:
@@ -307,12 +347,13 @@ class Dispatch:
         `settles` (the piece's steps that will not be sent, with `claimed` as for
         `Trip.advance`) are advanced first, in the same round trip, so that no step under
         a marked token is one that was never handed to a channel."""
-        advances = []
+        advances: list[tuple[int, calls.Call]] = []
         for shard, items in (settles or {}).items():
             if items:
-                general, groups, values = advance_args(list(items), claimed, now)
-                call = calls.advance(self.keys, shard, now, max_attempts, general, groups, values)
-                advances.append((shard, call))
+                shard_calls = _advance_calls(
+                    self.keys, shard, list(items), claimed, now, max_attempts
+                )
+                advances += [(shard, call) for call in shard_calls]
         marks = [
             ("SADD", self.keys.lease_starts(shard), *shard_tokens)
             for shard, shard_tokens in tokens.items()
@@ -321,10 +362,10 @@ class Dispatch:
         failed = next((r for r in replies if isinstance(r, Exception)), None)
         if failed is not None:
             raise failed
-        return {
-            shard: _decode_advanced(reply)
-            for (shard, _), reply in zip(advances, replies, strict=False)
-        }
+        per_shard: dict[int, list[Advanced]] = {}
+        for (shard, _), reply in zip(advances, replies, strict=False):
+            per_shard.setdefault(shard, []).append(_decode_advanced(reply))
+        return {shard: _merged(results) for shard, results in per_shard.items()}
 
     async def reclaim(self, now: int, dead: Sequence[str] = (), limit: int = 1000) -> Reclaimed:
         """`reclaimLeases` in every shard (one round trip): the leases of the `dead`

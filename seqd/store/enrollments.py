@@ -197,6 +197,7 @@ class Enrollments:
         limit: int,
         after: str | None,
         statuses: list[str],
+        with_total: bool = True,
     ) -> tuple[list[models.Enrollment], str | None, int]:
         """A page of the sequence's enrollments in `statuses`: the active ones first, in
         their queue's order (next step due, then id: `active_cursor`), then the others
@@ -230,6 +231,8 @@ class Enrollments:
             for eid, h in zip(page, rows, strict=True)
             if h.get("t") == tenant
         ]
+        if not with_total:
+            return data, cursor, -1
         total = await self.store.total(
             [
                 self.keys.status_index(shard, sid, status)

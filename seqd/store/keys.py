@@ -57,6 +57,9 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     # ZSET "<enrollment id>:<step>" -> sent ms: a contact's messages of one kind in the
     # tenant's frequency cap window (takeFrequency-1.lua), expiring with the window.
     "frequency": "{tag}:fq:{contact_id}:{kind}",
+    # STRING: a contact event recorded (its data, with the enrollments its goal completed),
+    # kept for the event log's retention so the same event id is recorded once.
+    "contact_event": "{tag}:ce:{contact_id}:{event_id}",
     # HASH sequence id -> "<version>:<fields>": the contact fields the sequence's messages
     # can use at that version (store/mirrors.py), beside the shard's mirror (`sq`).
     "sequence_fields": "{tag}:sf",
@@ -333,6 +336,12 @@ class Keys:
 
     def tenant_contacts(self, shard: int, tenant: str) -> str:
         return SHARD_TEMPLATES["tenant_contacts"].format(tag=self.shard_tag(shard), tenant=tenant)
+
+    def frequency(self, shard: int, contact_id: str, kind: str) -> str:
+        """ZSET of a contact's messages of `kind` in its tenant's frequency-cap window."""
+        return SHARD_TEMPLATES["frequency"].format(
+            tag=self.shard_tag(shard), contact_id=contact_id, kind=kind
+        )
 
     def message(self, shard: int, message_id: str) -> str:
         return SHARD_TEMPLATES["message"].format(tag=self.shard_tag(shard), message_id=message_id)

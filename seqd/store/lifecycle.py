@@ -1,4 +1,5 @@
-"""Replies, opt-outs, bounces and delivery reports as changes to a contact's enrollments.
+"""Replies, opt-outs, bounces, delivery reports and contact events (goals) as changes to a
+contact's enrollments.
 
 The scripts run in the contact's shard but need each sequence's step kinds and `on_reply`,
 which live under the tenant's tag: they are read here and passed in with the version they
@@ -15,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from seqd import ids, kinds
+from seqd import goals, ids, kinds
 from seqd.errors import NotFound
 from seqd.store import calls
 from seqd.store.context import StoreContext
@@ -24,6 +25,7 @@ from seqd.store.sequences import Sequences
 from seqd.times import now_ms
 
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 # A sequence changing under one call this many times in a row is a bug, not a race.
 _STALE_RETRIES = 5
 # Reads the ids of the sequences a call is about (again, after a STALE answer).
@@ -42,6 +44,24 @@ class Reaction(msgspec.Struct, frozen=True):
 
     enrollment_id: str
     outcome: str
+
+
+class NewContactEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A contact event to record; times in ms."""
+
+    id: str
+    name: str
+    properties: dict[str, Any]
+    occurred_at: int
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """A contact event as its first recording wrote it (`data`: id, contact_id, name,
+    properties, occurred_at and recorded_at in ms, `completed`: the enrollments its goal
+    completed), and whether this call only repeated it."""
+
+    repeated: bool
+    data: dict[str, Any]
 
 
 class DeliveryReport(msgspec.Struct, frozen=True):
@@ -200,6 +220,55 @@ class Lifecycle:
         await self.store.runner.run(
             calls.emit_event(self.keys, shard, now_ms(), tenant, event_type, text)
         )
+
+    async def record_event(
+        self, tenant: str, contact_id: str, event: NewContactEvent, *, retention_ms: int
+    ) -> RecordedEvent:
+        """Record a contact event once per id and complete the contact's live enrollments
+        whose sequence has it as a goal (one script in the contact's shard); NotFound when
+        the tenant has no such contact."""
+        if not ids.is_valid(contact_id, ids.CONTACT):
+            raise NotFound(f"no contact {contact_id}", field="id")
+        shard = ids.shard_of(contact_id, self.keys.shards)
+        now = now_ms()
+        text = _encode(
+            {
+                "id": event.id,
+                "contact_id": contact_id,
+                "name": event.name,
+                "properties": event.properties,
+                "occurred_at": event.occurred_at,
+                "recorded_at": now,
+            }
+        ).decode()
+        live = self._live_sequences(shard, contact_id)
+        for _ in range(_STALE_RETRIES):
+            order = sorted(await live())
+            read = self.sequences.get_versioned
+            docs = await asyncio.gather(*(read(tenant, s) for s in order), return_exceptions=True)
+            args: list[str | int] = []
+            for sid, doc in zip(order, docs, strict=True):
+                if isinstance(doc, NotFound):
+                    args += [sid, -1, ""]
+                    continue
+                if isinstance(doc, BaseException):
+                    raise doc
+                seq, version = doc
+                met = goals.met(seq.exit_on, event.name, event.properties)
+                args += [sid, version, "" if met is None else event.name]
+            call = calls.record_contact_event(
+                self.keys, shard, now, tenant, contact_id, event.id, text, retention_ms, args
+            )
+            try:
+                repeated, stored = await self.store.runner.run(call)
+            except ScriptError as exc:
+                if exc.code == "NOT_FOUND":
+                    raise NotFound(f"no contact {contact_id}", field="id") from None
+                if exc.code != "STALE":
+                    raise
+                continue
+            return RecordedEvent(bool(repeated), _decode(stored))
+        raise RuntimeError("recordContactEvent: sequence kept changing under the call")
 
     async def record_delivery(
         self,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from seqd import models, templates
+from seqd import conditions, models, templates
 from seqd.kinds import SPECS
 from seqd.store.codec import CONTACT_TEXT_FIELDS
 from seqd.timing.policy import QUIET_KINDS
@@ -39,6 +39,7 @@ def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tup
             needed.add(address)
         if step.kind in QUIET_KINDS:
             needed.add("timezone")
+        needed |= conditions.roots(step.only_if) | conditions.roots(step.skip_if)
         try:
             needed |= templates.roots(step.body, step.subject)
             for v in step.variants or ():

@@ -103,6 +103,7 @@ class Sequences:
             rotation=body.rotation,
             reenroll=body.reenroll,
             exclusive=body.exclusive,
+            exit_on=body.exit_on,
             created_at=now,
             updated_at=now,
         )
@@ -225,6 +226,8 @@ class Sequences:
                     changes[field] = value
             if patch.steps is not msgspec.UNSET:
                 changes["steps"] = models.build_steps(patch.steps)
+            if patch.exit_on is not msgspec.UNSET:
+                changes["exit_on"] = patch.exit_on
             if patch.status is not msgspec.UNSET:
                 target = SequenceStatus(patch.status)
                 if target != old.status:

@@ -229,12 +229,67 @@ class Passed:
         return _encode(list(self.groups))
 
 
+# Deferred steps in deferSteps-2.lua's ARGV: what the steps of a call share (a group, in
+# one JSON array), and each step's values.
+DEFER_GROUP = ("seq", "tenant", "step", "reason")
+DEFER_STEP = ("id", "group", "token", "until", "zone", "event")
+
+
+class _DeferFields(_StepFields, omit_defaults=True):
+    """The enrollment fields of a deferred step's event: as advance-2.lua's general path
+    (`enrollment_event`) reads them after writing the deferral, for an active enrollment."""
+
+    z: str | None = None
+    dr: str | None = None
+
+
+class _DeferredEvent(msgspec.Struct):
+    id: str
+    fields: _DeferFields
+    step: int
+    kind: str
+    reason: str
+    until: int
+
+
+class Deferrals:
+    """The deferred steps of one deferSteps call: their groups (ARGV[3]) and values."""
+
+    __slots__ = ("groups", "values")
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str | int, ...], str] = {}
+        self.values: list[str | bytes] = []
+
+    def add(self, d: Defer, e: ClaimedEnrollment, now: str) -> None:
+        """`d` (with a zone) of a step whose claim or peek read `e`, at `now` (ms, text)."""
+        reason = d.reason or "window"
+        group = (e.sequence, e.tenant, d.step, reason)
+        place = self.groups.get(group)
+        if place is None:
+            place = self.groups[group] = str(len(self.groups) + 1)
+        until = str(d.until)
+        fields = _DeferFields(
+            e.sequence, e.contact, "active", str(d.step), until, now, e.metadata,
+            sv=e.steps_version, z=d.zone, dr=f"{d.step}:{reason}",
+        )  # fmt: skip
+        event = _encode_event(_DeferredEvent(d.id, fields, d.step, d.kind, reason, d.until))
+        self.values += (d.id, place, d.token, until, d.zone or "", event)
+
+    def encode_groups(self) -> bytes:
+        return _encode(list(self.groups))
+
+
 def advance_args(
-    items: list[Settled], claimed: Mapping[str, ClaimedEnrollment] | None, now: int
+    items: list[Settled],
+    claimed: Mapping[str, ClaimedEnrollment] | None,
+    now: int,
+    deferrals: Deferrals | None = None,
 ) -> tuple[bytes, bytes, list[str | bytes]]:
     """advance's ARGV[4..]: the items for its general path (JSON), the passed groups and
     the passed steps' values. `claimed`: enrollment id -> what claimDue read of it, for the
-    items the caller claimed itself: their step events are built here."""
+    items the caller claimed itself: their step events are built here, and with
+    `deferrals` their deferrals that name a zone go there (deferSteps) instead."""
     if claimed is None:
         return _encode(items), b"[]", []
     general: list[Settled] = []
@@ -244,6 +299,9 @@ def advance_args(
         e = claimed.get(s.id)
         if e is None:
             general.append(s)
+            continue
+        if deferrals is not None and isinstance(s, Defer) and s.zone:
+            deferrals.add(s, e, now_text)
             continue
         event = step_event(s, e, now_text)
         if event and isinstance(s, Sent | Skipped):
@@ -275,6 +333,10 @@ def lua_prelude() -> str:
     out += [f"local G_{name.upper()} = {n}" for n, name in enumerate(PASSED_GROUP, 1)]
     out += [f"local P_{name.upper()} = {n}" for n, name in enumerate(PASSED_STEP, 1)]
     out.append(f"local P_WIDTH = {len(PASSED_STEP)}")
+    out.append("-- Positions in a deferred group (DEFER_GROUP), in a deferred step (DEFER_STEP).")
+    out += [f"local DG_{name.upper()} = {n}" for n, name in enumerate(DEFER_GROUP, 1)]
+    out += [f"local D_{name.upper()} = {n}" for n, name in enumerate(DEFER_STEP, 1)]
+    out.append(f"local D_WIDTH = {len(DEFER_STEP)}")
     out.append(_step_event_lua())
     return "\n".join(out) + "\n"
 

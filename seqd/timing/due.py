@@ -8,12 +8,13 @@ so the preview is what the dispatcher does.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from seqd.timing.calendar import HORIZON_DAYS, Calendar
-from seqd.timing.local import DAY_MINUTES, local_minute, wall_ms, zone
+from seqd.timing.local import DAY_MINUTES, local_day, local_minute, wall_ms, zone
 from seqd.timing.quiet import QuietCalendars
 from seqd.timing.zones import RecipientZone, Source
 
@@ -103,6 +104,62 @@ def _first_open(
     return None
 
 
+def open_span(
+    rules: Rules, step: StepTiming, recipient: RecipientZone, at: int
+) -> tuple[int, int] | None:
+    """The span [start, end) around `at` open under every rule of the step (the schedule's
+    windows, quiet hours) in every candidate zone; None when `at` is closed. A step checked
+    or due at a moment inside it goes then, unmoved: `due` answers that moment too."""
+    start, end = 0, _FOREVER
+    for calendar, tz, _ in _rules(rules, step.quiet, recipient.region, recipient.zones):
+        opening = calendar.next_opening(tz, at)
+        if opening is None or opening.start > at:
+            return None
+        start, end = max(start, opening.start), min(end, opening.end)
+    return start, end
+
+
+class Reopening(NamedTuple):
+    """Where a closed moment's step goes under the send-time check (before jitter): the
+    first moment open under every rule, the end of the span open then, what moved it; and
+    `stable`: every moment from the one asked about up to this one is answered the same
+    (each rule stays as open or closed as it was), so a burst of steps shares it."""
+
+    at: int
+    end: int
+    moved: tuple[str, ...]
+    stable: int
+
+
+def reopening(
+    rules: Rules, step: StepTiming, recipient: RecipientZone, at: int
+) -> Reopening | None:
+    """`due(..., waits=False)` of a moment `at` that is closed, before jitter (`jittered`);
+    None when the candidate zones never agree (`due` then falls back to the default zone)."""
+    checks = _rules(rules, step.quiet, recipient.region, recipient.zones)
+    horizon = AGREE_DAYS if len(recipient.zones) > 1 else HORIZON_DAYS
+    stable = _FOREVER
+    for calendar, tz, _ in checks:
+        opening = calendar.next_opening(tz, at, horizon)
+        if opening is None:
+            return None
+        # (A skip date's reason depends on the local day asked from: stable to midnight.)
+        midnight = wall_ms(tz, local_day(at, tz) + 1, 0)
+        stable = min(stable, midnight, opening.start if opening.start > at else opening.end)
+    found = _first_open(checks, at, horizon)
+    if found is None:
+        return None
+    return Reopening(found[0], found[1], tuple(found[2]), stable)
+
+
+def jittered(rules: Rules, key: str, at: int, end: int, moved: Sequence[str]) -> int:
+    """`at`, a moment a rule moved (`moved`), spread by the schedule's jitter within the
+    span open until `end`; a moment no rule moved is kept."""
+    if moved and rules.jitter_ms:
+        return at + _jitter(key, rules.jitter_ms, end - at)
+    return at
+
+
 def _open(calendar: Calendar, tz: ZoneInfo, at: int) -> bool:
     opening = calendar.next_opening(tz, at)
     return opening is not None and opening.start <= at
@@ -175,9 +232,7 @@ def _plan(
         if at == asked or minute >= step.send_at:
             break
         asked = wall_ms(clock, day, step.send_at)
-    if moved and rules.jitter_ms:
-        at += _jitter(key, rules.jitter_ms, end - at)
-    return at, tuple(r for r in moved if r != "send_at")
+    return jittered(rules, key, at, end, moved), tuple(r for r in moved if r != "send_at")
 
 
 def due(

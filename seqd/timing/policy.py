@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seqd.schedules import Schedule, compile_calendar, fixed_zone
-from seqd.timing.due import Due, Rules, StepTiming, due
+from seqd.timing.due import Due, Rules, StepTiming
 from seqd.timing.local import parse_hhmm
 from seqd.timing.quiet import QuietCalendars
 from seqd.timing.zones import RecipientZone, resolve
@@ -31,13 +31,20 @@ def step_timing(step: Step) -> StepTiming:
     )
 
 
+# Contacts' zones kept; cleared when there are more.
+RECIPIENTS_KEPT = 65_536
+
+
 class Policy:
     """Timing settings of every tenant, from config, built once per tenant."""
 
-    __slots__ = ("_quiet", "_rules", "config")
+    __slots__ = ("_quiet", "_recipients", "_rules", "config")
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # (tenant, schedule's default zone, timezone, phone) -> the contact's zones: a step
+        # resolves them at its send-time check and again for its next step's time.
+        self._recipients: dict[tuple[str | None, ...], RecipientZone] = {}
         self._quiet: dict[str, QuietCalendars | None] = {}
         self._rules: dict[tuple[str, str, int], Rules] = {}
 
@@ -71,39 +78,19 @@ class Policy:
     ) -> RecipientZone:
         """Where a contact with `timezone` and `phone` is, for a sequence under `schedule`."""
         default = schedule.default_timezone if schedule is not None else None
-        return resolve(timezone, phone, default, self.config.default_timezone_for(tenant))
+        key = (tenant, default, timezone, phone)
+        found = self._recipients.get(key)
+        if found is None:
+            if len(self._recipients) >= RECIPIENTS_KEPT:
+                self._recipients.clear()
+            found = resolve(timezone, phone, default, self.config.default_timezone_for(tenant))
+            self._recipients[key] = found
+        return found
 
 
 def zone_text(decided: Due) -> str:
     """The enrollment's `z` field: "<source>:<zone>" (timezone_source, timezone_used)."""
     return f"{decided.source}:{decided.zone}"
-
-
-def timeline(
-    policy: Policy,
-    tenant: str,
-    steps: list[Step],
-    sequence_id: str,
-    schedule: Schedule | None,
-    contact_id: str,
-    timezone: str | None,
-    phone: str | None,
-    start: int,
-) -> list[Due]:
-    """When each step goes for this contact if enrolled at `start` and every step is sent
-    at its planned time: the computation the enroll path and the dispatcher make, step by
-    step (the first from the enrollment, each next one from the previous send)."""
-    rules = policy.rules(tenant, schedule)
-    recipient = policy.recipient(tenant, schedule, timezone, phone)
-    out: list[Due] = []
-    at = start
-    for n, step in enumerate(steps):
-        decided = due(
-            rules, step_timing(step), recipient, at, jitter_key(contact_id, sequence_id, n)
-        )
-        out.append(decided)
-        at = decided.at
-    return out
 
 
 def jitter_key(contact_id: str, sequence_id: str, step: int) -> str:

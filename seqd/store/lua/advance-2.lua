@@ -164,6 +164,7 @@ local function pass_step(id, e, it, ekey)
   local fields, due_at = item_writes(it, e['a'], e['sm'])
   rcall('HSET', ekey, unpack(fields))
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
+  if it.outcome ~= 'sent' then set_outcome(ekey, it.step, 'k') end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
       {step = it.step, kind = it.kind, provider_id = it.provider_id or cjson.null, sent_at = it.at,
@@ -218,13 +219,6 @@ end
 -- A step's kind as JSON, for the kinds there are (any other is encoded).
 local KIND_JSON = {sms = '"sms"', email = '"email"'}
 
--- Whether the claim that gave `token` still holds the member in queue `qkey`.
-local function holds(id, token, qkey)
-  local score = rcall('ZSCORE', qkey, id)
-  -- The token is the score as Redis prints it; the numbers decide when the text differs.
-  return score ~= false and (score == token or tonumber(score) == tonumber(token))
-end
-
 -- The hot path: passed step `n` (id `id`) of group `g` whose claim still holds. One write
 -- of each structure and the step's event as the caller built it, batched with the call's
 -- others (`emit_batched`), with no read. `sm` is written on every SMS step (it is there
@@ -252,6 +246,7 @@ local function pass_built(n, id, g, ekey)
     rcall('DEL', ekey)
     return false
   end
+  if not g.sent then set_outcome(ekey, g[G_STEP], 'k') end
   schedule_next(g[G_SEQ], due_at, id, dues[n])
   emit_batched(g.etype, g[G_TENANT], now, ARGV[b + P_EVENT])
   return true
@@ -286,6 +281,7 @@ local function pass_read(id, ekey, it, seq)
     tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''
   end
   rcall('HSET', ekey, unpack(fields))
+  if not sent then set_outcome(ekey, step, 'k') end
   schedule_next(seq, due_at, id)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',

@@ -37,7 +37,7 @@
   "items": [item, ...]} in
   pieces: an array of its head (up to the items' "[") and each item's text, each
   item an array [id, {enrollment fields}, contact values]: the enrollment fields are those
-  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a, md and the
+  the dispatcher reads (store/claims.py `ClaimedEnrollment`: t s c st i n, a, md, o and the
   sender pins (kinds.py `sender_field`) where set; the
   whole hash for a lease run out) with `k` = the member's score as it was left, which
   leasePeeked checks; the contact values an array in the order of its sequence's fields
@@ -84,7 +84,9 @@ end
 -- JSON rather than built by cjson: this is the hot path. (Its sequence, `s`, is the
 -- queue's.)
 -- Then the kinds' sender pins (kinds.py `sender_field`), read by engine/budgets.py.
-local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md', 'sv'}
+-- `o`: what became of earlier steps (step conditions), where any did; `sv`: the version
+-- of its sequence's steps it runs on.
+local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md', 'o', 'sv'}
 local PINS = #READ
 for _, f in ipairs(KIND_SENDER_FIELDS) do READ[#READ + 1] = f end
 
@@ -127,7 +129,8 @@ local function claim_queue(seq, state, qkey, room)
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
         .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '')
-        .. (h[8] and (',"sv":"' .. h[8] .. '"') or '') .. pins .. '},' .. c .. ']'
+        .. (h[8] and (',"o":"' .. h[8] .. '"') or '')
+        .. (h[9] and (',"sv":"' .. h[9] .. '"') or '') .. pins .. '},' .. c .. ']'
     elseif st ~= 'active' then
       rcall('ZREM', qkey, id)
     else

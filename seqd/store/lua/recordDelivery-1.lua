@@ -16,6 +16,8 @@
   ARGV[8] error_code     "" for none
   ARGV[9] event_type     written when the status is recorded; "" for none
   ARGV[10] event_data    JSON object; enrollment, contact, sequence and step are added
+  ARGV[11] outcome       the step's letter in `o` the status writes (step conditions,
+                         seqd/conditions.py OUTCOME_LETTER); "" for none
 
   Returns {recorded (0|1), previous status ("" for none)}
   Errors: NOT_FOUND
@@ -37,6 +39,7 @@ if rank <= old_rank then return {0, previous} end
 local value = rank .. ':' .. status
 if code ~= '' then value = value .. ':' .. code end
 rcall('HSET', ekey, field, value)
+if ARGV[11] ~= '' then set_outcome(ekey, step, ARGV[11]) end
 if etype ~= '' then
   local data = cjson.decode(ARGV[10])
   data['id'] = id

@@ -41,6 +41,12 @@ else
   table.sort(targets)
 end
 
+-- Step conditions read a reply on the last step sent before it (seqd/conditions.py).
+local function mark_reply(id, e)
+  local last = (tonumber(e['i']) or 0) - 1
+  if last >= 0 then set_outcome(k_enrollment(tag, id), last, 'r') end
+end
+
 local out = {}
 for _, id in ipairs(targets) do
   local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
@@ -53,9 +59,11 @@ for _, id in ipairs(targets) do
         is_leased(rcall('ZSCORE', k_queue(tag, e['s']), id))) then
       outcome = 'not_sent'
     elseif seq.extra[1] == 'complete' then
+      mark_reply(id, e)
       finish(id, e, 'completed', '', now)
       outcome = 'completed'
     else
+      mark_reply(id, e)
       finish(id, e, 'paused', 'reply_received', now)
       outcome = 'paused'
     end

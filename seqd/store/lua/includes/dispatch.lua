@@ -4,6 +4,13 @@
 
 -- ZADD the flat (score, member, ...) list `args` to `key`, one command per BULK members
 -- (scripts.py: under Lua's limit on what unpack() spreads at once).
+-- Whether the claim (or peek) that saw `token` still holds the member in queue `qkey`.
+local function holds(id, token, qkey)
+  local score = rcall('ZSCORE', qkey, id)
+  -- The token is the score as Redis prints it; the numbers decide when the text differs.
+  return score ~= false and (score == token or tonumber(score) == tonumber(token))
+end
+
 local function zadd_chunked(key, args)
   for i = 1, #args, 2 * BULK do
     rcall('ZADD', key, unpack(args, i, math.min(i + 2 * BULK - 1, #args)))

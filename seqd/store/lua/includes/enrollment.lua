@@ -100,6 +100,17 @@ local function move_status(id, e, new_status, now)
   end
 end
 
+-- Step conditions (seqd/conditions.py) read what became of earlier steps from `o`: one
+-- letter per step, "-" where nothing was recorded. A reply's mark ("r") stays: a receipt
+-- after it changes nothing a condition reads.
+local function set_outcome(ekey, step, letter)
+  local o = rcall('HGET', ekey, 'o') or ''
+  local at = tonumber(step) + 1
+  if string.sub(o, at, at) == 'r' then return end
+  if #o < at - 1 then o = o .. string.rep('-', at - 1 - #o) end
+  rcall('HSET', ekey, 'o', string.sub(o, 1, at - 1) .. letter .. string.sub(o, at + 1))
+end
+
 -- A claim leases a due member by moving its score to half a ms before the lease ends
 -- (due again at `at`). Due times are whole ms, so the half marks the member as claimed
 -- and not settled yet (when it comes due again, its worker died mid-send), and the score
@@ -141,7 +152,8 @@ end
 
 -- The hash fields an event carries: those the API's enrollment is made of (store/event_types.py
 -- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
-local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr', 'sv'}
+local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr', 'cq',
+  'gl', 'sv'}
 
 local function enrollment_event(etype, id, e, now, extra)
   local fields = {}
