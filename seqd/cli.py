@@ -11,13 +11,13 @@ from typing import Any
 
 import msgspec
 
-from seqd import __version__, collector, export_cli, importer, logs, rediscli
+from seqd import __version__, collector, export_cli, importer, logs, rediscli, supervisor
 from seqd import config as configmod
 from seqd.channels import registry as channel_registry
 from seqd.config import Config, ConfigError
 from seqd.embedded import EmbeddedError
 from seqd.lifecycle import ingest_cli
-from seqd.service import ListenError, open_store, serve
+from seqd.service import ListenError, WorkerSpec, open_store, serve
 from seqd.store.tenants import valid_tenant
 
 
@@ -72,6 +72,12 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _workers(value: str) -> int:
+    if not value.isdigit() or int(value) > 512:
+        raise argparse.ArgumentTypeError("N is a number from 0 to 512")
+    return int(value)
+
+
 def _tenant(value: str) -> str:
     if not valid_tenant(value):
         raise argparse.ArgumentTypeError(
@@ -79,6 +85,16 @@ def _tenant(value: str) -> str:
             "or digit"
         )
     return value
+
+
+def _serve(args: argparse.Namespace, config: Config, path: str | None) -> int:
+    if args.worker_spec is not None:
+        spec = msgspec.json.decode(args.worker_spec, type=WorkerSpec)
+        return _run(serve(supervisor.worker_config(config, spec), config_path=path, worker=spec))
+    size = supervisor.count(config, args.workers)
+    if size == 1:
+        return _run(serve(config, config_path=path))
+    return _run(supervisor.supervise(config, size, config_path=path))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,6 +105,14 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the API and the dispatcher")
     s.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
+    s.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes behind one supervisor (default: http.workers, 0 = one per "
+        "core; 1: a single process, no supervisor)",
+    )
+    s.add_argument(supervisor.SPEC_OPTION, dest="worker_spec", help=argparse.SUPPRESS)
 
     k = sub.add_parser("keys", help="manage API keys")
     k.add_argument("--config", "-c", dest="config_sub", help=argparse.SUPPRESS)
@@ -153,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     collector.tune()
     try:
         if args.command == "serve":
-            return _run(serve(config, config_path=path))
+            return _serve(args, config, path)
         if args.command == "keys":
             return _run(_keys(args, config))
         if args.command == "status":

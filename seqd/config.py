@@ -129,6 +129,10 @@ class HttpConfig(Section, kw_only=True):
     idempotency_ttl_seconds: Positive = 86_400
     # A request still running after this long (its process died) no longer holds its key.
     idempotency_lock_seconds: Positive = 60
+    # Worker processes of `seqd serve`, each running the API and its share of dispatch,
+    # intake and webhooks on the shared listening socket; 0: one per core it may run on;
+    # 1: a single process with no supervisor (`seqd serve --workers N` overrides).
+    workers: Annotated[int, Meta(ge=0, le=512)] = 0
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -343,9 +347,10 @@ class ImapConfig(Section, kw_only=True):
     (seqd/lifecycle/mailbox.py). One connection per mailbox; IDLE where offered."""
 
     host: str
-    # 993 for implicit TLS, 143 without. (STARTTLS: not offered by the IMAP client library.)
+    # 993 for implicit TLS, 143 for STARTTLS or none. With "starttls" a server that does
+    # not offer it is refused, never read in the clear.
     port: Port = 993
-    tls: Literal["implicit", "none"] = "implicit"
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
     username: str
     password: str
     folders: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)] = (
@@ -409,6 +414,14 @@ class LifecycleConfig(Section, kw_only=True):
     keyword_replay_days: Annotated[int, Meta(ge=1, le=3660)] = 400
     # Subjects (regular expressions, case-insensitive, searched) of automatic email replies.
     auto_reply_subjects: list[str] = msgspec.field(default_factory=lambda: list(_AUTO_SUBJECTS))
+    # A sequence's `on_out_of_office = "pause_until_return"`: the pause ends the day after
+    # the return date the auto-reply gives, at most this many days after the reply's Date,
+    # and this many days after it when the reply gives no date.
+    # The email senders' mailboxes (POST /v1/senders with `imap`) are read again this often:
+    # a sender added, changed or deleted starts, restarts or stops its reader.
+    imap_senders_refresh_seconds: PositiveFloat = 10.0
+    max_out_of_office_days: Annotated[int, Meta(ge=1, le=366)] = 30
+    out_of_office_default_days: Annotated[int, Meta(ge=1, le=366)] = 7
 
     def __post_init__(self) -> None:
         for pattern in self.auto_reply_subjects:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import structlog
@@ -99,6 +100,15 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        # With `seqd serve --workers N` each worker answers for itself: the counters above
+        # are the answering process's, named here.
+        self.process = Gauge(
+            "seqd_process",
+            "1, labelled with the pid of the process that answered",
+            ["pid"],
+            registry=r,
+        )
+        self.process.labels(str(os.getpid())).set(1)
         # Read from Redis at scrape time.
         self.store_up = Gauge("seqd_store_up", "1 when Redis answered the last scrape", registry=r)
         self.due_scheduled = Gauge(

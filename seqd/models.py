@@ -344,12 +344,22 @@ class ReenrollAfter(Input, kw_only=True):
 Reenroll = Literal["never", "after_completion"] | ReenrollAfter
 
 
+# What an out-of-office reply does to the enrollment it is about (seqd/lifecycle/absence.py):
+# nothing, a pause, or a pause that ends by itself after the return date the reply gives.
+OnOutOfOffice = Literal["ignore", "pause", "pause_until_return"]
+# Whom a reply stops: the contact's enrollments, or those of every contact of its account
+# (its `account_id` attribute, else its email domain unless a free-mail one: accounts.py).
+OnReplyScope = Literal["contact", "account"]
+
+
 class SequenceCreate(Input, kw_only=True):
     name: Name
     description: LongText = ""
     status: Literal["draft", "active"] = "draft"
     steps: Steps
     on_reply: Literal["pause", "complete"] = "pause"
+    on_reply_scope: OnReplyScope = "contact"
+    on_out_of_office: OnOutOfOffice = "ignore"
     # The send windows its steps wait for (GET /schedules); none: any time.
     schedule_id: Id | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
@@ -367,6 +377,8 @@ class SequencePatch(Input, kw_only=True):
     steps: Steps | UnsetType = UNSET
     status: Literal["draft", "active"] | UnsetType = UNSET
     on_reply: Literal["pause", "complete"] | UnsetType = UNSET
+    on_reply_scope: OnReplyScope | UnsetType = UNSET
+    on_out_of_office: OnOutOfOffice | UnsetType = UNSET
     schedule_id: Id | UnsetType | None = UNSET
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
@@ -399,6 +411,8 @@ class Sequence(Output, kw_only=True):
     status: SequenceStatus
     steps: list[Step]
     on_reply: Literal["pause", "complete"] = "pause"
+    on_reply_scope: OnReplyScope = "contact"
+    on_out_of_office: OnOutOfOffice = "ignore"
     schedule_id: str | None = None
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
@@ -574,6 +588,8 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     paused_reason: str | None = None
     # A `missing_variable` pause: the template variable (or address field) it waits for.
     paused_variable: str | None = None
+    # A pause that ends by itself (out_of_office until the return date): when it resumes.
+    resume_at: Timestamp | None = None
     cancel_reason: str | None = None
     completed_at: Timestamp | None = None
     # "goal" when a contact event met one of the sequence's `exit_on` rules (named by

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TextIO
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -102,7 +103,7 @@ def build_app(config: Config, store: Store) -> web.Application:
     return app
 
 
-def _banner(secret: str, config: Config, out: TextIO) -> None:
+def banner(secret: str, config: Config, out: TextIO) -> None:
     base = f"http://{config.http.host}:{config.http.port}{config.http.base_path}"
     out.write(
         "\nseqd: tenant 'default' has this API key (shown by the first start that completes, "
@@ -121,6 +122,14 @@ def warn_quiet_hours_off(config: Config) -> list[str]:
     for tenant in off:
         log.warning("compliance.sms_quiet_hours_off", tenant=tenant or None)
     return off
+
+
+def warn_config(config: Config) -> None:
+    """The start's warnings about settings that are allowed but likely wrong."""
+    warn_quiet_hours_off(config)
+    warning = config.http.public_url_warning()
+    if warning:
+        log.warning("config.public_url_port", detail=warning)
 
 
 class ListenError(RuntimeError):
@@ -178,11 +187,39 @@ def _listen(family: socket.AddressFamily, address: Any) -> socket.socket:
     return sock
 
 
-async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | None = None) -> int:
+class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a worker is told on its command line: its index, the inherited listening
+    sockets, the read end of its control pipe, and the embedded store's URL (if any)."""
+
+    index: int
+    listen_fds: list[int]
+    control_fd: int
+    store_url: str | None = None
+
+
+def inherited(fds: list[int]) -> list[socket.socket]:
+    """The listening sockets a worker got from its supervisor (service.bind's)."""
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    for sock in sockets:
+        sock.setblocking(False)
+    return sockets
+
+
+async def serve(
+    config: Config,
+    *,
+    out: TextIO = sys.stdout,
+    config_path: str | None = None,
+    worker: WorkerSpec | None = None,
+) -> int:
+    """The daemon in this process: alone, or as one of a supervisor's workers (`worker`:
+    its sockets, store and first key are the supervisor's, and the end of file on its
+    control pipe asks it to drain, as SIGTERM does)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     notifier = systemd.Notifier.from_environ()
     signals = 0
+    control = worker.control_fd if worker is not None else -1
 
     def on_signal() -> None:
         nonlocal signals
@@ -193,25 +230,34 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
         log.info("service.stopping")
         stop.set()
 
-    sockets = bind(config)
+    def on_control() -> None:
+        if not os.read(control, 64):  # the supervisor closed it, or is gone
+            loop.remove_reader(control)
+            if not stop.is_set():
+                log.info("service.stopping", by="supervisor")
+                stop.set()
+
+    if worker is None:
+        sockets = bind(config)
+        warn_config(config)
+    else:
+        sockets = inherited(worker.listen_fds)
+        structlog.contextvars.bind_contextvars(worker=worker.index)
+        loop.add_reader(control, on_control)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, logs.reload, config_path)
-    warn_quiet_hours_off(config)
-    warning = config.http.public_url_warning()
-    if warning:
-        log.warning("config.public_url_port", detail=warning)
     try:
-        async with open_store(config, own=True) as store:
+        async with open_store(config, own=worker is None) as store:
             app = build_app(config, store)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             try:
                 await runner.setup()
                 # Once the port is ours and everything else started: a start that fails
                 # before this makes no key; the key is shown before the API answers.
-                secret = await store.tenants.bootstrap()
+                secret = await store.tenants.bootstrap() if worker is None else None
                 if secret:
-                    _banner(secret, config, out)
+                    banner(secret, config, out)
                     await store.tenants.bootstrap_shown()
                 for sock in sockets:
                     await web.SockSite(runner, sock).start()
@@ -221,8 +267,9 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
                     port=config.http.port,
                     base_path=config.http.base_path,
                 )
-                out.write(f"seqd listening on http://{config.http.host}:{config.http.port}\n")
-                out.flush()
+                if worker is None:
+                    out.write(f"seqd listening on http://{config.http.host}:{config.http.port}\n")
+                    out.flush()
                 # Store answered, scripts loaded, background parts started, port open.
                 collector.freeze()
                 notifier.ready("ready")
@@ -237,6 +284,9 @@ async def serve(config: Config, *, out: TextIO = sys.stdout, config_path: str | 
             sock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if worker is not None:
+            loop.remove_reader(control)
+            os.close(control)
         notifier.close()
     log.info("service.stopped")
     return 0

@@ -20,6 +20,7 @@ from rich.text import Text
 from seqd import ids
 from seqd.store import backlog
 from seqd.store.db import Store
+from seqd.store.mailboxes import MailboxState
 from seqd.store.rates import WEBHOOK_CHANNEL, SendRates, SendWindow
 from seqd.times import now_ms, to_rfc3339
 
@@ -51,6 +52,8 @@ class Status(msgspec.Struct, kw_only=True):
     sequences: list[SequenceRow]
     # Sequences not shown (beyond SHOWN_SEQUENCES, or past SEQUENCES_PER_TENANT).
     more_sequences: int = 0
+    # IMAP mailboxes as their readers last reported them (seqd/lifecycle/mailbox.py).
+    mailboxes: list[MailboxState] = msgspec.field(default_factory=list)
 
 
 async def _sequences(store: Store) -> tuple[list[SequenceRow], int]:
@@ -81,11 +84,19 @@ async def _sequences(store: Store) -> tuple[list[SequenceRow], int]:
 
 async def collect(store: Store, at_ms: int | None = None) -> Status:
     at = now_ms() if at_ms is None else at_ms
-    snap, sends, (rows, more) = await asyncio.gather(
-        backlog.read(store, at), SendRates(store).window(at), _sequences(store)
+    snap, sends, (rows, more), mailboxes = await asyncio.gather(
+        backlog.read(store, at),
+        SendRates(store).window(at),
+        _sequences(store),
+        store.mailboxes.states(),
     )
     return Status(
-        prefix=store.keys.prefix, backlog=snap, sends=sends, sequences=rows, more_sequences=more
+        prefix=store.keys.prefix,
+        backlog=snap,
+        sends=sends,
+        sequences=rows,
+        more_sequences=more,
+        mailboxes=mailboxes,
     )
 
 
@@ -188,6 +199,19 @@ def _sequence_table(status: Status) -> Panel:
     return Panel(table, title="Sequences (most active first)", border_style="cyan")
 
 
+def _mailboxes(status: Status) -> Panel:
+    table = Table(box=None, pad_edge=False, header_style="dim")
+    table.add_column("mailbox", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("since", justify="right", no_wrap=True)
+    table.add_column("last error", overflow="ellipsis")
+    for m in status.mailboxes:
+        since = _age(max(0, status.backlog.at_ms - m.at) / 1000) if m.at else "?"
+        style = "red" if m.state in ("retrying", "connecting") else ""
+        table.add_row(m.label, Text(m.state, style=style), since, m.detail)
+    return Panel(table, title="IMAP mailboxes", border_style="cyan")
+
+
 class Screen:
     """The screen, laid out for the terminal's width: side by side when wide, one panel
     under the other below WIDE_COLUMNS (an 80-column terminal reads it unwrapped)."""
@@ -211,6 +235,8 @@ class Screen:
         else:
             yield from (_due(status), _sends(status), _queues(status))
         yield _sequence_table(status)
+        if status.mailboxes:
+            yield _mailboxes(status)
 
 
 def render(status: Status) -> RenderableType:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Callable, MutableMapping
 
@@ -129,3 +130,12 @@ class SendRate:
         self._last = (now, sent)
         rate = (sent - before) / (now - then) if now > then else 0.0
         return f"ready; sending {rate:.1f} steps/s"
+
+
+_RATE = re.compile(r"sending ([0-9.]+) steps/s")
+
+
+def sending_rate(status: str) -> float | None:
+    """The rate in a STATUS= text written by `SendRate` (a supervisor sums its workers')."""
+    found = _RATE.search(status)
+    return float(found.group(1)) if found else None

@@ -39,7 +39,10 @@ needs_dovecot = pytest.mark.skipif(
 
 
 class Dovecot:
-    def __init__(self, directory: Path) -> None:
+    """`tls`: (certificate, key) PEM files: STARTTLS offered on the port (plain login
+    still allowed, as the other tests log in without it)."""
+
+    def __init__(self, directory: Path, tls: tuple[Path, Path] | None = None) -> None:
         if BINARY is None:
             raise RuntimeError("dovecot is not installed (apt-get install dovecot-imapd)")
         self.directory = directory
@@ -65,6 +68,9 @@ class Dovecot:
             internal = f"default_internal_user = {name}\ndefault_login_user = {name}\n"
         users = self.shared / "users"
         users.write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n{OTHER}:{{PLAIN}}{PASSWORD}\n")
+        ssl = "ssl = no"
+        if tls is not None:
+            ssl = f"ssl = yes\nssl_cert = <{tls[0]}\nssl_key = <{tls[1]}"
         self.conf.write_text(
             f"""
 base_dir = {directory}/run
@@ -73,7 +79,7 @@ log_path = {directory}/dovecot.log
 {internal}
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = {owner.pw_uid}

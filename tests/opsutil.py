@@ -36,6 +36,9 @@ class Daemon:
             "SEQD_LOG_FORMAT": "json",
             # What these tests assert must not depend on the time of day they run at.
             "SEQD_COMPLIANCE_SMS_QUIET_HOURS_ENABLED": "false",
+            # One process, as these tests were written for; tests/test_ops_workers.py runs
+            # the supervisor and its workers (SEQD_HTTP_WORKERS given in `env`).
+            "SEQD_HTTP_WORKERS": "1",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -52,8 +52,12 @@ BEYOND_SCHEMA = frozenset(
         "default_timezone",
         "holidays",
         "windows",
-        # GET /enrollments: a paused reason goes with no status or `paused` only.
+        # Names paused enrollments only: with another status it is a 422.
         "paused_reason",
+        # A sender's mailbox: email senders only, a password on create, TLS off the loopback.
+        "imap",
+        "password",
+        "tls",
         # Step conditions: an earlier step, nesting depth and size (seqd/conditions.py).
         *("step", "only_if", "skip_if", "all", "any", "not"),
         # Contact events: an RFC 3339 time, properties' size as JSON.

@@ -148,3 +148,24 @@ async def test_no_header_when_unset(receiver: Receiver) -> None:
     ((headers, document),) = receiver.seen
     assert "X-Api-Key" not in headers
     assert json.loads(json.dumps(document))["from"] is None
+
+
+async def test_connection_dropped_after_the_request_is_unknown() -> None:
+    """The receiver read the whole request, then closed without answering: it may have
+    the message, so the step is not simply retried."""
+    got = asyncio.Event()
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        got.set()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await send(f"http://127.0.0.1:{port}/sms", outbound())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got.is_set()
+    assert result.outcome == "unknown", result

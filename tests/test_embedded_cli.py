@@ -55,7 +55,8 @@ class Serve:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/openapi.json", timeout=1)
                 return
-            except (urllib.error.URLError, ConnectionError):
+            # TimeoutError: the port is bound (and queues connections) before it is served.
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
                 assert self.proc.poll() is None, log.read_text()
                 time.sleep(0.05)
         raise AssertionError("seqd serve did not start: " + log.read_text())

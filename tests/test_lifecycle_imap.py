@@ -4,6 +4,7 @@ answer is delivered into the mailbox by APPEND, and the reader must act on it on
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -86,7 +87,7 @@ def imap_config(inbox: Inbox, **kw: Any) -> Config:
     imap = ImapConfig(
         host="127.0.0.1",
         port=inbox.server.port,
-        tls="none",
+        tls=kw.pop("tls", "none"),
         username=kw.pop("username", USER),
         password=kw.pop("password", PASSWORD),
         folders=[inbox.folder],
@@ -293,3 +294,90 @@ async def test_the_part_reports_each_mailbox_on_readyz_details_and_a_metric(
             lambda: observer.registry.get_sample_value("seqd_imap_messages_total", sample) == 1
         )
     assert liveness.notes() == {}
+
+
+@pytest.mark.slow
+async def test_a_reply_with_a_stripped_thread_is_matched_by_its_sender(
+    store: Store, inbox: Inbox, reading: Any
+) -> None:
+    eid = await mailed_enrollment(store)
+    await reading(imap_config(inbox))
+    # No In-Reply-To, no References (a client that starts a new thread): the From names
+    # the contact.
+    await inbox.deliver(reply(sender="Ada Lovelace <ada@Example.COM>", subject="Question"))
+    await until_state(store, eid, ("paused", "reply_received"))
+
+
+@pytest.mark.slow
+async def test_the_same_message_seen_again_after_a_restart_is_applied_once(
+    store: Store, inbox: Inbox, reading: Any
+) -> None:
+    await contact(store)
+    auto = reply(subject="Out of office", Auto_Submitted="auto-replied")
+    first = await reading(imap_config(inbox))
+    await inbox.deliver(auto)
+    await until_cursor(store, first, inbox.folder, 1)
+    assert [r.kind for r in first.applied] == ["auto_reply"]
+    await first.reader.stop()
+    # After the restart the same message is in the folder twice: the old UID and a copy
+    # delivered again (same Message-ID, new UID); a stranger's reply marks the end.
+    second = await reading(imap_config(inbox))
+    await inbox.deliver(auto)
+    await inbox.deliver(reply(sender="stranger@example.org"))
+    await until_cursor(store, second, inbox.folder, 3)
+    assert [r.kind for r in second.applied] == ["reply"]
+    replied = [e for e in await events(store) if e["type"] == "contact.auto_replied"]
+    assert len(replied) == 1
+
+
+@pytest.mark.slow
+async def test_an_out_of_office_reply_pauses_until_the_return(
+    store: Store, inbox: Inbox, reading: Any
+) -> None:
+    from tests.test_lifecycle_absence import auto_reply, ooo_sequence
+
+    cid = await contact(store, timezone="UTC")
+    (e,) = await enroll(store, await ooo_sequence(store, "pause_until_return"), [cid])
+    await send_due(store, Clock())
+    await reading(imap_config(inbox))
+    back = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=3)
+    await inbox.deliver(auto_reply(f"Je suis absente, de retour le {back.day} {MOIS[back.month]}."))
+    await until_state(store, e.id, ("paused", "out_of_office"))
+    resume = datetime.datetime.combine(
+        back + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+    )
+    assert int((await raw(store, e.id))["ra"]) == int(resume.timestamp() * 1000)
+
+
+MOIS = ["", "janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août",
+        "septembre", "octobre", "novembre", "décembre"]  # fmt: skip
+
+
+@pytest.mark.slow
+async def test_a_reply_in_the_mailbox_stops_the_whole_account(
+    store: Store, inbox: Inbox, reading: Any
+) -> None:
+    from tests.test_lifecycle_accounts import account_sequence
+
+    people = [
+        (await store.contacts.create("acme", {"email": f"p{i}@bigco.example"})).id for i in range(3)
+    ]
+    other = (await store.contacts.create("acme", {"email": "x@other.example"})).id
+    seq = await account_sequence(store, on_reply_scope="account")
+    enrolled = {e.contact_id: e.id for e in await enroll(store, seq, [*people, other])}
+    await send_due(store, Clock())
+    await reading(imap_config(inbox))
+    await inbox.deliver(reply(sender="P2 <p2@bigco.example>", subject="Not now"))
+    for cid in people[:2]:
+        await until_state(store, enrolled[cid], ("paused", "account_replied"))
+    await until_state(store, enrolled[people[2]], ("paused", "reply_received"))
+    assert await state(store, enrolled[other]) == ("active", None)
+
+
+@pytest.mark.slow
+async def test_starttls_where_the_server_offers_none_is_refused_not_read_in_the_clear(
+    store: Store, inbox: Inbox, reading: Any
+) -> None:
+    running = await reading(imap_config(inbox, tls="starttls"), wait=False)
+    await running.until_state(mailbox.State.RETRYING)
+    assert any("does not offer STARTTLS" in detail for _, detail in running.states)

@@ -124,3 +124,39 @@ async def test_suppress_and_emit(any_store: Store) -> None:
     )
     (event,) = await events(s)
     assert event == {"type": "contact.opted_in", "value": PHONE}
+
+
+async def test_absent_contact_pauses_until_resume_at_and_the_claim_resumes_it(
+    any_store: Store,
+) -> None:
+    s = any_store
+    seq = await sequence(s, email(), email(wait=10))
+    cid = await contact(s)
+    (e,) = await enroll(s, seq, [cid])
+    clock = Clock()
+    await send_due(s, clock)
+    shard = ids.shard_of(cid, s.shards)
+    resume_at = clock.at + 3_600_000
+
+    def absent(version: int, action: str) -> calls.Call:
+        at = [seq.id, version, letters([step.kind for step in seq.steps]), action, resume_at]
+        return calls.absent_contact(s.keys, shard, clock.at, "acme", cid, "", "email", at)
+
+    with pytest.raises(ScriptError) as info:
+        await s.runner.run(absent(99, "pause_until_return"))
+    assert (info.value.code, info.value.detail) == ("STALE", seq.id)
+    assert await s.runner.run(absent(1, "ignore")) == [e.id, "ignored"]
+    assert await s.runner.run(absent(1, "pause_until_return")) == [e.id, "paused"]
+    h = await raw(s, e.id)
+    assert (h["st"], h["pr"], h["ra"]) == ("paused", "out_of_office", str(resume_at))
+    assert await s.runner.run(absent(1, "pause_until_return")) == [e.id, "not_active"]
+    # Due at resume_at in its queue: a claim before leaves it, one from then resumes it.
+    clock.at = resume_at - 1
+    await send_due(s, clock)
+    assert (await raw(s, e.id))["st"] == "paused"
+    clock.at = resume_at
+    await send_due(s, clock)
+    h = await raw(s, e.id)
+    assert (h["st"], h.get("pr"), h.get("ra")) == ("active", None, None)
+    (resumed,) = [x for x in await events(s) if x["type"] == "sequence.enrollment.resumed"]
+    assert resumed["reason"] == "out_of_office_ended"

@@ -180,6 +180,8 @@ def test_unit_file_has_notify_watchdog_and_hardening() -> None:
         "SystemCallFilter": "@system-service",
         "CapabilityBoundingSet": "",
         "KillSignal": "SIGTERM",
+        # The supervisor alone gets SIGTERM, and drains its workers (supervisor.py).
+        "KillMode": "mixed",
     }.items():
         assert service[key] == value, key
     assert unit["Service"]["LoadCredential"]

@@ -36,6 +36,17 @@ class EnrollmentListQuery(ListQuery, kw_only=True):
         ]
         | None
     ) = None
+    paused_reason: (
+        Annotated[
+            str,
+            Meta(
+                pattern=r"^[a-z_]{1,64}$",
+                description="only the paused enrollments paused for this reason "
+                "(out_of_office: with resume_at, when each resumes by itself), in id order",
+            ),
+        ]
+        | None
+    ) = None
 
 
 async def enroll_one(
@@ -101,9 +112,19 @@ async def list_enrollments(request: web.Request) -> web.Response:
     store = request.app[STORE]
     tenant, sid = tenant_of(request), request.match_info["id"]
     await store.sequences.get(tenant, sid, with_stats=False)
+    after = decode_token(query.page_token)
+    if query.paused_reason is not None:
+        if query.status not in (None, "paused"):
+            raise Invalid.field("query.paused_reason", "lists paused enrollments only")
+        data, after, total = await store.enrollments.paused_for(
+            tenant, sid, query.paused_reason, limit=query.limit, after=after
+        )
+        return respond(
+            models.EnrollmentList(data=data, next_page_token=encode_token(after), total=total)
+        )
     statuses: list[str] = [query.status] if query.status else [s.value for s in EnrollmentStatus]
     data, after, total = await store.enrollments.list(
-        tenant, sid, limit=query.limit, after=decode_token(query.page_token), statuses=statuses
+        tenant, sid, limit=query.limit, after=after, statuses=statuses
     )
     return respond(
         models.EnrollmentList(data=data, next_page_token=encode_token(after), total=total)

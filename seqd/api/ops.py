@@ -132,7 +132,9 @@ async def metrics_listener(app: web.Application) -> AsyncIterator[None]:
     runner = web.AppRunner(side, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        # SO_REUSEPORT: the workers of `seqd serve --workers N` each listen on it (the
+        # kernel only lets processes of the same user share a port this way).
+        await web.TCPSite(runner, host, port, reuse_port=True).start()
         log.info("metrics.listening", host=host, port=port)
         yield
     finally:

@@ -1,5 +1,5 @@
 """POST /sequences/{id}/preview: when each step would go for one contact and from which
-sender, computed by the code the enroll path and the dispatcher use (engine/forecast.py)."""
+sender, computed by the code the enroll path and the dispatcher use (engine/timeline.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from seqd.api.routing import route
 from seqd.api.wire import read_body, respond
 from seqd.appkeys import CONFIG, POLICY, STORE
 from seqd.engine.budgets import Budgets
-from seqd.engine.forecast import forecast
+from seqd.engine.timeline import timeline
 from seqd.errors import FieldError, Invalid
 from seqd.times import from_rfc3339, now_ms, to_rfc3339
 from seqd.timing.local import zone
@@ -60,7 +60,7 @@ async def preview_sequence(request: web.Request) -> web.Response:
     schedule = await bulk.schedule_of(store, tenant, seq)
     config = request.app[CONFIG]
     budgets = Budgets(store, config.senders, config.frequency_caps_for)
-    decided = await forecast(
+    decided = await timeline(
         store, request.app[POLICY], budgets, tenant, seq, schedule, cid, tz, phone, start
     )
     steps = [

@@ -22,6 +22,7 @@ from seqd.senders.models import (
     SenderRecord,
     SenderView,
     check_record,
+    imap_view,
     normalize_address,
 )
 from seqd.times import now_ms, to_rfc3339
@@ -50,6 +51,7 @@ def _view(record: SenderRecord, answer: budget.Answer, now: int) -> SenderView:
         paused=record.paused,
         smtp_profile=record.smtp_profile,
         messaging_service_sid=record.messaging_service_sid,
+        imap=imap_view(record.imap),
         created_at=to_rfc3339(record.created_at),
         updated_at=to_rfc3339(record.updated_at),
         daily_cap=cap,
@@ -89,6 +91,7 @@ async def create_sender(request: web.Request) -> web.Response:
         paused=body.paused,
         smtp_profile=body.smtp_profile,
         messaging_service_sid=body.messaging_service_sid,
+        imap=body.imap,
         created_at=now,
         updated_at=now,
     )
@@ -156,7 +159,12 @@ async def patch_sender(request: web.Request) -> web.Response:
     now = now_ms()
 
     def apply(record: SenderRecord) -> SenderRecord:
-        changed = msgspec.structs.replace(record, **changes, updated_at=now)
+        new = dict(changes)
+        imap = new.get("imap")
+        if imap is not None and imap.password is None and record.imap is not None:
+            # A mailbox's settings changed without the (write-only) password: it stays.
+            new["imap"] = msgspec.structs.replace(imap, password=record.imap.password)
+        changed = msgspec.structs.replace(record, **new, updated_at=now)
         check_record(changed, profiles)
         return changed
 

@@ -5,7 +5,9 @@ message when the connection was never made (refused, DNS, connect timeout) → `
 it may have it when the request went out and the answer did not come back (read timeout,
 reset, disconnect) → `unknown`; 429 and 5xx → `retry`; other 4xx → `failed`. aiohttp
 never re-sends a POST on its own (it retries only idempotent methods on a stale
-keep-alive connection), so an error after the write really is ambiguous.
+keep-alive connection), so an error after the write really is ambiguous; neither does
+pyreqwest (the `http` channel's client), whose pool retries only a request its connection
+closed before a byte of it was written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+from pyreqwest import exceptions as reqwest
 
 from seqd.channels.base import SendResult
 
@@ -23,12 +26,31 @@ from seqd.channels.base import SendResult
 # trouble. 408 is the server giving up on reading our request, so it was not processed.
 _RETRY_STATUSES = frozenset({408, 425, 429})
 
-# What an aiohttp request raises for a network problem (never CancelledError).
+# What an aiohttp or pyreqwest request raises for a network problem (never CancelledError).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     asyncio.TimeoutError,
     OSError,
+    reqwest.RequestError,
+    reqwest.BuilderError,
 )
+# Raised before a byte of the request was written: no connection could be made (refused,
+# DNS, TLS, connect timeout), or none was free in time.
+_UNSENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, reqwest.PoolTimeoutError)
+# hyper's cause of an error in the connect phase (pyreqwest's `details`).
+_REQWEST_CONNECT_CAUSE = "client error (Connect)"
+
+
+def _unsent(exc: BaseException) -> bool:
+    if isinstance(exc, _UNSENT):
+        return True
+    # pyreqwest's class names the phase loosely: a total timeout while the answer is
+    # awaited is a ConnectTimeoutError, a connection closed after the request went out a
+    # ConnectError. Only hyper's connect-phase cause says nothing was written.
+    if isinstance(exc, reqwest.RequestError):
+        causes = (exc.details or {}).get("causes") or []
+        return any(cause.get("message") == _REQWEST_CONNECT_CAUSE for cause in causes)
+    return False
 
 
 def is_retryable_status(status: int) -> bool:
@@ -56,11 +78,11 @@ def from_exception(provider: str, exc: BaseException) -> SendResult:
     """The outcome of a request that raised instead of answering."""
     # Order matters: ClientConnectorError is a ClientOSError, ConnectionTimeoutError a
     # TimeoutError; both happen before a byte of the request was written.
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+    if _unsent(exc):
         return SendResult(outcome="retry", error=f"{provider}: cannot connect: {exc}")
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, aiohttp.InvalidURL | reqwest.BuilderError):
         return SendResult(outcome="failed", error=f"{provider}: invalid URL: {exc}")
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, asyncio.TimeoutError | reqwest.RequestTimeoutError):
         return SendResult(outcome="unknown", error=f"{provider}: no answer in time")
     return SendResult(
         outcome="unknown", error=f"{provider}: connection lost: {type(exc).__name__}: {exc}"

@@ -8,7 +8,8 @@
 - the `mailto:` of List-Unsubscribe (subject "unsubscribe <token>"): an unsubscribe;
 - an automatic reply (RFC 3834 `Auto-Submitted` other than `no`, `X-Autoreply`,
   `Precedence: auto_reply|bulk|junk`, a null `Return-Path`, mailer-daemon senders,
-  out-of-office subjects): a `contact.auto_replied` event, nothing paused;
+  out-of-office subjects): a `contact.auto_replied` event, then what the sequence's
+  `on_out_of_office` asks (nothing, a pause, a pause until the return date: absence.py);
 - otherwise a reply: matched to the enrollment named by a seqd Message-ID in
   `In-Reply-To`/`References` (`<enr_….<step>@domain>`), else to the sender's contact,
   and paused with `reply_received` (or completed, per the sequence's `on_reply`).
@@ -20,7 +21,7 @@ import email
 import email.policy
 import email.utils
 import re
-from email.message import Message
+from email.message import EmailMessage, Message
 from email.parser import HeaderParser
 from enum import StrEnum
 from functools import cache
@@ -31,9 +32,10 @@ import structlog
 
 from seqd import ids, models
 from seqd.config import Config
-from seqd.lifecycle import optout, unsubscribe
+from seqd.lifecycle import absence, optout, unsubscribe
 from seqd.store.db import Store
 from seqd.store.tenants import DEFAULT_TENANT
+from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +82,10 @@ class ParsedEmail(msgspec.Struct, frozen=True):
     why: str = ""
     # The addresses it was delivered to (Delivered-To, X-Original-To, To, Cc), normalised.
     to: list[str] = msgspec.field(default_factory=list)
+    # An automatic reply's own text and Date (ms; None without a readable one): an
+    # out-of-office reply's return date is read from them (absence.py).
+    text: str = ""
+    sent_ms: int | None = None
 
 
 class EnrollmentChange(msgspec.Struct, frozen=True):
@@ -210,7 +216,22 @@ def _automatic(msg: Message, sender: str | None, subjects: tuple[str, ...]) -> s
 
 def parse(raw: bytes, auto_reply_subjects: list[str]) -> ParsedEmail:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
-    return msgspec.structs.replace(_parse(msg, auto_reply_subjects), to=_delivered_to(msg))
+    parsed = msgspec.structs.replace(_parse(msg, auto_reply_subjects), to=_delivered_to(msg))
+    if parsed.kind == MessageKind.AUTO_REPLY and isinstance(msg, EmailMessage):
+        parsed = msgspec.structs.replace(
+            parsed, text=absence.announcement(msg), sent_ms=_date_ms(msg)
+        )
+    return parsed
+
+
+def _date_ms(msg: Message) -> int | None:
+    try:
+        when = email.utils.parsedate_to_datetime(str(msg.get("Date", "")))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return int(when.timestamp() * 1000)
 
 
 def _delivered_to(msg: Message) -> list[str]:
@@ -272,7 +293,7 @@ async def ingest(config: Config, store: Store, raw: bytes, tenant: str | None) -
     if parsed.kind in (MessageKind.BOUNCE, MessageKind.SOFT_BOUNCE):
         return await _bounce(store, tenant, parsed)
     if parsed.kind == MessageKind.AUTO_REPLY:
-        return await _auto_reply(store, tenant, parsed)
+        return await _auto_reply(config, store, tenant, parsed)
     return await _reply(store, tenant, parsed)
 
 
@@ -335,7 +356,11 @@ async def _bounce(store: Store, tenant: str, parsed: ParsedEmail) -> IngestResul
     )
 
 
-async def _auto_reply(store: Store, tenant: str, parsed: ParsedEmail) -> IngestResult:
+async def _auto_reply(
+    config: Config, store: Store, tenant: str, parsed: ParsedEmail
+) -> IngestResult:
+    """A `contact.auto_replied` event, then the out-of-office pause each sequence asks for
+    (`on_out_of_office`) of the enrollments the reply is about (as for a reply)."""
     cid = await store.contacts.find(tenant, "email", parsed.sender) if parsed.sender else None
     data = {
         "id": cid,
@@ -348,13 +373,29 @@ async def _auto_reply(store: Store, tenant: str, parsed: ParsedEmail) -> IngestR
     await store.lifecycle.emit(
         tenant, "contact.auto_replied", data, contact_id=cid, value=parsed.sender or ""
     )
-    log.info("email.auto_reply", tenant=tenant, contact_id=cid, why=parsed.why)
+    owner, reactions = await absence.pause(
+        config,
+        store,
+        tenant,
+        text=parsed.text,
+        sent_ms=parsed.sent_ms or now_ms(),
+        enrollments=parsed.enrollments,
+        contact_id=cid,
+    )
+    log.info(
+        "email.auto_reply",
+        tenant=tenant,
+        contact_id=owner or cid,
+        why=parsed.why,
+        paused=[r.enrollment_id for r in reactions if r.outcome == "paused"],
+    )
     return IngestResult(
         kind=MessageKind.AUTO_REPLY,
         tenant=tenant,
         address=parsed.sender,
-        contact_id=cid,
+        contact_id=owner or cid,
         detail=parsed.why,
+        enrollments=[EnrollmentChange(r.enrollment_id, r.outcome) for r in reactions],
     )
 
 
@@ -371,6 +412,9 @@ async def _reply(store: Store, tenant: str, parsed: ParsedEmail) -> IngestResult
         cid = await store.contacts.find(tenant, "email", parsed.sender)
         if cid is not None:
             reactions = await store.lifecycle.reply(tenant, "email", contact_id=cid)
+    if cid is not None:
+        # A sequence with on_reply_scope "account": the rest of the account stops too.
+        reactions += await store.lifecycle.reply_account(tenant, cid)
     log.info(
         "email.reply",
         tenant=tenant,

@@ -40,6 +40,7 @@ from seqd.lifecycle import email_inbound
 from seqd.loop import Heart
 from seqd.metrics import Metrics
 from seqd.store.db import Store
+from seqd.times import now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,12 @@ class Mailbox(msgspec.Struct, frozen=True):
     imap: ImapConfig
 
 
+def _mailbox(tenant: str | None, imap: ImapConfig) -> Mailbox:
+    label = f"{imap.username}@{imap.host}:{imap.port}"
+    digest = hashlib.sha256(label.encode()).hexdigest()[:16]
+    return Mailbox(id=digest, label=label, tenant=tenant, imap=imap)
+
+
 def mailboxes(config: Config) -> list[Mailbox]:
     """Each distinct mailbox of [channels.imap] and [tenants.<name>.channels.imap]; a
     tenant inherits the top-level one, which stays a shared mailbox read once."""
@@ -77,13 +84,35 @@ def mailboxes(config: Config) -> list[Mailbox]:
     entries: list[tuple[str | None, ImapConfig | None]] = [(None, config.channels.imap)]
     entries += [(name, t.channels.imap) for name, t in config.tenants.items()]
     for tenant, imap in entries:
-        if imap is None:
-            continue
-        label = f"{imap.username}@{imap.host}:{imap.port}"
-        digest = hashlib.sha256(label.encode()).hexdigest()[:16]
-        if digest not in found:
-            found[digest] = Mailbox(id=digest, label=label, tenant=tenant, imap=imap)
+        if imap is not None:
+            found.setdefault(_mailbox(tenant, imap).id, _mailbox(tenant, imap))
     return list(found.values())
+
+
+async def sender_mailboxes(store: Store) -> list[Mailbox]:
+    """The mailboxes of the email senders added through POST /v1/senders with `imap`
+    settings, each read for its sender's tenant."""
+    owners = await store.client.hgetall(store.keys.sender_addresses())
+    tenants = {str(v).split(" ", 1)[0] for f, v in owners.items() if str(f).startswith("email:")}
+    found = []
+    for tenant in sorted(tenants):
+        for record in await store.senders.all(tenant):
+            imap = record.imap
+            if record.channel != "email" or imap is None or imap.password is None:
+                continue
+            settings = ImapConfig(
+                host=imap.host,
+                port=imap.port,
+                tls=imap.tls,
+                username=imap.username,
+                password=imap.password,
+                folders=imap.folders,
+                poll_seconds=imap.poll_seconds,
+                idle=imap.idle,
+                validate_certs=imap.validate_certs,
+            )
+            found.append(_mailbox(tenant, settings))
+    return found
 
 
 class LeaseLost(Exception):
@@ -116,6 +145,7 @@ class MailboxReader:
         self.state = State.CONNECTING
         self.backoff = Backoff(FIRST_RETRY_SECONDS, self.imap.retry_max_seconds)
         self.task: asyncio.Task[None] | None = None
+        self.reports: set[asyncio.Task[None]] = set()
         self.stopping = False
         # The lease outlives a few missed renewals (one per wait) and a slow message.
         self.lease_ms = int((3 * self.imap.poll_seconds + 2 * self.imap.timeout_seconds) * 1000)
@@ -135,13 +165,26 @@ class MailboxReader:
         self.task = None
         with contextlib.suppress(RedisError, OSError):
             await self.store.mailboxes.release(self.mailbox.id, self.owner)
+            await asyncio.gather(*self.reports)
+            if self.state != State.STANDBY:  # (a standby's stop leaves the reader's state)
+                await self.store.mailboxes.forget(self.mailbox.label)
 
     def _set(self, state: State, detail: str = "") -> None:
         if state != self.state or detail:
             log.info("imap.state", mailbox=self.mailbox.label, state=str(state), detail=detail)
+            if state != State.STANDBY:  # (the process reading it reports it)
+                task = asyncio.create_task(self._report(state, detail))
+                self.reports.add(task)
+                task.add_done_callback(self.reports.discard)
         self.state = state
         if self.on_state is not None:
             self.on_state(self.mailbox.label, state, detail)
+
+    async def _report(self, state: State, detail: str) -> None:
+        """The state in Redis for `seqd status` (best effort: a store down is retried by
+        the next change)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.store.mailboxes.report(self.mailbox.label, str(state), detail, now_ms())
 
     async def run(self) -> None:
         while not self.stopping:
@@ -164,21 +207,26 @@ class MailboxReader:
                 self._set(State.RETRYING, f"store: {type(exc).__name__}")
                 await asyncio.sleep(pause)
 
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if not self.imap.validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
     async def _connect(self) -> aioimaplib.IMAP4:
         timeout = self.imap.timeout_seconds
         client: aioimaplib.IMAP4
         if self.imap.tls == "implicit":
-            context = ssl.create_default_context()
-            if not self.imap.validate_certs:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
             client = aioimaplib.IMAP4_SSL(
-                self.imap.host, self.imap.port, timeout=timeout, ssl_context=context
+                self.imap.host, self.imap.port, timeout=timeout, ssl_context=self._tls()
             )
         else:
             client = aioimaplib.IMAP4(self.imap.host, self.imap.port, timeout=timeout)
         try:
             await client.wait_hello_from_server()
+            if self.imap.tls == "starttls":
+                await asyncio.wait_for(self._starttls(client), timeout)
             response = await client.login(self.imap.username, self.imap.password)
         except BaseException:
             _close(client)
@@ -188,6 +236,32 @@ class MailboxReader:
             # The server's words only: never the password.
             raise ImapRefused(f"login refused: {_text(response.lines)}")
         return client
+
+    async def _starttls(self, client: aioimaplib.IMAP4) -> None:
+        """Upgrade the connection before the login (RFC 3501 6.2.1). aioimaplib knows the
+        command but has no method for it: it is sent through the client's protocol, and
+        asyncio's `loop.start_tls` wraps the same transport and protocol, which go on
+        reading the server's lines, now decrypted. The capabilities are read again, as
+        the RFC asks (a server may announce others, LOGINDISABLED gone, after TLS)."""
+        protocol = client.protocol
+        await protocol.wait("NONAUTH")
+        if "STARTTLS" not in protocol.capabilities:
+            await protocol.capability()  # (the greeting's may still be on its way)
+        if "STARTTLS" not in protocol.capabilities:
+            raise ImapRefused("the server does not offer STARTTLS")
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        response = await protocol.execute(command)
+        if response.result != "OK":
+            raise ImapRefused(f"STARTTLS refused: {_text(response.lines)}")
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            protocol.transport, protocol, self._tls(), server_hostname=self.imap.host
+        )
+        if transport is None:
+            raise ImapRefused("STARTTLS: no TLS transport")
+        protocol.transport = transport
+        protocol.capabilities = set()
+        await protocol.capability()
 
     async def _session(self) -> None:
         client = await self._connect()
@@ -340,10 +414,12 @@ def _seen_key(mailbox: str, raw: bytes, folder: str, validity: int, uid: int) ->
 async def part(
     config: Config, store: Store, *, liveness: Heart, observer: Metrics | None = None
 ) -> AsyncIterator[None]:
-    """A reader per configured mailbox as a background part of `seqd serve`
-    (service.BACKGROUND); each mailbox's state on /readyz details, not gating readiness."""
-    found = mailboxes(config)
+    """A reader per mailbox as a background part of `seqd serve` (service.BACKGROUND): the
+    config's, and the API senders' (read again every `imap_senders_refresh_seconds`: a
+    sender added, changed or deleted starts, restarts or stops its reader); each mailbox's
+    state on /readyz details, not gating readiness, and in the metrics."""
     notes = liveness if isinstance(liveness, Liveness) else None
+    readers: dict[str, MailboxReader] = {}
 
     def report(label: str, state: State, detail: str) -> None:
         if notes is not None:
@@ -356,15 +432,43 @@ async def part(
         if observer is not None:
             observer.imap_messages.labels(str(result.kind)).inc()
 
-    readers = [
-        MailboxReader(config, store, one, on_state=report, on_message=count) for one in found
-    ]
+    async def stop(reader: MailboxReader) -> None:
+        await reader.stop()
+        if notes is not None:
+            notes.note(f"imap {reader.mailbox.label}", None)
+
+    async def sync() -> None:
+        wanted = {m.id: m for m in mailboxes(config)}
+        for found in await sender_mailboxes(store):
+            wanted.setdefault(found.id, found)
+        for key, reader in list(readers.items()):
+            if wanted.get(key) != reader.mailbox:
+                del readers[key]
+                await stop(reader)
+        for key, one in wanted.items():
+            if key not in readers:
+                readers[key] = MailboxReader(config, store, one, on_state=report, on_message=count)
+                await readers[key].start()
+
+    async def keep_in_sync() -> None:
+        every = config.lifecycle.imap_senders_refresh_seconds
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await sync()
+            except (RedisError, OSError) as exc:
+                log.warning("imap.senders_unread", error=f"{type(exc).__name__}: {exc}")
+
+    for one in mailboxes(config):
+        readers[one.id] = MailboxReader(config, store, one, on_state=report, on_message=count)
+        await readers[one.id].start()
+    syncing = asyncio.create_task(keep_in_sync(), name="imap senders")
     try:
-        for reader in readers:
-            await reader.start()
+        with contextlib.suppress(RedisError, OSError):
+            await sync()
         yield
     finally:
-        await asyncio.gather(*(reader.stop() for reader in readers))
-        if notes is not None:
-            for one in found:
-                notes.note(f"imap {one.label}", None)
+        syncing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await syncing
+        await asyncio.gather(*(stop(reader) for reader in readers.values()))

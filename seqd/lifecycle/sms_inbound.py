@@ -137,6 +137,7 @@ async def handle_sms(
         log.info("sms.reply.unknown_contact", tenant=tenant)
         return SmsOutcome(tenant, "reply")
     reactions = await store.lifecycle.reply(tenant, "sms", contact_id=cid)
+    reactions += await store.lifecycle.reply_account(tenant, cid)
     changed = [r.enrollment_id for r in reactions if r.outcome in ("paused", "completed")]
     log.info("sms.reply", tenant=tenant, contact_id=cid, changed=changed)
     return SmsOutcome(tenant, "reply", cid, changed)

@@ -67,6 +67,52 @@ class Ramp(Input, kw_only=True):
     increase_per_day: Annotated[int, Meta(ge=0, le=86_400_000)] = 0
 
 
+ImapHost = Annotated[str, Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._:\[\]-]+$")]
+ImapText = Annotated[str, Meta(min_length=1, max_length=320, pattern=r"^[^\r\n]*$")]
+ImapFolder = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\r\n]*$")]
+# Servers a password may be sent to without TLS: this machine only.
+LOOPBACK = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
+
+
+class SenderImap(Input, kw_only=True):
+    """The mailbox an email sender's replies come back to, read over IMAP
+    (seqd/lifecycle/mailbox.py). `password` is write-only: never returned; a PATCH that
+    leaves it out keeps the stored one."""
+
+    host: ImapHost
+    port: Annotated[int, Meta(ge=1, le=65535)] = 993
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    username: ImapText
+    password: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    folders: Annotated[list[ImapFolder], Meta(min_length=1, max_length=20)] = msgspec.field(
+        default_factory=lambda: ["INBOX"]
+    )
+    poll_seconds: Annotated[float, Meta(ge=1, le=3600)] = 60.0
+    idle: bool = True
+    validate_certs: bool = True
+
+
+class SenderImapView(Output, kw_only=True):
+    host: str
+    port: int
+    tls: str
+    username: str
+    folders: list[str]
+    poll_seconds: float
+    idle: bool
+    validate_certs: bool
+    # Whether a password is stored (it is never returned).
+    password_set: bool
+
+
+def imap_view(imap: SenderImap | None) -> SenderImapView | None:
+    if imap is None:
+        return None
+    fields = msgspec.structs.asdict(imap)
+    fields["password_set"] = fields.pop("password") is not None
+    return SenderImapView(**fields)
+
+
 class SenderCreate(Input, kw_only=True):
     channel: Channel
     address: Address
@@ -80,6 +126,8 @@ class SenderCreate(Input, kw_only=True):
     smtp_profile: ProfileName | None = None
     # SMS only: a Twilio messaging service to send through instead of the number itself.
     messaging_service_sid: ServiceSid | None = None
+    # Email only: the mailbox its replies, bounces and auto-replies are read from.
+    imap: SenderImap | None = None
 
 
 class SenderPatch(Input, kw_only=True):
@@ -93,6 +141,7 @@ class SenderPatch(Input, kw_only=True):
     paused: bool | UnsetType = UNSET
     smtp_profile: ProfileName | UnsetType | None = UNSET
     messaging_service_sid: ServiceSid | UnsetType | None = UNSET
+    imap: SenderImap | UnsetType | None = UNSET
 
 
 class SenderView(Output, kw_only=True):
@@ -106,6 +155,7 @@ class SenderView(Output, kw_only=True):
     paused: bool
     smtp_profile: str | None
     messaging_service_sid: str | None
+    imap: SenderImapView | None = None
     created_at: Timestamp
     updated_at: Timestamp
     # Today (in limits.timezone): the cap (ramp included; null: none), sends so far, sends
@@ -137,6 +187,7 @@ class SenderRecord(msgspec.Struct, kw_only=True):
     paused: bool = False
     smtp_profile: str | None = None
     messaging_service_sid: str | None = None
+    imap: SenderImap | None = None
     created_at: int
     updated_at: int
 
@@ -193,5 +244,26 @@ def check_record(record: SenderRecord, profiles: frozenset[str]) -> None:
         errors.append(
             FieldError("messaging_service_sid", "only sms senders take a messaging service")
         )
+    errors += _imap_errors(record)
     if errors:
         raise Invalid(errors)
+
+
+def _imap_errors(record: SenderRecord) -> list[FieldError]:
+    imap = record.imap
+    if imap is None:
+        return []
+    if record.channel != "email":
+        return [FieldError("imap", "only email senders read a mailbox")]
+    errors = []
+    if imap.password is None:
+        errors.append(FieldError("imap.password", "required (it is never returned)"))
+    if imap.tls == "none" and imap.host.lower() not in LOOPBACK:
+        errors.append(
+            FieldError(
+                "imap.tls",
+                "none would send the password in the clear: only for a server on this "
+                "machine (127.0.0.1, ::1, localhost); use implicit or starttls",
+            )
+        )
+    return errors

@@ -319,6 +319,38 @@ def reply_contact(
     return Call("replyContact", _mirror_keys(keys, shard), args, tag)
 
 
+def absent_contact(
+    keys: Keys,
+    shard: int,
+    now: int,
+    tenant: str,
+    contact_id: str,
+    enrollment_id: str,
+    channel: str,
+    sequences: Iterable[Arg],
+) -> Call:
+    """As `reply_contact` (the same KEYS and ARGV); `sequences`: per sequence, flat: id,
+    version, kinds, on_out_of_office, resume_at."""
+    tag = keys.shard_tag(shard)
+    args = [tag, now, tenant, contact_id, enrollment_id, channel, *sequences]
+    return Call("absentContact", _mirror_keys(keys, shard), args, tag)
+
+
+def reply_account(
+    keys: Keys,
+    shard: int,
+    now: int,
+    tenant: str,
+    account: str,
+    replied_by: str,
+    sequences: Iterable[Arg],
+) -> Call:
+    """`sequences`: per sequence, flat: id, version, kinds, on_reply, on_reply_scope."""
+    tag = keys.shard_tag(shard)
+    args = [tag, now, tenant, account, replied_by, *sequences]
+    return Call("replyAccount", _mirror_keys(keys, shard), args, tag)
+
+
 def stop_channel(
     keys: Keys,
     shard: int,

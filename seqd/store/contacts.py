@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqd import ids, models
+from seqd import accounts, ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
 from seqd.store.context import StoreContext
@@ -19,6 +19,20 @@ from seqd.times import now_ms
 
 # The lookup indexes, in linkContact's order.
 LOOKUP_FIELDS = calls.LINK_FIELDS
+
+
+def with_account(fields: dict[str, Any], current: dict[str, str] | None = None) -> dict[str, Any]:
+    """`fields` (to write over the stored hash `current`, None for a new contact) with the
+    contact's account digest (`ac`, seqd/accounts.py) when email or attributes change."""
+    if current is not None and "email" not in fields and "attributes" not in fields:
+        return fields
+    email = fields["email"] if "email" in fields else (current or {}).get("email")
+    if "attributes" in fields:
+        attributes = fields["attributes"]
+    else:
+        stored = (current or {}).get("attributes")
+        attributes = codec.decode_json(stored) if stored else None
+    return {**fields, accounts.FIELD: accounts.field_value(email, attributes)}
 
 
 class Contacts:
@@ -63,7 +77,7 @@ class Contacts:
     async def create(self, tenant: str, fields: dict[str, Any]) -> models.Contact:
         cid = ids.new(ids.CONTACT)
         await self._link(tenant, cid, fields, {})
-        return await self._put(tenant, cid, "create", fields)
+        return await self._put(tenant, cid, "create", with_account(fields))
 
     async def _put(
         self, tenant: str, cid: str, mode: str, fields: dict[str, Any]
@@ -86,7 +100,7 @@ class Contacts:
         if linked:
             old = {f: current.get(f) for f in linked}
             await self._link(tenant, cid, linked, old)
-        return await self._put(tenant, cid, "update", changes)
+        return await self._put(tenant, cid, "update", with_account(changes, current))
 
     async def delete(self, tenant: str, cid: str) -> None:
         if not ids.is_valid(cid, ids.CONTACT):

@@ -189,6 +189,34 @@ class Enrollments:
         ]
         return _merge_queue_pages(await self.store.runner.call_many(pages), limit)
 
+    async def paused_for(
+        self, tenant: str, sid: str, reason: str, *, limit: int, after: str | None
+    ) -> tuple[list[models.Enrollment], str | None, int]:
+        """A page of the sequence's enrollments paused for `reason`, in id order, the cursor
+        after it and their total. The paused index has no reasons: it is read whole (in
+        pieces), a cost of the sequence's paused enrollments per request."""
+        index = [self.keys.status_index(shard, sid, "paused") for shard in range(self.keys.shards)]
+        matching: list[str] = []
+        cursor: str | None = None
+        while True:
+            chunk, more = await self.store.merged_range(index, cursor, _PAUSED_CHUNK)
+            pipe = self.store.client.pipeline(transaction=False)
+            for eid in chunk:
+                pipe.hmget(self.keys.enrollment(self._shard(eid), eid), "t", "pr")
+            for eid, (t, pr) in zip(chunk, await pipe.execute(), strict=True):
+                if t == tenant and pr == reason:
+                    matching.append(eid)
+            if not more or not chunk:
+                break
+            cursor = chunk[-1]
+        rest = [eid for eid in matching if after is None or eid > after]
+        page = rest[:limit]
+        pipe = self.store.client.pipeline(transaction=False)
+        for eid in page:
+            pipe.hgetall(self.keys.enrollment(self._shard(eid), eid))
+        data = [codec.enrollment(eid, h) for eid, h in zip(page, await pipe.execute(), strict=True)]
+        return data, page[-1] if len(rest) > limit else None, len(matching)
+
     async def list(
         self,
         tenant: str,
@@ -211,6 +239,7 @@ class Enrollments:
             after = None
         elif after == REST_START:
             after = None
+        queued = len(page)
         if cursor is None and others:
             index = [
                 self.keys.status_index(shard, sid, status)
@@ -226,10 +255,12 @@ class Enrollments:
         for eid in page:
             pipe.hgetall(self.keys.enrollment(self._shard(eid), eid))
         rows = await pipe.execute()
+        # A queue also holds the pauses that end by themselves (out_of_office, waiting for
+        # their resume_at there): they are listed with the paused ones, not here.
         data = [
             codec.enrollment(eid, h)
-            for eid, h in zip(page, rows, strict=True)
-            if h.get("t") == tenant
+            for i, (eid, h) in enumerate(zip(page, rows, strict=True))
+            if h.get("t") == tenant and (i >= queued or h.get("st") == "active")
         ]
         if not with_total:
             return data, cursor, -1
@@ -241,6 +272,10 @@ class Enrollments:
             ]
         )
         return data, cursor, total
+
+
+# Paused enrollments read per round trip when listing them by reason.
+_PAUSED_CHUNK = 500
 
 
 def _merge_queue_pages(replies: Sequence[Any], limit: int) -> tuple[list[str], str | None]:

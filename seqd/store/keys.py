@@ -46,6 +46,9 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "counts": "{tag}:n:{sequence_id}",
     # ZSET of a tenant's contacts in this shard, id order.
     "tenant_contacts": "{tag}:cx:{tenant}",
+    # SET of a tenant's contacts in this shard whose account (seqd/accounts.py) has this
+    # digest: the account-level stop reads it.
+    "account_contacts": "{tag}:ac:{tenant}:{account}",
     # STRING: the enrollment id a provider message id (sid, Message-ID) belongs to.
     "message": "{tag}:m:{message_id}",
     # HASH: one webhook delivery (event body, attempts, last result), seqd/events/deliverer.py.
@@ -194,6 +197,11 @@ class Keys:
         """
         return "{" + f"{self.prefix}:rl:{key_digest}" + "}"
 
+    def mailbox_states(self) -> str:
+        """HASH mailbox label -> "<state>\t<ms>\t<detail>": each IMAP mailbox's reader state
+        as its reading process last reported it (`seqd status`)."""
+        return f"{self.global_tag}:mbstate"
+
     def sender_addresses(self) -> str:
         """HASH "<channel>:<address>" -> "<tenant> <sender id>": whose sender an address is
         (inbound replies and opt-outs find their tenant by the address they arrived on)."""
@@ -333,6 +341,11 @@ class Keys:
 
     def counts(self, shard: int, sequence_id: str) -> str:
         return SHARD_TEMPLATES["counts"].format(tag=self.shard_tag(shard), sequence_id=sequence_id)
+
+    def account_contacts(self, shard: int, tenant: str, account: str) -> str:
+        return SHARD_TEMPLATES["account_contacts"].format(
+            tag=self.shard_tag(shard), tenant=tenant, account=account
+        )
 
     def tenant_contacts(self, shard: int, tenant: str) -> str:
         return SHARD_TEMPLATES["tenant_contacts"].format(tag=self.shard_tag(shard), tenant=tenant)

@@ -17,7 +17,9 @@ from typing import Any
 import msgspec
 
 from seqd import goals, ids, kinds
+from seqd.accounts import FIELD
 from seqd.errors import NotFound
+from seqd.models import Sequence
 from seqd.store import calls
 from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
@@ -30,6 +32,20 @@ _decode = msgspec.json.Decoder().decode
 _STALE_RETRIES = 5
 # Reads the ids of the sequences a call is about (again, after a STALE answer).
 SequenceIds = Callable[[], Awaitable[set[str]]]
+# The values a script takes per sequence after its id, version and step kinds.
+SequenceExtra = Callable[[Sequence], Awaitable[list[str | int]]]
+
+
+async def _no_extra(seq: Sequence) -> list[str | int]:
+    return []
+
+
+async def _on_reply(seq: Sequence) -> list[str | int]:
+    return [seq.on_reply]
+
+
+async def _on_reply_scope(seq: Sequence) -> list[str | int]:
+    return [seq.on_reply, seq.on_reply_scope]
 
 
 def _fixed(sids: set[str]) -> SequenceIds:
@@ -40,7 +56,8 @@ def _fixed(sids: set[str]) -> SequenceIds:
 
 
 class Reaction(msgspec.Struct, frozen=True):
-    """What a reply did to one enrollment: paused | completed | not_active | not_sent."""
+    """What a reply did to one enrollment: paused | completed | not_active | not_sent (and
+    ignored, for an out-of-office reply)."""
 
     enrollment_id: str
     outcome: str
@@ -80,7 +97,7 @@ class Lifecycle:
         return zlib.crc32(value.encode()) % self.keys.shards
 
     async def _sequence_args(
-        self, tenant: str, sids: set[str], *, on_reply: bool
+        self, tenant: str, sids: set[str], extra: SequenceExtra
     ) -> list[str | int]:
         order = sorted(sids)
         read = self.sequences.get_versioned
@@ -93,8 +110,7 @@ class Lifecycle:
                 raise doc
             seq, version = doc
             args += [sid, version, kinds.letters([step.kind for step in seq.steps])]
-            if on_reply:
-                args.append(seq.on_reply)
+            args += await extra(seq)
         return args
 
     def _live_sequences(self, shard: int, cid: str) -> SequenceIds:
@@ -111,19 +127,59 @@ class Lifecycle:
         build: Callable[[list[str | int]], calls.Call],
         tenant: str,
         sequences: SequenceIds,
-        *,
-        on_reply: bool,
+        extra: SequenceExtra = _no_extra,
     ) -> Any:
         """`build(sequence args)` run until no sequence changed under it."""
         for _ in range(_STALE_RETRIES):
             sids = await sequences()
-            call = build(await self._sequence_args(tenant, sids, on_reply=on_reply))
+            call = build(await self._sequence_args(tenant, sids, extra))
             try:
                 return await self.store.runner.run(call)
             except ScriptError as exc:
                 if exc.code != "STALE":
                     raise
         raise RuntimeError(f"{call.name}: sequence kept changing under the call")
+
+    async def _about(
+        self, contact_id: str | None, enrollment_id: str | None
+    ) -> tuple[int, str, str, SequenceIds] | None:
+        """(shard, contact id or "", enrollment id or "", its sequences) of what a message
+        from a contact is about: the enrollment named, else all of the contact's."""
+        if enrollment_id is not None:
+            if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
+                return None
+            shard = ids.shard_of(enrollment_id, self.keys.shards)
+            sid = await self.store.client.hget(self.keys.enrollment(shard, enrollment_id), "s")
+            if sid is None:
+                return None
+            return shard, "", enrollment_id, _fixed({str(sid)})
+        if contact_id is None or not ids.is_valid(contact_id, ids.CONTACT):
+            return None
+        shard = ids.shard_of(contact_id, self.keys.shards)
+        return shard, contact_id, "", self._live_sequences(shard, contact_id)
+
+    async def _react(
+        self,
+        script: Callable[..., calls.Call],
+        tenant: str,
+        channel: str,
+        contact_id: str | None,
+        enrollment_id: str | None,
+        extra: SequenceExtra,
+    ) -> list[Reaction]:
+        """Run a contact-message script (`calls.reply_contact`, `calls.absent_contact`) on
+        what the message is about."""
+        about = await self._about(contact_id, enrollment_id)
+        if about is None:
+            return []
+        shard, cid, target, sequences = about
+        now = now_ms()
+
+        def build(args: list[str | int]) -> calls.Call:
+            return script(self.keys, shard, now, tenant, cid, target, channel, args)
+
+        flat = await self._call_fresh(build, tenant, sequences, extra)
+        return [Reaction(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def reply(
         self,
@@ -134,28 +190,71 @@ class Lifecycle:
         enrollment_id: str | None = None,
     ) -> list[Reaction]:
         """Pause (or complete, per `on_reply`) what a reply from a contact is about."""
-        if enrollment_id is not None:
-            if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
-                return []
-            shard = ids.shard_of(enrollment_id, self.keys.shards)
-            sid = await self.store.client.hget(self.keys.enrollment(shard, enrollment_id), "s")
-            if sid is None:
-                return []
-            target, cid = enrollment_id, ""
-            sequences = _fixed({str(sid)})
-        else:
-            if contact_id is None or not ids.is_valid(contact_id, ids.CONTACT):
-                return []
-            shard = ids.shard_of(contact_id, self.keys.shards)
-            target, cid = "", contact_id
-            sequences = self._live_sequences(shard, contact_id)
+        return await self._react(
+            calls.reply_contact, tenant, channel, contact_id, enrollment_id, _on_reply
+        )
+
+    async def reply_account(self, tenant: str, contact_id: str) -> list[Reaction]:
+        """Pause (or complete, per `on_reply`) the live enrollments of every contact of the
+        account of `contact_id` (seqd/accounts.py) in the sequences with `on_reply_scope =
+        "account"`: one script call per shard holding some of the account's contacts."""
+        if not ids.is_valid(contact_id, ids.CONTACT):
+            return []
+        home = ids.shard_of(contact_id, self.keys.shards)
+        account = await self.store.client.hget(self.keys.contact(home, contact_id), FIELD)
+        if not account:
+            return []
+        account = str(account)
+        shards = range(self.keys.shards)
+        pipe = self.store.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.smembers(self.keys.account_contacts(shard, tenant, account))
+        members = dict(zip(shards, await pipe.execute(), strict=True))
         now = now_ms()
+        reactions: list[Reaction] = []
+        for shard, cids in members.items():
+            if not cids:
+                continue
 
-        def build(args: list[str | int]) -> calls.Call:
-            return calls.reply_contact(self.keys, shard, now, tenant, cid, target, channel, args)
+            def build(args: list[str | int], shard: int = shard) -> calls.Call:
+                return calls.reply_account(self.keys, shard, now, tenant, account, contact_id, args)
 
-        flat = await self._call_fresh(build, tenant, sequences, on_reply=True)
-        return [Reaction(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            sequences = self._contacts_sequences(shard, sorted(cids))
+            flat = await self._call_fresh(build, tenant, sequences, _on_reply_scope)
+            reactions += [Reaction(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        return reactions
+
+    def _contacts_sequences(self, shard: int, cids: list[str]) -> SequenceIds:
+        """The sequences the contacts (of one shard) have live enrollments in."""
+
+        async def read() -> set[str]:
+            pipe = self.store.client.pipeline(transaction=False)
+            for cid in cids:
+                pipe.hkeys(self.keys.contact(shard, cid))
+            fields: list[list[str]] = await pipe.execute()
+            return {f[2:] for one in fields for f in one if f.startswith("e:")}
+
+        return read
+
+    async def absent(
+        self,
+        tenant: str,
+        channel: str,
+        resume_at: Callable[[Sequence], Awaitable[int]],
+        *,
+        contact_id: str | None = None,
+        enrollment_id: str | None = None,
+    ) -> list[Reaction]:
+        """Pause what a contact's out-of-office reply is about, per each sequence's
+        `on_out_of_office`; `resume_at(sequence)` says when a `pause_until_return` ends."""
+
+        async def extra(seq: Sequence) -> list[str | int]:
+            until = await resume_at(seq) if seq.on_out_of_office == "pause_until_return" else 0
+            return [seq.on_out_of_office, until]
+
+        return await self._react(
+            calls.absent_contact, tenant, channel, contact_id, enrollment_id, extra
+        )
 
     async def stop_channel(
         self,
@@ -199,7 +298,7 @@ class Lifecycle:
                 args,
             )
 
-        cancelled = await self._call_fresh(build, tenant, sequences, on_reply=False)
+        cancelled = await self._call_fresh(build, tenant, sequences)
         return list(cancelled)
 
     async def emit(

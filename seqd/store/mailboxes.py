@@ -1,10 +1,23 @@
-"""IMAP mailboxes' reading state: who reads each (a lease) and how far each folder is
-applied (a cursor per folder: UIDVALIDITY and the last UID whose outcome was applied)."""
+"""IMAP mailboxes' reading state: who reads each (a lease), how far each folder is
+applied (a cursor per folder: UIDVALIDITY and the last UID whose outcome was applied), and
+how its reader is doing (for `seqd status`)."""
 
 from __future__ import annotations
 
+import msgspec
+
 from seqd.store import calls
 from seqd.store.context import StoreContext
+
+
+class MailboxState(msgspec.Struct, frozen=True):
+    """A mailbox's reader as last reported: idle | polling | connecting | retrying, why
+    (the last error), and when (ms)."""
+
+    label: str
+    state: str
+    detail: str
+    at: int
 
 
 class Mailboxes:
@@ -33,3 +46,17 @@ class Mailboxes:
         """Record `uid` applied; False when `owner` no longer holds the mailbox."""
         call = calls.advance_mailbox(self.keys, mailbox, owner, folder, uidvalidity, uid)
         return bool(await self.store.runner.run(call))
+
+    async def report(self, label: str, state: str, detail: str, at: int) -> None:
+        await self.store.client.hset(self.keys.mailbox_states(), label, f"{state}\t{at}\t{detail}")
+
+    async def forget(self, label: str) -> None:
+        await self.store.client.hdel(self.keys.mailbox_states(), label)
+
+    async def states(self) -> list[MailboxState]:
+        raw = await self.store.client.hgetall(self.keys.mailbox_states())
+        out = []
+        for label, text in sorted(raw.items()):
+            state, at, detail = [*str(text).split("\t", 2), "", ""][:3]
+            out.append(MailboxState(str(label), state, detail, int(at) if at.isdigit() else 0))
+        return out

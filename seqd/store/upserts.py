@@ -24,6 +24,7 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
+from seqd.store.contacts import with_account
 from seqd.store.db import Store
 from seqd.times import now_ms
 
@@ -113,7 +114,7 @@ async def _create_many(
     out: list[models.Contact | None] = [None] * len(rows)
     for i, reply in enumerate(links):
         if reply == []:
-            values = codec.contact_values(rows[i])
+            values = codec.contact_values(with_account(rows[i]))
             by_shard.setdefault(ids.shard_of(new_ids[i], keys.shards), []).append(
                 (new_ids[i], values)
             )

@@ -6,7 +6,9 @@
   queue gives its due members, earliest first, until `limit` members were looked at. Then
   the sequence's head is set to its queue's first score (or taken out with the queue
   empty). Members that must not be sent now are settled here instead:
-  - enrollment gone or not active: a stale member, dropped from the queue;
+  - enrollment gone or not active: a stale member, dropped from the queue; but a pause
+    that ends by itself (`ra`, resume_at: out_of_office) waits there until then, and is
+    resumed (sequence.enrollment.resumed, reason `<paused_reason>_ended`) and due from now;
   - sequence paused or draft (or its mirror missing): its head is taken out and its queue
     waits as it is, due times and all, until syncSequence puts the head back on resume;
   - sequence archived: cancelled (sequence_archived);
@@ -132,7 +134,13 @@ local function claim_queue(seq, state, qkey, room)
         .. (h[8] and (',"o":"' .. h[8] .. '"') or '')
         .. (h[9] and (',"sv":"' .. h[9] .. '"') or '') .. pins .. '},' .. c .. ']'
     elseif st ~= 'active' then
-      rcall('ZREM', qkey, id)
+      local e = st == 'paused' and to_table(rcall('HGETALL', ekey))
+      if e and e['ra'] and state.status == 'active' then
+        -- A pause that ends by itself (out_of_office) is over: due again from now.
+        resume(id, e, now, {reason = e['pr'] .. '_ended'})
+      else
+        rcall('ZREM', qkey, id)
+      end
     else
       local e = to_table(rcall('HGETALL', ekey))
       if state.status == 'archived' then

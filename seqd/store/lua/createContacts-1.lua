@@ -5,7 +5,7 @@
   ARGV[2] now      ms
   ARGV[3] tenant
   ARGV[4..] contacts, each: contact_id, n, then n field, value pairs ("\0" values are
-            left out)
+            left out); one with `ac` (its account's digest) joins that account's set
 
   Returns {} once all are created; nothing is written when one fails.
   Errors: EXISTS (an id in use)
@@ -24,13 +24,16 @@ end
 for _, s in ipairs(starts) do
   local cid = ARGV[s]
   local values = {'tenant', tenant, 'created_at', now, 'updated_at', now}
+  local account = nil
   for f = s + 2, s + 1 + 2 * tonumber(ARGV[s + 1]), 2 do
     if ARGV[f + 1] ~= '\0' then
       values[#values + 1] = ARGV[f]
       values[#values + 1] = ARGV[f + 1]
+      if ARGV[f] == 'ac' then account = ARGV[f + 1] end
     end
   end
   rcall('HSET', k_contact(tag, cid), unpack(values))
   rcall('ZADD', listing, 0, cid)
+  if account then rcall('SADD', k_account_contacts(tag, tenant, account), cid) end
 end
 return {}

@@ -30,5 +30,6 @@ for field, id in pairs(c) do
 end
 rcall('DEL', ckey)
 rcall('ZREM', k_tenant_contacts(tag, tenant), cid)
+if c['ac'] then rcall('SREM', k_account_contacts(tag, tenant, c['ac']), cid) end
 emit('contact.deleted', tenant, now, {id = cid})
 return flat

@@ -6,7 +6,9 @@
   ARGV[3] tenant
   ARGV[4] contact_id
   ARGV[5] mode     create | update
-  ARGV[6..] field, value pairs to set; a value of "\0" deletes the field
+  ARGV[6..] field, value pairs to set; a value of "\0" deletes the field. Field `ac` (the
+            account's digest, seqd/accounts.py) also moves the contact between the shard's
+            account sets (k_account_contacts).
 
   Returns the contact hash (flat).
   Errors: EXISTS (create of an id in use); NOT_FOUND (update of a missing contact or one
@@ -24,7 +26,13 @@ if mode == 'create' then
 elseif owner ~= tenant then
   return redis.error_reply('NOT_FOUND')
 end
+local account = rcall('HGET', ckey, 'ac')
 for i = 6, #ARGV, 2 do
+  if ARGV[i] == 'ac' and ARGV[i + 1] ~= account then
+    -- The contact's account (seqd/accounts.py) moves: so does its entry in the shard's sets.
+    if account then rcall('SREM', k_account_contacts(tag, tenant, account), cid) end
+    if ARGV[i + 1] ~= '\0' then rcall('SADD', k_account_contacts(tag, tenant, ARGV[i + 1]), cid) end
+  end
   if ARGV[i + 1] == '\0' then rcall('HDEL', ckey, ARGV[i])
   else rcall('HSET', ckey, ARGV[i], ARGV[i + 1]) end
 end

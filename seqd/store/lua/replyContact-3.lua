@@ -3,7 +3,8 @@
   With an enrollment id (an email reply whose In-Reply-To/References names the message
   seqd sent), only that enrollment. Without one, every active enrollment of the contact
   whose sequence has already sent it a message on `channel` (an SMS reply names no
-  message, so it is about every conversation held on that channel). A step being sent
+  message, so it is about every conversation held on that channel). A pause that would end
+  by itself (out_of_office, `ra`) counts as active: the reply's pause replaces it. A step being sent
   right now counts as sent (lifecycle.lua `sent_on`). Pause and complete take the member
   out of its queue: an advance from the worker sending meanwhile is stale (a send that
   did happen is still recorded; the pause stands).
@@ -33,42 +34,18 @@ local tag, now, tenant, cid, eid, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], 
 local seqs, stale = read_sequences(7, 4)
 if stale then return redis.error_reply('STALE:' .. stale) end
 
-local targets = {}
-if eid ~= '' then
-  targets[#targets + 1] = eid
-else
-  for id in pairs(live_enrollments(cid)) do targets[#targets + 1] = id end
-  table.sort(targets)
-end
-
 -- Step conditions read a reply on the last step sent before it (seqd/conditions.py).
 local function mark_reply(id, e)
   local last = (tonumber(e['i']) or 0) - 1
   if last >= 0 then set_outcome(k_enrollment(tag, id), last, 'r') end
 end
 
-local out = {}
-for _, id in ipairs(targets) do
-  local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
-  local seq = seqs[e['s']]
-  if e['t'] == tenant and seq then
-    local outcome
-    if e['st'] ~= 'active' then
-      outcome = 'not_active'
-    elseif eid == '' and not sent_on(e, seq.kinds, channel,
-        is_leased(rcall('ZSCORE', k_queue(tag, e['s']), id))) then
-      outcome = 'not_sent'
-    elseif seq.extra[1] == 'complete' then
-      mark_reply(id, e)
-      finish(id, e, 'completed', '', now)
-      outcome = 'completed'
-    else
-      mark_reply(id, e)
-      finish(id, e, 'paused', 'reply_received', now)
-      outcome = 'paused'
-    end
-    out[#out + 1] = id
-    out[#out + 1] = outcome
+return react(seqs, function(id, e, seq)
+  mark_reply(id, e)
+  if seq.extra[1] == 'complete' then
+    finish(id, e, 'completed', '', now)
+    return 'completed'
   end
-end
-return out
+  pause_for_reply(id, e, 'reply_received', now)
+  return 'paused'
+end, absent)

@@ -27,12 +27,7 @@ if e['t'] ~= tenant then return redis.error_reply('NOT_FOUND') end
 
 if action == 'resume' then
   if e['st'] ~= 'paused' then return redis.error_reply('INVALID_TRANSITION:' .. e['st']) end
-  local due_at = math.max(tonumber(e['n']), tonumber(now))
-  rcall('HDEL', ekey, 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
-  rcall('HSET', ekey, 'n', due_at); e['n'] = tostring(due_at)
-  move_status(id, e, 'active', now)
-  schedule(id, e['s'], due_at)
-  enrollment_event('sequence.enrollment.resumed', id, e, now, nil)
+  resume(id, e, now, nil)
 else
   local target = ({pause = 'paused', cancel = 'cancelled', complete = 'completed'})[action]
   if not target then return redis.error_reply('BAD_ACTION:' .. action) end

@@ -152,8 +152,8 @@ end
 
 -- The hash fields an event carries: those the API's enrollment is made of (store/event_types.py
 -- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
-local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'cr', 'ca', 'z', 'dr', 'cq',
-  'gl', 'sv'}
+local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'ra', 'cr', 'ca', 'z', 'dr',
+  'cq', 'gl', 'sv'}
 
 local function enrollment_event(etype, id, e, now, extra)
   local fields = {}
@@ -198,8 +198,25 @@ promote_waiting = function(cid, now)
   end
 end
 
+-- A pause's fields: its reason, the variable it waits for, when it ends by itself.
+local function clear_pause(ekey, e)
+  rcall('HDEL', ekey, 'pr', 'pv', 'ra'); e['pr'] = nil; e['pv'] = nil; e['ra'] = nil
+end
+
+-- A paused enrollment active again, due at max(next_run_at, now); `extra` (optional) adds
+-- fields to its `resumed` event (the reason of a pause that ended by itself).
+local function resume(id, e, now, extra)
+  local due_at = math.max(tonumber(e['n']), tonumber(now))
+  clear_pause(k_enrollment(tag, id), e)
+  rcall('HSET', k_enrollment(tag, id), 'n', due_at); e['n'] = tostring(due_at)
+  move_status(id, e, 'active', now)
+  schedule(id, e['s'], due_at)
+  enrollment_event('sequence.enrollment.resumed', id, e, now, extra)
+end
+
 -- Terminal or pause transition shared by transition, syncSequence, deleteContact and the
--- dispatch scripts; `more` (optional) adds fields to the event (the error, the variable).
+-- dispatch scripts; `more` (optional) adds fields to the event (the error, the variable,
+-- the `resume_at` of a pause that ends by itself).
 -- Returns nil on success, else the current status.
 local function finish(id, e, new_status, reason, now, more)
   local st = e['st']
@@ -208,16 +225,22 @@ local function finish(id, e, new_status, reason, now, more)
   local ekey = k_enrollment(tag, id)
   if new_status == 'cancelled' then
     rcall('HSET', ekey, 'cr', reason); e['cr'] = reason
-    rcall('HDEL', ekey, 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
+    clear_pause(ekey, e)
   elseif new_status == 'completed' then
     rcall('HSET', ekey, 'ca', now); e['ca'] = now
-    rcall('HDEL', ekey, 'pr', 'pv'); e['pr'] = nil; e['pv'] = nil
+    clear_pause(ekey, e)
   elseif new_status == 'paused' then
     rcall('HSET', ekey, 'pr', reason); e['pr'] = reason
     -- The variable a missing_variable pause waits for, shown on the enrollment.
     if more and more.variable then rcall('HSET', ekey, 'pv', more.variable); e['pv'] = more.variable end
+    -- A pause that ends by itself (out_of_office) waits in its queue at its end: the claim
+    -- that finds it due resumes it (claimDue), so no other poller watches the time.
+    if more and more.resume_at then
+      rcall('HSET', ekey, 'ra', more.resume_at); e['ra'] = tostring(more.resume_at)
+    end
   end
   move_status(id, e, new_status, now)
+  if e['ra'] then schedule(id, e['s'], e['ra']) end
   local extra = nil
   if new_status == 'cancelled' then extra = {cancel_reason = reason}
   elseif new_status == 'paused' then extra = {paused_reason = reason} end

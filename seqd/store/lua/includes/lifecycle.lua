@@ -56,3 +56,61 @@ local function live_enrollments(cid)
   end
   return out
 end
+
+-- The enrollments a contact's message is about: the one named (`eid`), else every live
+-- enrollment of contact `cid`, in id order.
+local function targets(eid, cid)
+  local found = {}
+  if eid ~= '' then
+    found[1] = eid
+  else
+    for id in pairs(live_enrollments(cid)) do found[#found + 1] = id end
+    table.sort(found)
+  end
+  return found
+end
+
+-- What a contact's message (a reply, an auto-reply) did to each enrollment it is about, as
+-- the flat list the scripts return: enrollment id, outcome. An enrollment of another
+-- tenant or sequence is left out; one not active (unless `as_active(e)`) is not_active;
+-- without an enrollment id, one whose sequence has not mailed the contact on `channel` is
+-- not_sent; for the rest `act(id, e, seq)` acts and names the outcome.
+-- Expects also: tenant, eid, cid, channel (the scripts' ARGV).
+local function react(seqs, act, as_active)
+  local out = {}
+  for _, id in ipairs(targets(eid, cid)) do
+    local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
+    local seq = seqs[e['s']]
+    if e['t'] == tenant and seq then
+      local outcome
+      if e['st'] ~= 'active' and not (as_active and as_active(e)) then
+        outcome = 'not_active'
+      elseif eid == '' and not sent_on(e, seq.kinds, channel,
+          is_leased(rcall('ZSCORE', k_queue(tag, e['s']), id))) then
+        outcome = 'not_sent'
+      else
+        outcome = act(id, e, seq)
+      end
+      out[#out + 1] = id
+      out[#out + 1] = outcome
+    end
+  end
+  return out
+end
+
+-- A pause that would end by itself (out_of_office, `ra`): an answer from the contact or
+-- its account ends the absence, so such an enrollment counts as active for them.
+local function absent(e) return e['st'] == 'paused' and e['ra'] ~= nil end
+
+-- Pause an enrollment that answered (or whose account did) with `reason`; an absence's
+-- pause is replaced. `more` adds fields to the event.
+local function pause_for_reply(id, e, reason, now, more)
+  if not absent(e) then return finish(id, e, 'paused', reason, now, more) end
+  unschedule(id, e)
+  clear_pause(k_enrollment(tag, id), e)
+  rcall('HSET', k_enrollment(tag, id), 'pr', reason, 'ua', now)
+  e['pr'] = reason; e['ua'] = now
+  local extra = {paused_reason = reason}
+  for k, v in pairs(more or {}) do extra[k] = v end
+  enrollment_event('sequence.enrollment.paused', id, e, now, extra)
+end

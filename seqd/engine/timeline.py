@@ -31,7 +31,7 @@ MAX_HOLDS = 50
 _ITEM = "preview"
 
 
-class Forecast(NamedTuple):
+class PlannedStep(NamedTuple):
     """One step: when it goes (ms), what moved it, in order, the zone that decided and its
     source, the sender it goes from (None: the tenant's configured one), and whether the
     frequency cap skips it."""
@@ -44,7 +44,7 @@ class Forecast(NamedTuple):
     skipped: bool = False
 
 
-async def forecast(
+async def timeline(
     store: Store,
     policy: Policy,
     budgets: Budgets,
@@ -55,7 +55,7 @@ async def forecast(
     timezone: str | None,
     phone: str | None,
     start: int,
-) -> list[Forecast]:
+) -> list[PlannedStep]:
     """The timeline of `seq` for a contact (`contact_id`: a stored one, whose recent
     messages count against its caps; None: an inline one, jittered as contact "")."""
     plan = build(seq, 0)
@@ -71,7 +71,7 @@ async def forecast(
         contact_id,
         sorted({s.kind for s in plan.steps}),
     )
-    out: list[Forecast] = []
+    out: list[PlannedStep] = []
     pins: dict[str, str] = {}
     try:
         at = start
@@ -99,7 +99,9 @@ async def forecast(
                 again = due(rules, step.timing, recipient, pick.until, key, waits=False)
                 when = again.at
                 moved += [r for r in again.moved_by if r not in moved]
-            out.append(Forecast(when, tuple(moved), decided.zone, decided.source, sender, skipped))
+            out.append(
+                PlannedStep(when, tuple(moved), decided.zone, decided.source, sender, skipped)
+            )
             at = when
     finally:
         await previews.close_scratch(store, scratch)
