@@ -208,7 +208,7 @@ async def enroll_direct(
     for shard, members in by_shard.items():
         for start in range(0, len(members), ENROLL_BATCH):
             items = [
-                (ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now), cid, "", "", "")
+                (ids.new_in_shard(ids.ENROLLMENT, shard, store.shards, now), cid, "", "", "", "")
                 for cid in members[start : start + ENROLL_BATCH]
             ]
             trip.append(calls.enroll(store.keys, shard, now, TENANT, seq_id, wait_ms, items))
@@ -792,6 +792,83 @@ Commands in the no-op burst (first run), most called: {", ".join(f"`{k}` {v / n:
         print(out.getvalue())
 
 
+async def variant_burst(
+    store: Store, n: int, variants: bool, pid: int
+) -> tuple[float, float, float]:
+    """For the dispatcher loop to send and settle `n` first steps due now of a two-step SMS
+    sequence, each step with two A/B variants when `variants`: steps/s, and CPU µs per
+    step of this process and of the valkey-server `pid` (less moved by other load)."""
+    ab = [
+        models.VariantIn(id="a", weight=50, body="Hi {{first_name|there}}, A"),
+        models.VariantIn(id="b", weight=50, body="Hello {{first_name|there}}, B"),
+    ]
+    body = models.SequenceCreate(
+        name="variants" if variants else "plain",
+        status="active",
+        steps=[
+            models.StepIn(kind="sms", body="Hi {{first_name|there}}, step 0",
+                          variants=ab if variants else None),
+            models.StepIn(kind="sms", body="Again", wait_minutes=1440,
+                          variants=ab if variants else None),
+        ],
+    )  # fmt: skip
+    seq = await store.sequences.create(TENANT, body)
+    await enroll_direct(store, seq.id, await make_contacts(store, n), 0, int(time.time() * 1000))
+    redis_cpu, python_cpu = cpu_seconds(pid), time.process_time()
+    rate = await burst(store, One(NoopSender()), n, DispatchConfig())
+    redis_us = (cpu_seconds(pid) - redis_cpu) / n * 1e6
+    return rate, (time.process_time() - python_cpu) / n * 1e6, redis_us
+
+
+async def variants_main(n: int, runs: int) -> None:
+    """Plain and variant bursts in turn on one valkey-server; the ratio of each pair."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_valkey(Path(tmp))
+        try:
+            store = await Store.open(connect(url), PREFIX, SHARDS)
+            rates: dict[str, list[float]] = defaultdict(list)
+            for k in range(runs):
+                # Alternate which goes first, so a drift of the machine's load is shared.
+                order = [False, True] if k % 2 == 0 else [True, False]
+                got = {v: await variant_burst(store, n, v, proc.pid) for v in order}
+                for name, v in (("plain", False), ("variants", True)):
+                    rate, python_us, redis_us = got[v]
+                    rates[name].append(rate)
+                    rates[f"{name}_py"].append(python_us)
+                    rates[f"{name}_redis"].append(redis_us)
+                rates["ratio"].append(got[True][0] / got[False][0])
+                rates["py_ratio"].append(got[True][1] / got[False][1])
+                rates["redis_ratio"].append(got[True][2] / got[False][2])
+                print(
+                    f"run {k + 1}/{runs}: plain {got[False][0]:,.0f}/s "
+                    f"({got[False][1]:.0f} + {got[False][2]:.0f} µs CPU), "
+                    f"variants {got[True][0]:,.0f}/s ({got[True][1]:.0f} + {got[True][2]:.0f} µs)"
+                )
+            await store.close()
+        finally:
+            proc.terminate()
+            proc.wait()
+    each = ", ".join(f"{r:.2f}" for r in rates["ratio"])
+    record(
+        "dispatch: A/B variants",
+        f"""
+N = {n:,} first steps of a two-step SMS sequence due at once, {SHARDS} shards, default
+dispatch settings, a no-op sink; {runs} runs, each a plain burst and a burst with two
+variants on every step in turn (which goes first alternates), medians (the ratio: the
+median of each run's own). A variant step is picked per enrollment (BLAKE2b of enrollment
+id and step) and recorded as `v<step>` by advance's fast path (one more hash field, and a
+passed group per variant). The machine is shared (2 cores, other work running): compare
+the ratios, not the steps/s.
+
+| figure | plain | variants on every step | ratio variants / plain |
+| --- | --- | --- | --- |
+| steps/s | {median(rates["plain"]):,.0f} | {median(rates["variants"]):,.0f} | {median(rates["ratio"]):.2f} (runs: {each}) |
+| CPU per step, this process | {median(rates["plain_py"]):.0f} µs | {median(rates["variants_py"]):.0f} µs | {median(rates["py_ratio"]):.2f} |
+| CPU per step, valkey-server | {median(rates["plain_redis"]):.1f} µs | {median(rates["variants_redis"]):.1f} µs | {median(rates["redis_ratio"]):.2f} |
+""",  # noqa: E501
+    )
+
+
 def cli() -> None:
     # The collector schedule `seqd` sets at start: seqd's code in this process runs as in seqd.
     collector.tune()
@@ -809,6 +886,9 @@ def cli() -> None:
     )
     parser.add_argument("--twilio-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--variants", action="store_true", help="only plain vs A/B variant bursts, in turn"
+    )
+    parser.add_argument(
         "--conditions", action="store_true", help="only plain vs conditional bursts, interleaved"
     )
     args = parser.parse_args()
@@ -819,6 +899,8 @@ def cli() -> None:
 
     if args.counters_ab:
         uvloop.run(counters_ab(args.n, args.runs))
+    if args.variants:
+        uvloop.run(variants_main(args.n, args.runs))
         return
     if args.conditions:
         uvloop.run(conditions_run(args.n, max(2, args.runs * 2)))

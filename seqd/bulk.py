@@ -26,7 +26,7 @@ from seqd.store import screening, upserts
 from seqd.store.codec import encode_json
 from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem, EnrollResult
-from seqd.times import now_ms
+from seqd.times import now_ms, to_rfc3339
 from seqd.timing.due import due
 from seqd.timing.policy import Policy, jitter_key, step_timing, zone_text
 
@@ -39,6 +39,8 @@ class Item(msgspec.Struct, frozen=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     # `metadata` as JSON when `prepare` already encoded it ("" when empty): not twice.
     metadata_json: str | None = None
+    # EnrollmentCreate.if_busy == "queue".
+    queue: bool = False
 
 
 @dataclass(slots=True)
@@ -55,6 +57,8 @@ class ItemOutcome:
     change: str | None = None
     error: SeqdError | None = None
     reason: str = ""
+    # Queued (`enrollment_id` is made later) behind this live exclusive enrollment.
+    behind: str | None = None
 
     def fail(self, reason: str, error: SeqdError) -> None:
         self.reason, self.error = reason, error
@@ -79,7 +83,7 @@ def prepare(body: models.EnrollmentCreate, region: str | None) -> Item:
     fields = None
     if body.contact is not None:
         fields = models.new_contact_fields(body.contact, region, "contact.")
-    return Item(body.contact_id, fields, body.metadata, md)
+    return Item(body.contact_id, fields, body.metadata, md, body.if_busy == "queue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,29 @@ def _failure(result: EnrollResult, seq: models.Sequence) -> tuple[str, SeqdError
         return "sequence_not_active", Conflict(
             f"sequence {seq.id} is {result.detail}, not active", status=result.detail
         )
+    if result.code == "BUSY":
+        return "busy", Conflict(
+            f"the contact is live in exclusive enrollment {result.detail}; "
+            'enroll with "if_busy": "queue" to start when it ends',
+            field="contact_id",
+            enrollment_id=result.detail,
+        )
+    if result.code == "REENROLL_NEVER":
+        return "reenroll_not_allowed", Conflict(
+            f"the contact was enrolled in sequence {seq.id} before ({result.detail}) and "
+            'its reenroll rule is "never"',
+            field="contact_id",
+            enrollment_id=result.detail,
+        )
+    if result.code == "REENROLL_TOO_SOON":
+        last, _, allowed = result.detail.rpartition(":")
+        return "reenroll_not_allowed", Conflict(
+            f"the contact's last enrollment in sequence {seq.id} ({last}) ended too recently "
+            "for its reenroll rule",
+            field="contact_id",
+            enrollment_id=last,
+            reenroll_at=to_rfc3339(int(allowed)),
+        )
     return "failed", Conflict(f"{result.code}: {result.detail}")
 
 
@@ -253,7 +280,8 @@ async def enroll(
         for i in positions:
             cid = outcomes[i].contact_id or ""
             at, zone = dues.get(cid, (None, ""))
-            out.append(EnrollItem(cid, items[i].metadata, items[i].metadata_json, at, zone))
+            item = items[i]
+            out.append(EnrollItem(cid, item.metadata, item.metadata_json, at, zone, item.queue))
         return out
 
     results = await store.enrollments.enroll(tenant, seq, enroll_items(todo), full=full)
@@ -264,7 +292,7 @@ async def enroll(
     ]
     if missing:
         # A shard never got the sequence's mirror (a crash right after it was saved).
-        await store.sequences.sync(seq, version, [])
+        await store.sequences.sync(tenant, seq, version, [])
         retried = enroll_items([todo[k] for k in missing])
         again = await store.enrollments.enroll(tenant, seq, retried, full=full)
         for k, retry in zip(missing, again, strict=True):
@@ -274,6 +302,7 @@ async def enroll(
             outcomes[i].enrollment = enrolled.enrollment
             outcomes[i].enrollment_id = enrolled.id
             outcomes[i].idempotent = enrolled.idempotent
+            outcomes[i].behind = enrolled.behind
         else:
             outcomes[i].fail(*_failure(enrolled, seq))
     return outcomes

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 import structlog
@@ -46,7 +46,7 @@ RETRY_SECONDS = 0.1
 # An entry's `type`: an enrollment (the default) or a contact event, and each one's fields.
 ENROLL, CONTACT_EVENT = "enroll", "contact_event"
 FIELDS = frozenset(
-    {"type", "tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id"}
+    {"type", "tenant", "sequence_id", "contact_id", "contact", "metadata", "request_id", "if_busy"}
 )
 EVENT_FIELDS = frozenset(
     {"type", "tenant", "contact_id", "event_id", "name", "properties", "occurred_at", "request_id"}
@@ -130,7 +130,10 @@ def parse(
         contact = _json_field(fields, "contact", _decode_contact, empty=False)
         metadata = _json_field(fields, "metadata", _decode_metadata) or {}
         body = models.EnrollmentCreate(
-            contact_id=fields.get("contact_id") or None, contact=contact, metadata=metadata
+            contact_id=fields.get("contact_id") or None,
+            contact=contact,
+            metadata=metadata,
+            if_busy=_if_busy(fields.get("if_busy")),
         )
         p.item = bulk.prepare(body, region)
     except Rejected as exc:
@@ -138,6 +141,15 @@ def parse(
     except Invalid as exc:
         p.rejected = rejection_of("invalid", exc)
     return p
+
+
+def _if_busy(value: str | None) -> Literal["reject", "queue"]:
+    """The entry's `if_busy` (absent or empty: reject)."""
+    if value in (None, "", "reject"):
+        return "reject"
+    if value == "queue":
+        return "queue"
+    raise Rejected("invalid", "reject or queue", "if_busy")
 
 
 def _json_field(
@@ -194,7 +206,8 @@ def result_text(
     if outcome is not None and outcome.enrollment_id is not None:
         return encode_json(
             {
-                "status": "enrolled",
+                # queued: made when the contact's live exclusive enrollment ends.
+                "status": "enrolled" if outcome.behind is None else "queued",
                 "enrollment_id": outcome.enrollment_id,
                 "contact_id": outcome.contact_id,
                 "idempotent": outcome.idempotent,

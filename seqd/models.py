@@ -290,6 +290,33 @@ class Tracking(Input, kw_only=True):
     clicks: bool = False
 
 
+VariantId = Annotated[
+    str,
+    Meta(min_length=1, max_length=32, pattern="^[A-Za-z0-9_-]+$", description="a variant's name"),
+]
+VariantWeight = Annotated[int, Meta(ge=1, le=1_000_000, description="its share among the step's")]
+
+
+class VariantIn(Input, kw_only=True):
+    """One A/B variant of a step: its `body` and (email) `subject` replace the step's; absent,
+    the step's own is sent."""
+
+    id: VariantId
+    weight: VariantWeight = 1
+    body: Body | None = None
+    subject: Subject | None = None
+
+
+class Variant(Output, kw_only=True):
+    id: str
+    weight: int
+    body: str | None = None
+    subject: str | None = None
+
+
+Variants = Annotated[list[VariantIn], Meta(min_length=1, max_length=26)]
+
+
 class StepIn(Input, kw_only=True):
     """One step of a sequence: the fields every step takes and its kind's own (kinds.py;
     the OpenAPI document has one schema per kind, api/step_schemas.py)."""
@@ -308,6 +335,8 @@ class StepIn(Input, kw_only=True):
     thread: bool = True
     # Overrides the sequence's `track` for this step.
     track: Tracking | None = None
+    # A/B: each enrollment gets one, picked by weight from (enrollment id, step index).
+    variants: Variants | None = None
     # Checked when the step comes due (seqd/conditions.py): sent only if `only_if` holds
     # and `skip_if` does not, else skipped (reason "condition").
     skip_if: conditions.Condition | None = None
@@ -343,6 +372,11 @@ class Step(Output, kw_only=True):
     track: Tracking | None = None
     segments: int | None = None
     encoding: Literal["gsm7", "ucs2"] | None = None
+    variants: list[Variant] | None = None
+    # Set by POST .../steps/{n}/winner: only this variant is sent from `winner_at` on; the
+    # others stay listed (their sends are in the events and on the enrollments).
+    winner: str | None = None
+    winner_at: Timestamp | None = None
     skip_if: conditions.Condition | None = None
     only_if: conditions.Condition | None = None
     # The action kinds' fields, present on their kind's steps only (kinds.py `fields`).
@@ -379,6 +413,18 @@ class SenderPools(Input, kw_only=True):
         return self.sms if kind == "sms" else self.email
 
 
+class ReenrollAfter(Input, kw_only=True):
+    """A contact may be enrolled again once this many days passed since its last
+    enrollment in the sequence ended."""
+
+    after_days: Annotated[int, Meta(ge=1, le=3650)]
+
+
+# never: once per contact, ever; after_completion (the default, and the behaviour before
+# the rule existed): again once the previous enrollment ended (completed or cancelled).
+Reenroll = Literal["never", "after_completion"] | ReenrollAfter
+
+
 # What an out-of-office reply does to the enrollment it is about (seqd/lifecycle/absence.py):
 # nothing, a pause, or a pause that ends by itself after the return date the reply gives.
 OnOutOfOffice = Literal["ignore", "pause", "pause_until_return"]
@@ -401,6 +447,9 @@ class SequenceCreate(Input, kw_only=True):
     rotation: Rotation = "sticky"
     # What is tracked of every step's messages (a step's own `track` overrides it).
     track: Tracking | None = None
+    reenroll: Reenroll = "after_completion"
+    # A contact is live in at most one exclusive sequence of the tenant at a time.
+    exclusive: bool = False
     # Goals (seqd/goals.py): a contact event meeting one completes the enrollment.
     exit_on: goals.ExitOn = msgspec.field(default_factory=list)
 
@@ -417,6 +466,18 @@ class SequencePatch(Input, kw_only=True):
     senders: SenderPools | UnsetType = UNSET
     rotation: Rotation | UnsetType = UNSET
     track: Tracking | UnsetType | None = UNSET
+    reenroll: Reenroll | UnsetType = UNSET
+    exclusive: bool | UnsetType = UNSET
+    # Changed steps make a new version: "new" leaves live enrollments on the version they
+    # run on; "all" moves them to the new steps (README, "Editing a live sequence").
+    apply_to: Annotated[
+        Literal["new", "all"],
+        Meta(
+            description="with steps: new = live enrollments keep the version they run on; "
+            "all = they move to these steps, their next step re-timed from their last send "
+            "(completed when its index is gone)"
+        ),
+    ] = "new"
     exit_on: goals.ExitOn | UnsetType = UNSET
 
 
@@ -440,6 +501,11 @@ class Sequence(Output, kw_only=True):
     senders: SenderPools = msgspec.field(default_factory=SenderPools)
     rotation: Rotation = "sticky"
     track: Tracking | None = None
+    reenroll: Reenroll = "after_completion"
+    exclusive: bool = False
+    # The version of `steps`: each change of the steps makes a new one; enrollments run on
+    # the version they were enrolled on (their `sequence_version`).
+    version: int = 1
     exit_on: list[goals.ExitRule] = msgspec.field(default_factory=list)
     created_at: Timestamp
     updated_at: Timestamp
@@ -527,9 +593,14 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
     its links tracked under the sequence's `track`, as links.placeholder_links counts)."""
     errors = []
     out = []
+    roots: set[str] = set()
     for i, step in enumerate(steps):
         spec = SPECS[step.kind]
         errors += _kind_fields(i, step)
+        # A later step of a threading kind (email) sends its first one's subject.
+        threaded = spec.threads and step.kind in roots and step.thread
+        if spec.threads:
+            roots.add(step.kind)
         if spec.subject and step.subject is None:
             errors.append(FieldError(f"steps[{i}].subject", f"required for {step.kind} steps"))
         if not spec.subject and step.subject is not None:
@@ -550,6 +621,7 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
                     raise ValueError("a time of day is before 24:00")
             except ValueError as exc:
                 errors.append(FieldError(f"steps[{i}].send_at", str(exc)))
+        variants = _variants(i, step, errors, threaded)
         for name in ("only_if", "skip_if"):
             cond = getattr(step, name)
             if cond is not None:
@@ -571,6 +643,7 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
                 track=step.track,
                 segments=seg,
                 encoding=enc,
+                variants=variants,
                 skip_if=step.skip_if,
                 only_if=step.only_if,
                 **_action_fields(step),
@@ -579,6 +652,45 @@ def build_steps(steps: list[StepIn], track: Tracking | None = None) -> list[Step
     if errors:
         raise Invalid(errors)
     return out
+
+
+def _variants(
+    i: int, step: StepIn, errors: list[FieldError], threaded: bool
+) -> list[Variant] | None:
+    """Step `i`'s variants, checked: unique ids, a subject only where the kind takes one
+    and the step is not `threaded` (it sends its first email's subject), templates that
+    parse. Errors are appended to `errors`."""
+    if step.variants is None:
+        return None
+    seen: set[str] = set()
+    takes_subject = SPECS[step.kind].subject
+    for j, v in enumerate(step.variants):
+        path = f"steps[{i}].variants[{j}]"
+        if v.id in seen:
+            errors.append(FieldError(f"{path}.id", f"variant id {v.id!r} is used twice"))
+        seen.add(v.id)
+        if v.subject is not None and not takes_subject:
+            errors.append(FieldError(f"{path}.subject", _SUBJECT_ONLY))
+        elif v.subject is not None and threaded:
+            errors.append(
+                FieldError(
+                    f"{path}.subject",
+                    "a threaded step sends its first email's subject; "
+                    "set thread: false to give it its own",
+                )
+            )
+        if v.subject is not None and _LINE_BREAK.search(v.subject):
+            errors.append(FieldError(f"{path}.subject", "a Subject is one line of text"))
+        for field in ("body", "subject"):
+            text = getattr(v, field)
+            if text is not None:
+                try:
+                    templates.parse(text)
+                except templates.TemplateError as exc:
+                    errors.append(FieldError(f"{path}.{field}", f"template error: {exc}"))
+    return [
+        Variant(id=v.id, weight=v.weight, body=v.body, subject=v.subject) for v in step.variants
+    ]
 
 
 # -- enrollments -----------------------------------------------------------------------
@@ -602,6 +714,15 @@ class EnrollmentCreate(Input, kw_only=True):
     contact_id: Id | None = None
     contact: ContactCreate | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
+    # Into an exclusive sequence while the contact is live in another one: reject (409
+    # naming that enrollment) or queue (enrolled when that one ends).
+    if_busy: Annotated[
+        Literal["reject", "queue"],
+        Meta(
+            description="into an exclusive sequence while the contact is live in another: "
+            "reject (409) or queue (202; enrolled when that one ends)"
+        ),
+    ] = "reject"
 
 
 BATCH_MAX_ITEMS = 1000
@@ -640,6 +761,24 @@ class Enrollment(Output, omit_defaults=True, kw_only=True):
     timezone_source: Literal["contact", "phone", "default"] | None = None
     # Why the current step was put off when it came due (window | skip_date | quiet_hours).
     deferred_reason: str | None = None
+    # The version of the sequence's steps it runs on (Sequence.version).
+    sequence_version: int
+    # Step index -> the A/B variant it was sent.
+    variants: dict[str, str] | None = None
+
+
+class QueuedEnrollment(Output, kw_only=True):
+    """An enrollment waiting for the contact's live exclusive enrollment `behind` to end:
+    it is made then, with this `id`."""
+
+    id: str
+    sequence_id: str
+    contact_id: str
+    behind: str
+
+
+class QueuedEnvelope(Output, kw_only=True):
+    queued: QueuedEnrollment
 
 
 class EnrollmentEnvelope(Output, kw_only=True):

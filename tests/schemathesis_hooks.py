@@ -71,6 +71,10 @@ BEYOND_SCHEMA = frozenset(
         # Contact events: an RFC 3339 time, properties' size as JSON.
         *("occurred_at", "properties"),
         *("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
+        # A step's variant ids are unique (`steps[0].variants[1].id`); a winner is one of
+        # the step's variants.
+        "id",
+        "variant",
     }
 )
 _LAST_NAME = re.compile(r"([A-Za-z_-]+)(?:\[\d+\])*$")

@@ -171,10 +171,21 @@ async def test_shorter_step_list_completes_enrollments_past_the_end(api: Api) ->
 
     shard = ids.shard_of(eid, store.shards)
     await store.client.hset(store.keys.enrollment(shard, eid), "i", 1)
+    # By default it keeps running on the version it was enrolled on (issue 22): the
+    # shorter list is version 2, and only "apply_to": "all" moves it there.
     status, body = await api.call(
         "PATCH",
         f"/sequences/{sid}",
         {"steps": [SEQUENCE["steps"][0]]},  # type: ignore[index]
+    )
+    assert status == 200 and body["sequence"]["version"] == 2  # type: ignore[index]
+    _, e = await api.call("GET", f"/enrollments/{eid}")
+    assert e["enrollment"]["status"] == "active"  # type: ignore[index]
+    assert e["enrollment"]["sequence_version"] == 1  # type: ignore[index]
+    status, body = await api.call(
+        "PATCH",
+        f"/sequences/{sid}",
+        {"steps": [SEQUENCE["steps"][0]], "apply_to": "all"},  # type: ignore[index]
     )
     assert status == 200 and len(body["sequence"]["steps"]) == 1  # type: ignore[index]
     _, e = await api.call("GET", f"/enrollments/{eid}")

@@ -246,7 +246,8 @@ async def test_a_newer_sequence_version_is_read_before_sending(store: Store) -> 
     clock = Clock()
     sender = Recorder()
     d = dispatcher(store, sender, clock)
-    patch = models.SequencePatch(steps=[models.StepIn(kind="sms", body="new text")])
+    # (apply_to "all": the enrollment moves to the new steps; by default it stays on its own.)
+    patch = models.SequencePatch(steps=[models.StepIn(kind="sms", body="new text")], apply_to="all")
     await store.sequences.change(TENANT, seq.id, patch=patch)
     await d.run_once(clock.at)
     assert [m.body for m in sender.messages] == ["new text"]
@@ -262,7 +263,8 @@ async def test_an_edit_that_names_another_contact_field_sends_it(store: Store) -
     d = dispatcher(store, sender, clock)
     await d.run_once(clock.at)
     patch = models.SequencePatch(
-        steps=[sms("Hi {{first_name}}"), sms("Bye {{first_name}} {{last_name}}", wait=1)]
+        steps=[sms("Hi {{first_name}}"), sms("Bye {{first_name}} {{last_name}}", wait=1)],
+        apply_to="all",
     )
     await store.sequences.change(TENANT, seq.id, patch=patch)
     clock.advance(MINUTE)

@@ -44,7 +44,7 @@ def test_a_claim_reads_the_owner_the_addresses_and_what_the_templates_name() -> 
 
 def test_mirror_text_and_what_is_read_back_from_it() -> None:
     two = steps(sms("Hi {{first_name}}"), sms("x"))
-    text = mirrors.mirror("active", 7, two)
+    text = mirrors.mirror("active", 7, len(two))
     assert text == "active:7:2"
     assert mirrors.version_of(text) == 7
     assert mirrors.fields_text(two) == "tenant,first_name,phone,timezone"

@@ -184,12 +184,14 @@ async def test_shrinking_a_sequence_completes_enrollments_past_its_new_end(
     for e in past:  # at the third step
         await s.client.hset(s.keys.enrollment(ids.shard_of(e.id, s.shards), e.id), "i", 2)
     await s.enrollments.transition(TENANT, past[0].id, "pause", "manual")
-    patch = models.SequencePatch(steps=[sms(), sms(wait=10)])
+    # ("all": the live enrollments move to the new steps; by default they stay on theirs.)
+    patch = models.SequencePatch(steps=[sms(), sms(wait=10)], apply_to="all")
     changed = await s.sequences.change(TENANT, seq.id, patch=patch)
     assert (changed.stats.completed, changed.stats.active, changed.stats.paused) == (7, 3, 0)
     for e in enrolled:
         assert (await raw(s, e.id))["st"] == ("completed" if e in past else "active")
         assert (await due_score(s, e.id) is None) == (e in past)
+        assert (await raw(s, e.id)).get("sv") == (None if e in past else "2")
 
 
 @pytest.fixture(params=["valkey", "fakeredis"])

@@ -16,6 +16,7 @@ from msgspec import Meta
 
 from seqd import bulk, models
 from seqd.api.auth import tenant_of
+from seqd.api.enrollments import queued_of
 from seqd.api.problems import Problem, build
 from seqd.api.routing import route
 from seqd.api.wire import read_body, respond
@@ -29,12 +30,16 @@ class BatchEnrolled(models.EnrollmentEnvelope, tag_field="outcome", tag="enrolle
     """An item enrolled (`idempotent`: it already was)."""
 
 
+class BatchQueued(models.QueuedEnvelope, tag_field="outcome", tag="queued"):
+    """An item queued behind the contact's live exclusive enrollment (`if_busy: queue`)."""
+
+
 class BatchProblem(Problem, tag_field="outcome", tag="problem"):
     """An item that was not enrolled: a problem object with the item's `index`."""
 
 
 class EnrollmentBatchResult(models.Output, kw_only=True):
-    results: list[BatchEnrolled | BatchProblem]
+    results: list[BatchEnrolled | BatchQueued | BatchProblem]
 
 
 class EnrollmentBatchBody(models.Input, kw_only=True):
@@ -99,7 +104,7 @@ async def create_enrollment_batch(request: web.Request) -> web.Response:
     # The sequence first: another tenant's id is the same 404 whatever the body.
     into = await bulk.target(store, tenant, request.match_info["id"])
     bodies = await _decoded(request)
-    results: list[BatchEnrolled | BatchProblem | None] = [None] * len(bodies)
+    results: list[BatchEnrolled | BatchQueued | BatchProblem | None] = [None] * len(bodies)
     good: list[int] = []
     items: list[bulk.Item] = []
     for i, body in enumerate(bodies):
@@ -125,7 +130,9 @@ async def create_enrollment_batch(request: web.Request) -> web.Response:
         else []
     )
     for i, outcome in zip(good, outcomes, strict=True):
-        if outcome.enrollment is not None:
+        if outcome.behind is not None:
+            results[i] = BatchQueued(queued=queued_of(outcome, into.seq.id))
+        elif outcome.enrollment is not None:
             results[i] = BatchEnrolled(enrollment=outcome.enrollment, idempotent=outcome.idempotent)
         elif outcome.error is not None:
             results[i] = item_problem(bulk.under(outcome.error, f"items[{i}]."), i)

@@ -51,7 +51,7 @@ class EnrollmentListQuery(ListQuery, kw_only=True):
 
 async def enroll_one(
     request: web.Request, seq_id: str, body: models.EnrollmentCreate
-) -> tuple[models.Enrollment, bool]:
+) -> bulk.ItemOutcome:
     """Enroll one contact (by id or inline) through the bulk path; its error is raised."""
     item = bulk.prepare(body, request.app[CONFIG].contacts.default_region)
     # With the other requests for this sequence in this turn of the loop: two round
@@ -59,8 +59,17 @@ async def enroll_one(
     outcome = await request.app[COALESCER].enroll(tenant_of(request), seq_id, item)
     if outcome.error is not None:
         raise outcome.error
-    assert outcome.enrollment is not None
-    return outcome.enrollment, outcome.idempotent
+    return outcome
+
+
+def queued_of(outcome: bulk.ItemOutcome, seq_id: str) -> models.QueuedEnrollment:
+    assert outcome.enrollment_id is not None and outcome.behind is not None
+    return models.QueuedEnrollment(
+        id=outcome.enrollment_id,
+        sequence_id=seq_id,
+        contact_id=outcome.contact_id or "",
+        behind=outcome.behind,
+    )
 
 
 @route(
@@ -69,15 +78,23 @@ async def enroll_one(
     summary="Enroll a contact, by id or inline (upserted); idempotent",
     tag=TAG,
     body=models.EnrollmentCreate,
-    responses={201: models.EnrollmentEnvelope, 200: models.EnrollmentEnvelope},
+    responses={
+        201: models.EnrollmentEnvelope,
+        200: models.EnrollmentEnvelope,
+        202: models.QueuedEnvelope,
+    },
     errors=(404, 409),
 )
 async def create_enrollment(request: web.Request) -> web.Response:
     body = await read_body(request, models.EnrollmentCreate)
-    enrollment, idempotent = await enroll_one(request, request.match_info["id"], body)
+    seq_id = request.match_info["id"]
+    outcome = await enroll_one(request, seq_id, body)
+    if outcome.behind is not None:
+        return respond(models.QueuedEnvelope(queued=queued_of(outcome, seq_id)), 202)
+    assert outcome.enrollment is not None
     return respond(
-        models.EnrollmentEnvelope(enrollment=enrollment, idempotent=idempotent),
-        200 if idempotent else 201,
+        models.EnrollmentEnvelope(enrollment=outcome.enrollment, idempotent=outcome.idempotent),
+        200 if outcome.idempotent else 201,
     )
 
 

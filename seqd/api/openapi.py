@@ -106,7 +106,8 @@ def _links(routes: list[Route], base_path: str) -> dict[tuple[str, str], dict[st
         # same name (a contact's events are not the event log's) links to none of them.
         reads = [_object_type(t.responses.get(200)) for t in targets if t.method == "GET"]
         for status, kind in r.responses.items():
-            pointer = _id_pointer(kind) if 200 <= status < 300 else None
+            # (Not from a 202: its object is accepted, not made yet.)
+            pointer = _id_pointer(kind) if status in (200, 201) else None
             if pointer is None or not targets:
                 continue
             if reads and _object_type(kind) not in reads:

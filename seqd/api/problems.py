@@ -26,9 +26,15 @@ class Problem(msgspec.Struct, omit_defaults=True, kw_only=True):
     status_now: str | None = msgspec.field(default=None, name="current_status")
     contact_id: str | None = None
     index: int | None = None
+    # 409 of an enrollment rule: the enrollment in the way (exclusive, reenroll), and when
+    # the contact may be enrolled again (reenroll after_days).
+    enrollment_id: str | None = None
+    reenroll_at: str | None = None
 
 
 _encode = msgspec.json.Encoder().encode
+# The extras of a domain error that go into its problem (the Problem fields above).
+_EXTRAS = frozenset({"field", "contact_id", "index", "enrollment_id", "reenroll_at"})
 
 
 def problem(
@@ -49,7 +55,7 @@ def problem(
 def build(http_status: int, code: str, title: str, detail: str = "", **extra: Any) -> Problem:
     errors = extra.pop("errors", None) or []
     current = extra.pop("status", None)
-    known = {k: v for k, v in extra.items() if k in ("field", "contact_id", "index")}
+    known = {k: v for k, v in extra.items() if k in _EXTRAS}
     return Problem(
         type=TYPE_BASE + code,
         title=title,

@@ -15,7 +15,7 @@ from seqd.api.schedules import check_schedule_id
 from seqd.api.steps import check_steps
 from seqd.api.wire import read_body, read_query, respond
 from seqd.appkeys import STORE
-from seqd.errors import Conflict
+from seqd.errors import Conflict, NotFound
 from seqd.models import SequenceStatus
 
 TAG = "sequences"
@@ -93,6 +93,30 @@ async def patch_sequence(request: web.Request) -> web.Response:
         await check_schedule_id(request.app[STORE], tenant_of(request), body.schedule_id)
     seq = await request.app[STORE].sequences.change(
         tenant_of(request), request.match_info["id"], patch=body
+    )
+    return respond(models.SequenceEnvelope(sequence=seq))
+
+
+class WinnerBody(models.Input, kw_only=True):
+    variant: models.VariantId
+
+
+@route(
+    "POST",
+    "/sequences/{id}/steps/{n}/winner",
+    summary="Choose an A/B winner: the step sends only this variant from now on",
+    tag=TAG,
+    body=WinnerBody,
+    responses={200: models.SequenceEnvelope},
+    errors=(404, 409),
+)
+async def choose_winner(request: web.Request) -> web.Response:
+    body = await read_body(request, WinnerBody)
+    text = request.match_info["n"]
+    if not text.isdigit() or len(text) > 3:
+        raise NotFound(f"no step {text}", field="n")
+    seq = await request.app[STORE].sequences.change(
+        tenant_of(request), request.match_info["id"], winner=(int(text), body.variant)
     )
     return respond(models.SequenceEnvelope(sequence=seq))
 

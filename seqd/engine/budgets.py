@@ -147,7 +147,7 @@ class Budgets:
         whose budgets key the asks take from (a preview's scratch copy), else their own."""
         steps: list[tuple[Claimed, Plan, int, Kind]] = []
         for item in items:
-            plan = plans.get(item.enrollment.sequence)
+            plan = plans.get(item.plan_key)
             step = int(item.enrollment.index)
             if plan is not None and step < len(plan.steps):
                 steps.append((item, plan, step, plan.steps[step].kind))

@@ -50,6 +50,8 @@ class Job:
     result: SendResult | None = None
     # ms when the send ended.
     at: int = 0
+    # The A/B variant sent (recorded with the step), None for a step without variants.
+    variant: str | None = None
 
 
 def suppressed_reason(record: SuppressionRecord, kind: Kind) -> str:
@@ -99,9 +101,16 @@ def compose(
     if not to:
         return _pause_missing(item, step, kind, now, field)
     context = _context(item, sp)
+    body_t, subject_t, variant = sp.body, sp.subject, None
+    if sp.variants:
+        chosen = sp.variant_for(item.id, step)
+        body_t, subject_t, variant = chosen.body, chosen.subject, chosen.id
+    if sp.thread_root is not None and plan.steps[sp.thread_root].variants:
+        # A reply threads under the subject its first email was sent with.
+        subject_t = plan.steps[sp.thread_root].variant_for(item.id, sp.thread_root).subject
     try:
-        body = templates.render(sp.body, context)
-        subject = None if sp.subject is None else templates.render(sp.subject, context)
+        body = templates.render(body_t, context)
+        subject = None if subject_t is None else templates.render(subject_t, context)
     except templates.MissingVariable as exc:
         return _pause_missing(item, step, kind, now, exc.variable)
     if subject is not None:
@@ -133,6 +142,7 @@ def compose(
         attempts=int(e.attempts or 0),
         message=message,
         item=item,
+        variant=variant,
     )
 
 

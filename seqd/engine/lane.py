@@ -273,7 +273,7 @@ class Lane:
         lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for item in items:
             e = item.enrollment
-            plan = plans.get(e.sequence)
+            plan = plans.get(item.plan_key)
             if plan is None:
                 continue
             for kind in plan.kinds_from(int(e.index)):
@@ -339,7 +339,7 @@ class Lane:
         trimmed: set[int] = set()
         for item in items:
             e = item.enrollment
-            plan = plans.get(e.sequence)
+            plan = plans.get(item.plan_key)
             index = int(e.index)
             if plan is not None and index < len(plan.steps):
                 kind = plan.steps[index].kind
@@ -372,7 +372,7 @@ class Lane:
             if n % YIELD_EVERY == 0:
                 # The API shares this event loop: let its requests in between.
                 await asyncio.sleep(0)
-            plan = plans.get(item.enrollment.sequence)
+            plan = plans.get(item.plan_key)
             if plan is None:
                 settles[shard_of[item.id]].append(outcomes.unavailable(item, now, crew.backoff_ms))
                 continue
@@ -446,13 +446,13 @@ class Lane:
             for job in jobs:
                 if job in running:
                     continue
-                plan = plans[job.message.sequence_id]
+                plan = plans[_plan_key(job)]
                 settles[shard_of[job.id]].append(crew.outcome(job, plan, suppressed))
             if task is not None:
                 crew.sending.leave_running(
                     task,
                     running,
-                    lambda job: crew.outcome(job, plans[job.message.sequence_id], suppressed),
+                    lambda job: crew.outcome(job, plans[_plan_key(job)], suppressed),
                     shard_of,
                 )
         claimed = {item.id: item.enrollment for item in items}
@@ -472,31 +472,36 @@ class Lane:
         return Tally(owed.count, sent, settled, stale)
 
     async def _plans(self, items: list[Claimed], mirrors: Mapping[str, str]) -> dict[str, Plan]:
-        """The plan of each sequence in the batch, at least at its mirror's version."""
+        """The plan of each key (`Claimed.plan_key`) in the batch, at least at its
+        sequence's mirror's version."""
         plans = self.crew.plans
         out: dict[str, Plan] = {}
         missing: dict[str, tuple[str, int]] = {}
-        tenants = {item.enrollment.sequence: item.enrollment.tenant for item in items}
-        for sid, mirror in mirrors.items():
-            version = version_of(mirror)
-            plan = plans.cached(sid, version)
+        wanted = {item.plan_key: item.enrollment for item in items}
+        for key, e in wanted.items():
+            version = version_of(mirrors.get(e.sequence, ""))
+            plan = plans.cached(key, version)
             if plan is not None:
-                out[sid] = plan
+                out[key] = plan
             else:
-                missing[sid] = (tenants[sid], version)
+                missing[key] = (e.tenant, version)
         if missing:
             loaded = await asyncio.gather(
-                *(plans.load(t, sid, v) for sid, (t, v) in missing.items()),
+                *(plans.load(t, key, v) for key, (t, v) in missing.items()),
                 return_exceptions=True,
             )
-            for sid, got in zip(missing, loaded, strict=True):
+            for key, got in zip(missing, loaded, strict=True):
                 if isinstance(got, NotFound):
-                    log.error("dispatch.sequence_missing", sequence_id=sid)
+                    log.error("dispatch.sequence_missing", sequence_id=key)
                 elif isinstance(got, BaseException):
                     raise got
                 else:
-                    out[sid] = got
+                    out[key] = got
         return out
+
+
+def _plan_key(job: Job) -> str:
+    return job.message.sequence_id if job.item is None else job.item.plan_key
 
 
 def _extra(crew: Crew, owed: _Owed | None, held: _Held | None) -> list[Call]:

@@ -9,10 +9,13 @@ long-running process holds one plan per live sequence, not one per version ever 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+import msgspec
 
 from seqd import conditions, models, templates
 from seqd.kinds import SPECS, Kind
@@ -26,6 +29,17 @@ NO_RULES = StepTiming()
 
 # Plans kept at most; the oldest loaded is dropped past this.
 CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class VariantPlan:
+    """One A/B variant as sent: its texts (the step's where it has none of its own)."""
+
+    id: str
+    # The variant's share is the picks in [previous variant's `upto`, `upto`).
+    upto: int
+    body: str
+    subject: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +67,19 @@ class StepPlan:
     ends: bool = False
     # Its links go through seqd's click redirect (seqd/clicks.py).
     track_clicks: bool = False
+    # A/B variants (only the winner once one is chosen); () for a plain step.
+    variants: tuple[VariantPlan, ...] = ()
+
+    def variant_for(self, enrollment_id: str, step: int) -> VariantPlan:
+        """The variant enrollment `enrollment_id` gets at `step` (a step with variants):
+        the same in every process and on every retry, from a stable hash of the pair."""
+        variants = self.variants
+        if len(variants) == 1:
+            return variants[0]
+        digest = hashlib.blake2b(f"{enrollment_id}:{step}".encode(), digest_size=8).digest()
+        pick = int.from_bytes(digest, "big") % variants[-1].upto
+        return next(v for v in variants if pick < v.upto)
+
     # Whether it is sent when due (its only_if / skip_if); None: always.
     gate: conditions.Predicate | None = None
 
@@ -98,6 +125,9 @@ def build(seq: models.Sequence, version: int) -> Plan:
             subject = seq.steps[first].subject
         roots = templates.roots(subject, *models.step_templates(step))
         action = step if SPECS[step.kind].family == "action" else None
+        variants = _variants(step, subject)
+        for v in variants:
+            roots |= templates.roots(v.body, v.subject)
         steps.append(
             StepPlan(
                 kind=step.kind,
@@ -113,6 +143,7 @@ def build(seq: models.Sequence, version: int) -> Plan:
                 action=action,
                 ends=step.kind == "enroll" and step.then == "complete",
                 track_clicks=models.tracks_clicks(step, seq.track),
+                variants=variants,
                 gate=conditions.gate(step.only_if, step.skip_if),
             )
         )
@@ -125,8 +156,24 @@ def build(seq: models.Sequence, version: int) -> Plan:
     return Plan(seq.id, version, tuple(steps), kinds_left, senders, seq.rotation, seq.schedule_id)
 
 
+def _variants(step: models.Step, subject: str | None) -> tuple[VariantPlan, ...]:
+    """The step's variants as sent (`subject`: the step's as sent): all of them by weight,
+    or its winner alone once there is one."""
+    if not step.variants:
+        return ()
+    chosen = [v for v in step.variants if step.winner is None or v.id == step.winner]
+    out, upto = [], 0
+    for v in chosen or step.variants:
+        upto += v.weight
+        own_subject = v.subject if v.subject is not None else subject
+        out.append(VariantPlan(v.id, upto, v.body or step.body, own_subject))
+    return tuple(out)
+
+
 class Plans:
-    """Plans by sequence id, refreshed when a mirror shows a newer version."""
+    """Plans by key (`Claimed.plan_key`: the sequence id, or "<id>@<steps version>" for an
+    enrollment on a later version of the steps), refreshed when a mirror shows a newer
+    version of the document."""
 
     def __init__(self, store: Store, size: int = CACHE_SIZE) -> None:
         self.store = store
@@ -135,18 +182,20 @@ class Plans:
         # Reads in flight, so concurrent shard batches fetch a document once.
         self._loading: dict[str, asyncio.Future[Plan]] = {}
 
-    def cached(self, sequence_id: str, version: int) -> Plan | None:
-        plan = self._plans.get(sequence_id)
+    def cached(self, key: str, version: int) -> Plan | None:
+        plan = self._plans.get(key)
         if plan is None or plan.version < version:
             return None
         return plan
 
-    async def load(self, tenant: str, sequence_id: str, version: int) -> Plan:
-        """The plan at `version` or newer; NotFound when the document is gone."""
-        plan = self.cached(sequence_id, version)
+    async def load(self, tenant: str, key: str, version: int) -> Plan:
+        """The plan of `key` at document `version` or newer; NotFound when the document is
+        gone. A key's steps are those of its steps version (the document's own when it is
+        the newest), the rest (senders, schedule) the document's."""
+        plan = self.cached(key, version)
         if plan is not None:
             return plan
-        pending = self._loading.get(sequence_id)
+        pending = self._loading.get(key)
         if pending is not None:
             try:
                 plan = await asyncio.shield(pending)
@@ -158,9 +207,14 @@ class Plans:
             except Exception:
                 pass
         future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
-        self._loading[sequence_id] = future
+        self._loading[key] = future
         try:
+            sequence_id, _, steps_version = key.partition("@")
             seq, current = await self.store.sequences.get_versioned(tenant, sequence_id)
+            wanted = int(steps_version or 1)
+            if wanted != seq.version:
+                steps = await self.store.sequences.steps_at(tenant, sequence_id, wanted)
+                seq = msgspec.structs.replace(seq, steps=steps)
             plan = build(seq, current)
             future.set_result(plan)
         except asyncio.CancelledError:
@@ -171,10 +225,10 @@ class Plans:
             future.exception()  # marked retrieved: nobody else may be waiting
             raise
         finally:
-            if self._loading.get(sequence_id) is future:
-                del self._loading[sequence_id]
-        self._plans[sequence_id] = plan
-        self._plans.move_to_end(sequence_id)
+            if self._loading.get(key) is future:
+                del self._loading[key]
+        self._plans[key] = plan
+        self._plans.move_to_end(key)
         while len(self._plans) > self.size:
             self._plans.popitem(last=False)
         return plan

@@ -84,7 +84,7 @@ class Timetable:
         now = self.clock()
         wanted = set()
         for item in items:
-            plan = plans.get(item.enrollment.sequence)
+            plan = plans.get(item.plan_key)
             if plan is not None and plan.schedule_id is not None:
                 key = (item.enrollment.tenant, plan.schedule_id)
                 kept = self._schedules.get(key)

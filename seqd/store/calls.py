@@ -67,12 +67,14 @@ def enroll(
     tenant: str,
     sequence_id: str,
     first_wait_ms: int,
-    items: Iterable[tuple[str, str, str, str, str]],
+    items: Iterable[tuple[str, str, str, str, str, str]],
+    rules: tuple[str, str, str] = ("", "", ""),
 ) -> Call:
     """`items`: (new enrollment id, contact id, metadata JSON text or "", due ms as text or
-    "" for now + first_wait_ms, "<timezone_source>:<timezone_used>" or "")."""
+    "" for now + first_wait_ms, "<timezone_source>:<timezone_used>" or "", "queue" or "");
+    `rules`: (steps version, reenroll, exclusive) as enroll-3.lua's ARGV[6..8] spell them."""
     tag = keys.shard_tag(shard)
-    args: list[Any] = [tag, now, tenant, sequence_id, first_wait_ms]
+    args: list[Any] = [tag, now, tenant, sequence_id, first_wait_ms, *rules]
     for item in items:
         args += item
     return Call("enroll", _mirror_keys(keys, shard), args, tag)
@@ -80,18 +82,22 @@ def enroll(
 
 class Enrolled(NamedTuple):
     """One enroll item's reply: `flat` is the existing enrollment's hash (flat) when
-    `idempotent`, else empty (the caller knows what it created)."""
+    `idempotent`, else empty (the caller knows what it created); `behind`: queued behind
+    that exclusive enrollment (`id` is made when it ends)."""
 
     id: str
     idempotent: bool
     flat: list[str]
+    behind: str | None = None
 
 
 def enrolled(reply: Sequence[Any]) -> list[Enrolled | ScriptError]:
     """An enroll reply, item by item: what was enrolled, or the item's error."""
     out: list[Enrolled | ScriptError] = []
     for row in reply:
-        if row[0] != 1:
+        if row[0] == 2:
+            out.append(Enrolled(row[1], False, [], row[2]))
+        elif row[0] != 1:
             out.append(ScriptError(row[1], row[2]))
         elif row[2]:
             out.append(Enrolled(row[1], True, row[3]))
@@ -182,12 +188,22 @@ def reclaim_leases(keys: Keys, shard: int, now: int, limit: int, dead: Sequence[
 
 # -- sequences -----------------------------------------------------------------------------
 def put_sequence(
-    keys: Keys, tenant: str, sequence_id: str, doc: str | bytes, status: str, expected: int
+    keys: Keys,
+    tenant: str,
+    sequence_id: str,
+    doc: str | bytes,
+    status: str,
+    expected: int,
+    kept: tuple[int, bytes] | None = None,
 ) -> Call:
+    """`kept`: (version, steps JSON) of the steps the doc replaces, kept."""
+    args: list[Any] = [sequence_id, doc, status, expected]
+    if kept is not None:
+        args += kept
     return Call(
         "putSequence",
         [keys.sequence(tenant, sequence_id), keys.sequences(tenant)],
-        [sequence_id, doc, status, expected],
+        args,
         keys.tenant_tag(tenant),
     )
 
@@ -202,9 +218,13 @@ def sync_sequence(
     limit: int,
     cursor: str,
     fields: str,
+    moves: str | bytes = "",
 ) -> Call:
+    """`moves`: the retarget sweeps' JSON (syncSequence-3.lua ARGV[9])."""
     tag = keys.shard_tag(shard)
     args = [tag, now, sequence_id, mirror, sweep, limit, cursor, fields]
+    if moves:
+        args.append(moves)
     return Call("syncSequence", _mirror_keys(keys, shard), args, tag)
 
 

@@ -38,6 +38,8 @@ class ClaimedEnrollment(msgspec.Struct, gc=False):
     email_sender: str | None = msgspec.field(name="ye", default=None)
     # What became of earlier steps, a letter per step (seqd/conditions.py), where any did.
     outcomes: str | None = msgspec.field(name="o", default=None)
+    # The version of its sequence's steps it runs on (absent: 1).
+    steps_version: str | None = msgspec.field(name="sv", default=None)
 
     def pinned(self, kind: str) -> str | None:
         """The sender of `kind`'s steps the contact is pinned to, if any."""
@@ -53,6 +55,13 @@ class Claimed(msgspec.Struct, gc=False):
     id: str
     enrollment: ClaimedEnrollment
     contact: dict[str, str]
+
+    @property
+    def plan_key(self) -> str:
+        """Its plan's key (engine/plans.py): the sequence id for version 1 of its steps,
+        "<sequence id>@<version>" for a later one."""
+        e = self.enrollment
+        return e.sequence if e.steps_version is None else f"{e.sequence}@{e.steps_version}"
 
 
 class ClaimBatch(msgspec.Struct, frozen=True, gc=False):

@@ -34,7 +34,9 @@ ENROLLMENT_FIELDS = {
     "sm": "set once an SMS step was sent to the contact",
     "ys": "the sms sender (POST /v1/senders) the contact is pinned to (sticky rotation)",
     "ye": "the email sender the contact is pinned to (sticky rotation)",
+    "sv": "the version of the sequence's steps it runs on; absent means 1",
     "p<step>": "the provider's message id of a sent step",
+    "v<step>": "the A/B variant a step was sent as",
     "d<step>": "delivery report of a sent step: <rank>:<status>[:<error code>] (recordDelivery)",
     "k<step>": "ms of the first click (not a scanner's) on a tracked link of the step",
     "cq": "completed_reason: goal (a contact event met the sequence's exit_on)",
@@ -90,6 +92,8 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
         timezone_used=zone or None,
         timezone_source=source or None,  # type: ignore[arg-type]
         deferred_reason=deferred if deferred_step == h["i"] else None,
+        sequence_version=int(h.get("sv") or 1),
+        variants={k[1:]: v for k, v in h.items() if k[0] == "v" and k[1:].isdigit()} or None,
     )
 
 

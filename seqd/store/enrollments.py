@@ -32,6 +32,8 @@ class EnrollItem(msgspec.Struct, frozen=True):
     due: int | None = None
     # "<timezone_source>:<timezone_used>" of that decision ("" when no zone mattered).
     zone: str = ""
+    # Into an exclusive sequence while the contact is busy in another: wait for it.
+    queue: bool = False
 
 
 class EnrollResult(msgspec.Struct, frozen=True):
@@ -43,6 +45,19 @@ class EnrollResult(msgspec.Struct, frozen=True):
     idempotent: bool = False
     code: str | None = None
     detail: str = ""
+    # Queued behind the contact's live exclusive enrollment of this id (`id` made later).
+    behind: str | None = None
+
+
+def enroll_rules(seq: models.Sequence) -> tuple[str, str, str]:
+    """enroll-3.lua's ARGV[6..8] for `seq`: steps version ("" for 1), reenroll, exclusive."""
+    rule = seq.reenroll
+    if isinstance(rule, models.ReenrollAfter):
+        reenroll = str(rule.after_days * 86_400_000)
+    else:
+        reenroll = "never" if rule == "never" else ""
+    version = "" if seq.version == 1 else str(seq.version)
+    return version, reenroll, "1" if seq.exclusive else ""
 
 
 class Enrollments:
@@ -65,6 +80,7 @@ class Enrollments:
         now = now_ms()
         wait_ms = seq.steps[0].wait_minutes * 60_000
         shards = self.keys.shards
+        rules = enroll_rules(seq)
         by_shard: dict[int, list[int]] = defaultdict(list)
         results: list[EnrollResult | None] = [None] * len(items)
         for i, item in enumerate(items):
@@ -85,8 +101,11 @@ class Enrollments:
                     if md is None:
                         md = _encode(item.metadata).decode() if item.metadata else ""
                     due = "" if item.due is None else str(item.due)
-                    values.append((eid, item.contact_id, md, due, item.zone))
-                trip.append(calls.enroll(self.keys, shard, now, tenant, seq.id, wait_ms, values))
+                    busy = "queue" if item.queue else ""
+                    values.append((eid, item.contact_id, md, due, item.zone, busy))
+                trip.append(
+                    calls.enroll(self.keys, shard, now, tenant, seq.id, wait_ms, values, rules)
+                )
                 batches.append(batch)
         replies: list[Any]
         if len(trip) == 1:  # the single enrollment: no pipeline to build
@@ -105,6 +124,8 @@ class Enrollments:
             for i, row in zip(batch, calls.enrolled(reply), strict=True):
                 if isinstance(row, ScriptError):
                     results[i] = EnrollResult(code=row.code, detail=row.detail)
+                elif row.behind is not None:
+                    results[i] = EnrollResult(id=row.id, behind=row.behind)
                 elif row.idempotent:
                     enrollment = codec.enrollment(row.id, codec.pairs(row.flat)) if full else None
                     results[i] = EnrollResult(id=row.id, enrollment=enrollment, idempotent=True)
@@ -123,6 +144,7 @@ class Enrollments:
                         updated_at=enrolled_at,
                         timezone_used=zone or None,
                         timezone_source=source or None,  # type: ignore[arg-type]
+                        sequence_version=seq.version,
                     )
                     results[i] = EnrollResult(id=row.id, enrollment=new)
                 else:

@@ -88,6 +88,13 @@ SHARD_TEMPLATES: Final[Mapping[str, str]] = {
     "stats": "{tag}:st:{sequence_id}:{day}",
     # STRING: days a `stats` hash is kept after its day ends (`[stats] retention_days`).
     "stats_ttl": "{tag}:stt",
+    # LIST of enrollments (JSON: id, sequence, tenant, metadata, first wait, steps version)
+    # waiting for the contact's live exclusive enrollment (contact field `ex`) to end;
+    # the script that ends that one makes the first of them (enrollment.lua).
+    "exclusive_waiting": "{tag}:xq:{contact_id}",
+    # HASH sequence id -> "<status>:<version>:<steps>": the shard's mirror of each sequence
+    # (SHARD_MIRRORS; a template too, for the scripts that read it by name).
+    "mirrors": "{tag}:sq",
 }
 # Per-tenant keys built in Lua by family; `{tag}` is the tenant's hash tag (`tenant_tag`).
 TENANT_TEMPLATES: Final[Mapping[str, str]] = {
@@ -102,7 +109,7 @@ TENANT_TEMPLATES: Final[Mapping[str, str]] = {
 # whose queue then waits untouched until the sequence resumes (syncSequence puts it back).
 SHARD_HEADS = "{tag}:hd"
 SHARD_OUTBOX = "{tag}:outbox"
-SHARD_MIRRORS = "{tag}:sq"
+SHARD_MIRRORS = SHARD_TEMPLATES["mirrors"]
 # ZSET endpoint id -> earliest score in its `delivery_queue`: what the deliverer polls.
 SHARD_DELIVERY_DUE = "{tag}:wdue"
 # ZSET of every failed delivery of the shard (all endpoints), scores 0: trimmed by age.
@@ -336,6 +343,11 @@ class Keys:
 
     def stats_ttl(self, shard: int) -> str:
         return SHARD_TEMPLATES["stats_ttl"].format(tag=self.shard_tag(shard))
+
+    def exclusive_waiting(self, shard: int, contact_id: str) -> str:
+        return SHARD_TEMPLATES["exclusive_waiting"].format(
+            tag=self.shard_tag(shard), contact_id=contact_id
+        )
 
     def sequence_fields(self, shard: int) -> str:
         return SHARD_TEMPLATES["sequence_fields"].format(tag=self.shard_tag(shard))

@@ -42,13 +42,16 @@ def contact_fields(steps: Iterable[models.Step], scheduled: bool = False) -> tup
         needed |= conditions.roots(step.only_if) | conditions.roots(step.skip_if)
         try:
             needed |= templates.roots(*models.step_templates(step))
+            for v in step.variants or ():
+                needed |= templates.roots(v.body or "", v.subject)
         except templates.TemplateError:  # (saved steps parse; if one did not: read them all)
             return CONTACT_READ
     return tuple(field for field in CONTACT_READ if field in needed)
 
 
-def mirror(status: str, version: int, steps: list[models.Step]) -> str:
-    return f"{status}:{version}:{len(steps)}"
+def mirror(status: str, version: int, steps: int) -> str:
+    """`steps`: the step count the shards go by (the most of any kept version)."""
+    return f"{status}:{version}:{steps}"
 
 
 def fields_text(steps: list[models.Step], scheduled: bool = False) -> str:

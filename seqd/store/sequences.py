@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from seqd import ids, models
-from seqd.errors import Conflict, NotFound
+from seqd.errors import Conflict, Invalid, NotFound
 from seqd.kinds import Channel
 from seqd.models import SequenceStatus
 from seqd.store import calls, mirrors, screening
@@ -24,6 +24,7 @@ from seqd.times import now_ms, to_rfc3339
 # Enrollments one syncSequence call handles: bounds how long it holds Redis (~1 ms/100).
 SWEEP_BATCH = 500
 _decode_seq = msgspec.json.Decoder(models.Sequence).decode
+_decode_steps = msgspec.json.Decoder(list[models.Step]).decode
 _encode = msgspec.json.Encoder().encode
 # Writers that lose the optimistic-concurrency race re-read and retry this many times.
 _RETRIES = 10
@@ -103,20 +104,58 @@ class Sequences:
             senders=body.senders,
             rotation=body.rotation,
             track=body.track,
+            reenroll=body.reenroll,
+            exclusive=body.exclusive,
             exit_on=body.exit_on,
             created_at=now,
             updated_at=now,
         )
         version = await self._put(tenant, seq, 0)
-        await self.sync(seq, version, [])
+        await self.sync(tenant, seq, version, [])
         return seq
 
-    async def _put(self, tenant: str, seq: models.Sequence, expected: int) -> int:
+    async def _put(
+        self,
+        tenant: str,
+        seq: models.Sequence,
+        expected: int,
+        kept: tuple[int, list[models.Step]] | None = None,
+    ) -> int:
+        """Write the document; `kept`: the version and steps it replaces, kept for the
+        enrollments that run on them."""
         doc = msgspec.structs.replace(seq, stats=models.SequenceStats())
+        old = None if kept is None else (kept[0], _encode(kept[1]))
         put = calls.put_sequence(
-            self.keys, tenant, seq.id, _encode(doc), seq.status.value, expected
+            self.keys, tenant, seq.id, _encode(doc), seq.status.value, expected, old
         )
         return int(await self.store.runner.run(put))
+
+    async def steps_at(self, tenant: str, sid: str, steps_version: int) -> list[models.Step]:
+        """The steps of an earlier version (NotFound when it was not kept)."""
+        key = self.keys.sequence(tenant, sid)
+        got = await self.store.client.hget(key, f"steps:{steps_version}")
+        if got is None:
+            raise NotFound(f"no version {steps_version} of sequence {sid}", field="version")
+        return _decode_steps(got)
+
+    async def _kept(self, tenant: str, sid: str) -> dict[int, list[models.Step]]:
+        """The earlier versions of the sequence's steps that are kept, by version."""
+        got: dict[str, str] = await self.store.client.hgetall(  # type: ignore[assignment]
+            self.keys.sequence(tenant, sid)
+        )
+        return {
+            int(name.removeprefix("steps:")): _decode_steps(text)
+            for name, text in got.items()
+            if name.startswith("steps:")
+        }
+
+    async def _moves(self, tenant: str, seq: models.Sequence) -> bytes:
+        """The retarget sweeps' JSON (syncSequence-3.lua ARGV[9]): every kept version's
+        waits, and the new version and its step count."""
+        kept = await self._kept(tenant, seq.id)
+        waits = {str(v): [_wait_ms(step) for step in steps] for v, steps in kept.items()}
+        waits[str(seq.version)] = [_wait_ms(step) for step in seq.steps]
+        return _encode({"v": str(seq.version), "n": len(seq.steps), "w": waits})
 
     async def change(
         self,
@@ -126,8 +165,10 @@ class Sequences:
         patch: models.SequencePatch | None = None,
         status: SequenceStatus | None = None,
         allowed_from: frozenset[SequenceStatus] | None = None,
+        winner: tuple[int, str] | None = None,
     ) -> models.Sequence:
-        """Read-modify-write with optimistic concurrency; then bring the shards in line."""
+        """Read-modify-write with optimistic concurrency; then bring the shards in line.
+        `winner`: (step index, variant id) to send alone from now on."""
         for _ in range(_RETRIES):
             old, version = await self._read(tenant, sid)
             if old.status == SequenceStatus.ARCHIVED and status != SequenceStatus.ARCHIVED:
@@ -137,8 +178,15 @@ class Sequences:
                     f"cannot go from {old.status.value} to {status}", status=old.status.value
                 )
             new = self._apply(old, patch, status)
+            if winner is not None:
+                new = _with_winner(new, *winner)
+            # Changed steps are a new version; the old one is kept for its enrollments.
+            kept = None
+            if patch is not None and patch.steps is not msgspec.UNSET and new.steps != old.steps:
+                new.version = old.version + 1
+                kept = (old.version, old.steps)
             try:
-                new_version = await self._put(tenant, new, version)
+                new_version = await self._put(tenant, new, version, kept)
             except ScriptError as exc:
                 if exc.code == "CONFLICT":
                     continue
@@ -146,11 +194,15 @@ class Sequences:
                     raise NotFound(f"no sequence {sid}", field="id") from None
                 raise
             sweeps = []
-            if len(new.steps) < len(old.steps):
-                sweeps += ["shrink_active", "shrink_paused"]
+            moves = b""
+            # "all" moves the live enrollments of every older version to these steps
+            # (also when they equal the newest version's: no new version then).
+            if patch is not None and patch.steps is not msgspec.UNSET and patch.apply_to == "all":
+                sweeps += ["retarget_active", "retarget_paused"]
+                moves = await self._moves(tenant, new)
             if new.status == SequenceStatus.ARCHIVED:
                 sweeps.append("archive")
-            await self.sync(new, new_version, sweeps)
+            await self.sync(tenant, new, new_version, sweeps, moves)
             return await self.get(tenant, sid)
         raise Conflict("the sequence is being changed by another request; try again")
 
@@ -172,6 +224,8 @@ class Sequences:
                 "rotation",
                 "schedule_id",
                 "track",
+                "reenroll",
+                "exclusive",
             ):
                 value = getattr(patch, field)
                 if value is not msgspec.UNSET:
@@ -179,10 +233,15 @@ class Sequences:
             if patch.steps is not msgspec.UNSET:
                 changes["steps"] = models.build_steps(patch.steps, changes.get("track", old.track))
             elif "track" in changes:
-                # The segments of SMS steps count their links as tracked or not.
-                changes["steps"] = models.build_steps(
+                # The segments of SMS steps count their links as tracked or not; a step's
+                # chosen A/B winner stays.
+                rebuilt = models.build_steps(
                     [_step_in(step) for step in old.steps], changes["track"]
                 )
+                changes["steps"] = [
+                    msgspec.structs.replace(new, winner=was.winner, winner_at=was.winner_at)
+                    for new, was in zip(rebuilt, old.steps, strict=True)
+                ]
             if patch.exit_on is not msgspec.UNSET:
                 changes["exit_on"] = patch.exit_on
             if patch.status is not msgspec.UNSET:
@@ -197,17 +256,39 @@ class Sequences:
                     changes["status"] = target
         return msgspec.structs.replace(old, **changes)
 
-    async def sync(self, seq: models.Sequence, version: int, sweeps: list[str]) -> None:
-        """Write the mirror in every shard, then run each sweep to completion."""
-        mirror = mirrors.mirror(seq.status.value, version, seq.steps)
-        fields = mirrors.fields_text(seq.steps, seq.schedule_id is not None)
+    async def sync(
+        self,
+        tenant: str,
+        seq: models.Sequence,
+        version: int,
+        sweeps: list[str],
+        moves: bytes = b"",
+    ) -> None:
+        """Write the mirror in every shard, then run each sweep to completion. The mirror's
+        step count is the most of any kept version: the shards complete an enrollment
+        past it, and one on an older version may have more steps than the newest."""
+        kept = await self._kept(tenant, seq.id)
+        count = max([len(seq.steps), *(len(steps) for steps in kept.values())])
+        mirror = mirrors.mirror(seq.status.value, version, count)
+        # The contact fields a claim reads: those of every version an enrollment may be on.
+        every = [step for steps in (seq.steps, *kept.values()) for step in steps]
+        fields = mirrors.fields_text(every, seq.schedule_id is not None)
         for sweep in ["", *sweeps]:
             cursors = {shard: "" for shard in range(self.keys.shards)}
             while cursors:
                 now = now_ms()
                 trip = [
                     calls.sync_sequence(
-                        self.keys, shard, now, seq.id, mirror, sweep, SWEEP_BATCH, cursor, fields
+                        self.keys,
+                        shard,
+                        now,
+                        seq.id,
+                        mirror,
+                        sweep,
+                        SWEEP_BATCH,
+                        cursor,
+                        fields,
+                        moves if sweep.startswith("retarget") else b"",
                     )
                     for shard, cursor in cursors.items()
                 ]
@@ -261,6 +342,27 @@ class Sequences:
 def _step_in(step: models.Step) -> models.StepIn:
     """A stored step as the input it was built from (its computed fields left out)."""
     given = msgspec.to_builtins(step)
-    for computed in ("segments", "encoding"):
+    for computed in ("segments", "encoding", "winner", "winner_at"):
         given.pop(computed, None)
     return msgspec.convert(given, models.StepIn)
+
+
+def _wait_ms(step: models.Step) -> int:
+    """A step's wait as a plain duration (a retarget re-times by it; the send-time check
+    then applies the windows and send_at)."""
+    return step.wait_minutes * 60_000 + step.wait_days * 86_400_000
+
+
+def _with_winner(seq: models.Sequence, index: int, variant: str) -> models.Sequence:
+    """`seq` with step `index` sending only `variant` from now on (its others kept)."""
+    if not 0 <= index < len(seq.steps):
+        raise NotFound(f"sequence {seq.id} has no step {index}", field="n")
+    step = seq.steps[index]
+    if not step.variants:
+        raise Conflict(f"step {index} of sequence {seq.id} has no variants", field="n")
+    names = [v.id for v in step.variants]
+    if variant not in names:
+        raise Invalid.field("variant", f"not a variant of step {index} ({', '.join(names)})")
+    steps = list(seq.steps)
+    steps[index] = msgspec.structs.replace(step, winner=variant, winner_at=seq.updated_at)
+    return msgspec.structs.replace(seq, steps=steps)

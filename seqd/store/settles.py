@@ -34,6 +34,8 @@ class Sent(StepOutcome, tag="sent"):
     # ms from `at` to the next step's due time; -1 after the last step.
     wait: int
     provider_id: str | None = None
+    # The A/B variant sent: recorded as the enrollment's `v<step>` and in the event.
+    variant: str | None = None
 
 
 class Skipped(StepOutcome, tag="skipped"):
@@ -138,7 +140,8 @@ def _needs(cls: type[StepOutcome]) -> list[tuple[str, str]]:
 # What a claim's steps share is written once (a group, in one JSON array), each step as
 # five plain values: decoding JSON was the script's largest cost after its writes, and a
 # decoded step is one more table for Lua to make and collect.
-PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait")
+# (`variant` is there only for a step sent as an A/B variant.)
+PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant")
 PASSED_STEP = ("id", "group", "due", "detail", "event")
 
 
@@ -153,6 +156,8 @@ class _StepFields(msgspec.Struct, omit_defaults=True):
     n: str
     ua: str
     md: str | None = None
+    # The version of the sequence's steps it runs on (absent: 1).
+    sv: str | None = None
 
 
 class _SentEvent(msgspec.Struct):
@@ -162,6 +167,10 @@ class _SentEvent(msgspec.Struct):
     kind: str
     provider_id: str | None
     sent_at: int
+
+
+class _VariantSentEvent(_SentEvent):
+    variant: str
 
 
 class _SkippedEvent(msgspec.Struct, omit_defaults=True):
@@ -186,13 +195,19 @@ def step_event(s: Settled, e: ClaimedEnrollment, now: str) -> bytes:
         if s.wait < 0:
             return b""
         fields = _StepFields(
-            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now, e.metadata
-        )
+            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now,
+            e.metadata, e.steps_version,
+        )  # fmt: skip
+        if s.variant is not None:
+            return _encode_event(
+                _VariantSentEvent(s.id, fields, s.step, s.kind, s.provider_id, s.at, s.variant)
+            )
         return _encode_event(_SentEvent(s.id, fields, s.step, s.kind, s.provider_id, s.at))
     if isinstance(s, Skipped) and s.wait >= 0:
         fields = _StepFields(
-            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now, e.metadata
-        )
+            e.sequence, e.contact, "active", str(s.step + 1), str(s.at + s.wait), now,
+            e.metadata, e.steps_version,
+        )  # fmt: skip
         return _encode_event(_SkippedEvent(s.id, fields, s.step, s.kind, s.reason))
     return b""
 
@@ -209,7 +224,7 @@ class Passed:
 
     def add(self, s: Sent | Skipped, e: ClaimedEnrollment, event: bytes) -> None:
         sent = isinstance(s, Sent)
-        group = (
+        group: tuple[str | int, ...] = (
             s.token,
             e.sequence,
             s.step,
@@ -219,6 +234,8 @@ class Passed:
             e.attempts or "",
             s.wait,
         )
+        if isinstance(s, Sent) and s.variant is not None:
+            group += (s.variant,)
         place = self.groups.get(group)
         if place is None:
             place = self.groups[group] = str(len(self.groups) + 1)
@@ -270,8 +287,8 @@ class Deferrals:
             place = self.groups[group] = str(len(self.groups) + 1)
         until = str(d.until)
         fields = _DeferFields(
-            e.sequence, e.contact, "active", str(d.step), until, now, e.metadata, d.zone,
-            f"{d.step}:{reason}",
+            e.sequence, e.contact, "active", str(d.step), until, now, e.metadata,
+            sv=e.steps_version, z=d.zone, dr=f"{d.step}:{reason}",
         )  # fmt: skip
         event = _encode_event(_DeferredEvent(d.id, fields, d.step, d.kind, reason, d.until))
         self.values += (d.id, place, d.token, until, d.zone or "", event)
@@ -344,7 +361,7 @@ def lua_prelude() -> str:
 # How step_event_json writes each of _StepFields: its value as text, a constant, or JSON
 # text that may be absent.
 _EVENT_CONSTANT = {"st": "active"}
-_EVENT_OPTIONAL_JSON = {"md"}
+_EVENT_OPTIONAL_JSON = {"md", "sv"}
 
 
 def _step_event_lua() -> str:

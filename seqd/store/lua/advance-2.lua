@@ -31,7 +31,8 @@
     and optionally seq: the claimed sequence (`s`; else read here)
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
-            none), wait (ms from the send to the next step, >= 0)]: what the steps of one
+            none), wait (ms from the send to the next step, >= 0), and optionally the A/B
+            variant its sent steps were sent as]: what the steps of one
             claim share, written once per call (store/dispatch.py PASSED_GROUP)
   ARGV[6..] the passed steps, the hot path: a sent or skipped step with a step after it,
             of a claim the caller read, five values each (PASSED_STEP): id, group (its
@@ -71,6 +72,7 @@ for n, it in ipairs(items) do
     return redis.error_reply('BAD_ITEMS:item ' .. n)
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
+  if type(it.variant) ~= 'string' then it.variant = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
   if it.outcome == 'defer' then
     if it['until'] % 1 ~= 0 then return redis.error_reply('BAD_ITEMS:item ' .. n) end
@@ -99,7 +101,8 @@ for n, g in ipairs(groups) do
     or type(g[G_SEQ]) ~= 'string' or g[G_SEQ] == '' or type(g[G_STEP]) ~= 'number'
     or type(g[G_KIND]) ~= 'string' or (g[G_OUTCOME] ~= 'sent' and g[G_OUTCOME] ~= 'skipped')
     or type(g[G_TENANT]) ~= 'string' or g[G_TENANT] == '' or type(g[G_ATTEMPTS]) ~= 'string'
-    or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0 then
+    or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0
+    or (g[G_VARIANT] ~= nil and (type(g[G_VARIANT]) ~= 'string' or g[G_VARIANT] == '')) then
     return redis.error_reply('BAD_ITEMS:passed group ' .. n)
   end
   -- What the group's steps write: `i` after the step, the provider id's field, and whether
@@ -112,6 +115,9 @@ for n, g in ipairs(groups) do
   g.queue = k_queue(tag, g[G_SEQ])
   g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
   g.passed = 0  -- its steps passed on the hot path, counted once at the end
+  -- The A/B variant its steps were sent as (optional), recorded as `v<step>`.
+  g.variant = g.sent and g[G_VARIANT] or nil
+  g.vfield = 'v' .. string.format('%d', g[G_STEP])
 end
 for n = 1, passed do
   local b = P_WIDTH * n + SKIP
@@ -151,8 +157,12 @@ end
 -- time (text; nil after the last step).
 local function item_writes(it, attempts, sms_sent)
   local due_at = it.wait >= 0 and string.format('%d', it.at + it.wait) or nil
-  return step_writes(string.format('%d', it.step + 1), due_at, it.outcome == 'sent',
-    'p' .. it.step, it.provider_id, it.kind, attempts, sms_sent), due_at
+  local fields = step_writes(string.format('%d', it.step + 1), due_at, it.outcome == 'sent',
+    'p' .. it.step, it.provider_id, it.kind, attempts, sms_sent)
+  if it.variant and it.outcome == 'sent' then
+    fields[#fields + 1] = 'v' .. it.step; fields[#fields + 1] = it.variant
+  end
+  return fields, due_at
 end
 
 -- The step was sent (or skipped): move the enrollment past it, with its event.
@@ -165,7 +175,8 @@ local function pass_step(id, e, it, ekey)
   if it.outcome ~= 'sent' then set_outcome(ekey, it.step, 'k') end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
-      {step = it.step, kind = it.kind, provider_id = it.provider_id or cjson.null, sent_at = it.at})
+      {step = it.step, kind = it.kind, provider_id = it.provider_id or cjson.null, sent_at = it.at,
+       variant = it.variant})
   else
     enrollment_event('sequence.step.skipped', id, e, now,
       {step = it.step, kind = it.kind, reason = it.reason})
@@ -236,6 +247,9 @@ local function pass_built(n, id, g, ekey)
     fields = step_writes(g.next, due_at, g.sent, g.pfield, detail ~= '' and detail or nil,
       g[G_KIND], g[G_ATTEMPTS], nil)
   end
+  if g.variant then
+    fields[#fields + 1] = g.vfield; fields[#fields + 1] = g.variant
+  end
   if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
     rcall('DEL', ekey)
     return false
@@ -253,7 +267,8 @@ local function passed_item(n, id, g)
   if detail == '' then detail = nil end
   return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
           outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
-          provider_id = sent and detail or nil, reason = (not sent) and detail or nil}
+          provider_id = sent and detail or nil, reason = (not sent) and detail or nil,
+          variant = g.variant}
 end
 
 -- A sent or skipped item with a step after it, on an enrollment whose claim still holds:
@@ -261,7 +276,7 @@ end
 -- here (its `fields` are those the API's enrollment is made of).
 -- Returns false, having left nothing written, when the hash is gone.
 local function pass_read(id, ekey, it, seq)
-  local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'md')
+  local h = rcall('HMGET', ekey, 'a', 'sm', 't', 's', 'c', 'md', 'sv')
   if not (h[3] and h[4] and h[5]) then return false end
   local sent = it.outcome == 'sent'
   local fields, due_at = item_writes(it, h[1], h[2])
@@ -270,6 +285,7 @@ local function pass_read(id, ekey, it, seq)
   if sent then
     local pid = it.provider_id and cjson.encode(it.provider_id) or 'null'
     tail = ',"provider_id":' .. pid .. ',"sent_at":' .. string.format('%d', it.at)
+      .. (it.variant and (',"variant":' .. cjson.encode(it.variant)) or '')
   else
     tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''
   end
@@ -281,7 +297,8 @@ local function pass_read(id, ekey, it, seq)
   stats_count(seq, step + 1, NO_VARIANT, 'scheduled', now)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
-      step, KIND_JSON[it.kind] or cjson.encode(it.kind), tail))
+      h[7] and cjson.encode(h[7]) or '', step, KIND_JSON[it.kind] or cjson.encode(it.kind),
+      tail))
   return true
 end
 

@@ -88,8 +88,9 @@ end
 -- JSON rather than built by cjson: this is the hot path. (Its sequence, `s`, is the
 -- queue's.)
 -- Then the kinds' sender pins (kinds.py `sender_field`), read by engine/budgets.py.
--- `o`: what became of earlier steps (step conditions), where any did.
-local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md', 'o'}
+-- `o`: what became of earlier steps (step conditions), where any did; `sv`: the version
+-- of its sequence's steps it runs on.
+local READ = {'st', 'i', 'a', 't', 'c', 'n', 'md', 'o', 'sv'}
 local PINS = #READ
 for _, f in ipairs(KIND_SENDER_FIELDS) do READ[#READ + 1] = f end
 
@@ -132,7 +133,8 @@ local function claim_queue(seq, state, qkey, room)
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
         .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '')
-        .. (h[8] and (',"o":"' .. h[8] .. '"') or '') .. pins .. '},' .. c .. ']'
+        .. (h[8] and (',"o":"' .. h[8] .. '"') or '')
+        .. (h[9] and (',"sv":"' .. h[9] .. '"') or '') .. pins .. '},' .. c .. ']'
     elseif st ~= 'active' and not (st == 'paused'
       and rcall('HGET', ekey, 'pr') == 'awaiting_task') then
       local e = st == 'paused' and to_table(rcall('HGETALL', ekey))

@@ -20,6 +20,8 @@ local ckey = k_contact(tag, cid)
 local flat = rcall('HGETALL', ckey)
 local c = to_table(flat)
 if c['tenant'] ~= tenant then return redis.error_reply('NOT_FOUND') end
+-- Nothing waiting for its exclusive enrollment is made when that one is cancelled here.
+rcall('DEL', k_exclusive_waiting(tag, cid))
 for field, id in pairs(c) do
   if string.sub(field, 1, 2) == 'e:' then
     local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))

@@ -15,13 +15,20 @@
   ARGV[2] now        ms
   ARGV[3] sequence_id
   ARGV[4] mirror     "<status>:<version>:<steps>" (store/mirrors.py)
-  ARGV[5] sweep      "" | archive | shrink_active | shrink_paused
-  ARGV[6] limit      enrollments handled at most in this call (shrink_active: about)
-  ARGV[7] cursor     where the previous call of a shrink sweep stopped ("" first): the
-                     last id handled (shrink_paused), the ZSCAN cursor (shrink_active)
+  ARGV[5] sweep      "" | archive | shrink_active | shrink_paused | retarget_active |
+                     retarget_paused
+  ARGV[6] limit      enrollments handled at most in this call (*_active: about)
+  ARGV[7] cursor     where the previous call of a shrink or retarget sweep stopped ("" first):
+                     the last id handled (*_paused), the ZSCAN cursor (*_active)
   ARGV[8] fields     optional: the contact fields the sequence's messages can use at the
                      mirror's version, comma-separated; written with the mirror as
                      "<version>:<fields>" in the shard's `sf` hash (claimDue reads them)
+  ARGV[9] moves      the retarget sweeps' JSON {"v": new steps version (text), "n": its
+                     step count, "w": {version: [each step's wait, ms]}}: every live
+                     enrollment moves to version v (field `sv`); one whose next step is
+                     past v's last completes; the others but a leased one are due their
+                     step's new wait after their last send (n - old wait + new wait; a
+                     paused one's `n`, which resume starts from)
 
   Returns {done (0|1), next_cursor, handled}
 ]]
@@ -50,6 +57,23 @@ local function with_head(result)
   return result
 end
 
+-- The next batch of a shrink or retarget sweep, after `cursor`: of the queue (`active`) or
+-- of the paused. Returns ids, the next cursor, done.
+local function live_batch(active)
+  if active then
+    -- The queue's order moves as steps go out: ZSCAN still returns every member that
+    -- stays in it from the first call to the last.
+    local reply = rcall('ZSCAN', qkey, cursor == '' and '0' or cursor, 'COUNT', limit)
+    local ids = {}
+    for i = 1, #reply[2], 2 do ids[#ids + 1] = reply[2][i] end
+    return ids, reply[1], reply[1] == '0'
+  end
+  local start = cursor == '' and '-' or '(' .. cursor
+  local ids = rcall('ZRANGE', k_status_index(tag, seq, 'paused'), start, '+', 'BYLEX',
+    'LIMIT', 0, limit)
+  return ids, ids[#ids] or '', #ids < limit
+end
+
 local handled = 0
 if sweep == 'archive' then
   -- Each one handled leaves its listing (the queue, the paused index): take from the front.
@@ -67,23 +91,40 @@ if sweep == 'archive' then
   return with_head({handled < limit and 1 or 0, '', handled})
 elseif sweep == 'shrink_active' or sweep == 'shrink_paused' then
   local steps = tonumber(string.match(mirror, ':(%d+)$'))
-  local ids, next_cursor, done
-  if sweep == 'shrink_active' then
-    -- The queue's order moves as steps go out: ZSCAN still returns every member that
-    -- stays in it from the first call to the last.
-    local reply = rcall('ZSCAN', qkey, cursor == '' and '0' or cursor, 'COUNT', limit)
-    next_cursor, ids = reply[1], {}
-    for i = 1, #reply[2], 2 do ids[#ids + 1] = reply[2][i] end
-    done = next_cursor == '0'
-  else
-    local start = cursor == '' and '-' or '(' .. cursor
-    ids = rcall('ZRANGE', k_status_index(tag, seq, 'paused'), start, '+', 'BYLEX',
-      'LIMIT', 0, limit)
-    next_cursor, done = ids[#ids] or '', #ids < limit
-  end
+  local ids, next_cursor, done = live_batch(sweep == 'shrink_active')
   for _, id in ipairs(ids) do
     local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
     if tonumber(e['i'] or 0) >= steps and e['st'] then finish(id, e, 'completed', '', now) end
+    handled = handled + 1
+  end
+  return with_head({done and 1 or 0, next_cursor, handled})
+elseif sweep == 'retarget_active' or sweep == 'retarget_paused' then
+  local moves = cjson.decode(ARGV[9])
+  local new_v, count, waits = moves.v, moves.n, moves.w
+  -- (ZSCAN may return a member twice: the second time it is on new_v already.)
+  local ids, next_cursor, done = live_batch(sweep == 'retarget_active')
+  for _, id in ipairs(ids) do
+    local ekey = k_enrollment(tag, id)
+    local e = to_table(rcall('HGETALL', ekey))
+    local old_v = e['sv'] or '1'
+    if (e['st'] == 'active' or e['st'] == 'paused') and old_v ~= new_v then
+      local i = tonumber(e['i'] or 0)
+      if i >= count then
+        finish(id, e, 'completed', '', now)
+      else
+        rcall('HSET', ekey, 'sv', new_v)
+        local old_w = waits[old_v]
+        -- (A leased step is being sent under the old version: its claim settles it.)
+        local active = e['st'] == 'active'
+        local score = active and rcall('ZSCORE', qkey, id)
+        if old_w and old_w[i + 1] and e['n'] and not (active and (not score or is_leased(score)))
+        then
+          local due = string.format('%d', tonumber(e['n']) - old_w[i + 1] + waits[new_v][i + 1])
+          rcall('HSET', ekey, 'n', due)
+          if active then schedule(id, seq, due) end
+        end
+      end
+    end
     handled = handled + 1
   end
   return with_head({done and 1 or 0, next_cursor, handled})

@@ -75,6 +75,9 @@ local function flush_batched(now)
   end
 end
 
+-- Makes the first enrollment waiting for a contact's exclusive one (defined below).
+local promote_waiting
+
 -- Move enrollment `id` (hash already read into `e`) from its status to `new_status`. An
 -- active enrollment is listed by its queue entry, which `schedule` and `unschedule` keep:
 -- only the other statuses have an index of their own.
@@ -92,10 +95,20 @@ local function move_status(id, e, new_status, now)
   rcall('HSET', k_enrollment(tag, id), 'st', new_status, 'ua', now)
   if TERMINAL[new_status] then
     local ckey = k_contact(tag, e['c'])
-    if rcall('HGET', ckey, 'e:' .. seq) == id then rcall('HDEL', ckey, 'e:' .. seq) end
+    local live, exclusive = unpack(rcall('HMGET', ckey, 'e:' .. seq, 'ex'))
+    if live == id then rcall('HDEL', ckey, 'e:' .. seq) end
     -- `x:<sequence>`: the contact's last ended enrollment there (GET /enrollments by
-    -- contact lists its live ones, `e:`, and these); never a hash for a deleted contact.
-    if rcall('EXISTS', ckey) == 1 then rcall('HSET', ckey, 'x:' .. seq, id) end
+    -- contact lists its live ones, `e:`, and these; reenroll rules read it); never a hash
+    -- for a deleted contact.
+    if rcall('EXISTS', ckey) == 1 then
+      rcall('HSET', ckey, 'x:' .. seq, id)
+      -- If this was its live exclusive enrollment (`ex`), the first enrollment waiting
+      -- for it is made now, in this script.
+      if exclusive == id then
+        rcall('HDEL', ckey, 'ex')
+        promote_waiting(e['c'], now)
+      end
+    end
   end
 end
 
@@ -152,7 +165,7 @@ end
 -- The hash fields an event carries: those the API's enrollment is made of (store/event_types.py
 -- turns them into one); the dispatcher's own (a, sm, p<step>, ...) stay out.
 local EVENT_FIELDS = {'s', 'c', 'st', 'i', 'n', 'ua', 'md', 'pr', 'pv', 'ra', 'cr', 'ca', 'z', 'dr',
-  'cq', 'gl'}
+  'cq', 'gl', 'sv'}
 
 local function enrollment_event(etype, id, e, now, extra)
   local fields = {}
@@ -160,6 +173,41 @@ local function enrollment_event(etype, id, e, now, extra)
   local data = {id = id, fields = fields}
   if extra then for k, v in pairs(extra) do data[k] = v end end
   emit(etype, e['t'], now, data)
+end
+
+-- The first waiting enrollment of contact `cid` (exclusive_waiting, in request order)
+-- whose sequence is still active or paused and has no live enrollment of the contact is
+-- made, due its first step's wait from now; the ones before it are dropped. It becomes
+-- the contact's live exclusive enrollment (`ex`).
+promote_waiting = function(cid, now)
+  local ckey, wkey = k_contact(tag, cid), k_exclusive_waiting(tag, cid)
+  while true do
+    local raw = rcall('LPOP', wkey)
+    if not raw then return end
+    local w = cjson.decode(raw)
+    rcall('HDEL', ckey, 'w:' .. w.s)
+    local status = string.match(rcall('HGET', k_mirrors(tag), w.s) or '', '^([^:]+)')
+    -- (A paused sequence takes it: its queue waits for the resume.)
+    if (status == 'active' or status == 'paused') and not rcall('HGET', ckey, 'e:' .. w.s) then
+      local due = string.format('%d', tonumber(now) + w.w)
+      local e = {t = w.t, s = w.s, c = cid, st = 'active', i = '0', n = due, ua = now}
+      local fields = {'t', w.t, 's', w.s, 'c', cid, 'st', 'active', 'i', '0', 'n', due, 'ua', now}
+      if w.md ~= '' then
+        fields[#fields + 1] = 'md'; fields[#fields + 1] = w.md; e['md'] = w.md
+      end
+      if w.v ~= '' then
+        fields[#fields + 1] = 'sv'; fields[#fields + 1] = w.v; e['sv'] = w.v
+      end
+      rcall('HSET', k_enrollment(tag, w.id), unpack(fields))
+      rcall('HSET', ckey, 'e:' .. w.s, w.id, 'ex', w.id)
+      rcall('HINCRBY', k_counts(tag, w.s), 'active', 1)
+      rcall('ZADD', k_queue(tag, w.s), due, w.id)
+      -- (A paused sequence has no head: its resume sets it.)
+      if status == 'active' then rcall('ZADD', heads_key, 'LT', due, w.s) end
+      enrollment_event('sequence.enrollment.created', w.id, e, now, {queued = true})
+      return
+    end
+  end
 end
 
 -- A pause's fields: its reason, the variable it waits for, when it ends by itself.
