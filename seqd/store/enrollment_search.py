@@ -184,7 +184,7 @@ class EnrollmentSearch:
     async def _read(self, tenant: str, eids: list[str]) -> list[models.Enrollment]:
         pipe = self.store.client.pipeline(transaction=False)
         for eid in eids:
-            pipe.hgetall(self.keys.enrollment(ids.shard_of(eid, self.keys.shards), eid))
+            pipe.hgetall(self.keys.enrollment(self._shard(eid), eid))
         rows = await pipe.execute() if eids else []
         return [
             codec.enrollment(eid, h)
@@ -227,18 +227,9 @@ class EnrollmentSearch:
                 and (where.sequence_id is None or str(k)[2:] == where.sequence_id)
             }
         )
-        pipe = self.store.client.pipeline(transaction=False)
-        for eid in eids:
-            pipe.hgetall(self.keys.enrollment(self._shard(eid), eid))
         keep, statuses = where.keeps(), set(where.statuses())
         found = [
-            e
-            for e in (
-                codec.enrollment(eid, row)
-                for eid, row in zip(eids, await pipe.execute(), strict=True)
-                if row.get("t") == tenant
-            )
-            if e.status.value in statuses and keep(e)
+            e for e in await self._read(tenant, eids) if e.status.value in statuses and keep(e)
         ]
         rest = [e for e in found if after is None or e.id > after]
         page = rest[:limit]

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from seqd import kinds, models
+from seqd.api.forecast import HOUR_MS, bucket_edges
 from seqd.api.ops import split_listen
 from seqd.api.ui import charts, session
 from seqd.appkeys import CONFIG, STORE
@@ -321,10 +322,9 @@ async def forecast(request: web.Request, s: session.Session) -> web.StreamRespon
     store = request.app[STORE]
     now = now_ms()
     seqs = [q for q in await store.sequences.all_of(s.tenant) if q.status == "active"]
-    hour = 3_600_000
-    edges = [now, *range(now - now % hour + hour, now + 72 * hour, hour), now + 72 * hour]
+    edges = bucket_edges(now, 72, HOUR_MS)
     overdue, counts = await store.forecasts.count(seqs, edges, None)
-    labels = [f"{(lo - lo % hour) // hour % 24:02d}h" for lo in edges[:-1]]
+    labels = [f"{(lo - lo % HOUR_MS) // HOUR_MS % 24:02d}h" for lo in edges[:-1]]
     chart = charts.bars(list(zip(labels, counts, strict=True)), width=8)
     context = {"s": s, "plot": chart, "overdue": overdue, "total": sum(counts)}
     return _render(request, "forecast.html", context)
