@@ -209,7 +209,10 @@ class Pool:
             if self.stopping:
                 break
             ran = time.monotonic() - slot.started
-            if self.starting:
+            # Before any worker is ready a death is taken for a start that cannot work (a
+            # bad config, a port in use); once one serves, a worker still starting that dies
+            # (a store restarting under it) is restarted like any other.
+            if self.starting and not any(other.ready.is_set() for other in self.slots):
                 self.failed = f"worker {slot.index} exited with {code} before it was ready"
                 self._changed.set()
                 return
