@@ -308,7 +308,9 @@ class Pool:
         codes: list[int] = []
         for slot in self.slots:
             process = slot.process
-            if process is None:
+            # A worker that had died and waits for its restart has nothing to drain: its
+            # exit was logged then (supervisor.worker_died) and is not the drain's.
+            if process is None or process.returncode is not None:
                 continue
             try:
                 codes.append(await asyncio.wait_for(process.wait(), limit))
