@@ -75,15 +75,17 @@ class Contacts:
             stale.append(owner)
 
     async def create(self, tenant: str, fields: dict[str, Any]) -> models.Contact:
-        cid = ids.new(ids.CONTACT)
+        now = now_ms()
+        cid = ids.new(ids.CONTACT, now)  # its time is the contact's created_at
         await self._link(tenant, cid, fields, {})
-        return await self._put(tenant, cid, "create", with_account(fields))
+        return await self._put(tenant, cid, "create", with_account(fields), now)
 
     async def _put(
-        self, tenant: str, cid: str, mode: str, fields: dict[str, Any]
+        self, tenant: str, cid: str, mode: str, fields: dict[str, Any], now: int | None = None
     ) -> models.Contact:
         values = codec.contact_values(fields)
-        put = calls.put_contact(self.keys, self._shard(cid), now_ms(), tenant, cid, mode, values)
+        at = now_ms() if now is None else now
+        put = calls.put_contact(self.keys, self._shard(cid), at, tenant, cid, mode, values)
         try:
             flat = await self.store.runner.run(put)
         except ScriptError as exc:

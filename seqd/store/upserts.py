@@ -105,11 +105,12 @@ async def _create_many(
 ) -> list[models.Contact | None]:
     """New contacts for rows that matched none; None where a value was taken meanwhile."""
     keys = store.keys
-    new_ids = [ids.new(ids.CONTACT) for _ in rows]
+    now = now_ms()
+    # Made at `now`: the time in a contact's id is its created_at (store/codec.py `contact`).
+    new_ids = [ids.new(ids.CONTACT, now) for _ in rows]
     links = await store.runner.run(
         calls.link_contacts(keys, tenant, zip(new_ids, rows, strict=True))
     )
-    now = now_ms()
     by_shard: dict[int, list[tuple[str, list[str]]]] = {}
     out: list[models.Contact | None] = [None] * len(rows)
     for i, reply in enumerate(links):
@@ -121,7 +122,6 @@ async def _create_many(
             # The hash createContacts writes: the values given ("\0" ones left out).
             stored = dict(zip(values[::2], values[1::2], strict=True))
             stored = {k: v for k, v in stored.items() if v != "\0"}
-            stored["created_at"] = stored["updated_at"] = str(now)
             out[i] = codec.contact(new_ids[i], stored)
     created = await store.runner.call_many(
         [
