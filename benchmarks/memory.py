@@ -28,7 +28,7 @@ by the keyspace's own table (its buckets, and the expiry table of the payload ke
 `--aof`: the `phone` load, with `--percentage` / `--min-mb` as the embedded store's
 `aof_rewrite_percentage` / `aof_rewrite_min_mb`; reports the AOF's size on disk at the end,
 the rewrites the server made during the load, their time and fork copy-on-write (from its
-log), and the load's rate.
+log), the load's rate, and the seconds a server started on the files takes to load them.
 """
 
 from __future__ import annotations
@@ -50,12 +50,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 import redis.asyncio as aioredis
 
 from benchmarks.dispatch import free_port
 from benchmarks.e2e import cpu_model, post_batches, until
 from benchmarks.results import record
-from seqd.embedded import socket_path
+from seqd.embedded import find_binary, server_env, socket_path
 from seqd.store import keys as keyspace
 from seqd.store.db import Store, connect
 
@@ -203,6 +204,7 @@ async def run(
     url = f"unix://{socket_path(data_dir)}"
     client: aioredis.Redis | None = None
     store: Store | None = None
+    out: dict[str, Any] = {}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
 
@@ -235,7 +237,7 @@ async def run(
             await asyncio.sleep(1.0)  # the last AOF writes settle
             memory = await client.info("memory")
             persistence = await client.info("persistence")
-            out: dict[str, Any] = {"rate": n / enrolled, "seconds": enrolled}
+            out.update(rate=n / enrolled, seconds=enrolled)
             if aof is not None:
                 out.update(aof_figures(data_dir, persistence))
                 return out
@@ -256,7 +258,33 @@ async def run(
             await client.aclose()
         proc.terminate()
         proc.wait(120)
+        if aof is not None and out:
+            out["reload_seconds"] = reload_seconds(data_dir)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def reload_seconds(data_dir: Path) -> float:
+    """Seconds a server started on the stopped store's files takes to load its AOF and
+    answer: what a restart of the embedded store waits for."""
+    binary = find_binary()
+    env, _ = server_env(binary)
+    sock = data_dir / "reload.sock"
+    args = ["--dir", str(data_dir), "--port", "0", "--unixsocket", str(sock), "--save", "",
+            "--logfile", str(data_dir / "reload.log")]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen([binary, *args, "--appendonly", "yes"], env=env)
+    client = redis.Redis(unix_socket_path=str(sock))
+    try:
+        while True:
+            try:
+                client.ping()  # a server still loading answers LOADING (BusyLoadingError)
+                return time.monotonic() - started
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(60)
 
 
 LOG_TIME = re.compile(r"^\d+:\w (\d+ \w+ \d+ [\d:.]+) ")
@@ -359,7 +387,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"| {args.percentage} % | {args.min_mb} MB | {args.n:,} | {result['rate']:,.0f} | "
                 f"{result['rewrites']} | {result['rewrite_seconds']:.1f} s "
                 f"(longest {result['rewrite_max_seconds']:.1f} s) | {result['cow_peak_mb']} MB | "
-                f"{mb(result['aof_bytes'])} |"
+                f"{mb(result['aof_bytes'])} | {result['reload_seconds']:.1f} s |"
             )
             print(line)
             return

@@ -1,11 +1,13 @@
-"""A contact's stored hash holds no time that its id already says, and contacts stored
-before that was so still read back with their own times."""
+"""A contact's stored hash holds no time that its id already says, its lookup index entries
+hold its id without the prefix, and contacts stored before either was so still read back
+(their times) and are still found, matched and unlinked (their index entries)."""
 
 from __future__ import annotations
 
 import pytest
 
 from seqd import ids
+from seqd.errors import Conflict
 from seqd.store import upserts
 from seqd.store.db import Store
 from seqd.times import to_rfc3339
@@ -55,3 +57,35 @@ async def test_contact_stored_with_its_times_keeps_them(any_store: Store) -> Non
     changed = await any_store.contacts.update("t1", made.id, {"first_name": "Alan"})
     assert changed.created_at == to_rfc3339(created)
     assert changed.updated_at > to_rfc3339(updated)
+
+
+async def _entry(store: Store, field: str, value: str) -> str | None:
+    return await store.client.hget(store.keys.contact_lookup("t1", field), value)  # type: ignore[no-any-return]
+
+
+async def test_lookup_entries_hold_the_id_without_its_prefix(any_store: Store) -> None:
+    made = await any_store.contacts.create("t1", {"phone": "+14155550102", "email": "a@x.io"})
+    assert await _entry(any_store, "phone", "+14155550102") == made.id.removeprefix("con_")
+    assert await any_store.contacts.find("t1", "email", "a@x.io") == made.id
+    [again] = await upserts.upsert_many(any_store, "t1", [{"phone": "+14155550102"}])
+    assert isinstance(again, upserts.Upserted) and again.contact.id == made.id
+    with pytest.raises(Conflict) as info:
+        await any_store.contacts.create("t1", {"email": "a@x.io"})
+    assert info.value.extra["contact_id"] == made.id
+
+
+async def test_lookup_entries_holding_the_whole_id_still_work(any_store: Store) -> None:
+    """Entries written before the prefix was left out: found, matched, a conflict, moved."""
+    made = await any_store.contacts.create("t1", {"phone": "+14155550103"})
+    await any_store.client.hset(
+        any_store.keys.contact_lookup("t1", "phone"), "+14155550103", made.id
+    )
+    assert await any_store.contacts.find("t1", "phone", "+14155550103") == made.id
+    [matched] = await upserts.upsert_many(any_store, "t1", [{"phone": "+14155550103"}])
+    assert isinstance(matched, upserts.Upserted) and matched.change == "unchanged"
+    with pytest.raises(Conflict):
+        await any_store.contacts.create("t1", {"phone": "+14155550103"})
+    # An update unlinks the old value it still owns, whichever form names it.
+    await any_store.contacts.update("t1", made.id, {"phone": "+14155550104"})
+    assert await _entry(any_store, "phone", "+14155550103") is None
+    assert await any_store.contacts.find("t1", "phone", "+14155550104") == made.id

@@ -11,6 +11,7 @@ import pytest
 
 from seqd import ids, models
 from seqd.store import calls
+from seqd.store.contacts import lookup_owner
 from seqd.store.db import Store
 from seqd.store.dispatch import Dispatch
 from seqd.store.enrollments import EnrollItem
@@ -229,7 +230,8 @@ async def test_link_contacts_claims_values_in_order(any_store: Store) -> None:
     assert replies == [[], ["phone", a], ["email", old.id]]
 
     async def owner(field: str, value: str) -> str | None:
-        return await s.client.hget(s.keys.contact_lookup("acme", field), value)  # type: ignore[no-any-return]
+        stored = await s.client.hget(s.keys.contact_lookup("acme", field), value)
+        return lookup_owner(stored)  # type: ignore[arg-type]
 
     assert await owner("phone", "+14155550120") == a
     assert await owner("external_id", "x1") == a

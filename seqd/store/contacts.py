@@ -21,6 +21,14 @@ from seqd.times import now_ms
 LOOKUP_FIELDS = calls.LINK_FIELDS
 
 
+def lookup_owner(stored: str | None) -> str | None:
+    """The contact id a lookup index entry names: entries hold the id without its prefix
+    (includes/contacts.lua), those written before the whole id."""
+    if stored is None or "_" in stored:
+        return stored
+    return f"{ids.CONTACT}_{stored}"
+
+
 def with_account(fields: dict[str, Any], current: dict[str, str] | None = None) -> dict[str, Any]:
     """`fields` (to write over the stored hash `current`, None for a new contact) with the
     contact's account digest (`ac`, seqd/accounts.py) when email or attributes change."""
@@ -120,9 +128,10 @@ class Contacts:
 
     async def find(self, tenant: str, field: str, value: str) -> str | None:
         """The contact id holding `value` in a lookup field, if it (still) exists."""
-        cid = await self.store.client.hget(self.keys.contact_lookup(tenant, field), value)
-        if isinstance(cid, str) and await self.exists(tenant, cid):
-            return str(cid)
+        stored = await self.store.client.hget(self.keys.contact_lookup(tenant, field), value)
+        cid = lookup_owner(stored) if isinstance(stored, str) else None
+        if cid is not None and await self.exists(tenant, cid):
+            return cid
         return None
 
     async def list(

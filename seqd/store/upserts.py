@@ -24,7 +24,7 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
-from seqd.store.contacts import with_account
+from seqd.store.contacts import lookup_owner, with_account
 from seqd.store.db import Store
 from seqd.times import now_ms
 
@@ -82,7 +82,9 @@ async def _matches(store: Store, tenant: str, rows: list[dict[str, Any]]) -> lis
     owners: dict[tuple[int, str], str | None] = {}
     replies_by_name = await pipe.execute() if asked else []
     for (name, values), replies in zip(asked.items(), replies_by_name, strict=True):
-        owners.update(((i, name), owner) for (i, _), owner in zip(values, replies, strict=True))
+        owners.update(
+            ((i, name), lookup_owner(owner)) for (i, _), owner in zip(values, replies, strict=True)
+        )
     # In MATCH_ORDER within a row.
     probes = [(i, name) for i in range(len(rows)) for name in MATCH_ORDER if (i, name) in owners]
     found = [owners[probe] for probe in probes]
