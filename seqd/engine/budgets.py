@@ -7,9 +7,10 @@ from its rotation cursor): one `takeBudget` call per tenant. A step of a kind it
 caps (and not transactional) counts against its contact's cap: one `takeFrequency` call
 per shard. Both go in the round trip that leases the piece, so they cost no round trip of
 their own. A step that got a sender is sent from it (a sticky contact is pinned to it by
-`pinSenders` in the next round trip); a step over its contact's cap is deferred until the
-window allows it, or skipped, as the tenant's policy says; a step whose senders have no
-budget is deferred to the moment they allow. Never failed, no attempt counted.
+the step's own advance once its send started: `StepOutcome.pin`); a step over its
+contact's cap is deferred until the window allows it, or skipped, as the tenant's policy
+says; a step whose senders have no budget is deferred to the moment they allow. Never
+failed, no attempt counted.
 
 Budget and cap are taken before the step is composed: a leased step that then ends
 without a send (suppressed, a missing variable, taken by another process, deferred by the
@@ -31,12 +32,11 @@ from typing import Literal, NamedTuple
 from seqd.channels.base import FromSender
 from seqd.config import FrequencyCapsConfig, SendersConfig
 from seqd.engine.plans import Plan
-from seqd.kinds import SPECS, Kind
+from seqd.kinds import Kind
 from seqd.senders import budget
 from seqd.senders.models import SenderRecord
 from seqd.store import calls
 from seqd.store.claims import Claimed
-from seqd.store.context import StoreContext
 from seqd.store.db import Store
 
 # A step whose every sender is paused looks again this long after (a resumed sender then
@@ -48,8 +48,8 @@ Reason = Literal["sender_limit", "frequency_cap"]
 
 class Pick(NamedTuple):
     """What became of a step's asks: the sender to send from (None: the tenant's configured
-    one), or the moment it is deferred to (`until`) or that it is skipped, and why; and,
-    when the step pins its contact to its sender, the enrollment field to pin it in."""
+    one), or the moment it is deferred to (`until`) or that it is skipped, and why; and
+    whether the step pins its contact to its sender (a sticky contact not pinned yet)."""
 
     sender: SenderRecord | None = None
     # What the channel needs of `sender` (`route`), made once per sender record.
@@ -57,17 +57,17 @@ class Pick(NamedTuple):
     until: int | None = None
     skip: bool = False
     reason: Reason | None = None
-    pin: str | None = None
+    pin: bool = False
 
 
 class _Asks(NamedTuple):
-    """One takeBudget call's: its tenant's senders, its asks, and per ask (item id, the
-    field to pin a sticky contact in when the ask may pin it)."""
+    """One takeBudget call's: its tenant's senders, its asks, and per ask (item id, whether
+    its pick pins a sticky contact)."""
 
     records: Mapping[str, SenderRecord]
     routes: Mapping[str, FromSender]
     asks: list[budget.Ask]
-    of: list[tuple[str, str | None]]
+    of: list[tuple[str, bool]]
 
 
 @dataclass(slots=True)
@@ -178,7 +178,6 @@ class Budgets:
                     s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind
                 )
                 pools[(plan.sequence_id, kind)] = pool
-            pin_field = SPECS[kind].sender_field
             asked = budget.ask(plan.rotation, pool, e.pinned(kind), f"{plan.sequence_id}:{kind}")
             if asked is None:
                 continue  # every sender of the pool is gone: the tenant's own, as with none
@@ -188,7 +187,7 @@ class Budgets:
             asks.asks.append(asked)
             # A sticky contact not pinned to its ask's one sender is pinned to its pick.
             new_pin = plan.rotation == "sticky" and asked.pool != ""
-            asks.of.append((item.id, pin_field if new_pin else None))
+            asks.of.append((item.id, new_pin))
         store = self.store
         for name, asks in by_tenant.items():
             charged = charge_as or name
@@ -235,10 +234,3 @@ def route(record: SenderRecord) -> FromSender:
         messaging_service_sid=record.messaging_service_sid,
         smtp_profile=record.smtp_profile,
     )
-
-
-def pin_calls(
-    store: StoreContext, pins: Mapping[int, Sequence[tuple[str, str, str]]]
-) -> list[calls.Call]:
-    """One pinSenders call per shard of `pins` (shard -> (enrollment id, field, sender id))."""
-    return [calls.pin_senders(store.keys, shard, items) for shard, items in pins.items() if items]
