@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from seqd.channels.base import FromSender
-from seqd.config import FrequencyCapsConfig, SendersConfig
+from seqd.config import FrequencyCap, FrequencyCapsConfig, SendersConfig
 from seqd.engine.plans import Plan
 from seqd.kinds import Kind
 from seqd.senders import budget
@@ -157,12 +157,18 @@ class Budgets:
         by_tenant: dict[str, _Asks] = {}
         by_shard: dict[int, tuple[list[str | int], list[str]]] = defaultdict(lambda: ([], []))
         out = Asked()
-        # (sequence, kind) -> its pool's senders that exist: worked out once per piece.
-        pools: dict[tuple[str, Kind], tuple[str, ...]] = {}
+        # (tenant, kind) -> its cap; (sequence, kind) -> {a contact's pin: its ask}: within a
+        # piece budget.ask's answer depends on the pin alone, so each is worked out once.
+        caps: dict[tuple[str, Kind], FrequencyCap | None] = {}
+        asks_of: dict[tuple[str, Kind], dict[str | None, budget.Ask | None]] = {}
         for item, plan, step, kind in steps:
             e = item.enrollment
             tenant = tenants[e.tenant]
-            cap = tenant.caps.of(kind)
+            capped = (e.tenant, kind)
+            if capped in caps:
+                cap = caps[capped]
+            else:
+                cap = caps[capped] = tenant.caps.of(kind)
             if cap is not None and not plan.steps[step].transactional:
                 values, ids = by_shard[shard_of[item.id]]
                 window = int(cap.window_hours * 3_600_000)
@@ -172,13 +178,19 @@ class Budgets:
             if kind not in plan.senders:
                 continue
             own = tenant.records
-            pool = pools.get((plan.sequence_id, kind))
-            if pool is None:
+            memo = asks_of.get((plan.sequence_id, kind))
+            if memo is None:
+                memo = asks_of[(plan.sequence_id, kind)] = {}
+            pinned = e.pinned(kind)
+            if pinned in memo:
+                asked = memo[pinned]
+            else:
+                # The pool's senders that exist.
                 pool = tuple(
                     s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind
                 )
-                pools[(plan.sequence_id, kind)] = pool
-            asked = budget.ask(plan.rotation, pool, e.pinned(kind), f"{plan.sequence_id}:{kind}")
+                key = f"{plan.sequence_id}:{kind}"
+                asked = memo[pinned] = budget.ask(plan.rotation, pool, pinned, key)
             if asked is None:
                 continue  # every sender of the pool is gone: the tenant's own, as with none
             asks = by_tenant.get(e.tenant)
@@ -207,10 +219,16 @@ class Budgets:
             asked.budgets, replies[:budgets], strict=True
         ):
             answers = budget.decode(asks, reply)  # type: ignore[arg-type]
+            # (sender, pin) -> its Pick: a piece's steps share a few.
+            made: dict[tuple[str, bool], Pick] = {}
             for answer, (item_id, pin) in zip(answers, of, strict=True):
                 sid = answer.sender
                 if sid is not None:
-                    out[item_id] = Pick(sender=records[sid], route=routes[sid], pin=pin)
+                    pick = made.get((sid, pin))
+                    if pick is None:
+                        pick = Pick(sender=records[sid], route=routes[sid], pin=pin)
+                        made[(sid, pin)] = pick
+                    out[item_id] = pick
                     continue
                 until = now + PAUSED_WAIT_MS if answer.until == budget.PAUSED else answer.until
                 out[item_id] = Pick(until=max(until, now), reason="sender_limit")

@@ -105,31 +105,38 @@ def ask(rotation: Rotation, pool: Sequence[str], pinned: str | None, pool_key: s
 def encode(asks: Sequence[Ask], records: Mapping[str, SenderRecord], now: int) -> list[str | int]:
     """takeBudget's ARGV from ARGV[3] on: the senders the asks name and the pools they ask
     from, each once, then one value per ask (a step of a batch costs one argument, not one
-    per sender of its pool). Every sender named must be in `records`."""
+    per sender of its pool). Every sender named must be in `records`; asks naming one
+    rotation cursor name the same senders (one pool)."""
     place: dict[str, int] = {}
     specs: list[str | int] = []
-    pools: dict[Ask, int] = {}
+    pools: dict[str | Ask, int] = {}
     pooled: list[str | int] = []
     chosen: list[int] = []
     for a in asks:
-        number = pools.get(a)
+        senders = a.senders
+        if not a.pool and len(senders) == 1:
+            sid = senders[0]
+            at = place.get(sid)
+            if at is None:
+                at = place[sid] = len(place) + 1
+                specs += spec(records[sid], now)
+            chosen.append(-at)
+            continue
+        number = pools.get(a.pool or a)
         if number is None:
-            for sid in a.senders:
+            for sid in senders:
                 if sid not in place:
                     place[sid] = len(place) + 1
                     specs += spec(records[sid], now)
-            if not a.pool and len(a.senders) == 1:
-                chosen.append(-place[a.senders[0]])
-                continue
-            number = pools[a] = len(pools) + 1
-            pooled += (a.pool, len(a.senders), *(place[sid] for sid in a.senders))
+            number = pools[a.pool or a] = len(pools) + 1
+            pooled += (a.pool, len(senders), *(place[sid] for sid in senders))
         chosen.append(number)
     return [len(place), *specs, len(pools), *pooled, *chosen]
 
 
 def decode(asks: Sequence[Ask], reply: Sequence[int]) -> list[Answer]:
-    out = []
-    for i, a in enumerate(asks):
-        taken, until, used = (int(v) for v in reply[3 * i : 3 * i + 3])
-        out.append(Answer(a.senders[taken - 1] if taken else None, until, used))
-    return out
+    values = iter(reply)
+    return [
+        Answer(a.senders[t - 1] if (t := int(taken)) else None, int(until), int(used))
+        for a, taken, until, used in zip(asks, values, values, values, strict=False)
+    ]
