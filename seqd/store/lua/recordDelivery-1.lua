@@ -47,7 +47,10 @@ local counter = DELIVERY_COUNTER[etype]
 if counter then
   stats_count(seq, step, stats_variant({t = t, s = seq, c = cid}, step), counter, now)
 end
-if ARGV[11] ~= '' then set_outcome(ekey, step, ARGV[11]) end
+if ARGV[11] ~= '' then
+  local at = fact_index(ekey, step)
+  if at then set_outcome(ekey, at, ARGV[11]) end
+end
 if etype ~= '' then
   emit_message(etype, tenant, now, cjson.decode(ARGV[10]), id, cid, seq, step)
 end
