@@ -42,7 +42,10 @@ ENROLLMENT_FIELDS = {
     "cq": "completed_reason: goal (a contact event met the sequence's exit_on)",
     "gl": "goal: the name of the event that completed it",
     "o": "what became of each step, one letter per step, read by step conditions "
-    "(seqd/conditions.py): skipped (advance), a final receipt (recordDelivery), a reply",
+    "(seqd/conditions.py): skipped (advance), a final receipt (recordDelivery), a reply, "
+    "not run (a step passed before a move to another version of the steps)",
+    "mv": "after a move to another version of the steps: each step sent before it, its "
+    "index in `o` (-1: none), comma-separated (recordDelivery)",
 }
 
 CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")
