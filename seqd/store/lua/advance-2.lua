@@ -173,13 +173,16 @@ local function item_writes(it, attempts, sms_sent)
   return fields, due_at
 end
 
--- The step was sent (or skipped): move the enrollment past it, with its event.
+-- The step was sent (or skipped): move the enrollment past it, with its event. The next
+-- step becomes the current one, counted `scheduled` here and only here (once per
+-- enrollment and step: a deferral, retry, pause or resume re-times it, never counts it).
 -- Returns the next step's due time, or nil after the last step.
 local function pass_step(id, e, it, ekey)
   local fields, due_at = item_writes(it, e['a'], e['sm'])
   rcall('HSET', ekey, unpack(fields))
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
   stats_count(e['s'], it.step, stats_variant(e, it.step), it.outcome, now)
+  if due_at then stats_count(e['s'], it.step + 1, NO_VARIANT, 'scheduled', now) end
   if it.outcome ~= 'sent' then set_outcome(ekey, it.step, 'k') end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
@@ -306,8 +309,7 @@ local function pass_read(id, ekey, it, seq)
   rcall('HSET', ekey, unpack(fields))
   if not sent then set_outcome(ekey, step, 'k') end
   schedule_next(seq, due_at, id)
-  -- (Variants: stats_variant, once the claim tells them.)
-  stats_count(seq, step, NO_VARIANT, it.outcome, now)
+  stats_count(seq, step, sent and it.variant or NO_VARIANT, it.outcome, now)
   stats_count(seq, step + 1, NO_VARIANT, 'scheduled', now)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
@@ -339,7 +341,6 @@ local function settle(id, ekey, it, current)
       local due_at = pass_step(id, e, it, ekey)
       if due_at then
         schedule(id, e['s'], due_at)
-        stats_count(e['s'], it.step + 1, stats_variant(e, it.step + 1), 'scheduled', now)
       else
         finish(id, e, 'completed', '', now)
       end
@@ -420,8 +421,7 @@ if zadds then
 end
 for _, g in ipairs(groups) do
   if g.passed > 0 then
-    -- (Variants: stats_variant, once the group tells them.)
-    stats_count(g[G_SEQ], g[G_STEP], NO_VARIANT, g[G_OUTCOME], now, g.passed)
+    stats_count(g[G_SEQ], g[G_STEP], g.variant or NO_VARIANT, g[G_OUTCOME], now, g.passed)
     stats_count(g[G_SEQ], g[G_STEP] + 1, NO_VARIANT, 'scheduled', now, g.passed)
   end
 end
