@@ -101,12 +101,16 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
 
 
 def contact(cid: str, h: dict[str, str]) -> models.Contact:
+    """A contact from its hash. A contact stores no `created_at` (the time in its id, which
+    is made at its creation) and no `updated_at` until its first update; one stored before
+    they were left out has both, and they are read."""
     attrs = h.get("attributes")
+    created = int(h["created_at"]) if "created_at" in h else ids.time_of(cid)
     return models.Contact(
         id=cid,
         attributes=_json_decode(attrs) if attrs else {},
-        created_at=to_rfc3339(int(h["created_at"])),
-        updated_at=to_rfc3339(int(h["updated_at"])),
+        created_at=to_rfc3339(created),
+        updated_at=to_rfc3339(int(h.get("updated_at", created))),
         **{f: h.get(f) for f in CONTACT_TEXT_FIELDS},
     )
 

@@ -24,7 +24,7 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
-from seqd.store.contacts import with_account
+from seqd.store.contacts import lookup_owner, with_account
 from seqd.store.db import Store
 from seqd.times import now_ms
 
@@ -82,7 +82,9 @@ async def _matches(store: Store, tenant: str, rows: list[dict[str, Any]]) -> lis
     owners: dict[tuple[int, str], str | None] = {}
     replies_by_name = await pipe.execute() if asked else []
     for (name, values), replies in zip(asked.items(), replies_by_name, strict=True):
-        owners.update(((i, name), owner) for (i, _), owner in zip(values, replies, strict=True))
+        owners.update(
+            ((i, name), lookup_owner(owner)) for (i, _), owner in zip(values, replies, strict=True)
+        )
     # In MATCH_ORDER within a row.
     probes = [(i, name) for i in range(len(rows)) for name in MATCH_ORDER if (i, name) in owners]
     found = [owners[probe] for probe in probes]
@@ -105,11 +107,12 @@ async def _create_many(
 ) -> list[models.Contact | None]:
     """New contacts for rows that matched none; None where a value was taken meanwhile."""
     keys = store.keys
-    new_ids = [ids.new(ids.CONTACT) for _ in rows]
+    now = now_ms()
+    # Made at `now`: the time in a contact's id is its created_at (store/codec.py `contact`).
+    new_ids = [ids.new(ids.CONTACT, now) for _ in rows]
     links = await store.runner.run(
         calls.link_contacts(keys, tenant, zip(new_ids, rows, strict=True))
     )
-    now = now_ms()
     by_shard: dict[int, list[tuple[str, list[str]]]] = {}
     out: list[models.Contact | None] = [None] * len(rows)
     for i, reply in enumerate(links):
@@ -121,7 +124,6 @@ async def _create_many(
             # The hash createContacts writes: the values given ("\0" ones left out).
             stored = dict(zip(values[::2], values[1::2], strict=True))
             stored = {k: v for k, v in stored.items() if v != "\0"}
-            stored["created_at"] = stored["updated_at"] = str(now)
             out[i] = codec.contact(new_ids[i], stored)
     created = await store.runner.call_many(
         [

@@ -222,6 +222,7 @@ promote_waiting = function(cid, now)
       rcall('HSET', ckey, 'e:' .. w.s, w.id, 'ex', w.id)
       rcall('HINCRBY', k_counts(tag, w.s), 'active', 1)
       rcall('ZADD', k_queue(tag, w.s), due, w.id)
+      stats_count(w.s, 0, NO_VARIANT, 'scheduled', now)
       -- (A paused sequence has no head: its resume sets it.)
       if status == 'active' then rcall('ZADD', heads_key, 'LT', due, w.s) end
       enrollment_event('sequence.enrollment.created', w.id, e, now, {queued = true})
