@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,11 +269,18 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def post_batches(http: aiohttp.ClientSession, url: str, auth: dict[str, str], n: int) -> None:
+async def post_batches(
+    http: aiohttp.ClientSession,
+    url: str,
+    auth: dict[str, str],
+    n: int,
+    make: Callable[[int], dict[str, Any]] = contact,
+) -> None:
+    """Enroll `n` new contacts (`make(i)` the i-th) through the batch endpoint at `url`."""
     gate = asyncio.Semaphore(IN_FLIGHT)
 
     async def one(start: int) -> None:
-        items = [{"contact": contact(i)} for i in range(start, min(n, start + BATCH))]
+        items = [{"contact": make(i)} for i in range(start, min(n, start + BATCH))]
         async with gate, http.post(url, json={"items": items}, headers=auth) as resp:
             answer = await resp.json()
             assert resp.status == 200, answer

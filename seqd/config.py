@@ -122,6 +122,12 @@ class EmbeddedConfig(Section, kw_only=True):
     # Run a binary built with the C library's malloc (the wheel's is) with jemalloc
     # preloaded when libjemalloc is installed: about a third less server CPU per step.
     jemalloc: bool = True
+    # The AOF is rewritten (compacted into a snapshot plus the writes since) once it has
+    # grown by this many percent over its size after the last rewrite and is at least
+    # aof_rewrite_min_mb; 0 percent: only by hand (BGREWRITEAOF). Defaults measured with a
+    # 1,000,000-enrollment load (benchmarks/RESULTS.md, `memory: AOF`).
+    aof_rewrite_percentage: NonNegative = 100
+    aof_rewrite_min_mb: Positive = 64
 
 
 class HttpConfig(Section, kw_only=True):

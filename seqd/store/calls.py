@@ -475,15 +475,6 @@ def take_budget(keys: Keys, tenant: str, now: int, mode: str, asks: Iterable[Arg
     )
 
 
-def pin_senders(keys: Keys, shard: int, pins: Iterable[tuple[str, str, str]]) -> Call:
-    """`pins`: (enrollment id, sender field, sender id) of enrollments of `shard`."""
-    tag = keys.shard_tag(shard)
-    args: list[Any] = [tag]
-    for pin in pins:
-        args += pin
-    return Call("pinSenders", [keys.heads(shard)], args, tag)
-
-
 def take_frequency(keys: Keys, shard: int, now: int, asks: Iterable[Arg]) -> Call:
     """`asks`: flat, per step of `shard`: contact id, kind, member, limit, window ms."""
     tag = keys.shard_tag(shard)

@@ -25,7 +25,7 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
-from seqd.store.contacts import with_account
+from seqd.store.contacts import lookup_owner, with_account
 from seqd.store.db import Store
 from seqd.times import now_ms, to_rfc3339
 
@@ -80,11 +80,13 @@ async def _matches(store: Store, tenant: str, rows: list[dict[str, Any]]) -> lis
     pipe = store.client.pipeline(transaction=False)
     for name, values in asked.items():
         pipe.hmget(keys.contact_lookup(tenant, name), [value for _, value in values])
-    owners: dict[tuple[int, str], str] = {}
+    owners: dict[tuple[int, str], str | None] = {}
     replies_by_name = await pipe.execute() if asked else []
     for (name, values), replies in zip(asked.items(), replies_by_name, strict=True):
         owners.update(
-            ((i, name), owner) for (i, _), owner in zip(values, replies, strict=True) if owner
+            ((i, name), lookup_owner(owner))
+            for (i, _), owner in zip(values, replies, strict=True)
+            if owner
         )
     if not owners:  # all new (a load of new contacts): nothing to read
         return [None] * len(rows)
@@ -113,7 +115,8 @@ async def _create_many(
     keys = store.keys
     now = now_ms()
     # Row i goes to shard (first + i) % shards, `first` drawn at random: ids made a shard at
-    # a time (one random read each), spread as evenly as random ids would be.
+    # a time (one random read each), spread as evenly as random ids would be. Made at `now`:
+    # the time in a contact's id is its created_at (store/codec.py `contact`).
     shards = keys.shards
     first = random.randrange(shards)
     home = [(first + i) % shards for i in range(len(rows))]

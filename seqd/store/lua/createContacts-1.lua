@@ -2,7 +2,8 @@
 
   KEYS[1] tenant_contacts ZSET  the tenant's contacts in this shard
   ARGV[1] tag      the shard's hash tag (the contacts' keys are built from it)
-  ARGV[2] now      ms
+  ARGV[2] now      ms (unused: a contact's created_at is the time in its id, made at now,
+                   and stored nowhere else; putContact-1.lua)
   ARGV[3] tenant
   ARGV[4..] contacts, each: contact_id, n, then n field, value pairs ("\0" values are
             left out); one with `ac` (its account's digest) joins that account's set
@@ -15,7 +16,7 @@
 ]]
 local rcall = redis.call
 local listing = KEYS[1]
-local tag, now, tenant = ARGV[1], ARGV[2], ARGV[3]
+local tag, tenant = ARGV[1], ARGV[3]
 -- Values per command: unpack() is limited to a few thousand (an intake batch may be more).
 local BULK = 1000
 
@@ -34,7 +35,7 @@ for j = 1, #hashes, BULK do
   end
 end
 for n, s in ipairs(starts) do
-  local values = {'tenant', tenant, 'created_at', now, 'updated_at', now}
+  local values = {'tenant', tenant}
   local account = nil
   for f = s + 2, s + 1 + 2 * tonumber(ARGV[s + 1]), 2 do
     if ARGV[f + 1] ~= '\0' then

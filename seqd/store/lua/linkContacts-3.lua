@@ -11,8 +11,9 @@
   conflict (then none of its values were linked).
 
   A fixed number of commands whatever the batch's size: one HMGET per index for the
-  owners, then one HSET per index for the values taken (an earlier contact's value is
-  seen in `taken`). The contacts are new, so an owner is never the contact itself.
+  owners, then one HSET per index for the values taken (an earlier contact's value of the
+  batch is seen in `owners`). The contacts are new, so an owner is never the contact
+  itself. Entries hold the id without its prefix, as includes/contacts.lua writes them.
 ]]
 local rcall = redis.call
 local NAMES = {'phone', 'email', 'external_id'}
@@ -26,13 +27,20 @@ for i = 1, #ARGV, 4 do
     if value ~= '' then asked[k][#asked[k] + 1] = value end
   end
 end
+-- Every contact id has the same prefix ("con_"), which entries leave out.
+local head = string.match(ARGV[1] or '', '^[^_]*_') or ''
 local owners = {{}, {}, {}}
 for k = 1, 3 do
   local values = asked[k]
   for j = 1, #values, BULK do
     local found = rcall('HMGET', KEYS[k], unpack(values, j, math.min(j + BULK - 1, #values)))
     for n = 1, #found do
-      if found[n] then owners[k][values[j + n - 1]] = found[n] end
+      local stored = found[n]
+      if stored then
+        -- An entry written before the prefix was left out holds the whole id.
+        if not string.find(stored, '_', 1, true) then stored = head .. stored end
+        owners[k][values[j + n - 1]] = stored
+      end
     end
   end
 end
@@ -40,6 +48,7 @@ end
 local out, writes = {}, {{}, {}, {}}
 for i = 1, #ARGV, 4 do
   local cid, clash = ARGV[i], nil
+  local body = string.sub(cid, #head + 1)
   for k = 1, 3 do
     local value = ARGV[i + k]
     if value ~= '' and owners[k][value] then
@@ -55,7 +64,7 @@ for i = 1, #ARGV, 4 do
       if value ~= '' then
         owners[k][value] = cid
         writes[k][#writes[k] + 1] = value
-        writes[k][#writes[k] + 1] = cid
+        writes[k][#writes[k] + 1] = body
       end
     end
     out[#out + 1] = {}
