@@ -52,6 +52,9 @@ class _Acceptor:
                 await loop.connect_accepted_socket(factory, conn)
             except OSError:  # reset before its transport was made
                 conn.close()
+            except asyncio.CancelledError:  # stopped meanwhile: not left open
+                conn.close()
+                raise
             # One connection per turn: a sibling woken by the same readiness takes the next.
             await asyncio.sleep(0)
 
