@@ -87,10 +87,10 @@ class Timetable:
         self._checked = {}
         now = self.clock()
         wanted = set()
-        for item in items:
-            plan = plans.get(item.plan_key)
+        for tenant, plan_key in {(item.enrollment.tenant, item.plan_key) for item in items}:
+            plan = plans.get(plan_key)
             if plan is not None and plan.schedule_id is not None:
-                key = (item.enrollment.tenant, plan.schedule_id)
+                key = (tenant, plan.schedule_id)
                 kept = self._schedules.get(key)
                 if kept is None or now - kept[1] >= self.refresh_ms:
                     wanted.add(key)
