@@ -47,54 +47,14 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from benchmarks.dispatch import cpu_seconds, free_port, start_valkey
-from benchmarks.results import record
+from benchmarks.peers import PEERS, bullmq_ready
+from benchmarks.results import cpu_model, record
 from seqd.store.db import Store, connect
 
 TENANT = "e2e"
 PREFIX = "seqd"
 BATCH = 1000
 IN_FLIGHT = 4
-PEERS = Path(__file__).parent / ".peers"
-NPM_INSTALL = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix"]
-
-BULLMQ_JS = r"""
-const { Queue, Worker } = require('bullmq');
-const [n, port, sink, concurrency] = process.argv.slice(2).map((v, i) => i === 2 ? v : +v);
-const connection = { host: '127.0.0.1', port };
-const readline = require('readline');
-process.on('unhandledRejection', (e) => { console.error(e); process.exit(1); });
-(async () => {
-  const worker = new Worker('e2e', async (job) => {
-    const r = await fetch(sink, { method: 'POST', headers: { 'content-type': 'application/json' },
-                                  body: JSON.stringify(job.data) });
-    await r.arrayBuffer();
-    if (r.status !== 201) throw new Error('status ' + r.status);
-  }, { connection, concurrency, removeOnComplete: { count: 0 } });
-  const queue = new Queue('e2e', { connection });
-  await worker.waitUntilReady();
-  await queue.waitUntilReady();
-  console.log('ready');
-  const rl = readline.createInterface({ input: process.stdin });
-  rl.once('line', async () => {
-    for (let start = 0; start < n; start += 1000) {
-      const jobs = [];
-      for (let i = start; i < Math.min(n, start + 1000); i++) {
-        jobs.push({ name: 's', data: { to: '+1415' + String(i).padStart(7, '0'), body: 'Hi there' },
-                    opts: { removeOnComplete: true } });
-      }
-      await queue.addBulk(jobs);
-    }
-    console.log('added');
-  });
-})();
-"""
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def phone(i: int) -> str:
@@ -233,6 +193,12 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
                 assert len(pids) == workers, pids
                 pids.update(sup=proc.pid, valkey=valkey.pid, sink=sink.proc.pid)
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            commands_before = await command_stats(client)
+            spy = start_spy(proc.pid, workdir) if PROFILE else None
+            if PROFILE:  # every top-level command into the slowlog: time by script
+                await client.config_set("slowlog-max-len", 2_000_000)
+                await client.config_set("slowlog-log-slower-than", 0)
+                await client.slowlog_reset()
             started = time.monotonic()
             if intake:
                 await write_intake(client, sid, n)
@@ -241,6 +207,10 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
             enrolled = time.monotonic() - started
             stats = await sink.wait_hits(http, n, limit=600)
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            if spy is not None:
+                stop_spy(spy, workdir)
+                await print_slowlog(client, n)
+            commands = diff_stats(commands_before, await command_stats(client), n)
             if workers > 1:
                 cpu = {"seqd": sum(v for k, v in cpu.items() if k[0] == "w" or k == "sup"), **cpu}
             await asyncio.sleep(1.5)  # the last step's completion event reaches the log
@@ -255,6 +225,7 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
             "event_bytes": log_bytes / max(1, events),
             "events_per_enrollment": events / n,
             "hits": stats["hits"],
+            "commands": commands,
         }
     finally:
         if proc is not None:
@@ -266,6 +237,70 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
         valkey.terminate()
         valkey.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def command_stats(client: aioredis.Redis) -> dict[str, tuple[int, int]]:
+    """(calls, usec) by command so far, the commands scripts run included."""
+    stats = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
+
+
+def diff_stats(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], n: int
+) -> dict[str, tuple[float, float]]:
+    """(calls, usec) per step by command over the run."""
+    out = {}
+    for name, (calls, usec) in after.items():
+        c0, u0 = before.get(name, (0, 0))
+        if calls > c0:
+            out[name] = ((calls - c0) / n, (usec - u0) / n)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+
+
+# SEQD_E2E_PROFILE=<file>: py-spy samples seqd (all workers) over the run, folded stacks.
+PROFILE = os.environ.get("SEQD_E2E_PROFILE", "")
+
+
+def start_spy(pid: int, workdir: Path) -> subprocess.Popen[bytes]:
+    spy = shutil.which("py-spy") or "py-spy"
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
+         "--rate", "200", "--nonblocking", "--output", PROFILE],
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "spy.log", "wb"),
+    )  # fmt: skip
+
+
+async def print_slowlog(client: aioredis.Redis, n: int) -> None:
+    from seqd.store.scripts import load_scripts
+
+    names = {s.sha: name for name, s in load_scripts().items()}
+    await client.config_set("slowlog-log-slower-than", 10_000)
+    kwargs = client.connection_pool.connection_kwargs
+    import redis
+
+    sync = redis.Redis(host=kwargs["host"], port=kwargs["port"], socket_timeout=300)
+    entries = sync.execute_command("SLOWLOG", "GET", -1)
+    sync.close()
+    by: dict[str, list[int]] = {}
+    for entry in entries:
+        args = [a.decode() if isinstance(a, bytes) else str(a) for a in entry[3]]
+        name = args[0].lower()
+        if name == "evalsha" and len(args) > 1:
+            name = names.get(args[1], args[1][:8])
+        got = by.setdefault(name, [0, 0])
+        got[0] += 1
+        got[1] += int(entry[2])
+    print(f"  slowlog: {len(entries)} commands")
+    for name, (calls, usec) in sorted(by.items(), key=lambda kv: -kv[1][1])[:15]:
+        print(f"  {name}: {calls} calls, {usec / n:.1f} µs/step, {usec / calls:.0f} µs/call")
+
+
+def stop_spy(spy: subprocess.Popen[bytes], workdir: Path) -> None:
+    import signal
+
+    spy.send_signal(signal.SIGINT)
+    spy.wait(30)
 
 
 async def post_batches(http: aiohttp.ClientSession, url: str, auth: dict[str, str], n: int) -> None:
@@ -290,23 +325,6 @@ async def write_intake(client: aioredis.Redis, sid: str, n: int) -> None:
                 entry = {"tenant": TENANT, "sequence_id": sid, "contact": json.dumps(contact(i))}
                 pipe.xadd(stream, entry)  # type: ignore[arg-type]
             await pipe.execute()
-
-
-def bullmq_ready() -> bool:
-    if shutil.which("node") is None:
-        return False
-    if not (PEERS / "node_modules" / "ioredis").exists():
-        PEERS.mkdir(exist_ok=True)
-        done = subprocess.run(
-            [*NPM_INSTALL, str(PEERS), "bullmq", "ioredis"],
-            capture_output=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            print("bullmq: npm install failed:", done.stderr.decode()[-500:])
-            return False
-    (PEERS / "worker.js").write_text(BULLMQ_JS)
-    return True
 
 
 async def run_bullmq(n: int, concurrency: int, base: Path) -> dict[str, Any]:
@@ -522,6 +540,12 @@ async def main(args: argparse.Namespace) -> None:
                 runs[kind].append(result)
                 cpu = {name: round(us) for name, us in result["cpu_us"].items()}
                 print(f"rep {rep} {kind}: {result['rate']:,.0f} steps/s, CPU µs/step {cpu}")
+                if "commands" in result:
+                    top = list(result["commands"].items())[:12]
+                    print(
+                        "  valkey per step (calls, µs): "
+                        + ", ".join(f"{k} {c:.2f}/{u:.1f}" for k, (c, u) in top)
+                    )
     body = summarize(runs, args.n)
     command = f"`python -m benchmarks.e2e --n {args.n} --reps {args.reps} --only {','.join(kinds)}`"
     record("End to end: new contacts enrolled and sent over HTTP", f"{command}\n\n{body}")
