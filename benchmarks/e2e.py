@@ -52,6 +52,8 @@ from benchmarks.results import cpu_model, record
 from seqd.store.db import Store, connect
 
 TENANT = "e2e"
+# Kinds that are a `seqd serve`; base and base2 run from the --base checkout.
+SEQD_KINDS = ("seqd", "seqd2", "intake", "base", "base2")
 PREFIX = "seqd"
 BATCH = 1000
 IN_FLIGHT = 4
@@ -107,10 +109,13 @@ async def until(probe: Any, what: str, limit: float = 30) -> Any:
 
 
 def start_seqd(
-    url: str, workdir: Path, sink: Sink, workers: int
+    url: str, workdir: Path, sink: Sink, workers: int, tree: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`seqd serve` from this checkout, or from `tree` (another checkout's root: --base)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEQD_")}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     env.update(
         SEQD_REDIS_URL=url,
         SEQD_REDIS_PREFIX=PREFIX,
@@ -126,6 +131,7 @@ def start_seqd(
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            cwd=tree,
         )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -155,7 +161,9 @@ async def event_log_bytes(client: aioredis.Redis, store: Store) -> tuple[int, in
     return total, events
 
 
-async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[str, Any]:
+async def run_seqd(
+    n: int, intake: bool, base: Path, workers: int = 1, tree: Path | None = None
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(dir=base))
     valkey, url = start_valkey(workdir)
     sink = Sink()
@@ -164,7 +172,7 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
     proc: subprocess.Popen[bytes] | None = None
     try:
         _, secret = await store.tenants.create_key(TENANT)
-        proc, api = start_seqd(url, workdir, sink, workers)
+        proc, api = start_seqd(url, workdir, sink, workers, tree)
         auth = {"Authorization": f"Bearer {secret}"}
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=IN_FLIGHT),
@@ -487,7 +495,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
         lines.append(f"| {kind} | {med(kind, 'rate'):,.0f} | {rates} | {cpu(kind)} |")
     lines.append("")
     for peer in ("bullmq", "arq"):
-        for kind in ("seqd", "seqd2", "intake"):
+        for kind in SEQD_KINDS:
             if peer in runs and kind in runs:
                 ratios = sorted(
                     a["rate"] / b["rate"] for a, b in zip(runs[kind], runs[peer], strict=True)
@@ -497,6 +505,17 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
                     + ", ".join(f"{r:.2f}" for r in ratios)
                     + ")"
                 )
+    for new, old in (("seqd", "base"), ("seqd2", "base2")):
+        if new in runs and old in runs:
+            pairs = list(zip(runs[new], runs[old], strict=True))
+            ratios = sorted(a["rate"] / b["rate"] for a, b in pairs)
+            cpu_ratios = sorted(a["cpu_us"]["seqd"] / b["cpu_us"]["seqd"] for a, b in pairs)
+            lines.append(
+                f"- {new} / {old} (this tree against --base): {statistics.median(ratios):.2f}× "
+                f"steps/s, {statistics.median(cpu_ratios):.2f}× seqd CPU per step (per rep: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + ")"
+            )
     if "seqd" in runs and "seqd2" in runs:
         ratios = sorted(
             a["rate"] / b["rate"] for a, b in zip(runs["seqd2"], runs["seqd"], strict=True)
@@ -506,7 +525,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
             + ", ".join(f"{r:.2f}" for r in ratios)
             + ")"
         )
-    for kind in ("seqd", "seqd2", "intake"):
+    for kind in SEQD_KINDS:
         if kind in runs:
             lines.append(
                 f"- {kind}: enrollment requests done at {med(kind, 'enroll_rate'):,.0f} items/s; "
@@ -530,9 +549,10 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as base:
         for rep in range(args.reps):
             for kind in kinds:
-                if kind in ("seqd", "seqd2", "intake"):
-                    workers = 2 if kind == "seqd2" else 1
-                    result = await run_seqd(args.n, kind == "intake", Path(base), workers)
+                if kind in SEQD_KINDS:
+                    workers = 2 if kind.endswith("2") else 1
+                    tree = args.base if kind.startswith("base") else None
+                    result = await run_seqd(args.n, kind == "intake", Path(base), workers, tree)
                 elif kind == "bullmq":
                     result = await run_bullmq(args.n, args.bullmq_concurrency, Path(base))
                 else:
@@ -558,6 +578,11 @@ def cli() -> None:
     parser.add_argument("--only", default="seqd,seqd2,intake,bullmq,arq")
     parser.add_argument("--bullmq-concurrency", type=int, default=100)
     parser.add_argument("--arq-jobs", type=int, default=100)
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="another checkout's root: kinds base and base2 run `seqd serve` from it",
+    )
     parser.add_argument("--arq-child", nargs=4, metavar=("URL", "SINK", "N", "JOBS"))
     args = parser.parse_args()
     try:
