@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -311,11 +312,18 @@ def stop_spy(spy: subprocess.Popen[bytes], workdir: Path) -> None:
     spy.wait(30)
 
 
-async def post_batches(http: aiohttp.ClientSession, url: str, auth: dict[str, str], n: int) -> None:
+async def post_batches(
+    http: aiohttp.ClientSession,
+    url: str,
+    auth: dict[str, str],
+    n: int,
+    make: Callable[[int], dict[str, Any]] = contact,
+) -> None:
+    """Enroll `n` new contacts (`make(i)` the i-th) through the batch endpoint at `url`."""
     gate = asyncio.Semaphore(IN_FLIGHT)
 
     async def one(start: int) -> None:
-        items = [{"contact": contact(i)} for i in range(start, min(n, start + BATCH))]
+        items = [{"contact": make(i)} for i in range(start, min(n, start + BATCH))]
         async with gate, http.post(url, json={"items": items}, headers=auth) as resp:
             answer = await resp.json()
             assert resp.status == 200, answer

@@ -190,3 +190,75 @@ async def test_an_out_of_office_reply_counts_as_auto_replied(store: Store) -> No
         assert reaction.enrollment_id == e.id
         body = await stats(api, seq.id)
     assert by_step(body)[0]["auto_replied"] == 1 and by_step(body)[0]["sent"] == 1
+
+
+async def test_scheduled_is_once_per_enrollment_and_step_reached(store: Store) -> None:
+    """`scheduled`: the step became the enrollment's current one (put in the due index for
+    the first time): once, whether it is then skipped by a condition, sent, a task, or
+    re-timed by a pause and resume; and for an enrollment that waited its turn (exclusive)."""
+    from tests.dispatchutil import Recorder
+
+    steps = [
+        {"kind": "sms", "body": "Hi"},
+        {"kind": "sms", "body": "Thanks", "only_if": {"step": 0, "is": "replied"}},
+        {"kind": "task", "title": "Call"},
+        {"kind": "sms", "body": "Still there?", "skip_if": {"step": 0, "is": "replied"}},
+    ]
+    sender, clock = Recorder(), Clock()
+    async with client(store) as api:
+        made = []
+        for name in ("s", "other"):
+            body = {"name": name, "status": "active", "steps": steps, "exclusive": True}
+            code, got = await api.call("POST", "/sequences", body)
+            assert code == 201, got
+            made.append(got["sequence"]["id"])
+        sid, other = made
+        cids = [await contact(store, phone=p, email=None) for p in PHONES]
+        eids = []
+        for cid in cids[:2]:
+            code, got = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact_id": cid})
+            assert code == 201
+            eids.append(got["enrollment"]["id"])
+        # The third is live in the other sequence, and waits its turn for this one.
+        _, busy = await api.call("POST", f"/sequences/{other}/enrollments", {"contact_id": cids[2]})
+        code, queued = await api.call(
+            "POST", f"/sequences/{sid}/enrollments", {"contact_id": cids[2], "if_busy": "queue"}
+        )
+        assert code in (200, 201, 202) and "queued" in queued, queued
+        await api.call("POST", f"/enrollments/{busy['enrollment']['id']}/cancel")
+        clock.advance(1_000)  # (enrolled after the clock was made)
+        await send_due(store, clock, sender)  # step 0 to all three
+        assert (await api.sms("acme", PHONES[0], "who is this?"))[0] == 200  # paused
+        assert (await api.call("POST", f"/enrollments/{eids[0]}/resume"))[0] == 200
+        clock.advance(60_000)
+        for _ in range(6):
+            await send_due(store, clock, sender)
+        body = await stats(api, sid)
+    steps_seen = {step: nonzero(counts) for step, counts in by_step(body).items()}
+    assert {step: c.get("scheduled") for step, c in steps_seen.items()} == {
+        0: 3, 1: 3, 2: 3, 3: 3
+    }  # fmt: skip
+    # Skipped by a condition: step 1 for the two who did not answer, step 3 for the one who did.
+    assert (steps_seen[1].get("skipped"), steps_seen[1].get("sent")) == (2, 1)
+    assert (steps_seen[3].get("skipped"), steps_seen[3].get("sent")) == (1, 2)
+
+
+async def test_a_reply_through_the_account_counts_as_replied(store: Store) -> None:
+    """A colleague's answer stops an enrollment of a sequence with on_reply_scope "account":
+    `replied` on the step it credits, as the replier's own reply counts on its step."""
+    from seqd import models
+    from tests.dispatchutil import email
+
+    body = models.SequenceCreate(
+        name="s", status="active", steps=[email(), email(wait=10)], on_reply_scope="account"
+    )
+    seq = await store.sequences.create("acme", body)
+    cids = [await contact(store, phone=None, email=f"p{n}@bigco.example") for n in range(3)]
+    enrolled = await enroll(store, seq, cids)
+    async with client(store) as api:
+        await send_due(store, Clock())
+        reactions = await store.lifecycle.reply("acme", "email", enrollment_id=enrolled[0].id)
+        reactions += await store.lifecycle.reply_account("acme", cids[0])
+        assert sorted(r.outcome for r in reactions) == ["paused"] * 3
+        counts = nonzero(by_step(await stats(api, seq.id))[0])
+    assert counts == {"scheduled": 3, "sent": 3, "replied": 3}

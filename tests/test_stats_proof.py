@@ -1,6 +1,8 @@
 """The stats' proof: over thousands of enrollments with sends, retries, failures, delivery
 reports, replies, opt-outs and bounces in a random order, every counter of
-GET /sequences/{id}/stats equals a count of the events the same scripts wrote."""
+GET /sequences/{id}/stats equals a count of the events the same scripts wrote, per step and
+per A/B variant (the sent events name the variant; what is credited to a step counts under
+the variant that step was sent as)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from seqd import models
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.errors import Conflict
 from seqd.lifecycle import optout
@@ -40,12 +43,18 @@ def answer(rng: random.Random) -> Any:
     return send
 
 
+Key = tuple[int | None, str | None, str]
+
+
 class Model:
-    """What the counters should say, from the events: the scripts' rules applied to them."""
+    """What the counters should say, from the events: the scripts' rules applied to them,
+    keyed by (step, variant, counter)."""
 
     def __init__(self, steps: int) -> None:
         self.steps = steps
-        self.counts: dict[tuple[int | None, str], int] = Counter()
+        self.counts: dict[Key, int] = Counter()
+        # (enrollment, step) -> the variant it was sent as (its sent event's)
+        self.variant: dict[tuple[str, int], str] = {}
         # enrollment -> steps passed (sent or skipped), steps sent, live, channels sent on
         self.passed: dict[str, int] = defaultdict(int)
         self.sent: dict[str, list[int]] = defaultdict(list)
@@ -60,31 +69,37 @@ class Model:
             return max(self.sent[eid])
         return self.passed[eid] - 1 if self.passed[eid] else None
 
+    def count(self, eid: str, step: int | None, name: str) -> None:
+        variant = None if step is None else self.variant.get((eid, step))
+        self.counts[(step, variant, name)] += 1
+
     def see(self, e: dict[str, Any]) -> None:
         kind = e["type"]
         eid = e.get("id")
         if kind == "sequence.enrollment.created":
             self.live[eid] = True
             self.of_contact[e["fields"]["c"]] = eid
-            self.counts[(0, "scheduled")] += 1
+            self.count(eid, 0, "scheduled")
         elif kind in ("sequence.step.sent", "sequence.step.skipped"):
             step = e["step"]
-            self.counts[(step, "sent" if kind.endswith("sent") else "skipped")] += 1
+            if kind.endswith("sent") and e.get("variant") is not None:
+                self.variant[(eid, step)] = e["variant"]
+            self.count(eid, step, "sent" if kind.endswith("sent") else "skipped")
             self.passed[eid] += 1
             if kind.endswith("sent"):
                 self.sent[eid].append(step)
                 self.channels[eid].add(e["kind"])
             if step + 1 < self.steps:
-                self.counts[(step + 1, "scheduled")] += 1
+                self.count(eid, step + 1, "scheduled")
         elif kind == "sequence.step.failed" and not e["retrying"]:
-            self.counts[(e["step"], "failed")] += 1
+            self.count(eid, e["step"], "failed")
         elif kind == "sequence.enrollment.paused" and e["paused_reason"] == "reply_received":
-            self.counts[(self.credit(eid), "replied")] += 1
+            self.count(eid, self.credit(eid), "replied")
         elif kind in ("sequence.enrollment.completed", "sequence.enrollment.cancelled"):
-            self.counts[(self.credit(eid), kind.rpartition(".")[2])] += 1
+            self.count(eid, self.credit(eid), kind.rpartition(".")[2])
             self.live[eid] = False
         elif kind in ("message.delivered", "message.undelivered"):
-            self.counts[(e["step"], kind.partition(".")[2])] += 1
+            self.count(e["id"], e["step"], kind.partition(".")[2])
         elif kind in ("contact.opted_out", "contact.bounced"):
             if (e["channel"], e["contact_id"]) in self.stopped:
                 return
@@ -96,12 +111,19 @@ class Model:
                 name = "bounced" if kind == "contact.bounced" else "opted_out"
                 if name == "opted_out" and e["channel"] == "email":
                     name = "unsubscribed"
-                self.counts[(self.credit(eid), name)] += 1
+                self.count(eid, self.credit(eid), name)
 
 
 async def test_stats_equal_a_count_of_the_events(store: Store) -> None:
     rng = random.Random(24)
-    seq = await sequence(store, sms(), email(), sms(wait=5), email(wait=5))
+    ab_sms = sms()
+    ab_sms.variants = [
+        models.VariantIn(id="a", body="A {{first_name}}"),
+        models.VariantIn(id="b", weight=2, body="B {{first_name}}"),
+    ]
+    ab_email = email(wait=5, thread=False)
+    ab_email.variants = [models.VariantIn(id="short", subject="Hi"), models.VariantIn(id="long")]
+    seq = await sequence(store, ab_sms, email(), sms(wait=5), ab_email)
     cids = []
     for n in range(CONTACTS):
         values = {"phone": f"+1415{n:07d}", "email": f"c{n}@example.com", "first_name": "A"}
@@ -152,14 +174,34 @@ async def test_stats_equal_a_count_of_the_events(store: Store) -> None:
         # (The clock ran hours ahead: its day may be tomorrow.)
         last = dt.datetime.fromtimestamp(clock() / 1000, dt.UTC).date()
         status, body = await api.call("GET", f"/sequences/{seq.id}/stats?to={last}")
-    assert status == 200
+        status_v, by_variant = await api.call(
+            "GET", f"/sequences/{seq.id}/stats?to={last}&group_by=variant"
+        )
+    assert status == 200 and status_v == 200
     got: dict[tuple[int | None, str], int] = {}
     for row in body["rows"]:
         for name, n in row["counts"].items():
             if n:
                 got[(row["step"], name)] = n
-    want = {key: n for key, n in model.counts.items() if n}
-    assert got == want
+    want: dict[tuple[int | None, str], int] = Counter()
+    for (step, _, name), n in model.counts.items():
+        want[(step, name)] += n
+    assert got == {key: n for key, n in want.items() if n}
+    # Per variant: each (step, variant) row; what no variant was sent as is one row.
+    got_v: dict[tuple[int | None, str | None, str], int] = {}
+    for row in by_variant["rows"]:
+        for name, n in row["counts"].items():
+            if n:
+                got_v[(row["step"], row["variant"], name)] = n
+    want_v: dict[tuple[int | None, str | None, str], int] = Counter()
+    for (step, variant, name), n in model.counts.items():
+        want_v[(step if variant else None, variant, name)] += n
+    assert got_v == {key: n for key, n in want_v.items() if n}
+    variants = {(step, v) for step, v, _ in got_v if v}
+    assert variants == {(0, "a"), (0, "b"), (3, "short"), (3, "long")}
+    # Sends, and outcomes credited later (replies, delivery reports, ends), per variant.
+    for step, v, name in [(0, "a", "replied"), (0, "b", "delivered"), (3, "long", "completed")]:
+        assert got_v.get((step, v, "sent")) and got_v.get((step, v, name)), (step, v, name)
     # Every counter but the ones no action here makes came into play.
     seen = {name for _, name in got}
     assert seen == set(COUNTERS) - {"auto_replied", "clicked", "deferred"}, seen

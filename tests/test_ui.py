@@ -143,3 +143,54 @@ async def test_on_a_listener_of_its_own_or_off(store: object) -> None:
     app = create_app(Config(ui=UiConfig(enabled=False)), store)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/ui/login")).status == 404
+
+
+async def test_an_enrollment_page_shows_its_steps_and_walks_a_long_log(store: object) -> None:
+    """The steps come from the enrollment's own record, complete whatever the log's size;
+    its events from the log, from its creation on, page by page past other enrollments'."""
+    from seqd.store.events import SCAN_MAX
+    from seqd.times import now_ms
+    from tests.dispatchutil import Clock as DispatchClock
+    from tests.lifecycleutil import send_due
+    from tests.webhookutil import pipeline
+
+    async with api_client(store) as api:  # type: ignore[arg-type]
+        variants = [{"id": "a", "body": "A"}, {"id": "b", "body": "B"}]
+        steps = [{"kind": "sms", "body": "x", "variants": variants}, {"kind": "sms", "body": "y"}]
+        code, made = await api.call(
+            "POST", "/sequences", {"name": "n", "status": "active", "steps": steps}
+        )
+        assert code == 201, made
+        sid = made["sequence"]["id"]  # type: ignore[index]
+        code, got = await api.call(
+            "POST", f"/sequences/{sid}/enrollments", {"contact": {"phone": "+14155550377"}}
+        )
+        eid = got["enrollment"]["id"]  # type: ignore[index]
+        async with pipeline(api.store) as p:
+            await p.read()
+            # Other enrollments' events, more than one page's scan, after its creation.
+            log = api.store.keys.events("acme")
+            for n in range(SCAN_MAX + 10):
+                fields = {"v": f"evt_{n}", "y": "x", "at": str(now_ms()), "e": "enr_other"}
+                await api.store.client.xadd(log, fields)  # type: ignore[arg-type]
+            clock = DispatchClock()
+            clock.advance(1_000)
+            await send_due(api.store, clock)
+            await p.read()
+        await _sign_in(api)
+        status, html = await _get(api, f"/ui/enrollments/{eid}")
+        assert status == 200
+        _, enrollment = await api.call("GET", f"/enrollments/{eid}")
+        variant = enrollment["enrollment"]["variants"]["0"]  # type: ignore[index]
+        row = re.search(r'<tr class="step" data-step="0">(.*?)</tr>', html)
+        assert row and "<td>sent</td>" in row.group(1) and f"<td>{variant}</td>" in row.group(1)
+        assert "sequence.enrollment.created" in html and "sequence.step.sent" not in html
+        pages = 0
+        while "sequence.step.sent" not in html:
+            later = re.search(r'href="\?page_token=([^"]+)">Later events', html)
+            assert later and pages < 3, html[-600:]
+            status, html = await _get(api, f"/ui/enrollments/{eid}?page_token={later.group(1)}")
+            assert status == 200
+            pages += 1
+        status, _ = await _get(api, f"/ui/enrollments/{eid}?page_token=nope")
+        assert status == 422

@@ -74,7 +74,9 @@ class StatsRates(msgspec.Struct, kw_only=True):
 
 class StatsRow(msgspec.Struct, kw_only=True):
     """One group's counts: `step` (null: outcomes of enrollments sent nothing yet),
-    `variant` or `day`, as `group_by` says; the others are null."""
+    `step` and `variant` (a step's A/B variant; both null: what no variant was sent as, i.e.
+    steps without variants and counts made before a send) or `day`, as `group_by` says;
+    the others are null."""
 
     step: int | None = None
     variant: str | None = None
@@ -130,10 +132,14 @@ def _range(query: StatsQuery) -> tuple[dt.date, dt.date]:
 
 
 def _group(cell: Cell, group_by: str) -> tuple[int | None, str | None, dt.date | None]:
+    step = None if cell.step == NO_STEP else int(cell.step)
     if group_by == "step":
-        return (None if cell.step == NO_STEP else int(cell.step)), None, None
+        return step, None, None
     if group_by == "variant":
-        return None, cell.variant if cell.variant != NO_VARIANT else None, None
+        # A variant belongs to its step; what no variant was sent as is one row.
+        if cell.variant == NO_VARIANT:
+            return None, None, None
+        return step, cell.variant, None
     return None, None, _day(cell.day)
 
 

@@ -28,6 +28,9 @@ class StepOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="o
     kind: str
     at: int
     seq: str | None = None
+    # The sender a sticky rotation pins the contact to for `kind`'s steps (its first send
+    # that started took it): written with the outcome, whatever the outcome.
+    pin: str | None = None
 
 
 class Sent(StepOutcome, tag="sent"):
@@ -140,8 +143,12 @@ def _needs(cls: type[StepOutcome]) -> list[tuple[str, str]]:
 # What a claim's steps share is written once (a group, in one JSON array), each step as
 # five plain values: decoding JSON was the script's largest cost after its writes, and a
 # decoded step is one more table for Lua to make and collect.
-# (`variant` is there only for a step sent as an A/B variant.)
-PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant")
+# (`variant` is there only for a step sent as an A/B variant, "" when a `pin` follows; `pin`
+# only for steps that pin their contact to their sender: a claim's steps then make a group
+# per sender.)
+PASSED_GROUP = (
+    "token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant", "pin",
+)  # fmt: skip
 PASSED_STEP = ("id", "group", "due", "detail", "event")
 
 
@@ -234,8 +241,11 @@ class Passed:
             e.attempts or "",
             s.wait,
         )
-        if isinstance(s, Sent) and s.variant is not None:
-            group += (s.variant,)
+        variant = s.variant if isinstance(s, Sent) else None
+        if s.pin is not None:
+            group += (variant or "", s.pin)
+        elif variant is not None:
+            group += (variant,)
         place = self.groups.get(group)
         if place is None:
             place = self.groups[group] = str(len(self.groups) + 1)

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from seqd import ids, links, templates
+from seqd.conditions import SKIPPED
 from seqd.errors import NotFound
 from seqd.store import calls
 from seqd.store.context import StoreContext
@@ -37,6 +38,41 @@ class Cell:
         self.variant = variant
         self.day = day
         self.counts: dict[str, int] = {}
+
+
+class StepRecord(msgspec.Struct, kw_only=True):
+    """What one step did for one enrollment, as its hash records it (the facts the counters
+    count, for the dashboard's timeline): sent (`p<step>`: the provider's id, or a task
+    step's task), the A/B variant (`v<step>`), the final delivery status (`d<step>`), the
+    first click (`k<step>`, ms) and a skip (`o`'s letter)."""
+
+    step: int
+    provider_id: str | None = None
+    variant: str | None = None
+    delivery: str | None = None
+    clicked_at: int | None = None
+    skipped: bool = False
+
+
+def step_records(h: dict[str, str], steps: int) -> list[StepRecord]:
+    """The records of an enrollment's steps before its current one (`h`: its hash)."""
+    outcomes = h.get("o", "")
+    out = []
+    for n in range(min(int(h.get("i") or 0), steps)):
+        stored = h.get(f"d{n}", "")
+        clicked = h.get(f"k{n}")
+        out.append(
+            StepRecord(
+                step=n,
+                provider_id=h.get(f"p{n}"),
+                variant=h.get(f"v{n}"),
+                # "<rank>:<status>[:<error code>]" (recordDelivery-1.lua)
+                delivery=stored.split(":")[1] if stored.count(":") >= 1 else None,
+                clicked_at=int(clicked) if clicked else None,
+                skipped=outcomes[n : n + 1] == SKIPPED,
+            )
+        )
+    return out
 
 
 class Stats:
@@ -77,6 +113,15 @@ class Stats:
                     cell = cells[(step, variant, day)] = Cell(step, variant, day)
                 cell.counts[name] = cell.counts.get(name, 0) + int(value)
         return list(cells.values())
+
+    async def steps(self, tenant: str, enrollment_id: str, steps: int) -> list[StepRecord]:
+        """`step_records` of one enrollment of `tenant` (none for another tenant's)."""
+        if not ids.is_valid(enrollment_id, ids.ENROLLMENT):
+            return []
+        shard = ids.shard_of(enrollment_id, self.store.shards)
+        key = self.store.keys.enrollment(shard, enrollment_id)
+        h: dict[str, str] = await self.store.client.hgetall(key)  # type: ignore[assignment]
+        return step_records(h, steps) if h.get("t") == tenant else []
 
     async def click(
         self, enrollment_id: str, step: int, *, bot: bool, now: int, event: dict[str, Any]

@@ -15,7 +15,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from seqd import kinds, models
+from seqd import ids, kinds, models
 from seqd.api.forecast import HOUR_MS, bucket_edges
 from seqd.api.ops import split_listen
 from seqd.api.ui import charts, session
@@ -238,18 +238,24 @@ async def _per_step(request: web.Request, sid: str, steps: int) -> list[dict[str
 
 @page
 async def enrollment(request: web.Request, s: session.Session) -> web.StreamResponse:
+    """Its steps from its own hash (complete, whatever the log's size), and its events from
+    the tenant's log, paged: a page reads from the enrollment's creation (or where the last
+    page stopped) at most the log's bounded scan, so a long log is walked page by page."""
     store = request.app[STORE]
     found = await store.enrollments.get(s.tenant, request.match_info["id"])
+    seq = await store.sequences.get(s.tenant, found.sequence_id, with_stats=False)
     config = request.app[CONFIG].webhooks
-    events, _, _ = await store.events.list(
+    events, after, _ = await store.events.list(
         s.tenant,
         limit=200,
-        after=None,
-        flt=EventFilter(enrollment_id=found.id),
+        # (A bad position is a 422 of events.check_position: a page saying so.)
+        after=request.query.get("page_token") or None,
+        flt=EventFilter(enrollment_id=found.id, since=ids.time_of(found.id)),
         now=now_ms(),
         retention_ms=config.events_retention_hours * 3_600_000,
     )
-    context = {"s": s, "e": found, "events": events}
+    steps = await store.stats.steps(s.tenant, found.id, len(seq.steps))
+    context = {"s": s, "e": found, "events": events, "next": after, "steps": steps}
     return _render(request, "enrollment.html", context)
 
 

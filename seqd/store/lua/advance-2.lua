@@ -28,12 +28,15 @@
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
-    and optionally seq: the claimed sequence (`s`; else read here)
+    and optionally seq: the claimed sequence (`s`; else read here), and pin: the sender
+    a sticky rotation pins the contact to (KIND_SENDER_FIELD[kind]), written whatever the
+    outcome while the hash exists
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
             none), wait (ms from the send to the next step, >= 0), and optionally the A/B
-            variant its sent steps were sent as]: what the steps of one
-            claim share, written once per call (store/dispatch.py PASSED_GROUP)
+            variant its sent steps were sent as ("" for none) and the sender its steps pin
+            their contacts to (as an item's pin)]: what the steps of one claim share,
+            written once per call (store/settles.py PASSED_GROUP)
   ARGV[6..] the passed steps, the hot path: a sent or skipped step with a step after it,
             of a claim the caller read, five values each (PASSED_STEP): id, group (its
             place in ARGV[5], from 1), due (the next step's due time, ms), detail (provider
@@ -78,6 +81,7 @@ for n, it in ipairs(items) do
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.variant) ~= 'string' then it.variant = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
+  if type(it.pin) ~= 'string' or not KIND_SENDER_FIELD[it.kind] then it.pin = nil end
   if it.outcome == 'defer' then
     if it['until'] % 1 ~= 0 then return redis.error_reply('BAD_ITEMS:item ' .. n) end
     if type(it.reason) ~= 'string' then it.reason = 'window' end
@@ -106,7 +110,9 @@ for n, g in ipairs(groups) do
     or type(g[G_KIND]) ~= 'string' or (g[G_OUTCOME] ~= 'sent' and g[G_OUTCOME] ~= 'skipped')
     or type(g[G_TENANT]) ~= 'string' or g[G_TENANT] == '' or type(g[G_ATTEMPTS]) ~= 'string'
     or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0
-    or (g[G_VARIANT] ~= nil and (type(g[G_VARIANT]) ~= 'string' or g[G_VARIANT] == '')) then
+    or (g[G_VARIANT] ~= nil and type(g[G_VARIANT]) ~= 'string')
+    or (g[G_PIN] ~= nil and (type(g[G_PIN]) ~= 'string' or g[G_PIN] == ''
+      or not KIND_SENDER_FIELD[g[G_KIND]])) then
     return redis.error_reply('BAD_ITEMS:passed group ' .. n)
   end
   -- What the group's steps write: `i` after the step, the provider id's field, and whether
@@ -120,8 +126,10 @@ for n, g in ipairs(groups) do
   g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
   g.passed = 0  -- its steps passed on the hot path, counted once at the end
   -- The A/B variant its steps were sent as (optional), recorded as `v<step>`.
-  g.variant = g.sent and g[G_VARIANT] or nil
+  g.variant = g.sent and g[G_VARIANT] ~= '' and g[G_VARIANT] or nil
   g.vfield = 'v' .. string.format('%d', g[G_STEP])
+  -- The sender its steps pin their contacts to, in the kind's field (an item's pin).
+  g.pin, g.pinfield = g[G_PIN], KIND_SENDER_FIELD[g[G_KIND]]
 end
 for n = 1, passed do
   local b = P_WIDTH * n + SKIP
@@ -169,13 +177,16 @@ local function item_writes(it, attempts, sms_sent)
   return fields, due_at
 end
 
--- The step was sent (or skipped): move the enrollment past it, with its event.
+-- The step was sent (or skipped): move the enrollment past it, with its event. The next
+-- step becomes the current one, counted `scheduled` here and only here (once per
+-- enrollment and step: a deferral, retry, pause or resume re-times it, never counts it).
 -- Returns the next step's due time, or nil after the last step.
 local function pass_step(id, e, it, ekey)
   local fields, due_at = item_writes(it, e['a'], e['sm'])
   rcall('HSET', ekey, unpack(fields))
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
   stats_count(e['s'], it.step, stats_variant(e, it.step), it.outcome, now)
+  if due_at then stats_count(e['s'], it.step + 1, NO_VARIANT, 'scheduled', now) end
   if it.outcome ~= 'sent' then set_outcome(ekey, it.step, 'k') end
   if it.outcome == 'sent' then
     enrollment_event('sequence.step.sent', id, e, now,
@@ -254,6 +265,9 @@ local function pass_built(n, id, g, ekey)
   if g.variant then
     fields[#fields + 1] = g.vfield; fields[#fields + 1] = g.variant
   end
+  if g.pin then
+    fields[#fields + 1] = g.pinfield; fields[#fields + 1] = g.pin
+  end
   if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
     rcall('DEL', ekey)
     return false
@@ -272,7 +286,7 @@ local function passed_item(n, id, g)
   return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
           outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
           provider_id = sent and detail or nil, reason = (not sent) and detail or nil,
-          variant = g.variant}
+          variant = g.variant, pin = g.pin}
 end
 
 -- A sent or skipped item with a step after it, on an enrollment whose claim still holds:
@@ -284,6 +298,9 @@ local function pass_read(id, ekey, it, seq)
   if not (h[3] and h[4] and h[5]) then return false end
   local sent = it.outcome == 'sent'
   local fields, due_at = item_writes(it, h[1], h[2])
+  if it.pin then
+    fields[#fields + 1] = KIND_SENDER_FIELD[it.kind]; fields[#fields + 1] = it.pin
+  end
   local step, next_step = it.step, fields[2]
   local tail
   if sent then
@@ -296,8 +313,7 @@ local function pass_read(id, ekey, it, seq)
   rcall('HSET', ekey, unpack(fields))
   if not sent then set_outcome(ekey, step, 'k') end
   schedule_next(seq, due_at, id)
-  -- (Variants: stats_variant, once the claim tells them.)
-  stats_count(seq, step, NO_VARIANT, it.outcome, now)
+  stats_count(seq, step, sent and it.variant or NO_VARIANT, it.outcome, now)
   stats_count(seq, step + 1, NO_VARIANT, 'scheduled', now)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
@@ -310,6 +326,11 @@ end
 local function settle(id, ekey, it, current)
   local e = to_table(rcall('HGETALL', ekey))
   local outcome = it.outcome
+  if it.pin and e['st'] then
+    local field = KIND_SENDER_FIELD[it.kind]
+    rcall('HSET', ekey, field, it.pin)
+    e[field] = it.pin
+  end
   if not current or not e['st'] then  -- (a hash deleted by hand: nothing to settle)
     if outcome == 'sent' and e['st'] and e['st'] ~= 'active' and tonumber(e['i']) == it.step
     then
@@ -324,7 +345,6 @@ local function settle(id, ekey, it, current)
       local due_at = pass_step(id, e, it, ekey)
       if due_at then
         schedule(id, e['s'], due_at)
-        stats_count(e['s'], it.step + 1, stats_variant(e, it.step + 1), 'scheduled', now)
       else
         finish(id, e, 'completed', '', now)
       end
@@ -405,8 +425,7 @@ if zadds then
 end
 for _, g in ipairs(groups) do
   if g.passed > 0 then
-    -- (Variants: stats_variant, once the group tells them.)
-    stats_count(g[G_SEQ], g[G_STEP], NO_VARIANT, g[G_OUTCOME], now, g.passed)
+    stats_count(g[G_SEQ], g[G_STEP], g.variant or NO_VARIANT, g[G_OUTCOME], now, g.passed)
     stats_count(g[G_SEQ], g[G_STEP] + 1, NO_VARIANT, 'scheduled', now, g.passed)
   end
 end

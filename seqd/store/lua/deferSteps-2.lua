@@ -106,7 +106,7 @@ for seq, args in pairs(zadds) do
 end
 for _, g in ipairs(groups) do
   if g.deferred > 0 then
-    -- (Variants: stats_variant, once the group tells them.)
+    -- (A step not sent yet has no variant.)
     stats_count(g[DG_SEQ], g[DG_STEP], NO_VARIANT, 'deferred', now, g.deferred)
   end
 end

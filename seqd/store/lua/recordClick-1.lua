@@ -20,12 +20,12 @@ local tag, now, id, step, bot = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '
 -- @include enrollment
 
 local ekey = k_enrollment(tag, id)
-local t, seq, cid = unpack(rcall('HMGET', ekey, 't', 's', 'c'))
+local t, seq, cid, variant = unpack(rcall('HMGET', ekey, 't', 's', 'c', 'v' .. step))
 if not t then return {0, 0} end
 local first = 0
 if not bot and rcall('HSETNX', ekey, 'k' .. step, now) == 1 then
   first = 1
-  stats_count(seq, step, stats_variant({t = t, s = seq, c = cid}, step), 'clicked', now)
+  stats_count(seq, step, variant or NO_VARIANT, 'clicked', now)
 end
 local data = cjson.decode(ARGV[6])
 data['first'] = first == 1

@@ -32,7 +32,7 @@ local DELIVERY_COUNTER = {['message.delivered'] = 'delivered',
                           ['message.undelivered'] = 'undelivered'}
 
 local ekey = k_enrollment(tag, id)
-local t, seq, cid = unpack(rcall('HMGET', ekey, 't', 's', 'c'))
+local t, seq, cid, variant = unpack(rcall('HMGET', ekey, 't', 's', 'c', 'v' .. step))
 if t ~= tenant then return redis.error_reply('NOT_FOUND') end
 local field = 'd' .. step
 local stored = rcall('HGET', ekey, field) or ''
@@ -45,9 +45,12 @@ rcall('HSET', ekey, field, value)
 -- A final status counts once: no later status outranks it.
 local counter = DELIVERY_COUNTER[etype]
 if counter then
-  stats_count(seq, step, stats_variant({t = t, s = seq, c = cid}, step), counter, now)
+  stats_count(seq, step, variant or NO_VARIANT, counter, now)
 end
-if ARGV[11] ~= '' then set_outcome(ekey, step, ARGV[11]) end
+if ARGV[11] ~= '' then
+  local at = fact_index(ekey, step)
+  if at then set_outcome(ekey, at, ARGV[11]) end
+end
 if etype ~= '' then
   emit_message(etype, tenant, now, cjson.decode(ARGV[10]), id, cid, seq, step)
 end

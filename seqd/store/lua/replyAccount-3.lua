@@ -5,7 +5,8 @@
   The account's contacts in the shard are its set (k_account_contacts, kept by putContact,
   createContacts and deleteContact). An enrollment paused until a return (out_of_office,
   `ra`) counts as active. The others are paused with paused_reason `account_replied`
-  (event `sequence.enrollment.paused` with `replied_by`), or completed per `on_reply`.
+  (event `sequence.enrollment.paused` with `replied_by`), or completed per `on_reply`, and
+  each counts `replied` on its credited step (includes/stats.lua `stats_credit`).
 
   KEYS[1] heads      ZSET   the shard's sequence heads
   KEYS[2] outbox     STREAM the shard's events
@@ -44,6 +45,8 @@ for _, cid in ipairs(members) do
     if seq and seq.extra[2] == 'account' then
       local e = to_table(rcall('HGETALL', k_enrollment(tag, id)))
       if e['t'] == tenant and (e['st'] == 'active' or absent(e)) then
+        -- The account's answer is this enrollment's reply: counted on the step it credits.
+        stats_credit(e, 'replied', now)
         if seq.extra[1] == 'complete' then
           finish(id, e, 'completed', '', now, {replied_by = replied_by})
           out[#out + 1] = id

@@ -17,10 +17,11 @@ local function stats_count(seq, step, variant, counter, now, n)
   end
 end
 
--- The variant of `step` that enrollment `e` (its hash, read) was given: the one place the
--- counters learn of variants. (None exist yet: every step counts under NO_VARIANT.)
+-- The A/B variant `step` of enrollment `e` (its hash, read) was sent as (`v<step>`, written
+-- with the send), else NO_VARIANT: a step not sent yet (scheduled, deferred, skipped,
+-- failed) has none, since the variant is picked when the message is composed.
 local function stats_variant(e, step)
-  return NO_VARIANT
+  return e['v' .. step] or NO_VARIANT
 end
 
 -- The step an outcome of the whole enrollment (a reply, an opt-out, a bounce, its end) is
