@@ -152,14 +152,14 @@ def children(pid: int) -> list[int]:
 
 
 async def event_log_bytes(client: aioredis.Redis, store: Store) -> tuple[int, int]:
-    """(bytes, events) of the tenant's event log: its stream and every payload key."""
-    total = int(await client.memory_usage(store.keys.events(TENANT)) or 0)
-    events = 0
+    """(bytes, events) of the tenant's event log: its stream and every payload key (one
+    per event, or per batched outbox entry's events); the events are the stream's entries."""
+    log = store.keys.events(TENANT)
+    total = int(await client.memory_usage(log) or 0)
     pattern = store.keys.event(TENANT, "*")
     async for key in client.scan_iter(match=pattern, count=1000):
         total += int(await client.memory_usage(key) or 0)
-        events += 1
-    return total, events
+    return total, int(await client.xlen(log))
 
 
 async def run_seqd(
