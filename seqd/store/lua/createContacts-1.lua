@@ -10,20 +10,31 @@
 
   Returns {} once all are created; nothing is written when one fails.
   Errors: EXISTS (an id in use)
+
+  Per contact one HSET (and an SADD with an account); the id check and the listing are
+  one EXISTS and one ZADD for the whole batch.
 ]]
 local rcall = redis.call
 local listing = KEYS[1]
-local tag, now, tenant = ARGV[1], ARGV[2], ARGV[3]
+local tag, tenant = ARGV[1], ARGV[3]
+-- Values per command: unpack() is limited to a few thousand (an intake batch may be more).
+local BULK = 1000
 
 local i = 4
-local starts = {}
+local starts, hashes, members = {}, {}, {}
 while i <= #ARGV do
-  if rcall('EXISTS', k_contact(tag, ARGV[i])) == 1 then return redis.error_reply('EXISTS') end
   starts[#starts + 1] = i
+  hashes[#hashes + 1] = k_contact(tag, ARGV[i])
+  members[#members + 1] = 0
+  members[#members + 1] = ARGV[i]
   i = i + 2 + 2 * tonumber(ARGV[i + 1])
 end
-for _, s in ipairs(starts) do
-  local cid = ARGV[s]
+for j = 1, #hashes, BULK do
+  if rcall('EXISTS', unpack(hashes, j, math.min(j + BULK - 1, #hashes))) > 0 then
+    return redis.error_reply('EXISTS')
+  end
+end
+for n, s in ipairs(starts) do
   local values = {'tenant', tenant}
   local account = nil
   for f = s + 2, s + 1 + 2 * tonumber(ARGV[s + 1]), 2 do
@@ -33,8 +44,10 @@ for _, s in ipairs(starts) do
       if ARGV[f] == 'ac' then account = ARGV[f + 1] end
     end
   end
-  rcall('HSET', k_contact(tag, cid), unpack(values))
-  rcall('ZADD', listing, 0, cid)
-  if account then rcall('SADD', k_account_contacts(tag, tenant, account), cid) end
+  rcall('HSET', hashes[n], unpack(values))
+  if account then rcall('SADD', k_account_contacts(tag, tenant, account), ARGV[s]) end
+end
+for j = 1, #members, 2 * BULK do
+  rcall('ZADD', listing, unpack(members, j, math.min(j + 2 * BULK - 1, #members)))
 end
 return {}
