@@ -379,7 +379,8 @@ class Step(Output, kw_only=True):
         str | None,
         Meta(
             description="the variant this version's step sends alone (POST .../winner); "
-            "a new version keeps it only on the identical step"
+            "a new version of the steps keeps it only on this step left unchanged (its "
+            "wait and send_at aside)"
         ),
     ] = None
     winner_at: Timestamp | None = None

@@ -10,6 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,20 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+@contextmanager
+def serving(redis_url: str, prefix: str, workdir: Path, **env: str) -> Iterator[Daemon]:
+    """A healthy Daemon; on leaving, SIGTERM and a clean exit (0) asserted. (Killed if the
+    block failed.)"""
+    daemon = Daemon(redis_url, prefix, workdir, **env).start()
+    try:
+        daemon.wait_healthy()
+        yield daemon
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0, daemon.stderr()
+    finally:
+        daemon.stop()
 
 
 def call(daemon: Daemon, key: str, method: str, path: str, body: Any = None) -> Any:

@@ -5,7 +5,6 @@ whose `exit_on` the event meets (completed_reason "goal"), across a restart of s
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from seqd.store.scripts import ScriptError
 from tests.conftest import QUIET_OFF, Api
 from tests.dispatchutil import Clock, Recorder, events
 from tests.lifecycleutil import send_due
-from tests.opsutil import Daemon, call
+from tests.opsutil import call, serving
 
 SMS = {"kind": "sms", "body": "Hi"}
 MEETING = {"event": "meeting_booked"}
@@ -322,9 +321,7 @@ async def test_a_goal_in_the_next_seqd_process_completes_what_the_first_sent(
     to the next one completes the enrollment, once (the same event id again answers the
     same completion)."""
     _, key = await store.tenants.create_key("acme")
-    first = Daemon(store_url, prefix, tmp_path / "first").start()
-    try:
-        first.wait_healthy()
+    with serving(store_url, prefix, tmp_path / "first") as first:
         body = {
             "name": "s",
             "status": "active",
@@ -339,13 +336,7 @@ async def test_a_goal_in_the_next_seqd_process_completes_what_the_first_sent(
         while call(first, key, "GET", f"/enrollments/{eid}")["enrollment"]["current_step"] < 1:
             assert time.monotonic() < deadline, first.stderr()
             await asyncio.sleep(0.1)
-        first.signal(signal.SIGTERM)
-        assert first.wait() == 0, first.stderr()
-    finally:
-        first.stop()
-    second = Daemon(store_url, prefix, tmp_path / "second").start()
-    try:
-        second.wait_healthy()
+    with serving(store_url, prefix, tmp_path / "second") as second:
         event = {"id": "booked-1", "name": "meeting_booked"}
         answer = call(second, key, "POST", f"/contacts/{cid}/events", event)
         assert answer["completed"] == [eid]
@@ -358,5 +349,3 @@ async def test_a_goal_in_the_next_seqd_process_completes_what_the_first_sent(
         assert got["current_step"] == 1
         again = call(second, key, "POST", f"/contacts/{cid}/events", event)
         assert again["event"] == answer["event"] and again["completed"] == [eid]
-    finally:
-        second.stop()

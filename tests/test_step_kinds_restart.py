@@ -5,7 +5,6 @@ enrollment's entry in the due index: no other poller, nothing in memory)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from seqd.store.db import Store
 from seqd.times import now_ms, to_rfc3339
-from tests.opsutil import Daemon, call
+from tests.opsutil import call, serving
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +29,7 @@ async def test_a_task_hold_ends_in_the_next_process(
     store: Store, store_url: str, prefix: str, tmp_path: Path
 ) -> None:
     _, key = await store.tenants.create_key("acme")
-    first = Daemon(store_url, prefix, tmp_path / "first").start()
-    try:
-        first.wait_healthy()
+    with serving(store_url, prefix, tmp_path / "first") as first:
         steps = [
             {
                 "kind": "task",
@@ -54,14 +51,8 @@ async def test_a_task_hold_ends_in_the_next_process(
             return all(e.get("paused_reason") == "awaiting_task" for e in got)
 
         await _until(held, "both enrollments held by their tasks")
-        first.signal(signal.SIGTERM)
-        assert first.wait() == 0, first.stderr()
-    finally:
-        first.stop()
 
-    second = Daemon(store_url, prefix, tmp_path / "second").start()
-    try:
-        second.wait_healthy()
+    with serving(store_url, prefix, tmp_path / "second") as second:
         tasks = {t["enrollment_id"]: t for t in call(second, key, "GET", "/tasks")["data"]}
         completed, timed_out = eids
         call(second, key, "POST", f"/tasks/{tasks[completed]['id']}/complete", {})
@@ -76,7 +67,3 @@ async def test_a_task_hold_ends_in_the_next_process(
         listed = call(second, key, "GET", "/tasks")["data"]
         statuses = {t["enrollment_id"]: t["status"] for t in listed}
         assert statuses == {completed: "completed", timed_out: "timed_out"}
-        second.signal(signal.SIGTERM)
-        assert second.wait() == 0, second.stderr()
-    finally:
-        second.stop()

@@ -100,7 +100,8 @@ async def patch_sequence(request: web.Request) -> web.Response:
 class WinnerBody(models.Input, kw_only=True):
     """The variant step n of the newest version of the steps sends alone from now on.
     Enrollments still on an older version keep that version's step as it was (its own
-    winner or none); a later version keeps the winner only on the identical step."""
+    winner or none); a later version keeps the winner only on that step left unchanged
+    (its wait and send_at aside)."""
 
     variant: models.VariantId
 

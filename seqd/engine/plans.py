@@ -9,10 +9,10 @@ long-running process holds one plan per live sequence, not one per version ever 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from types import MappingProxyType
 
 import msgspec
@@ -76,9 +76,12 @@ class StepPlan:
         variants = self.variants
         if len(variants) == 1:
             return variants[0]
-        digest = hashlib.blake2b(f"{enrollment_id}:{step}".encode(), digest_size=8).digest()
+        digest = blake2b(f"{enrollment_id}:{step}".encode(), digest_size=8).digest()
         pick = int.from_bytes(digest, "big") % variants[-1].upto
-        return next(v for v in variants if pick < v.upto)
+        for v in variants:
+            if pick < v.upto:
+                return v
+        return variants[-1]
 
     # Whether it is sent when due (its only_if / skip_if); None: always.
     gate: conditions.Predicate | None = None
