@@ -52,6 +52,8 @@ class Job:
     at: int = 0
     # The A/B variant sent (recorded with the step), None for a step without variants.
     variant: str | None = None
+    # The pool's sender it goes out from (recorded with the step), None: the tenant's channel.
+    sender: str | None = None
 
 
 def suppressed_reason(record: SuppressionRecord, kind: Kind) -> str:

@@ -408,6 +408,7 @@ class Lane:
                         continue
                     if pick.sender is not None:
                         composed.message.sender = pick.route
+                        composed.sender = pick.sender.id
                         if pick.pin is not None:
                             pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
                 if composed.kind == "email" and crew.email_headers is not None:

@@ -36,6 +36,9 @@ class Sent(StepOutcome, tag="sent"):
     provider_id: str | None = None
     # The A/B variant sent: recorded as the enrollment's `v<step>` and in the event.
     variant: str | None = None
+    # The sender of a pool it was sent from: recorded as `r<step>`, for the per-sender
+    # counters (None: the tenant's configured channel).
+    sender: str | None = None
 
 
 class Skipped(StepOutcome, tag="skipped"):
@@ -140,8 +143,12 @@ def _needs(cls: type[StepOutcome]) -> list[tuple[str, str]]:
 # What a claim's steps share is written once (a group, in one JSON array), each step as
 # five plain values: decoding JSON was the script's largest cost after its writes, and a
 # decoded step is one more table for Lua to make and collect.
-# (`variant` is there only for a step sent as an A/B variant.)
-PASSED_GROUP = ("token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant")
+# (`variant` is there only for a step sent as an A/B variant, "" when a `sender` follows;
+# `sender` only for steps sent from a pool's sender: a claim's steps then make a group per
+# sender.)
+PASSED_GROUP = (
+    "token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant", "sender",
+)  # fmt: skip
 PASSED_STEP = ("id", "group", "due", "detail", "event")
 
 
@@ -234,8 +241,11 @@ class Passed:
             e.attempts or "",
             s.wait,
         )
-        if isinstance(s, Sent) and s.variant is not None:
-            group += (s.variant,)
+        if isinstance(s, Sent):
+            if s.sender is not None:
+                group += (s.variant or "", s.sender)
+            elif s.variant is not None:
+                group += (s.variant,)
         place = self.groups.get(group)
         if place is None:
             place = self.groups[group] = str(len(self.groups) + 1)
