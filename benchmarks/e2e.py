@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from benchmarks.dispatch import cpu_seconds, free_port, start_valkey
-from benchmarks.results import record
+from benchmarks.results import cpu_model, record
 from seqd.store.db import Store, connect
 
 TENANT = "e2e"
@@ -88,13 +89,6 @@ process.on('unhandledRejection', (e) => { console.error(e); process.exit(1); });
   });
 })();
 """
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def phone(i: int) -> str:
@@ -268,11 +262,18 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def post_batches(http: aiohttp.ClientSession, url: str, auth: dict[str, str], n: int) -> None:
+async def post_batches(
+    http: aiohttp.ClientSession,
+    url: str,
+    auth: dict[str, str],
+    n: int,
+    make: Callable[[int], dict[str, Any]] = contact,
+) -> None:
+    """Enroll `n` new contacts (`make(i)` the i-th) through the batch endpoint at `url`."""
     gate = asyncio.Semaphore(IN_FLIGHT)
 
     async def one(start: int) -> None:
-        items = [{"contact": contact(i)} for i in range(start, min(n, start + BATCH))]
+        items = [{"contact": make(i)} for i in range(start, min(n, start + BATCH))]
         async with gate, http.post(url, json={"items": items}, headers=auth) as resp:
             answer = await resp.json()
             assert resp.status == 200, answer

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import redis.asyncio as aioredis
 
-from benchmarks.e2e import cpu_model
+from benchmarks.e2e import children, cpu_model
 from benchmarks.results import median, record
 from seqd import collector, models
 from seqd.config import Config, IntakeConfig
@@ -40,6 +41,7 @@ from seqd.embedded import find_binary, server_env
 from seqd.intake import Intake
 from seqd.store import upserts
 from seqd.store.db import Store, connect
+from seqd.store.outbox import Outbox
 
 TENANT = "bench"
 PREFIX = "bench"
@@ -78,10 +80,12 @@ def start_valkey(port: int, directory: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`seqd serve`, its banner and logs out of the figures' way."""
+def start_server(env: dict[str, str], workers: int | None) -> subprocess.Popen[bytes]:
+    """`seqd serve` (`workers` None: its default, one per core), its banner and logs out of
+    the figures' way."""
+    more = [] if workers is None else ["--workers", str(workers)]
     return subprocess.Popen(
-        [sys.executable, "-m", "seqd", "serve"],
+        [sys.executable, "-m", "seqd", "serve", *more],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -94,18 +98,41 @@ async def timed(n: int, work: Callable[[], Awaitable[object]]) -> float:
     return n / (time.perf_counter() - started)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; 10 ms ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """User + system CPU time of a process so far, and with `tree` of its live children (a
+    supervisor's workers) too (Linux /proc; 10 ms ticks)."""
+    total = 0
+    for each in (pid, *(children(pid) if tree else ())):
+        fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU time every process of the machine spent so far (/proc/stat: all but idle, iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def drained(outbox: Outbox, limit: float = 120) -> None:
+    """Until the outbox readers have handled every event."""
+    deadline = time.monotonic() + limit
+    while True:
+        if not await outbox.backlog():
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the outbox did not drain")
+        await asyncio.sleep(0.01)
 
 
 class Costs:
     """µs per item of valkey CPU, seqd CPU, this process's CPU (the HTTP clients) and the
     scripts' time (INFO commandstats), around one way in."""
 
-    def __init__(self, client: aioredis.Redis, valkey: int, seqd: int) -> None:
-        self.client, self.valkey, self.seqd = client, valkey, seqd
+    def __init__(
+        self, client: aioredis.Redis, valkey: int, seqd: int, outbox: Outbox | None = None
+    ) -> None:
+        self.client, self.valkey, self.seqd, self.outbox = client, valkey, seqd, outbox
         self.rows: dict[str, list[tuple[float, ...]]] = {}
 
     async def measure(
@@ -113,10 +140,25 @@ class Costs:
     ) -> float:
         """`seqd`: the pid doing seqd's part when not `seqd serve` (then no clients)."""
         await self.client.config_resetstat()
-        pids = (self.valkey, seqd or self.seqd, os.getpid())
-        before = [cpu_seconds(pid) for pid in pids]
+        # `seqd serve`: the supervisor and its workers.
+        pids = ((self.valkey, False), (seqd or self.seqd, seqd is None), (os.getpid(), False))
+        before = [cpu_seconds(*pid) for pid in pids]
+        workers = {pid: cpu_seconds(pid) for pid in children(self.seqd)}
+        machine = busy_seconds()
         rate = await work
-        after = [cpu_seconds(pid) for pid in pids]
+        # The outbox reader's part (each `created` event into the event log) counted too.
+        if self.outbox is not None:
+            await drained(self.outbox)
+        after = [cpu_seconds(*pid) for pid in pids]
+        machine = busy_seconds() - machine
+        split = [1e6 * (cpu_seconds(pid) - was) / n for pid, was in workers.items()]
+        print(
+            f"{name}: {rate:,.0f}/s; seqd workers "
+            + " + ".join(f"{w:.1f}" for w in split)
+            + f" µs/item; other processes {1e6 * (machine - sum(after) + sum(before)) / n:.1f}"
+            " µs/item",
+            flush=True,
+        )
         stats = await self.client.info("commandstats")
         script = stats.get("cmdstat_evalsha", {}).get("usec", 0)
         per = [1e6 * (a - b) / n for a, b in zip(after, before, strict=True)]
@@ -182,36 +224,56 @@ async def authed_gets(base: str, headers: dict[str, str], eid: str, n: int, clie
 
 
 async def batches(
-    base: str, headers: dict[str, str], sid: str, contacts: list[str], clients: int = 2
+    base: str, headers: dict[str, str], sid: str, contacts: list[str], clients: int
 ) -> float:
     """Existing contacts by id, 1,000 items a request."""
     return await batch_items(base, headers, sid, [{"contact_id": c} for c in contacts], clients)
 
 
 async def inline_batches(
-    base: str, headers: dict[str, str], sid: str, start: int, n: int, clients: int = 2
+    base: str, headers: dict[str, str], sid: str, start: int, n: int, clients: int
 ) -> float:
-    """New contacts given inline (E.164 phones no contact has yet), 1,000 items a request."""
+    """New contacts given inline (E.164 phones no contact has yet), 1,000 items a request;
+    the time of every 100,000th item printed on a long run."""
     items = [{"contact": {"phone": f"+1646{i:07d}"}} for i in range(start, start + n)]
-    return await batch_items(base, headers, sid, items, clients)
+    return await batch_items(base, headers, sid, items, clients, 100_000 if n > 100_000 else 0)
 
 
 async def batch_items(
-    base: str, headers: dict[str, str], sid: str, items: list[dict[str, Any]], clients: int
+    base: str,
+    headers: dict[str, str],
+    sid: str,
+    items: list[dict[str, Any]],
+    clients: int,
+    progress: int = 0,
 ) -> float:
+    """`clients` connections posting 1,000 items a request. Lean clients, so their CPU
+    (counted: it shares the cores) stays small: bodies encoded before the clock starts, and
+    each answer checked by counting its `enrolled` outcomes in the bytes, not decoded."""
     url = f"{base}/sequences/{sid}/enrollments/batch"
-    chunks = [items[i : i + 1000] for i in range(0, len(items), 1000)]
+    bodies = [
+        (len(items[i : i + 1000]), msgspec.json.encode({"items": items[i : i + 1000]}))
+        for i in range(0, len(items), 1000)
+    ]
+    sent = {**headers, "Content-Type": "application/json"}
+
+    bodies.reverse()  # popped from the end: in order
+    done, started = [0], time.perf_counter()
 
     async def client(session: aiohttp.ClientSession) -> None:
-        while chunks:
-            chunk = chunks.pop()
-            async with session.post(url, json={"items": chunk}, headers=headers) as resp:
-                assert resp.status == 200, await resp.text()
-                body = await resp.json()
-                assert all(r["outcome"] == "enrolled" for r in body["results"])
+        while bodies:
+            count, body = bodies.pop()
+            async with session.post(url, data=body, headers=sent) as resp:
+                answer = await resp.read()
+                assert resp.status == 200, answer[:500]
+                assert answer.count(b'"outcome":"enrolled"') == count, answer[:500]
+            done[0] += count
+            if progress and done[0] % progress == 0:
+                print(f"{done[0]:,} items at {time.perf_counter() - started:.1f} s", flush=True)
 
     async def run() -> None:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(connector=connector) as session:
             await asyncio.gather(*(client(session) for _ in range(clients)))
 
     return await timed(len(items), run)
@@ -270,7 +332,31 @@ async def drain_intake(config: Config, store: Store, n: int, consumers: int) -> 
             await c.stream.close()
 
 
-async def main(n: int, repeat: int, clients: int, consumers: int, load: int) -> None:
+async def ready(base: str) -> None:
+    """Until /readyz answers 200 (a supervisor binds the port before its workers start)."""
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("seqd serve is not ready")
+            await asyncio.sleep(0.05)
+
+
+async def main(args: argparse.Namespace) -> None:
+    n, repeat, clients, consumers, load = (
+        args.n,
+        args.repeat,
+        args.clients,
+        args.consumers,
+        args.load,
+    )
+    posting = args.batch_clients
     tmp = Path(tempfile.mkdtemp(prefix="seqd-bench-"))
     rport, hport = free_port(), free_port()
     valkey = start_valkey(rport, tmp)
@@ -290,42 +376,50 @@ async def main(n: int, repeat: int, clients: int, consumers: int, load: int) -> 
         wait_port(rport, valkey)
         store = await Store.open(connect(url), PREFIX, 16)
         _, secret = await store.tenants.create_key(TENANT)
-        server = start_server(env)
+        server = start_server(env, args.workers)
         wait_port(hport, server)
+        await ready(f"http://127.0.0.1:{hport}")
+        workers = len(children(server.pid)) or 1
         base = f"http://127.0.0.1:{hport}/v1"
         headers = {"Authorization": f"Bearer {secret}"}
+        # Every worker started and warm (imports, caches, connections) before the clock.
+        sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+        await inline_batches(base, headers, sid, 9_000_000, 4000, posting)
         contacts = await make_contacts(store, n)
         config = Config(intake=IntakeConfig(batch_size=1000))
         single, gets, batch, peer_hset, intake, xadd = [], [], [], [], [], []
         inline: list[float] = []
-        costs = Costs(store.client, valkey.pid, server.pid)
+        costs = Costs(store.client, valkey.pid, server.pid, store.outbox)
         for _ in range(repeat):
-            small = contacts[: max(1, n // 4)]
+            if not args.batch_only:
+                small = contacts[: max(1, n // 4)]
+                sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+                work = single_posts(base, headers, sid, small, clients)
+                single.append(await costs.measure("single", len(small), work))
+                eid = (await store.enrollments.list(TENANT, sid, limit=1, after=None,
+                                                    statuses=["active"]))[0][0].id  # fmt: skip
+                work = authed_gets(base, headers, eid, len(small), clients)
+                gets.append(await costs.measure("gets", len(small), work))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
-            work = single_posts(base, headers, sid, small, clients)
-            single.append(await costs.measure("single", len(small), work))
-            eid = (await store.enrollments.list(TENANT, sid, limit=1, after=None,
-                                                statuses=["active"]))[0][0].id  # fmt: skip
-            work = authed_gets(base, headers, eid, len(small), clients)
-            gets.append(await costs.measure("gets", len(small), work))
+            work = batches(base, headers, sid, contacts, posting)
+            batch.append(await costs.measure("batch", n, work))
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
-            batch.append(await costs.measure("batch", n, batches(base, headers, sid, contacts)))
-            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
-            work = inline_batches(base, headers, sid, len(inline) * n, n)
+            work = inline_batches(base, headers, sid, len(inline) * n, n, posting)
             inline.append(await costs.measure("inline", n, work))
             peer_hset.append(await plain_hset(store.client, n))
-            sid = (await store.sequences.create(TENANT, SEQUENCE)).id
-            xadd.append(await fill_intake(store.client, store.keys.intake(), sid, contacts))
-            drained = drain_intake(config, store, n, consumers)
-            # The intake consumers run in this process.
-            intake.append(await costs.measure("intake", n, drained, seqd=os.getpid()))
-            stats = (await store.sequences.stats([sid]))[sid]
-            assert stats.active == n, stats
+            if not args.batch_only:
+                sid = (await store.sequences.create(TENANT, SEQUENCE)).id
+                xadd.append(await fill_intake(store.client, store.keys.intake(), sid, contacts))
+                drained = drain_intake(config, store, n, consumers)
+                # The intake consumers run in this process.
+                intake.append(await costs.measure("intake", n, drained, seqd=os.getpid()))
+                stats = (await store.sequences.stats([sid]))[sid]
+                assert stats.active == n, stats
         loaded = math.nan
         if load:
             sid = (await store.sequences.create(TENANT, SEQUENCE)).id
             # Phones from 5,000,000 on: none of the runs above used them.
-            work = inline_batches(base, headers, sid, 5_000_000, load)
+            work = inline_batches(base, headers, sid, 5_000_000, load, posting)
             loaded = await costs.measure("load", load, work)
         await store.close()
     finally:
@@ -348,7 +442,8 @@ async def main(n: int, repeat: int, clients: int, consumers: int, load: int) -> 
         [
             f"N = {n:,} enrollments per run ({max(1, n // 4):,} for single POSTs, "
             f"{clients} concurrent clients), {repeat} runs, medians; valkey (AOF off, "
-            f"allocator: {server_env(find_binary())[1]}) and `seqd serve` on this machine "
+            f"allocator: {server_env(find_binary())[1]}) and `seqd serve` ({workers} "
+            f"workers) on this machine "
             f"(CPU: {cpu_model()}, {os.cpu_count()} cores, shared), clients in the "
             "benchmark process.",
             "",
@@ -356,15 +451,18 @@ async def main(n: int, repeat: int, clients: int, consumers: int, load: int) -> 
             "| valkey CPU µs/item | seqd CPU µs/item | clients CPU µs/item "
             "| scripts µs/item |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-            row("single POST", single, 3000, "authenticated GET of one enrollment", gets,
-                "single"),
-            row("batch endpoint (1,000/request, 2 clients)", batch, 30000,
+            *([] if args.batch_only else [
+                row("single POST", single, 3000, "authenticated GET of one enrollment", gets,
+                    "single")]),
+            row(f"batch endpoint (1,000/request, {posting} clients)", batch, 30000,
                 "pipelined HSET+ZADD per job (BullMQ-like bulk add, no logic)", peer_hset,
                 "batch"),
-            row("batch endpoint, new contacts inline (1,000/request, 2 clients)", inline,
-                20000, "the batch endpoint with contact_id items (above)", batch, "inline"),
-            row(f"intake stream ({consumers} consumers draining)", intake, 50000,
-                "raw redis-py XADD, pipelined (the writer)", xadd, "intake"),
+            row(f"batch endpoint, new contacts inline (1,000/request, {posting} clients)",
+                inline, 20000, "the batch endpoint with contact_id items (above)", batch,
+                "inline"),
+            *([] if args.batch_only else [
+                row(f"intake stream ({consumers} consumers draining)", intake, 50000,
+                    "raw redis-py XADD, pipelined (the writer)", xadd, "intake")]),
             "",
             f"Inline new contacts against `contact_id` items in the same run: "
             f"{median(inline) / median(batch):.2f}× the rate (target 0.6×).",
@@ -372,19 +470,21 @@ async def main(n: int, repeat: int, clients: int, consumers: int, load: int) -> 
                 [
                     "",
                     f"Loading {load:,} new contacts through the batch endpoint (inline, 1,000 a "
-                    f"request, 2 clients, one run): {load / loaded:.1f} s, {loaded:,.0f}/s "
+                    f"request, {posting} clients, one run): {load / loaded:.1f} s, {loaded:,.0f}/s "
                     f"(target under 60 s); valkey, seqd, clients CPU and scripts µs/item "
                     f"{costs.cells('load').replace(' | ', ', ')}.",
                 ]
                 if load
                 else []
             ),
-            "",
-            "The single POST's peer, per GET: valkey, seqd, clients CPU and scripts µs "
-            f"{costs.cells('gets').replace(' | ', ', ')}.",
+            *([] if args.batch_only else [
+                "",
+                "The single POST's peer, per GET: valkey, seqd, clients CPU and scripts µs "
+                f"{costs.cells('gets').replace(' | ', ', ')}."]),
             "",
             "CPU µs/item: user + system time over the run (10 ms ticks) per item of "
-            "valkey-server, of the seqd process (`seqd serve` for the HTTP ways, with its "
+            "valkey-server, of the seqd processes (`seqd serve`'s supervisor and workers "
+            "summed, for the HTTP ways, with their "
             "outbox reader turning each `created` event into the tenant's event log; the "
             "consumers' process for the intake, while `seqd serve` still reads the outbox: "
             "its CPU is left out, its Redis time is in valkey's), and of the benchmark's HTTP "
@@ -411,5 +511,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--load", type=int, default=0, help="then load this many new contacts, once (0: no)"
     )
-    args = parser.parse_args()
-    asyncio.run(main(args.n, args.repeat, args.clients, args.consumers, args.load))
+    parser.add_argument(
+        "--batch-clients", type=int, default=4, help="connections posting batches at once"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="seqd serve --workers (default: its own)"
+    )
+    parser.add_argument(
+        "--batch-only", action="store_true", help="only the batch endpoint's two ways in"
+    )
+    asyncio.run(main(parser.parse_args()))

@@ -29,6 +29,7 @@ from seqd.store.enrollments import EnrollItem, EnrollResult
 from seqd.times import now_ms, to_rfc3339
 from seqd.timing.due import due
 from seqd.timing.policy import Policy, jitter_key, step_timing, zone_text
+from seqd.timing.zones import RecipientZone
 
 
 class Item(msgspec.Struct, frozen=True):
@@ -172,11 +173,17 @@ async def _first_dues(
             facts[cid] = (tz, phone)
     now = now_ms()
     out = {}
+    # Without the schedule's jitter (due.jittered: the only use of the key) the time depends
+    # on the recipient's zones alone: the contacts of one area code share one computation.
+    decided: dict[RecipientZone, tuple[int, str]] = {}
     for cid in contact_ids:
         tz, phone = facts.get(cid, (None, None))
         recipient = timing.policy.recipient(tenant, timing.schedule, tz, phone)
-        got = due(rules, step, recipient, now, jitter_key(cid, seq.id, 0))
-        out[cid] = (got.at, zone_text(got))
+        found = None if rules.jitter_ms else decided.get(recipient)
+        if found is None:
+            got = due(rules, step, recipient, now, jitter_key(cid, seq.id, 0))
+            found = decided[recipient] = (got.at, zone_text(got))
+        out[cid] = found
     return out
 
 

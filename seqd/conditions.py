@@ -29,6 +29,9 @@ SKIPPED = "k"
 # A reply to a step (replyContact marks the last step sent before it): it was delivered
 # too, and no receipt replaces the mark.
 REPLIED = "r"
+# A step the enrollment passed before it moved (`apply_to: "all"`) to a version of the
+# steps where that step is another one: it did not run for the enrollment (syncSequence).
+NOT_RUN = "x"
 OUTCOME_LETTER: Mapping[str, str] = {
     "delivered": "d",
     "undelivered": "u",
@@ -206,11 +209,12 @@ def _passed(f: Facts, step: int) -> bool:
 
 
 # What `{"step": n, "is": fact}` asks of step n. "undelivered" is "not known delivered":
-# a receipt said undelivered or failed, none said delivered by now, or it was skipped, so a
-# fallback step sends whenever the first channel did not demonstrably reach the contact.
+# a receipt said undelivered or failed, none said delivered by now, or it was skipped or
+# did not run, so a fallback step sends whenever the first channel did not demonstrably
+# reach the contact.
 # ("clicked" goes here once click tracking records clicks on the enrollment.)
 STEP_FACTS: Mapping[str, Callable[[Facts, int], bool]] = {
-    "sent": lambda f, n: _passed(f, n) and f.letter(n) != SKIPPED,
+    "sent": lambda f, n: _passed(f, n) and f.letter(n) not in (SKIPPED, NOT_RUN),
     "skipped": lambda f, n: f.letter(n) == SKIPPED,
     "delivered": lambda f, n: f.letter(n) in _REACHED,
     "undelivered": lambda f, n: _passed(f, n) and f.letter(n) not in _REACHED,

@@ -52,6 +52,11 @@ RESTART_BASE_SECONDS = 0.5
 RESTART_CAP_SECONDS = 30.0
 # A server that ran this long before it died had not been crash-looping: no extra pause.
 STABLE_SECONDS = 60.0
+# Encodings the embedded server is started with (the README's "Memory" recommends them for
+# an external server): a hash whose values are all at most this long stays a listpack,
+# about half the memory of a hashtable, and a contact's attributes or an enrollment's
+# metadata (JSON) often pass the server's default of 64 bytes.
+MEMORY_SETTINGS: tuple[str, ...] = ("--hash-max-listpack-value", "256")
 
 
 class EmbeddedError(RuntimeError):
@@ -237,6 +242,11 @@ class EmbeddedServer:
             "yes",
             "--appendfsync",
             self.config.appendfsync,
+            "--auto-aof-rewrite-percentage",
+            str(self.config.aof_rewrite_percentage),
+            "--auto-aof-rewrite-min-size",
+            f"{self.config.aof_rewrite_min_mb}mb",
+            *MEMORY_SETTINGS,
             "--save",
             "",
             "--daemonize",

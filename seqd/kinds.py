@@ -187,8 +187,9 @@ def lua_constants() -> str:
     """The kinds' facts the scripts read, as Lua locals for the script prelude."""
     letter = {k: s.letter for k, s in SPECS.items()}
     sent = {k: s.sent_field for k, s in SPECS.items() if s.sent_field is not None}
-    pins = ", ".join(repr(s.sender_field) for s in SPECS.values() if s.sender_field)
+    pin = {k: s.sender_field for k, s in SPECS.items() if s.sender_field is not None}
+    pins = ", ".join(repr(field) for field in pin.values())
     return (
         f"local KIND_LETTER = {_lua_map(letter)}\nlocal KIND_SENT_FIELD = {_lua_map(sent)}\n"
-        f"local KIND_SENDER_FIELDS = {{{pins}}}\n"
+        f"local KIND_SENDER_FIELD = {_lua_map(pin)}\nlocal KIND_SENDER_FIELDS = {{{pins}}}\n"
     )

@@ -375,7 +375,13 @@ class Step(Output, kw_only=True):
     variants: list[Variant] | None = None
     # Set by POST .../steps/{n}/winner: only this variant is sent from `winner_at` on; the
     # others stay listed (their sends are in the events and on the enrollments).
-    winner: str | None = None
+    winner: Annotated[
+        str | None,
+        Meta(
+            description="the variant this version's step sends alone (POST .../winner); "
+            "a new version keeps it only on the identical step"
+        ),
+    ] = None
     winner_at: Timestamp | None = None
     skip_if: conditions.Condition | None = None
     only_if: conditions.Condition | None = None

@@ -27,6 +27,7 @@ from seqd.events import background as webhooks
 from seqd.lifecycle import mailbox
 from seqd.loop import Heart
 from seqd.metrics import Metrics
+from seqd.sharing import SharedSocketSite
 from seqd.store.db import Store, connect
 from seqd.store.replication import ReplicaWait
 
@@ -270,8 +271,10 @@ async def serve(
                 if secret:
                     banner(secret, config, out)
                     await store.tenants.bootstrap_shown()
+                # Workers share their sockets with siblings: one connection per turn.
+                site = web.SockSite if worker is None else SharedSocketSite
                 for sock in sockets:
-                    await web.SockSite(runner, sock).start()
+                    await site(runner, sock).start()
                 log.info(
                     "service.listening",
                     host=config.http.host,

@@ -62,6 +62,11 @@ def facts(
         ("r", "replied", True),
         ("r", "delivered", True),  # a reply means it got there
         ("d", "replied", False),
+        # Passed before a move to a version where this step is another one: it did not run.
+        ("x", "sent", False),
+        ("x", "skipped", False),
+        ("x", "delivered", False),
+        ("x", "undelivered", True),
     ],
 )
 def test_step_facts(letters: str, fact: str, expected: bool) -> None:

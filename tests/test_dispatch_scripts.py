@@ -528,6 +528,50 @@ async def test_passed_steps_of_several_groups_are_each_judged_by_their_own_score
     assert [(await raw(s, eid)).get("p0") for eid in (a, b, c)] == ["SMa", None, "SMc"]
 
 
+@pytest.mark.parametrize("built", [False, True], ids=["script-built", "python-built"])
+async def test_a_sticky_pin_is_written_with_its_steps_outcome(
+    any_store: Store, built: bool
+) -> None:
+    # The sender a sticky rotation picked goes in the kind's field (`ys` for SMS) in the
+    # step's own advance, whatever came of the send; a step without a pin leaves it alone.
+    s = any_store
+    seq = await sequence(s, sms(), sms(wait=10))
+    a, b, c, d = (e.id for e in await enroll(s, seq, await contacts_in_shard(s, 4)))
+    due = int((await raw(s, a))["n"])
+    batch = await claim(s, 0, due)
+    claimed = {item.id: item.enrollment for item in batch.items}
+    token = claimed[a].token
+    at = due + 5
+    done = await advance(
+        s,
+        0,
+        at,
+        settle(a, token, 0, at, "sent", provider_id="SMa", wait=10, pin="snd_x"),
+        settle(b, token, 0, at, "sent", provider_id="SMb", wait=10, pin="snd_y"),
+        settle(c, token, 0, at, "sent", provider_id="SMc", wait=10),
+        settle(d, token, 0, at, "retry", error="503", delay=5, pin="snd_x"),
+        claimed=claimed if built else None,
+    )
+    assert (done.applied, done.late, done.stale) == (4, 0, [])
+    stored = [await raw(s, eid) for eid in (a, b, c, d)]
+    assert [h.get("ys") for h in stored] == ["snd_x", "snd_y", None, "snd_x"]
+    assert [h["i"] for h in stored] == ["1", "1", "1", "0"]
+    assert [h.get("p0") for h in stored] == ["SMa", "SMb", "SMc", None]
+    # A send whose claim was taken meanwhile (stale) still pins: the provider may have it.
+    _seq, e, sh, due = await one(s)
+    first = (await claim(s, sh, due)).items[0]
+    await claim(s, sh, due + LEASE)
+    done = await advance(
+        s,
+        sh,
+        due + LEASE,
+        settle(e.id, first.enrollment.token, 0, due, "sent", wait=5, pin="snd_z"),
+        claimed={e.id: first.enrollment} if built else None,
+    )
+    assert done.stale == [e.id]
+    assert (await raw(s, e.id))["ys"] == "snd_z"
+
+
 async def test_advance_retry_backs_off_then_fails_when_attempts_run_out(any_store: Store) -> None:
     s = any_store
     _seq, e, sh, due = await one(s)
@@ -706,6 +750,8 @@ async def test_advance_rejects_malformed_items_and_writes_nothing(any_store: Sto
         (grouped([*group[:5], "", *group[6:]]), step),  # no tenant
         (grouped([*group[:7], -1]), step),  # the last step's wait
         (grouped(group[:7]), step),  # no wait
+        (grouped([*group, "", 7]), step),  # a pin not text
+        (grouped([*group, "", ""]), step),  # an empty pin
     ]
     for text, values in bad_passed:
         with pytest.raises(ScriptError) as info:

@@ -13,8 +13,9 @@ import pytest
 
 from seqd import bulk, ids, models
 from seqd.errors import Conflict, NotFound
-from seqd.store import event_types
+from seqd.store import calls, event_types, upserts
 from seqd.store import tenants as tenants_mod
+from seqd.store.calls import ScriptError
 from seqd.store.codec import decode_json
 from seqd.store.db import Store
 from seqd.store.enrollments import EnrollItem
@@ -121,6 +122,67 @@ async def test_one_call_batches_its_index_and_counter_writes(store: Store) -> No
     lean = await store.enrollments.enroll("acme", seq, items[:2], full=False)
     expected = [(eids[0], True, None), (eids[1], True, None)]
     assert [(r.id, r.idempotent, r.enrollment) for r in lean] == expected
+
+
+async def test_new_contacts_of_an_upsert_equal_what_was_stored_and_cover_every_shard(
+    store: Store,
+) -> None:
+    """`upserts.upsert_many` builds each new contact from its row (not read back), and
+    makes its ids a shard at a time."""
+    rows: list[dict[str, Any]] = [{"phone": f"+1646555{i:04d}"} for i in range(40)]
+    rows[0] |= {"first_name": "Ada", "attributes": {"plan": "pro", "seats": 3}}
+    rows[1] |= {"email": "b@example.com", "external_id": "ext-1", "timezone": "Europe/Paris"}
+    done = await upserts.upsert_many(store, "t", rows)
+    made = [d.contact for d in done if isinstance(d, upserts.Upserted)]
+    assert [d.change for d in done if isinstance(d, upserts.Upserted)] == ["created"] * 40
+    for contact in made:
+        assert contact == await store.contacts.get("t", contact.id)
+    shards = {ids.shard_of(c.id, store.keys.shards) for c in made}
+    assert shards == set(range(store.keys.shards))
+    [single] = await upserts.upsert_many(store, "t", [{"phone": "+16465559999"}])
+    assert isinstance(single, upserts.Upserted)
+    assert single.contact == await store.contacts.get("t", single.contact.id)
+
+
+async def test_link_contacts_claims_in_order_in_a_fixed_number_of_commands(store: Store) -> None:
+    """linkContacts: a value owned already, or taken by an earlier contact of the batch, is
+    that contact's conflict and nothing of it is linked; batches beyond what one command
+    takes (2,500 contacts) are linked whole."""
+    keys, tag = store.keys, "t"
+    await store.client.hset(keys.contact_lookup(tag, "email"), "old@example.com", "con_old")
+    batch = [
+        ("con_a", {"phone": "+16465550001", "email": "a@example.com"}),
+        ("con_b", {"phone": "+16465550002", "email": "old@example.com"}),  # owned
+        ("con_c", {"phone": "+16465550001"}),  # taken by con_a just before
+        ("con_d", {"phone": "+16465550002", "external_id": "x-d"}),  # con_b took nothing
+    ]
+    replies = await store.runner.run(calls.link_contacts(keys, tag, batch))
+    assert replies == [[], ["email", "con_old"], ["phone", "con_a"], []]
+    # Entries hold the ids without their prefix (includes/contacts.lua).
+    assert await store.client.hgetall(keys.contact_lookup(tag, "phone")) == {
+        "+16465550001": "a",
+        "+16465550002": "d",
+    }
+    assert await store.client.hget(keys.contact_lookup(tag, "external_id"), "x-d") == "d"
+    replies = await store.runner.run(calls.link_contacts(keys, tag, [("con_e", batch[2][1])]))
+    assert replies == [["phone", "con_a"]]
+    many = [(f"con_{i}", {"phone": f"+1212555{i:04d}"}) for i in range(2500)]
+    replies = await store.runner.run(calls.link_contacts(keys, tag, many))
+    assert replies == [[]] * 2500
+    assert await store.client.hlen(keys.contact_lookup(tag, "phone")) == 2502
+
+
+async def test_create_contacts_writes_a_batch_larger_than_one_command_takes(store: Store) -> None:
+    keys = store.keys
+    made = ids.many_in_shard(ids.CONTACT, 0, keys.shards, 2500, 1_700_000_000_000)
+    batch = [(cid, ["phone", f"+1212555{i:04d}", "first_name", "\0"]) for i, cid in enumerate(made)]
+    call = calls.create_contacts(keys, 0, 1_700_000_000_000, "t", batch)
+    assert await store.runner.run(call) == []
+    assert await store.client.zcard(keys.tenant_contacts(0, "t")) == 2500
+    last = await store.client.hgetall(keys.contact(0, made[-1]))
+    assert last == {"tenant": "t", "phone": "+12125552499"}  # created_at: the id's time
+    with pytest.raises(ScriptError, match="EXISTS"):
+        await store.runner.run(calls.create_contacts(keys, 0, 1, "t", batch[2400:]))
 
 
 async def test_a_key_revoked_elsewhere_stops_within_the_cache_time(

@@ -86,6 +86,15 @@ def test_contact_events_and_their_refs() -> None:
     )
 
 
+def test_a_contact_event_named_like_an_enrollment_is_filed_under_its_contact_only() -> None:
+    # The caller names its own events: an id that happens to start with "enr_" is theirs.
+    raw = {"id": "enr_theirs", "contact_id": "con_4", "name": "meeting_booked"}
+    [event] = envelope.convert(_entry("contact.event_recorded", raw), 4)
+    assert (event.enrollment_id, event.contact_id) == ("", "con_4")
+    [step] = envelope.convert(_entry("sequence.step.sent", {**raw, "id": "enr_1"}), 4)
+    assert step.enrollment_id == "enr_1"
+
+
 def test_convert_never_raises_on_bad_entries() -> None:
     assert envelope.convert(Entry(0, f"{AT}-0", {"type": "x"}), 4) == []
     assert envelope.convert(Entry(0, f"{AT}-0", {"tenant": "acme"}), 4) == []

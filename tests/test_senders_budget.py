@@ -92,6 +92,31 @@ def test_the_day_across_dst() -> None:
     assert budget.today(s, day.end).day == day.day + 1
 
 
+def test_a_senders_spec_is_its_local_day_whatever_was_asked_before() -> None:
+    # spec() keeps a sender's day once worked out: a moment of another day (the next, or
+    # an earlier one, as a preview's then the dispatcher's) gets that day's number and cap.
+    zone = "America/New_York"
+    created = ms("2026-03-06T12:00:00", zone)
+    s = sender(
+        created, limits=Limits(timezone=zone), ramp=Ramp(start_per_day=10, increase_per_day=5)
+    )
+    day, cap, end = 4, 5, 6  # places in a spec (takeBudget's header)
+    moments = [
+        "2026-03-08T23:59:00",
+        "2026-03-09T00:00:00",
+        "2026-03-08T00:00:00",
+        "2026-03-07T23:59:59",
+    ]
+    specs = [budget.spec(s, ms(m, zone)) for m in moments]
+    ordinals = [datetime.fromisoformat(m).date().toordinal() for m in moments]
+    assert [v[day] for v in specs] == ordinals
+    assert [v[cap] for v in specs] == [20, 25, 20, 15]
+    assert specs[0][end] == specs[2][end] == ms("2026-03-09T00:00:00", zone)
+    # A changed record (a new object) is worked out again.
+    paused = sender(created, id=s.id, paused=True)
+    assert budget.spec(paused, ms(moments[0], zone))[-1] == 1
+
+
 def test_ramp_grows_by_local_day_up_to_per_day() -> None:
     zone = "Asia/Kolkata"
     created = ms("2026-06-01T23:50:00", zone)

@@ -154,3 +154,32 @@ async def test_preview_of_an_unknown_contact_is_a_404(quiet_api: Api) -> None:
         "POST", f"/sequences/{sid}/preview", {"contact_id": "con_x"}
     )
     assert status == 404, answer
+
+
+@pytest.mark.parametrize("jitter", [0, 600])
+async def test_contacts_of_one_zone_in_a_batch_share_a_time_unless_jittered(
+    quiet_api: Api, jitter: int
+) -> None:
+    status, made = await quiet_api.call("POST", "/schedules", HOURS | {"jitter_seconds": jitter})
+    assert status == 201, made
+    body = {
+        "name": "S",
+        "status": "active",
+        "steps": [{"kind": "email", "subject": "s", "body": "hi"}],
+        "schedule_id": made["schedule"]["id"],  # type: ignore[index]
+    }
+    status, seq = await quiet_api.call("POST", "/sequences", body)
+    assert status == 201, seq
+    items = [
+        {"contact": {"email": f"j{i}@example.com", "phone": f"+1415555{i:04d}"}} for i in range(8)
+    ]
+    status, answer = await quiet_api.call(
+        "POST",
+        f"/sequences/{seq['sequence']['id']}/enrollments/batch",
+        {"items": items},  # type: ignore[index]
+    )
+    assert status == 200, answer
+    runs = [r["enrollment"]["next_run_at"] for r in answer["results"]]  # type: ignore[index]
+    assert all("09:00" <= local(t, "America/Los_Angeles")[-5:] < "09:10" for t in runs), runs
+    # Jitter spreads them (a crc32 of each enrollment's key); without it they are one time.
+    assert (len(set(runs)) == 1) == (jitter == 0), runs

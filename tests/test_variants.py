@@ -4,10 +4,13 @@ same in another process and on a retry), its record on the enrollment and in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -16,8 +19,10 @@ import pytest
 from seqd import models
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.engine.plans import build
+from seqd.store.db import Store
 from tests.conftest import Api
 from tests.dispatchutil import Clock, Recorder, dispatcher, events
+from tests.opsutil import Daemon, call
 
 AB_SMS = {
     "kind": "sms",
@@ -219,3 +224,36 @@ async def test_winner_errors(api: Api, path: str, body: dict[str, Any], status: 
     assert got == status, problem
     if status == 422 and body:
         assert problem["errors"][0]["path"] == "variant"  # type: ignore[index]
+
+
+@pytest.mark.slow  # a real `seqd serve` with two worker processes
+async def test_seqd_worker_processes_send_the_variant_this_process_picks(
+    store: Store, store_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Two worker processes of one `seqd serve` (each its own hash seed) claim and send
+    the steps: every enrollment's recorded variant is the one this process computes."""
+    _, key = await store.tenants.create_key("acme")
+    daemon = Daemon(store_url, prefix, tmp_path / "d", SEQD_HTTP_WORKERS="2").start()
+    try:
+        daemon.wait_healthy()
+        body = {"name": "ab", "status": "active", "steps": [AB_SMS]}
+        sid = call(daemon, key, "POST", "/sequences", body)["sequence"]["id"]
+        items = [{"contact": {"phone": f"+1415557{n:04d}"}} for n in range(60)]
+        made = call(daemon, key, "POST", f"/sequences/{sid}/enrollments/batch", {"items": items})
+        eids = [item["enrollment"]["id"] for item in made["results"]]
+        deadline = time.monotonic() + 30
+        while True:
+            got = [call(daemon, key, "GET", f"/enrollments/{e}")["enrollment"] for e in eids]
+            if all(e["status"] == "completed" for e in got):
+                break
+            assert time.monotonic() < deadline, daemon.stderr()
+            await asyncio.sleep(0.1)
+        seq = msgspec.convert(
+            call(daemon, key, "GET", f"/sequences/{sid}")["sequence"], models.Sequence
+        )
+    finally:
+        daemon.stop()
+    plan = build(seq, 1)
+    recorded = [e["variants"]["0"] for e in got]
+    assert recorded == [plan.steps[0].variant_for(e, 0).id for e in eids]
+    assert set(recorded) == {"a", "b"}

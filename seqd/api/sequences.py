@@ -98,13 +98,17 @@ async def patch_sequence(request: web.Request) -> web.Response:
 
 
 class WinnerBody(models.Input, kw_only=True):
+    """The variant step n of the newest version of the steps sends alone from now on.
+    Enrollments still on an older version keep that version's step as it was (its own
+    winner or none); a later version keeps the winner only on the identical step."""
+
     variant: models.VariantId
 
 
 @route(
     "POST",
     "/sequences/{id}/steps/{n}/winner",
-    summary="Choose an A/B winner: the step sends only this variant from now on",
+    summary="Choose an A/B winner: the newest version's step n sends only this variant from now on",
     tag=TAG,
     body=WinnerBody,
     responses={200: models.SequenceEnvelope},

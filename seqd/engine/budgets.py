@@ -7,9 +7,10 @@ from its rotation cursor): one `takeBudget` call per tenant. A step of a kind it
 caps (and not transactional) counts against its contact's cap: one `takeFrequency` call
 per shard. Both go in the round trip that leases the piece, so they cost no round trip of
 their own. A step that got a sender is sent from it (a sticky contact is pinned to it by
-`pinSenders` in the next round trip); a step over its contact's cap is deferred until the
-window allows it, or skipped, as the tenant's policy says; a step whose senders have no
-budget is deferred to the moment they allow. Never failed, no attempt counted.
+the step's own advance once its send started: `StepOutcome.pin`); a step over its
+contact's cap is deferred until the window allows it, or skipped, as the tenant's policy
+says; a step whose senders have no budget is deferred to the moment they allow. Never
+failed, no attempt counted.
 
 Budget and cap are taken before the step is composed: a leased step that then ends
 without a send (suppressed, a missing variable, taken by another process, deferred by the
@@ -29,14 +30,13 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from seqd.channels.base import FromSender
-from seqd.config import FrequencyCapsConfig, SendersConfig
+from seqd.config import FrequencyCap, FrequencyCapsConfig, SendersConfig
 from seqd.engine.plans import Plan
-from seqd.kinds import SPECS, Kind
+from seqd.kinds import Kind
 from seqd.senders import budget
 from seqd.senders.models import SenderRecord
 from seqd.store import calls
 from seqd.store.claims import Claimed
-from seqd.store.context import StoreContext
 from seqd.store.db import Store
 
 # A step whose every sender is paused looks again this long after (a resumed sender then
@@ -48,8 +48,8 @@ Reason = Literal["sender_limit", "frequency_cap"]
 
 class Pick(NamedTuple):
     """What became of a step's asks: the sender to send from (None: the tenant's configured
-    one), or the moment it is deferred to (`until`) or that it is skipped, and why; and,
-    when the step pins its contact to its sender, the enrollment field to pin it in."""
+    one), or the moment it is deferred to (`until`) or that it is skipped, and why; and
+    whether the step pins its contact to its sender (a sticky contact not pinned yet)."""
 
     sender: SenderRecord | None = None
     # What the channel needs of `sender` (`route`), made once per sender record.
@@ -57,17 +57,17 @@ class Pick(NamedTuple):
     until: int | None = None
     skip: bool = False
     reason: Reason | None = None
-    pin: str | None = None
+    pin: bool = False
 
 
 class _Asks(NamedTuple):
-    """One takeBudget call's: its tenant's senders, its asks, and per ask (item id, the
-    field to pin a sticky contact in when the ask may pin it)."""
+    """One takeBudget call's: its tenant's senders, its asks, and per ask (item id, whether
+    its pick pins a sticky contact)."""
 
     records: Mapping[str, SenderRecord]
     routes: Mapping[str, FromSender]
     asks: list[budget.Ask]
-    of: list[tuple[str, str | None]]
+    of: list[tuple[str, bool]]
 
 
 @dataclass(slots=True)
@@ -157,12 +157,18 @@ class Budgets:
         by_tenant: dict[str, _Asks] = {}
         by_shard: dict[int, tuple[list[str | int], list[str]]] = defaultdict(lambda: ([], []))
         out = Asked()
-        # (sequence, kind) -> its pool's senders that exist: worked out once per piece.
-        pools: dict[tuple[str, Kind], tuple[str, ...]] = {}
+        # (tenant, kind) -> its cap; (sequence, kind) -> {a contact's pin: its ask}: within a
+        # piece budget.ask's answer depends on the pin alone, so each is worked out once.
+        caps: dict[tuple[str, Kind], FrequencyCap | None] = {}
+        asks_of: dict[tuple[str, Kind], dict[str | None, budget.Ask | None]] = {}
         for item, plan, step, kind in steps:
             e = item.enrollment
             tenant = tenants[e.tenant]
-            cap = tenant.caps.of(kind)
+            capped = (e.tenant, kind)
+            if capped in caps:
+                cap = caps[capped]
+            else:
+                cap = caps[capped] = tenant.caps.of(kind)
             if cap is not None and not plan.steps[step].transactional:
                 values, ids = by_shard[shard_of[item.id]]
                 window = int(cap.window_hours * 3_600_000)
@@ -172,14 +178,19 @@ class Budgets:
             if kind not in plan.senders:
                 continue
             own = tenant.records
-            pool = pools.get((plan.sequence_id, kind))
-            if pool is None:
+            memo = asks_of.get((plan.sequence_id, kind))
+            if memo is None:
+                memo = asks_of[(plan.sequence_id, kind)] = {}
+            pinned = e.pinned(kind)
+            if pinned in memo:
+                asked = memo[pinned]
+            else:
+                # The pool's senders that exist.
                 pool = tuple(
                     s for s in plan.senders[kind] if (r := own.get(s)) and r.channel == kind
                 )
-                pools[(plan.sequence_id, kind)] = pool
-            pin_field = SPECS[kind].sender_field
-            asked = budget.ask(plan.rotation, pool, e.pinned(kind), f"{plan.sequence_id}:{kind}")
+                key = f"{plan.sequence_id}:{kind}"
+                asked = memo[pinned] = budget.ask(plan.rotation, pool, pinned, key)
             if asked is None:
                 continue  # every sender of the pool is gone: the tenant's own, as with none
             asks = by_tenant.get(e.tenant)
@@ -188,7 +199,7 @@ class Budgets:
             asks.asks.append(asked)
             # A sticky contact not pinned to its ask's one sender is pinned to its pick.
             new_pin = plan.rotation == "sticky" and asked.pool != ""
-            asks.of.append((item.id, pin_field if new_pin else None))
+            asks.of.append((item.id, new_pin))
         store = self.store
         for name, asks in by_tenant.items():
             charged = charge_as or name
@@ -208,10 +219,16 @@ class Budgets:
             asked.budgets, replies[:budgets], strict=True
         ):
             answers = budget.decode(asks, reply)  # type: ignore[arg-type]
+            # (sender, pin) -> its Pick: a piece's steps share a few.
+            made: dict[tuple[str, bool], Pick] = {}
             for answer, (item_id, pin) in zip(answers, of, strict=True):
                 sid = answer.sender
                 if sid is not None:
-                    out[item_id] = Pick(sender=records[sid], route=routes[sid], pin=pin)
+                    pick = made.get((sid, pin))
+                    if pick is None:
+                        pick = Pick(sender=records[sid], route=routes[sid], pin=pin)
+                        made[(sid, pin)] = pick
+                    out[item_id] = pick
                     continue
                 until = now + PAUSED_WAIT_MS if answer.until == budget.PAUSED else answer.until
                 out[item_id] = Pick(until=max(until, now), reason="sender_limit")
@@ -235,10 +252,3 @@ def route(record: SenderRecord) -> FromSender:
         messaging_service_sid=record.messaging_service_sid,
         smtp_profile=record.smtp_profile,
     )
-
-
-def pin_calls(
-    store: StoreContext, pins: Mapping[int, Sequence[tuple[str, str, str]]]
-) -> list[calls.Call]:
-    """One pinSenders call per shard of `pins` (shard -> (enrollment id, field, sender id))."""
-    return [calls.pin_senders(store.keys, shard, items) for shard, items in pins.items() if items]

@@ -52,6 +52,8 @@ class Job:
     at: int = 0
     # The A/B variant sent (recorded with the step), None for a step without variants.
     variant: str | None = None
+    # The sender its contact is pinned to once its send starts (a sticky rotation's pick).
+    pin: str | None = None
     # The pool's sender it goes out from (recorded with the step), None: the tenant's channel.
     sender: str | None = None
 

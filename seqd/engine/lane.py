@@ -23,7 +23,7 @@ from seqd import ids
 from seqd.channels.base import OutboundMessage
 from seqd.config import DispatchConfig
 from seqd.engine import settle as outcomes
-from seqd.engine.budgets import Asked, Budgets, Pick, pin_calls
+from seqd.engine.budgets import Asked, Budgets, Pick
 from seqd.engine.compose import Job, compose
 from seqd.engine.plans import Plan, Plans
 from seqd.engine.ports import Observer
@@ -32,7 +32,6 @@ from seqd.engine.sending import YIELD_EVERY, Sending
 from seqd.engine.timetable import Timetable
 from seqd.errors import NotFound
 from seqd.kinds import ADDRESS_FIELD
-from seqd.store.calls import Call
 from seqd.store.claims import ClaimBatch, Claimed, ClaimedEnrollment, Leased
 from seqd.store.dispatch import Advanced, Dispatch, Found, SuppressionRecord
 from seqd.store.mirrors import version_of
@@ -84,6 +83,9 @@ class Crew:
             on_unknown=self.config.on_unknown,
             backoff_ms=self.backoff_ms,
         )
+        if job.pin is not None and job.started:
+            # Whatever came of it, the provider may have it: the contact keeps the sender.
+            settled.pin = job.pin
         # The next step's time in the contact's zone, from the end of this send.
         timetable = self.timetable
         if timetable is not None and job.item is not None and isinstance(settled, Sent | Skipped):
@@ -145,8 +147,6 @@ class _Owed:
     jobs: list[Job]
     # What was advanced with the mark of the sends' start (the steps not sent).
     early: list[Advanced]
-    # shard -> (enrollment id, field, sender id): sticky contacts to pin to their sender.
-    pins: dict[int, list[tuple[str, str, str]]]
 
 
 class Lane:
@@ -209,7 +209,7 @@ class Lane:
                 if isinstance(d, Defer):
                     observer.step_deferred(d.reason or "window")
         if owed is None:
-            return _Owed(count, closed.settles, closed.claimed, [], [], {})
+            return _Owed(count, closed.settles, closed.claimed, [], [])
         owed.count += count
         for shard, items in closed.settles.items():
             owed.settles.setdefault(shard, []).extend(items)
@@ -219,9 +219,9 @@ class Lane:
     async def _trip(
         self, owed: _Owed | None, held: _Held | None, shards: list[int]
     ) -> tuple[dict[int, Advanced], dict[int, Leased], Found, dict[int, ClaimBatch], list[object]]:
-        """Advance what `owed` sent, lease `held` and read the suppressions of its
-        addresses, peek at `shards`, take `held`'s budgets and pin what `owed` sent: one
-        round trip. The sends happened: recording them must not be interrupted by a
+        """Advance what `owed` sent (pinning sticky contacts to their senders), lease `held`
+        and read the suppressions of its addresses, peek at `shards`, take `held`'s budgets:
+        one round trip. The sends happened: recording them must not be interrupted by a
         cancellation. (When a script of the trip fails, the trip releases what it leased;
         when the connection fails, what it may have leased comes back when the lease
         passes.)"""
@@ -237,7 +237,7 @@ class Lane:
         peek = trip.peek(
             shards, now=self.work.now, limit=config.batch_size, on_unknown=config.on_unknown
         )
-        extra = _extra(crew, owed, held)
+        extra = held.asked.calls if held is not None and held.asked is not None else None
         scripts = trip.scripts(extra) if extra else None
         await asyncio.shield(trip.run())
         return (
@@ -365,7 +365,6 @@ class Lane:
         items, shard_of, plans = held.items, held.shard_of, held.plans
         crew.observer.claimed(len(items))
         settles: dict[int, list[Settled]] = defaultdict(list)
-        pins: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
         jobs: list[Job] = []
         early: dict[int, Advanced] = {}
         for n, item in enumerate(items, 1):
@@ -409,8 +408,8 @@ class Lane:
                     if pick.sender is not None:
                         composed.message.sender = pick.route
                         composed.sender = pick.sender.id
-                        if pick.pin is not None:
-                            pins[shard_of[item.id]].append((item.id, pick.pin, pick.sender.id))
+                        if pick.pin:
+                            composed.pin = pick.sender.id
                 if composed.kind == "email" and crew.email_headers is not None:
                     composed.message.headers.update(crew.email_headers(composed.message))
                 if plan.steps[composed.step].track_clicks and crew.track_links is not None:
@@ -457,7 +456,7 @@ class Lane:
                     shard_of,
                 )
         claimed = {item.id: item.enrollment for item in items}
-        return _Owed(len(items), settles, claimed, jobs, list(early.values()), pins)
+        return _Owed(len(items), settles, claimed, jobs, list(early.values()))
 
     async def _settled(self, owed: _Owed, advanced: Mapping[int, Advanced]) -> Tally:
         """What a piece came to, once its advance is done."""
@@ -503,17 +502,6 @@ class Lane:
 
 def _plan_key(job: Job) -> str:
     return job.message.sequence_id if job.item is None else job.item.plan_key
-
-
-def _extra(crew: Crew, owed: _Owed | None, held: _Held | None) -> list[Call]:
-    """The trip's other script calls: the budget asks of `held` (first: `_picks` reads
-    their replies), then the pins of what `owed` sent."""
-    out: list[Call] = []
-    if held is not None and held.asked is not None:
-        out += held.asked.calls
-    if owed is not None and owed.pins:
-        out += pin_calls(crew.dispatch.store, owed.pins)
-    return out
 
 
 def _picks(held: _Held, replies: Sequence[object], now: int) -> dict[str, Pick]:

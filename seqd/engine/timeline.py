@@ -86,7 +86,7 @@ async def timeline(
                 if pick is None or pick.sender is not None:
                     if pick is not None and pick.sender is not None:
                         sender = pick.sender.id
-                        if pick.pin is not None:
+                        if pick.pin:
                             pins[step.kind] = sender
                     break
                 assert pick.reason is not None

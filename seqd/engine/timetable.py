@@ -62,6 +62,9 @@ class Timetable:
         self._open: dict[tuple[object, ...], tuple[tuple[int, int], ...]] = {}
         # The same key -> (a closed moment, its reopening): the answer until `stable`.
         self._closed: dict[tuple[object, ...], tuple[int, Reopening]] = {}
+        # Enrollment id -> the rules and zones its send-time check found, for its next
+        # step's time: emptied when schedules are read (`load`), so never older than them.
+        self._checked: dict[str, tuple[Rules, RecipientZone]] = {}
 
     def _is_open(self, rules: Rules, timing: StepTiming, recipient: RecipientZone, at: int) -> bool:
         key = (rules, timing.quiet, recipient.region, recipient.zones)
@@ -81,6 +84,7 @@ class Timetable:
 
     async def load(self, plans: Mapping[str, Plan], items: Iterable[Claimed]) -> None:
         """Read the schedules of the items' sequences not read in the last `refresh_ms`."""
+        self._checked = {}
         now = self.clock()
         wanted = set()
         for item in items:
@@ -109,12 +113,18 @@ class Timetable:
             return -1
         timing = plan.steps[nxt].timing
         e = item.enrollment
-        schedule = self._schedule(e.tenant, plan)
-        rules = self.policy.rules(e.tenant, schedule)
-        if _inert(rules, timing):
-            return plan.steps[nxt].wait_ms
-        c = item.contact
-        recipient = self.policy.recipient(e.tenant, schedule, c.get("timezone"), c.get("phone"))
+        checked = self._checked.get(item.id)
+        if checked is not None:
+            rules, recipient = checked
+            if _inert(rules, timing):
+                return plan.steps[nxt].wait_ms
+        else:
+            schedule = self._schedule(e.tenant, plan)
+            rules = self.policy.rules(e.tenant, schedule)
+            if _inert(rules, timing):
+                return plan.steps[nxt].wait_ms
+            c = item.contact
+            recipient = self.policy.recipient(e.tenant, schedule, c.get("timezone"), c.get("phone"))
         wait = plan.steps[nxt].wait_ms
         if _plain(timing) and self._is_open(rules, timing, recipient, at + wait):
             return wait
@@ -135,6 +145,7 @@ class Timetable:
             return None
         c = item.contact
         recipient = self.policy.recipient(e.tenant, schedule, c.get("timezone"), c.get("phone"))
+        self._checked[item.id] = (rules, recipient)
         found = self._known_closed(rules, sp.timing, recipient, now)
         if found is None:
             if self._is_open(rules, sp.timing, recipient, now):

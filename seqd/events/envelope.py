@@ -78,7 +78,7 @@ def convert(entry: Entry, shards: int) -> list[Converted]:
         if not isinstance(raw, dict):
             log.warning("event.bad_data", shard=entry.shard, entry=entry.id, type=etype)
             raw = {}
-        enrollment_id, contact_id = event_types.refs(raw)
+        enrollment_id, contact_id = event_types.refs(raw, etype)
         out.append(
             Converted(
                 entry=entry,

@@ -26,11 +26,12 @@ SPEC_VALUES = 8
 
 class Today(NamedTuple):
     """A sender's current local day: its number (proleptic ordinal), the ms its next
-    local midnight falls at, and its cap (None: no daily cap)."""
+    local midnight falls at, its cap (None: no daily cap), and the ms it began at."""
 
     day: int
     end: int
     cap: int | None
+    start: int = 0
 
 
 def today(record: SenderRecord, now: int) -> Today:
@@ -40,7 +41,9 @@ def today(record: SenderRecord, now: int) -> Today:
     # as the first moment after the gap.
     midnight = datetime.combine(date + timedelta(days=1), time(0), tzinfo=zone)
     end = int(midnight.astimezone(UTC).timestamp() * 1000)
-    return Today(date.toordinal(), end, daily_cap(record, date.toordinal()))
+    began = datetime.combine(date, time(0), tzinfo=zone)
+    start = int(began.astimezone(UTC).timestamp() * 1000)
+    return Today(date.toordinal(), end, daily_cap(record, date.toordinal()), start)
 
 
 def daily_cap(record: SenderRecord, day: int) -> int | None:
@@ -56,11 +59,21 @@ def daily_cap(record: SenderRecord, day: int) -> int | None:
     return ramped if per_day is None else min(per_day, ramped)
 
 
+# Sender id -> (the record, its local day's [start, end) in ms, its spec that day): the
+# zone arithmetic is done once per sender and day, not once per batch. A changed record is
+# a new object, so its spec is made again.
+_specs: dict[str, tuple[SenderRecord, int, int, tuple[str | int, ...]]] = {}
+SPECS_KEPT = 10_000
+
+
 def spec(record: SenderRecord, now: int) -> tuple[str | int, ...]:
     """The sender's SPEC_VALUES values of takeBudget's ARGV."""
+    kept = _specs.get(record.id)
+    if kept is not None and kept[0] is record and kept[1] <= now < kept[2]:
+        return kept[3]
     limits = record.limits
     day = today(record, now)
-    return (
+    values = (
         record.id,
         limits.per_second or 0,
         limits.per_hour or 0,
@@ -70,6 +83,10 @@ def spec(record: SenderRecord, now: int) -> tuple[str | int, ...]:
         day.end,
         1 if record.paused else 0,
     )
+    if len(_specs) >= SPECS_KEPT:
+        _specs.clear()
+    _specs[record.id] = (record, day.start, day.end, values)
+    return values
 
 
 class Ask(NamedTuple):
@@ -105,31 +122,38 @@ def ask(rotation: Rotation, pool: Sequence[str], pinned: str | None, pool_key: s
 def encode(asks: Sequence[Ask], records: Mapping[str, SenderRecord], now: int) -> list[str | int]:
     """takeBudget's ARGV from ARGV[3] on: the senders the asks name and the pools they ask
     from, each once, then one value per ask (a step of a batch costs one argument, not one
-    per sender of its pool). Every sender named must be in `records`."""
+    per sender of its pool). Every sender named must be in `records`; asks naming one
+    rotation cursor name the same senders (one pool)."""
     place: dict[str, int] = {}
     specs: list[str | int] = []
-    pools: dict[Ask, int] = {}
+    pools: dict[str | Ask, int] = {}
     pooled: list[str | int] = []
     chosen: list[int] = []
     for a in asks:
-        number = pools.get(a)
+        senders = a.senders
+        if not a.pool and len(senders) == 1:
+            sid = senders[0]
+            at = place.get(sid)
+            if at is None:
+                at = place[sid] = len(place) + 1
+                specs += spec(records[sid], now)
+            chosen.append(-at)
+            continue
+        number = pools.get(a.pool or a)
         if number is None:
-            for sid in a.senders:
+            for sid in senders:
                 if sid not in place:
                     place[sid] = len(place) + 1
                     specs += spec(records[sid], now)
-            if not a.pool and len(a.senders) == 1:
-                chosen.append(-place[a.senders[0]])
-                continue
-            number = pools[a] = len(pools) + 1
-            pooled += (a.pool, len(a.senders), *(place[sid] for sid in a.senders))
+            number = pools[a.pool or a] = len(pools) + 1
+            pooled += (a.pool, len(senders), *(place[sid] for sid in senders))
         chosen.append(number)
     return [len(place), *specs, len(pools), *pooled, *chosen]
 
 
 def decode(asks: Sequence[Ask], reply: Sequence[int]) -> list[Answer]:
-    out = []
-    for i, a in enumerate(asks):
-        taken, until, used = (int(v) for v in reply[3 * i : 3 * i + 3])
-        out.append(Answer(a.senders[taken - 1] if taken else None, until, used))
-    return out
+    values = iter(reply)
+    return [
+        Answer(a.senders[t - 1] if (t := int(taken)) else None, int(until), int(used))
+        for a, taken, until, used in zip(asks, values, values, values, strict=False)
+    ]

@@ -42,7 +42,10 @@ ENROLLMENT_FIELDS = {
     "cq": "completed_reason: goal (a contact event met the sequence's exit_on)",
     "gl": "goal: the name of the event that completed it",
     "o": "what became of each step, one letter per step, read by step conditions "
-    "(seqd/conditions.py): skipped (advance), a final receipt (recordDelivery), a reply",
+    "(seqd/conditions.py): skipped (advance), a final receipt (recordDelivery), a reply, "
+    "not run (a step passed before a move to another version of the steps)",
+    "mv": "after a move to another version of the steps: each step sent before it, its "
+    "index in `o` (-1: none), comma-separated (recordDelivery)",
 }
 
 CONTACT_TEXT_FIELDS = ("first_name", "last_name", "phone", "email", "timezone", "external_id")
@@ -98,12 +101,16 @@ def enrollment(eid: str, h: dict[str, str]) -> models.Enrollment:
 
 
 def contact(cid: str, h: dict[str, str]) -> models.Contact:
+    """A contact from its hash. A contact stores no `created_at` (the time in its id, which
+    is made at its creation) and no `updated_at` until its first update; one stored before
+    they were left out has both, and they are read."""
     attrs = h.get("attributes")
+    created = int(h["created_at"]) if "created_at" in h else ids.time_of(cid)
     return models.Contact(
         id=cid,
         attributes=_json_decode(attrs) if attrs else {},
-        created_at=to_rfc3339(int(h["created_at"])),
-        updated_at=to_rfc3339(int(h["updated_at"])),
+        created_at=to_rfc3339(created),
+        updated_at=to_rfc3339(int(h.get("updated_at", created))),
         **{f: h.get(f) for f in CONTACT_TEXT_FIELDS},
     )
 

@@ -21,6 +21,14 @@ from seqd.times import now_ms
 LOOKUP_FIELDS = calls.LINK_FIELDS
 
 
+def lookup_owner(stored: str | None) -> str | None:
+    """The contact id a lookup index entry names: entries hold the id without its prefix
+    (includes/contacts.lua), those written before the whole id."""
+    if stored is None or "_" in stored:
+        return stored
+    return f"{ids.CONTACT}_{stored}"
+
+
 def with_account(fields: dict[str, Any], current: dict[str, str] | None = None) -> dict[str, Any]:
     """`fields` (to write over the stored hash `current`, None for a new contact) with the
     contact's account digest (`ac`, seqd/accounts.py) when email or attributes change."""
@@ -75,15 +83,17 @@ class Contacts:
             stale.append(owner)
 
     async def create(self, tenant: str, fields: dict[str, Any]) -> models.Contact:
-        cid = ids.new(ids.CONTACT)
+        now = now_ms()
+        cid = ids.new(ids.CONTACT, now)  # its time is the contact's created_at
         await self._link(tenant, cid, fields, {})
-        return await self._put(tenant, cid, "create", with_account(fields))
+        return await self._put(tenant, cid, "create", with_account(fields), now)
 
     async def _put(
-        self, tenant: str, cid: str, mode: str, fields: dict[str, Any]
+        self, tenant: str, cid: str, mode: str, fields: dict[str, Any], now: int | None = None
     ) -> models.Contact:
         values = codec.contact_values(fields)
-        put = calls.put_contact(self.keys, self._shard(cid), now_ms(), tenant, cid, mode, values)
+        at = now_ms() if now is None else now
+        put = calls.put_contact(self.keys, self._shard(cid), at, tenant, cid, mode, values)
         try:
             flat = await self.store.runner.run(put)
         except ScriptError as exc:
@@ -118,9 +128,10 @@ class Contacts:
 
     async def find(self, tenant: str, field: str, value: str) -> str | None:
         """The contact id holding `value` in a lookup field, if it (still) exists."""
-        cid = await self.store.client.hget(self.keys.contact_lookup(tenant, field), value)
-        if isinstance(cid, str) and await self.exists(tenant, cid):
-            return str(cid)
+        stored = await self.store.client.hget(self.keys.contact_lookup(tenant, field), value)
+        cid = lookup_owner(stored) if isinstance(stored, str) else None
+        if cid is not None and await self.exists(tenant, cid):
+            return cid
         return None
 
     async def list(

@@ -99,13 +99,17 @@ def shape_or_raw(etype: str, raw: dict[str, Any]) -> dict[str, Any]:
         return raw
 
 
-def refs(raw: dict[str, Any]) -> tuple[str, str]:
+# Types whose data `id` is the caller's own name for the event, not a seqd object.
+USER_IDS = frozenset({"contact.event_recorded"})
+
+
+def refs(raw: dict[str, Any], etype: str = "") -> tuple[str, str]:
     """(enrollment id, contact id) an event is about, "" where none: the log's filters."""
     fields = raw.get("fields")
     eid = raw.get("enrollment_id") or ""
     cid = raw.get("contact_id") or ""
     own = raw.get("id")
-    if isinstance(own, str):
+    if isinstance(own, str) and etype not in USER_IDS:
         if own.startswith(ids.ENROLLMENT + "_"):
             eid = own
         elif own.startswith(ids.CONTACT + "_"):

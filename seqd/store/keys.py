@@ -274,7 +274,8 @@ class Keys:
         return f"{self.tenant_tag(tenant)}:idem:{key_digest}"
 
     def contact_lookup(self, tenant: str, field: str) -> str:
-        """HASH normalised value -> contact id; field is phone, email or external_id."""
+        """HASH normalised value -> contact id without its prefix (older entries: the whole
+        id; store/contacts.py `lookup_owner`); field is phone, email or external_id."""
         return f"{self.tenant_tag(tenant)}:lk:{field}"
 
     def webhook_endpoints(self, tenant: str) -> str:

@@ -151,11 +151,13 @@ class Sequences:
 
     async def _moves(self, tenant: str, seq: models.Sequence) -> bytes:
         """The retarget sweeps' JSON (syncSequence-3.lua ARGV[9]): every kept version's
-        waits, and the new version and its step count."""
+        waits and its steps' places in the new version (`step_map`), and the new version
+        and its step count."""
         kept = await self._kept(tenant, seq.id)
         waits = {str(v): [_wait_ms(step) for step in steps] for v, steps in kept.items()}
         waits[str(seq.version)] = [_wait_ms(step) for step in seq.steps]
-        return _encode({"v": str(seq.version), "n": len(seq.steps), "w": waits})
+        same = {str(v): step_map(steps, seq.steps) for v, steps in kept.items()}
+        return _encode({"v": str(seq.version), "n": len(seq.steps), "w": waits, "m": same})
 
     async def change(
         self,
@@ -178,6 +180,8 @@ class Sequences:
                     f"cannot go from {old.status.value} to {status}", status=old.status.value
                 )
             new = self._apply(old, patch, status)
+            if patch is not None and patch.steps is not msgspec.UNSET:
+                new = _with_kept_winners(old, new)
             if winner is not None:
                 new = _with_winner(new, *winner)
             # Changed steps are a new version; the old one is kept for its enrollments.
@@ -366,3 +370,49 @@ def _with_winner(seq: models.Sequence, index: int, variant: str) -> models.Seque
     steps = list(seq.steps)
     steps[index] = msgspec.structs.replace(step, winner=variant, winner_at=seq.updated_at)
     return msgspec.structs.replace(seq, steps=steps)
+
+
+# What a step is, apart from when it is sent and the winner chosen on it.
+_NOT_WHAT = {"wait_minutes": 0, "wait_days": 0, "send_at": None, "winner": None, "winner_at": None}
+
+
+def _what(step: models.Step) -> models.Step:
+    return msgspec.structs.replace(step, **_NOT_WHAT)
+
+
+def step_map(old: list[models.Step], new: list[models.Step], *, edited: bool = True) -> list[int]:
+    """For each step of `old`, the index of the same step in `new`, or -1. The same step is
+    an identical one (its timing and winner aside), at its index or wherever it moved; with
+    `edited`, else the step now at its index when it is of the same kind and not another
+    step's identical match (a step edited in place: its text changed, say)."""
+    out = [-1] * len(old)
+    free = set(range(len(new)))
+    olds, news = [_what(s) for s in old], [_what(s) for s in new]
+    for j, what in enumerate(olds):
+        if j < len(news) and news[j] == what:
+            out[j] = j
+            free.discard(j)
+    for j, what in enumerate(olds):
+        if out[j] < 0:
+            to = next((t for t in sorted(free) if news[t] == what), -1)
+            if to >= 0:
+                out[j] = to
+                free.discard(to)
+    if edited:
+        for j, step in enumerate(old):
+            if out[j] < 0 and j in free and new[j].kind == step.kind:
+                out[j] = j
+                free.discard(j)
+    return out
+
+
+def _with_kept_winners(old: models.Sequence, new: models.Sequence) -> models.Sequence:
+    """`new` with the winner of each of `old`'s steps on its identical step in `new`: a
+    winner belongs to one version's step, and an unchanged step is still that step."""
+    steps = list(new.steps)
+    for j, to in enumerate(step_map(old.steps, new.steps, edited=False)):
+        was = old.steps[j]
+        if to >= 0 and was.winner is not None:
+            kept = {"winner": was.winner, "winner_at": was.winner_at}
+            steps[to] = msgspec.structs.replace(steps[to], **kept)
+    return msgspec.structs.replace(new, steps=steps)

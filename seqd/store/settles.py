@@ -28,6 +28,9 @@ class StepOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="o
     kind: str
     at: int
     seq: str | None = None
+    # The sender a sticky rotation pins the contact to for `kind`'s steps (its first send
+    # that started took it): written with the outcome, whatever the outcome.
+    pin: str | None = None
 
 
 class Sent(StepOutcome, tag="sent"):
@@ -143,11 +146,13 @@ def _needs(cls: type[StepOutcome]) -> list[tuple[str, str]]:
 # What a claim's steps share is written once (a group, in one JSON array), each step as
 # five plain values: decoding JSON was the script's largest cost after its writes, and a
 # decoded step is one more table for Lua to make and collect.
-# (`variant` is there only for a step sent as an A/B variant, "" when a `sender` follows;
-# `sender` only for steps sent from a pool's sender: a claim's steps then make a group per
-# sender.)
+# (`variant` is there only for a step sent as an A/B variant, "" when more follows; `pin`
+# for steps that pin their contact to their sender and `sender` for steps sent from a
+# pool's sender (null for none when the other is there): a claim's steps then make a group
+# per sender.)
 PASSED_GROUP = (
-    "token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant", "sender",
+    "token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant", "pin",
+    "sender",
 )  # fmt: skip
 PASSED_STEP = ("id", "group", "due", "detail", "event")
 
@@ -226,12 +231,12 @@ class Passed:
 
     def __init__(self) -> None:
         # group -> its place in ARGV[5] (from 1), as text: converted once, not per step.
-        self.groups: dict[tuple[str | int, ...], str] = {}
+        self.groups: dict[tuple[str | int | None, ...], str] = {}
         self.values: list[str | bytes] = []
 
     def add(self, s: Sent | Skipped, e: ClaimedEnrollment, event: bytes) -> None:
         sent = isinstance(s, Sent)
-        group: tuple[str | int, ...] = (
+        group: tuple[str | int | None, ...] = (
             s.token,
             e.sequence,
             s.step,
@@ -241,11 +246,12 @@ class Passed:
             e.attempts or "",
             s.wait,
         )
-        if isinstance(s, Sent):
-            if s.sender is not None:
-                group += (s.variant or "", s.sender)
-            elif s.variant is not None:
-                group += (s.variant,)
+        variant = s.variant if isinstance(s, Sent) else None
+        sender = s.sender if isinstance(s, Sent) else None
+        if s.pin is not None or sender is not None:
+            group += (variant or "", s.pin, sender)
+        elif variant is not None:
+            group += (variant,)
         place = self.groups.get(group)
         if place is None:
             place = self.groups[group] = str(len(self.groups) + 1)

@@ -17,6 +17,7 @@ second time.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any, Literal
 
 import msgspec
@@ -24,9 +25,9 @@ import msgspec
 from seqd import ids, models
 from seqd.errors import Conflict, NotFound
 from seqd.store import calls, codec
-from seqd.store.contacts import with_account
+from seqd.store.contacts import lookup_owner, with_account
 from seqd.store.db import Store
-from seqd.times import now_ms
+from seqd.times import now_ms, to_rfc3339
 
 # The order in which a row's values pick its contact.
 MATCH_ORDER = ("external_id", "phone", "email")
@@ -82,9 +83,16 @@ async def _matches(store: Store, tenant: str, rows: list[dict[str, Any]]) -> lis
     owners: dict[tuple[int, str], str | None] = {}
     replies_by_name = await pipe.execute() if asked else []
     for (name, values), replies in zip(asked.items(), replies_by_name, strict=True):
-        owners.update(((i, name), owner) for (i, _), owner in zip(values, replies, strict=True))
+        owners.update(
+            ((i, name), lookup_owner(owner))
+            for (i, _), owner in zip(values, replies, strict=True)
+            if owner
+        )
+    if not owners:  # all new (a load of new contacts): nothing to read
+        return [None] * len(rows)
     # In MATCH_ORDER within a row.
-    probes = [(i, name) for i in range(len(rows)) for name in MATCH_ORDER if (i, name) in owners]
+    rank = {name: k for k, name in enumerate(MATCH_ORDER)}
+    probes = sorted(owners, key=lambda probe: (probe[0], rank[probe[1]]))
     found = [owners[probe] for probe in probes]
     candidates = sorted({c for c in found if c and ids.is_valid(c, ids.CONTACT)})
     pipe = store.client.pipeline(transaction=False)
@@ -105,24 +113,36 @@ async def _create_many(
 ) -> list[models.Contact | None]:
     """New contacts for rows that matched none; None where a value was taken meanwhile."""
     keys = store.keys
-    new_ids = [ids.new(ids.CONTACT) for _ in rows]
+    now = now_ms()
+    # Row i goes to shard (first + i) % shards, `first` drawn at random: ids made a shard at
+    # a time (one random read each), spread as evenly as random ids would be. Made at `now`:
+    # the time in a contact's id is its created_at (store/codec.py `contact`).
+    shards = keys.shards
+    first = random.randrange(shards)
+    home = [(first + i) % shards for i in range(len(rows))]
+    new_ids = [""] * len(rows)
+    for step in range(min(shards, len(rows))):
+        count = len(range(step, len(rows), shards))
+        made = ids.many_in_shard(ids.CONTACT, home[step], shards, count, now)
+        new_ids[step::shards] = made
     links = await store.runner.run(
         calls.link_contacts(keys, tenant, zip(new_ids, rows, strict=True))
     )
-    now = now_ms()
+    stamp = to_rfc3339(now)
     by_shard: dict[int, list[tuple[str, list[str]]]] = {}
     out: list[models.Contact | None] = [None] * len(rows)
     for i, reply in enumerate(links):
         if reply == []:
-            values = codec.contact_values(with_account(rows[i]))
-            by_shard.setdefault(ids.shard_of(new_ids[i], keys.shards), []).append(
-                (new_ids[i], values)
+            row = with_account(rows[i])
+            by_shard.setdefault(home[i], []).append((new_ids[i], codec.contact_values(row)))
+            # What codec.contact reads back from the hash createContacts writes.
+            out[i] = models.Contact(
+                id=new_ids[i],
+                attributes=row.get("attributes") or {},
+                created_at=stamp,
+                updated_at=stamp,
+                **{f: row.get(f) for f in codec.CONTACT_TEXT_FIELDS},
             )
-            # The hash createContacts writes: the values given ("\0" ones left out).
-            stored = dict(zip(values[::2], values[1::2], strict=True))
-            stored = {k: v for k, v in stored.items() if v != "\0"}
-            stored["created_at"] = stored["updated_at"] = str(now)
-            out[i] = codec.contact(new_ids[i], stored)
     created = await store.runner.call_many(
         [
             calls.create_contacts(keys, shard, now, tenant, batch)

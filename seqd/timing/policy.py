@@ -10,7 +10,7 @@ from seqd.schedules import Schedule, compile_calendar, fixed_zone
 from seqd.timing.due import Due, Rules, StepTiming
 from seqd.timing.local import parse_hhmm
 from seqd.timing.quiet import QuietCalendars
-from seqd.timing.zones import RecipientZone, resolve
+from seqd.timing.zones import RecipientZone, phone_key, resolve
 
 if TYPE_CHECKING:
     from seqd.config import Config
@@ -42,8 +42,9 @@ class Policy:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        # (tenant, schedule's default zone, timezone, phone) -> the contact's zones: a step
-        # resolves them at its send-time check and again for its next step's time.
+        # (tenant, schedule's default zone, timezone, phone_key) -> the contact's zones: a
+        # step resolves them at its send-time check and again for its next step's time, and
+        # the contacts of one exchange and zone share them.
         self._recipients: dict[tuple[str | None, ...], RecipientZone] = {}
         self._quiet: dict[str, QuietCalendars | None] = {}
         self._rules: dict[tuple[str, str, int], Rules] = {}
@@ -78,7 +79,7 @@ class Policy:
     ) -> RecipientZone:
         """Where a contact with `timezone` and `phone` is, for a sequence under `schedule`."""
         default = schedule.default_timezone if schedule is not None else None
-        key = (tenant, default, timezone, phone)
+        key = (tenant, default, timezone, phone_key(phone) if phone else phone)
         found = self._recipients.get(key)
         if found is None:
             if len(self._recipients) >= RECIPIENTS_KEPT:

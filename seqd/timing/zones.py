@@ -50,12 +50,17 @@ FACTS_KEPT = 100_000
 _facts: dict[str, tuple[tuple[str, ...], str | None]] = {}
 
 
+def phone_key(phone: str) -> str:
+    """What a number's zones and region depend on: a North American number's exchange
+    (+1 NPA NXX, what the metadata is keyed by), else the whole number."""
+    return phone[:-4] if len(phone) == 12 and phone.startswith("+1") else phone
+
+
 def phone_facts(phone: str) -> tuple[tuple[str, ...], str | None]:
     """The zones (those zoneinfo knows) and the region of an E.164 number; ((), None) when
-    it is not one. A North American number's zones and state are those of its exchange
-    (+1 NPA NXX, what the metadata is keyed by), so they are looked up once per exchange:
-    parsing and the geocoder cost ~200 us a number, the dispatcher asks per step."""
-    key = phone[:-4] if len(phone) == 12 and phone.startswith("+1") else phone
+    it is not one. Looked up once per `phone_key`: parsing and the geocoder cost ~200 us a
+    number, the dispatcher asks per step."""
+    key = phone_key(phone)
     found = _facts.get(key)
     if found is None:
         if len(_facts) >= FACTS_KEPT:

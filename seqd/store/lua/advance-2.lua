@@ -29,13 +29,16 @@
     release   started (bool), delay (optional ms): due again after `delay` (now when
               absent), no attempt counted; due again as an unsettled claim (a lease
               score) when the send had started, since the provider may then have it
-    and optionally seq: the claimed sequence (`s`; else read here)
+    and optionally seq: the claimed sequence (`s`; else read here), and pin: the sender
+    a sticky rotation pins the contact to (KIND_SENDER_FIELD[kind]), written whatever the
+    outcome while the hash exists
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
             none), wait (ms from the send to the next step, >= 0), and optionally the A/B
-            variant its sent steps were sent as ("" for none when a sender follows) and
-            the sender (of a pool) they were sent from]: what the steps of one
-            claim share, written once per call (store/dispatch.py PASSED_GROUP)
+            variant its sent steps were sent as ("" for none), the sender its steps pin
+            their contacts to (as an item's pin; null for none) and the sender (of a pool)
+            its sent steps were sent from (null for none)]: what the steps of one claim
+            share, written once per call (store/settles.py PASSED_GROUP)
   ARGV[6..] the passed steps, the hot path: a sent or skipped step with a step after it,
             of a claim the caller read, five values each (PASSED_STEP): id, group (its
             place in ARGV[5], from 1), due (the next step's due time, ms), detail (provider
@@ -77,6 +80,7 @@ for n, it in ipairs(items) do
   if type(it.variant) ~= 'string' then it.variant = nil end
   if type(it.sender) ~= 'string' or it.sender == '' then it.sender = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
+  if type(it.pin) ~= 'string' or not KIND_SENDER_FIELD[it.kind] then it.pin = nil end
   if it.outcome == 'defer' then
     if it['until'] % 1 ~= 0 then return redis.error_reply('BAD_ITEMS:item ' .. n) end
     if type(it.reason) ~= 'string' then it.reason = 'window' end
@@ -100,12 +104,17 @@ if #ARGV >= 5 then
   end
 end
 for n, g in ipairs(groups) do
+  -- (null: no pin, or no sender, where the other follows)
+  if type(g) == 'table' and g[G_PIN] == cjson.null then g[G_PIN] = nil end
+  if type(g) == 'table' and g[G_SENDER] == cjson.null then g[G_SENDER] = nil end
   if type(g) ~= 'table' or type(g[G_TOKEN]) ~= 'string' or g[G_TOKEN] == ''
     or type(g[G_SEQ]) ~= 'string' or g[G_SEQ] == '' or type(g[G_STEP]) ~= 'number'
     or type(g[G_KIND]) ~= 'string' or (g[G_OUTCOME] ~= 'sent' and g[G_OUTCOME] ~= 'skipped')
     or type(g[G_TENANT]) ~= 'string' or g[G_TENANT] == '' or type(g[G_ATTEMPTS]) ~= 'string'
     or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0
     or (g[G_VARIANT] ~= nil and type(g[G_VARIANT]) ~= 'string')
+    or (g[G_PIN] ~= nil and (type(g[G_PIN]) ~= 'string' or g[G_PIN] == ''
+      or not KIND_SENDER_FIELD[g[G_KIND]]))
     or (g[G_SENDER] ~= nil and (type(g[G_SENDER]) ~= 'string' or g[G_SENDER] == '')) then
     return redis.error_reply('BAD_ITEMS:passed group ' .. n)
   end
@@ -125,6 +134,8 @@ for n, g in ipairs(groups) do
   g.vfield = 'v' .. string.format('%d', g[G_STEP])
   g.sender = g.sent and g[G_SENDER] or nil
   g.rfield = 'r' .. string.format('%d', g[G_STEP])
+  -- The sender its steps pin their contacts to, in the kind's field (an item's pin).
+  g.pin, g.pinfield = g[G_PIN], KIND_SENDER_FIELD[g[G_KIND]]
 end
 for n = 1, passed do
   local b = P_WIDTH * n + SKIP
@@ -266,6 +277,9 @@ local function pass_built(n, id, g, ekey)
   if g.sender then
     fields[#fields + 1] = g.rfield; fields[#fields + 1] = g.sender
   end
+  if g.pin then
+    fields[#fields + 1] = g.pinfield; fields[#fields + 1] = g.pin
+  end
   if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
     rcall('DEL', ekey)
     return false
@@ -284,7 +298,7 @@ local function passed_item(n, id, g)
   return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
           outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
           provider_id = sent and detail or nil, reason = (not sent) and detail or nil,
-          variant = g.variant, sender = g.sender}
+          variant = g.variant, pin = g.pin, sender = g.sender}
 end
 
 -- A sent or skipped item with a step after it, on an enrollment whose claim still holds:
@@ -296,6 +310,9 @@ local function pass_read(id, ekey, it, seq)
   if not (h[3] and h[4] and h[5]) then return false end
   local sent = it.outcome == 'sent'
   local fields, due_at = item_writes(it, h[1], h[2])
+  if it.pin then
+    fields[#fields + 1] = KIND_SENDER_FIELD[it.kind]; fields[#fields + 1] = it.pin
+  end
   local step, next_step = it.step, fields[2]
   local tail
   if sent then
@@ -322,6 +339,11 @@ end
 local function settle(id, ekey, it, current)
   local e = to_table(rcall('HGETALL', ekey))
   local outcome = it.outcome
+  if it.pin and e['st'] then
+    local field = KIND_SENDER_FIELD[it.kind]
+    rcall('HSET', ekey, field, it.pin)
+    e[field] = it.pin
+  end
   if not current or not e['st'] then  -- (a hash deleted by hand: nothing to settle)
     if outcome == 'sent' and e['st'] and e['st'] ~= 'active' and tonumber(e['i']) == it.step
     then

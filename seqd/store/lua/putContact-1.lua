@@ -2,7 +2,9 @@
 
   KEYS[1] contact  HASH  the contact (its key also fixes the shard)
   ARGV[1] tag
-  ARGV[2] now      ms
+  ARGV[2] now      ms: `updated_at` of an update. A created contact stores neither time:
+                   its created_at is the time in its id, made at `now`, and its updated_at
+                   that until its first update (store/codec.py `contact`).
   ARGV[3] tenant
   ARGV[4] contact_id
   ARGV[5] mode     create | update
@@ -21,7 +23,7 @@ local tag, now, tenant, cid, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local owner = rcall('HGET', ckey, 'tenant')
 if mode == 'create' then
   if owner then return redis.error_reply('EXISTS') end
-  rcall('HSET', ckey, 'tenant', tenant, 'created_at', now)
+  rcall('HSET', ckey, 'tenant', tenant)
   rcall('ZADD', k_tenant_contacts(tag, tenant), 0, cid)
 elseif owner ~= tenant then
   return redis.error_reply('NOT_FOUND')
@@ -36,5 +38,5 @@ for i = 6, #ARGV, 2 do
   if ARGV[i + 1] == '\0' then rcall('HDEL', ckey, ARGV[i])
   else rcall('HSET', ckey, ARGV[i], ARGV[i + 1]) end
 end
-rcall('HSET', ckey, 'updated_at', now)
+if mode == 'update' then rcall('HSET', ckey, 'updated_at', now) end
 return rcall('HGETALL', ckey)

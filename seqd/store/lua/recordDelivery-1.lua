@@ -49,7 +49,10 @@ if counter then
   stats_count(seq, step, variant or NO_VARIANT, counter, now)
   stats_count_sender(seq, sender, counter, now)
 end
-if ARGV[11] ~= '' then set_outcome(ekey, step, ARGV[11]) end
+if ARGV[11] ~= '' then
+  local at = fact_index(ekey, step)
+  if at then set_outcome(ekey, at, ARGV[11]) end
+end
 if etype ~= '' then
   emit_message(etype, tenant, now, cjson.decode(ARGV[10]), id, cid, seq, step)
 end

@@ -24,11 +24,13 @@
                      mirror's version, comma-separated; written with the mirror as
                      "<version>:<fields>" in the shard's `sf` hash (claimDue reads them)
   ARGV[9] moves      the retarget sweeps' JSON {"v": new steps version (text), "n": its
-                     step count, "w": {version: [each step's wait, ms]}}: every live
-                     enrollment moves to version v (field `sv`); one whose next step is
-                     past v's last completes; the others but a leased one are due their
-                     step's new wait after their last send (n - old wait + new wait; a
-                     paused one's `n`, which resume starts from)
+                     step count, "w": {version: [each step's wait, ms]}, "m": {version:
+                     [each step's index in v, or -1]}}: every live enrollment moves to
+                     version v (field `sv`); one whose next step is past v's last
+                     completes; the others but a leased one are due their step's new wait
+                     after their last send (n - old wait + new wait; a paused one's `n`,
+                     which resume starts from); the step facts of the steps it passed
+                     follow them (`carry_facts`)
 
   Returns {done (0|1), next_cursor, handled}
 ]]
@@ -74,6 +76,33 @@ local function live_batch(active)
   return ids, ids[#ids] or '', #ids < limit
 end
 
+-- Step facts (`o`, includes/enrollment.lua set_outcome) follow the steps they are about
+-- to their index in the new version (`map`, store/sequences.py step_map) when the
+-- enrollment has passed that index too; a passed index that gets no step's facts reads
+-- NOT_RUN. `mv` maps the index of each step sent before the move to its index in `o` (or
+-- -1), for the receipts that come later (fact_index).
+local function carry_facts(ekey, e, i, map)
+  if i == 0 then return end
+  local o, letters = e['o'] or '', {}
+  for t = 1, i do letters[t] = NOT_RUN end
+  for p = 1, math.min(i, #map) do
+    local t = map[p]
+    if t >= 0 and t < i then
+      local was = string.sub(o, p, p)
+      letters[t + 1] = was ~= '' and was or '-'
+    end
+  end
+  local before, sends = {}, {}
+  for p in string.gmatch(e['mv'] or '', '[^,]+') do before[#before + 1] = tonumber(p) end
+  for j = 1, i do
+    local at = j - 1
+    if j <= #before then at = before[j] end
+    local t = at >= 0 and map[at + 1] or -1
+    sends[j] = (t and t < i) and t or -1
+  end
+  rcall('HSET', ekey, 'o', table.concat(letters), 'mv', table.concat(sends, ','))
+end
+
 local handled = 0
 if sweep == 'archive' then
   -- Each one handled leaves its listing (the queue, the paused index): take from the front.
@@ -113,6 +142,7 @@ elseif sweep == 'retarget_active' or sweep == 'retarget_paused' then
         finish(id, e, 'completed', '', now)
       else
         rcall('HSET', ekey, 'sv', new_v)
+        if moves.m[old_v] then carry_facts(ekey, e, i, moves.m[old_v]) end
         local old_w = waits[old_v]
         -- (A leased step is being sent under the old version: its claim settles it.)
         local active = e['st'] == 'active'

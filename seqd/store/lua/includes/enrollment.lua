@@ -114,13 +114,33 @@ end
 
 -- Step conditions (seqd/conditions.py) read what became of earlier steps from `o`: one
 -- letter per step, "-" where nothing was recorded. A reply's mark ("r") stays: a receipt
--- after it changes nothing a condition reads.
+-- after it changes nothing a condition reads. So does NOT_RUN: a step the enrollment
+-- passed before it moved to a version of the steps that has it there (syncSequence).
+local NOT_RUN = 'x'
 local function set_outcome(ekey, step, letter)
   local o = rcall('HGET', ekey, 'o') or ''
   local at = tonumber(step) + 1
-  if string.sub(o, at, at) == 'r' then return end
+  local was = string.sub(o, at, at)
+  if was == 'r' or was == NOT_RUN then return end
   if #o < at - 1 then o = o .. string.rep('-', at - 1 - #o) end
   rcall('HSET', ekey, 'o', string.sub(o, 1, at - 1) .. letter .. string.sub(o, at + 1))
+end
+
+-- The index in `o` of the facts of step `step` as sent (its index then), or nil: it
+-- differs from `step` for a step sent before the enrollment moved to another version of
+-- the steps (`mv`, written by syncSequence's carry_facts).
+local function fact_index(ekey, step)
+  local mv = rcall('HGET', ekey, 'mv')
+  if not mv then return step end
+  local j = 0
+  for t in string.gmatch(mv, '[^,]+') do
+    if j == tonumber(step) then
+      if tonumber(t) < 0 then return nil end
+      return tonumber(t)
+    end
+    j = j + 1
+  end
+  return step
 end
 
 -- A claim leases a due member by moving its score to half a ms before the lease ends
