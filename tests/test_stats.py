@@ -307,3 +307,30 @@ async def test_group_by_sender_counts_what_each_pool_sender_sent_and_got(store: 
         "scheduled": 12, "sent": 12, "delivered": 4, "completed": 6
     }  # fmt: skip
     assert all(body["rows"][0][k] is None for k in ("step", "variant", "day", "sender"))
+
+
+async def test_group_by_sender_with_a_sticky_pool(store: Store) -> None:
+    """A sticky rotation's steps carry the pin and the sender in one passed group: each
+    sender's `sent` is what it sent, and the contacts are pinned as before."""
+    from collections import Counter
+
+    from tests.dispatchutil import Recorder, contacts, dispatcher, raw
+    from tests.test_senders_budget import ms
+    from tests.test_senders_dispatch import add_sender, pooled
+
+    clock = Clock(ms("2027-06-01T12:00:00"))
+    pool = [await add_sender(store, clock.at, n) for n in range(2)]
+    seq = await pooled(store, pool, sms("one"), sms("two"))
+    enrolled = await enroll(store, seq, await contacts(store, 4))
+    recorder = Recorder()
+    d = dispatcher(store, recorder, clock)
+    await d.run_once(clock.at)
+    await d.run_once(clock.at)
+    assert len(recorder.messages) == 8
+    by = {m.enrollment_id: m.sender.id for m in recorder.messages if m.sender}
+    for e in enrolled:
+        assert (await raw(store, e.id))["ys"] == by[e.id]
+    async with client(store) as api:
+        body = await stats(api, seq.id, "?group_by=sender&from=2027-06-01&to=2027-06-01")
+    got = {row["sender"]: row["counts"]["sent"] for row in body["rows"] if row["sender"]}
+    assert got == dict(Counter(m.sender.id for m in recorder.messages if m.sender))
