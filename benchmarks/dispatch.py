@@ -285,7 +285,10 @@ async def new_sequence(
 # (`without_counters`), for interleaved runs against the same code with them.
 _NO_COUNTERS = """-- @include stat_codes
 local function stats_count() end
+local function stats_count_sender() end
 local function stats_variant() return NO_VARIANT end
+local function stats_sender() end
+local function stats_step() end
 local function stats_credit() end
 """
 
@@ -1059,6 +1062,7 @@ def cli() -> None:
 
     if args.counters_ab:
         uvloop.run(counters_ab(args.n, args.runs))
+        return
     if args.variants or args.conditions:
         uvloop.run(reacting_main(args.n, args.runs))
         return

@@ -24,6 +24,9 @@ MAX_DAYS = 400
 _EPOCH = dt.date(1970, 1, 1)
 
 
+GroupBy = Literal["step", "variant", "sender", "day"]
+
+
 class StatsQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     from_: Annotated[
         dt.date | None,
@@ -33,7 +36,7 @@ class StatsQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = msgspec.field(name="from", default=None)
     to: Annotated[dt.date | None, Meta(description="last UTC day, included; default today")] = None
-    group_by: Literal["step", "variant", "day"] = "step"
+    group_by: GroupBy = "step"
 
 
 class StatsCounts(msgspec.Struct, kw_only=True):
@@ -75,11 +78,13 @@ class StatsRates(msgspec.Struct, kw_only=True):
 class StatsRow(msgspec.Struct, kw_only=True):
     """One group's counts: `step` (null: outcomes of enrollments sent nothing yet),
     `step` and `variant` (a step's A/B variant; both null: what no variant was sent as, i.e.
-    steps without variants and counts made before a send) or `day`, as `group_by` says;
-    the others are null."""
+    steps without variants and counts made before a send), `sender` (a pool's sender the
+    steps were sent from; null: the rest, sent from the tenant's configured channel or
+    counted before a send) or `day`, as `group_by` says; the others are null."""
 
     step: int | None = None
     variant: str | None = None
+    sender: Annotated[str | None, Meta(description="group_by=sender: a sender's id")] = None
     day: dt.date | None = None
     counts: StatsCounts
     rates: StatsRates
@@ -89,7 +94,7 @@ class StepStats(msgspec.Struct, kw_only=True):
     sequence_id: str
     from_: dt.date = msgspec.field(name="from")
     to: dt.date
-    group_by: Literal["step", "variant", "day"]
+    group_by: GroupBy
     totals: StatsRow
     rows: list[StatsRow]
 
@@ -148,6 +153,19 @@ def _order(row: StatsRow) -> tuple[int, str, dt.date]:
     return step, row.variant or "", row.day or _EPOCH
 
 
+def _by_sender(total: StatsCounts, senders: dict[str, StatsCounts]) -> list[StatsRow]:
+    """A row per sender, by id, and a row (sender null) of the rest: the totals less every
+    sender's counts."""
+    rest = StatsCounts()
+    for name in msgspec.structs.fields(StatsCounts):
+        n = getattr(total, name.name) - sum(getattr(c, name.name) for c in senders.values())
+        setattr(rest, name.name, n)
+    rows = [StatsRow(sender=sid, counts=c, rates=rates(c)) for sid, c in sorted(senders.items())]
+    if any(msgspec.structs.astuple(rest)):
+        rows.insert(0, StatsRow(counts=rest, rates=rates(rest)))
+    return rows
+
+
 @route(
     "GET",
     "/sequences/{id}/stats",
@@ -167,14 +185,22 @@ async def sequence_stats(request: web.Request) -> web.Response:
     cells = await store.stats.cells(sid, range(start, start + (to - first).days + 1))
     total = StatsCounts()
     groups: dict[tuple[int | None, str | None, dt.date | None], StatsCounts] = {}
+    senders: dict[str, StatsCounts] = {}
     for cell in cells:
+        if cell.sender is not None:
+            _add(senders.setdefault(cell.sender, StatsCounts()), cell)
+            continue
         _add(total, cell)
-        _add(groups.setdefault(_group(cell, query.group_by), StatsCounts()), cell)
-    rows = [
-        StatsRow(step=step, variant=variant, day=day, counts=c, rates=rates(c))
-        for (step, variant, day), c in groups.items()
-    ]
-    rows.sort(key=_order)
+        if query.group_by != "sender":
+            _add(groups.setdefault(_group(cell, query.group_by), StatsCounts()), cell)
+    if query.group_by == "sender":
+        rows = _by_sender(total, senders)
+    else:
+        rows = [
+            StatsRow(step=step, variant=variant, day=day, counts=c, rates=rates(c))
+            for (step, variant, day), c in groups.items()
+        ]
+        rows.sort(key=_order)
     return respond(
         StepStats(
             sequence_id=sid,

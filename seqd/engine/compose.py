@@ -54,6 +54,8 @@ class Job:
     variant: str | None = None
     # The sender its contact is pinned to once its send starts (a sticky rotation's pick).
     pin: str | None = None
+    # The pool's sender it goes out from (recorded with the step), None: the tenant's channel.
+    sender: str | None = None
 
 
 def suppressed_reason(record: SuppressionRecord, kind: Kind) -> str:

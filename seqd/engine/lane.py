@@ -407,6 +407,7 @@ class Lane:
                         continue
                     if pick.sender is not None:
                         composed.message.sender = pick.route
+                        composed.sender = pick.sender.id
                         if pick.pin:
                             composed.pin = pick.sender.id
                 if composed.kind == "email" and crew.email_headers is not None:

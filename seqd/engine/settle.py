@@ -76,7 +76,7 @@ def settle(
         return Sent(
             id=job.id, token=job.token, step=job.step, kind=job.kind, at=at,
             provider_id=result.provider_id, wait=plan.wait_after(job.step),
-            variant=job.variant,
+            variant=job.variant, sender=job.sender,
         )  # fmt: skip
     if result.suppress:
         # The provider says the recipient unsubscribed: this step is not sent, and the

@@ -29,6 +29,8 @@ NAMES: Final[Mapping[str, str]] = {code: name for name, code in COUNTERS.items()
 # enrollment was sent nothing yet.
 NO_VARIANT: Final = "-"
 NO_STEP: Final = "-"
+# Marks a per-sender field, "@<sender id>:<code>" (a step's field starts with a digit or "-").
+SENDER_MARK: Final = "@"
 DAY_MS: Final = 86_400_000
 DEFAULT_RETENTION_DAYS: Final = 400
 
@@ -39,6 +41,6 @@ def lua_prelude() -> str:
     return (
         "-- Generated from store/stats.py: counter name -> the code stored in its field.\n"
         f"local STAT = {{{codes}}}\n"
-        f"local NO_VARIANT, NO_STEP = '{NO_VARIANT}', '{NO_STEP}'\n"
+        f"local NO_VARIANT, NO_STEP, SENDER_MARK = '{NO_VARIANT}', '{NO_STEP}', '{SENDER_MARK}'\n"
         f"local STAT_DAY_MS, STATS_RETENTION_DAYS = {DAY_MS}, {DEFAULT_RETENTION_DAYS}\n"
     )

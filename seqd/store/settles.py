@@ -39,6 +39,9 @@ class Sent(StepOutcome, tag="sent"):
     provider_id: str | None = None
     # The A/B variant sent: recorded as the enrollment's `v<step>` and in the event.
     variant: str | None = None
+    # The sender of a pool it was sent from: recorded as `r<step>`, for the per-sender
+    # counters (None: the tenant's configured channel).
+    sender: str | None = None
 
 
 class Skipped(StepOutcome, tag="skipped"):
@@ -143,11 +146,13 @@ def _needs(cls: type[StepOutcome]) -> list[tuple[str, str]]:
 # What a claim's steps share is written once (a group, in one JSON array), each step as
 # five plain values: decoding JSON was the script's largest cost after its writes, and a
 # decoded step is one more table for Lua to make and collect.
-# (`variant` is there only for a step sent as an A/B variant, "" when a `pin` follows; `pin`
-# only for steps that pin their contact to their sender: a claim's steps then make a group
+# (`variant` is there only for a step sent as an A/B variant, "" when more follows; `pin`
+# for steps that pin their contact to their sender and `sender` for steps sent from a
+# pool's sender (null for none when the other is there): a claim's steps then make a group
 # per sender.)
 PASSED_GROUP = (
     "token", "seq", "step", "kind", "outcome", "tenant", "attempts", "wait", "variant", "pin",
+    "sender",
 )  # fmt: skip
 PASSED_STEP = ("id", "group", "due", "detail", "event")
 
@@ -226,12 +231,12 @@ class Passed:
 
     def __init__(self) -> None:
         # group -> its place in ARGV[5] (from 1), as text: converted once, not per step.
-        self.groups: dict[tuple[str | int, ...], str] = {}
+        self.groups: dict[tuple[str | int | None, ...], str] = {}
         self.values: list[str | bytes] = []
 
     def add(self, s: Sent | Skipped, e: ClaimedEnrollment, event: bytes) -> None:
         sent = isinstance(s, Sent)
-        group: tuple[str | int, ...] = (
+        group: tuple[str | int | None, ...] = (
             s.token,
             e.sequence,
             s.step,
@@ -242,8 +247,9 @@ class Passed:
             s.wait,
         )
         variant = s.variant if isinstance(s, Sent) else None
-        if s.pin is not None:
-            group += (variant or "", s.pin)
+        sender = s.sender if isinstance(s, Sent) else None
+        if s.pin is not None or sender is not None:
+            group += (variant or "", s.pin, sender)
         elif variant is not None:
             group += (variant,)
         place = self.groups.get(group)

@@ -4,9 +4,11 @@ read, a click's record and its link (their names and codes: store/counters.py).
 The scripts that change an enrollment's state count what they did in the same call
 (`includes/stats.lua`), so the counters agree with the events exactly and outlive the event
 log. One HASH per (shard, sequence, UTC day) (`keys.SHARD_TEMPLATES["stats"]`), in the
-shard's slot like every key those scripts write; field `<step>:<variant>:<code>` -> count.
-A sequence-day therefore costs at most `shards` hashes of `steps x variants x 15`
-fields, whatever the number of enrollments: listpack-encoded, 816 bytes for 4 steps and
+shard's slot like every key those scripts write; field `<step>:<variant>:<code>` -> count,
+and `@<sender>:<code>` -> count for the steps sent from a pool's sender (the sender is kept
+on the enrollment as `r<step>`, so what is credited to a step later counts for it too).
+A sequence-day therefore costs at most `shards` hashes of `(steps x variants + senders) x
+15` fields, whatever the number of enrollments: listpack-encoded, 816 bytes for 4 steps and
 1,536 for 8 (MEMORY USAGE, counts of 5 digits). Each hash expires `retention_days`
 after its day ends; the retention is kept per shard (`stats_ttl`), since the
 scripts may read only keys of their slot.
@@ -24,19 +26,21 @@ from seqd.conditions import SKIPPED
 from seqd.errors import NotFound
 from seqd.store import calls
 from seqd.store.context import StoreContext
-from seqd.store.counters import NAMES
+from seqd.store.counters import NAMES, SENDER_MARK
 from seqd.store.sequences import Sequences
 
 
 class Cell:
-    """The counts of one (step, variant, day): counter name -> count."""
+    """The counts of one (step, variant, day), or of one (sender, day) (`sender` set, `step`
+    and `variant` ""): counter name -> count. A sender's counts are also in its steps'."""
 
-    __slots__ = ("counts", "day", "step", "variant")
+    __slots__ = ("counts", "day", "sender", "step", "variant")
 
-    def __init__(self, step: str, variant: str, day: int) -> None:
+    def __init__(self, step: str, variant: str, day: int, sender: str | None = None) -> None:
         self.step = step
         self.variant = variant
         self.day = day
+        self.sender = sender
         self.counts: dict[str, int] = {}
 
 
@@ -90,8 +94,8 @@ class Stats:
         await pipe.execute()
 
     async def cells(self, sequence_id: str, days: Iterable[int]) -> list[Cell]:
-        """Every (step, variant, day) counted for the sequence on `days` (UTC day numbers:
-        epoch ms // DAY_MS), each summed over the shards."""
+        """Every (step, variant, day) and (sender, day) counted for the sequence on `days`
+        (UTC day numbers: epoch ms // DAY_MS), each summed over the shards."""
         keys = self.store.keys
         wanted = list(days)
         pipe = self.store.client.pipeline(transaction=False)
@@ -99,18 +103,23 @@ class Stats:
             for shard in range(self.store.shards):
                 pipe.hgetall(keys.stats(shard, sequence_id, day))
         replies: list[dict[str, str]] = await pipe.execute()
-        cells: dict[tuple[str, str, int], Cell] = {}
+        cells: dict[tuple[str, str, int, str | None], Cell] = {}
         for n, flat in enumerate(replies):
             day = wanted[n // self.store.shards]
             for field, value in flat.items():
-                step, _, rest = str(field).partition(":")
-                variant, _, code = rest.rpartition(":")
+                sender: str | None = None
+                if field.startswith(SENDER_MARK):
+                    sender, _, code = field[len(SENDER_MARK) :].rpartition(":")
+                    step = variant = ""
+                else:
+                    step, _, rest = str(field).partition(":")
+                    variant, _, code = rest.rpartition(":")
                 name = NAMES.get(code)
                 if name is None:
                     continue
-                cell = cells.get((step, variant, day))
+                cell = cells.get((step, variant, day, sender))
                 if cell is None:
-                    cell = cells[(step, variant, day)] = Cell(step, variant, day)
+                    cell = cells[(step, variant, day, sender)] = Cell(step, variant, day, sender)
                 cell.counts[name] = cell.counts.get(name, 0) + int(value)
         return list(cells.values())
 

@@ -24,7 +24,7 @@ from seqd.cursors import decode_token, encode_token
 from seqd.errors import SeqdError
 from seqd.kinds import Channel
 from seqd.store import backlog
-from seqd.store.counters import DAY_MS, NO_STEP
+from seqd.store.counters import DAY_MS
 from seqd.store.enrollment_search import EnrollmentFilter
 from seqd.store.events import EventFilter
 from seqd.store.rates import SendRates
@@ -225,7 +225,7 @@ async def _per_step(request: web.Request, sid: str, steps: int) -> list[dict[str
     cells = await request.app[STORE].stats.cells(sid, range(today - 29, today + 1))
     rows: list[dict[str, Any]] = [dict.fromkeys(STEP_COLUMNS, 0) for _ in range(steps)]
     for cell in cells:
-        if cell.step == NO_STEP or not cell.step.isdigit() or int(cell.step) >= steps:
+        if cell.sender or not cell.step.isdigit() or int(cell.step) >= steps:
             continue
         row = rows[int(cell.step)]
         for name in STEP_COLUMNS:

@@ -15,7 +15,8 @@
   ARGV[3] max_attempts
   ARGV[4] items         JSON array of objects, each:
     id, token, step, kind ("sms"|"email"), at (ms the send ended), outcome, and by outcome:
-    sent      provider_id (optional), wait: ms from `at` to the next step, -1 after the last
+    sent      provider_id (optional), wait: ms from `at` to the next step, -1 after the last,
+              variant and sender (optional: recorded as `v<step>`, `r<step>`)
     skipped   reason, wait (as for sent): the step is passed over without a send
     retry     error, delay: ms until the next attempt
     failed    error                      -> cancelled, cancel_reason failed
@@ -34,9 +35,10 @@
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
             none), wait (ms from the send to the next step, >= 0), and optionally the A/B
-            variant its sent steps were sent as ("" for none) and the sender its steps pin
-            their contacts to (as an item's pin)]: what the steps of one claim share,
-            written once per call (store/settles.py PASSED_GROUP)
+            variant its sent steps were sent as ("" for none), the sender its steps pin
+            their contacts to (as an item's pin; null for none) and the sender (of a pool)
+            its sent steps were sent from (null for none)]: what the steps of one claim
+            share, written once per call (store/settles.py PASSED_GROUP)
   ARGV[6..] the passed steps, the hot path: a sent or skipped step with a step after it,
             of a claim the caller read, five values each (PASSED_STEP): id, group (its
             place in ARGV[5], from 1), due (the next step's due time, ms), detail (provider
@@ -80,6 +82,7 @@ for n, it in ipairs(items) do
   end
   if type(it.provider_id) ~= 'string' then it.provider_id = nil end
   if type(it.variant) ~= 'string' then it.variant = nil end
+  if type(it.sender) ~= 'string' or it.sender == '' then it.sender = nil end
   if type(it.seq) ~= 'string' then it.seq = nil end
   if type(it.pin) ~= 'string' or not KIND_SENDER_FIELD[it.kind] then it.pin = nil end
   if it.outcome == 'defer' then
@@ -105,6 +108,9 @@ if #ARGV >= 5 then
   end
 end
 for n, g in ipairs(groups) do
+  -- (null: no pin, or no sender, where the other follows)
+  if type(g) == 'table' and g[G_PIN] == cjson.null then g[G_PIN] = nil end
+  if type(g) == 'table' and g[G_SENDER] == cjson.null then g[G_SENDER] = nil end
   if type(g) ~= 'table' or type(g[G_TOKEN]) ~= 'string' or g[G_TOKEN] == ''
     or type(g[G_SEQ]) ~= 'string' or g[G_SEQ] == '' or type(g[G_STEP]) ~= 'number'
     or type(g[G_KIND]) ~= 'string' or (g[G_OUTCOME] ~= 'sent' and g[G_OUTCOME] ~= 'skipped')
@@ -112,7 +118,8 @@ for n, g in ipairs(groups) do
     or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0
     or (g[G_VARIANT] ~= nil and type(g[G_VARIANT]) ~= 'string')
     or (g[G_PIN] ~= nil and (type(g[G_PIN]) ~= 'string' or g[G_PIN] == ''
-      or not KIND_SENDER_FIELD[g[G_KIND]])) then
+      or not KIND_SENDER_FIELD[g[G_KIND]]))
+    or (g[G_SENDER] ~= nil and (type(g[G_SENDER]) ~= 'string' or g[G_SENDER] == '')) then
     return redis.error_reply('BAD_ITEMS:passed group ' .. n)
   end
   -- What the group's steps write: `i` after the step, the provider id's field, and whether
@@ -125,9 +132,12 @@ for n, g in ipairs(groups) do
   g.queue = k_queue(tag, g[G_SEQ])
   g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
   g.passed = 0  -- its steps passed on the hot path, counted once at the end
-  -- The A/B variant its steps were sent as (optional), recorded as `v<step>`.
+  -- The A/B variant its steps were sent as and the sender they were sent from (optional),
+  -- recorded as `v<step>` and `r<step>`.
   g.variant = g.sent and g[G_VARIANT] ~= '' and g[G_VARIANT] or nil
   g.vfield = 'v' .. string.format('%d', g[G_STEP])
+  g.sender = g.sent and g[G_SENDER] or nil
+  g.rfield = 'r' .. string.format('%d', g[G_STEP])
   -- The sender its steps pin their contacts to, in the kind's field (an item's pin).
   g.pin, g.pinfield = g[G_PIN], KIND_SENDER_FIELD[g[G_KIND]]
 end
@@ -174,6 +184,9 @@ local function item_writes(it, attempts, sms_sent)
   if it.variant and it.outcome == 'sent' then
     fields[#fields + 1] = 'v' .. it.step; fields[#fields + 1] = it.variant
   end
+  if it.sender and it.outcome == 'sent' then
+    fields[#fields + 1] = 'r' .. it.step; fields[#fields + 1] = it.sender
+  end
   return fields, due_at
 end
 
@@ -185,7 +198,7 @@ local function pass_step(id, e, it, ekey)
   local fields, due_at = item_writes(it, e['a'], e['sm'])
   rcall('HSET', ekey, unpack(fields))
   for k = 1, #fields, 2 do e[fields[k]] = fields[k + 1] end
-  stats_count(e['s'], it.step, stats_variant(e, it.step), it.outcome, now)
+  stats_step(e, it.step, it.outcome, now)
   if due_at then stats_count(e['s'], it.step + 1, NO_VARIANT, 'scheduled', now) end
   if it.outcome ~= 'sent' then set_outcome(ekey, it.step, 'k') end
   if it.outcome == 'sent' then
@@ -265,6 +278,9 @@ local function pass_built(n, id, g, ekey)
   if g.variant then
     fields[#fields + 1] = g.vfield; fields[#fields + 1] = g.variant
   end
+  if g.sender then
+    fields[#fields + 1] = g.rfield; fields[#fields + 1] = g.sender
+  end
   if g.pin then
     fields[#fields + 1] = g.pinfield; fields[#fields + 1] = g.pin
   end
@@ -286,7 +302,7 @@ local function passed_item(n, id, g)
   return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
           outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
           provider_id = sent and detail or nil, reason = (not sent) and detail or nil,
-          variant = g.variant, pin = g.pin}
+          variant = g.variant, pin = g.pin, sender = g.sender}
 end
 
 -- A sent or skipped item with a step after it, on an enrollment whose claim still holds:
@@ -314,6 +330,7 @@ local function pass_read(id, ekey, it, seq)
   if not sent then set_outcome(ekey, step, 'k') end
   schedule_next(seq, due_at, id)
   stats_count(seq, step, sent and it.variant or NO_VARIANT, it.outcome, now)
+  stats_count_sender(seq, sent and it.sender or nil, it.outcome, now)
   stats_count(seq, step + 1, NO_VARIANT, 'scheduled', now)
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[3], now,
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
@@ -426,6 +443,7 @@ end
 for _, g in ipairs(groups) do
   if g.passed > 0 then
     stats_count(g[G_SEQ], g[G_STEP], g.variant or NO_VARIANT, g[G_OUTCOME], now, g.passed)
+    stats_count_sender(g[G_SEQ], g.sender, g[G_OUTCOME], now, g.passed)
     stats_count(g[G_SEQ], g[G_STEP] + 1, NO_VARIANT, 'scheduled', now, g.passed)
   end
 end

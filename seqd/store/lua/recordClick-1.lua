@@ -20,12 +20,14 @@ local tag, now, id, step, bot = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '
 -- @include enrollment
 
 local ekey = k_enrollment(tag, id)
-local t, seq, cid, variant = unpack(rcall('HMGET', ekey, 't', 's', 'c', 'v' .. step))
+local t, seq, cid, variant, sender =
+  unpack(rcall('HMGET', ekey, 't', 's', 'c', 'v' .. step, 'r' .. step))
 if not t then return {0, 0} end
 local first = 0
 if not bot and rcall('HSETNX', ekey, 'k' .. step, now) == 1 then
   first = 1
   stats_count(seq, step, variant or NO_VARIANT, 'clicked', now)
+  stats_count_sender(seq, sender, 'clicked', now)
 end
 local data = cjson.decode(ARGV[6])
 data['first'] = first == 1

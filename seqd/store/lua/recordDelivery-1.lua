@@ -32,7 +32,8 @@ local DELIVERY_COUNTER = {['message.delivered'] = 'delivered',
                           ['message.undelivered'] = 'undelivered'}
 
 local ekey = k_enrollment(tag, id)
-local t, seq, cid, variant = unpack(rcall('HMGET', ekey, 't', 's', 'c', 'v' .. step))
+local t, seq, cid, variant, sender =
+  unpack(rcall('HMGET', ekey, 't', 's', 'c', 'v' .. step, 'r' .. step))
 if t ~= tenant then return redis.error_reply('NOT_FOUND') end
 local field = 'd' .. step
 local stored = rcall('HGET', ekey, field) or ''
@@ -46,6 +47,7 @@ rcall('HSET', ekey, field, value)
 local counter = DELIVERY_COUNTER[etype]
 if counter then
   stats_count(seq, step, variant or NO_VARIANT, counter, now)
+  stats_count_sender(seq, sender, counter, now)
 end
 if ARGV[11] ~= '' then
   local at = fact_index(ekey, step)
