@@ -36,6 +36,8 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import json
+import math
 import os
 import pstats
 import subprocess
@@ -50,6 +52,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from benchmarks.peers import PEERS, bullmq_ready
 from benchmarks.results import cpu_model, median, percentile, record
 from seqd import collector, ids, models
 from seqd.channels.base import OutboundMessage, SendResult
@@ -59,7 +62,9 @@ from seqd.engine.dispatcher import Dispatcher
 from seqd.engine.ports import Quiet
 from seqd.store import calls, scripts
 from seqd.store.db import Store, connect
+from seqd.store.dispatch import Dispatch
 from seqd.store.enrollments import ENROLL_BATCH
+from seqd.store.settles import Sent, Settled
 
 TENANT = "bench"
 PREFIX = "bench"
@@ -67,6 +72,10 @@ SHARDS = 16
 TARGET_STEPS = 50_000
 TARGET_P99_MS = 100
 TARGET_BYTES = 400
+TARGET_FLOOR = 0.6
+TARGET_BULLMQ = 5.0
+# The wait before the benchmark sequences' second step (new_sequence's `later_wait`), ms.
+WAIT_MS = 1440 * 60_000
 _SENT = SendResult(outcome="sent", provider_id="noop")
 
 
@@ -402,6 +411,70 @@ async def burst(store: Store, senders: Any, n: int, config: DispatchConfig) -> f
     return n / elapsed
 
 
+async def floor_burst(store: Store, n: int, config: DispatchConfig, wait_ms: int) -> float:
+    """Steps/s of the scripts alone, the floor under the dispatcher: every shard at once,
+    each in a loop of peek (`claimDue`) → lease (`leasePeeked`) → advance (a `Sent` per
+    step, `wait_ms` to its next step, its event built as the dispatcher builds it), one
+    round trip each, with none of the dispatcher's Python (plans, compose, screening,
+    sending, lanes). What the store's scripts let through on this server."""
+    dispatch = Dispatch(store)
+    lease_ms = int(config.lease_seconds * 1000)
+    attempts = config.max_attempts
+    done = 0
+
+    async def shard_loop(shard: int) -> None:
+        nonlocal done
+        while done < n:
+            now = int(time.time() * 1000)
+            trip = dispatch.trip(now=now, max_attempts=attempts)
+            peek = trip.peek([shard], now=now, limit=config.batch_size, on_unknown="resend")
+            await trip.run()
+            batch = peek.claims[shard]
+            if not batch.items:
+                return
+            queues: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+            for item in batch.items:
+                e = item.enrollment
+                queues.setdefault(e.sequence, (batch.m[e.sequence], []))[1].append(
+                    (item.id, e.token)
+                )
+            trip = dispatch.trip(now=now, max_attempts=attempts)
+            lease = trip.lease({shard: queues}, lease_ms=lease_ms, worker="floor")
+            await trip.run()
+            token, lost, _ = lease.leased[shard]
+            gone = set(lost)
+            sent: list[Settled] = [
+                Sent(id=item.id, token=token, step=int(item.enrollment.index), kind="sms",
+                     at=now, wait=wait_ms, provider_id="noop")
+                for item in batch.items
+                if item.id not in gone
+            ]  # fmt: skip
+            claimed = {item.id: item.enrollment for item in batch.items}
+            await dispatch.advance_many(
+                {shard: sent}, now=now, max_attempts=attempts, claimed=claimed
+            )
+            done += len(sent)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(shard_loop(shard) for shard in range(store.shards)))
+    return done / (time.perf_counter() - started)
+
+
+async def bullmq_noop(url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """BullMQ draining `n` no-op jobs added in bulk beforehand, on the same server: (jobs/s,
+    node's CPU µs per job); (nan, nan) without node."""
+    if not bullmq_ready():
+        return math.nan, math.nan
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    done = await asyncio.create_subprocess_exec(
+        "node", str(PEERS / "noop.js"), str(n), port, str(concurrency),
+        stdout=asyncio.subprocess.PIPE, cwd=PEERS,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(done.communicate(), 600)
+    got = json.loads(out.decode().strip().splitlines()[-1])
+    return float(got["rate"]), float(got["cpu_us"])
+
+
 async def seeded(
     store: Store, cids: list[str], rate: int, seconds: float, config: DispatchConfig
 ) -> list[float]:
@@ -546,7 +619,12 @@ async def system_malloc_burst(n: int, config: DispatchConfig) -> tuple[float, fl
 
 
 async def once(
-    n: int, rate: int, seconds: float, profiler: cProfile.Profile | None, arq_n: int
+    n: int,
+    rate: int,
+    seconds: float,
+    profiler: cProfile.Profile | None,
+    arq_n: int,
+    bullmq_concurrency: int,
 ) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
     """One run of every measurement: (figures, memory by structure, commands in the burst)."""
     workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-dispatch-"))
@@ -624,6 +702,10 @@ async def once(
         # Commands the process sends itself: every call is a script (the poll's peekDue too).
         round_trips = delta.get("evalsha", 0) / n
 
+        seq_floor = await new_sequence(store, "floor")
+        await enroll_direct(store, seq_floor.id, cids, 0, int(time.time() * 1000))
+        floor_rate = await floor_burst(store, n, config, WAIT_MS)
+
         libc_rate, libc_cpu = await system_malloc_burst(n, config)
 
         from benchmarks.enroll import wait_port
@@ -655,6 +737,7 @@ async def once(
         late = await steady(store, cids, rate, seconds, config)
         late_now = await steady(store, cids, low, seconds, config, lead_ms=0)
         arq_rate = await arq_drain(url, arq_n, config.concurrency)
+        bullmq_rate, _ = await bullmq_noop(url, n, bullmq_concurrency)
         await store.close()
     finally:
         twilio.terminate()
@@ -688,6 +771,10 @@ async def once(
         "longest_ms": max(slow, default=0) / 1000,
         "arq": arq_rate,
         "ratio": noop_rate / arq_rate,
+        "floor": floor_rate,
+        "floor_ratio": noop_rate / floor_rate,
+        "bullmq": bullmq_rate,
+        "bullmq_ratio": noop_rate / bullmq_rate,
     }
     return figures, parts, delta
 
@@ -786,11 +873,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int, runs: int) -> None:
+async def main(
+    n: int, rate: int, seconds: float, profile: bool, arq_n: int, runs: int, bullmq_concurrency: int
+) -> None:
     profiler = cProfile.Profile() if profile else None
     results = []
     for k in range(runs):
-        results.append(await once(n, rate, seconds, profiler if k == 0 else None, arq_n))
+        results.append(
+            await once(n, rate, seconds, profiler if k == 0 else None, arq_n, bullmq_concurrency)
+        )
         print(
             f"run {k + 1}/{runs}: " + ", ".join(f"{a} {b:,.1f}" for a, b in results[-1][0].items())
         )
@@ -813,7 +904,7 @@ async def main(n: int, rate: int, seconds: float, profile: bool, arq_n: int, run
 N = {n:,} enrollments due at once, {SHARDS} shards, batch_size {config.batch_size},
 concurrency {config.concurrency}, lanes {config.lanes}; a dedicated valkey-server with AOF
 on (everysec), started as `seqd serve` starts its embedded one (allocator: {allocator}),
-and the benchmark process on this 2-core machine (shared with other work).
+and the benchmark process on this machine (CPU: {cpu_model()}, {os.cpu_count()} cores).
 {rn}.
 Lateness "spread" = steps enrolled beforehand with due times spread at that rate (the
 dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatches.
@@ -821,6 +912,10 @@ dispatcher's own lateness); "meanwhile" = this process enrolls while it dispatch
 | figure | value | target |
 | --- | --- | --- |
 | steps/s, no-op sink | {f["noop"]:,.0f} | {TARGET_STEPS:,} ({mark(f["noop"] >= TARGET_STEPS)}) |
+| scripts-only floor (peek → lease → advance per shard, every shard at once, no dispatcher Python): steps/s | {f["floor"]:,.0f} | |
+| ratio seqd no-op / floor (median of each run's own) | {f["floor_ratio"]:.2f} | {TARGET_FLOOR} ({mark(f["floor_ratio"] >= TARGET_FLOOR)}) |
+| BullMQ: {n:,} no-op jobs added in bulk, drained (concurrency {bullmq_concurrency}) | {f["bullmq"]:,.0f} jobs/s | |
+| ratio seqd no-op / BullMQ (median of each run's own) | {f["bullmq_ratio"]:.1f}x | {TARGET_BULLMQ:.0f}x ({mark(f["bullmq_ratio"] >= TARGET_BULLMQ)}) |
 | steps/s, no-op sink, the same server on the C library's malloc (no preload) | {f["noop_libc"]:,.0f} (valkey CPU {f["redis_cpu_libc_us"]:.1f} µs/step) | |
 | steps/s, `twilio` channel against a local Messages API server | {f["twilio"]:,.0f} | |
 | lateness p50 / p99, due times spread at {low:,} steps/s | {f["low_p50"]:.1f} ms / {f["low_p99"]:.1f} ms | p99 < {TARGET_P99_MS} ms ({mark(f["low_p99"] < TARGET_P99_MS)}) |
@@ -849,6 +944,85 @@ Commands in the no-op burst (first run), most called: {", ".join(f"`{k}` {v / n:
         print(out.getvalue())
 
 
+async def compare_main(n: int, runs: int, bullmq_concurrency: int) -> None:
+    """The no-op burst, the scripts-only floor and BullMQ's no-op drain on one valkey-server,
+    interleaved (the order turning per run), with each one's CPU per step."""
+    kinds = ["seqd", "floor", "bullmq"] if bullmq_ready() else ["seqd", "floor"]
+    got: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
+    config = DispatchConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_valkey(Path(tmp))
+        try:
+            store = await Store.open(connect(url, max_connections=256), PREFIX, SHARDS)
+            cids = await make_contacts(store, n)
+            for k in range(runs):
+                for kind in kinds[k % len(kinds) :] + kinds[: k % len(kinds)]:
+                    if kind == "bullmq":
+                        valkey = cpu_seconds(proc.pid)
+                        rate, own = await bullmq_noop(url, n, bullmq_concurrency)
+                        # (The valkey figure includes the jobs' bulk add.)
+                        got[kind].append((rate, own, (cpu_seconds(proc.pid) - valkey) / n * 1e6))
+                        continue
+                    seq = await new_sequence(store, f"{kind}{k}")
+                    await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
+                    valkey, python = cpu_seconds(proc.pid), time.process_time()
+                    if kind == "seqd":
+                        rate = await burst(store, One(NoopSender()), n, config)
+                    else:
+                        rate = await floor_burst(store, n, config, WAIT_MS)
+                    got[kind].append((
+                        rate,
+                        (time.process_time() - python) / n * 1e6,
+                        (cpu_seconds(proc.pid) - valkey) / n * 1e6,
+                    ))  # fmt: skip
+                each = ", ".join(f"{x} {got[x][-1][0]:,.0f}/s" for x in kinds)
+                print(f"run {k + 1}/{runs}: {each}")
+            await store.close()
+        finally:
+            proc.terminate()
+            proc.wait()
+
+    def ratio(peer: str) -> tuple[float, str]:
+        each = [a[0] / b[0] for a, b in zip(got["seqd"], got[peer], strict=True)]
+        return median(each), ", ".join(f"{r:.2f}" for r in each)
+
+    rows = []
+    for kind in kinds:
+        rates = " / ".join(f"{r[0]:,.0f}" for r in got[kind])
+        own = median([r[1] for r in got[kind]])
+        valkey = median([r[2] for r in got[kind]])
+        middle = median([r[0] for r in got[kind]])
+        rows.append(f"| {kind} | {middle:,.0f} | {rates} | {own:.1f} | {valkey:.1f} |")
+    floor, floor_each = ratio("floor")
+    lines = [f"- seqd / floor: {floor:.2f} (per run: {floor_each}); target >= {TARGET_FLOOR}"]
+    if "bullmq" in got:
+        bull, bull_each = ratio("bullmq")
+        lines.append(
+            f"- seqd / BullMQ: {bull:.1f}x (per run: {bull_each}); target >= {TARGET_BULLMQ:.0f}x"
+        )
+    body = f"""
+`python -m benchmarks.dispatch --compare --n {n} --runs {runs} --bullmq-concurrency {bullmq_concurrency}`
+on CPU: {cpu_model()}, {os.cpu_count()} cores. N = {n:,} steps due at once per run, on one
+valkey-server (AOF everysec, as `seqd serve` starts it), the kinds interleaved, the order
+turning per run; medians, and the ratio as the median of each run's own.
+
+- **seqd**: the real dispatcher loop (`Dispatcher.start()`, default settings: batch_size
+  {config.batch_size}, lanes {config.lanes}) sending the first step of a two-step SMS
+  sequence into a no-op sink;
+- **floor**: the same scripts with no dispatcher Python: per shard, every shard at once,
+  peek (`claimDue`) → lease (`leasePeeked`) → advance, one round trip each;
+- **bullmq**: BullMQ (Node.js) draining N no-op jobs added in bulk beforehand, concurrency
+  {bullmq_concurrency} (its own CPU: node's; valkey's includes the bulk add).
+
+| kind | steps/s (median) | runs | own CPU µs/step | valkey CPU µs/step |
+| --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+{chr(10).join(lines)}
+"""  # noqa: E501
+    record("dispatch: seqd against the scripts-only floor and BullMQ", body)
+
+
 def cli() -> None:
     # The collector schedule `seqd` sets at start: seqd's code in this process runs as in seqd.
     collector.tune()
@@ -865,6 +1039,12 @@ def cli() -> None:
         help="only no-op bursts with the per-step counters on and off, interleaved",
     )
     parser.add_argument("--twilio-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bullmq-concurrency", type=int, default=100)
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="only the no-op burst, the scripts-only floor and BullMQ, interleaved",
+    )
     parser.add_argument(
         "--variants",
         action="store_true",
@@ -883,7 +1063,15 @@ def cli() -> None:
         uvloop.run(reacting_main(args.n, args.runs))
         return
 
-    uvloop.run(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n, args.runs))
+    if args.compare:
+        uvloop.run(compare_main(args.n, args.runs, args.bullmq_concurrency))
+        return
+    uvloop.run(
+        main(
+            args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n, args.runs,
+            args.bullmq_concurrency,
+        )
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

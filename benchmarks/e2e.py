@@ -48,47 +48,16 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from benchmarks.dispatch import cpu_seconds, free_port, start_valkey
+from benchmarks.peers import PEERS, bullmq_ready
 from benchmarks.results import cpu_model, record
 from seqd.store.db import Store, connect
 
 TENANT = "e2e"
+# Kinds that are a `seqd serve`; base and base2 run from the --base checkout.
+SEQD_KINDS = ("seqd", "seqd2", "intake", "base", "base2")
 PREFIX = "seqd"
 BATCH = 1000
 IN_FLIGHT = 4
-PEERS = Path(__file__).parent / ".peers"
-NPM_INSTALL = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix"]
-
-BULLMQ_JS = r"""
-const { Queue, Worker } = require('bullmq');
-const [n, port, sink, concurrency] = process.argv.slice(2).map((v, i) => i === 2 ? v : +v);
-const connection = { host: '127.0.0.1', port };
-const readline = require('readline');
-process.on('unhandledRejection', (e) => { console.error(e); process.exit(1); });
-(async () => {
-  const worker = new Worker('e2e', async (job) => {
-    const r = await fetch(sink, { method: 'POST', headers: { 'content-type': 'application/json' },
-                                  body: JSON.stringify(job.data) });
-    await r.arrayBuffer();
-    if (r.status !== 201) throw new Error('status ' + r.status);
-  }, { connection, concurrency, removeOnComplete: { count: 0 } });
-  const queue = new Queue('e2e', { connection });
-  await worker.waitUntilReady();
-  await queue.waitUntilReady();
-  console.log('ready');
-  const rl = readline.createInterface({ input: process.stdin });
-  rl.once('line', async () => {
-    for (let start = 0; start < n; start += 1000) {
-      const jobs = [];
-      for (let i = start; i < Math.min(n, start + 1000); i++) {
-        jobs.push({ name: 's', data: { to: '+1415' + String(i).padStart(7, '0'), body: 'Hi there' },
-                    opts: { removeOnComplete: true } });
-      }
-      await queue.addBulk(jobs);
-    }
-    console.log('added');
-  });
-})();
-"""
 
 
 def phone(i: int) -> str:
@@ -141,10 +110,13 @@ async def until(probe: Any, what: str, limit: float = 30) -> Any:
 
 
 def start_seqd(
-    url: str, workdir: Path, sink: Sink, workers: int
+    url: str, workdir: Path, sink: Sink, workers: int, tree: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`seqd serve` from this checkout, or from `tree` (another checkout's root: --base)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEQD_")}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     env.update(
         SEQD_REDIS_URL=url,
         SEQD_REDIS_PREFIX=PREFIX,
@@ -160,6 +132,7 @@ def start_seqd(
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            cwd=tree,
         )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -179,17 +152,19 @@ def children(pid: int) -> list[int]:
 
 
 async def event_log_bytes(client: aioredis.Redis, store: Store) -> tuple[int, int]:
-    """(bytes, events) of the tenant's event log: its stream and every payload key."""
-    total = int(await client.memory_usage(store.keys.events(TENANT)) or 0)
-    events = 0
+    """(bytes, events) of the tenant's event log: its stream and every payload key (one
+    per event, or per batched outbox entry's events); the events are the stream's entries."""
+    log = store.keys.events(TENANT)
+    total = int(await client.memory_usage(log) or 0)
     pattern = store.keys.event(TENANT, "*")
     async for key in client.scan_iter(match=pattern, count=1000):
         total += int(await client.memory_usage(key) or 0)
-        events += 1
-    return total, events
+    return total, int(await client.xlen(log))
 
 
-async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[str, Any]:
+async def run_seqd(
+    n: int, intake: bool, base: Path, workers: int = 1, tree: Path | None = None
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(dir=base))
     valkey, url = start_valkey(workdir)
     sink = Sink()
@@ -198,7 +173,7 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
     proc: subprocess.Popen[bytes] | None = None
     try:
         _, secret = await store.tenants.create_key(TENANT)
-        proc, api = start_seqd(url, workdir, sink, workers)
+        proc, api = start_seqd(url, workdir, sink, workers, tree)
         auth = {"Authorization": f"Bearer {secret}"}
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=IN_FLIGHT),
@@ -227,6 +202,12 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
                 assert len(pids) == workers, pids
                 pids.update(sup=proc.pid, valkey=valkey.pid, sink=sink.proc.pid)
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            commands_before = await command_stats(client)
+            spy = start_spy(proc.pid, workdir) if PROFILE else None
+            if PROFILE:  # every top-level command into the slowlog: time by script
+                await client.config_set("slowlog-max-len", 2_000_000)
+                await client.config_set("slowlog-log-slower-than", 0)
+                await client.slowlog_reset()
             started = time.monotonic()
             if intake:
                 await write_intake(client, sid, n)
@@ -235,6 +216,10 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
             enrolled = time.monotonic() - started
             stats = await sink.wait_hits(http, n, limit=600)
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            if spy is not None:
+                stop_spy(spy, workdir)
+                await print_slowlog(client, n)
+            commands = diff_stats(commands_before, await command_stats(client), n)
             if workers > 1:
                 cpu = {"seqd": sum(v for k, v in cpu.items() if k[0] == "w" or k == "sup"), **cpu}
             await asyncio.sleep(1.5)  # the last step's completion event reaches the log
@@ -249,6 +234,7 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
             "event_bytes": log_bytes / max(1, events),
             "events_per_enrollment": events / n,
             "hits": stats["hits"],
+            "commands": commands,
         }
     finally:
         if proc is not None:
@@ -260,6 +246,70 @@ async def run_seqd(n: int, intake: bool, base: Path, workers: int = 1) -> dict[s
         valkey.terminate()
         valkey.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def command_stats(client: aioredis.Redis) -> dict[str, tuple[int, int]]:
+    """(calls, usec) by command so far, the commands scripts run included."""
+    stats = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
+
+
+def diff_stats(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], n: int
+) -> dict[str, tuple[float, float]]:
+    """(calls, usec) per step by command over the run."""
+    out = {}
+    for name, (calls, usec) in after.items():
+        c0, u0 = before.get(name, (0, 0))
+        if calls > c0:
+            out[name] = ((calls - c0) / n, (usec - u0) / n)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+
+
+# SEQD_E2E_PROFILE=<file>: py-spy samples seqd (all workers) over the run, folded stacks.
+PROFILE = os.environ.get("SEQD_E2E_PROFILE", "")
+
+
+def start_spy(pid: int, workdir: Path) -> subprocess.Popen[bytes]:
+    spy = shutil.which("py-spy") or "py-spy"
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
+         "--rate", "200", "--nonblocking", "--output", PROFILE],
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "spy.log", "wb"),
+    )  # fmt: skip
+
+
+async def print_slowlog(client: aioredis.Redis, n: int) -> None:
+    from seqd.store.scripts import load_scripts
+
+    names = {s.sha: name for name, s in load_scripts().items()}
+    await client.config_set("slowlog-log-slower-than", 10_000)
+    kwargs = client.connection_pool.connection_kwargs
+    import redis
+
+    sync = redis.Redis(host=kwargs["host"], port=kwargs["port"], socket_timeout=300)
+    entries = sync.execute_command("SLOWLOG", "GET", -1)
+    sync.close()
+    by: dict[str, list[int]] = {}
+    for entry in entries:
+        args = [a.decode() if isinstance(a, bytes) else str(a) for a in entry[3]]
+        name = args[0].lower()
+        if name == "evalsha" and len(args) > 1:
+            name = names.get(args[1], args[1][:8])
+        got = by.setdefault(name, [0, 0])
+        got[0] += 1
+        got[1] += int(entry[2])
+    print(f"  slowlog: {len(entries)} commands")
+    for name, (calls, usec) in sorted(by.items(), key=lambda kv: -kv[1][1])[:15]:
+        print(f"  {name}: {calls} calls, {usec / n:.1f} µs/step, {usec / calls:.0f} µs/call")
+
+
+def stop_spy(spy: subprocess.Popen[bytes], workdir: Path) -> None:
+    import signal
+
+    spy.send_signal(signal.SIGINT)
+    spy.wait(30)
 
 
 async def post_batches(
@@ -291,23 +341,6 @@ async def write_intake(client: aioredis.Redis, sid: str, n: int) -> None:
                 entry = {"tenant": TENANT, "sequence_id": sid, "contact": json.dumps(contact(i))}
                 pipe.xadd(stream, entry)  # type: ignore[arg-type]
             await pipe.execute()
-
-
-def bullmq_ready() -> bool:
-    if shutil.which("node") is None:
-        return False
-    if not (PEERS / "node_modules" / "ioredis").exists():
-        PEERS.mkdir(exist_ok=True)
-        done = subprocess.run(
-            [*NPM_INSTALL, str(PEERS), "bullmq", "ioredis"],
-            capture_output=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            print("bullmq: npm install failed:", done.stderr.decode()[-500:])
-            return False
-    (PEERS / "worker.js").write_text(BULLMQ_JS)
-    return True
 
 
 async def run_bullmq(n: int, concurrency: int, base: Path) -> dict[str, Any]:
@@ -470,7 +503,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
         lines.append(f"| {kind} | {med(kind, 'rate'):,.0f} | {rates} | {cpu(kind)} |")
     lines.append("")
     for peer in ("bullmq", "arq"):
-        for kind in ("seqd", "seqd2", "intake"):
+        for kind in SEQD_KINDS:
             if peer in runs and kind in runs:
                 ratios = sorted(
                     a["rate"] / b["rate"] for a, b in zip(runs[kind], runs[peer], strict=True)
@@ -480,6 +513,17 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
                     + ", ".join(f"{r:.2f}" for r in ratios)
                     + ")"
                 )
+    for new, old in (("seqd", "base"), ("seqd2", "base2")):
+        if new in runs and old in runs:
+            pairs = list(zip(runs[new], runs[old], strict=True))
+            ratios = sorted(a["rate"] / b["rate"] for a, b in pairs)
+            cpu_ratios = sorted(a["cpu_us"]["seqd"] / b["cpu_us"]["seqd"] for a, b in pairs)
+            lines.append(
+                f"- {new} / {old} (this tree against --base): {statistics.median(ratios):.2f}× "
+                f"steps/s, {statistics.median(cpu_ratios):.2f}× seqd CPU per step (per rep: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + ")"
+            )
     if "seqd" in runs and "seqd2" in runs:
         ratios = sorted(
             a["rate"] / b["rate"] for a, b in zip(runs["seqd2"], runs["seqd"], strict=True)
@@ -489,7 +533,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
             + ", ".join(f"{r:.2f}" for r in ratios)
             + ")"
         )
-    for kind in ("seqd", "seqd2", "intake"):
+    for kind in SEQD_KINDS:
         if kind in runs:
             lines.append(
                 f"- {kind}: enrollment requests done at {med(kind, 'enroll_rate'):,.0f} items/s; "
@@ -513,9 +557,10 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as base:
         for rep in range(args.reps):
             for kind in kinds:
-                if kind in ("seqd", "seqd2", "intake"):
-                    workers = 2 if kind == "seqd2" else 1
-                    result = await run_seqd(args.n, kind == "intake", Path(base), workers)
+                if kind in SEQD_KINDS:
+                    workers = 2 if kind.endswith("2") else 1
+                    tree = args.base if kind.startswith("base") else None
+                    result = await run_seqd(args.n, kind == "intake", Path(base), workers, tree)
                 elif kind == "bullmq":
                     result = await run_bullmq(args.n, args.bullmq_concurrency, Path(base))
                 else:
@@ -523,6 +568,12 @@ async def main(args: argparse.Namespace) -> None:
                 runs[kind].append(result)
                 cpu = {name: round(us) for name, us in result["cpu_us"].items()}
                 print(f"rep {rep} {kind}: {result['rate']:,.0f} steps/s, CPU µs/step {cpu}")
+                if "commands" in result:
+                    top = list(result["commands"].items())[:12]
+                    print(
+                        "  valkey per step (calls, µs): "
+                        + ", ".join(f"{k} {c:.2f}/{u:.1f}" for k, (c, u) in top)
+                    )
     body = summarize(runs, args.n)
     command = f"`python -m benchmarks.e2e --n {args.n} --reps {args.reps} --only {','.join(kinds)}`"
     record("End to end: new contacts enrolled and sent over HTTP", f"{command}\n\n{body}")
@@ -535,6 +586,11 @@ def cli() -> None:
     parser.add_argument("--only", default="seqd,seqd2,intake,bullmq,arq")
     parser.add_argument("--bullmq-concurrency", type=int, default=100)
     parser.add_argument("--arq-jobs", type=int, default=100)
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="another checkout's root: kinds base and base2 run `seqd serve` from it",
+    )
     parser.add_argument("--arq-child", nargs=4, metavar=("URL", "SINK", "N", "JOBS"))
     args = parser.parse_args()
     try:

@@ -279,8 +279,9 @@ async def test_advance_sent_schedules_the_next_step_then_completes(
 async def test_advance_batches_the_fast_paths_events_one_entry_per_type(
     any_store: Store,
 ) -> None:
-    """A call's sent and skipped steps go out as one outbox entry per type, after the events
-    the general path writes as it goes; each enrollment's events keep their order."""
+    """A call's events go out as one outbox entry per type, the steps' before the
+    enrollments' (a failed step's `step.failed` before its `enrollment.cancelled`): each
+    enrollment's events keep their order."""
     s = any_store
     seq = await sequence(s, sms(), sms(wait=10))
     es = await enroll(s, seq, await contacts(s, 24))
@@ -305,12 +306,12 @@ async def test_advance_batches_the_fast_paths_events_one_entry_per_type(
     rows = (await s.client.xrange(s.keys.outbox(sh)))[before:]
     assert [f["type"] for _, f in rows] == [
         "sequence.step.failed",
-        "sequence.enrollment.cancelled",
         "sequence.step.sent",
         "sequence.step.skipped",
+        "sequence.enrollment.cancelled",
     ]
-    assert "data" in rows[0][1] and "items" not in rows[0][1]
-    sent, skipped = (json.loads(f["items"]) for _, f in rows[2:])
+    failed, sent, skipped, cancelled = (json.loads(f["items"]) for _, f in rows)
+    assert [d["id"] for d in failed] == [d["id"] for d in cancelled] == [items[0].id]
     assert [d["id"] for d in sent] == [i.id for i in items if isinstance(i, Sent)]
     assert [d["id"] for d in skipped] == [i.id for i in items if isinstance(i, Skipped)]
     assert {d["step"] for d in sent + skipped} == {0}
@@ -1163,13 +1164,14 @@ async def test_deferred_steps_built_in_python_equal_advances_deferral(any_store:
     # The head is a lower bound of the queue's first score.
     head = await s.client.zscore(s.keys.heads(sh), batch.items[0].enrollment.sequence)
     assert head is not None and head <= until
-    # The built path's event went batched (an `items` entry), the general path's alone.
+    # Both events went batched (an `items` entry): deferSteps' and advance's, which batches
+    # every event of a call.
     entries = [
         "items" in fields
         for _, fields in await s.client.xrange(s.keys.outbox(sh))
         if fields["type"] == "sequence.step.deferred"
     ]
-    assert entries == [False, True]
+    assert entries == [True, True]
 
 
 async def test_deferred_steps_moved_since_their_peek_are_left_alone(any_store: Store) -> None:

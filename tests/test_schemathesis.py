@@ -190,7 +190,7 @@ def test_every_operation_answers_as_documented(server: Server, tmp_path: Path) -
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
     )
     out = result.stdout
     print(out[out.find("SUMMARY") :])

@@ -218,19 +218,19 @@ class Budgets:
         for (records, routes, asks, of), reply in zip(
             asked.budgets, replies[:budgets], strict=True
         ):
-            answers = budget.decode(asks, reply)  # type: ignore[arg-type]
             # (sender, pin) -> its Pick: a piece's steps share a few.
             made: dict[tuple[str, bool], Pick] = {}
-            for answer, (item_id, pin) in zip(answers, of, strict=True):
-                sid = answer.sender
-                if sid is not None:
+            answers = budget.replies(reply)  # type: ignore[arg-type]
+            for ask, (item_id, pin), (taken, until) in zip(asks, of, answers, strict=True):
+                if taken:
+                    sid = ask.senders[taken - 1]
                     pick = made.get((sid, pin))
                     if pick is None:
                         pick = Pick(sender=records[sid], route=routes[sid], pin=pin)
                         made[(sid, pin)] = pick
                     out[item_id] = pick
                     continue
-                until = now + PAUSED_WAIT_MS if answer.until == budget.PAUSED else answer.until
+                until = now + PAUSED_WAIT_MS if until == budget.PAUSED else until
                 out[item_id] = Pick(until=max(until, now), reason="sender_limit")
         for ids, reply in zip(asked.counted, replies[budgets:], strict=True):
             for item_id, wait in zip(ids, reply, strict=True):  # type: ignore[call-overload]

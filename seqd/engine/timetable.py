@@ -65,6 +65,8 @@ class Timetable:
         # Enrollment id -> the rules and zones its send-time check found, for its next
         # step's time: emptied when schedules are read (`load`), so never older than them.
         self._checked: dict[str, tuple[Rules, RecipientZone]] = {}
+        # (tenant, schedule id) -> that schedule as read and its rules, as `_checked`.
+        self._ruled: dict[tuple[str, str | None], tuple[Schedule | None, Rules]] = {}
 
     def _is_open(self, rules: Rules, timing: StepTiming, recipient: RecipientZone, at: int) -> bool:
         key = (rules, timing.quiet, recipient.region, recipient.zones)
@@ -84,13 +86,13 @@ class Timetable:
 
     async def load(self, plans: Mapping[str, Plan], items: Iterable[Claimed]) -> None:
         """Read the schedules of the items' sequences not read in the last `refresh_ms`."""
-        self._checked = {}
+        self._checked, self._ruled = {}, {}
         now = self.clock()
         wanted = set()
-        for item in items:
-            plan = plans.get(item.plan_key)
+        for tenant, plan_key in {(item.enrollment.tenant, item.plan_key) for item in items}:
+            plan = plans.get(plan_key)
             if plan is not None and plan.schedule_id is not None:
-                key = (item.enrollment.tenant, plan.schedule_id)
+                key = (tenant, plan.schedule_id)
                 kept = self._schedules.get(key)
                 if kept is None or now - kept[1] >= self.refresh_ms:
                     wanted.add(key)
@@ -104,6 +106,15 @@ class Timetable:
             return None
         kept = self._schedules.get((tenant, plan.schedule_id))
         return kept[0] if kept is not None else None
+
+    def _rules(self, tenant: str, plan: Plan) -> tuple[Schedule | None, Rules]:
+        """The schedule of `plan` as last read, and the rules of the tenant under it."""
+        key = (tenant, plan.schedule_id)
+        found = self._ruled.get(key)
+        if found is None:
+            schedule = self._schedule(tenant, plan)
+            found = self._ruled[key] = (schedule, self.policy.rules(tenant, schedule))
+        return found
 
     def wait_after(self, plan: Plan, item: Claimed, step: int, at: int) -> int:
         """ms from a send of step `step` of claimed `item` at `at` to the next step's due
@@ -119,8 +130,7 @@ class Timetable:
             if _inert(rules, timing):
                 return plan.steps[nxt].wait_ms
         else:
-            schedule = self._schedule(e.tenant, plan)
-            rules = self.policy.rules(e.tenant, schedule)
+            schedule, rules = self._rules(e.tenant, plan)
             if _inert(rules, timing):
                 return plan.steps[nxt].wait_ms
             c = item.contact
@@ -139,8 +149,7 @@ class Timetable:
         if step >= len(plan.steps):
             return None
         sp = plan.steps[step]
-        schedule = self._schedule(e.tenant, plan)
-        rules = self.policy.rules(e.tenant, schedule)
+        schedule, rules = self._rules(e.tenant, plan)
         if _inert(rules, sp.timing):
             return None
         c = item.contact

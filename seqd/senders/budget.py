@@ -10,7 +10,7 @@ and passed in, so the script does plain arithmetic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
@@ -157,3 +157,11 @@ def decode(asks: Sequence[Ask], reply: Sequence[int]) -> list[Answer]:
         Answer(a.senders[t - 1] if (t := int(taken)) else None, int(until), int(used))
         for a, taken, until, used in zip(asks, values, values, values, strict=False)
     ]
+
+
+def replies(reply: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Per ask of `reply`, (the place taken among its senders, 0: none; until): `decode`
+    without its Answers, for the dispatcher's hot path."""
+    values = iter(reply)
+    for taken, until, _ in zip(values, values, values, strict=False):
+        yield int(taken), int(until)

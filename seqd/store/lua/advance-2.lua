@@ -59,6 +59,10 @@ local tag, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- @include dispatch
 -- @include settles
 -- @include tasks
+-- Every enrollment event of the call goes out batched (enrollment.lua `emit_batched`): a
+-- last step's `sent` and `completed` included, which would otherwise be an outbox entry,
+-- an event log payload key and a reader's turn each.
+batch_events = true
 
 -- Every item is checked before anything is written: a script error does not roll back.
 local ok, items = pcall(cjson.decode, ARGV[4])

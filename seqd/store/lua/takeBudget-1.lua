@@ -143,13 +143,24 @@ for i = at + 1, #ARGV do
 end
 
 if not peek then
+  -- Only the buckets of the limits a sender has move (take leaves the others as read):
+  -- each field written is a scan of the hash while it is a listpack.
   local writes = {}
   for s in pairs(changed) do
     local w = #writes
-    writes[w + 1], writes[w + 2] = s.id .. ':s', string.format('%.3f', s.s)
-    writes[w + 3], writes[w + 4] = s.id .. ':h', string.format('%.3f', s.h)
-    writes[w + 5], writes[w + 6] = s.id .. ':g', string.format('%.3f', s.g)
-    writes[w + 7], writes[w + 8] = s.id .. ':d', s.day .. ':' .. s.count
+    if s.per_second > 0 then
+      writes[w + 1], writes[w + 2] = s.id .. ':s', string.format('%.3f', s.s)
+      w = w + 2
+    end
+    if s.per_hour > 0 then
+      writes[w + 1], writes[w + 2] = s.id .. ':h', string.format('%.3f', s.h)
+      w = w + 2
+    end
+    if s.gap > 0 then
+      writes[w + 1], writes[w + 2] = s.id .. ':g', string.format('%.3f', s.g)
+      w = w + 2
+    end
+    writes[w + 1], writes[w + 2] = s.id .. ':d', s.day .. ':' .. s.count
   end
   for pool, c in pairs(cursors) do
     if c.dirty then

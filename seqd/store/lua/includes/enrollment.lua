@@ -30,14 +30,18 @@ local function emit_message(etype, tenant, now, data, id, cid, seq, step)
   return emit(etype, tenant, now, data)
 end
 
--- The hot paths' events (enroll's `created`, advance's `sent`/`skipped`) go out batched:
+-- The hot paths' events (enroll's `created`, advance's every event) go out batched:
 -- one outbox entry per (tenant, type) of a call, holding up to OUTBOX_ITEMS (scripts.py,
 -- in every script's prelude) events' data as a JSON array in `items`
 -- (store/outbox.py `Entry.events`), appended when full and at the end of the call
 -- (`flush_batched`). One XADD, read, ack and delete per entry instead of per event; each
--- event's id is still derived from the entry (event_ids.py). Events of one
--- enrollment keep their order: a call touches an enrollment once.
-local batched, batched_order = {}, {}
+-- event's id is still derived from the entry (event_ids.py). A call touches an enrollment
+-- once, writing at most a step's event and then the enrollment's (sent then completed,
+-- failed then cancelled): step events (`sequence.step.*`) leave before any other batch
+-- does, so the events of one enrollment keep their order.
+local batched, batched_order, step_batches = {}, {}, {}
+-- Set by a script (advance) whose every enrollment_event goes out batched.
+local batch_events = false
 
 local function flush_one(b, now)
   -- The brackets go on the end items, not around the joined text: every Lua string is
@@ -50,6 +54,12 @@ local function flush_one(b, now)
   b.items = {}
 end
 
+local function flush_steps(now)
+  for _, b in ipairs(step_batches) do
+    if #b.items > 0 then flush_one(b, now) end
+  end
+end
+
 -- `data` is the event's data already as JSON text. (Batches by type, then tenant: no key
 -- string to build per event.)
 local function emit_batched(etype, tenant, now, data)
@@ -60,16 +70,25 @@ local function emit_batched(etype, tenant, now, data)
   end
   local b = of_type[tenant]
   if not b then
-    b = {etype = etype, tenant = tenant, items = {}}
+    b = {etype = etype, tenant = tenant, items = {},
+         step = string.sub(etype, 1, 14) == 'sequence.step.'}
     of_type[tenant] = b
-    batched_order[#batched_order + 1] = b
+    if b.step then
+      step_batches[#step_batches + 1] = b
+    else
+      batched_order[#batched_order + 1] = b
+    end
   end
   local items = b.items
   items[#items + 1] = data
-  if #items >= OUTBOX_ITEMS then flush_one(b, now) end
+  if #items >= OUTBOX_ITEMS then
+    if not b.step then flush_steps(now) end
+    flush_one(b, now)
+  end
 end
 
 local function flush_batched(now)
+  flush_steps(now)
   for _, b in ipairs(batched_order) do
     if #b.items > 0 then flush_one(b, now) end
   end
@@ -192,7 +211,11 @@ local function enrollment_event(etype, id, e, now, extra)
   for _, f in ipairs(EVENT_FIELDS) do fields[f] = e[f] end
   local data = {id = id, fields = fields}
   if extra then for k, v in pairs(extra) do data[k] = v end end
-  emit(etype, e['t'], now, data)
+  if batch_events then
+    emit_batched(etype, e['t'], now, cjson.encode(data))
+  else
+    emit(etype, e['t'], now, data)
+  end
 end
 
 -- The first waiting enrollment of contact `cid` (exclusive_waiting, in request order)
