@@ -337,7 +337,7 @@ async def main(n: int, levels: list[int], reps: int, kind: str) -> None:
         + f"\n\nRedis memory per logged event: {median(per_event):,.0f} B; per pending "
         f"delivery (body included): {median(per_delivery):,.0f} B.\n"
     )
-    record(f"webhooks ({kind} receiver)", body)
+    record("webhooks" if kind == "sink" else "webhooks, aiohttp receiver", body)
 
 
 if __name__ == "__main__":
