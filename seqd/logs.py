@@ -54,12 +54,31 @@ class LogFile:
 
 
 class _Stderr:
-    """sys.stderr as it is at each write, not as it was at setup (tests swap it)."""
+    """sys.stderr as it is at each write, not as it was at setup (tests swap it).
+
+    A record reaches stderr whole, in one write: Python's stderr writes through, and
+    `print` writes a line and its newline apart, so the workers of one service, sharing
+    one stderr, would otherwise cut into each other's lines."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        with self._lock:
+            if not text.endswith("\n"):
+                self._pending.append(text)
+                return len(text)
+            line = "".join(self._pending) + text if self._pending else text
+            self._pending.clear()
+            sys.stderr.write(line)
+            return len(text)
 
     def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                sys.stderr.write("".join(self._pending))
+                self._pending.clear()
         sys.stderr.flush()
 
     def isatty(self) -> bool:

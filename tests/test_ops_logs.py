@@ -207,3 +207,30 @@ def test_log_file_level_and_reopen(tmp_path: Path) -> None:
         assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["two", "three"]
     finally:
         logs.setup(LogConfig(), stream=io.StringIO())
+
+
+class Writes(io.StringIO):
+    """A stderr that keeps each write call apart, as the OS sees them (stderr writes through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_record_reaches_stderr_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers share the service's stderr: a record written in pieces could be cut into.
+    err = Writes()
+    monkeypatch.setattr("sys.stderr", err)
+    logs.setup(LogConfig(format="json"))
+    try:
+        structlog.get_logger("t").error("boom", detail="x" * 5000)
+        logging.getLogger("lib").warning("from a library")
+    finally:
+        logs.setup(LogConfig(), stream=io.StringIO())
+    assert len(err.calls) == 2
+    assert all(call.endswith("\n") and call.count("\n") == 1 for call in err.calls)
+    assert json.loads(err.calls[0])["detail"] == "x" * 5000
