@@ -22,11 +22,11 @@ are enrolled through the real `enroll` script, all due at once, and the real dis
 
 `--profile` runs the no-op burst under cProfile and prints the top of the Python side.
 
-`--conditions` measures only the no-op burst of plain sequences against the same burst of
-sequences with conditions on every step (`only_if` / `skip_if` over contact fields,
-attributes, metadata and an earlier step's outcome, all holding so the same steps are
-sent), interleaved in one run on one server: the ratio, not the bare rate, is the figure
-on a loaded machine.
+`--conditions` / `--variants` (either or both) measures only the no-op burst of plain
+sequences against the same burst of sequences with conditions on every step (`only_if` /
+`skip_if` over contact fields, attributes, metadata and an earlier step's outcome, all
+holding so the same steps are sent), with two A/B variants on every step, and with both,
+in turn in one run on one server: the ratios to the same run's plain burst are the figures.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from benchmarks.results import median, percentile, record
+from benchmarks.results import cpu_model, median, percentile, record
 from seqd import collector, ids, models
 from seqd.channels.base import OutboundMessage, SendResult
 from seqd.config import ChannelsConfig, Config, DispatchConfig, TwilioConfig
@@ -240,8 +240,20 @@ def _conditions(step: int) -> dict[str, Any]:
     return {"only_if": only_if, "skip_if": _SKIP_IF}
 
 
+# Two A/B variants of a step, half the enrollments each (`--variants`).
+_VARIANTS = [
+    {"id": "a", "weight": 50, "body": "Hi {{first_name|there}}, A"},
+    {"id": "b", "weight": 50, "body": "Hello {{first_name|there}}, B"},
+]
+
+
 async def new_sequence(
-    store: Store, name: str, steps: int = 2, conditions: bool = False, later_wait: int = 1440
+    store: Store,
+    name: str,
+    steps: int = 2,
+    conditions: bool = False,
+    later_wait: int = 1440,
+    variants: bool = False,
 ) -> models.Sequence:
     body = models.SequenceCreate(
         name=name,
@@ -250,7 +262,8 @@ async def new_sequence(
             msgspec.convert(
                 {"kind": "sms", "body": f"Hi {{{{first_name|there}}}}, step {i}",
                  "wait_minutes": 0 if i == 0 else later_wait,
-                 **(_conditions(i) if conditions else {})},
+                 **(_conditions(i) if conditions else {}),
+                 **({"variants": _VARIANTS} if variants else {})},
                 models.StepIn,
             )
             for i in range(steps)
@@ -679,48 +692,92 @@ async def once(
     return figures, parts, delta
 
 
-async def conditions_run(n: int, rounds: int) -> None:
-    """Plain and conditional no-op bursts, interleaved (ABBA...) on one server."""
-    workdir = Path(tempfile.mkdtemp(prefix="seqd-bench-conditions-"))
-    proc, url = start_valkey(workdir)
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    cpu: dict[bool, list[float]] = {False: [], True: []}
-    try:
-        store = await Store.open(connect(url, max_connections=256), PREFIX, SHARDS)
-        config = DispatchConfig()
-        cids = await make_contacts(store, n)
-        for k in range(rounds):
-            for conditional in (False, True) if k % 2 == 0 else (True, False):
-                # Both steps due at once: the second's conditions read the first's outcome.
-                seq = await new_sequence(
-                    store, f"c{k}{conditional}", conditions=conditional, later_wait=0
-                )
-                await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
-                started = time.process_time()
-                rates[conditional].append(await burst(store, One(NoopSender()), 2 * n, config))
-                cpu[conditional].append((time.process_time() - started) / (2 * n) * 1e6)
-        await store.close()
-    finally:
-        proc.terminate()
-        proc.wait()
-    ratios = [c / p for p, c in zip(rates[False], rates[True], strict=True)]
-    plain, cond = median(rates[False]), median(rates[True])
-    body = f"""
-N = {n:,} enrollments due at once per burst, each with two steps due one after the other
-(2N steps a burst), {SHARDS} shards, a no-op sink, the real dispatcher loop; {rounds}
-rounds of a plain two-step SMS sequence and the same sequence with conditions on every
-step (`only_if` over a contact field and an attribute, and on the second step also the
-first step's outcome; `skip_if` over the enrollment's metadata; all holding, so the same
-steps are sent), interleaved on one valkey-server on a shared 2-core machine: read the
-ratio and the CPU per step (same run), not the rates.
+# What a `--conditions` / `--variants` burst's steps carry: (conditions, variants).
+REACTING = {
+    "plain": (False, False),
+    "conditions": (True, False),
+    "variants": (False, True),
+    "conditions + variants": (True, True),
+}
 
-| figure | plain | conditions on every step |
-| --- | --- | --- |
-| steps/s, no-op sink (median) | {plain:,.0f} | {cond:,.0f} |
-| benchmark process CPU per step (median) | {median(cpu[False]):.1f} µs | {median(cpu[True]):.1f} µs |
-| ratio conditional / plain, median of the rounds' own | | {median(ratios):.3f} |
-"""  # noqa: E501
-    record("dispatch, conditions on every step", body)
+
+async def reacting_burst(store: Store, n: int, name: str, pid: int) -> tuple[float, float, float]:
+    """The dispatcher loop sending and settling the two steps of `n` new contacts'
+    enrollments, both due at once (the second's conditions read the first's outcome), the
+    steps carrying what REACTING[name] says: steps/s, CPU µs per step of this process and
+    of valkey `pid`."""
+    conditional, variants = REACTING[name]
+    cids = await make_contacts(store, n)
+    seq = await new_sequence(store, name, conditions=conditional, variants=variants, later_wait=0)
+    await enroll_direct(store, seq.id, cids, 0, int(time.time() * 1000))
+    steps = 2 * len(cids)
+    redis_cpu, python_cpu = cpu_seconds(pid), time.process_time()
+    rate = await burst(store, One(NoopSender()), steps, DispatchConfig())
+    python_us = (time.process_time() - python_cpu) / steps * 1e6
+    return rate, python_us, (cpu_seconds(pid) - redis_cpu) / steps * 1e6
+
+
+async def reacting_main(n: int, runs: int) -> None:
+    """Plain bursts and bursts with conditions, variants and both on every step, in turn
+    (the order rotates each run); each kind's ratios to the same run's plain burst. Each
+    run has a fresh valkey-server, warmed by an uncounted burst, so no run pays for the
+    data (and AOF rewrites) of the ones before it."""
+    got: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    names = list(REACTING)
+    for k in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, url = start_valkey(Path(tmp))
+            try:
+                store = await Store.open(connect(url, max_connections=256), PREFIX, SHARDS)
+                await reacting_burst(store, n // 5, "conditions + variants", proc.pid)
+                for name in names[k % 4 :] + names[: k % 4]:
+                    got[name].append(await reacting_burst(store, n, name, proc.pid))
+                await store.close()
+            finally:
+                proc.terminate()
+                proc.wait()
+        print(
+            f"run {k + 1}/{runs}: "
+            + ", ".join(
+                f"{name} {got[name][-1][0]:,.0f}/s ({got[name][-1][1]:.1f} + "
+                f"{got[name][-1][2]:.1f} µs)"
+                for name in names
+            )
+        )
+
+    def ratio(name: str, i: int) -> float:
+        return median([a[i] / b[i] for a, b in zip(got[name], got["plain"], strict=True)])
+
+    rows = "\n".join(
+        f"| {name} | {median([g[0] for g in got[name]]):,.0f} | {ratio(name, 0):.3f} | "
+        f"{median([g[1] for g in got[name]]):.1f} µs | {ratio(name, 1):.3f} | "
+        f"{median([g[2] for g in got[name]]):.1f} µs | {ratio(name, 2):.3f} |"
+        for name in names
+    )
+    each = ", ".join(f"{a[0] / b[0]:.2f}" for a, b in zip(got[names[3]], got["plain"], strict=True))
+    record(
+        "dispatch: conditions and A/B variants on every step (issue 22)",
+        f"""
+`python -m benchmarks.dispatch --conditions --variants --n {n} --runs {runs}` (through the
+benchmark wrapper: one benchmark at a time, everything else on the machine at nice 19).
+CPU: {cpu_model()}, {os.cpu_count()} cores. N = {n:,} enrollments due at once per burst,
+each with two SMS steps due one after the other (2N steps a burst), {SHARDS} shards,
+default dispatch settings, a no-op sink, the real dispatcher loop. {runs} runs, each on a
+fresh valkey-server (AOF everysec) warmed by an uncounted burst of N/5, sending one burst
+of each kind in an order that rotates from run to run; medians, and each ratio is the median of the runs' own ratios to the
+same run's plain burst. Conditions: `only_if` over a contact field and an attribute (on
+the second step also the first step's outcome, `{{"step": 0, "is": "sent"}}`) and `skip_if`
+over the enrollment's metadata, all holding, so the same steps are sent. Variants: two
+A/B variants, weight 50 each, on every step (picked by BLAKE2b of enrollment id and step,
+recorded as `v<step>`).
+
+| steps carry | steps/s | ratio to plain | CPU per step, this process | ratio | CPU per step, valkey-server | ratio |
+| --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Steps/s ratio of conditions + variants to plain, each run: {each}.
+""",  # noqa: E501
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -792,83 +849,6 @@ Commands in the no-op burst (first run), most called: {", ".join(f"`{k}` {v / n:
         print(out.getvalue())
 
 
-async def variant_burst(
-    store: Store, n: int, variants: bool, pid: int
-) -> tuple[float, float, float]:
-    """For the dispatcher loop to send and settle `n` first steps due now of a two-step SMS
-    sequence, each step with two A/B variants when `variants`: steps/s, and CPU µs per
-    step of this process and of the valkey-server `pid` (less moved by other load)."""
-    ab = [
-        models.VariantIn(id="a", weight=50, body="Hi {{first_name|there}}, A"),
-        models.VariantIn(id="b", weight=50, body="Hello {{first_name|there}}, B"),
-    ]
-    body = models.SequenceCreate(
-        name="variants" if variants else "plain",
-        status="active",
-        steps=[
-            models.StepIn(kind="sms", body="Hi {{first_name|there}}, step 0",
-                          variants=ab if variants else None),
-            models.StepIn(kind="sms", body="Again", wait_minutes=1440,
-                          variants=ab if variants else None),
-        ],
-    )  # fmt: skip
-    seq = await store.sequences.create(TENANT, body)
-    await enroll_direct(store, seq.id, await make_contacts(store, n), 0, int(time.time() * 1000))
-    redis_cpu, python_cpu = cpu_seconds(pid), time.process_time()
-    rate = await burst(store, One(NoopSender()), n, DispatchConfig())
-    redis_us = (cpu_seconds(pid) - redis_cpu) / n * 1e6
-    return rate, (time.process_time() - python_cpu) / n * 1e6, redis_us
-
-
-async def variants_main(n: int, runs: int) -> None:
-    """Plain and variant bursts in turn on one valkey-server; the ratio of each pair."""
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_valkey(Path(tmp))
-        try:
-            store = await Store.open(connect(url), PREFIX, SHARDS)
-            rates: dict[str, list[float]] = defaultdict(list)
-            for k in range(runs):
-                # Alternate which goes first, so a drift of the machine's load is shared.
-                order = [False, True] if k % 2 == 0 else [True, False]
-                got = {v: await variant_burst(store, n, v, proc.pid) for v in order}
-                for name, v in (("plain", False), ("variants", True)):
-                    rate, python_us, redis_us = got[v]
-                    rates[name].append(rate)
-                    rates[f"{name}_py"].append(python_us)
-                    rates[f"{name}_redis"].append(redis_us)
-                rates["ratio"].append(got[True][0] / got[False][0])
-                rates["py_ratio"].append(got[True][1] / got[False][1])
-                rates["redis_ratio"].append(got[True][2] / got[False][2])
-                print(
-                    f"run {k + 1}/{runs}: plain {got[False][0]:,.0f}/s "
-                    f"({got[False][1]:.0f} + {got[False][2]:.0f} µs CPU), "
-                    f"variants {got[True][0]:,.0f}/s ({got[True][1]:.0f} + {got[True][2]:.0f} µs)"
-                )
-            await store.close()
-        finally:
-            proc.terminate()
-            proc.wait()
-    each = ", ".join(f"{r:.2f}" for r in rates["ratio"])
-    record(
-        "dispatch: A/B variants",
-        f"""
-N = {n:,} first steps of a two-step SMS sequence due at once, {SHARDS} shards, default
-dispatch settings, a no-op sink; {runs} runs, each a plain burst and a burst with two
-variants on every step in turn (which goes first alternates), medians (the ratio: the
-median of each run's own). A variant step is picked per enrollment (BLAKE2b of enrollment
-id and step) and recorded as `v<step>` by advance's fast path (one more hash field, and a
-passed group per variant). The machine is shared (2 cores, other work running): compare
-the ratios, not the steps/s.
-
-| figure | plain | variants on every step | ratio variants / plain |
-| --- | --- | --- | --- |
-| steps/s | {median(rates["plain"]):,.0f} | {median(rates["variants"]):,.0f} | {median(rates["ratio"]):.2f} (runs: {each}) |
-| CPU per step, this process | {median(rates["plain_py"]):.0f} µs | {median(rates["variants_py"]):.0f} µs | {median(rates["py_ratio"]):.2f} |
-| CPU per step, valkey-server | {median(rates["plain_redis"]):.1f} µs | {median(rates["variants_redis"]):.1f} µs | {median(rates["redis_ratio"]):.2f} |
-""",  # noqa: E501
-    )
-
-
 def cli() -> None:
     # The collector schedule `seqd` sets at start: seqd's code in this process runs as in seqd.
     collector.tune()
@@ -886,11 +866,11 @@ def cli() -> None:
     )
     parser.add_argument("--twilio-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
-        "--variants", action="store_true", help="only plain vs A/B variant bursts, in turn"
+        "--variants",
+        action="store_true",
+        help="only bursts of plain steps and of steps with conditions, A/B variants and both",
     )
-    parser.add_argument(
-        "--conditions", action="store_true", help="only plain vs conditional bursts, interleaved"
-    )
+    parser.add_argument("--conditions", action="store_true", help="the same as --variants")
     args = parser.parse_args()
     if args.twilio_server:
         twilio_server(args.twilio_server)
@@ -899,11 +879,8 @@ def cli() -> None:
 
     if args.counters_ab:
         uvloop.run(counters_ab(args.n, args.runs))
-    if args.variants:
-        uvloop.run(variants_main(args.n, args.runs))
-        return
-    if args.conditions:
-        uvloop.run(conditions_run(args.n, max(2, args.runs * 2)))
+    if args.variants or args.conditions:
+        uvloop.run(reacting_main(args.n, args.runs))
         return
 
     uvloop.run(main(args.n, args.rate, args.seconds, args.profile, args.arq_n or args.n, args.runs))

@@ -48,7 +48,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from benchmarks.dispatch import cpu_seconds, free_port, start_valkey
-from benchmarks.results import record
+from benchmarks.results import cpu_model, record
 from seqd.store.db import Store, connect
 
 TENANT = "e2e"
@@ -89,13 +89,6 @@ process.on('unhandledRejection', (e) => { console.error(e); process.exit(1); });
   });
 })();
 """
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def phone(i: int) -> str:

@@ -93,6 +93,15 @@ def _server(out: str) -> tuple[subprocess.Popen[bytes], int]:
 # no_counters: the plain burst with the per-step counters off (`dispatch.without_counters`).
 RULES = ("none", "off", "on", "closed", "open", "no_counters")
 PLAIN = ("none", "no_counters")
+# Bursts of a two-step sequence with both steps due at once (n/2 enrollments, n steps; the
+# second step's conditions read the first's outcome), its steps carrying what
+# `dispatch.REACTING` names: plain2 neither, then conditions, variants, or both (reacting).
+REACTING_MODES = {
+    "plain2": "plain",
+    "conditions": "conditions",
+    "variants": "variants",
+    "reacting": "conditions + variants",
+}
 
 
 async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> None:
@@ -100,6 +109,7 @@ async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> Non
     from benchmarks import rules
     from benchmarks.dispatch import (
         PREFIX,
+        REACTING,
         SHARDS,
         Counting,
         NoopSender,
@@ -119,9 +129,17 @@ async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> Non
     client = connect(f"redis://127.0.0.1:{port}/0", max_connections=256, socket_timeout=60)
     store = await Store.open(client, PREFIX, SHARDS)
     config = DispatchConfig(lanes=lanes)
+    policy = None
     if rules_mode in PLAIN:
         cids = await make_contacts(store, n)
         seq_id = (await new_sequence(store, "instructions")).id
+    elif rules_mode in REACTING_MODES:
+        conditional, variants = REACTING[REACTING_MODES[rules_mode]]
+        cids = await make_contacts(store, n // 2)
+        seq = await new_sequence(
+            store, rules_mode, conditions=conditional, variants=variants, later_wait=0
+        )
+        seq_id = seq.id
     else:
         cids = await make_contacts(store, n, ("timezone", rules.midday_zone()))
         always = {d: [["00:00", "24:00"]] for d in rules.DAYS}
@@ -141,7 +159,7 @@ async def _burst(port: int, n: int, lanes: int, rules_mode: str = "none") -> Non
         await store.runner.load_all()  # (not a NOSCRIPT and a compile in the count)
         _control("-i", "on")
         _control("-z")
-        if rules_mode in PLAIN:
+        if policy is None:
             await burst(store, One(NoopSender()), n, config)
         else:
             counting = Counting(n)
@@ -226,8 +244,8 @@ def cli() -> None:
     parser.add_argument(
         "--rules",
         default="none",
-        help="bursts under sending rules, comma-separated, counted in turn and printed "
-        f"(not recorded): {', '.join(RULES)}",
+        help="bursts under sending rules or with conditions / A/B variants, comma-separated, "
+        f"counted in turn and printed (not recorded): {', '.join((*RULES, *REACTING_MODES))}",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 leaves behind.
 
     python -m benchmarks.memory [--n 100000] [--reps 1] [--only phone,full,...]
-    python -m benchmarks.memory --aof [--n 1000000] [--percentage 100] [--min-mb 64]
+    python -m benchmarks.memory --aof [--n 1000000] [--percentage 200] [--min-mb 256]
 
 Each run is a real `seqd serve` on its embedded store (the valkey-server it starts itself,
 with the settings it starts it with; AOF everysec) in a fresh data directory, one active
@@ -56,6 +56,7 @@ import redis.asyncio as aioredis
 from benchmarks.dispatch import free_port
 from benchmarks.e2e import cpu_model, post_batches, until
 from benchmarks.results import record
+from seqd.config import EmbeddedConfig
 from seqd.embedded import find_binary, server_env, socket_path
 from seqd.store import keys as keyspace
 from seqd.store.db import Store, connect
@@ -414,8 +415,9 @@ def cli() -> None:
     parser.add_argument("--only", default="", help="comma-separated cases: " + ", ".join(CASES))
     parser.add_argument("--aof", action="store_true")
     parser.add_argument("--dry", action="store_true", help="print, do not write RESULTS.md")
-    parser.add_argument("--percentage", type=int, default=100)
-    parser.add_argument("--min-mb", type=int, default=64)
+    embedded = EmbeddedConfig()
+    parser.add_argument("--percentage", type=int, default=embedded.aof_rewrite_percentage)
+    parser.add_argument("--min-mb", type=int, default=embedded.aof_rewrite_min_mb)
     args = parser.parse_args()
     asyncio.run(main(args))
 

@@ -15,6 +15,13 @@ HEADER = (
 )
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import free_port
 
@@ -123,3 +125,19 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def call(daemon: Daemon, key: str, method: str, path: str, body: Any = None) -> Any:
+    """A JSON API call to `daemon` with API key `key`; a 4xx or 5xx fails the test."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{daemon.url}/v1{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{method} {path}: {exc.code} {exc.read()!r}") from None

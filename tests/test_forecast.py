@@ -7,6 +7,7 @@ from typing import Any
 
 from seqd.times import from_rfc3339
 from tests.conftest import Api
+from tests.dispatchutil import Clock, Recorder, dispatcher, raw
 
 HOUR = 3_600_000
 
@@ -97,4 +98,82 @@ async def test_bad_queries_are_422_naming_the_field(api: Api) -> None:
         assert code == 422, (query, body)
         assert body["errors"][0]["path"] == field, body  # type: ignore[index]
     code, body = await api.call("GET", "/forecast?sequence_id=seq_nope")
+    assert code == 404, body
+
+
+async def _sender(api: Api, channel: str, address: str) -> str:
+    code, made = await api.call("POST", "/senders", {"channel": channel, "address": address})
+    assert code == 201, made
+    return made["sender"]["id"]  # type: ignore[index,no-any-return]
+
+
+async def _pooled(api: Api, pool: list[str], rotation: str, waits: list[int]) -> str:
+    steps = [{"kind": "sms", "wait_minutes": w, "body": f"step {n}"} for n, w in enumerate(waits)]
+    body = {
+        "name": "s",
+        "status": "active",
+        "steps": steps,
+        "senders": {"sms": pool},
+        "rotation": rotation,
+    }
+    code, made = await api.call("POST", "/sequences", body)
+    assert code == 201, made
+    return made["sequence"]["id"]  # type: ignore[index,no-any-return]
+
+
+async def _enrolled(api: Api, sid: str, first: int, n: int) -> list[str]:
+    items = [{"contact": {"phone": f"+1415555{first + i:04d}"}} for i in range(n)]
+    code, body = await api.call("POST", f"/sequences/{sid}/enrollments/batch", {"items": items})
+    assert code == 200, body
+    return [r["enrollment"]["id"] for r in body["results"]]  # type: ignore[index]
+
+
+async def test_a_senders_forecast_counts_the_steps_known_to_go_from_it(api: Api) -> None:
+    # A step's sender is known ahead only when its pool has one sender or its contact is
+    # pinned (sticky); the steps of a pool whose sender is picked when they go are
+    # `unassigned` for each sender of the pool, in no bucket.
+    a, b, c = [await _sender(api, "sms", f"+1312555{n:04d}") for n in (1, 2, 3)]
+    mail = await _sender(api, "email", "ana@acme.io")
+    sticky = await _pooled(api, [a, b], "sticky", [0, 60])
+    pinned = await _enrolled(api, sticky, 0, 4)
+    # The first steps go (each contact pinned to the sender it got), the second ones are
+    # due an hour later.
+    clock = Clock()
+    recorder = Recorder()
+    await dispatcher(api.store, recorder, clock).run_once(clock.at)
+    assert len(recorder.messages) == 4
+    pins = {eid: (await raw(api.store, eid))["ys"] for eid in pinned}
+    assert sorted(Counter(pins.values()).values()) == [2, 2]
+    unpinned = await _enrolled(api, sticky, 10, 1)  # its first step: either sender
+    solo = await _pooled(api, [a], "sticky", [0, 90])
+    await _enrolled(api, solo, 20, 3)  # due now: overdue, from a
+    rr = await _pooled(api, [a, b], "round_robin", [30])
+    await _enrolled(api, rr, 30, 3)  # either sender
+    other = await _pooled(api, [c], "sticky", [45])
+    await _enrolled(api, other, 40, 2)
+
+    async def forecast(query: str) -> dict[str, Any]:
+        code, answer = await api.call("GET", f"/forecast?hours=3&{query}")
+        assert code == 200, answer
+        return answer  # type: ignore[return-value]
+
+    for sid, overdue in ((a, 3), (b, 0)):
+        answer = await forecast(f"sender_id={sid}")
+        due = [int((await raw(api.store, eid))["n"]) for eid in pinned if pins[eid] == sid]
+        _, buckets = _expected(due, answer)
+        assert [x["count"] for x in answer["buckets"]] == buckets
+        assert (answer["overdue"], answer["total"]) == (overdue, 2)
+        assert answer["unassigned"] == len(unpinned) + 3
+    answer = await forecast(f"sender_id={c}&group_by=day")
+    assert (answer["overdue"], answer["total"], answer["unassigned"]) == (0, 2, 0)
+    # Another channel's sender, or another channel than the sender's: nothing.
+    for query in (f"sender_id={mail}", f"sender_id={a}&channel=email"):
+        answer = await forecast(query)
+        assert (answer["overdue"], answer["total"], answer["unassigned"]) == (0, 0, 0)
+    answer = await forecast(f"sender_id={a}&sequence_id={rr}")
+    assert (answer["overdue"], answer["total"], answer["unassigned"]) == (0, 0, 3)
+    # Without sender_id, every step counts and none is unassigned.
+    answer = await forecast("")
+    assert (answer["overdue"], answer["total"], answer["unassigned"]) == (4, 9, None)
+    code, body = await api.call("GET", "/forecast?sender_id=snd_nope")
     assert code == 404, body

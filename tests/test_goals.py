@@ -4,8 +4,12 @@ whose `exit_on` the event meets (completed_reason "goal"), across a restart of s
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from seqd.store.scripts import ScriptError
 from tests.conftest import QUIET_OFF, Api
 from tests.dispatchutil import Clock, Recorder, events
 from tests.lifecycleutil import send_due
+from tests.opsutil import Daemon, call
 
 SMS = {"kind": "sms", "body": "Hi"}
 MEETING = {"event": "meeting_booked"}
@@ -307,3 +312,51 @@ async def test_the_script_refuses_what_it_cannot_decide(api: Api) -> None:
     assert not [e for e in await events(store) if e["type"] == "contact.event_recorded"]
     repeated, text = await run("acme", [sid, version, ""])
     assert repeated == 0 and '"completed":[]' in text
+
+
+@pytest.mark.slow  # two real `seqd serve` processes, one after the other
+async def test_a_goal_in_the_next_seqd_process_completes_what_the_first_sent(
+    store: Store, store_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """The first process enrolls and sends step 0, then stops (SIGTERM); the goal posted
+    to the next one completes the enrollment, once (the same event id again answers the
+    same completion)."""
+    _, key = await store.tenants.create_key("acme")
+    first = Daemon(store_url, prefix, tmp_path / "first").start()
+    try:
+        first.wait_healthy()
+        body = {
+            "name": "s",
+            "status": "active",
+            "steps": [SMS, {**SMS, "wait_minutes": 60}],
+            "exit_on": [MEETING],
+        }
+        sid = call(first, key, "POST", "/sequences", body)["sequence"]["id"]
+        made = {"contact": {"first_name": "Ada", "phone": "+14155550100"}}
+        got = call(first, key, "POST", f"/sequences/{sid}/enrollments", made)["enrollment"]
+        eid, cid = got["id"], got["contact_id"]
+        deadline = time.monotonic() + 30
+        while call(first, key, "GET", f"/enrollments/{eid}")["enrollment"]["current_step"] < 1:
+            assert time.monotonic() < deadline, first.stderr()
+            await asyncio.sleep(0.1)
+        first.signal(signal.SIGTERM)
+        assert first.wait() == 0, first.stderr()
+    finally:
+        first.stop()
+    second = Daemon(store_url, prefix, tmp_path / "second").start()
+    try:
+        second.wait_healthy()
+        event = {"id": "booked-1", "name": "meeting_booked"}
+        answer = call(second, key, "POST", f"/contacts/{cid}/events", event)
+        assert answer["completed"] == [eid]
+        got = call(second, key, "GET", f"/enrollments/{eid}")["enrollment"]
+        assert (got["status"], got["completed_reason"], got["goal"]) == (
+            "completed",
+            "goal",
+            "meeting_booked",
+        )
+        assert got["current_step"] == 1
+        again = call(second, key, "POST", f"/contacts/{cid}/events", event)
+        assert again["event"] == answer["event"] and again["completed"] == [eid]
+    finally:
+        second.stop()

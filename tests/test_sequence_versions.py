@@ -354,3 +354,33 @@ def test_a_steps_timing_and_winner_are_not_what_it_is() -> None:
     old = _steps("a", "b")
     new = [msgspec.structs.replace(s, wait_minutes=5, winner="x") for s in reversed(old)]
     assert step_map(old, new, edited=False) == [1, 0]
+
+
+async def test_step_facts_follow_their_steps_through_two_moves(api: Api) -> None:
+    a = {"kind": "sms", "body": "a"}
+    b = {"kind": "sms", "body": "b", "skip_if": {"field": "phone", "exists": True}}
+    c = {"kind": "sms", "wait_minutes": 60, "body": "c"}
+    sid, eid = await _setup(api, [a, b, c])
+    sender, clock = Recorder(), Clock()
+    d = dispatcher(api.store, sender, clock)
+    for _ in range(2):
+        await d.run_once(clock.at)
+        clock.advance(1000)
+    assert [m.body for m in sender.messages] == ["a"]
+    assert (await raw(api.store, eid))["o"] == "-k"  # a sent, b skipped; at step 2
+
+    async def move(steps: list[dict[str, Any]]) -> tuple[str, str]:
+        status, got = await api.call(
+            "PATCH", f"/sequences/{sid}", {"steps": steps, "apply_to": "all"}
+        )
+        assert status == 200, got
+        h = await raw(api.store, eid)
+        return h["o"], h["mv"]
+
+    # Swapped: the skip is step 0's now, the send step 1's; sends 0 and 1 are at 1 and 0.
+    assert await move([b, a, c]) == ("k-", "1,0")
+    # b dropped, a first, a new email where b was: step 1 did not run (x).
+    email = {"kind": "email", "subject": "s", "body": "new"}
+    assert await move([a, email, c]) == ("-x", "0,-1")
+    _, got = await api.call("GET", f"/enrollments/{eid}")
+    assert got["enrollment"]["sequence_version"] == 3  # type: ignore[index]

@@ -5,37 +5,18 @@ enrollment's entry in the due index: no other poller, nothing in memory)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from seqd.store.db import Store
 from seqd.times import now_ms, to_rfc3339
-from tests.opsutil import Daemon
+from tests.opsutil import Daemon, call
 
 pytestmark = pytest.mark.slow
-
-
-def _call(daemon: Daemon, key: str, method: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{daemon.url}/v1{path}",
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        raise AssertionError(f"{method} {path}: {exc.code} {exc.read()!r}") from None
 
 
 async def _until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
@@ -61,15 +42,15 @@ async def test_a_task_hold_ends_in_the_next_process(
             },
             {"kind": "sms", "body": "Hi {{first_name}}"},
         ]
-        sid = _call(
+        sid = call(
             first, key, "POST", "/sequences", {"name": "s", "status": "active", "steps": steps}
         )["sequence"]["id"]
         people = [{"contact": {"first_name": "Ada", "phone": f"+1415555010{n}"}} for n in (0, 1)]
         path = f"/sequences/{sid}/enrollments"
-        eids = [_call(first, key, "POST", path, p)["enrollment"]["id"] for p in people]
+        eids = [call(first, key, "POST", path, p)["enrollment"]["id"] for p in people]
 
         def held() -> bool:
-            got = [_call(first, key, "GET", f"/enrollments/{e}")["enrollment"] for e in eids]
+            got = [call(first, key, "GET", f"/enrollments/{e}")["enrollment"] for e in eids]
             return all(e.get("paused_reason") == "awaiting_task" for e in got)
 
         await _until(held, "both enrollments held by their tasks")
@@ -81,18 +62,18 @@ async def test_a_task_hold_ends_in_the_next_process(
     second = Daemon(store_url, prefix, tmp_path / "second").start()
     try:
         second.wait_healthy()
-        tasks = {t["enrollment_id"]: t for t in _call(second, key, "GET", "/tasks")["data"]}
+        tasks = {t["enrollment_id"]: t for t in call(second, key, "GET", "/tasks")["data"]}
         completed, timed_out = eids
-        _call(second, key, "POST", f"/tasks/{tasks[completed]['id']}/complete", {})
+        call(second, key, "POST", f"/tasks/{tasks[completed]['id']}/complete", {})
         soon = to_rfc3339(now_ms() + 500)
-        _call(second, key, "PATCH", f"/tasks/{tasks[timed_out]['id']}", {"due_at": soon})
+        call(second, key, "PATCH", f"/tasks/{tasks[timed_out]['id']}", {"due_at": soon})
 
         def finished() -> bool:
-            got = [_call(second, key, "GET", f"/enrollments/{e}")["enrollment"] for e in eids]
+            got = [call(second, key, "GET", f"/enrollments/{e}")["enrollment"] for e in eids]
             return all(e["status"] == "completed" for e in got)
 
         await _until(finished, "both enrollments to go on and complete")
-        listed = _call(second, key, "GET", "/tasks")["data"]
+        listed = call(second, key, "GET", "/tasks")["data"]
         statuses = {t["enrollment_id"]: t["status"] for t in listed}
         assert statuses == {completed: "completed", timed_out: "timed_out"}
         second.signal(signal.SIGTERM)

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from seqd.engine.plans import build
 from seqd.store.db import Store
 from tests.conftest import Api
 from tests.dispatchutil import Clock, Recorder, dispatcher, events
-from tests.opsutil import Daemon
+from tests.opsutil import Daemon, call
 
 AB_SMS = {
     "kind": "sms",
@@ -227,17 +226,6 @@ async def test_winner_errors(api: Api, path: str, body: dict[str, Any], status: 
         assert problem["errors"][0]["path"] == "variant"  # type: ignore[index]
 
 
-def _call(daemon: Daemon, key: str, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        f"{daemon.url}/v1{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.mark.slow  # a real `seqd serve` with two worker processes
 async def test_seqd_worker_processes_send_the_variant_this_process_picks(
     store: Store, store_url: str, prefix: str, tmp_path: Path
@@ -249,19 +237,19 @@ async def test_seqd_worker_processes_send_the_variant_this_process_picks(
     try:
         daemon.wait_healthy()
         body = {"name": "ab", "status": "active", "steps": [AB_SMS]}
-        sid = _call(daemon, key, "POST", "/sequences", body)["sequence"]["id"]
+        sid = call(daemon, key, "POST", "/sequences", body)["sequence"]["id"]
         items = [{"contact": {"phone": f"+1415557{n:04d}"}} for n in range(60)]
-        made = _call(daemon, key, "POST", f"/sequences/{sid}/enrollments/batch", {"items": items})
+        made = call(daemon, key, "POST", f"/sequences/{sid}/enrollments/batch", {"items": items})
         eids = [item["enrollment"]["id"] for item in made["results"]]
         deadline = time.monotonic() + 30
         while True:
-            got = [_call(daemon, key, "GET", f"/enrollments/{e}")["enrollment"] for e in eids]
+            got = [call(daemon, key, "GET", f"/enrollments/{e}")["enrollment"] for e in eids]
             if all(e["status"] == "completed" for e in got):
                 break
             assert time.monotonic() < deadline, daemon.stderr()
             await asyncio.sleep(0.1)
         seq = msgspec.convert(
-            _call(daemon, key, "GET", f"/sequences/{sid}")["sequence"], models.Sequence
+            call(daemon, key, "GET", f"/sequences/{sid}")["sequence"], models.Sequence
         )
     finally:
         daemon.stop()

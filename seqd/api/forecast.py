@@ -27,6 +27,23 @@ class ForecastQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Annotated[str, Meta(max_length=64, description="only this sequence's steps")] | None
     ) = None
     channel: Annotated[Kind, Meta(description="only steps of this kind")] | None = None
+    sender_id: (
+        Annotated[
+            str,
+            Meta(
+                max_length=64,
+                description=(
+                    "only steps known now to go from this sender (GET /senders): of a"
+                    " sequence whose pool for the sender's channel is this sender alone, or"
+                    " whose contact a sticky rotation pinned to it. A step whose sender is"
+                    " picked when it goes (round robin, or a sticky contact's first step in"
+                    " a pool of several) is in no sender's buckets: `unassigned` counts"
+                    " those of pools with this sender"
+                ),
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ForecastBucket(models.Output, kw_only=True):
@@ -43,6 +60,19 @@ class Forecast(models.Output, kw_only=True):
     ]
     total: Annotated[int, Meta(description="steps due from `generated_at` to `until`")]
     buckets: list[ForecastBucket]
+    unassigned: (
+        Annotated[
+            int,
+            Meta(
+                description=(
+                    "with sender_id: steps due before `until` (overdue included) of a pool"
+                    " with this sender whose sender is picked when they go: they may go"
+                    " from it or another of the pool; null without sender_id"
+                )
+            ),
+        ]
+        | None
+    ) = None
 
 
 def bucket_edges(now: int, hours: int, width: int) -> list[int]:
@@ -79,7 +109,24 @@ async def forecast(request: web.Request) -> web.Response:
     now = now_ms()
     width = HOUR_MS if query.group_by == "hour" else DAY_MS
     edges = bucket_edges(now, query.hours, width)
-    overdue, counts = await store.forecasts.count(seqs, edges, query.channel)
+    unassigned = None
+    if query.sender_id is None:
+        overdue, counts = await store.forecasts.count(seqs, edges, query.channel)
+    else:
+        sender = await store.senders.get(tenant, query.sender_id)
+        kind = sender.channel
+        if query.channel is not None and query.channel != kind:
+            seqs = []  # no step of another channel goes from it
+        own = {r.id: r for r in await store.senders.all(tenant)}
+        # Each sequence's pool for the sender's channel as the dispatcher takes it
+        # (engine/budgets.py): the senders that exist, of that channel.
+        pools = {
+            seq.id: [s for s in seq.senders.of(kind) if (r := own.get(s)) and r.channel == kind]
+            for seq in seqs
+        }
+        overdue, counts, unassigned = await store.forecasts.count_sender(
+            seqs, edges, query.sender_id, kind, pools
+        )
     buckets = [
         ForecastBucket(start=to_rfc3339(lo - lo % width), count=n)
         for lo, n in zip(edges, counts, strict=False)
@@ -92,5 +139,6 @@ async def forecast(request: web.Request) -> web.Response:
             overdue=overdue,
             total=sum(counts),
             buckets=buckets,
+            unassigned=unassigned,
         )
     )

@@ -24,13 +24,14 @@ from typing import Protocol
 import aiohttp
 import msgspec
 import structlog
+from yarl import URL
 
 import seqd
 from seqd.config import WebhooksConfig
 from seqd.events import signing, ssrf
 from seqd.loop import Heart, Loop
 from seqd.store.db import Store
-from seqd.store.deliveries import ClaimedDelivery, DeliveryOutcome
+from seqd.store.deliveries import ClaimedDelivery, DeliveryFinish, DeliveryOutcome
 from seqd.store.webhooks import EndpointRecord
 from seqd.times import now_ms
 
@@ -46,6 +47,11 @@ MAINTENANCE_MS = 60_000
 GONE = 410
 # A chain of deliveries on one slot re-reads its endpoint record after this long.
 ENDPOINT_REFRESH_SECONDS = 1.0
+# Parsed endpoint URLs kept (a few per endpoint over its life: PATCHes change them).
+TARGETS_KEPT = 10_000
+
+
+Recorded = asyncio.Future[tuple[bool, ClaimedDelivery | None]]
 
 
 class DeliveryObserver(Protocol):
@@ -108,6 +114,11 @@ class Deliverer:
         self.tasks: set[asyncio.Task[None]] = set()
         self._next_maintenance = 0
         self._shard_turn = 0
+        # Outcomes waiting for the recorder task, which writes all that are ready in one
+        # round trip (a busy endpoint answers many slots in one turn of the event loop).
+        self._outcomes: list[tuple[DeliveryFinish, Recorded]] = []
+        self._recorder: asyncio.Task[None] | None = None
+        self._targets: dict[str, URL] = {}
         self.loop = Loop(
             NAME,
             self._turn,
@@ -215,16 +226,16 @@ class Deliverer:
         self, item: ClaimedDelivery, endpoint: EndpointRecord | None, now: int, started: float
     ) -> tuple[ClaimedDelivery | None, int]:
         """One delivery; returns the next one claimed for this slot (if any) and the time."""
-        finish = self.store.deliveries.finish
         if endpoint is None:
             # Deleted since the event: its deliveries go with it.
-            await finish(item, "drop", now=now, attempted=False)
+            await self._record(DeliveryFinish(item, "drop", now=now, attempted=False))
             self.observer.webhook_delivery("dropped")
             return None, now
         if not endpoint.enabled:
             reason = endpoint.disabled_reason or "disabled"
-            await finish(
-                item, "failed", now=now, attempted=False, error=f"endpoint disabled ({reason})"
+            error = f"endpoint disabled ({reason})"
+            await self._record(
+                DeliveryFinish(item, "failed", now=now, attempted=False, error=error)
             )
             self.observer.webhook_delivery("failed")
             return None, now
@@ -245,30 +256,69 @@ class Deliverer:
             outcome = "retry"
             wait = self.config.retry_schedule_seconds[attempts]
             due_at = at + int(jittered(wait, self.config.jitter, self.rng) * 1000)
-        recorded, nxt = await finish(
-            item,
-            outcome,
-            now=at,
-            due_at=due_at,
-            status=result.status,
-            error=result.error,
-            chain_lease_ms=0 if self.loop.stopping.is_set() else self.lease_ms,
+        recorded, nxt = await self._record(
+            DeliveryFinish(
+                item,
+                outcome,
+                now=at,
+                due_at=due_at,
+                status=result.status,
+                error=result.error,
+                chain_lease_ms=0 if self.loop.stopping.is_set() else self.lease_ms,
+            )
         )
         self.observer.webhook_delivery(outcome)
-        (log.debug if result.ok else log.info)(
-            "webhook.attempt",
-            delivery=item.id,
-            endpoint=endpoint.id,
-            event_id=item.event_id,
-            attempt=attempts,
-            status=result.status,
-            error=result.error or None,
-            outcome=outcome,
-        )
+        if not result.ok:
+            # A success is counted (observer), not logged: a line per delivery would cost
+            # more than the delivery's own bookkeeping.
+            log.info(
+                "webhook.attempt",
+                delivery=item.id,
+                endpoint=endpoint.id,
+                event_id=item.event_id,
+                attempt=attempts,
+                status=result.status,
+                error=result.error or None,
+                outcome=outcome,
+            )
         if not recorded:
             # Its lease ran out and another claim took over: that claimer records the end.
             log.warning("webhook.stale_claim", delivery=item.id)
         return nxt, at
+
+    async def _record(self, finish: DeliveryFinish) -> tuple[bool, ClaimedDelivery | None]:
+        """Record an outcome, together with every other outcome ready by then."""
+        recorded: Recorded = asyncio.get_running_loop().create_future()
+        self._outcomes.append((finish, recorded))
+        if self._recorder is None:
+            self._recorder = asyncio.create_task(self._write_outcomes())
+        return await recorded
+
+    async def _write_outcomes(self) -> None:
+        """Write the waiting outcomes, a batch per round trip, until none is left. A failed
+        write fails its batch's waiters (their claims come back after the lease)."""
+        batch: list[tuple[DeliveryFinish, Recorded]] = []
+        try:
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    results = await self.store.deliveries.finish_many([f for f, _ in batch])
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, waiter), result in zip(batch, results, strict=True):
+                    if waiter.done():  # its sender was cancelled
+                        continue
+                    if isinstance(result, Exception):
+                        waiter.set_exception(result)
+                    else:
+                        waiter.set_result(result)
+                batch = []
+        finally:
+            self._recorder = None
+            # Cancelled (stop): nobody is left to wait for these.
+            for _, waiter in batch + self._outcomes:
+                waiter.cancel()
+            self._outcomes = []
 
     async def post(self, endpoint: EndpointRecord, item: ClaimedDelivery, now: int) -> Attempt:
         """One signed POST of the delivery's body. Never raises for the receiver's faults."""
@@ -283,10 +333,8 @@ class Deliverer:
             ),
         }
         try:
-            if not self.config.allow_private_targets:
-                ssrf.check_literal(str(ssrf.parse(endpoint.url).host))
             async with self.session.post(
-                endpoint.url, data=item.body, headers=headers, allow_redirects=False
+                self._target(endpoint.url), data=item.body, headers=headers, allow_redirects=False
             ) as resp:
                 head = await resp.content.read(READ_LIMIT)
                 if 200 <= resp.status < 300:
@@ -308,6 +356,18 @@ class Deliverer:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return Attempt(None, f"request failed: {type(exc).__name__}: {exc}")
+
+    def _target(self, url: str) -> URL:
+        """An endpoint's URL, parsed (and an IP literal checked) once, not per delivery."""
+        target = self._targets.get(url)
+        if target is None:
+            target = ssrf.parse(url)
+            if not self.config.allow_private_targets:
+                ssrf.check_literal(str(target.host))
+            if len(self._targets) >= TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
 
     async def _disable(self, tenant: str, endpoint_id: str, now: int) -> None:
         def gone(record: EndpointRecord) -> EndpointRecord:
@@ -337,6 +397,9 @@ class Deliverer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self._recorder is not None:
+            self._recorder.cancel()
+            await asyncio.wait([self._recorder])
 
     async def _turn(self) -> float:
         """One round; with nothing claimable, sleep until the next due time, a finished

@@ -502,33 +502,14 @@ def _delivery_keys(keys: Keys, shard: int) -> list[str]:
     return [keys.delivery_due(shard), keys.failed_all(shard)]
 
 
-def finish_webhook(
-    keys: Keys,
-    shard: int,
-    now: int,
-    delivery_id: str,
-    token: str,
-    outcome: str,
-    due_at: int,
-    attempted: bool,
-    status: int | None,
-    error: str,
-    lease_ms: int,
-) -> Call:
+def finish_webhooks(keys: Keys, shard: int, outcomes: Iterable[Sequence[Arg]]) -> Call:
+    """`outcomes`: per claimed delivery of `shard`, its 9 values in the script's order (now,
+    id, token, outcome, due_at, attempted, status, error, lease_ms)."""
     tag = keys.shard_tag(shard)
-    args = [
-        tag,
-        now,
-        delivery_id,
-        token,
-        outcome,
-        due_at,
-        1 if attempted else 0,
-        "" if status is None else status,
-        error,
-        lease_ms,
-    ]
-    return Call("finishWebhook", _delivery_keys(keys, shard), args, tag)
+    args: list[Any] = [tag]
+    for outcome in outcomes:
+        args += outcome
+    return Call("finishWebhooks", _delivery_keys(keys, shard), args, tag)
 
 
 def retry_webhook(

@@ -15,6 +15,7 @@ Delivery hash fields: `t` tenant, `w` endpoint, `v` event id, `y` event type, `b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -23,6 +24,7 @@ from seqd import ids
 from seqd.errors import Conflict, NotFound
 from seqd.event_models import WebhookDelivery
 from seqd.store import calls, codec
+from seqd.store.calls import Arg
 from seqd.store.context import StoreContext
 from seqd.store.scripts import ScriptError
 from seqd.times import to_rfc3339
@@ -45,6 +47,38 @@ class ClaimedDelivery(msgspec.Struct, kw_only=True):
     type: str
     body: bytes
     attempts: int
+
+
+class DeliveryFinish(msgspec.Struct, frozen=True):
+    """The outcome of one claimed delivery, to record (`Deliveries.finish_many`)."""
+
+    item: ClaimedDelivery
+    outcome: DeliveryOutcome
+    now: int
+    due_at: int = 0
+    # Whether a request was made (counted in the attempts).
+    attempted: bool = True
+    status: int | None = None
+    error: str = ""
+    # After a delivered outcome, claim the endpoint's next due delivery with this lease.
+    chain_lease_ms: int = 0
+
+    def args(self) -> tuple[Arg, ...]:
+        """The script's 9 values for this delivery (finishWebhooks-2.lua)."""
+        return (
+            self.now,
+            self.item.id,
+            self.item.token,
+            self.outcome,
+            self.due_at,
+            1 if self.attempted else 0,
+            "" if self.status is None else self.status,
+            self.error,
+            self.chain_lease_ms,
+        )
+
+
+_NOT_RECORDED: tuple[bool, ClaimedDelivery | None] = (False, None)
 
 
 def delivery(did: str, h: dict[str, str]) -> WebhookDelivery:
@@ -127,23 +161,43 @@ class Deliveries:
         With `chain_lease_ms`, a delivered outcome also claims the endpoint's next due
         delivery in the same shard (returned), so a busy endpoint's slot goes on at the
         cost of this one call."""
-        reply = await self.store.runner.run(
-            calls.finish_webhook(
-                self.keys,
-                item.shard,
-                now,
-                item.id,
-                item.token,
-                outcome,
-                due_at,
-                attempted,
-                status,
-                error,
-                chain_lease_ms,
-            )
+        finish = DeliveryFinish(
+            item,
+            outcome,
+            now=now,
+            due_at=due_at,
+            attempted=attempted,
+            status=status,
+            error=error,
+            chain_lease_ms=chain_lease_ms,
         )
-        nxt = _claimed(item.shard, reply[1]) if len(reply) > 1 else None
-        return bool(reply[0]), nxt
+        [result] = await self.finish_many([finish])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def finish_many(
+        self, finishes: Sequence[DeliveryFinish]
+    ) -> list[tuple[bool, ClaimedDelivery | None] | Exception]:
+        """Record several outcomes in one round trip (one script call per shard); per
+        finish, in order, what `finish` returns or the ScriptError of its shard's call."""
+        by_shard: dict[int, list[int]] = {}
+        for i, f in enumerate(finishes):
+            by_shard.setdefault(f.item.shard, []).append(i)
+        calls_ = [
+            calls.finish_webhooks(self.keys, shard, (finishes[i].args() for i in members))
+            for shard, members in by_shard.items()
+        ]
+        replies = await self.store.runner.call_many(calls_)
+        out: list[tuple[bool, ClaimedDelivery | None] | Exception] = [_NOT_RECORDED] * len(finishes)
+        for (shard, members), reply in zip(by_shard.items(), replies, strict=True):
+            for n, i in enumerate(members):
+                if isinstance(reply, Exception):
+                    out[i] = reply
+                    continue
+                row = reply[n]
+                out[i] = (bool(row[0]), _claimed(shard, row[1]) if len(row) > 1 else None)
+        return out
 
     async def retry(self, tenant: str, endpoint_id: str, did: str, now: int) -> WebhookDelivery:
         """Put a failed delivery back in its queue, due now, with a fresh schedule."""

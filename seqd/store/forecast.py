@@ -3,22 +3,27 @@
 Read only. A step's queue score is the moment it will go, already moved by windows, quiet
 hours, skip dates and jitter when it was scheduled, so counting scores per bucket is
 exact for what is queued now; a send-time deferral (a sender out of budget, a frequency
-cap) moves a step only when it comes due, and then shows in the next forecast.
+cap) moves a step only when it comes due, and then shows in the next forecast. A step's
+sender is known before it goes only where its pool has one sender or its contact is
+pinned to one (sticky rotation); `count_sender` counts those, and the rest of a pool's
+steps apart.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from seqd import models
-from seqd.kinds import Kind
+from seqd.kinds import SPECS, Kind
 from seqd.store.context import StoreContext
 
 # Members read per page when a step's kind must be looked up enrollment by enrollment.
 _PAGE = 5000
+# What a member is to a count (`Forecasts._by_member`).
+_COUNTED, _UNASSIGNED = "counted", "unassigned"
 
 
 class Forecasts:
@@ -68,9 +73,54 @@ class Forecasts:
     ) -> tuple[int, list[int]]:
         """`count` for a sequence whose steps are of several kinds: each queued member's
         next step read from its enrollment, a page at a time (memory bounded by `_PAGE`)."""
-        counts = [0] * (len(edges) - 1)
-        overdue = 0
         wanted = {n for n, step in enumerate(seq.steps) if step.kind == kind}
+        overdue, counts, _ = await self._by_member(
+            seq, edges, ("i",), lambda got: _COUNTED if _step(got) in wanted else None
+        )
+        return overdue, counts
+
+    async def count_sender(
+        self,
+        sequences: Sequence[models.Sequence],
+        edges: Sequence[int],
+        sender: str,
+        kind: Kind,
+        pools: Mapping[str, Sequence[str]],
+    ) -> tuple[int, list[int], int]:
+        """As `count`, for the steps known now to go from `sender` (of channel `kind`): of
+        a sequence whose `kind` pool is `sender` alone, or whose contact a sticky rotation
+        pinned to it. `pools`: sequence id -> its `kind` pool's senders that exist (as the
+        dispatcher takes them). Also returns the steps before `edges[-1]` of a pool with
+        `sender` whose sender is picked when they go (round robin, a sticky contact not
+        pinned yet, or pinned to a sender gone from the pool): they may go from it."""
+        counts = [0] * (len(edges) - 1)
+        overdue = unassigned = 0
+        pin_field = SPECS[kind].sender_field
+        assert pin_field is not None
+        for seq in sequences:
+            pool = pools.get(seq.id, ())
+            if sender not in pool:
+                continue
+            wanted = {n for n, step in enumerate(seq.steps) if step.kind == kind}
+            classify = _sender_of(sender, pool, seq.rotation == "sticky", wanted)
+            o, c, u = await self._by_member(seq, edges, ("i", pin_field), classify)
+            overdue += o
+            unassigned += u
+            counts = [a + b for a, b in zip(counts, c, strict=True)]
+        return overdue, counts, unassigned
+
+    async def _by_member(
+        self,
+        seq: models.Sequence,
+        edges: Sequence[int],
+        fields: Sequence[str],
+        classify: Callable[[Sequence[str | None]], str | None],
+    ) -> tuple[int, list[int], int]:
+        """Overdue and per-bucket counts of `seq`'s queued members that `classify` (given
+        their enrollment's `fields`) counts, and how many it calls unassigned; read a page
+        at a time (memory bounded by `_PAGE`)."""
+        counts = [0] * (len(edges) - 1)
+        overdue = unassigned = 0
         client = self.store.client
         for shard in range(self.keys.shards):
             queue = self.keys.queue(shard, seq.id)
@@ -90,10 +140,14 @@ class Forecasts:
                 offset += len(rows)
                 pipe = client.pipeline(transaction=False)
                 for eid, _ in rows:
-                    pipe.hget(self.keys.enrollment(shard, str(eid)), "i")
-                steps = await pipe.execute()
-                for (_, score), step in zip(rows, steps, strict=True):
-                    if step is None or int(step) not in wanted:
+                    pipe.hmget(self.keys.enrollment(shard, str(eid)), fields)
+                read = await pipe.execute()
+                for (_, score), got in zip(rows, read, strict=True):
+                    what = classify(got)
+                    if what is None:
+                        continue
+                    if what == _UNASSIGNED:
+                        unassigned += 1
                         continue
                     at = bisect.bisect_right(edges, score) - 1
                     if at < 0:
@@ -102,4 +156,29 @@ class Forecasts:
                         counts[at] += 1
                 if len(rows) < _PAGE:
                     break
-        return overdue, counts
+        return overdue, counts, unassigned
+
+
+def _step(got: Sequence[str | None]) -> int | None:
+    """The step index of an enrollment's `i` (first of the fields read); None when gone."""
+    return None if got[0] is None else int(got[0])
+
+
+def _sender_of(
+    sender: str, pool: Sequence[str], sticky: bool, wanted: set[int]
+) -> Callable[[Sequence[str | None]], str | None]:
+    """What an enrollment (its `i` and its pin) is to `sender`'s count: its step is one
+    of `wanted` and goes from `sender` (the pool is `sender` alone, or the contact is
+    pinned to it), or its sender is picked when it goes (unassigned), or neither (None):
+    senders.budget.ask's rule, read ahead."""
+    alone = len(pool) == 1
+
+    def classify(got: Sequence[str | None]) -> str | None:
+        if _step(got) not in wanted:
+            return None
+        pinned = got[1] if sticky else None
+        if alone or pinned == sender:
+            return _COUNTED
+        return None if pinned is not None and pinned in pool else _UNASSIGNED
+
+    return classify
