@@ -4,15 +4,18 @@ stream; each beside a peer measured in the same run on the same valkey-server.
     python -m benchmarks.enroll [--n 4000] [--repeat 3] [--clients 32] [--load 1000000]
         [--batch-clients 16] [--workers N] [--batch-only]
 
-A private valkey-server (no persistence) and a real `seqd serve` subprocess (dispatcher and
-intake consumer off, so only enrolling runs) on free ports; the HTTP clients run in this
-process. The intake figure is the consumer draining a stream filled beforehand (the
-writer's own rate, raw pipelined XADD, is its peer). Medians of `--repeat` runs, each with
-a fresh sequence so every enrollment is really created.
+A private valkey-server (no persistence) and a real `seqd serve` subprocess (its default
+workers, one per core, unless --workers; dispatcher and intake consumer off, so only
+enrolling runs) on free ports; the HTTP clients run in this process. The intake figure is
+the consumer draining a stream filled beforehand (the writer's own rate, raw pipelined
+XADD, is its peer). Medians of `--repeat` runs, each with a fresh sequence so every
+enrollment is really created.
 
 Where the time goes, per enrolled item: the CPU time of valkey-server and of the seqd
-process (the `seqd serve` subprocess for the HTTP ways, this process for the intake
-consumers), from /proc, and the `enroll` script's own time from INFO commandstats.
+processes (`seqd serve`'s supervisor and workers for the HTTP ways, this process for the
+intake consumers), from /proc, and the `enroll` script's own time from INFO commandstats;
+and the CPU the rest of the machine spent meanwhile (/proc/stat), which tells a squeezed
+run.
 """
 
 from __future__ import annotations
