@@ -53,8 +53,8 @@ RESTART_CAP_SECONDS = 30.0
 # A server that ran this long before it died had not been crash-looping: no extra pause.
 STABLE_SECONDS = 60.0
 # Encodings the embedded server is started with (the README's "Memory" recommends them for
-# an external server): a hash whose values are all at most this long stays a listpack, a
-# third of the memory of a hashtable, and a contact's attributes or an enrollment's
+# an external server): a hash whose values are all at most this long stays a listpack,
+# about half the memory of a hashtable, and a contact's attributes or an enrollment's
 # metadata (JSON) often pass the server's default of 64 bytes.
 MEMORY_SETTINGS: tuple[str, ...] = ("--hash-max-listpack-value", "256")
 
