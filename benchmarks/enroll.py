@@ -2,16 +2,20 @@
 stream; each beside a peer measured in the same run on the same valkey-server.
 
     python -m benchmarks.enroll [--n 4000] [--repeat 3] [--clients 32] [--load 1000000]
+        [--batch-clients 16] [--workers N] [--batch-only]
 
-A private valkey-server (no persistence) and a real `seqd serve` subprocess (dispatcher and
-intake consumer off, so only enrolling runs) on free ports; the HTTP clients run in this
-process. The intake figure is the consumer draining a stream filled beforehand (the
-writer's own rate, raw pipelined XADD, is its peer). Medians of `--repeat` runs, each with
-a fresh sequence so every enrollment is really created.
+A private valkey-server (no persistence) and a real `seqd serve` subprocess (its default
+workers, one per core, unless --workers; dispatcher and intake consumer off, so only
+enrolling runs) on free ports; the HTTP clients run in this process. The intake figure is
+the consumer draining a stream filled beforehand (the writer's own rate, raw pipelined
+XADD, is its peer). Medians of `--repeat` runs, each with a fresh sequence so every
+enrollment is really created.
 
 Where the time goes, per enrolled item: the CPU time of valkey-server and of the seqd
-process (the `seqd serve` subprocess for the HTTP ways, this process for the intake
-consumers), from /proc, and the `enroll` script's own time from INFO commandstats.
+processes (`seqd serve`'s supervisor and workers for the HTTP ways, this process for the
+intake consumers), from /proc, and the `enroll` script's own time from INFO commandstats;
+and the CPU the rest of the machine spent meanwhile (/proc/stat), which tells a squeezed
+run.
 """
 
 from __future__ import annotations
@@ -134,6 +138,8 @@ class Costs:
     ) -> None:
         self.client, self.valkey, self.seqd, self.outbox = client, valkey, seqd, outbox
         self.rows: dict[str, list[tuple[float, ...]]] = {}
+        # CPU the rest of the machine spent meanwhile (other users' work, the kernel's).
+        self.others: dict[str, list[float]] = {}
 
     async def measure(
         self, name: str, n: int, work: Awaitable[float], *, seqd: int | None = None
@@ -152,11 +158,12 @@ class Costs:
         after = [cpu_seconds(*pid) for pid in pids]
         machine = busy_seconds() - machine
         split = [1e6 * (cpu_seconds(pid) - was) / n for pid, was in workers.items()]
+        others = 1e6 * (machine - sum(after) + sum(before)) / n
+        self.others.setdefault(name, []).append(others)
         print(
             f"{name}: {rate:,.0f}/s; seqd workers "
             + " + ".join(f"{w:.1f}" for w in split)
-            + f" µs/item; other processes {1e6 * (machine - sum(after) + sum(before)) / n:.1f}"
-            " µs/item",
+            + f" µs/item; other processes {others:.1f} µs/item",
             flush=True,
         )
         stats = await self.client.info("commandstats")
@@ -440,8 +447,10 @@ async def main(args: argparse.Namespace) -> None:
 
     body = "\n".join(
         [
-            f"N = {n:,} enrollments per run ({max(1, n // 4):,} for single POSTs, "
-            f"{clients} concurrent clients), {repeat} runs, medians; valkey (AOF off, "
+            f"N = {n:,} enrollments per run"
+            + ("" if args.batch_only else
+               f" ({max(1, n // 4):,} for single POSTs, {clients} concurrent clients)")
+            + f", {repeat} runs, medians; valkey (AOF off, "
             f"allocator: {server_env(find_binary())[1]}) and `seqd serve` ({workers} "
             f"workers) on this machine "
             f"(CPU: {cpu_model()}, {os.cpu_count()} cores, shared), clients in the "
@@ -482,6 +491,11 @@ async def main(args: argparse.Namespace) -> None:
                 "The single POST's peer, per GET: valkey, seqd, clients CPU and scripts µs "
                 f"{costs.cells('gets').replace(' | ', ', ')}."]),
             "",
+            "CPU the rest of the machine spent meanwhile (other users' processes, the "
+            "kernel's own work; /proc/stat), µs per item: "
+            + ", ".join(f"{way} {median(v):.1f}" for way, v in costs.others.items())
+            + ". Much of it means the figures above were squeezed by other work.",
+            "",
             "CPU µs/item: user + system time over the run (10 ms ticks) per item of "
             "valkey-server, of the seqd processes (`seqd serve`'s supervisor and workers "
             "summed, for the HTTP ways, with their "
@@ -512,7 +526,7 @@ if __name__ == "__main__":
         "--load", type=int, default=0, help="then load this many new contacts, once (0: no)"
     )
     parser.add_argument(
-        "--batch-clients", type=int, default=4, help="connections posting batches at once"
+        "--batch-clients", type=int, default=16, help="connections posting batches at once"
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="seqd serve --workers (default: its own)"
