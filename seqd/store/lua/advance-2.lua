@@ -339,6 +339,121 @@ local function pass_read(id, ekey, it, seq)
   return true
 end
 
+-- The hash fields complete_read reads: the event's (EVENT_FIELDS, from 1) and then these.
+local C_T, C_A, C_SM, C_V, C_R = #EVENT_FIELDS + 1, #EVENT_FIELDS + 2, #EVENT_FIELDS + 3,
+  #EVENT_FIELDS + 4, #EVENT_FIELDS + 5
+-- What the call's completions (complete_read) count, written once per call at the end:
+-- per sequence, the enrollments completed (moved from `active` in its counts, listed in
+-- its completed index) and the stats fields with their increments.
+local completed, completed_stats = {}, {}
+local COMPLETE_FIELDS = {unpack(EVENT_FIELDS)}
+COMPLETE_FIELDS[C_T], COMPLETE_FIELDS[C_A], COMPLETE_FIELDS[C_SM] = 't', 'a', 'sm'
+
+local function tally_stat(seq, field)
+  local of_seq = completed_stats[seq]
+  if not of_seq then of_seq = {}; completed_stats[seq] = of_seq end
+  of_seq[field] = (of_seq[field] or 0) + 1
+end
+
+-- Event JSON of the enrollment fields read (`h`, in EVENT_FIELDS order) after a completion's
+-- writes, `st` and `ca` given: what enrollment_event encodes from the whole hash.
+-- (Ids and ms times are written as they are, as step_event_json does; the rest encoded.)
+local RAW_FIELD = {s = true, c = true, i = true, n = true, ua = true, ca = true, st = true}
+local function completion_fields(h, st, ca)
+  local parts = {}
+  for k, f in ipairs(EVENT_FIELDS) do
+    local v = h[k]
+    if f == 'st' then v = st elseif f == 'ca' then v = ca end
+    if v then
+      parts[#parts + 1] = '"' .. f .. '":'
+        .. (RAW_FIELD[f] and ('"' .. v .. '"') or cjson.encode(v))
+    end
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+-- An enrollment's last step sent (or skipped), its claim holding: what settle's pass_step
+-- and finish(completed) write, with two reads (the hash's needed fields, the contact's
+-- live fields) instead of the whole hash, one HSET of the hash, and its counts, stats and
+-- completed index written once per call (the end of the script). Returns false, having
+-- written nothing, where the general path must decide: the hash gone or not active, a
+-- pause's fields on it, the step credited with the completion not this one (no provider
+-- id and an earlier step sent), or an exclusive enrollment whose end makes a waiting one.
+local function complete_read(id, ekey, it, seq)
+  local step = it.step
+  COMPLETE_FIELDS[C_V], COMPLETE_FIELDS[C_R] = 'v' .. step, 'r' .. step
+  local h = rcall('HMGET', ekey, unpack(COMPLETE_FIELDS))
+  -- (EVENT_FIELDS: s c st i n ua md pr pv ra ...)
+  if h[3] ~= 'active' or not (h[C_T] and h[1] and h[2]) or h[8] or h[9] or h[10] then
+    return false
+  end
+  local sent = it.outcome == 'sent'
+  local pid = sent and it.provider_id or nil
+  if not pid then
+    -- The completion is credited to the highest step with a provider id (credit_step),
+    -- this one when there is none.
+    local pfields = {}
+    for j = 0, step do pfields[#pfields + 1] = 'p' .. j end
+    local got = rcall('HMGET', ekey, unpack(pfields))
+    for j = 1, step do
+      if got[j] then return false end
+    end
+  end
+  local ckey = k_contact(tag, h[2])
+  local live, exclusive = unpack(rcall('HMGET', ckey, 'e:' .. seq, 'ex'))
+  if exclusive == id then return false end
+  local writes = step_writes(string.format('%d', step + 1), nil, sent, 'p' .. step, pid,
+    it.kind, h[C_A], h[C_SM])
+  local variant, sender = h[C_V], h[C_R]
+  if sent and it.variant then
+    variant = it.variant
+    writes[#writes + 1] = 'v' .. step; writes[#writes + 1] = variant
+  end
+  if sent and it.sender then
+    sender = it.sender
+    writes[#writes + 1] = 'r' .. step; writes[#writes + 1] = sender
+  end
+  if it.pin then
+    writes[#writes + 1] = KIND_SENDER_FIELD[it.kind]; writes[#writes + 1] = it.pin
+  end
+  writes[#writes + 1] = 'ca'; writes[#writes + 1] = now
+  writes[#writes + 1] = 'st'; writes[#writes + 1] = 'completed'
+  rcall('HSET', ekey, unpack(writes))
+  if not sent then set_outcome(ekey, step, 'k') end
+  rcall('ZREM', k_queue(tag, seq), id)
+  if live == id then rcall('HDEL', ckey, 'e:' .. seq) end
+  if live or exclusive or rcall('EXISTS', ckey) == 1 then
+    rcall('HSET', ckey, 'x:' .. seq, id)
+  end
+  local ids = completed[seq]
+  if not ids then ids = {}; completed[seq] = ids end
+  ids[#ids + 1] = id
+  -- The step's outcome and the completion, both on this step (credit_step).
+  local vs = step .. ':' .. (variant or NO_VARIANT) .. ':'
+  tally_stat(seq, vs .. STAT[it.outcome])
+  tally_stat(seq, vs .. STAT['completed'])
+  if sender then
+    tally_stat(seq, SENDER_MARK .. sender .. ':' .. STAT[it.outcome])
+    tally_stat(seq, SENDER_MARK .. sender .. ':' .. STAT['completed'])
+  end
+  h[4], h[6] = string.format('%d', step + 1), now
+  local head = '{"id":"' .. id .. '","fields":'
+  local tail
+  if sent then
+    tail = ',"provider_id":' .. (pid and cjson.encode(pid) or 'null') .. ',"sent_at":'
+      .. string.format('%d', it.at)
+      .. (it.variant and (',"variant":' .. cjson.encode(it.variant)) or '')
+  else
+    tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''
+  end
+  emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[C_T], now,
+    head .. completion_fields(h, 'active', nil) .. ',"step":' .. string.format('%d', step)
+      .. ',"kind":' .. (KIND_JSON[it.kind] or cjson.encode(it.kind)) .. tail .. '}')
+  emit_batched('sequence.enrollment.completed', h[C_T], now,
+    head .. completion_fields(h, 'completed', now) .. '}')
+  return true
+end
+
 -- Every other item: the whole hash read, each outcome's rules; `current` = holds().
 local function settle(id, ekey, it, current)
   local e = to_table(rcall('HGETALL', ekey))
@@ -417,8 +532,9 @@ for _, it in ipairs(items) do
   local outcome = it.outcome
   local seq = it.seq or rcall('HGET', ekey, 's')
   local current = seq and holds(id, it.token, k_queue(tag, seq))
-  if current and (outcome == 'sent' or outcome == 'skipped') and it.wait >= 0
-    and pass_read(id, ekey, it, seq) then
+  if current and (outcome == 'sent' or outcome == 'skipped') and (
+      (it.wait >= 0 and pass_read(id, ekey, it, seq))
+      or (it.wait < 0 and zadds and complete_read(id, ekey, it, seq))) then
     applied = applied + 1
   else
     settle(id, ekey, it, current)
@@ -446,6 +562,17 @@ for _, g in ipairs(groups) do
     stats_count_sender(g[G_SEQ], g.sender, g[G_OUTCOME], now, g.passed)
     stats_count(g[G_SEQ], g[G_STEP] + 1, NO_VARIANT, 'scheduled', now, g.passed)
   end
+end
+for seq, ids in pairs(completed) do
+  local counts = k_counts(tag, seq)
+  rcall('HINCRBY', counts, 'active', -#ids)
+  rcall('HINCRBY', counts, 'completed', #ids)
+  local args = {}
+  for _, id in ipairs(ids) do args[#args + 1] = 0; args[#args + 1] = id end
+  zadd_chunked(k_status_index(tag, seq, 'completed'), args)
+end
+for seq, of_seq in pairs(completed_stats) do
+  for field, n in pairs(of_seq) do stats_add(seq, field, now, n) end
 end
 flush_batched(now)
 return {applied, late, stale}
