@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.compare import head_rev
 from benchmarks.results import cpu_model, median, record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,15 +124,6 @@ def one_burst(checkout: Path, n: int, shape: str, callgrind: bool) -> dict[str, 
         check=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def head_rev() -> str:
-    return subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 def main() -> None:

@@ -339,15 +339,10 @@ local function pass_read(id, ekey, it, seq)
   return true
 end
 
--- The hash fields complete_read reads: the event's (EVENT_FIELDS, from 1) and then these.
-local C_T, C_A, C_SM, C_V, C_R = #EVENT_FIELDS + 1, #EVENT_FIELDS + 2, #EVENT_FIELDS + 3,
-  #EVENT_FIELDS + 4, #EVENT_FIELDS + 5
 -- What the call's completions (complete_read) count, written once per call at the end:
 -- per sequence, the enrollments completed (moved from `active` in its counts, listed in
 -- its completed index) and the stats fields with their increments.
 local completed, completed_stats = {}, {}
-local COMPLETE_FIELDS = {unpack(EVENT_FIELDS)}
-COMPLETE_FIELDS[C_T], COMPLETE_FIELDS[C_A], COMPLETE_FIELDS[C_SM] = 't', 'a', 'sm'
 
 local function tally_stat(seq, field)
   local of_seq = completed_stats[seq]
@@ -355,22 +350,18 @@ local function tally_stat(seq, field)
   of_seq[field] = (of_seq[field] or 0) + 1
 end
 
--- Event JSON of the enrollment fields read (`h`, in EVENT_FIELDS order) after a completion's
--- writes, `st` and `ca` given: what enrollment_event encodes from the whole hash.
--- (Ids and ms times are written as they are, as step_event_json does; the rest encoded.)
-local RAW_FIELD = {s = true, c = true, i = true, n = true, ua = true, ca = true, st = true}
-local function completion_fields(h, st, ca)
-  local parts = {}
-  for k, f in ipairs(EVENT_FIELDS) do
-    local v = h[k]
-    if f == 'st' then v = st elseif f == 'ca' then v = ca end
-    if v then
-      parts[#parts + 1] = '"' .. f .. '":'
-        .. (RAW_FIELD[f] and ('"' .. v .. '"') or cjson.encode(v))
-    end
-  end
-  return '{' .. table.concat(parts, ',') .. '}'
+-- The hash fields complete_read reads: C_* first (what its writes and checks need), then
+-- the event fields (EVENT_FIELDS) it does not write, from C_REST on. A completion writes
+-- `i`, `ua`, `ca` and `st` whatever they were.
+local C_S, C_C, C_ST, C_N, C_T, C_A, C_SM, C_V, C_R = 1, 2, 3, 4, 5, 6, 7, 8, 9
+local C_REST = 10
+local COMPLETE_FIELDS = {'s', 'c', 'st', 'n', 't', 'a', 'sm', 'v', 'r'}
+local WRITTEN = {s = true, c = true, st = true, n = true, i = true, ua = true, ca = true}
+for _, f in ipairs(EVENT_FIELDS) do
+  if not WRITTEN[f] then COMPLETE_FIELDS[#COMPLETE_FIELDS + 1] = f end
 end
+-- A pause's fields (finish clears them): the general path decides where one is set.
+local PAUSE_FIELD = {pr = true, pv = true, ra = true}
 
 -- An enrollment's last step sent (or skipped), its claim holding: what settle's pass_step
 -- and finish(completed) write, with two reads (the hash's needed fields, the contact's
@@ -383,9 +374,18 @@ local function complete_read(id, ekey, it, seq)
   local step = it.step
   COMPLETE_FIELDS[C_V], COMPLETE_FIELDS[C_R] = 'v' .. step, 'r' .. step
   local h = rcall('HMGET', ekey, unpack(COMPLETE_FIELDS))
-  -- (EVENT_FIELDS: s c st i n ua md pr pv ra ...)
-  if h[3] ~= 'active' or not (h[C_T] and h[1] and h[2]) or h[8] or h[9] or h[10] then
+  if h[C_ST] ~= 'active' or not (h[C_T] and h[C_S] and h[C_C] and h[C_N]) then
     return false
+  end
+  -- The event fields that were there and stay: JSON text, each after a comma.
+  local rest = ''
+  for k = C_REST, #COMPLETE_FIELDS do
+    local v = h[k]
+    if v then
+      local f = COMPLETE_FIELDS[k]
+      if PAUSE_FIELD[f] then return false end
+      rest = rest .. ',"' .. f .. '":' .. cjson.encode(v)
+    end
   end
   local sent = it.outcome == 'sent'
   local pid = sent and it.provider_id or nil
@@ -399,11 +399,11 @@ local function complete_read(id, ekey, it, seq)
       if got[j] then return false end
     end
   end
-  local ckey = k_contact(tag, h[2])
+  local ckey = k_contact(tag, h[C_C])
   local live, exclusive = unpack(rcall('HMGET', ckey, 'e:' .. seq, 'ex'))
   if exclusive == id then return false end
-  local writes = step_writes(string.format('%d', step + 1), nil, sent, 'p' .. step, pid,
-    it.kind, h[C_A], h[C_SM])
+  local next = string.format('%d', step + 1)
+  local writes = step_writes(next, nil, sent, 'p' .. step, pid, it.kind, h[C_A], h[C_SM])
   local variant, sender = h[C_V], h[C_R]
   if sent and it.variant then
     variant = it.variant
@@ -436,8 +436,10 @@ local function complete_read(id, ekey, it, seq)
     tally_stat(seq, SENDER_MARK .. sender .. ':' .. STAT[it.outcome])
     tally_stat(seq, SENDER_MARK .. sender .. ':' .. STAT['completed'])
   end
-  h[4], h[6] = string.format('%d', step + 1), now
-  local head = '{"id":"' .. id .. '","fields":'
+  -- The events' data as enrollment_event encodes it from the hash after each write (ids
+  -- and ms times written as they are, as step_event_json does).
+  local common = '"s":"' .. h[C_S] .. '","c":"' .. h[C_C] .. '","i":"' .. next .. '","n":"'
+    .. h[C_N] .. '","ua":"' .. now .. '"' .. rest .. '}'
   local tail
   if sent then
     tail = ',"provider_id":' .. (pid and cjson.encode(pid) or 'null') .. ',"sent_at":'
@@ -447,10 +449,11 @@ local function complete_read(id, ekey, it, seq)
     tail = it.reason and (',"reason":' .. cjson.encode(it.reason)) or ''
   end
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[C_T], now,
-    head .. completion_fields(h, 'active', nil) .. ',"step":' .. string.format('%d', step)
-      .. ',"kind":' .. (KIND_JSON[it.kind] or cjson.encode(it.kind)) .. tail .. '}')
+    '{"id":"' .. id .. '","fields":{"st":"active",' .. common .. ',"step":'
+      .. string.format('%d', step) .. ',"kind":' .. (KIND_JSON[it.kind] or cjson.encode(it.kind))
+      .. tail .. '}')
   emit_batched('sequence.enrollment.completed', h[C_T], now,
-    head .. completion_fields(h, 'completed', now) .. '}')
+    '{"id":"' .. id .. '","fields":{"st":"completed","ca":"' .. now .. '",' .. common .. '}')
   return true
 end
 
