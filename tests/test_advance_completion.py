@@ -67,7 +67,7 @@ async def run_side(
     seq: Any,
     before: list[dict[str, Any]],
     last: dict[str, Any],
-    repeat: bool,
+    route: str,
     waiting_in: Any = None,
 ) -> dict[str, Any]:
     """Enroll a contact of `shard` (with metadata), settle `before` and then `last`; what
@@ -95,10 +95,18 @@ async def run_side(
     cells = await store.stats.cells(seq.id, [at // 86_400_000])
     outbox = len(await store.client.xrange(store.keys.outbox(shard)))
     reads = await whole_reads(store)
-    done = await dispatch.advance(
-        shard, [outcome, outcome] if repeat else [outcome], now=at + 5, max_attempts=3
-    )
-    assert (done.applied, done.stale) == (1, [eid] if repeat else [])
+    if route == "passed":
+        (done,) = (
+            await dispatch.advance_many(
+                {shard: [outcome]}, now=at + 5, max_attempts=3, claimed={eid: item.enrollment}
+            )
+        ).values()
+    else:
+        done = await dispatch.advance(
+            shard, [outcome, outcome] if route == "repeated" else [outcome], now=at + 5,
+            max_attempts=3,
+        )  # fmt: skip
+    assert (done.applied, done.stale) == (1, [eid] if route == "repeated" else [])
     reads = await whole_reads(store) - reads if reads >= 0 else -1
     after = await store.stats.cells(seq.id, [at // 86_400_000])
     counted: dict[str, int] = {}
@@ -156,16 +164,19 @@ state_reads = [0]
 GENERAL = {"skipped after a sent step"}
 
 
+@pytest.mark.parametrize("route", ["items", "passed"])
 @pytest.mark.parametrize("case", list(CASES))
 async def test_a_last_step_settles_as_the_general_path_settles_it(
-    any_store: Store, case: str
+    any_store: Store, case: str, route: str
 ) -> None:
+    """`items`: the outcome in advance's JSON items (a caller that claimed nothing);
+    `passed`: as the dispatcher passes it, a passed step's values (store/settles.py)."""
     steps, before, last = CASES[case]
     seq = await new_sequence(any_store, steps, exclusive=False)
-    fast = await run_side(any_store, 0, seq, before, last, repeat=False)
+    fast = await run_side(any_store, 0, seq, before, last, route)
     # The fast path read no hash whole (on valkey, whose INFO counts commands).
     assert state_reads[0] in ((-1, 0) if case not in GENERAL else (-1, 1))
-    general = await run_side(any_store, 1, seq, before, last, repeat=True)
+    general = await run_side(any_store, 1, seq, before, last, "repeated")
     assert state_reads[0] in (-1, 2)
     assert fast == general
     assert fast["hash"]["st"] == "completed" and fast["queue"] == []
@@ -190,8 +201,8 @@ async def test_a_completion_makes_the_contacts_waiting_exclusive_enrollment(
     one = await new_sequence(any_store, [sms()], exclusive=True)
     other = await new_sequence(any_store, [sms()], exclusive=True)
     last = {"outcome": "sent", "provider_id": "SM1"}
-    fast = await run_side(any_store, 0, one, [], last, repeat=False, waiting_in=other)
-    general = await run_side(any_store, 1, one, [], last, repeat=True, waiting_in=other)
+    fast = await run_side(any_store, 0, one, [], last, "passed", waiting_in=other)
+    general = await run_side(any_store, 1, one, [], last, "repeated", waiting_in=other)
     assert fast == general
     assert fast["contact"]["ex"] == "W" and fast["contact"]["e:" + other.id] == "W"
     assert fast["waiting_queue"] == ["W"] and fast["waiting_counts"] == {"active": "1"}
@@ -204,7 +215,8 @@ async def test_a_completion_makes_the_contacts_waiting_exclusive_enrollment(
     ]
 
 
-async def test_one_calls_completions_are_each_counted(any_store: Store) -> None:
+@pytest.mark.parametrize("route", ["items", "passed"])
+async def test_one_calls_completions_are_each_counted(any_store: Store, route: str) -> None:
     """Completions of one call in two sequences: counts, index and counters written once
     per sequence hold every one of them, and the events keep step before end."""
     s = any_store
@@ -220,7 +232,13 @@ async def test_one_calls_completions_are_each_counted(any_store: Store) -> None:
         settle(item, 0, "sms", AT, {"outcome": "sent", "provider_id": f"SM{n}", "variant": "a"})
         for n, item in enumerate(items)
     ]
-    done = await Dispatch(s).advance(0, outcomes, now=AT, max_attempts=3)
+    if route == "passed":
+        claimed = {item.id: item.enrollment for item in items}
+        done = (
+            await Dispatch(s).advance_many({0: outcomes}, now=AT, max_attempts=3, claimed=claimed)
+        )[0]
+    else:
+        done = await Dispatch(s).advance(0, outcomes, now=AT, max_attempts=3)
     assert done.applied == 6
     for seq in seqs:
         assert await s.client.hgetall(s.keys.counts(0, seq.id)) == {"active": "0", "completed": "3"}
