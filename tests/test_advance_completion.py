@@ -254,3 +254,30 @@ async def test_one_calls_completions_are_each_counted(any_store: Store, route: s
     sent, completed = (json.loads(f["items"]) for _, f in ended)
     assert [d["id"] for d in sent] == [d["id"] for d in completed] == [o.id for o in outcomes]
     assert {ids.shard_of(e, s.shards) for e in eids} == {0}
+
+
+@pytest.mark.parametrize("route", ["items", "passed"])
+async def test_a_last_step_sent_while_a_pause_took_over_is_recorded_late(
+    any_store: Store, route: str
+) -> None:
+    """A last step whose enrollment was paused mid-send (its claim no longer holds) is
+    recorded on the enrollment, which stays paused: not completed, by either route."""
+    s = any_store
+    seq = await new_sequence(s, [sms()], exclusive=False)
+    (cid,) = await contacts_in_shard(s, 1, 0)
+    (res,) = await s.enrollments.enroll(TENANT, seq, [EnrollItem(cid, {}, due=AT)])
+    (item,) = (await claim(s, 0, AT)).items
+    await s.enrollments.transition(TENANT, res.id, "pause", "manual")
+    outcome = settle(item, 0, "sms", AT + 5, {"outcome": "sent", "provider_id": "SM1"})
+    claimed = {res.id: item.enrollment} if route == "passed" else None
+    (done,) = (
+        await Dispatch(s).advance_many({0: [outcome]}, now=AT + 5, max_attempts=3, claimed=claimed)
+    ).values()
+    assert (done.applied, done.late, done.stale) == (0, 1, [])
+    h = await raw(s, res.id)
+    assert h["st"] == "paused" and h["p0"] == "SM1" and h["i"] == "1" and "ca" not in h
+    assert await s.client.hgetall(s.keys.counts(0, seq.id)) == {"active": "0", "paused": "1"}
+    rows = await s.client.xrange(s.keys.outbox(0))
+    assert rows[-1][1]["type"] == "sequence.step.sent"
+    (sent,) = json.loads(rows[-1][1]["items"])
+    assert sent["fields"]["st"] == "paused" and sent["sent_at"] == AT + 5
