@@ -156,6 +156,14 @@ def start_seqd(
     return proc, f"http://127.0.0.1:{port}"
 
 
+async def idle_cpu(pids: list[int], seconds: float = 2.0) -> float:
+    """CPU seconds per second that `pids` spend with nothing to do (their polls and
+    timers), measured over `seconds` before the run."""
+    before = sum(cpu_seconds(pid) for pid in pids)
+    await asyncio.sleep(seconds)
+    return (sum(cpu_seconds(pid) for pid in pids) - before) / seconds
+
+
 def children(pid: int) -> list[int]:
     """The pids of `pid`'s children (a supervisor's workers), lowest first."""
     found = []
@@ -220,6 +228,8 @@ async def run_seqd(
                 pids = {f"w{i}": pid for i, pid in enumerate(children(proc.pid))}
                 assert len(pids) == workers, pids
                 pids.update(sup=proc.pid, valkey=valkey.pid, sink=sink.proc.pid)
+            seqd_pids = [pid for name, pid in pids.items() if name not in ("valkey", "sink")]
+            idle = await idle_cpu(seqd_pids)
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             commands_before = await command_stats(client)
             spy = start_spy(proc.pid, workdir) if PROFILE else None
@@ -253,6 +263,8 @@ async def run_seqd(
         return {
             "rate": n / elapsed,
             "enroll_rate": n / enrolled,
+            # What seqd's processes spend idle over as long as the run took, per step.
+            "idle_us": idle * elapsed / n * 1e6,
             "cpu_us": {name: seconds / n * 1e6 for name, seconds in cpu.items()},
             "bytes_per_enrollment": (memory_after - memory_before - log_bytes) / n,
             "event_bytes": log_bytes / max(1, events),
@@ -559,6 +571,11 @@ def summarize(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
     for kind in SEQD_KINDS:
         if kind in runs:
             lines.append(
+                f"- {kind}: seqd's idle CPU (its polls and timers, measured for 2 s before "
+                f"the run) over the run's length: {med(kind, 'idle_us'):,.0f} µs per step of "
+                f"the seqd figure above"
+            )
+            lines.append(
                 f"- {kind}: enrollment requests done at {med(kind, 'enroll_rate'):,.0f} items/s; "
                 f"Redis {med(kind, 'bytes_per_enrollment'):,.0f} B per enrollment (contact, "
                 f"indexes, enrollment; event log apart), event log "
@@ -592,7 +609,8 @@ async def main(args: argparse.Namespace) -> None:
                     result = await run_arq(args.n, args.arq_jobs, Path(base))
                 runs[kind].append(result)
                 cpu = {name: round(us) for name, us in result["cpu_us"].items()}
-                print(f"rep {rep} {kind}: {result['rate']:,.0f} steps/s, CPU µs/step {cpu}")
+                idle = f", seqd idle {result['idle_us']:.0f}" if "idle_us" in result else ""
+                print(f"rep {rep} {kind}: {result['rate']:,.0f} steps/s, CPU µs/step {cpu}{idle}")
                 if "commands" in result:
                     top = list(result["commands"].items())[:12]
                     print(
