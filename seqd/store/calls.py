@@ -235,6 +235,13 @@ def migrate_queues(keys: Keys, shard: int, due: str, parked: str, limit: int) ->
     return Call("migrateQueues", call_keys, [tag, parked, limit], tag)
 
 
+def migrate_contact_list(keys: Keys, shard: int, tenant: str, limit: int) -> Call:
+    """Schema 2 -> 3: one bounded step of one tenant's contact listing in `shard`."""
+    return Call(
+        "migrateContactList", [keys.tenant_contacts(shard, tenant)], [limit], keys.shard_tag(shard)
+    )
+
+
 # -- contacts ------------------------------------------------------------------------------
 # linkContact's KEYS, and the order of its new and old values.
 LINK_FIELDS = ("phone", "email", "external_id")

@@ -24,9 +24,19 @@ LOOKUP_FIELDS = calls.LINK_FIELDS
 def lookup_owner(stored: str | None) -> str | None:
     """The contact id a lookup index entry names: entries hold the id without its prefix
     (includes/contacts.lua), those written before the whole id."""
-    if stored is None or "_" in stored:
-        return stored
-    return f"{ids.CONTACT}_{stored}"
+    return None if stored is None else unprefixed_id(stored)
+
+
+def unprefixed_id(stored: str) -> str:
+    """The contact id of a stored id without its prefix (ids' bodies have no "_"); a
+    whole id, as stored before, stays as it is."""
+    return stored if "_" in stored else f"{ids.CONTACT}_{stored}"
+
+
+def listing_member(cid: str) -> str:
+    """A contact's member in its tenant's listing (keys.py "tenant_contacts"): its id
+    without the prefix, as in the lookup indexes (schema 3; `migrate.contact_lists`)."""
+    return cid.removeprefix(f"{ids.CONTACT}_")
 
 
 def with_account(fields: dict[str, Any], current: dict[str, str] | None = None) -> dict[str, Any]:
@@ -146,7 +156,9 @@ class Contacts:
                 return [], None, 0 if cid is None else 1
             return [await self.get(tenant, cid)], None, 1
         index = [self.keys.tenant_contacts(s, tenant) for s in range(self.keys.shards)]
-        page, more = await self.store.merged_range(index, after, limit)
+        cursor = None if after is None else listing_member(after)
+        members, more = await self.store.merged_range(index, cursor, limit)
+        page = [unprefixed_id(m) for m in members]
         pipe = self.store.client.pipeline(transaction=False)
         for cid in page:
             pipe.hgetall(self.keys.contact(self._shard(cid), cid))

@@ -1,6 +1,6 @@
 --[[ Create new contacts of one shard, a batch at a time (putContact's create for each).
 
-  KEYS[1] tenant_contacts ZSET  the tenant's contacts in this shard
+  KEYS[1] tenant_contacts ZSET  the tenant's contacts in this shard (ids less "con_")
   ARGV[1] tag      the shard's hash tag (the contacts' keys are built from it)
   ARGV[2] now      ms (unused: a contact's created_at is the time in its id, made at now,
                    and stored nowhere else; putContact-1.lua)
@@ -26,7 +26,8 @@ while i <= #ARGV do
   starts[#starts + 1] = i
   hashes[#hashes + 1] = k_contact(tag, ARGV[i])
   members[#members + 1] = 0
-  members[#members + 1] = ARGV[i]
+  -- The listing holds ids without their prefix ("con_"; 16 B less a member).
+  members[#members + 1] = string.sub(ARGV[i], 5)
   i = i + 2 + 2 * tonumber(ARGV[i + 1])
 end
 for j = 1, #hashes, BULK do

@@ -29,7 +29,8 @@ for field, id in pairs(c) do
   end
 end
 rcall('DEL', ckey)
-rcall('ZREM', k_tenant_contacts(tag, tenant), cid)
+-- Its listing member is its id less "con_" (a listing of before schema 3: the whole id).
+rcall('ZREM', k_tenant_contacts(tag, tenant), string.sub(cid, 5), cid)
 if c['ac'] then rcall('SREM', k_account_contacts(tag, tenant, c['ac']), cid) end
 emit('contact.deleted', tenant, now, {id = cid})
 return flat

@@ -24,7 +24,8 @@ local owner = rcall('HGET', ckey, 'tenant')
 if mode == 'create' then
   if owner then return redis.error_reply('EXISTS') end
   rcall('HSET', ckey, 'tenant', tenant)
-  rcall('ZADD', k_tenant_contacts(tag, tenant), 0, cid)
+  -- The listing holds ids without their prefix ("con_"; 16 B less a member).
+  rcall('ZADD', k_tenant_contacts(tag, tenant), 0, string.sub(cid, 5))
 elseif owner ~= tenant then
   return redis.error_reply('NOT_FOUND')
 end
