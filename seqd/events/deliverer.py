@@ -8,7 +8,7 @@ process, and claims take only what fits, so a slow or dead receiver keeps its ba
 Redis and never holds back other endpoints (nor the dispatcher: separate tasks, separate
 connection pool).
 
-A claimed delivery waits in its endpoint's lane (`Lane`) until one of the endpoint's
+A claimed delivery waits in its endpoint's lane (`EndpointLane`) until one of the endpoint's
 senders takes it. A sender hands each outcome to the outcome writer and goes straight on
 to the next delivery, so a slot never waits for Redis; the writer records every outcome
 ready by then in one round trip per shard, and a delivered outcome's write claims the
@@ -105,7 +105,7 @@ def jittered(seconds: float, jitter: float, rng: random.Random) -> float:
     return seconds * rng.uniform(1 - jitter, 1 + jitter) if seconds else 0.0
 
 
-class Lane:
+class EndpointLane:
     """One endpoint's deliveries held by this process: claimed and waiting in `ready`
     (each with the monotonic time after which its lease is too short to send it), being
     sent by one of `senders` tasks, or sent and waiting for their outcome's write."""
@@ -143,7 +143,7 @@ class Deliverer:
         self._sendable_seconds = config.lease_seconds - config.timeout_seconds
         # Deliveries held (claimed and not yet recorded) per endpoint id.
         self.in_flight: dict[str, int] = {}
-        self.lanes: dict[str, Lane] = {}
+        self.lanes: dict[str, EndpointLane] = {}
         self.sending = 0
         # Set once stop() cancels what is left: nothing new starts after that.
         self._closed = False
@@ -220,7 +220,7 @@ class Deliverer:
         for item, deadline in claimed:
             lane = self.lanes.get(item.endpoint_id)
             if lane is None:
-                lane = self.lanes[item.endpoint_id] = Lane(
+                lane = self.lanes[item.endpoint_id] = EndpointLane(
                     endpoints[(item.tenant, item.endpoint_id)]
                 )
             lane.ready.append((item, deadline))
@@ -245,7 +245,7 @@ class Deliverer:
                 return running
             await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
-    def _spawn(self, endpoint_id: str, lane: Lane) -> None:
+    def _spawn(self, endpoint_id: str, lane: EndpointLane) -> None:
         """Start senders for the lane's waiting deliveries, each with its first one, within
         the endpoint's concurrency and the process's cap."""
         while lane.ready and lane.senders < self.config.concurrency_per_endpoint:
@@ -261,7 +261,7 @@ class Deliverer:
             task.add_done_callback(self.tasks.discard)
 
     async def _send(
-        self, endpoint_id: str, lane: Lane, first: tuple[ClaimedDelivery, float]
+        self, endpoint_id: str, lane: EndpointLane, first: tuple[ClaimedDelivery, float]
     ) -> None:
         """Send `first`, then the lane's waiting deliveries one at a time until none is left."""
         job: tuple[ClaimedDelivery, float] | None = first
@@ -306,12 +306,12 @@ class Deliverer:
                 self._forget(endpoint_id, lane)
         self.loop.wake()
 
-    def _forget(self, endpoint_id: str, lane: Lane) -> None:
+    def _forget(self, endpoint_id: str, lane: EndpointLane) -> None:
         """Drop a lane that holds nothing: the next claim reads its endpoint afresh."""
         if endpoint_id not in self.in_flight and not lane.ready and not lane.senders:
             self.lanes.pop(endpoint_id, None)
 
-    async def _attempt(self, lane: Lane, item: ClaimedDelivery) -> None:
+    async def _attempt(self, lane: EndpointLane, item: ClaimedDelivery) -> None:
         """One delivery: its request, then its outcome handed to the writer."""
         if time.monotonic() - lane.fetched > ENDPOINT_REFRESH_SECONDS:
             pair = (item.tenant, item.endpoint_id)
