@@ -144,3 +144,35 @@ async def test_lanes_share_the_process_cap(store: Store) -> None:
         assert busiest == 1
         assert len(rx.at("/a")) == 3 and len(rx.at("/b")) == 3
         assert await store.deliveries.next_due() is None
+
+
+async def test_a_receivers_cookies_are_never_sent_back(store: Store) -> None:
+    from aiohttp import web
+
+    from tests.conftest import free_port
+
+    cookies: list[str | None] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        cookies.append(request.headers.get("Cookie"))
+        response = web.Response(status=204)
+        response.set_cookie("session", "from-the-receiver")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with pipeline(store, settings(concurrency_per_endpoint=1)) as p:
+            # A host name: the cookie jar keeps no cookies of IP-address hosts anyway.
+            await endpoint(store, f"http://localhost:{port}/hook")
+            for _ in range(2):
+                await emit(store)
+                assert await p.step() == 1
+        assert cookies == [None, None]
+    finally:
+        await runner.cleanup()

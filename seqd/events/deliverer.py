@@ -90,12 +90,15 @@ class Attempt(msgspec.Struct, frozen=True):
 
 def session(config: WebhooksConfig) -> aiohttp.ClientSession:
     """The deliverer's one ClientSession: no pool-wide cap (per-endpoint limits apply),
-    the SSRF-guarded resolver unless private targets are allowed. Call inside the loop."""
+    the SSRF-guarded resolver unless private targets are allowed, and no cookie jar (a
+    receiver's cookies are never sent back, to it or to another endpoint on its host, and
+    no request pays for filtering them). Call inside the loop."""
     connector = aiohttp.TCPConnector(
         limit=0, resolver=ssrf.resolver(allow_private=config.allow_private_targets)
     )
     return aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=config.timeout_seconds),
         headers={"User-Agent": USER_AGENT},
     )
