@@ -176,3 +176,25 @@ async def test_a_receivers_cookies_are_never_sent_back(store: Store) -> None:
         assert cookies == [None, None]
     finally:
         await runner.cleanup()
+
+
+async def test_a_stop_out_of_time_leaves_nothing_held_and_the_lease_returns_the_rest(
+    store: Store,
+) -> None:
+    clock = Clock()
+    config = settings(concurrency_per_endpoint=1, timeout_seconds=0.3, lease_seconds=5.0)
+    async with receiving() as rx, pipeline(store, config, clock) as p:
+        ep, _ = await endpoint(store, rx.url())
+        rx.delay["/hook"] = 1.0
+        for _ in range(3):
+            await emit(store)
+        await p.read()
+        p.deliverer.start()
+        await until(lambda: len(rx.requests) == 1)
+        await p.deliverer.stop()
+        assert p.deliverer.in_flight == {} and p.deliverer.lanes == {}
+        assert len(await pending(store, ep.id)) == 3
+        rx.delay["/hook"] = 0.0
+        clock.advance(5.001)
+        assert await p.step() == 3
+        assert await pending(store, ep.id) == []

@@ -148,7 +148,7 @@ class Deliverer:
         self.in_flight: dict[str, int] = {}
         self.lanes: dict[str, EndpointLane] = {}
         self.sending = 0
-        # Set once stop() cancels what is left: nothing new starts after that.
+        # Set while stop() cancels what is left: nothing new starts meanwhile.
         self._closed = False
         # Endpoints with waiting deliveries and no sender, for want of the process's cap.
         self._starved: set[str] = set()
@@ -492,7 +492,6 @@ class Deliverer:
 
     # -- the loop -------------------------------------------------------------------------
     def start(self) -> None:
-        self._closed = False
         self.loop.start()
 
     async def stop(self) -> None:
@@ -507,6 +506,12 @@ class Deliverer:
             task.cancel()
         if left:
             await asyncio.wait(left)
+        # What is still claimed comes back after its lease; a restart starts with nothing held.
+        self.lanes.clear()
+        self.in_flight.clear()
+        self._starved.clear()
+        self._outcomes.clear()
+        self._closed = False
 
     async def _turn(self) -> float:
         """One round; with nothing claimable, sleep until the next due time, a finished
