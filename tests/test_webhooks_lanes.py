@@ -12,7 +12,18 @@ from typing import Any
 
 from seqd.store.db import Store
 from seqd.store.deliveries import DeliveryFinish
-from tests.webhookutil import Clock, emit, endpoint, pending, pipeline, receiving, settings, until
+from tests.webhookutil import (
+    Clock,
+    Pipeline,
+    Receiver,
+    emit,
+    endpoint,
+    pending,
+    pipeline,
+    receiving,
+    settings,
+    until,
+)
 
 
 def hold_writes(store: Store) -> asyncio.Event:
@@ -28,21 +39,29 @@ def hold_writes(store: Store) -> asyncio.Event:
     return release
 
 
+async def queued(store: Store, p: Pipeline, rx: Receiver, n: int, delay: float = 0.0) -> str:
+    """An endpoint at `rx` answering after `delay` s, and n deliveries of it read and due;
+    returns the endpoint's id."""
+    ep, _ = await endpoint(store, rx.url())
+    rx.delay["/hook"] = delay
+    for _ in range(n):
+        await emit(store)
+    await p.read()
+    return ep.id
+
+
 async def test_a_sender_goes_on_before_its_outcome_is_written(store: Store) -> None:
     config = settings(concurrency_per_endpoint=1)
     async with receiving() as rx, pipeline(store, config) as p:
-        ep, _ = await endpoint(store, rx.url())
-        for _ in range(3):
-            await emit(store)
-        await p.read()
+        eid = await queued(store, p, rx, 3)
         release = hold_writes(store)
         assert await p.deliverer.run_once() == 3
         # One slot, and no outcome written yet: it sent all three anyway, one at a time.
         await until(lambda: len(rx.requests) == 3)
-        assert len(await pending(store, ep.id)) == 3, "nothing recorded before the write"
+        assert len(await pending(store, eid)) == 3, "nothing recorded before the write"
         release.set()
         await p.deliverer.drain()
-        assert await pending(store, ep.id) == []
+        assert await pending(store, eid) == []
         assert await store.deliveries.next_due() is None
         assert p.deliverer.in_flight == {} and p.deliverer.lanes == {}
         assert len({r.id for r in rx.requests}) == 3
@@ -105,19 +124,15 @@ async def test_a_claim_waiting_too_long_for_its_slot_is_left_to_its_lease(
     clock = Clock()
     config = settings(concurrency_per_endpoint=1, timeout_seconds=1.0, lease_seconds=1.2)
     async with receiving() as rx, pipeline(store, config, clock) as p:
-        ep, _ = await endpoint(store, rx.url())
-        rx.delay["/hook"] = 0.5
-        for _ in range(3):
-            await emit(store)
-        await p.read()
+        eid = await queued(store, p, rx, 3, delay=0.5)
         assert await p.step() == 3
         assert len(rx.requests) == 1, "the two behind the slow first one were left"
-        assert len(await pending(store, ep.id)) == 2 and p.deliverer.in_flight == {}
+        assert len(await pending(store, eid)) == 2 and p.deliverer.in_flight == {}
         rx.delay["/hook"] = 0.0
         clock.advance(1.201)
         assert await p.step() == 2
         assert len({r.id for r in rx.requests}) == 3
-        assert await pending(store, ep.id) == []
+        assert await pending(store, eid) == []
 
 
 async def test_lanes_share_the_process_cap(store: Store) -> None:
@@ -184,17 +199,13 @@ async def test_a_stop_out_of_time_leaves_nothing_held_and_the_lease_returns_the_
     clock = Clock()
     config = settings(concurrency_per_endpoint=1, timeout_seconds=0.3, lease_seconds=5.0)
     async with receiving() as rx, pipeline(store, config, clock) as p:
-        ep, _ = await endpoint(store, rx.url())
-        rx.delay["/hook"] = 1.0
-        for _ in range(3):
-            await emit(store)
-        await p.read()
+        eid = await queued(store, p, rx, 3, delay=1.0)
         p.deliverer.start()
         await until(lambda: len(rx.requests) == 1)
         await p.deliverer.stop()
         assert p.deliverer.in_flight == {} and p.deliverer.lanes == {}
-        assert len(await pending(store, ep.id)) == 3
+        assert len(await pending(store, eid)) == 3
         rx.delay["/hook"] = 0.0
         clock.advance(5.001)
         assert await p.step() == 3
-        assert await pending(store, ep.id) == []
+        assert await pending(store, eid) == []
