@@ -8,6 +8,14 @@ process, and claims take only what fits, so a slow or dead receiver keeps its ba
 Redis and never holds back other endpoints (nor the dispatcher: separate tasks, separate
 connection pool).
 
+A claimed delivery waits in its endpoint's lane (`EndpointLane`) until one of the endpoint's
+senders takes it. A sender hands each outcome to the outcome writer and goes straight on
+to the next delivery, so a slot never waits for Redis; the writer records every outcome
+ready by then in one round trip per shard, and a delivered outcome's write claims the
+endpoint's next due delivery into the lane. An outcome is written only after its request
+was answered: a crash before the write loses the outcome, not the delivery, which is sent
+again after its lease (webhooks are at least once).
+
 Outcomes: any 2xx delivered; 410 disables the endpoint and fails the delivery; any other
 answer, a timeout or a connection error is retried after the next wait of
 `retry_schedule_seconds` (jittered), and fails (dead letter) when none is left.
@@ -18,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -45,13 +54,18 @@ QUOTE_CHARS = 200
 # Housekeeping (trimming failed deliveries past retention) runs this often, in ms.
 MAINTENANCE_MS = 60_000
 GONE = 410
-# A chain of deliveries on one slot re-reads its endpoint record after this long.
+# A lane re-reads its endpoint record after this long: a PATCH or rotation applies soon.
 ENDPOINT_REFRESH_SECONDS = 1.0
+# An endpoint may hold this many times its concurrency in claimed deliveries: the rest
+# wait in its lane, so a sender finds its next delivery there instead of waiting for the
+# write that claims it.
+PREFETCH = 8
+# Outcome writes in flight at once. One: the outcomes answered during a write go in the
+# next one, a bigger batch; two in flight cost more CPU per delivery (smaller batches,
+# more round trips) and were no faster (benchmarks/RESULTS.md "webhooks").
+WRITERS = 1
 # Parsed endpoint URLs kept (a few per endpoint over its life: PATCHes change them).
 TARGETS_KEPT = 10_000
-
-
-Recorded = asyncio.Future[tuple[bool, ClaimedDelivery | None]]
 
 
 class DeliveryObserver(Protocol):
@@ -76,12 +90,15 @@ class Attempt(msgspec.Struct, frozen=True):
 
 def session(config: WebhooksConfig) -> aiohttp.ClientSession:
     """The deliverer's one ClientSession: no pool-wide cap (per-endpoint limits apply),
-    the SSRF-guarded resolver unless private targets are allowed. Call inside the loop."""
+    the SSRF-guarded resolver unless private targets are allowed, and no cookie jar (a
+    receiver's cookies are never sent back, to it or to another endpoint on its host, and
+    no request pays for filtering them). Call inside the loop."""
     connector = aiohttp.TCPConnector(
         limit=0, resolver=ssrf.resolver(allow_private=config.allow_private_targets)
     )
     return aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=config.timeout_seconds),
         headers={"User-Agent": USER_AGENT},
     )
@@ -89,6 +106,20 @@ def session(config: WebhooksConfig) -> aiohttp.ClientSession:
 
 def jittered(seconds: float, jitter: float, rng: random.Random) -> float:
     return seconds * rng.uniform(1 - jitter, 1 + jitter) if seconds else 0.0
+
+
+class EndpointLane:
+    """One endpoint's deliveries held by this process: claimed and waiting in `ready`
+    (each with the monotonic time after which its lease is too short to send it), being
+    sent by one of `senders` tasks, or sent and waiting for their outcome's write."""
+
+    __slots__ = ("endpoint", "fetched", "ready", "senders")
+
+    def __init__(self, endpoint: EndpointRecord | None) -> None:
+        self.endpoint = endpoint
+        self.fetched = time.monotonic()
+        self.ready: deque[tuple[ClaimedDelivery, float]] = deque()
+        self.senders = 0
 
 
 class Deliverer:
@@ -110,14 +141,24 @@ class Deliverer:
         self.rng = rng or random.Random()
         self.observer: DeliveryObserver = observer or _Quiet()
         self.lease_ms = int(config.lease_seconds * 1000)
+        # A delivery still waiting this long after its claim is left for the lease to
+        # return: sent later, its request could outlast the lease and race a new claimer.
+        self._sendable_seconds = config.lease_seconds - config.timeout_seconds
+        # Deliveries held (claimed and not yet recorded) per endpoint id.
         self.in_flight: dict[str, int] = {}
+        self.lanes: dict[str, EndpointLane] = {}
+        self.sending = 0
+        # Set while stop() cancels what is left: nothing new starts meanwhile.
+        self._closed = False
+        # Endpoints with waiting deliveries and no sender, for want of the process's cap.
+        self._starved: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._next_maintenance = 0
         self._shard_turn = 0
-        # Outcomes waiting for the recorder task, which writes all that are ready in one
-        # round trip (a busy endpoint answers many slots in one turn of the event loop).
-        self._outcomes: list[tuple[DeliveryFinish, Recorded]] = []
-        self._recorder: asyncio.Task[None] | None = None
+        # Outcomes waiting for the writer task, which writes all that are ready in one
+        # round trip (a busy endpoint answers many senders in one turn of the event loop).
+        self._outcomes: list[DeliveryFinish] = []
+        self._writers: set[asyncio.Task[None]] = set()
         self._targets: dict[str, URL] = {}
         self.loop = Loop(
             NAME,
@@ -138,11 +179,11 @@ class Deliverer:
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_MS
             await self.store.deliveries.trim(now - self.config.failed_retention_hours * 3_600_000)
-        capacity = self.config.max_in_flight - sum(self.in_flight.values())
-        per_endpoint = self.config.concurrency_per_endpoint
+        capacity = PREFETCH * self.config.max_in_flight - sum(self.in_flight.values())
+        per_endpoint = PREFETCH * self.config.concurrency_per_endpoint
         heads = await self.store.deliveries.heads()
         shards = len(heads)
-        claimed: list[ClaimedDelivery] = []
+        claimed: list[tuple[ClaimedDelivery, float]] = []
         # Start at a different shard each round: no shard is always served last.
         self._shard_turn = (self._shard_turn + 1) % shards
         try:
@@ -154,66 +195,108 @@ class Deliverer:
                 if head is None or head > now:
                     continue
                 free = {ep: max(per_endpoint - n, 0) for ep, n in self.in_flight.items() if n}
+                deadline = time.monotonic() + self._sendable_seconds
                 got = await self.store.deliveries.claim(
                     shard,
                     now=now,
                     lease_ms=self.lease_ms,
-                    limit=capacity,
+                    # One script call claims at most what the process may send at once.
+                    limit=min(capacity, self.config.max_in_flight),
                     per_endpoint=per_endpoint,
                     free=free,
                 )
                 for item in got:
                     self.in_flight[item.endpoint_id] = self.in_flight.get(item.endpoint_id, 0) + 1
+                    claimed.append((item, deadline))
                 capacity -= len(got)
-                claimed += got
             if not claimed:
                 return 0
-            endpoints = await self.store.webhooks.lookup((c.tenant, c.endpoint_id) for c in claimed)
+            new = {(c.tenant, c.endpoint_id) for c, _ in claimed if c.endpoint_id not in self.lanes}
+            endpoints = await self.store.webhooks.lookup(new) if new else {}
         except BaseException:
             # Nothing will be sent (a later shard's claim or the lookup failed): free the
             # slots, or an endpoint whose slots are all held this way is never claimed
             # again; the claims come back after the lease.
-            for item in claimed:
+            for item, _ in claimed:
                 self._release(item.endpoint_id)
             raise
-        started = time.monotonic()
-        for item in claimed:
-            task = asyncio.create_task(
-                self._deliver(item, endpoints[(item.tenant, item.endpoint_id)], now, started)
-            )
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        for item, deadline in claimed:
+            lane = self.lanes.get(item.endpoint_id)
+            if lane is None:
+                lane = self.lanes[item.endpoint_id] = EndpointLane(
+                    endpoints[(item.tenant, item.endpoint_id)]
+                )
+            lane.ready.append((item, deadline))
+        for endpoint_id in {item.endpoint_id for item, _ in claimed}:
+            self._spawn(endpoint_id, self.lanes[endpoint_id])
         return len(claimed)
 
     async def drain(self) -> None:
-        """Wait until every send started so far is finished and recorded."""
-        while self.tasks:
-            await asyncio.wait(set(self.tasks))
+        """Wait until every send started so far is finished and recorded (and whatever
+        those writes claimed next, too)."""
+        await self._settle(None)
 
-    async def _deliver(
-        self, item: ClaimedDelivery, endpoint: EndpointRecord | None, now: int, started: float
+    async def _settle(self, within: float | None) -> set[asyncio.Task[None]]:
+        """Wait for the senders and the writer (each may start the other) to finish, at
+        most `within` seconds; returns those still running."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        while True:
+            running = self.tasks | self._writers
+            left = None if deadline is None else deadline - loop.time()
+            if not running or (left is not None and left <= 0):
+                return running
+            await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+
+    def _spawn(self, endpoint_id: str, lane: EndpointLane) -> None:
+        """Start senders for the lane's waiting deliveries, each with its first one, within
+        the endpoint's concurrency and the process's cap."""
+        while lane.ready and lane.senders < self.config.concurrency_per_endpoint:
+            if self._closed:
+                return
+            if self.sending >= self.config.max_in_flight:
+                self._starved.add(endpoint_id)
+                return
+            lane.senders += 1
+            self.sending += 1
+            task = asyncio.create_task(self._send(endpoint_id, lane, lane.ready.popleft()))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _send(
+        self, endpoint_id: str, lane: EndpointLane, first: tuple[ClaimedDelivery, float]
     ) -> None:
-        """Send `item`, then whatever its endpoint's slot is handed next (a chain)."""
-        fetched = time.monotonic()
-        current: ClaimedDelivery | None = item
+        """Send `first`, then the lane's waiting deliveries one at a time until none is left."""
+        job: tuple[ClaimedDelivery, float] | None = first
         try:
-            while current is not None:
-                current, now = await self._attempt(current, endpoint, now, started)
-                started = time.monotonic()
-                if current is not None and started - fetched > ENDPOINT_REFRESH_SECONDS:
-                    # A long chain re-reads its endpoint: a PATCH or rotation applies soon.
-                    pair = (current.tenant, current.endpoint_id)
-                    endpoint = (await self.store.webhooks.lookup([pair]))[pair]
-                    fetched = started
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The store failed to record the outcome: the claim's lease runs out and the
-            # delivery is sent again (at least once).
-            log.exception("webhook.finish_failed", delivery=(current or item).id)
+            while job is not None:
+                item, deadline = job
+                if time.monotonic() > deadline:
+                    # Its lease may end before its request would: the lease returns it.
+                    self._release(endpoint_id)
+                else:
+                    try:
+                        await self._attempt(lane, item)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        # The endpoint's record could not be read: the claim's lease runs
+                        # out and the delivery is sent again (at least once).
+                        log.warning(
+                            "webhook.endpoint_read_failed", delivery=item.id, error=str(exc)
+                        )
+                        self._release(endpoint_id)
+                job = lane.ready.popleft() if lane.ready else None
         finally:
-            self._release(item.endpoint_id)
-            self.loop.wake()
+            lane.senders -= 1
+            self.sending -= 1
+            self._forget(endpoint_id, lane)
+            # Lanes left waiting by the process-wide cap get this sender's place.
+            while self._starved and self.sending < self.config.max_in_flight:
+                waiting = self._starved.pop()
+                other = self.lanes.get(waiting)
+                if other is not None:
+                    self._spawn(waiting, other)
 
     def _release(self, endpoint_id: str) -> None:
         left = self.in_flight.get(endpoint_id, 1) - 1
@@ -221,27 +304,37 @@ class Deliverer:
             self.in_flight[endpoint_id] = left
         else:
             self.in_flight.pop(endpoint_id, None)
+            lane = self.lanes.get(endpoint_id)
+            if lane is not None:
+                self._forget(endpoint_id, lane)
+        self.loop.wake()
 
-    async def _attempt(
-        self, item: ClaimedDelivery, endpoint: EndpointRecord | None, now: int, started: float
-    ) -> tuple[ClaimedDelivery | None, int]:
-        """One delivery; returns the next one claimed for this slot (if any) and the time."""
+    def _forget(self, endpoint_id: str, lane: EndpointLane) -> None:
+        """Drop a lane that holds nothing: the next claim reads its endpoint afresh."""
+        if endpoint_id not in self.in_flight and not lane.ready and not lane.senders:
+            self.lanes.pop(endpoint_id, None)
+
+    async def _attempt(self, lane: EndpointLane, item: ClaimedDelivery) -> None:
+        """One delivery: its request, then its outcome handed to the writer."""
+        if time.monotonic() - lane.fetched > ENDPOINT_REFRESH_SECONDS:
+            pair = (item.tenant, item.endpoint_id)
+            lane.endpoint = (await self.store.webhooks.lookup([pair]))[pair]
+            lane.fetched = time.monotonic()
+        endpoint = lane.endpoint
+        now = self.clock()
         if endpoint is None:
             # Deleted since the event: its deliveries go with it.
-            await self._record(DeliveryFinish(item, "drop", now=now, attempted=False))
+            self._record(DeliveryFinish(item, "drop", now=now, attempted=False))
             self.observer.webhook_delivery("dropped")
-            return None, now
+            return
         if not endpoint.enabled:
             reason = endpoint.disabled_reason or "disabled"
             error = f"endpoint disabled ({reason})"
-            await self._record(
-                DeliveryFinish(item, "failed", now=now, attempted=False, error=error)
-            )
+            self._record(DeliveryFinish(item, "failed", now=now, attempted=False, error=error))
             self.observer.webhook_delivery("failed")
-            return None, now
+            return
         result = await self.post(endpoint, item, now)
-        # The outcome's time: the round's clock plus the request's own duration.
-        at = now + int((time.monotonic() - started) * 1000)
+        at = self.clock()
         attempts = item.attempts + 1
         outcome: DeliveryOutcome
         due_at = 0
@@ -250,13 +343,17 @@ class Deliverer:
         elif result.status == GONE:
             outcome = "failed"
             await self._disable(item.tenant, endpoint.id, at)
+            # The lane's other deliveries fail without a request, as after a re-read.
+            lane.endpoint = msgspec.structs.replace(
+                endpoint, enabled=False, disabled_reason="gone", updated_at=at
+            )
         elif attempts >= len(self.config.retry_schedule_seconds):
             outcome = "failed"
         else:
             outcome = "retry"
             wait = self.config.retry_schedule_seconds[attempts]
             due_at = at + int(jittered(wait, self.config.jitter, self.rng) * 1000)
-        recorded, nxt = await self._record(
+        self._record(
             DeliveryFinish(
                 item,
                 outcome,
@@ -281,44 +378,55 @@ class Deliverer:
                 error=result.error or None,
                 outcome=outcome,
             )
-        if not recorded:
-            # Its lease ran out and another claim took over: that claimer records the end.
-            log.warning("webhook.stale_claim", delivery=item.id)
-        return nxt, at
 
-    async def _record(self, finish: DeliveryFinish) -> tuple[bool, ClaimedDelivery | None]:
-        """Record an outcome, together with every other outcome ready by then."""
-        recorded: Recorded = asyncio.get_running_loop().create_future()
-        self._outcomes.append((finish, recorded))
-        if self._recorder is None:
-            self._recorder = asyncio.create_task(self._write_outcomes())
-        return await recorded
+    def _record(self, finish: DeliveryFinish) -> None:
+        """Hand an outcome to the writer; the sender does not wait for it."""
+        self._outcomes.append(finish)
+        if len(self._writers) < WRITERS:
+            self._writers.add(asyncio.create_task(self._write_outcomes()))
 
     async def _write_outcomes(self) -> None:
-        """Write the waiting outcomes, a batch per round trip, until none is left. A failed
-        write fails its batch's waiters (their claims come back after the lease)."""
-        batch: list[tuple[DeliveryFinish, Recorded]] = []
+        """Write the waiting outcomes, a batch per round trip, until none is left. What a
+        delivered outcome's write claims next joins its lane; a failed write frees its
+        batch's slots (their claims come back after the lease)."""
         try:
             while self._outcomes:
                 batch, self._outcomes = self._outcomes, []
+                deadline = time.monotonic() + self._sendable_seconds
                 try:
-                    results = await self.store.deliveries.finish_many([f for f, _ in batch])
+                    results = await self.store.deliveries.finish_many(batch)
                 except Exception as exc:
                     results = [exc] * len(batch)
-                for (_, waiter), result in zip(batch, results, strict=True):
-                    if waiter.done():  # its sender was cancelled
-                        continue
+                failed = False
+                for finish, result in zip(batch, results, strict=True):
+                    endpoint_id = finish.item.endpoint_id
                     if isinstance(result, Exception):
-                        waiter.set_exception(result)
-                    else:
-                        waiter.set_result(result)
-                batch = []
+                        failed = True
+                        self._release(endpoint_id)
+                        continue
+                    recorded, nxt = result
+                    if not recorded:
+                        # Its lease ran out and another claim took over: that claimer
+                        # records the end.
+                        log.warning("webhook.stale_claim", delivery=finish.item.id)
+                    lane = self.lanes.get(endpoint_id)
+                    if nxt is None or lane is None:
+                        self._release(endpoint_id)
+                        continue
+                    lane.ready.append((nxt, deadline))
+                    self._spawn(endpoint_id, lane)
+                if failed:
+                    log.error(
+                        "webhook.finish_failed",
+                        error=next(str(r) for r in results if isinstance(r, Exception)),
+                        outcomes=len(batch),
+                    )
         finally:
-            self._recorder = None
-            # Cancelled (stop): nobody is left to wait for these.
-            for _, waiter in batch + self._outcomes:
-                waiter.cancel()
-            self._outcomes = []
+            # Out of the count before it ends, so an outcome recorded from now on starts
+            # a writer of its own instead of waiting for one that has left.
+            writer = asyncio.current_task()
+            if writer is not None:
+                self._writers.discard(writer)
 
     async def post(self, endpoint: EndpointRecord, item: ClaimedDelivery, now: int) -> Attempt:
         """One signed POST of the delivery's body. Never raises for the receiver's faults."""
@@ -387,19 +495,23 @@ class Deliverer:
         self.loop.start()
 
     async def stop(self) -> None:
-        """Stop claiming; give requests in flight the timeout, then cancel them (their
+        """Stop claiming; give the requests in flight, the deliveries already claimed and
+        the outcomes not yet written the timeout, then cancel what is left (its
         deliveries are sent again after the lease)."""
         # A round stuck on a Redis call gets the same bound as a request.
         await self.loop.stop(self.config.timeout_seconds)
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=self.config.timeout_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        if self._recorder is not None:
-            self._recorder.cancel()
-            await asyncio.wait([self._recorder])
+        left = await self._settle(self.config.timeout_seconds)
+        self._closed = True
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+        # What is still claimed comes back after its lease; a restart starts with nothing held.
+        self.lanes.clear()
+        self.in_flight.clear()
+        self._starved.clear()
+        self._outcomes.clear()
+        self._closed = False
 
     async def _turn(self) -> float:
         """One round; with nothing claimable, sleep until the next due time, a finished
