@@ -10,6 +10,7 @@ culprit. The tests' per-test timeout prints the same dump (tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import linecache
 import sys
 from collections.abc import Iterator
@@ -32,7 +33,11 @@ def _frames(awaitable: Any) -> Iterator[FrameType | str]:
             None,
         )
         if frame is None:
-            yield repr(awaitable)
+            inner = _asend_target(awaitable)
+            if inner is not None:  # an async generator's __anext__() (asend): go into it
+                awaitable = inner
+                continue
+            yield repr(_future_of(awaitable))
             return
         yield frame
         awaitable = next(
@@ -43,6 +48,22 @@ def _frames(awaitable: Any) -> Iterator[FrameType | str]:
             ),
             None,
         )
+
+
+def _asend_target(awaitable: Any) -> Any:
+    """The async generator an `async_generator_asend` (what `__anext__()` returns, as
+    an async fixture's or context manager's) runs; it exposes it to the collector only."""
+    if type(awaitable).__name__ not in ("async_generator_asend", "async_generator_athrow"):
+        return None
+    return next((r for r in gc.get_referents(awaitable) if hasattr(r, "ag_frame")), None)
+
+
+def _future_of(awaitable: Any) -> Any:
+    """The future behind a C `FutureIter` (what `await future` leaves in `cr_await`), whose
+    repr names its state and callbacks (a Task's, its name)."""
+    if type(awaitable).__name__ != "FutureIter":
+        return awaitable
+    return next((r for r in gc.get_referents(awaitable) if asyncio.isfuture(r)), awaitable)
 
 
 def task_stacks(loop: asyncio.AbstractEventLoop) -> str:
