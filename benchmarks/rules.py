@@ -43,8 +43,7 @@ from benchmarks.dispatch import (
     make_contacts,
     start_valkey,
 )
-from benchmarks.e2e import cpu_model
-from benchmarks.results import median, record
+from benchmarks.results import cpu_model, median, record
 from seqd import collector, ids, models
 from seqd.config import ComplianceConfig, Config, DispatchConfig, SmsQuietHours
 from seqd.engine.dispatcher import Dispatcher
