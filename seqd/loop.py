@@ -13,13 +13,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from seqd.backoff import Backoff
 
 log = structlog.get_logger(__name__)
+
+# While a task stopped by cancel() runs on, it is cancelled again this often.
+RECANCEL_SECONDS = 0.1
+# What a task stopped by cancel() gets to end, when its owner has no grace of its own.
+CANCEL_GRACE_SECONDS = 10.0
+
+
+async def cancel_and_wait(
+    task: asyncio.Task[Any], grace_seconds: float = CANCEL_GRACE_SECONDS
+) -> bool:
+    """Cancel `task` and wait for it to end, at most `grace_seconds`; True if it ended.
+
+    A cancel can be lost (a library catching what it raises, asyncio.wait_for on Python
+    3.11), and a task that ends only by cancellation then runs on: so it is cancelled
+    again every RECANCEL_SECONDS, and one still running at the end is logged and left,
+    so that a shutdown waiting for it ends all the same."""
+    deadline = asyncio.get_running_loop().time() + grace_seconds
+    while not task.done():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.error("service.task_not_cancelled", task=task.get_name())
+            return False
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(RECANCEL_SECONDS, left))
+    return True
 
 
 class Heart(Protocol):
@@ -106,8 +131,7 @@ class Loop:
                 give_up()
                 done, _ = await asyncio.wait({task}, timeout=grace_seconds)
             if not done:
-                task.cancel()
-                await asyncio.wait({task})
+                await cancel_and_wait(task, grace_seconds)
         finally:
             if self.liveness is not None:
                 self.liveness.stopped(self.name)

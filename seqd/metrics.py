@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from redis.exceptions import RedisError
 
+from seqd.loop import cancel_and_wait
 from seqd.store import backlog
 from seqd.store.db import Store
 from seqd.store.rates import LATENESS_CHANNEL, WEBHOOK_CHANNEL, SendRates
@@ -278,8 +279,7 @@ async def recording(metrics: Metrics, store: Store) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.wait({task})
+        await cancel_and_wait(task)
         try:
             await metrics.rates.flush(store)
         except (RedisError, OSError) as exc:

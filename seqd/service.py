@@ -17,7 +17,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from seqd import collector, intake, logs, metrics, systemd
+from seqd import collector, intake, logs, metrics, stacks, systemd
 from seqd.api.app import create_app
 from seqd.appkeys import LIVENESS, METRICS, STORE
 from seqd.config import Config
@@ -259,6 +259,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, logs.reload, config_path)
+    # Where each task waits, on stderr: what a drain that does not end is stuck on.
+    loop.add_signal_handler(signal.SIGUSR1, stacks.dump, loop)
     try:
         async with open_store(config, own=worker is None) as store:
             app = build_app(config, store)
@@ -296,7 +298,7 @@ async def serve(
     finally:
         for sock in sockets:
             sock.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         if worker is not None:
             loop.remove_reader(control)

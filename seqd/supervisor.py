@@ -41,7 +41,7 @@ from typing import TextIO
 import msgspec
 import structlog
 
-from seqd import logs, systemd
+from seqd import logs, stacks, systemd
 from seqd.backoff import Backoff
 from seqd.config import Config
 from seqd.embedded import EmbeddedServer
@@ -353,10 +353,16 @@ async def supervise(
         if pool is not None:
             pool.signal(signal.SIGHUP)
 
+    def on_dump() -> None:
+        stacks.dump(loop)
+        if pool is not None:
+            pool.signal(signal.SIGUSR1)
+
     sockets = bind(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    loop.add_signal_handler(signal.SIGUSR1, on_dump)
     warn_config(config)
     code = 0
     try:
@@ -404,7 +410,7 @@ async def supervise(
     finally:
         for sock in sockets:
             sock.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         notifier.close()
     log.info("service.stopped", returncode=code)

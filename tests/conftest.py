@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -16,6 +19,7 @@ import redis
 
 os.environ["SEQD_CHECK_SLOTS"] = "1"
 
+from seqd import stacks
 from seqd.config import ComplianceConfig, SmsQuietHours
 from seqd.embedded import find_binary
 from seqd.store import scripts
@@ -28,6 +32,30 @@ scripts.CHECK_SLOTS = True
 
 # A test (or a parameter) that runs on a real Valkey cluster: in the slow tier.
 ON_CLUSTER = (pytest.mark.slow, pytest.mark.cluster)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Generator[None]:
+    """pytest-timeout (pyproject.toml: `timeout`) fails a test that hangs, with every
+    thread's stack; most of ours hang in an asyncio task while the thread idles in the
+    selector, so its alarm first prints where each task of the running loop waits."""
+    yield
+    handler = signal.getsignal(signal.SIGALRM)
+    if not callable(handler):
+        return  # the thread method: it has no loop of this thread to look at
+
+    def dump_then_fail(signum: int, frame: FrameType | None) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            terminal = item.config.get_terminal_writer()
+            terminal.sep("+", title="asyncio tasks at the timeout")
+            terminal.write(stacks.task_stacks(loop))
+        handler(signum, frame)
+
+    signal.signal(signal.SIGALRM, dump_then_fail)
 
 
 def free_port() -> int:

@@ -111,11 +111,27 @@ class Daemon:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            stuck = self.task_stacks()
             self.process.kill()
             self.process.wait(10)
             tail = "\n".join(self.stderr().splitlines()[-40:])
-            message = f"seqd still running {timeout} s later; its log ends:\n{tail}"
+            message = f"seqd still running {timeout} s later; its log ends:\n{tail}\n{stuck}"
             raise AssertionError(message) from None
+
+    def task_stacks(self) -> str:
+        """Where each of the running seqd's asyncio tasks waits (its SIGUSR1 dump)."""
+        assert self.process is not None
+        before = len(self.stderr())
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            written = self.stderr()[before:]
+            start = written.find(" asyncio tasks\n")
+            if start >= 0 and written.endswith("\n"):
+                time.sleep(0.2)  # the dump is one write; let it land whole
+                return self.stderr()[before:]
+            time.sleep(0.05)
+        return "(no task dump within 5 s)"
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""

@@ -7,6 +7,7 @@ What may be lost is what `appendfsync` allows: with `always` no acknowledged wri
 (an enrollment answered 201 is there after the restart); with `everysec` up to about a
 second of them, and a step whose advance was lost is sent once more. Size:
 `SEQD_FAULT_REDIS_ENROLLMENTS` (default 1000 × 3 steps), `SEQD_FAULT_OUTAGE_MS` (2000).
+And a SIGTERM while Redis is away or just back drains in time and exits 0.
 """
 
 from __future__ import annotations
@@ -208,3 +209,36 @@ async def test_redis_killed_and_restarted_from_aof(
         if daemon is not None:
             daemon.stop()
         await store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["down", "just restarted"])
+async def test_sigterm_with_the_store_down_or_just_back_drains_in_time(
+    valkey_factory: type[ValkeyProcess], prefix: str, tmp_path: Path, store: str
+) -> None:
+    """SIGTERM while Redis is away, or a moment after it came back from its AOF (stale
+    pooled connections, loops in their back-off): every part stops, each within its
+    grace, and the process exits 0 well within the drain timeout's bound."""
+    server = valkey_factory("--appendonly", "yes", "--appendfsync", "everysec")  # type: ignore[arg-type]
+    server.start()
+    daemon = Daemon(
+        server.url, prefix, tmp_path / "seqd", SEQD_DISPATCH_DRAIN_TIMEOUT_SECONDS="2"
+    ).start()
+    try:
+        await asyncio.to_thread(daemon.wait_healthy)
+        server.kill()
+
+        async def failing() -> bool:  # the loops found the store gone
+            return '"dispatch.round_failed"' in daemon.stderr()
+
+        await wait_for(failing, 30, "the dispatcher to see the store gone")
+        if store == "just restarted":
+            server.start()
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(daemon.wait, 20.0) == 0, daemon.stderr()
+        assert time.monotonic() - started < 15.0
+        assert '"service.stopped"' in daemon.stderr()
+        assert '"service.task_not_cancelled"' not in daemon.stderr()
+    finally:
+        daemon.stop()

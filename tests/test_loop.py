@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import structlog
 
 from seqd.health import Liveness
-from seqd.loop import Loop
+from seqd.loop import Loop, cancel_and_wait
 
 
 class Turns:
@@ -136,3 +137,48 @@ async def test_an_interruptible_wait_is_cancelled_at_once_by_stop() -> None:
     started = time.monotonic()
     await loop.stop(grace_seconds=30)
     assert time.monotonic() - started < 1
+
+
+async def test_a_task_that_loses_a_cancel_is_cancelled_again() -> None:
+    """A cancel a library loses (asyncio.wait_for on 3.11) leaves a `while True` task
+    running: it is cancelled again until it ends."""
+    lost = 0
+
+    async def forever() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if lost == 0:  # the first cancel is lost, as wait_for loses one
+                    lost += 1
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    continue
+                raise
+
+    task = asyncio.create_task(forever())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    assert await cancel_and_wait(task, 5.0)
+    assert task.cancelled() and lost == 1
+    assert time.monotonic() - started < 1.0
+
+
+async def test_a_task_that_never_ends_is_left_after_the_grace() -> None:
+    stop = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        assert not await cancel_and_wait(task, 0.3)
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert {"event": "service.task_not_cancelled", "task": "stubborn", "log_level": "error"} in logs
+    stop.set()  # the test's own end: it ends on the next cancel
+    task.cancel()
+    await task

@@ -1,5 +1,6 @@
 """Signals on a real `seqd serve`: SIGTERM/SIGINT drain and exit 0, a second one exits at
-once, SIGHUP reopens the log file and reloads the level."""
+once, SIGHUP reopens the log file and reloads the level, SIGUSR1 shows where each asyncio
+task waits."""
 
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def test_second_signal_exits_at_once(daemon: object) -> None:
     assert d.wait() == 1, d.stderr()
     assert '"service.exit_now"' in d.stderr()
     assert '"service.stopped"' not in d.stderr()
+
+
+def test_sigusr1_shows_where_each_task_waits_and_serves_on(daemon: object) -> None:
+    d = daemon()  # type: ignore[operator]
+    d.start()
+    d.wait_healthy()
+    dump = d.task_stacks()
+    # The background loops, each at the line it waits on.
+    for task in ("'dispatcher'", "'intake-1'", "'events.reader'", "'events.deliverer'"):
+        assert f"task {task}:" in dump, dump
+    assert 'seqd/loop.py", line' in dump, dump
+    assert d.get("/healthz")[0] == 200
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.stderr()
 
 
 def _lines(path: Path) -> list[dict[str, object]]:

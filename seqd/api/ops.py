@@ -8,7 +8,6 @@ deployment, not per API version. /metrics moves to its own listener when
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -22,6 +21,7 @@ from seqd.api.routing import route
 from seqd.api.wire import respond
 from seqd.appkeys import CONFIG, LIVENESS, METRICS, STORE
 from seqd.config import Config
+from seqd.loop import cancel_and_wait
 from seqd.metrics import CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
@@ -68,13 +68,11 @@ async def watching_store(app: web.Application) -> AsyncIterator[None]:
             await app[STORE_WATCH].probe(app[STORE])
             await asyncio.sleep(health.PROBE_SECONDS)
 
-    task = asyncio.create_task(run())
+    task = asyncio.create_task(run(), name="seqd.store_watch")
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 @route(

@@ -6,6 +6,7 @@ options (the intake's reader) asks `derive` for one, so both kinds get the same 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,15 +68,29 @@ class _StoreConnection(Connection):
     the default event loop: uvloop raises RuntimeError ("the handler is closed") there,
     which redis-py lets through, so a Redis restart failed requests with a 500 and was not
     retried.
+
+    A cancellation that arrives while a command is written is never lost. redis-py writes
+    through `asyncio.wait_for`, which on Python 3.11 drops a cancellation that lands as
+    the write completes (CPython gh-86296, fixed in 3.12): the command then went on, and
+    a task stopped by `cancel()` (the /healthz probe, the send-rate flusher) ran on, so a
+    shutdown that awaited it never ended (one cancel in three during a PING, measured).
+    The task's count of cancel requests tells: when it grew during the write and nothing
+    was raised, the connection is dropped (its reply must not reach another command) and
+    the cancellation raised.
     """
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
     ) -> None:
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             await super().send_packed_command(command, check_health)
         except RuntimeError as exc:  # redis-py has disconnected it already
             raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+        if task is not None and task.cancelling() > cancels:
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
 
     def pack_command(self, *args: EncodableT) -> list[bytes]:
         first = args[0]
