@@ -79,7 +79,8 @@ class Crew:
             job,
             plan,
             suppressed,
-            now=self.clock(),
+            # (`now` counts only for a job with no result: read the clock only for one.)
+            now=job.at if job.result is not None else self.clock(),
             on_unknown=self.config.on_unknown,
             backoff_ms=self.backoff_ms,
         )
@@ -269,24 +270,24 @@ class Lane:
             await self.crew.timetable.load(plans, items)
             items = self._closed(items, plans, shard_of, closed)
         items, trimmed = self._room(items, plans, shard_of)
-        # The address of each channel a remaining step uses, per (tenant, channel).
+        # The address of each channel a remaining step uses, per (tenant, channel); and
+        # what to lease, per shard and sequence.
         lookups: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for item in items:
-            e = item.enrollment
-            plan = plans.get(item.plan_key)
-            if plan is None:
-                continue
-            for kind in plan.kinds_from(int(e.index)):
-                value = item.contact.get(ADDRESS_FIELD[kind])
-                if value:
-                    lookups[(e.tenant, kind)].append(value)
         lease: dict[int, dict[str, tuple[str, list[tuple[str, str]]]]] = defaultdict(dict)
         for item in items:
             e = item.enrollment
+            plan = plans.get(item.plan_key)
+            if plan is not None:
+                contact = item.contact
+                for kind in plan.kinds_from(int(e.index)):
+                    value = contact.get(ADDRESS_FIELD[kind])
+                    if value:
+                        lookups[(e.tenant, kind)].append(value)
             shard, seq = shard_of[item.id], e.sequence
-            queue = lease[shard].get(seq)
+            queues = lease[shard]
+            queue = queues.get(seq)
             if queue is None:
-                queue = lease[shard][seq] = (batches[shard].m[seq], [])
+                queue = queues[seq] = (batches[shard].m[seq], [])
             queue[1].append((item.id, e.token))
         asked = await self.crew.budgets.ask(items, plans, shard_of, self.crew.clock())
         return _Held(items, shard_of, plans, lookups, lease, trimmed, asked, closed)
@@ -367,6 +368,12 @@ class Lane:
         settles: dict[int, list[Settled]] = defaultdict(list)
         jobs: list[Job] = []
         early: dict[int, Advanced] = {}
+        # (Read once per piece, not once per step: this loop is the dispatcher's hot path.)
+        timetable = crew.timetable
+        recheck = held.closed.recheck
+        email_headers, track_links = crew.email_headers, crew.track_links
+        # The plan of each job, by enrollment id, for its outcome.
+        plan_of: dict[str, Plan] = {}
         for n, item in enumerate(items, 1):
             if n % YIELD_EVERY == 0:
                 # The API shares this event loop: let its requests in between.
@@ -375,26 +382,15 @@ class Lane:
             if plan is None:
                 settles[shard_of[item.id]].append(outcomes.unavailable(item, now, crew.backoff_ms))
                 continue
-            timetable = crew.timetable
-            if timetable is not None and item.id in held.closed.recheck:
+            if timetable is not None and item.id in recheck:
                 closed = timetable.deferral(item, plan, now)
                 if closed is not None:
                     crew.observer.step_deferred(closed.reason or "window")
                     settles[shard_of[item.id]].append(closed)
                     continue
             composed = compose(item, plan, suppressed.get(item.id, _NO_SUPPRESSIONS), now)
-            if isinstance(composed, TaskStep):
-                # (Used only when its task is made: the enrollment names it from then on.)
-                shards = crew.dispatch.store.shards
-                composed.task_id = ids.new_in_shard(ids.TASK, shard_of[item.id], shards, now)
-            if (
-                timetable is not None
-                and isinstance(composed, Skipped | TaskStep)
-                and composed.wait >= 0
-            ):
-                composed.wait = timetable.wait_after(plan, item, composed.step, composed.at)
             if isinstance(composed, Job):
-                pick = picks.get(item.id)
+                pick = picks.get(item.id) if picks else None
                 if pick is not None:
                     held_back = _held_back(composed, plan, pick, now)
                     if held_back is not None:
@@ -410,13 +406,25 @@ class Lane:
                         composed.sender = pick.sender.id
                         if pick.pin:
                             composed.pin = pick.sender.id
-                if composed.kind == "email" and crew.email_headers is not None:
-                    composed.message.headers.update(crew.email_headers(composed.message))
-                if plan.steps[composed.step].track_clicks and crew.track_links is not None:
-                    composed.message.body = crew.track_links(composed.message, now)
+                if email_headers is not None and composed.kind == "email":
+                    composed.message.headers.update(email_headers(composed.message))
+                if track_links is not None and plan.steps[composed.step].track_clicks:
+                    composed.message.body = track_links(composed.message, now)
+                plan_of[composed.id] = plan
                 jobs.append(composed)
-            else:
-                settles[shard_of[item.id]].append(composed)
+                continue
+            if isinstance(composed, TaskStep):
+                # (Used only when its task is made: the enrollment names it from then on.)
+                shards = crew.dispatch.store.shards
+                composed.task_id = ids.new_in_shard(ids.TASK, shard_of[item.id], shards, now)
+            if (
+                timetable is not None
+                and isinstance(composed, Skipped | TaskStep)
+                and composed.wait >= 0
+            ):
+                composed.wait = timetable.wait_after(plan, item, composed.step, composed.at)
+            settles[shard_of[item.id]].append(composed)
+        claimed = {item.id: item.enrollment for item in items}
         if jobs:
             jobs, put_back, deferred = await crew.sending.admit(jobs)
             for job in put_back:
@@ -437,25 +445,24 @@ class Lane:
                         now=crew.clock(),
                         max_attempts=crew.config.max_attempts,
                         settles=now_settled,
-                        claimed={item.id: item.enrollment for item in items},
+                        claimed=claimed,
                     )
                 except BaseException:
                     crew.sending.not_sent(jobs)
                     raise
             running, task = await crew.sending.send(jobs)
+            outcome = crew.outcome
             for job in jobs:
-                if job in running:
+                if running and job in running:
                     continue
-                plan = plans[_plan_key(job)]
-                settles[shard_of[job.id]].append(crew.outcome(job, plan, suppressed))
+                settles[shard_of[job.id]].append(outcome(job, plan_of[job.id], suppressed))
             if task is not None:
                 crew.sending.leave_running(
                     task,
                     running,
-                    lambda job: crew.outcome(job, plans[_plan_key(job)], suppressed),
+                    lambda job: outcome(job, plan_of[job.id], suppressed),
                     shard_of,
                 )
-        claimed = {item.id: item.enrollment for item in items}
         return _Owed(len(items), settles, claimed, jobs, list(early.values()))
 
     async def _settled(self, owed: _Owed, advanced: Mapping[int, Advanced]) -> Tally:
@@ -498,10 +505,6 @@ class Lane:
                 else:
                     out[key] = got
         return out
-
-
-def _plan_key(job: Job) -> str:
-    return job.message.sequence_id if job.item is None else job.item.plan_key
 
 
 def _picks(held: _Held, replies: Sequence[object], now: int) -> dict[str, Pick]:

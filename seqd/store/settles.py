@@ -141,8 +141,9 @@ def _needs(cls: type[StepOutcome]) -> list[tuple[str, str]]:
     ]
 
 
-# Passed steps in advance's ARGV[5..] (advance-2.lua): sent or skipped steps with a step
-# after them, of a claim the caller read, whose events the caller built (`step_event`).
+# Passed steps in advance's ARGV[5..] (advance-2.lua): sent or skipped steps of a claim the
+# caller read: with a step after them, whose events the caller built (`step_event`), or
+# last steps (wait -1, no event: the script spells a completion's from the hash).
 # What a claim's steps share is written once (a group, in one JSON array), each step as
 # five plain values: decoding JSON was the script's largest cost after its writes, and a
 # decoded step is one more table for Lua to make and collect.
@@ -244,7 +245,7 @@ class Passed:
             "sent" if sent else "skipped",
             e.tenant,
             e.attempts or "",
-            s.wait,
+            s.wait if s.wait >= 0 else -1,
         )
         variant = s.variant if isinstance(s, Sent) else None
         sender = s.sender if isinstance(s, Sent) else None
@@ -256,7 +257,9 @@ class Passed:
         if place is None:
             place = self.groups[group] = str(len(self.groups) + 1)
         detail = (s.provider_id if isinstance(s, Sent) else s.reason) or ""
-        self.values += (s.id, place, str(s.at + s.wait), detail, event)
+        # (A last step's `due` is when it was sent: advance spells its events.)
+        due = s.at + s.wait if s.wait >= 0 else s.at
+        self.values += (s.id, place, str(due), detail, event)
 
     def encode_groups(self) -> bytes:
         return _encode(list(self.groups))
@@ -337,7 +340,7 @@ def advance_args(
             deferrals.add(s, e, now_text)
             continue
         event = step_event(s, e, now_text)
-        if event and isinstance(s, Sent | Skipped):
+        if isinstance(s, Sent | Skipped) and (event or s.wait < 0):
             passed.add(s, e, event)
         else:
             s.seq = e.sequence

@@ -34,16 +34,18 @@
     outcome while the hash exists
   ARGV[5]   optional, the groups of the passed steps that follow, as a JSON array of
             [token, seq, step, kind, outcome (sent|skipped), tenant, attempts ("" for
-            none), wait (ms from the send to the next step, >= 0), and optionally the A/B
+            none), wait (ms from the send to the next step, >= 0; -1: the sequence's last
+            step, whose steps complete their enrollments), and optionally the A/B
             variant its sent steps were sent as ("" for none), the sender its steps pin
             their contacts to (as an item's pin; null for none) and the sender (of a pool)
             its sent steps were sent from (null for none)]: what the steps of one claim
             share, written once per call (store/settles.py PASSED_GROUP)
   ARGV[6..] the passed steps, the hot path: a sent or skipped step with a step after it,
             of a claim the caller read, five values each (PASSED_STEP): id, group (its
-            place in ARGV[5], from 1), due (the next step's due time, ms), detail (provider
-            id of a sent step, reason of a skipped one; "" for none), and its event data
-            (JSON object text). The caller builds the event from what claimDue read under
+            place in ARGV[5], from 1), due (the next step's due time, ms; a last step's:
+            when it was sent), detail (provider id of a sent step, reason of a skipped one;
+            "" for none), and its event data (JSON object text; "" for a last step, whose
+            events complete_read spells from the hash). The caller builds the event from what claimDue read under
             the same token (`s c md` never change, `t` and `a` change only under a claim)
             and this call's `now` (`step_event`): Redis, the bottleneck of a burst, then
             reads nothing of the hash and builds no text. (Values rather than JSON: a
@@ -115,7 +117,7 @@ for n, g in ipairs(groups) do
     or type(g[G_SEQ]) ~= 'string' or g[G_SEQ] == '' or type(g[G_STEP]) ~= 'number'
     or type(g[G_KIND]) ~= 'string' or (g[G_OUTCOME] ~= 'sent' and g[G_OUTCOME] ~= 'skipped')
     or type(g[G_TENANT]) ~= 'string' or g[G_TENANT] == '' or type(g[G_ATTEMPTS]) ~= 'string'
-    or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < 0
+    or type(g[G_WAIT]) ~= 'number' or g[G_WAIT] < -1
     or (g[G_VARIANT] ~= nil and type(g[G_VARIANT]) ~= 'string')
     or (g[G_PIN] ~= nil and (type(g[G_PIN]) ~= 'string' or g[G_PIN] == ''
       or not KIND_SENDER_FIELD[g[G_KIND]]))
@@ -132,6 +134,7 @@ for n, g in ipairs(groups) do
   g.queue = k_queue(tag, g[G_SEQ])
   g.etype = g.sent and 'sequence.step.sent' or 'sequence.step.skipped'
   g.passed = 0  -- its steps passed on the hot path, counted once at the end
+  g.last = g[G_WAIT] == -1
   -- The A/B variant its steps were sent as and the sender they were sent from (optional),
   -- recorded as `v<step>` and `r<step>`.
   g.variant = g.sent and g[G_VARIANT] ~= '' and g[G_VARIANT] or nil
@@ -145,7 +148,7 @@ for n = 1, passed do
   local b = P_WIDTH * n + SKIP
   local group, due = tonumber(ARGV[b + P_GROUP]), tonumber(ARGV[b + P_DUE])
   if not due or due % 1 ~= 0 or ARGV[b + P_ID] == '' or not groups[group]
-    or ARGV[b + P_EVENT] == ''
+    or (ARGV[b + P_EVENT] == '') ~= (groups[group] and groups[group].last)
   then
     return redis.error_reply('BAD_ITEMS:passed step ' .. n)
   end
@@ -300,7 +303,8 @@ local function passed_item(n, id, g)
   local sent, detail = g.sent, ARGV[P_WIDTH * n + SKIP + P_DETAIL]
   if detail == '' then detail = nil end
   return {id = id, token = g[G_TOKEN], seq = g[G_SEQ], step = g[G_STEP], kind = g[G_KIND],
-          outcome = g[G_OUTCOME], at = dues[n] - g[G_WAIT], wait = g[G_WAIT],
+          outcome = g[G_OUTCOME], at = g.last and dues[n] or dues[n] - g[G_WAIT],
+          wait = g[G_WAIT],
           provider_id = sent and detail or nil, reason = (not sent) and detail or nil,
           variant = g.variant, pin = g.pin, sender = g.sender}
 end
@@ -336,6 +340,125 @@ local function pass_read(id, ekey, it, seq)
     step_event_json(id, h[4], h[5], next_step, due_at, now, h[6] and cjson.encode(h[6]) or '',
       h[7] and cjson.encode(h[7]) or '', step, KIND_JSON[it.kind] or cjson.encode(it.kind),
       tail))
+  return true
+end
+
+-- What the call's completions (complete_read) count, written once per call at the end:
+-- per sequence, the enrollments completed (moved from `active` in its counts, listed in
+-- its completed index) and the stats fields with their increments.
+local completed, completed_stats = {}, {}
+
+local function tally_stat(seq, field)
+  local of_seq = completed_stats[seq]
+  if not of_seq then of_seq = {}; completed_stats[seq] = of_seq end
+  of_seq[field] = (of_seq[field] or 0) + 1
+end
+
+-- The hash fields complete_read reads: C_* first (what its writes and checks need), then
+-- the event fields (EVENT_FIELDS) it does not write, from C_REST on. A completion writes
+-- `i`, `ua`, `ca` and `st` whatever they were.
+local C_S, C_C, C_ST, C_N, C_T, C_A, C_SM, C_V, C_R = 1, 2, 3, 4, 5, 6, 7, 8, 9
+local C_REST = 10
+local COMPLETE_FIELDS = {'s', 'c', 'st', 'n', 't', 'a', 'sm', 'v', 'r'}
+local WRITTEN = {s = true, c = true, st = true, n = true, i = true, ua = true, ca = true}
+for _, f in ipairs(EVENT_FIELDS) do
+  if not WRITTEN[f] then COMPLETE_FIELDS[#COMPLETE_FIELDS + 1] = f end
+end
+-- A pause's fields (finish clears them): the general path decides where one is set.
+local PAUSE_FIELD = {pr = true, pv = true, ra = true}
+
+-- An enrollment's last step sent (or skipped), its claim holding: what settle's pass_step
+-- and finish(completed) write, with two reads (the hash's needed fields, the contact's
+-- live fields) instead of the whole hash, one HSET of the hash, and its counts, stats and
+-- completed index written once per call (the end of the script). Returns false, having
+-- written nothing, where the general path must decide: the hash gone or not active, a
+-- pause's fields on it, the step credited with the completion not this one (no provider
+-- id and an earlier step sent), or an exclusive enrollment whose end makes a waiting one.
+local function complete_read(id, ekey, seq, step, kind, sent, detail, at, variant, sender, pin)
+  COMPLETE_FIELDS[C_V], COMPLETE_FIELDS[C_R] = 'v' .. step, 'r' .. step
+  local h = rcall('HMGET', ekey, unpack(COMPLETE_FIELDS))
+  if h[C_ST] ~= 'active' or not (h[C_T] and h[C_S] and h[C_C] and h[C_N]) then
+    return false
+  end
+  -- The event fields that were there and stay: JSON text, each after a comma.
+  local rest = ''
+  for k = C_REST, #COMPLETE_FIELDS do
+    local v = h[k]
+    if v then
+      local f = COMPLETE_FIELDS[k]
+      if PAUSE_FIELD[f] then return false end
+      rest = rest .. ',"' .. f .. '":' .. cjson.encode(v)
+    end
+  end
+  local outcome = sent and 'sent' or 'skipped'
+  local pid = sent and detail or nil
+  if not pid then
+    -- The completion is credited to the highest step with a provider id (credit_step),
+    -- this one when there is none.
+    local pfields = {}
+    for j = 0, step do pfields[#pfields + 1] = 'p' .. j end
+    local got = rcall('HMGET', ekey, unpack(pfields))
+    for j = 1, step do
+      if got[j] then return false end
+    end
+  end
+  local ckey = k_contact(tag, h[C_C])
+  local live, exclusive = unpack(rcall('HMGET', ckey, 'e:' .. seq, 'ex'))
+  if exclusive == id then return false end
+  local next = string.format('%d', step + 1)
+  local writes = step_writes(next, nil, sent, 'p' .. step, pid, kind, h[C_A], h[C_SM])
+  local sent_variant = sent and variant or nil
+  if sent_variant then
+    writes[#writes + 1] = 'v' .. step; writes[#writes + 1] = sent_variant
+  else
+    variant = h[C_V]
+  end
+  if sent and sender then
+    writes[#writes + 1] = 'r' .. step; writes[#writes + 1] = sender
+  else
+    sender = h[C_R]
+  end
+  if pin then
+    writes[#writes + 1] = KIND_SENDER_FIELD[kind]; writes[#writes + 1] = pin
+  end
+  writes[#writes + 1] = 'ca'; writes[#writes + 1] = now
+  writes[#writes + 1] = 'st'; writes[#writes + 1] = 'completed'
+  rcall('HSET', ekey, unpack(writes))
+  if not sent then set_outcome(ekey, step, 'k') end
+  rcall('ZREM', k_queue(tag, seq), id)
+  if live == id then rcall('HDEL', ckey, 'e:' .. seq) end
+  if live or exclusive or rcall('EXISTS', ckey) == 1 then
+    rcall('HSET', ckey, 'x:' .. seq, id)
+  end
+  local ids = completed[seq]
+  if not ids then ids = {}; completed[seq] = ids end
+  ids[#ids + 1] = id
+  -- The step's outcome and the completion, both on this step (credit_step).
+  local vs = step .. ':' .. (variant or NO_VARIANT) .. ':'
+  tally_stat(seq, vs .. STAT[outcome])
+  tally_stat(seq, vs .. STAT['completed'])
+  if sender then
+    tally_stat(seq, SENDER_MARK .. sender .. ':' .. STAT[outcome])
+    tally_stat(seq, SENDER_MARK .. sender .. ':' .. STAT['completed'])
+  end
+  -- The events' data as enrollment_event encodes it from the hash after each write (ids
+  -- and ms times written as they are, as step_event_json does).
+  local common = '"s":"' .. h[C_S] .. '","c":"' .. h[C_C] .. '","i":"' .. next .. '","n":"'
+    .. h[C_N] .. '","ua":"' .. now .. '"' .. rest .. '}'
+  local tail
+  if sent then
+    tail = ',"provider_id":' .. (pid and cjson.encode(pid) or 'null') .. ',"sent_at":'
+      .. string.format('%d', at)
+      .. (sent_variant and (',"variant":' .. cjson.encode(sent_variant)) or '')
+  else
+    tail = detail and (',"reason":' .. cjson.encode(detail)) or ''
+  end
+  emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[C_T], now,
+    '{"id":"' .. id .. '","fields":{"st":"active",' .. common .. ',"step":'
+      .. string.format('%d', step) .. ',"kind":' .. (KIND_JSON[kind] or cjson.encode(kind))
+      .. tail .. '}')
+  emit_batched('sequence.enrollment.completed', h[C_T], now,
+    '{"id":"' .. id .. '","fields":{"st":"completed","ca":"' .. now .. '",' .. common .. '}')
   return true
 end
 
@@ -417,8 +540,11 @@ for _, it in ipairs(items) do
   local outcome = it.outcome
   local seq = it.seq or rcall('HGET', ekey, 's')
   local current = seq and holds(id, it.token, k_queue(tag, seq))
-  if current and (outcome == 'sent' or outcome == 'skipped') and it.wait >= 0
-    and pass_read(id, ekey, it, seq) then
+  if current and (outcome == 'sent' or outcome == 'skipped') and (
+      (it.wait >= 0 and pass_read(id, ekey, it, seq))
+      or (it.wait < 0 and zadds and complete_read(id, ekey, seq, it.step, it.kind,
+        outcome == 'sent', outcome == 'sent' and it.provider_id or it.reason, it.at, it.variant,
+        it.sender, it.pin))) then
     applied = applied + 1
   else
     settle(id, ekey, it, current)
@@ -428,7 +554,17 @@ for n = 1, passed do
   local id, g = ARGV[P_WIDTH * n + SKIP + P_ID], groups[group_of[n]]
   local ekey = k_enrollment(tag, id)
   local current = holds(id, g[G_TOKEN], g.queue)
-  if current and pass_built(n, id, g, ekey) then
+  if not current then
+    settle(id, ekey, passed_item(n, id, g), current)
+  elseif g.last then
+    local detail = ARGV[P_WIDTH * n + SKIP + P_DETAIL]
+    if zadds and complete_read(id, ekey, g[G_SEQ], g[G_STEP], g[G_KIND], g.sent,
+        detail ~= '' and detail or nil, dues[n], g.variant, g.sender, g.pin) then
+      applied = applied + 1
+    else
+      settle(id, ekey, passed_item(n, id, g), current)
+    end
+  elseif pass_built(n, id, g, ekey) then
     applied = applied + 1
   else
     settle(id, ekey, passed_item(n, id, g), current)
@@ -446,6 +582,17 @@ for _, g in ipairs(groups) do
     stats_count_sender(g[G_SEQ], g.sender, g[G_OUTCOME], now, g.passed)
     stats_count(g[G_SEQ], g[G_STEP] + 1, NO_VARIANT, 'scheduled', now, g.passed)
   end
+end
+for seq, ids in pairs(completed) do
+  local counts = k_counts(tag, seq)
+  rcall('HINCRBY', counts, 'active', -#ids)
+  rcall('HINCRBY', counts, 'completed', #ids)
+  local args = {}
+  for _, id in ipairs(ids) do args[#args + 1] = 0; args[#args + 1] = id end
+  zadd_chunked(k_status_index(tag, seq, 'completed'), args)
+end
+for seq, of_seq in pairs(completed_stats) do
+  for field, n in pairs(of_seq) do stats_add(seq, field, now, n) end
 end
 flush_batched(now)
 return {applied, late, stale}
