@@ -240,10 +240,14 @@ async def run_seqd(
                 await client.config_set("slowlog-log-slower-than", 0)
                 await client.slowlog_reset()
             started = time.monotonic()
+            timeline = Timeline(sink, pids) if TIMELINE else None
+            sampler = asyncio.create_task(timeline.run(started)) if timeline else None
             if intake:
                 await write_intake(client, sid, n)
             else:
-                await post_batches(http, f"{api}/v1/sequences/{sid}/enrollments/batch", auth, n)
+                await post_batches(
+                    http, f"{api}/v1/sequences/{sid}/enrollments/batch", auth, n, timeline=timeline
+                )
             enrolled = time.monotonic() - started
             try:
                 stats = await sink.wait_hits(http, n, limit=600)
@@ -252,6 +256,9 @@ async def run_seqd(
                 print("seqd's log ends:\n" + "\n".join(log.splitlines()[-20:]))
                 raise
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            if sampler is not None and timeline is not None:
+                sampler.cancel()
+                timeline.print()
             if spy is not None:
                 stop_spy(spy, workdir)
                 await print_slowlog(client, n)
@@ -304,6 +311,73 @@ def diff_stats(
     return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
 
 
+# SEQD_E2E_TIMELINE=1: every 100 ms of a seqd run, the sink's hits, the items enrolled so
+# far and each process's share of a core running and waiting to run (runnable but not
+# scheduled: the machine's other work), printed after the run.
+TIMELINE = bool(os.environ.get("SEQD_E2E_TIMELINE"))
+
+
+def sched_seconds(pid: int) -> tuple[float, float]:
+    """(on a CPU, runnable and waiting for one) so far, in seconds, over `pid`'s live
+    threads (Linux /proc/<pid>/task/*/schedstat)."""
+    run = wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:
+            continue
+        run, wait = run + int(fields[0]), wait + int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
+class Timeline:
+    """Samples of one run every `step` seconds: t, sink hits, items enrolled, and by
+    process its share of a core (running, waiting to run)."""
+
+    def __init__(self, sink: Sink, pids: dict[str, int]) -> None:
+        self.sink, self.pids = sink, pids
+        self.enrolled = 0
+        self.rows: list[tuple[float, int, int, dict[str, tuple[float, float]]]] = []
+        self.totals: dict[str, tuple[float, float]] = {}
+
+    async def run(self, started: float, step: float = 0.1) -> None:
+        async with aiohttp.ClientSession() as self.http:
+            await self.sample(started, step)
+
+    async def sample(self, started: float, step: float) -> None:
+        first = last = {name: sched_seconds(pid) for name, pid in self.pids.items()}
+        at = time.monotonic()
+        while True:
+            await asyncio.sleep(step)
+            hits = (await self.sink.stats(self.http))["hits"]
+            now = time.monotonic()
+            sched = {name: sched_seconds(pid) for name, pid in self.pids.items()}
+            share = {
+                name: ((run - last[name][0]) / (now - at), (wait - last[name][1]) / (now - at))
+                for name, (run, wait) in sched.items()
+            }
+            self.rows.append((now - started, hits, self.enrolled, share))
+            self.totals = {
+                name: (run - first[name][0], wait - first[name][1])
+                for name, (run, wait) in sched.items()
+            }
+            last, at = sched, now
+
+    def print(self) -> None:
+        names = list(self.pids)
+        print("per process: % of a core running/waiting to run")
+        print("t s     hits  +hits enrolled " + " ".join(f"{n:>9}" for n in names))
+        before = 0
+        for t, hits, enrolled, share in self.rows:
+            cells = " ".join(f"{share[n][0] * 100:4.0f}/{share[n][1] * 100:<4.0f}" for n in names)
+            print(f"{t:5.2f} {hits:6} {hits - before:6} {enrolled:8} {cells}")
+            before = hits
+        print(
+            "in all (s running/waiting): "
+            + ", ".join(f"{n} {r:.2f}/{w:.2f}" for n, (r, w) in self.totals.items())
+        )
+
+
 # SEQD_E2E_PROFILE=<file>: py-spy samples seqd (all workers) over the run, folded stacks.
 PROFILE = os.environ.get("SEQD_E2E_PROFILE", "")
 
@@ -354,6 +428,7 @@ async def post_batches(
     auth: dict[str, str],
     n: int,
     make: Callable[[int], dict[str, Any]] = contact,
+    timeline: Timeline | None = None,
 ) -> None:
     """Enroll `n` new contacts (`make(i)` the i-th) through the batch endpoint at `url`."""
     gate = asyncio.Semaphore(IN_FLIGHT)
@@ -365,6 +440,8 @@ async def post_batches(
             assert resp.status == 200, answer
             bad = [r for r in answer["results"] if "enrollment" not in r]
             assert not bad, bad[:3]
+        if timeline is not None:
+            timeline.enrolled += len(items)
 
     await asyncio.gather(*(one(start) for start in range(0, n, BATCH)))
 

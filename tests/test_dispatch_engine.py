@@ -644,3 +644,33 @@ async def test_a_completed_enrollment_shows_the_step_count_as_its_current_step(
     done = await store.enrollments.get(TENANT, e.id)
     assert done.status == "completed" and done.completed_at is not None
     assert done.current_step == len(seq.steps) == 2
+
+
+async def test_an_enrollment_due_now_wakes_the_sleeping_dispatcher_of_its_process(
+    store: Store,
+) -> None:
+    """An enrollment made through this process's store, due at once, is sent without
+    waiting out the idle poll (a minute here): the enrollment wakes the dispatcher."""
+    seq = await sequence(store, sms())
+    (cid,) = await contacts(store, 1)
+    sender = Recorder()
+    d = Dispatcher(store, DispatchConfig(idle_poll_ms=60_000), OneSender(sender))
+    polls = 0
+    heads = d.dispatch.heads
+
+    async def counted(now: int) -> list[tuple[int | None, int]]:
+        nonlocal polls
+        got = await heads(now)
+        polls += 1
+        return got
+
+    d.dispatch.heads = counted  # type: ignore[method-assign]
+    d.start()
+    try:
+        await until(lambda: polls >= 1)  # the first round found nothing: the loop sleeps
+        (e,) = await enroll(store, seq, [cid])
+        await until(lambda: bool(sender.messages), seconds=10)
+        assert [m.enrollment_id for m in sender.messages] == [e.id]
+    finally:
+        await d.stop()
+    assert store.due_now == []  # a stopped dispatcher is woken no more

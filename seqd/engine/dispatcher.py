@@ -13,8 +13,9 @@ little is due every due shard is in one piece, which keeps a round to a few roun
 
 Between rounds the loop sleeps until the earliest due time, at most `idle_poll_ms`
 (jittered, so several processes do not poll in step); `stop()` wakes it at once. A step
-fires a few ms after its due time when the loop knew of it in advance, and within one
-idle poll when it was enrolled due immediately.
+fires a few ms after its due time when the loop knew of it in advance; one enrolled due
+at once through this process wakes the loop (`StoreContext.due_now`), and one enrolled by
+another process sharing the store is seen within one idle poll.
 
 Delivery promise: at least once. A claim leases the step (its due score moves to now +
 lease - 0.5 ms, which is also the claim's fencing token); a worker that dies leaves the
@@ -138,11 +139,14 @@ class Dispatcher:
     def start(self) -> None:
         self._abort = asyncio.get_running_loop().create_future()
         log.info("dispatch.started", batch_size=self.config.batch_size)
+        self.store.due_now.append(self.loop.wake)
         self.loop.start()
 
     async def stop(self) -> None:
         """Stop claiming, let the batch in flight finish (bounded), release the rest."""
         timeout = self.config.drain_timeout_seconds
+        with contextlib.suppress(ValueError):
+            self.store.due_now.remove(self.loop.wake)
 
         def give_up() -> None:
             # Releasing is one script call per shard; it gets the same time again at most.

@@ -8,7 +8,7 @@ import nothing back from `db.py`, which builds them.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from seqd.store.client import Client
 from seqd.store.keys import Keys
@@ -21,6 +21,13 @@ class StoreContext:
         self.keys = keys
         self.shards = keys.shards
         self.runner = Runner(client)
+        # Called (in this process) when this process has just made steps due now: the
+        # dispatcher's wake, so an enrollment due at once is sent without an idle poll.
+        self.due_now: list[Callable[[], None]] = []
+
+    def made_due(self) -> None:
+        for wake in self.due_now:
+            wake()
 
     async def merged_range(
         self, index_keys: Sequence[str], after: str | None, limit: int

@@ -115,6 +115,8 @@ class Enrollments:
                 replies = [exc]
         else:
             replies = await self.store.runner.call_many(trip, acknowledged=True) if trip else []
+        if replies and any(wait_ms == 0 if item.due is None else item.due <= now for item in items):
+            self.store.made_due()
         # What every enrollment created by this call has in common.
         enrolled_at = to_rfc3339(now)
         default_due = now + wait_ms
