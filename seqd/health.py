@@ -12,6 +12,7 @@ sending it work and systemd/docker can restart it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -33,12 +34,28 @@ class Liveness:
         self.clock = clock
         self._beats: dict[str, tuple[float, float]] = {}
         self._notes: dict[str, str] = {}
+        self._drain_hooks: list[Callable[[], None]] = []
 
     def beat(self, name: str, deadline_seconds: float) -> None:
         self._beats[name] = (self.clock(), deadline_seconds)
 
     def stopped(self, name: str) -> None:
         self._beats.pop(name, None)
+
+    def on_drain(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call `hook` when the process begins to stop (`drain`); returns what forgets it."""
+        self._drain_hooks.append(hook)
+
+        def forget() -> None:
+            with contextlib.suppress(ValueError):
+                self._drain_hooks.remove(hook)
+
+        return forget
+
+    def drain(self) -> None:
+        """The process begins to stop (SIGTERM): loops that asked stop taking work now."""
+        for hook in list(self._drain_hooks):
+            hook()
 
     def late(self) -> dict[str, float]:
         """Loops past their deadline -> seconds since their last beat."""

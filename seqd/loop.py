@@ -54,6 +54,10 @@ class Heart(Protocol):
 
     def stopped(self, name: str) -> None: ...
 
+    def on_drain(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call `hook` when the process begins to stop; returns what forgets it."""
+        ...
+
 
 class Loop:
     """Runs `turn` until stopped; `name` is the loop's task name and its /readyz check.
@@ -73,6 +77,7 @@ class Loop:
         failed_event: str,
         liveness: Heart | None = None,
         finish: Callable[[], Awaitable[None]] | None = None,
+        quiet_on_drain: bool = False,
     ) -> None:
         self.name = name
         self.turn = turn
@@ -81,6 +86,11 @@ class Loop:
         self.failed_event = failed_event
         self.liveness = liveness
         self.finish = finish
+        # Stop turning as soon as the process begins to stop (liveness.on_drain), not when
+        # its own stop() comes: the API's requests in flight and the other parts are waited
+        # for first, and a dispatcher would go on claiming and sending all that while.
+        self.quiet_on_drain = quiet_on_drain
+        self._forget_drain: Callable[[], None] | None = None
         # Set by stop(): a turn in hand may check it to end early.
         self.stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -94,6 +104,13 @@ class Loop:
     def start(self) -> None:
         self.stopping.clear()
         self._task = asyncio.create_task(self._run(), name=self.name)
+        if self.quiet_on_drain and self.liveness is not None:
+            self._forget_drain = self.liveness.on_drain(self.quiet)
+
+    def quiet(self) -> None:
+        """Stop turning (the turn in hand ends, then `finish` runs); stop() still waits."""
+        self.stopping.set()
+        self._wake.set()
 
     def wake(self) -> None:
         """End the current sleep now (new work is there)."""
@@ -118,8 +135,10 @@ class Loop:
     ) -> None:
         """Stop turning and wake the sleeper; wait up to `grace_seconds` for the turn in hand
         (and `finish`), then call `give_up` (if given) and wait as long again, then cancel."""
-        self.stopping.set()
-        self._wake.set()
+        self.quiet()
+        if self._forget_drain is not None:
+            self._forget_drain()
+            self._forget_drain = None
         task, self._task = self._task, None
         try:
             if task is None:

@@ -294,6 +294,9 @@ async def serve(
                     await stop.wait()
             finally:
                 notifier.stopping()
+                # The dispatcher stops claiming now, not after the API's requests in flight
+                # and the other background parts have been waited for.
+                app[LIVENESS].drain()
                 await runner.cleanup()
     finally:
         for sock in sockets:

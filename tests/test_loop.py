@@ -182,3 +182,34 @@ async def test_a_task_that_never_ends_is_left_after_the_grace() -> None:
     stop.set()  # the test's own end: it ends on the next cancel
     task.cancel()
     await task
+
+
+async def test_a_quiet_on_drain_loop_stops_turning_when_the_process_begins_to_stop() -> None:
+    """SIGTERM's `Liveness.drain()` ends a dispatcher's turns at once (its `finish` runs),
+    before its own stop() comes; a loop that did not ask for it turns on until then."""
+    liveness = Liveness()
+    finished = asyncio.Event()
+
+    async def finish() -> None:
+        finished.set()
+
+    quiet_turn, busy_turn = Turns(0.001), Turns(0.001)
+    quiet = Loop("quiet", quiet_turn, idle_seconds=60, deadline_seconds=5,
+                 failed_event="test.failed", liveness=liveness, finish=finish,
+                 quiet_on_drain=True)  # fmt: skip
+    busy = _loop(busy_turn, liveness)
+    quiet.start()
+    busy.start()
+    await quiet_turn.wait_calls(3)
+    liveness.drain()
+    await asyncio.wait_for(finished.wait(), 5)
+    calls = quiet_turn.calls
+    await busy_turn.wait_calls(busy_turn.calls + 20)
+    assert quiet_turn.calls == calls, "the quiet loop turned after the drain began"
+    await quiet.stop(grace_seconds=1)
+    await busy.stop(grace_seconds=1)
+    assert not quiet.running and liveness.running() == []
+    # A loop stopped and started again is not quieted by a drain hook left behind.
+    quiet.start()
+    await quiet_turn.wait_calls(calls + 3)
+    await quiet.stop(grace_seconds=1)

@@ -29,9 +29,10 @@ hangs) finish in the background and a later round advances them, and a channel w
 slots are all held that way gets its due steps put back for a moment, so one slow
 provider holds up only its own channel.
 
-Shutdown (`stop()`): no new claims; the batch in flight and the background sends may
-finish for up to `drain_timeout_seconds`; what has not been sent by then is released
-(due again at once, token bumped) and what has been sent is advanced.
+Shutdown (SIGTERM: `Liveness.drain()` quiets the loop at once, then `stop()`): no new
+claims; the batch in flight and the background sends may finish for up to
+`drain_timeout_seconds`; what has not been sent by then is released (due again at once,
+token bumped) and what has been sent is advanced.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Dispatcher:
             failed_event="dispatch.round_failed",
             liveness=liveness,
             finish=self._finish,
+            quiet_on_drain=True,
         )
         self._stopping = self.loop.stopping
         # Set when the drain timeout passes: sends in flight are given up and released.
