@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from benchmarks.results import median, record
 
@@ -60,10 +61,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def one_burst(checkout: Path, n: int) -> dict[str, float]:
+def run_in(checkout: Path, snippet: str, *args: str) -> dict[str, Any]:
+    """Run `snippet` in a fresh interpreter with `checkout`'s seqd and benchmarks on the
+    path; its last line of output is a JSON object."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     out = subprocess.run(
-        [sys.executable, "-c", BURST, str(n)],
+        [sys.executable, "-c", snippet, *args],
         env=env,
         cwd=checkout,
         capture_output=True,
@@ -71,6 +74,10 @@ def one_burst(checkout: Path, n: int) -> dict[str, float]:
         check=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def one_burst(checkout: Path, n: int) -> dict[str, float]:
+    return run_in(checkout, BURST, str(n))
 
 
 def head_rev() -> str:

@@ -19,14 +19,12 @@ its own code first on PYTHONPATH) alternate with this checkout's, round by round
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.compare import head_rev
+from benchmarks.compare import head_rev, run_in
 from benchmarks.results import cpu_model, median, record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,17 +111,7 @@ uvloop.run(run(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"))
 
 
 def one_burst(checkout: Path, n: int, shape: str, callgrind: bool) -> dict[str, object]:
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    args = [str(n), str(SHAPES[shape]), "1" if callgrind else "0"]
-    out = subprocess.run(
-        [sys.executable, "-c", BURST, *args],
-        env=env,
-        cwd=checkout,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return run_in(checkout, BURST, str(n), str(SHAPES[shape]), "1" if callgrind else "0")
 
 
 def main() -> None:
