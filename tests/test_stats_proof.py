@@ -123,7 +123,9 @@ async def test_stats_equal_a_count_of_the_events(store: Store) -> None:
     ]
     ab_email = email(wait=5, thread=False)
     ab_email.variants = [models.VariantIn(id="short", subject="Hi"), models.VariantIn(id="long")]
-    seq = await sequence(store, ab_sms, email(), sms(wait=5), ab_email)
+    # Step 1 waits, so that each round's replies find some enrollments whose last send is
+    # step 0 (a reply is credited to the last step sent).
+    seq = await sequence(store, ab_sms, email(wait=5), sms(wait=5), ab_email)
     cids = []
     for n in range(CONTACTS):
         values = {"phone": f"+1415{n:07d}", "email": f"c{n}@example.com", "first_name": "A"}
