@@ -48,14 +48,24 @@ async def _sequence(api: Api, *steps: dict[str, Any]) -> dict[str, Any]:
     return got["sequence"]  # type: ignore[index,no-any-return]
 
 
-async def _enroll_many(api: Api, sid: str, n: int) -> list[str]:
+async def _enroll_many(api: Api, sid: str, n: int, first: int = 0) -> list[str]:
     out = []
-    for i in range(n):
+    for i in range(first, first + n):
         contact = {"phone": f"+1415556{i:04d}", "email": f"v{i}@example.com"}
         status, got = await api.call("POST", f"/sequences/{sid}/enrollments", {"contact": contact})
         assert status == 201, got
         out.append(got["enrollment"]["id"])  # type: ignore[index]
     return out
+
+
+async def _enroll_picking_both(api: Api, seq: dict[str, Any], n: int) -> list[str]:
+    """`n` enrollments, and more until step 0 picks each of its two variants for some: the
+    pick hashes the random enrollment id, so `n` alone cover both only by chance."""
+    plan = build(msgspec.convert(seq, models.Sequence), 1)
+    eids = await _enroll_many(api, seq["id"], n)
+    while len({plan.steps[0].variant_for(e, 0).id for e in eids}) < 2:
+        eids += await _enroll_many(api, seq["id"], 1, first=len(eids))
+    return eids
 
 
 @pytest.mark.parametrize(
@@ -130,13 +140,13 @@ def test_the_pick_is_the_same_in_another_process() -> None:
 
 async def test_variants_are_sent_recorded_and_in_the_sent_event(api: Api) -> None:
     seq = await _sequence(api, AB_SMS, AB_EMAIL)
-    await _enroll_many(api, seq["id"], 12)
+    eids = await _enroll_picking_both(api, seq, 12)
     sender, clock = Recorder(), Clock()
     d = dispatcher(api.store, sender, clock)
     await d.run_once(clock.at)
     clock.advance(61 * 60_000)
     await d.run_once(clock.at)
-    assert len(sender.messages) == 24
+    assert len(sender.messages) == 2 * len(eids)
     sent = {
         (e["id"], e["step"]): e
         for e in await events(api.store)
@@ -154,7 +164,7 @@ async def test_variants_are_sent_recorded_and_in_the_sent_event(api: Api) -> Non
         else:
             assert message.subject == ("Hi" if variant == "short" else "Hello")
             assert message.body == "Body"
-    assert used["0:a"] and used["0:b"] and used["1:short"] + used["1:long"] == 12
+    assert used["0:a"] and used["0:b"] and used["1:short"] + used["1:long"] == len(eids)
 
 
 async def test_a_retry_sends_the_same_variant(api: Api) -> None:
@@ -185,7 +195,7 @@ async def test_a_winner_is_sent_alone_and_the_others_stay_listed(api: Api) -> No
     second = {**AB_SMS, "wait_minutes": 60}
     seq = await _sequence(api, first, second)
     sid = seq["id"]
-    eids = await _enroll_many(api, sid, 10)
+    eids = await _enroll_picking_both(api, seq, 10)
     sender, clock = Recorder(), Clock()
     d = dispatcher(api.store, sender, clock)
     await d.run_once(clock.at)
@@ -198,7 +208,7 @@ async def test_a_winner_is_sent_alone_and_the_others_stay_listed(api: Api) -> No
     clock.advance(61 * 60_000)
     await d.run_once(clock.at)
     later = [m for m in sender.messages if m.step == 1]
-    assert len(later) == 10 and {m.body for m in later} == {"B there"}
+    assert len(later) == len(eids) and {m.body for m in later} == {"B there"}
     # Step 0's record is as it was sent, both variants.
     recorded = set()
     for eid in eids:
