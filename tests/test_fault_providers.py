@@ -29,11 +29,16 @@ from seqd.config import DispatchConfig, HttpConfig, SmtpConfig, TwilioConfig
 from seqd.engine.dispatcher import Dispatcher
 from seqd.store.db import Store
 from tests.conftest import free_port
-from tests.dispatchutil import Clock, email, sms
+from tests.dispatchutil import Clock, email, sms, until
 from tests.faultutil import counter_mismatches, seed, size
 
 SID = "AC0123456789abcdef"
+# The clients' timeouts: while the SMS API hangs (the fake holds those requests until the
+# test releases them) a short one, so that it passes; else one no answer takes even on a
+# loaded machine (with 0.3 s there, a 429 answered late was a timeout, retried before its
+# Retry-After, or a request not yet counted by the fake; 2 s failed too at load 10).
 TIMEOUT = 0.3
+PATIENT = 60.0
 
 
 @dataclass
@@ -44,6 +49,9 @@ class Twilio:
     port: int = field(default_factory=free_port)
     accepted: Counter[tuple[str, str]] = field(default_factory=Counter)
     requests: int = 0
+    # Hung requests wait for `release`; `hanging` counts those still held.
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    hanging: int = 0
 
     async def messages(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -57,7 +65,11 @@ class Twilio:
                 headers={"Retry-After": "7"},
             )
         if self.mode == "hang":
-            await asyncio.sleep(TIMEOUT * 3)  # past the client's timeout; then it is sent
+            self.hanging += 1
+            try:
+                await self.release.wait()  # past the client's timeout; then it is sent
+            finally:
+                self.hanging -= 1
         self.accepted[(str(form["To"]), str(form["Body"]))] += 1
         return web.json_response({"sid": f"SM{self.requests:032d}", "status": "queued"}, status=201)
 
@@ -73,6 +85,7 @@ async def twilio() -> AsyncIterator[Twilio]:
     try:
         yield fake
     finally:
+        fake.release.set()
         await runner.cleanup()
 
 
@@ -98,33 +111,42 @@ class Mailbox:
         return "250 2.0.0 queued"
 
 
+def _twilio_sender(port: int, timeout: float) -> TwilioSender:
+    config = TwilioConfig(
+        account_sid=SID,
+        auth_token="token",
+        from_number="+14155550000",
+        base_url=f"http://127.0.0.1:{port}",
+        timeout_seconds=timeout,
+    )
+    return TwilioSender(config, HttpConfig())
+
+
 class Senders:
+    """SMS through `patient` (PATIENT timeout), or `hasty` (TIMEOUT) while `hang` is set."""
+
     def __init__(self, twilio_port: int, smtp_port: int) -> None:
-        self.sms = TwilioSender(
-            TwilioConfig(
-                account_sid=SID,
-                auth_token="token",
-                from_number="+14155550000",
-                base_url=f"http://127.0.0.1:{twilio_port}",
-                timeout_seconds=TIMEOUT,
-            ),
-            HttpConfig(),
-        )
+        self.patient = _twilio_sender(twilio_port, PATIENT)
+        self.hasty = _twilio_sender(twilio_port, TIMEOUT)
+        self.hang = False
         self.email = SmtpSender(
             SmtpConfig(
                 host="127.0.0.1",
                 port=smtp_port,
                 tls="none",
                 from_address="team@example.com",
-                timeout_seconds=2.0,
+                timeout_seconds=PATIENT,
             )
         )
 
     def get(self, tenant: str, kind: Literal["sms", "email"]) -> Sender:
-        return self.sms if kind == "sms" else self.email
+        if kind == "email":
+            return self.email
+        return self.hasty if self.hang else self.patient
 
     async def close(self) -> None:
-        await self.sms.close()
+        await self.patient.close()
+        await self.hasty.close()
         await self.email.close()
 
 
@@ -174,21 +196,22 @@ async def test_failing_providers_lose_nothing_and_do_not_stall_the_other_channel
             assert await _stats(store, sms_seq) == (n, 0, 0)
 
             # 3. SMS hanging past its timeout while SMTP works: email goes on.
-            mailbox.tempfail, fake.mode = False, "hang"
+            mailbox.tempfail, fake.mode, senders.hang = False, "hang", True
             hang_s = await rounds(6)
             assert sum(mailbox.received.values()) == 2 * n  # both email steps, everyone
             assert await _stats(store, mail_seq) == (0, n, 0)
             assert await _stats(store, sms_seq) == (n, 0, 0)  # unknown → sent again later
 
             # 4. SMS back: every step of every enrollment reaches the provider.
-            fake.mode = "ok"
+            fake.mode, senders.hang = "ok", False
             await rounds(6)
             await rounds(6)
             assert await _stats(store, sms_seq) == (0, n, 0)
         finally:
             await senders.close()
             smtp.stop()
-        await asyncio.sleep(TIMEOUT * 3)  # the hung requests finish at the fake provider
+        fake.release.set()  # the hung requests finish at the fake provider
+        await until(lambda: fake.hanging == 0)
     bodies = {("sms one", 1), ("sms two", 1)}
     sms_steps = {(to, body) for (to, body) in fake.accepted}
     assert len(sms_steps) == 2 * n and {b for _, b in sms_steps} == {b for b, _ in bodies}
