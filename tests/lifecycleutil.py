@@ -24,6 +24,7 @@ from seqd.config import (
 )
 from seqd.lifecycle import twilio_signature
 from seqd.store.db import Store
+from tests.conftest import QUIET_OFF
 from tests.dispatchutil import Clock, Recorder, dispatcher
 
 PUBLIC = "https://seqd.example.com"
@@ -48,8 +49,11 @@ def twilio(tenant: str) -> ChannelsConfig:
 
 
 def config(**lifecycle: Any) -> Config:
+    # SMS quiet hours off, as in conftest's `api`: the steps these tests send are due at
+    # once at any time of day (on, a +1415 number's step waits from 05:00 to 16:00 UTC).
     return Config(
         http=HttpConfig(public_url=PUBLIC),
+        compliance=QUIET_OFF,
         tenants={
             "acme": TenantConfig(channels=twilio("acme")),
             "beta": TenantConfig(channels=twilio("beta"), inbound_email_secret=BETA_INBOUND_SECRET),

@@ -16,7 +16,7 @@ from seqd.conditions import Condition, Facts
 from seqd.config import DispatchConfig
 from seqd.engine.dispatcher import Dispatcher
 from seqd.store.db import Store
-from tests.conftest import QUIET_OFF, Api
+from tests.conftest import Api
 from tests.dispatchutil import Clock, Recorder, events, raw
 from tests.lifecycleutil import Client, client, config, send_due
 from tests.test_channels_twilio import FakeTwilio, make_sender, twilio
@@ -237,7 +237,6 @@ async def run_fallback(store: Store, receipts: list[tuple[str, dict[str, str]]])
     does within the ten minutes, then run the dispatcher when the email step is due."""
     sender = Recorder()
     cfg = config()
-    cfg.compliance = QUIET_OFF
     async with client(store, cfg) as api:
         eid = await fallback_enrollment(api)
         clock = Clock()
@@ -297,7 +296,6 @@ async def test_a_receipt_after_the_wait_changes_nothing_sent(store: Store) -> No
     sender = await run_fallback(store, [])
     assert [m.kind for m in sender.messages] == ["sms", "email"]
     cfg = config()
-    cfg.compliance = QUIET_OFF
     eid = sender.messages[0].enrollment_id
     async with client(store, cfg) as api:
         await status_callback(api, eid, 0, "delivered")
@@ -329,7 +327,6 @@ async def test_fallback_through_the_twilio_wire_format(
         make_sender(twilio.base_url, auth_token="acme-token", status_callback=True), Recorder()
     )
     cfg = config()
-    cfg.compliance = QUIET_OFF
     async with client(store, cfg) as api:
         eid = await fallback_enrollment(api)
         clock = Clock()
@@ -356,7 +353,6 @@ async def test_conditions_on_attributes_and_metadata_read_what_templates_do_not(
 ) -> None:
     """The claim reads the contact fields a condition names even when no template does."""
     cfg = config()
-    cfg.compliance = QUIET_OFF
     sender = Recorder()
     body = seq_body(
         {"kind": "sms", "body": "Hi", "skip_if": {"field": "attributes.plan", "eq": "pro"}},
@@ -393,7 +389,6 @@ async def test_conditions_on_attributes_and_metadata_read_what_templates_do_not(
 async def test_a_reply_is_a_fact_of_the_step_it_answers(store: Store) -> None:
     """A reply pauses the enrollment; once resumed, a step `only_if` the reply goes."""
     cfg = config()
-    cfg.compliance = QUIET_OFF
     sender = Recorder()
     body = seq_body(
         {"kind": "sms", "body": "Hi"},

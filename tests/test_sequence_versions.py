@@ -13,7 +13,7 @@ from seqd import models
 from seqd.store.db import Store
 from seqd.store.sequences import step_map
 from seqd.times import from_rfc3339
-from tests.conftest import QUIET_OFF, Api
+from tests.conftest import Api
 from tests.dispatchutil import Clock, Recorder, dispatcher, events, raw
 from tests.lifecycleutil import client, config, send_due
 from tests.test_conditions import status_callback
@@ -257,7 +257,6 @@ async def test_step_facts_follow_their_steps_when_apply_to_all_reorders(store: S
     email = {"kind": "email", "wait_minutes": 10, "subject": "s", "body": "b"}
     one = [sms, email, {"kind": "sms", "wait_minutes": 60, "body": "c, old"}]
     cfg = config()
-    cfg.compliance = QUIET_OFF
     sender = Recorder()
     async with client(store, cfg) as api:
         body = {"name": "v", "status": "active", "steps": one}

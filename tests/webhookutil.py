@@ -22,7 +22,7 @@ from seqd.events.reader import Reader
 from seqd.store.db import Store
 from seqd.store.webhooks import EndpointRecord
 from seqd.times import now_ms
-from tests.conftest import Api, free_port
+from tests.conftest import QUIET_OFF, Api, free_port
 
 TENANT = "acme"
 # Retries a test can drive in a few clock steps; no jitter, so due times are exact.
@@ -207,8 +207,9 @@ async def emit(
 
 @asynccontextmanager
 async def api_client(store: Store, config: Config | None = None) -> AsyncIterator[Api]:
-    """The HTTP API (no background parts) with a key of tenant `acme`."""
-    config = config or Config(webhooks=settings())
+    """The HTTP API (no background parts) with a key of tenant `acme`; by default SMS
+    quiet hours off, so that what is sent does not depend on the time of day."""
+    config = config or Config(webhooks=settings(), compliance=QUIET_OFF)
     _, key = await store.tenants.create_key(TENANT)
     async with TestClient(TestServer(create_app(config, store))) as client:
         yield Api(client, key, store)
