@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from seqd import ids
-from seqd.store import migrate
+from seqd.store import codec, migrate
 from seqd.store.contacts import listing_member
 from seqd.store.db import Store
 from tests.dispatchutil import TENANT, contacts
@@ -88,3 +88,17 @@ async def test_a_schema_2_store_is_listed_the_same_once_opened(
         assert await listed(s, 3) == sorted(c for c in cids if c != gone)
     finally:
         await s.close()
+
+
+def test_an_enrollment_zone_is_kept_short_and_read_in_both_forms() -> None:
+    """`z` keeps its source as one letter; a hash written before holds the whole word."""
+    eid = ids.new(ids.ENROLLMENT)
+    h = {"t": "t", "s": "seq_x", "c": "con_x", "st": "active", "i": "0", "n": "1000"}
+    assert codec.zone_field("phone", "America/New_York") == "p:America/New_York"
+    for stored in ("p:America/New_York", "phone:America/New_York"):
+        got = codec.enrollment(eid, {**h, "z": stored})
+        assert (got.timezone_source, got.timezone_used) == ("phone", "America/New_York")
+    for source in ("contact", "phone", "default"):
+        assert codec.zone_of(codec.zone_field(source, "UTC")) == (source, "UTC")
+        assert codec.zone_of(f"{source}:UTC") == (source, "UTC")
+    assert codec.zone_of("") == (None, None)

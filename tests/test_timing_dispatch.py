@@ -136,7 +136,7 @@ async def test_a_contact_moved_to_a_zone_in_quiet_hours_is_deferred_to_its_morni
     assert sender.messages == []
     h = await raw(store, eid)
     assert local(to_rfc3339(int(h["n"])), "Pacific/Honolulu")[:13] == "2026-04-06 08"
-    assert h["z"] == "contact:Pacific/Honolulu" and h["dr"] == "0:quiet_hours"
+    assert h["z"] == "c:Pacific/Honolulu" and h["dr"] == "0:quiet_hours"
     assert ids.is_valid(eid, ids.ENROLLMENT)
 
 

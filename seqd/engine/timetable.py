@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from seqd.engine.plans import Plan
 from seqd.schedules import Schedule
 from seqd.store.claims import Claimed
+from seqd.store.codec import zone_field
 from seqd.store.db import Store
 from seqd.store.settles import Defer
 from seqd.times import now_ms
@@ -168,7 +169,7 @@ class Timetable:
             until, reason, zone = decided.at, decided.moved_by[0], zone_text(decided)
         else:
             until = jittered(rules, key, found.at, found.end, found.moved)
-            reason, zone = found.moved[0], f"{recipient.source}:{recipient.used}"
+            reason, zone = found.moved[0], zone_field(recipient.source, recipient.used)
         return Defer(
             id=item.id, token=e.token, step=step, kind=sp.kind, at=now, seq=e.sequence,
             until=until, reason=reason, zone=zone,

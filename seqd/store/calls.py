@@ -71,7 +71,7 @@ def enroll(
     rules: tuple[str, str, str] = ("", "", ""),
 ) -> Call:
     """`items`: (new enrollment id, contact id, metadata JSON text or "", due ms as text or
-    "" for now + first_wait_ms, "<timezone_source>:<timezone_used>" or "", "queue" or "");
+    "" for now + first_wait_ms, the enrollment's `z` (codec.zone_field) or "", "queue" or "");
     `rules`: (steps version, reenroll, exclusive) as enroll-3.lua's ARGV[6..8] spell them."""
     tag = keys.shard_tag(shard)
     args: list[Any] = [tag, now, tenant, sequence_id, first_wait_ms, *rules]

@@ -30,7 +30,7 @@ class EnrollItem(msgspec.Struct, frozen=True):
     # When the first step goes (ms), decided in the contact's zone (seqd/timing); None:
     # enrollment + the first step's wait_minutes.
     due: int | None = None
-    # "<timezone_source>:<timezone_used>" of that decision ("" when no zone mattered).
+    # The enrollment's `z` of that decision (codec.zone_field; "" when no zone mattered).
     zone: str = ""
     # Into an exclusive sequence while the contact is busy in another: wait for it.
     queue: bool = False
@@ -133,7 +133,7 @@ class Enrollments:
                     results[i] = EnrollResult(id=row.id, enrollment=enrollment, idempotent=True)
                 elif full:
                     item = items[i]
-                    source, _, zone = item.zone.partition(":")
+                    source, zone = codec.zone_of(item.zone)
                     new = models.Enrollment(
                         id=row.id,
                         sequence_id=seq.id,
@@ -144,8 +144,8 @@ class Enrollments:
                         enrolled_at=enrolled_at,
                         metadata=item.metadata,
                         updated_at=enrolled_at,
-                        timezone_used=zone or None,
-                        timezone_source=source or None,  # type: ignore[arg-type]
+                        timezone_used=zone,
+                        timezone_source=source,  # type: ignore[arg-type]
                         sequence_version=seq.version,
                     )
                     results[i] = EnrollResult(id=row.id, enrollment=new)

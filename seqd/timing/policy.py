@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seqd.schedules import Schedule, compile_calendar, fixed_zone
+from seqd.store.codec import zone_field
 from seqd.timing.due import Due, Rules, StepTiming
 from seqd.timing.local import parse_hhmm
 from seqd.timing.quiet import QuietCalendars
@@ -90,8 +91,8 @@ class Policy:
 
 
 def zone_text(decided: Due) -> str:
-    """The enrollment's `z` field: "<source>:<zone>" (timezone_source, timezone_used)."""
-    return f"{decided.source}:{decided.zone}"
+    """The enrollment's `z` field (timezone_source, timezone_used), as the store keeps it."""
+    return zone_field(decided.source, decided.zone)
 
 
 def jitter_key(contact_id: str, sequence_id: str, step: int) -> str:

@@ -27,7 +27,7 @@
             enrollment_id (new, from ids.new; used only if none is active), contact_id,
             metadata (JSON object text, "" for none), due (ms the first step goes, as the
             process computed it in the contact's zone; "" for now + first_wait_ms), zone
-            ("<timezone_source>:<timezone_used>" for field `z`; "" for none), if_busy
+            (field `z`, codec.zone_field: "<source letter>:<zone>"; "" for none), if_busy
             ("queue": wait for the contact's live exclusive enrollment to end; "": refuse)
 
   Returns one reply per item:
