@@ -98,7 +98,8 @@ end
 -- Passed step n's values are ARGV[P_WIDTH * n + SKIP + P_ID ..] (PASSED_STEP): they start
 -- at ARGV[6].
 local SKIP = 5 - P_WIDTH
-local groups, passed, group_of, dues = {}, 0, {}, {}
+-- (of_group: group place -> the places of its passed steps.)
+local groups, passed, group_of, dues, of_group = {}, 0, {}, {}, {}
 if #ARGV >= 5 then
   local decoded, got = pcall(cjson.decode, ARGV[5])
   if not decoded or type(got) ~= 'table' or (#got == 0 and next(got) ~= nil) then
@@ -157,6 +158,9 @@ for n = 1, passed do
     return redis.error_reply('BAD_ITEMS:passed step ' .. n)
   end
   group_of[n], dues[n] = group, due
+  local ns = of_group[group]
+  if not ns then ns = {}; of_group[group] = ns end
+  ns[#ns + 1] = n
 end
 
 -- The hash writes of a passed step (sent or skipped), as one HSET's field list: `i` becomes
@@ -572,12 +576,6 @@ end
 local holding
 if zadds then
   holding = {}
-  local of_group = {}
-  for n = 1, passed do
-    local ns = of_group[group_of[n]]
-    if not ns then ns = {}; of_group[group_of[n]] = ns end
-    ns[#ns + 1] = n
-  end
   for gi, ns in pairs(of_group) do
     local g = groups[gi]
     local token, qkey = g[G_TOKEN], g.queue
