@@ -140,7 +140,7 @@ def main() -> None:
                 runs.setdefault(side, []).append(got)
                 shown = ", ".join(f"{k} {v:,.0f}" for k, v in got.items())
                 print(f"round {r + 1} {side}: {shown}, total {sum(got.values()):,.0f}", flush=True)
-    header = "| side | " + " | ".join(PHASES) + " | total |\n|---" + "|---" * (len(PHASES) + 1)
+    header = "| side | " + " | ".join(PHASES) + " | total |\n" + "|---" * (len(PHASES) + 2) + "|"
     rows = ""
     for side, got in runs.items():
         cells = [median([run[p] for run in got]) for p in PHASES]
