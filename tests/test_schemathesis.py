@@ -154,6 +154,8 @@ def server(valkey: ValkeyProcess, prefix: str, tmp_path: Path) -> Iterator[Serve
             logs.setup(LogConfig(), stream=io.StringIO())
 
 
+# The run is bounded by its subprocess's own timeout (1800 s); the hang guard sits above it.
+@pytest.mark.timeout(1900)
 def test_every_operation_answers_as_documented(server: Server, tmp_path: Path) -> None:
     server.seed()
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
