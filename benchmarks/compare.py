@@ -18,6 +18,8 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,26 @@ def run_in(checkout: Path, snippet: str, *args: str) -> dict[str, Any]:
         check=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@contextmanager
+def checkouts(base: str | None, prefix: str) -> Iterator[dict[str, Path]]:
+    """The sides to alternate: this checkout ("head") and, with `base`, that revision checked
+    out into a temporary git worktree ("base", first), removed afterwards."""
+    if base is None:
+        yield {"head": ROOT}
+        return
+    base_dir = Path(tempfile.mkdtemp(prefix=prefix)) / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base_dir), base],
+        check=True,
+    )
+    try:
+        yield {"base": base_dir, "head": ROOT}
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)], check=False
+        )
 
 
 def one_burst(checkout: Path, n: int) -> dict[str, float]:

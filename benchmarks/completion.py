@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 
-from benchmarks.compare import head_rev, run_in
+from benchmarks.compare import checkouts, head_rev, run_in
 from benchmarks.results import cpu_model, median, record
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {"last": 1, "middle": 2}
 
-# Run inside each side's process, with only names benchmarks.dispatch has had since 66df47a.
-BURST = """
+# Code of the snippets run in each side's process (here and in benchmarks.script_costs), with
+# only names benchmarks.dispatch has had since 66df47a: a fresh valkey-server as `seqd serve`
+# starts it, under callgrind (counting nothing until told) when asked.
+SERVER = """
 import glob, json, subprocess, sys, tempfile, time
-from pathlib import Path
 import redis, uvloop
 from benchmarks import dispatch as d
 
@@ -60,7 +59,11 @@ def server(workdir, callgrind):
 
 def control(pid, *args):
     subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, check=False)
+"""
 
+BURST = (
+    SERVER
+    + """
 def instructions(workdir):
     best = 0
     for path in glob.glob(workdir + "/callgrind.*"):
@@ -108,6 +111,7 @@ async def run(n, steps, callgrind):
 d.collector.tune()
 uvloop.run(run(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"))
 """
+)
 
 
 def one_burst(checkout: Path, n: int, shape: str, callgrind: bool) -> dict[str, object]:
@@ -121,18 +125,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--callgrind", action="store_true", help="count valkey's instructions")
     args = parser.parse_args()
-    sides = {"head": ROOT}
-    base_dir = None
-    if args.base:
-        base_dir = Path(tempfile.mkdtemp(prefix="seqd-completion-base-")) / "tree"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base_dir), args.base],
-            check=True,
-        )
-        sides = {"base": base_dir, "head": ROOT}
     metric = "instructions" if args.callgrind else "usec"
     runs: dict[tuple[str, str], list[dict[str, object]]] = {}
-    try:
+    with checkouts(args.base, "seqd-completion-base-") as sides:
         for r in range(args.rounds):
             order = list(sides) if r % 2 == 0 else list(reversed(sides))
             for side in order:
@@ -145,12 +140,6 @@ def main() -> None:
                         f" {got['by_command']}",
                         flush=True,
                     )
-    finally:
-        if base_dir is not None:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)],
-                check=False,
-            )
 
     def med(side: str, shape: str, key: str) -> float:
         return median([float(str(run[key])) for run in runs[(side, shape)]])

@@ -302,6 +302,11 @@ class DispatchConfig(Section, kw_only=True):
     # Upper bound of the sleep between polls when nothing is due soon: a step enrolled due
     # at once waits up to this (an idle poll is one pipeline of 2 commands per shard).
     idle_poll_ms: Positive = 50
+    # The shards this process dispatches first, "i/n": shard s when s % n == i. Another
+    # shard's due steps it takes once they have waited idle_poll_ms (the process whose
+    # share it is may be busy or gone), so processes sharing the store rarely read the same
+    # steps. "": every shard, or under `seqd serve --workers N` "i/N" for worker i.
+    shard_share: Annotated[str, Meta(pattern=r"^([0-9]{1,4}/[0-9]{1,4})?$")] = ""
     # In-flight sends per channel.
     concurrency: Positive = 256
     # Groups of due shards worked side by side in a round, each lane one round trip per
@@ -325,6 +330,19 @@ class DispatchConfig(Section, kw_only=True):
     # hangs) finish in the background and are recorded by a later round, so a slow SMS
     # provider does not hold up email. Keep it well under lease_seconds.
     send_wait_seconds: PositiveFloat = 2.0
+
+    def __post_init__(self) -> None:
+        if self.shard_share:
+            index, count = (int(n) for n in self.shard_share.split("/"))
+            if not 0 <= index < count:
+                raise ValueError("shard_share: i/n needs 0 <= i < n")
+
+    def own_shards(self, shards: int) -> frozenset[int] | None:
+        """The shards of `shard_share` among `shards`; None: every shard."""
+        if not self.shard_share:
+            return None
+        index, count = (int(n) for n in self.shard_share.split("/"))
+        return frozenset(range(index, shards, count))
 
 
 class LogChannelConfig(Section, kw_only=True):

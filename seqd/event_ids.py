@@ -34,6 +34,15 @@ def event_id(shard: int, entry_id: str, shards: int, index: int | None = None) -
     return ids.new_in_shard(ids.EVENT, shard, shards, int(ms), random_part=part)
 
 
+def batch_event_ids(shard: int, entry_id: str, shards: int, count: int) -> list[str]:
+    """`event_id(shard, entry_id, shards, index)` for each index below `count`: the ids of a
+    batched entry's events, made together."""
+    ms, _, seq = entry_id.partition("-")
+    base = _BATCH + ((int(seq) % _BATCH_SEQ_LIMIT) << BATCH_INDEX_BITS) * shards
+    parts = [base + index * shards for index in range(count)]
+    return ids.many_derived(ids.EVENT, shard, shards, int(ms), parts)
+
+
 def delivery_id(event: str, endpoint_id: str, shards: int) -> str:
     """`dlv_` + the event's ms + a hash of (event, endpoint), in the event's shard."""
     digest = hashlib.sha256(f"{event}/{endpoint_id}".encode()).digest()

@@ -9,7 +9,10 @@ consumer, outbox reader, webhook deliverer, mailbox readers); they share that wo
 through the store exactly as processes on separate hosts do (step leases, consumer
 groups named by pid, mailbox holds). Each dispatches under its own id, `<id>/<index>`,
 the same across its restarts, so a replacement takes its predecessor's leases back at
-once and never a sibling's.
+once and never a sibling's. Each dispatches its own share of the shards first
+(`dispatch.shard_share`, engine/dispatcher.py); a worker that enrolls steps due now says
+`SEQD_DUE=1` (`systemd.DUE`), and the supervisor writes a byte on every other worker's
+control pipe, which wakes their dispatchers (the end of file alone means drain).
 
 systemd sees only the supervisor (deploy/seqd.service: Type=notify, KillMode=mixed):
 READY=1 once every worker said it was ready, WATCHDOG=1 from the supervisor's loop,
@@ -74,7 +77,13 @@ def count(config: Config, option: int | None) -> int:
 def worker_config(config: Config, spec: WorkerSpec) -> Config:
     """The config a worker runs with: the supervisor's store, and its own dispatch id."""
     base = config.dispatch.worker_id or default_worker(config.http.port)
-    dispatch = msgspec.structs.replace(config.dispatch, worker_id=f"{base}/{spec.index}")
+    dispatch = msgspec.structs.replace(
+        config.dispatch,
+        worker_id=f"{base}/{spec.index}",
+        # Each worker dispatches its own shards first (unless the config shares them).
+        shard_share=config.dispatch.shard_share
+        or (f"{spec.index}/{spec.workers}" if spec.workers > 1 else ""),
+    )
     redis = config.redis
     if spec.store_url is not None:
         redis = msgspec.structs.replace(redis, url=spec.store_url)
@@ -164,11 +173,13 @@ class Pool:
 
     async def _spawn(self, slot: WorkerProcess) -> asyncio.subprocess.Process:
         read, write = os.pipe()
+        os.set_blocking(write, False)  # a wake (_wake_others) never blocks the supervisor
         spec = WorkerSpec(
             index=slot.index,
             listen_fds=[sock.fileno() for sock in self.sockets],
             control_fd=read,
             store_url=self.store_url,
+            workers=len(self.slots),
         )
         argv = [sys.executable, "-m", "seqd"]
         if self.config_path:
@@ -262,6 +273,18 @@ class Pool:
                     slot.status = value
                 elif key == "STOPPING" and value == "1":
                     slot.draining = True
+                elif line == systemd.DUE:
+                    self._wake_others(slot)
+
+    def _wake_others(self, origin: WorkerProcess) -> None:
+        """A byte on the control pipe of every other worker: their dispatchers look for
+        due steps now (the end of file alone means drain)."""
+        for slot in self.slots:
+            if slot is origin or slot.control is None or slot.draining:
+                continue
+            # A full pipe holds wakes not yet read: one more changes nothing.
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(slot.control, b"w")
 
     async def _watch(self) -> None:
         """Kill a ready worker silent for longer than the watchdog timeout: its loop is

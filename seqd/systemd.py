@@ -23,6 +23,9 @@ log = structlog.get_logger(__name__)
 
 # How often STATUS= is refreshed when no watchdog asks for more.
 STATUS_SECONDS = 10.0
+# Not systemd's: a worker of `seqd serve --workers N` made steps due now, and the
+# supervisor wakes the other workers' dispatchers (supervisor.py).
+DUE = "SEQD_DUE=1"
 
 
 class Notifier:

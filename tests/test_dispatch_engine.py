@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from seqd import ids, models
@@ -644,6 +645,57 @@ async def test_a_completed_enrollment_shows_the_step_count_as_its_current_step(
     done = await store.enrollments.get(TENANT, e.id)
     assert done.status == "completed" and done.completed_at is not None
     assert done.current_step == len(seq.steps) == 2
+
+
+async def test_a_shard_of_another_share_is_left_to_its_process_for_one_idle_poll(
+    store: Store,
+) -> None:
+    """With a shard share (the workers of `seqd serve --workers N`), a due step in a shard
+    of another share is left to that share's process for idle_poll_ms, then taken (that
+    process is busy or gone); one in a shard of its own share is taken at once."""
+    seq = await sequence(store, sms())
+    (e,) = await enroll(store, seq, await contacts(store, 1))
+    clock = Clock(due_ms(await read(store, e.id)))
+    sender = Recorder()
+    home = ids.shard_of(e.id, store.shards) % 2
+    other = dispatcher(store, sender, clock, shard_share=f"{1 - home}/2", idle_poll_ms=900)
+    done = await other.run_once(clock.at)
+    assert sender.messages == []
+    assert done.next_due is not None and clock.at < done.next_due <= clock.at + 900
+    clock.at = done.next_due
+    assert (await other.run_once(clock.at)).claimed == 1
+    assert [m.enrollment_id for m in sender.messages] == [e.id]
+
+    (f,) = await enroll(store, seq, await contacts(store, 1))
+    clock.at = due_ms(await read(store, f.id))
+    home = ids.shard_of(f.id, store.shards) % 2
+    mine = dispatcher(store, sender, clock, shard_share=f"{home}/2", idle_poll_ms=900)
+    assert (await mine.run_once(clock.at)).claimed == 1
+    assert [m.enrollment_id for m in sender.messages] == [e.id, f.id]
+
+
+async def test_a_lane_waits_for_send_slots_instead_of_putting_its_steps_back(
+    store: Store,
+) -> None:
+    """Two lanes, each with a piece as large as the channel's send slots: the second waits
+    for the first's sends to give the slots back instead of releasing its steps (which
+    then had to be peeked at and leased again in another round): one round sends all."""
+    seq = await sequence(store, sms())
+    await enroll(store, seq, await contacts(store, 16))
+    clock = Clock(now_ms() + 1000)
+    sender = Recorder(delay=0.02)
+    d = dispatcher(store, sender, clock, concurrency=4, batch_size=4, lanes=2)
+    done = await d.run_once(clock.at)
+    assert (done.claimed, done.sent, done.settled) == (16, 16, 16)
+    assert len(sender.messages) == 16
+
+
+def test_a_shard_share_names_a_share_that_exists() -> None:
+    assert DispatchConfig(shard_share="1/4").own_shards(16) == frozenset({1, 5, 9, 13})
+    assert DispatchConfig().own_shards(16) is None
+    for bad in ("4/4", "1/0", "1", "a/b"):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({"shard_share": bad}, DispatchConfig)
 
 
 async def test_an_enrollment_due_now_wakes_the_sleeping_dispatcher_of_its_process(

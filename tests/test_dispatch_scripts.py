@@ -529,6 +529,45 @@ async def test_passed_steps_of_several_groups_are_each_judged_by_their_own_score
     assert [(await raw(s, eid)).get("p0") for eid in (a, b, c)] == ["SMa", None, "SMc"]
 
 
+async def command_calls(store: Store) -> dict[str, int]:
+    """Commands run so far on the session's valkey-server, the scripts' own included."""
+    got = await store.client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in got.items()}
+
+
+async def test_passed_steps_are_judged_with_one_score_read_per_group(store: Store) -> None:
+    # The claims of a call's passed steps are read per group, one ZMSCORE for all of its
+    # steps, not a ZSCORE per step (valkey's cost per step is what bounds a burst); the
+    # steps whose claim was taken are still told apart.
+    s = store
+    seq = await sequence(s, sms(), sms(wait=10))
+    eids = [e.id for e in await enroll(s, seq, await contacts_in_shard(s, 5))]
+    due = int((await raw(s, eids[0]))["n"])
+    batch = await claim(s, 0, due)
+    claimed = {item.id: item.enrollment for item in batch.items}
+    token = claimed[eids[0]].token
+    await s.enrollments.transition(TENANT, eids[1], "pause", "reply_received")
+    before = await command_calls(s)
+    done = await advance(
+        s,
+        0,
+        due + 5,
+        *(settle(eid, token, 0, due + 5, "sent", provider_id="SM", wait=10) for eid in eids),
+        claimed=claimed,
+    )
+    after = await command_calls(s)
+    assert (done.applied, done.late, done.stale) == (4, 1, [])
+    assert after.get("zmscore", 0) - before.get("zmscore", 0) == 1
+    assert after.get("zscore", 0) - before.get("zscore", 0) == 0
+    assert [await due_score(s, eid) for eid in eids] == [
+        due + 15,
+        None,
+        due + 15,
+        due + 15,
+        due + 15,
+    ]
+
+
 @pytest.mark.parametrize("built", [False, True], ids=["script-built", "python-built"])
 async def test_a_sticky_pin_is_written_with_its_steps_outcome(
     any_store: Store, built: bool

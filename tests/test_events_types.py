@@ -207,6 +207,25 @@ def test_a_batch_is_logged_as_one_payload_and_each_event_read_from_it() -> None:
             assert event_ids.payload_id(single, shards) == single
 
 
+def test_a_batch_of_good_items_is_logged_as_the_entry_had_it() -> None:
+    """The reader logs a batch whose items are all objects with the entry's own text (no
+    decode and encode again): every event reads back as the webhook would carry it, ids
+    made together equal those made one by one."""
+    data = [{"contact_id": f"con_{n}", "enrollment_id": f"enr_{n}", "n": n} for n in range(300)]
+    text = json.dumps(data, separators=(",", ":"))
+    fields = {"type": "contact.opted_in", "tenant": "a", "at": str(AT), "items": text}
+    for shards, shard, seq in ((4, 3, 9), (7, 6, (1 << 37) - 1), (1024, 1023, (1 << 49) - 1)):
+        made = event_ids.batch_event_ids(shard, f"{AT}-{seq}", shards, 4096)
+        one_by_one = [event_ids.event_id(shard, f"{AT}-{seq}", shards, n) for n in range(4096)]
+        assert made == one_by_one
+        converted = envelope.convert(Entry(shard, f"{AT}-{seq}", fields), shards)
+        logged = envelope.logged_batch(converted)
+        assert text.encode() in logged
+        payload = read_logged(logged)
+        assert [payload.event(c.id, shards) for c in converted] == [c.event() for c in converted]
+        assert [c.enrollment_id for c in converted] == [f"enr_{n}" for n in range(300)]
+
+
 def test_subscription_rules() -> None:
     assert event_types.check_subscription(["*"]) == []
     assert event_types.check_subscription(list(event_names.TYPES)) == []

@@ -17,12 +17,12 @@ import msgspec
 import pytest
 
 from seqd import config as configmod
-from seqd import service, supervisor
+from seqd import ids, service, supervisor, systemd
 from seqd.store.db import Store
 from tests.conftest import ValkeyProcess
-from tests.dispatchutil import sms
+from tests.dispatchutil import TENANT, sequence, sms
 from tests.faultutil import LogTail, seed, wait_for
-from tests.opsutil import Daemon
+from tests.opsutil import Daemon, call
 from tests.test_dispatch_crash import PipeProvider
 from tests.test_fault_webhook_hang import Receivers
 from tests.test_ops_systemd import notify_socket, receive  # noqa: F401 - a fixture
@@ -51,6 +51,20 @@ def pids_answering(d: Daemon, want: int, timeout: float = 20.0) -> set[int]:
 
 def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def two_workers(
+    valkey: ValkeyProcess, prefix: str, tmp_path: Path, provider: LogTail, **env: str
+) -> Daemon:
+    """A started `seqd serve` of 2 workers sending through the log channel to `provider`."""
+    return Daemon(
+        valkey.url,
+        prefix,
+        tmp_path / "d",
+        SEQD_HTTP_WORKERS="2",
+        SEQD_CHANNELS_LOG_PATH=str(provider.path),
+        **env,
+    ).start()
 
 
 def alive(pid: int) -> bool:
@@ -173,14 +187,9 @@ async def test_two_workers_send_each_step_and_deliver_each_event_once(
     async with Receivers() as receivers:
         sid, eids = await seed(store, [sms(f"step {i}") for i in range(steps)], n)
         await endpoint(store, receivers.url("/good"), ["sequence.step.sent"])
-        d = Daemon(
-            valkey.url,
-            prefix,
-            tmp_path / "d",
-            SEQD_HTTP_WORKERS="2",
-            SEQD_CHANNELS_LOG_PATH=str(provider.path),
-            SEQD_WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
-        ).start()
+        d = two_workers(
+            valkey, prefix, tmp_path, provider, SEQD_WEBHOOKS_ALLOW_PRIVATE_TARGETS="true"
+        )
         try:
 
             async def delivered() -> bool:
@@ -205,17 +214,79 @@ async def test_two_workers_send_each_step_and_deliver_each_event_once(
     assert len(receivers.good) == n * steps  # no event delivered twice
 
 
+@pytest.mark.slow  # real processes
+async def test_a_step_enrolled_through_either_worker_is_sent_at_once_whatever_its_shard(
+    valkey: ValkeyProcess, prefix: str, store: Store, tmp_path: Path
+) -> None:
+    """Each worker dispatches its own share of the shards first: a step enrolled due at
+    once, in a shard of the other worker's share, is still sent at once with idle polls a
+    minute apart (the enrolling worker wakes the others through the supervisor)."""
+    provider = LogTail(tmp_path / "provider.log")
+    seq = await sequence(store, sms("hi"))
+    _, key = await store.tenants.create_key(TENANT)
+    d = two_workers(valkey, prefix, tmp_path, provider, SEQD_DISPATCH_IDLE_POLL_MS="60000")
+    try:
+        d.wait_healthy()
+
+        async def both_dispatching() -> bool:
+            assert d.process is not None and d.process.poll() is None, d.stderr()
+            return await store.client.zcard(store.keys.workers()) == 2
+
+        await wait_for(both_dispatching, 30, "both workers' dispatch heartbeats")
+        await asyncio.sleep(0.5)  # each worker's first round is over: both sleep a minute
+        for round_ in range(2):
+            items = [{"contact": {"phone": f"+1415555{round_}{i:03d}"}} for i in range(40)]
+            path = f"/sequences/{seq.id}/enrollments/batch"
+            answer = await asyncio.to_thread(call, d, key, "POST", path, {"items": items})
+            eids = {r["enrollment"]["id"] for r in answer["results"]}
+            assert {ids.shard_of(e, store.shards) % 2 for e in eids} == {0, 1}
+
+            async def sent(eids: set[str] = eids) -> bool:
+                provider.read()
+                return {eid for eid, _ in provider.sent} >= eids
+
+            await wait_for(sent, 10, "every step of the batch")
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0, d.stderr()
+    finally:
+        d.stop()
+
+
 def test_each_worker_dispatches_under_its_own_id_on_the_supervisor_store() -> None:
     config = configmod.load(environ={"SEQD_HTTP_PORT": "9000"})
     spec = service.WorkerSpec(index=1, listen_fds=[3], control_fd=4, store_url="unix:///s")
     mine = supervisor.worker_config(config, spec)
     assert mine.dispatch.worker_id == f"{socket.gethostname()}:9000/1"
+    assert mine.dispatch.shard_share == ""
+    two = supervisor.worker_config(config, msgspec.structs.replace(spec, workers=2))
+    assert two.dispatch.shard_share == "1/2"
     assert mine.redis.url == "unix:///s"
     named = configmod.load(
         environ={"SEQD_DISPATCH_WORKER_ID": "edge", "SEQD_REDIS_URL": "redis://r"}
     )
     other = supervisor.worker_config(named, msgspec.structs.replace(spec, store_url=None))
     assert (other.dispatch.worker_id, other.redis.url) == ("edge/1", "redis://r")
+
+
+async def test_a_burst_of_due_steps_is_told_to_the_supervisor_once_and_its_end_again() -> None:
+    """DueRelay: the first of a burst goes at once, the rest as one message after the gap."""
+
+    class Heard(systemd.Notifier):
+        def __init__(self) -> None:
+            super().__init__("@test")
+            self.heard: list[tuple[str, ...]] = []
+
+        def send(self, *lines: str) -> bool:
+            self.heard.append(lines)
+            return True
+
+    notifier = Heard()
+    relay = service.DueRelay(asyncio.get_running_loop(), notifier)
+    for _ in range(5):
+        relay.tell()
+    assert notifier.heard == [(systemd.DUE,)]
+    await asyncio.sleep(service.RELAY_GAP_SECONDS * 3)
+    assert notifier.heard == [(systemd.DUE,), (systemd.DUE,)]
 
 
 def test_worker_count_defaults_to_the_cores() -> None:

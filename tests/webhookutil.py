@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -17,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from seqd.api.app import create_app
 from seqd.config import Config, WebhooksConfig
 from seqd.events import signing
+from seqd.events.client import WebhookClient
 from seqd.events.deliverer import Deliverer, session
 from seqd.events.reader import Reader
 from seqd.store.db import Store
@@ -127,7 +127,7 @@ class Pipeline:
     """A reader and a deliverer on one store (one "seqd process"), driven step by step."""
 
     def __init__(
-        self, store: Store, config: WebhooksConfig, clock: Clock, http: aiohttp.ClientSession
+        self, store: Store, config: WebhooksConfig, clock: Clock, http: WebhookClient
     ) -> None:
         self.store = store
         self.clock = clock

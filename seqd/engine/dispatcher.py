@@ -17,6 +17,13 @@ fires a few ms after its due time when the loop knew of it in advance; one enrol
 at once through this process wakes the loop (`StoreContext.due_now`), and one enrolled by
 another process sharing the store is seen within one idle poll.
 
+Processes sharing the store each work their own share of the shards (`shard_share`: the
+workers of `seqd serve --workers N` split them) and another's only once its due steps
+have waited `idle_poll_ms`: without it both workers peeked at the same steps, and about a
+third of the steps they read were read twice (one read wasted, its lease refused). A
+step in another's shard is still sent within about one idle poll: by that process, or
+by this one when that one is busy or gone.
+
 Delivery promise: at least once. A claim leases the step (its due score moves to now +
 lease - 0.5 ms, which is also the claim's fencing token); a worker that dies leaves the
 step to come back when the lease passes, and a late worker's advance is ignored (stale
@@ -92,6 +99,8 @@ class Dispatcher:
         self.observer: Observer = observer or Quiet()
         self.dispatch = Dispatch(store)
         self.plans = Plans(store)
+        # The shards this process works first (config.shard_share); None: all.
+        self._own = config.own_shards(store.shards)
         idle_s = config.idle_poll_ms / 1000
         self.loop = Loop(
             NAME,
@@ -196,9 +205,7 @@ class Dispatcher:
         """Poll, then peek → lease and screen → send → advance every due shard, in
         batch-sized pieces worked by `lanes` concurrent lanes (engine/lane.py)."""
         await self._flush_late()
-        heads = await self.dispatch.heads(now)
-        due = [(s, n) for s, (at, n) in enumerate(heads) if at is not None and at <= now]
-        later = [at for at, _ in heads if at is not None and at > now]
+        due, later = self._share(await self.dispatch.heads(now), now)
         result = Round(next_due=min(later) if later else None)
         if not due or self._stopping.is_set():
             return result
@@ -215,6 +222,26 @@ class Dispatcher:
         # Left in the queue (stopping, a failed lane): more may be due.
         result.more = result.more or bool(work.pieces)
         return result
+
+    def _share(
+        self, heads: list[tuple[int | None, int]], now: int
+    ) -> tuple[list[tuple[int, int]], list[int]]:
+        """The shards to work now (with their due counts), and the due times of the rest:
+        another process's shard once its first due step has waited `idle_poll_ms` (that
+        process is busy or gone; it polls at least that often)."""
+        own, grace = self._own, self.config.idle_poll_ms
+        due: list[tuple[int, int]] = []
+        later: list[int] = []
+        for shard, (at, count) in enumerate(heads):
+            if at is None:
+                continue
+            if own is not None and shard not in own:
+                at += grace
+            if at <= now:
+                due.append((shard, count))
+            else:
+                later.append(at)
+        return due, later
 
     async def _report_opt_outs(self, jobs: list[Job]) -> None:
         """A provider's "recipient unsubscribed" is an opt-out like a STOP keyword."""

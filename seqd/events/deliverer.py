@@ -30,14 +30,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-import aiohttp
 import msgspec
 import structlog
-from yarl import URL
+from pyreqwest import exceptions as reqwest
 
-import seqd
 from seqd.config import WebhooksConfig
 from seqd.events import signing, ssrf
+from seqd.events.client import WebhookClient
 from seqd.loop import Heart, Loop
 from seqd.store.db import Store
 from seqd.store.deliveries import ClaimedDelivery, DeliveryFinish, DeliveryOutcome
@@ -47,8 +46,8 @@ from seqd.times import now_ms
 log = structlog.get_logger(__name__)
 
 NAME = "events.deliverer"
-USER_AGENT = f"seqd/{seqd.__version__} (webhooks)"
-# Bytes of a receiver's answer read (to reuse the connection) and quoted in last_error.
+# Bytes of a receiver's answer read at most (to reuse the connection), and characters of
+# it quoted in last_error.
 READ_LIMIT = 64 * 1024
 QUOTE_CHARS = 200
 # Housekeeping (trimming failed deliveries past retention) runs this often, in ms.
@@ -64,8 +63,6 @@ PREFETCH = 8
 # next one, a bigger batch; two in flight cost more CPU per delivery (smaller batches,
 # more round trips) and were no faster (benchmarks/RESULTS.md "webhooks").
 WRITERS = 1
-# Parsed endpoint URLs kept (a few per endpoint over its life: PATCHes change them).
-TARGETS_KEPT = 10_000
 
 
 class DeliveryObserver(Protocol):
@@ -88,20 +85,20 @@ class Attempt(msgspec.Struct, frozen=True):
         return self.status is not None and 200 <= self.status < 300
 
 
-def session(config: WebhooksConfig) -> aiohttp.ClientSession:
-    """The deliverer's one ClientSession: no pool-wide cap (per-endpoint limits apply),
-    the SSRF-guarded resolver unless private targets are allowed, and no cookie jar (a
-    receiver's cookies are never sent back, to it or to another endpoint on its host, and
-    no request pays for filtering them). Call inside the loop."""
-    connector = aiohttp.TCPConnector(
-        limit=0, resolver=ssrf.resolver(allow_private=config.allow_private_targets)
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=config.timeout_seconds),
-        headers={"User-Agent": USER_AGENT},
-    )
+def session(config: WebhooksConfig) -> WebhookClient:
+    """The deliverer's HTTP client (seqd/events/client.py: pyreqwest, no cookies, no
+    redirects, the SSRF guard pinning each host name to a checked address unless private
+    targets are allowed)."""
+    return WebhookClient(config)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's message; a pyreqwest error's with its root cause (the OS error, the
+    certificate problem, the DNS failure)."""
+    if not isinstance(exc, reqwest.PyreqwestError):
+        return str(exc)
+    causes = (getattr(exc, "details", None) or {}).get("causes") or []
+    return f"{exc.message}: {causes[-1]['message']}" if causes else exc.message
 
 
 def jittered(seconds: float, jitter: float, rng: random.Random) -> float:
@@ -127,7 +124,7 @@ class Deliverer:
         self,
         store: Store,
         config: WebhooksConfig,
-        session: aiohttp.ClientSession,
+        session: WebhookClient,
         *,
         clock: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
@@ -159,7 +156,6 @@ class Deliverer:
         # round trip (a busy endpoint answers many senders in one turn of the event loop).
         self._outcomes: list[DeliveryFinish] = []
         self._writers: set[asyncio.Task[None]] = set()
-        self._targets: dict[str, URL] = {}
         self.loop = Loop(
             NAME,
             self._turn,
@@ -433,7 +429,7 @@ class Deliverer:
         # The receiver checks the timestamp against its clock: it is the wall clock's.
         timestamp = int(time.time())
         headers = {
-            "Content-Type": "application/json",
+            "content-type": "application/json",
             "webhook-id": item.event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signing.header(
@@ -441,41 +437,33 @@ class Deliverer:
             ),
         }
         try:
-            async with self.session.post(
-                self._target(endpoint.url), data=item.body, headers=headers, allow_redirects=False
-            ) as resp:
-                head = await resp.content.read(READ_LIMIT)
-                if 200 <= resp.status < 300:
-                    return Attempt(resp.status)
-                quote = head[:QUOTE_CHARS].decode("utf-8", "replace").strip()
-                error = f"HTTP {resp.status}" + (f": {quote}" if quote else "")
-                return Attempt(resp.status, error)
+            client, target = await self.session.for_url(endpoint.url)
+            request = (
+                client.post(target)
+                .headers(headers)
+                .body_bytes(item.body)
+                # The answer's first READ_LIMIT bytes are read with its head (the
+                # connection is reused when that is all of it); the rest is never read.
+                .streamed_read_buffer_limit(READ_LIMIT)
+                .build_streamed()
+            )
+            async with request as resp:
+                status = resp.status
+                if 200 <= status < 300:
+                    return Attempt(status)
+                head = await resp.body_reader.read(QUOTE_CHARS * 4) or b""
+            quote = bytes(head).decode("utf-8", "replace")[:QUOTE_CHARS].strip()
+            return Attempt(status, f"HTTP {status}" + (f": {quote}" if quote else ""))
         except TimeoutError:
             return Attempt(None, f"timeout after {self.config.timeout_seconds:g} s")
         except ssrf.ForbiddenTarget as exc:
             return Attempt(None, f"refused: {exc}")
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, ssrf.ForbiddenTarget):
-                return Attempt(None, f"refused: {exc.os_error}")
-            return Attempt(None, f"connection failed: {exc.os_error or exc}")
-        except aiohttp.ClientError as exc:
-            return Attempt(None, f"request failed: {type(exc).__name__}: {exc}")
+        except (reqwest.ConnectError, OSError) as exc:
+            return Attempt(None, f"connection failed: {_reason(exc)}")
         except Exception as exc:  # an invalid stored URL, say: a failed attempt, not a crash
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return Attempt(None, f"request failed: {type(exc).__name__}: {exc}")
-
-    def _target(self, url: str) -> URL:
-        """An endpoint's URL, parsed (and an IP literal checked) once, not per delivery."""
-        target = self._targets.get(url)
-        if target is None:
-            target = ssrf.parse(url)
-            if not self.config.allow_private_targets:
-                ssrf.check_literal(str(target.host))
-            if len(self._targets) >= TARGETS_KEPT:
-                self._targets.clear()
-            self._targets[url] = target
-        return target
+            return Attempt(None, f"request failed: {type(exc).__name__}: {_reason(exc)}")
 
     async def _disable(self, tenant: str, endpoint_id: str, now: int) -> None:
         def gone(record: EndpointRecord) -> EndpointRecord:

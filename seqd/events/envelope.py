@@ -22,9 +22,17 @@ _encode = msgspec.json.Encoder().encode
 
 
 def logged_batch(events: list[Converted]) -> bytes:
-    """The log's payload of a batched entry's events (`Converted.logged` of one event)."""
+    """The log's payload of a batched entry's events (`Converted.logged` of one event).
+
+    The entry's own `items` text goes in as it is (not decoded data encoded again) unless
+    `convert` had to mend an item."""
     first = events[0]
-    items = [c.raw for c in events]
+    text = first.entry.fields.get("items")
+    items: Any = (
+        msgspec.Raw(text)
+        if text is not None and all(c.verbatim for c in events)
+        else [c.raw for c in events]
+    )
     return _encode(Logged(first.id, first.type, to_rfc3339(first.created), None, items, False))
 
 
@@ -40,6 +48,8 @@ class Converted(msgspec.Struct, frozen=True):
     raw: dict[str, Any]
     enrollment_id: str
     contact_id: str
+    # `raw` is the entry's data as it was (False: it was not an object, and is {} here).
+    verbatim: bool = True
 
     def event(self) -> Event:
         """The event in its API form."""
@@ -73,9 +83,14 @@ def convert(entry: Entry, shards: int) -> list[Converted]:
         events = [{}]
     at = fields.get("at") or ""
     created = int(at) if at.isdigit() else int(entry.id.partition("-")[0])
+    if batched:
+        id_list = event_ids.batch_event_ids(entry.shard, entry.id, shards, len(events))
+    else:
+        id_list = [event_ids.event_id(entry.shard, entry.id, shards)]
     out = []
-    for index, raw in enumerate(events):
-        if not isinstance(raw, dict):
+    for event_id, raw in zip(id_list, events, strict=True):
+        verbatim = isinstance(raw, dict)
+        if not verbatim:
             log.warning("event.bad_data", shard=entry.shard, entry=entry.id, type=etype)
             raw = {}
         enrollment_id, contact_id = event_types.refs(raw, etype)
@@ -83,12 +98,13 @@ def convert(entry: Entry, shards: int) -> list[Converted]:
             Converted(
                 entry=entry,
                 tenant=tenant,
-                id=event_ids.event_id(entry.shard, entry.id, shards, index if batched else None),
+                id=event_id,
                 type=etype,
                 created=created,
                 raw=raw,
                 enrollment_id=enrollment_id,
                 contact_id=contact_id,
+                verbatim=verbatim,
             )
         )
     return out

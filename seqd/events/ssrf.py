@@ -3,8 +3,9 @@
 A tenant chooses its endpoint URLs, so without a guard it could make seqd POST into the
 network seqd runs in (a metadata service, a database's HTTP port). The URL is checked when
 the endpoint is saved (a clear 422) and again at every delivery, where the check sits in
-the connector's resolver: the addresses checked are the addresses connected to, so a DNS
-answer that changes between check and connect (rebinding) gains nothing.
+the resolver whose answer the deliverer's client is pinned to (seqd/events/client.py):
+the addresses checked are the addresses connected to, so a DNS answer that changes
+between check and connect (rebinding) gains nothing.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _literal(host: str) -> str | None:
 
 
 def check_literal(host: str) -> None:
-    """Refuse an IP-literal host (aiohttp connects to literals without asking the resolver)."""
+    """Refuse an IP-literal host (a client connects to literals without asking the resolver)."""
     literal = _literal(host)
     if literal is not None and forbidden(literal):
         raise ForbiddenTarget(f"{host} is not a public address")
@@ -127,10 +128,11 @@ async def check(url: str, *, allow_private: bool) -> None:
 
 
 class GuardedResolver(AbstractResolver):
-    """aiohttp's threaded resolver, refusing a name when any of its addresses is forbidden."""
+    """A resolver (aiohttp's threaded one unless given) refusing a name when any of its
+    addresses is forbidden."""
 
-    def __init__(self) -> None:
-        self._inner = ThreadedResolver()
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or ThreadedResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -146,5 +148,5 @@ class GuardedResolver(AbstractResolver):
 
 
 def resolver(*, allow_private: bool) -> AbstractResolver:
-    """The resolver for the deliverer's connector: guarded unless private targets are allowed."""
+    """The resolver for a webhook client: guarded unless private targets are allowed."""
     return ThreadedResolver() if allow_private else GuardedResolver()

@@ -24,8 +24,17 @@ class StoreContext:
         # Called (in this process) when this process has just made steps due now: the
         # dispatcher's wake, so an enrollment due at once is sent without an idle poll.
         self.due_now: list[Callable[[], None]] = []
+        # And told to the processes that share this one's work (a supervisor's workers,
+        # whose dispatchers each take their own share of the shards), if any.
+        self.due_elsewhere: Callable[[], None] | None = None
 
     def made_due(self) -> None:
+        self.woken()
+        if self.due_elsewhere is not None:
+            self.due_elsewhere()
+
+    def woken(self) -> None:
+        """Steps are due now (made by this process or a sibling): wake the dispatcher."""
         for wake in self.due_now:
             wake()
 

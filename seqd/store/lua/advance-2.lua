@@ -98,7 +98,8 @@ end
 -- Passed step n's values are ARGV[P_WIDTH * n + SKIP + P_ID ..] (PASSED_STEP): they start
 -- at ARGV[6].
 local SKIP = 5 - P_WIDTH
-local groups, passed, group_of, dues = {}, 0, {}, {}
+-- (of_group: group place -> the places of its passed steps.)
+local groups, passed, group_of, dues, of_group = {}, 0, {}, {}, {}
 if #ARGV >= 5 then
   local decoded, got = pcall(cjson.decode, ARGV[5])
   if not decoded or type(got) ~= 'table' or (#got == 0 and next(got) ~= nil) then
@@ -108,6 +109,24 @@ if #ARGV >= 5 then
   if passed % 1 ~= 0 then
     return redis.error_reply('BAD_ITEMS:passed steps not ' .. P_WIDTH .. ' values each')
   end
+end
+-- A step's index as the texts its writes and events spell (its own, the next one's, its
+-- provider id's, variant's and sender's fields): made once per group, since a number
+-- joined to a string costs Lua a sprintf.
+local function step_texts(step)
+  local text = string.format('%d', step)
+  return {step = text, next = string.format('%d', step + 1), p = 'p' .. text, v = 'v' .. text,
+          r = 'r' .. text}
+end
+-- Sequence id -> its contact fields (`e:<seq>` live, `x:<seq>` ended), made once per call.
+local seq_fields = {}
+local function contact_fields_of(seq)
+  local f = seq_fields[seq]
+  if not f then
+    f = {live = 'e:' .. seq, ended = 'x:' .. seq}
+    seq_fields[seq] = f
+  end
+  return f
 end
 for n, g in ipairs(groups) do
   -- (null: no pin, or no sender, where the other follows)
@@ -127,7 +146,8 @@ for n, g in ipairs(groups) do
   -- What the group's steps write: `i` after the step, the provider id's field, and whether
   -- a step with a provider id writes exactly {i ua n p<step> [sm]} (`plain`: no attempts
   -- to reset), spelled as one table constructor on the hot path.
-  g.next, g.pfield = string.format('%d', g[G_STEP] + 1), 'p' .. string.format('%d', g[G_STEP])
+  g.texts = step_texts(g[G_STEP])
+  g.next, g.pfield = g.texts.next, g.texts.p
   g.sent = g[G_OUTCOME] == 'sent'
   g.plain = g.sent and (g[G_ATTEMPTS] == '' or g[G_ATTEMPTS] == '0')
   g.sms = g[G_KIND] == 'sms'
@@ -138,21 +158,28 @@ for n, g in ipairs(groups) do
   -- The A/B variant its steps were sent as and the sender they were sent from (optional),
   -- recorded as `v<step>` and `r<step>`.
   g.variant = g.sent and g[G_VARIANT] ~= '' and g[G_VARIANT] or nil
-  g.vfield = 'v' .. string.format('%d', g[G_STEP])
+  g.vfield = g.texts.v
   g.sender = g.sent and g[G_SENDER] or nil
-  g.rfield = 'r' .. string.format('%d', g[G_STEP])
+  g.rfield = g.texts.r
   -- The sender its steps pin their contacts to, in the kind's field (an item's pin).
   g.pin, g.pinfield = g[G_PIN], KIND_SENDER_FIELD[g[G_KIND]]
 end
+-- A group's place as the caller spells it ("1", "2", ...) -> the place: a table lookup
+-- per step where tonumber would parse the text.
+local place_of = {}
+for n = 1, #groups do place_of[string.format('%d', n)] = n end
 for n = 1, passed do
   local b = P_WIDTH * n + SKIP
-  local group, due = tonumber(ARGV[b + P_GROUP]), tonumber(ARGV[b + P_DUE])
+  local group, due = place_of[ARGV[b + P_GROUP]], tonumber(ARGV[b + P_DUE])
   if not due or due % 1 ~= 0 or ARGV[b + P_ID] == '' or not groups[group]
     or (ARGV[b + P_EVENT] == '') ~= (groups[group] and groups[group].last)
   then
     return redis.error_reply('BAD_ITEMS:passed step ' .. n)
   end
   group_of[n], dues[n] = group, due
+  local ns = of_group[group]
+  if not ns then ns = {}; of_group[group] = ns end
+  ns[#ns + 1] = n
 end
 
 -- The hash writes of a passed step (sent or skipped), as one HSET's field list: `i` becomes
@@ -267,8 +294,16 @@ local KIND_JSON = {sms = '"sms"', email = '"email"'}
 local function pass_built(n, id, g, ekey)
   local b = P_WIDTH * n + SKIP
   local due_at, detail = ARGV[b + P_DUE], ARGV[b + P_DETAIL]
-  local fields
-  if g.plain and detail ~= '' then
+  local fields, added
+  if g.plain and detail ~= '' and not (g.variant or g.sender or g.pin) then
+    -- (The usual step: its HSET spelled out, with no table to build and unpack.)
+    if g.sms then
+      added = rcall('HSET', ekey, 'i', g.next, 'ua', now, 'n', due_at, g.pfield, detail, 'sm', '1')
+        == 5
+    else
+      added = rcall('HSET', ekey, 'i', g.next, 'ua', now, 'n', due_at, g.pfield, detail) == 4
+    end
+  elseif g.plain and detail ~= '' then
     if g.sms then
       fields = {'i', g.next, 'ua', now, 'n', due_at, g.pfield, detail, 'sm', '1'}
     else
@@ -278,16 +313,19 @@ local function pass_built(n, id, g, ekey)
     fields = step_writes(g.next, due_at, g.sent, g.pfield, detail ~= '' and detail or nil,
       g[G_KIND], g[G_ATTEMPTS], nil)
   end
-  if g.variant then
-    fields[#fields + 1] = g.vfield; fields[#fields + 1] = g.variant
+  if fields then
+    if g.variant then
+      fields[#fields + 1] = g.vfield; fields[#fields + 1] = g.variant
+    end
+    if g.sender then
+      fields[#fields + 1] = g.rfield; fields[#fields + 1] = g.sender
+    end
+    if g.pin then
+      fields[#fields + 1] = g.pinfield; fields[#fields + 1] = g.pin
+    end
+    added = rcall('HSET', ekey, unpack(fields)) == #fields / 2
   end
-  if g.sender then
-    fields[#fields + 1] = g.rfield; fields[#fields + 1] = g.sender
-  end
-  if g.pin then
-    fields[#fields + 1] = g.pinfield; fields[#fields + 1] = g.pin
-  end
-  if rcall('HSET', ekey, unpack(fields)) == #fields / 2 then
+  if added then
     rcall('DEL', ekey)
     return false
   end
@@ -374,8 +412,10 @@ local PAUSE_FIELD = {pr = true, pv = true, ra = true}
 -- written nothing, where the general path must decide: the hash gone or not active, a
 -- pause's fields on it, the step credited with the completion not this one (no provider
 -- id and an earlier step sent), or an exclusive enrollment whose end makes a waiting one.
-local function complete_read(id, ekey, seq, step, kind, sent, detail, at, variant, sender, pin)
-  COMPLETE_FIELDS[C_V], COMPLETE_FIELDS[C_R] = 'v' .. step, 'r' .. step
+-- `t`: the step's texts (step_texts); `at`: when it was sent (ms).
+local function complete_read(id, ekey, seq, step, t, kind, sent, detail, at, variant, sender,
+    pin)
+  COMPLETE_FIELDS[C_V], COMPLETE_FIELDS[C_R] = t.v, t.r
   local h = rcall('HMGET', ekey, unpack(COMPLETE_FIELDS))
   if h[C_ST] ~= 'active' or not (h[C_T] and h[C_S] and h[C_C] and h[C_N]) then
     return false
@@ -403,18 +443,19 @@ local function complete_read(id, ekey, seq, step, kind, sent, detail, at, varian
     end
   end
   local ckey = k_contact(tag, h[C_C])
-  local live, exclusive = unpack(rcall('HMGET', ckey, 'e:' .. seq, 'ex'))
+  local cf = contact_fields_of(seq)
+  local live, exclusive = unpack(rcall('HMGET', ckey, cf.live, 'ex'))
   if exclusive == id then return false end
-  local next = string.format('%d', step + 1)
-  local writes = step_writes(next, nil, sent, 'p' .. step, pid, kind, h[C_A], h[C_SM])
+  local next = t.next
+  local writes = step_writes(next, nil, sent, t.p, pid, kind, h[C_A], h[C_SM])
   local sent_variant = sent and variant or nil
   if sent_variant then
-    writes[#writes + 1] = 'v' .. step; writes[#writes + 1] = sent_variant
+    writes[#writes + 1] = t.v; writes[#writes + 1] = sent_variant
   else
     variant = h[C_V]
   end
   if sent and sender then
-    writes[#writes + 1] = 'r' .. step; writes[#writes + 1] = sender
+    writes[#writes + 1] = t.r; writes[#writes + 1] = sender
   else
     sender = h[C_R]
   end
@@ -426,15 +467,15 @@ local function complete_read(id, ekey, seq, step, kind, sent, detail, at, varian
   rcall('HSET', ekey, unpack(writes))
   if not sent then set_outcome(ekey, step, 'k') end
   rcall('ZREM', k_queue(tag, seq), id)
-  if live == id then rcall('HDEL', ckey, 'e:' .. seq) end
+  if live == id then rcall('HDEL', ckey, cf.live) end
   if live or exclusive or rcall('EXISTS', ckey) == 1 then
-    rcall('HSET', ckey, 'x:' .. seq, id)
+    rcall('HSET', ckey, cf.ended, id)
   end
   local ids = completed[seq]
   if not ids then ids = {}; completed[seq] = ids end
   ids[#ids + 1] = id
   -- The step's outcome and the completion, both on this step (credit_step).
-  local vs = step .. ':' .. (variant or NO_VARIANT) .. ':'
+  local vs = t.step .. ':' .. (variant or NO_VARIANT) .. ':'
   tally_stat(seq, vs .. STAT[outcome])
   tally_stat(seq, vs .. STAT['completed'])
   if sender then
@@ -455,7 +496,7 @@ local function complete_read(id, ekey, seq, step, kind, sent, detail, at, varian
   end
   emit_batched(sent and 'sequence.step.sent' or 'sequence.step.skipped', h[C_T], now,
     '{"id":"' .. id .. '","fields":{"st":"active",' .. common .. ',"step":'
-      .. string.format('%d', step) .. ',"kind":' .. (KIND_JSON[kind] or cjson.encode(kind))
+      .. t.step .. ',"kind":' .. (KIND_JSON[kind] or cjson.encode(kind))
       .. tail .. '}')
   emit_batched('sequence.enrollment.completed', h[C_T], now,
     '{"id":"' .. id .. '","fields":{"st":"completed","ca":"' .. now .. '",' .. common .. '}')
@@ -542,7 +583,8 @@ for _, it in ipairs(items) do
   local current = seq and holds(id, it.token, k_queue(tag, seq))
   if current and (outcome == 'sent' or outcome == 'skipped') and (
       (it.wait >= 0 and pass_read(id, ekey, it, seq))
-      or (it.wait < 0 and zadds and complete_read(id, ekey, seq, it.step, it.kind,
+      or (it.wait < 0 and zadds and complete_read(id, ekey, seq, it.step,
+        step_texts(it.step), it.kind,
         outcome == 'sent', outcome == 'sent' and it.provider_id or it.reason, it.at, it.variant,
         it.sender, it.pin))) then
     applied = applied + 1
@@ -550,15 +592,40 @@ for _, it in ipairs(items) do
     settle(id, ekey, it, current)
   end
 end
+-- Whether each passed step's claim holds, read per group (its steps share one token and
+-- queue) with one ZMSCORE per BULK steps instead of a ZSCORE per step. Only while every id
+-- of the call is distinct (`zadds`): no step then moves another's member, so reading them
+-- all first is reading each right before it is settled. Else each is read in turn.
+local holding
+if zadds then
+  holding = {}
+  for gi, ns in pairs(of_group) do
+    local g = groups[gi]
+    local token, qkey = g[G_TOKEN], g.queue
+    for from = 1, #ns, BULK do
+      local upto = math.min(from + BULK - 1, #ns)
+      local ids = {}
+      for k = from, upto do ids[#ids + 1] = ARGV[P_WIDTH * ns[k] + SKIP + P_ID] end
+      local scores = rcall('ZMSCORE', qkey, unpack(ids))
+      for k = from, upto do
+        local score = scores[k - from + 1]
+        -- (As holds(): the numbers decide when the text differs.)
+        holding[ns[k]] = score ~= false
+          and (score == token or tonumber(score) == tonumber(token))
+      end
+    end
+  end
+end
 for n = 1, passed do
   local id, g = ARGV[P_WIDTH * n + SKIP + P_ID], groups[group_of[n]]
   local ekey = k_enrollment(tag, id)
-  local current = holds(id, g[G_TOKEN], g.queue)
+  local current
+  if holding then current = holding[n] else current = holds(id, g[G_TOKEN], g.queue) end
   if not current then
     settle(id, ekey, passed_item(n, id, g), current)
   elseif g.last then
     local detail = ARGV[P_WIDTH * n + SKIP + P_DETAIL]
-    if zadds and complete_read(id, ekey, g[G_SEQ], g[G_STEP], g[G_KIND], g.sent,
+    if zadds and complete_read(id, ekey, g[G_SEQ], g[G_STEP], g.texts, g[G_KIND], g.sent,
         detail ~= '' and detail or nil, dues[n], g.variant, g.sender, g.pin) then
       applied = applied + 1
     else

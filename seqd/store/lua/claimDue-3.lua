@@ -110,31 +110,40 @@ end
 -- The members of `seq`'s queue due now, at most `room` of them; returns how many.
 local function claim_queue(seq, state, qkey, room)
   local members = rcall('ZRANGEBYSCORE', qkey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
+  -- What the hot path's items share: the sequence active with steps (checked once), its
+  -- contact fields and the text before each item's tenant.
+  local sendable, read, steps = state.status == 'active', state.read, state.steps
+  local head = '",{"t":'
+  local find, npins = string.find, #KIND_SENDER_FIELDS
   for j = 1, #members, 2 do
     local id, score = members[j], members[j + 1]
     local ekey = k_enrollment(tag, id)
     local h = rcall('HMGET', ekey, unpack(READ))
     local st, step = h[1], tonumber(h[2])
-    if st == 'active' and state.status == 'active' and step < state.steps
-      and not is_leased(score) then
+    -- (A lease score has a ".": due times are whole ms; is_leased.)
+    if st == 'active' and sendable and step < steps and not find(score, '.', 1, true) then
       -- The hot path: an active step due, not a lease run out.
-      local c = take(seq, state, h[5])
+      if not mirrors[seq] then
+        mirrors[seq] = state.mirror
+        if state.fields then fields_of[seq] = state.fields end
+      end
       local t = tenants[h[4]]
       if not t then
         t = cjson.encode(h[4])
         tenants[h[4]] = t
       end
       local pins = ''
-      for i = 1, #KIND_SENDER_FIELDS do
+      for i = 1, npins do
         local pin = h[PINS + i]
         if pin then pins = pins .. ',"' .. KIND_SENDER_FIELDS[i] .. '":"' .. pin .. '"' end
       end
-      parts[#parts + 1] = '["' .. id .. '",{"t":' .. t .. ',"s":"' .. seq
+      parts[#parts + 1] = '["' .. id .. head .. t .. ',"s":"' .. seq
         .. '","c":"' .. h[5] .. '","st":"active","i":"' .. h[2] .. '","n":"' .. h[6]
         .. '","k":"' .. score .. '"' .. (h[3] and (',"a":"' .. h[3] .. '"') or '')
         .. (h[7] and (',"md":' .. cjson.encode(h[7])) or '')
         .. (h[8] and (',"o":"' .. h[8] .. '"') or '')
-        .. (h[9] and (',"sv":"' .. h[9] .. '"') or '') .. pins .. '},' .. c .. ']'
+        .. (h[9] and (',"sv":"' .. h[9] .. '"') or '') .. pins .. '},'
+        .. cjson.encode(rcall('HMGET', k_contact(tag, h[5]), unpack(read))) .. ']'
     elseif st ~= 'active' and not (st == 'paused'
       and rcall('HGET', ekey, 'pr') == 'awaiting_task') then
       local e = st == 'paused' and to_table(rcall('HGETALL', ekey))
