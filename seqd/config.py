@@ -332,17 +332,21 @@ class DispatchConfig(Section, kw_only=True):
     send_wait_seconds: PositiveFloat = 2.0
 
     def __post_init__(self) -> None:
-        if self.shard_share:
-            index, count = (int(n) for n in self.shard_share.split("/"))
-            if not 0 <= index < count:
-                raise ValueError("shard_share: i/n needs 0 <= i < n")
+        share = self._share()
+        if share is not None and not 0 <= share[0] < share[1]:
+            raise ValueError("shard_share: i/n needs 0 <= i < n")
+
+    def _share(self) -> tuple[int, int] | None:
+        """`shard_share` as (i, n); None: every shard."""
+        if not self.shard_share:
+            return None
+        index, count = self.shard_share.split("/")
+        return int(index), int(count)
 
     def own_shards(self, shards: int) -> frozenset[int] | None:
         """The shards of `shard_share` among `shards`; None: every shard."""
-        if not self.shard_share:
-            return None
-        index, count = (int(n) for n in self.shard_share.split("/"))
-        return frozenset(range(index, shards, count))
+        share = self._share()
+        return None if share is None else frozenset(range(share[0], shards, share[1]))
 
 
 class LogChannelConfig(Section, kw_only=True):

@@ -30,15 +30,20 @@ def event_id(shard: int, entry_id: str, shards: int, index: int | None = None) -
     if index is None:
         part = (int(seq) % _SEQ_LIMIT) * shards
     else:
-        part = _BATCH + (((int(seq) % _BATCH_SEQ_LIMIT) << BATCH_INDEX_BITS | index) * shards)
+        part = _batch_base(seq, shards) + index * shards
     return ids.new_in_shard(ids.EVENT, shard, shards, int(ms), random_part=part)
+
+
+def _batch_base(seq: str, shards: int) -> int:
+    """The random part of a batched entry's event 0; event `index` adds `index * shards`."""
+    return _BATCH + ((int(seq) % _BATCH_SEQ_LIMIT) << BATCH_INDEX_BITS) * shards
 
 
 def batch_event_ids(shard: int, entry_id: str, shards: int, count: int) -> list[str]:
     """`event_id(shard, entry_id, shards, index)` for each index below `count`: the ids of a
     batched entry's events, made together."""
     ms, _, seq = entry_id.partition("-")
-    base = _BATCH + ((int(seq) % _BATCH_SEQ_LIMIT) << BATCH_INDEX_BITS) * shards
+    base = _batch_base(seq, shards)
     parts = [base + index * shards for index in range(count)]
     return ids.many_derived(ids.EVENT, shard, shards, int(ms), parts)
 
